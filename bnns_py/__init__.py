@@ -1,0 +1,38 @@
+"""bnns-py: Apple BNNS convolution layers from numpy.
+
+On macOS the layers run on Accelerate's BNNS; elsewhere on bnns-py's portable implementation of
+the same C API. Both are reached through the same cffi declarations (``bnns_py.ffi``), so the
+Python code paths are identical. Importing never loads a library: the first real use does.
+
+Swift-mirroring API: ``ConvolutionLayer``, ``ConvolutionType``, ``ConvolutionPadding``,
+``ActivationFunction``, ``Shape``, ``NDArrayDescriptor``, ``DataType``, ``DataLayout``,
+``FilterParameters``. numpy-first API: ``conv2d``. Verification: ``bnns_py.reference``.
+"""
+from ._ffi import ffi
+from ._version import __version__
+from .activation import ActivationFunction
+from .backend import available_backends, backend_info, default_backend_name, get_backend
+from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
+from .descriptor import NDArrayDescriptor
+from .enums import DataLayout, DataType, FilterType, Flags, NDArrayFlags
+from .errors import BNNSError, LayerClosedError, LibraryNotFoundError
+from .filter_parameters import FilterParameters
+from .functional import conv2d
+from .layer import Layer, UnaryLayer, filter_counts
+from .shape import Shape
+
+
+def __getattr__(name):
+    # bnns_py.lib: the default backend's cffi library, loaded on first access.
+    if name == "lib":
+        return get_backend().lib
+    raise AttributeError(f"module 'bnns_py' has no attribute {name!r}")
+
+
+__all__ = [
+    "ActivationFunction", "BNNSError", "ConvolutionLayer", "ConvolutionPadding", "ConvolutionType",
+    "DataLayout", "DataType", "FilterParameters", "FilterType", "Flags", "Layer", "LayerClosedError",
+    "LibraryNotFoundError", "NDArrayDescriptor", "NDArrayFlags", "Shape", "UnaryLayer",
+    "__version__", "available_backends", "backend_info", "conv2d", "default_backend_name", "ffi",
+    "filter_counts", "get_backend",
+]

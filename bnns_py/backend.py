@@ -1,0 +1,177 @@
+"""Choosing and loading the BNNS library: Accelerate on macOS, the bundled portable one elsewhere.
+
+Nothing is loaded at import time. The first call that needs BNNS loads the backend; if no
+library can be opened, ``LibraryNotFoundError`` lists every path that was tried and why.
+
+Environment:
+    BNNS_PY_BACKEND=accelerate|portable   which backend is the default (else: accelerate on
+                                          macOS, portable elsewhere)
+    BNNS_PY_LIBRARY=/path/to/library      open this file for the default backend instead of the
+                                          usual locations
+"""
+import ctypes
+import importlib.machinery
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+
+from ._ffi import ffi
+from .errors import LibraryNotFoundError
+
+BACKENDS = ("accelerate", "portable")
+
+# The framework image re-exports libBNNS (which only allows vecLib as a direct client).
+ACCELERATE_PATHS = (
+    "/System/Library/Frameworks/Accelerate.framework/Accelerate",
+    "/System/Library/Frameworks/Accelerate.framework/Versions/A/Accelerate",
+    "/System/Library/Frameworks/Accelerate.framework/Versions/Current/Accelerate",
+)
+PORTABLE_STEM = "_bnns_portable"
+
+
+class Backend:
+    """An opened BNNS library.
+
+    Attributes:
+        name: ``"accelerate"`` or ``"portable"``.
+        library_path: the file that was opened.
+        lib: the cffi library object (``lib.BNNSFilterCreateLayerConvolution`` etc.).
+    """
+
+    def __init__(self, name, library_path, lib):
+        self.name = name
+        self.library_path = library_path
+        self.lib = lib
+        # A library named by BNNS_PY_LIBRARY may be either kind; the extra symbol tells.
+        self.is_portable = _exports(lib, "bnns_portable_version")
+        # Bound once: BNNSFilterDestroy must stay reachable while any filter lives, even at
+        # interpreter shutdown, so layers keep a reference to this object (cairocffi's _keepref).
+        self.destroy = lib.BNNSFilterDestroy
+
+    def last_error(self):
+        """The portable library's reason for the last failure on this thread, else None."""
+        if not self.is_portable:
+            return None
+        text = ffi.string(self.lib.bnns_portable_last_error()).decode("utf-8", "replace")
+        return text or None
+
+    def live_filter_count(self):
+        """Filters created and not destroyed in this process (portable backend only)."""
+        if not self.is_portable:
+            raise NotImplementedError("only the portable backend counts its filters")
+        return int(self.lib.bnns_portable_live_filter_count())
+
+    def __repr__(self):
+        return f"<bnns_py Backend {self.name} from {self.library_path}>"
+
+
+_loaded = {}
+_load_lock = threading.Lock()
+
+
+def default_backend_name():
+    """The backend used when none is named: ``BNNS_PY_BACKEND``, else by platform."""
+    name = os.environ.get("BNNS_PY_BACKEND", "").strip().lower()
+    if name:
+        if name not in BACKENDS:
+            raise ValueError(f"BNNS_PY_BACKEND={name!r}: expected one of {BACKENDS}")
+        return name
+    return "accelerate" if sys.platform == "darwin" else "portable"
+
+
+def get_backend(name=None):
+    """Return the loaded backend called ``name`` (default: ``default_backend_name()``)."""
+    if isinstance(name, Backend):
+        return name
+    name = default_backend_name() if name is None else str(name).lower()
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, not {name!r}")
+    backend = _loaded.get(name)
+    if backend is None:
+        with _load_lock:
+            backend = _loaded.get(name)
+            if backend is None:
+                backend = _loaded[name] = _load(name)
+    return backend
+
+
+def available_backends():
+    """Names of the backends that can be loaded on this machine."""
+    names = []
+    for name in BACKENDS:
+        try:
+            get_backend(name)
+        except (LibraryNotFoundError, ValueError):
+            continue
+        names.append(name)
+    return names
+
+
+def _exports(lib, symbol):
+    try:
+        getattr(lib, symbol)
+    except AttributeError:
+        return False
+    return True
+
+
+def _candidates(name):
+    custom = os.environ.get("BNNS_PY_LIBRARY")
+    if custom and name == default_backend_name():
+        return [custom]
+    if name == "accelerate":
+        return list(ACCELERATE_PATHS)
+    package_dir = Path(__file__).resolve().parent
+    return [str(package_dir / (PORTABLE_STEM + suffix))
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+
+
+def _preload_openblas():
+    """Load the OpenBLAS the portable library links to, so it resolves from any install layout."""
+    try:
+        import scipy_openblas32 as openblas
+    except ImportError:
+        return
+    path = os.path.join(openblas.get_lib_dir(), openblas.get_library(fullname=True))
+    try:
+        ctypes.CDLL(path)
+    except OSError:
+        pass  # the portable library's own rpath may still find it; dlopen reports otherwise
+
+
+def _load(name):
+    attempts = []
+    for path in _candidates(name):
+        if not path.startswith("/System/") and not os.path.exists(path):
+            attempts.append((path, "no such file"))
+            continue
+        try:
+            if name == "portable":
+                _preload_openblas()
+            lib = ffi.dlopen(path)
+            lib.BNNSFilterCreateLayerConvolution  # a BNNS library must export this
+            if name == "portable":
+                lib.bnns_portable_version
+        except (OSError, AttributeError) as error:
+            attempts.append((path, str(error).strip() or type(error).__name__))
+            continue
+        return Backend(name, path, lib)
+    raise LibraryNotFoundError(name, attempts)
+
+
+def backend_info(name=None):
+    """Which backend and library file are in use, plus platform facts, as a dict."""
+    backend = get_backend(name)
+    info = {
+        "backend": backend.name,
+        "library": backend.library_path,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "macos_version": platform.mac_ver()[0] or None,
+    }
+    if backend.is_portable:
+        info["portable_version"] = ffi.string(backend.lib.bnns_portable_version()).decode()
+        info["blas"] = ffi.string(backend.lib.bnns_portable_blas()).decode()
+    return info

@@ -1,0 +1,237 @@
+"""``ConvolutionLayer``, ``ConvolutionType`` and ``ConvolutionPadding`` (Swift's ``BNNS`` mirror)."""
+import enum
+
+from ._ffi import ffi
+from .activation import ActivationFunction
+from .backend import get_backend
+from .descriptor import NDArrayDescriptor
+from .enums import DataLayout, DataType
+from .filter_parameters import FilterParameters
+from .geometry import effective_kernel, standard_size_ok, transposed_size_ok
+from .layer import UnaryLayer, create_filter
+
+
+class ConvolutionType(enum.Enum):
+    """Swift's ``BNNS.ConvolutionType``."""
+
+    standard = "standard"
+    transposed = "transposed"
+
+
+class ConvolutionPadding:
+    """Swift's ``BNNS.ConvolutionPadding``: ``zero``, ``symmetric(x, y)`` or
+    ``asymmetric(left, right, up, down)``."""
+
+    __slots__ = ("kind", "values")
+
+    def __init__(self, kind, values):
+        if kind not in ("symmetric", "asymmetric"):
+            raise ValueError(f"padding kind must be 'symmetric' or 'asymmetric', not {kind!r}")
+        values = tuple(values)
+        for value in values:
+            if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
+                raise ValueError(f"padding values must be integers >= 0, got {values}")
+        self.kind = kind
+        self.values = tuple(int(v) for v in values)
+
+    @classmethod
+    def symmetric(cls, x, y):
+        """``x`` zeros left and right, ``y`` zeros above and below."""
+        return cls("symmetric", (x, y))
+
+    @classmethod
+    def asymmetric(cls, left, right, up, down):
+        """Each side separately; ``left`` and ``up`` are next to pixel (0, 0)."""
+        return cls("asymmetric", (left, right, up, down))
+
+    @property
+    def sides(self):
+        """(left, right, up, down) as BNNS will apply them."""
+        if self.kind == "symmetric":
+            x, y = self.values
+            return (x, x, y, y)
+        return self.values
+
+    def fill(self, params):
+        """Write into a C ``BNNSLayerParametersConvolution`` as the Swift overlay does."""
+        if self.kind == "symmetric":
+            params.x_padding, params.y_padding = self.values
+            params.pad = [0, 0, 0, 0]
+        else:
+            params.x_padding = params.y_padding = 0
+            params.pad = list(self.values)
+
+    def __eq__(self, other):
+        return isinstance(other, ConvolutionPadding) and self.sides == other.sides
+
+    def __hash__(self):
+        return hash(self.sides)
+
+    def __repr__(self):
+        if self.kind == "symmetric":
+            return "ConvolutionPadding.symmetric(x={}, y={})".format(*self.values)
+        return "ConvolutionPadding.asymmetric(left={}, right={}, up={}, down={})".format(*self.values)
+
+
+ConvolutionPadding.zero = ConvolutionPadding.symmetric(0, 0)
+
+WEIGHT_LAYOUTS = (DataLayout.convolution_weights_oihw, DataLayout.convolution_weights_oihrwr,
+                  DataLayout.convolution_weights_iohrwr, DataLayout.convolution_weights_oihw_pack32)
+# Activation functions the portable backend cannot fuse into a convolution yet.
+PORTABLE_UNSUPPORTED_ACTIVATIONS = frozenset({9, 10, 11, 13, 14, 21, 29})
+_DATA_TYPES = {  # (backend, type) -> data types BNNS documents for the i/w/o descriptors
+    ("accelerate", ConvolutionType.standard): {DataType.float32, DataType.float16, DataType.int8, DataType.uint8},
+    ("accelerate", ConvolutionType.transposed): {DataType.float32},
+    ("portable", ConvolutionType.standard): {DataType.float32},
+    ("portable", ConvolutionType.transposed): {DataType.float32},
+}
+
+
+def _pair(name, value):
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        x, y = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an (x, y) pair of integers, got {value!r}") from None
+    for v in (x, y):
+        if isinstance(v, bool) or not hasattr(v, "__index__") or int(v) < 0:
+            raise ValueError(f"{name} values must be integers >= 0, got {value!r}")
+    return int(x), int(y)
+
+
+def _check_strides(name, descriptor):
+    shape = descriptor.shape
+    sizes = shape.sizes
+    strides = shape.resolved_strides
+    for k in range(1, len(sizes)):
+        if strides[k] < strides[k - 1] * sizes[k - 1]:
+            raise ValueError(f"{name} strides {strides} overlap: stride[{k}] must be >= "
+                             f"stride[{k-1}] * size[{k-1}] = {strides[k-1] * sizes[k-1]}")
+
+
+class ConvolutionLayer(UnaryLayer):
+    """A BNNS convolution filter (Swift's ``BNNS.ConvolutionLayer``).
+
+    Arguments mirror Swift's initializer: ``type`` (``ConvolutionType``), ``input``/``output``
+    (``NDArrayDescriptor`` with ``image_chw`` shapes; their data is not used), ``weights``
+    (descriptor with data, OIHW-family layout), optional ``bias`` (vector of output channels),
+    ``padding`` (``ConvolutionPadding``), ``activation`` (``ActivationFunction``), ``group_count``,
+    ``stride`` and ``dilation_stride`` as ``(x, y)``, ``filter_parameters``. ``backend`` picks the
+    library (default: ``bnns_py.backend.default_backend_name()``).
+
+    Transposed convolution weights use layout OIHW with ``size = (kW, kH, in/groups, out)`` where
+    ``in`` is the input's channel count: memory ``[out][in/groups][kH][kW]``, not flipped (see the
+    README's macOS-conformance table).
+
+    Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
+    ``BNNSError`` if BNNS still refuses to create the filter.
+    """
+
+    def __init__(self, type, input, weights, output, bias=None, padding=ConvolutionPadding.zero,
+                 activation=ActivationFunction.identity, group_count=1, stride=(1, 1),
+                 dilation_stride=(1, 1), filter_parameters=None, *, backend=None):
+        backend = get_backend(backend)
+        type = ConvolutionType(type)
+        activation = ActivationFunction.coerce(activation)
+        if not isinstance(padding, ConvolutionPadding):
+            raise TypeError(f"padding must be a ConvolutionPadding, not {padding!r}")
+        if filter_parameters is not None and not isinstance(filter_parameters, FilterParameters):
+            raise TypeError(f"filter_parameters must be FilterParameters or None, not {filter_parameters!r}")
+        stride = _pair("stride", stride)
+        dilation_stride = _pair("dilation_stride", dilation_stride)
+        if isinstance(group_count, bool) or not hasattr(group_count, "__index__") or group_count < 0:
+            raise ValueError(f"group_count must be an integer >= 0, got {group_count!r}")
+        groups = max(int(group_count), 1)
+        self._check(backend, type, input, weights, output, bias, padding, activation, groups,
+                    stride, dilation_stride)
+
+        params = ffi.new("BNNSLayerParametersConvolution *")
+        params.i_desc = input.c_descriptor[0]
+        params.w_desc = weights.c_descriptor[0]
+        params.o_desc = output.c_descriptor[0]
+        if bias is not None:
+            params.bias = bias.c_descriptor[0]
+        activation.fill(params.activation)
+        params.x_stride, params.y_stride = stride
+        params.x_dilation_stride, params.y_dilation_stride = dilation_stride
+        padding.fill(params)
+        params.groups = groups
+        c_filter_parameters = ffi.NULL if filter_parameters is None else filter_parameters.c_parameters
+        function = ("BNNSFilterCreateLayerConvolution" if type is ConvolutionType.standard
+                    else "BNNSFilterCreateLayerTransposedConvolution")
+        keepalive = (weights, bias, filter_parameters)
+        handle = create_filter(backend, function, params, c_filter_parameters, keepalive=keepalive)
+        super().__init__(handle, backend, input, output, keepalive)
+        self.type = type
+        self.weights = weights
+        self.bias = bias
+        self.padding = padding
+        self.activation = activation
+        self.group_count = groups
+        self.stride = stride
+        self.dilation_stride = dilation_stride
+        self.filter_parameters = filter_parameters
+
+    @staticmethod
+    def _check(backend, type, input, weights, output, bias, padding, activation, groups, stride, dilation):
+        for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
+            if not isinstance(descriptor, NDArrayDescriptor):
+                raise TypeError(f"{name} must be an NDArrayDescriptor, not {type_name(descriptor)}")
+        for name, descriptor in (("input", input), ("output", output)):
+            if descriptor.layout != DataLayout.image_chw:
+                raise ValueError(f"{name} layout must be image_chw, not {descriptor.layout.name}")
+        if weights.layout not in WEIGHT_LAYOUTS:
+            raise ValueError(f"weights layout must be one of {[l.name for l in WEIGHT_LAYOUTS]}, "
+                             f"not {weights.layout.name}")
+        if weights.data is None:
+            raise ValueError("weights descriptor has no data")
+        allowed = _DATA_TYPES[(backend.name, type)]
+        for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
+            if descriptor.data_type not in allowed:
+                raise TypeError(f"{name} data type {descriptor.data_type.name} is not supported for "
+                                f"{type.value} convolution on the {backend.name} backend; "
+                                f"supported: {sorted(t.name for t in allowed)}")
+            _check_strides(name, descriptor)
+        in_w, in_h, in_c = input.shape.sizes
+        out_w, out_h, out_c = output.shape.sizes
+        k_w, k_h, w_in, w_out = weights.shape.sizes
+        if weights.layout == DataLayout.convolution_weights_iohrwr:
+            if groups > 1:
+                raise ValueError("grouped convolution needs OIHW or OIHrWr weights, not IOHrWr")
+            w_in, w_out = w_out, w_in
+        if groups > 1 and (in_c % groups or out_c % groups):
+            raise ValueError(f"group_count {groups} must divide input channels {in_c} "
+                             f"and output channels {out_c}")
+        if (w_in, w_out) != (in_c // groups, out_c):
+            raise ValueError(f"weights describe {w_in} input channels per group and {w_out} output "
+                             f"channels; the layer needs {in_c // groups} (= {in_c} / {groups} groups) "
+                             f"and {out_c}")
+        left, right, up, down = padding.sides
+        rule = standard_size_ok if type is ConvolutionType.standard else transposed_size_ok
+        for axis, i, o, k, s, d, pb, pa in (("x (width)", in_w, out_w, k_w, stride[0], dilation[0], left, right),
+                                             ("y (height)", in_h, out_h, k_h, stride[1], dilation[1], up, down)):
+            if not rule(i, o, k, s, d, pb, pa):
+                k_eff = effective_kernel(k, d)
+                if type is ConvolutionType.standard:
+                    need = (f"input {i} + padding {pb}+{pa} >= stride {max(s, 1)} * (output {o} - 1) "
+                            f"+ dilated kernel {k_eff}")
+                else:
+                    need = (f"output {o} + padding {pb}+{pa} >= stride {max(s, 1)} * (input {i} - 1) "
+                            f"+ dilated kernel {k_eff}")
+                raise ValueError(f"{type.value} convolution sizes do not fit along {axis}: BNNS needs {need}")
+        if bias is not None:
+            if not isinstance(bias, NDArrayDescriptor):
+                raise TypeError(f"bias must be an NDArrayDescriptor or None, not {type_name(bias)}")
+            if bias.layout != DataLayout.vector or bias.shape.sizes != (out_c,):
+                raise ValueError(f"bias must be a vector of {out_c} values, got {bias.shape!r}")
+            if bias.data is None:
+                raise ValueError("bias descriptor has no data (pass bias=None for no bias)")
+            if bias.data_type != DataType.float32 and backend.is_portable:
+                raise TypeError(f"bias data type must be float32 on the portable backend, not {bias.data_type.name}")
+        if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
+            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend yet")
+
+
+def type_name(value):
+    return type(value).__name__

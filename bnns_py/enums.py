@@ -1,0 +1,134 @@
+"""BNNS enumerations as Python enums, with the numpy dtype map.
+
+Member names are the C constant names without their prefix, in snake case
+(``BNNSDataTypeFloat32`` -> ``DataType.float32``; Swift's ``BNNSDataType.float`` is
+``DataType.float32``, also reachable as ``DataType.float``).
+"""
+import enum
+
+import numpy as np
+
+
+class DataType(enum.IntEnum):
+    """``BNNSDataType``: element type of an array (bit flags OR the width in bits)."""
+
+    float16 = 0x10010
+    float32 = 0x10020
+    bfloat16 = 0x18010
+    int1 = 0x20001
+    int2 = 0x20002
+    int4 = 0x20004
+    int8 = 0x20008
+    int16 = 0x20010
+    int32 = 0x20020
+    int64 = 0x20040
+    uint1 = 0x40001
+    uint2 = 0x40002
+    uint4 = 0x40004
+    uint8 = 0x40008
+    uint16 = 0x40010
+    uint32 = 0x40020
+    uint64 = 0x40040
+    indexed1 = 0x80001
+    indexed2 = 0x80002
+    indexed4 = 0x80004
+    indexed8 = 0x80008
+    boolean = 0x100008
+    float = 0x10020  # Swift's name for Float32 (an alias of float32)
+
+    @property
+    def bits(self):
+        """Width of one element in bits."""
+        return self.value & 0xFF
+
+    @property
+    def numpy_dtype(self):
+        """The numpy dtype holding one element, or None for packed sub-byte/indexed/bfloat16 types."""
+        return _TO_NUMPY.get(self)
+
+    @classmethod
+    def from_numpy(cls, dtype):
+        """The BNNS data type of a numpy dtype (raises TypeError if BNNS has none)."""
+        dtype = np.dtype(dtype)
+        try:
+            return _FROM_NUMPY[dtype]
+        except KeyError:
+            supported = ", ".join(sorted(str(d) for d in _FROM_NUMPY))
+            raise TypeError(f"numpy dtype {dtype} has no BNNS data type; supported: {supported}") from None
+
+
+_TO_NUMPY = {
+    DataType.float16: np.dtype(np.float16), DataType.float32: np.dtype(np.float32),
+    DataType.int8: np.dtype(np.int8), DataType.int16: np.dtype(np.int16),
+    DataType.int32: np.dtype(np.int32), DataType.int64: np.dtype(np.int64),
+    DataType.uint8: np.dtype(np.uint8), DataType.uint16: np.dtype(np.uint16),
+    DataType.uint32: np.dtype(np.uint32), DataType.uint64: np.dtype(np.uint64),
+    DataType.boolean: np.dtype(np.bool_),
+}
+_FROM_NUMPY = {dtype: data_type for data_type, dtype in _TO_NUMPY.items()}
+
+
+class DataLayout(enum.IntEnum):
+    """``BNNSDataLayout``: how ``size[]``/``stride[]`` of a descriptor map to indices."""
+
+    vector = 0x10000
+    one_d_last_major = 0x18000
+    one_d_first_major = 0x18001
+    matrix_row_major = 0x20000
+    matrix_column_major = 0x20001
+    fully_connected_sparse = 0x21001
+    matrix_last_major = 0x28000
+    matrix_first_major = 0x28001
+    image_chw = 0x30000
+    tensor_3d_sne = 0x30001
+    tensor_3d_nse = 0x30002
+    mha_dhk = 0x30003
+    tensor_3d_last_major = 0x38000
+    tensor_3d_first_major = 0x38001
+    convolution_weights_oihw = 0x40000
+    convolution_weights_oihrwr = 0x40001
+    convolution_weights_iohrwr = 0x40002
+    convolution_weights_oihw_pack32 = 0x40010
+    tensor_4d_last_major = 0x48000
+    tensor_4d_first_major = 0x48001
+    tensor_5d_last_major = 0x58000
+    tensor_5d_first_major = 0x58001
+    tensor_6d_last_major = 0x68000
+    tensor_6d_first_major = 0x68001
+    tensor_7d_last_major = 0x78000
+    tensor_7d_first_major = 0x78001
+    tensor_8d_last_major = 0x88000
+    tensor_8d_first_major = 0x88001
+
+    @property
+    def rank(self):
+        """Number of dimensions: BNNS encodes it in bits 16-19 of the layout value."""
+        return (self.value >> 16) & 0xF
+
+
+class Flags(enum.IntFlag):
+    """``BNNSFlags`` for ``FilterParameters.flags``."""
+
+    none = 0
+    use_client_pointer = 0x1
+
+
+class NDArrayFlags(enum.IntEnum):
+    """``BNNSNDArrayFlags``: whether backward overwrites or accumulates into a gradient."""
+
+    backprop_set = 0
+    backprop_accumulate = 1
+
+
+class FilterType(enum.IntEnum):
+    """``BNNSFilterType``."""
+
+    convolution = 0
+    fully_connected = 1
+    batch_norm = 2
+    instance_norm = 3
+    layer_norm = 4
+    group_norm = 5
+    transposed_convolution = 6
+    quantization = 7
+    arithmetic = 8

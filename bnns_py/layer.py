@@ -1,0 +1,151 @@
+"""``Layer`` and ``UnaryLayer``: Python objects that own one ``BNNSFilter``.
+
+The filter is destroyed exactly once: by ``close()``, by leaving a ``with`` block, or when the
+object is garbage collected (``ffi.gc``), whichever comes first. ``filter_counts()`` reports how
+many filters this process created and destroyed through bnns-py, on any backend.
+"""
+import threading
+
+import numpy as np
+
+from ._ffi import ffi
+from .backend import get_backend
+from .descriptor import NDArrayDescriptor, check_array_memory
+from .errors import BNNSError, LayerClosedError
+
+
+class _Counts:
+    # RLock: a destructor may run from a garbage collection triggered while the lock is held.
+    lock = threading.RLock()
+    created = 0
+    destroyed = 0
+
+
+def filter_counts():
+    """(created, destroyed) filter counts for this process, over every backend."""
+    with _Counts.lock:
+        return _Counts.created, _Counts.destroyed
+
+
+def _destroy_filter(destroy, keepalive, handle):
+    # keepalive holds what the filter may still touch while being destroyed (client weights,
+    # allocator callbacks): referenced here so it outlives the handle.
+    destroy(handle)
+    with _Counts.lock:
+        _Counts.destroyed += 1
+
+
+def create_filter(backend, function_name, *args, keepalive=()):
+    """Call ``backend.lib.<function_name>(*args)`` and wrap the result so it is destroyed once.
+
+    Raises ``BNNSError`` (``kind="unable_to_create_layer"``) with the backend's reason on NULL.
+    """
+    handle = getattr(backend.lib, function_name)(*args)
+    if handle == ffi.NULL:
+        reason = backend.last_error()
+        detail = f": {reason}" if reason else " (BNNS logs the reason to the system log)"
+        raise BNNSError(f"{function_name} returned NULL on the {backend.name} backend{detail}",
+                        kind="unable_to_create_layer", function=function_name, reason=reason)
+    with _Counts.lock:
+        _Counts.created += 1
+    return ffi.gc(handle, lambda h, d=backend.destroy, k=tuple(keepalive): _destroy_filter(d, k, h))
+
+
+class Layer:
+    """Base class: owns a ``BNNSFilter`` and destroys it exactly once."""
+
+    def __init__(self, handle, backend, keepalive=()):
+        self._handle = handle
+        self._backend = backend
+        self._keepalive = tuple(keepalive)
+
+    @property
+    def bnns_filter(self):
+        """The C ``BNNSFilter`` handle (raises ``LayerClosedError`` after ``close()``)."""
+        handle = self._handle
+        if handle is None:
+            raise LayerClosedError(type(self).__name__)
+        return handle
+
+    @property
+    def backend(self):
+        return self._backend
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def close(self):
+        """Destroy the filter now. Safe to call more than once."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            ffi.release(handle)
+
+    def __enter__(self):
+        self.bnns_filter  # entering a closed layer is an error
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _fail(self, function_name):
+        reason = self._backend.last_error()
+        detail = f": {reason}" if reason else ""
+        raise BNNSError(f"{function_name} returned -1 on the {self._backend.name} backend{detail}",
+                        kind="layer_apply_fail", function=function_name, reason=reason)
+
+
+class UnaryLayer(Layer):
+    """A layer with one input and one output, applied to a batch (Swift's ``UnaryLayer``)."""
+
+    def __init__(self, handle, backend, input_descriptor, output_descriptor, keepalive=()):
+        super().__init__(handle, backend, keepalive)
+        self.input_descriptor = input_descriptor
+        self.output_descriptor = output_descriptor
+
+    def apply(self, batch_size, input, output):
+        """Run the filter on ``batch_size`` items.
+
+        ``input`` and ``output`` are ``NDArrayDescriptor``s (as in Swift) or numpy arrays holding
+        ``batch_size`` items laid out as the layer's input/output descriptors describe (for
+        images: C-contiguous ``(N, C, H, W)`` or ``(C, H, W)``). The batch strides are the
+        descriptors' ``shape.batch_stride``.
+        """
+        handle = self.bnns_filter
+        batch_size = _check_batch_size(batch_size)
+        in_ptr, in_stride, in_array = self._pointer("input", input, self.input_descriptor, batch_size, False)
+        out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
+        if np.may_share_memory(in_array, out_array):
+            raise ValueError("input and output share memory; BNNS needs separate buffers")
+        status = self._backend.lib.BNNSFilterApplyBatch(handle, batch_size, in_ptr, in_stride, out_ptr, out_stride)
+        if status != 0:
+            self._fail("BNNSFilterApplyBatch")
+
+    def _pointer(self, name, value, expected, batch_size, writable):
+        """(data pointer, batch stride, numpy array) for an apply argument, after checking it."""
+        if isinstance(value, NDArrayDescriptor):
+            if value.shape != expected.shape or value.data_type != expected.data_type:
+                raise ValueError(f"{name} descriptor {value.shape!r} {value.data_type.name} does not "
+                                 f"match the layer's {expected.shape!r} {expected.data_type.name}")
+            array = value.data
+            if array is None:
+                raise BNNSError(f"{name} descriptor has no data", kind="array_descriptor_invalid_data")
+            stride = value.shape.batch_stride
+            check_array_memory(name, array, expected.data_type.numpy_dtype,
+                               (batch_size - 1) * stride + stride, writable)
+            return value._buffer, stride, array
+        stride = expected.shape.batch_stride
+        check_array_memory(name, value, expected.data_type.numpy_dtype, batch_size * stride, writable)
+        return ffi.from_buffer(value), stride, value
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an integer, not {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
+
+
+__all__ = ["Layer", "UnaryLayer", "filter_counts", "create_filter", "get_backend"]
