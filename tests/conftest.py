@@ -1,0 +1,45 @@
+"""Shared fixtures: the backend under test, seeded random data, optional PyTorch."""
+import gc
+
+import numpy as np
+import pytest
+
+import bnns_py
+
+
+@pytest.fixture(scope="session")
+def backend():
+    """The default backend (portable on Linux, Accelerate on macOS)."""
+    return bnns_py.get_backend()
+
+
+@pytest.fixture
+def rng(request):
+    # A different, reproducible stream per test.
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2 ** 32))
+
+
+@pytest.fixture
+def no_filter_leaks(backend):
+    """Fails the test if it leaves filters alive (counted by Python and, if portable, by C)."""
+    gc.collect()
+    created, destroyed = bnns_py.filter_counts()
+    live_c = backend.live_filter_count() if backend.is_portable else None
+    yield
+    gc.collect()
+    created2, destroyed2 = bnns_py.filter_counts()
+    assert created2 - created == destroyed2 - destroyed, "filters created in this test were not destroyed"
+    if live_c is not None:
+        assert backend.live_filter_count() == live_c
+
+
+def random_array(rng, shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def assert_close_to_reference(actual, expected, reduction_size, what=""):
+    """float32 result vs float64 reference: error bound grows with the summed terms."""
+    expected = np.asarray(expected, dtype=np.float64)
+    tolerance = 1e-5 * np.sqrt(max(reduction_size, 1)) * max(1.0, float(np.abs(expected).max(initial=0)))
+    error = np.abs(actual.astype(np.float64) - expected).max(initial=0)
+    assert error <= tolerance, f"{what}: max abs error {error:.3g} > tolerance {tolerance:.3g}"

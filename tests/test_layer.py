@@ -1,0 +1,239 @@
+"""The Swift-mirroring layer API: descriptors, shapes, padding, weights ownership, lifecycle."""
+import gc
+import threading
+import weakref
+
+import numpy as np
+import pytest
+
+import bnns_py
+from bnns_py import (ActivationFunction, ConvolutionLayer, ConvolutionPadding, ConvolutionType,
+                     DataType, FilterParameters, Flags, LayerClosedError, NDArrayDescriptor, Shape,
+                     reference)
+
+from conftest import assert_close_to_reference, random_array
+
+
+def make_layer(rng, padding=ConvolutionPadding.zero, flags=Flags.none, in_shape=None, **kwargs):
+    in_c, out_c, h, w = 3, 4, 8, 7
+    weights = random_array(rng, (out_c, in_c, 3, 3))
+    bias = random_array(rng, (out_c,))
+    left, right, up, down = padding.sides
+    out_w, out_h = w + left + right - 2, h + up + down - 2
+    layer = ConvolutionLayer(
+        ConvolutionType.standard,
+        NDArrayDescriptor(data_type=DataType.float32, shape=in_shape or Shape.image_chw(w, h, in_c)),
+        NDArrayDescriptor(weights, Shape.convolution_weights_oihw(3, 3, in_c, out_c)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(out_w, out_h, out_c)),
+        NDArrayDescriptor(bias, Shape.vector(out_c)), padding,
+        filter_parameters=FilterParameters(flags=flags), **kwargs)
+    return layer, weights, bias
+
+
+def test_swift_style_layer_matches_reference(rng, no_filter_leaks):
+    padding = ConvolutionPadding.asymmetric(left=1, right=0, up=2, down=1)
+    layer, weights, bias = make_layer(rng, padding, activation=ActivationFunction.rectified_linear)
+    with layer:
+        x = random_array(rng, (5, 3, 8, 7))
+        out = np.empty((5,) + layer.output_descriptor.numpy_shape, np.float32)
+        layer.apply(5, x, out)
+        expected = reference.conv2d(x, weights, bias, padding=(1, 0, 2, 1),
+                                    activation=ActivationFunction.rectified_linear)
+        assert_close_to_reference(out, expected, weights[0].size)
+        # descriptors work as apply arguments too (Swift passes descriptors)
+        out2 = np.empty_like(out)
+        layer.apply(5, NDArrayDescriptor(x), NDArrayDescriptor(out2))
+        np.testing.assert_array_equal(out, out2)
+
+
+def test_symmetric_padding(rng, no_filter_leaks):
+    layer, weights, bias = make_layer(rng, ConvolutionPadding.symmetric(x=2, y=1))
+    with layer:
+        x = random_array(rng, (2, 3, 8, 7))
+        out = np.empty((2,) + layer.output_descriptor.numpy_shape, np.float32)
+        layer.apply(2, x, out)
+    assert out.shape == (2, 4, 8, 9)
+    assert_close_to_reference(out, reference.conv2d(x, weights, bias, padding=(2, 2, 1, 1)), 27)
+
+
+def test_copied_weights_ignore_later_changes_but_client_pointer_sees_them(rng, no_filter_leaks):
+    x = random_array(rng, (1, 3, 8, 7))
+    for flags, follows in ((Flags.none, False), (Flags.use_client_pointer, True)):
+        layer, weights, bias = make_layer(rng, flags=flags)
+        with layer:
+            before = np.empty((1, 4, 6, 5), np.float32)
+            layer.apply(1, x, before)
+            weights *= 2.0
+            bias *= 2.0
+            after = np.empty_like(before)
+            layer.apply(1, x, after)
+        if follows:
+            np.testing.assert_allclose(after, 2 * before, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(after, before)
+
+
+def test_client_pointer_layer_keeps_its_weights_alive(rng, no_filter_leaks):
+    layer, weights, bias = make_layer(rng, flags=Flags.use_client_pointer)
+    expected_weights = weights.copy()
+    probe = weakref.ref(weights)
+    del weights
+    gc.collect()
+    assert probe() is not None, "the layer must keep client-pointer weights alive"
+    np.testing.assert_array_equal(layer.weights.data.reshape(expected_weights.shape), expected_weights)
+    layer.close()
+
+
+def test_input_descriptor_with_row_padding(rng, no_filter_leaks):
+    # An input whose rows are 10 values apart although the image is 7 wide (e.g. a cropped view).
+    h, w, c = 8, 7, 3
+    shape = Shape.image_chw(w, h, c, stride=(1, 10, 10 * h))
+    layer, weights, bias = make_layer(rng, in_shape=shape)
+    with layer:
+        storage = random_array(rng, (2, c, h, 10))
+        out = np.empty((2, 4, 6, 5), np.float32)
+        layer.apply(2, NDArrayDescriptor(storage.reshape(-1), shape, batch_size=2), out)
+    expected = reference.conv2d(storage[..., :w], weights, bias)
+    assert_close_to_reference(out, expected, weights[0].size)
+
+
+def test_lifecycle_close_twice_context_manager_and_use_after_close(rng, no_filter_leaks):
+    layer, *_ = make_layer(rng)
+    assert not layer.closed
+    with layer as entered:
+        assert entered is layer
+    assert layer.closed
+    layer.close()  # idempotent
+    with pytest.raises(LayerClosedError):
+        layer.apply(1, np.zeros((1, 3, 8, 7), np.float32), np.zeros((1, 4, 6, 5), np.float32))
+    with pytest.raises(LayerClosedError):
+        layer.bnns_filter
+    with pytest.raises(LayerClosedError):
+        with layer:
+            pass
+
+
+def test_filters_created_equal_filters_destroyed(rng, backend):
+    gc.collect()
+    created, destroyed = bnns_py.filter_counts()
+    live = backend.live_filter_count() if backend.is_portable else None
+    layers = [make_layer(rng)[0] for _ in range(12)]
+    assert bnns_py.filter_counts()[0] - created == 12
+    if live is not None:
+        assert backend.live_filter_count() == live + 12
+    for layer in layers[:4]:
+        layer.close()
+    for layer in layers[4:8]:
+        with layer:
+            pass
+    probe = weakref.ref(layers[8])
+    del layer, layers  # the rest go with garbage collection
+    gc.collect()
+    assert probe() is None
+    created2, destroyed2 = bnns_py.filter_counts()
+    assert (created2 - created, destroyed2 - destroyed) == (12, 12)
+    if live is not None:
+        assert backend.live_filter_count() == live
+
+
+def test_exception_inside_with_block_still_destroys(rng, no_filter_leaks):
+    with pytest.raises(ZeroDivisionError):
+        with make_layer(rng)[0]:
+            1 / 0
+
+
+def test_layers_apply_in_parallel_threads(rng, no_filter_leaks):
+    layers = [make_layer(rng)[0] for _ in range(2)]
+    x = random_array(rng, (4, 3, 8, 7))
+    expected = []
+    for layer in layers:
+        out = np.empty((4, 4, 6, 5), np.float32)
+        layer.apply(4, x, out)
+        expected.append(out)
+    errors = []
+
+    def work(index):
+        try:
+            out = np.empty((4, 4, 6, 5), np.float32)
+            for _ in range(50):
+                layers[index].apply(4, x, out)
+                np.testing.assert_array_equal(out, expected[index])
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i % 2,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for layer in layers:
+        layer.close()
+    assert not errors, errors
+
+
+def test_shape_cases_and_batch_stride():
+    image = Shape.image_chw(5, 4, 3)
+    assert image.size == (5, 4, 3, 0, 0, 0, 0, 0)
+    assert image.numpy_shape == (3, 4, 5)
+    assert image.resolved_strides == (1, 5, 20)
+    assert image.batch_stride == 60
+    padded = Shape.image_chw(5, 4, 3, stride=(1, 8, 40))
+    assert padded.batch_stride == 1 + 4 * 1 + 3 * 8 + 2 * 40
+    assert not padded.is_packed
+    weights = Shape.convolution_weights_oihw(3, 2, 4, 6)
+    assert weights.numpy_shape == (6, 4, 2, 3)
+    assert weights.layout == bnns_py.DataLayout.convolution_weights_oihw
+    assert Shape([2, 3]).layout == bnns_py.DataLayout.matrix_first_major
+    assert Shape([2, 3, 4, 5]).layout == bnns_py.DataLayout.tensor_4d_first_major
+    assert Shape.vector(7).batch_stride == 7
+    assert Shape.tensor_5d_last_major(1, 2, 3, 4, 5).rank == 5
+    with pytest.raises(ValueError):
+        Shape([1] * 9)
+    with pytest.raises(ValueError):
+        Shape([1, 2], bnns_py.DataLayout.image_chw)
+
+
+def test_descriptor_from_array_and_allocation_helpers():
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    descriptor = NDArrayDescriptor(array)
+    assert descriptor.shape == Shape.image_chw(4, 3, 2)
+    assert descriptor.data_type is DataType.float32
+    assert descriptor.c_descriptor.size[0:3] == [4, 3, 2]
+    assert descriptor.c_descriptor.layout == bnns_py.DataLayout.image_chw
+    assert bnns_py.ffi.cast("float *", descriptor.c_descriptor.data)[5] == 5.0
+    np.testing.assert_array_equal(descriptor.make_array(), array)
+    zeros = NDArrayDescriptor.allocate_repeating(0.5, Shape.vector(3), batch_size=2)
+    np.testing.assert_array_equal(zeros.make_array(), np.full((2, 3), 0.5, np.float32))
+    rand = NDArrayDescriptor.allocate_random((-1, 1), Shape.image_chw(2, 2, 2), rng=1)
+    assert rand.data.min() >= -1 and rand.data.max() <= 1
+    copied = NDArrayDescriptor.allocate(range(6), Shape.vector(6), scalar_type=DataType.float32)
+    np.testing.assert_array_equal(copied.make_array(), np.arange(6, dtype=np.float32))
+    copied.deallocate()
+    assert copied.data is None and copied.c_descriptor.data == bnns_py.ffi.NULL
+    assert DataType.from_numpy(np.int8) is DataType.int8
+    assert DataType.float is DataType.float32
+
+
+def test_activation_function_mirror():
+    AF = ActivationFunction
+    assert AF.rectified_linear.function == 1
+    assert AF.clamp(bounds=(-1, 2)).bnns_activation.alpha == -1
+    assert AF.clamp(bounds=(-1, 2)).bnns_activation.beta == 2
+    assert AF.hard_swish().function == AF.gelu_approximation2(0, 0).function == 30
+    assert AF.coerce("relu") is AF.rectified_linear
+    assert AF.coerce(None) is AF.identity
+    with pytest.raises(ValueError, match="parameters"):
+        AF.coerce("leaky_relu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        AF.coerce("nope")
+    with pytest.raises(ValueError):
+        AF.clamp((2, 1))
+
+
+def test_padding_mirror():
+    assert ConvolutionPadding.zero.sides == (0, 0, 0, 0)
+    assert ConvolutionPadding.symmetric(x=1, y=2).sides == (1, 1, 2, 2)
+    assert ConvolutionPadding.asymmetric(1, 2, 3, 4).sides == (1, 2, 3, 4)
+    assert ConvolutionPadding.symmetric(1, 1) == ConvolutionPadding.asymmetric(1, 1, 1, 1)
+    with pytest.raises(ValueError):
+        ConvolutionPadding.symmetric(-1, 0)
