@@ -1,0 +1,929 @@
+"""Pure-numpy float64 reference implementation of BNNS convolution semantics.
+
+This module defines what the convolution, transposed convolution, fully
+connected and activation filters compute, so that tests and users can check
+the C backends (Apple's Accelerate/BNNS on macOS and the portable BNNS
+implementation elsewhere) against it. It is written separately from the C code
+and shares no code with it:
+
+* It imports only numpy and the standard library. Nothing from the rest of
+  ``bnns_py`` is used.
+* Convolutions loop over kernel taps ``(ky, kx)`` and accumulate one
+  ``np.einsum`` of a strided window with one weight slice per tap. The C
+  backends use im2col + GEMM. The transposed convolution is a direct scatter
+  over kernel taps. It is not computed as a convolution of a zero-dilated input.
+* Gradients are written out directly as loops over taps. No autograd is used.
+* Every input is converted to float64 and every sum is accumulated in float64.
+  Every result is a float64 array. Against float32 BNNS output, compare with a
+  float32-sized tolerance, for example ``rtol=1e-4`` plus an ``atol`` scaled by
+  ``sqrt(fan_in) * max|x| * max|w|``.
+
+Conventions follow PyTorch (NCHW):
+
+* ``x`` has shape ``(N, C, H, W)``.
+* ``conv2d`` weights have shape ``(Cout, Cin/groups, kH, kW)`` and compute a
+  cross-correlation (the kernel is not flipped). This is BNNS
+  ``ConvolutionWeightsOIHW`` with ``size = {kW, kH, Cin/groups, Cout}``.
+* ``conv_transpose2d`` weights have shape ``(Cin, Cout/groups, kH, kW)``, as in
+  PyTorch, also with no flip.
+* ``padding`` is always ``(left, right, top, bottom)``, the order of BNNS
+  ``pad[4]``. Use ``normalize_padding`` to convert an int or a PyTorch-order
+  ``(pad_h, pad_w)`` pair.
+* ``stride`` and ``dilation`` are an int or an ``(sh, sw)`` pair. Both must be
+  >= 1. BNNS silently treats a stride of 0 as 1 and a dilation <= 1 as none;
+  the caller must do that mapping before calling this module.
+* ``activation`` is ``None`` (identity), a plain ``BNNSActivationFunction``
+  number, or any object with the attributes ``function``, ``alpha`` and
+  ``beta``. An optional ``axis`` attribute selects the Softmax/LogSoftmax axis.
+  The default axis is the channel axis 1 for convolutions and the last axis
+  for ``linear``. BNNS's axis choice for a fused softmax is not documented.
+  ``alpha`` and ``beta`` are used as float64. BNNS stores them as float32, so
+  round them with ``np.float32`` first if you need the two to agree exactly.
+
+Example: checking a backend::
+
+    from bnns_py import reference as ref
+    want = ref.conv2d(x, w, b, stride=2, padding=(1, 0, 1, 0), groups=2,
+                      activation=act)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+Semantics this module fixes where Apple's headers are silent:
+
+* ``conv2d`` accepts any output size up to the maximum, as allowed by the
+  relaxed size rule ``in + pads >= stride*(out-1) + dilation*(k-1) + 1``. A
+  smaller output is the top-left part of the full output, and the unused input
+  on the bottom and right is ignored.
+* ``conv_transpose2d`` computes
+  ``out[n, o, y*sh + ky*dh - top, x*sw + kx*dw - left] += in[n, i, y, x] * w[i, o', ky, kx]``.
+  Positions that fall outside the output are dropped. The output size is
+  ``(in-1)*stride - pad_before - pad_after + dilation*(k-1) + 1 + output_padding``,
+  and the extra ``output_padding`` rows and columns go on the bottom and right.
+  An explicit ``output_size`` may be any size that is at least the size with
+  ``output_padding=0``. Rows or columns that no input reaches hold only the bias.
+  Grouped transposed convolution, and its gradient, are defined here although
+  BNNS may reject them.
+* A NULL bias is the same as a zero bias (``bias=None``).
+* Backward through a non-identity activation uses the forward output ``y``, as
+  BNNS does for fused layers. See ``activation_derivative_from_output`` for
+  which functions allow this.
+"""
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "ELEMENTWISE_FUNCTIONS",
+    "FROM_OUTPUT_FUNCTIONS",
+    "SELU_ALPHA",
+    "SELU_LAMBDA",
+    "activation_backward",
+    "activation_backward_from_output",
+    "activation_derivative",
+    "activation_derivative_from_output",
+    "apply_activation",
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_output_size",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "conv_transpose2d_output_size",
+    "linear",
+    "linear_backward",
+    "normalize_padding",
+    "pair",
+]
+
+# ---------------------------------------------------------------------------
+# Activation functions
+# ---------------------------------------------------------------------------
+
+SELU_LAMBDA = 1.0507009873554804934193349852946
+SELU_ALPHA = 1.6732632423543772848170429916717
+
+#: Names of the ``BNNSActivationFunction`` values (30 also goes by HardSwish).
+ACTIVATION_NAMES = {
+    0: "Identity", 1: "RectifiedLinear", 2: "LeakyRectifiedLinear", 3: "Sigmoid",
+    4: "Tanh", 5: "ScaledTanh", 6: "Abs", 7: "Linear", 8: "Clamp",
+    9: "IntegerLinearSaturate", 10: "IntegerLinearSaturatePerChannel", 11: "Softmax",
+    12: "GELUApproximation", 13: "Gumbel", 14: "GumbelMax", 15: "HardSigmoid",
+    16: "Softplus", 17: "Softsign", 18: "ELU", 19: "ClampedLeakyRectifiedLinear",
+    20: "LinearWithBias", 21: "LogSoftmax", 22: "LogSigmoid", 23: "SELU", 24: "CELU",
+    25: "HardShrink", 26: "SoftShrink", 27: "TanhShrink", 28: "Threshold",
+    29: "PReLUPerChannel", 30: "GELUApproximation2", 31: "SiLU", 32: "ReLU6",
+    33: "Erf", 34: "GELU", 35: "GELUApproximationSigmoid",
+}
+
+#: The elementwise functions this module implements.
+ELEMENTWISE_FUNCTIONS = frozenset(
+    list(range(0, 9)) + [12] + list(range(15, 21)) + list(range(22, 29)) + list(range(30, 36)))
+_AXIS_FUNCTIONS = frozenset([11, 21])  # Softmax, LogSoftmax
+_UNSUPPORTED = frozenset([9, 10, 13, 14, 29])  # integer, random and per-channel functions
+
+#: Functions whose derivative ``activation_derivative_from_output`` can recover
+#: from the output y. Some of them only accept certain parameters, listed in
+#: that function's docstring.
+FROM_OUTPUT_FUNCTIONS = frozenset(
+    [0, 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 28, 32])
+_NEEDS_INPUT = {
+    6: "Abs is not invertible from y (y = |x| loses the sign of x)",
+    12: "GELUApproximation is not monotonic, so x cannot be recovered from y",
+    27: "TanhShrink has no closed-form inverse",
+    30: "GELUApproximation2/HardSwish is not monotonic, so x cannot be recovered from y",
+    31: "SiLU is not monotonic, so x cannot be recovered from y",
+    33: "Erf has no closed-form inverse in numpy (erfinv)",
+    34: "GELU is not monotonic, so x cannot be recovered from y",
+    35: "GELUApproximationSigmoid is not monotonic, so x cannot be recovered from y",
+}
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _check_function(function):
+    if isinstance(function, bool) or not isinstance(function, numbers.Integral):
+        raise ValueError(f"activation function must be an int, got {function!r}")
+    f = int(function)
+    if f in _UNSUPPORTED:
+        raise NotImplementedError(
+            f"activation {f} ({ACTIVATION_NAMES[f]}) is not implemented by the reference "
+            "(integer, random or per-channel function)")
+    if f not in ELEMENTWISE_FUNCTIONS and f not in _AXIS_FUNCTIONS:
+        raise ValueError(f"unknown BNNS activation function {function!r}")
+    return f
+
+
+def _sigmoid(x):
+    """1/(1+exp(-x)) without overflow, with full relative precision for x << 0."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _softmax(x, axis):
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax(x, axis):
+    m = np.max(x, axis=axis, keepdims=True)
+    s = x - m
+    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+
+
+def _celu_alpha(alpha):
+    if alpha == 0.0:
+        raise ValueError("CELU needs alpha != 0 (it divides by alpha)")
+    return alpha
+
+
+def apply_activation(y, function, alpha=0.0, beta=0.0, axis=1):
+    """Apply BNNS activation ``function`` to ``y``, elementwise or along ``axis``.
+
+    The formulas are those of bnns-behaviour.md section 5. ``axis`` is used only
+    by 11 (Softmax) and 21 (LogSoftmax). Values 9, 10, 13, 14 and 29 raise
+    NotImplementedError. Returns a new float64 array.
+    """
+    f = _check_function(function)
+    x = _as_f64(y, "y")
+    a = float(alpha)
+    b = float(beta)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if f == 0:
+            return x.copy()
+        if f == 1:
+            return np.where(x < 0, 0.0, x)
+        if f == 2:
+            return np.where(x < 0, a * x, x)
+        if f == 3:
+            return _sigmoid(x)
+        if f == 4:
+            return np.tanh(x)
+        if f == 5:
+            return a * np.tanh(b * x)
+        if f == 6:
+            return np.abs(x)
+        if f == 7:
+            return a * x
+        if f == 8:
+            return np.minimum(np.maximum(x, a), b)
+        if f == 11:
+            return _softmax(x, axis)
+        if f == 12:
+            return 0.5 * x * (1.0 + np.tanh(a * (x + b * x ** 3)))
+        if f == 15:
+            return np.maximum(0.0, np.minimum(1.0, a * x + b))
+        if f == 16:
+            return a * np.logaddexp(0.0, b * x)
+        if f == 17:
+            return x / (1.0 + np.abs(x))
+        if f == 18:
+            return np.where(x < 0, a * np.expm1(np.minimum(x, 0.0)), x)
+        if f == 19:
+            return np.where(x < 0, np.minimum(a * x, b), np.minimum(x, b))
+        if f == 20:
+            return a * x + b
+        if f == 21:
+            return _log_softmax(x, axis)
+        if f == 22:
+            return -np.logaddexp(0.0, -x)
+        if f == 23:
+            return np.where(x < 0, SELU_LAMBDA * SELU_ALPHA * np.expm1(np.minimum(x, 0.0)),
+                            SELU_LAMBDA * x)
+        if f == 24:
+            a = _celu_alpha(a)
+            neg = np.where(x < 0, x, 0.0) / a
+            return np.where(x < 0, a * np.expm1(neg), x)
+        if f == 25:
+            return np.where(np.abs(x) < abs(a), 0.0, x)
+        if f == 26:
+            return np.where(np.abs(x) < abs(a), 0.0, x - np.copysign(a, x))
+        if f == 27:
+            return x - np.tanh(x)
+        if f == 28:
+            return np.where(x <= a, b, x)
+        if f == 30:
+            return x * np.minimum(np.maximum(x + 3.0, 0.0), 6.0) / 6.0
+        if f == 31:
+            return x * _sigmoid(x)
+        if f == 32:
+            return np.minimum(np.maximum(x, 0.0), 6.0)
+        if f == 33:
+            return _erf(x)
+        if f == 34:
+            return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+        if f == 35:
+            return x * _sigmoid(1.702 * x)
+    raise AssertionError(f)  # pragma: no cover
+
+
+def activation_derivative(x, function, alpha=0.0, beta=0.0):
+    """d f(x) / dx for an elementwise BNNS activation, from the input x.
+
+    Where the function has a kink or a jump, this uses the subgradient
+    PyTorch's backward uses:
+
+    * ReLU, ReLU6 and Clamp (like ``hardtanh``): the slope is 1 only strictly
+      inside the linear region, so ReLU'(0) = 0, ReLU6'(6) = 0 and Clamp' is 0
+      at ``alpha`` and at ``beta``.
+    * LeakyReLU, ELU, SELU and CELU use the negative branch at 0. That gives
+      ``alpha``, ``alpha``, ``lambda*alpha`` and ``1`` respectively.
+    * HardSigmoid: the slope is ``alpha`` only strictly inside 0 < alpha*x+beta < 1.
+    * HardSwish: 0 for x <= -3, x/3 + 1/2 for -3 < x < 3, and 1 for x >= 3.
+    * Abs: sign(x), which is 0 at 0.
+    * Threshold: 0 for x <= alpha.
+    * SoftShrink: 0 for |x| <= |alpha| when alpha != 0.
+    * ClampedLeakyReLU: for x > 0 the slope is 1 if x < beta, else 0. For
+      x <= 0 it is alpha if alpha*x < beta, else 0.
+    * HardShrink: 0 for |x| < |alpha| and 1 otherwise. This follows BNNS's
+      forward, which keeps x at |x| = |alpha|. PyTorch's hardshrink instead
+      returns 0 there, in both forward and backward.
+
+    Softmax and LogSoftmax are not elementwise (see ``activation_backward``).
+    """
+    f = _check_function(function)
+    if f in _AXIS_FUNCTIONS:
+        raise ValueError(f"activation {f} ({ACTIVATION_NAMES[f]}) is not elementwise; "
+                         "use activation_backward")
+    x = _as_f64(x, "x")
+    a = float(alpha)
+    b = float(beta)
+    one = np.ones_like(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if f == 0:
+            return one
+        if f == 1:
+            return np.where(x > 0, 1.0, 0.0)
+        if f == 2:
+            return np.where(x > 0, 1.0, a)
+        if f == 3:
+            s = _sigmoid(x)
+            return s * (1.0 - s)
+        if f == 4:
+            return 1.0 - np.tanh(x) ** 2
+        if f == 5:
+            return a * b * (1.0 - np.tanh(b * x) ** 2)
+        if f == 6:
+            return np.sign(x)
+        if f == 7:
+            return a * one
+        if f == 8:
+            return np.where((x > a) & (x < b), 1.0, 0.0)
+        if f == 12:
+            t = np.tanh(a * (x + b * x ** 3))
+            return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * a * (1.0 + 3.0 * b * x * x)
+        if f == 15:
+            u = a * x + b
+            return np.where((u > 0) & (u < 1), a, 0.0)
+        if f == 16:
+            return a * b * _sigmoid(b * x)
+        if f == 17:
+            return 1.0 / (1.0 + np.abs(x)) ** 2
+        if f == 18:
+            return np.where(x > 0, 1.0, a * np.exp(np.minimum(x, 0.0)))
+        if f == 19:
+            return np.where(x > 0, np.where(x < b, 1.0, 0.0), np.where(a * x < b, a, 0.0))
+        if f == 20:
+            return a * one
+        if f == 22:
+            return _sigmoid(-x)
+        if f == 23:
+            return np.where(x > 0, SELU_LAMBDA, SELU_LAMBDA * SELU_ALPHA * np.exp(np.minimum(x, 0.0)))
+        if f == 24:
+            a = _celu_alpha(a)
+            return np.where(x > 0, 1.0, np.exp(np.where(x > 0, 0.0, x) / a))
+        if f == 25:
+            return np.where(np.abs(x) < abs(a), 0.0, 1.0)
+        if f == 26:
+            if a == 0.0:
+                return one
+            return np.where(np.abs(x) <= abs(a), 0.0, 1.0)
+        if f == 27:
+            return np.tanh(x) ** 2
+        if f == 28:
+            return np.where(x <= a, 0.0, 1.0)
+        if f == 30:
+            return np.where(x <= -3.0, 0.0, np.where(x < 3.0, x / 3.0 + 0.5, 1.0))
+        if f == 31:
+            s = _sigmoid(x)
+            return s * (1.0 + x * (1.0 - s))
+        if f == 32:
+            return np.where((x > 0) & (x < 6), 1.0, 0.0)
+        if f == 33:
+            return 2.0 / math.sqrt(math.pi) * np.exp(-x * x)
+        if f == 34:
+            cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+            pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+            return cdf + x * pdf
+        if f == 35:
+            s = _sigmoid(1.702 * x)
+            return s + 1.702 * x * s * (1.0 - s)
+    raise AssertionError(f)  # pragma: no cover
+
+
+def activation_derivative_from_output(y, function, alpha=0.0, beta=0.0):
+    """d f / d(pre-activation), computed from the activation output y = f(x).
+
+    This is the rule BNNS uses in the backward pass of a compute layer fused
+    with an activation. The result equals ``activation_derivative(x, ...)``,
+    with the same boundary conventions, for every x with f(x) = y. Supported
+    functions and conditions:
+
+    * 0 Identity, 1 ReLU, 3 Sigmoid, 4 Tanh, 7 Linear, 8 Clamp, 15 HardSigmoid,
+      16 Softplus, 17 Softsign, 20 LinearWithBias, 22 LogSigmoid, 23 SELU,
+      25 HardShrink, 26 SoftShrink, 28 Threshold, 32 ReLU6, and 5 ScaledTanh
+      (BNNS does not list ScaledTanh, but it is exactly invertible).
+    * 2 LeakyReLU and 19 ClampedLeakyReLU need ``alpha >= 0``. BNNS's fused
+      list says ``alpha > 0``. ``alpha = 0`` is still exact and is accepted here.
+    * 18 ELU needs ``alpha >= 0``. 24 CELU needs ``alpha != 0``.
+    * 28 Threshold: when beta > alpha, y == beta could come from either branch.
+      It is treated as the dead branch, with derivative 0.
+
+    Raises ValueError for functions that need the pre-activation input (6 Abs,
+    12, 27, 30, 31, 33, 34, 35) and for parameters that make f non-invertible.
+    The message says so. 11 Softmax and 21 LogSoftmax are not elementwise:
+    use ``activation_backward_from_output``.
+    """
+    f = _check_function(function)
+    if f in _AXIS_FUNCTIONS:
+        raise ValueError(f"activation {f} ({ACTIVATION_NAMES[f]}) is not elementwise; "
+                         "use activation_backward_from_output")
+    if f in _NEEDS_INPUT:
+        raise ValueError(f"activation {f} ({ACTIVATION_NAMES[f]}) needs the pre-activation "
+                         f"input x, not the output y: {_NEEDS_INPUT[f]}")
+    y = _as_f64(y, "y")
+    a = float(alpha)
+    b = float(beta)
+    one = np.ones_like(y)
+
+    def not_invertible(cond):
+        raise ValueError(f"activation {f} ({ACTIVATION_NAMES[f]}) needs the pre-activation "
+                         f"input x when {cond}: it is not invertible from the output y")
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        if f == 0:
+            return one
+        if f == 1:
+            return np.where(y > 0, 1.0, 0.0)
+        if f == 2:
+            if a < 0:
+                not_invertible("alpha < 0")
+            return np.where(y > 0, 1.0, a)
+        if f == 3:
+            return y * (1.0 - y)
+        if f == 4:
+            return 1.0 - y * y
+        if f == 5:
+            if a == 0.0:
+                return np.zeros_like(y)
+            return a * b * (1.0 - (y / a) ** 2)
+        if f == 7 or f == 20:
+            return a * one
+        if f == 8:
+            return np.where((y > a) & (y < b), 1.0, 0.0)
+        if f == 15:
+            return np.where((y > 0) & (y < 1), a, 0.0)
+        if f == 16:
+            if a == 0.0:
+                return np.zeros_like(y)
+            # sigmoid(beta*x) = 1 - exp(-y/alpha)
+            return a * b * -np.expm1(-y / a)
+        if f == 17:
+            return (1.0 - np.abs(y)) ** 2
+        if f == 18:
+            if a < 0:
+                not_invertible("alpha < 0")
+            return np.where(y > 0, 1.0, y + a)
+        if f == 19:
+            if a < 0:
+                not_invertible("alpha < 0")
+            return np.where(y == b, 0.0, np.where(y > 0, 1.0, a))
+        if f == 22:
+            return -np.expm1(y)
+        if f == 23:
+            return np.where(y > 0, SELU_LAMBDA, y + SELU_LAMBDA * SELU_ALPHA)
+        if f == 24:
+            a = _celu_alpha(a)
+            return np.where(y > 0, 1.0, y / a + 1.0)
+        if f == 25 or f == 26:
+            if a == 0.0:
+                return one
+            return np.where(y == 0, 0.0, 1.0)
+        if f == 28:
+            return np.where((y > a) & (y != b), 1.0, 0.0)
+        if f == 32:
+            return np.where((y > 0) & (y < 6), 1.0, 0.0)
+    raise AssertionError(f)  # pragma: no cover
+
+
+def activation_backward(x, grad_output, function, alpha=0.0, beta=0.0, axis=1):
+    """dL/dx for y = f(x) from the input x and dL/dy. Handles Softmax and LogSoftmax along ``axis``."""
+    f = _check_function(function)
+    x = _as_f64(x, "x")
+    dy = _as_f64(grad_output, "grad_output")
+    _same_shape(x, dy, "x", "grad_output")
+    if f in _AXIS_FUNCTIONS:
+        return activation_backward_from_output(apply_activation(x, f, alpha, beta, axis=axis),
+                                               dy, f, alpha, beta, axis=axis)
+    return dy * activation_derivative(x, f, alpha, beta)
+
+
+def activation_backward_from_output(y, grad_output, function, alpha=0.0, beta=0.0, axis=1):
+    """dL/dx for y = f(x) from the output y and dL/dy (the BNNS fused-backward rule).
+
+    Elementwise functions give ``dy * activation_derivative_from_output(y)``.
+    Softmax along ``axis`` gives ``y * (dy - sum(dy*y))``. LogSoftmax gives
+    ``dy - exp(y) * sum(dy)``.
+    """
+    f = _check_function(function)
+    y = _as_f64(y, "y")
+    dy = _as_f64(grad_output, "grad_output")
+    _same_shape(y, dy, "output", "grad_output")
+    if f == 11:
+        return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+    if f == 21:
+        return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)
+    return dy * activation_derivative_from_output(y, f, alpha, beta)
+
+
+def _resolve_activation(activation, default_axis):
+    """(function, alpha, beta, axis) for None, an int, or an object with function/alpha/beta."""
+    if activation is None:
+        return 0, 0.0, 0.0, default_axis
+    if isinstance(activation, numbers.Integral) and not isinstance(activation, bool):
+        return _check_function(activation), 0.0, 0.0, default_axis
+    try:
+        function = activation.function
+    except AttributeError:
+        raise ValueError("activation must be None, an int, or an object with attributes "
+                         f"function, alpha and beta; got {activation!r}") from None
+    f = _check_function(function)
+    alpha = float(getattr(activation, "alpha", 0.0))
+    beta = float(getattr(activation, "beta", 0.0))
+    axis = getattr(activation, "axis", None)
+    return f, alpha, beta, default_axis if axis is None else int(axis)
+
+
+def _activate(z, activation, default_axis):
+    f, a, b, axis = _resolve_activation(activation, default_axis)
+    if f == 0:
+        return z
+    return apply_activation(z, f, a, b, axis=axis)
+
+
+def _pre_activation_grad(grad_output, output, activation, default_axis):
+    """dL/dz for z = pre-activation, from dL/dy and the forward output y."""
+    f, a, b, axis = _resolve_activation(activation, default_axis)
+    if f == 0:
+        return grad_output
+    if output is None:
+        raise ValueError(f"output (the forward result y) is required for the backward pass "
+                         f"through activation {f} ({ACTIVATION_NAMES[f]}); BNNS differentiates "
+                         "fused activations from y")
+    y = _as_f64(output, "output")
+    _same_shape(y, grad_output, "output", "grad_output")
+    return activation_backward_from_output(y, grad_output, f, a, b, axis=axis)
+
+
+# ---------------------------------------------------------------------------
+# Argument helpers
+# ---------------------------------------------------------------------------
+
+def _as_f64(a, name):
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64)
+
+
+def _same_shape(a, b, na, nb):
+    if a.shape != b.shape:
+        raise ValueError(f"{na} has shape {a.shape} but {nb} has shape {b.shape}")
+
+
+def _int(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {v!r}")
+    return int(v)
+
+
+def pair(v, name="value"):
+    """``v`` as an ``(h, w)`` tuple of ints: an int gives ``(v, v)``, and a 2-sequence is kept as is."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return (int(v), int(v))
+    try:
+        items = tuple(v)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return (_int(items[0], name), _int(items[1], name))
+
+
+def _positive_pair(v, name):
+    p = pair(v, name)
+    if p[0] < 1 or p[1] < 1:
+        raise ValueError(f"{name} must be >= 1, got {v!r}")
+    return p
+
+
+def normalize_padding(p):
+    """Padding as ``(left, right, top, bottom)``.
+
+    Accepts an int (the same on all four sides), a PyTorch-order pair
+    ``(pad_h, pad_w)``, which becomes ``(pad_w, pad_w, pad_h, pad_h)``, or a
+    4-tuple already in ``(left, right, top, bottom)`` order. Negative values
+    raise ValueError.
+    """
+    if isinstance(p, numbers.Integral) and not isinstance(p, bool):
+        out = (int(p),) * 4
+    else:
+        try:
+            items = tuple(p)
+        except TypeError:
+            raise ValueError(f"padding must be an int, (pad_h, pad_w) or "
+                             f"(left, right, top, bottom), got {p!r}") from None
+        if len(items) == 2:
+            ph, pw = (_int(v, "padding") for v in items)
+            out = (pw, pw, ph, ph)
+        elif len(items) == 4:
+            out = tuple(_int(v, "padding") for v in items)
+        else:
+            raise ValueError(f"padding must be an int, (pad_h, pad_w) or "
+                             f"(left, right, top, bottom), got {p!r}")
+    if min(out) < 0:
+        raise ValueError(f"padding must be non-negative, got {p!r}")
+    return out
+
+
+def conv2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation):
+    """Largest convolution output along one axis: ``floor((in + pb + pa - d*(k-1) - 1)/s) + 1``.
+
+    This is the formula only. It is <= 0 when the dilated kernel does not fit
+    in the padded input, and ``conv2d`` rejects that case.
+    """
+    return (in_size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_transpose2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation,
+                                 output_padding=0):
+    """Transposed-convolution output along one axis:
+    ``(in-1)*s - pb - pa + d*(k-1) + 1 + output_padding``."""
+    return (in_size - 1) * stride - pad_before - pad_after + dilation * (kernel - 1) + 1 \
+        + output_padding
+
+
+def _check_conv_operands(x, weight, groups, transposed):
+    """(N, Cin, H, W, Cout, kH, kW, groups) after checking the shapes."""
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(f"weight must be 4-D, got shape {weight.shape}")
+    g = _int(groups, "groups")
+    if g < 1:
+        raise ValueError(f"groups must be >= 1, got {groups!r}")
+    n, cin, h, w = x.shape
+    if cin % g:
+        raise ValueError(f"input channels {cin} are not divisible by groups={g}")
+    if transposed:
+        if weight.shape[0] != cin:
+            raise ValueError(f"transposed weight must have shape (Cin={cin}, Cout/groups, kH, kW), "
+                             f"got {weight.shape}")
+        cout = weight.shape[1] * g
+    else:
+        cout = weight.shape[0]
+        if cout % g:
+            raise ValueError(f"output channels {cout} are not divisible by groups={g}")
+        if weight.shape[1] != cin // g:
+            raise ValueError(f"weight must have shape (Cout, Cin/groups={cin // g}, kH, kW), "
+                             f"got {weight.shape}")
+    kh, kw = weight.shape[2], weight.shape[3]
+    if min(n, cin, h, w, cout, kh, kw) < 1:
+        raise ValueError(f"empty dimension in x {x.shape} or weight {weight.shape}")
+    return n, cin, h, w, cout, kh, kw, g
+
+
+def _bias_vector(bias, cout):
+    if bias is None:
+        return None
+    b = _as_f64(bias, "bias")
+    if b.shape != (cout,):
+        raise ValueError(f"bias must have shape ({cout},), got {b.shape}")
+    return b
+
+
+def _conv_out_hw(h, w, kh, kw, stride, pads, dilation, output_size):
+    left, right, top, bottom = pads
+    max_h = conv2d_output_size(h, kh, stride[0], top, bottom, dilation[0])
+    max_w = conv2d_output_size(w, kw, stride[1], left, right, dilation[1])
+    if max_h < 1 or max_w < 1:
+        raise ValueError(f"dilated kernel ({kh}, {kw}) with dilation {dilation} does not fit in "
+                         f"the padded input ({h + top + bottom}, {w + left + right})")
+    if output_size is None:
+        return max_h, max_w
+    oh, ow = _positive_pair(output_size, "output_size")
+    if oh > max_h or ow > max_w:
+        raise ValueError(f"output_size {(oh, ow)} exceeds the largest output {(max_h, max_w)} "
+                         "(need in + pads >= stride*(out-1) + dilation*(k-1) + 1)")
+    return oh, ow
+
+
+def _tconv_out_hw(h, w, kh, kw, stride, pads, dilation, output_padding, output_size):
+    left, right, top, bottom = pads
+    oph, opw = pair(output_padding, "output_padding")
+    if oph < 0 or opw < 0:
+        raise ValueError(f"output_padding must be non-negative, got {output_padding!r}")
+    base_h = conv_transpose2d_output_size(h, kh, stride[0], top, bottom, dilation[0])
+    base_w = conv_transpose2d_output_size(w, kw, stride[1], left, right, dilation[1])
+    if output_size is None:
+        oh, ow = base_h + oph, base_w + opw
+    else:
+        oh, ow = _positive_pair(output_size, "output_size")
+        if oh < base_h or ow < base_w:
+            raise ValueError(f"output_size {(oh, ow)} is smaller than the transposed-convolution "
+                             f"size {(base_h, base_w)} with output_padding 0")
+        if (oph, opw) != (0, 0) and (oh - base_h, ow - base_w) != (oph, opw):
+            raise ValueError(f"output_size {(oh, ow)} disagrees with output_padding "
+                             f"{(oph, opw)}")
+    if oh < 1 or ow < 1:
+        raise ValueError(f"transposed-convolution output would be {(oh, ow)}: "
+                         "padding larger than the output")
+    return oh, ow
+
+
+# ---------------------------------------------------------------------------
+# Tap loops. Arrays are split by groups: (N, G, C/G, H, W), weights (G, A, B, kH, kW).
+# ---------------------------------------------------------------------------
+
+def _window(a, ky, kx, out_h, out_w, stride, dilation):
+    """a[..., ky*dh + sh*i, kx*dw + sw*j] for i < out_h, j < out_w."""
+    y0 = ky * dilation[0]
+    x0 = kx * dilation[1]
+    win = a[..., y0:y0 + stride[0] * (out_h - 1) + 1:stride[0],
+            x0:x0 + stride[1] * (out_w - 1) + 1:stride[1]]
+    assert win.shape[-2:] == (out_h, out_w), (win.shape, out_h, out_w)
+    return win
+
+
+def _gather(src, weight, out_h, out_w, stride, dilation):
+    """out[n,g,o,i,j] = sum_{c,ky,kx} src[n,g,c, i*sh+ky*dh, j*sw+kx*dw] * weight[g,o,c,ky,kx]."""
+    n, groups = src.shape[:2]
+    out = np.zeros((n, groups, weight.shape[1], out_h, out_w))
+    for ky in range(weight.shape[3]):
+        for kx in range(weight.shape[4]):
+            win = _window(src, ky, kx, out_h, out_w, stride, dilation)
+            out += np.einsum("ngchw,goc->ngohw", win, weight[:, :, :, ky, kx])
+    return out
+
+
+def _scatter(src, weight, buf, stride, dilation):
+    """buf[n,g,d, i*sh+ky*dh, j*sw+kx*dw] += src[n,g,c,i,j] * weight[g,c,d,ky,kx] (in place)."""
+    h, w = src.shape[3:]
+    for ky in range(weight.shape[3]):
+        for kx in range(weight.shape[4]):
+            win = _window(buf, ky, kx, h, w, stride, dilation)
+            win += np.einsum("ngchw,gcd->ngdhw", src, weight[:, :, :, ky, kx])
+    return buf
+
+
+def _tap_products(small, big, kh, kw, stride, dilation):
+    """out[g,a,b,ky,kx] = sum_{n,i,j} small[n,g,a,i,j] * big[n,g,b, i*sh+ky*dh, j*sw+kx*dw]."""
+    h, w = small.shape[3:]
+    out = np.zeros((small.shape[1], small.shape[2], big.shape[2], kh, kw))
+    for ky in range(kh):
+        for kx in range(kw):
+            win = _window(big, ky, kx, h, w, stride, dilation)
+            out[:, :, :, ky, kx] = np.einsum("ngahw,ngbhw->gab", small, win)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           output_size=None):
+    """BNNS convolution, a cross-correlation with no kernel flip:
+    ``out[n,o,i,j] = act(bias[o] + sum_{c,ky,kx} w[o,c,ky,kx] * xpad[n, g*Cin_g + c, i*sh + ky*dh, j*sw + kx*dw])``,
+    where ``g`` is the group of ``o``.
+
+    ``weight`` is ``(Cout, Cin/groups, kH, kW)``. ``padding`` is
+    ``(left, right, top, bottom)``. ``output_size=(oH, oW)`` may be smaller
+    than the largest size, which is the default. Returns
+    ``(N, Cout, oH, oW)`` float64.
+    """
+    x = _as_f64(x, "x")
+    w = _as_f64(weight, "weight")
+    n, cin, h, wd, cout, kh, kw, g = _check_conv_operands(x, w, groups, transposed=False)
+    b = _bias_vector(bias, cout)
+    st = _positive_pair(stride, "stride")
+    dl = _positive_pair(dilation, "dilation")
+    pads = normalize_padding(padding)
+    left, right, top, bottom = pads
+    oh, ow = _conv_out_hw(h, wd, kh, kw, st, pads, dl, output_size)
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    xg = xp.reshape(n, g, cin // g, xp.shape[2], xp.shape[3])
+    wg = w.reshape(g, cout // g, cin // g, kh, kw)
+    out = _gather(xg, wg, oh, ow, st, dl).reshape(n, cout, oh, ow)
+    if b is not None:
+        out += b[None, :, None, None]
+    return _activate(out, activation, 1)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1, activation=None, output_size=None):
+    """Transposed convolution (PyTorch weights ``(Cin, Cout/groups, kH, kW)``, no flip).
+
+    ``out[n, o, i*sh + ky*dh - top, j*sw + kx*dw - left] += x[n, c, i, j] * w[c, o - g*Cout_g, ky, kx]``
+    for ``o`` in the group ``g`` of ``c``. Positions outside the output are
+    dropped. Then bias and activation are applied. The output size is
+    ``conv_transpose2d_output_size``, with ``output_padding`` added on the
+    bottom and right, or ``output_size``, which must be at least the size with
+    ``output_padding=0``. Computed by scattering each kernel tap into a zeroed
+    full-size float64 buffer and then cropping.
+    """
+    x = _as_f64(x, "x")
+    w = _as_f64(weight, "weight")
+    n, cin, h, wd, cout, kh, kw, g = _check_conv_operands(x, w, groups, transposed=True)
+    b = _bias_vector(bias, cout)
+    st = _positive_pair(stride, "stride")
+    dl = _positive_pair(dilation, "dilation")
+    pads = normalize_padding(padding)
+    left, right, top, bottom = pads
+    oh, ow = _tconv_out_hw(h, wd, kh, kw, st, pads, dl, output_padding, output_size)
+    full_h = (h - 1) * st[0] + dl[0] * (kh - 1) + 1
+    full_w = (wd - 1) * st[1] + dl[1] * (kw - 1) + 1
+    buf = np.zeros((n, g, cout // g, max(full_h, top + oh), max(full_w, left + ow)))
+    xg = x.reshape(n, g, cin // g, h, wd)
+    wg = w.reshape(g, cin // g, cout // g, kh, kw)
+    _scatter(xg, wg, buf, st, dl)
+    out = buf[:, :, :, top:top + oh, left:left + ow].reshape(n, cout, oh, ow)
+    if b is not None:
+        out = out + b[None, :, None, None]
+    return _activate(np.ascontiguousarray(out), activation, 1)
+
+
+def _want_bias(bias):
+    return bias is not None and bias is not False
+
+
+def conv2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
+                    dilation=1, groups=1, activation=None):
+    """Gradients of ``conv2d``: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``grad_output`` is dL/dy with shape ``(N, Cout, oH, oW)``. ``oH`` and
+    ``oW`` may be smaller than the largest output, as in ``conv2d(output_size=...)``.
+    If ``activation`` is not the identity, ``output`` (the forward y) is
+    required and dL/dy is first turned into dL/d(pre-activation) from y, as
+    BNNS does. ``grad_weight`` has the weight's shape and is summed over the
+    batch. ``grad_bias`` has shape ``(Cout,)``, or is None when ``bias`` is
+    False or None.
+    """
+    x = _as_f64(x, "x")
+    w = _as_f64(weight, "weight")
+    n, cin, h, wd, cout, kh, kw, g = _check_conv_operands(x, w, groups, transposed=False)
+    dy = _as_f64(grad_output, "grad_output")
+    if dy.ndim != 4 or dy.shape[:2] != (n, cout):
+        raise ValueError(f"grad_output must have shape ({n}, {cout}, oH, oW), got {dy.shape}")
+    st = _positive_pair(stride, "stride")
+    dl = _positive_pair(dilation, "dilation")
+    pads = normalize_padding(padding)
+    left, right, top, bottom = pads
+    oh, ow = _conv_out_hw(h, wd, kh, kw, st, pads, dl, dy.shape[2:])
+    dz = _pre_activation_grad(dy, output, activation, 1)
+    grad_bias = dz.sum(axis=(0, 2, 3)) if _want_bias(bias) else None
+    dzg = dz.reshape(n, g, cout // g, oh, ow)
+    wg = w.reshape(g, cout // g, cin // g, kh, kw)
+    hp, wp = h + top + bottom, wd + left + right
+    gbuf = np.zeros((n, g, cin // g, hp, wp))
+    _scatter(dzg, wg, gbuf, st, dl)
+    grad_input = np.ascontiguousarray(
+        gbuf[:, :, :, top:top + h, left:left + wd].reshape(n, cin, h, wd))
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).reshape(n, g, cin // g, hp, wp)
+    grad_weight = _tap_products(dzg, xp, kh, kw, st, dl).reshape(cout, cin // g, kh, kw)
+    return grad_input, grad_weight, grad_bias
+
+
+def conv_transpose2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
+                              output_padding=0, dilation=1, groups=1, activation=None,
+                              output_size=None):
+    """Gradients of ``conv_transpose2d``: ``(grad_input, grad_weight, grad_bias)``.
+
+    The weight and ``grad_weight`` are in PyTorch's transposed layout
+    ``(Cin, Cout/groups, kH, kW)``. ``grad_output`` must have the forward
+    output shape given by ``output_padding`` or ``output_size``. The other
+    arguments are as for ``conv2d_backward``.
+    """
+    x = _as_f64(x, "x")
+    w = _as_f64(weight, "weight")
+    n, cin, h, wd, cout, kh, kw, g = _check_conv_operands(x, w, groups, transposed=True)
+    dy = _as_f64(grad_output, "grad_output")
+    st = _positive_pair(stride, "stride")
+    dl = _positive_pair(dilation, "dilation")
+    pads = normalize_padding(padding)
+    left, right, top, bottom = pads
+    oh, ow = _tconv_out_hw(h, wd, kh, kw, st, pads, dl, output_padding, output_size)
+    if dy.shape != (n, cout, oh, ow):
+        raise ValueError(f"grad_output must have shape {(n, cout, oh, ow)}, got {dy.shape}")
+    dz = _pre_activation_grad(dy, output, activation, 1)
+    grad_bias = dz.sum(axis=(0, 2, 3)) if _want_bias(bias) else None
+    full_h = (h - 1) * st[0] + dl[0] * (kh - 1) + 1
+    full_w = (wd - 1) * st[1] + dl[1] * (kw - 1) + 1
+    dbuf = np.zeros((n, g, cout // g, max(full_h, top + oh), max(full_w, left + ow)))
+    dbuf[:, :, :, top:top + oh, left:left + ow] = dz.reshape(n, g, cout // g, oh, ow)
+    wg = w.reshape(g, cin // g, cout // g, kh, kw)
+    grad_input = _gather(dbuf, wg, h, wd, st, dl).reshape(n, cin, h, wd)
+    xg = x.reshape(n, g, cin // g, h, wd)
+    grad_weight = _tap_products(xg, dbuf, kh, kw, st, dl).reshape(cin, cout // g, kh, kw)
+    return grad_input, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------
+# Fully connected
+# ---------------------------------------------------------------------------
+
+def _check_linear(x, w):
+    if w.ndim != 2:
+        raise ValueError(f"weight must have shape (out, in), got {w.shape}")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x must have shape (..., {w.shape[1]}), got {x.shape}")
+
+
+def linear(x, weight, bias=None, activation=None):
+    """Fully connected layer ``y[..., o] = act(bias[o] + sum_i w[o, i] * x[..., i])``.
+
+    The weight is ``(out, in)``, the BNNS row-major ``W(o, i)`` at ``i + o*in``.
+    Softmax and LogSoftmax act on the last axis unless the activation has an
+    ``axis`` attribute.
+    """
+    x = _as_f64(x, "x")
+    w = _as_f64(weight, "weight")
+    _check_linear(x, w)
+    b = _bias_vector(bias, w.shape[0])
+    y = np.einsum("...i,oi->...o", x, w)
+    if b is not None:
+        y = y + b
+    return _activate(y, activation, -1)
+
+
+def linear_backward(x, weight, grad_output, output=None, bias=True, activation=None):
+    """Gradients of ``linear``: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``grad_weight`` ``(out, in)`` and ``grad_bias`` ``(out,)`` are summed over
+    all leading (batch) axes. ``grad_bias`` is None when ``bias`` is False or
+    None. A non-identity activation needs ``output``, as in
+    ``conv2d_backward``.
+    """
+    x = _as_f64(x, "x")
+    w = _as_f64(weight, "weight")
+    _check_linear(x, w)
+    dy = _as_f64(grad_output, "grad_output")
+    if dy.shape != x.shape[:-1] + (w.shape[0],):
+        raise ValueError(f"grad_output must have shape {x.shape[:-1] + (w.shape[0],)}, "
+                         f"got {dy.shape}")
+    dz = _pre_activation_grad(dy, output, activation, -1)
+    grad_input = np.einsum("...o,oi->...i", dz, w)
+    dz2 = dz.reshape(-1, w.shape[0])
+    grad_weight = np.einsum("bo,bi->oi", dz2, x.reshape(-1, w.shape[1]))
+    grad_bias = dz2.sum(axis=0) if _want_bias(bias) else None
+    return grad_input, grad_weight, grad_bias
