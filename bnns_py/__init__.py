@@ -6,7 +6,7 @@ Python code paths are identical. Importing never loads a library: the first real
 
 Swift-mirroring API: ``ConvolutionLayer``, ``ConvolutionType``, ``ConvolutionPadding``,
 ``ActivationFunction``, ``Shape``, ``NDArrayDescriptor``, ``DataType``, ``DataLayout``,
-``FilterParameters``. numpy-first API: ``conv2d``. Verification: ``bnns_py.reference``.
+``FilterParameters``. numpy-first API: ``conv2d``, ``conv_transpose2d``, ``Conv2d``/``ConvTranspose2d`` (with gradients). Verification: ``bnns_py.reference``.
 """
 from ._ffi import ffi
 from ._version import __version__
@@ -17,7 +17,8 @@ from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType, FilterType, Flags, NDArrayFlags
 from .errors import BNNSError, LayerClosedError, LibraryNotFoundError
 from .filter_parameters import FilterParameters
-from .functional import conv2d
+from .functional import conv2d, conv_transpose2d
+from .modules import Conv2d, ConvTranspose2d, Gradients
 from .layer import Layer, UnaryLayer, filter_counts
 from .shape import Shape
 
@@ -30,9 +31,9 @@ def __getattr__(name):
 
 
 __all__ = [
-    "ActivationFunction", "BNNSError", "ConvolutionLayer", "ConvolutionPadding", "ConvolutionType",
+    "ActivationFunction", "BNNSError", "Conv2d", "ConvTranspose2d", "Gradients", "ConvolutionLayer", "ConvolutionPadding", "ConvolutionType",
     "DataLayout", "DataType", "FilterParameters", "FilterType", "Flags", "Layer", "LayerClosedError",
     "LibraryNotFoundError", "NDArrayDescriptor", "NDArrayFlags", "Shape", "UnaryLayer",
-    "__version__", "available_backends", "backend_info", "conv2d", "default_backend_name", "ffi",
+    "__version__", "available_backends", "backend_info", "conv2d", "conv_transpose2d", "default_backend_name", "ffi",
     "filter_counts", "get_backend",
 ]

@@ -79,6 +79,11 @@ WEIGHT_LAYOUTS = (DataLayout.convolution_weights_oihw, DataLayout.convolution_we
                   DataLayout.convolution_weights_iohrwr, DataLayout.convolution_weights_oihw_pack32)
 # Activation functions the portable backend cannot fuse into a convolution yet.
 PORTABLE_UNSUPPORTED_ACTIVATIONS = frozenset({9, 10, 11, 13, 14, 21, 29})
+# Fused activations BNNS differentiates from the forward output y (bnns.h's training list).
+BACKWARD_FROM_OUTPUT = frozenset({0, 1, 2, 3, 4, 7, 8, 11, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                                  25, 26, 27, 28, 35})
+# ... of which the portable backend cannot invert these from y.
+PORTABLE_BACKWARD_UNSUPPORTED = frozenset({11, 21, 27, 35})
 _DATA_TYPES = {  # (backend, type) -> data types BNNS documents for the i/w/o descriptors
     ("accelerate", ConvolutionType.standard): {DataType.float32, DataType.float16, DataType.int8, DataType.uint8},
     ("accelerate", ConvolutionType.transposed): {DataType.float32},
@@ -172,6 +177,36 @@ class ConvolutionLayer(UnaryLayer):
         self.stride = stride
         self.dilation_stride = dilation_stride
         self.filter_parameters = filter_parameters
+
+    def _weights_shape_descriptor(self):
+        return self.weights
+
+    def _bias_shape_descriptor(self):
+        if self.bias is None:
+            raise ValueError("bias_gradient given but the layer has no bias")
+        return self.bias
+
+    def _check_backward_preconditions(self, input, output, weights_gradient):
+        parameters = self.filter_parameters
+        if parameters is None or not parameters.use_client_pointer:
+            raise ValueError("apply_backward needs a layer created with "
+                             "FilterParameters(flags=Flags.use_client_pointer), as BNNS requires")
+        for name, descriptor in (("input", self.input_descriptor), ("weights", self.weights),
+                                 ("output", self.output_descriptor)):
+            if descriptor.data_type != DataType.float32:
+                raise TypeError(f"apply_backward needs float32 descriptors; {name} is {descriptor.data_type.name}")
+        function = self.activation.function
+        if function not in BACKWARD_FROM_OUTPUT or (function in (2, 19) and self.activation.alpha <= 0):
+            raise ValueError(f"BNNS cannot differentiate the fused activation {self.activation!r} from the "
+                             "layer output; use identity here and a separate activation step")
+        if self._backend.is_portable and function in PORTABLE_BACKWARD_UNSUPPORTED:
+            raise NotImplementedError(f"the portable backend cannot differentiate {self.activation!r} yet")
+        if function != 0 and output is None:
+            raise ValueError(f"output (the forward result) is required to back-propagate through {self.activation!r}")
+        if weights_gradient is not None and input is None:
+            raise ValueError("input (the forward input) is required for weights_gradient")
+        if self.type is ConvolutionType.transposed and self.group_count > 1:
+            raise ValueError("BNNS does not compute gradients of a grouped transposed convolution")
 
     @staticmethod
     def _check(backend, type, input, weights, output, bias, padding, activation, groups, stride, dilation):

@@ -140,6 +140,67 @@ class UnaryLayer(Layer):
         return ffi.from_buffer(value), stride, value
 
 
+    def apply_backward(self, batch_size, input, output, output_gradient, input_gradient,
+                       weights_gradient=None, bias_gradient=None):
+        """Back-propagate ``output_gradient`` (dL/dy) through the layer (Swift's ``applyBackward``).
+
+        ``input``/``output`` are the forward pass's x and y; ``input_gradient``,
+        ``weights_gradient`` and ``bias_gradient`` receive dL/dx, dL/dW (summed over the batch, in
+        the weights' creation layout) and dL/db. Pass None to skip one. Gradients given as
+        ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to the
+        buffer); numpy arrays are overwritten.
+        """
+        handle = self.bnns_filter
+        batch_size = _check_batch_size(batch_size)
+        self._check_backward_preconditions(input, output, weights_gradient)
+        in_ptr, in_stride, _ = self._optional_pointer("input", input, self.input_descriptor, batch_size, False)
+        out_ptr, out_stride, _ = self._optional_pointer("output", output, self.output_descriptor, batch_size, False)
+        keep = []
+        dy, dy_stride = self._gradient("output_gradient", output_gradient, self.output_descriptor, batch_size, keep)
+        if dy == ffi.NULL:
+            raise ValueError("output_gradient is required")
+        dx, dx_stride = self._gradient("input_gradient", input_gradient, self.input_descriptor, batch_size, keep)
+        dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor(), 1, keep)
+        db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor(), 1, keep)
+        status = self._backend.lib.BNNSFilterApplyBackwardBatch(
+            handle, batch_size, in_ptr, in_stride, dx, dx_stride, out_ptr, out_stride, dy, dy_stride, dw, db)
+        if status != 0:
+            self._fail("BNNSFilterApplyBackwardBatch")
+
+    def _check_backward_preconditions(self, input, output, weights_gradient):
+        """Subclasses refuse what BNNS cannot differentiate, before the C call."""
+
+    def _weights_shape_descriptor(self):
+        raise ValueError(f"{type(self).__name__} has no weights")
+
+    def _bias_shape_descriptor(self):
+        raise ValueError(f"{type(self).__name__} has no bias")
+
+    def _optional_pointer(self, name, value, expected, batch_size, writable):
+        if value is None:
+            return ffi.NULL, expected.shape.batch_stride, None
+        return self._pointer(name, value, expected, batch_size, writable)
+
+    def _gradient(self, name, value, expected, batch_size, keep):
+        """(descriptor pointer, batch stride) for a gradient argument; NULL for None."""
+        if value is None:
+            return ffi.NULL, 0
+        if not isinstance(value, NDArrayDescriptor):
+            check_array_memory(name, value, expected.data_type.numpy_dtype,
+                               batch_size * expected.shape.batch_stride, True)
+            value = NDArrayDescriptor(value.reshape(-1), expected.shape, batch_size=batch_size)
+        elif value.shape != expected.shape or value.data_type != expected.data_type:
+            raise ValueError(f"{name} descriptor {value.shape!r} {value.data_type.name} does not match "
+                             f"the layer's {expected.shape!r} {expected.data_type.name}")
+        elif value.data is None:
+            raise BNNSError(f"{name} descriptor has no data", kind="array_descriptor_invalid_data")
+        else:
+            check_array_memory(name, value.data, expected.data_type.numpy_dtype,
+                               batch_size * expected.shape.batch_stride, True)
+        keep.append(value)
+        return value.c_descriptor, value.shape.batch_stride
+
+
 def _check_batch_size(batch_size):
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an integer, not {type(batch_size).__name__}")

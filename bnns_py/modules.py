@@ -1,0 +1,133 @@
+"""``Conv2d`` and ``ConvTranspose2d``: numpy-first layers that keep their BNNS filters and return
+all three gradients, with PyTorch's argument conventions.
+
+The weight and bias arrays are used in place (BNNS's client-pointer mode), so an optimizer step
+such as ``conv.weight -= lr * grads.weight`` changes the next forward pass, as in training with
+Swift's ``ConvolutionLayer.applyBackward``. One filter is kept per input height and width.
+"""
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .functional import (ConvSpec, _as_float32, _output_buffer, _prepare_input,
+                         transposed_weight_from_bnns, transposed_weight_to_bnns)
+
+
+class Gradients(NamedTuple):
+    """dL/dx, dL/dW (in the module's weight layout) and dL/db (None without bias)."""
+
+    input: np.ndarray
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+
+
+class _ConvModule:
+    _transposed = False
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+                 backend=None, output_padding=0):
+        weight = _as_float32("weight", weight, (4,))
+        if not weight.flags.c_contiguous or not weight.flags.writeable:
+            raise ValueError("weight must be a writable C-contiguous array (it is used in place)")
+        if bias is not None:
+            bias = _as_float32("bias", bias, (1,))
+            if not bias.flags.writeable:
+                raise ValueError("bias must be writable (it is used in place)")
+        self.spec = ConvSpec.from_arguments(self._transposed, weight, bias, stride, padding, dilation,
+                                            groups, activation, output_padding)
+        self.weight = weight
+        self.bias = bias
+        self.backend = backend
+        self._layers = {}
+        self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if self._transposed else weight
+
+    def _layer(self, height, width):
+        layer = self._layers.get((height, width))
+        if layer is None:
+            layer = self.spec.make_layer(height, width, self._bnns_weight, self.bias, self.backend)
+            self._layers[(height, width)] = layer
+        return layer
+
+    def _sync_weight(self):
+        if self._transposed:  # BNNS reads its own layout: refresh it from the PyTorch-layout array
+            np.copyto(self._bnns_weight, transposed_weight_to_bnns(self.weight, self.spec.groups))
+
+    def forward(self, x, out=None):
+        """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W)."""
+        x, single = _prepare_input(x, self.spec)
+        batch, _, height, width = x.shape
+        layer = self._layer(height, width)
+        result = _output_buffer(out, (batch, self.spec.out_channels) + self.spec.output_hw(height, width), single, x)
+        self._sync_weight()
+        layer.apply(batch, x, result)
+        if out is not None:
+            return out
+        return result[0] if single else result
+
+    __call__ = forward
+
+    def backward(self, x, y, grad_output, need_input_gradient=True):
+        """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
+
+        Returns ``Gradients(input, weight, bias)``; ``weight`` is in the same layout as
+        ``self.weight``, ``bias`` is None when the module has no bias and ``input`` is None when
+        ``need_input_gradient`` is False (e.g. for a first layer).
+        """
+        x, single = _prepare_input(x, self.spec)
+        batch, _, height, width = x.shape
+        layer = self._layer(height, width)
+        out_shape = (batch, self.spec.out_channels) + self.spec.output_hw(height, width)
+        y = _as_float32("y", y, (3, 4)).reshape(out_shape) if y is not None else None
+        grad_output = _as_float32("grad_output", grad_output, (3, 4))
+        if grad_output.shape not in (out_shape, out_shape[1:] if single else out_shape):
+            raise ValueError(f"grad_output has shape {grad_output.shape}, expected {out_shape}")
+        grad_output = grad_output.reshape(out_shape)
+        grad_input = np.empty_like(x) if need_input_gradient else None
+        grad_weight = np.empty_like(self._bnns_weight)
+        grad_bias = None if self.bias is None else np.empty_like(self.bias)
+        self._sync_weight()
+        layer.apply_backward(batch, x, y, grad_output, grad_input, grad_weight, grad_bias)
+        if self._transposed:
+            grad_weight = transposed_weight_from_bnns(grad_weight, self.spec.groups)
+        if grad_input is not None and single:
+            grad_input = grad_input[0]
+        return Gradients(grad_input, grad_weight, grad_bias)
+
+    def close(self):
+        """Destroy every filter this module created. Safe to call twice."""
+        layers, self._layers = self._layers, {}
+        for layer in layers.values():
+            layer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        s = self.spec
+        return (f"{type(self).__name__}({s.in_channels}, {s.out_channels}, kernel={s.kernel}, "
+                f"stride={s.stride}, padding={s.padding}, dilation={s.dilation}, groups={s.groups}, "
+                f"activation={s.activation!r}, bias={self.bias is not None})")
+
+
+class Conv2d(_ConvModule):
+    """A convolution with trainable numpy parameters (weight ``(out, in/groups, kH, kW)``).
+
+    ``forward(x)`` runs BNNS forward; ``backward(x, y, dy)`` returns ``Gradients(input, weight,
+    bias)`` through ``BNNSFilterApplyBackwardBatch``. Arguments as ``bnns_py.conv2d``.
+    """
+
+
+class ConvTranspose2d(_ConvModule):
+    """A transposed convolution with trainable numpy parameters (weight ``(in, out/groups, kH, kW)``).
+
+    Arguments as ``bnns_py.conv_transpose2d``; see ``Conv2d`` for ``forward``/``backward``.
+    """
+
+    _transposed = True
+
+
+__all__ = ["Conv2d", "ConvTranspose2d", "Gradients"]
