@@ -1,0 +1,195 @@
+/* BNNSFilterApplyBackwardBatch for standard and transposed convolution filters. */
+#include <string.h>
+
+#include "filter.h"
+
+/* A gradient descriptor must have data, Float32 and the given sizes; returns its resolved image. */
+static bool gradient_image(const BNNSNDArrayDescriptor *d, const char *name, const bp_image *like, bp_image *img) {
+    if (d->data == NULL) {
+        bp_set_error("%s.data is NULL", name);
+        return false;
+    }
+    if (!bp_image_from_desc(d, name, img)) return false;
+    if (img->w != like->w || img->h != like->h || img->c != like->c) {
+        bp_set_error("%s sizes (%zu, %zu, %zu) differ from the layer's (%zu, %zu, %zu)", name, img->w, img->h,
+                     img->c, like->w, like->h, like->c);
+        return false;
+    }
+    return true;
+}
+
+static bool accumulates(const BNNSNDArrayDescriptor *d) { return d->flags == BNNSNDArrayFlagBackpropAccumulate; }
+
+static void zero_image(const bp_image *img, float *p) {
+    for (size_t c = 0; c < img->c; c++)
+        for (size_t y = 0; y < img->h; y++) {
+            float *row = p + c * img->sc + y * img->sy;
+            if (img->sx == 1) memset(row, 0, img->w * sizeof(float));
+            else for (size_t x = 0; x < img->w; x++) row[x * img->sx] = 0.0f;
+        }
+}
+
+/* dz (packed) = dy * f'(y), reading dy and y through their strides. */
+static void activation_gradient(const bp_filter *f, const bp_image *dy_img, const float *dy, const float *y,
+                                float *dz, float *row_y, float *row_dy) {
+    const bp_image *o = &f->out;
+    for (size_t c = 0; c < o->c; c++)
+        for (size_t r = 0; r < o->h; r++) {
+            float *d = dz + (c * o->h + r) * o->w;
+            const float *gy = dy + c * dy_img->sc + r * dy_img->sy;
+            for (size_t x = 0; x < o->w; x++) row_dy[x] = gy[x * dy_img->sx];
+            if (f->activation.function == 0) {
+                memcpy(d, row_dy, o->w * sizeof(float));
+                continue;
+            }
+            const float *yy = y + c * o->sc + r * o->sy;
+            for (size_t x = 0; x < o->w; x++) row_y[x] = yy[x * o->sx];
+            bp_activation_backward(&f->activation, row_y, row_dy, d, o->w);
+        }
+}
+
+static void add_or_copy(const bp_image *from, const float *src, const bp_image *to, float *dst, bool accumulate) {
+    for (size_t c = 0; c < from->c; c++)
+        for (size_t y = 0; y < from->h; y++) {
+            const float *s = src + c * from->sc + y * from->sy;
+            float *d = dst + c * to->sc + y * to->sy;
+            for (size_t x = 0; x < from->w; x++) {
+                if (accumulate) d[x * to->sx] += s[x * from->sx];
+                else d[x * to->sx] = s[x * from->sx];
+            }
+        }
+}
+
+int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_stride,
+                      BNNSNDArrayDescriptor *in_delta, size_t in_delta_stride, const float *out, size_t out_stride,
+                      const BNNSNDArrayDescriptor *out_delta, size_t out_delta_stride,
+                      BNNSNDArrayDescriptor *weights_delta, BNNSNDArrayDescriptor *bias_delta) {
+    const bp_geom *g = &f->g;
+    if (!f->client) {
+        bp_set_error("backward needs a filter created with BNNSFlagsUseClientPtr");
+        return -1;
+    }
+    if (f->transposed && g->groups > 1) {
+        bp_set_error("backward of a grouped transposed convolution is not supported");
+        return -1;
+    }
+    if (!bp_activation_backward_supported(&f->activation)) {
+        bp_set_error("activation %u cannot be differentiated from the layer output", f->activation.function);
+        return -1;
+    }
+    if (out_delta == NULL) {
+        bp_set_error("out_delta is required");
+        return -1;
+    }
+    bp_image dy_img, dx_img;
+    if (!gradient_image(out_delta, "out_delta", &f->out, &dy_img)) return -1;
+    if (in_delta && !gradient_image(in_delta, "in_delta", &f->in, &dx_img)) return -1;
+    if (f->activation.function != 0 && out == NULL) {
+        bp_set_error("out (the forward output) is required with a non-identity activation");
+        return -1;
+    }
+    size_t dw_stride[8];
+    if (weights_delta) {
+        size_t extent;
+        if (in == NULL) {
+            bp_set_error("in (the forward input) is required for weights_delta");
+            return -1;
+        }
+        if (weights_delta->data == NULL || weights_delta->data_type != BNNSDataTypeFloat32 ||
+            weights_delta->layout != f->w_layout || memcmp(weights_delta->size, f->w_size, sizeof f->w_size) != 0) {
+            bp_set_error("weights_delta must have data and the weights' Float32 layout and sizes");
+            return -1;
+        }
+        if (!bp_resolve_strides(weights_delta, 4, dw_stride, &extent)) return -1;
+    }
+    size_t db_stride = 1;
+    if (bias_delta) {
+        if (bias_delta->data == NULL || bias_delta->data_type != BNNSDataTypeFloat32 || bias_delta->size[0] != f->out.c) {
+            bp_set_error("bias_delta must have data, Float32 and %zu values", f->out.c);
+            return -1;
+        }
+        db_stride = bias_delta->stride[0] ? bias_delta->stride[0] : 1;
+    }
+    if (batch == 0) return 0;
+    if (in_stride == 0) in_stride = f->in.item;
+    if (out_stride == 0) out_stride = f->out.item;
+    if (out_delta_stride == 0) out_delta_stride = dy_img.item;
+    if (in_delta_stride == 0) in_delta_stride = in_delta ? dx_img.item : 0;
+    if (batch > 1 && ((in && in_stride < f->in.extent) || (out && out_stride < f->out.extent) ||
+                      out_delta_stride < dy_img.extent || (in_delta && in_delta_stride < dx_img.extent))) {
+        bp_set_error("batch strides smaller than one item");
+        return -1;
+    }
+
+    bool temporary;
+    float *base = bp_work_acquire(f, &temporary);
+    if (base == NULL) return -1;
+    bp_work w;
+    bp_work_split(f, base, &w);
+    const float *weights = bp_current_weights(f, f->w_direct ? NULL : w.weights);
+    /* dz: the gradient before the activation, packed, in the layer's output space */
+    float *dz = f->transposed ? w.pack_in : w.pack_out;
+    float *dbias = w.dbias;
+    memset(dbias, 0, f->out.c * sizeof(float));
+    bp_image in_packed = {0};
+
+    for (size_t b = 0; b < batch; b++) {
+        const float *x = in ? in + b * in_stride : NULL;
+        const float *y = out ? out + b * out_stride : NULL;
+        const float *dy = (const float *)out_delta->data + b * out_delta_stride;
+        activation_gradient(f, &dy_img, dy, y, dz, w.rows, w.rows + f->out.w);
+        if (bias_delta) {
+            size_t hw = f->out.w * f->out.h;
+            for (size_t c = 0; c < f->out.c; c++) {
+                float s = 0.0f;
+                for (size_t i = 0; i < hw; i++) s += dz[c * hw + i];
+                dbias[c] += s;
+            }
+        }
+        bp_image out_packed = {.w = f->out.w, .h = f->out.h, .c = f->out.c, .sx = 1, .sy = f->out.w,
+                               .sc = f->out.w * f->out.h, .packed = true};
+        out_packed.extent = out_packed.item = out_packed.sc * out_packed.c;
+        if (!f->transposed) {
+            if (weights_delta)
+                bp_conv_backward_weights(g, x, &f->in, dz, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, f->threads);
+            if (in_delta) {
+                float *dx = (float *)in_delta->data + b * in_delta_stride;
+                if (!accumulates(in_delta)) zero_image(&dx_img, dx);
+                bp_conv_backward_data(g, weights, dz, &dx_img, dx, w.col, f->threads);
+            }
+        } else {
+            /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
+            if (weights_delta) {
+                const float *xs = x;
+                if (!f->in.packed) {
+                    in_packed = f->in;
+                    in_packed.sx = 1;
+                    in_packed.sy = f->in.w;
+                    in_packed.sc = f->in.w * f->in.h;
+                    add_or_copy(&f->in, x, &in_packed, w.pack_out2, false);
+                    xs = w.pack_out2;
+                }
+                bp_conv_backward_weights(g, dz, &out_packed, xs, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, f->threads);
+            }
+            if (in_delta) {
+                bp_conv_forward(g, weights, &out_packed, dz, w.pack_out, w.col, f->threads);
+                bp_image result = f->in;
+                result.sx = 1;
+                result.sy = f->in.w;
+                result.sc = f->in.w * f->in.h;
+                add_or_copy(&result, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
+                            accumulates(in_delta));
+            }
+        }
+    }
+    if (weights_delta) bp_weights_to_descriptor(f, w.dweights, weights_delta, dw_stride, accumulates(weights_delta));
+    if (bias_delta) {
+        float *db = bias_delta->data;
+        for (size_t c = 0; c < f->out.c; c++) {
+            if (accumulates(bias_delta)) db[c * db_stride] += dbias[c];
+            else db[c * db_stride] = dbias[c];
+        }
+    }
+    bp_work_release(f, base, temporary);
+    return 0;
+}

@@ -1,0 +1,58 @@
+/* Reading BNNSNDArrayDescriptor sizes and strides: BNNS's packed-stride rule and overlap checks. */
+#include "internal.h"
+
+bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, size_t stride_out[8], size_t *extent) {
+    size_t last = 0;
+    for (size_t k = 0; k < rank; k++) {
+        size_t stride = d->stride[k];
+        if (d->size[k] == 0) {
+            bp_set_error("descriptor size[%zu] is 0", k);
+            return false;
+        }
+        if (stride == 0) {
+            if (k == 0) stride = 1;
+            else if (!bp_mul(d->size[k - 1], stride_out[k - 1], &stride)) goto overflow;
+        } else if (k > 0) {
+            size_t minimum;
+            if (!bp_mul(d->size[k - 1], stride_out[k - 1], &minimum)) goto overflow;
+            if (stride < minimum) {
+                bp_set_error("descriptor stride[%zu]=%zu overlaps: must be >= stride[%zu]*size[%zu]=%zu",
+                             k, stride, k - 1, k - 1, minimum);
+                return false;
+            }
+        }
+        stride_out[k] = stride;
+        size_t span;
+        if (!bp_mul(d->size[k] - 1, stride, &span) || !bp_add(last, span, &last)) goto overflow;
+    }
+    if (!bp_add(last, 1, extent)) goto overflow;
+    /* every index must also fit in a signed 64-bit offset and a byte count */
+    size_t bytes;
+    if (!bp_mul(*extent, sizeof(float) * 2, &bytes) || bytes > (size_t)INT64_MAX) goto overflow;
+    return true;
+overflow:
+    bp_set_error("descriptor sizes overflow");
+    return false;
+}
+
+bool bp_image_from_desc(const BNNSNDArrayDescriptor *d, const char *name, bp_image *img) {
+    if (d->layout != BNNSDataLayoutImageCHW) {
+        bp_set_error("%s layout 0x%x is not ImageCHW (0x%x)", name, d->layout, BNNSDataLayoutImageCHW);
+        return false;
+    }
+    if (d->data_type != BNNSDataTypeFloat32) {
+        bp_set_error("%s data type 0x%x not supported by the portable backend yet (Float32 only)", name, d->data_type);
+        return false;
+    }
+    size_t strides[8];
+    if (!bp_resolve_strides(d, 3, strides, &img->extent)) return false;
+    img->w = d->size[0];
+    img->h = d->size[1];
+    img->c = d->size[2];
+    img->sx = strides[0];
+    img->sy = strides[1];
+    img->sc = strides[2];
+    img->item = img->sc * img->c;
+    img->packed = img->sx == 1 && img->sy == img->w && img->sc == img->w * img->h;
+    return true;
+}

@@ -1,0 +1,455 @@
+/* Creating, applying and destroying portable convolution filters. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "filter.h"
+
+static atomic_long live_filters;
+static atomic_long created_filters;
+
+long bnns_portable_live_filter_count(void) { return atomic_load(&live_filters); }
+long bnns_portable_created_filter_count(void) { return atomic_load(&created_filters); }
+const char *bnns_portable_version(void) { return BNNS_PORTABLE_VERSION; }
+
+/* ---- memory ------------------------------------------------------------------------------ */
+
+void *bp_alloc(const bp_allocator *a, size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) bytes = BNNS_PORTABLE_ALIGNMENT;
+    int status = a->alloc ? a->alloc(&p, BNNS_PORTABLE_ALIGNMENT, bytes)
+                          : posix_memalign(&p, BNNS_PORTABLE_ALIGNMENT, bytes);
+    if (status != 0 || p == NULL) {
+        bp_set_error("allocating %zu bytes failed", bytes);
+        return NULL;
+    }
+    return p;
+}
+
+void bp_free(const bp_allocator *a, void *p) {
+    if (p == NULL) return;
+    if (a->release) a->release(p);
+    else free(p);
+}
+
+/* ---- weights -------------------------------------------------------------------------------- */
+
+/* Offset of W(kx, ky, i, o) in the caller's weights: i is the input channel within its group as
+   the descriptor counts it, o the output channel. */
+static size_t weight_offset(const bp_filter *f, size_t kx, size_t ky, size_t i, size_t o) {
+    const size_t *s = f->w_stride;
+    size_t kw = f->w_size[0], kh = f->w_size[1];
+    switch (f->w_layout) {
+    case BNNSDataLayoutConvolutionWeightsOIHrWr:
+        return (kw - 1 - kx) * s[0] + (kh - 1 - ky) * s[1] + i * s[2] + o * s[3];
+    case BNNSDataLayoutConvolutionWeightsIOHrWr:
+        return (kw - 1 - kx) * s[0] + (kh - 1 - ky) * s[1] + o * s[2] + i * s[3];
+    default:
+        return kx * s[0] + ky * s[1] + i * s[2] + o * s[3];
+    }
+}
+
+/* Visit every weight: S's canonical index and the layer's (kx, ky, i, o). */
+#define FOR_EACH_WEIGHT(f, canonical_index, kx, ky, i, o, BODY)                                     \
+    do {                                                                                            \
+        const bp_geom *g_ = &(f)->g;                                                                \
+        size_t lin_ = (f)->transposed ? g_->out_cg : g_->in_cg;  /* layer input chans per group */ \
+        size_t lout_ = (f)->transposed ? g_->in_cg : g_->out_cg; /* layer output chans per group */\
+        for (size_t grp_ = 0; grp_ < g_->groups; grp_++)                                            \
+            for (size_t ol_ = 0; ol_ < lout_; ol_++)                                                \
+                for (size_t i = 0; i < lin_; i++)                                                   \
+                    for (size_t ky = 0; ky < g_->kh; ky++)                                          \
+                        for (size_t kx = 0; kx < g_->kw; kx++) {                                    \
+                            size_t o = grp_ * lout_ + ol_;                                          \
+                            size_t canonical_index = (f)->transposed                                \
+                                ? (((grp_ * lin_ + i) * lout_ + ol_) * g_->kh + ky) * g_->kw + kx   \
+                                : ((o * lin_ + i) * g_->kh + ky) * g_->kw + kx;                     \
+                            BODY;                                                                   \
+                        }                                                                           \
+    } while (0)
+
+static void pack_weights(const bp_filter *f, float *canonical) {
+    const float *w = f->w_data;
+    FOR_EACH_WEIGHT(f, c, kx, ky, i, o, canonical[c] = w[weight_offset(f, kx, ky, i, o)]);
+}
+
+const float *bp_current_weights(const bp_filter *f, float *scratch) {
+    if (f->w_direct) return f->w_data;
+    if (!f->client) return f->w_owned;
+    pack_weights(f, scratch);  /* the caller may have changed them since the last call */
+    return scratch;
+}
+
+void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const BNNSNDArrayDescriptor *d,
+                              const size_t stride[4], bool accumulate) {
+    bp_filter view = *f;
+    memcpy(view.w_stride, stride, sizeof view.w_stride);
+    float *out = d->data;
+    if (accumulate) FOR_EACH_WEIGHT(&view, c, kx, ky, i, o, out[weight_offset(&view, kx, ky, i, o)] += canonical[c]);
+    else FOR_EACH_WEIGHT(&view, c, kx, ky, i, o, out[weight_offset(&view, kx, ky, i, o)] = canonical[c]);
+}
+
+float bp_bias_at(const bp_filter *f, size_t channel) {
+    if (!f->has_bias) return 0.0f;
+    if (f->bias_owned) return f->bias_owned[channel];
+    return f->bias_data[channel * f->bias_stride];
+}
+
+/* ---- workspace ------------------------------------------------------------------------------ */
+
+static size_t weight_count(const bp_geom *g) { return g->out_c * g->k; }
+
+void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
+    const bp_geom *g = &f->g;
+    size_t col = g->k * g->out_h * g->out_w;
+    size_t in = g->in_c * g->in_h * g->in_w, out = g->out_c * g->out_h * g->out_w;
+    /* 16-float (64-byte) aligned slices */
+#define SLICE(n) (((n) + 15) / 16 * 16)
+    w->col = base;
+    w->pack_in = w->col + SLICE(col);
+    w->pack_out = w->pack_in + SLICE(in);
+    w->pack_out2 = w->pack_out + SLICE(out);
+    w->weights = w->pack_out2 + (f->client ? SLICE(out) : 0);
+    w->dweights = w->weights + (f->client ? SLICE(weight_count(g)) : 0);
+    w->dbias = w->dweights + (f->client ? SLICE(weight_count(g)) : 0);
+    w->rows = w->dbias + (f->client ? SLICE(g->out_c + g->in_c) : 0);
+}
+
+static bool workspace_size(const bp_filter *f, size_t *floats) {
+    const bp_geom *g = &f->g;
+    size_t col, in, out, wc, total = 0, t;
+    if (!bp_mul(g->k, g->out_h, &t) || !bp_mul(t, g->out_w, &col)) return false;
+    if (!bp_mul(g->in_c, g->in_h, &t) || !bp_mul(t, g->in_w, &in)) return false;
+    if (!bp_mul(g->out_c, g->out_h, &t) || !bp_mul(t, g->out_w, &out)) return false;
+    if (!bp_mul(g->out_c, g->k, &wc)) return false;
+    size_t parts[] = {col, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
+                      f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0};
+    for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
+        size_t padded;
+        if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
+    }
+    if (!bp_mul(total, sizeof(float), &t)) return false;
+    *floats = total;
+    return true;
+}
+
+float *bp_work_acquire(bp_filter *f, bool *temporary) {
+    if (!atomic_flag_test_and_set(&f->busy)) {
+        *temporary = false;
+        return f->workspace;
+    }
+    *temporary = true;  /* another thread is using the filter: work in private memory */
+    return bp_alloc(&f->allocator, f->workspace_floats * sizeof(float));
+}
+
+void bp_work_release(bp_filter *f, float *work, bool temporary) {
+    if (temporary) bp_free(&f->allocator, work);
+    else atomic_flag_clear(&f->busy);
+}
+
+/* ---- creation ------------------------------------------------------------------------------- */
+
+static void destroy_filter(bp_filter *f) {
+    bp_allocator a = f->allocator;
+    bp_free(&a, f->workspace);
+    bp_free(&a, f->w_owned);
+    bp_free(&a, f->bias_owned);
+    bp_free(&a, f);
+}
+
+static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, size_t s, size_t d,
+                            size_t pb, size_t pa, bool transposed) {
+    /* standard: in + pads >= s*(out-1) + d*(k-1) + 1; transposed: the same with in/out swapped */
+    size_t a = transposed ? out : in, b = transposed ? in : out;
+    size_t lhs, rhs, t;
+    if (!bp_add(a, pb, &lhs) || !bp_add(lhs, pa, &lhs) || !bp_mul(s, b - 1, &rhs) ||
+        !bp_mul(d, k - 1, &t) || !bp_add(rhs, t, &rhs) || !bp_add(rhs, 1, &rhs)) {
+        bp_set_error("sizes overflow along %s", axis);
+        return false;
+    }
+    if (lhs < rhs) {
+        bp_set_error("%s sizes do not fit along %s: %s %zu + padding %zu+%zu < stride %zu * (%s %zu - 1) + "
+                     "dilated kernel %zu", transposed ? "transposed convolution" : "convolution", axis,
+                     transposed ? "output" : "input", a, pb, pa, s, transposed ? "input" : "output", b, t + 1);
+        return false;
+    }
+    return true;
+}
+
+static bp_filter *create(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp, bool transposed) {
+    bp_clear_error();
+    if (p == NULL) {
+        bp_set_error("layer_params is NULL");
+        return NULL;
+    }
+    bp_allocator allocator = {NULL, NULL};
+    uint32_t flags = 0;
+    size_t threads = 0;
+    if (fp != NULL) {
+        if ((fp->alloc_memory == NULL) != (fp->free_memory == NULL)) {
+            bp_set_error("alloc_memory and free_memory must be given together");
+            return NULL;
+        }
+        allocator.alloc = fp->alloc_memory;
+        allocator.release = fp->free_memory;
+        flags = fp->flags;
+        threads = fp->n_threads;
+    }
+    bp_image in, out;
+    if (!bp_image_from_desc(&p->i_desc, "i_desc", &in) || !bp_image_from_desc(&p->o_desc, "o_desc", &out))
+        return NULL;
+
+    /* weights */
+    const BNNSNDArrayDescriptor *wd = &p->w_desc;
+    if (wd->layout != BNNSDataLayoutConvolutionWeightsOIHW && wd->layout != BNNSDataLayoutConvolutionWeightsOIHrWr &&
+        wd->layout != BNNSDataLayoutConvolutionWeightsIOHrWr) {
+        bp_set_error("w_desc layout 0x%x not supported (OIHW, OIHrWr or IOHrWr)", wd->layout);
+        return NULL;
+    }
+    if (wd->data_type != BNNSDataTypeFloat32) {
+        bp_set_error("w_desc data type 0x%x not supported by the portable backend yet (Float32 only)", wd->data_type);
+        return NULL;
+    }
+    if (wd->data == NULL) {
+        bp_set_error("w_desc.data is NULL");
+        return NULL;
+    }
+    size_t w_stride[8], w_extent;
+    if (!bp_resolve_strides(wd, 4, w_stride, &w_extent)) return NULL;
+    size_t groups = p->groups <= 1 ? 1 : p->groups;
+    size_t kw = wd->size[0], kh = wd->size[1];
+    size_t w_in = wd->size[2], w_out = wd->size[3];
+    if (wd->layout == BNNSDataLayoutConvolutionWeightsIOHrWr) {
+        if (groups > 1) {
+            bp_set_error("grouped convolution needs OIHW or OIHrWr weights, not IOHrWr");
+            return NULL;
+        }
+        w_in = wd->size[3];
+        w_out = wd->size[2];
+    }
+    if (in.c % groups || out.c % groups) {
+        bp_set_error("groups %zu must divide input channels %zu and output channels %zu", groups, in.c, out.c);
+        return NULL;
+    }
+    if (w_in != in.c / groups || w_out != out.c) {
+        bp_set_error("weights have %zu input channels per group and %zu output channels; the layer needs %zu and %zu",
+                     w_in, w_out, in.c / groups, out.c);
+        return NULL;
+    }
+
+    /* geometry */
+    size_t sx = p->x_stride ? p->x_stride : 1, sy = p->y_stride ? p->y_stride : 1;
+    size_t dx = p->x_dilation_stride > 1 ? p->x_dilation_stride : 1;
+    size_t dy = p->y_dilation_stride > 1 ? p->y_dilation_stride : 1;
+    size_t pl, pr, pt, pb;
+    if (p->x_padding > 0 || p->y_padding > 0) {
+        pl = pr = p->x_padding;
+        pt = pb = p->y_padding;
+    } else {
+        pl = p->pad[0];
+        pr = p->pad[1];
+        pt = p->pad[2];
+        pb = p->pad[3];
+    }
+    if (!check_size_rule("x (width)", in.w, out.w, kw, sx, dx, pl, pr, transposed) ||
+        !check_size_rule("y (height)", in.h, out.h, kh, sy, dy, pt, pb, transposed))
+        return NULL;
+
+    /* bias */
+    const BNNSNDArrayDescriptor *bd = &p->bias;
+    bool has_bias = bd->data != NULL;
+    size_t bias_stride = 1;
+    if (has_bias) {
+        if (bd->layout != BNNSDataLayoutVector && bd->layout != BNNSDataLayout1DLastMajor &&
+            bd->layout != BNNSDataLayout1DFirstMajor) {
+            bp_set_error("bias layout 0x%x is not a vector", bd->layout);
+            return NULL;
+        }
+        if (bd->size[0] != out.c) {
+            bp_set_error("bias has %zu values, the layer has %zu output channels", bd->size[0], out.c);
+            return NULL;
+        }
+        if (bd->data_type != BNNSDataTypeFloat32) {
+            bp_set_error("bias data type 0x%x not supported by the portable backend yet (Float32 only)", bd->data_type);
+            return NULL;
+        }
+        bias_stride = bd->stride[0] ? bd->stride[0] : 1;
+    }
+    if (!bp_activation_supported(&p->activation)) {
+        bp_set_error("activation %u not supported by the portable backend yet", p->activation.function);
+        return NULL;
+    }
+
+    bp_filter *f = bp_alloc(&allocator, sizeof *f);
+    if (f == NULL) return NULL;
+    memset(f, 0, sizeof *f);
+    atomic_flag_clear(&f->busy);
+    f->transposed = transposed;
+    f->allocator = allocator;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    f->threads = threads ? (int)(threads > 4096 ? 4096 : threads) : (int)(cpus > 0 ? cpus : 1);
+    f->client = (flags & BNNSFlagsUseClientPtr) != 0;
+    f->in = in;
+    f->out = out;
+    f->activation = p->activation;
+    f->w_data = wd->data;
+    f->w_layout = wd->layout;
+    memcpy(f->w_size, wd->size, sizeof f->w_size);
+    memcpy(f->w_stride, w_stride, sizeof f->w_stride);
+    bp_geom *g = &f->g;
+    const bp_image *s_in = transposed ? &out : &in, *s_out = transposed ? &in : &out;
+    *g = (bp_geom){.in_c = s_in->c, .in_h = s_in->h, .in_w = s_in->w, .out_c = s_out->c, .out_h = s_out->h,
+                   .out_w = s_out->w, .kh = kh, .kw = kw, .sx = sx, .sy = sy, .dx = dx, .dy = dy, .pl = pl,
+                   .pt = pt, .groups = groups};
+    g->in_cg = g->in_c / groups;
+    g->out_cg = g->out_c / groups;
+    g->k = g->in_cg * kh * kw;
+    f->w_direct = f->client && !transposed && wd->layout == BNNSDataLayoutConvolutionWeightsOIHW &&
+                  w_stride[0] == 1 && w_stride[1] == kw && w_stride[2] == kw * kh && w_stride[3] == kw * kh * w_in;
+    if (!workspace_size(f, &f->workspace_floats)) {
+        bp_set_error("workspace size overflows");
+        destroy_filter(f);
+        return NULL;
+    }
+    f->workspace = bp_alloc(&allocator, f->workspace_floats * sizeof(float));
+    if (f->workspace == NULL) goto fail;
+    if (!f->client) {
+        f->w_owned = bp_alloc(&allocator, weight_count(g) * sizeof(float));
+        if (f->w_owned == NULL) goto fail;
+        pack_weights(f, f->w_owned);
+        f->w_data = NULL;  /* the caller may free theirs now */
+    }
+    f->has_bias = has_bias;
+    f->bias_stride = bias_stride;
+    if (has_bias) {
+        if (f->client) {
+            f->bias_data = bd->data;
+        } else {
+            f->bias_owned = bp_alloc(&allocator, out.c * sizeof(float));
+            if (f->bias_owned == NULL) goto fail;
+            for (size_t c = 0; c < out.c; c++) f->bias_owned[c] = ((const float *)bd->data)[c * bias_stride];
+        }
+    }
+    atomic_fetch_add(&live_filters, 1);
+    atomic_fetch_add(&created_filters, 1);
+    return f;
+fail:
+    destroy_filter(f);
+    return NULL;
+}
+
+BNNSFilter BNNSFilterCreateLayerConvolution(const BNNSLayerParametersConvolution *layer_params,
+                                            const BNNSFilterParameters *filter_params) {
+    return create(layer_params, filter_params, false);
+}
+
+BNNSFilter BNNSFilterCreateLayerTransposedConvolution(const BNNSLayerParametersConvolution *layer_params,
+                                                      const BNNSFilterParameters *filter_params) {
+    return create(layer_params, filter_params, true);
+}
+
+void BNNSFilterDestroy(BNNSFilter filter) {
+    if (filter == NULL) return;
+    destroy_filter(filter);
+    atomic_fetch_sub(&live_filters, 1);
+}
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+static void copy_image(const bp_image *from, const float *src, const bp_image *to, float *dst) {
+    for (size_t c = 0; c < from->c; c++)
+        for (size_t y = 0; y < from->h; y++) {
+            const float *s = src + c * from->sc + y * from->sy;
+            float *d = dst + c * to->sc + y * to->sy;
+            if (from->sx == 1 && to->sx == 1) memcpy(d, s, from->w * sizeof(float));
+            else for (size_t x = 0; x < from->w; x++) d[x * to->sx] = s[x * from->sx];
+        }
+}
+
+static bp_image packed_like(const bp_image *img) {
+    bp_image p = *img;
+    p.sx = 1;
+    p.sy = img->w;
+    p.sc = img->w * img->h;
+    p.extent = p.item = p.sc * img->c;
+    p.packed = true;
+    return p;
+}
+
+static void bias_and_activation(const bp_filter *f, float *packed_out) {
+    size_t hw = f->out.w * f->out.h;
+    for (size_t c = 0; c < f->out.c; c++) {
+        float *plane = packed_out + c * hw;
+        if (f->has_bias) {
+            float b = bp_bias_at(f, c);
+            for (size_t i = 0; i < hw; i++) plane[i] += b;
+        }
+        bp_activation_apply(&f->activation, plane, hw);
+    }
+}
+
+static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const float *x, float *y) {
+    const bp_geom *g = &f->g;
+    bp_image out_packed = packed_like(&f->out);
+    float *result = f->out.packed ? y : (f->transposed ? w->pack_in : w->pack_out);
+    if (!f->transposed) {
+        bp_conv_forward(g, weights, &f->in, x, result, w->col, f->threads);
+    } else {
+        const float *t_in = x;  /* S's output gradient: must be packed */
+        if (!f->in.packed) {
+            bp_image in_packed = packed_like(&f->in);
+            copy_image(&f->in, x, &in_packed, w->pack_out);
+            t_in = w->pack_out;
+        }
+        memset(result, 0, out_packed.extent * sizeof(float));
+        bp_conv_backward_data(g, weights, t_in, &out_packed, result, w->col, f->threads);
+    }
+    bias_and_activation(f, result);
+    if (!f->out.packed) copy_image(&out_packed, result, &f->out, y);
+}
+
+int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, size_t in_stride,
+                         void *out, size_t out_stride) {
+    bp_clear_error();
+    bp_filter *f = filter;
+    if (f == NULL || in == NULL || out == NULL) {
+        bp_set_error("filter, in and out must not be NULL");
+        return -1;
+    }
+    if (batch_size == 0) return 0;
+    if (in_stride == 0) in_stride = f->in.item;
+    if (out_stride == 0) out_stride = f->out.item;
+    if (batch_size > 1 && (in_stride < f->in.extent || out_stride < f->out.extent)) {
+        bp_set_error("batch strides (%zu, %zu) are smaller than one item (%zu, %zu)", in_stride, out_stride,
+                     f->in.extent, f->out.extent);
+        return -1;
+    }
+    bool temporary;
+    float *base = bp_work_acquire(f, &temporary);
+    if (base == NULL) return -1;
+    bp_work w;
+    bp_work_split(f, base, &w);
+    const float *weights = bp_current_weights(f, f->client && !f->w_direct ? w.weights : NULL);
+    for (size_t b = 0; b < batch_size; b++)
+        forward_one(f, &w, weights, (const float *)in + b * in_stride, (float *)out + b * out_stride);
+    bp_work_release(f, base, temporary);
+    return 0;
+}
+
+int BNNSFilterApply(BNNSFilter filter, const void *in, void *out) {
+    return BNNSFilterApplyBatch(filter, 1, in, 0, out, 0);
+}
+
+int BNNSFilterApplyBackwardBatch(BNNSFilter filter, size_t batch_size, const void *in, size_t in_stride,
+                                 BNNSNDArrayDescriptor *in_delta, size_t in_delta_stride, const void *out,
+                                 size_t out_stride, const BNNSNDArrayDescriptor *out_delta, size_t out_delta_stride,
+                                 BNNSNDArrayDescriptor *weights_delta, BNNSNDArrayDescriptor *bias_delta) {
+    bp_clear_error();
+    if (filter == NULL) {
+        bp_set_error("filter is NULL");
+        return -1;
+    }
+    return bp_apply_backward(filter, batch_size, in, in_stride, in_delta, in_delta_stride, out, out_stride,
+                             out_delta, out_delta_stride, weights_delta, bias_delta);
+}

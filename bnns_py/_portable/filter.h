@@ -1,0 +1,52 @@
+/* The portable filter object shared by creation, forward and backward. */
+#ifndef BNNS_PORTABLE_FILTER_H
+#define BNNS_PORTABLE_FILTER_H
+
+#include "internal.h"
+
+typedef struct {
+    bool transposed;
+    bp_allocator allocator;
+    int threads;
+    bool client;                  /* BNNSFlagsUseClientPtr: read weights/bias from the caller */
+    bp_image in, out;             /* the layer's own input and output */
+    bp_geom g;                    /* the standard convolution S (see internal.h) */
+    BNNSActivation activation;
+    /* weights as the caller described them */
+    const float *w_data;
+    BNNSDataLayout w_layout;
+    size_t w_size[4], w_stride[4];
+    /* S's weights as a packed [S.out_c][S.k] matrix: a filter-owned copy, or the caller's own
+       memory when it already has that form (client mode, standard OIHW packed) */
+    float *w_owned;
+    bool w_direct;
+    /* bias */
+    bool has_bias;
+    const float *bias_data;
+    size_t bias_stride;
+    float *bias_owned;
+    /* one workspace per filter; a concurrent call allocates its own */
+    float *workspace;
+    size_t workspace_floats;
+    atomic_flag busy;
+} bp_filter;
+
+/* workspace layout (offsets in floats) */
+typedef struct {
+    float *col, *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows;
+} bp_work;
+
+void bp_work_split(const bp_filter *f, float *base, bp_work *w);
+float *bp_work_acquire(bp_filter *f, bool *temporary);
+void bp_work_release(bp_filter *f, float *work, bool temporary);
+const float *bp_current_weights(const bp_filter *f, float *scratch);
+float bp_bias_at(const bp_filter *f, size_t channel);
+void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const BNNSNDArrayDescriptor *d,
+                              const size_t stride[4], bool accumulate);
+
+int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_stride,
+                      BNNSNDArrayDescriptor *in_delta, size_t in_delta_stride, const float *out, size_t out_stride,
+                      const BNNSNDArrayDescriptor *out_delta, size_t out_delta_stride,
+                      BNNSNDArrayDescriptor *weights_delta, BNNSNDArrayDescriptor *bias_delta);
+
+#endif
