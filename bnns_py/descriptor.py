@@ -44,6 +44,11 @@ def check_array_memory(name, array, dtype, min_elements, writable=False):
         raise ValueError(f"{name} holds {array.size} values, needs at least {min_elements}")
 
 
+def batch_extent(shape, batch_size):
+    """Values that ``batch_size`` items of ``shape``, one ``batch_stride`` apart, span."""
+    return (batch_size - 1) * shape.batch_stride + shape.extent
+
+
 class NDArrayDescriptor:
     """A ``BNNSNDArrayDescriptor`` plus the numpy array it describes.
 
@@ -95,7 +100,7 @@ class NDArrayDescriptor:
         self._array = None
         self._buffer = ffi.NULL
         if data is not None:
-            check_array_memory("data", data, data_type.numpy_dtype, self.batch_size * shape.batch_stride)
+            check_array_memory("data", data, data_type.numpy_dtype, batch_extent(shape, self.batch_size))
             self._array = data
             self._buffer = ffi.from_buffer(data)
             c.data = self._buffer

@@ -23,10 +23,9 @@ class FilterParameters:
         free_memory = free_memory if deallocator is None else deallocator
         if isinstance(n_threads, bool) or not hasattr(n_threads, "__index__") or int(n_threads) < 0:
             raise ValueError(f"n_threads must be an integer >= 0 (0 = automatic), got {n_threads!r}")
-        try:
-            flags = Flags(int(flags))
-        except ValueError:
-            raise ValueError(f"flags {flags!r} has bits BNNS does not define; valid: {list(Flags)}") from None
+        if isinstance(flags, bool) or not hasattr(flags, "__index__") or int(flags) & ~int(Flags.use_client_pointer):
+            raise ValueError(f"flags {flags!r} has bits BNNS does not define; valid: {list(Flags)}")
+        flags = Flags(int(flags))
         if (alloc_memory is None) != (free_memory is None):
             raise ValueError("alloc_memory and free_memory must be given together")
         self.flags = flags

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._ffi import ffi
 from .backend import get_backend
-from .descriptor import NDArrayDescriptor, check_array_memory
+from .descriptor import NDArrayDescriptor, batch_extent, check_array_memory
 from .errors import BNNSError, LayerClosedError
 
 
@@ -133,10 +133,11 @@ class UnaryLayer(Layer):
                 raise BNNSError(f"{name} descriptor has no data", kind="array_descriptor_invalid_data")
             stride = value.shape.batch_stride
             check_array_memory(name, array, expected.data_type.numpy_dtype,
-                               (batch_size - 1) * stride + stride, writable)
+                               batch_extent(value.shape, batch_size), writable)
             return value._buffer, stride, array
         stride = expected.shape.batch_stride
-        check_array_memory(name, value, expected.data_type.numpy_dtype, batch_size * stride, writable)
+        check_array_memory(name, value, expected.data_type.numpy_dtype,
+                           batch_extent(expected.shape, batch_size), writable)
         return ffi.from_buffer(value), stride, value
 
 
@@ -156,12 +157,12 @@ class UnaryLayer(Layer):
         in_ptr, in_stride, _ = self._optional_pointer("input", input, self.input_descriptor, batch_size, False)
         out_ptr, out_stride, _ = self._optional_pointer("output", output, self.output_descriptor, batch_size, False)
         keep = []
-        dy, dy_stride = self._gradient("output_gradient", output_gradient, self.output_descriptor, batch_size, keep)
-        if dy == ffi.NULL:
+        if output_gradient is None:
             raise ValueError("output_gradient is required")
-        dx, dx_stride = self._gradient("input_gradient", input_gradient, self.input_descriptor, batch_size, keep)
-        dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor(), 1, keep)
-        db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor(), 1, keep)
+        dy, dy_stride = self._gradient("output_gradient", output_gradient, lambda: self.output_descriptor, batch_size, keep)
+        dx, dx_stride = self._gradient("input_gradient", input_gradient, lambda: self.input_descriptor, batch_size, keep)
+        dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor, 1, keep)
+        db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor, 1, keep)
         status = self._backend.lib.BNNSFilterApplyBackwardBatch(
             handle, batch_size, in_ptr, in_stride, dx, dx_stride, out_ptr, out_stride, dy, dy_stride, dw, db)
         if status != 0:
@@ -181,13 +182,14 @@ class UnaryLayer(Layer):
             return ffi.NULL, expected.shape.batch_stride, None
         return self._pointer(name, value, expected, batch_size, writable)
 
-    def _gradient(self, name, value, expected, batch_size, keep):
+    def _gradient(self, name, value, expected_descriptor, batch_size, keep):
         """(descriptor pointer, batch stride) for a gradient argument; NULL for None."""
         if value is None:
             return ffi.NULL, 0
+        expected = expected_descriptor()
         if not isinstance(value, NDArrayDescriptor):
             check_array_memory(name, value, expected.data_type.numpy_dtype,
-                               batch_size * expected.shape.batch_stride, True)
+                               batch_extent(expected.shape, batch_size), True)
             value = NDArrayDescriptor(value.reshape(-1), expected.shape, batch_size=batch_size)
         elif value.shape != expected.shape or value.data_type != expected.data_type:
             raise ValueError(f"{name} descriptor {value.shape!r} {value.data_type.name} does not match "
@@ -196,7 +198,7 @@ class UnaryLayer(Layer):
             raise BNNSError(f"{name} descriptor has no data", kind="array_descriptor_invalid_data")
         else:
             check_array_memory(name, value.data, expected.data_type.numpy_dtype,
-                               batch_size * expected.shape.batch_stride, True)
+                               batch_extent(expected.shape, batch_size), True)
         keep.append(value)
         return value.c_descriptor, value.shape.batch_stride
 

@@ -145,12 +145,18 @@ class Shape:
         return count
 
     @property
-    def batch_stride(self):
-        """Elements from the start of one batch item to the next: the extent of this shape."""
+    def extent(self):
+        """Elements from the first value of one item to one past its last value."""
         if self.element_count == 0:
             return 0
         return 1 + sum((size - 1) * stride for size, stride in
                        zip(self._fastest_first_sizes(), self.resolved_strides))
+
+    @property
+    def batch_stride(self):
+        """Elements from the start of one batch item to the next: the outermost stride times the
+        outermost size, i.e. where the layout's own pattern would continue."""
+        return self.resolved_strides[-1] * self._fastest_first_sizes()[-1]
 
     @property
     def is_packed(self):

@@ -121,7 +121,7 @@ def test_apply_batch_with_padded_batch_strides(lib, rng, live_check):
 INVALID = {
     "input layout not ImageCHW": lambda p: setattr(p.i_desc, "layout", VECTOR),
     "output channels differ from weights": lambda p: p.o_desc.size.__setitem__(2, 5),
-    "input channels differ from weights": lambda p: p.i_desc.size.__setitem__(2, 2),
+    "input channels differ from weights": lambda p: p.i_desc.size.__setitem__(2, 3),
     "output too large for input": lambda p: p.o_desc.size.__setitem__(0, 7),
     "weights without data": lambda p: setattr(p.w_desc, "data", ffi.NULL),
     "weights layout unknown": lambda p: setattr(p.w_desc, "layout", 0x12345),

@@ -178,7 +178,8 @@ def test_shape_cases_and_batch_stride():
     assert image.resolved_strides == (1, 5, 20)
     assert image.batch_stride == 60
     padded = Shape.image_chw(5, 4, 3, stride=(1, 8, 40))
-    assert padded.batch_stride == 1 + 4 * 1 + 3 * 8 + 2 * 40
+    assert padded.extent == 1 + 4 * 1 + 3 * 8 + 2 * 40
+    assert padded.batch_stride == 120
     assert not padded.is_packed
     weights = Shape.convolution_weights_oihw(3, 2, 4, 6)
     assert weights.numpy_shape == (6, 4, 2, 3)
@@ -198,7 +199,7 @@ def test_descriptor_from_array_and_allocation_helpers():
     descriptor = NDArrayDescriptor(array)
     assert descriptor.shape == Shape.image_chw(4, 3, 2)
     assert descriptor.data_type is DataType.float32
-    assert descriptor.c_descriptor.size[0:3] == [4, 3, 2]
+    assert list(descriptor.c_descriptor.size[0:3]) == [4, 3, 2]
     assert descriptor.c_descriptor.layout == bnns_py.DataLayout.image_chw
     assert bnns_py.ffi.cast("float *", descriptor.c_descriptor.data)[5] == 5.0
     np.testing.assert_array_equal(descriptor.make_array(), array)

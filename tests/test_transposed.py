@@ -96,7 +96,7 @@ def test_conv_transpose2d_matches_torch(rng):
                 None if bias is None else torch.from_numpy(bias).double(), **kwargs).numpy()
         except RuntimeError:
             continue  # torch refuses (empty output)
-        actual = bnns_py.conv_transpose2d(x, weight, bias, **kwargs)
+        actual = bnns_py.conv_transpose2d(x, weight, bias, activation=activation, **kwargs)
         expected = reference.apply_activation(expected, activation.function, activation.alpha,
                                               activation.beta) if activation else expected
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
