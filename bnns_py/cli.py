@@ -1,0 +1,149 @@
+"""Command line: ``python -m bnns_py info | verify`` (also installed as ``bnns-py``)."""
+import argparse
+import json
+import platform
+import sys
+
+import numpy as np
+
+from . import __version__, reference
+from .activation import ActivationFunction as AF
+from .backend import available_backends, backend_info, get_backend
+from .errors import LibraryNotFoundError
+
+
+def _info(args):
+    import cffi
+    facts = {"bnns_py": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
+             "cffi": cffi.__version__, "os": platform.platform(), "cpu": platform.processor() or platform.machine()}
+    try:
+        facts.update(backend_info(args.backend))
+    except LibraryNotFoundError as error:
+        facts["backend_error"] = str(error)
+    facts["available_backends"] = available_backends()
+    for key, value in facts.items():
+        print(f"{key:20s} {value}")
+    return 0
+
+
+def _cases():
+    """(name, function, kwargs) forward cases covering the feature set, on small shapes."""
+    rng = np.random.default_rng(12345)
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    cases = []
+    base = dict(x=rand(2, 4, 9, 8), weight=rand(6, 4, 3, 3), bias=rand(6))
+    cases.append(("standard", "conv2d", dict(base)))
+    cases.append(("strided", "conv2d", dict(base, stride=(2, 3))))
+    cases.append(("dilated", "conv2d", dict(base, dilation=2, padding=2)))
+    cases.append(("padded_symmetric", "conv2d", dict(base, padding=(1, 2))))
+    cases.append(("padded_asymmetric", "conv2d", dict(base, padding=(2, 0, 1, 3))))
+    cases.append(("grouped", "conv2d", dict(x=base["x"], weight=rand(6, 2, 3, 3), groups=2)))
+    cases.append(("depthwise", "conv2d", dict(x=base["x"], weight=rand(4, 1, 3, 3), bias=rand(4), groups=4, padding=1)))
+    cases.append(("transposed", "conv_transpose2d", dict(x=base["x"], weight=rand(4, 3, 2, 3), bias=rand(3), stride=2)))
+    cases.append(("transposed_padded", "conv_transpose2d",
+                  dict(x=base["x"], weight=rand(4, 3, 3, 3), stride=2, padding=1, output_padding=1)))
+    for activation in (AF.rectified_linear, AF.leaky_rectified_linear(0.1), AF.sigmoid, AF.tanh, AF.linear(0.5),
+                       AF.clamp((-0.5, 0.5)), AF.elu(1.0), AF.silu, AF.gelu, AF.hard_swish(), AF.softplus(1, 1)):
+        cases.append((f"activation_{activation.name}", "conv2d", dict(base, padding=1, activation=activation)))
+    return cases
+
+
+def _forward_rows(backend, other=None):
+    from . import functional
+    rows = []
+    for name, function, kwargs in _cases():
+        expected = getattr(reference, function)(**{k: (functional.normalize_padding(v) if k == "padding" else v)
+                                                   for k, v in kwargs.items()})
+        actual = getattr(functional, function)(backend=backend, **kwargs)
+        rows.append(_row(name, actual, expected, "reference"))
+        if other is not None:
+            rows.append(_row(name, actual, getattr(functional, function)(backend=other, **kwargs), other))
+    return rows
+
+
+def _backward_rows(backend):
+    from .modules import Conv2d, ConvTranspose2d
+    rng = np.random.default_rng(7)
+    rows = []
+    for name, cls, weight_shape, kwargs in (
+            ("backward_standard", Conv2d, (6, 4, 3, 3), dict(padding=1, stride=2)),
+            ("backward_grouped", Conv2d, (6, 2, 3, 3), dict(groups=2)),
+            ("backward_relu", Conv2d, (6, 4, 3, 3), dict(activation="relu", dilation=2)),
+            ("backward_transposed", ConvTranspose2d, (4, 3, 3, 3), dict(stride=2, padding=1))):
+        x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+        weight = rng.standard_normal(weight_shape).astype(np.float32)
+        bias = rng.standard_normal(weight_shape[1] if cls is ConvTranspose2d else weight_shape[0]).astype(np.float32)
+        with cls(weight, bias, backend=backend, **kwargs) as module:
+            y = module(x)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            grads = module.backward(x, y, dy)
+        ref = reference.conv_transpose2d_backward if cls is ConvTranspose2d else reference.conv2d_backward
+        from .functional import normalize_padding
+        kw = dict(kwargs, padding=normalize_padding(kwargs.get("padding", 0)))
+        if "activation" in kw:
+            kw["activation"] = AF.coerce(kw["activation"])
+        dx, dw, db = ref(x, weight, dy, output=y, bias=True, **kw)
+        for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db)):
+            rows.append(_row(f"{name}_{part}", actual, expected, "reference"))
+    return rows
+
+
+def _row(name, actual, expected, against):
+    expected = np.asarray(expected, np.float64)
+    error = np.abs(np.asarray(actual, np.float64) - expected)
+    scale = max(1.0, float(np.abs(expected).max(initial=0)))
+    tolerance = 1e-4 * scale
+    max_abs = float(error.max(initial=0))
+    max_rel = float((error / np.maximum(np.abs(expected), 1e-6)).max(initial=0))
+    return {"case": name, "against": against, "max_abs_error": max_abs, "max_rel_error": max_rel,
+            "tolerance": tolerance, "pass": bool(actual is not None and max_abs <= tolerance)}
+
+
+def _verify(args):
+    from .probes import run_probes
+    backend = get_backend(args.backend)
+    other = args.against
+    if other is not None and other == backend.name:
+        print("--against names the backend under test", file=sys.stderr)
+        return 2
+    print(f"verifying the {backend.name} backend ({backend.library_path})", flush=True)
+    rows = []
+    for label, step in (("forward", lambda: _forward_rows(backend.name, other)),
+                        ("backward", lambda: _backward_rows(backend.name))):
+        print(f"  {label} cases ...", flush=True)
+        rows += step()
+    print(f"  {'case':34s} {'against':10s} {'max abs':>10s} {'max rel':>10s} {'tolerance':>10s}  result")
+    for row in rows:
+        print(f"  {row['case']:34s} {row['against']:10s} {row['max_abs_error']:10.2e} {row['max_rel_error']:10.2e} "
+              f"{row['tolerance']:10.2e}  {'pass' if row['pass'] else 'FAIL'}")
+    print("  conformance probes (the README's macOS-conformance table):", flush=True)
+    probes = run_probes(backend)
+    for probe in probes:
+        print(f"  {probe.name:34s} {'as decided' if probe.agrees else 'DIFFERS':11s} {probe.observed}")
+    failed = [r["case"] for r in rows if not r["pass"]]
+    differs = [p.name for p in probes if not p.agrees]
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"backend": backend_info(backend.name), "cases": rows,
+                       "probes": [vars(p) for p in probes]}, handle, indent=1)
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed; {len(probes) - len(differs)} probes as "
+          f"decided, {len(differs)} differ")
+    if backend.is_portable and differs:
+        return 1  # the portable backend must follow its own documented decisions
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="bnns-py", description="bnns-py: BNNS convolution from numpy")
+    parser.add_argument("--backend", choices=("accelerate", "portable"), default=None)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="versions, backend, library file, platform")
+    verify = commands.add_parser("verify", help="check the backend against the reference and run the Mac probes")
+    verify.add_argument("--against", choices=("accelerate", "portable"), default=None,
+                        help="also compare with this backend in the same process")
+    verify.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = parser.parse_args(argv)
+    return {"info": _info, "verify": _verify}[args.command](args)

@@ -1,0 +1,170 @@
+"""Probes that settle the rows of the README's macOS-conformance table.
+
+Each probe builds a filter through the raw C API (``bnns_py.ffi``) with one specific
+configuration, runs it, and compares the result with each candidate interpretation computed by
+``bnns_py.reference``. On a Mac this reports what native BNNS does; on the portable backend it
+confirms the implementation follows the decision recorded in the README.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reference
+from ._ffi import ffi
+from .backend import get_backend
+
+FLOAT32, IMAGE_CHW, OIHW, VECTOR = 0x10020, 0x30000, 0x40000, 0x10000
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    question: str
+    decision: str               # what the portable backend does (the README's decision)
+    created: bool = False
+    observed: str = ""          # which interpretation matched, or why not
+    agrees: bool = False        # does the backend behave as decided?
+    details: dict = field(default_factory=dict)
+
+
+def _params(in_whc, out_whc, weights, bias=None, **fields):
+    params = ffi.new("BNNSLayerParametersConvolution *")
+    for desc, (w, h, c) in ((params.i_desc, in_whc), (params.o_desc, out_whc)):
+        desc.layout, desc.data_type = IMAGE_CHW, FLOAT32
+        desc.size[0:3] = [w, h, c]
+    o, i, kh, kw = weights.shape
+    params.w_desc.layout, params.w_desc.data_type = OIHW, FLOAT32
+    params.w_desc.size[0:4] = [kw, kh, i, o]
+    params.w_desc.data = ffi.from_buffer(weights)
+    if bias is not None:
+        params.bias.layout, params.bias.data_type = VECTOR, FLOAT32
+        params.bias.size[0] = bias.size
+        params.bias.data = ffi.from_buffer(bias)
+    for name, value in fields.items():
+        setattr(params, name, value)
+    return params
+
+
+def _run(backend, params, x, out_shape, transposed=False, flags=0, batch_strides=None):
+    lib = backend.lib
+    filter_params = ffi.new("BNNSFilterParameters *", {"flags": flags})
+    create = lib.BNNSFilterCreateLayerTransposedConvolution if transposed else lib.BNNSFilterCreateLayerConvolution
+    handle = create(params, filter_params)
+    if handle == ffi.NULL:
+        return None
+    try:
+        out = np.full(out_shape, np.nan, np.float32)
+        in_stride, out_stride = batch_strides or (x[0].size, out[0].size)
+        status = lib.BNNSFilterApplyBatch(handle, x.shape[0], ffi.from_buffer(x), in_stride,
+                                          ffi.from_buffer(out), out_stride)
+        return out if status == 0 else "apply returned -1"
+    finally:
+        lib.BNNSFilterDestroy(handle)
+
+
+def _match(result, candidates):
+    """Name of the first candidate the result equals (to float32 tolerance), else a summary."""
+    if result is None:
+        return "create returned NULL"
+    if isinstance(result, str):
+        return result
+    for name, expected in candidates.items():
+        if expected is not None and expected.shape == result.shape and np.allclose(result, expected, rtol=1e-4, atol=1e-4):
+            return name
+    return "matches none of: " + ", ".join(candidates)
+
+
+def _probe(name, question, decision, result, candidates, expected_name):
+    observed = _match(result, candidates)
+    return ProbeResult(name, question, decision, created=result is not None, observed=observed,
+                       agrees=observed == expected_name)
+
+
+def run_probes(backend=None, seed=0):
+    """Run every probe on ``backend`` and return a list of ``ProbeResult``."""
+    backend = get_backend(backend)
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    results = []
+    x = rand(2, 2, 7, 7)
+    w = rand(3, 2, 3, 3)
+    full = reference.conv2d(x, w)
+    results.append(_probe(
+        "output_smaller_than_max", "Is an output smaller than the largest that fits accepted (macOS 14 rule)?",
+        "accepted; it is the top-left part of the full output",
+        _run(backend, _params((7, 7, 2), (4, 3, 3), w), x, (2, 3, 3, 4)),
+        {"top-left crop": full[:, :, :3, :4]}, "top-left crop"))
+
+    bias = rand(3)
+    params = _params((7, 7, 2), (5, 5, 3), w, bias)
+    params.bias.data = ffi.NULL
+    results.append(_probe(
+        "bias_data_null", "Does bias.data == NULL (layout and size set) mean no bias?", "no bias",
+        _run(backend, params, x, (2, 3, 5, 5)), {"no bias": full}, "no bias"))
+
+    for groups, in_c, out_c in ((2, 4, 6), (4, 4, 4), (4, 4, 8)):
+        xg, wg, bg = rand(2, in_c, 6, 6), rand(out_c, in_c // groups, 3, 3), rand(out_c)
+        result = _run(backend, _params((6, 6, in_c), (4, 4, out_c), wg, bg, groups=groups), xg, (2, out_c, 4, 4))
+        kind = "depthwise" if groups == in_c else "grouped"
+        results.append(_probe(
+            f"groups_{kind}_{in_c}_{out_c}_g{groups}", f"Is {kind} convolution (groups={groups}) supported?",
+            "supported, OIHW {kW, kH, in/groups, out}",
+            result, {"grouped reference": reference.conv2d(xg, wg, bg, groups=groups)}, "grouped reference"))
+
+    results.append(_probe(
+        "zero_stride_dilation_groups", "Are stride 0, dilation 0 and groups 0 read as 1?", "read as 1",
+        _run(backend, _params((7, 7, 2), (5, 5, 3), w, x_stride=0, y_stride=0, x_dilation_stride=0,
+                              y_dilation_stride=0, groups=0), x, (2, 3, 5, 5)),
+        {"as 1": full}, "as 1"))
+
+    results.append(_probe(
+        "apply_batch_stride_zero", "Does an ApplyBatch stride of 0 mean one packed item?", "packed item",
+        _run(backend, _params((7, 7, 2), (5, 5, 3), w), x, (2, 3, 5, 5), batch_strides=(0, 0)),
+        {"packed item": full}, "packed item"))
+
+    results.append(_probe(
+        "unknown_filter_flags", "Are undefined BNNSFilterParameters.flags bits ignored?", "ignored",
+        _run(backend, _params((7, 7, 2), (5, 5, 3), w), x, (2, 3, 5, 5), flags=0x2),
+        {"ignored": full}, "ignored"))
+
+    results.append(_probe(
+        "padding_precedence", "With x/y_padding > 0, is pad[] ignored?", "pad[] ignored",
+        _run(backend, _params((7, 7, 2), (7, 7, 3), w, x_padding=1, y_padding=1, pad=[2, 0, 0, 2]),
+             x, (2, 3, 7, 7)),
+        {"pad[] ignored": reference.conv2d(x, w, padding=1),
+         "pad[] used": reference.conv2d(x, w, padding=(2, 0, 0, 2))}, "pad[] ignored"))
+
+    # Transposed convolution: weights [out][in][kH][kW] in an OIHW descriptor {kW, kH, in, out}.
+    xt = rand(2, 3, 4, 5)
+    bnns_w = rand(2, 3, 2, 3)                      # out=2, in=3, kH=2, kW=3
+    torch_w = bnns_w.transpose(1, 0, 2, 3).copy()  # PyTorch (in, out, kH, kW)
+    candidates = {
+        "OIHW [out][in] unflipped (decided)": reference.conv_transpose2d(xt, torch_w, stride=2),
+        "OIHW [out][in] flipped": reference.conv_transpose2d(xt, torch_w[:, :, ::-1, ::-1].copy(), stride=2),
+    }
+    results.append(_probe(
+        "transposed_weight_layout", "Which weight layout does a transposed filter read?",
+        "OIHW {kW, kH, in, out}, memory [out][in][kH][kW], not flipped",
+        _run(backend, _params((5, 4, 3), (11, 8, 2), bnns_w, x_stride=2, y_stride=2), xt, (2, 2, 8, 11),
+             transposed=True),
+        candidates, "OIHW [out][in] unflipped (decided)"))
+
+    results.append(_probe(
+        "transposed_output_padding", "Is a transposed output one larger than the exact size accepted "
+        "(PyTorch's output_padding)?", "accepted; the extra row/column gets bias only",
+        _run(backend, _params((5, 4, 3), (12, 9, 2), bnns_w, x_stride=2, y_stride=2), xt, (2, 2, 9, 12),
+             transposed=True),
+        {"output_padding=1": reference.conv_transpose2d(xt, torch_w, stride=2, output_padding=1)},
+        "output_padding=1"))
+
+    xg = rand(2, 4, 3, 3)
+    wg_bnns = rand(6, 2, 2, 2)  # out=6, in/groups=2, groups=2
+    wg_torch = wg_bnns.reshape(2, 3, 2, 2, 2).transpose(0, 2, 1, 3, 4).reshape(4, 3, 2, 2).copy()
+    results.append(_probe(
+        "transposed_groups", "Is a grouped transposed convolution (groups=2) supported forward?",
+        "supported", _run(backend, _params((3, 3, 4), (4, 4, 6), wg_bnns, groups=2), xg, (2, 6, 4, 4), transposed=True),
+        {"grouped reference": reference.conv_transpose2d(xg, wg_torch, groups=2)}, "grouped reference"))
+    return results
