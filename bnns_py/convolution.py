@@ -1,6 +1,7 @@
 """``ConvolutionLayer``, ``ConvolutionType`` and ``ConvolutionPadding`` (Swift's ``BNNS`` mirror)."""
 import enum
 
+from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction
 from .backend import get_backend
@@ -29,7 +30,7 @@ class ConvolutionPadding:
             raise ValueError(f"padding kind must be 'symmetric' or 'asymmetric', not {kind!r}")
         values = tuple(values)
         for value in values:
-            if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
+            if not is_int(value) or int(value) < 0:
                 raise ValueError(f"padding values must be integers >= 0, got {values}")
         self.kind = kind
         self.values = tuple(int(v) for v in values)
@@ -92,19 +93,6 @@ _DATA_TYPES = {  # (backend, type) -> data types BNNS documents for the i/w/o de
 }
 
 
-def _pair(name, value):
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        x, y = value
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an (x, y) pair of integers, got {value!r}") from None
-    for v in (x, y):
-        if isinstance(v, bool) or not hasattr(v, "__index__") or int(v) < 0:
-            raise ValueError(f"{name} values must be integers >= 0, got {value!r}")
-    return int(x), int(y)
-
-
 def _check_strides(name, descriptor):
     shape = descriptor.shape
     sizes = shape.sizes
@@ -143,9 +131,9 @@ class ConvolutionLayer(UnaryLayer):
             raise TypeError(f"padding must be a ConvolutionPadding, not {padding!r}")
         if filter_parameters is not None and not isinstance(filter_parameters, FilterParameters):
             raise TypeError(f"filter_parameters must be FilterParameters or None, not {filter_parameters!r}")
-        stride = _pair("stride", stride)
-        dilation_stride = _pair("dilation_stride", dilation_stride)
-        if isinstance(group_count, bool) or not hasattr(group_count, "__index__") or group_count < 0:
+        stride = int_pair("stride", stride, 0)
+        dilation_stride = int_pair("dilation_stride", dilation_stride, 0)
+        if not is_int(group_count) or group_count < 0:
             raise ValueError(f"group_count must be an integer >= 0, got {group_count!r}")
         groups = max(int(group_count), 1)
         self._check(backend, type, input, weights, output, bias, padding, activation, groups,

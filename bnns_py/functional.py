@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import int_pair, is_int
 from .activation import ActivationFunction
 from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
 from .descriptor import NDArrayDescriptor, check_array_memory
@@ -21,28 +22,15 @@ _FLOAT32 = np.dtype(np.float32)
 _FLOAT32_TYPE = DataType.float32
 
 
-def _int_pair(name, value):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        first, second = value
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    for v in (first, second):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} values must be integers >= 1, got {value!r}")
-    return int(first), int(second)
-
-
 def normalize_padding(padding):
     """PyTorch-style padding (int, (pad_h, pad_w) or (left, right, top, bottom)) -> 4-tuple."""
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+    if is_int(padding):
         padding = (padding,)
     values = tuple(padding) if isinstance(padding, (tuple, list)) else None
     if values is None or len(values) not in (1, 2, 4):
         raise TypeError(f"padding must be an int, (pad_h, pad_w) or (left, right, top, bottom); got {padding!r}")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        if not is_int(v) or v < 0:
             raise ValueError(f"padding values must be integers >= 0, got {padding!r}")
     if len(values) == 1:
         return (int(values[0]),) * 4
@@ -64,7 +52,7 @@ def _as_float32(name, array, ndim):
 
 
 def _check_groups(groups, channels, what):
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
     if channels % groups:
         raise ValueError(f"groups={groups} must divide the {channels} {what} channels")
@@ -102,11 +90,11 @@ class ConvSpec:
             raise ValueError(f"weight is empty: shape {weight.shape}")
         if bias is not None and bias.shape != (out_channels,):
             raise ValueError(f"bias must have shape ({out_channels},), got {bias.shape}")
-        stride = _int_pair("stride", stride)
-        dilation = _int_pair("dilation", dilation)
+        stride = int_pair("stride", stride, 1)
+        dilation = int_pair("dilation", dilation, 1)
         out_pad = (0, 0)
         if transposed:
-            out_pad = _int_pair_from_zero("output_padding", output_padding)
+            out_pad = int_pair("output_padding", output_padding, 0)
             for op, s, d, axis in zip(out_pad, stride, dilation, ("height", "width")):
                 if op >= max(s, d):
                     raise ValueError(f"output_padding {op} along {axis} must be smaller than stride {s} "
@@ -148,19 +136,6 @@ class ConvSpec:
             None if bias is None else NDArrayDescriptor(bias, Shape.vector(self.out_channels)),
             ConvolutionPadding.asymmetric(*self.padding), self.activation, self.groups,
             (s_w, s_h), (d_w, d_h), parameters, backend=backend)
-
-
-def _int_pair_from_zero(name, value):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        first, second = value
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    for v in (first, second):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name} values must be integers >= 0, got {value!r}")
-    return int(first), int(second)
 
 
 def transposed_weight_to_bnns(weight, groups):

@@ -48,18 +48,6 @@ static void activation_gradient(const bp_filter *f, const bp_image *dy_img, cons
         }
 }
 
-static void add_or_copy(const bp_image *from, const float *src, const bp_image *to, float *dst, bool accumulate) {
-    for (size_t c = 0; c < from->c; c++)
-        for (size_t y = 0; y < from->h; y++) {
-            const float *s = src + c * from->sc + y * from->sy;
-            float *d = dst + c * to->sc + y * to->sy;
-            for (size_t x = 0; x < from->w; x++) {
-                if (accumulate) d[x * to->sx] += s[x * from->sx];
-                else d[x * to->sx] = s[x * from->sx];
-            }
-        }
-}
-
 int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_stride,
                       BNNSNDArrayDescriptor *in_delta, size_t in_delta_stride, const float *out, size_t out_stride,
                       const BNNSNDArrayDescriptor *out_delta, size_t out_delta_stride,
@@ -131,7 +119,8 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     float *dz = f->transposed ? w.pack_in : w.pack_out;
     float *dbias = w.dbias;
     memset(dbias, 0, f->out.c * sizeof(float));
-    bp_image in_packed = {0};
+    bp_image in_packed = bp_packed_like(&f->in);
+    bp_image out_packed = bp_packed_like(&f->out);
 
     for (size_t b = 0; b < batch; b++) {
         const float *x = in ? in + b * in_stride : NULL;
@@ -146,9 +135,6 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                 dbias[c] += s;
             }
         }
-        bp_image out_packed = {.w = f->out.w, .h = f->out.h, .c = f->out.c, .sx = 1, .sy = f->out.w,
-                               .sc = f->out.w * f->out.h, .packed = true};
-        out_packed.extent = out_packed.item = out_packed.sc * out_packed.c;
         if (!f->transposed) {
             if (weights_delta)
                 bp_conv_backward_weights(g, x, &f->in, dz, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, f->threads);
@@ -162,23 +148,15 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
             if (weights_delta) {
                 const float *xs = x;
                 if (!f->in.packed) {
-                    in_packed = f->in;
-                    in_packed.sx = 1;
-                    in_packed.sy = f->in.w;
-                    in_packed.sc = f->in.w * f->in.h;
-                    add_or_copy(&f->in, x, &in_packed, w.pack_out2, false);
+                    bp_copy_image(&f->in, x, &in_packed, w.pack_out2, false);
                     xs = w.pack_out2;
                 }
                 bp_conv_backward_weights(g, dz, &out_packed, xs, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, f->threads);
             }
             if (in_delta) {
                 bp_conv_forward(g, weights, &out_packed, dz, w.pack_out, w.col, f->threads);
-                bp_image result = f->in;
-                result.sx = 1;
-                result.sy = f->in.w;
-                result.sc = f->in.w * f->in.h;
-                add_or_copy(&result, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
-                            accumulates(in_delta));
+                bp_copy_image(&in_packed, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
+                              accumulates(in_delta));
             }
         }
     }

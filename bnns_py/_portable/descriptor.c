@@ -1,4 +1,6 @@
 /* Reading BNNSNDArrayDescriptor sizes and strides: BNNS's packed-stride rule and overlap checks. */
+#include <string.h>
+
 #include "internal.h"
 
 bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, size_t stride_out[8], size_t *extent) {
@@ -55,4 +57,29 @@ bool bp_image_from_desc(const BNNSNDArrayDescriptor *d, const char *name, bp_ima
     img->item = img->sc * img->c;
     img->packed = img->sx == 1 && img->sy == img->w && img->sc == img->w * img->h;
     return true;
+}
+
+bp_image bp_packed_like(const bp_image *img) {
+    bp_image p = *img;
+    p.sx = 1;
+    p.sy = img->w;
+    p.sc = img->w * img->h;
+    p.extent = p.item = p.sc * img->c;
+    p.packed = true;
+    return p;
+}
+
+void bp_copy_image(const bp_image *from, const float *src, const bp_image *to, float *dst, bool accumulate) {
+    for (size_t c = 0; c < from->c; c++)
+        for (size_t y = 0; y < from->h; y++) {
+            const float *s = src + c * from->sc + y * from->sy;
+            float *d = dst + c * to->sc + y * to->sy;
+            if (accumulate) {
+                for (size_t x = 0; x < from->w; x++) d[x * to->sx] += s[x * from->sx];
+            } else if (from->sx == 1 && to->sx == 1) {
+                memcpy(d, s, from->w * sizeof(float));
+            } else {
+                for (size_t x = 0; x < from->w; x++) d[x * to->sx] = s[x * from->sx];
+            }
+        }
 }

@@ -357,26 +357,6 @@ void BNNSFilterDestroy(BNNSFilter filter) {
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
-static void copy_image(const bp_image *from, const float *src, const bp_image *to, float *dst) {
-    for (size_t c = 0; c < from->c; c++)
-        for (size_t y = 0; y < from->h; y++) {
-            const float *s = src + c * from->sc + y * from->sy;
-            float *d = dst + c * to->sc + y * to->sy;
-            if (from->sx == 1 && to->sx == 1) memcpy(d, s, from->w * sizeof(float));
-            else for (size_t x = 0; x < from->w; x++) d[x * to->sx] = s[x * from->sx];
-        }
-}
-
-static bp_image packed_like(const bp_image *img) {
-    bp_image p = *img;
-    p.sx = 1;
-    p.sy = img->w;
-    p.sc = img->w * img->h;
-    p.extent = p.item = p.sc * img->c;
-    p.packed = true;
-    return p;
-}
-
 static void bias_and_activation(const bp_filter *f, float *packed_out) {
     size_t hw = f->out.w * f->out.h;
     for (size_t c = 0; c < f->out.c; c++) {
@@ -391,22 +371,22 @@ static void bias_and_activation(const bp_filter *f, float *packed_out) {
 
 static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const float *x, float *y) {
     const bp_geom *g = &f->g;
-    bp_image out_packed = packed_like(&f->out);
+    bp_image out_packed = bp_packed_like(&f->out);
     float *result = f->out.packed ? y : (f->transposed ? w->pack_in : w->pack_out);
     if (!f->transposed) {
         bp_conv_forward(g, weights, &f->in, x, result, w->col, f->threads);
     } else {
         const float *t_in = x;  /* S's output gradient: must be packed */
         if (!f->in.packed) {
-            bp_image in_packed = packed_like(&f->in);
-            copy_image(&f->in, x, &in_packed, w->pack_out);
+            bp_image in_packed = bp_packed_like(&f->in);
+            bp_copy_image(&f->in, x, &in_packed, w->pack_out, false);
             t_in = w->pack_out;
         }
         memset(result, 0, out_packed.extent * sizeof(float));
         bp_conv_backward_data(g, weights, t_in, &out_packed, result, w->col, f->threads);
     }
     bias_and_activation(f, result);
-    if (!f->out.packed) copy_image(&out_packed, result, &f->out, y);
+    if (!f->out.packed) bp_copy_image(&out_packed, result, &f->out, y, false);
 }
 
 int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, size_t in_stride,

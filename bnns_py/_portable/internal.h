@@ -32,6 +32,10 @@ typedef struct {
 
 bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, size_t stride_out[8], size_t *extent);
 bool bp_image_from_desc(const BNNSNDArrayDescriptor *d, const char *name, bp_image *img);
+/* The same image, densely packed (sx = 1, sy = w, sc = w*h). */
+bp_image bp_packed_like(const bp_image *img);
+/* Copy (or add) every value of an image into another of the same sizes, each with its strides. */
+void bp_copy_image(const bp_image *from, const float *src, const bp_image *to, float *dst, bool accumulate);
 
 /* ---- memory through the filter's allocator (filter.c) ---- */
 typedef struct {
