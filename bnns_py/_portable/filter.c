@@ -177,7 +177,8 @@ static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, s
     return true;
 }
 
-static bp_filter *create(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp, bool transposed) {
+bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
+                                 bool transposed) {
     bp_clear_error();
     if (p == NULL) {
         bp_set_error("layer_params is NULL");
@@ -341,12 +342,12 @@ fail:
 
 BNNSFilter BNNSFilterCreateLayerConvolution(const BNNSLayerParametersConvolution *layer_params,
                                             const BNNSFilterParameters *filter_params) {
-    return create(layer_params, filter_params, false);
+    return bp_create_convolution(layer_params, filter_params, false);
 }
 
 BNNSFilter BNNSFilterCreateLayerTransposedConvolution(const BNNSLayerParametersConvolution *layer_params,
                                                       const BNNSFilterParameters *filter_params) {
-    return create(layer_params, filter_params, true);
+    return bp_create_convolution(layer_params, filter_params, true);
 }
 
 void BNNSFilterDestroy(BNNSFilter filter) {

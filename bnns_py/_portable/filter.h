@@ -36,6 +36,11 @@ typedef struct {
     float *col, *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows;
 } bp_work;
 
+/* Validate a convolution and build its filter (NULL with bp_set_error on any invalid input).
+   Other layer kinds (fully connected, legacy) are expressed as convolutions and built here. */
+bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
+                                 bool transposed);
+
 void bp_work_split(const bp_filter *f, float *base, bp_work *w);
 float *bp_work_acquire(bp_filter *f, bool *temporary);
 void bp_work_release(bp_filter *f, float *work, bool temporary);
