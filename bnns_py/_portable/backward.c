@@ -108,6 +108,12 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         bp_set_error("batch strides smaller than one item");
         return -1;
     }
+    if (!bp_batch_span_ok(batch, in_stride, f->in.extent) || !bp_batch_span_ok(batch, out_stride, f->out.extent) ||
+        !bp_batch_span_ok(batch, out_delta_stride, dy_img.extent) ||
+        (in_delta && !bp_batch_span_ok(batch, in_delta_stride, dx_img.extent))) {
+        bp_set_error("batch strides overflow the address space");
+        return -1;
+    }
 
     bool temporary;
     float *base = bp_work_acquire(f, &temporary);

@@ -9,7 +9,7 @@
 static void valid_range(size_t n_out, size_t n_in, size_t stride, size_t tap, size_t pad, size_t *lo, size_t *hi) {
     /* need o*stride + tap >= pad and o*stride + tap - pad < n_in */
     size_t first = 0;
-    if (tap < pad) first = (pad - tap + stride - 1) / stride;
+    if (tap < pad) first = (pad - tap) / stride + ((pad - tap) % stride != 0);  /* ceiling, overflow-free */
     size_t last = 0;  /* exclusive */
     if (n_in + pad > tap) {
         last = (n_in + pad - tap - 1) / stride + 1;
@@ -43,10 +43,8 @@ static void im2col(const bp_geom *g, const bp_image *img, const float *x, size_t
                     memset(row, 0, ox_lo * sizeof(float));
                     if (g->sx == 1 && img->sx == 1) {
                         memcpy(row + ox_lo, src + ix0, (ox_hi - ox_lo) * sizeof(float));
-                    } else {
-                        size_t step = g->sx * img->sx;
-                        const float *s = src + ix0 * img->sx;
-                        for (size_t ox = ox_lo; ox < ox_hi; ox++, s += step) row[ox] = *s;
+                    } else {  /* indices, not a moving pointer: strides may be huge when one tap fits */
+                        for (size_t ox = ox_lo; ox < ox_hi; ox++) row[ox] = src[(ix0 + (ox - ox_lo) * g->sx) * img->sx];
                     }
                     memset(row + ox_hi, 0, (g->out_w - ox_hi) * sizeof(float));
                 }
@@ -68,12 +66,12 @@ static void col2im(const bp_geom *g, const float *col, const bp_image *img, floa
                 const float *src = col + ((ci * g->kh + ky) * g->kw + kx) * ohw;
                 size_t ox_lo, ox_hi;
                 valid_range(g->out_w, g->in_w, g->sx, kx * g->dx, g->pl, &ox_lo, &ox_hi);
+                if (ox_lo >= ox_hi) continue;  /* this tap never lands inside the image */
+                size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl;
                 for (size_t oy = oy_lo; oy < oy_hi; oy++) {
-                    float *dst = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy
-                                 + (ox_lo * g->sx + kx * g->dx - g->pl) * img->sx;
+                    float *dst = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy;
                     const float *s = src + oy * g->out_w;
-                    size_t step = g->sx * img->sx;
-                    for (size_t ox = ox_lo; ox < ox_hi; ox++, dst += step) *dst += s[ox];
+                    for (size_t ox = ox_lo; ox < ox_hi; ox++) dst[(ix0 + (ox - ox_lo) * g->sx) * img->sx] += s[ox];
                 }
             }
         }
@@ -96,15 +94,16 @@ static void depthwise_forward(const bp_geom *g, const float *w, const bp_image *
                 float wv = w[(c * g->kh + ky) * g->kw + kx];
                 size_t ox_lo, ox_hi;
                 valid_range(g->out_w, g->in_w, g->sx, kx * g->dx, g->pl, &ox_lo, &ox_hi);
+                if (ox_lo >= ox_hi) continue;
+                size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl;
                 for (size_t oy = oy_lo; oy < oy_hi; oy++) {
-                    const float *src = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy
-                                       + (ox_lo * g->sx + kx * g->dx - g->pl) * img->sx;
+                    const float *src = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy;
                     float *row = o + oy * g->out_w;
-                    size_t step = g->sx * img->sx;
-                    if (step == 1) {
-                        for (size_t ox = ox_lo; ox < ox_hi; ox++) row[ox] += wv * src[ox - ox_lo];
+                    if (g->sx == 1 && img->sx == 1) {
+                        const float *s = src + ix0;
+                        for (size_t ox = ox_lo; ox < ox_hi; ox++) row[ox] += wv * s[ox - ox_lo];
                     } else {
-                        for (size_t ox = ox_lo; ox < ox_hi; ox++, src += step) row[ox] += wv * *src;
+                        for (size_t ox = ox_lo; ox < ox_hi; ox++) row[ox] += wv * src[(ix0 + (ox - ox_lo) * g->sx) * img->sx];
                     }
                 }
             }

@@ -406,6 +406,11 @@ int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, s
                      f->in.extent, f->out.extent);
         return -1;
     }
+    if (!bp_batch_span_ok(batch_size, in_stride, f->in.extent) || !bp_batch_span_ok(batch_size, out_stride, f->out.extent)) {
+        bp_set_error("batch of %zu items with strides (%zu, %zu) overflows the address space", batch_size, in_stride,
+                     out_stride);
+        return -1;
+    }
     bool temporary;
     float *base = bp_work_acquire(f, &temporary);
     if (base == NULL) return -1;

@@ -21,6 +21,13 @@ void bp_clear_error(void);
 static inline bool bp_mul(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }
 static inline bool bp_add(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }
 
+/* True when `count` items `stride` values apart, each `extent` values long, fit in memory. */
+static inline bool bp_batch_span_ok(size_t count, size_t stride, size_t extent) {
+    size_t span;
+    return count == 0 || (bp_mul(count - 1, stride, &span) && bp_add(span, extent, &span) &&
+                          span <= (size_t)INT64_MAX / sizeof(float));
+}
+
 /* ---- an ImageCHW descriptor with its strides resolved (descriptor.c) ---- */
 typedef struct {
     size_t w, h, c;          /* sizes */

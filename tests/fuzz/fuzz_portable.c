@@ -1,0 +1,188 @@
+/* libFuzzer target for the portable BNNS library: create, apply, apply backward and destroy with
+   parameter structs decoded from the fuzzer's bytes.
+
+   Every descriptor the harness hands over is backed by memory at least as large as the
+   descriptor says (that is the caller's side of the BNNS contract); everything else is
+   arbitrary. The library must never crash, must return NULL / -1 for what it refuses, and must
+   destroy everything it creates. Build and run: see .ci/fuzz.sh. */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnns.h"
+#include "bnns_portable.h"
+
+#define MAX_FLOATS (1u << 18)
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} stream;
+
+static uint64_t take(stream *s, size_t bytes) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < bytes; i++) {
+        uint8_t b = 0;
+        if (s->n) {
+            b = *s->p++;
+            s->n--;
+        }
+        v |= (uint64_t)b << (8 * i);
+    }
+    return v;
+}
+
+/* mostly small values, sometimes a byte, rarely any 64-bit value */
+static size_t value(stream *s, size_t small_max) {
+    uint8_t mode = (uint8_t)take(s, 1);
+    if (mode < 230) return mode % (small_max + 1);
+    if (mode < 250) return (size_t)take(s, 1);
+    return (size_t)take(s, 8);
+}
+
+static const uint32_t layouts[] = {BNNSDataLayoutImageCHW, BNNSDataLayoutVector, BNNSDataLayoutConvolutionWeightsOIHW,
+                                   BNNSDataLayoutConvolutionWeightsOIHrWr, BNNSDataLayoutConvolutionWeightsIOHrWr,
+                                   BNNSDataLayoutConvolutionWeightsOIHW_Pack32, BNNSDataLayoutRowMajorMatrix};
+
+static uint32_t pick_layout(stream *s, uint32_t usual) {
+    uint8_t r = (uint8_t)take(s, 1);
+    if (r < 200) return usual;
+    if (r < 250) return layouts[r % (sizeof layouts / sizeof layouts[0])];
+    return (uint32_t)take(s, 4);
+}
+
+static size_t rank_of(uint32_t layout) { return (layout >> 16) & 0xF; }
+
+/* Values spanned by a descriptor (BNNS's packed-stride rule), or SIZE_MAX if huge/invalid;
+   *item receives the outermost stride times the outermost size (one batch item). */
+static size_t extent_item(const BNNSNDArrayDescriptor *d, size_t *item) {
+    size_t rank = rank_of(d->layout);
+    if (rank == 0 || rank > 8) return SIZE_MAX;
+    size_t stride = 1, last = 0, prev_size = 1, prev_stride = 1;
+    for (size_t k = 0; k < rank; k++) {
+        stride = d->stride[k] ? d->stride[k] : (k == 0 ? 1 : prev_size * prev_stride);
+        if (d->size[k] > MAX_FLOATS || stride > MAX_FLOATS) return SIZE_MAX;
+        if (d->size[k]) last += (d->size[k] - 1) * stride;
+        if (last > MAX_FLOATS) return SIZE_MAX;
+        prev_size = d->size[k];
+        prev_stride = stride;
+    }
+    *item = prev_size * prev_stride;
+    return last + 1;
+}
+
+static size_t extent(const BNNSNDArrayDescriptor *d) {
+    size_t item;
+    return extent_item(d, &item);
+}
+
+static void fill_descriptor(stream *s, BNNSNDArrayDescriptor *d, uint32_t layout) {
+    memset(d, 0, sizeof *d);
+    d->layout = pick_layout(s, layout);
+    d->flags = take(s, 1) < 200 ? BNNSNDArrayFlagBackpropSet : BNNSNDArrayFlagBackpropAccumulate;
+    d->data_type = take(s, 1) < 240 ? BNNSDataTypeFloat32 : (uint32_t)take(s, 4);
+    size_t rank = rank_of(d->layout);
+    for (size_t k = 0; k < rank && k < 8; k++) {
+        d->size[k] = value(s, 5);
+        d->stride[k] = take(s, 1) < 220 ? 0 : value(s, 40);
+    }
+}
+
+/* Back a descriptor with zeroed memory of at least its extent (or leave data NULL). */
+static float *back(BNNSNDArrayDescriptor *d, stream *s) {
+    size_t n = extent(d);
+    if (n == SIZE_MAX || take(s, 1) > 245) return NULL;
+    float *p = calloc(n, sizeof(float));
+    d->data = p;
+    return p;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    stream s = {data, size};
+    BNNSLayerParametersConvolution p;
+    memset(&p, 0, sizeof p);
+    fill_descriptor(&s, &p.i_desc, BNNSDataLayoutImageCHW);
+    fill_descriptor(&s, &p.o_desc, BNNSDataLayoutImageCHW);
+    fill_descriptor(&s, &p.w_desc, BNNSDataLayoutConvolutionWeightsOIHW);
+    float *weights = back(&p.w_desc, &s);
+    float *bias = NULL;
+    if (take(&s, 1) < 128) {
+        fill_descriptor(&s, &p.bias, BNNSDataLayoutVector);
+        bias = back(&p.bias, &s);
+    }
+    p.activation.function = take(&s, 1) < 240 ? (uint32_t)(take(&s, 1) % 40) : (uint32_t)take(&s, 4);
+    p.activation.alpha = (float)(int8_t)take(&s, 1) / 16.0f;
+    p.activation.beta = (float)(int8_t)take(&s, 1) / 16.0f;
+    p.x_stride = value(&s, 3);
+    p.y_stride = value(&s, 3);
+    p.x_dilation_stride = value(&s, 3);
+    p.y_dilation_stride = value(&s, 3);
+    p.x_padding = take(&s, 1) < 200 ? 0 : value(&s, 3);
+    p.y_padding = take(&s, 1) < 200 ? 0 : value(&s, 3);
+    p.groups = value(&s, 4);
+    for (int i = 0; i < 4; i++) p.pad[i] = value(&s, 3);
+    BNNSFilterParameters fp = {.flags = (uint32_t)take(&s, 1) & 3, .n_threads = 1};
+    bool transposed = take(&s, 1) & 1;
+
+    BNNSFilter f = transposed ? BNNSFilterCreateLayerTransposedConvolution(&p, &fp)
+                              : BNNSFilterCreateLayerConvolution(&p, &fp);
+    if (f) {
+        size_t in_item, out_item;
+        size_t in_n = extent_item(&p.i_desc, &in_item), out_n = extent_item(&p.o_desc, &out_item);
+        size_t batch = 1 + take(&s, 1) % 3;
+        uint8_t mode = (uint8_t)take(&s, 1);
+        /* huge strides are >= 2^61: two items can never both be addressed, so BNNS must refuse */
+        size_t huge = (size_t)take(&s, 8) | ((size_t)1 << 61);
+        size_t in_stride = mode < 100 ? 0 : mode < 250 ? in_n + take(&s, 1) % 4 : huge;
+        size_t out_stride = mode < 100 ? 0 : mode < 250 ? out_n + take(&s, 1) % 4 : huge;
+        /* Buffers for the strides given; with huge strides only item 0 is backed (enough for a
+           batch of 1, and BNNS must refuse larger batches). Layers too large for the harness to
+           back (images, or an im2col workspace of about weights x image) are created and
+           destroyed, not applied. */
+        bool huge_strides = mode >= 250;
+        double in_total_d = huge_strides ? (double)in_n
+                                         : (double)batch * ((double)(in_stride ? in_stride : in_item) + (double)in_n);
+        double out_total_d = huge_strides ? (double)out_n
+                                          : (double)batch * ((double)(out_stride ? out_stride : out_item) + (double)out_n);
+        size_t w_n = extent(&p.w_desc);
+        bool affordable = in_n != SIZE_MAX && out_n != SIZE_MAX && w_n != SIZE_MAX &&
+                          (double)w_n * (double)(in_n + out_n) < (double)(1u << 24) &&
+                          in_total_d < MAX_FLOATS * 4.0 && out_total_d < MAX_FLOATS * 4.0;
+        if (affordable) {
+            size_t in_total = (size_t)in_total_d, out_total = (size_t)out_total_d;
+            float *x = calloc(in_total, sizeof(float));
+            float *y = calloc(out_total, sizeof(float));
+            float *dy = calloc(out_total, sizeof(float));
+            float *dx = calloc(in_total, sizeof(float));
+            int status = BNNSFilterApplyBatch(f, batch, x, in_stride, y, out_stride);
+            if (status != 0 && status != -1) abort();
+            if (huge_strides && batch > 1 && status == 0) abort();  /* must refuse: items cannot fit */
+            BNNSNDArrayDescriptor d_out = p.o_desc, d_in = p.i_desc, d_w = p.w_desc, d_b = p.bias;
+            d_out.data = dy;
+            d_in.data = dx;
+            d_in.flags = take(&s, 1) & 1;
+            float *dw = weights ? calloc(extent(&p.w_desc), sizeof(float)) : NULL;
+            float *db = bias ? calloc(extent(&p.bias), sizeof(float)) : NULL;
+            d_w.data = dw;
+            d_b.data = db;
+            uint8_t mask = (uint8_t)take(&s, 1);
+            status = BNNSFilterApplyBackwardBatch(f, batch, (mask & 1) ? NULL : x, in_stride, (mask & 2) ? NULL : &d_in,
+                                                  in_stride, (mask & 4) ? NULL : y, out_stride, &d_out, out_stride,
+                                                  (mask & 8) || !dw ? NULL : &d_w, (mask & 16) || !db ? NULL : &d_b);
+            if (status != 0 && status != -1) abort();
+            free(x);
+            free(y);
+            free(dy);
+            free(dx);
+            free(dw);
+            free(db);
+        }
+        BNNSFilterDestroy(f);
+    }
+    free(weights);
+    free(bias);
+    if (bnns_portable_live_filter_count() != 0) abort();
+    return 0;
+}
