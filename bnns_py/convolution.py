@@ -93,8 +93,13 @@ _DATA_TYPES = {  # (backend, type) -> data types BNNS documents for the i/w/o de
 }
 
 
+MAX_VALUES = 2 ** 60  # no descriptor may span more values than a 64-bit address space holds as floats
+
+
 def _check_strides(name, descriptor):
     shape = descriptor.shape
+    if shape.extent >= MAX_VALUES:
+        raise ValueError(f"{name} {shape!r} spans {shape.extent} values, more than memory can hold")
     sizes = shape.sizes
     strides = shape.resolved_strides
     for k in range(1, len(sizes)):

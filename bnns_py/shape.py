@@ -10,6 +10,7 @@ A stride of 0 means "packed along this axis" (BNNS's rule); ``resolved_strides``
 from .enums import DataLayout
 
 MAX_RANK = 8
+_SIZE_LIMIT = 2 ** 62  # sizes and strides are size_t in C; keep products of a few of them checkable
 
 _DEFAULT_LAYOUT = {
     1: DataLayout.vector,
@@ -34,8 +35,8 @@ def _ints(name, values, count):
         if isinstance(value, bool) or not hasattr(value, "__index__"):
             raise TypeError(f"{name} entries must be integers, got {value!r}")
         value = int(value)
-        if value < 0:
-            raise ValueError(f"{name} entries must be >= 0, got {values}")
+        if not 0 <= value < _SIZE_LIMIT:
+            raise ValueError(f"{name} entries must be in [0, 2**62), got {values}")
         out.append(value)
     return tuple(out)
 

@@ -86,6 +86,8 @@ def _layer_args():
     (dict(type="sideways"), ValueError, "sideways"),
     (dict(input=NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 3, stride=(1, 4, 0)))),
      ValueError, "overlap"),
+    (dict(input=NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(2 ** 31, 2 ** 31, 3))),
+     ValueError, "more than memory can hold"),
 ])
 def test_layer_rejects_bad_arguments(change, error, message, no_filter_leaks):
     args = _layer_args()
@@ -147,3 +149,5 @@ def test_descriptor_validation():
         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(0, 2, 2))
     with pytest.raises(ValueError, match="shape and data_type"):
         NDArrayDescriptor()
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*62\)"):
+        Shape.image_chw(2 ** 64, 1, 1)
