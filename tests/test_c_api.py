@@ -132,6 +132,9 @@ INVALID = {
     "overlapping input strides": lambda p: p.i_desc.stride.__setitem__(1, 2),
     "huge sizes that overflow": lambda p: (p.i_desc.size.__setitem__(0, 2 ** 62),
                                            p.o_desc.size.__setitem__(0, 2 ** 62 - 2)),
+    "more output pixels than 32-bit BLAS dimensions": lambda p: (
+        p.i_desc.size.__setitem__(0, 50_000), p.i_desc.size.__setitem__(1, 50_000),
+        p.o_desc.size.__setitem__(0, 49_998), p.o_desc.size.__setitem__(1, 49_998)),
 }
 
 

@@ -306,6 +306,13 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     g->in_cg = g->in_c / groups;
     g->out_cg = g->out_c / groups;
     g->k = g->in_cg * kh * kw;
+    /* the BLAS takes 32-bit dimensions and leading dimensions */
+    if (g->k > INT32_MAX || g->out_cg > INT32_MAX || g->out_h * g->out_w > INT32_MAX || g->in_h * g->in_w > INT32_MAX) {
+        bp_set_error("layer too large for 32-bit BLAS dimensions (GEMM depth %zu, %zu x %zu output pixels)", g->k,
+                     g->out_h, g->out_w);
+        bp_free(&allocator, f);
+        return NULL;
+    }
     f->w_direct = f->client && !transposed && wd->layout == BNNSDataLayoutConvolutionWeightsOIHW &&
                   w_stride[0] == 1 && w_stride[1] == kw && w_stride[2] == kw * kh && w_stride[3] == kw * kh * w_in;
     if (!workspace_size(f, &f->workspace_floats)) {

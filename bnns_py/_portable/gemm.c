@@ -9,16 +9,16 @@
 #define SGEMM scipy_cblas_sgemm
 const char *bp_blas_name(void) { return "OpenBLAS (scipy-openblas32)"; }
 /* OpenBLAS's thread count is process-wide (the _local variant is not exported by this build):
-   set it only when a filter asks for a different count than is in force. */
-static int set_threads(int n) {
+   set it only when a filter asks for a different count than is in force. Filters with different
+   n_threads used at the same time may therefore run with each other's count (never wrong results). */
+static void use_threads(int n) {
     if (scipy_openblas_get_num_threads() != n) scipy_openblas_set_num_threads(n);
-    return 0;
 }
 #elif defined(BNNS_PORTABLE_BLAS_CBLAS)
 #include <cblas.h>
 #define SGEMM cblas_sgemm
 const char *bp_blas_name(void) { return "system CBLAS"; }
-static int set_threads(int n) { (void)n; return 0; }
+static void use_threads(int n) { (void)n; }  /* the system BLAS manages its own threads */
 #endif
 
 #if defined(SGEMM)
@@ -26,10 +26,9 @@ void bp_sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float al
               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc,
               int threads) {
     if (m == 0 || n == 0) return;
-    int previous = set_threads(threads);
+    use_threads(threads);
     SGEMM(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
           (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-    if (previous > 0) set_threads(previous);
 }
 #else
 const char *bp_blas_name(void) { return "built-in blocked GEMM"; }
