@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${1:?usage: .ci/sanitize.sh PYTHON}"
+# absolute, but not resolved: a venv's python is a symlink whose target is outside the venv
+python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 out=$(mktemp -d)
 blas=$("$python" -c "import scipy_openblas32 as o; print(o.get_include_dir(), o.get_lib_dir(), o.get_library())")
 read -r inc lib name <<<"$blas"
