@@ -26,4 +26,4 @@ def test_a_crash_in_the_worker_is_reported_not_fatal(tmp_path):
     # The mechanism itself: a worker that dies by a signal is seen as a failure, pytest survives.
     done = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"],
                           capture_output=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == -signal.SIGSEGV
+    assert done.returncode < 0, done.returncode  # SIGSEGV, or SIGABRT when a sanitizer catches it

@@ -64,6 +64,8 @@ def test_soak_100k_create_apply_destroy(backend, rng):
         assert backend.live_filter_count() == live0
     assert_close_to_reference(out, expected, 72)
     print(f"soak: 100000 cycles, RSS growth after warm-up {growth / 2 ** 20:.2f} MiB")
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        return  # AddressSanitizer's quarantine holds freed memory: RSS says nothing there
     assert growth < 16 * 2 ** 20, f"RSS grew by {growth / 2 ** 20:.1f} MiB over 95k cycles"
 
 
