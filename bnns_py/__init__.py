@@ -21,6 +21,9 @@ from .functional import conv2d, conv_transpose2d
 from .modules import Conv2d, ConvTranspose2d, Gradients
 from .layer import Layer, UnaryLayer, filter_counts
 from .shape import Shape
+from .fully_connected import FullyConnectedLayer, linear
+from .legacy import ImageStackDescriptor, LegacyConvolutionLayer, LegacyFullyConnectedLayer, VectorDescriptor
+from .modules import Linear
 
 
 def __getattr__(name):
@@ -36,4 +39,6 @@ __all__ = [
     "LibraryNotFoundError", "NDArrayDescriptor", "NDArrayFlags", "Shape", "UnaryLayer",
     "__version__", "available_backends", "backend_info", "conv2d", "conv_transpose2d", "default_backend_name", "ffi",
     "filter_counts", "get_backend",
+    "FullyConnectedLayer", "ImageStackDescriptor", "LegacyConvolutionLayer", "LegacyFullyConnectedLayer",
+    "Linear", "VectorDescriptor", "linear",
 ]

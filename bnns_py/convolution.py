@@ -100,7 +100,7 @@ def _check_strides(name, descriptor):
     shape = descriptor.shape
     if shape.extent >= MAX_VALUES:
         raise ValueError(f"{name} {shape!r} spans {shape.extent} values, more than memory can hold")
-    sizes = shape.sizes
+    sizes = shape.fastest_first_sizes
     strides = shape.resolved_strides
     for k in range(1, len(sizes)):
         if strides[k] < strides[k - 1] * sizes[k - 1]:

@@ -9,6 +9,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .activation import ActivationFunction
+from .fully_connected import (as_float32, check_linear_operands, linear_output_buffer, make_linear_layer,
+                              prepare_linear_input)
 from .functional import (ConvSpec, _as_float32, _output_buffer, _prepare_input,
                          transposed_weight_from_bnns, transposed_weight_to_bnns)
 
@@ -130,4 +133,104 @@ class ConvTranspose2d(_ConvModule):
     _transposed = True
 
 
-__all__ = ["Conv2d", "ConvTranspose2d", "Gradients"]
+
+
+# ---- fully connected ------------------------------------------------------------------------------
+
+
+class Linear:
+    """A fully-connected layer with trainable numpy parameters, as ``torch.nn.Linear``: weight
+    ``(out, in)``, optional bias ``(out,)``, then an optional fused activation.
+
+    ``forward(x)`` (``x`` of shape ``(N, in)`` or ``(in,)``) runs BNNS forward;
+    ``backward(x, y, dy)`` returns ``Gradients(input, weight, bias)`` through
+    ``BNNSFilterApplyBackwardBatch``. The arrays are used in place (client-pointer mode), so
+    ``lin.weight -= lr * grads.weight`` changes the next forward pass. Arguments as
+    ``bnns_py.linear``.
+    """
+
+    def __init__(self, weight, bias=None, activation=None, backend=None):
+        weight, bias = check_linear_operands(weight, bias)
+        if not weight.flags.writeable:
+            raise ValueError("weight must be writable (it is used in place)")
+        if bias is not None and not bias.flags.writeable:
+            raise ValueError("bias must be writable (it is used in place)")
+        self.weight = weight
+        self.bias = bias
+        self.activation = ActivationFunction.coerce(activation)
+        self.backend = backend
+        self._fc_layer = None
+
+    @property
+    def in_features(self):
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self):
+        return self.weight.shape[0]
+
+    def _layer(self):
+        if self._fc_layer is None:
+            self._fc_layer = make_linear_layer(self.weight, self.bias, self.activation, self.backend)
+        return self._fc_layer
+
+    def forward(self, x, out=None):
+        """y = act(x @ weight.T + bias) for ``x`` of shape (N, in) or (in,)."""
+        x, single = prepare_linear_input(x, self.in_features)
+        layer = self._layer()
+        result = linear_output_buffer(out, (x.shape[0], self.out_features), single, x)
+        layer.apply(x.shape[0], x, result)
+        if out is not None:
+            return out
+        return result[0] if single else result
+
+    __call__ = forward
+
+    def backward(self, x, y, grad_output, need_input_gradient=True):
+        """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
+
+        Returns ``Gradients(input, weight, bias)``: ``weight`` is ``(out, in)`` and ``bias``
+        ``(out,)``, both summed over the batch; ``bias`` is None without a bias and ``input`` is
+        None when ``need_input_gradient`` is False. ``y`` may be None with the identity activation.
+        """
+        x, single = prepare_linear_input(x, self.in_features)
+        batch = x.shape[0]
+        out_shape = (batch, self.out_features)
+        layer = self._layer()
+        if y is not None:
+            y = as_float32("y", y, (1, 2))
+            if y.shape not in (out_shape, out_shape[1:] if single else out_shape):
+                raise ValueError(f"y has shape {y.shape}, expected {out_shape[1:] if single else out_shape}")
+            y = y.reshape(out_shape)
+        grad_output = as_float32("grad_output", grad_output, (1, 2))
+        if grad_output.shape not in (out_shape, out_shape[1:] if single else out_shape):
+            raise ValueError(f"grad_output has shape {grad_output.shape}, "
+                             f"expected {out_shape[1:] if single else out_shape}")
+        grad_output = grad_output.reshape(out_shape)
+        grad_input = np.empty_like(x) if need_input_gradient else None
+        grad_weight = np.empty_like(self.weight)
+        grad_bias = None if self.bias is None else np.empty_like(self.bias)
+        layer.apply_backward(batch, x, y, grad_output, grad_input, grad_weight, grad_bias)
+        if grad_input is not None and single:
+            grad_input = grad_input[0]
+        return Gradients(grad_input, grad_weight, grad_bias)
+
+    def close(self):
+        """Destroy the module's filter. Safe to call twice."""
+        layer, self._fc_layer = self._fc_layer, None
+        if layer is not None:
+            layer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return (f"Linear({self.in_features}, {self.out_features}, activation={self.activation!r}, "
+                f"bias={self.bias is not None})")
+
+
+__all__ = ["Conv2d", "ConvTranspose2d", "Gradients", "Linear"]

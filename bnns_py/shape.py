@@ -123,7 +123,10 @@ class Shape:
         """Strides (0 = packed) padded with zeros to 8 entries, as in the C descriptor."""
         return self.strides + (0,) * (MAX_RANK - self.rank)
 
-    def _fastest_first_sizes(self):
+    @property
+    def fastest_first_sizes(self):
+        """Sizes in the order the strides run (fastest axis first); differs from ``sizes`` only
+        for the first-major layouts."""
         return self.sizes[::-1] if self.layout in _FIRST_MAJOR else self.sizes
 
     @property
@@ -131,7 +134,7 @@ class Shape:
         """Strides with BNNS's packed rule applied (stride[k] = size[k-1] * stride[k-1])."""
         out = []
         previous_size, previous_stride = 1, 1
-        for k, (size, stride) in enumerate(zip(self._fastest_first_sizes(), self.strides)):
+        for k, (size, stride) in enumerate(zip(self.fastest_first_sizes, self.strides)):
             if stride == 0:
                 stride = 1 if k == 0 else previous_size * previous_stride
             out.append(stride)
@@ -151,19 +154,19 @@ class Shape:
         if self.element_count == 0:
             return 0
         return 1 + sum((size - 1) * stride for size, stride in
-                       zip(self._fastest_first_sizes(), self.resolved_strides))
+                       zip(self.fastest_first_sizes, self.resolved_strides))
 
     @property
     def batch_stride(self):
         """Elements from the start of one batch item to the next: the outermost stride times the
         outermost size, i.e. where the layout's own pattern would continue."""
-        return self.resolved_strides[-1] * self._fastest_first_sizes()[-1]
+        return self.resolved_strides[-1] * self.fastest_first_sizes[-1]
 
     @property
     def is_packed(self):
         """True when the resolved strides describe a dense, gap-free array."""
         expected = 1
-        for size, stride in zip(self._fastest_first_sizes(), self.resolved_strides):
+        for size, stride in zip(self.fastest_first_sizes, self.resolved_strides):
             if size > 1 and stride != expected:
                 return False
             expected *= size
@@ -172,7 +175,7 @@ class Shape:
     @property
     def numpy_shape(self):
         """The C-order numpy shape of one item (outermost axis first)."""
-        return tuple(reversed(self._fastest_first_sizes()))
+        return tuple(reversed(self.fastest_first_sizes))
 
     def __eq__(self, other):
         if not isinstance(other, Shape):

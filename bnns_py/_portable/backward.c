@@ -53,6 +53,12 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                       const BNNSNDArrayDescriptor *out_delta, size_t out_delta_stride,
                       BNNSNDArrayDescriptor *weights_delta, BNNSNDArrayDescriptor *bias_delta) {
     const bp_geom *g = &f->g;
+    /* A fully-connected filter is a 1x1 convolution: first rewrite its vector / matrix gradient
+       descriptors into that convolution's ImageCHW / OIHW ones (fully_connected.c). */
+    BNNSNDArrayDescriptor fc_in_delta, fc_out_delta, fc_weights_delta;
+    if (f->fully_connected && !bp_fc_translate_gradients(f, &in_delta, &fc_in_delta, &out_delta, &fc_out_delta,
+                                                         &weights_delta, &fc_weights_delta))
+        return -1;
     if (!f->client) {
         bp_set_error("backward needs a filter created with BNNSFlagsUseClientPtr");
         return -1;

@@ -6,6 +6,11 @@
 
 typedef struct {
     bool transposed;
+    /* a fully-connected filter (fully_connected.c), built as a 1x1 convolution over a 1x1 image:
+       backward takes its gradients in the FC shapes, see bp_fc_translate_gradients */
+    bool fully_connected;
+    BNNSDataLayout fc_w_layout;   /* RowMajorMatrix {in, out} or 2DFirstMajor {out, in} */
+    size_t fc_w_size[2];
     bp_allocator allocator;
     int threads;
     bool client;                  /* BNNSFlagsUseClientPtr: read weights/bias from the caller */
@@ -48,6 +53,13 @@ const float *bp_current_weights(const bp_filter *f, float *scratch);
 float bp_bias_at(const bp_filter *f, size_t channel);
 void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const BNNSNDArrayDescriptor *d,
                               const size_t stride[4], bool accumulate);
+
+/* For a fully-connected filter: check its vector / matrix gradient descriptors and point each
+   non-NULL one at an ImageCHW / OIHW copy (in *_buf) describing the same memory for the 1x1
+   convolution (fully_connected.c). False with bp_set_error if one does not fit the layer. */
+bool bp_fc_translate_gradients(const bp_filter *f, BNNSNDArrayDescriptor **in_delta, BNNSNDArrayDescriptor *in_buf,
+                               const BNNSNDArrayDescriptor **out_delta, BNNSNDArrayDescriptor *out_buf,
+                               BNNSNDArrayDescriptor **weights_delta, BNNSNDArrayDescriptor *weights_buf);
 
 int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_stride,
                       BNNSNDArrayDescriptor *in_delta, size_t in_delta_stride, const float *out, size_t out_stride,

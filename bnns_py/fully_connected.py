@@ -1,0 +1,245 @@
+"""``FullyConnectedLayer`` (Swift's ``BNNS.FullyConnectedLayer``) and the numpy-first ``linear``.
+
+A fully-connected layer computes ``y[o] = act(bias[o] + sum_i W(o, i) * x[i])``. Its weights are
+an ``out x in`` row-major matrix, PyTorch's ``nn.Linear.weight`` memory, described either as
+``Shape.matrix_row_major(in, out)`` (``size = {columns, rows}``) or as
+``Shape.matrix_first_major(out, in)``; both mean ``W(o, i)`` at ``i*stride[0] + o*stride[1]``.
+"""
+import numpy as np
+
+from ._ffi import ffi
+from .activation import ActivationFunction
+from .backend import get_backend
+from .convolution import (PORTABLE_UNSUPPORTED_ACTIVATIONS, ConvolutionLayer, ConvolutionPadding,
+                          ConvolutionType, type_name)
+from .descriptor import NDArrayDescriptor, check_array_memory
+from .enums import DataLayout, DataType, Flags
+from .filter_parameters import FilterParameters
+from .layer import UnaryLayer, create_filter
+from .shape import Shape
+
+VECTOR_LAYOUTS = (DataLayout.vector, DataLayout.one_d_last_major, DataLayout.one_d_first_major)
+MATRIX_LAYOUTS = (DataLayout.matrix_row_major, DataLayout.matrix_first_major)
+_FLOAT32 = np.dtype(np.float32)
+# Data types the Swift documentation gives for a fully-connected forward pass (input and weights
+# of one type, floating-point output); the portable backend computes in Float32 only.
+_ACCELERATE_IN_TYPES = {DataType.float32, DataType.float16, DataType.int8, DataType.int16}
+_ACCELERATE_OUT_TYPES = {DataType.float32, DataType.float16}
+
+
+def weight_matrix_sizes(weights):
+    """(in, out) of a fully-connected weight descriptor (matrix_row_major or matrix_first_major)."""
+    if weights.layout == DataLayout.matrix_row_major:
+        return weights.shape.sizes          # {columns, rows} = {in, out}
+    out_size, in_size = weights.shape.sizes  # first major: {out, in}
+    return in_size, out_size
+
+
+class FullyConnectedLayer(ConvolutionLayer):
+    """A BNNS fully-connected filter (Swift's ``BNNS.FullyConnectedLayer``, a ``ConvolutionLayer``).
+
+    ``input``/``output`` are vector descriptors (``Shape.vector(n)``; their data is not used),
+    ``weights`` a descriptor with data: ``Shape.matrix_row_major(in, out)`` or
+    ``Shape.matrix_first_major(out, in)`` over a row-major ``(out, in)`` array; optional ``bias``
+    a vector of ``out`` values; ``activation`` an ``ActivationFunction``; ``filter_parameters``
+    as for ``ConvolutionLayer``. ``apply``/``apply_backward`` are inherited: inputs are ``(N, in)``
+    arrays, outputs ``(N, out)``, and ``weights_gradient`` comes out in the weights' layout.
+
+    Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
+    ``BNNSError`` if BNNS still refuses to create the filter.
+    """
+
+    def __init__(self, input, output, weights, bias=None, activation=ActivationFunction.identity,
+                 filter_parameters=None, *, backend=None):
+        backend = get_backend(backend)
+        activation = ActivationFunction.coerce(activation)
+        if filter_parameters is not None and not isinstance(filter_parameters, FilterParameters):
+            raise TypeError(f"filter_parameters must be FilterParameters or None, not {filter_parameters!r}")
+        self._check_fully_connected(backend, input, output, weights, bias, activation)
+
+        params = ffi.new("BNNSLayerParametersFullyConnected *")
+        params.i_desc = input.c_descriptor[0]
+        params.w_desc = weights.c_descriptor[0]
+        params.o_desc = output.c_descriptor[0]
+        if bias is not None:
+            params.bias = bias.c_descriptor[0]
+        activation.fill(params.activation)
+        c_filter_parameters = ffi.NULL if filter_parameters is None else filter_parameters.c_parameters
+        keepalive = (weights, bias, filter_parameters)
+        handle = create_filter(backend, "BNNSFilterCreateLayerFullyConnected", params, c_filter_parameters,
+                               keepalive=keepalive)
+        # ConvolutionLayer.__init__ builds a convolution; a fully-connected layer only shares its
+        # methods, so it initialises the UnaryLayer part itself and sets the attributes those
+        # methods read to the values of the equivalent 1x1 convolution.
+        UnaryLayer.__init__(self, handle, backend, input, output, keepalive)
+        self.type = ConvolutionType.standard
+        self.weights = weights
+        self.bias = bias
+        self.padding = ConvolutionPadding.zero
+        self.activation = activation
+        self.group_count = 1
+        self.stride = (1, 1)
+        self.dilation_stride = (1, 1)
+        self.filter_parameters = filter_parameters
+
+    @property
+    def input_size(self):
+        return self.input_descriptor.shape.sizes[0]
+
+    @property
+    def output_size(self):
+        return self.output_descriptor.shape.sizes[0]
+
+    @staticmethod
+    def _check_fully_connected(backend, input, output, weights, bias, activation):
+        for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
+            if not isinstance(descriptor, NDArrayDescriptor):
+                raise TypeError(f"{name} must be an NDArrayDescriptor, not {type_name(descriptor)}")
+        for name, descriptor in (("input", input), ("output", output)):
+            if descriptor.layout not in VECTOR_LAYOUTS:
+                raise ValueError(f"{name} must be a vector descriptor (Shape.vector(n)), not "
+                                 f"{descriptor.shape!r}")
+        if weights.layout not in MATRIX_LAYOUTS:
+            raise ValueError(f"weights layout must be matrix_row_major (in, out) or matrix_first_major "
+                             f"(out, in), not {weights.layout.name}")
+        if weights.data is None:
+            raise ValueError("weights descriptor has no data")
+        in_size, out_size = input.shape.sizes[0], output.shape.sizes[0]
+        w_in, w_out = weight_matrix_sizes(weights)
+        if (w_in, w_out) != (in_size, out_size):
+            wanted = ((in_size, out_size) if weights.layout == DataLayout.matrix_row_major
+                      else (out_size, in_size))
+            raise ValueError(f"weights {weights.shape!r} describe {w_in} inputs and {w_out} outputs; the "
+                             f"layer maps {in_size} inputs to {out_size} outputs, so its {weights.layout.name} "
+                             f"sizes must be {wanted}")
+        if backend.is_portable:
+            for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
+                if descriptor.data_type != DataType.float32:
+                    raise TypeError(f"{name} data type {descriptor.data_type.name} is not supported by the "
+                                    "portable backend yet (float32 only)")
+        else:
+            for name, descriptor in (("input", input), ("weights", weights)):
+                if descriptor.data_type not in _ACCELERATE_IN_TYPES:
+                    raise TypeError(f"{name} data type {descriptor.data_type.name} is not supported for a "
+                                    f"fully-connected layer; supported: "
+                                    f"{sorted(t.name for t in _ACCELERATE_IN_TYPES)}")
+            if input.data_type != weights.data_type:
+                raise TypeError(f"input ({input.data_type.name}) and weights ({weights.data_type.name}) "
+                                "must have the same data type")
+            if output.data_type not in _ACCELERATE_OUT_TYPES:
+                raise TypeError(f"output data type {output.data_type.name} must be floating point")
+        # (convolution's _check_strides reads sizes in descriptor order, which is wrong for first-major
+        # layouts; a matrix's rows only need to be at least a row apart)
+        s_in, s_out = weights.shape.resolved_strides
+        if s_out < s_in * in_size:
+            raise ValueError(f"weights strides {weights.shape.strides} overlap: the stride between outputs "
+                             f"({s_out}) must be >= {in_size} inputs * the stride between inputs ({s_in}) = "
+                             f"{s_in * in_size}")
+        if bias is not None:
+            if not isinstance(bias, NDArrayDescriptor):
+                raise TypeError(f"bias must be an NDArrayDescriptor or None, not {type_name(bias)}")
+            if bias.layout not in VECTOR_LAYOUTS or bias.shape.sizes != (out_size,):
+                raise ValueError(f"bias must be a vector of {out_size} values (the output size), got {bias.shape!r}")
+            if bias.data is None:
+                raise ValueError("bias descriptor has no data (pass bias=None for no bias)")
+            if bias.data_type != DataType.float32 and backend.is_portable:
+                raise TypeError(f"bias data type must be float32 on the portable backend, not {bias.data_type.name}")
+        if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
+            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend yet")
+
+    def __repr__(self):
+        bias = "with bias" if self.bias is not None else "no bias"
+        state = ", closed" if self.closed else ""
+        return (f"FullyConnectedLayer({self.input_size} -> {self.output_size}, {self.weights.layout.name}, "
+                f"{bias}, {self.activation!r}, {self._backend.name}{state})")
+
+
+# ---- numpy-first ----------------------------------------------------------------------------------
+
+def as_float32(name, array, ndim):
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, not {type(array).__name__}")
+    if array.dtype != _FLOAT32:
+        raise TypeError(f"{name} has dtype {array.dtype}; BNNS computes this layer in float32: "
+                        f"pass {name}.astype(np.float32)")
+    if array.ndim not in ndim:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {array.shape}")
+    if min(array.shape, default=1) == 0:
+        raise ValueError(f"{name} is empty: shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def check_linear_operands(weight, bias):
+    """Validate PyTorch-style (out, in) weight and (out,) bias float32 arrays; returns them."""
+    weight = as_float32("weight", weight, (2,))
+    if bias is not None:
+        bias = as_float32("bias", bias, (1,))
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) for a weight of shape {weight.shape}, "
+                             f"got {bias.shape}")
+    return weight, bias
+
+
+def prepare_linear_input(x, in_features):
+    """(x as a C-contiguous (N, in) float32 array, whether x was 1-D)."""
+    x = as_float32("x", x, (1, 2))
+    single = x.ndim == 1
+    if single:
+        x = x[np.newaxis]
+    if x.shape[1] != in_features:
+        raise ValueError(f"x has {x.shape[1]} features (last axis), the weight expects {in_features}: "
+                         f"x must be (N, {in_features}) or ({in_features},), got {x.shape if not single else x.shape[1:]}")
+    return x, single
+
+
+def linear_output_buffer(out, expected, single, x):
+    if out is None:
+        return np.empty(expected, np.float32)
+    check_array_memory("out", out, _FLOAT32, 0, writable=True)
+    wanted = expected[1:] if single else expected
+    if out.shape != wanted:
+        raise ValueError(f"out has shape {out.shape}, expected {wanted}")
+    if np.may_share_memory(out, x):
+        raise ValueError("out shares memory with x")
+    return out.reshape(expected)
+
+
+def make_linear_layer(weight, bias, activation, backend, client_pointer=True):
+    """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays."""
+    out_features, in_features = weight.shape
+    parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none)
+    return FullyConnectedLayer(
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(in_features)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(out_features)),
+        NDArrayDescriptor(weight, Shape.matrix_row_major(in_features, out_features)),
+        None if bias is None else NDArrayDescriptor(bias, Shape.vector(out_features)),
+        ActivationFunction.coerce(activation), parameters, backend=backend)
+
+
+def linear(x, weight, bias=None, activation=None, backend=None, out=None):
+    """Fully-connected layer ``y = act(x @ weight.T + bias)``, computed by BNNS.
+
+    Args:
+        x: float32 array ``(N, in)`` or ``(in,)`` (non-contiguous input is copied).
+        weight: float32 array ``(out, in)``, as ``torch.nn.functional.linear``.
+        bias: optional float32 array ``(out,)``.
+        activation: None, a name (``"relu"``, ``"sigmoid"``, ...) or an ``ActivationFunction``.
+        backend: ``"accelerate"``, ``"portable"`` or None (default backend).
+        out: optional float32 C-contiguous array ``(N, out)`` (``(out,)`` for 1-D ``x``) to write into.
+
+    Returns:
+        ``(N, out)``, or ``(out,)`` for 1-D ``x``.
+    """
+    weight, bias = check_linear_operands(weight, bias)
+    activation = ActivationFunction.coerce(activation)
+    x, single = prepare_linear_input(x, weight.shape[1])
+    result = linear_output_buffer(out, (x.shape[0], weight.shape[0]), single, x)
+    # The arrays outlive the layer, so BNNS reads them in place instead of copying.
+    with make_linear_layer(weight, bias, activation, backend) as layer:
+        layer.apply(x.shape[0], x, result)
+    if out is not None:
+        return out
+    return result[0] if single else result
+
+
+__all__ = ["FullyConnectedLayer", "linear"]
