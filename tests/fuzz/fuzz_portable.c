@@ -1,5 +1,5 @@
-/* libFuzzer target for the portable BNNS library: create, apply, apply backward and destroy with
-   parameter structs decoded from the fuzzer's bytes.
+/* libFuzzer target for the portable BNNS library: create (standard, transposed, fully-connected and
+   legacy), apply, apply backward and destroy with parameter structs decoded from the fuzzer's bytes.
 
    Every descriptor the harness hands over is backed by memory at least as large as the
    descriptor says (that is the caller's side of the BNNS contract); everything else is
@@ -60,13 +60,16 @@ static size_t rank_of(uint32_t layout) { return (layout >> 16) & 0xF; }
 static size_t extent_item(const BNNSNDArrayDescriptor *d, size_t *item) {
     size_t rank = rank_of(d->layout);
     if (rank == 0 || rank > 8) return SIZE_MAX;
+    /* first-major layouts (0x?8001) list sizes outermost first; strides always run fastest first */
+    bool first_major = (d->layout & 0xFFFF) == 0x8001;
     size_t stride = 1, last = 0, prev_size = 1, prev_stride = 1;
     for (size_t k = 0; k < rank; k++) {
+        size_t n = d->size[first_major ? rank - 1 - k : k];
         stride = d->stride[k] ? d->stride[k] : (k == 0 ? 1 : prev_size * prev_stride);
-        if (d->size[k] > MAX_FLOATS || stride > MAX_FLOATS) return SIZE_MAX;
-        if (d->size[k]) last += (d->size[k] - 1) * stride;
+        if (n > MAX_FLOATS || stride > MAX_FLOATS) return SIZE_MAX;
+        if (n) last += (n - 1) * stride;
         if (last > MAX_FLOATS) return SIZE_MAX;
-        prev_size = d->size[k];
+        prev_size = n;
         prev_stride = stride;
     }
     *item = prev_size * prev_stride;
@@ -99,8 +102,108 @@ static float *back(BNNSNDArrayDescriptor *d, stream *s) {
     return p;
 }
 
+static void check_status(int status) {
+    if (status != 0 && status != -1) abort();
+}
+
+/* A fully-connected filter: vectors in and out, a (possibly row-padded) weight matrix. */
+static void fuzz_fully_connected(stream *s) {
+    BNNSLayerParametersFullyConnected p;
+    memset(&p, 0, sizeof p);
+    fill_descriptor(s, &p.i_desc, BNNSDataLayoutVector);
+    fill_descriptor(s, &p.o_desc, BNNSDataLayoutVector);
+    fill_descriptor(s, &p.w_desc, take(s, 1) & 1 ? BNNSDataLayoutRowMajorMatrix : BNNSDataLayout2DFirstMajor);
+    float *weights = back(&p.w_desc, s);
+    float *bias = NULL;
+    if (take(s, 1) & 1) {
+        fill_descriptor(s, &p.bias, BNNSDataLayoutVector);
+        bias = back(&p.bias, s);
+    }
+    p.activation.function = (uint32_t)(take(s, 1) % 40);
+    p.activation.alpha = (float)(int8_t)take(s, 1) / 16.0f;
+    BNNSFilterParameters fp = {.flags = (uint32_t)take(s, 1) & 1, .n_threads = 1};
+    BNNSFilter f = BNNSFilterCreateLayerFullyConnected(&p, &fp);
+    if (f) {
+        size_t in_item, out_item;
+        size_t in_n = extent_item(&p.i_desc, &in_item), out_n = extent_item(&p.o_desc, &out_item);
+        size_t batch = 1 + take(s, 1) % 3;
+        if (in_n != SIZE_MAX && out_n != SIZE_MAX) {
+            float *x = calloc(batch * (in_item + in_n), sizeof(float));
+            float *y = calloc(batch * (out_item + out_n), sizeof(float));
+            check_status(BNNSFilterApplyBatch(f, batch, x, 0, y, 0));
+            BNNSNDArrayDescriptor d_out = p.o_desc, d_in = p.i_desc;
+            d_out.data = y;
+            d_in.data = calloc(batch * (in_item + in_n), sizeof(float));
+            check_status(BNNSFilterApplyBackwardBatch(f, batch, x, 0, (take(s, 1) & 1) ? NULL : &d_in, 0, y, 0,
+                                                      &d_out, 0, NULL, NULL));
+            free(d_in.data);
+            free(x);
+            free(y);
+        }
+        BNNSFilterDestroy(f);
+    }
+    free(weights);
+    free(bias);
+}
+
+/* A legacy image-stack convolution: the weights are exactly k_width*k_height*in*out floats. */
+static void fuzz_legacy_convolution(stream *s) {
+    BNNSImageStackDescriptor in, out;
+    BNNSImageStackDescriptor *stacks[2] = {&in, &out};
+    for (int i = 0; i < 2; i++) {
+        BNNSImageStackDescriptor *d = stacks[i];
+        memset(d, 0, sizeof *d);
+        d->width = value(s, 6);
+        d->height = value(s, 6);
+        d->channels = value(s, 4);
+        d->row_stride = d->width + (take(s, 1) < 200 ? 0 : value(s, 3));
+        d->image_stride = d->row_stride * d->height + (take(s, 1) < 200 ? 0 : value(s, 3));
+        d->data_type = take(s, 1) < 240 ? BNNSDataTypeFloat32 : (uint32_t)take(s, 4);
+    }
+    BNNSConvolutionLayerParameters p;
+    memset(&p, 0, sizeof p);
+    p.x_stride = value(s, 2);
+    p.y_stride = value(s, 2);
+    p.x_padding = value(s, 2);
+    p.y_padding = value(s, 2);
+    p.k_width = value(s, 3);
+    p.k_height = value(s, 3);
+    p.in_channels = take(s, 1) < 230 ? in.channels : value(s, 4);
+    p.out_channels = take(s, 1) < 230 ? out.channels : value(s, 4);
+    p.activation.function = (uint32_t)(take(s, 1) % 36);
+    double count = (double)p.k_width * (double)p.k_height * (double)p.in_channels * (double)p.out_channels;
+    float *weights = count < MAX_FLOATS ? calloc((size_t)count + 1, sizeof(float)) : NULL;
+    float *bias = (take(s, 1) & 1) && p.out_channels < MAX_FLOATS ? calloc(p.out_channels + 1, sizeof(float)) : NULL;
+    p.weights.data = weights;
+    p.weights.data_type = BNNSDataTypeFloat32;
+    p.bias.data = bias;
+    p.bias.data_type = BNNSDataTypeFloat32;
+    BNNSFilterParameters fp = {.flags = (uint32_t)take(s, 1) & 1, .n_threads = 1};
+    BNNSFilter f = weights ? BNNSFilterCreateConvolutionLayer(&in, &out, &p, &fp) : NULL;
+    if (f) {
+        double in_n = (double)in.image_stride * (double)in.channels, out_n = (double)out.image_stride * (double)out.channels;
+        if (in_n < MAX_FLOATS && out_n < MAX_FLOATS) {
+            float *x = calloc((size_t)in_n * 2 + 1, sizeof(float));
+            float *y = calloc((size_t)out_n * 2 + 1, sizeof(float));
+            check_status(BNNSFilterApplyBatch(f, 2, x, 0, y, 0));
+            free(x);
+            free(y);
+        }
+        BNNSFilterDestroy(f);
+    }
+    free(weights);
+    free(bias);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     stream s = {data, size};
+    uint8_t entry = (uint8_t)take(&s, 1);
+    if (entry >= 200) {
+        if (entry >= 228) fuzz_legacy_convolution(&s);
+        else fuzz_fully_connected(&s);
+        if (bnns_portable_live_filter_count() != 0) abort();
+        return 0;
+    }
     BNNSLayerParametersConvolution p;
     memset(&p, 0, sizeof p);
     fill_descriptor(&s, &p.i_desc, BNNSDataLayoutImageCHW);
