@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 _ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 _ap.add_argument("--threads", type=int, default=2)
@@ -49,79 +48,17 @@ try:
 except ImportError:
     torch = None
 
-SAMPLES = 5 if ARGS.quick else 7
-TARGET_S = 0.03 if ARGS.quick else 0.06
+from bnns_py.bench import arrays, bnns_module, flops, full_cases, out_hw, time_call  # noqa: E402
+
+TIMING = dict(samples=5, target=0.03) if ARGS.quick else dict(samples=7, target=0.06)
 
 
-def bench(fn, samples=SAMPLES, target=TARGET_S, max_total=6.0):
-    """Median seconds per call: warm up, then samples of an inner loop lasting ~target seconds."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    est = time.perf_counter() - t0
-    inner = max(1, int(math.ceil(target / max(est, 1e-9))))
-    samples = max(3, min(samples, int(max_total / max(est * inner, 1e-9))))
-    per = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        per.append((time.perf_counter() - t0) / inner)
-    return statistics.median(per)
-
-
-def case(name, n, cin, cout, h, w, k, stride=1, pad=0, dil=1, groups=1, transposed=False):
-    return dict(name=name, N=n, Cin=cin, Cout=cout, H=h, W=w, k=k, stride=stride, pad=pad, dil=dil,
-                groups=groups, transposed=transposed)
+def bench(fn, **overrides):
+    return time_call(fn, **dict(TIMING, **overrides))
 
 
 def cases():
-    out = []
-    for n in (1, 8):
-        out += [
-            case("r50_stem_7x7s2_3-64_224", n, 3, 64, 224, 224, 7, stride=2, pad=3),
-            case("r50_c2_3x3_64-64_56", n, 64, 64, 56, 56, 3, pad=1),
-            case("r50_c2_1x1_256-64_56", n, 256, 64, 56, 56, 1),
-            case("r50_c3_3x3_128-128_28", n, 128, 128, 28, 28, 3, pad=1),
-            case("r50_c4_3x3_256-256_14", n, 256, 256, 14, 14, 3, pad=1),
-            case("r50_c5_3x3_512-512_7", n, 512, 512, 7, 7, 3, pad=1),
-            case("dilated_3x3d2_256-256_28", n, 256, 256, 28, 28, 3, pad=2, dil=2),
-            case("dw_3x3_32_112", n, 32, 32, 112, 112, 3, pad=1, groups=32),
-            case("dw_3x3_512_14", n, 512, 512, 14, 14, 3, pad=1, groups=512),
-            case("convT_4x4s2_256-128_16to32", n, 256, 128, 16, 16, 4, stride=2, pad=1, transposed=True),
-        ]
-    out.append(case("tiny_3x3_8-8_8", 1, 8, 8, 8, 8, 3, pad=1))
-    return [c for c in out if ARGS.only in c["name"]]
-
-
-def flops(c):
-    ho, wo = out_hw(c)
-    if c["transposed"]:
-        return 2 * c["N"] * c["Cin"] * c["H"] * c["W"] * (c["Cout"] // c["groups"]) * c["k"] ** 2
-    return 2 * c["N"] * c["Cout"] * ho * wo * (c["Cin"] // c["groups"]) * c["k"] ** 2
-
-
-def out_hw(c):
-    k_eff = c["dil"] * (c["k"] - 1) + 1
-    if c["transposed"]:
-        size = lambda s: (s - 1) * c["stride"] - 2 * c["pad"] + k_eff  # noqa: E731
-    else:
-        size = lambda s: (s + 2 * c["pad"] - k_eff) // c["stride"] + 1  # noqa: E731
-    return size(c["H"]), size(c["W"])
-
-
-def arrays(c):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((c["N"], c["Cin"], c["H"], c["W"]), dtype=np.float32)
-    wshape = ((c["Cin"], c["Cout"] // c["groups"]) if c["transposed"] else (c["Cout"], c["Cin"] // c["groups"])) + (c["k"], c["k"])
-    w = (rng.standard_normal(wshape, dtype=np.float32) * 0.05).astype(np.float32)
-    b = rng.standard_normal(c["Cout"], dtype=np.float32)
-    return x, w, b
-
-
-def bnns_module(c, w, b):
-    cls = bnns_py.ConvTranspose2d if c["transposed"] else bnns_py.Conv2d
-    return cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"])
+    return [c for c in full_cases() if ARGS.only in c["name"]]
 
 
 def bench_bnns(c):

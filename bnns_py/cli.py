@@ -1,5 +1,6 @@
 """Command line: ``python -m bnns_py info | verify`` (also installed as ``bnns-py``)."""
 import argparse
+import importlib.util
 import json
 import platform
 import sys
@@ -45,6 +46,8 @@ def _cases():
     cases.append(("transposed", "conv_transpose2d", dict(x=base["x"], weight=rand(4, 3, 2, 3), bias=rand(3), stride=2)))
     cases.append(("transposed_padded", "conv_transpose2d",
                   dict(x=base["x"], weight=rand(4, 3, 3, 3), stride=2, padding=1, output_padding=1)))
+    cases.append(("fully_connected", "linear", dict(x=rand(5, 37), weight=rand(19, 37), bias=rand(19),
+                                                     activation=AF.rectified_linear)))
     for activation in (AF.rectified_linear, AF.leaky_rectified_linear(0.1), AF.sigmoid, AF.tanh, AF.linear(0.5),
                        AF.clamp((-0.5, 0.5)), AF.elu(1.0), AF.silu, AF.gelu, AF.hard_swish(), AF.softplus(1, 1)):
         cases.append((f"activation_{activation.name}", "conv2d", dict(base, padding=1, activation=activation)))
@@ -52,22 +55,43 @@ def _cases():
 
 
 def _forward_rows(backend, other=None):
-    from . import functional
+    import bnns_py
+    from .functional import normalize_padding
     rows = []
     for name, function, kwargs in _cases():
-        expected = getattr(reference, function)(**{k: (functional.normalize_padding(v) if k == "padding" else v)
+        expected = getattr(reference, function)(**{k: (normalize_padding(v) if k == "padding" else v)
                                                    for k, v in kwargs.items()})
-        actual = getattr(functional, function)(backend=backend, **kwargs)
+        actual = getattr(bnns_py, function)(backend=backend, **kwargs)
         rows.append(_row(name, actual, expected, "reference"))
         if other is not None:
-            rows.append(_row(name, actual, getattr(functional, function)(backend=other, **kwargs), other))
+            rows.append(_row(name, actual, getattr(bnns_py, function)(backend=other, **kwargs), other))
+    rows.append(_legacy_row(backend))
     return rows
+
+
+def _legacy_row(backend):
+    """The deprecated image-stack convolution, on row- and image-padded buffers."""
+    from .legacy import ImageStackDescriptor, LegacyConvolutionLayer
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)  # stored with padded rows and images
+    weights = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    storage = np.zeros((2, 3, 7 * 10 + 5), np.float32)
+    storage[:, :, :70].reshape(2, 3, 7, 10)[..., :9] = x
+    layer = LegacyConvolutionLayer(ImageStackDescriptor(9, 7, 3, row_stride=10, image_stride=75),
+                                   ImageStackDescriptor(9, 7, 4), weights, bias, x_padding=1, y_padding=1,
+                                   backend=backend)
+    with layer:
+        out = np.empty((2, 4, 7, 9), np.float32)
+        layer.apply(2, storage, out)
+    return _row("legacy_convolution", out, reference.conv2d(x, weights, bias, padding=1), "reference")
 
 
 def _backward_rows(backend):
     from .modules import Conv2d, ConvTranspose2d
     rng = np.random.default_rng(7)
     rows = []
+    rows += _linear_backward_rows(backend)
     for name, cls, weight_shape, kwargs in (
             ("backward_standard", Conv2d, (6, 4, 3, 3), dict(padding=1, stride=2)),
             ("backward_grouped", Conv2d, (6, 2, 3, 3), dict(groups=2)),
@@ -89,6 +113,20 @@ def _backward_rows(backend):
         for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db)):
             rows.append(_row(f"{name}_{part}", actual, expected, "reference"))
     return rows
+
+
+def _linear_backward_rows(backend):
+    from .modules import Linear
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 37)).astype(np.float32)
+    weight, bias = rng.standard_normal((19, 37)).astype(np.float32), rng.standard_normal(19).astype(np.float32)
+    with Linear(weight, bias, activation="sigmoid", backend=backend) as module:
+        y = module(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        grads = module.backward(x, y, dy)
+    dx, dw, db = reference.linear_backward(x, weight, dy, output=y, bias=True, activation=AF.sigmoid)
+    return [_row(f"backward_fully_connected_{part}", actual, expected, "reference")
+            for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db))]
 
 
 def _row(name, actual, expected, against):
@@ -136,6 +174,29 @@ def _verify(args):
     return 1 if failed else 0
 
 
+def _bench(args):
+    from . import bench
+    cases = bench.full_cases() if args.all else bench.quick_cases()
+    timing = dict(samples=5, target=0.03) if not args.all else {}
+    backend = get_backend(args.backend)
+    print(f"forward throughput on the {backend.name} backend (median of timed loops; GFLOP/s)")
+    print(f"  {'case':30s} {'N':>2s} {'bnns-py':>9s} {'torch':>9s} {'ratio':>6s}")
+    for c in cases:
+        gflop = bench.flops(c) / 1e9
+        ours = bench.bench_bnns_forward(c, backend.name, **timing)
+        theirs = bench.bench_torch_forward(c, **timing)
+        line = f"  {c['name']:30s} {c['N']:2d} {gflop / ours:9.1f}"
+        line += f" {gflop / theirs:9.1f} {theirs / ours:6.2f}" if theirs else f" {'-':>9s} {'-':>6s}"
+        print(line, flush=True)
+    if not _has_torch():
+        print("  (install torch to compare with PyTorch)")
+    return 0
+
+
+def _has_torch():
+    return importlib.util.find_spec("torch") is not None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="bnns-py", description="bnns-py: BNNS convolution from numpy")
     parser.add_argument("--backend", choices=("accelerate", "portable"), default=None)
@@ -145,5 +206,7 @@ def main(argv=None):
     verify.add_argument("--against", choices=("accelerate", "portable"), default=None,
                         help="also compare with this backend in the same process")
     verify.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bench = commands.add_parser("bench", help="quick forward throughput table, against PyTorch when installed")
+    bench.add_argument("--all", action="store_true", help="every case of benchmarks/bench_conv.py (slower)")
     args = parser.parse_args(argv)
-    return {"info": _info, "verify": _verify}[args.command](args)
+    return {"info": _info, "verify": _verify, "bench": _bench}[args.command](args)

@@ -24,7 +24,8 @@ def test_verify_passes_and_writes_json(tmp_path, capsys, no_filter_leaks):
     data = json.loads(report.read_text())
     assert data["backend"]["backend"] == bnns_py.get_backend().name
     names = {row["case"] for row in data["cases"]}
-    assert {"standard", "grouped", "depthwise", "dilated", "transposed", "backward_standard_dw"} <= names
+    assert {"standard", "grouped", "depthwise", "dilated", "transposed", "backward_standard_dw", "fully_connected",
+            "legacy_convolution", "backward_fully_connected_dw", "backward_transposed_dx"} <= names
     assert all(row["pass"] for row in data["cases"])
     assert {p["name"] for p in data["probes"]} >= {"transposed_weight_layout", "padding_precedence"}
 
@@ -43,3 +44,12 @@ def test_module_entry_point_runs(tmp_path):
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "backend" in done.stdout
+
+
+def test_bench_prints_a_throughput_table(capsys, no_filter_leaks):
+    from bnns_py.bench import quick_cases
+    assert main(["bench"]) == 0
+    out = capsys.readouterr().out
+    for case in quick_cases():
+        line = next(l for l in out.splitlines() if case["name"] in l)
+        assert float(line.split()[2]) > 0  # GFLOP/s of bnns-py

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import bnns_py
-from bnns_py import (ActivationFunction, BNNSError, ConvolutionLayer, ConvolutionPadding,
-                     ConvolutionType, DataType, FilterParameters, NDArrayDescriptor, Shape)
+from bnns_py import (ActivationFunction, BNNSError, ConvolutionLayer, ConvolutionType, DataType,
+                     FilterParameters, NDArrayDescriptor, Shape)
 
 X = np.zeros((2, 3, 8, 8), np.float32)
 W = np.zeros((4, 3, 3, 3), np.float32)

@@ -280,7 +280,6 @@ def _vec(n, data_type=DataType.float32, **kwargs):
 
 def _invalid_cases():
     w = np.zeros((3, 4), np.float32)
-    row = lambda: NDArrayDescriptor(w.reshape(-1), Shape.matrix_row_major(4, 3))  # noqa: E731
     image = NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(1, 1, 4))
     return [
         ("input not a vector", dict(input=image), ValueError, "input must be a vector"),

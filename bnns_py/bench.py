@@ -1,0 +1,114 @@
+"""Convolution throughput cases and timing, shared by ``python -m bnns_py bench`` and
+``benchmarks/bench_conv.py``.
+
+The case list follows the peer harness: ResNet-50 layers, a dilated layer, depthwise layers, a
+transposed layer and a tiny layer. FLOPs count multiply-adds twice:
+forward = 2*N*Cout*Hout*Wout*(Cin/groups)*k*k (transposed: 2*N*Cin*H*W*(Cout/groups)*k*k).
+"""
+import math
+import statistics
+import time
+
+import numpy as np
+
+
+def case(name, n, cin, cout, h, w, k, stride=1, pad=0, dil=1, groups=1, transposed=False):
+    return dict(name=name, N=n, Cin=cin, Cout=cout, H=h, W=w, k=k, stride=stride, pad=pad, dil=dil,
+                groups=groups, transposed=transposed)
+
+
+def full_cases():
+    """Every case of the peer harness, at batch 1 and 8, plus the tiny one."""
+    out = []
+    for n in (1, 8):
+        out += [
+            case("r50_stem_7x7s2_3-64_224", n, 3, 64, 224, 224, 7, stride=2, pad=3),
+            case("r50_c2_3x3_64-64_56", n, 64, 64, 56, 56, 3, pad=1),
+            case("r50_c2_1x1_256-64_56", n, 256, 64, 56, 56, 1),
+            case("r50_c3_3x3_128-128_28", n, 128, 128, 28, 28, 3, pad=1),
+            case("r50_c4_3x3_256-256_14", n, 256, 256, 14, 14, 3, pad=1),
+            case("r50_c5_3x3_512-512_7", n, 512, 512, 7, 7, 3, pad=1),
+            case("dilated_3x3d2_256-256_28", n, 256, 256, 28, 28, 3, pad=2, dil=2),
+            case("dw_3x3_32_112", n, 32, 32, 112, 112, 3, pad=1, groups=32),
+            case("dw_3x3_512_14", n, 512, 512, 14, 14, 3, pad=1, groups=512),
+            case("convT_4x4s2_256-128_16to32", n, 256, 128, 16, 16, 4, stride=2, pad=1, transposed=True),
+        ]
+    out.append(case("tiny_3x3_8-8_8", 1, 8, 8, 8, 8, 3, pad=1))
+    return out
+
+
+def quick_cases():
+    """A few representative cases for a fast look."""
+    names = {"r50_c3_3x3_128-128_28", "dw_3x3_32_112", "convT_4x4s2_256-128_16to32", "tiny_3x3_8-8_8"}
+    return [c for c in full_cases() if c["name"] in names and c["N"] == 1]
+
+
+def out_hw(c):
+    k_eff = c["dil"] * (c["k"] - 1) + 1
+    if c["transposed"]:
+        return tuple((s - 1) * c["stride"] - 2 * c["pad"] + k_eff for s in (c["H"], c["W"]))
+    return tuple((s + 2 * c["pad"] - k_eff) // c["stride"] + 1 for s in (c["H"], c["W"]))
+
+
+def flops(c):
+    ho, wo = out_hw(c)
+    if c["transposed"]:
+        return 2 * c["N"] * c["Cin"] * c["H"] * c["W"] * (c["Cout"] // c["groups"]) * c["k"] ** 2
+    return 2 * c["N"] * c["Cout"] * ho * wo * (c["Cin"] // c["groups"]) * c["k"] ** 2
+
+
+def arrays(c, seed=0):
+    """x, weight (PyTorch layout) and bias for a case, float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((c["N"], c["Cin"], c["H"], c["W"]), dtype=np.float32)
+    wshape = ((c["Cin"], c["Cout"] // c["groups"]) if c["transposed"] else (c["Cout"], c["Cin"] // c["groups"]))
+    w = (rng.standard_normal(wshape + (c["k"], c["k"]), dtype=np.float32) * 0.05).astype(np.float32)
+    b = rng.standard_normal(c["Cout"], dtype=np.float32)
+    return x, w, b
+
+
+def time_call(fn, samples=7, target=0.06, max_total=6.0):
+    """Median seconds per call: a warm-up call, then ``samples`` timed loops of ~``target`` seconds."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    estimate = time.perf_counter() - t0
+    inner = max(1, int(math.ceil(target / max(estimate, 1e-9))))
+    samples = max(3, min(samples, int(max_total / max(estimate * inner, 1e-9))))
+    per_call = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        per_call.append((time.perf_counter() - t0) / inner)
+    return statistics.median(per_call)
+
+
+def bnns_module(c, w, b, backend=None):
+    """A bnns_py Conv2d / ConvTranspose2d for a case (imported lazily: no cycle at import time)."""
+    from .modules import Conv2d, ConvTranspose2d
+    cls = ConvTranspose2d if c["transposed"] else Conv2d
+    return cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"], backend=backend)
+
+
+def bench_bnns_forward(c, backend=None, **timing):
+    """Seconds per forward call of a kept layer on preallocated arrays (what a model would do)."""
+    x, w, b = arrays(c)
+    with bnns_module(c, w, b, backend) as module:
+        out = np.empty((c["N"], c["Cout"]) + out_hw(c), np.float32)
+        layer = module._layer(c["H"], c["W"])
+        return time_call(lambda: layer.apply(c["N"], x, out), **timing)
+
+
+def bench_torch_forward(c, **timing):
+    """Seconds per torch.nn.functional forward call, or None without torch."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    x, w, b = (torch.from_numpy(a) for a in arrays(c))
+    op = F.conv_transpose2d if c["transposed"] else F.conv2d
+    with torch.no_grad():
+        return time_call(lambda: op(x, w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"],
+                                    groups=c["groups"]), **timing)
