@@ -64,6 +64,6 @@ portable = Extension(
 setup(
     packages=["bnns_py", "bnns_py.cdefs"],
     package_dir={"bnns_py.cdefs": "cdefs"},
-    package_data={"bnns_py.cdefs": ["*.h"]},
+    package_data={"bnns_py.cdefs": ["*.h"], "bnns_py": ["py.typed"]},
     ext_modules=[portable],
 )

@@ -67,7 +67,7 @@ class Backend:
         return f"<bnns_py Backend {self.name} from {self.library_path}>"
 
 
-_loaded = {}
+_loaded: "dict[str, Backend]" = {}
 _load_lock = threading.Lock()
 
 

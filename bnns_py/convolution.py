@@ -1,5 +1,6 @@
 """``ConvolutionLayer``, ``ConvolutionType`` and ``ConvolutionPadding`` (Swift's ``BNNS`` mirror)."""
 import enum
+from typing import ClassVar
 
 from ._checks import int_pair, is_int
 from ._ffi import ffi
@@ -24,6 +25,7 @@ class ConvolutionPadding:
     ``asymmetric(left, right, up, down)``."""
 
     __slots__ = ("kind", "values")
+    zero: "ClassVar[ConvolutionPadding]"  # set below the class: no padding on any side
 
     def __init__(self, kind, values):
         if kind not in ("symmetric", "asymmetric"):
