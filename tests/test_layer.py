@@ -238,3 +238,36 @@ def test_padding_mirror():
     assert ConvolutionPadding.symmetric(1, 1) == ConvolutionPadding.asymmetric(1, 1, 1, 1)
     with pytest.raises(ValueError):
         ConvolutionPadding.symmetric(-1, 0)
+
+
+def test_python_allocator_callbacks_serve_the_filter(rng, no_filter_leaks):
+    blocks = {}
+
+    def alloc(memptr, alignment, size):
+        block = bnns_py.ffi.new("char[]", size + alignment)
+        address = (int(bnns_py.ffi.cast("uintptr_t", block)) + alignment - 1) // alignment * alignment
+        memptr[0] = bnns_py.ffi.cast("void *", address)
+        blocks[address] = block
+        return 0
+
+    def free(pointer):
+        del blocks[int(bnns_py.ffi.cast("uintptr_t", pointer))]
+
+    weights, bias = random_array(rng, (4, 3, 3, 3)), random_array(rng, (4,))
+    params = FilterParameters(alloc_memory=alloc, free_memory=free, n_threads=1)
+    layer = ConvolutionLayer(
+        ConvolutionType.standard,
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(7, 8, 3)),
+        NDArrayDescriptor(weights, Shape.convolution_weights_oihw(3, 3, 3, 4)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(5, 6, 4)),
+        NDArrayDescriptor(bias, Shape.vector(4)), filter_parameters=params)
+    del params  # the layer keeps the callbacks alive until the filter is destroyed
+    if layer.backend.is_portable:
+        assert blocks, "the portable backend allocates filter memory through the callbacks"
+    x = random_array(rng, (2, 3, 8, 7))
+    out = np.empty((2, 4, 6, 5), np.float32)
+    layer.apply(2, x, out)
+    del layer  # destroyed by garbage collection: the free callback must still be callable
+    gc.collect()
+    assert blocks == {}
+    assert_close_to_reference(out, reference.conv2d(x, weights, bias), 27)
