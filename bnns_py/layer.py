@@ -103,6 +103,9 @@ class UnaryLayer(Layer):
         super().__init__(handle, backend, keepalive)
         self.input_descriptor = input_descriptor
         self.output_descriptor = output_descriptor
+        # per-call facts about each operand, computed once: (dtype, batch stride, extent of one item)
+        self._operands = {name: (d.data_type.numpy_dtype, d.shape.batch_stride, d.shape.extent)
+                          for name, d in (("input", input_descriptor), ("output", output_descriptor))}
 
     def apply(self, batch_size, input, output):
         """Run the filter on ``batch_size`` items.
@@ -124,6 +127,7 @@ class UnaryLayer(Layer):
 
     def _pointer(self, name, value, expected, batch_size, writable):
         """(data pointer, batch stride, numpy array) for an apply argument, after checking it."""
+        dtype, stride, extent = self._operands[name]
         if isinstance(value, NDArrayDescriptor):
             if value.shape != expected.shape or value.data_type != expected.data_type:
                 raise ValueError(f"{name} descriptor {value.shape!r} {value.data_type.name} does not "
@@ -131,15 +135,10 @@ class UnaryLayer(Layer):
             array = value.data
             if array is None:
                 raise BNNSError(f"{name} descriptor has no data", kind="array_descriptor_invalid_data")
-            stride = value.shape.batch_stride
-            check_array_memory(name, array, expected.data_type.numpy_dtype,
-                               batch_extent(value.shape, batch_size), writable)
+            check_array_memory(name, array, dtype, (batch_size - 1) * stride + extent, writable)
             return value._buffer, stride, array
-        stride = expected.shape.batch_stride
-        check_array_memory(name, value, expected.data_type.numpy_dtype,
-                           batch_extent(expected.shape, batch_size), writable)
+        check_array_memory(name, value, dtype, (batch_size - 1) * stride + extent, writable)
         return ffi.from_buffer(value), stride, value
-
 
     def apply_backward(self, batch_size, input, output, output_gradient, input_gradient,
                        weights_gradient=None, bias_gradient=None):

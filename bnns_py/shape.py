@@ -49,7 +49,7 @@ class Shape:
     The class methods mirror the Swift cases, e.g. ``Shape.image_chw(w, h, c)``.
     """
 
-    __slots__ = ("layout", "sizes", "strides")
+    __slots__ = ("layout", "sizes", "strides", "_resolved")
 
     def __init__(self, size, data_layout=None, stride=None):
         size = tuple(size)
@@ -61,6 +61,7 @@ class Shape:
         self.layout = layout
         self.sizes = _ints("size", size, len(size))
         self.strides = _ints("stride", (0,) * len(size) if stride is None else stride, len(size))
+        self._resolved = None  # resolved strides, computed on first use (a Shape never changes)
 
     # ---- the Swift cases ---------------------------------------------------------------------
     @classmethod
@@ -132,6 +133,11 @@ class Shape:
     @property
     def resolved_strides(self):
         """Strides with BNNS's packed rule applied (stride[k] = size[k-1] * stride[k-1])."""
+        if self._resolved is None:
+            self._resolved = self._resolve()
+        return self._resolved
+
+    def _resolve(self):
         out = []
         previous_size, previous_stride = 1, 1
         for k, (size, stride) in enumerate(zip(self.fastest_first_sizes, self.strides)):
