@@ -397,6 +397,27 @@ static void forward_one(bp_filter *f, const bp_work *w, const float *weights, co
     if (!f->out.packed) bp_copy_image(&out_packed, result, &f->out, y, false);
 }
 
+/* A standard filter over 1x1 images with a 1x1 kernel (every fully-connected filter) maps a batch
+   with one GEMM: Y (batch x out) = X (batch x in) * W^T, rows batch-stride apart. */
+static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_stride, size_t out_stride) {
+    const bp_geom *g = &f->g;
+    return !f->transposed && g->groups == 1 && g->kh == 1 && g->kw == 1 && f->in.w == 1 && f->in.h == 1 &&
+           f->out.w == 1 && f->out.h == 1 && f->in.sc == 1 && f->out.sc == 1 && batch <= INT32_MAX &&
+           in_stride <= INT32_MAX && out_stride <= INT32_MAX;
+}
+
+static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
+                               size_t in_stride, float *out, size_t out_stride) {
+    size_t n_in = f->in.c, n_out = f->out.c;
+    bp_sgemm(false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out, out_stride, f->threads);
+    for (size_t b = 0; b < batch; b++) {
+        float *row = out + b * out_stride;
+        if (f->has_bias)
+            for (size_t c = 0; c < n_out; c++) row[c] += bp_bias_at(f, c);
+        bp_activation_apply(&f->activation, row, n_out);
+    }
+}
+
 int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, size_t in_stride,
                          void *out, size_t out_stride) {
     bp_clear_error();
@@ -424,8 +445,11 @@ int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, s
     bp_work w;
     bp_work_split(f, base, &w);
     const float *weights = bp_current_weights(f, f->client && !f->w_direct ? w.weights : NULL);
-    for (size_t b = 0; b < batch_size; b++)
-        forward_one(f, &w, weights, (const float *)in + b * in_stride, (float *)out + b * out_stride);
+    if (one_gemm_for_batch(f, batch_size, in_stride, out_stride))
+        forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
+    else
+        for (size_t b = 0; b < batch_size; b++)
+            forward_one(f, &w, weights, (const float *)in + b * in_stride, (float *)out + b * out_stride);
     bp_work_release(f, base, temporary);
     return 0;
 }
