@@ -58,6 +58,16 @@ class Layer:
         self._handle = handle
         self._backend = backend
         self._keepalive = tuple(keepalive)
+        # Accelerate's filters are reported not to be thread-safe: calls on one layer are
+        # serialized there. The portable backend is safe (a busy filter uses a private workspace).
+        self._call_lock = None if backend.is_portable else threading.Lock()
+
+    def _call(self, function, *args):
+        """Call a C function on this layer's filter, one thread at a time where BNNS needs it."""
+        if self._call_lock is None:
+            return function(*args)
+        with self._call_lock:
+            return function(*args)
 
     @property
     def bnns_filter(self):
@@ -121,7 +131,8 @@ class UnaryLayer(Layer):
         out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
         if np.may_share_memory(in_array, out_array):
             raise ValueError("input and output share memory; BNNS needs separate buffers")
-        status = self._backend.lib.BNNSFilterApplyBatch(handle, batch_size, in_ptr, in_stride, out_ptr, out_stride)
+        status = self._call(self._backend.lib.BNNSFilterApplyBatch, handle, batch_size, in_ptr, in_stride,
+                            out_ptr, out_stride)
         if status != 0:
             self._fail("BNNSFilterApplyBatch")
 
@@ -162,8 +173,8 @@ class UnaryLayer(Layer):
         dx, dx_stride = self._gradient("input_gradient", input_gradient, lambda: self.input_descriptor, batch_size, keep)
         dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor, 1, keep)
         db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor, 1, keep)
-        status = self._backend.lib.BNNSFilterApplyBackwardBatch(
-            handle, batch_size, in_ptr, in_stride, dx, dx_stride, out_ptr, out_stride, dy, dy_stride, dw, db)
+        status = self._call(self._backend.lib.BNNSFilterApplyBackwardBatch, handle, batch_size, in_ptr, in_stride,
+                            dx, dx_stride, out_ptr, out_stride, dy, dy_stride, dw, db)
         if status != 0:
             self._fail("BNNSFilterApplyBackwardBatch")
 

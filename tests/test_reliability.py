@@ -101,10 +101,15 @@ def test_gil_is_released_during_c_calls(rng, no_filter_leaks):
     assert ticks_during_call[0] > 10_000, "the other thread made no progress: the GIL was held during the C call"
 
 
-def test_one_layer_shared_by_threads_gives_exact_results(rng, no_filter_leaks):
+@pytest.mark.parametrize("serialized", [False, True], ids=["concurrent", "serialized"])
+def test_one_layer_shared_by_threads_gives_exact_results(serialized, rng, no_filter_leaks):
+    # concurrent: the portable backend's own safety; serialized: the per-layer lock used on Accelerate
     weights, bias = random_array(rng, (8, 8, 3, 3)), random_array(rng, (8,))
     inputs = [random_array(rng, (2, 8, 8, 8)) for _ in range(6)]
     with _tiny_layer(weights, bias) as layer:
+        assert (layer._call_lock is None) == layer.backend.is_portable
+        if serialized:
+            layer._call_lock = threading.Lock()
         expected = []
         for x in inputs:
             y = np.empty_like(x)
