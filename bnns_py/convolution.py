@@ -80,13 +80,25 @@ ConvolutionPadding.zero = ConvolutionPadding.symmetric(0, 0)
 
 WEIGHT_LAYOUTS = (DataLayout.convolution_weights_oihw, DataLayout.convolution_weights_oihrwr,
                   DataLayout.convolution_weights_iohrwr, DataLayout.convolution_weights_oihw_pack32)
-# Activation functions the portable backend cannot fuse into a convolution yet.
-PORTABLE_UNSUPPORTED_ACTIVATIONS = frozenset({9, 10, 11, 13, 14, 21, 29})
-# Fused activations BNNS differentiates from the forward output y (bnns.h's training list).
+# Activation functions the portable backend cannot fuse into a convolution: IntegerLinearSaturate
+# (9) and its PerChannel form (10) produce integer outputs (the portable backend computes Float32
+# only); GumbelMax (14) has no documented meaning for a fused layer output.
+PORTABLE_UNSUPPORTED_ACTIVATIONS = frozenset({9, 10, 14})
+# Why, for the error message.
+PORTABLE_UNSUPPORTED_REASONS = {
+    9: "IntegerLinearSaturate produces integer outputs and the portable backend computes float32 outputs only",
+    10: "IntegerLinearSaturatePerChannel produces integer outputs and the portable backend computes float32 "
+        "outputs only",
+    14: "what GumbelMax writes for a fused layer output (the axis of the max, and whether each value gets the "
+        "max or a sample) is not documented, so the portable backend does not guess",
+}
+# Fused activations BNNS differentiates from the forward output y (bnns.h's training list), plus
+# PReLUPerChannel (29): bnns-py's decision, as every alpha_c equals alpha (bnns-py cannot reach
+# BNNSGetPointer) it is leaky ReLU, differentiable from y when alpha > 0.
 BACKWARD_FROM_OUTPUT = frozenset({0, 1, 2, 3, 4, 7, 8, 11, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
-                                  25, 26, 27, 28, 35})
+                                  25, 26, 27, 28, 29, 35})
 # ... of which the portable backend cannot invert these from y.
-PORTABLE_BACKWARD_UNSUPPORTED = frozenset({11, 21, 27, 35})
+PORTABLE_BACKWARD_UNSUPPORTED = frozenset({27, 35})
 _DATA_TYPES = {  # (backend, type) -> data types BNNS documents for the i/w/o descriptors
     ("accelerate", ConvolutionType.standard): {DataType.float32, DataType.float16, DataType.int8, DataType.uint8},
     ("accelerate", ConvolutionType.transposed): {DataType.float32},
@@ -191,7 +203,7 @@ class ConvolutionLayer(UnaryLayer):
             if descriptor.data_type != DataType.float32:
                 raise TypeError(f"apply_backward needs float32 descriptors; {name} is {descriptor.data_type.name}")
         function = self.activation.function
-        if function not in BACKWARD_FROM_OUTPUT or (function in (2, 19) and self.activation.alpha <= 0):
+        if function not in BACKWARD_FROM_OUTPUT or (function in (2, 19, 29) and self.activation.alpha <= 0):
             raise ValueError(f"BNNS cannot differentiate the fused activation {self.activation!r} from the "
                              "layer output; use identity here and a separate activation step")
         if self._backend.is_portable and function in PORTABLE_BACKWARD_UNSUPPORTED:
@@ -260,7 +272,8 @@ class ConvolutionLayer(UnaryLayer):
             if bias.data_type != DataType.float32 and backend.is_portable:
                 raise TypeError(f"bias data type must be float32 on the portable backend, not {bias.data_type.name}")
         if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
-            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend yet")
+            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend: "
+                                      f"{PORTABLE_UNSUPPORTED_REASONS[activation.function]}")
 
 
 def type_name(value):

@@ -251,7 +251,7 @@ def test_portable_data_type_limits(backend, live_check):
         LegacyFullyConnectedLayer(VectorDescriptor(4), VectorDescriptor(2), np.zeros((2, 4), np.int8))
     with pytest.raises(NotImplementedError, match="portable backend"):
         LegacyFullyConnectedLayer(VectorDescriptor(4), VectorDescriptor(2), np.zeros((2, 4), np.float32),
-                                  activation=AF.softmax)
+                                  activation=AF.gumbel_max(1.0, 0.0))
 
 
 def test_legacy_layers_offer_no_backward(rng, live_check):
@@ -335,7 +335,7 @@ def _conv_null_cases():
         ("weights int8", weights("data_type", INT8), "weights data type 0x20008"),
         ("bias int8", bias_type, "bias data type 0x20008"),
         ("input float16", stacks(in__data_type=FLOAT16), "in_desc data type"),
-        ("softmax", stacks(), "activation 11"),
+        ("gumbel_max", stacks(), "activation 14"),
         ("overflow", stacks(in__row_stride=2 ** 62, in__image_stride=2 ** 63), "overflow"),
     ]
 
@@ -343,13 +343,13 @@ def _conv_null_cases():
 @pytest.mark.parametrize("name, change, reason", _conv_null_cases(), ids=[c[0] for c in _conv_null_cases()])
 def test_c_api_legacy_convolution_invalid_returns_null(name, change, reason, backend, rng, live_check):
     if not backend.is_portable and name in ("weights float16", "weights int8", "bias int8", "input float16",
-                                            "softmax", "overflow"):
+                                            "gumbel_max", "overflow"):
         pytest.skip("a portable-backend limitation or decision, not documented BNNS behaviour")
     weights = random_array(rng, (2, 1, 3, 3))
     in_s, out_s = _stack_struct(5, 5, 1), _stack_struct(3, 3, 2)
     params = legacy_conv_params(weights)
-    if name == "softmax":
-        params.activation.function = 11
+    if name == "gumbel_max":
+        params.activation.function = 14
     change(in_s, out_s, params)
     assert backend.lib.BNNSFilterCreateConvolutionLayer(in_s, out_s, params, ffi.NULL) == ffi.NULL
     if backend.is_portable:

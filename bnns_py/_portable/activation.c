@@ -1,5 +1,11 @@
-/* Activation functions fused after a convolution, and their derivatives from the output. */
+/* Activation functions fused after a convolution, and their derivatives from the output.
+
+   Most functions act on every value alone. Softmax (11) and LogSoftmax (21) act on the channel
+   vector of every output pixel (bnns-py's decision: BNNS does not say which axis a fused softmax
+   uses; a convolution or fully-connected output's channel axis is the natural one, and what
+   reference.apply_activation(..., axis=1) computes). Gumbel (13) draws random values. */
 #include <math.h>
+#include <stdatomic.h>
 
 #include "internal.h"
 
@@ -15,16 +21,26 @@ static float sigmoid(float x) {
 /* log(1 + exp(x)) without overflow */
 static float softplus1(float x) { return x > 0 ? x + log1pf(expf(-x)) : log1pf(expf(x)); }
 
-bool bp_activation_supported(const BNNSActivation *act) {
+const char *bp_activation_unsupported_reason(const BNNSActivation *act) {
     switch (act->function) {
-    case 0: case 1: case 2: case 3: case 4: case 5: case 6: case 7: case 8: case 12: case 15:
-    case 16: case 17: case 18: case 19: case 20: case 22: case 23: case 24: case 25: case 26:
-    case 27: case 28: case 30: case 31: case 32: case 33: case 34: case 35:
-        return true;
+    case 0: case 1: case 2: case 3: case 4: case 5: case 6: case 7: case 8: case 11: case 12: case 13:
+    case 15: case 16: case 17: case 18: case 19: case 20: case 21: case 22: case 23: case 24: case 25:
+    case 26: case 27: case 28: case 29: case 30: case 31: case 32: case 33: case 34: case 35:
+        return NULL;
+    case 9: case 10:
+        return "IntegerLinearSaturate produces integer outputs and the portable backend computes Float32 "
+               "outputs only";
+    case 14:
+        return "GumbelMax is not supported by the portable backend: what it writes for a fused layer output "
+               "(the axis of the max, and whether each value gets the max or a sample) is not documented";
     default:
-        return false;
+        return "unknown activation function";
     }
 }
+
+bool bp_activation_supported(const BNNSActivation *act) { return bp_activation_unsupported_reason(act) == NULL; }
+
+bool bp_activation_is_channelwise(const BNNSActivation *act) { return act->function == 11 || act->function == 21; }
 
 static float activate(uint32_t f, float a, float b, float x) {
     switch (f) {
@@ -50,6 +66,7 @@ static float activate(uint32_t f, float a, float b, float x) {
     case 26: return fabsf(x) < fabsf(a) ? 0.0f : x - copysignf(a, x);
     case 27: return x - tanhf(x);
     case 28: return x <= a ? b : x;
+    case 29: return x < 0 ? a * x : x;  /* every per-channel alpha_c starts at (and here stays) alpha */
     case 30: return x * fminf(fmaxf(x + 3.0f, 0.0f), 6.0f) / 6.0f;
     case 31: return x * sigmoid(x);
     case 32: return fminf(fmaxf(x, 0.0f), 6.0f);
@@ -60,10 +77,35 @@ static float activate(uint32_t f, float a, float b, float x) {
     }
 }
 
+/* ---- Gumbel: a splitmix64 stream per call, seeded from a process-wide atomic counter, so
+   concurrent calls (on one filter or many) never share or race on generator state ---- */
+static _Atomic uint64_t gumbel_calls;
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15u);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+    return z ^ (z >> 31);
+}
+
+static void gumbel_fill(float a, float b, float *data, size_t n) {
+    uint64_t seed = atomic_fetch_add(&gumbel_calls, 1) + 1;
+    uint64_t state = splitmix64(&seed);  /* decorrelate consecutive calls' streams */
+    double alpha = a, beta = b;
+    for (size_t i = 0; i < n; i++) {
+        double u = ((double)(splitmix64(&state) >> 11) + 0.5) * 0x1p-53;  /* uniform in (0, 1) */
+        data[i] = (float)-log(-log(alpha * u + beta) + beta);
+    }
+}
+
 void bp_activation_apply(const BNNSActivation *act, float *data, size_t n) {
     uint32_t f = act->function;
     float a = act->alpha, b = act->beta;
     if (f == 0) return;
+    if (f == 13) {  /* ignores x */
+        gumbel_fill(a, b, data, n);
+        return;
+    }
     if (f == 1) {  /* the common case, kept branch-free for vectorization */
         for (size_t i = 0; i < n; i++) data[i] = data[i] < 0 ? 0.0f : data[i];
         return;
@@ -71,16 +113,71 @@ void bp_activation_apply(const BNNSActivation *act, float *data, size_t n) {
     for (size_t i = 0; i < n; i++) data[i] = activate(f, a, b, data[i]);
 }
 
-bool bp_activation_backward_supported(const BNNSActivation *act) {
-    switch (act->function) {
-    case 0: case 1: case 3: case 4: case 7: case 8: case 15: case 16: case 17: case 18: case 20:
-    case 22: case 23: case 24: case 25: case 26: case 28:
-        return true;
-    case 2: case 19:
-        return act->alpha > 0;
-    default:
-        return false;
+/* Softmax / LogSoftmax over each pixel's channel vector, pixels in blocks so that planes are
+   read contiguously. */
+#define PIXEL_BLOCK 256
+
+static void channelwise_apply(uint32_t f, float *data, size_t channels, size_t pixels, size_t channel_stride) {
+    float max[PIXEL_BLOCK], sum[PIXEL_BLOCK];
+    for (size_t p0 = 0; p0 < pixels; p0 += PIXEL_BLOCK) {
+        size_t m = pixels - p0 < PIXEL_BLOCK ? pixels - p0 : PIXEL_BLOCK;
+        float *base = data + p0;
+        for (size_t i = 0; i < m; i++) {
+            max[i] = -INFINITY;
+            sum[i] = 0.0f;
+        }
+        for (size_t c = 0; c < channels; c++)
+            for (size_t i = 0; i < m; i++) max[i] = fmaxf(max[i], base[c * channel_stride + i]);
+        for (size_t c = 0; c < channels; c++) {
+            float *v = base + c * channel_stride;
+            for (size_t i = 0; i < m; i++) {
+                float e = expf(v[i] - max[i]);
+                sum[i] += e;
+                if (f == 11) v[i] = e;
+            }
+        }
+        for (size_t c = 0; c < channels; c++) {
+            float *v = base + c * channel_stride;
+            if (f == 11)
+                for (size_t i = 0; i < m; i++) v[i] /= sum[i];
+            else
+                for (size_t i = 0; i < m; i++) v[i] = (v[i] - max[i]) - logf(sum[i]);
+        }
     }
+}
+
+void bp_activation_apply_image(const BNNSActivation *act, float *data, size_t channels, size_t pixels,
+                               size_t channel_stride) {
+    if (act->function == 0) return;
+    if (bp_activation_is_channelwise(act)) {
+        channelwise_apply(act->function, data, channels, pixels, channel_stride);
+    } else if (channel_stride == pixels) {
+        bp_activation_apply(act, data, channels * pixels);
+    } else {
+        for (size_t c = 0; c < channels; c++) bp_activation_apply(act, data + c * channel_stride, pixels);
+    }
+}
+
+const char *bp_activation_backward_unsupported_reason(const BNNSActivation *act) {
+    switch (act->function) {
+    case 0: case 1: case 3: case 4: case 7: case 8: case 11: case 15: case 16: case 17: case 18: case 20:
+    case 21: case 22: case 23: case 24: case 25: case 26: case 28:
+        return NULL;
+    case 2: case 19: case 29:
+        return act->alpha > 0 ? NULL : "it can be differentiated from the output only when alpha > 0";
+    case 13: case 14:
+        return "Gumbel and GumbelMax are random and have no derivative";
+    case 6: case 12: case 30: case 31:
+        return "its derivative needs the forward input x, so BNNS cannot fuse it in training";
+    case 27: case 35:
+        return "the portable backend cannot invert it from the output yet";
+    default:
+        return "BNNS does not differentiate it from the layer output";
+    }
+}
+
+bool bp_activation_backward_supported(const BNNSActivation *act) {
+    return bp_activation_backward_unsupported_reason(act) == NULL;
 }
 
 /* The derivative as a function of the output y (BNNS differentiates fused activations from y).
@@ -88,7 +185,7 @@ bool bp_activation_backward_supported(const BNNSActivation *act) {
 static float derivative(uint32_t f, float a, float b, float y) {
     switch (f) {
     case 1: return y > 0 ? 1.0f : 0.0f;
-    case 2: return y > 0 ? 1.0f : a;                       /* alpha > 0: sign(y) = sign(x) */
+    case 2: case 29: return y > 0 ? 1.0f : a;              /* alpha > 0: sign(y) = sign(x) */
     case 3: return y * (1.0f - y);
     case 4: return 1.0f - y * y;
     case 7: return a;
@@ -117,4 +214,32 @@ void bp_activation_backward(const BNNSActivation *act, const float *y, const flo
         return;
     }
     for (size_t i = 0; i < n; i++) dz[i] = dy[i] * derivative(f, a, b, y[i]);
+}
+
+void bp_activation_backward_channels(const BNNSActivation *act, const float *y, size_t y_sc, size_t y_sx, float *dz,
+                                     size_t dz_sc, size_t channels, size_t pixels) {
+    float s[PIXEL_BLOCK];
+    bool softmax = act->function == 11;
+    for (size_t p0 = 0; p0 < pixels; p0 += PIXEL_BLOCK) {
+        size_t m = pixels - p0 < PIXEL_BLOCK ? pixels - p0 : PIXEL_BLOCK;
+        const float *yb = y + p0 * y_sx;
+        float *db = dz + p0;
+        for (size_t i = 0; i < m; i++) s[i] = 0.0f;
+        for (size_t c = 0; c < channels; c++) {
+            const float *yc = yb + c * y_sc;
+            const float *dc = db + c * dz_sc;
+            if (softmax)
+                for (size_t i = 0; i < m; i++) s[i] += dc[i] * yc[i * y_sx];
+            else
+                for (size_t i = 0; i < m; i++) s[i] += dc[i];
+        }
+        for (size_t c = 0; c < channels; c++) {
+            const float *yc = yb + c * y_sc;
+            float *dc = db + c * dz_sc;
+            if (softmax)
+                for (size_t i = 0; i < m; i++) dc[i] = yc[i * y_sx] * (dc[i] - s[i]);
+            else
+                for (size_t i = 0; i < m; i++) dc[i] -= expf(yc[i * y_sx]) * s[i];
+        }
+    }
 }

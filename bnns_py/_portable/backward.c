@@ -33,12 +33,13 @@ static void zero_image(const bp_image *img, float *p) {
 static void activation_gradient(const bp_filter *f, const bp_image *dy_img, const float *dy, const float *y,
                                 float *dz, float *row_y, float *row_dy) {
     const bp_image *o = &f->out;
+    bool channelwise = bp_activation_is_channelwise(&f->activation);
     for (size_t c = 0; c < o->c; c++)
         for (size_t r = 0; r < o->h; r++) {
             float *d = dz + (c * o->h + r) * o->w;
             const float *gy = dy + c * dy_img->sc + r * dy_img->sy;
             for (size_t x = 0; x < o->w; x++) row_dy[x] = gy[x * dy_img->sx];
-            if (f->activation.function == 0) {
+            if (f->activation.function == 0 || channelwise) {
                 memcpy(d, row_dy, o->w * sizeof(float));
                 continue;
             }
@@ -46,6 +47,10 @@ static void activation_gradient(const bp_filter *f, const bp_image *dy_img, cons
             for (size_t x = 0; x < o->w; x++) row_y[x] = yy[x * o->sx];
             bp_activation_backward(&f->activation, row_y, row_dy, d, o->w);
         }
+    if (channelwise)  /* Softmax / LogSoftmax: per pixel, over the channels of dz (= dy so far) */
+        for (size_t r = 0; r < o->h; r++)
+            bp_activation_backward_channels(&f->activation, y + r * o->sy, o->sc, o->sx, dz + r * o->w,
+                                            o->w * o->h, o->c, o->w);
 }
 
 int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_stride,
@@ -67,8 +72,10 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         bp_set_error("backward of a grouped transposed convolution is not supported");
         return -1;
     }
-    if (!bp_activation_backward_supported(&f->activation)) {
-        bp_set_error("activation %u cannot be differentiated from the layer output", f->activation.function);
+    const char *why_not = bp_activation_backward_unsupported_reason(&f->activation);
+    if (why_not != NULL) {
+        bp_set_error("activation %u cannot be differentiated from the layer output: %s", f->activation.function,
+                     why_not);
         return -1;
     }
     if (out_delta == NULL) {

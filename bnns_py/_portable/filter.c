@@ -277,8 +277,9 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         }
         bias_stride = bd->stride[0] ? bd->stride[0] : 1;
     }
-    if (!bp_activation_supported(&p->activation)) {
-        bp_set_error("activation %u not supported by the portable backend yet", p->activation.function);
+    const char *why_not = bp_activation_unsupported_reason(&p->activation);
+    if (why_not != NULL) {
+        bp_set_error("activation %u not supported: %s", p->activation.function, why_not);
         return NULL;
     }
 
@@ -373,8 +374,8 @@ static void bias_and_activation(const bp_filter *f, float *packed_out) {
             float b = bp_bias_at(f, c);
             for (size_t i = 0; i < hw; i++) plane[i] += b;
         }
-        bp_activation_apply(&f->activation, plane, hw);
     }
+    bp_activation_apply_image(&f->activation, packed_out, f->out.c, hw, hw);
 }
 
 static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const float *x, float *y) {
@@ -414,7 +415,7 @@ static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t 
         float *row = out + b * out_stride;
         if (f->has_bias)
             for (size_t c = 0; c < n_out; c++) row[c] += bp_bias_at(f, c);
-        bp_activation_apply(&f->activation, row, n_out);
+        bp_activation_apply_image(&f->activation, row, n_out, 1, 1);
     }
 }
 

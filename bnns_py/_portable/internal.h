@@ -54,11 +54,25 @@ void *bp_alloc(const bp_allocator *a, size_t bytes);
 void bp_free(const bp_allocator *a, void *p);
 
 /* ---- activation (activation.c) ---- */
+/* Why the portable backend cannot fuse / differentiate (from y) this activation, or NULL if it can. */
+const char *bp_activation_unsupported_reason(const BNNSActivation *act);
+const char *bp_activation_backward_unsupported_reason(const BNNSActivation *act);
 bool bp_activation_supported(const BNNSActivation *act);
 bool bp_activation_backward_supported(const BNNSActivation *act);
+/* Softmax and LogSoftmax: they act on each pixel's channel vector, not on each value. */
+bool bp_activation_is_channelwise(const BNNSActivation *act);
+/* Elementwise activations only (a channelwise one is not applied here). */
 void bp_activation_apply(const BNNSActivation *act, float *data, size_t n);
-/* dz = dy * f'(pre-activation), computed from the activation's output y. */
+/* Any supported activation, in place, on `channels` planes `channel_stride` values apart, each of
+   `pixels` contiguous values (a packed CHW output: stride = pixels; one FC row: pixels = 1). */
+void bp_activation_apply_image(const BNNSActivation *act, float *data, size_t channels, size_t pixels,
+                               size_t channel_stride);
+/* dz = dy * f'(pre-activation), computed from the activation's output y (elementwise functions). */
 void bp_activation_backward(const BNNSActivation *act, const float *y, const float *dy, float *dz, size_t n);
+/* Channelwise functions: dz holds dy on entry and the gradient before the activation on return;
+   y has channel stride y_sc and pixel stride y_sx, dz channel stride dz_sc and pixel stride 1. */
+void bp_activation_backward_channels(const BNNSActivation *act, const float *y, size_t y_sc, size_t y_sx, float *dz,
+                                     size_t dz_sc, size_t channels, size_t pixels);
 
 /* ---- GEMM (gemm.c): row-major C = alpha*op(A)*op(B) + beta*C ---- */
 void bp_sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
