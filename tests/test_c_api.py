@@ -203,3 +203,17 @@ def test_filter_parameters_threads_and_allocator(lib, backend, rng, live_check):
 
     refusing = ffi.new("BNNSFilterParameters *", {"alloc_memory": refuse, "free_memory": free})
     assert create(lib, conv_params((6, 6, 2), (4, 4, 2), weights), refusing) == ffi.NULL
+
+
+def test_padded_1x1_image_is_not_a_plain_matrix_product(lib, rng, live_check):
+    # A 1x1 kernel over a 1x1 image is a matrix product only without padding: with left/top
+    # padding the single output pixel reads the zero border, so it is bias + activation only.
+    weights, bias = random_array(rng, (3, 2, 1, 1)), random_array(rng, (3,))
+    x = random_array(rng, (4, 2, 1, 1))
+    for pad in ([1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]):
+        handle = create(lib, conv_params((1, 1, 2), (1, 1, 3), weights, bias, pad=pad))
+        out = np.empty((4, 3, 1, 1), np.float32)
+        assert lib.BNNSFilterApplyBatch(handle, 4, ffi.from_buffer(x), 2, ffi.from_buffer(out), 3) == 0
+        lib.BNNSFilterDestroy(handle)
+        expected = reference.conv2d(x, weights, bias, padding=tuple(pad))[:, :, :1, :1]
+        assert_close_to_reference(out, expected, 2, str(pad))

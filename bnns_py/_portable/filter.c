@@ -402,7 +402,8 @@ static void forward_one(bp_filter *f, const bp_work *w, const float *weights, co
    with one GEMM: Y (batch x out) = X (batch x in) * W^T, rows batch-stride apart. */
 static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_stride, size_t out_stride) {
     const bp_geom *g = &f->g;
-    return !f->transposed && g->groups == 1 && g->kh == 1 && g->kw == 1 && f->in.w == 1 && f->in.h == 1 &&
+    return !f->transposed && g->groups == 1 && g->kh == 1 && g->kw == 1 && g->pl == 0 && g->pt == 0 &&
+           f->in.w == 1 && f->in.h == 1 &&
            f->out.w == 1 && f->out.h == 1 && f->in.sc == 1 && f->out.sc == 1 && batch <= INT32_MAX &&
            in_stride <= INT32_MAX && out_stride <= INT32_MAX;
 }
