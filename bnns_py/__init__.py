@@ -24,6 +24,7 @@ from .shape import Shape
 from .fully_connected import FullyConnectedLayer, linear
 from .legacy import ImageStackDescriptor, LegacyConvolutionLayer, LegacyFullyConnectedLayer, VectorDescriptor
 from .modules import Linear
+from .compare import Comparison, ComparisonTable, assert_close, compare, comparison_table
 
 
 def __getattr__(name):
@@ -41,4 +42,5 @@ __all__ = [
     "filter_counts", "get_backend",
     "FullyConnectedLayer", "ImageStackDescriptor", "LegacyConvolutionLayer", "LegacyFullyConnectedLayer",
     "Linear", "VectorDescriptor", "linear",
+    "Comparison", "ComparisonTable", "assert_close", "compare", "comparison_table",
 ]

@@ -2,6 +2,7 @@
 import enum
 from typing import ClassVar
 
+from . import _repr
 from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction
@@ -184,6 +185,39 @@ class ConvolutionLayer(UnaryLayer):
         self.stride = stride
         self.dilation_stride = dilation_stride
         self.filter_parameters = filter_parameters
+
+    # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
+    @classmethod
+    def from_torch(cls, module, input_shape=None, backend=None, *, activation=None, filter_parameters=None):
+        """The layer computing what a ``torch.nn`` module computes, for inputs of ``input_shape``.
+
+        ``module``: ``nn.Conv2d`` (a standard layer), ``nn.ConvTranspose2d`` (a transposed layer;
+        ``output_padding`` becomes a larger output), ``nn.Linear`` (a ``FullyConnectedLayer``), or
+        an ``nn.Sequential`` of an optional leading ``nn.ZeroPad2d``, one of those and an optional
+        activation module (fused). ``input_shape``: ``(C, H, W)`` or ``(N, C, H, W)`` (not needed
+        for ``nn.Linear``). Weights and bias are copied to float32 arrays the layer owns; the layer
+        reads them in place (``Flags.use_client_pointer``, so ``apply_backward`` works) unless
+        ``filter_parameters`` is given. String padding ``'same'``/``'valid'``, groups, dilation and
+        stride carry over; ``padding_mode`` other than ``'zeros'`` is refused (BNNS pads with zeros)
+        unless the padding is 0. Needs PyTorch (imported here, not by ``import bnns_py``).
+        """
+        from . import interop
+        return interop.convolution_layer_from_torch(module, input_shape, backend, activation, filter_parameters)
+
+    def to_torch(self):
+        """The equivalent ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (float32, CPU), with the layer's
+        current weights and bias copied. An ``nn.Sequential`` is returned when the layer needs
+        more: ``nn.ZeroPad2d`` first for asymmetric padding, and the activation module for a fused
+        activation other than identity (ValueError if ``torch.nn`` has no such module). Works on a
+        closed layer too (it reads the descriptors, not the filter)."""
+        from . import interop
+        return interop.convolution_layer_to_torch(self)
+
+    def __repr__(self):
+        return _repr.safe(self, _repr.layer_text, _repr.convolution_layer_parts)
+
+    def _repr_html_(self):
+        return _repr.safe(self, _repr.layer_html, _repr.convolution_layer_parts)
 
     def _weights_shape_descriptor(self):
         return self.weights

@@ -6,6 +6,7 @@ data valid too.
 """
 import numpy as np
 
+from . import _repr
 from ._ffi import ffi
 from .enums import DataLayout, DataType, NDArrayFlags
 from .shape import Shape
@@ -187,8 +188,15 @@ class NDArrayDescriptor:
     def __repr__(self):
         data = "no data" if self._array is None else f"data {self._array.dtype}[{self._array.size}]"
         batch = f", batch_size={self.batch_size}" if self.batch_size != 1 else ""
+        c = self._c
+        scale = (f", data_scale={c.data_scale:g}, data_bias={c.data_bias:g}"
+                 if c.data_scale != 1.0 or c.data_bias != 0.0 else "")
+        flags = f", flags={_repr.flags_name(c.flags)}" if c.flags else ""
         return (f"NDArrayDescriptor({self.shape!r}, {self.data_type.name}, {data}{batch}, "
-                f"numpy shape {self.numpy_shape})")
+                f"numpy shape {self.numpy_shape}{scale}{flags})")
+
+    def _repr_html_(self):
+        return _repr.key_value_html("NDArrayDescriptor", _repr.descriptor_rows(self))
 
 
 def _numpy_dtype(scalar_type):

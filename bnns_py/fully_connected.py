@@ -7,6 +7,7 @@ an ``out x in`` row-major matrix, PyTorch's ``nn.Linear.weight`` memory, describ
 """
 import numpy as np
 
+from . import _repr
 from ._ffi import ffi
 from .activation import ActivationFunction
 from .backend import get_backend
@@ -147,11 +148,27 @@ class FullyConnectedLayer(ConvolutionLayer):
         if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
             raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend yet")
 
+    # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
+    @classmethod
+    def from_torch(cls, module, input_shape=None, backend=None, *, activation=None, filter_parameters=None):
+        """The layer computing what ``torch.nn.Linear`` (or ``nn.Sequential(Linear, activation)``)
+        computes. ``input_shape``, if given, must end with ``in_features``. Weights and bias are
+        copied to float32 arrays the layer owns and reads in place (``Flags.use_client_pointer``)
+        unless ``filter_parameters`` is given. Needs PyTorch."""
+        from . import interop
+        return interop.fully_connected_from_torch(module, input_shape, backend, activation, filter_parameters)
+
+    def to_torch(self):
+        """The equivalent ``nn.Linear`` (float32, CPU), or ``nn.Sequential(Linear, activation)``
+        for a fused activation other than identity (ValueError if ``torch.nn`` has none)."""
+        from . import interop
+        return interop.fully_connected_to_torch(self)
+
     def __repr__(self):
-        bias = "with bias" if self.bias is not None else "no bias"
-        state = ", closed" if self.closed else ""
-        return (f"FullyConnectedLayer({self.input_size} -> {self.output_size}, {self.weights.layout.name}, "
-                f"{bias}, {self.activation!r}, {self._backend.name}{state})")
+        return _repr.safe(self, _repr.layer_text, _repr.fully_connected_parts)
+
+    def _repr_html_(self):
+        return _repr.safe(self, _repr.layer_html, _repr.fully_connected_parts)
 
 
 # ---- numpy-first ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 
+from . import _repr
 from ._ffi import ffi
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor, batch_extent, check_array_memory
@@ -98,6 +99,17 @@ class Layer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+    def __repr__(self):
+        backend = getattr(getattr(self, "_backend", None), "name", "?")
+        state = "closed" if getattr(self, "_handle", None) is None else "open"
+        return f"{type(self).__name__}({backend} backend, {state})"
+
+    def _repr_html_(self):
+        # subclasses with their own __repr__ (legacy layers) show it as the title
+        state = "closed" if getattr(self, "_handle", None) is None else "open"
+        backend = getattr(getattr(self, "_backend", None), "name", "?")
+        return _repr.key_value_html(repr(self), [("backend", backend), ("state", state)])
 
     def _fail(self, function_name):
         reason = self._backend.last_error()

@@ -9,6 +9,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import _repr
 from .activation import ActivationFunction
 from .fully_connected import (as_float32, check_linear_operands, linear_output_buffer, make_linear_layer,
                               prepare_linear_input)
@@ -111,9 +112,30 @@ class _ConvModule:
 
     def __repr__(self):
         s = self.spec
+        output_padding = f", output_padding={s.output_padding}" if s.transposed else ""
+        backend = f", backend={_repr.backend_text(self.backend)!r}" if self.backend is not None else ""
         return (f"{type(self).__name__}({s.in_channels}, {s.out_channels}, kernel={s.kernel}, "
-                f"stride={s.stride}, padding={s.padding}, dilation={s.dilation}, groups={s.groups}, "
-                f"activation={s.activation!r}, bias={self.bias is not None})")
+                f"stride={s.stride}, padding={s.padding}, dilation={s.dilation}, groups={s.groups}"
+                f"{output_padding}, activation={s.activation!r}, bias={self.bias is not None}{backend})")
+
+    def _repr_html_(self):
+        return _repr.key_value_html(type(self).__name__, _repr.conv_module_rows(self))
+
+    # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
+    @classmethod
+    def from_torch(cls, module, backend=None, *, activation=None):
+        """The module computing what ``torch.nn.Conv2d`` (for ``Conv2d``) or
+        ``torch.nn.ConvTranspose2d`` (for ``ConvTranspose2d``) computes, with copies of its weight
+        and bias; ``module`` may also be an ``nn.Sequential`` of an optional ``nn.ZeroPad2d``, the
+        convolution and an activation module (fused). See ``ConvolutionLayer.from_torch``."""
+        from . import interop
+        return interop.conv_module_from_torch(cls, module, backend, activation)
+
+    def to_torch(self):
+        """The equivalent torch module with copies of the current weight and bias (an
+        ``nn.Sequential`` when padding is asymmetric or there is an activation)."""
+        from . import interop
+        return interop.conv_module_to_torch(self)
 
 
 class Conv2d(_ConvModule):
@@ -231,6 +253,22 @@ class Linear:
     def __repr__(self):
         return (f"Linear({self.in_features}, {self.out_features}, activation={self.activation!r}, "
                 f"bias={self.bias is not None})")
+
+    def _repr_html_(self):
+        return _repr.key_value_html("Linear", _repr.linear_module_rows(self))
+
+    # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
+    @classmethod
+    def from_torch(cls, module, backend=None, *, activation=None):
+        """The module computing what ``torch.nn.Linear`` (or ``nn.Sequential(Linear, activation)``)
+        computes, with copies of its weight and bias."""
+        from . import interop
+        return interop.linear_module_from_torch(cls, module, backend, activation)
+
+    def to_torch(self):
+        """The equivalent ``nn.Linear`` (``nn.Sequential(Linear, activation)`` with an activation)."""
+        from . import interop
+        return interop.linear_module_to_torch(self)
 
 
 __all__ = ["Conv2d", "ConvTranspose2d", "Gradients", "Linear"]

@@ -1,0 +1,492 @@
+"""PyTorch interop: build bnns-py layers and modules from ``torch.nn`` modules, and back.
+
+The entry points are methods on the classes, which call this module:
+
+- ``ConvolutionLayer.from_torch(module, input_shape, backend=None)`` for ``nn.Conv2d`` (a standard
+  layer) and ``nn.ConvTranspose2d`` (a transposed layer); ``FullyConnectedLayer.from_torch(module)``
+  for ``nn.Linear`` (``ConvolutionLayer.from_torch`` also accepts one and returns a
+  ``FullyConnectedLayer``);
+- ``Conv2d.from_torch``, ``ConvTranspose2d.from_torch``, ``Linear.from_torch`` for the numpy modules;
+- ``layer.to_torch()`` / ``module.to_torch()``: the equivalent ``torch.nn`` module.
+
+``from_torch`` also accepts an ``nn.Sequential`` of an optional leading ``nn.ZeroPad2d`` (or
+``nn.ConstantPad2d`` with value 0, before a ``Conv2d``), the convolution or linear module, and an
+optional activation module, which becomes the fused activation; ``to_torch`` produces exactly these
+forms when the layer needs them (asymmetric padding, a fused activation), so the two round-trip.
+
+Weights and bias are copied into new float32 numpy arrays owned by the layer or module (the torch
+module is not referenced afterwards). Layers are created with ``Flags.use_client_pointer`` unless
+``filter_parameters`` says otherwise, so ``apply_backward`` works on them.
+
+torch is imported inside the functions, never when bnns_py is imported.
+"""
+import math
+
+import numpy as np
+
+from ._checks import is_int
+from .activation import ActivationFunction
+from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
+from .descriptor import NDArrayDescriptor
+from .enums import DataLayout, DataType, Flags
+from .filter_parameters import FilterParameters
+from .fully_connected import FullyConnectedLayer
+from .functional import ConvSpec, transposed_weight_from_bnns, transposed_weight_to_bnns
+from .geometry import effective_kernel, transposed_output_size
+from .shape import Shape
+
+_GELU_TANH = (math.sqrt(2.0 / math.pi), 0.044715)  # torch GELU(approximate="tanh") constants
+
+
+def require_torch():
+    """Import and return ``torch``, or raise ImportError saying how to get it."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("bnns_py's PyTorch interop (from_torch / to_torch) needs PyTorch, which bnns-py "
+                          "does not install: pip install torch") from error
+    return torch
+
+
+# ---- activations --------------------------------------------------------------------------------
+
+def _close(value, target):
+    return math.isclose(value, target, rel_tol=1e-6, abs_tol=1e-7)
+
+
+def activation_to_torch(activation, channel_dim):
+    """The ``torch.nn`` module computing ``activation`` (None for identity).
+
+    ``channel_dim`` is the axis Softmax/LogSoftmax act on (-3 for images, -1 for vectors). Raises
+    ValueError for activations ``torch.nn`` has no module for.
+    """
+    torch = require_torch()
+    nn = torch.nn
+    f, a, b = activation.function, activation.alpha, activation.beta
+    simple = {1: nn.ReLU, 3: nn.Sigmoid, 4: nn.Tanh, 17: nn.Softsign, 22: nn.LogSigmoid, 23: nn.SELU,
+              27: nn.Tanhshrink, 30: nn.Hardswish, 31: nn.SiLU, 32: nn.ReLU6, 34: nn.GELU}
+    if f == 0:
+        return None
+    if f in simple:
+        return simple[f]()
+    if f == 2:
+        return nn.LeakyReLU(a)
+    if f == 8:
+        return nn.Hardtanh(a, b)
+    if f == 11:
+        return nn.Softmax(dim=channel_dim)
+    if f == 21:
+        return nn.LogSoftmax(dim=channel_dim)
+    if f == 12 and _close(a, _GELU_TANH[0]) and _close(b, _GELU_TANH[1]):
+        return nn.GELU(approximate="tanh")
+    if f == 15 and _close(a, 1 / 6) and _close(b, 0.5):
+        return nn.Hardsigmoid()
+    if f == 16 and b > 0 and _close(a * b, 1.0):
+        return nn.Softplus(beta=b)
+    if f == 18:
+        return nn.ELU(a)
+    if f == 24:
+        return nn.CELU(a)
+    if f == 25:
+        return nn.Hardshrink(abs(a))
+    if f == 26:
+        return nn.Softshrink(abs(a))
+    if f == 28:
+        return nn.Threshold(a, b)
+    if f == 29:
+        return nn.PReLU(1, init=a, dtype=torch.float32)
+    raise ValueError(f"torch.nn has no module computing {activation!r}, so the layer cannot be expressed as "
+                     "torch modules; create it with the identity activation and apply the activation "
+                     "separately")
+
+
+def activation_from_torch(module, channel_dims):
+    """The ``ActivationFunction`` a ``torch.nn`` activation module computes.
+
+    ``channel_dims``: the ``dim`` values of Softmax/LogSoftmax that mean the channel axis.
+    """
+    torch = require_torch()
+    nn = torch.nn
+    AF = ActivationFunction
+    simple = [(nn.Identity, AF.identity), (nn.ReLU, AF.rectified_linear), (nn.ReLU6, AF.relu6),
+              (nn.Sigmoid, AF.sigmoid), (nn.Tanh, AF.tanh), (nn.Softsign, AF.softsign),
+              (nn.LogSigmoid, AF.log_sigmoid), (nn.SELU, AF.selu), (nn.Tanhshrink, AF.tanh_shrink),
+              (nn.Hardswish, AF.hard_swish()), (nn.SiLU, AF.silu)]
+    for kind, activation in simple:  # ReLU6 before Hardtanh, of which it is a subclass
+        if isinstance(module, kind):
+            return activation
+    if isinstance(module, nn.Hardtanh):
+        return AF.clamp((module.min_val, module.max_val))
+    if isinstance(module, nn.LeakyReLU):
+        return AF.leaky_rectified_linear(module.negative_slope)
+    if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
+        if module.dim not in channel_dims:
+            raise ValueError(f"{module} normalizes over dim={module.dim}; the fused BNNS activation normalizes "
+                             f"over the channel axis (dim in {channel_dims})")
+        return AF.softmax if isinstance(module, nn.Softmax) else AF.log_softmax
+    if isinstance(module, nn.GELU):
+        return AF.gelu if module.approximate == "none" else AF.gelu_approximation(*_GELU_TANH)
+    if isinstance(module, nn.Hardsigmoid):
+        return AF.hard_sigmoid(1 / 6, 0.5)
+    if isinstance(module, nn.Softplus):
+        return AF.softplus(1 / module.beta, module.beta)
+    if isinstance(module, nn.ELU):
+        return AF.elu(module.alpha)
+    if isinstance(module, nn.CELU):
+        return AF.celu(module.alpha)
+    if isinstance(module, nn.Hardshrink):
+        return AF.hard_shrink(module.lambd)
+    if isinstance(module, nn.Softshrink):
+        return AF.soft_shrink(module.lambd)
+    if isinstance(module, nn.Threshold):
+        return AF.threshold(module.threshold, module.value)
+    if isinstance(module, nn.PReLU):
+        values = module.weight.detach().cpu().double().numpy()
+        if values.size == 0 or not np.all(values == values[0]):
+            raise ValueError("a PReLU with different slopes per channel cannot be fused into a BNNS layer "
+                             "(bnns-py sets one alpha)")
+        return AF.leaky_rectified_linear(float(values[0]))
+    raise ValueError(f"{type(module).__name__} has no fused BNNS activation equivalent")
+
+
+# ---- reading torch modules ------------------------------------------------------------------------
+
+def _array(tensor, torch, what):
+    """A new, owned, C-contiguous float32 numpy copy of a parameter (None stays None)."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, torch.nn.parameter.UninitializedParameter):
+        raise ValueError(f"{what} is not initialized yet (a lazy module): run one forward pass first")
+    if tensor.is_meta:
+        raise ValueError(f"{what} is on the meta device and has no values")
+    if tensor.is_complex():
+        raise TypeError(f"{what} is complex ({tensor.dtype}); BNNS computes real float32 values")
+    values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    return np.array(values, dtype=np.float32, order="C", copy=True)
+
+
+def _unpack(module, kinds, torch, what):
+    """(padding module or None, core module, activation module or None)."""
+    nn = torch.nn
+    if isinstance(module, kinds):
+        return None, module, None
+    if isinstance(module, nn.Sequential):
+        parts = list(module)
+        pad = parts.pop(0) if parts and isinstance(parts[0], nn.ConstantPad2d) else None
+        core = parts.pop(0) if parts and isinstance(parts[0], kinds) else None
+        if core is not None and len(parts) <= 1:
+            if pad is not None and not isinstance(core, nn.Conv2d):
+                raise TypeError(f"a padding module can only precede an nn.Conv2d, not {type(core).__name__}")
+            return pad, core, parts[0] if parts else None
+    names = " or ".join(f"nn.{kind.__name__}" for kind in kinds)
+    raise TypeError(f"{what} needs {names}, or an nn.Sequential of [optional nn.ZeroPad2d,] that module "
+                    f"[, an activation module]; got {type(module).__name__}")
+
+
+def _fused_activation(act_module, activation, channel_dims):
+    if act_module is not None:
+        from_module = activation_from_torch(act_module, channel_dims)
+        if activation is not None and not ActivationFunction.coerce(activation).is_identity:
+            raise ValueError(f"both an activation module ({act_module}) and activation={activation!r} were given")
+        return from_module
+    return ActivationFunction.coerce(activation)
+
+
+def _conv_arguments(module, activation, torch, what):
+    """PyTorch-convention arguments (dict) and ConvSpec of a conv module or Sequential."""
+    nn = torch.nn
+    pad_module, conv, act_module = _unpack(module, (nn.Conv2d, nn.ConvTranspose2d), torch, what)
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    k_h, k_w = conv.kernel_size
+    d_h, d_w = conv.dilation
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif conv.padding == "same":  # PyTorch puts the odd extra zero after (right, bottom)
+            total_h, total_w = d_h * (k_h - 1), d_w * (k_w - 1)
+            pads = (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
+        else:
+            raise ValueError(f"unknown padding {conv.padding!r}")
+    else:
+        p_h, p_w = conv.padding
+        pads = (p_w, p_w, p_h, p_h)
+    if conv.padding_mode != "zeros" and any(pads):
+        raise ValueError(f"padding_mode={conv.padding_mode!r} cannot be expressed: BNNS pads with zeros only. "
+                         f"Pad the input yourself (np.pad(x, ..., mode=...)) and use a module with padding=0")
+    if pad_module is not None:
+        extra = tuple(int(v) for v in pad_module.padding)  # (left, right, top, bottom)
+        if pad_module.value != 0:
+            raise ValueError(f"{pad_module} pads with {pad_module.value}; BNNS pads with zeros only")
+        if min(extra) < 0:
+            raise ValueError(f"{pad_module} crops (negative padding), which a BNNS layer cannot express")
+        pads = tuple(p + q for p, q in zip(pads, extra))
+    channel_dims = (1, -3)
+    arguments = dict(
+        transposed=transposed,
+        weight=_array(conv.weight, torch, f"{type(conv).__name__}.weight"),
+        bias=_array(conv.bias, torch, f"{type(conv).__name__}.bias"),
+        stride=tuple(conv.stride), padding=pads, dilation=(d_h, d_w), groups=int(conv.groups),
+        activation=_fused_activation(act_module, activation, channel_dims),
+        output_padding=tuple(conv.output_padding) if transposed else (0, 0))
+    spec = ConvSpec.from_arguments(arguments["transposed"], arguments["weight"], arguments["bias"],
+                                   arguments["stride"], pads, arguments["dilation"], arguments["groups"],
+                                   arguments["activation"], arguments["output_padding"])
+    return arguments, spec
+
+
+def _linear_arguments(module, activation, torch, what):
+    nn = torch.nn
+    _, linear, act_module = _unpack(module, (nn.Linear,), torch, what)
+    weight = _array(linear.weight, torch, "Linear.weight")
+    bias = _array(linear.bias, torch, "Linear.bias")
+    return weight, bias, _fused_activation(act_module, activation, (1, -1))
+
+
+def _image_size(input_shape, channels):
+    """(height, width) from ``input_shape`` = (C, H, W) or (N, C, H, W)."""
+    if input_shape is None:
+        raise TypeError("input_shape=(C, H, W) is required: a BNNS layer is created for one input size")
+    shape = tuple(input_shape)
+    if len(shape) == 4:
+        shape = shape[1:]
+    if len(shape) != 3 or not all(is_int(v) and v >= 1 for v in shape):
+        raise ValueError(f"input_shape must be (C, H, W) (or (N, C, H, W)) of positive integers, got {input_shape!r}")
+    c, h, w = (int(v) for v in shape)
+    if c != channels:
+        raise ValueError(f"input_shape has {c} channels, the module expects {channels}")
+    return h, w
+
+
+def _padding(sides):
+    """ConvolutionPadding for (left, right, top, bottom): symmetric when it is."""
+    left, right, top, bottom = sides
+    if left == right and top == bottom:
+        return ConvolutionPadding.symmetric(left, top)
+    return ConvolutionPadding.asymmetric(left, right, top, bottom)
+
+
+def _client_parameters(filter_parameters):
+    if filter_parameters is None:
+        return FilterParameters(flags=Flags.use_client_pointer)
+    if not isinstance(filter_parameters, FilterParameters):
+        raise TypeError(f"filter_parameters must be FilterParameters or None, not {type(filter_parameters).__name__}")
+    return filter_parameters
+
+
+# ---- from torch ---------------------------------------------------------------------------------
+
+def convolution_layer_from_torch(module, input_shape=None, backend=None, activation=None, filter_parameters=None):
+    """A ``ConvolutionLayer`` (or ``FullyConnectedLayer`` for ``nn.Linear``) equal to ``module``."""
+    torch = require_torch()
+    nn = torch.nn
+    core = module
+    if isinstance(module, nn.Sequential):
+        parts = [m for m in module if not isinstance(m, nn.ConstantPad2d)]
+        core = parts[0] if parts else module
+    if isinstance(core, nn.Linear):
+        return fully_connected_from_torch(module, input_shape, backend, activation, filter_parameters)
+    arguments, spec = _conv_arguments(module, activation, torch, "ConvolutionLayer.from_torch")
+    height, width = _image_size(input_shape, spec.in_channels)
+    out_h, out_w = spec.output_hw(height, width)
+    weight = arguments["weight"]
+    bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed else weight
+    bias = arguments["bias"]
+    (s_h, s_w), (d_h, d_w) = spec.stride, spec.dilation
+    return ConvolutionLayer(
+        ConvolutionType.transposed if spec.transposed else ConvolutionType.standard,
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(width, height, spec.in_channels)),
+        NDArrayDescriptor(bnns_weight, spec.bnns_weight_shape()),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(out_w, out_h, spec.out_channels)),
+        None if bias is None else NDArrayDescriptor(bias, Shape.vector(spec.out_channels)),
+        _padding(spec.padding), spec.activation, spec.groups, (s_w, s_h), (d_w, d_h),
+        _client_parameters(filter_parameters), backend=backend)
+
+
+def fully_connected_from_torch(module, input_shape=None, backend=None, activation=None, filter_parameters=None):
+    """A ``FullyConnectedLayer`` equal to an ``nn.Linear`` (or Sequential(Linear, activation))."""
+    torch = require_torch()
+    weight, bias, activation = _linear_arguments(module, activation, torch, "FullyConnectedLayer.from_torch")
+    out_features, in_features = weight.shape
+    if input_shape is not None:
+        shape = (input_shape,) if is_int(input_shape) else tuple(input_shape)
+        if not shape or shape[-1] != in_features:
+            raise ValueError(f"input_shape {input_shape!r} does not end with the module's {in_features} in_features")
+    return FullyConnectedLayer(
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(in_features)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(out_features)),
+        NDArrayDescriptor(weight, Shape.matrix_row_major(in_features, out_features)),
+        None if bias is None else NDArrayDescriptor(bias, Shape.vector(out_features)),
+        activation, _client_parameters(filter_parameters), backend=backend)
+
+
+def conv_module_from_torch(cls, module, backend=None, activation=None):
+    """A ``bnns_py.Conv2d``/``ConvTranspose2d`` equal to the torch module."""
+    torch = require_torch()
+    arguments, spec = _conv_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
+    if spec.transposed != cls._transposed:
+        wanted = "nn.ConvTranspose2d" if cls._transposed else "nn.Conv2d"
+        raise TypeError(f"{cls.__name__}.from_torch needs {wanted}, got {type(module).__name__}")
+    return cls(arguments["weight"], arguments["bias"], stride=spec.stride, padding=spec.padding,
+               dilation=spec.dilation, groups=spec.groups, activation=spec.activation, backend=backend,
+               output_padding=spec.output_padding)
+
+
+def linear_module_from_torch(cls, module, backend=None, activation=None):
+    torch = require_torch()
+    weight, bias, activation = _linear_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
+    return cls(weight, bias, activation=activation, backend=backend)
+
+
+# ---- to torch -----------------------------------------------------------------------------------
+
+def _assemble(torch, pad, core, activation, channel_dim):
+    act = activation_to_torch(activation, channel_dim)
+    parts = [m for m in (pad, core, act) if m is not None]
+    return parts[0] if len(parts) == 1 else torch.nn.Sequential(*parts)
+
+
+def _set_parameters(torch, module, weight, bias):
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
+        if bias is not None:
+            module.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)))
+
+
+def build_torch_conv(transposed, in_channels, out_channels, kernel, stride, padding, dilation, groups, weight,
+                     bias, activation, output_padding=(0, 0)):
+    """torch module(s) for a convolution in PyTorch terms.
+
+    ``padding`` is (left, right, top, bottom) and may be asymmetric: a standard convolution then
+    gets an ``nn.ZeroPad2d`` in front (negative values crop); a transposed one is expressed with
+    PyTorch's ``padding`` = (top, left) and ``output_padding`` absorbing the difference, which
+    works when that stays in [0, max(stride, dilation)) as PyTorch requires. ``output_padding``
+    (transposed) is in addition to the output size that ``padding`` gives.
+    """
+    torch = require_torch()
+    nn = torch.nn
+    left, right, top, bottom = padding
+    common = dict(kernel_size=tuple(kernel), stride=tuple(stride), dilation=tuple(dilation), groups=groups,
+                  bias=bias is not None, dtype=torch.float32)
+    pad = None
+    if transposed:
+        op = (output_padding[0] + top - bottom, output_padding[1] + left - right)
+        for value, s, d, axis in zip(op, stride, dilation, ("height", "width")):
+            if not 0 <= value < max(s, d):
+                raise ValueError(f"this transposed convolution cannot be an nn.ConvTranspose2d: along {axis} it "
+                                 f"would need output_padding={value}, and PyTorch needs 0 <= output_padding < "
+                                 f"max(stride {s}, dilation {d}) (padding (left, right, top, bottom) = {padding})")
+        core = nn.ConvTranspose2d(in_channels, out_channels, padding=(top, left), output_padding=op, **common)
+    elif left == right and top == bottom:
+        core = nn.Conv2d(in_channels, out_channels, padding=(top, left), **common)
+    else:
+        pad = nn.ZeroPad2d((left, right, top, bottom))
+        core = nn.Conv2d(in_channels, out_channels, padding=0, **common)
+    _set_parameters(torch, core, weight, bias)
+    return _assemble(torch, pad, core, activation, -3)
+
+
+def build_torch_linear(weight, bias, activation):
+    torch = require_torch()
+    out_features, in_features = weight.shape
+    core = torch.nn.Linear(in_features, out_features, bias=bias is not None, dtype=torch.float32)
+    _set_parameters(torch, core, weight, bias)
+    return _assemble(torch, None, core, activation, -1)
+
+
+def _float_values(descriptor, what):
+    """The descriptor's data as a flat float32 array."""
+    if descriptor.data is None:
+        raise ValueError(f"the layer's {what} descriptor has no data (deallocated?)")
+    if descriptor.data_type not in (DataType.float32, DataType.float16):
+        raise TypeError(f"{what} of data type {descriptor.data_type.name} cannot be converted to PyTorch "
+                        "float32 parameters")
+    return descriptor.data.reshape(-1).astype(np.float32)
+
+
+def _strided(flat, shape, strides):
+    """An (owned) array of ``shape`` reading ``flat`` at element ``strides``."""
+    view = np.lib.stride_tricks.as_strided(flat, shape=shape, strides=[s * flat.itemsize for s in strides],
+                                           writeable=False)
+    return np.array(view, dtype=np.float32, copy=True)
+
+
+def layer_weight_oihw(layer):
+    """The layer's weights as ``W[o, i, ky, kx]`` (``i`` within its group): the BNNS OIHW meaning,
+    whatever the descriptor's layout (OIHW, OIHrWr, IOHrWr) and strides."""
+    weights = layer.weights
+    flat = _float_values(weights, "weights")
+    k_w, k_h, size2, size3 = weights.shape.sizes
+    s0, s1, s2, s3 = weights.shape.resolved_strides
+    layout = weights.layout
+    if layout == DataLayout.convolution_weights_oihw:
+        return _strided(flat, (size3, size2, k_h, k_w), (s3, s2, s1, s0))
+    if layout == DataLayout.convolution_weights_oihrwr:  # kernel stored rotated by 180 degrees
+        return np.ascontiguousarray(_strided(flat, (size3, size2, k_h, k_w), (s3, s2, s1, s0))[:, :, ::-1, ::-1])
+    if layout == DataLayout.convolution_weights_iohrwr:  # [in][out][kH][kW], rotated
+        rotated = _strided(flat, (size3, size2, k_h, k_w), (s3, s2, s1, s0))
+        return np.ascontiguousarray(rotated.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    raise ValueError(f"weights layout {layout.name} cannot be converted to PyTorch")
+
+
+def _bias_values(layer):
+    if layer.bias is None:
+        return None
+    flat = _float_values(layer.bias, "bias")
+    return _strided(flat, layer.bias.shape.sizes, layer.bias.shape.resolved_strides)
+
+
+def convolution_layer_to_torch(layer):
+    """``nn.Conv2d``/``nn.ConvTranspose2d`` (in an ``nn.Sequential`` with padding or activation
+    modules when needed) computing what ``layer`` computes on its input size."""
+    in_w, in_h, in_c = layer.input_descriptor.shape.sizes
+    out_w, out_h, out_c = layer.output_descriptor.shape.sizes
+    oihw = layer_weight_oihw(layer)
+    k_h, k_w = oihw.shape[2:]
+    groups = max(layer.group_count, 1)
+    s_w, s_h = (max(v, 1) for v in layer.stride)
+    d_w, d_h = (max(v, 1) for v in layer.dilation_stride)
+    left, right, up, down = layer.padding.sides
+    bias = _bias_values(layer)
+    if layer.type is ConvolutionType.standard:
+        # BNNS may produce fewer outputs than PyTorch's floor formula gives (the relaxed size rule):
+        # the unused end of the input is cropped away (negative padding) so the sizes agree.
+        right = right - _unused(in_w, out_w, k_w, s_w, d_w, left, right)
+        down = down - _unused(in_h, out_h, k_h, s_h, d_h, up, down)
+        return build_torch_conv(False, in_c, out_c, (k_h, k_w), (s_h, s_w), (left, right, up, down), (d_h, d_w),
+                                groups, oihw, bias, layer.activation)
+    extra = (out_h - transposed_output_size(in_h, k_h, s_h, d_h, up, down),
+             out_w - transposed_output_size(in_w, k_w, s_w, d_w, left, right))
+    return build_torch_conv(True, in_c, out_c, (k_h, k_w), (s_h, s_w), (left, right, up, down), (d_h, d_w),
+                            groups, transposed_weight_from_bnns(oihw, groups), bias, layer.activation, extra)
+
+
+def _unused(in_size, out_size, kernel, stride, dilation, before, after):
+    """Padded input elements past the last window, in whole strides (0 when PyTorch's size matches)."""
+    excess = in_size + before + after - (stride * (out_size - 1) + effective_kernel(kernel, dilation))
+    return (excess // stride) * stride
+
+
+def fully_connected_to_torch(layer):
+    """``nn.Linear`` (with an activation module when the layer has one) equal to ``layer``."""
+    weights = layer.weights
+    flat = _float_values(weights, "weights")
+    s_in, s_out = weights.shape.resolved_strides
+    weight = _strided(flat, (layer.output_size, layer.input_size), (s_out, s_in))
+    return build_torch_linear(weight, _bias_values(layer), layer.activation)
+
+
+def conv_module_to_torch(module):
+    spec = module.spec
+    return build_torch_conv(spec.transposed, spec.in_channels, spec.out_channels, spec.kernel, spec.stride,
+                            spec.padding, spec.dilation, spec.groups, module.weight, module.bias, spec.activation,
+                            spec.output_padding)
+
+
+def linear_module_to_torch(module):
+    return build_torch_linear(module.weight, module.bias, module.activation)
+
+
+__all__ = ["activation_from_torch", "activation_to_torch", "build_torch_conv", "build_torch_linear",
+           "conv_module_from_torch", "conv_module_to_torch", "convolution_layer_from_torch",
+           "convolution_layer_to_torch", "fully_connected_from_torch", "fully_connected_to_torch",
+           "layer_weight_oihw", "linear_module_from_torch", "linear_module_to_torch", "require_torch"]
