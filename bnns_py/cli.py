@@ -63,10 +63,41 @@ def _forward_rows(backend, other=None):
                                                    for k, v in kwargs.items()})
         actual = getattr(bnns_py, function)(backend=backend, **kwargs)
         rows.append(_row(name, actual, expected, "reference"))
+        torch_expected = _torch_forward(function, kwargs)
+        if torch_expected is not None:
+            rows.append(_row(name, actual, torch_expected, "torch"))
         if other is not None:
             rows.append(_row(name, actual, getattr(bnns_py, function)(backend=other, **kwargs), other))
     rows.append(_legacy_row(backend))
     return rows
+
+
+def _torch_forward(function, kwargs):
+    """PyTorch's result for a forward case (float64; the fused activation applied by the
+    reference), or None without torch."""
+    if not _has_torch():
+        return None
+    import torch
+    import torch.nn.functional as F
+    from .functional import normalize_padding
+    t = {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in kwargs.items()
+         if k in ("x", "weight", "bias") and v is not None}
+    if function == "linear":
+        y = F.linear(t["x"], t["weight"], t.get("bias"))
+    else:
+        left, right, top, bottom = normalize_padding(kwargs.get("padding", 0))
+        common = dict(stride=kwargs.get("stride", 1), dilation=kwargs.get("dilation", 1), groups=kwargs.get("groups", 1))
+        if function == "conv2d":
+            y = F.conv2d(F.pad(t["x"], (left, right, top, bottom)), t["weight"], t.get("bias"), **common)
+        else:  # conv_transpose2d: symmetric padding in these cases
+            y = F.conv_transpose2d(t["x"], t["weight"], t.get("bias"), padding=(top, left),
+                                   output_padding=kwargs.get("output_padding", 0), **common)
+    activation = kwargs.get("activation")
+    y = y.numpy()
+    if activation is None:
+        return y
+    activation = AF.coerce(activation)
+    return reference.apply_activation(y, activation.function, activation.alpha, activation.beta)
 
 
 def _legacy_row(backend):
@@ -92,6 +123,7 @@ def _backward_rows(backend):
     rng = np.random.default_rng(7)
     rows = []
     rows += _linear_backward_rows(backend)
+    rows += _accumulate_rows(backend)
     for name, cls, weight_shape, kwargs in (
             ("backward_standard", Conv2d, (6, 4, 3, 3), dict(padding=1, stride=2)),
             ("backward_grouped", Conv2d, (6, 2, 3, 3), dict(groups=2)),
@@ -113,6 +145,34 @@ def _backward_rows(backend):
         for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db)):
             rows.append(_row(f"{name}_{part}", actual, expected, "reference"))
     return rows
+
+
+def _accumulate_rows(backend):
+    """apply_backward with BNNSNDArrayFlagBackpropAccumulate: gradients add to what is there."""
+    from . import (ConvolutionLayer, ConvolutionType, DataType, FilterParameters, Flags, NDArrayDescriptor,
+                   NDArrayFlags, Shape)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    weights = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    with ConvolutionLayer(ConvolutionType.standard,
+                          NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(7, 6, 3)),
+                          NDArrayDescriptor(weights, Shape.convolution_weights_oihw(3, 3, 3, 4)),
+                          NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(5, 4, 4)),
+                          NDArrayDescriptor(bias, Shape.vector(4)),
+                          filter_parameters=FilterParameters(flags=Flags.use_client_pointer), backend=backend) as layer:
+        y = np.empty((2, 4, 4, 5), np.float32)
+        layer.apply(2, x, y)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        start = [rng.standard_normal(a.shape).astype(np.float32) for a in (x, weights, bias)]
+        grads = [NDArrayDescriptor(start[0].copy().reshape(-1), layer.input_descriptor.shape, batch_size=2,
+                                   flags=NDArrayFlags.backprop_accumulate),
+                 NDArrayDescriptor(start[1].copy().reshape(-1), layer.weights.shape, flags=NDArrayFlags.backprop_accumulate),
+                 NDArrayDescriptor(start[2].copy(), layer.bias.shape, flags=NDArrayFlags.backprop_accumulate)]
+        layer.apply_backward(2, x, y, dy, *grads)
+    expected = reference.conv2d_backward(x, weights, dy, bias=True)
+    return [_row(f"backward_accumulate_{part}", g.data.reshape(e.shape), e + s0, "reference")
+            for part, g, e, s0 in zip(("dx", "dw", "db"), grads, expected, start)]
 
 
 def _linear_backward_rows(backend):
@@ -157,6 +217,9 @@ def _verify(args):
     for row in rows:
         print(f"  {row['case']:34s} {row['against']:10s} {row['max_abs_error']:10.2e} {row['max_rel_error']:10.2e} "
               f"{row['tolerance']:10.2e}  {'pass' if row['pass'] else 'FAIL'}")
+    if backend.is_portable:
+        print("  data types: the portable backend computes float32 only (float16/int8 are refused before any "
+              "C call); on Accelerate this run covers float32", flush=True)
     print("  conformance probes (the README's macOS-conformance table):", flush=True)
     probes = run_probes(backend)
     for probe in probes:

@@ -1,4 +1,5 @@
 """The command line (python -m bnns_py) and the conformance probes behind `verify`."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -25,7 +26,10 @@ def test_verify_passes_and_writes_json(tmp_path, capsys, no_filter_leaks):
     assert data["backend"]["backend"] == bnns_py.get_backend().name
     names = {row["case"] for row in data["cases"]}
     assert {"standard", "grouped", "depthwise", "dilated", "transposed", "backward_standard_dw", "fully_connected",
-            "legacy_convolution", "backward_fully_connected_dw", "backward_transposed_dx"} <= names
+            "legacy_convolution", "backward_fully_connected_dw", "backward_transposed_dx",
+            "backward_accumulate_dw"} <= names
+    against = {row["against"] for row in data["cases"]}
+    assert against == ({"reference", "torch"} if importlib.util.find_spec("torch") else {"reference"})
     assert all(row["pass"] for row in data["cases"])
     assert {p["name"] for p in data["probes"]} >= {"transposed_weight_layout", "padding_precedence"}
 
