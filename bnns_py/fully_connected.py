@@ -16,6 +16,7 @@ from .convolution import (PORTABLE_UNSUPPORTED_ACTIVATIONS, ConvolutionLayer, Co
 from .descriptor import NDArrayDescriptor, check_array_memory
 from .enums import DataLayout, DataType, Flags
 from .filter_parameters import FilterParameters
+from .functional import _output_buffer
 from .layer import UnaryLayer, create_filter
 from .shape import Shape
 
@@ -210,15 +211,8 @@ def prepare_linear_input(x, in_features):
 
 
 def linear_output_buffer(out, expected, single, x):
-    if out is None:
-        return np.empty(expected, np.float32)
-    check_array_memory("out", out, _FLOAT32, 0, writable=True)
-    wanted = expected[1:] if single else expected
-    if out.shape != wanted:
-        raise ValueError(f"out has shape {out.shape}, expected {wanted}")
-    if np.may_share_memory(out, x):
-        raise ValueError("out shares memory with x")
-    return out.reshape(expected)
+    """The output array for ``linear``: ``out`` checked, or a new one (as the convolutions do)."""
+    return _output_buffer(out, expected, single, x)
 
 
 def make_linear_layer(weight, bias, activation, backend, client_pointer=True):
