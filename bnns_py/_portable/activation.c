@@ -161,7 +161,7 @@ void bp_activation_apply_image(const BNNSActivation *act, float *data, size_t ch
 const char *bp_activation_backward_unsupported_reason(const BNNSActivation *act) {
     switch (act->function) {
     case 0: case 1: case 3: case 4: case 7: case 8: case 11: case 15: case 16: case 17: case 18: case 20:
-    case 21: case 22: case 23: case 24: case 25: case 26: case 28:
+    case 21: case 22: case 23: case 24: case 25: case 26: case 27: case 28:
         return NULL;
     case 2: case 19: case 29:
         return act->alpha > 0 ? NULL : "it can be differentiated from the output only when alpha > 0";
@@ -169,8 +169,8 @@ const char *bp_activation_backward_unsupported_reason(const BNNSActivation *act)
         return "Gumbel and GumbelMax are random and have no derivative";
     case 6: case 12: case 30: case 31:
         return "its derivative needs the forward input x, so BNNS cannot fuse it in training";
-    case 27: case 35:
-        return "the portable backend cannot invert it from the output yet";
+    case 35:
+        return "x*sigmoid(1.702x) is not monotonic, so the output y does not determine x or the derivative";
     default:
         return "BNNS does not differentiate it from the layer output";
     }
@@ -178,6 +178,25 @@ const char *bp_activation_backward_unsupported_reason(const BNNSActivation *act)
 
 bool bp_activation_backward_supported(const BNNSActivation *act) {
     return bp_activation_backward_unsupported_reason(act) == NULL;
+}
+
+/* TanhShrink y = x - tanh(x) is strictly increasing (dy/dx = tanh(x)^2 > 0 for x != 0) and odd, so
+   x is a function of y: Newton's method in double precision, from cbrt(3|y|) (a lower bound of |x|,
+   from y = x^3/3 - 2x^5/15 + ...) or |y| + 1 (an upper bound). For x > 0 the function is convex,
+   so after the first step the iterates decrease monotonically to the root. Returns tanh(x)^2. */
+static float tanhshrink_derivative(float y) {
+    double t = fabs((double)y);
+    if (t == 0.0) return 0.0f;
+    double x = t < 1.0 ? cbrt(3.0 * t) : t + 1.0;
+    if (x < 1e-4) return (float)(x * x); /* tanh(x)^2 = x^2 (1 + O(x^2)) */
+    for (int it = 0; it < 60; it++) {
+        double th = tanh(x);
+        double step = (x - th - t) / (th * th);
+        x -= step;
+        if (fabs(step) <= 1e-12 * x) break;
+    }
+    double th = tanh(x);
+    return (float)(th * th);
 }
 
 /* The derivative as a function of the output y (BNNS differentiates fused activations from y).
@@ -201,6 +220,7 @@ static float derivative(uint32_t f, float a, float b, float y) {
     case 24: return y > 0 ? 1.0f : y / a + 1.0f;           /* e^(x/a) = y/a + 1 */
     case 25: return y != 0 ? 1.0f : 0.0f;
     case 26: return y != 0 ? 1.0f : 0.0f;
+    case 27: return tanhshrink_derivative(y);
     case 28: return (y > a && y != b) ? 1.0f : 0.0f;       /* outputs <= alpha (or == beta) came from the threshold */
     default: return 1.0f;
     }

@@ -20,15 +20,6 @@ static bool gradient_image(const BNNSNDArrayDescriptor *d, const char *name, con
 
 static bool accumulates(const BNNSNDArrayDescriptor *d) { return d->flags == BNNSNDArrayFlagBackpropAccumulate; }
 
-static void zero_image(const bp_image *img, float *p) {
-    for (size_t c = 0; c < img->c; c++)
-        for (size_t y = 0; y < img->h; y++) {
-            float *row = p + c * img->sc + y * img->sy;
-            if (img->sx == 1) memset(row, 0, img->w * sizeof(float));
-            else for (size_t x = 0; x < img->w; x++) row[x * img->sx] = 0.0f;
-        }
-}
-
 /* dz (packed) = dy * f'(y), reading dy and y through their strides. */
 static void activation_gradient(const bp_filter *f, const bp_image *dy_img, const float *dy, const float *y,
                                 float *dz, float *row_y, float *row_dy) {
@@ -96,20 +87,40 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
             bp_set_error("in (the forward input) is required for weights_delta");
             return -1;
         }
-        if (weights_delta->data == NULL || weights_delta->data_type != BNNSDataTypeFloat32 ||
-            weights_delta->layout != f->w_layout || memcmp(weights_delta->size, f->w_size, sizeof f->w_size) != 0) {
-            bp_set_error("weights_delta must have data and the weights' Float32 layout and sizes");
+        if (weights_delta->data == NULL) {
+            bp_set_error("weights_delta.data is NULL");
             return -1;
         }
-        if (!bp_resolve_strides(weights_delta, 4, dw_stride, &extent)) return -1;
+        if (weights_delta->data_type != BNNSDataTypeFloat32) {
+            bp_set_error("weights_delta data type 0x%x not supported by the portable backend yet (Float32 only)",
+                         weights_delta->data_type);
+            return -1;
+        }
+        if (weights_delta->layout != f->w_layout || memcmp(weights_delta->size, f->w_size, sizeof f->w_size) != 0) {
+            bp_set_error("weights_delta must have the weights' layout 0x%x and sizes {%zu, %zu, %zu, %zu}, got layout "
+                         "0x%x sizes {%zu, %zu, %zu, %zu}", f->w_layout, f->w_size[0], f->w_size[1], f->w_size[2],
+                         f->w_size[3], weights_delta->layout, weights_delta->size[0], weights_delta->size[1],
+                         weights_delta->size[2], weights_delta->size[3]);
+            return -1;
+        }
+        if (!bp_resolve_strides(weights_delta, 4, "weights_delta", dw_stride, &extent)) return -1;
+        if (f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW_Pack32 &&
+            memcmp(dw_stride, f->w_stride, sizeof f->w_stride) != 0) {
+            bp_set_error("weights_delta in layout OIHW_Pack32 needs packed strides");
+            return -1;
+        }
     }
     size_t db_stride = 1;
     if (bias_delta) {
-        if (bias_delta->data == NULL || bias_delta->data_type != BNNSDataTypeFloat32 || bias_delta->size[0] != f->out.c) {
-            bp_set_error("bias_delta must have data, Float32 and %zu values", f->out.c);
+        BNNSDataLayout l = bias_delta->layout;
+        if (bias_delta->data == NULL || bias_delta->data_type != BNNSDataTypeFloat32 || bias_delta->size[0] != f->out.c ||
+            (l != BNNSDataLayoutVector && l != BNNSDataLayout1DLastMajor && l != BNNSDataLayout1DFirstMajor)) {
+            bp_set_error("bias_delta must be a Float32 vector with data and %zu values", f->out.c);
             return -1;
         }
-        db_stride = bias_delta->stride[0] ? bias_delta->stride[0] : 1;
+        size_t stride[8], extent;
+        if (!bp_resolve_strides(bias_delta, 1, "bias_delta", stride, &extent)) return -1;
+        db_stride = stride[0];
     }
     if (batch == 0) return 0;
     if (in_stride == 0) in_stride = f->in.item;
@@ -156,11 +167,10 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         }
         if (!f->transposed) {
             if (weights_delta)
-                bp_conv_backward_weights(g, x, &f->in, dz, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, f->threads);
+                bp_conv_backward_weights(g, x, &f->in, dz, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, &f->gemm);
             if (in_delta) {
                 float *dx = (float *)in_delta->data + b * in_delta_stride;
-                if (!accumulates(in_delta)) zero_image(&dx_img, dx);
-                bp_conv_backward_data(g, weights, dz, &dx_img, dx, w.col, f->threads);
+                bp_conv_backward_data(g, weights, dz, &dx_img, dx, !accumulates(in_delta), w.col, &f->gemm, NULL);
             }
         } else {
             /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
@@ -170,10 +180,10 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                     bp_copy_image(&f->in, x, &in_packed, w.pack_out2, false);
                     xs = w.pack_out2;
                 }
-                bp_conv_backward_weights(g, dz, &out_packed, xs, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, f->threads);
+                bp_conv_backward_weights(g, dz, &out_packed, xs, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, &f->gemm);
             }
             if (in_delta) {
-                bp_conv_forward(g, weights, &out_packed, dz, w.pack_out, w.col, f->threads);
+                bp_conv_forward(g, weights, &out_packed, dz, w.pack_out, w.col, &f->gemm, NULL);
                 bp_copy_image(&in_packed, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
                               accumulates(in_delta));
             }

@@ -3,12 +3,13 @@
 
 #include "internal.h"
 
-bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, size_t stride_out[8], size_t *extent) {
+bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, const char *name, size_t stride_out[8],
+                        size_t *extent) {
     size_t last = 0;
     for (size_t k = 0; k < rank; k++) {
         size_t stride = d->stride[k];
         if (d->size[k] == 0) {
-            bp_set_error("descriptor size[%zu] is 0", k);
+            bp_set_error("%s size[%zu] is 0", name, k);
             return false;
         }
         if (stride == 0) {
@@ -18,8 +19,8 @@ bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, size_t stri
             size_t minimum;
             if (!bp_mul(d->size[k - 1], stride_out[k - 1], &minimum)) goto overflow;
             if (stride < minimum) {
-                bp_set_error("descriptor stride[%zu]=%zu overlaps: must be >= stride[%zu]*size[%zu]=%zu",
-                             k, stride, k - 1, k - 1, minimum);
+                bp_set_error("%s stride[%zu]=%zu overlaps: must be >= stride[%zu]*size[%zu]=%zu", name, k, stride,
+                             k - 1, k - 1, minimum);
                 return false;
             }
         }
@@ -33,7 +34,7 @@ bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, size_t stri
     if (!bp_mul(*extent, sizeof(float) * 2, &bytes) || bytes > (size_t)INT64_MAX) goto overflow;
     return true;
 overflow:
-    bp_set_error("descriptor sizes overflow");
+    bp_set_error("%s size overflow: its sizes and strides exceed the address space", name);
     return false;
 }
 
@@ -47,7 +48,7 @@ bool bp_image_from_desc(const BNNSNDArrayDescriptor *d, const char *name, bp_ima
         return false;
     }
     size_t strides[8];
-    if (!bp_resolve_strides(d, 3, strides, &img->extent)) return false;
+    if (!bp_resolve_strides(d, 3, name, strides, &img->extent)) return false;
     img->w = d->size[0];
     img->h = d->size[1];
     img->c = d->size[2];

@@ -2,7 +2,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "filter.h"
 
@@ -45,6 +44,9 @@ static size_t weight_offset(const bp_filter *f, size_t kx, size_t ky, size_t i, 
         return (kw - 1 - kx) * s[0] + (kh - 1 - ky) * s[1] + i * s[2] + o * s[3];
     case BNNSDataLayoutConvolutionWeightsIOHrWr:
         return (kw - 1 - kx) * s[0] + (kh - 1 - ky) * s[1] + o * s[2] + i * s[3];
+    case BNNSDataLayoutConvolutionWeightsOIHW_Pack32:
+        /* output channels in blocks of 32, the position in the block fastest, then kx, ky, i */
+        return o % 32 + 32 * (kx + kw * (ky + kh * (i + f->w_size[2] * (o / 32))));
     default:
         return kx * s[0] + ky * s[1] + i * s[2] + o * s[3];
     }
@@ -100,9 +102,15 @@ float bp_bias_at(const bp_filter *f, size_t channel) {
 
 static size_t weight_count(const bp_geom *g) { return g->out_c * g->k; }
 
+/* Depthwise layers (one input and one output channel per group) never build a column matrix. */
+static bool needs_columns(const bp_geom *g) { return !(g->groups > 1 && g->in_cg == 1 && g->out_cg == 1); }
+
+/* The column block: k x (block_rows * out_w) floats (block_rows and k were checked at creation). */
+static size_t column_floats(const bp_geom *g) { return needs_columns(g) ? g->k * g->block_rows * g->out_w : 0; }
+
 void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     const bp_geom *g = &f->g;
-    size_t col = g->k * g->out_h * g->out_w;
+    size_t col = column_floats(g);
     size_t in = g->in_c * g->in_h * g->in_w, out = g->out_c * g->out_h * g->out_w;
     /* 16-float (64-byte) aligned slices */
 #define SLICE(n) (((n) + 15) / 16 * 16)
@@ -119,7 +127,8 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
 static bool workspace_size(const bp_filter *f, size_t *floats) {
     const bp_geom *g = &f->g;
     size_t col, in, out, wc, total = 0, t;
-    if (!bp_mul(g->k, g->out_h, &t) || !bp_mul(t, g->out_w, &col)) return false;
+    if (!bp_mul(g->k, g->block_rows, &t) || !bp_mul(t, g->out_w, &col)) return false;
+    col = needs_columns(g) ? col : 0;
     if (!bp_mul(g->in_c, g->in_h, &t) || !bp_mul(t, g->in_w, &in)) return false;
     if (!bp_mul(g->out_c, g->out_h, &t) || !bp_mul(t, g->out_w, &out)) return false;
     if (!bp_mul(g->out_c, g->k, &wc)) return false;
@@ -165,7 +174,7 @@ static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, s
     size_t lhs, rhs, t;
     if (!bp_add(a, pb, &lhs) || !bp_add(lhs, pa, &lhs) || !bp_mul(s, b - 1, &rhs) ||
         !bp_mul(d, k - 1, &t) || !bp_add(rhs, t, &rhs) || !bp_add(rhs, 1, &rhs)) {
-        bp_set_error("sizes overflow along %s", axis);
+        bp_set_error("size overflow along %s", axis);
         return false;
     }
     if (lhs < rhs) {
@@ -203,9 +212,16 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 
     /* weights */
     const BNNSNDArrayDescriptor *wd = &p->w_desc;
+    size_t groups = p->groups <= 1 ? 1 : p->groups;
+    bool pack32 = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW_Pack32;
     if (wd->layout != BNNSDataLayoutConvolutionWeightsOIHW && wd->layout != BNNSDataLayoutConvolutionWeightsOIHrWr &&
-        wd->layout != BNNSDataLayoutConvolutionWeightsIOHrWr) {
-        bp_set_error("w_desc layout 0x%x not supported (OIHW, OIHrWr or IOHrWr)", wd->layout);
+        wd->layout != BNNSDataLayoutConvolutionWeightsIOHrWr && !pack32) {
+        bp_set_error("w_desc layout 0x%x not supported (OIHW, OIHrWr, IOHrWr%s)", wd->layout,
+                     transposed ? "" : " or OIHW_Pack32");
+        return NULL;
+    }
+    if (pack32 && (transposed || groups > 1)) {
+        bp_set_error("w_desc layout OIHW_Pack32 is supported for ungrouped standard convolution only");
         return NULL;
     }
     if (wd->data_type != BNNSDataTypeFloat32) {
@@ -217,9 +233,22 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         return NULL;
     }
     size_t w_stride[8], w_extent;
-    if (!bp_resolve_strides(wd, 4, w_stride, &w_extent)) return NULL;
-    size_t groups = p->groups <= 1 ? 1 : p->groups;
+    if (!bp_resolve_strides(wd, 4, "w_desc", w_stride, &w_extent)) return NULL;
     size_t kw = wd->size[0], kh = wd->size[1];
+    if (pack32) {
+        /* the strides describe the plain OIHW shape (0 or packed); the data is the blocked form,
+           32 * kW * kH * in * ceil(out / 32) values */
+        size_t blocks = wd->size[3] / 32 + (wd->size[3] % 32 != 0), padded;
+        if (w_stride[0] != 1 || w_stride[1] != kw || w_stride[2] != kw * kh || w_stride[3] != kw * kh * wd->size[2]) {
+            bp_set_error("w_desc layout OIHW_Pack32 needs packed strides (0, or those of a packed OIHW array)");
+            return NULL;
+        }
+        if (!bp_mul(blocks * 32, w_stride[3], &padded) || !bp_mul(padded, 2 * sizeof(float), &padded) ||
+            padded > (size_t)INT64_MAX) {
+            bp_set_error("w_desc size overflow");
+            return NULL;
+        }
+    }
     size_t w_in = wd->size[2], w_out = wd->size[3];
     if (wd->layout == BNNSDataLayoutConvolutionWeightsIOHrWr) {
         if (groups > 1) {
@@ -275,7 +304,9 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
             bp_set_error("bias data type 0x%x not supported by the portable backend yet (Float32 only)", bd->data_type);
             return NULL;
         }
-        bias_stride = bd->stride[0] ? bd->stride[0] : 1;
+        size_t b_stride[8], b_extent;
+        if (!bp_resolve_strides(bd, 1, "bias", b_stride, &b_extent)) return NULL;
+        bias_stride = b_stride[0];
     }
     const char *why_not = bp_activation_unsupported_reason(&p->activation);
     if (why_not != NULL) {
@@ -289,8 +320,7 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     atomic_flag_clear(&f->busy);
     f->transposed = transposed;
     f->allocator = allocator;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    f->threads = threads ? (int)(threads > 4096 ? 4096 : threads) : (int)(cpus > 0 ? cpus : 1);
+    bp_gemm_ctx_init(&f->gemm, threads);
     f->client = (flags & BNNSFlagsUseClientPtr) != 0;
     f->in = in;
     f->out = out;
@@ -307,6 +337,17 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     g->in_cg = g->in_c / groups;
     g->out_cg = g->out_c / groups;
     g->k = g->in_cg * kh * kw;
+    /* output rows per column block: about BNNS_PORTABLE_COL_BLOCK_FLOATS floats, at least one row */
+    size_t row_floats;
+    g->block_rows = g->out_h;
+    if (bp_mul(g->k, g->out_w, &row_floats) && row_floats > 0) {
+        size_t rows = BNNS_PORTABLE_COL_BLOCK_FLOATS / row_floats;
+        if (rows < 1) rows = 1;
+        if (rows < g->out_h) {
+            size_t blocks = (g->out_h + rows - 1) / rows;
+            g->block_rows = (g->out_h + blocks - 1) / blocks; /* equal blocks, no small last one */
+        }
+    }
     /* the BLAS takes 32-bit dimensions and leading dimensions */
     if (g->k > INT32_MAX || g->out_cg > INT32_MAX || g->out_h * g->out_w > INT32_MAX || g->in_h * g->in_w > INT32_MAX) {
         bp_set_error("layer too large for 32-bit BLAS dimensions (GEMM depth %zu, %zu x %zu output pixels)", g->k,
@@ -317,7 +358,7 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     f->w_direct = f->client && !transposed && wd->layout == BNNSDataLayoutConvolutionWeightsOIHW &&
                   w_stride[0] == 1 && w_stride[1] == kw && w_stride[2] == kw * kh && w_stride[3] == kw * kh * w_in;
     if (!workspace_size(f, &f->workspace_floats)) {
-        bp_set_error("workspace size overflows");
+        bp_set_error("workspace size overflow");
         destroy_filter(f);
         return NULL;
     }
@@ -366,36 +407,39 @@ void BNNSFilterDestroy(BNNSFilter filter) {
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
-static void bias_and_activation(const bp_filter *f, float *packed_out) {
-    size_t hw = f->out.w * f->out.h;
-    for (size_t c = 0; c < f->out.c; c++) {
-        float *plane = packed_out + c * hw;
-        if (f->has_bias) {
-            float b = bp_bias_at(f, c);
-            for (size_t i = 0; i < hw; i++) plane[i] += b;
-        }
-    }
-    bp_activation_apply_image(&f->activation, packed_out, f->out.c, hw, hw);
-}
-
 static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const float *x, float *y) {
     const bp_geom *g = &f->g;
     bp_image out_packed = bp_packed_like(&f->out);
     float *result = f->out.packed ? y : (f->transposed ? w->pack_in : w->pack_out);
+    /* bias, activation and the copy into a strided output run on each channel plane as soon as it
+       is complete; a channelwise activation (softmax) has to wait for all channels */
+    bool channelwise = bp_activation_is_channelwise(&f->activation);
+    bp_epilogue e = {0};
+    if (f->has_bias) {
+        e.bias = f->bias_owned != NULL ? f->bias_owned : f->bias_data;
+        e.bias_stride = f->bias_owned != NULL ? 1 : f->bias_stride;
+    }
+    if (!channelwise && f->activation.function != BNNSActivationFunctionIdentity) e.act = &f->activation;
+    if (!channelwise && !f->out.packed) {
+        e.dst_img = &f->out;
+        e.dst = y;
+    }
     if (!f->transposed) {
-        bp_conv_forward(g, weights, &f->in, x, result, w->col, f->threads);
+        bp_conv_forward(g, weights, &f->in, x, result, w->col, &f->gemm, &e);
     } else {
-        const float *t_in = x;  /* S's output gradient: must be packed */
+        const float *t_in = x; /* S's output gradient: must be packed */
         if (!f->in.packed) {
             bp_image in_packed = bp_packed_like(&f->in);
             bp_copy_image(&f->in, x, &in_packed, w->pack_out, false);
             t_in = w->pack_out;
         }
-        memset(result, 0, out_packed.extent * sizeof(float));
-        bp_conv_backward_data(g, weights, t_in, &out_packed, result, w->col, f->threads);
+        bp_conv_backward_data(g, weights, t_in, &out_packed, result, true, w->col, &f->gemm, &e);
     }
-    bias_and_activation(f, result);
-    if (!f->out.packed) bp_copy_image(&out_packed, result, &f->out, y, false);
+    if (channelwise) {
+        size_t hw = f->out.w * f->out.h;
+        bp_activation_apply_image(&f->activation, result, f->out.c, hw, hw);
+        if (!f->out.packed) bp_copy_image(&out_packed, result, &f->out, y, false);
+    }
 }
 
 /* A standard filter over 1x1 images with a 1x1 kernel (every fully-connected filter) maps a batch
@@ -411,7 +455,7 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
 static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
                                size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
-    bp_sgemm(false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out, out_stride, f->threads);
+    bp_sgemm(&f->gemm, false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out, out_stride);
     for (size_t b = 0; b < batch; b++) {
         float *row = out + b * out_stride;
         if (f->has_bias)

@@ -12,7 +12,7 @@ typedef struct {
     BNNSDataLayout fc_w_layout;   /* RowMajorMatrix {in, out} or 2DFirstMajor {out, in} */
     size_t fc_w_size[2];
     bp_allocator allocator;
-    int threads;
+    bp_gemm_ctx gemm;
     bool client;                  /* BNNSFlagsUseClientPtr: read weights/bias from the caller */
     bp_image in, out;             /* the layer's own input and output */
     bp_geom g;                    /* the standard convolution S (see internal.h) */

@@ -28,7 +28,7 @@ static bool vector_desc(const BNNSNDArrayDescriptor *d, const char *name, size_t
         return false;
     }
     size_t s[8], extent;
-    if (!bp_resolve_strides(d, 1, s, &extent)) return false;
+    if (!bp_resolve_strides(d, 1, name, s, &extent)) return false;
     *n = d->size[0];
     *stride = s[0];
     return true;
@@ -59,7 +59,7 @@ static bool matrix_strides(const BNNSNDArrayDescriptor *d, const char *name, siz
     }
     size_t si = d->stride[0] ? d->stride[0] : 1, min_so, so;
     if (!bp_mul(in, si, &min_so)) {
-        bp_set_error("%s sizes overflow", name);
+        bp_set_error("%s size overflow", name);
         return false;
     }
     so = d->stride[1] ? d->stride[1] : min_so;
@@ -71,7 +71,7 @@ static bool matrix_strides(const BNNSNDArrayDescriptor *d, const char *name, siz
     size_t span, t;
     if (!bp_mul(out - 1, so, &span) || !bp_mul(in - 1, si, &t) || !bp_add(span, t, &span) ||
         !bp_mul(span, sizeof(float) * 2, &t) || t > (size_t)INT64_MAX) {
-        bp_set_error("%s sizes overflow", name);
+        bp_set_error("%s size overflow", name);
         return false;
     }
     *s_in = si;

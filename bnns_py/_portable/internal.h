@@ -9,6 +9,7 @@
 
 #include "bnns.h"
 #include "bnns_portable.h"
+#include "gemm.h"
 
 #define BNNS_PORTABLE_VERSION "0.1.0"
 #define BNNS_PORTABLE_ALIGNMENT 64
@@ -37,7 +38,10 @@ typedef struct {
     bool packed;             /* sx == 1, sy == w, sc == w*h */
 } bp_image;
 
-bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, size_t stride_out[8], size_t *extent);
+/* Resolve the first `rank` strides of d (0 = packed after the previous axis), check sizes are
+   nonzero, axes do not overlap and nothing overflows; `name` prefixes the error reason. */
+bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, const char *name, size_t stride_out[8],
+                        size_t *extent);
 bool bp_image_from_desc(const BNNSNDArrayDescriptor *d, const char *name, bp_image *img);
 /* The same image, densely packed (sx = 1, sy = w, sc = w*h). */
 bp_image bp_packed_like(const bp_image *img);
@@ -74,11 +78,6 @@ void bp_activation_backward(const BNNSActivation *act, const float *y, const flo
 void bp_activation_backward_channels(const BNNSActivation *act, const float *y, size_t y_sc, size_t y_sx, float *dz,
                                      size_t dz_sc, size_t channels, size_t pixels);
 
-/* ---- GEMM (gemm.c): row-major C = alpha*op(A)*op(B) + beta*C ---- */
-void bp_sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
-              const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc,
-              int threads);
-const char *bp_blas_name(void);
 
 /* ---- geometry of a standard convolution S (conv_engine.c) ----
    A standard layer is its own S; a transposed layer T is the adjoint of the S whose input is
@@ -89,16 +88,39 @@ typedef struct {
     size_t kh, kw, sx, sy, dx, dy, pl, pt;
     size_t groups, in_cg, out_cg; /* channels per group */
     size_t k;                     /* in_cg*kh*kw: GEMM depth */
+    size_t block_rows;            /* output rows per column block (im2col / col2im), >= 1 */
 } bp_geom;
 
-/* out_g = W_g * im2col(x_g) for every group; out packed (out_c x out_h*out_w). */
-void bp_conv_forward(const bp_geom *g, const float *w, const bp_image *x_img, const float *x,
-                     float *out, float *col, int threads);
-/* dx (strided, accumulated into) += col2im(W_g^T * dy_g); dy packed. */
-void bp_conv_backward_data(const bp_geom *g, const float *w, const float *dy, const bp_image *dx_img,
-                           float *dx, float *col, int threads);
+/* Column blocks: at most about this many floats of column matrix at a time (1 MiB, so that it is
+   still cached when the GEMM reads it; also bounds the workspace). */
+#ifndef BNNS_PORTABLE_COL_BLOCK_FLOATS
+#define BNNS_PORTABLE_COL_BLOCK_FLOATS (1u << 18)
+#endif
+
+/* What happens to each finished output plane (packed, h x w values) of channel c: add the bias,
+   apply an elementwise activation, then copy it into a strided image. Any part may be absent. */
+typedef struct {
+    const float *bias;         /* NULL: no bias */
+    size_t bias_stride;
+    const BNNSActivation *act; /* NULL: none (channelwise activations are the caller's job) */
+    const bp_image *dst_img;   /* with dst: where the plane goes */
+    float *dst;                /* NULL: the plane stays where it is */
+} bp_epilogue;
+
+void bp_epilogue_channel(const bp_epilogue *e, size_t c, float *plane, size_t h, size_t w);
+/* Every plane of a packed (channels x h*w) block, over threads; e may be NULL. */
+void bp_epilogue_planes(const bp_epilogue *e, float *planes, size_t channels, size_t h, size_t w, int threads);
+
+/* out_g = W_g * im2col(x_g) for every group, then the epilogue on every channel (e may be NULL);
+   out packed (out_c x out_h*out_w). */
+void bp_conv_forward(const bp_geom *g, const float *w, const bp_image *x_img, const float *x, float *out,
+                     float *col, const bp_gemm_ctx *gemm, const bp_epilogue *e);
+/* dx (strided) = or += col2im(W_g^T * dy_g) (overwrite: the planes are zeroed first); dy packed.
+   With dx_img packed, the epilogue (may be NULL) runs on every finished plane. */
+void bp_conv_backward_data(const bp_geom *g, const float *w, const float *dy, const bp_image *dx_img, float *dx,
+                           bool overwrite, float *col, const bp_gemm_ctx *gemm, const bp_epilogue *e);
 /* dW_g = beta*dW_g + dy_g * im2col(x_g)^T; dy packed, dW packed [out_c][k]. */
-void bp_conv_backward_weights(const bp_geom *g, const float *x, const bp_image *x_img, const float *dy,
-                              float *dw, float beta, float *col, int threads);
+void bp_conv_backward_weights(const bp_geom *g, const float *x, const bp_image *x_img, const float *dy, float *dw,
+                              float beta, float *col, const bp_gemm_ctx *gemm);
 
 #endif

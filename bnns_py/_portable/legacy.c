@@ -29,7 +29,7 @@ static bool image_stack_ok(const BNNSImageStackDescriptor *d, const char *name) 
     }
     size_t min_image;
     if (!bp_mul(d->row_stride, d->height, &min_image)) {
-        bp_set_error("%s sizes overflow", name);
+        bp_set_error("%s size overflow", name);
         return false;
     }
     if (d->image_stride < min_image) {
@@ -70,7 +70,7 @@ static void vector_desc(BNNSNDArrayDescriptor *d, size_t n, const void *data, BN
 static bool legacy_size_rule(const char *axis, size_t in, size_t out, size_t k, size_t stride, size_t pad) {
     size_t lhs, rhs, t;
     if (!bp_mul(pad, 2, &t) || !bp_add(in, t, &lhs) || !bp_mul(stride, out - 1, &rhs) || !bp_add(rhs, k, &rhs)) {
-        bp_set_error("sizes overflow along %s", axis);
+        bp_set_error("size overflow along %s", axis);
         return false;
     }
     if (lhs != rhs) {
