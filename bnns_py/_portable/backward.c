@@ -167,10 +167,12 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         }
         if (!f->transposed) {
             if (weights_delta)
-                bp_conv_backward_weights(g, x, &f->in, dz, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, &f->gemm);
+                bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
+                                         &f->gemm);
             if (in_delta) {
                 float *dx = (float *)in_delta->data + b * in_delta_stride;
-                bp_conv_backward_data(g, weights, dz, &dx_img, dx, !accumulates(in_delta), w.col, &f->gemm, NULL);
+                bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,
+                                      &f->gemm);
             }
         } else {
             /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
@@ -180,10 +182,11 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                     bp_copy_image(&f->in, x, &in_packed, w.pack_out2, false);
                     xs = w.pack_out2;
                 }
-                bp_conv_backward_weights(g, dz, &out_packed, xs, w.dweights, b == 0 ? 0.0f : 1.0f, w.col, &f->gemm);
+                bp_conv_backward_weights(g, 1, &out_packed, dz, 0, xs, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
+                                         &f->gemm);
             }
             if (in_delta) {
-                bp_conv_forward(g, weights, &out_packed, dz, w.pack_out, w.col, &f->gemm, NULL);
+                bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm);
                 bp_copy_image(&in_packed, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
                               accumulates(in_delta));
             }

@@ -1,8 +1,15 @@
 /* The convolution engine: im2col + GEMM forward, GEMM + col2im backward-data, GEMM weight
-   gradient, and direct kernels for depthwise convolution (one input channel per group). All work
-   on the geometry of a standard convolution S (see bp_geom in internal.h); the loops that are not
-   GEMMs are split over channels (or column rows) with bp_parallel_for. */
+   gradient, and direct kernels for depthwise convolution (one input channel per group), all on
+   the geometry of a standard convolution S (see bp_geom in internal.h).
+
+   Threading: each entry point cuts its whole batch into independent tasks (image x group x
+   column block x output-channel chunk, or x input-channel chunk) and hands contiguous runs of
+   tasks to the workers of the pool (parallel.c). A worker does its im2col, its single-threaded
+   GEMM and its epilogue on its own cache-sized scratch, so nothing waits between the steps. */
 #include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "internal.h"
 #include "parallel.h"
@@ -21,129 +28,105 @@ static void valid_range(size_t n_out, size_t n_in, size_t stride, size_t tap, si
     *hi = last;
 }
 
+
 static size_t out_pixels(const bp_geom *g) { return g->out_h * g->out_w; }
+static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
-/* ---- epilogue: bias, activation, scatter of one finished output plane --------------------- */
+/* ---- plan: column blocks and scratch --------------------------------------------------------- */
 
-void bp_epilogue_channel(const bp_epilogue *e, size_t c, float *plane, size_t h, size_t w) {
-    size_t n = h * w;
+enum {
+    COL_TARGET_FLOATS = 1 << 17, /* a column block of about 512 KiB stays in a core's L2 / near L3 */
+    MIN_BLOCK_PIXELS = 256,      /* but keep GEMMs wide enough to amortize packing the weights */
+    MIN_SPLIT_PIXELS = 48,       /* smallest block worth giving its own thread */
+    MIN_CHUNK_CHANNELS = 8       /* smallest output-channel chunk worth giving its own thread */
+};
+
+static bool one_input_channel_per_group(const bp_geom *g) { return g->groups > 1 && g->in_cg == 1; }
+
+/* Padded-plane depthwise kernel: stride 1 or 2 and kernels small enough for its tap loop. */
+static bool depthwise_fast(const bp_geom *g) {
+    return one_input_channel_per_group(g) && (g->sx == 1 || g->sx == 2) && g->kh <= 64 && g->kw <= 64;
+}
+
+/* Columns of the padded plane (per sub-plane when stride 2 splits it into even / odd columns). */
+static size_t dw_plane_cols(const bp_geom *g) {
+    size_t ow8 = ceil_div(g->out_w, 8) * 8;
+    size_t need = (ow8 - 1) * g->sx + (g->kw - 1) * g->dx + 1;
+    return g->sx == 2 ? ceil_div(need, 2) + 1 : need;
+}
+static size_t dw_plane_rows(const bp_geom *g) { return (g->out_h - 1) * g->sy + (g->kh - 1) * g->dy + 1; }
+
+bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
+    size_t rows = g->out_h;
+    size_t want = COL_TARGET_FLOATS / (g->k ? g->k : 1);
+    if (want < MIN_BLOCK_PIXELS) want = MIN_BLOCK_PIXELS;
+    size_t r = want / g->out_w;
+    if (r < 1) r = 1;
+    if (r < rows) rows = ceil_div(g->out_h, ceil_div(g->out_h, r)); /* equal blocks */
+    g->block_rows = rows;
+    size_t col, t;
+    if (!bp_mul(g->k, rows, &t) || !bp_mul(t, g->out_w, &col)) return false;
+    if (one_input_channel_per_group(g) && g->out_cg == 1) col = 0; /* the depthwise kernels need no columns */
+    if (depthwise_fast(g)) {
+        size_t plane;
+        if (!bp_mul(dw_plane_rows(g), dw_plane_cols(g), &t) || !bp_mul(t, g->sx == 2 ? 2 : 1, &plane)) return false;
+        if (plane > col) col = plane;
+    }
+    if (!bp_add(col, 64, scratch_floats)) return false;
+    *scratch_floats = ceil_div(*scratch_floats, 16) * 16;
+    return true;
+}
+
+/* ---- epilogue ------------------------------------------------------------------------------ */
+
+void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n) {
+    if (e == NULL) return;
     if (e->bias != NULL) {
         float b = e->bias[c * e->bias_stride];
-        for (size_t i = 0; i < n; i++) plane[i] += b;
+        for (size_t i = 0; i < n; i++) v[i] += b;
     }
-    if (e->act != NULL) bp_activation_apply(e->act, plane, n);
-    if (e->dst != NULL) {
-        const bp_image *d = e->dst_img;
-        float *out = e->dst + c * d->sc;
-        for (size_t y = 0; y < h; y++) {
-            float *row = out + y * d->sy;
-            const float *src = plane + y * w;
-            if (d->sx == 1) memcpy(row, src, w * sizeof(float));
-            else
-                for (size_t x = 0; x < w; x++) row[x * d->sx] = src[x];
-        }
-    }
+    if (e->act != NULL) bp_activation_apply(e->act, v, n);
 }
 
-typedef struct {
-    const bp_epilogue *e;
-    float *planes;
-    size_t h, w;
-} epilogue_args;
+/* ---- im2col / col2im over a block of output rows -------------------------------------------- */
 
-static void epilogue_range(void *p, size_t c0, size_t c1) {
-    const epilogue_args *a = p;
-    for (size_t c = c0; c < c1; c++) bp_epilogue_channel(a->e, c, a->planes + c * a->h * a->w, a->h, a->w);
-}
-
-void bp_epilogue_planes(const bp_epilogue *e, float *planes, size_t channels, size_t h, size_t w, int threads) {
-    if (e == NULL || (e->bias == NULL && e->act == NULL && e->dst == NULL)) return;
-    epilogue_args a = {e, planes, h, w};
-    bp_parallel_for(threads, channels, channels * h * w * (e->act != NULL ? 8 : 2), epilogue_range, &a);
-}
-
-/* ---- im2col -------------------------------------------------------------------------------- */
-
-/* Output rows [oy0, oy1) of the image, the column block that im2col / col2im work on: column
-   (oy - oy0)*out_w + ox of a block matrix with (oy1 - oy0)*out_w columns. Blocks keep the column
-   matrix small enough to stay in cache between im2col and the GEMM reading it. */
-typedef struct {
-    size_t oy0, oy1;
-} row_block;
-
-static size_t block_pixels(const bp_geom *g, row_block b) { return (b.oy1 - b.oy0) * g->out_w; }
-
-typedef struct {
-    const bp_geom *g;
-    const bp_image *img;
-    const float *x;
-    size_t c0;
-    float *col;
-    row_block b;
-} im2col_args;
-
-/* col[(ci, ky, kx)][(oy - oy0)*out_w + ox] = x(c0 + ci, oy*sy + ky*dy - pt, ox*sx + kx*dx - pl), 0
-   outside; rows r in [r0, r1) with r = (ci*kh + ky)*kw + kx. */
-static void im2col_rows(void *p, size_t r0, size_t r1) {
-    const im2col_args *a = p;
-    const bp_geom *g = a->g;
-    const bp_image *img = a->img;
-    size_t nb = block_pixels(g, a->b), ow = g->out_w;
+/* col[r - r0][(oy - oy0)*out_w + ox] = x(c0 + ci, oy*sy + ky*dy - pt, ox*sx + kx*dx - pl), 0
+   outside the image, for column rows r = (ci*kh + ky)*kw + kx in [r0, r1). */
+static void im2col_block(const bp_geom *g, const bp_image *img, const float *x, size_t c0, size_t r0, size_t r1,
+                         size_t oy0, size_t oy1, float *col) {
+    size_t ow = g->out_w, nb = (oy1 - oy0) * ow;
     for (size_t r = r0; r < r1; r++) {
         size_t kx = r % g->kw, ky = r / g->kw % g->kh, ci = r / (g->kw * g->kh);
-        const float *plane = a->x + (a->c0 + ci) * img->sc;
-        float *dst = a->col + r * nb; /* row oy of the block at (oy - oy0)*ow */
+        const float *plane = x + (c0 + ci) * img->sc;
+        float *dst = col + (r - r0) * nb;
         size_t oy_lo, oy_hi, ox_lo, ox_hi;
         valid_range(g->out_h, g->in_h, g->sy, ky * g->dy, g->pt, &oy_lo, &oy_hi);
         valid_range(g->out_w, g->in_w, g->sx, kx * g->dx, g->pl, &ox_lo, &ox_hi);
-        if (oy_lo < a->b.oy0) oy_lo = a->b.oy0;
-        if (oy_hi > a->b.oy1) oy_hi = a->b.oy1;
+        if (oy_lo < oy0) oy_lo = oy0;
+        if (oy_hi > oy1) oy_hi = oy1;
         if (oy_lo >= oy_hi || ox_lo >= ox_hi) {
-            memset(a->col + r * nb, 0, nb * sizeof(float));
+            memset(dst, 0, nb * sizeof(float));
             continue;
         }
-        memset(a->col + r * nb, 0, (oy_lo - a->b.oy0) * ow * sizeof(float));
+        memset(dst, 0, (oy_lo - oy0) * ow * sizeof(float));
         size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl;
-        size_t step = g->sx * img->sx; /* input values between neighbouring output pixels */
+        size_t step = g->sx * img->sx, n = ox_hi - ox_lo;
         for (size_t oy = oy_lo; oy < oy_hi; oy++) {
-            float *row = dst + (oy - a->b.oy0) * ow;
-            /* the first valid value: never form a pointer outside the image (strides may be huge
-               when only one tap fits) */
+            float *row = dst + (oy - oy0) * ow;
+            /* the first valid value: never form a pointer outside the image */
             const float *src = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy + ix0 * img->sx;
             memset(row, 0, ox_lo * sizeof(float));
-            size_t n = ox_hi - ox_lo;
             if (step == 1) memcpy(row + ox_lo, src, n * sizeof(float));
-            else if (step == 2) /* a constant stride vectorizes (even lanes of pairs of vectors) */
+            else if (step == 2)
                 for (size_t i = 0; i < n; i++) row[ox_lo + i] = src[2 * i];
             else
                 for (size_t i = 0; i < n; i++) row[ox_lo + i] = src[i * step];
             memset(row + ox_hi, 0, (ow - ox_hi) * sizeof(float));
         }
-        memset(dst + (oy_hi - a->b.oy0) * ow, 0, (a->b.oy1 - oy_hi) * ow * sizeof(float));
+        memset(dst + (oy_hi - oy0) * ow, 0, (oy1 - oy_hi) * ow * sizeof(float));
     }
 }
-
-static void im2col(const bp_geom *g, const bp_image *img, const float *x, size_t c0, float *col, row_block b,
-                   int threads) {
-    im2col_args a = {g, img, x, c0, col, b};
-    bp_parallel_for(threads, g->k, g->k * block_pixels(g, b), im2col_rows, &a);
-}
-
-/* ---- col2im -------------------------------------------------------------------------------- */
-
-typedef struct {
-    const bp_geom *g;
-    const float *col;
-    const bp_image *img;
-    float *dx;
-    size_t c0;
-    row_block b;
-    bool overwrite;       /* zero each plane before adding */
-    const bp_epilogue *e; /* with img packed: finish each plane once it is complete */
-    const float *dw_w;    /* depthwise (one input and one output channel per group): col is dy
-                             itself (one block), and row (c, ky, kx) of the column matrix is
-                             w(c, ky, kx) * dy(c) */
-} col2im_args;
 
 static void zero_plane(const bp_image *img, float *plane) {
     for (size_t y = 0; y < img->h; y++) {
@@ -154,38 +137,36 @@ static void zero_plane(const bp_image *img, float *plane) {
     }
 }
 
-/* dx(c0 + ci, ...) += col[(ci, ky, kx)][...] (the adjoint of im2col) over the block's output
-   rows, for ci in [ci0, ci1). */
-static void col2im_channels(void *p, size_t ci0, size_t ci1) {
-    const col2im_args *a = p;
-    const bp_geom *g = a->g;
-    const bp_image *img = a->img;
-    size_t nb = block_pixels(g, a->b);
+/* dx(c0 + ci) += the adjoint of im2col over output rows [oy0, oy1), for ci in [ci0, ci1): column
+   row (ci, ky, kx) is at col + ((ci - ci0)*kh*kw + ky*kw + kx)*nb. Depthwise (dw_w != NULL): the
+   column row is dw_w(c0 + ci, ky, kx) * col[(ci - ci0)*nb + ...] (col is dy itself). */
+static void col2im_block(const bp_geom *g, const bp_image *img, float *dx, size_t c0, size_t ci0, size_t ci1,
+                         const float *col, size_t oy0, size_t oy1, const float *dw_w) {
+    size_t nb = (oy1 - oy0) * g->out_w;
     for (size_t ci = ci0; ci < ci1; ci++) {
-        float *plane = a->dx + (a->c0 + ci) * img->sc;
-        if (a->overwrite) zero_plane(img, plane);
+        float *plane = dx + (c0 + ci) * img->sc;
         for (size_t ky = 0; ky < g->kh; ky++) {
             size_t oy_lo, oy_hi;
             valid_range(g->out_h, g->in_h, g->sy, ky * g->dy, g->pt, &oy_lo, &oy_hi);
-            if (oy_lo < a->b.oy0) oy_lo = a->b.oy0;
-            if (oy_hi > a->b.oy1) oy_hi = a->b.oy1;
+            if (oy_lo < oy0) oy_lo = oy0;
+            if (oy_hi > oy1) oy_hi = oy1;
             for (size_t kx = 0; kx < g->kw; kx++) {
                 size_t ox_lo, ox_hi;
                 valid_range(g->out_w, g->in_w, g->sx, kx * g->dx, g->pl, &ox_lo, &ox_hi);
-                if (ox_lo >= ox_hi) continue; /* this tap never lands inside the image */
+                if (ox_lo >= ox_hi) continue;
                 size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl;
                 size_t step = g->sx * img->sx, n = ox_hi - ox_lo;
                 const float *src;
                 float wv = 1.0f;
-                if (a->dw_w != NULL) {
-                    src = a->col + (a->c0 + ci) * nb;
-                    wv = a->dw_w[((a->c0 + ci) * g->kh + ky) * g->kw + kx];
+                if (dw_w != NULL) {
+                    src = col + (ci - ci0) * nb;
+                    wv = dw_w[((c0 + ci) * g->kh + ky) * g->kw + kx];
                 } else {
-                    src = a->col + ((ci * g->kh + ky) * g->kw + kx) * nb;
+                    src = col + (((ci - ci0) * g->kh + ky) * g->kw + kx) * nb;
                 }
                 for (size_t oy = oy_lo; oy < oy_hi; oy++) {
                     float *dst = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy + ix0 * img->sx;
-                    const float *s = src + (oy - a->b.oy0) * g->out_w + ox_lo;
+                    const float *s = src + (oy - oy0) * g->out_w + ox_lo;
                     if (step == 1)
                         for (size_t i = 0; i < n; i++) dst[i] += wv * s[i];
                     else if (step == 2)
@@ -195,21 +176,10 @@ static void col2im_channels(void *p, size_t ci0, size_t ci1) {
                 }
             }
         }
-        if (a->e != NULL) bp_epilogue_channel(a->e, a->c0 + ci, plane, img->h, img->w);
     }
 }
 
-/* overwrite: zero the planes first (the first block); e: finish them (the last block) */
-static void col2im(const bp_geom *g, const float *col, const bp_image *img, float *dx, size_t c0, row_block b,
-                   bool overwrite, const bp_epilogue *e, int threads) {
-    col2im_args a = {g, col, img, dx, c0, b, overwrite, e, NULL};
-    size_t cost = g->k * block_pixels(g, b) + (overwrite ? g->in_cg * img->h * img->w : 0);
-    bp_parallel_for(threads, g->in_cg, cost, col2im_channels, &a);
-}
-
-/* ---- direct depthwise kernels (one input channel per group) --------------------------------- */
-
-static bool one_input_channel_per_group(const bp_geom *g) { return g->groups > 1 && g->in_cg == 1; }
+/* ---- depthwise helpers ---- */
 
 /* Eight floats as one value (GCC and Clang vector extension; lowered to whatever SIMD the target
    has, or to scalars), so the depthwise block kernels keep their accumulators in registers. */
@@ -291,23 +261,123 @@ static float dw_pixel_slow(const bp_geom *g, const bp_image *img, const float *p
     return s;
 }
 
-typedef struct {
-    const bp_geom *g;
-    const float *w;
-    const bp_image *img;
-    const float *x;
-    float *out;
-    const bp_epilogue *e;
-} depthwise_args;
 
-/* out(o) = sum_taps w(o, ky, kx) * x(o / out_cg, ...) for output channels o in [o0, o1): the
-   interior of each row (every tap inside the image) in vector blocks, the borders per pixel. */
-static void depthwise_forward_channels(void *p, size_t o0, size_t o1) {
-    const depthwise_args *a = p;
-    const bp_geom *g = a->g;
-    const bp_image *img = a->img;
+/* ---- depthwise forward (one input channel per group) ------------------------------------------ */
+
+/* Padded-plane kernel. The input plane is copied into a zero-bordered scratch plane wide enough
+   for whole 8-float vectors of output; with stride 2 its even and odd columns become two
+   sub-planes, so every tap of every output vector is one contiguous load. The border is the same
+   for every channel: the plane is zeroed once per run of channels and only its interior is
+   rewritten for each. */
+static size_t dw_plane_floats(const bp_geom *g) { return dw_plane_rows(g) * dw_plane_cols(g) * (g->sx == 2 ? 2 : 1); }
+
+static void dw_fill_plane(const bp_geom *g, const bp_image *img, const float *src, float *p) {
+    size_t cols = dw_plane_cols(g), rows = dw_plane_rows(g), sub = rows * cols;
+    size_t full = g->sx == 2 ? 2 * cols : cols; /* padded-input columns held */
+    size_t y1 = min_size(g->pt + g->in_h, rows), x1 = min_size(g->pl + g->in_w, full);
+    if (g->pl >= x1) return;
+    size_t n = x1 - g->pl;
+    for (size_t py = g->pt; py < y1; py++) {
+        const float *srow = src + (py - g->pt) * img->sy;
+        float *even = p + py * cols;
+        if (g->sx == 1) {
+            float *dst = even + g->pl;
+            if (img->sx == 1)
+                for (size_t i = 0; i < n; i++) dst[i] = srow[i];
+            else
+                for (size_t i = 0; i < n; i++) dst[i] = srow[i * img->sx];
+        } else {
+            float *odd = even + sub;
+            for (size_t i = 0; i < n; i++) {
+                size_t px = g->pl + i;
+                float v = srow[i * img->sx];
+                if (px & 1) odd[px >> 1] = v;
+                else even[px >> 1] = v;
+            }
+        }
+    }
+}
+
+static inline void store_part(float *dst, const bp_v8 *v, size_t n) {
+    if (n >= 8) {
+        memcpy(dst, v, sizeof *v);
+        return;
+    }
+#if defined(__AVX2__)
+    static const int32_t ramp[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    __m256i lanes = _mm256_loadu_si256((const __m256i *)ramp);
+    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
+    __m256 value;
+    memcpy(&value, v, sizeof value);
+    _mm256_maskstore_ps(dst, mask, value);
+#else
+    for (size_t i = 0; i < n; i++) dst[i] = (*v)[i];
+#endif
+}
+
+/* An R x V tile of output vectors (R rows, V vectors of 8 columns from column ox): R*V independent
+   accumulators hide the FMA latency; R and V are constants once inlined, so they stay in registers. */
+static inline __attribute__((always_inline)) void dw_tile(const float *base, size_t row_step, const size_t *off,
+                                                          const float *wo, size_t taps, float bias, float *out,
+                                                          size_t ow, size_t ox, const int R, const int V) {
+    bp_v8 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            for (int j = 0; j < 8; j++) acc[r][v][j] = bias;
+    for (size_t t = 0; t < taps; t++) {
+        const float *s = base + off[t] + ox;
+        float wv = wo[t];
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < V; v++) {
+                bp_v8 x;
+                memcpy(&x, s + r * row_step + 8 * v, sizeof x);
+                acc[r][v] += wv * x;
+            }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            if (ox + 8 * (size_t)v < ow) store_part(out + r * ow + ox + 8 * v, &acc[r][v], ow - ox - 8 * v);
+}
+
+/* One output plane from the padded plane p, every value starting at the bias. */
+static void dw_fast_plane(const bp_geom *g, const float *p, const float *wo, float bias, float *out) {
+    size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols, ow = g->out_w, oh = g->out_h;
+    size_t ow8 = ceil_div(ow, 8) * 8, taps = g->kh * g->kw;
+    /* tap offsets into the padded plane from the first input of output (0, 0) */
+    size_t off[64 * 64];
+    for (size_t ky = 0; ky < g->kh; ky++)
+        for (size_t kx = 0; kx < g->kw; kx++) {
+            size_t t = kx * g->dx, row = ky * g->dy * cols;
+            off[ky * g->kw + kx] = g->sx == 2 ? row + (t & 1) * sub + (t >> 1) : row + t;
+        }
+    size_t row_step = g->sy * cols, oy = 0;
+    for (; oy + 4 <= oh; oy += 4) {
+        const float *base = p + oy * row_step;
+        float *orow = out + oy * ow;
+        size_t ox = 0;
+        for (; ox + 16 <= ow8; ox += 16) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 4, 2);
+        if (ox < ow8) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 4, 1);
+    }
+    if (oy + 2 <= oh) {
+        const float *base = p + oy * row_step;
+        float *orow = out + oy * ow;
+        size_t ox = 0;
+        for (; ox + 16 <= ow8; ox += 16) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 2, 2);
+        if (ox < ow8) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 2, 1);
+        oy += 2;
+    }
+    for (; oy < oh; oy++) {
+        const float *base = p + oy * row_step;
+        float *orow = out + oy * ow;
+        size_t ox = 0;
+        for (; ox + 32 <= ow8; ox += 32) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 1, 4);
+        for (; ox < ow8; ox += 8) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 1, 1);
+    }
+}
+
+/* General kernel (any stride, huge kernels): interior vector blocks, borders per pixel. */
+static void dw_general_plane(const bp_geom *g, const bp_image *img, const float *plane, const float *wo, float *out) {
     size_t kh = g->kh, kw = g->kw, ow = g->out_w;
-    /* columns where every kx is inside: ox*sx >= pl and ox*sx + (kw-1)*dx - pl < in_w */
     size_t in_lo = g->pl / g->sx + (g->pl % g->sx != 0), in_hi = 0;
     if (g->in_w + g->pl > (kw - 1) * g->dx) {
         in_hi = (g->in_w + g->pl - (kw - 1) * g->dx - 1) / g->sx + 1;
@@ -316,89 +386,73 @@ static void depthwise_forward_channels(void *p, size_t o0, size_t o1) {
     if (in_lo > in_hi) in_lo = in_hi;
     bool fast = kh <= 64;
     dw_taps t;
-    for (size_t o = o0; o < o1; o++) {
-        const float *plane = a->x + (o / g->out_cg) * img->sc;
-        const float *wo = a->w + o * kh * kw;
-        float *out = a->out + o * out_pixels(g);
-        for (size_t oy = 0; oy < g->out_h; oy++) {
-            float *row = out + oy * ow;
-            if (!fast) {
-                for (size_t ox = 0; ox < ow; ox++) row[ox] = dw_pixel_slow(g, img, plane, wo, oy, ox);
-                continue;
-            }
-            t.n = 0;
-            for (size_t ky = 0; ky < kh; ky++) {
-                size_t iy = oy * g->sy + ky * g->dy;
-                if (iy < g->pt || iy - g->pt >= g->in_h) continue;
-                t.rows[t.n] = plane + (iy - g->pt) * img->sy;
-                t.wrows[t.n++] = wo + ky * kw;
-            }
-            size_t ox = 0;
-            for (; ox < in_lo; ox++) row[ox] = dw_pixel_checked(g, img, &t, ox);
-            /* interior: blocks of 16, then 8 pixels; the last block moves back to end at in_hi
-               (recomputing a few pixels) when the interior is at least 8 wide */
-            while (ox < in_hi) {
-                size_t left = in_hi - ox;
-                if (left >= 16) {
-                    dw_block16(g, img, &t, ox, row);
-                    ox += 16;
-                } else if (in_hi - in_lo >= 8) {
-                    size_t start = left >= 8 ? ox : in_hi - 8;
-                    dw_block8(g, img, &t, start, row);
-                    ox = start + 8;
-                } else {
-                    row[ox] = dw_pixel_checked(g, img, &t, ox);
-                    ox++;
-                }
-            }
-            for (; ox < ow; ox++) row[ox] = dw_pixel_checked(g, img, &t, ox);
+    for (size_t oy = 0; oy < g->out_h; oy++) {
+        float *row = out + oy * ow;
+        if (!fast) {
+            for (size_t ox = 0; ox < ow; ox++) row[ox] = dw_pixel_slow(g, img, plane, wo, oy, ox);
+            continue;
         }
-        if (a->e != NULL) bp_epilogue_channel(a->e, o, out, g->out_h, ow);
+        t.n = 0;
+        for (size_t ky = 0; ky < kh; ky++) {
+            size_t iy = oy * g->sy + ky * g->dy;
+            if (iy < g->pt || iy - g->pt >= g->in_h) continue;
+            t.rows[t.n] = plane + (iy - g->pt) * img->sy;
+            t.wrows[t.n++] = wo + ky * kw;
+        }
+        size_t ox = 0;
+        for (; ox < in_lo; ox++) row[ox] = dw_pixel_checked(g, img, &t, ox);
+        while (ox < in_hi) {
+            size_t left = in_hi - ox;
+            if (left >= 16) {
+                dw_block16(g, img, &t, ox, row);
+                ox += 16;
+            } else if (in_hi - in_lo >= 8) {
+                size_t start = left >= 8 ? ox : in_hi - 8;
+                dw_block8(g, img, &t, start, row);
+                ox = start + 8;
+            } else {
+                row[ox] = dw_pixel_checked(g, img, &t, ox);
+                ox++;
+            }
+        }
+        for (; ox < ow; ox++) row[ox] = dw_pixel_checked(g, img, &t, ox);
     }
 }
 
+/* ---- tasks -------------------------------------------------------------------------------- */
+
+/* How many workers a job gets, and how fine its column blocks and channel chunks are cut so
+   that every worker has a task even for a single image. */
 typedef struct {
-    const bp_geom *g;
-    const bp_image *img;
-    const float *x, *dy;
-    float *dw;
-    float beta;
-} depthwise_dw_args;
+    int workers;
+    size_t rows;    /* output rows per column block */
+    size_t blocks;  /* column blocks per image */
+    size_t chunks;  /* channel chunks per block */
+    size_t tasks;
+} task_plan;
 
-/* dW(o, ky, kx) = beta*dW + sum_pixels dy(o, oy, ox) * x(o / out_cg, oy*sy + ky*dy - pt, ...) */
-static void depthwise_weights_channels(void *p, size_t o0, size_t o1) {
-    const depthwise_dw_args *a = p;
-    const bp_geom *g = a->g;
-    const bp_image *img = a->img;
-    for (size_t o = o0; o < o1; o++) {
-        const float *plane = a->x + (o / g->out_cg) * img->sc;
-        const float *d = a->dy + o * out_pixels(g);
-        for (size_t ky = 0; ky < g->kh; ky++) {
-            size_t oy_lo, oy_hi;
-            valid_range(g->out_h, g->in_h, g->sy, ky * g->dy, g->pt, &oy_lo, &oy_hi);
-            for (size_t kx = 0; kx < g->kw; kx++) {
-                size_t ox_lo, ox_hi;
-                valid_range(g->out_w, g->in_w, g->sx, kx * g->dx, g->pl, &ox_lo, &ox_hi);
-                float s = 0.0f;
-                if (ox_lo < ox_hi) {
-                    size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl, step = g->sx * img->sx, n = ox_hi - ox_lo;
-                    for (size_t oy = oy_lo; oy < oy_hi; oy++) {
-                        const float *src = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy + ix0 * img->sx;
-                        const float *dr = d + oy * g->out_w + ox_lo;
-                        if (step == 1)
-                            for (size_t i = 0; i < n; i++) s += dr[i] * src[i];
-                        else
-                            for (size_t i = 0; i < n; i++) s += dr[i] * src[i * step];
-                    }
-                }
-                float *dst = a->dw + (o * g->kh + ky) * g->kw + kx;
-                *dst = a->beta == 0.0f ? s : a->beta * *dst + s;
-            }
+static task_plan plan_tasks(const bp_geom *g, const bp_gemm_ctx *ctx, size_t batch, size_t flops, size_t channels,
+                            bool split_rows) {
+    task_plan p = {bp_workers_for(ctx->threads, flops), g->block_rows, 0, 1, 0};
+    size_t outer = batch * g->groups;
+    p.blocks = ceil_div(g->out_h, p.rows);
+    if (split_rows && outer * p.blocks < (size_t)p.workers) {
+        size_t want = ceil_div((size_t)p.workers, outer);
+        size_t rows = ceil_div(g->out_h, want);
+        if (rows * g->out_w >= MIN_SPLIT_PIXELS && rows < p.rows) {
+            p.rows = rows;
+            p.blocks = ceil_div(g->out_h, rows);
         }
     }
+    size_t units = outer * (split_rows ? p.blocks : 1);
+    if (units < (size_t)p.workers) {
+        size_t most = channels / MIN_CHUNK_CHANNELS;
+        p.chunks = min_size(ceil_div((size_t)p.workers, units), most < 1 ? 1 : most);
+    }
+    p.tasks = units * p.chunks;
+    if ((size_t)p.workers > p.tasks) p.workers = (int)p.tasks;
+    return p;
 }
-
-/* ---- public entry points ---------------------------------------------------------------------- */
 
 static bool direct_columns(const bp_geom *g, const bp_image *img) {
     /* 1x1, stride 1, no padding, packed input: the input already is the column matrix */
@@ -406,83 +460,275 @@ static bool direct_columns(const bp_geom *g, const bp_image *img) {
            g->out_h == g->in_h && g->out_w == g->in_w;
 }
 
-static row_block next_block(const bp_geom *g, size_t oy0) {
-    size_t rows = g->block_rows ? g->block_rows : g->out_h;
-    row_block b = {oy0, oy0 + rows < g->out_h ? oy0 + rows : g->out_h};
-    return b;
+/* ---- forward ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const bp_geom *g;
+    const float *w;
+    size_t batch;
+    const bp_image *x_img;
+    const float *x;
+    size_t x_bs;
+    float *y;
+    size_t y_bs;
+    const bp_epilogue *e;
+    const bp_scratch *s;
+    const bp_gemm_ctx *ctx;
+    task_plan p;
+    bool direct;
+} forward_job;
+
+static void forward_tasks(void *arg, int worker, int workers) {
+    const forward_job *j = arg;
+    const bp_geom *g = j->g;
+    size_t ohw = out_pixels(g), ow = g->out_w, t0, t1;
+    bp_split(j->p.tasks, worker, workers, &t0, &t1);
+    float *col = j->s->base + (size_t)worker * j->s->stride;
+    size_t have = SIZE_MAX; /* the (image, group, block) whose columns are in col */
+    for (size_t t = t0; t < t1; t++) {
+        size_t q = t % j->p.chunks, u = t / j->p.chunks;
+        size_t blk = u % j->p.blocks, ig = u / j->p.blocks, grp = ig % g->groups, b = ig / g->groups;
+        size_t oy0 = blk * j->p.rows, oy1 = min_size(oy0 + j->p.rows, g->out_h), nb = (oy1 - oy0) * ow;
+        size_t m0, m1;
+        bp_split(g->out_cg, (int)q, (int)j->p.chunks, &m0, &m1);
+        const float *x = j->x + b * j->x_bs;
+        const float *cols;
+        size_t ldb;
+        if (j->direct) {
+            cols = x + grp * g->in_cg * j->x_img->sc + oy0 * ow;
+            ldb = ohw;
+        } else {
+            if (have != u) {
+                im2col_block(g, j->x_img, x, grp * g->in_cg, 0, g->k, oy0, oy1, col);
+                have = u;
+            }
+            cols = col;
+            ldb = nb;
+        }
+        float *out = j->y + b * j->y_bs + (grp * g->out_cg + m0) * ohw + oy0 * ow;
+        bp_sgemm(j->ctx, false, false, m1 - m0, nb, g->k, 1.0f, j->w + (grp * g->out_cg + m0) * g->k, g->k, cols, ldb,
+                 0.0f, out, ohw);
+        for (size_t m = m0; m < m1; m++) bp_epilogue_run(j->e, grp * g->out_cg + m, out + (m - m0) * ohw, nb);
+    }
 }
 
-void bp_conv_forward(const bp_geom *g, const float *w, const bp_image *x_img, const float *x, float *out,
-                     float *col, const bp_gemm_ctx *gemm, const bp_epilogue *e) {
-    size_t ohw = out_pixels(g);
+typedef struct {
+    const forward_job *f;
+    size_t tasks; /* batch * out_c planes */
+} depthwise_job;
+
+static void depthwise_tasks(void *arg, int worker, int workers) {
+    const depthwise_job *d = arg;
+    const forward_job *j = d->f;
+    const bp_geom *g = j->g;
+    size_t ohw = out_pixels(g), t0, t1;
+    bp_split(d->tasks, worker, workers, &t0, &t1);
+    float *plane = j->s->base + (size_t)worker * j->s->stride;
+    bool fast = depthwise_fast(g);
+    size_t have = SIZE_MAX; /* image * in_c + channel of the padded plane */
+    if (fast && t0 < t1) memset(plane, 0, dw_plane_floats(g) * sizeof(float));
+    for (size_t t = t0; t < t1; t++) {
+        size_t o = t % g->out_c, b = t / g->out_c, ci = o / g->out_cg;
+        const float *src = j->x + b * j->x_bs + ci * j->x_img->sc;
+        const float *wo = j->w + o * g->kh * g->kw;
+        float *out = j->y + b * j->y_bs + o * ohw;
+        if (fast) {
+            if (have != b * g->in_c + ci) {
+                dw_fill_plane(g, j->x_img, src, plane);
+                have = b * g->in_c + ci;
+            }
+            float bias = 0.0f;
+            if (j->e != NULL && j->e->bias != NULL) bias = j->e->bias[o * j->e->bias_stride];
+            dw_fast_plane(g, plane, wo, bias, out);
+            if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, out, ohw);
+        } else {
+            dw_general_plane(g, j->x_img, src, wo, out);
+            bp_epilogue_run(j->e, o, out, ohw);
+        }
+    }
+}
+
+void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_image *x_img, const float *x,
+                     size_t x_bs, float *y, size_t y_bs, const bp_epilogue *e, const bp_scratch *s,
+                     const bp_gemm_ctx *ctx) {
+    size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
+    forward_job j = {g, w, batch, x_img, x, x_bs, y, y_bs, e, s, ctx, {0}, direct_columns(g, x_img)};
     if (one_input_channel_per_group(g)) {
-        depthwise_args a = {g, w, x_img, x, out, e};
-        bp_parallel_for(gemm->threads, g->out_c, g->out_c * ohw * g->kh * g->kw * 2, depthwise_forward_channels, &a);
+        depthwise_job d = {&j, batch * g->out_c};
+        int workers = bp_workers_for(ctx->threads, flops);
+        bp_parallel_run(workers, depthwise_tasks, &d);
         return;
     }
-    bool direct = direct_columns(g, x_img);
-    for (size_t grp = 0; grp < g->groups; grp++) {
-        const float *wg = w + grp * g->out_cg * g->k;
-        float *og = out + grp * g->out_cg * ohw;
-        if (direct) {
-            bp_sgemm(gemm, false, false, g->out_cg, ohw, g->k, 1.0f, wg, g->k, x + grp * g->in_cg * x_img->sc, ohw,
-                     0.0f, og, ohw);
-            continue;
-        }
-        for (row_block b = next_block(g, 0); b.oy0 < g->out_h; b = next_block(g, b.oy1)) {
-            size_t nb = block_pixels(g, b);
-            im2col(g, x_img, x, grp * g->in_cg, col, b, gemm->threads);
-            bp_sgemm(gemm, false, false, g->out_cg, nb, g->k, 1.0f, wg, g->k, col, nb, 0.0f, og + b.oy0 * g->out_w,
-                     ohw);
-        }
-    }
-    bp_epilogue_planes(e, out, g->out_c, g->out_h, g->out_w, gemm->threads);
+    j.p = plan_tasks(g, ctx, batch, flops, g->out_cg, true);
+    bp_parallel_run(j.p.workers, forward_tasks, &j);
 }
 
-void bp_conv_backward_data(const bp_geom *g, const float *w, const float *dy, const bp_image *dx_img, float *dx,
-                           bool overwrite, float *col, const bp_gemm_ctx *gemm, const bp_epilogue *e) {
-    size_t ohw = out_pixels(g);
-    if (one_input_channel_per_group(g) && g->out_cg == 1) {
-        /* depthwise: scatter w * dy straight from dy, every channel being its own group */
-        row_block all = {0, g->out_h};
-        col2im_args a = {g, dy, dx_img, dx, 0, all, overwrite, e, w};
-        bp_parallel_for(gemm->threads, g->in_c, g->in_c * ohw * g->kh * g->kw * 2, col2im_channels, &a);
-        return;
+/* ---- backward data: dx = col2im(W^T dy) (also the forward pass of a transposed filter) -------- */
+
+typedef struct {
+    const bp_geom *g;
+    const float *w;
+    size_t batch;
+    const float *dy;
+    size_t dy_bs;
+    const bp_image *dx_img;
+    float *dx;
+    size_t dx_bs;
+    bool overwrite;
+    const bp_epilogue *e;
+    const bp_scratch *s;
+    const bp_gemm_ctx *ctx;
+    task_plan p;
+} backward_data_job;
+
+static void backward_data_tasks(void *arg, int worker, int workers) {
+    const backward_data_job *j = arg;
+    const bp_geom *g = j->g;
+    const bp_image *img = j->dx_img;
+    size_t ohw = out_pixels(g), t0, t1, khw = g->kh * g->kw;
+    bp_split(j->p.tasks, worker, workers, &t0, &t1);
+    float *col = j->s->base + (size_t)worker * j->s->stride;
+    bool depthwise = one_input_channel_per_group(g) && g->out_cg == 1;
+    for (size_t t = t0; t < t1; t++) {
+        size_t q = t % j->p.chunks, ig = t / j->p.chunks, grp = ig % g->groups, b = ig / g->groups;
+        size_t c0, c1;
+        bp_split(g->in_cg, (int)q, (int)j->p.chunks, &c0, &c1);
+        float *dx = j->dx + b * j->dx_bs;
+        const float *dy = j->dy + b * j->dy_bs + grp * g->out_cg * ohw;
+        size_t cbase = grp * g->in_cg;
+        if (j->overwrite)
+            for (size_t c = c0; c < c1; c++) zero_plane(img, dx + (cbase + c) * img->sc);
+        if (depthwise) {
+            col2im_block(g, img, dx, cbase, c0, c1, dy, 0, g->out_h, j->w);
+        } else {
+            const float *wg = j->w + grp * g->out_cg * g->k;
+            for (size_t oy0 = 0; oy0 < g->out_h; oy0 += g->block_rows) {
+                size_t oy1 = min_size(oy0 + g->block_rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
+                bp_sgemm(j->ctx, true, false, (c1 - c0) * khw, nb, g->out_cg, 1.0f, wg + c0 * khw, g->k,
+                         dy + oy0 * g->out_w, ohw, 0.0f, col, nb);
+                col2im_block(g, img, dx, cbase, c0, c1, col, oy0, oy1, NULL);
+            }
+        }
+        if (j->e != NULL)
+            for (size_t c = c0; c < c1; c++)
+                bp_epilogue_run(j->e, cbase + c, dx + (cbase + c) * img->sc, img->h * img->w);
     }
-    for (size_t grp = 0; grp < g->groups; grp++) {
-        const float *wg = w + grp * g->out_cg * g->k, *dyg = dy + grp * g->out_cg * ohw;
-        for (row_block b = next_block(g, 0); b.oy0 < g->out_h; b = next_block(g, b.oy1)) {
-            size_t nb = block_pixels(g, b);
-            bp_sgemm(gemm, true, false, g->k, nb, g->out_cg, 1.0f, wg, g->k, dyg + b.oy0 * g->out_w, ohw, 0.0f, col,
-                     nb);
-            col2im(g, col, dx_img, dx, grp * g->in_cg, b, overwrite && b.oy0 == 0, b.oy1 == g->out_h ? e : NULL,
-                   gemm->threads);
+}
+
+void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const float *dy, size_t dy_bs,
+                           const bp_image *dx_img, float *dx, size_t dx_bs, bool overwrite, const bp_epilogue *e,
+                           const bp_scratch *s, const bp_gemm_ctx *ctx) {
+    size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
+    backward_data_job j = {g, w, batch, dy, dy_bs, dx_img, dx, dx_bs, overwrite, dx_img->packed ? e : NULL, s, ctx, {0}};
+    j.p = plan_tasks(g, ctx, batch, flops, g->in_cg, false);
+    j.p.blocks = 1;
+    j.p.tasks = batch * g->groups * j.p.chunks;
+    if ((size_t)j.p.workers > j.p.tasks) j.p.workers = (int)j.p.tasks;
+    bp_parallel_run(j.p.workers, backward_data_tasks, &j);
+}
+
+/* ---- weight gradient: dW_g (+)= dy_g * im2col(x_g)^T, summed over the batch ---------------- */
+
+typedef struct {
+    const bp_geom *g;
+    size_t batch;
+    const bp_image *x_img;
+    const float *x;
+    size_t x_bs;
+    const float *dy;
+    size_t dy_bs;
+    float *dw;
+    float beta;
+    const bp_scratch *s;
+    const bp_gemm_ctx *ctx;
+    size_t chunks, tasks;
+    bool direct;
+} weights_job;
+
+/* Depthwise: one sum per tap, over every pixel of every image. */
+static void depthwise_weights(const weights_job *j, size_t o) {
+    const bp_geom *g = j->g;
+    const bp_image *img = j->x_img;
+    for (size_t ky = 0; ky < g->kh; ky++) {
+        size_t oy_lo, oy_hi;
+        valid_range(g->out_h, g->in_h, g->sy, ky * g->dy, g->pt, &oy_lo, &oy_hi);
+        for (size_t kx = 0; kx < g->kw; kx++) {
+            size_t ox_lo, ox_hi;
+            valid_range(g->out_w, g->in_w, g->sx, kx * g->dx, g->pl, &ox_lo, &ox_hi);
+            float s = 0.0f;
+            if (ox_lo < ox_hi) {
+                size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl, step = g->sx * img->sx, n = ox_hi - ox_lo;
+                for (size_t b = 0; b < j->batch; b++) {
+                    const float *plane = j->x + b * j->x_bs + (o / g->out_cg) * img->sc;
+                    const float *d = j->dy + b * j->dy_bs + o * out_pixels(g);
+                    for (size_t oy = oy_lo; oy < oy_hi; oy++) {
+                        const float *src = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy + ix0 * img->sx;
+                        const float *dr = d + oy * g->out_w + ox_lo;
+                        float acc = 0.0f;
+                        if (step == 1)
+                            for (size_t i = 0; i < n; i++) acc += dr[i] * src[i];
+                        else
+                            for (size_t i = 0; i < n; i++) acc += dr[i] * src[i * step];
+                        s += acc;
+                    }
+                }
+            }
+            float *dst = j->dw + (o * g->kh + ky) * g->kw + kx;
+            *dst = j->beta == 0.0f ? s : j->beta * *dst + s;
         }
     }
 }
 
-void bp_conv_backward_weights(const bp_geom *g, const float *x, const bp_image *x_img, const float *dy, float *dw,
-                              float beta, float *col, const bp_gemm_ctx *gemm) {
-    size_t ohw = out_pixels(g);
+static void weights_tasks(void *arg, int worker, int workers) {
+    const weights_job *j = arg;
+    const bp_geom *g = j->g;
+    size_t ohw = out_pixels(g), t0, t1;
+    bp_split(j->tasks, worker, workers, &t0, &t1);
     if (one_input_channel_per_group(g)) {
-        depthwise_dw_args a = {g, x_img, x, dy, dw, beta};
-        bp_parallel_for(gemm->threads, g->out_c, g->out_c * ohw * g->kh * g->kw * 2, depthwise_weights_channels, &a);
+        for (size_t o = t0; o < t1; o++) depthwise_weights(j, o);
         return;
     }
-    bool direct = direct_columns(g, x_img);
-    for (size_t grp = 0; grp < g->groups; grp++) {
-        const float *dyg = dy + grp * g->out_cg * ohw;
-        float *dwg = dw + grp * g->out_cg * g->k;
-        if (direct) {
-            bp_sgemm(gemm, false, true, g->out_cg, g->k, ohw, 1.0f, dyg, ohw, x + grp * g->in_cg * x_img->sc, ohw, beta,
-                     dwg, g->k);
-            continue;
-        }
-        for (row_block b = next_block(g, 0); b.oy0 < g->out_h; b = next_block(g, b.oy1)) {
-            size_t nb = block_pixels(g, b);
-            im2col(g, x_img, x, grp * g->in_cg, col, b, gemm->threads);
-            bp_sgemm(gemm, false, true, g->out_cg, g->k, nb, 1.0f, dyg + b.oy0 * g->out_w, ohw, col, nb,
-                     b.oy0 == 0 ? beta : 1.0f, dwg, g->k);
+    float *col = j->s->base + (size_t)worker * j->s->stride;
+    for (size_t t = t0; t < t1; t++) {
+        size_t q = t % j->chunks, grp = t / j->chunks, r0, r1;
+        bp_split(g->k, (int)q, (int)j->chunks, &r0, &r1);
+        if (r0 >= r1) continue;
+        float *dwg = j->dw + grp * g->out_cg * g->k + r0;
+        bool first = true;
+        for (size_t b = 0; b < j->batch; b++) {
+            const float *x = j->x + b * j->x_bs;
+            const float *dyg = j->dy + b * j->dy_bs + grp * g->out_cg * ohw;
+            size_t rows = j->direct ? g->out_h : g->block_rows;
+            for (size_t oy0 = 0; oy0 < g->out_h; oy0 += rows) {
+                size_t oy1 = min_size(oy0 + rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
+                const float *cols = col;
+                size_t ldb = nb;
+                if (j->direct) {
+                    cols = x + (grp * g->in_cg + r0) * j->x_img->sc;
+                    ldb = ohw;
+                } else {
+                    im2col_block(g, j->x_img, x, grp * g->in_cg, r0, r1, oy0, oy1, col);
+                }
+                bp_sgemm(j->ctx, false, true, g->out_cg, r1 - r0, nb, 1.0f, dyg + oy0 * g->out_w, ohw, cols, ldb,
+                         first ? j->beta : 1.0f, dwg, g->k);
+                first = false;
+            }
         }
     }
+}
+
+void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
+                              const float *dy, size_t dy_bs, float *dw, float beta, const bp_scratch *s,
+                              const bp_gemm_ctx *ctx) {
+    size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
+    weights_job j = {g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s, ctx, 1, 0, direct_columns(g, x_img)};
+    int workers = bp_workers_for(ctx->threads, flops);
+    if (one_input_channel_per_group(g)) {
+        j.tasks = g->out_c;
+    } else {
+        if (g->groups < (size_t)workers) j.chunks = min_size(ceil_div((size_t)workers, g->groups), g->k);
+        j.tasks = g->groups * j.chunks;
+    }
+    if ((size_t)workers > j.tasks) workers = (int)j.tasks;
+    bp_parallel_run(workers, weights_tasks, &j);
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "filter.h"
+#include "parallel.h"
 
 static atomic_long live_filters;
 static atomic_long created_filters;
@@ -102,20 +103,15 @@ float bp_bias_at(const bp_filter *f, size_t channel) {
 
 static size_t weight_count(const bp_geom *g) { return g->out_c * g->k; }
 
-/* Depthwise layers (one input and one output channel per group) never build a column matrix. */
-static bool needs_columns(const bp_geom *g) { return !(g->groups > 1 && g->in_cg == 1 && g->out_cg == 1); }
-
-/* The column block: k x (block_rows * out_w) floats (block_rows and k were checked at creation). */
-static size_t column_floats(const bp_geom *g) { return needs_columns(g) ? g->k * g->block_rows * g->out_w : 0; }
+static size_t scratch_total(const bp_filter *f) { return f->scratch_floats * (size_t)f->workers; }
 
 void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     const bp_geom *g = &f->g;
-    size_t col = column_floats(g);
     size_t in = g->in_c * g->in_h * g->in_w, out = g->out_c * g->out_h * g->out_w;
     /* 16-float (64-byte) aligned slices */
 #define SLICE(n) (((n) + 15) / 16 * 16)
-    w->col = base;
-    w->pack_in = w->col + SLICE(col);
+    w->scratch = (bp_scratch){base, f->scratch_floats};
+    w->pack_in = base + SLICE(scratch_total(f));
     w->pack_out = w->pack_in + SLICE(in);
     w->pack_out2 = w->pack_out + SLICE(out);
     w->weights = w->pack_out2 + (f->client ? SLICE(out) : 0);
@@ -126,13 +122,12 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
     const bp_geom *g = &f->g;
-    size_t col, in, out, wc, total = 0, t;
-    if (!bp_mul(g->k, g->block_rows, &t) || !bp_mul(t, g->out_w, &col)) return false;
-    col = needs_columns(g) ? col : 0;
+    size_t scratch, in, out, wc, total = 0, t;
+    if (!bp_mul(f->scratch_floats, (size_t)f->workers, &scratch)) return false;
     if (!bp_mul(g->in_c, g->in_h, &t) || !bp_mul(t, g->in_w, &in)) return false;
     if (!bp_mul(g->out_c, g->out_h, &t) || !bp_mul(t, g->out_w, &out)) return false;
     if (!bp_mul(g->out_c, g->k, &wc)) return false;
-    size_t parts[] = {col, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
+    size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
@@ -337,16 +332,11 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     g->in_cg = g->in_c / groups;
     g->out_cg = g->out_c / groups;
     g->k = g->in_cg * kh * kw;
-    /* output rows per column block: about BNNS_PORTABLE_COL_BLOCK_FLOATS floats, at least one row */
-    size_t row_floats;
-    g->block_rows = g->out_h;
-    if (bp_mul(g->k, g->out_w, &row_floats) && row_floats > 0) {
-        size_t rows = BNNS_PORTABLE_COL_BLOCK_FLOATS / row_floats;
-        if (rows < 1) rows = 1;
-        if (rows < g->out_h) {
-            size_t blocks = (g->out_h + rows - 1) / rows;
-            g->block_rows = (g->out_h + blocks - 1) / blocks; /* equal blocks, no small last one */
-        }
+    f->workers = f->gemm.threads < BP_MAX_WORKERS ? f->gemm.threads : BP_MAX_WORKERS;
+    if (!bp_geom_plan(g, &f->scratch_floats)) {
+        bp_set_error("workspace size overflow");
+        bp_free(&allocator, f);
+        return NULL;
     }
     /* the BLAS takes 32-bit dimensions and leading dimensions */
     if (g->k > INT32_MAX || g->out_cg > INT32_MAX || g->out_h * g->out_w > INT32_MAX || g->in_h * g->in_w > INT32_MAX) {
@@ -407,25 +397,40 @@ void BNNSFilterDestroy(BNNSFilter filter) {
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
-static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const float *x, float *y) {
-    const bp_geom *g = &f->g;
-    bp_image out_packed = bp_packed_like(&f->out);
-    float *result = f->out.packed ? y : (f->transposed ? w->pack_in : w->pack_out);
-    /* bias, activation and the copy into a strided output run on each channel plane as soon as it
-       is complete; a channelwise activation (softmax) has to wait for all channels */
-    bool channelwise = bp_activation_is_channelwise(&f->activation);
+static bp_epilogue forward_epilogue(const bp_filter *f) {
     bp_epilogue e = {0};
     if (f->has_bias) {
         e.bias = f->bias_owned != NULL ? f->bias_owned : f->bias_data;
         e.bias_stride = f->bias_owned != NULL ? 1 : f->bias_stride;
     }
-    if (!channelwise && f->activation.function != BNNSActivationFunctionIdentity) e.act = &f->activation;
-    if (!channelwise && !f->out.packed) {
-        e.dst_img = &f->out;
-        e.dst = y;
-    }
+    /* a channelwise activation (softmax) needs every channel of a pixel: applied afterwards */
+    if (!bp_activation_is_channelwise(&f->activation) && f->activation.function != BNNSActivationFunctionIdentity)
+        e.act = &f->activation;
+    return e;
+}
+
+/* The whole batch in one parallel pass: packed outputs (and, transposed, packed inputs) with an
+   elementwise activation. */
+static bool batch_at_once(const bp_filter *f) {
+    return f->out.packed && (!f->transposed || f->in.packed) && !bp_activation_is_channelwise(&f->activation);
+}
+
+static void forward_batch(bp_filter *f, const bp_work *w, const float *weights, size_t batch, const float *x,
+                          size_t x_bs, float *y, size_t y_bs) {
+    bp_epilogue e = forward_epilogue(f);
+    if (!f->transposed)
+        bp_conv_forward(&f->g, weights, batch, &f->in, x, x_bs, y, y_bs, &e, &w->scratch, &f->gemm);
+    else
+        bp_conv_backward_data(&f->g, weights, batch, x, x_bs, &f->out, y, y_bs, true, &e, &w->scratch, &f->gemm);
+}
+
+/* One image through packed buffers: strided outputs or inputs, channelwise activations. */
+static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const float *x, float *y) {
+    bp_image out_packed = bp_packed_like(&f->out);
+    float *result = f->out.packed ? y : (f->transposed ? w->pack_in : w->pack_out);
+    bp_epilogue e = forward_epilogue(f);
     if (!f->transposed) {
-        bp_conv_forward(g, weights, &f->in, x, result, w->col, &f->gemm, &e);
+        bp_conv_forward(&f->g, weights, 1, &f->in, x, 0, result, 0, &e, &w->scratch, &f->gemm);
     } else {
         const float *t_in = x; /* S's output gradient: must be packed */
         if (!f->in.packed) {
@@ -433,13 +438,13 @@ static void forward_one(bp_filter *f, const bp_work *w, const float *weights, co
             bp_copy_image(&f->in, x, &in_packed, w->pack_out, false);
             t_in = w->pack_out;
         }
-        bp_conv_backward_data(g, weights, t_in, &out_packed, result, true, w->col, &f->gemm, &e);
+        bp_conv_backward_data(&f->g, weights, 1, t_in, 0, &out_packed, result, 0, true, &e, &w->scratch, &f->gemm);
     }
-    if (channelwise) {
+    if (bp_activation_is_channelwise(&f->activation)) {
         size_t hw = f->out.w * f->out.h;
         bp_activation_apply_image(&f->activation, result, f->out.c, hw, hw);
-        if (!f->out.packed) bp_copy_image(&out_packed, result, &f->out, y, false);
     }
+    if (!f->out.packed) bp_copy_image(&out_packed, result, &f->out, y, false);
 }
 
 /* A standard filter over 1x1 images with a 1x1 kernel (every fully-connected filter) maps a batch
@@ -455,7 +460,8 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
 static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
                                size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
-    bp_sgemm(&f->gemm, false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out, out_stride);
+    bp_sgemm_parallel(&f->gemm, false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out,
+                      out_stride);
     for (size_t b = 0; b < batch; b++) {
         float *row = out + b * out_stride;
         if (f->has_bias)
@@ -493,6 +499,8 @@ int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, s
     const float *weights = bp_current_weights(f, f->client && !f->w_direct ? w.weights : NULL);
     if (one_gemm_for_batch(f, batch_size, in_stride, out_stride))
         forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
+    else if (batch_at_once(f))
+        forward_batch(f, &w, weights, batch_size, in, in_stride, out, out_stride);
     else
         for (size_t b = 0; b < batch_size; b++)
             forward_one(f, &w, weights, (const float *)in + b * in_stride, (float *)out + b * out_stride);

@@ -33,12 +33,15 @@ typedef struct {
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
+    size_t scratch_floats;        /* per worker (bp_geom_plan) */
+    int workers;                  /* scratch areas in the workspace */
     atomic_flag busy;
 } bp_filter;
 
 /* workspace layout (offsets in floats) */
 typedef struct {
-    float *col, *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows;
+    bp_scratch scratch;
+    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows;
 } bp_work;
 
 /* Validate a convolution and build its filter (NULL with bp_set_error on any invalid input).

@@ -1,10 +1,12 @@
 /* Single-precision GEMM for the portable backend: OpenBLAS from scipy-openblas32, a plain CBLAS,
    or a built-in cache-blocked kernel (see gemm.h for the build macros). */
 #define _GNU_SOURCE /* dladdr, RTLD_NOLOAD (glibc); harmless elsewhere */
+#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "gemm.h"
+#include "parallel.h"
 
 #if defined(BNNS_PORTABLE_BLAS_SCIPY_OPENBLAS) || defined(BNNS_PORTABLE_BLAS_CBLAS)
 #include <cblas.h>
@@ -42,11 +44,22 @@ const char *bp_blas_name(void) { return "built-in blocked GEMM"; }
 static int (*find_local_setter(void))(int) { return NULL; }
 #endif
 
-void bp_gemm_ctx_init(bp_gemm_ctx *ctx, size_t n_threads) {
-    if (n_threads == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = cpus > 0 ? (size_t)cpus : 1;
+/* CPUs this process may run on: its affinity mask where the system has one (taskset, cgroups
+   cpusets), else the online CPUs. */
+static size_t bp_available_cpus(void) {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return (size_t)n;
     }
+#endif
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus > 0 ? (size_t)cpus : 1;
+}
+
+void bp_gemm_ctx_init(bp_gemm_ctx *ctx, size_t n_threads) {
+    if (n_threads == 0) n_threads = bp_available_cpus();
     ctx->threads = n_threads > 4096 ? 4096 : (int)n_threads;
     ctx->set_threads_local = find_local_setter();
 }
@@ -55,19 +68,19 @@ const char *bnns_portable_blas(void) { return bp_blas_name(); }
 
 #if defined(SGEMM)
 
+/* Every GEMM runs on the calling thread: the filters split their work over bnns-py's own worker
+   pool (parallel.c), and a multithreaded BLAS inside each worker would only oversubscribe the cores. */
 void bp_sgemm(const bp_gemm_ctx *ctx, bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc) {
     if (m == 0 || n == 0) return;
     int previous = 0;
     if (ctx->set_threads_local != NULL) {
-        previous = ctx->set_threads_local(ctx->threads);
+        previous = ctx->set_threads_local(1);
     } else {
 #if defined(BNNS_PORTABLE_BLAS_SCIPY_OPENBLAS)
-        /* No per-thread setter: the count is process-wide. Change it only when this filter asks
-           for another one than is in force (filters with the default n_threads never change it).
-           Two filters with different n_threads used at once may run with each other's count;
-           results are unaffected. Only bnns-py uses this OpenBLAS copy (its symbols are prefixed). */
-        if (scipy_openblas_get_num_threads() != ctx->threads) scipy_openblas_set_num_threads(ctx->threads);
+        /* No per-thread setter: the count is process-wide. Only bnns-py uses this OpenBLAS copy
+           (its symbols are prefixed), so it can stay at one thread for good. */
+        if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 #endif
     }
     SGEMM(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n,
@@ -109,7 +122,7 @@ static void kernel_edge(size_t mr, size_t nr, size_t kb, const float *ap, const 
 
 void bp_sgemm(const bp_gemm_ctx *ctx, bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc) {
-    (void)ctx; /* single-threaded */
+    (void)ctx;
     for (size_t i = 0; i < m; i++) {
         float *row = c + i * ldc;
         if (beta == 0.0f) memset(row, 0, n * sizeof(float));
@@ -147,3 +160,45 @@ void bp_sgemm(const bp_gemm_ctx *ctx, bool trans_a, bool trans_b, size_t m, size
 }
 
 #endif
+
+/* ---- one GEMM over the worker pool: C split into column (or row) panels ---- */
+
+typedef struct {
+    const bp_gemm_ctx *ctx;
+    bool trans_a, trans_b, by_rows;
+    size_t m, n, k;
+    float alpha, beta;
+    const float *a, *b;
+    size_t lda, ldb, ldc;
+    float *c;
+} gemm_job;
+
+static void gemm_part(void *p, int worker, int workers) {
+    const gemm_job *j = p;
+    size_t total = j->by_rows ? j->m : j->n, unit = j->by_rows ? 8 : 16;
+    size_t units = (total + unit - 1) / unit, u0, u1;
+    bp_split(units, worker, workers, &u0, &u1);
+    size_t lo = u0 * unit, hi = u1 * unit < total ? u1 * unit : total;
+    if (lo >= hi) return;
+    if (j->by_rows) {
+        const float *a = j->a + (j->trans_a ? lo : lo * j->lda);
+        bp_sgemm(j->ctx, j->trans_a, j->trans_b, hi - lo, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb, j->beta,
+                 j->c + lo * j->ldc, j->ldc);
+    } else {
+        const float *b = j->b + (j->trans_b ? lo * j->ldb : lo);
+        bp_sgemm(j->ctx, j->trans_a, j->trans_b, j->m, hi - lo, j->k, j->alpha, j->a, j->lda, b, j->ldb, j->beta,
+                 j->c + lo, j->ldc);
+    }
+}
+
+void bp_sgemm_parallel(const bp_gemm_ctx *ctx, bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
+                       const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc) {
+    if (m == 0 || n == 0) return;
+    int workers = bp_workers_for(ctx->threads, m * n * (k + 1) / 4);
+    if (workers <= 1) {
+        bp_sgemm(ctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    gemm_job j = {ctx, trans_a, trans_b, m >= n, m, n, k, alpha, beta, a, b, lda, ldb, ldc, c};
+    bp_parallel_run(workers, gemm_part, &j);
+}

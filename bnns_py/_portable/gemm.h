@@ -21,10 +21,14 @@ typedef struct {
 void bp_gemm_ctx_init(bp_gemm_ctx *ctx, size_t n_threads);
 
 /* Row-major C (m x n) = alpha * op(A) * op(B) + beta * C, op(A) m x k, op(B) k x n.
-   beta == 0 overwrites C (C may hold NaN or garbage). Dimensions must fit in int (checked at
+   beta == 0 overwrites C (C may hold NaN or garbage). Runs on the calling thread. Dimensions must fit in int (checked at
    filter creation). */
 void bp_sgemm(const bp_gemm_ctx *ctx, bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc);
+
+/* The same GEMM split over the worker pool (ctx->threads workers at most). */
+void bp_sgemm_parallel(const bp_gemm_ctx *ctx, bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
+                       const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc);
 
 /* Human-readable name of the BLAS in use (bnns_portable_blas()). */
 const char *bp_blas_name(void);

@@ -91,36 +91,38 @@ typedef struct {
     size_t block_rows;            /* output rows per column block (im2col / col2im), >= 1 */
 } bp_geom;
 
-/* Column blocks: at most about this many floats of column matrix at a time (1 MiB, so that it is
-   still cached when the GEMM reads it; also bounds the workspace). */
-#ifndef BNNS_PORTABLE_COL_BLOCK_FLOATS
-#define BNNS_PORTABLE_COL_BLOCK_FLOATS (1u << 18)
-#endif
+/* Plan a geometry's column blocks (block_rows) and the scratch floats each worker needs. */
+bool bp_geom_plan(bp_geom *g, size_t *scratch_floats);
 
-/* What happens to each finished output plane (packed, h x w values) of channel c: add the bias,
-   apply an elementwise activation, then copy it into a strided image. Any part may be absent. */
+/* Per-worker scratch: worker i uses base + i*stride floats. */
 typedef struct {
-    const float *bias;         /* NULL: no bias */
+    float *base;
+    size_t stride;
+} bp_scratch;
+
+/* What happens to each finished run of output values of one channel: add the bias, then apply
+   an elementwise activation. Either may be absent (NULL). */
+typedef struct {
+    const float *bias;
     size_t bias_stride;
-    const BNNSActivation *act; /* NULL: none (channelwise activations are the caller's job) */
-    const bp_image *dst_img;   /* with dst: where the plane goes */
-    float *dst;                /* NULL: the plane stays where it is */
+    const BNNSActivation *act;
 } bp_epilogue;
 
-void bp_epilogue_channel(const bp_epilogue *e, size_t c, float *plane, size_t h, size_t w);
-/* Every plane of a packed (channels x h*w) block, over threads; e may be NULL. */
-void bp_epilogue_planes(const bp_epilogue *e, float *planes, size_t channels, size_t h, size_t w, int threads);
+void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
 
-/* out_g = W_g * im2col(x_g) for every group, then the epilogue on every channel (e may be NULL);
-   out packed (out_c x out_h*out_w). */
-void bp_conv_forward(const bp_geom *g, const float *w, const bp_image *x_img, const float *x, float *out,
-                     float *col, const bp_gemm_ctx *gemm, const bp_epilogue *e);
-/* dx (strided) = or += col2im(W_g^T * dy_g) (overwrite: the planes are zeroed first); dy packed.
-   With dx_img packed, the epilogue (may be NULL) runs on every finished plane. */
-void bp_conv_backward_data(const bp_geom *g, const float *w, const float *dy, const bp_image *dx_img, float *dx,
-                           bool overwrite, float *col, const bp_gemm_ctx *gemm, const bp_epilogue *e);
-/* dW_g = beta*dW_g + dy_g * im2col(x_g)^T; dy packed, dW packed [out_c][k]. */
-void bp_conv_backward_weights(const bp_geom *g, const float *x, const bp_image *x_img, const float *dy, float *dw,
-                              float beta, float *col, const bp_gemm_ctx *gemm);
+/* y = conv(x) for a batch: y packed (out_c x out_h*out_w per image, images y_bs apart), x through
+   x_img's strides (images x_bs apart); e may be NULL. */
+void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_image *x_img, const float *x,
+                     size_t x_bs, float *y, size_t y_bs, const bp_epilogue *e, const bp_scratch *s,
+                     const bp_gemm_ctx *ctx);
+/* dx (strided) = or += col2im(W^T dy) for a batch; dy packed. The epilogue (may be NULL) runs on
+   each finished plane when dx_img is packed. */
+void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const float *dy, size_t dy_bs,
+                           const bp_image *dx_img, float *dx, size_t dx_bs, bool overwrite, const bp_epilogue *e,
+                           const bp_scratch *s, const bp_gemm_ctx *ctx);
+/* dW = beta*dW + sum over the batch of dy * im2col(x)^T; dy packed, dW packed [out_c][k]. */
+void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
+                              const float *dy, size_t dy_bs, float *dw, float beta, const bp_scratch *s,
+                              const bp_gemm_ctx *ctx);
 
 #endif

@@ -1,51 +1,161 @@
-/* Fork-join over item ranges with short-lived POSIX threads (see parallel.h). */
-#define _POSIX_C_SOURCE 200809L
+/* The persistent worker pool (see parallel.h). */
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include "parallel.h"
 
 enum {
-    MAX_THREADS = 64,
-    /* Creating and joining a thread costs some tens of microseconds: give each thread at least
-       this much work (elementary operations, ~a few hundred microseconds). */
-    MIN_COST_PER_THREAD = 1 << 19
+    /* Waking a sleeping thread costs tens of microseconds on a virtual machine, a spinning one
+       well under one: a worker keeps polling for this many rounds (~100 us) before it sleeps. */
+    SPIN_ROUNDS = 1 << 14,
+    /* Elementary operations worth handing to one more thread (~10 us of work). */
+    MIN_COST_PER_WORKER = 1 << 16
 };
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* One mailbox per worker thread: the caller fills in the job, then bumps `posted`. */
 typedef struct {
+    _Atomic unsigned long posted;
+    bp_worker_fn fn;
+    void *arg;
+    int index, count;
+} mailbox;
+
+static mailbox boxes[BP_MAX_WORKERS - 1];
+static int started; /* worker threads running (guarded by start_lock) */
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sleep_cond = PTHREAD_COND_INITIALIZER;
+static atomic_flag in_use = ATOMIC_FLAG_INIT;
+static _Atomic int remaining;
+static bool atfork_registered;
+
+static void *worker_main(void *p) {
+    mailbox *m = p;
+    unsigned long taken = 0;
+    for (;;) {
+        unsigned long posted;
+        int spins = 0;
+        while ((posted = atomic_load_explicit(&m->posted, memory_order_acquire)) == taken) {
+            if (++spins < SPIN_ROUNDS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&sleep_lock);
+            while (atomic_load_explicit(&m->posted, memory_order_acquire) == taken)
+                pthread_cond_wait(&sleep_cond, &sleep_lock);
+            pthread_mutex_unlock(&sleep_lock);
+        }
+        taken = posted;
+        m->fn(m->arg, m->index, m->count);
+        atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel);
+    }
+    return NULL;
+}
+
+/* The child of a fork has only the forking thread: forget the parent's workers. */
+static void reset_in_child(void) {
+    started = 0;
+    for (int i = 0; i < BP_MAX_WORKERS - 1; i++) atomic_store(&boxes[i].posted, 0);
+    atomic_flag_clear(&in_use);
+    pthread_mutex_init(&start_lock, NULL);
+    pthread_mutex_init(&sleep_lock, NULL);
+    pthread_cond_init(&sleep_cond, NULL);
+}
+
+/* Start workers up to `want` (the calling thread excluded); returns how many are running. */
+static int ensure_workers(int want) {
+    pthread_mutex_lock(&start_lock);
+    if (!atfork_registered) atfork_registered = pthread_atfork(NULL, NULL, reset_in_child) == 0;
+    while (started < want) {
+        pthread_attr_t attr;
+        pthread_t id;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&id, &attr, worker_main, &boxes[started]);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        started++;
+    }
+    int have = started;
+    pthread_mutex_unlock(&start_lock);
+    return have;
+}
+
+void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
+    if (workers > BP_MAX_WORKERS) workers = BP_MAX_WORKERS;
+    if (workers <= 1 || atomic_flag_test_and_set_explicit(&in_use, memory_order_acquire)) {
+        fn(arg, 0, 1);
+        return;
+    }
+    int helpers = ensure_workers(workers - 1);
+    if (helpers > workers - 1) helpers = workers - 1;
+    if (helpers == 0) {
+        atomic_flag_clear_explicit(&in_use, memory_order_release);
+        fn(arg, 0, 1);
+        return;
+    }
+    workers = helpers + 1;
+    atomic_store_explicit(&remaining, helpers, memory_order_relaxed);
+    for (int i = 0; i < helpers; i++) {
+        boxes[i].fn = fn;
+        boxes[i].arg = arg;
+        boxes[i].index = i + 1;
+        boxes[i].count = workers;
+        atomic_fetch_add_explicit(&boxes[i].posted, 1, memory_order_release);
+    }
+    /* wake the sleepers (a spinning worker has already seen its mailbox) */
+    pthread_mutex_lock(&sleep_lock);
+    pthread_cond_broadcast(&sleep_cond);
+    pthread_mutex_unlock(&sleep_lock);
+    fn(arg, 0, workers);
+    for (unsigned long spins = 0; atomic_load_explicit(&remaining, memory_order_acquire) != 0; spins++) {
+        if (spins < SPIN_ROUNDS) cpu_relax();
+        else sched_yield();
+    }
+    atomic_flag_clear_explicit(&in_use, memory_order_release);
+}
+
+int bp_workers_for(int threads, size_t cost) {
+    size_t by_cost = cost / MIN_COST_PER_WORKER;
+    if (by_cost < 1) by_cost = 1;
+    int t = threads < 1 ? 1 : threads;
+    if (t > BP_MAX_WORKERS) t = BP_MAX_WORKERS;
+    return by_cost < (size_t)t ? (int)by_cost : t;
+}
+
+void bp_split(size_t n, int worker, int workers, size_t *begin, size_t *end) {
+    *begin = n * (size_t)worker / (size_t)workers;
+    *end = n * (size_t)(worker + 1) / (size_t)workers;
+}
+
+typedef struct {
+    size_t n;
     bp_range_fn fn;
     void *arg;
-    size_t begin, end;
-} job;
+} range_job;
 
-static void *run_job(void *p) {
-    job *j = p;
-    j->fn(j->arg, j->begin, j->end);
-    return NULL;
+static void run_range(void *p, int worker, int workers) {
+    const range_job *j = p;
+    size_t b, e;
+    bp_split(j->n, worker, workers, &b, &e);
+    if (b < e) j->fn(j->arg, b, e);
 }
 
 void bp_parallel_for(int threads, size_t n, size_t cost, bp_range_fn fn, void *arg) {
     if (n == 0) return;
-    size_t t = threads > 1 ? (size_t)threads : 1;
-    if (t > MAX_THREADS) t = MAX_THREADS;
-    if (t > n) t = n;
-    size_t by_cost = cost / MIN_COST_PER_THREAD;
-    if (t > by_cost) t = by_cost;
-    if (t <= 1) {
-        fn(arg, 0, n);
-        return;
-    }
-    job jobs[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    bool started[MAX_THREADS];
-    for (size_t i = 0; i < t; i++) {
-        jobs[i] = (job){fn, arg, n * i / t, n * (i + 1) / t};
-        started[i] = false;
-    }
-    for (size_t i = 1; i < t; i++) started[i] = pthread_create(&ids[i], NULL, run_job, &jobs[i]) == 0;
-    run_job(&jobs[0]);
-    for (size_t i = 1; i < t; i++) {
-        if (started[i]) pthread_join(ids[i], NULL);
-        else run_job(&jobs[i]);
-    }
+    int workers = bp_workers_for(threads, cost);
+    if ((size_t)workers > n) workers = (int)n;
+    range_job j = {n, fn, arg};
+    bp_parallel_run(workers, run_range, &j);
 }

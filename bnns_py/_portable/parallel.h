@@ -1,18 +1,36 @@
-/* bnns-py portable backend: a fork-join helper for the non-GEMM loops (im2col, col2im, depthwise,
-   bias + activation). Worker threads are created for the call and joined before it returns: no
-   pool, no global state, nothing to go stale across fork(). */
+/* bnns-py portable backend: a persistent worker pool for the convolution loops.
+
+   Worker threads start on first use and then wait for work, spinning briefly before they sleep,
+   so back-to-back layer calls do not pay a thread start or a futex wake-up each. One caller uses
+   the pool at a time; a concurrent (or nested) caller runs its work alone on its own thread. A
+   forked child starts with an empty pool. */
 #ifndef BNNS_PORTABLE_PARALLEL_H
 #define BNNS_PORTABLE_PARALLEL_H
 
 #include <stddef.h>
 
+/* The most threads a call can use (the calling thread included). */
+#define BP_MAX_WORKERS 64
+
+/* Work done by one of `workers` threads; the caller is worker 0. */
+typedef void (*bp_worker_fn)(void *arg, int worker, int workers);
+
+/* Run fn on up to `workers` threads and return when every one has finished. fn must split its
+   work by (worker, workers) alone: it may be called as (0, 1) with all the work. */
+void bp_parallel_run(int workers, bp_worker_fn fn, void *arg);
+
 /* Work on items [begin, end). */
 typedef void (*bp_range_fn)(void *arg, size_t begin, size_t end);
 
-/* Split items [0, n) into at most `threads` contiguous ranges and run fn on each, the calling
-   thread taking the first. `cost` is the total work in roughly elementary operations: ranges are
-   only handed to extra threads when each gets enough work to pay for creating a thread. If a
-   thread cannot be created its range runs on the calling thread. */
+/* Split items [0, n) into contiguous ranges, one per worker. `cost` is the total work in
+   elementary operations: small jobs run on the calling thread alone. */
 void bp_parallel_for(int threads, size_t n, size_t cost, bp_range_fn fn, void *arg);
+
+/* How many workers a job of `cost` elementary operations deserves (1 when it is too small to pay
+   for waking another thread), at most `threads`. */
+int bp_workers_for(int threads, size_t cost);
+
+/* Items [*begin, *end) of n for one worker. */
+void bp_split(size_t n, int worker, int workers, size_t *begin, size_t *end);
 
 #endif

@@ -1,0 +1,117 @@
+"""The portable engine's parallel paths (per-worker tasks over images, column blocks, output-channel
+and input-channel chunks, the padded-plane depthwise kernel) against the float64 reference, at
+1, 2 and 3 worker threads. Shapes are large enough that the work is really split."""
+import numpy as np
+import pytest
+
+from bnns_py import (ActivationFunction as AF, ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType,
+                     FilterParameters, Flags, NDArrayDescriptor, Shape, reference)
+from bnns_py.functional import transposed_weight_to_bnns
+
+from conftest import random_array
+
+THREADS = [1, 2, 3]
+
+
+def _layer(kind, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias, activation, n_threads):
+    """A client-pointer layer; weight in BNNS OIHW memory order."""
+    kh, kw = k
+    (pl, pr, pt, pb) = pad
+    if kind is ConvolutionType.standard:
+        oh = (h + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (w + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    else:
+        oh = (h - 1) * stride[0] - pt - pb + dil[0] * (kh - 1) + 1
+        ow = (w - 1) * stride[1] - pl - pr + dil[1] * (kw - 1) + 1
+    in_per_group = cin // groups if kind is ConvolutionType.standard else cin // groups
+    layer = ConvolutionLayer(
+        kind,
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(w, h, cin)),
+        NDArrayDescriptor(weight, Shape.convolution_weights_oihw(kw, kh, in_per_group, cout)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(ow, oh, cout)),
+        None if bias is None else NDArrayDescriptor(bias, Shape.vector(cout)),
+        ConvolutionPadding.asymmetric(pl, pr, pt, pb), activation, groups, (stride[1], stride[0]),
+        (dil[1], dil[0]), FilterParameters(flags=Flags.use_client_pointer, n_threads=n_threads))
+    return layer, (oh, ow)
+
+
+# (batch, cin, cout, h, w, k, stride, pad (l, r, t, b), dilation, groups)
+STANDARD = [
+    (1, 32, 48, 40, 36, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # row blocks split over workers
+    (1, 256, 200, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # output-channel chunks
+    (3, 16, 24, 33, 29, (3, 2), (2, 1), (0, 2, 1, 0), (1, 2), 2),    # images over workers, groups
+    (2, 64, 32, 40, 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),    # 1x1: the input is the column matrix
+    (1, 3, 32, 120, 100, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),   # stem-like, many blocks
+]
+DEPTHWISE = [
+    (1, 40, 40, 37, 45, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (2, 24, 24, 30, 31, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    (1, 16, 32, 29, 35, (5, 3), (1, 2), (2, 0, 1, 3), (2, 1)),       # channel multiplier 2, dilation
+    (3, 48, 48, 14, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (1, 8, 8, 9, 70, (3, 5), (3, 3), (0, 4, 2, 2), (1, 2)),          # stride 3: the general kernel
+    (1, 32, 32, 5, 3, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("case", STANDARD + [c + (c[1],) for c in DEPTHWISE])
+def test_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = _layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
+                             AF.rectified_linear, n_threads)
+    with layer:
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dil, groups=groups,
+                                activation=AF.rectified_linear)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.sqrt(k[0] * k[1] * cin // groups))
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("case", [
+    (1, 64, 32, 16, 16, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    (3, 16, 24, 9, 11, (3, 3), (1, 2), (0, 1, 1, 0), (1, 1), 1),
+])
+def test_transposed_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    torch_weight = random_array(rng, (cin, cout // groups) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    bnns_weight = transposed_weight_to_bnns(torch_weight, groups)
+    layer, (oh, ow) = _layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, dil, groups, bnns_weight,
+                             bias, AF.tanh, n_threads)
+    with layer:
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv_transpose2d(x, torch_weight, bias, stride=stride, padding=pad, dilation=dil,
+                                          groups=groups, activation=AF.tanh)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("case", [STANDARD[0], STANDARD[1], STANDARD[2], STANDARD[3],
+                                  DEPTHWISE[1] + (DEPTHWISE[1][1],), DEPTHWISE[2] + (DEPTHWISE[2][1],)])
+def test_backward_matches_reference(case, n_threads, rng, no_filter_leaks):
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = _layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
+                             AF.identity, n_threads)
+    with layer:
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx = np.full(x.shape, np.nan, np.float32)
+        dw = np.full(weight.shape, np.nan, np.float32)
+        db = np.full(bias.shape, np.nan, np.float32)
+        layer.apply_backward(n, x, y, dy, dx, dw, db)
+    dx_ref, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy, stride=stride, padding=pad, dilation=dil,
+                                                       groups=groups)
+    depth = np.sqrt(n * oh * ow)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4 * np.sqrt(cout))
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=2e-5 * depth * 10)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=2e-5 * depth * 10)
