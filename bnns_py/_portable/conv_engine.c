@@ -33,6 +33,27 @@ static size_t out_pixels(const bp_geom *g) { return g->out_h * g->out_w; }
 static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
+/* Short runs are the common case (rows of small images): copy and clear them inline rather than
+   through libc calls. GCC would turn the tail loops back into memcpy / memset calls. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BP_NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define BP_NO_LIBCALLS
+#endif
+
+static inline BP_NO_LIBCALLS void copy_run(float *dst, const float *src, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) memcpy(dst + i, src + i, 8 * sizeof(float));
+    for (; i < n; i++) dst[i] = src[i];
+}
+
+static inline BP_NO_LIBCALLS void zero_run(float *dst, size_t n) {
+    static const float zeros[8];
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) memcpy(dst + i, zeros, 8 * sizeof(float));
+    for (; i < n; i++) dst[i] = 0.0f;
+}
+
 /* ---- plan: column blocks and scratch --------------------------------------------------------- */
 
 enum {
@@ -73,9 +94,49 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
         if (!bp_mul(dw_plane_rows(g), dw_plane_cols(g), &t) || !bp_mul(t, g->sx == 2 ? 2 : 1, &plane)) return false;
         if (plane > col) col = plane;
     }
-    if (!bp_add(col, 64, scratch_floats)) return false;
+    g->padded_floats = 0;
+    g->padded_offset = ceil_div(col, 16) * 16;
+    if (!one_input_channel_per_group(g) && g->sx == 1 && g->sy == 1 && rows == g->out_h && g->kh * g->kw > 1) {
+        size_t padded = g->in_cg * (g->out_h + (g->kh - 1) * g->dy) * (g->out_w + (g->kw - 1) * g->dx);
+        if (padded <= COL_TARGET_FLOATS) g->padded_floats = padded; /* small: no overflow */
+    }
+    if (!bp_add(g->padded_offset + g->padded_floats, 64, scratch_floats)) return false;
     *scratch_floats = ceil_div(*scratch_floats, 16) * 16;
     return true;
+}
+
+/* im2col of a whole small stride-1 image through zero-padded copies of its planes: every column
+   row is then plain copies of out_w values, with no bounds to work out. */
+static BP_NO_LIBCALLS void im2col_padded(const bp_geom *g, const bp_image *img, const float *x, size_t c0, float *col,
+                                         float *pad) {
+    size_t ow = g->out_w, oh = g->out_h, nb = oh * ow;
+    size_t ph = oh + (g->kh - 1) * g->dy, pw = ow + (g->kw - 1) * g->dx;
+    size_t x0 = min_size(g->pl, pw), x1 = min_size(g->pl + g->in_w, pw), n = x1 > x0 ? x1 - x0 : 0;
+    for (size_t ci = 0; ci < g->in_cg; ci++) {
+        const float *plane = x + (c0 + ci) * img->sc;
+        float *p = pad + ci * ph * pw;
+        for (size_t py = 0; py < ph; py++) {
+            float *row = p + py * pw;
+            if (py < g->pt || py - g->pt >= g->in_h || n == 0) {
+                zero_run(row, pw);
+                continue;
+            }
+            const float *src = plane + (py - g->pt) * img->sy;
+            zero_run(row, x0);
+            if (img->sx == 1) copy_run(row + x0, src, n);
+            else
+                for (size_t i = 0; i < n; i++) row[x0 + i] = src[i * img->sx];
+            zero_run(row + x0 + n, pw - x0 - n);
+        }
+    }
+    float *dst = col;
+    for (size_t ci = 0; ci < g->in_cg; ci++)
+        for (size_t ky = 0; ky < g->kh; ky++)
+            for (size_t kx = 0; kx < g->kw; kx++) {
+                const float *src = pad + ci * ph * pw + ky * g->dy * pw + kx * g->dx;
+                for (size_t oy = 0; oy < oh; oy++) copy_run(dst + oy * ow, src + oy * pw, ow);
+                dst += nb;
+            }
 }
 
 /* ---- epilogue ------------------------------------------------------------------------------ */
@@ -93,38 +154,44 @@ void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n) {
 
 /* col[r - r0][(oy - oy0)*out_w + ox] = x(c0 + ci, oy*sy + ky*dy - pt, ox*sx + kx*dx - pl), 0
    outside the image, for column rows r = (ci*kh + ky)*kw + kx in [r0, r1). */
-static void im2col_block(const bp_geom *g, const bp_image *img, const float *x, size_t c0, size_t r0, size_t r1,
-                         size_t oy0, size_t oy1, float *col) {
+static BP_NO_LIBCALLS void im2col_block(const bp_geom *g, const bp_image *img, const float *x, size_t c0, size_t r0,
+                                        size_t r1, size_t oy0, size_t oy1, float *col) {
     size_t ow = g->out_w, nb = (oy1 - oy0) * ow;
+    size_t kx = r0 % g->kw, ky = r0 / g->kw % g->kh, ci = r0 / (g->kw * g->kh);
+    size_t oy_lo = 0, oy_hi = 0, step = g->sx * img->sx;
+    valid_range(g->out_h, g->in_h, g->sy, ky * g->dy, g->pt, &oy_lo, &oy_hi);
     for (size_t r = r0; r < r1; r++) {
-        size_t kx = r % g->kw, ky = r / g->kw % g->kh, ci = r / (g->kw * g->kh);
         const float *plane = x + (c0 + ci) * img->sc;
         float *dst = col + (r - r0) * nb;
-        size_t oy_lo, oy_hi, ox_lo, ox_hi;
-        valid_range(g->out_h, g->in_h, g->sy, ky * g->dy, g->pt, &oy_lo, &oy_hi);
+        size_t lo = oy_lo < oy0 ? oy0 : oy_lo, hi = oy_hi > oy1 ? oy1 : oy_hi, ox_lo, ox_hi;
         valid_range(g->out_w, g->in_w, g->sx, kx * g->dx, g->pl, &ox_lo, &ox_hi);
-        if (oy_lo < oy0) oy_lo = oy0;
-        if (oy_hi > oy1) oy_hi = oy1;
-        if (oy_lo >= oy_hi || ox_lo >= ox_hi) {
-            memset(dst, 0, nb * sizeof(float));
-            continue;
+        if (lo >= hi || ox_lo >= ox_hi) {
+            zero_run(dst, nb);
+        } else {
+            zero_run(dst, (lo - oy0) * ow);
+            size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl, n = ox_hi - ox_lo;
+            for (size_t oy = lo; oy < hi; oy++) {
+                float *row = dst + (oy - oy0) * ow;
+                /* the first valid value: never form a pointer outside the image */
+                const float *src = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy + ix0 * img->sx;
+                zero_run(row, ox_lo);
+                if (step == 1) copy_run(row + ox_lo, src, n);
+                else if (step == 2)
+                    for (size_t i = 0; i < n; i++) row[ox_lo + i] = src[2 * i];
+                else
+                    for (size_t i = 0; i < n; i++) row[ox_lo + i] = src[i * step];
+                zero_run(row + ox_hi, ow - ox_hi);
+            }
+            zero_run(dst + (hi - oy0) * ow, (oy1 - hi) * ow);
         }
-        memset(dst, 0, (oy_lo - oy0) * ow * sizeof(float));
-        size_t ix0 = ox_lo * g->sx + kx * g->dx - g->pl;
-        size_t step = g->sx * img->sx, n = ox_hi - ox_lo;
-        for (size_t oy = oy_lo; oy < oy_hi; oy++) {
-            float *row = dst + (oy - oy0) * ow;
-            /* the first valid value: never form a pointer outside the image */
-            const float *src = plane + (oy * g->sy + ky * g->dy - g->pt) * img->sy + ix0 * img->sx;
-            memset(row, 0, ox_lo * sizeof(float));
-            if (step == 1) memcpy(row + ox_lo, src, n * sizeof(float));
-            else if (step == 2)
-                for (size_t i = 0; i < n; i++) row[ox_lo + i] = src[2 * i];
-            else
-                for (size_t i = 0; i < n; i++) row[ox_lo + i] = src[i * step];
-            memset(row + ox_hi, 0, (ow - ox_hi) * sizeof(float));
+        if (++kx == g->kw) { /* next (ci, ky, kx) */
+            kx = 0;
+            if (++ky == g->kh) {
+                ky = 0;
+                ci++;
+            }
+            valid_range(g->out_h, g->in_h, g->sy, ky * g->dy, g->pt, &oy_lo, &oy_hi);
         }
-        memset(dst + (oy_hi - oy0) * ow, 0, (oy1 - oy_hi) * ow * sizeof(float));
     }
 }
 
@@ -499,7 +566,10 @@ static void forward_tasks(void *arg, int worker, int workers) {
             ldb = ohw;
         } else {
             if (have != u) {
-                im2col_block(g, j->x_img, x, grp * g->in_cg, 0, g->k, oy0, oy1, col);
+                if (g->padded_floats != 0 && j->p.blocks == 1)
+                    im2col_padded(g, j->x_img, x, grp * g->in_cg, col, col + g->padded_offset);
+                else
+                    im2col_block(g, j->x_img, x, grp * g->in_cg, 0, g->k, oy0, oy1, col);
                 have = u;
             }
             cols = col;

@@ -89,6 +89,8 @@ typedef struct {
     size_t groups, in_cg, out_cg; /* channels per group */
     size_t k;                     /* in_cg*kh*kw: GEMM depth */
     size_t block_rows;            /* output rows per column block (im2col / col2im), >= 1 */
+    size_t padded_floats;         /* small stride-1 images: zero-padded input planes for im2col (0: none) */
+    size_t padded_offset;         /* where they sit in a worker's scratch */
 } bp_geom;
 
 /* Plan a geometry's column blocks (block_rows) and the scratch floats each worker needs. */
