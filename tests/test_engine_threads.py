@@ -115,3 +115,25 @@ def test_backward_matches_reference(case, n_threads, rng, no_filter_leaks):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4 * np.sqrt(cout))
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=2e-5 * depth * 10)
     np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=2e-5 * depth * 10)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_transposed_backward_matches_reference(n_threads, rng, no_filter_leaks):
+    n, cin, cout, h, w, k, stride, pad = 2, 48, 24, 12, 10, (4, 4), (2, 2), (1, 1, 1, 1)
+    x = random_array(rng, (n, cin, h, w))
+    torch_weight = random_array(rng, (cin, cout) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = _layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, (1, 1), 1,
+                             transposed_weight_to_bnns(torch_weight, 1), bias, AF.identity, n_threads)
+    with layer:
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx = np.full(x.shape, np.nan, np.float32)
+        dw = np.full((cout, cin) + k, np.nan, np.float32)
+        db = np.full(bias.shape, np.nan, np.float32)
+        layer.apply_backward(n, x, y, dy, dx, dw, db)
+    dx_ref, dw_ref, db_ref = reference.conv_transpose2d_backward(x, torch_weight, dy, stride=stride, padding=pad)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dw, transposed_weight_to_bnns(dw_ref, 1), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-3)

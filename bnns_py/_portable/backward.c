@@ -152,43 +152,77 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     bp_image in_packed = bp_packed_like(&f->in);
     bp_image out_packed = bp_packed_like(&f->out);
 
-    for (size_t b = 0; b < batch; b++) {
-        const float *x = in ? in + b * in_stride : NULL;
-        const float *y = out ? out + b * out_stride : NULL;
-        const float *dy = (const float *)out_delta->data + b * out_delta_stride;
-        activation_gradient(f, &dy_img, dy, y, dz, w.rows, w.rows + f->out.w);
+    /* Without an activation and with a packed out_delta, dz is out_delta itself: the whole batch
+       goes through each engine call at once (images split over the workers). */
+    bool dx_plain = in_delta == NULL || (dx_img.packed && !accumulates(in_delta));
+    if (f->activation.function == BNNSActivationFunctionIdentity && dy_img.packed &&
+        (!f->transposed || (f->in.packed && dx_plain))) {
+        const float *dy = out_delta->data;
         if (bias_delta) {
             size_t hw = f->out.w * f->out.h;
-            for (size_t c = 0; c < f->out.c; c++) {
-                float s = 0.0f;
-                for (size_t i = 0; i < hw; i++) s += dz[c * hw + i];
-                dbias[c] += s;
-            }
+            for (size_t b = 0; b < batch; b++)
+                for (size_t c = 0; c < f->out.c; c++) {
+                    const float *d = dy + b * out_delta_stride + c * hw;
+                    float s = 0.0f;
+                    for (size_t i = 0; i < hw; i++) s += d[i];
+                    dbias[c] += s;
+                }
         }
+        float *dx = in_delta ? in_delta->data : NULL;
         if (!f->transposed) {
             if (weights_delta)
-                bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
-                                         &f->gemm);
-            if (in_delta) {
-                float *dx = (float *)in_delta->data + b * in_delta_stride;
-                bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,
-                                      &f->gemm);
-            }
+                bp_conv_backward_weights(g, batch, &f->in, in, in_stride, dy, out_delta_stride, w.dweights, 0.0f,
+                                         &w.scratch, &f->gemm);
+            if (in_delta)
+                bp_conv_backward_data(g, weights, batch, dy, out_delta_stride, &dx_img, dx, in_delta_stride,
+                                      !accumulates(in_delta), NULL, &w.scratch, &f->gemm);
         } else {
-            /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
-            if (weights_delta) {
-                const float *xs = x;
-                if (!f->in.packed) {
-                    bp_copy_image(&f->in, x, &in_packed, w.pack_out2, false);
-                    xs = w.pack_out2;
+            if (weights_delta)
+                bp_conv_backward_weights(g, batch, &out_packed, dy, out_delta_stride, in, in_stride, w.dweights, 0.0f,
+                                         &w.scratch, &f->gemm);
+            if (in_delta)
+                bp_conv_forward(g, weights, batch, &out_packed, dy, out_delta_stride, dx, in_delta_stride, NULL,
+                                &w.scratch, &f->gemm);
+        }
+    } else {
+        for (size_t b = 0; b < batch; b++) {
+            const float *x = in ? in + b * in_stride : NULL;
+            const float *y = out ? out + b * out_stride : NULL;
+            const float *dy = (const float *)out_delta->data + b * out_delta_stride;
+            activation_gradient(f, &dy_img, dy, y, dz, w.rows, w.rows + f->out.w);
+            if (bias_delta) {
+                size_t hw = f->out.w * f->out.h;
+                for (size_t c = 0; c < f->out.c; c++) {
+                    float s = 0.0f;
+                    for (size_t i = 0; i < hw; i++) s += dz[c * hw + i];
+                    dbias[c] += s;
                 }
-                bp_conv_backward_weights(g, 1, &out_packed, dz, 0, xs, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
-                                         &f->gemm);
             }
-            if (in_delta) {
-                bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm);
-                bp_copy_image(&in_packed, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
-                              accumulates(in_delta));
+            if (!f->transposed) {
+                if (weights_delta)
+                    bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
+                                             &f->gemm);
+                if (in_delta) {
+                    float *dx = (float *)in_delta->data + b * in_delta_stride;
+                    bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,
+                                          &f->gemm);
+                }
+            } else {
+                /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
+                if (weights_delta) {
+                    const float *xs = x;
+                    if (!f->in.packed) {
+                        bp_copy_image(&f->in, x, &in_packed, w.pack_out2, false);
+                        xs = w.pack_out2;
+                    }
+                    bp_conv_backward_weights(g, 1, &out_packed, dz, 0, xs, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
+                                             &f->gemm);
+                }
+                if (in_delta) {
+                    bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm);
+                    bp_copy_image(&in_packed, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
+                                  accumulates(in_delta));
+                }
             }
         }
     }
