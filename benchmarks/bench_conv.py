@@ -1,39 +1,69 @@
 #!/usr/bin/env python3
 """bnns-py vs PyTorch CPU convolution, side by side in one process, as ratios.
 
-Cases are those of the shared peer harness (ResNet-50 layers, dilated, depthwise, transposed, tiny)
-at batch 1 and 8. For each case both libraries run on the same inputs with the same thread count;
-the table reports GFLOP/s of each, the ratio bnns/torch and bnns's share of the machine's FMA peak
-(measured with a sgemm of 4096, or given with --peak). Median of --runs sweeps; each measurement is
-the median of several timed samples after warm-up. Writes JSON and, with matplotlib, a PNG chart.
+A benchmark, not a test. Cases are those of the shared peer harness (ResNet-50 layers, dilated,
+depthwise, transposed, tiny) at batch 1 and 8 (bnns_py/bench.py). For each case both libraries run
+on the same inputs with the same thread count (torch.set_num_threads and the bnns filter's
+FilterParameters.n_threads) and the table reports, for the forward pass and for forward + all
+gradients (input, weight, bias):
 
-Run:  python benchmarks/bench_conv.py [--threads 2] [--runs 3] [--quick] [--only dw_] [--backward]
+  GFLOP/s of bnns and torch, ratio bnns/torch (>1: bnns faster), bnns's share of the FMA peak,
+  and, for the dense cases, bnns forward at --threads over bnns forward at 1 thread (scaling).
+
+Every number is the median over --runs sweeps; each measurement within a sweep is itself the
+median of several timed loops after warm-up. The FMA peak is measured: an AVX2 FMA-loop probe
+compiled at run time when a C compiler is present (as in the peer harness), else the best sgemm
+(numpy / torch.mm, a lower bound); the nominal cores x MHz x 32 is printed alongside. The tiny case
+also gets per-call microseconds of layer.apply, bnns_py.conv2d and torch F.conv2d.
+
+Writes JSON (benchmarks/results/bench_conv.json) and, with matplotlib, a PNG chart of the ratios
+(benchmarks/results/bench_conv.png; also docs/bench_conv.png with --update-docs).
+
+Run:  python benchmarks/bench_conv.py [--threads 2] [--runs 3] [--quick] [--forward-only]
+                                      [--only dw_] [--update-docs]
 """
 import argparse
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 
 _ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-_ap.add_argument("--threads", type=int, default=2)
-_ap.add_argument("--runs", type=int, default=3)
-_ap.add_argument("--quick", action="store_true", help="shorter samples")
+_ap.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+_ap.add_argument("--runs", type=int, default=3, help="sweeps; every number is the median over them (default 3)")
+_ap.add_argument("--quick", action="store_true", help="a few batch-1 cases, shorter samples, 3 sweeps")
 _ap.add_argument("--only", default="", help="run cases whose name contains this text")
-_ap.add_argument("--backward", action="store_true", help="also time forward + all gradients")
-_ap.add_argument("--peak", type=float, default=None, help="FMA peak in GFLOP/s (default: measured sgemm)")
-_ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_conv.json"))
-_ap.add_argument("--default-malloc", action="store_true")
+_bw = _ap.add_mutually_exclusive_group()
+_bw.add_argument("--forward-only", action="store_true", help="skip forward + gradients")
+_bw.add_argument("--backward", action="store_true", help="(default, kept for compatibility) also time forward + all gradients")
+_ap.add_argument("--no-scaling", action="store_true", help="skip the 1-thread bnns runs of the dense cases")
+_ap.add_argument("--peak", type=float, default=None, help="FMA peak in GFLOP/s (default: measured)")
+_ap.add_argument("--no-peak-probe", action="store_true", help="do not compile the FMA-loop probe; use sgemm")
+_ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_conv.json"))
+_ap.add_argument("--png", default=None, help="chart path (default: next to --out, .png)")
+_ap.add_argument("--update-docs", action="store_true", help="also copy the chart to docs/bench_conv.png")
+_ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
 ARGS = _ap.parse_args()
+T0 = time.perf_counter()
 
 # Same steady-state malloc mode as the peer harness: large freed blocks stay in the heap, so
-# per-call allocations (torch's outputs) do not page-fault. Read by glibc at start: re-exec.
+# per-call allocations (torch's outputs, gradients) do not page-fault. Read by glibc at start: re-exec.
+MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 if not ARGS.default_malloc and sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 * 1024 * 1024)
     os.environ["MALLOC_TRIM_THRESHOLD_"] = str(16 * 1024 ** 3)
     os.execv(sys.executable, [sys.executable] + sys.argv)
+MALLOC = {v: os.environ[v] for v in MALLOC_VARS if v in os.environ}
+MALLOC_TEXT = ("steady-state (" + ", ".join(f"{k}={v}" for k, v in MALLOC.items()) + ")") if MALLOC else "glibc default"
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(ARGS.threads)
 
@@ -48,119 +78,389 @@ try:
 except ImportError:
     torch = None
 
-from bnns_py.bench import arrays, bnns_module, flops, full_cases, out_hw, time_call  # noqa: E402
+from bnns_py.bench import (arrays, bench_bnns_forward, bench_bnns_forward_backward, bench_torch_forward,  # noqa: E402
+                           bench_torch_forward_backward, bnns_module, dense, flops, full_cases, out_hw,
+                           quick_cases, time_call)
 
-TIMING = dict(samples=5, target=0.03) if ARGS.quick else dict(samples=7, target=0.06)
-
-
-def bench(fn, **overrides):
-    return time_call(fn, **dict(TIMING, **overrides))
+BACKWARD = not ARGS.forward_only
+TIMING = dict(samples=5, target=0.03, max_total=2.0) if ARGS.quick else dict(samples=5, target=0.04, max_total=3.0)
+NAN = float("nan")
 
 
 def cases():
-    return [c for c in full_cases() if ARGS.only in c["name"]]
+    chosen = quick_cases() if ARGS.quick else full_cases()
+    return [c for c in chosen if ARGS.only in c["name"]]
 
 
-def bench_bnns(c):
+# --------------------------------------------------------------------------- peak
+FMA_C = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+/* 12 independent 8-lane FMA chains per thread: enough to cover latency x 2 FMA pipes. */
+int main(int argc, char **argv) {
+    int threads = atoi(argv[1]);
+    long iters = atol(argv[2]);
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = omp_get_wtime();
+        float sink = 0;
+        #pragma omp parallel num_threads(threads) reduction(+:sink)
+        {
+            __m256 a[12];
+            __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+            for (int k = 0; k < 12; k++) a[k] = _mm256_set1_ps((float)k);
+            for (long i = 0; i < iters; i++) {
+                #pragma GCC unroll 12
+                for (int k = 0; k < 12; k++) a[k] = _mm256_fmadd_ps(a[k], m, c);
+            }
+            __m256 s = a[0];
+            for (int k = 1; k < 12; k++) s = _mm256_add_ps(s, a[k]);
+            float v[8];
+            _mm256_storeu_ps(v, s);
+            sink += v[0];
+        }
+        double dt = omp_get_wtime() - t0;
+        double gf = (double)threads * iters * 12 * 8 * 2 / dt / 1e9;
+        if (gf > best) best = gf;
+        if (sink == 12345.f) printf("#");
+    }
+    printf("%f\n", best);
+    return 0;
+}
+"""
+
+
+def fma_probe(thread_counts):
+    """{threads: GFLOP/s} of an AVX2 FMA loop, or {"error": ...} / None when it cannot run."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if ARGS.no_peak_probe or not cc or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as td:
+            src, exe = os.path.join(td, "fma_peak.c"), os.path.join(td, "fma_peak")
+            with open(src, "w") as handle:
+                handle.write(FMA_C)
+            subprocess.run([cc, "-O2", "-mavx2", "-mfma", "-fopenmp", src, "-o", exe], check=True,
+                           capture_output=True, timeout=60)
+            return {t: float(subprocess.run([exe, str(t), "20000000"], check=True, capture_output=True, text=True,
+                                            timeout=60).stdout.split()[-1]) for t in sorted(set(thread_counts))}
+    except Exception as error:  # noqa: BLE001 - the probe is optional
+        return {"error": repr(error)}
+
+
+def sgemm_gflops(n=2048):
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    c = np.empty((n, n), np.float32)
+    fl = 2.0 * n ** 3 / 1e9
+    out = {"n": n, "numpy": fl / time_call(lambda: np.matmul(a, b, out=c), samples=5, target=0.15, max_total=3)}
+    if torch is not None:
+        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+        out["torch_mm"] = fl / time_call(lambda: torch.mm(ta, tb, out=tc), samples=5, target=0.15, max_total=3)
+    return out
+
+
+def cpu_mhz():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1])
+    except OSError:
+        pass
+    return None
+
+
+def measure_peak():
+    mhz = cpu_mhz()
+    info = {"cpu_mhz": mhz, "nominal_gflops": mhz / 1e3 * 32 * ARGS.threads if mhz else None,
+            "nominal_formula": f"{ARGS.threads} cores x {mhz} MHz x 32 flop/cycle (2 AVX2 FMA pipes x 8 lanes x 2)"}
+    info["fma_probe_gflops"] = fma_probe((1, ARGS.threads))
+    info["sgemm_gflops"] = sgemm_gflops()
+    probe = info["fma_probe_gflops"]
+    sgemm_best = max(v for k, v in info["sgemm_gflops"].items() if k != "n")
+    if ARGS.peak:
+        info["used_gflops"], info["source"] = ARGS.peak, "given (--peak)"
+    elif probe and ARGS.threads in probe:
+        info["used_gflops"], info["source"] = probe[ARGS.threads], "FMA-loop probe"
+    else:
+        info["used_gflops"], info["source"] = sgemm_best, "best sgemm 2048 (lower bound of the peak)"
+    return info
+
+
+# --------------------------------------------------------------------------- measurements
+def cpu_snapshot():
+    """(busy seconds of the whole machine, CPU seconds of this process, wall seconds) for other_load()."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    except (OSError, ValueError, IndexError):
+        busy = None
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()  # + the probe
+
+
+def other_load(before, after):
+    """Percent of the machine's CPUs busy with other processes (or VM steal) between two snapshots:
+    a large value means the numbers of that interval are disturbed."""
+    if before[0] is None or after[0] is None:
+        return None
+    wall = after[2] - before[2]
+    foreign = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, 100.0 * foreign / (wall * (os.cpu_count() or 1)))
+
+
+DISTURBED_PCT = 15.0
+
+
+def disturbed(load):
+    return load is not None and load > DISTURBED_PCT
+
+
+def measure_case(c):
+    """One sweep's seconds for a case: bnns/torch forward and forward+backward, bnns 1-thread forward."""
+    before = cpu_snapshot()
+    row = {"bnns_fwd_s": bench_bnns_forward(c, None, ARGS.threads, **TIMING),
+           "torch_fwd_s": bench_torch_forward(c, **TIMING) if torch else None}
+    if BACKWARD:
+        row["bnns_fwd_bwd_s"] = bench_bnns_forward_backward(c, None, ARGS.threads, **TIMING)
+        row["torch_fwd_bwd_s"] = bench_torch_forward_backward(c, **TIMING) if torch else None
+    if dense(c) and not ARGS.no_scaling and ARGS.threads != 1:
+        row["bnns_fwd_1t_s"] = bench_bnns_forward(c, None, 1, **TIMING)
+    row["other_load_pct"] = other_load(before, cpu_snapshot())
+    return row
+
+
+def tiny_overhead():
+    """Per-call microseconds on the tiny case, median over the sweeps' samples."""
+    c = next(c for c in full_cases() if c["name"].startswith("tiny"))
     x, w, b = arrays(c)
-    module = bnns_module(c, w, b)
-    out = np.empty((c["N"], c["Cout"]) + out_hw(c), np.float32)
-    layer = module._layer(c["H"], c["W"])
-    result = {"fwd_s": bench(lambda: layer.apply(c["N"], x, out))}
-    if ARGS.backward:
-        dy = np.random.default_rng(1).standard_normal(out.shape, dtype=np.float32)
-
-        def step():
-            y = module.forward(x, out=out)
-            module.backward(x, y, dy)
-
-        result["fwd_bwd_s"] = bench(step)
-    module.close()
-    return result
-
-
-def torch_call(c, x, w, b):
-    op = F.conv_transpose2d if c["transposed"] else F.conv2d
-    return op(x, w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"])
+    timing = dict(samples=9, target=0.05, max_total=2.0)
+    r = {}
+    with bnns_module(c, w, b, None, ARGS.threads) as module:
+        out = np.empty((c["N"], c["Cout"]) + out_hw(c), np.float32)
+        layer = module._layer(c["H"], c["W"])
+        r["bnns_layer_apply_us"] = time_call(lambda: layer.apply(c["N"], x, out), **timing) * 1e6
+        r["bnns_module_forward_us"] = time_call(lambda: module.forward(x, out=out), **timing) * 1e6
+    r["bnns_conv2d_us"] = time_call(lambda: bnns_py.conv2d(x, w, b, padding=c["pad"]), **timing) * 1e6
+    if torch is not None:
+        tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+        with torch.no_grad():
+            r["torch_conv2d_no_grad_us"] = time_call(lambda: F.conv2d(tx, tw, tb, padding=c["pad"]), **timing) * 1e6
+        with torch.inference_mode():
+            ix, iw, ib = tx.clone(), tw.clone(), tb.clone()
+            r["torch_conv2d_inference_mode_us"] = time_call(lambda: F.conv2d(ix, iw, ib, padding=c["pad"]),
+                                                            **timing) * 1e6
+    return r
 
 
-def bench_torch(c):
-    x, w, b = (torch.from_numpy(a) for a in arrays(c))
-    with torch.no_grad():
-        result = {"fwd_s": bench(lambda: torch_call(c, x, w, b))}
-    if ARGS.backward:
-        for t in (x, w, b):
-            t.requires_grad_(True)
-        gy = torch.randn((c["N"], c["Cout"]) + out_hw(c))
-
-        def step():
-            x.grad = w.grad = b.grad = None
-            torch_call(c, x, w, b).backward(gy)
-
-        result["fwd_bwd_s"] = bench(step)
-    return result
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
-def measured_peak():
-    n = 2048
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    c = np.empty_like(a)
-    return 2.0 * n ** 3 / bench(lambda: np.matmul(a, a, out=c), samples=5, target=0.2) / 1e9
+def summarize(c, samples, peak):
+    e = {k: c[k] for k in ("name", "N", "Cin", "Cout", "H", "W", "k", "stride", "pad", "dil", "groups", "transposed")}
+    e["gflop"] = flops(c) / 1e9
+    for key in samples[0]:
+        e[key] = median_or_none([s[key] for s in samples])
+    loads = [s["other_load_pct"] for s in samples if s.get("other_load_pct") is not None]
+    e["other_load_pct_max"] = max(loads) if loads else None
+    for lib in ("bnns", "torch"):
+        for key, mult in (("fwd", 1), ("fwd_bwd", 3)):  # forward + dL/dx + dL/dW: 3x the forward FLOPs
+            if e.get(f"{lib}_{key}_s"):
+                e[f"{lib}_{key}_gflops"] = mult * e["gflop"] / e[f"{lib}_{key}_s"]
+                e[f"{lib}_{key}_pct_peak"] = 100 * e[f"{lib}_{key}_gflops"] / peak
+    for key in ("fwd", "fwd_bwd"):
+        if e.get(f"torch_{key}_s") and e.get(f"bnns_{key}_s"):
+            e[f"{key}_ratio"] = e[f"torch_{key}_s"] / e[f"bnns_{key}_s"]  # bnns speed / torch speed
+    if e.get("bnns_fwd_1t_s"):
+        e["bnns_fwd_1t_gflops"] = e["gflop"] / e["bnns_fwd_1t_s"]
+        e["bnns_thread_scaling"] = e["bnns_fwd_1t_s"] / e["bnns_fwd_s"]
+    return e
+
+
+def geomean(values):
+    values = [v for v in values if v]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def print_table(summary):
+    f = lambda v, spec: format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])  # noqa: E731
+    head = f"{'case':28s} {'N':>2s} | {'bnns':>7s} {'torch':>7s} {'ratio':>6s} {'%pk':>4s}"
+    if BACKWARD:
+        head += f" | {'bnns':>7s} {'torch':>7s} {'ratio':>6s} {'%pk':>4s}"
+    head += f" | {'1thr':>6s} {f'{ARGS.threads}/1thr':>7s}"
+    top = f"{'':28s} {'':2s} | {'forward GFLOP/s':^31s}" + (f" | {'forward + all gradients GFLOP/s':^31s}" if BACKWARD else "")
+    print("\n" + top + f" | {'bnns fwd scaling':^14s}")
+    print(head)
+    for e in summary:
+        line = (f"{e['name']:28s} {e['N']:2d} | {f(e.get('bnns_fwd_gflops'), '7.1f')} {f(e.get('torch_fwd_gflops'), '7.1f')} "
+                f"{f(e.get('fwd_ratio'), '6.2f')} {f(e.get('bnns_fwd_pct_peak'), '4.0f')}")
+        if BACKWARD:
+            line += (f" | {f(e.get('bnns_fwd_bwd_gflops'), '7.1f')} {f(e.get('torch_fwd_bwd_gflops'), '7.1f')} "
+                     f"{f(e.get('fwd_bwd_ratio'), '6.2f')} {f(e.get('bnns_fwd_bwd_pct_peak'), '4.0f')}")
+        line += f" | {f(e.get('bnns_fwd_1t_gflops'), '6.1f')} {f(e.get('bnns_thread_scaling'), '6.2f')}x"
+        line = line.replace(" -x", "  ")
+        print(line + ("  *" if disturbed(e.get("other_load_pct")) else ""))
+    if any(disturbed(e.get("other_load_pct")) for e in summary):
+        print(f"* median other load above {DISTURBED_PCT:.0f}% of the CPUs during this case's sweeps: numbers "
+              "disturbed by other processes (PyTorch suffers most); rerun on a quiet machine")
+
+
+def plot(summary, meta, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return None
+    names = list(dict.fromkeys(e["name"] for e in summary))
+    series = [(key, n) for key in (("fwd", "fwd_bwd") if BACKWARD else ("fwd",)) for n in (1, 8)
+              if any(e["N"] == n and e.get(f"{key}_ratio") for e in summary)]
+    colors = {("fwd", 1): "#6baed6", ("fwd", 8): "#08519c", ("fwd_bwd", 1): "#fdae6b", ("fwd_bwd", 8): "#a63603"}
+    labels = {"fwd": "forward", "fwd_bwd": "forward + gradients"}
+    height = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(9, 0.2 * len(names) * len(series) + 1.6))
+    for i, (key, n) in enumerate(series):
+        ys, xs = [], []
+        for j, name in enumerate(names):
+            e = next((e for e in summary if e["name"] == name and e["N"] == n), None)
+            if e and e.get(f"{key}_ratio"):
+                ys.append(j - 0.4 + (i + 0.5) * height)
+                xs.append(e[f"{key}_ratio"])
+        if xs:
+            ax.barh(ys, xs, height=height, color=colors[(key, n)], label=f"{labels[key]}, batch {n}",
+                    hatch="//" if n == 8 else None, edgecolor="white", linewidth=0.3)
+            for y, x in zip(ys, xs):
+                ax.text(x, y, f" {x:.2f}", va="center", fontsize=6)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ratios = [e[f"{k}_ratio"] for e in summary for k in ("fwd", "fwd_bwd") if e.get(f"{k}_ratio")]
+    if ratios:
+        ax.set_xlim(min(min(ratios), 1.0) / 1.5, max(max(ratios), 1.0) * 1.6)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed ratio bnns-py / PyTorch (>1: bnns-py faster; log scale)")
+    ax.set_title(f"bnns-py {meta['bnns_py']} ({meta['backend'].get('backend')}) vs torch {meta['torch']}, "
+                 f"{meta['threads']} threads, median of {meta['runs']} runs"
+                 + ("\n(WARNING: other processes were running: disturbed numbers)"
+                    if any(disturbed(e.get("other_load_pct")) for e in summary) else ""), fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main():
     info = bnns_py.backend_info()
-    peak = ARGS.peak or measured_peak()
     print(f"bnns-py {bnns_py.__version__} {info['backend']} ({info.get('blas', '')})  torch "
-          f"{torch.__version__ if torch else 'absent'}  threads {ARGS.threads}  malloc "
-          f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}  peak {peak:.1f} GFLOP/s "
-          f"({'given' if ARGS.peak else 'numpy sgemm 2048'})", flush=True)
+          f"{torch.__version__ if torch else 'absent'}  numpy {np.__version__}  threads {ARGS.threads} (both)", flush=True)
+    print(f"malloc: {MALLOC_TEXT}  {platform.platform()}  {platform.processor() or platform.machine()}", flush=True)
+    before = cpu_snapshot()
+    peak_info = measure_peak()
+    peak_info["other_load_pct"] = other_load(before, cpu_snapshot())
+    probe = peak_info["fma_probe_gflops"]
+    nominal = peak_info["nominal_gflops"]
+    print(f"peak: nominal {nominal:.1f} GFLOP/s ({peak_info['nominal_formula']})" if nominal else "peak: nominal unknown")
+    if probe and "error" not in probe:
+        print("peak: FMA-loop probe " + ", ".join(f"{v:.1f} GFLOP/s at {t} thread{'s' * (t > 1)}" for t, v in probe.items()))
+    else:
+        print(f"peak: FMA-loop probe unavailable ({(probe or {}).get('error', 'no compiler or disabled')})")
+    print("peak: sgemm 2048 " + ", ".join(f"{k} {v:.1f}" for k, v in peak_info["sgemm_gflops"].items() if k != "n")
+          + " GFLOP/s")
+    peak = peak_info["used_gflops"]
+    print(f"peak used for %pk: {peak:.1f} GFLOP/s ({peak_info['source']})"
+          + (f"  [other load {peak_info['other_load_pct']:.0f}%: peak underestimated, rerun]"
+             if disturbed(peak_info["other_load_pct"]) else ""), flush=True)
+
+    chosen = cases()
     runs = []
     for run in range(ARGS.runs):
+        t_run = time.perf_counter()
         rows = []
-        for c in cases():
-            row = dict(c, gflop=flops(c) / 1e9, bnns=bench_bnns(c), torch=bench_torch(c) if torch else None)
+        for c in chosen:
+            row = measure_case(c)
             rows.append(row)
-            print(f"  run {run + 1} {c['name']:28s} N={c['N']} bnns {row['gflop'] / row['bnns']['fwd_s']:7.1f} GF/s"
-                  + (f"  torch {row['gflop'] / row['torch']['fwd_s']:7.1f} GF/s" if torch else ""), flush=True)
+            g = flops(c) / 1e9
+            msg = f"  run {run + 1}/{ARGS.runs} {c['name']:28s} N={c['N']} fwd bnns {g / row['bnns_fwd_s']:6.1f}"
+            msg += f" torch {g / row['torch_fwd_s']:6.1f}" if row.get("torch_fwd_s") else ""
+            if BACKWARD:
+                msg += f" | f+b bnns {3 * g / row['bnns_fwd_bwd_s']:6.1f}"
+                msg += f" torch {3 * g / row['torch_fwd_bwd_s']:6.1f}" if row.get("torch_fwd_bwd_s") else ""
+            msg += f" | 1thr {g / row['bnns_fwd_1t_s']:6.1f}" if row.get("bnns_fwd_1t_s") else ""
+            load = row.get("other_load_pct")
+            print(msg + " GFLOP/s" + (f" | other load {load:.0f}%" if load is not None else "")
+                  + (" (disturbed)" if disturbed(load) else ""), flush=True)
         runs.append(rows)
-    summary = []
-    for per_case in zip(*runs):
-        c = per_case[0]
-        entry = {k: c[k] for k in ("name", "N", "gflop")}
-        for lib in ("bnns", "torch"):
-            for key, mult in (("fwd_s", 1), ("fwd_bwd_s", 3)):
-                vals = [r[lib][key] for r in per_case if r[lib] and key in r[lib]]
-                if vals:
-                    entry[f"{lib}_{key}"] = statistics.median(vals)
-                    entry[f"{lib}_{key.replace('_s', '')}_gflops"] = mult * c["gflop"] / entry[f"{lib}_{key}"]
-        for key in ("fwd", "fwd_bwd"):
-            if f"torch_{key}_s" in entry and f"bnns_{key}_s" in entry:
-                entry[f"{key}_ratio"] = entry[f"torch_{key}_s"] / entry[f"bnns_{key}_s"]
-        entry["bnns_fwd_pct_peak"] = 100 * entry["bnns_fwd_gflops"] / peak
-        summary.append(entry)
-    header = f"{'case':28s} {'N':>2s} | {'bnns GF/s':>9s} {'torch GF/s':>10s} {'ratio':>6s} {'%peak':>6s}"
-    if ARGS.backward:
-        header += f" | {'f+b bnns':>8s} {'f+b torch':>9s} {'ratio':>6s}"
-    print("\n" + header)
-    for e in summary:
-        line = (f"{e['name']:28s} {e['N']:2d} | {e['bnns_fwd_gflops']:9.1f} {e.get('torch_fwd_gflops', float('nan')):10.1f} "
-                f"{e.get('fwd_ratio', float('nan')):6.2f} {e['bnns_fwd_pct_peak']:6.1f}")
-        if ARGS.backward:
-            line += (f" | {e.get('bnns_fwd_bwd_gflops', float('nan')):8.1f} {e.get('torch_fwd_bwd_gflops', float('nan')):9.1f} "
-                     f"{e.get('fwd_bwd_ratio', float('nan')):6.2f}")
-        print(line)
-    ratios = [e["fwd_ratio"] for e in summary if "fwd_ratio" in e]
-    if ratios:
-        print(f"geometric mean forward ratio (bnns speed / torch speed): "
-              f"{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f} over {len(ratios)} cases")
-    os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
+        print(f"  run {run + 1} took {time.perf_counter() - t_run:.0f} s", flush=True)
+    summary = [summarize(c, [r[i] for r in runs], peak) for i, c in enumerate(chosen)]
+    print_table(summary)
+
+    tiny = tiny_overhead() if any(c["name"].startswith("tiny") for c in chosen) or not ARGS.only else None
+    if tiny:
+        print("\ntiny_3x3_8-8_8 per call: " + "  ".join(f"{k[:-3]} {v:.1f} us" for k, v in tiny.items()))
+
+    totals = {}
+    for key in ("fwd", "fwd_bwd"):
+        ratios = [e.get(f"{key}_ratio") for e in summary]
+        if any(ratios):
+            totals[f"geomean_{key}_ratio"] = geomean(ratios)
+            totals[f"min_{key}_ratio"] = min(r for r in ratios if r)
+    scaling = [e["bnns_thread_scaling"] for e in summary if e.get("bnns_thread_scaling")]
+    if scaling:
+        totals["min_dense_thread_scaling"] = min(scaling)
+        totals["geomean_dense_thread_scaling"] = geomean(scaling)
+    print()
+    for key in ("fwd", "fwd_bwd"):
+        if f"geomean_{key}_ratio" in totals:
+            print(f"{'forward' if key == 'fwd' else 'forward+gradients'} ratio bnns/torch: geometric mean "
+                  f"{totals[f'geomean_{key}_ratio']:.2f}, worst {totals[f'min_{key}_ratio']:.2f}")
+    if scaling:
+        print(f"bnns forward {ARGS.threads} threads / 1 thread on the {len(scaling)} dense cases: worst "
+              f"{min(scaling):.2f}x, geometric mean {totals['geomean_dense_thread_scaling']:.2f}x "
+              f"({sum(s >= 1.8 for s in scaling)}/{len(scaling)} >= 1.8x)")
+    loads = [r.get("other_load_pct") for rows in runs for r in rows]
+    n_disturbed = sum(disturbed(v) for v in loads)
+    totals["disturbed_measurements"] = n_disturbed
+    if n_disturbed:
+        print(f"WARNING: {n_disturbed} of {len(loads)} case sweeps ran while other processes used more than "
+              f"{DISTURBED_PCT:.0f}% of the CPUs; the ratios are unreliable (rerun on a quiet machine)")
+    elapsed = time.perf_counter() - T0
+    print(f"total time {elapsed:.0f} s")
+
+    meta = {"bnns_py": bnns_py.__version__, "backend": info, "torch": torch.__version__ if torch else None,
+            "numpy": np.__version__, "platform": platform.platform(), "python": platform.python_version(),
+            "threads": ARGS.threads, "thread_pinning": {"torch.set_num_threads": ARGS.threads,
+                                                        "bnns FilterParameters.n_threads": ARGS.threads,
+                                                        "OMP/OPENBLAS/MKL_NUM_THREADS": ARGS.threads},
+            "malloc": MALLOC_TEXT, "malloc_env": MALLOC, "runs": ARGS.runs, "quick": ARGS.quick,
+            "backward": BACKWARD, "timing": TIMING, "peak": peak_info, "peak_gflops": peak,
+            "flops_note": "forward = 2*N*Cout*Ho*Wo*Cin/groups*k*k; forward+gradients counted as 3x forward",
+            "elapsed_s": elapsed, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    os.makedirs(os.path.dirname(os.path.abspath(ARGS.out)), exist_ok=True)
     with open(ARGS.out, "w") as handle:
-        json.dump({"meta": {"threads": ARGS.threads, "peak_gflops": peak, "backend": info,
-                            "torch": torch.__version__ if torch else None, "platform": platform.platform(),
-                            "malloc": os.environ.get("MALLOC_MMAP_THRESHOLD_")},
-                   "summary": summary, "runs": runs}, handle, indent=1)
+        json.dump({"meta": meta, "totals": totals, "summary": summary, "tiny_overhead_us": tiny,
+                   "runs": [[dict(name=c["name"], N=c["N"], **r) for c, r in zip(chosen, rows)] for rows in runs]},
+                  handle, indent=1)
     print(f"wrote {ARGS.out}")
+    png = plot(summary, meta, ARGS.png or os.path.splitext(ARGS.out)[0] + ".png")
+    if png:
+        print(f"wrote {png}")
+        if ARGS.update_docs:
+            docs = os.path.join(REPO, "docs")
+            os.makedirs(docs, exist_ok=True)
+            shutil.copyfile(png, os.path.join(docs, "bench_conv.png"))
+            print(f"wrote {os.path.join(docs, 'bench_conv.png')}")
 
 
 if __name__ == "__main__":

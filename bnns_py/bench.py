@@ -84,31 +84,101 @@ def time_call(fn, samples=7, target=0.06, max_total=6.0):
     return statistics.median(per_call)
 
 
-def bnns_module(c, w, b, backend=None):
-    """A bnns_py Conv2d / ConvTranspose2d for a case (imported lazily: no cycle at import time)."""
+def dense(c):
+    """True for the dense (groups 1, not tiny) cases, where thread scaling is meaningful."""
+    return c["groups"] == 1 and flops(c) >= 1e8
+
+
+def conv_layer(spec, height, width, bnns_weight, bias, backend=None, n_threads=0):
+    """``ConvSpec.make_layer`` with an explicit ``FilterParameters.n_threads`` (0: BNNS's default)."""
+    from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
+    from .descriptor import NDArrayDescriptor
+    from .enums import DataType, Flags
+    from .filter_parameters import FilterParameters
+    from .shape import Shape
+    out_h, out_w = spec.output_hw(height, width)
+    (s_h, s_w), (d_h, d_w) = spec.stride, spec.dilation
+    parameters = FilterParameters(flags=Flags.use_client_pointer, n_threads=int(n_threads or 0))
+    return ConvolutionLayer(
+        ConvolutionType.transposed if spec.transposed else ConvolutionType.standard,
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(width, height, spec.in_channels)),
+        NDArrayDescriptor(bnns_weight, spec.bnns_weight_shape()),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(out_w, out_h, spec.out_channels)),
+        None if bias is None else NDArrayDescriptor(bias, Shape.vector(spec.out_channels)),
+        ConvolutionPadding.asymmetric(*spec.padding), spec.activation, spec.groups,
+        (s_w, s_h), (d_w, d_h), parameters, backend=backend)
+
+
+def bnns_module(c, w, b, backend=None, n_threads=None):
+    """A bnns_py Conv2d / ConvTranspose2d for a case (imported lazily: no cycle at import time).
+
+    With ``n_threads`` the module's filter for the case's input size is created with that
+    ``FilterParameters.n_threads`` (the modules themselves use the default, 0 = all CPUs), so
+    ``forward``/``backward`` and ``module._layer(H, W)`` run with that many threads.
+    """
     from .modules import Conv2d, ConvTranspose2d
     cls = ConvTranspose2d if c["transposed"] else Conv2d
-    return cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"], backend=backend)
+    module = cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"], backend=backend)
+    if n_threads is not None:
+        module._layers[(c["H"], c["W"])] = conv_layer(module.spec, c["H"], c["W"], module._bnns_weight, module.bias,
+                                                      backend, n_threads)
+    return module
 
 
-def bench_bnns_forward(c, backend=None, **timing):
+def bench_bnns_forward(c, backend=None, n_threads=None, **timing):
     """Seconds per forward call of a kept layer on preallocated arrays (what a model would do)."""
     x, w, b = arrays(c)
-    with bnns_module(c, w, b, backend) as module:
+    with bnns_module(c, w, b, backend, n_threads) as module:
         out = np.empty((c["N"], c["Cout"]) + out_hw(c), np.float32)
         layer = module._layer(c["H"], c["W"])
         return time_call(lambda: layer.apply(c["N"], x, out), **timing)
+
+
+def bench_bnns_forward_backward(c, backend=None, n_threads=None, **timing):
+    """Seconds per forward + all gradients (input, weight, bias) through ``Conv2d``/``ConvTranspose2d``
+    ``forward`` and ``backward`` (gradient arrays allocated per call, as torch's autograd does)."""
+    x, w, b = arrays(c)
+    dy = np.random.default_rng(1).standard_normal((c["N"], c["Cout"]) + out_hw(c), dtype=np.float32)
+    with bnns_module(c, w, b, backend, n_threads) as module:
+        out = np.empty_like(dy)
+
+        def step():
+            y = module.forward(x, out=out)
+            module.backward(x, y, dy)
+
+        return time_call(step, **timing)
+
+
+def _torch_op(c):
+    import torch.nn.functional as F
+    op = F.conv_transpose2d if c["transposed"] else F.conv2d
+    return lambda x, w, b: op(x, w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"])
 
 
 def bench_torch_forward(c, **timing):
     """Seconds per torch.nn.functional forward call, or None without torch."""
     try:
         import torch
-        import torch.nn.functional as F
     except ImportError:
         return None
     x, w, b = (torch.from_numpy(a) for a in arrays(c))
-    op = F.conv_transpose2d if c["transposed"] else F.conv2d
+    op = _torch_op(c)
     with torch.no_grad():
-        return time_call(lambda: op(x, w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"],
-                                    groups=c["groups"]), **timing)
+        return time_call(lambda: op(x, w, b), **timing)
+
+
+def bench_torch_forward_backward(c, **timing):
+    """Seconds per forward + ``out.backward(grad)`` with every input requiring grad, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    x, w, b = (torch.from_numpy(a).requires_grad_(True) for a in arrays(c))
+    gy = torch.from_numpy(np.random.default_rng(1).standard_normal((c["N"], c["Cout"]) + out_hw(c), dtype=np.float32))
+    op = _torch_op(c)
+
+    def step():
+        x.grad = w.grad = b.grad = None
+        op(x, w, b).backward(gy)
+
+    return time_call(step, **timing)
