@@ -137,3 +137,29 @@ def test_transposed_backward_matches_reference(n_threads, rng, no_filter_leaks):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(dw, transposed_weight_to_bnns(dw_ref, 1), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_worker_pool_works_in_a_forked_child(rng, no_filter_leaks):
+    """The child of a fork has none of the parent's pool threads: its first parallel call must
+    start new ones rather than wait for ghosts."""
+    import os
+    case = STANDARD[0]
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin) + k, 0.3)
+    layer, (oh, ow) = _layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, None,
+                             AF.identity, 2)
+    with layer:
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)  # the parent's pool is running now
+        pid = os.fork()
+        if pid == 0:  # child: exit status 0 only if the parallel call finishes with the same result
+            try:
+                y2 = np.empty_like(y)
+                layer.apply(n, x, y2)
+                os._exit(0 if np.array_equal(y, y2) else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
