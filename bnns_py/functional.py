@@ -15,7 +15,11 @@ and bias arrays alive: the cache holds at most ``cache_size()`` recent weight ar
 and bias arrays used in place are cached (C-contiguous float32 numpy arrays; anything that needs
 a conversion gets a filter of its own, destroyed after the call). ``clear_cache()`` destroys
 every cached filter (also done at interpreter exit) and ``set_cache_size(0)`` disables the cache.
-With ``backend=None`` the default backend is resolved when a filter is created.
+Each cached filter also remembers the last input (and ``out``) it ran on, with their C pointers,
+so a repeated call skips those look-ups; that keeps those arrays alive until the next call with
+other arrays or ``clear_cache()``. With ``backend=None`` the default backend is resolved when a
+filter is created. Thread-safe: a filter evicted or cleared while another thread runs it is
+destroyed when that call returns.
 
 Strided views: ``x`` (and ``out``) may be numpy views such as ``big[:, 2:10]`` (a channel slice)
 or ``padded[:, :, 1:-1, 1:-1]`` (an interior window). When every stride is a positive multiple
@@ -43,6 +47,7 @@ from .geometry import max_output_size, transposed_output_size
 from .shape import Shape
 
 _FLOAT32 = np.dtype(np.float32)
+_TOO_HARD = getattr(np, "exceptions", np).TooHardError  # numpy < 1.25 has it at the top level
 _FLOAT32_TYPE = DataType.float32
 
 
@@ -255,7 +260,7 @@ def _overlap(a, b):
         return False
     try:
         return bool(np.shares_memory(a, b, max_work=100_000))
-    except np.exceptions.TooHardError:
+    except _TOO_HARD:
         return True
 
 
@@ -560,6 +565,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     Returns:
         ``(N, C_out, H_out, W_out)`` (or ``(C_out, H_out, W_out)`` for 3-D ``x``), with PyTorch's
         output size ``(H + top + bottom - dH*(kH-1) - 1) // sH + 1``.
+
+    The BNNS filter is cached: a repeated call with the same weight/bias arrays and geometry only
+    runs it (see the module docstring, ``clear_cache`` and ``set_cache_size``).
     """
     return _run(False, x, weight, bias, stride, padding, dilation, groups, activation, backend, out)
 
