@@ -350,17 +350,22 @@ class _ConvFilter:
         The last (x, out) pair read in place and their C pointers are remembered (strong
         references, until another pair is used): the same arrays again skip the pointer lookups
         and the overlap check."""
-        if out is not None and not out.flags.writeable:
-            raise ValueError("out is read-only but BNNS writes into it")
+        self.tick = _next_tick()
         last = self.last
-        if x is last[0] and out is last[1]:
-            x_ptr, out_ptr = last[2], last[3]
-        else:
-            x, x_ptr, out_ptr = self._pointers(x, out)
         if out is None:
+            if x is last[0] and last[1] is None:
+                x_ptr = last[2]
+            else:
+                x, x_ptr, _ = self._pointers(x, None)
             result = np.empty(self.out_shape, _FLOAT32)
-            out_ptr = ffi.from_buffer(result)
+            out_ptr = _from_buffer(result)
         else:
+            if not out.flags.writeable:
+                raise ValueError("out is read-only but BNNS writes into it")
+            if x is last[0] and out is last[1]:
+                x_ptr, out_ptr = last[2], last[3]
+            else:
+                x, x_ptr, out_ptr = self._pointers(x, out)
             result = out
         if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
             np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
@@ -401,8 +406,13 @@ class _Cache:
     size = 16
     entries = {}  # geometry + memory key -> _ConvFilter
     fast = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
-    ticks = itertools.count(1)  # least recently used = smallest tick
+    ticks = itertools.count(1)  # least recently used = smallest tick (see _next_tick)
     FAST_KEYS_PER_FILTER = 8
+
+
+_next_tick = _Cache.ticks.__next__
+_fast_get = _Cache.fast.get  # the dict is only ever cleared in place
+_from_buffer = ffi.from_buffer
 
 
 def cache_size():
@@ -464,7 +474,7 @@ def _cached(key, fast_key, make):
             entry = _Cache.entries.get(key)
             if entry is None:  # else another thread made one first: ours is dropped
                 entry = made
-                entry.tick = next(_Cache.ticks)
+                entry.tick = _next_tick()
                 _Cache.entries[key] = entry
                 dropped = _evict_locked()
     if fast_key is not None and entry.weight is fast_key[1][0] and entry.bias is fast_key[1][1]:
@@ -494,16 +504,21 @@ def _run(transposed, x, weight, bias, stride, padding, dilation, groups, activat
         # True == 1 and 1.0 == 1: only exact ints may be compared with the cached arguments
         return _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation,
                             backend, out, output_padding, None)
+    # Only float32 arrays are cached, so dtypes are compared here rather than hashed into the key;
+    # a 1-D bias's strides also fix its shape (an array's size never changes).
     try:
-        fast_key = (transposed, x.shape, x.strides, x.dtype, id(weight), weight.shape, weight.strides,
-                    weight.dtype, id(bias), None if bias is None else (bias.shape, bias.strides, bias.dtype),
-                    stride, padding, dilation, groups, activation, backend, output_padding,
-                    None if out is None else (out.shape, out.strides, out.dtype))
-        entry = _Cache.fast.get(fast_key)
+        if (x.dtype is _FLOAT32 and weight.dtype is _FLOAT32 and (bias is None or bias.dtype is _FLOAT32)
+                and (out is None or out.dtype is _FLOAT32)):
+            fast_key = (transposed, x.shape, x.strides, id(weight), weight.shape, weight.strides, id(bias),
+                        None if bias is None else bias.strides, stride, padding, dilation, groups, activation,
+                        backend, output_padding, None if out is None else out.shape,
+                        None if out is None else out.strides)
+            entry = _fast_get(fast_key)
+        else:
+            fast_key = entry = None
     except (AttributeError, TypeError):  # not arrays, or unhashable arguments: the checked path
         fast_key = entry = None
     if entry is not None and entry.weight is weight and entry.bias is bias:
-        entry.tick = next(_Cache.ticks)
         return entry.run(x, out)
     return _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation,
                         backend, out, output_padding, fast_key)

@@ -223,6 +223,15 @@ def test_conv2d_cached_call_still_refuses_bad_arguments(rng, fresh_cache, no_fil
     out.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         bnns_py.conv2d(x, weight, padding=1, out=out)
+    with pytest.raises(TypeError, match="dtype"):
+        bnns_py.conv2d(x.astype(np.float64), weight, padding=1)
+    with pytest.raises(TypeError, match="dtype"):
+        bnns_py.conv2d(x, weight, padding=1, out=out.astype(np.float64))
+    same = x.view()
+    bnns_py.conv2d(same, weight, padding=1)
+    same.shape = (1, 2, 12, 6)  # same object, other channels: the checked path refuses it
+    with pytest.raises(ValueError, match="2 channels"):
+        bnns_py.conv2d(same, weight, padding=1)
     weight.shape = (4, 36, 1, 1)  # same object, another geometry: not the cached filter
     with pytest.raises(ValueError, match="channels"):
         bnns_py.conv2d(x, weight, padding=1)
