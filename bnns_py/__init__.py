@@ -17,7 +17,7 @@ from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType, FilterType, Flags, NDArrayFlags
 from .errors import BNNSError, LayerClosedError, LibraryNotFoundError
 from .filter_parameters import FilterParameters
-from .functional import conv2d, conv_transpose2d
+from .functional import cache_size, cached_filter_count, clear_cache, conv2d, conv_transpose2d, set_cache_size
 from .modules import Conv2d, ConvTranspose2d, Gradients
 from .layer import Layer, UnaryLayer, filter_counts
 from .shape import Shape
@@ -38,8 +38,9 @@ __all__ = [
     "ActivationFunction", "BNNSError", "Conv2d", "ConvTranspose2d", "Gradients", "ConvolutionLayer", "ConvolutionPadding", "ConvolutionType",
     "DataLayout", "DataType", "FilterParameters", "FilterType", "Flags", "Layer", "LayerClosedError",
     "LibraryNotFoundError", "NDArrayDescriptor", "NDArrayFlags", "Shape", "UnaryLayer",
-    "__version__", "available_backends", "backend_info", "conv2d", "conv_transpose2d", "default_backend_name", "ffi",
-    "filter_counts", "get_backend",
+    "__version__", "available_backends", "backend_info", "cache_size", "cached_filter_count", "clear_cache",
+    "conv2d", "conv_transpose2d", "default_backend_name", "ffi",
+    "filter_counts", "get_backend", "set_cache_size",
     "FullyConnectedLayer", "ImageStackDescriptor", "LegacyConvolutionLayer", "LegacyFullyConnectedLayer",
     "Linear", "VectorDescriptor", "linear",
     "Comparison", "ComparisonTable", "assert_close", "compare", "comparison_table",

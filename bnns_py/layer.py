@@ -52,6 +52,12 @@ def create_filter(backend, function_name, *args, keepalive=()):
     return ffi.gc(handle, lambda h, d=backend.destroy, k=tuple(keepalive): _destroy_filter(d, k, h))
 
 
+# UnaryLayer.apply's memory of its last numpy operands: (input, output, batch size, input
+# dtype, output dtype, C function, input pointer, input batch stride, output pointer, output
+# batch stride). Nothing matches this one.
+_NO_LAST_APPLY = (object(), object()) + (None,) * 8
+
+
 class Layer:
     """Base class: owns a ``BNNSFilter`` and destroys it exactly once."""
 
@@ -59,6 +65,7 @@ class Layer:
         self._handle = handle
         self._backend = backend
         self._keepalive = tuple(keepalive)
+        self._last_apply = _NO_LAST_APPLY
         # Accelerate's filters are reported not to be thread-safe: calls on one layer are
         # serialized there. The portable backend is safe (a busy filter uses a private workspace).
         self._call_lock = None if backend.is_portable else threading.Lock()
@@ -89,6 +96,7 @@ class Layer:
     def close(self):
         """Destroy the filter now. Safe to call more than once."""
         handle, self._handle = self._handle, None
+        self._last_apply = _NO_LAST_APPLY  # drop the remembered arrays and their pointers
         if handle is not None:
             ffi.release(handle)
 
@@ -128,6 +136,7 @@ class UnaryLayer(Layer):
         # per-call facts about each operand, computed once: (dtype, batch stride, extent of one item)
         self._operands = {name: (d.data_type.numpy_dtype, d.shape.batch_stride, d.shape.extent)
                           for name, d in (("input", input_descriptor), ("output", output_descriptor))}
+        self._last_apply = _NO_LAST_APPLY
 
     def apply(self, batch_size, input, output):
         """Run the filter on ``batch_size`` items.
@@ -136,15 +145,43 @@ class UnaryLayer(Layer):
         ``batch_size`` items laid out as the layer's input/output descriptors describe (for
         images: C-contiguous ``(N, C, H, W)`` or ``(C, H, W)``). The batch strides are the
         descriptors' ``shape.batch_stride``.
+
+        Calling again with the same two numpy arrays and batch size is the fast path: the layer
+        remembers the last pair (and keeps a reference to both until another pair is used or the
+        layer is closed), so the repeated call only re-checks their dtype, contiguity and
+        writability before calling C. The GIL is released during the C call.
         """
+        last = self._last_apply
+        if input is last[0] and output is last[1] and batch_size == last[2] and type(batch_size) is int:
+            out_flags = output.flags
+            if (input.dtype is last[3] and output.dtype is last[4] and out_flags.writeable
+                    and out_flags.c_contiguous and input.flags.c_contiguous):
+                handle = self._handle
+                if handle is not None:
+                    lock = self._call_lock
+                    if lock is None:
+                        status = last[5](handle, batch_size, last[6], last[7], last[8], last[9])
+                    else:
+                        with lock:
+                            status = last[5](handle, batch_size, last[6], last[7], last[8], last[9])
+                    if status != 0:
+                        self._fail("BNNSFilterApplyBatch")
+                    return
+        self._apply_checked(batch_size, input, output)
+
+    def _apply_checked(self, batch_size, input, output):
+        """``apply`` with every check; remembers a numpy pair for the fast path."""
         handle = self.bnns_filter
         batch_size = _check_batch_size(batch_size)
         in_ptr, in_stride, in_array = self._pointer("input", input, self.input_descriptor, batch_size, False)
         out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
         if np.may_share_memory(in_array, out_array):
             raise ValueError("input and output share memory; BNNS needs separate buffers")
-        status = self._call(self._backend.lib.BNNSFilterApplyBatch, handle, batch_size, in_ptr, in_stride,
-                            out_ptr, out_stride)
+        function = self._backend.lib.BNNSFilterApplyBatch
+        if input is in_array and output is out_array:  # numpy arrays, not descriptors
+            self._last_apply = (input, output, batch_size, input.dtype, output.dtype, function,
+                                in_ptr, in_stride, out_ptr, out_stride)
+        status = self._call(function, handle, batch_size, in_ptr, in_stride, out_ptr, out_stride)
         if status != 0:
             self._fail("BNNSFilterApplyBatch")
 
