@@ -89,26 +89,6 @@ def dense(c):
     return c["groups"] == 1 and flops(c) >= 1e8
 
 
-def conv_layer(spec, height, width, bnns_weight, bias, backend=None, n_threads=0):
-    """``ConvSpec.make_layer`` with an explicit ``FilterParameters.n_threads`` (0: BNNS's default)."""
-    from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
-    from .descriptor import NDArrayDescriptor
-    from .enums import DataType, Flags
-    from .filter_parameters import FilterParameters
-    from .shape import Shape
-    out_h, out_w = spec.output_hw(height, width)
-    (s_h, s_w), (d_h, d_w) = spec.stride, spec.dilation
-    parameters = FilterParameters(flags=Flags.use_client_pointer, n_threads=int(n_threads or 0))
-    return ConvolutionLayer(
-        ConvolutionType.transposed if spec.transposed else ConvolutionType.standard,
-        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(width, height, spec.in_channels)),
-        NDArrayDescriptor(bnns_weight, spec.bnns_weight_shape()),
-        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(out_w, out_h, spec.out_channels)),
-        None if bias is None else NDArrayDescriptor(bias, Shape.vector(spec.out_channels)),
-        ConvolutionPadding.asymmetric(*spec.padding), spec.activation, spec.groups,
-        (s_w, s_h), (d_w, d_h), parameters, backend=backend)
-
-
 def bnns_module(c, w, b, backend=None, n_threads=None):
     """A bnns_py Conv2d / ConvTranspose2d for a case (imported lazily: no cycle at import time).
 
@@ -120,8 +100,8 @@ def bnns_module(c, w, b, backend=None, n_threads=None):
     cls = ConvTranspose2d if c["transposed"] else Conv2d
     module = cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"], backend=backend)
     if n_threads is not None:
-        module._layers[(c["H"], c["W"])] = conv_layer(module.spec, c["H"], c["W"], module._bnns_weight, module.bias,
-                                                      backend, n_threads)
+        module._layers[(c["H"], c["W"])] = module.spec.make_layer(c["H"], c["W"], module._bnns_weight, module.bias,
+                                                                  backend, n_threads=int(n_threads))
     return module
 
 

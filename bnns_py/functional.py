@@ -153,14 +153,15 @@ class ConvSpec:
         return Shape.convolution_weights_oihw(k_w, k_h, self.in_channels // self.groups, self.out_channels)
 
     def make_layer(self, height, width, bnns_weight, bias, backend, client_pointer=True,
-                   input_strides=(0, 0, 0), output_strides=(0, 0, 0)):
+                   input_strides=(0, 0, 0), output_strides=(0, 0, 0), n_threads=0):
         """A ConvolutionLayer for inputs of (height, width), reading ``bnns_weight`` (BNNS OIHW).
 
         ``input_strides``/``output_strides``: the images' BNNS element strides (x, row,
-        channel); zeros for packed images."""
+        channel); zeros for packed images. ``n_threads``: ``FilterParameters.n_threads``."""
         out_h, out_w = self.output_hw(height, width)
         (s_h, s_w), (d_h, d_w) = self.stride, self.dilation
-        parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none)
+        parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none,
+                                      n_threads=n_threads)
         return ConvolutionLayer(
             ConvolutionType.transposed if self.transposed else ConvolutionType.standard,
             NDArrayDescriptor(data_type=_FLOAT32_TYPE,
