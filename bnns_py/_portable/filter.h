@@ -34,6 +34,8 @@ typedef struct {
     float *workspace;
     size_t workspace_floats;
     atomic_flag busy;
+    /* data types other than Float32 (dtypes.c): NULL when every descriptor is Float32 */
+    struct bp_dtype_ext *dtype;
 } bp_filter;
 
 /* workspace layout (offsets in floats) */
