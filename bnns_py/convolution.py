@@ -145,6 +145,15 @@ class ConvolutionLayer(UnaryLayer):
     ``in`` is the input's channel count: memory ``[out][in/groups][kH][kW]``, not flipped (see the
     README's macOS-conformance table).
 
+    Data types (portable backend, standard convolution): input, weights and bias may be float32,
+    float16, bfloat16, int8 or uint8, the output float32, float16 or bfloat16, in any combination;
+    the products are accumulated in float32 and the result is rounded once to the output type.
+    int8/uint8 values are read as ``data_scale * x + data_bias`` (a ``data_scale`` of 0 counts as
+    1), using the descriptor's scale and bias given here. bfloat16 arrays are ``uint16`` arrays of
+    bfloat16 bit patterns (``bnns_py.enums.float32_to_bfloat16_bits`` /
+    ``bfloat16_bits_to_float32``), or ``ml_dtypes.bfloat16`` arrays when ml_dtypes is installed.
+    Transposed convolution and ``apply_backward`` take float32 only, as in BNNS.
+
     Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
     ``BNNSError`` if BNNS still refuses to create the filter.
     """
@@ -186,8 +195,8 @@ class ConvolutionLayer(UnaryLayer):
         super().__init__(handle, backend, input, output, keepalive)
         for name, descriptor in (("input", input), ("output", output)):
             if descriptor.data_type == DataType.bfloat16:  # numpy has no bfloat16: its bits, as uint16
-                _, stride, extent = self._operands[name]
-                self._operands[name] = (BFLOAT16_BITS, stride, extent)
+                _, batch_stride, extent = self._operands[name]
+                self._operands[name] = (BFLOAT16_BITS, batch_stride, extent)
         self.type = type
         self.weights = weights
         self.bias = bias
