@@ -448,3 +448,28 @@ def test_create_with_float16_fails_cleanly_without_leaks(lib, no_filter_leaks):
     params.w_desc.data = ffi.NULL
     assert lib.BNNSFilterCreateLayerConvolution(params, ffi.NULL) == ffi.NULL
     assert "w_desc.data is NULL" in bnns_py.get_backend("portable").last_error()
+
+
+def test_concurrent_calls_on_a_client_float16_layer(rng, no_filter_leaks):
+    # per-call conversions of client weights use a workspace of their own: threads do not mix
+    from concurrent.futures import ThreadPoolExecutor
+    weight = rng.standard_normal((4, 3, 3, 3))
+    layer, *_ = _layer(F16, F16, BF16, F16, (3, 12, 12), weight, rng.standard_normal(4), client=True)
+    inputs = [rng.standard_normal((2, 3, 12, 12)).astype(np.float16) for _ in range(8)]
+    with layer:
+        expected = []
+        for x in inputs:
+            out = np.empty((2, 4, 12, 12), np.uint16)
+            layer.apply(2, x, out)
+            expected.append(out)
+
+        def run(k):
+            out = np.empty((2, 4, 12, 12), np.uint16)
+            for _ in range(5):
+                layer.apply(2, inputs[k], out)
+            return out
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(run, range(len(inputs))))
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
