@@ -2,13 +2,15 @@
 import enum
 from typing import ClassVar
 
+import numpy as np
+
 from . import _repr
 from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor
-from .enums import DataLayout, DataType
+from .enums import BFLOAT16_BITS, DataLayout, DataType
 from .filter_parameters import FilterParameters
 from .geometry import effective_kernel, standard_size_ok, transposed_size_ok
 from .layer import UnaryLayer, create_filter
@@ -100,12 +102,18 @@ BACKWARD_FROM_OUTPUT = frozenset({0, 1, 2, 3, 4, 7, 8, 11, 15, 16, 17, 18, 19, 2
                                   25, 26, 27, 28, 29, 35})
 # ... of which the portable backend cannot invert these from y.
 PORTABLE_BACKWARD_UNSUPPORTED = frozenset({27, 35})
-_DATA_TYPES = {  # (backend, type) -> data types BNNS documents for the i/w/o descriptors
+_DATA_TYPES = {  # (backend, type) -> data types accepted for the i/w/o descriptors (and bias)
     ("accelerate", ConvolutionType.standard): {DataType.float32, DataType.float16, DataType.int8, DataType.uint8},
     ("accelerate", ConvolutionType.transposed): {DataType.float32},
-    ("portable", ConvolutionType.standard): {DataType.float32},
+    # the portable backend converts other types to float32 around its float32 engine and
+    # accumulates in float32; int8/uint8 values are read as data_scale * x + data_bias
+    ("portable", ConvolutionType.standard): {DataType.float32, DataType.float16, DataType.bfloat16,
+                                             DataType.int8, DataType.uint8},
     ("portable", ConvolutionType.transposed): {DataType.float32},
 }
+# Output types the portable backend writes: how BNNS would quantize an integer output is not
+# documented, so integer outputs are refused there.
+PORTABLE_OUTPUT_TYPES = frozenset({DataType.float32, DataType.float16, DataType.bfloat16})
 
 
 MAX_VALUES = 2 ** 60  # no descriptor may span more values than a 64-bit address space holds as floats
@@ -136,6 +144,15 @@ class ConvolutionLayer(UnaryLayer):
     Transposed convolution weights use layout OIHW with ``size = (kW, kH, in/groups, out)`` where
     ``in`` is the input's channel count: memory ``[out][in/groups][kH][kW]``, not flipped (see the
     README's macOS-conformance table).
+
+    Data types (portable backend, standard convolution): input, weights and bias may be float32,
+    float16, bfloat16, int8 or uint8, the output float32, float16 or bfloat16, in any combination;
+    the products are accumulated in float32 and the result is rounded once to the output type.
+    int8/uint8 values are read as ``data_scale * x + data_bias`` (a ``data_scale`` of 0 counts as
+    1), using the descriptor's scale and bias given here. bfloat16 arrays are ``uint16`` arrays of
+    bfloat16 bit patterns (``bnns_py.enums.float32_to_bfloat16_bits`` /
+    ``bfloat16_bits_to_float32``), or ``ml_dtypes.bfloat16`` arrays when ml_dtypes is installed.
+    Transposed convolution and ``apply_backward`` take float32 only, as in BNNS.
 
     Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
     ``BNNSError`` if BNNS still refuses to create the filter.
@@ -176,6 +193,10 @@ class ConvolutionLayer(UnaryLayer):
         keepalive = (weights, bias, filter_parameters)
         handle = create_filter(backend, function, params, c_filter_parameters, keepalive=keepalive)
         super().__init__(handle, backend, input, output, keepalive)
+        for name, descriptor in (("input", input), ("output", output)):
+            if descriptor.data_type == DataType.bfloat16:  # numpy has no bfloat16: its bits, as uint16
+                _, batch_stride, extent = self._operands[name]
+                self._operands[name] = (BFLOAT16_BITS, batch_stride, extent)
         self.type = type
         self.weights = weights
         self.bias = bias
@@ -219,6 +240,20 @@ class ConvolutionLayer(UnaryLayer):
     def _repr_html_(self):
         return _repr.safe(self, _repr.layer_html, _repr.convolution_layer_parts)
 
+    def _pointer(self, name, value, expected, batch_size, writable):
+        # A clear message for a numpy array of the wrong dtype, before the C call; bfloat16
+        # operands are uint16 arrays of bit patterns (ml_dtypes.bfloat16 arrays are viewed so).
+        if isinstance(value, np.ndarray):
+            data_type = expected.data_type
+            if value.dtype not in data_type.storage_dtypes:
+                hint = (": pass a uint16 array of bfloat16 bit patterns (bnns_py.enums.float32_to_bfloat16_bits)"
+                        if data_type == DataType.bfloat16 else f": pass {name}.astype(np.{data_type.numpy_dtype})")
+                raise TypeError(f"{name} has dtype {value.dtype} but the layer's {name} data type is "
+                                f"{data_type.name}{hint}")
+            if value.dtype != BFLOAT16_BITS and data_type == DataType.bfloat16:
+                value = value.view(BFLOAT16_BITS)
+        return super()._pointer(name, value, expected, batch_size, writable)
+
     def _weights_shape_descriptor(self):
         return self.weights
 
@@ -233,8 +268,8 @@ class ConvolutionLayer(UnaryLayer):
             raise ValueError("apply_backward needs a layer created with "
                              "FilterParameters(flags=Flags.use_client_pointer), as BNNS requires")
         for name, descriptor in (("input", self.input_descriptor), ("weights", self.weights),
-                                 ("output", self.output_descriptor)):
-            if descriptor.data_type != DataType.float32:
+                                 ("output", self.output_descriptor), ("bias", self.bias)):
+            if descriptor is not None and descriptor.data_type != DataType.float32:
                 raise TypeError(f"apply_backward needs float32 descriptors; {name} is {descriptor.data_type.name}")
         function = self.activation.function
         if function not in BACKWARD_FROM_OUTPUT or (function in (2, 19, 29) and self.activation.alpha <= 0):
@@ -269,6 +304,10 @@ class ConvolutionLayer(UnaryLayer):
                                 f"{type.value} convolution on the {backend.name} backend; "
                                 f"supported: {sorted(t.name for t in allowed)}")
             _check_strides(name, descriptor)
+        if backend.is_portable and output.data_type not in PORTABLE_OUTPUT_TYPES:
+            raise TypeError(f"output data type {output.data_type.name} is not supported on the portable backend: "
+                            f"it writes {sorted(t.name for t in PORTABLE_OUTPUT_TYPES)} outputs (how BNNS "
+                            "quantizes a convolution output to integers is not documented)")
         in_w, in_h, in_c = input.shape.sizes
         out_w, out_h, out_c = output.shape.sizes
         k_w, k_h, w_in, w_out = weights.shape.sizes
@@ -303,8 +342,9 @@ class ConvolutionLayer(UnaryLayer):
                 raise ValueError(f"bias must be a vector of {out_c} values, got {bias.shape!r}")
             if bias.data is None:
                 raise ValueError("bias descriptor has no data (pass bias=None for no bias)")
-            if bias.data_type != DataType.float32 and backend.is_portable:
-                raise TypeError(f"bias data type must be float32 on the portable backend, not {bias.data_type.name}")
+            if backend.is_portable and bias.data_type not in allowed:
+                raise TypeError(f"bias data type {bias.data_type.name} is not supported for {type.value} "
+                                f"convolution on the portable backend; supported: {sorted(t.name for t in allowed)}")
         if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
             raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend: "
                                       f"{PORTABLE_UNSUPPORTED_REASONS[activation.function]}")

@@ -72,10 +72,11 @@ class NDArrayDescriptor:
         else:
             if not isinstance(data, np.ndarray):
                 raise TypeError(f"data must be a numpy array, not {type(data).__name__}")
-            natural = DataType.from_numpy(data.dtype)
-            data_type = natural if data_type is None else DataType(data_type)
-            if data_type.numpy_dtype != data.dtype:
-                raise TypeError(f"data has dtype {data.dtype} but data_type is {data_type.name}")
+            data_type = DataType.from_numpy(data.dtype) if data_type is None else DataType(data_type)
+            if data.dtype not in data_type.storage_dtypes:
+                hint = (" (bfloat16 data is a uint16 array of bfloat16 bit patterns, see "
+                        "bnns_py.enums.float32_to_bfloat16_bits)" if data_type == DataType.bfloat16 else "")
+                raise TypeError(f"data has dtype {data.dtype} but data_type is {data_type.name}{hint}")
             if shape is None:
                 shape, inferred_batch = _infer_shape(data)
                 batch_size = inferred_batch if batch_size is None else batch_size
@@ -101,7 +102,7 @@ class NDArrayDescriptor:
         self._array = None
         self._buffer = ffi.NULL
         if data is not None:
-            check_array_memory("data", data, data_type.numpy_dtype, batch_extent(shape, self.batch_size))
+            check_array_memory("data", data, data.dtype, batch_extent(shape, self.batch_size))
             self._array = data
             self._buffer = ffi.from_buffer(data)
             c.data = self._buffer

@@ -46,9 +46,21 @@ class DataType(enum.IntEnum):
         """The numpy dtype holding one element, or None for packed sub-byte/indexed/bfloat16 types."""
         return _TO_NUMPY.get(self)
 
+    @property
+    def storage_dtypes(self):
+        """numpy dtypes an array holding values of this type may have: ``(numpy_dtype,)``, and for
+        ``bfloat16`` (numpy has none) ``uint16`` arrays holding the bfloat16 bit patterns, plus
+        ``ml_dtypes.bfloat16`` when that package is installed. Empty when there is none."""
+        if self is DataType.bfloat16:
+            return _BFLOAT16_STORAGE
+        dtype = _TO_NUMPY.get(self)
+        return () if dtype is None else (dtype,)
+
     @classmethod
     def from_numpy(cls, dtype):
-        """The BNNS data type of a numpy dtype (raises TypeError if BNNS has none)."""
+        """The BNNS data type of a numpy dtype (raises TypeError if BNNS has none).
+        ``ml_dtypes.bfloat16`` maps to ``bfloat16`` when ml_dtypes is installed; a ``uint16``
+        array is ``uint16`` unless the descriptor is told ``data_type=DataType.bfloat16``."""
         dtype = np.dtype(dtype)
         try:
             return _FROM_NUMPY[dtype]
@@ -66,6 +78,34 @@ _TO_NUMPY = {
     DataType.boolean: np.dtype(np.bool_),
 }
 _FROM_NUMPY = {dtype: data_type for data_type, dtype in _TO_NUMPY.items()}
+
+# bfloat16 has no numpy dtype: arrays of its bit patterns are uint16 (or ml_dtypes.bfloat16, an
+# optional package bnns-py does not depend on).
+BFLOAT16_BITS = np.dtype(np.uint16)
+try:
+    import ml_dtypes as _ml_dtypes
+except ImportError:  # pragma: no cover - depends on the environment
+    _BFLOAT16_STORAGE = (BFLOAT16_BITS,)
+else:  # pragma: no cover
+    _BFLOAT16_STORAGE = (BFLOAT16_BITS, np.dtype(_ml_dtypes.bfloat16))
+    _FROM_NUMPY[np.dtype(_ml_dtypes.bfloat16)] = DataType.bfloat16
+
+
+def float32_to_bfloat16_bits(values):
+    """bfloat16 bit patterns (a ``uint16`` array) of ``values`` rounded to nearest, ties to even
+    (NaN stays NaN, overflow becomes infinity), as the portable backend rounds."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(nan, ((bits >> 16) | 0x40).astype(np.uint16), rounded)
+
+
+def bfloat16_bits_to_float32(bits):
+    """The float32 values of bfloat16 bit patterns (``uint16``, or ``ml_dtypes.bfloat16``)."""
+    bits = np.asarray(bits)
+    if bits.dtype != BFLOAT16_BITS:
+        bits = bits.view(BFLOAT16_BITS) if bits.dtype.itemsize == 2 else bits.astype(BFLOAT16_BITS)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class DataLayout(enum.IntEnum):

@@ -18,3 +18,10 @@ const char *bnns_portable_last_error(void);
 /* Version string of the portable library, and the BLAS it computes GEMMs with. */
 const char *bnns_portable_version(void);
 const char *bnns_portable_blas(void);
+
+/* The scalar conversions the portable library uses for Float16 and BFloat16 data (round to
+   nearest, ties to even; subnormals, infinities and NaNs kept). */
+float bnns_portable_f16_to_f32(uint16_t h);
+uint16_t bnns_portable_f32_to_f16(float f);
+float bnns_portable_bf16_to_f32(uint16_t h);
+uint16_t bnns_portable_f32_to_bf16(float f);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "filter.h"
+#include "dtypes.h"
 #include "parallel.h"
 
 static atomic_long live_filters;
@@ -156,6 +157,7 @@ void bp_work_release(bp_filter *f, float *work, bool temporary) {
 
 static void destroy_filter(bp_filter *f) {
     bp_allocator a = f->allocator;
+    bp_dtype_destroy(f); /* dtypes hook */
     bp_free(&a, f->workspace);
     bp_free(&a, f->w_owned);
     bp_free(&a, f->bias_owned);
@@ -188,6 +190,8 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         bp_set_error("layer_params is NULL");
         return NULL;
     }
+    /* dtypes hook: non-Float32 descriptors are converted around this Float32 path (dtypes.c) */
+    if (bp_dtype_needed(p)) return bp_dtype_create_convolution(p, fp, transposed);
     bp_allocator allocator = {NULL, NULL};
     uint32_t flags = 0;
     size_t threads = 0;
@@ -470,6 +474,9 @@ static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t 
     }
 }
 
+static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, size_t in_stride, float *out,
+                           size_t out_stride);
+
 int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, size_t in_stride,
                          void *out, size_t out_stride) {
     bp_clear_error();
@@ -478,6 +485,14 @@ int BNNSFilterApplyBatch(BNNSFilter filter, size_t batch_size, const void *in, s
         bp_set_error("filter, in and out must not be NULL");
         return -1;
     }
+    /* dtypes hook: non-Float32 input / output converted around the Float32 path (dtypes.c) */
+    if (f->dtype != NULL) return bp_dtype_apply_batch(f, batch_size, in, in_stride, out, out_stride, apply_batch_f32);
+    return apply_batch_f32(f, batch_size, in, in_stride, out, out_stride);
+}
+
+/* The Float32 forward path: every descriptor of f is Float32 here. */
+static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, size_t in_stride, float *out,
+                           size_t out_stride) {
     if (batch_size == 0) return 0;
     if (in_stride == 0) in_stride = f->in.item;
     if (out_stride == 0) out_stride = f->out.item;
@@ -521,6 +536,7 @@ int BNNSFilterApplyBackwardBatch(BNNSFilter filter, size_t batch_size, const voi
         bp_set_error("filter is NULL");
         return -1;
     }
+    if (!bp_dtype_backward_ok(filter)) return -1; /* dtypes hook */
     return bp_apply_backward(filter, batch_size, in, in_stride, in_delta, in_delta_stride, out, out_stride,
                              out_delta, out_delta_stride, weights_delta, bias_delta);
 }

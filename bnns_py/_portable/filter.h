@@ -36,6 +36,8 @@ typedef struct {
     size_t scratch_floats;        /* per worker (bp_geom_plan) */
     int workers;                  /* scratch areas in the workspace */
     atomic_flag busy;
+    /* data types other than Float32 (dtypes.c): NULL when every descriptor is Float32 */
+    struct bp_dtype_ext *dtype;
 } bp_filter;
 
 /* workspace layout (offsets in floats) */

@@ -132,6 +132,11 @@ BNNSFilter BNNSFilterCreateLayerFullyConnected(const BNNSLayerParametersFullyCon
                          bd->layout, bd->size[0]);
             return NULL;
         }
+        /* the convolution path would convert other types (dtypes.c); fully connected stays Float32 */
+        if (bd->data_type != BNNSDataTypeFloat32) {
+            bp_set_error("bias data type 0x%x not supported by the portable backend yet (Float32 only)", bd->data_type);
+            return NULL;
+        }
     }
 
     BNNSLayerParametersConvolution conv;
