@@ -50,6 +50,7 @@ DEPTHWISE = [
     (3, 48, 48, 14, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
     (1, 8, 8, 9, 70, (3, 5), (3, 3), (0, 4, 2, 2), (1, 2)),          # stride 3: the general kernel
     (1, 32, 32, 5, 3, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+    (1, 4, 4, 20, 20, (17, 17), (1, 1), (8, 8, 8, 8), (1, 1)),       # too many taps for the fast kernels
 ]
 
 
@@ -74,6 +75,8 @@ def test_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
 @pytest.mark.parametrize("case", [
     (1, 64, 32, 16, 16, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1),
     (3, 16, 24, 9, 11, (3, 3), (1, 2), (0, 1, 1, 0), (1, 1), 1),
+    (2, 32, 32, 12, 13, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 32),   # depthwise: the flipped-kernel path
+    (1, 16, 16, 10, 10, (5, 3), (1, 1), (0, 2, 4, 1), (1, 2), 16),
 ])
 def test_transposed_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
@@ -93,7 +96,12 @@ def test_transposed_forward_matches_reference(case, n_threads, rng, no_filter_le
 
 @pytest.mark.parametrize("n_threads", THREADS)
 @pytest.mark.parametrize("case", [STANDARD[0], STANDARD[1], STANDARD[2], STANDARD[3],
-                                  DEPTHWISE[1] + (DEPTHWISE[1][1],), DEPTHWISE[2] + (DEPTHWISE[2][1],)])
+                                  DEPTHWISE[0] + (DEPTHWISE[0][1],), DEPTHWISE[1] + (DEPTHWISE[1][1],),
+                                  DEPTHWISE[2] + (DEPTHWISE[2][1],),
+                                  # stride-1 depthwise: dx through the flipped-kernel depthwise kernel
+                                  (2, 12, 12, 20, 23, (3, 5), (1, 1), (2, 1, 0, 3), (2, 1), 12),
+                                  (1, 6, 6, 9, 9, (3, 3), (1, 1), (3, 0, 0, 0), (1, 1), 6),
+                                  DEPTHWISE[6] + (DEPTHWISE[6][1],)])
 def test_backward_matches_reference(case, n_threads, rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
     x = random_array(rng, (n, cin, h, w))

@@ -64,10 +64,13 @@ enum {
 };
 
 static bool one_input_channel_per_group(const bp_geom *g) { return g->groups > 1 && g->in_cg == 1; }
+static bool depthwise_adjoint(const bp_geom *g, bp_geom *a);
 
-/* Padded-plane depthwise kernel: stride 1 or 2 and kernels small enough for its tap loop. */
+/* Padded-plane depthwise kernels: stride 1 or 2 and at most MAX_FAST_TAPS taps (their per-tap
+   tables live on the stack). */
+enum { MAX_FAST_TAPS = 256 };
 static bool depthwise_fast(const bp_geom *g) {
-    return one_input_channel_per_group(g) && (g->sx == 1 || g->sx == 2) && g->kh <= 64 && g->kw <= 64;
+    return one_input_channel_per_group(g) && (g->sx == 1 || g->sx == 2) && g->kh * g->kw <= MAX_FAST_TAPS;
 }
 
 /* Columns of the padded plane (per sub-plane when stride 2 splits it into even / odd columns). */
@@ -89,9 +92,14 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
     size_t col, t;
     if (!bp_mul(g->k, rows, &t) || !bp_mul(t, g->out_w, &col)) return false;
     if (one_input_channel_per_group(g) && g->out_cg == 1) col = 0; /* the depthwise kernels need no columns */
-    if (depthwise_fast(g)) {
+    bp_geom adjoint;
+    const bp_geom *planes[2] = {depthwise_fast(g) ? g : NULL, depthwise_adjoint(g, &adjoint) ? &adjoint : NULL};
+    for (int i = 0; i < 2; i++) {
         size_t plane;
-        if (!bp_mul(dw_plane_rows(g), dw_plane_cols(g), &t) || !bp_mul(t, g->sx == 2 ? 2 : 1, &plane)) return false;
+        if (planes[i] == NULL) continue;
+        if (!bp_mul(dw_plane_rows(planes[i]), dw_plane_cols(planes[i]), &t) ||
+            !bp_mul(t, planes[i]->sx == 2 ? 2 : 1, &plane))
+            return false;
         if (plane > col) col = plane;
     }
     g->padded_floats = 0;
@@ -387,10 +395,9 @@ static inline void store_part(float *dst, const bp_v8 *v, size_t n) {
 static inline __attribute__((always_inline)) void dw_tile(const float *base, size_t row_step, const size_t *off,
                                                           const float *wo, size_t taps, float bias, float *out,
                                                           size_t ow, size_t ox, const int R, const int V) {
-    bp_v8 acc[4][4];
+    bp_v8 acc[4][4], start = {bias, bias, bias, bias, bias, bias, bias, bias};
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < V; v++)
-            for (int j = 0; j < 8; j++) acc[r][v][j] = bias;
+        for (int v = 0; v < V; v++) acc[r][v] = start;
     for (size_t t = 0; t < taps; t++) {
         const float *s = base + off[t] + ox;
         float wv = wo[t];
@@ -411,7 +418,7 @@ static void dw_fast_plane(const bp_geom *g, const float *p, const float *wo, flo
     size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols, ow = g->out_w, oh = g->out_h;
     size_t ow8 = ceil_div(ow, 8) * 8, taps = g->kh * g->kw;
     /* tap offsets into the padded plane from the first input of output (0, 0) */
-    size_t off[64 * 64];
+    size_t off[MAX_FAST_TAPS];
     for (size_t ky = 0; ky < g->kh; ky++)
         for (size_t kx = 0; kx < g->kw; kx++) {
             size_t t = kx * g->dx, row = ky * g->dy * cols;
@@ -649,7 +656,26 @@ typedef struct {
     const bp_scratch *s;
     const bp_gemm_ctx *ctx;
     task_plan p;
+    bool adjoint; /* depthwise through the adjoint geometry a (packed dx only) */
+    bp_geom a;
 } backward_data_job;
+
+/* Depthwise backward-data at stride 1 is itself a depthwise convolution: dy correlated with the
+   flipped kernel, padded by (k - 1)*dilation - pad. Its geometry, when the padding is not larger
+   than the dilated kernel (always so for "same" and "valid" layers). */
+static bool depthwise_adjoint(const bp_geom *g, bp_geom *a) {
+    if (!(one_input_channel_per_group(g) && g->out_cg == 1 && g->sx == 1 && g->sy == 1 &&
+          g->pt <= (g->kh - 1) * g->dy && g->pl <= (g->kw - 1) * g->dx))
+        return false;
+    *a = *g;
+    a->in_h = g->out_h;
+    a->in_w = g->out_w;
+    a->out_h = g->in_h;
+    a->out_w = g->in_w;
+    a->pt = (g->kh - 1) * g->dy - g->pt;
+    a->pl = (g->kw - 1) * g->dx - g->pl;
+    return depthwise_fast(a);
+}
 
 static void backward_data_tasks(void *arg, int worker, int workers) {
     const backward_data_job *j = arg;
@@ -659,6 +685,8 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
     bp_split(j->p.tasks, worker, workers, &t0, &t1);
     float *col = j->s->base + (size_t)worker * j->s->stride;
     bool depthwise = one_input_channel_per_group(g) && g->out_cg == 1;
+    if (depthwise && j->adjoint && j->overwrite && t0 < t1) /* the padded plane's border stays zero */
+        memset(col, 0, dw_plane_floats(&j->a) * sizeof(float));
     for (size_t t = t0; t < t1; t++) {
         size_t q = t % j->p.chunks, ig = t / j->p.chunks, grp = ig % g->groups, b = ig / g->groups;
         size_t c0, c1;
@@ -666,6 +694,21 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
         float *dx = j->dx + b * j->dx_bs;
         const float *dy = j->dy + b * j->dy_bs + grp * g->out_cg * ohw;
         size_t cbase = grp * g->in_cg;
+        if (depthwise && j->adjoint && j->overwrite) {
+            bp_image dy_img = {.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw};
+            float flipped[MAX_FAST_TAPS];
+            for (size_t c = c0; c < c1; c++) {
+                const float *wc = j->w + (cbase + c) * khw;
+                for (size_t i = 0; i < khw; i++) flipped[i] = wc[khw - 1 - i];
+                dw_fill_plane(&j->a, &dy_img, dy + c * ohw, col);
+                float bias = 0.0f;
+                if (j->e != NULL && j->e->bias != NULL) bias = j->e->bias[(cbase + c) * j->e->bias_stride];
+                float *plane = dx + (cbase + c) * img->sc;
+                dw_fast_plane(&j->a, col, flipped, bias, plane);
+                if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, plane, img->h * img->w);
+            }
+            continue;
+        }
         if (j->overwrite)
             for (size_t c = c0; c < c1; c++) zero_plane(img, dx + (cbase + c) * img->sc);
         if (depthwise) {
@@ -689,7 +732,9 @@ void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const
                            const bp_image *dx_img, float *dx, size_t dx_bs, bool overwrite, const bp_epilogue *e,
                            const bp_scratch *s, const bp_gemm_ctx *ctx) {
     size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
-    backward_data_job j = {g, w, batch, dy, dy_bs, dx_img, dx, dx_bs, overwrite, dx_img->packed ? e : NULL, s, ctx, {0}};
+    backward_data_job j = {g, w, batch, dy, dy_bs, dx_img, dx, dx_bs, overwrite, dx_img->packed ? e : NULL, s, ctx, {0},
+                           false, {0}};
+    j.adjoint = dx_img->packed && depthwise_adjoint(g, &j.a);
     j.p = plan_tasks(g, ctx, batch, flops, g->in_cg, false);
     j.p.blocks = 1;
     j.p.tasks = batch * g->groups * j.p.chunks;
@@ -715,6 +760,26 @@ typedef struct {
     bool direct;
 } weights_job;
 
+/* sum of a[i] * b[i], in eight lanes (a float sum the compiler may not reorder itself) */
+static float dot_run(const float *a, const float *b, size_t n) {
+    bp_v8 s0 = {0}, s1 = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        bp_v8 a0, a1, b0, b1;
+        memcpy(&a0, a + i, sizeof a0);
+        memcpy(&a1, a + i + 8, sizeof a1);
+        memcpy(&b0, b + i, sizeof b0);
+        memcpy(&b1, b + i + 8, sizeof b1);
+        s0 += a0 * b0;
+        s1 += a1 * b1;
+    }
+    s0 += s1;
+    float s = 0.0f;
+    for (int j = 0; j < 8; j++) s += s0[j];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
 /* Depthwise: one sum per tap, over every pixel of every image. */
 static void depthwise_weights(const weights_job *j, size_t o) {
     const bp_geom *g = j->g;
@@ -736,7 +801,7 @@ static void depthwise_weights(const weights_job *j, size_t o) {
                         const float *dr = d + oy * g->out_w + ox_lo;
                         float acc = 0.0f;
                         if (step == 1)
-                            for (size_t i = 0; i < n; i++) acc += dr[i] * src[i];
+                            acc = dot_run(dr, src, n);
                         else
                             for (size_t i = 0; i < n; i++) acc += dr[i] * src[i * step];
                         s += acc;
@@ -749,13 +814,64 @@ static void depthwise_weights(const weights_job *j, size_t o) {
     }
 }
 
+/* Depthwise at stride 1 or 2: every tap of a channel at once, from the padded input plane the
+   forward kernel uses (so no bounds), one vector of dy against each tap's shifted input vector. */
+static void depthwise_weights_fast(const weights_job *j, size_t o, float *plane) {
+    const bp_geom *g = j->g;
+    size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols, ow = g->out_w, ow8 = ceil_div(ow, 8) * 8;
+    size_t taps = g->kh * g->kw, row_step = g->sy * cols;
+    size_t off[MAX_FAST_TAPS];
+    bp_v8 acc[MAX_FAST_TAPS], zero = {0};
+    float dy_row[8 * 64];
+    for (size_t ky = 0; ky < g->kh; ky++)
+        for (size_t kx = 0; kx < g->kw; kx++) {
+            size_t t = kx * g->dx, row = ky * g->dy * cols;
+            off[ky * g->kw + kx] = g->sx == 2 ? row + (t & 1) * sub + (t >> 1) : row + t;
+        }
+    for (size_t t = 0; t < taps; t++) acc[t] = zero;
+    for (size_t b = 0; b < j->batch; b++) {
+        dw_fill_plane(g, j->x_img, j->x + b * j->x_bs + (o / g->out_cg) * j->x_img->sc, plane);
+        const float *d = j->dy + b * j->dy_bs + o * out_pixels(g);
+        for (size_t oy = 0; oy < g->out_h; oy++) {
+            const float *base = plane + oy * row_step;
+            for (size_t ox = 0; ox < ow8; ox += 8 * 64) {
+                size_t n = min_size(ow - ox, 8 * 64), nv = ceil_div(n, 8);
+                copy_run(dy_row, d + oy * ow + ox, n);
+                zero_run(dy_row + n, nv * 8 - n); /* lanes past the row add nothing */
+                for (size_t v = 0; v < nv; v++) {
+                    bp_v8 dv;
+                    memcpy(&dv, dy_row + 8 * v, sizeof dv);
+                    const float *s = base + ox + 8 * v;
+                    for (size_t t = 0; t < taps; t++) {
+                        bp_v8 x;
+                        memcpy(&x, s + off[t], sizeof x);
+                        acc[t] += dv * x;
+                    }
+                }
+            }
+        }
+    }
+    for (size_t t = 0; t < taps; t++) {
+        float sum = 0.0f;
+        for (int l = 0; l < 8; l++) sum += acc[t][l];
+        float *dst = j->dw + o * taps + t;
+        *dst = j->beta == 0.0f ? sum : j->beta * *dst + sum;
+    }
+}
+
 static void weights_tasks(void *arg, int worker, int workers) {
     const weights_job *j = arg;
     const bp_geom *g = j->g;
     size_t ohw = out_pixels(g), t0, t1;
     bp_split(j->tasks, worker, workers, &t0, &t1);
     if (one_input_channel_per_group(g)) {
-        for (size_t o = t0; o < t1; o++) depthwise_weights(j, o);
+        float *plane = j->s->base + (size_t)worker * j->s->stride;
+        bool fast = depthwise_fast(g);
+        if (fast && t0 < t1) memset(plane, 0, dw_plane_floats(g) * sizeof(float)); /* borders stay zero */
+        for (size_t o = t0; o < t1; o++) {
+            if (fast) depthwise_weights_fast(j, o, plane);
+            else depthwise_weights(j, o);
+        }
         return;
     }
     float *col = j->s->base + (size_t)worker * j->s->stride;
