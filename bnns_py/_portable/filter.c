@@ -1,5 +1,6 @@
 /* Creating, applying and destroying portable convolution filters. */
 #define _POSIX_C_SOURCE 200809L
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,28 +55,60 @@ static size_t weight_offset(const bp_filter *f, size_t kx, size_t ky, size_t i, 
     }
 }
 
-/* Visit every weight: S's canonical index and the layer's (kx, ky, i, o). */
-#define FOR_EACH_WEIGHT(f, canonical_index, kx, ky, i, o, BODY)                                     \
-    do {                                                                                            \
-        const bp_geom *g_ = &(f)->g;                                                                \
-        size_t lin_ = (f)->transposed ? g_->out_cg : g_->in_cg;  /* layer input chans per group */ \
-        size_t lout_ = (f)->transposed ? g_->in_cg : g_->out_cg; /* layer output chans per group */\
-        for (size_t grp_ = 0; grp_ < g_->groups; grp_++)                                            \
-            for (size_t ol_ = 0; ol_ < lout_; ol_++)                                                \
-                for (size_t i = 0; i < lin_; i++)                                                   \
-                    for (size_t ky = 0; ky < g_->kh; ky++)                                          \
-                        for (size_t kx = 0; kx < g_->kw; kx++) {                                    \
-                            size_t o = grp_ * lout_ + ol_;                                          \
-                            size_t canonical_index = (f)->transposed                                \
-                                ? (((grp_ * lin_ + i) * lout_ + ol_) * g_->kh + ky) * g_->kw + kx   \
-                                : ((o * lin_ + i) * g_->kh + ky) * g_->kw + kx;                     \
-                            BODY;                                                                   \
-                        }                                                                           \
-    } while (0)
+/* Every weight row (o, i, ky) of the layer: where its kx = 0 value is in the caller's layout and
+   how far apart its kx values are there (layouts with reversed kernels step backwards), and
+   where the row goes in S's canonical matrix. Copying whole rows keeps the per-call repacking of
+   client-pointer weights cheap. */
+typedef struct {
+    const bp_filter *f;
+    size_t stride[4]; /* of the caller's array (weights or their gradient) */
+    float *canonical;
+    const float *src;  /* pack: caller -> canonical */
+    float *dst;        /* unpack: canonical -> caller */
+    bool accumulate;
+} weight_rows_job;
+
+static void weight_rows(void *p, size_t o0, size_t o1) {
+    const weight_rows_job *j = p;
+    bp_filter view = *j->f;
+    memcpy(view.w_stride, j->stride, sizeof view.w_stride);
+    const bp_geom *g = &view.g;
+    size_t lin = view.transposed ? g->out_cg : g->in_cg;  /* layer input channels per group */
+    size_t lout = view.transposed ? g->in_cg : g->out_cg; /* layer output channels per group */
+    size_t kw = g->kw;
+    for (size_t o = o0; o < o1; o++) {
+        size_t grp = o / lout, ol = o % lout;
+        for (size_t i = 0; i < lin; i++)
+            for (size_t ky = 0; ky < g->kh; ky++) {
+                size_t start = weight_offset(&view, 0, ky, i, o);
+                ptrdiff_t step = kw > 1 ? (ptrdiff_t)weight_offset(&view, 1, ky, i, o) - (ptrdiff_t)start : 0;
+                size_t c = view.transposed ? (((grp * lin + i) * lout + ol) * g->kh + ky) * kw
+                                           : ((o * lin + i) * g->kh + ky) * kw;
+                float *row = j->canonical + c;
+                if (j->src != NULL) {
+                    const float *w = j->src + start;
+                    for (size_t kx = 0; kx < kw; kx++) row[kx] = w[(ptrdiff_t)kx * step];
+                } else if (j->accumulate) {
+                    float *w = j->dst + start;
+                    for (size_t kx = 0; kx < kw; kx++) w[(ptrdiff_t)kx * step] += row[kx];
+                } else {
+                    float *w = j->dst + start;
+                    for (size_t kx = 0; kx < kw; kx++) w[(ptrdiff_t)kx * step] = row[kx];
+                }
+            }
+    }
+}
+
+static void run_weight_rows(const weight_rows_job *j) {
+    const bp_geom *g = &j->f->g;
+    size_t outputs = j->f->transposed ? g->in_c : g->out_c; /* the layer's output channels */
+    bp_parallel_for(j->f->gemm.threads, outputs, g->out_c * g->k, weight_rows, (void *)j);
+}
 
 static void pack_weights(const bp_filter *f, float *canonical) {
-    const float *w = f->w_data;
-    FOR_EACH_WEIGHT(f, c, kx, ky, i, o, canonical[c] = w[weight_offset(f, kx, ky, i, o)]);
+    weight_rows_job j = {f, {0}, canonical, f->w_data, NULL, false};
+    memcpy(j.stride, f->w_stride, sizeof j.stride);
+    run_weight_rows(&j);
 }
 
 const float *bp_current_weights(const bp_filter *f, float *scratch) {
@@ -87,11 +120,9 @@ const float *bp_current_weights(const bp_filter *f, float *scratch) {
 
 void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const BNNSNDArrayDescriptor *d,
                               const size_t stride[4], bool accumulate) {
-    bp_filter view = *f;
-    memcpy(view.w_stride, stride, sizeof view.w_stride);
-    float *out = d->data;
-    if (accumulate) FOR_EACH_WEIGHT(&view, c, kx, ky, i, o, out[weight_offset(&view, kx, ky, i, o)] += canonical[c]);
-    else FOR_EACH_WEIGHT(&view, c, kx, ky, i, o, out[weight_offset(&view, kx, ky, i, o)] = canonical[c]);
+    weight_rows_job j = {f, {0}, (float *)canonical, NULL, d->data, accumulate};
+    memcpy(j.stride, stride, sizeof j.stride);
+    run_weight_rows(&j);
 }
 
 float bp_bias_at(const bp_filter *f, size_t channel) {
