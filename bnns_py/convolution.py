@@ -101,7 +101,7 @@ PORTABLE_UNSUPPORTED_REASONS = {
 BACKWARD_FROM_OUTPUT = frozenset({0, 1, 2, 3, 4, 7, 8, 11, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
                                   25, 26, 27, 28, 29, 35})
 # ... of which the portable backend cannot invert these from y.
-PORTABLE_BACKWARD_UNSUPPORTED = frozenset({27, 35})
+PORTABLE_BACKWARD_UNSUPPORTED = frozenset({35})
 _DATA_TYPES = {  # (backend, type) -> data types accepted for the i/w/o descriptors (and bias)
     ("accelerate", ConvolutionType.standard): {DataType.float32, DataType.float16, DataType.int8, DataType.uint8},
     ("accelerate", ConvolutionType.transposed): {DataType.float32},
