@@ -167,4 +167,45 @@ def run_probes(backend=None, seed=0):
         "transposed_groups", "Is a grouped transposed convolution (groups=2) supported forward?",
         "supported", _run(backend, _params((3, 3, 4), (4, 4, 6), wg_bnns, groups=2), xg, (2, 6, 4, 4), transposed=True),
         {"grouped reference": reference.conv_transpose2d(xg, wg_torch, groups=2)}, "grouped reference"))
+    results.append(_float16_accumulation_probe(backend, rng))
     return results
+
+
+FLOAT16 = 0x10010
+
+
+def _float16_accumulation_probe(backend, rng):
+    """Float16 input, weights and output: are the products summed in float32 and rounded once?
+
+    576 terms per output; a float16 accumulator would drift by many float16 ulps, one rounding of a
+    float32 sum stays within one."""
+    x = rng.standard_normal((1, 64, 6, 6)).astype(np.float16)
+    w = (rng.standard_normal((8, 64, 3, 3)) * 0.2).astype(np.float16)
+    params = _params((6, 6, 64), (4, 4, 8), w.astype(np.float32))
+    for desc in (params.i_desc, params.w_desc, params.o_desc):
+        desc.data_type = FLOAT16
+    params.w_desc.data = ffi.from_buffer(w)
+    lib = backend.lib
+    handle = lib.BNNSFilterCreateLayerConvolution(params, ffi.new("BNNSFilterParameters *"))
+    question = "Does a Float16 convolution accumulate in float32 and round the output once?"
+    decision = "float32 accumulation, one rounding to float16"
+    if handle == ffi.NULL:
+        return ProbeResult("float16_accumulation", question, decision, observed="create returned NULL")
+    try:
+        out = np.full((1, 8, 4, 4), np.nan, np.float16)
+        status = lib.BNNSFilterApplyBatch(handle, 1, ffi.from_buffer(x), 0, ffi.from_buffer(out), 0)
+    finally:
+        lib.BNNSFilterDestroy(handle)
+    if status != 0:
+        return ProbeResult("float16_accumulation", question, decision, created=True, observed="apply returned -1")
+    exact = reference.conv2d(x.astype(np.float64), w.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+    worst = float(np.max(np.abs(out.astype(np.float64) - exact) / ulp))
+    if worst <= 1.0:
+        observed = decision
+    elif worst <= 64.0:
+        observed = f"lower-precision accumulation (up to {worst:.1f} float16 ulps off)"
+    else:
+        observed = f"matches neither ({worst:.3g} float16 ulps off)"
+    return ProbeResult("float16_accumulation", question, decision, created=True, observed=observed,
+                       agrees=observed == decision, details={"worst_ulps": worst})

@@ -39,6 +39,7 @@ def test_portable_backend_follows_every_documented_decision(backend, no_filter_l
         pytest.skip("on Accelerate the probes report what native BNNS does")
     results = run_probes(backend)
     assert len(results) >= 10
+    assert "float16_accumulation" in {p.name for p in results}
     assert [p.name for p in results if not p.agrees] == []
 
 

@@ -171,3 +171,27 @@ def test_worker_pool_works_in_a_forked_child(rng, no_filter_leaks):
                 os._exit(2)
         _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("out_channels", [8, 40])
+def test_oihw_pack32_weights(out_channels, rng, no_filter_leaks):
+    """OIHW_Pack32: output channels in blocks of 32 (the last one zero-padded), the position in the
+    block fastest, then kx, ky, input channel; sizes given as for plain OIHW."""
+    from bnns_py import DataLayout
+    cin, kh, kw = 5, 3, 2
+    weight = random_array(rng, (out_channels, cin, kh, kw), 0.3)
+    blocks = -(-out_channels // 32)
+    packed = np.zeros((blocks * 32, cin, kh, kw), np.float32)
+    packed[:out_channels] = weight
+    packed = np.ascontiguousarray(packed.reshape(blocks, 32, cin, kh, kw).transpose(0, 2, 3, 4, 1)).reshape(-1)
+    x = random_array(rng, (2, cin, 9, 7))
+    layer = ConvolutionLayer(
+        ConvolutionType.standard,
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(7, 9, cin)),
+        NDArrayDescriptor(packed, Shape((kw, kh, cin, out_channels), DataLayout.convolution_weights_oihw_pack32)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(6, 7, out_channels)),
+        None, ConvolutionPadding.zero, AF.identity)
+    with layer:
+        y = np.full((2, out_channels, 7, 6), np.nan, np.float32)
+        layer.apply(2, x, y)
+    np.testing.assert_allclose(y, reference.conv2d(x, weight), rtol=1e-5, atol=1e-5)
