@@ -82,10 +82,11 @@ _FROM_NUMPY = {dtype: data_type for data_type, dtype in _TO_NUMPY.items()}
 # bfloat16 has no numpy dtype: arrays of its bit patterns are uint16 (or ml_dtypes.bfloat16, an
 # optional package bnns-py does not depend on).
 BFLOAT16_BITS = np.dtype(np.uint16)
+_BFLOAT16_STORAGE: tuple = (BFLOAT16_BITS,)
 try:
     import ml_dtypes as _ml_dtypes
 except ImportError:  # pragma: no cover - depends on the environment
-    _BFLOAT16_STORAGE = (BFLOAT16_BITS,)
+    pass
 else:  # pragma: no cover
     _BFLOAT16_STORAGE = (BFLOAT16_BITS, np.dtype(_ml_dtypes.bfloat16))
     _FROM_NUMPY[np.dtype(_ml_dtypes.bfloat16)] = DataType.bfloat16

@@ -405,8 +405,8 @@ class _Cache:
 
     lock = threading.Lock()
     size = 16
-    entries = {}  # geometry + memory key -> _ConvFilter
-    fast = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
+    entries: dict = {}  # geometry + memory key -> _ConvFilter
+    fast: dict = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
     ticks = itertools.count(1)  # least recently used = smallest tick (see _next_tick)
     FAST_KEYS_PER_FILTER = 8
 

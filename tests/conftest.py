@@ -23,18 +23,23 @@ def rng(request):
 def no_filter_leaks(backend):
     """Fails the test if it leaves filters alive (counted by Python and, if portable, by C).
     The functional API's filter cache is emptied before and after: its filters are meant to outlive
-    the call that made them."""
+    the call that made them. A full garbage collection (slow with PyTorch loaded) runs only when
+    the counts do not balance without one; filters of earlier tests that were still waiting for
+    the collector may then be destroyed too, hence "at least as many destroyed"."""
     bnns_py.clear_cache()
-    gc.collect()
     created, destroyed = bnns_py.filter_counts()
     live_c = backend.live_filter_count() if backend.is_portable else None
+
+    def balanced():
+        created2, destroyed2 = bnns_py.filter_counts()
+        c_ok = live_c is None or backend.live_filter_count() <= live_c
+        return created2 - created <= destroyed2 - destroyed and c_ok
+
     yield
     bnns_py.clear_cache()
-    gc.collect()
-    created2, destroyed2 = bnns_py.filter_counts()
-    assert created2 - created == destroyed2 - destroyed, "filters created in this test were not destroyed"
-    if live_c is not None:
-        assert backend.live_filter_count() == live_c
+    if not balanced():
+        gc.collect()
+        assert balanced(), "filters created in this test were not destroyed"
 
 
 def random_array(rng, shape, scale=1.0):

@@ -62,6 +62,10 @@ void bp_gemm_ctx_init(bp_gemm_ctx *ctx, size_t n_threads) {
     if (n_threads == 0) n_threads = bp_available_cpus();
     ctx->threads = n_threads > 4096 ? 4096 : (int)n_threads;
     ctx->set_threads_local = find_local_setter();
+#if defined(BNNS_PORTABLE_BLAS_SCIPY_OPENBLAS)
+    /* once here, at filter creation, rather than racing from the first workers (see bp_sgemm) */
+    if (ctx->set_threads_local == NULL && scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
+#endif
 }
 
 const char *bnns_portable_blas(void) { return bp_blas_name(); }
