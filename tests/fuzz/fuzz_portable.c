@@ -76,9 +76,19 @@ static size_t extent_item(const BNNSNDArrayDescriptor *d, size_t *item) {
     return last + 1;
 }
 
+/* Elements a caller must provide: the strided extent, and for OIHW_Pack32 weights the padded
+   blocks of 32 output channels BNNS requires (32 * kW * kH * in * ceil(out / 32)). */
 static size_t extent(const BNNSNDArrayDescriptor *d) {
-    size_t item;
-    return extent_item(d, &item);
+    size_t item, n = extent_item(d, &item);
+    if (n != SIZE_MAX && d->layout == BNNSDataLayoutConvolutionWeightsOIHW_Pack32) {
+        size_t factors[4] = {d->size[0], d->size[1], d->size[2], (d->size[3] + 31) / 32}, packed = 32;
+        for (int k = 0; k < 4; k++) {
+            if (factors[k] != 0 && packed > MAX_FLOATS / factors[k]) return SIZE_MAX;
+            packed *= factors[k];
+        }
+        if (packed > n) n = packed;
+    }
+    return n;
 }
 
 static void fill_descriptor(stream *s, BNNSNDArrayDescriptor *d, uint32_t layout) {
