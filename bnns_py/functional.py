@@ -174,10 +174,14 @@ class ConvSpec:
             (s_w, s_h), (d_w, d_h), parameters, backend=backend)
 
 
-def transposed_weight_to_bnns(weight, groups):
-    """PyTorch ``(in, out/groups, kH, kW)`` -> BNNS transposed OIHW memory ``[out][in/groups][kH][kW]``."""
+def transposed_weight_to_bnns(weight, groups, out=None):
+    """PyTorch ``(in, out/groups, kH, kW)`` -> BNNS transposed OIHW memory ``[out][in/groups][kH][kW]``
+    (written into ``out``, a C-contiguous array of that shape, when given: one pass, no temporary)."""
     in_channels, out_per_group, k_h, k_w = weight.shape
     grouped = weight.reshape(groups, in_channels // groups, out_per_group, k_h, k_w)
+    if out is not None:
+        np.copyto(out.reshape(groups, out_per_group, in_channels // groups, k_h, k_w), grouped.transpose(0, 2, 1, 3, 4))
+        return out
     return np.ascontiguousarray(grouped.transpose(0, 2, 1, 3, 4)).reshape(
         groups * out_per_group, in_channels // groups, k_h, k_w)
 

@@ -54,7 +54,7 @@ class _ConvModule:
 
     def _sync_weight(self):
         if self._transposed:  # BNNS reads its own layout: refresh it from the PyTorch-layout array
-            np.copyto(self._bnns_weight, transposed_weight_to_bnns(self.weight, self.spec.groups))
+            transposed_weight_to_bnns(self.weight, self.spec.groups, out=self._bnns_weight)
 
     def forward(self, x, out=None):
         """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W)."""
