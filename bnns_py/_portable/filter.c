@@ -75,27 +75,38 @@ static void weight_rows(void *p, size_t o0, size_t o1) {
     const bp_geom *g = &view.g;
     size_t lin = view.transposed ? g->out_cg : g->in_cg;  /* layer input channels per group */
     size_t lout = view.transposed ? g->in_cg : g->out_cg; /* layer output channels per group */
-    size_t kw = g->kw;
+    size_t kw = g->kw, kh = g->kh, taps = kh * kw;
     for (size_t o = o0; o < o1; o++) {
         size_t grp = o / lout, ol = o % lout;
-        for (size_t i = 0; i < lin; i++)
-            for (size_t ky = 0; ky < g->kh; ky++) {
-                size_t start = weight_offset(&view, 0, ky, i, o);
-                ptrdiff_t step = kw > 1 ? (ptrdiff_t)weight_offset(&view, 1, ky, i, o) - (ptrdiff_t)start : 0;
-                size_t c = view.transposed ? (((grp * lin + i) * lout + ol) * g->kh + ky) * kw
-                                           : ((o * lin + i) * g->kh + ky) * kw;
-                float *row = j->canonical + c;
+        for (size_t i = 0; i < lin; i++) {
+            /* one (o, i) kernel: where its (0, 0) tap is and how far apart its kx / ky taps are */
+            size_t start = weight_offset(&view, 0, 0, i, o);
+            ptrdiff_t sx = kw > 1 ? (ptrdiff_t)weight_offset(&view, 1, 0, i, o) - (ptrdiff_t)start : 1;
+            ptrdiff_t sy = kh > 1 ? (ptrdiff_t)weight_offset(&view, 0, 1, i, o) - (ptrdiff_t)start : (ptrdiff_t)kw;
+            size_t c = view.transposed ? ((grp * lin + i) * lout + ol) * taps : (o * lin + i) * taps;
+            float *kernel = j->canonical + c;
+            if (sx == 1 && sy == (ptrdiff_t)kw) { /* the caller's kernel is contiguous too */
+                if (j->src != NULL) memcpy(kernel, j->src + start, taps * sizeof(float));
+                else if (j->accumulate)
+                    for (size_t t = 0; t < taps; t++) j->dst[start + t] += kernel[t];
+                else memcpy(j->dst + start, kernel, taps * sizeof(float));
+                continue;
+            }
+            for (size_t ky = 0; ky < kh; ky++) {
+                float *row = kernel + ky * kw;
+                ptrdiff_t first = (ptrdiff_t)ky * sy;
                 if (j->src != NULL) {
-                    const float *w = j->src + start;
-                    for (size_t kx = 0; kx < kw; kx++) row[kx] = w[(ptrdiff_t)kx * step];
+                    const float *w = j->src + start + first;
+                    for (size_t kx = 0; kx < kw; kx++) row[kx] = w[(ptrdiff_t)kx * sx];
                 } else if (j->accumulate) {
-                    float *w = j->dst + start;
-                    for (size_t kx = 0; kx < kw; kx++) w[(ptrdiff_t)kx * step] += row[kx];
+                    float *w = j->dst + start + first;
+                    for (size_t kx = 0; kx < kw; kx++) w[(ptrdiff_t)kx * sx] += row[kx];
                 } else {
-                    float *w = j->dst + start;
-                    for (size_t kx = 0; kx < kw; kx++) w[(ptrdiff_t)kx * step] = row[kx];
+                    float *w = j->dst + start + first;
+                    for (size_t kx = 0; kx < kw; kx++) w[(ptrdiff_t)kx * sx] = row[kx];
                 }
             }
+        }
     }
 }
 
