@@ -195,3 +195,23 @@ def test_oihw_pack32_weights(out_channels, rng, no_filter_leaks):
         y = np.full((2, out_channels, 7, 6), np.nan, np.float32)
         layer.apply(2, x, y)
     np.testing.assert_allclose(y, reference.conv2d(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (3, 8), (8, 8), (12, 5), (13, 7), (9, 2)])
+@pytest.mark.parametrize("dilation,pad", [((1, 1), (1, 1, 1, 1)), ((2, 3), (0, 3, 2, 1))])
+def test_tiny_layers_computed_from_padded_planes(height, width, dilation, pad, rng, no_filter_leaks):
+    """Rows of at most 8 outputs and little work: the direct small-layer kernel (8, 4 and 1-row tiles)."""
+    cin, cout, k = 3, 5, (3, 2)
+    x = random_array(rng, (2, cin, height + 4, width + 2))
+    weight = random_array(rng, (cout, cin) + k, 0.5)
+    bias = random_array(rng, (cout,))
+    oh = height + 4 + pad[2] + pad[3] - dilation[0] * (k[0] - 1)
+    ow = width + 2 + pad[0] + pad[1] - dilation[1] * (k[1] - 1)
+    layer, shape = _layer(ConvolutionType.standard, cin, cout, height + 4, width + 2, k, (1, 1), pad, dilation, 1,
+                          weight, bias, AF.sigmoid, 1)
+    assert shape == (oh, ow)
+    with layer:
+        y = np.full((2, cout, oh, ow), np.nan, np.float32)
+        layer.apply(2, x, y)
+    expected = reference.conv2d(x, weight, bias, padding=pad, dilation=dilation, activation=AF.sigmoid)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

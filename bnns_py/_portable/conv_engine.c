@@ -113,12 +113,11 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
     return true;
 }
 
-/* im2col of a whole small stride-1 image through zero-padded copies of its planes: every column
-   row is then plain copies of out_w values, with no bounds to work out. */
-static BP_NO_LIBCALLS void im2col_padded(const bp_geom *g, const bp_image *img, const float *x, size_t c0, float *col,
-                                         float *pad) {
-    size_t ow = g->out_w, oh = g->out_h, nb = oh * ow;
-    size_t ph = oh + (g->kh - 1) * g->dy, pw = ow + (g->kw - 1) * g->dx;
+/* Small stride-1 images go through zero-padded copies of their planes (ph x pw each), so that
+   nothing downstream has bounds to work out. */
+static BP_NO_LIBCALLS void fill_padded_planes(const bp_geom *g, const bp_image *img, const float *x, size_t c0,
+                                              float *pad) {
+    size_t ph = g->out_h + (g->kh - 1) * g->dy, pw = g->out_w + (g->kw - 1) * g->dx;
     size_t x0 = min_size(g->pl, pw), x1 = min_size(g->pl + g->in_w, pw), n = x1 > x0 ? x1 - x0 : 0;
     for (size_t ci = 0; ci < g->in_cg; ci++) {
         const float *plane = x + (c0 + ci) * img->sc;
@@ -137,6 +136,12 @@ static BP_NO_LIBCALLS void im2col_padded(const bp_geom *g, const bp_image *img, 
             zero_run(row + x0 + n, pw - x0 - n);
         }
     }
+}
+
+/* im2col of the whole image from its padded planes: plain copies of out_w values. */
+static BP_NO_LIBCALLS void columns_from_padded(const bp_geom *g, const float *pad, float *col) {
+    size_t ow = g->out_w, oh = g->out_h, nb = oh * ow;
+    size_t ph = oh + (g->kh - 1) * g->dy, pw = ow + (g->kw - 1) * g->dx;
     float *dst = col;
     for (size_t ci = 0; ci < g->in_cg; ci++)
         for (size_t ky = 0; ky < g->kh; ky++)
@@ -550,7 +555,43 @@ typedef struct {
     const bp_gemm_ctx *ctx;
     task_plan p;
     bool direct;
+    bool small; /* small_plane straight from the padded planes */
 } forward_job;
+
+/* Tiny layers (rows of at most 8 outputs, little work in all): straight from the padded planes,
+   one vector per output row and up to 8 rows at a time, with no column matrix and no GEMM call, whose
+   fixed costs would dominate. Lanes past out_w read padding or the scratch's slack and are not
+   stored. */
+enum { SMALL_DIRECT_FLOPS = 1 << 21 };
+
+static inline __attribute__((always_inline)) void small_rows(const bp_geom *g, const float *pad, const float *wo,
+                                                             float bias, size_t y0, float *out, const int R) {
+    size_t ow = g->out_w, ph = g->out_h + (g->kh - 1) * g->dy, pw = ow + (g->kw - 1) * g->dx;
+    bp_v8 acc[8], start = {bias, bias, bias, bias, bias, bias, bias, bias};
+    for (int r = 0; r < R; r++) acc[r] = start;
+    const float *w = wo;
+    for (size_t ci = 0; ci < g->in_cg; ci++)
+        for (size_t ky = 0; ky < g->kh; ky++) {
+            const float *row = pad + ci * ph * pw + (y0 + ky * g->dy) * pw;
+            for (size_t kx = 0; kx < g->kw; kx++) {
+                float wv = *w++;
+                const float *src = row + kx * g->dx;
+                for (int r = 0; r < R; r++) {
+                    bp_v8 v;
+                    memcpy(&v, src + (size_t)r * pw, sizeof v);
+                    acc[r] += wv * v;
+                }
+            }
+        }
+    for (int r = 0; r < R; r++) store_part(out + (y0 + (size_t)r) * ow, &acc[r], ow);
+}
+
+static void small_plane(const bp_geom *g, const float *pad, const float *wo, float bias, float *out) {
+    size_t y = 0;
+    for (; y + 8 <= g->out_h; y += 8) small_rows(g, pad, wo, bias, y, out, 8);
+    for (; y + 4 <= g->out_h; y += 4) small_rows(g, pad, wo, bias, y, out, 4);
+    for (; y < g->out_h; y++) small_rows(g, pad, wo, bias, y, out, 1);
+}
 
 static void forward_tasks(void *arg, int worker, int workers) {
     const forward_job *j = arg;
@@ -566,6 +607,21 @@ static void forward_tasks(void *arg, int worker, int workers) {
         size_t m0, m1;
         bp_split(g->out_cg, (int)q, (int)j->p.chunks, &m0, &m1);
         const float *x = j->x + b * j->x_bs;
+        if (j->small) {
+            float *pad = col + g->padded_offset;
+            if (have != u) {
+                fill_padded_planes(g, j->x_img, x, grp * g->in_cg, pad);
+                have = u;
+            }
+            for (size_t m = m0; m < m1; m++) {
+                size_t o = grp * g->out_cg + m;
+                float *plane = j->y + b * j->y_bs + o * ohw;
+                float bias = j->e != NULL && j->e->bias != NULL ? j->e->bias[o * j->e->bias_stride] : 0.0f;
+                small_plane(g, pad, j->w + o * g->k, bias, plane);
+                if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, plane, ohw);
+            }
+            continue;
+        }
         const float *cols;
         size_t ldb;
         if (j->direct) {
@@ -573,9 +629,10 @@ static void forward_tasks(void *arg, int worker, int workers) {
             ldb = ohw;
         } else {
             if (have != u) {
-                if (g->padded_floats != 0 && j->p.blocks == 1)
-                    im2col_padded(g, j->x_img, x, grp * g->in_cg, col, col + g->padded_offset);
-                else
+                if (g->padded_floats != 0 && j->p.blocks == 1) {
+                    fill_padded_planes(g, j->x_img, x, grp * g->in_cg, col + g->padded_offset);
+                    columns_from_padded(g, col + g->padded_offset, col);
+                } else
                     im2col_block(g, j->x_img, x, grp * g->in_cg, 0, g->k, oy0, oy1, col);
                 have = u;
             }
@@ -637,6 +694,7 @@ void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_im
         return;
     }
     j.p = plan_tasks(g, ctx, batch, flops, g->out_cg, true);
+    j.small = g->padded_floats != 0 && j.p.blocks == 1 && g->out_w <= 8 && flops / batch <= SMALL_DIRECT_FLOPS;
     bp_parallel_run(j.p.workers, forward_tasks, &j);
 }
 
