@@ -686,7 +686,7 @@ void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_im
                      size_t x_bs, float *y, size_t y_bs, const bp_epilogue *e, const bp_scratch *s,
                      const bp_gemm_ctx *ctx) {
     size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
-    forward_job j = {g, w, batch, x_img, x, x_bs, y, y_bs, e, s, ctx, {0}, direct_columns(g, x_img)};
+    forward_job j = {g, w, batch, x_img, x, x_bs, y, y_bs, e, s, ctx, {0}, direct_columns(g, x_img), false};
     if (one_input_channel_per_group(g)) {
         depthwise_job d = {&j, batch * g->out_c};
         int workers = bp_workers_for(ctx->threads, flops);
