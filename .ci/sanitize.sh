@@ -12,7 +12,7 @@ out=$(mktemp -d)
 blas=$("$python" -c "import scipy_openblas32 as o; print(o.get_include_dir(), o.get_lib_dir(), o.get_library())")
 read -r inc lib name <<<"$blas"
 gcc -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-  -fPIC -shared -Wall -Wextra -Werror -Icdefs -I"$inc" -DBNNS_PORTABLE_BLAS_SCIPY_OPENBLAS \
+  -fPIC -shared -Wall -Wextra -Werror ${BNNS_PY_SANITIZE_CFLAGS:-} -Icdefs -I"$inc" -DBNNS_PORTABLE_BLAS_SCIPY_OPENBLAS \
   bnns_py/_portable/*.c -L"$lib" -l"$name" -Wl,-rpath,"$lib" -lm -lpthread -o "$out/libbnns_portable_asan.so"
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 # Python itself is not built with ASan: leak checking would report the interpreter's own

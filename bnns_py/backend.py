@@ -63,6 +63,17 @@ class Backend:
             raise NotImplementedError("only the portable backend counts its filters")
         return int(self.lib.bnns_portable_live_filter_count())
 
+    def filter_engine(self, bnns_filter, gradient=False):
+        """Which kernels compute a portable filter's forward pass (``gradient=True``: its input
+        gradient): ``"direct rows"``, ``"direct pixels"`` (the direct convolution engine) or
+        ``"im2col"`` (im2col + GEMM, the depthwise and tiny-layer kernels). ``bnns_filter`` is
+        ``layer.bnns_filter``. Set ``BNNS_PY_PORTABLE_ENGINE`` before creating a layer to force one."""
+        if not self.is_portable:
+            raise NotImplementedError("only the portable backend reports its kernels")
+        if bnns_filter is None or bnns_filter == ffi.NULL:
+            raise ValueError("filter_engine needs an open layer's bnns_filter")
+        return ffi.string(self.lib.bnns_portable_filter_engine(bnns_filter, 1 if gradient else 0)).decode()
+
     def __repr__(self):
         return f"<bnns_py Backend {self.name} from {self.library_path}>"
 
@@ -174,4 +185,5 @@ def backend_info(name=None):
     if backend.is_portable:
         info["portable_version"] = ffi.string(backend.lib.bnns_portable_version()).decode()
         info["blas"] = ffi.string(backend.lib.bnns_portable_blas()).decode()
+        info["simd"] = ffi.string(backend.lib.bnns_portable_simd()).decode()
     return info

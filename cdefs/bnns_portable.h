@@ -15,9 +15,11 @@ long bnns_portable_created_filter_count(void);
    logs the reason; the portable library keeps it for callers that want it. */
 const char *bnns_portable_last_error(void);
 
-/* Version string of the portable library, and the BLAS it computes GEMMs with. */
+/* Version string of the portable library, the BLAS it computes GEMMs with, and the vector
+   instructions its direct convolution kernels were built for ("AVX-512", "AVX2", "4-lane"). */
 const char *bnns_portable_version(void);
 const char *bnns_portable_blas(void);
+const char *bnns_portable_simd(void);
 
 /* The scalar conversions the portable library uses for Float16 and BFloat16 data (round to
    nearest, ties to even; subnormals, infinities and NaNs kept). */
@@ -25,3 +27,11 @@ float bnns_portable_f16_to_f32(uint16_t h);
 uint16_t bnns_portable_f32_to_f16(float f);
 float bnns_portable_bf16_to_f32(uint16_t h);
 uint16_t bnns_portable_f32_to_bf16(float f);
+
+/* Which kernels compute a portable filter's pass: pass 0 is the layer's forward pass
+   (BNNSFilterApply*), pass 1 its input gradient (BNNSFilterApplyBackward*). "direct rows" and
+   "direct pixels" are the direct convolution engine's two kernels, "im2col" covers the im2col +
+   GEMM path and the depthwise and tiny-layer kernels; "" for a NULL filter or another pass.
+   The environment variable BNNS_PY_PORTABLE_ENGINE (auto, rows, pixels, im2col), read when a
+   filter is created, overrides the choice. */
+const char *bnns_portable_filter_engine(BNNSFilter filter, int pass);

@@ -52,3 +52,30 @@ def assert_close_to_reference(actual, expected, reduction_size, what=""):
     tolerance = 1e-5 * np.sqrt(max(reduction_size, 1)) * max(1.0, float(np.abs(expected).max(initial=0)))
     error = np.abs(actual.astype(np.float64) - expected).max(initial=0)
     assert error <= tolerance, f"{what}: max abs error {error:.3g} > tolerance {tolerance:.3g}"
+
+
+def client_layer(kind, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias, activation, n_threads,
+                 flags=None, input_strides=(0, 0, 0)):
+    """A client-pointer (or ``flags``) layer and its output (height, width); weight in BNNS OIHW
+    memory order, k / stride / dil as (h, w), pad as (left, right, top, bottom), input_strides
+    the input image's BNNS strides (x, row, channel; zeros: packed)."""
+    from bnns_py import (ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType, FilterParameters, Flags,
+                         NDArrayDescriptor, Shape)
+    kh, kw = k
+    (pl, pr, pt, pb) = pad
+    if kind is ConvolutionType.standard:
+        oh = (h + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (w + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    else:
+        oh = (h - 1) * stride[0] - pt - pb + dil[0] * (kh - 1) + 1
+        ow = (w - 1) * stride[1] - pl - pr + dil[1] * (kw - 1) + 1
+    parameters = FilterParameters(flags=Flags.use_client_pointer if flags is None else flags, n_threads=n_threads)
+    layer = ConvolutionLayer(
+        kind,
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(w, h, cin, input_strides)),
+        NDArrayDescriptor(weight, Shape.convolution_weights_oihw(kw, kh, cin // groups, cout)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(ow, oh, cout)),
+        None if bias is None else NDArrayDescriptor(bias, Shape.vector(cout)),
+        ConvolutionPadding.asymmetric(pl, pr, pt, pb), activation, groups, (stride[1], stride[0]),
+        (dil[1], dil[0]), parameters)
+    return layer, (oh, ow)

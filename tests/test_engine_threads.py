@@ -5,34 +5,12 @@ import numpy as np
 import pytest
 
 from bnns_py import (ActivationFunction as AF, ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType,
-                     FilterParameters, Flags, NDArrayDescriptor, Shape, reference)
+                     NDArrayDescriptor, Shape, reference)
 from bnns_py.functional import transposed_weight_to_bnns
 
-from conftest import random_array
+from conftest import client_layer, random_array
 
 THREADS = [1, 2, 3]
-
-
-def _layer(kind, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias, activation, n_threads):
-    """A client-pointer layer; weight in BNNS OIHW memory order."""
-    kh, kw = k
-    (pl, pr, pt, pb) = pad
-    if kind is ConvolutionType.standard:
-        oh = (h + pt + pb - dil[0] * (kh - 1) - 1) // stride[0] + 1
-        ow = (w + pl + pr - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    else:
-        oh = (h - 1) * stride[0] - pt - pb + dil[0] * (kh - 1) + 1
-        ow = (w - 1) * stride[1] - pl - pr + dil[1] * (kw - 1) + 1
-    in_per_group = cin // groups if kind is ConvolutionType.standard else cin // groups
-    layer = ConvolutionLayer(
-        kind,
-        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(w, h, cin)),
-        NDArrayDescriptor(weight, Shape.convolution_weights_oihw(kw, kh, in_per_group, cout)),
-        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(ow, oh, cout)),
-        None if bias is None else NDArrayDescriptor(bias, Shape.vector(cout)),
-        ConvolutionPadding.asymmetric(pl, pr, pt, pb), activation, groups, (stride[1], stride[0]),
-        (dil[1], dil[0]), FilterParameters(flags=Flags.use_client_pointer, n_threads=n_threads))
-    return layer, (oh, ow)
 
 
 # (batch, cin, cout, h, w, k, stride, pad (l, r, t, b), dilation, groups)
@@ -61,7 +39,7 @@ def test_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
     x = random_array(rng, (n, cin, h, w))
     weight = random_array(rng, (cout, cin // groups) + k, 0.3)
     bias = random_array(rng, (cout,))
-    layer, (oh, ow) = _layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
                              AF.rectified_linear, n_threads)
     with layer:
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
@@ -84,7 +62,7 @@ def test_transposed_forward_matches_reference(case, n_threads, rng, no_filter_le
     torch_weight = random_array(rng, (cin, cout // groups) + k, 0.3)
     bias = random_array(rng, (cout,))
     bnns_weight = transposed_weight_to_bnns(torch_weight, groups)
-    layer, (oh, ow) = _layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, dil, groups, bnns_weight,
+    layer, (oh, ow) = client_layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, dil, groups, bnns_weight,
                              bias, AF.tanh, n_threads)
     with layer:
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
@@ -107,7 +85,7 @@ def test_backward_matches_reference(case, n_threads, rng, no_filter_leaks):
     x = random_array(rng, (n, cin, h, w))
     weight = random_array(rng, (cout, cin // groups) + k, 0.3)
     bias = random_array(rng, (cout,))
-    layer, (oh, ow) = _layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
                              AF.identity, n_threads)
     with layer:
         y = np.empty((n, cout, oh, ow), np.float32)
@@ -131,7 +109,7 @@ def test_transposed_backward_matches_reference(n_threads, rng, no_filter_leaks):
     x = random_array(rng, (n, cin, h, w))
     torch_weight = random_array(rng, (cin, cout) + k, 0.3)
     bias = random_array(rng, (cout,))
-    layer, (oh, ow) = _layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, (1, 1), 1,
+    layer, (oh, ow) = client_layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, (1, 1), 1,
                              transposed_weight_to_bnns(torch_weight, 1), bias, AF.identity, n_threads)
     with layer:
         y = np.empty((n, cout, oh, ow), np.float32)
@@ -156,7 +134,7 @@ def test_worker_pool_works_in_a_forked_child(rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
     x = random_array(rng, (n, cin, h, w))
     weight = random_array(rng, (cout, cin) + k, 0.3)
-    layer, (oh, ow) = _layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, None,
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, None,
                              AF.identity, 2)
     with layer:
         y = np.empty((n, cout, oh, ow), np.float32)
@@ -207,7 +185,7 @@ def test_tiny_layers_computed_from_padded_planes(height, width, dilation, pad, r
     bias = random_array(rng, (cout,))
     oh = height + 4 + pad[2] + pad[3] - dilation[0] * (k[0] - 1)
     ow = width + 2 + pad[0] + pad[1] - dilation[1] * (k[1] - 1)
-    layer, shape = _layer(ConvolutionType.standard, cin, cout, height + 4, width + 2, k, (1, 1), pad, dilation, 1,
+    layer, shape = client_layer(ConvolutionType.standard, cin, cout, height + 4, width + 2, k, (1, 1), pad, dilation, 1,
                           weight, bias, AF.sigmoid, 1)
     assert shape == (oh, ow)
     with layer:

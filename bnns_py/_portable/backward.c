@@ -1,6 +1,7 @@
 /* BNNSFilterApplyBackwardBatch for standard and transposed convolution filters. */
 #include <string.h>
 
+#include "direct.h"
 #include "filter.h"
 
 /* A gradient descriptor must have data, Float32 and the given sizes; returns its resolved image. */
@@ -145,6 +146,11 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     bp_work w;
     bp_work_split(f, base, &w);
     const float *weights = bp_current_weights(f, f->w_direct ? NULL : w.weights);
+    /* dx comes from S's backward data (standard) or S's forward pass (transposed) */
+    bp_direct_pass pass;
+    const bp_direct_pass *direct =
+        in_delta ? bp_direct_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, weights, &w, &pass)
+                 : NULL;
     /* dz: the gradient before the activation, packed, in the layer's output space */
     float *dz = f->transposed ? w.pack_in : w.pack_out;
     float *dbias = w.dbias;
@@ -175,14 +181,14 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                                          &w.scratch, &f->gemm);
             if (in_delta)
                 bp_conv_backward_data(g, weights, batch, dy, out_delta_stride, &dx_img, dx, in_delta_stride,
-                                      !accumulates(in_delta), NULL, &w.scratch, &f->gemm);
+                                      !accumulates(in_delta), NULL, &w.scratch, &f->gemm, direct);
         } else {
             if (weights_delta)
                 bp_conv_backward_weights(g, batch, &out_packed, dy, out_delta_stride, in, in_stride, w.dweights, 0.0f,
                                          &w.scratch, &f->gemm);
             if (in_delta)
                 bp_conv_forward(g, weights, batch, &out_packed, dy, out_delta_stride, dx, in_delta_stride, NULL,
-                                &w.scratch, &f->gemm);
+                                &w.scratch, &f->gemm, direct);
         }
     } else {
         for (size_t b = 0; b < batch; b++) {
@@ -205,7 +211,7 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                 if (in_delta) {
                     float *dx = (float *)in_delta->data + b * in_delta_stride;
                     bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,
-                                          &f->gemm);
+                                          &f->gemm, direct);
                 }
             } else {
                 /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
@@ -219,7 +225,7 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                                              &f->gemm);
                 }
                 if (in_delta) {
-                    bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm);
+                    bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm, direct);
                     bp_copy_image(&in_packed, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
                                   accumulates(in_delta));
                 }

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "direct.h"
 #include "internal.h"
 #include "parallel.h"
 
@@ -682,9 +683,19 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
     }
 }
 
+bool bp_conv_small(const bp_geom *g) {
+    return g->padded_floats != 0 && g->block_rows == g->out_h && g->out_w <= 8 &&
+           2 * g->out_c * out_pixels(g) * g->k <= SMALL_DIRECT_FLOPS;
+}
+
 void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_image *x_img, const float *x,
                      size_t x_bs, float *y, size_t y_bs, const bp_epilogue *e, const bp_scratch *s,
-                     const bp_gemm_ctx *ctx) {
+                     const bp_gemm_ctx *ctx, const bp_direct_pass *direct) {
+    if (direct != NULL) {
+        bp_image y_img = {.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = out_pixels(g)};
+        bp_direct_run(direct, batch, x_img, x, x_bs, &y_img, y, y_bs, false, e, s, ctx->threads);
+        return;
+    }
     size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
     forward_job j = {g, w, batch, x_img, x, x_bs, y, y_bs, e, s, ctx, {0}, direct_columns(g, x_img), false};
     if (one_input_channel_per_group(g)) {
@@ -788,7 +799,12 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
 
 void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const float *dy, size_t dy_bs,
                            const bp_image *dx_img, float *dx, size_t dx_bs, bool overwrite, const bp_epilogue *e,
-                           const bp_scratch *s, const bp_gemm_ctx *ctx) {
+                           const bp_scratch *s, const bp_gemm_ctx *ctx, const bp_direct_pass *direct) {
+    if (direct != NULL) {
+        bp_image dy_img = {.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = out_pixels(g)};
+        bp_direct_run(direct, batch, &dy_img, dy, dy_bs, dx_img, dx, dx_bs, !overwrite, e, s, ctx->threads);
+        return;
+    }
     size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
     backward_data_job j = {g, w, batch, dy, dy_bs, dx_img, dx, dx_bs, overwrite, dx_img->packed ? e : NULL, s, ctx, {0},
                            false, {0}};

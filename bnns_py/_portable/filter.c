@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "filter.h"
+#include "direct.h"
 #include "dtypes.h"
 #include "parallel.h"
 
@@ -136,6 +137,13 @@ void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const 
     run_weight_rows(&j);
 }
 
+const bp_direct_pass *bp_direct_weights(const bp_filter *f, int which, const float *canonical, const bp_work *w,
+                                        bp_direct_pass *pass) {
+    if (f->direct[which] == NULL) return NULL;
+    *pass = (bp_direct_pass){f->direct[which], f->direct_w[which], canonical, w->direct_w};
+    return pass;
+}
+
 float bp_bias_at(const bp_filter *f, size_t channel) {
     if (!f->has_bias) return 0.0f;
     if (f->bias_owned) return f->bias_owned[channel];
@@ -161,6 +169,7 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->dweights = w->weights + (f->client ? SLICE(weight_count(g)) : 0);
     w->dbias = w->dweights + (f->client ? SLICE(weight_count(g)) : 0);
     w->rows = w->dbias + (f->client ? SLICE(g->out_c + g->in_c) : 0);
+    w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -171,7 +180,8 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
     if (!bp_mul(g->out_c, g->out_h, &t) || !bp_mul(t, g->out_w, &out)) return false;
     if (!bp_mul(g->out_c, g->k, &wc)) return false;
     size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
-                      f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0};
+                      f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
+                      f->direct_w_floats};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
@@ -201,6 +211,10 @@ static void destroy_filter(bp_filter *f) {
     bp_allocator a = f->allocator;
     bp_dtype_destroy(f); /* dtypes hook */
     bp_free(&a, f->workspace);
+    for (int i = 0; i < 2; i++) {
+        if (f->direct[i] != NULL) bp_direct_destroy(f->direct[i], &a);
+        bp_free(&a, f->direct_w[i]);
+    }
     bp_free(&a, f->w_owned);
     bp_free(&a, f->bias_owned);
     bp_free(&a, f);
@@ -223,6 +237,29 @@ static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, s
         return false;
     }
     return true;
+}
+
+/* Direct-engine plans for the passes the filter can run: its own forward pass, and with client
+   pointers (which backward needs) the other one too. The plans' scratch joins the workers'. */
+static void plan_direct(bp_filter *f) {
+    const bp_geom *g = &f->g;
+    bool need[2] = {!f->transposed || f->client, f->transposed || f->client};
+    const char *engine = getenv("BNNS_PY_PORTABLE_ENGINE"); /* a forced kernel runs wherever it can */
+    bool forced = engine != NULL && (strcmp(engine, "rows") == 0 || strcmp(engine, "pixels") == 0);
+    if (bp_conv_small(g) && !forced) need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
+    /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed */
+    if (g->kh == 1 && g->kw == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 && g->in_h == g->out_h &&
+        g->in_w == g->out_w && !forced)
+        need[BP_DIRECT_FORWARD] = need[BP_DIRECT_BACKWARD_DATA] = false;
+    for (int i = 0; i < 2; i++) {
+        if (!need[i]) continue;
+        f->direct[i] = bp_direct_plan(g, i == BP_DIRECT_BACKWARD_DATA, &f->allocator);
+        if (f->direct[i] == NULL) continue; /* the im2col engine runs this pass */
+        size_t scratch = bp_direct_scratch_floats(f->direct[i]), weights = bp_direct_weight_floats(f->direct[i]);
+        if (scratch > f->scratch_floats) f->scratch_floats = scratch;
+        if (f->client && weights > f->direct_w_floats) f->direct_w_floats = weights;
+    }
+    bp_clear_error(); /* a plan that could not be made is not an error */
 }
 
 bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
@@ -391,6 +428,7 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         bp_free(&allocator, f);
         return NULL;
     }
+    plan_direct(f);
     f->w_direct = f->client && !transposed && wd->layout == BNNSDataLayoutConvolutionWeightsOIHW &&
                   w_stride[0] == 1 && w_stride[1] == kw && w_stride[2] == kw * kh && w_stride[3] == kw * kh * w_in;
     if (!workspace_size(f, &f->workspace_floats)) {
@@ -405,6 +443,12 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         if (f->w_owned == NULL) goto fail;
         pack_weights(f, f->w_owned);
         f->w_data = NULL;  /* the caller may free theirs now */
+        for (int i = 0; i < 2; i++)
+            if (f->direct[i] != NULL) {
+                f->direct_w[i] = bp_alloc(&allocator, bp_direct_weight_floats(f->direct[i]) * sizeof(float));
+                if (f->direct_w[i] == NULL) goto fail;
+                bp_direct_pack(f->direct[i], f->w_owned, f->direct_w[i], f->gemm.threads);
+            }
     }
     f->has_bias = has_bias;
     f->bias_stride = bias_stride;
@@ -423,6 +467,15 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 fail:
     destroy_filter(f);
     return NULL;
+}
+
+const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
+    const bp_filter *f = filter;
+    if (f == NULL || (pass != 0 && pass != 1)) return "";
+    /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
+    int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
+    if (f->direct[which] == NULL) return "im2col";
+    return strcmp(bp_direct_kind(f->direct[which]), "rows") == 0 ? "direct rows" : "direct pixels";
 }
 
 BNNSFilter BNNSFilterCreateLayerConvolution(const BNNSLayerParametersConvolution *layer_params,
@@ -461,22 +514,24 @@ static bool batch_at_once(const bp_filter *f) {
     return f->out.packed && (!f->transposed || f->in.packed) && !bp_activation_is_channelwise(&f->activation);
 }
 
-static void forward_batch(bp_filter *f, const bp_work *w, const float *weights, size_t batch, const float *x,
-                          size_t x_bs, float *y, size_t y_bs) {
+static void forward_batch(bp_filter *f, const bp_work *w, const float *weights, const bp_direct_pass *direct,
+                          size_t batch, const float *x, size_t x_bs, float *y, size_t y_bs) {
     bp_epilogue e = forward_epilogue(f);
     if (!f->transposed)
-        bp_conv_forward(&f->g, weights, batch, &f->in, x, x_bs, y, y_bs, &e, &w->scratch, &f->gemm);
+        bp_conv_forward(&f->g, weights, batch, &f->in, x, x_bs, y, y_bs, &e, &w->scratch, &f->gemm, direct);
     else
-        bp_conv_backward_data(&f->g, weights, batch, x, x_bs, &f->out, y, y_bs, true, &e, &w->scratch, &f->gemm);
+        bp_conv_backward_data(&f->g, weights, batch, x, x_bs, &f->out, y, y_bs, true, &e, &w->scratch, &f->gemm,
+                              direct);
 }
 
 /* One image through packed buffers: strided outputs or inputs, channelwise activations. */
-static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const float *x, float *y) {
+static void forward_one(bp_filter *f, const bp_work *w, const float *weights, const bp_direct_pass *direct,
+                        const float *x, float *y) {
     bp_image out_packed = bp_packed_like(&f->out);
     float *result = f->out.packed ? y : (f->transposed ? w->pack_in : w->pack_out);
     bp_epilogue e = forward_epilogue(f);
     if (!f->transposed) {
-        bp_conv_forward(&f->g, weights, 1, &f->in, x, 0, result, 0, &e, &w->scratch, &f->gemm);
+        bp_conv_forward(&f->g, weights, 1, &f->in, x, 0, result, 0, &e, &w->scratch, &f->gemm, direct);
     } else {
         const float *t_in = x; /* S's output gradient: must be packed */
         if (!f->in.packed) {
@@ -484,7 +539,8 @@ static void forward_one(bp_filter *f, const bp_work *w, const float *weights, co
             bp_copy_image(&f->in, x, &in_packed, w->pack_out, false);
             t_in = w->pack_out;
         }
-        bp_conv_backward_data(&f->g, weights, 1, t_in, 0, &out_packed, result, 0, true, &e, &w->scratch, &f->gemm);
+        bp_conv_backward_data(&f->g, weights, 1, t_in, 0, &out_packed, result, 0, true, &e, &w->scratch, &f->gemm,
+                              direct);
     }
     if (bp_activation_is_channelwise(&f->activation)) {
         size_t hw = f->out.w * f->out.h;
@@ -554,13 +610,18 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     bp_work w;
     bp_work_split(f, base, &w);
     const float *weights = bp_current_weights(f, f->client && !f->w_direct ? w.weights : NULL);
-    if (one_gemm_for_batch(f, batch_size, in_stride, out_stride))
+    if (one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
         forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
-    else if (batch_at_once(f))
-        forward_batch(f, &w, weights, batch_size, in, in_stride, out, out_stride);
-    else
-        for (size_t b = 0; b < batch_size; b++)
-            forward_one(f, &w, weights, (const float *)in + b * in_stride, (float *)out + b * out_stride);
+    } else {
+        bp_direct_pass pass;
+        const bp_direct_pass *direct =
+            bp_direct_weights(f, f->transposed ? BP_DIRECT_BACKWARD_DATA : BP_DIRECT_FORWARD, weights, &w, &pass);
+        if (batch_at_once(f))
+            forward_batch(f, &w, weights, direct, batch_size, in, in_stride, out, out_stride);
+        else
+            for (size_t b = 0; b < batch_size; b++)
+                forward_one(f, &w, weights, direct, (const float *)in + b * in_stride, (float *)out + b * out_stride);
+    }
     bp_work_release(f, base, temporary);
     return 0;
 }

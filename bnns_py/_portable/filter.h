@@ -30,6 +30,12 @@ typedef struct {
     const float *bias_data;
     size_t bias_stride;
     float *bias_owned;
+    /* the direct engine (direct.c): plans of S's forward [0] and backward-data [1] passes (NULL:
+       the im2col engine runs that pass) and, when the filter owns its weights, their packed
+       weights; client-pointer filters pack them into the workspace at each call */
+    struct bp_direct *direct[2];
+    float *direct_w[2];
+    size_t direct_w_floats;       /* workspace floats for packing (client filters) */
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
@@ -43,8 +49,10 @@ typedef struct {
 /* workspace layout (offsets in floats) */
 typedef struct {
     bp_scratch scratch;
-    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows;
+    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w;
 } bp_work;
+
+enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };
 
 /* Validate a convolution and build its filter (NULL with bp_set_error on any invalid input).
    Other layer kinds (fully connected, legacy) are expressed as convolutions and built here. */
@@ -56,6 +64,10 @@ float *bp_work_acquire(bp_filter *f, bool *temporary);
 void bp_work_release(bp_filter *f, float *work, bool temporary);
 const float *bp_current_weights(const bp_filter *f, float *scratch);
 float bp_bias_at(const bp_filter *f, size_t channel);
+/* The direct-engine pass `which` (BP_DIRECT_*) of f and its weights (the filter's packed ones,
+   or `canonical` for the run to pack into the workspace), or NULL when the im2col engine runs it. */
+const struct bp_direct_pass *bp_direct_weights(const bp_filter *f, int which, const float *canonical, const bp_work *w,
+                                               struct bp_direct_pass *pass);
 void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const BNNSNDArrayDescriptor *d,
                               const size_t stride[4], bool accumulate);
 

@@ -112,16 +112,23 @@ typedef struct {
 
 void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
 
+/* Tiny layers (rows of at most 8 outputs, little work): the forward pass runs straight from
+   zero-padded planes on the calling thread, not on the direct engine. */
+bool bp_conv_small(const bp_geom *g);
+
+struct bp_direct_pass; /* direct.h: a planned pass of the direct engine with its packed weights */
+
 /* y = conv(x) for a batch: y packed (out_c x out_h*out_w per image, images y_bs apart), x through
-   x_img's strides (images x_bs apart); e may be NULL. */
+   x_img's strides (images x_bs apart); e may be NULL. With `direct` (may be NULL) the direct
+   engine runs the pass, else im2col + GEMM and the depthwise kernels; w is the canonical form. */
 void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_image *x_img, const float *x,
                      size_t x_bs, float *y, size_t y_bs, const bp_epilogue *e, const bp_scratch *s,
-                     const bp_gemm_ctx *ctx);
+                     const bp_gemm_ctx *ctx, const struct bp_direct_pass *direct);
 /* dx (strided) = or += col2im(W^T dy) for a batch; dy packed. The epilogue (may be NULL) runs on
-   each finished plane when dx_img is packed. */
+   each finished plane when dx_img is packed. `direct` as for bp_conv_forward. */
 void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const float *dy, size_t dy_bs,
                            const bp_image *dx_img, float *dx, size_t dx_bs, bool overwrite, const bp_epilogue *e,
-                           const bp_scratch *s, const bp_gemm_ctx *ctx);
+                           const bp_scratch *s, const bp_gemm_ctx *ctx, const struct bp_direct_pass *direct);
 /* dW = beta*dW + sum over the batch of dy * im2col(x)^T; dy packed, dW packed [out_c][k]. */
 void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
                               const float *dy, size_t dy_bs, float *dw, float beta, const bp_scratch *s,

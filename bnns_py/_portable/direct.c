@@ -1,0 +1,724 @@
+/* The direct convolution engine (see direct.h).
+
+   Both passes it runs are correlations of a source image (S's input forward, S's output gradient
+   backward) with a set of taps:
+
+       out(m, oy, ox) = sum over c, t of  w(m, c, t) * src(c, oy*ss + ay[t], ox*ss + ax[t])
+
+   summed over the source channels c of a group, zero outside the source. Forward there is one
+   output grid and ss is S's stride. Backward-data splits dx into stride_y x stride_x phases (dx
+   rows a, a + sy, ...); each phase is such a correlation of dy with ss = 1, using the kernel taps
+   that land on it, and its outputs go to every sy-th row and sx-th column of dx.
+
+   The source is copied into phase planes: for each channel and each of the ss x ss source phases,
+   a zero-bordered plane of wq columns in which the reads of tap t for output pixel (oy, ox) are at
+   flat position (oy*wq + ox) + off(t). With ss = 1 a left border is not stored: a read left of
+   column 0 lands on the zero tail of the row above (wq is chosen so that it is zero). Then:
+
+   - the "rows" kernel computes MR output channels x NV vectors of consecutive flat positions,
+     loading source vectors straight from the planes (lanes = pixels); the wq - ow positions past
+     each row are computed and dropped;
+   - the "pixels" kernel computes NC consecutive pixels of one output row x MV vectors of output
+     channels (lanes = channels), broadcasting each source value straight from the planes, for
+     layers whose rows are too short for the rows kernel to waste little.
+
+   Weights are packed per block of output channels so that each step of the reduction reads them
+   contiguously. Every task (image x group x band of output rows x block of output channels) fills
+   its own planes, so the workers never wait on each other. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "direct.h"
+#include "parallel.h"
+#include "simd.h"
+
+enum { KIND_ROWS, KIND_PIXELS };
+enum {
+    MAX_PHASES = 16,          /* stride_y * stride_x of the passes taken */
+    MAX_DIM = 1 << 20,        /* sizes, strides, pads, dilations taken (keeps offsets in range) */
+    PLANE_TARGET = 1 << 18,   /* floats of phase planes per worker: about 1 MiB, a core's L2 */
+    PLANE_LIMIT = 1 << 24,    /* beyond this the im2col engine's smaller blocks are better */
+    MIN_BAND_ROWS = 4,
+    K_CHUNK = 1024,           /* reduction steps of packed weights the pixels kernel takes at a time */
+    TILE_RESULTS = 1 << 15    /* floats of a band's pixels-kernel results (128 KiB) */
+};
+
+/* Register tiles. Rows kernel: MR channels x NV vectors; pixels kernel: NC pixels x MV vectors,
+   NC from a short menu per MV so that rows of any width split with little waste. The
+   accumulators fill most of the register file, leaving room for the source / weight vectors. */
+#if BP_VREGS >= 32
+#define ROWS_MR_MAX 8
+#define PIX_MV_MAX 4
+#define PIX_NC_MAX 24
+static int rows_nv(size_t mr) { return mr == 8 ? 3 : mr == 4 ? 6 : mr == 2 ? 8 : 12; }
+static const size_t pixel_columns[3][5] = {{24, 16, 12, 8, 0}, {14, 12, 10, 8, 7}, {7, 6, 5, 4, 0}};
+#else
+#define ROWS_MR_MAX 4
+#define PIX_MV_MAX 2
+#define PIX_NC_MAX 12
+static int rows_nv(size_t mr) { return mr == 4 ? 3 : mr == 2 ? 4 : 8; }
+static const size_t pixel_columns[2][5] = {{12, 8, 7, 6, 0}, {6, 5, 4, 0, 0}};
+#endif
+static const size_t *pixel_menu(size_t mv) { return pixel_columns[mv == 1 ? 0 : mv == 2 ? 1 : 2]; }
+
+typedef struct {
+    size_t taps;        /* taps landing on this phase */
+    size_t oh, ow;      /* its output grid */
+    size_t y0, x0;      /* destination row / column of its output (0, 0) */
+    size_t k;           /* reduction length: channels x taps */
+    size_t wofs;        /* its packed weights within a group's */
+    int32_t *off;       /* source offset of each reduction step k = c*taps + t */
+    int32_t *tap;       /* S's tap (ky*kw + kx) of each t */
+} phase_t;
+
+struct bp_direct {
+    bool backward;
+    int kind;
+    size_t groups, c, m;          /* per group: channels summed over, output channels */
+    size_t s_k, s_taps;           /* S's GEMM depth and taps (weight packing) */
+    size_t bw;                    /* output channels per block: MR (rows) or MV*VL (pixels) */
+    size_t tile;                  /* rows: NV*VL flat positions; pixels: NC pixels */
+    size_t ystep, xstep;          /* destination step between output pixels */
+    size_t ss_y, ss_x, sphases;   /* source step per output pixel, source phases */
+    ptrdiff_t ay_min, c0;         /* source row of plane row 0 (band 0, phase 0) and column of column 0 */
+    size_t src_h, src_w;
+    size_t wq, qy_max, band_rows, oh_max;
+    size_t prefix, slack;         /* zeros before a plane's origin and after its rows */
+    size_t plane;                 /* floats per (channel, source phase) */
+    size_t planes;                /* floats of one task's planes */
+    size_t kmax;
+    size_t nphases;
+    phase_t ph[MAX_PHASES];
+    size_t packed_group;          /* packed weight floats per group */
+    size_t tb_offset, chunk_offset, run_offset, scratch; /* worker scratch layout */
+};
+
+static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+static size_t round_up(size_t a, size_t b) { return ceil_div(a, b) * b; }
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+static ptrdiff_t floor_mod(ptrdiff_t v, ptrdiff_t s) { return ((v % s) + s) % s; }
+static ptrdiff_t floor_div(ptrdiff_t v, ptrdiff_t s) { return (v - floor_mod(v, s)) / s; }
+
+const char *bnns_portable_simd(void) { return BP_SIMD_NAME; }
+
+size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
+size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
+const char *bp_direct_kind(const bp_direct *d) { return d->kind == KIND_ROWS ? "rows" : "pixels"; }
+
+/* ---- planning -------------------------------------------------------------------------------- */
+
+/* Fraction of the computed values that are kept, for each kernel, over whole images. */
+static double rows_efficiency(const bp_direct *d, size_t mr) {
+    size_t np = (size_t)rows_nv(mr) * BP_VL, computed = 0, useful = 0;
+    for (size_t p = 0; p < d->nphases; p++) {
+        const phase_t *ph = &d->ph[p];
+        for (size_t r0 = 0; r0 < ph->oh; r0 += d->band_rows)
+            computed += round_up(min_size(d->band_rows, ph->oh - r0) * d->wq, np);
+        useful += ph->oh * ph->ow;
+    }
+    double e = computed ? (double)useful / (double)computed : 0.0;
+    e *= (double)d->m / (double)round_up(d->m, mr);
+    /* the kernel itself (measured on AVX-512): a few percent below the pixels kernel's best
+       tiles; one or two channels per tile take more loads per multiply-add */
+    return (mr >= 4 ? 0.93 : 0.8) * e;
+}
+
+/* Pixels kernel: the kept fraction with nc columns per tile (rows of ow split into tiles). */
+static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc) {
+    size_t computed = 0, useful = 0;
+    for (size_t p = 0; p < d->nphases; p++) {
+        const phase_t *ph = &d->ph[p];
+        computed += ph->oh * round_up(ph->ow, nc);
+        useful += ph->oh * ph->ow;
+    }
+    double e = computed ? (double)useful / (double)computed : 0.0;
+    e *= (double)d->m / (double)round_up(d->m, mv * BP_VL);
+    /* the kernel itself: 93-96% of the FMA peak with its largest tiles, less with fewer
+       accumulators */
+    double acc = (double)(mv * nc) / (double)(PIX_MV_MAX * pixel_menu(PIX_MV_MAX)[0]);
+    return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * e;
+}
+
+static bool dims_ok(const bp_geom *g) {
+    size_t v[] = {g->in_c, g->in_h, g->in_w, g->out_c, g->out_h, g->out_w, g->kh, g->kw,
+                  g->sx, g->sy, g->dx, g->dy, g->pl, g->pt};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        if (v[i] > MAX_DIM) return false;
+    return g->kh * g->kw <= 4096 && g->in_cg * g->kh * g->kw <= (1u << 24) && g->out_cg <= (1u << 24);
+}
+
+/* The taps of each phase as source offsets (ay, ax), phase by phase; false if the pass has too
+   many phases. */
+static bool list_taps(bp_direct *d, const bp_geom *g, ptrdiff_t *ay, ptrdiff_t *ax, int32_t *tap) {
+    size_t n = 0;
+    if (!d->backward) {
+        d->nphases = 1;
+        d->ph[0] = (phase_t){.taps = g->kh * g->kw, .oh = g->out_h, .ow = g->out_w};
+        for (size_t ky = 0; ky < g->kh; ky++)
+            for (size_t kx = 0; kx < g->kw; kx++, n++) {
+                ay[n] = (ptrdiff_t)(ky * g->dy) - (ptrdiff_t)g->pt;
+                ax[n] = (ptrdiff_t)(kx * g->dx) - (ptrdiff_t)g->pl;
+                tap[n] = (int32_t)(ky * g->kw + kx);
+            }
+        return true;
+    }
+    if (g->sy * g->sx > MAX_PHASES) return false;
+    d->nphases = g->sy * g->sx;
+    ptrdiff_t sy = (ptrdiff_t)g->sy, sx = (ptrdiff_t)g->sx;
+    for (size_t a = 0; a < g->sy; a++)
+        for (size_t b = 0; b < g->sx; b++) {
+            /* dx row sy*u + a gets dy row u + (a + pt - ky*dy) / sy from every ky making that exact */
+            phase_t *ph = &d->ph[a * g->sx + b];
+            *ph = (phase_t){.oh = a < g->in_h ? ceil_div(g->in_h - a, g->sy) : 0,
+                            .ow = b < g->in_w ? ceil_div(g->in_w - b, g->sx) : 0, .y0 = a, .x0 = b};
+            for (size_t ky = 0; ky < g->kh; ky++) {
+                ptrdiff_t ry = (ptrdiff_t)(a + g->pt) - (ptrdiff_t)(ky * g->dy);
+                if (floor_mod(ry, sy) != 0) continue;
+                for (size_t kx = 0; kx < g->kw; kx++) {
+                    ptrdiff_t rx = (ptrdiff_t)(b + g->pl) - (ptrdiff_t)(kx * g->dx);
+                    if (floor_mod(rx, sx) != 0) continue;
+                    ay[n] = ry / sy;
+                    ax[n] = rx / sx;
+                    tap[n] = (int32_t)(ky * g->kw + kx);
+                    n++;
+                    ph->taps++;
+                }
+            }
+        }
+    return true;
+}
+
+bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a) {
+    if (g->groups > 1 && g->in_cg == 1) return NULL; /* depthwise: its own kernels */
+    if (!dims_ok(g)) return NULL;
+    size_t s_taps = g->kh * g->kw;
+    /* per tap: source offsets, plane offsets, source phase, S's tap */
+    ptrdiff_t *ay = bp_alloc(a, 6 * s_taps * sizeof(ptrdiff_t));
+    if (ay == NULL) return NULL;
+    ptrdiff_t *ax = ay + s_taps, *qy = ax + s_taps, *qx = qy + s_taps, *sp = qx + s_taps;
+    int32_t *tap = (int32_t *)(sp + s_taps);
+    bp_direct *out = NULL;
+    bp_direct d = {.backward = backward, .groups = g->groups, .s_k = g->k, .s_taps = s_taps};
+    if (!list_taps(&d, g, ay, ax, tap)) goto done;
+    if (!backward) {
+        d.c = g->in_cg;
+        d.m = g->out_cg;
+        d.ss_y = g->sy;
+        d.ss_x = g->sx;
+        d.src_h = g->in_h;
+        d.src_w = g->in_w;
+        d.ystep = d.xstep = 1;
+    } else {
+        d.c = g->out_cg;
+        d.m = g->in_cg;
+        d.ss_y = d.ss_x = 1;
+        d.src_h = g->out_h;
+        d.src_w = g->out_w;
+        d.ystep = g->sy;
+        d.xstep = g->sx;
+    }
+    d.sphases = d.ss_y * d.ss_x;
+    if (d.sphases > MAX_PHASES || d.c == 0 || d.m == 0) goto done;
+
+    /* where each tap reads: source phase and (qy, qx) plane offsets */
+    ptrdiff_t ay_min = 0, ax_min = 0;
+    size_t total = 0;
+    for (size_t p = 0; p < d.nphases; p++) total += d.ph[p].taps;
+    for (size_t i = 0; i < total; i++) {
+        if (i == 0 || ay[i] < ay_min) ay_min = ay[i];
+        if (i == 0 || ax[i] < ax_min) ax_min = ax[i];
+    }
+    bool wrap = d.ss_x == 1 && ax_min < 0;
+    d.ay_min = ay_min;
+    d.c0 = wrap ? 0 : ax_min;
+    ptrdiff_t qy_max = 0, qx_min = 0, qx_max = 0;
+    for (size_t i = 0; i < total; i++) {
+        ptrdiff_t ry = ay[i] - ay_min, rx = ax[i] - d.c0;
+        qy[i] = floor_div(ry, (ptrdiff_t)d.ss_y);
+        qx[i] = floor_div(rx, (ptrdiff_t)d.ss_x);
+        sp[i] = floor_mod(ry, (ptrdiff_t)d.ss_y) * (ptrdiff_t)d.ss_x + floor_mod(rx, (ptrdiff_t)d.ss_x);
+        if (i == 0 || qy[i] > qy_max) qy_max = qy[i];
+        if (i == 0 || qx[i] < qx_min) qx_min = qx[i];
+        if (i == 0 || qx[i] > qx_max) qx_max = qx[i];
+    }
+    size_t ow_max = 0;
+    d.oh_max = 0;
+    for (size_t p = 0; p < d.nphases; p++) {
+        if (d.ph[p].ow > ow_max) ow_max = d.ph[p].ow;
+        if (d.ph[p].oh > d.oh_max) d.oh_max = d.ph[p].oh;
+    }
+    if (d.oh_max == 0 || ow_max == 0) goto done;
+    d.qy_max = (size_t)qy_max;
+    d.wq = ow_max + (size_t)(qx_max > 0 ? qx_max : 0);
+    if (qx_min < 0 && d.wq < d.src_w + (size_t)-qx_min) d.wq = d.src_w + (size_t)-qx_min;
+    d.prefix = round_up((size_t)(qx_min < 0 ? -qx_min : 0), 16);
+
+    /* reduction steps */
+    size_t steps = 0;
+    for (size_t p = 0; p < d.nphases; p++) {
+        d.ph[p].k = d.c * d.ph[p].taps;
+        steps += d.ph[p].k;
+        if (d.ph[p].k > d.kmax) d.kmax = d.ph[p].k;
+    }
+
+    /* bands of output rows whose planes fit the per-worker target; a rows tile reads up to a
+       tile and a row past the band's last row, a pixels tile less */
+    d.slack = round_up((size_t)rows_nv(1) * BP_VL + d.wq + 2 * BP_VL, 16);
+    size_t per_row = d.c * d.sphases * d.wq;
+    size_t fixed = d.c * d.sphases * (d.prefix + d.slack + d.qy_max * d.wq);
+    size_t rows = PLANE_TARGET > fixed ? (PLANE_TARGET - fixed) / per_row : 0;
+    d.band_rows = min_size(rows < MIN_BAND_ROWS ? MIN_BAND_ROWS : rows, d.oh_max);
+    d.band_rows = ceil_div(d.oh_max, ceil_div(d.oh_max, d.band_rows)); /* bands of equal height */
+
+    /* kernel: the one that keeps more of what it computes */
+    size_t mr = ROWS_MR_MAX;
+    while (mr > 1 && d.m * 4 < mr * 3) mr /= 2; /* e.g. 3 channels: MR 4 */
+    size_t mv = min_size(PIX_MV_MAX, ceil_div(d.m, BP_VL)), nc = 0;
+    if (mv == 3) mv = 4;
+    double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
+    for (const size_t *menu = pixel_menu(mv); *menu && menu < pixel_menu(mv) + 5; menu++) {
+        double e = pixels_efficiency(&d, mv, *menu);
+        if (e > pixels_e + 1e-9) {
+            pixels_e = e;
+            nc = *menu;
+        }
+    }
+    /* BNNS_PY_PORTABLE_ENGINE: "rows" / "pixels" force a kernel, "im2col" the other engine */
+    const char *force = getenv("BNNS_PY_PORTABLE_ENGINE");
+    if (force != NULL && strcmp(force, "im2col") == 0) goto done;
+    if (force != NULL && strcmp(force, "rows") == 0) rows_e = 2.0;
+    else if (force != NULL && strcmp(force, "pixels") == 0) pixels_e = 2.0;
+    else if (rows_e < 0.5 && pixels_e < 0.5) goto done; /* e.g. 1x1 images: a GEMM over the batch is better */
+    size_t tb;
+    if (pixels_e > rows_e) {
+        d.kind = KIND_PIXELS;
+        d.bw = mv * BP_VL;
+        d.tile = nc;
+        /* the band's tile results stay in cache between chunks of steps */
+        size_t per_band_row = round_up(ow_max, nc) * d.bw, most = TILE_RESULTS / per_band_row;
+        d.band_rows = min_size(d.band_rows, most < 1 ? 1 : most);
+        d.band_rows = ceil_div(d.oh_max, ceil_div(d.oh_max, d.band_rows));
+        tb = d.band_rows * per_band_row;
+    } else {
+        d.kind = KIND_ROWS;
+        d.bw = mr;
+        d.tile = (size_t)rows_nv(mr) * BP_VL;
+        tb = d.bw * d.tile;
+    }
+    d.plane = round_up(d.prefix + (d.band_rows + d.qy_max) * d.wq + d.slack, 16);
+    d.planes = d.c * d.sphases * d.plane;
+    if (d.planes > PLANE_LIMIT) goto done;
+
+    /* packed weights: per group, phase by phase, blocks of bw output channels */
+    size_t mblocks = ceil_div(d.m, d.bw);
+    for (size_t p = 0; p < d.nphases; p++) {
+        d.ph[p].wofs = d.packed_group;
+        d.packed_group += mblocks * d.bw * d.ph[p].k;
+    }
+
+    /* scratch: planes, tile results, (pixels) a chunk of packed weights, one run of outputs */
+    d.tb_offset = round_up(d.planes, 16);
+    d.chunk_offset = d.tb_offset + round_up(tb, 16);
+    d.run_offset = d.chunk_offset + (d.kind == KIND_PIXELS ? round_up(K_CHUNK * d.bw, 16) : 0);
+    size_t run = d.kind == KIND_PIXELS ? d.bw * round_up(ow_max, 8) : ow_max + d.tile;
+    d.scratch = d.run_offset + round_up(run + BP_VL, 16);
+
+    out = bp_alloc(a, sizeof *out + (steps + total) * sizeof(int32_t));
+    if (out == NULL) goto done;
+    *out = d;
+    int32_t *tables = (int32_t *)(out + 1);
+    size_t first = 0;
+    for (size_t p = 0; p < d.nphases; p++) {
+        phase_t *ph = &out->ph[p];
+        ph->off = tables;
+        ph->tap = tables + ph->k;
+        tables += ph->k + ph->taps;
+        for (size_t t = 0; t < ph->taps; t++) ph->tap[t] = tap[first + t];
+        for (size_t c = 0; c < d.c; c++)
+            for (size_t t = 0; t < ph->taps; t++) {
+                size_t i = first + t;
+                ptrdiff_t o = (ptrdiff_t)((c * d.sphases + (size_t)sp[i]) * d.plane) + qy[i] * (ptrdiff_t)d.wq + qx[i];
+                ph->off[c * ph->taps + t] = (int32_t)o;
+            }
+        first += ph->taps;
+    }
+done:
+    bp_free(a, ay);
+    return out;
+}
+
+void bp_direct_destroy(bp_direct *d, const bp_allocator *a) { bp_free(a, d); }
+
+/* ---- weights --------------------------------------------------------------------------------- */
+
+/* Packed steps [k0, k0 + n) of channel block mb of phase p, group grp: dst[k][r] = w(mb*bw + r, k0 + k),
+   zero for rows past the last channel. */
+static void pack_block(const bp_direct *d, const float *canonical, size_t grp, size_t p, size_t mb, size_t k0,
+                       size_t n, float *dst) {
+    const phase_t *ph = &d->ph[p];
+    size_t bw = d->bw, rows = min_size(bw, d->m - mb * bw);
+    if (rows < bw) memset(dst, 0, n * bw * sizeof(float));
+    if (!d->backward) {
+        /* w(m, c, t) is S's row m as it is: the block transposed 8 x 8 at a time, 16 rows at a
+           time read front to back (streams the prefetcher follows), each step's 16 values a
+           whole cache line of the packed block */
+        const float *block = canonical + (grp * d->m + mb * bw) * d->s_k + k0;
+        size_t n8 = n / 8 * 8, r8 = rows / 8 * 8;
+        for (size_t r0 = 0; r0 < r8; r0 += 16)
+            for (size_t k = 0; k < n8; k += 8)
+                for (size_t r = r0; r < r0 + 16 && r < r8; r += 8)
+                    bp_transpose8x8(block + r * d->s_k + k, d->s_k, dst + k * bw + r, bw);
+        for (size_t k = 0; k < n; k++)
+            for (size_t r = k < n8 ? r8 : 0; r < rows; r++) dst[k * bw + r] = block[r * d->s_k + k];
+        return;
+    }
+    /* w(m, o, t) = S's W(o, m, tap[t]), step k = o*taps + t */
+    for (size_t k = k0; k < k0 + n; k++, dst += bw) {
+        size_t o = k / ph->taps, t = k % ph->taps;
+        const float *at = canonical + (grp * d->c + o) * d->s_k + mb * bw * d->s_taps + ph->tap[t];
+        for (size_t r = 0; r < rows; r++) dst[r] = at[r * d->s_taps];
+    }
+}
+
+static float *packed_at(const bp_direct *d, float *packed, size_t grp, size_t p, size_t mb) {
+    return packed + grp * d->packed_group + d->ph[p].wofs + mb * d->ph[p].k * d->bw;
+}
+
+typedef struct {
+    const bp_direct *d;
+    const float *canonical;
+    float *packed;
+    size_t mblocks;
+} pack_job;
+
+/* Units: (group, phase, channel block). */
+static void pack_units(void *arg, size_t u0, size_t u1) {
+    const pack_job *j = arg;
+    const bp_direct *d = j->d;
+    for (size_t u = u0; u < u1; u++) {
+        size_t mb = u % j->mblocks, gp = u / j->mblocks, p = gp % d->nphases, grp = gp / d->nphases;
+        pack_block(d, j->canonical, grp, p, mb, 0, d->ph[p].k, packed_at(d, j->packed, grp, p, mb));
+    }
+}
+
+void bp_direct_pack(const bp_direct *d, const float *canonical, float *packed, int threads) {
+    pack_job j = {d, canonical, packed, ceil_div(d->m, d->bw)};
+    size_t units = d->groups * d->nphases * j.mblocks;
+    bp_parallel_for(threads, units, bp_direct_weight_floats(d), pack_units, &j);
+}
+
+/* ---- phase planes ---------------------------------------------------------------------------- */
+
+/* Planes of output rows [r0, r0 + n) of every phase: plane row i of source phase (py, px) holds
+   source row (r0 + i)*ss_y + py + ay_min, its column j source column j*ss_x + px + c0. */
+static void fill_planes(const bp_direct *d, const bp_image *img, const float *x, size_t r0, size_t n, float *planes) {
+    size_t rows = n + d->qy_max, used = rows * d->wq;
+    for (size_t c = 0; c < d->c; c++)
+        for (size_t py = 0; py < d->ss_y; py++)
+            for (size_t px = 0; px < d->ss_x; px++) {
+                float *origin = planes + (c * d->sphases + py * d->ss_x + px) * d->plane + d->prefix;
+                memset(origin - d->prefix, 0, d->prefix * sizeof(float));
+                memset(origin + used, 0, d->slack * sizeof(float));
+                /* plane columns [j0, j1) hold source columns inside the image */
+                ptrdiff_t first = (ptrdiff_t)px + d->c0, ss = (ptrdiff_t)d->ss_x;
+                ptrdiff_t j0 = first >= 0 ? 0 : (-first + ss - 1) / ss;
+                ptrdiff_t j1 = (ptrdiff_t)d->src_w > first ? ((ptrdiff_t)d->src_w - first + ss - 1) / ss : 0;
+                if (j1 > (ptrdiff_t)d->wq) j1 = (ptrdiff_t)d->wq;
+                if (j0 > j1) j0 = j1;
+                for (size_t i = 0; i < rows; i++) {
+                    float *row = origin + i * d->wq;
+                    ptrdiff_t sr = (ptrdiff_t)((r0 + i) * d->ss_y + py) + d->ay_min;
+                    if (sr < 0 || sr >= (ptrdiff_t)d->src_h || j0 == j1) {
+                        memset(row, 0, d->wq * sizeof(float));
+                        continue;
+                    }
+                    const float *src = x + c * img->sc + (size_t)sr * img->sy;
+                    memset(row, 0, (size_t)j0 * sizeof(float));
+                    size_t step = d->ss_x * img->sx, at = (size_t)(j0 * ss + first) * img->sx;
+                    const float *from = src + at;
+                    size_t n = (size_t)(j1 - j0);
+                    if (step == 1) memcpy(row + j0, from, n * sizeof(float));
+                    else if (step == 2) /* a constant stride the compiler vectorizes */
+                        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[2 * j];
+                    else
+                        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[j * step];
+                    memset(row + j1, 0, (d->wq - (size_t)j1) * sizeof(float));
+                }
+            }
+}
+
+/* ---- kernels --------------------------------------------------------------------------------- */
+
+#define BP_INLINE static inline __attribute__((always_inline))
+
+/* MR output channels x NV vectors of consecutive flat positions from src. */
+BP_INLINE void rows_kernel(const float *src, const int32_t *off, size_t k, const float *w, float *tb, const int MR,
+                           const int NV) {
+    bp_vec acc[ROWS_MR_MAX][12];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = bp_vzero();
+    for (size_t i = 0; i < k; i++) {
+        const float *s = src + off[i];
+        const float *wi = w + i * (size_t)MR;
+        if (MR == 1) {
+            bp_vec b = bp_vset1(wi[0]);
+            for (int v = 0; v < NV; v++) acc[0][v] = bp_vfma(b, bp_vload(s + v * BP_VL), acc[0][v]);
+            continue;
+        }
+        bp_vec x[12];
+        for (int v = 0; v < NV; v++) x[v] = bp_vload(s + v * BP_VL);
+        for (int r = 0; r < MR; r++) {
+            bp_vec b = bp_vset1(wi[r]);
+            for (int v = 0; v < NV; v++) acc[r][v] = bp_vfma(b, x[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) bp_vstore(tb + (size_t)r * NV * BP_VL + v * BP_VL, acc[r][v]);
+}
+
+static void rows_tile(size_t mr, const float *src, const int32_t *off, size_t k, const float *w, float *tb) {
+    switch (mr) {
+#if BP_VREGS >= 32
+    case 8: rows_kernel(src, off, k, w, tb, 8, 3); break;
+    case 4: rows_kernel(src, off, k, w, tb, 4, 6); break;
+    case 2: rows_kernel(src, off, k, w, tb, 2, 8); break;
+    default: rows_kernel(src, off, k, w, tb, 1, 12); break;
+#else
+    case 4: rows_kernel(src, off, k, w, tb, 4, 3); break;
+    case 2: rows_kernel(src, off, k, w, tb, 2, 4); break;
+    default: rows_kernel(src, off, k, w, tb, 1, 8); break;
+#endif
+    }
+}
+
+/* NC consecutive pixels of one output row (their source values for step i at src + off[i]) x MV
+   vectors of output channels (w: MV vectors per step); tb = or, with add, += the products. */
+BP_INLINE void pixels_kernel(const float *src, const int32_t *off, size_t k, const float *w, float *tb, bool add,
+                             const int NC, const int MV) {
+    bp_vec acc[PIX_NC_MAX][PIX_MV_MAX];
+    for (int p = 0; p < NC; p++)
+        for (int v = 0; v < MV; v++)
+            acc[p][v] = add ? bp_vload(tb + ((size_t)p * MV + (size_t)v) * BP_VL) : bp_vzero();
+    for (size_t i = 0; i < k; i++) {
+        bp_vec wv[PIX_MV_MAX];
+        for (int v = 0; v < MV; v++) wv[v] = bp_vload(w + (i * (size_t)MV + (size_t)v) * BP_VL);
+        const float *x = src + off[i];
+        for (int p = 0; p < NC; p++) {
+            bp_vec b = bp_vset1(x[p]);
+            for (int v = 0; v < MV; v++) acc[p][v] = bp_vfma(b, wv[v], acc[p][v]);
+        }
+    }
+    for (int p = 0; p < NC; p++)
+        for (int v = 0; v < MV; v++) bp_vstore(tb + ((size_t)p * MV + (size_t)v) * BP_VL, acc[p][v]);
+}
+
+#define PIXELS_CASE(MV, NC)                                                                             \
+    case (MV)*32 + (NC): pixels_kernel(src, off, k, w, tb, add, NC, MV); break;
+
+static void pixels_tile(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w, float *tb,
+                        bool add) {
+    switch (mv * 32 + nc) {
+#if BP_VREGS >= 32
+        PIXELS_CASE(1, 24) PIXELS_CASE(1, 16) PIXELS_CASE(1, 12) PIXELS_CASE(1, 8)
+        PIXELS_CASE(2, 14) PIXELS_CASE(2, 12) PIXELS_CASE(2, 10) PIXELS_CASE(2, 8) PIXELS_CASE(2, 7)
+        PIXELS_CASE(4, 7) PIXELS_CASE(4, 6) PIXELS_CASE(4, 5) PIXELS_CASE(4, 4)
+#else
+        PIXELS_CASE(1, 12) PIXELS_CASE(1, 8) PIXELS_CASE(1, 7) PIXELS_CASE(1, 6)
+        PIXELS_CASE(2, 6) PIXELS_CASE(2, 5) PIXELS_CASE(2, 4)
+#endif
+    default: break; /* not reached: plans pick from pixel_columns */
+    }
+}
+
+/* ---- output ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    float *base;              /* this image, channel 0 of the group */
+    size_t sc, sy, sx;        /* its strides */
+    size_t ystep, xstep, y0, x0;
+    size_t channel0;          /* layer channel of the group's channel 0 (bias) */
+    bool accumulate;
+    const bp_epilogue *e;
+} dest_t;
+
+/* n finished values v (modified) of channel m for output pixels (oy, ox .. ox + n - 1). */
+static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, size_t n) {
+    float *p = d->base + m * d->sc + (oy * d->ystep + d->y0) * d->sy + (ox * d->xstep + d->x0) * d->sx;
+    size_t step = d->xstep * d->sx;
+    const bp_epilogue *e = d->e;
+    float bias = e != NULL && e->bias != NULL ? e->bias[(d->channel0 + m) * e->bias_stride] : 0.0f;
+    const BNNSActivation *act = e != NULL ? e->act : NULL;
+    if (step == 1 && !d->accumulate && act == NULL) { /* the common case, in one pass */
+        for (size_t i = 0; i < n; i++) p[i] = v[i] + bias;
+        return;
+    }
+    if (d->accumulate)
+        for (size_t i = 0; i < n; i++) v[i] += p[i * step];
+    for (size_t i = 0; i < n; i++) v[i] += bias;
+    if (act != NULL) bp_activation_apply(act, v, n);
+    for (size_t i = 0; i < n; i++) p[i * step] = v[i];
+}
+
+/* ---- tasks ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    const bp_direct *d;
+    const float *packed;      /* NULL: pack chunks from canonical as they are needed */
+    const float *canonical;
+    const bp_image *src_img;
+    const float *src;
+    size_t src_bs;
+    const bp_image *dst_img;
+    float *dst;
+    size_t dst_bs;
+    bool accumulate;
+    const bp_epilogue *e;
+    const bp_scratch *s;
+    size_t batch, bands, chunks, tasks, mblocks;
+} run_job;
+
+/* Rows kernel over the band's flat positions [0, nb*wq), channel blocks [mb0, mb1), a tile of
+   flat positions at a time against every block (its source vectors stay in cache). */
+static void run_rows(const run_job *j, size_t p, const float *planes, size_t grp, size_t r0, size_t nb, size_t mb0,
+                     size_t mb1, const dest_t *dst, float *tb) {
+    const bp_direct *d = j->d;
+    const phase_t *ph = &d->ph[p];
+    size_t np = d->tile, flat = nb * d->wq;
+    const float *origin = planes + d->prefix;
+    for (size_t q0 = 0; q0 < flat; q0 += np) {
+        for (size_t mb = mb0; mb < mb1; mb++) {
+            rows_tile(d->bw, origin + q0, ph->off, ph->k, packed_at(d, (float *)j->packed, grp, p, mb), tb);
+            size_t rows = min_size(d->bw, d->m - mb * d->bw);
+            for (size_t q = q0, end = min_size(q0 + np, flat); q < end;) {
+                size_t oy = q / d->wq, ox = q % d->wq, stop = min_size(end, (oy + 1) * d->wq);
+                if (ox < ph->ow) {
+                    size_t n = min_size(ph->ow, ox + (stop - q)) - ox;
+                    for (size_t r = 0; r < rows; r++)
+                        emit_run(dst, mb * d->bw + r, r0 + oy, ox, tb + r * np + (q - q0), n);
+                }
+                q = stop;
+            }
+        }
+    }
+}
+
+/* Pixels kernel over the band's rows, NC columns at a time: for each channel block and chunk of
+   steps, the chunk's packed weights against every tile of the band (each weight is read once per
+   band; the tiles' results wait in tb between chunks). */
+static void run_pixels(const run_job *j, size_t p, const float *planes, size_t grp, size_t r0, size_t nb, size_t mb0,
+                       size_t mb1, const dest_t *dst, float *scratch) {
+    const bp_direct *d = j->d;
+    const phase_t *ph = &d->ph[p];
+    size_t nc = d->tile, bw = d->bw, mv = bw / BP_VL, per_row = ceil_div(ph->ow, nc), k = ph->k;
+    float *tb = scratch + d->tb_offset, *chunk = scratch + d->chunk_offset, *run = scratch + d->run_offset;
+    const float *origin = planes + d->prefix;
+    for (size_t mb = mb0; mb < mb1; mb++) {
+        for (size_t k0 = 0; k0 < k || k0 == 0; k0 += K_CHUNK) {
+            size_t n = min_size(K_CHUNK, k - k0);
+            const float *w = chunk;
+            if (j->packed != NULL) w = packed_at(d, (float *)j->packed, grp, p, mb) + k0 * bw;
+            else pack_block(d, j->canonical, grp, p, mb, k0, n, chunk);
+            for (size_t y = 0; y < nb; y++)
+                for (size_t c = 0; c < per_row; c++)
+                    pixels_tile(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
+                                tb + (y * per_row + c) * nc * bw, k0 > 0);
+            if (k == 0) break;
+        }
+        /* tb holds each row's pixels one after the other, bw channels each: transposed (8 x 8
+           blocks), whole rows go out */
+        size_t rows = min_size(bw, d->m - mb * bw), ow = ph->ow, ow8 = ow / 8 * 8, ld = round_up(ow, 8);
+        for (size_t y = 0; y < nb; y++) {
+            const float *res = tb + y * per_row * nc * bw;
+            for (size_t r0 = 0; r0 < bw; r0 += 8) { /* bw is a multiple of 8 */
+                for (size_t i = 0; i < ow8; i += 8) bp_transpose8x8(res + i * bw + r0, bw, run + r0 * ld + i, ld);
+                for (size_t r = r0; r < r0 + 8; r++)
+                    for (size_t i = ow8; i < ow; i++) run[r * ld + i] = res[i * bw + r];
+            }
+            for (size_t r = 0; r < rows; r++) emit_run(dst, mb * bw + r, r0 + y, 0, run + r * ld, ow);
+        }
+    }
+}
+
+/* Output channel blocks [mb0, mb1) of one (image, group, band), its planes filled first unless
+   they already are. */
+static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t mb0, size_t mb1, bool fill,
+                     float *scratch) {
+    const bp_direct *d = j->d;
+    size_t r0 = band * d->band_rows, r1 = min_size(r0 + d->band_rows, d->oh_max);
+    if (fill) fill_planes(d, j->src_img, j->src + b * j->src_bs + grp * d->c * j->src_img->sc, r0, r1 - r0, scratch);
+    for (size_t p = 0; p < d->nphases; p++) {
+        const phase_t *ph = &d->ph[p];
+        size_t end = min_size(r1, ph->oh);
+        if (r0 >= end || ph->ow == 0) continue;
+        dest_t dst = {j->dst + b * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc, j->dst_img->sy,
+                      j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m, j->accumulate, j->e};
+        if (d->kind == KIND_ROWS) run_rows(j, p, scratch, grp, r0, end - r0, mb0, mb1, &dst, scratch + d->tb_offset);
+        else run_pixels(j, p, scratch, grp, r0, end - r0, mb0, mb1, &dst, scratch);
+    }
+}
+
+/* Tasks: (image, group, band, channel chunk), channel chunks fastest. */
+static void run_tasks(void *arg, int worker, int workers) {
+    const run_job *j = arg;
+    size_t t0, t1;
+    bp_split(j->tasks, worker, workers, &t0, &t1);
+    float *scratch = j->s->base + (size_t)worker * j->s->stride;
+    size_t have = SIZE_MAX;
+    for (size_t t = t0; t < t1; t++) {
+        size_t q = t % j->chunks, u = t / j->chunks, band = u % j->bands, ig = u / j->bands, mb0, mb1;
+        bp_split(j->mblocks, (int)q, (int)j->chunks, &mb0, &mb1);
+        run_unit(j, ig / j->d->groups, ig % j->d->groups, band, mb0, mb1, have != u, scratch);
+        have = u;
+    }
+}
+
+static size_t gcd(size_t a, size_t b) {
+    while (b) {
+        size_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
+                   size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, bool accumulate,
+                   const bp_epilogue *e, const bp_scratch *s, int threads) {
+    const bp_direct *d = pass->plan;
+    size_t flops = 0;
+    for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
+    flops *= batch * d->groups;
+    run_job j = {d, pass->packed, pass->canonical, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
+                 batch, ceil_div(d->oh_max, d->band_rows), 1, 0, ceil_div(d->m, d->bw)};
+    int workers = bp_workers_for(threads, flops);
+    /* Equal shares: when the (image, group, band) units do not split evenly over the workers,
+       cut each into f parts, by rows when they split evenly, else by channel blocks. */
+    size_t units = batch * d->groups * j.bands, f = (size_t)workers / gcd(units, (size_t)workers);
+    if (f > 1 && units < 8 * (size_t)workers) {
+        size_t bands = j.bands * f;
+        bool by_rows = d->oh_max >= MIN_BAND_ROWS * bands && (d->oh_max % bands == 0 || d->oh_max >= 8 * bands);
+        if (by_rows && !(d->kind == KIND_PIXELS && units == 1 && j.mblocks >= f))
+            j.bands = bands; /* narrower bands: the same planes, fewer rows filled */
+        else
+            j.chunks = min_size(f, j.mblocks);
+    }
+    bp_direct plan_view; /* a plan whose band_rows follows the task cut */
+    if (j.bands != ceil_div(d->oh_max, d->band_rows)) {
+        plan_view = *d;
+        plan_view.band_rows = ceil_div(d->oh_max, j.bands);
+        j.bands = ceil_div(d->oh_max, plan_view.band_rows);
+        j.d = &plan_view;
+    }
+    j.tasks = batch * d->groups * j.bands * j.chunks;
+    /* Weights the filter does not hold packed: the pixels kernel packs each chunk as it goes
+       when each block of channels is used by one task only (one image and band per group);
+       otherwise they are packed once, up front. */
+    if (j.packed == NULL && !(d->kind == KIND_PIXELS && batch * j.bands == 1)) {
+        bp_direct_pack(d, pass->canonical, pass->pack_buffer, threads);
+        j.packed = pass->pack_buffer;
+    }
+    if ((size_t)workers > j.tasks) workers = (int)j.tasks;
+    bp_parallel_run(workers, run_tasks, &j);
+}

@@ -1,0 +1,47 @@
+/* bnns-py portable backend: the direct convolution engine (direct.c).
+
+   It runs the forward pass of a standard convolution S and S's backward-data pass (which is also
+   the forward pass of a transposed layer) without an im2col matrix or a BLAS call: the input is
+   copied once into zero-bordered "phase planes" and register-tiled kernels read it in place. A
+   plan is made once per filter and pass; the im2col engine (conv_engine.c) keeps the passes a
+   plan refuses (depthwise and one-channel groups, tiny layers, very large geometries). */
+#ifndef BNNS_PORTABLE_DIRECT_H
+#define BNNS_PORTABLE_DIRECT_H
+
+#include "internal.h"
+
+typedef struct bp_direct bp_direct;
+
+/* A planned pass and its weights: packed once by bp_direct_pack (a filter that owns its weights),
+   or else S's canonical weights, which the run packs itself, into `pack_buffer`
+   (bp_direct_weight_floats) or chunk by chunk as the kernels need them. */
+typedef struct bp_direct_pass {
+    const bp_direct *plan;
+    const float *packed;
+    const float *canonical;
+    float *pack_buffer;
+} bp_direct_pass;
+
+/* Plan S's forward pass (backward = false) or its backward-data pass (backward = true); NULL when
+   the direct engine does not take it or memory runs out. */
+bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a);
+void bp_direct_destroy(bp_direct *d, const bp_allocator *a);
+
+/* Scratch floats one worker needs, and floats of the packed weights (every group). */
+size_t bp_direct_scratch_floats(const bp_direct *d);
+size_t bp_direct_weight_floats(const bp_direct *d);
+/* Which kernel the plan uses ("rows" or "pixels"), for tests and benchmarks. */
+const char *bp_direct_kind(const bp_direct *d);
+
+/* Pack S's canonical weights ([out_c][in_cg * kh * kw]) for the plan's kernels. */
+void bp_direct_pack(const bp_direct *d, const float *canonical, float *packed, int threads);
+
+/* Forward: dst (packed S output images, dst_bs apart) = S(src). Backward data: dst (S input images
+   through dst_img's strides) = or, with accumulate, += S^T(src), src being packed S output
+   gradients. e (may be NULL) adds the bias and applies an elementwise activation to each finished
+   value (after the accumulation). */
+void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
+                   size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, bool accumulate,
+                   const bp_epilogue *e, const bp_scratch *s, int threads);
+
+#endif

@@ -1,0 +1,88 @@
+/* bnns-py portable backend: the vector type of the direct convolution kernels (direct.c).
+
+   One register-width vector of floats and the handful of operations the kernels need, for the
+   widest instruction set the library is compiled for: AVX-512 (16 lanes, 32 registers), AVX2 +
+   FMA (8 lanes, 16 registers), or GCC/Clang vector extensions (4 lanes: SSE2, NEON, or scalars).
+   The library is built for the installing machine (-march=native), so the choice is made by the
+   compiler's predefined macros. Every helper is static inline: vectors never cross a call
+   boundary, whose ABI would depend on the instruction set. */
+#ifndef BNNS_PORTABLE_SIMD_H
+#define BNNS_PORTABLE_SIMD_H
+
+#include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define BP_VL 16
+#define BP_VREGS 32
+#define BP_SIMD_NAME "AVX-512"
+typedef __m512 bp_vec;
+static inline bp_vec bp_vload(const float *p) { return _mm512_loadu_ps(p); }
+static inline void bp_vstore(float *p, bp_vec v) { _mm512_storeu_ps(p, v); }
+static inline bp_vec bp_vset1(float s) { return _mm512_set1_ps(s); }
+static inline bp_vec bp_vzero(void) { return _mm512_setzero_ps(); }
+static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return _mm512_add_ps(a, b); }
+static inline float bp_vsum(bp_vec v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define BP_VL 8
+#define BP_VREGS 16
+#define BP_SIMD_NAME "AVX2"
+typedef __m256 bp_vec;
+static inline bp_vec bp_vload(const float *p) { return _mm256_loadu_ps(p); }
+static inline void bp_vstore(float *p, bp_vec v) { _mm256_storeu_ps(p, v); }
+static inline bp_vec bp_vset1(float s) { return _mm256_set1_ps(s); }
+static inline bp_vec bp_vzero(void) { return _mm256_setzero_ps(); }
+static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return _mm256_add_ps(a, b); }
+static inline float bp_vsum(bp_vec v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+#else
+#define BP_VL 4
+#define BP_VREGS 16
+#define BP_SIMD_NAME "4-lane"
+typedef float bp_vec __attribute__((vector_size(16)));
+static inline bp_vec bp_vload(const float *p) {
+    bp_vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void bp_vstore(float *p, bp_vec v) { memcpy(p, &v, sizeof v); }
+static inline bp_vec bp_vset1(float s) { return (bp_vec){s, s, s, s}; }
+static inline bp_vec bp_vzero(void) { return (bp_vec){0.0f, 0.0f, 0.0f, 0.0f}; }
+static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return a * b + c; }
+static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return a + b; }
+static inline float bp_vsum(bp_vec v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+#endif
+
+/* dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8: an 8 x 8 block transposed. */
+static inline void bp_transpose8x8(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
+#if defined(__AVX__)
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)i * src_stride);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + (size_t)i * dst_stride, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (size_t)(i + 4) * dst_stride, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+#else
+    for (size_t c = 0; c < 8; c++)
+        for (size_t r = 0; r < 8; r++) dst[c * dst_stride + r] = src[r * src_stride + c];
+#endif
+}
+
+#endif

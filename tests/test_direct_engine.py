@@ -1,0 +1,223 @@
+"""The portable library's direct convolution engine: both of its kernels ("rows": lanes over
+pixels, "pixels": lanes over channels) and the im2col engine, each forced with
+BNNS_PY_PORTABLE_ENGINE, on the same geometries, against the float64 reference: forward and
+backward (input gradient set and accumulated, weight and bias gradients), standard and transposed,
+at 1 and 2 threads. The geometries reach the engine's edges: strides 1-3 (source phases forward,
+output phases backward, phases without taps), dilation, asymmetric and over-sized padding, groups,
+channel counts that leave partial blocks, row widths that leave partial tiles, several bands of
+rows, strided gradients. The filter reports which kernels ran, so a test cannot pass on the wrong
+path."""
+import numpy as np
+import pytest
+
+import bnns_py
+from bnns_py import (ActivationFunction as AF, ConvolutionType, Flags, NDArrayDescriptor, NDArrayFlags, Shape,
+                     reference)
+from bnns_py.functional import transposed_weight_to_bnns
+
+from conftest import client_layer, random_array
+
+pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable, reason="portable library internals")
+
+ENGINES = {"rows": "direct rows", "pixels": "direct pixels", "im2col": "im2col"}
+
+# (batch, cin, cout, h, w, k (h, w), stride, pad (l, r, t, b), dilation, groups)
+GEOMETRIES = [
+    (2, 13, 37, 11, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # partial channel blocks and tiles
+    (1, 8, 70, 9, 50, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),      # 70 channels: blocks of 64 + 6
+    (3, 6, 9, 14, 15, (3, 2), (2, 1), (0, 2, 1, 0), (1, 2), 1),      # stride 2 rows only, dilation 2 columns
+    (1, 3, 16, 30, 31, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),     # stem-like: four source phases
+    (2, 10, 12, 13, 12, (3, 3), (3, 3), (2, 0, 0, 1), (2, 1), 2),    # stride 3, groups 2
+    (1, 16, 8, 7, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),       # small image: several rows per tile
+    (2, 5, 7, 10, 9, (5, 5), (1, 1), (4, 3, 0, 4), (1, 1), 1),       # padding near the kernel size
+    (1, 9, 11, 8, 33, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),      # 1x1 with stride: not a plain GEMM
+    (1, 4, 3, 6, 1, (3, 1), (1, 1), (0, 0, 1, 1), (1, 1), 1),        # one column wide
+    (2, 24, 20, 40, 34, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),    # dilated 'same': bands of rows
+]
+
+
+def _ids(cases):
+    return ["x".join(map(str, (c[0], c[1], c[2], c[3], c[4]))) + f"_k{c[5][0]}{c[5][1]}_s{c[6][0]}{c[6][1]}"
+            for c in cases]
+
+
+@pytest.fixture
+def engine(request, monkeypatch):
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", request.param)
+    return request.param
+
+
+def _check_engine(backend, layer, engine, gradient=False):
+    reported = backend.filter_engine(layer.bnns_filter, gradient)
+    assert reported == ENGINES[engine], f"asked for {engine}, the filter runs {reported}"
+
+
+def _tolerance(reduction):
+    return 1e-4 * np.sqrt(reduction)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("case", GEOMETRIES, ids=_ids(GEOMETRIES))
+@pytest.mark.parametrize("engine", list(ENGINES), indirect=True)
+def test_standard_forward_and_backward(case, engine, n_threads, backend, rng, no_filter_leaks):
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight,
+                                   bias, AF.identity, n_threads)
+    with layer:
+        _check_engine(backend, layer, engine)
+        _check_engine(backend, layer, engine, gradient=True)
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx = np.full(x.shape, np.nan, np.float32)
+        dw = np.full(weight.shape, np.nan, np.float32)
+        db = np.full(bias.shape, np.nan, np.float32)
+        layer.apply_backward(n, x, y, dy, dx, dw, db)
+    depth = cin // groups * k[0] * k[1]
+    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dil, groups=groups)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(depth))
+    dx_ref, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy, stride=stride, padding=pad, dilation=dil,
+                                                       groups=groups)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout * k[0] * k[1]))
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=_tolerance(n * oh * ow))
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=_tolerance(n * oh * ow))
+
+
+@pytest.mark.parametrize("case", [GEOMETRIES[0], GEOMETRIES[2], GEOMETRIES[3]], ids=_ids([GEOMETRIES[0], GEOMETRIES[2],
+                                                                                       GEOMETRIES[3]]))
+@pytest.mark.parametrize("engine", list(ENGINES), indirect=True)
+def test_strided_input_and_accumulated_gradient(case, engine, backend, rng, no_filter_leaks):
+    """x read from, and dx added into, every other column of wider images."""
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight,
+                                   None, AF.identity, 2, input_strides=(2, 2 * w, 2 * w * h))
+    wide_x, wide_dx = random_array(rng, (n, cin, h, 2 * w)), random_array(rng, (n, cin, h, 2 * w))
+    start = wide_dx.copy()
+    x = wide_x[..., ::2]
+    with layer:
+        _check_engine(backend, layer, engine, gradient=True)
+        shape = layer.input_descriptor.shape
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y)
+        dy = random_array(rng, y.shape)
+        dx = NDArrayDescriptor(wide_dx.reshape(-1), shape, batch_size=n, flags=NDArrayFlags.backprop_accumulate)
+        layer.apply_backward(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y, dy, dx)
+    np.testing.assert_allclose(y, reference.conv2d(x, weight, stride=stride, padding=pad, dilation=dil, groups=groups),
+                               rtol=1e-4, atol=_tolerance(cin * k[0] * k[1]))
+    dx_ref = reference.conv2d_backward(x, weight, dy, stride=stride, padding=pad, dilation=dil, groups=groups)[0]
+    np.testing.assert_allclose(wide_dx[..., ::2], start[..., ::2] + dx_ref, rtol=1e-4,
+                               atol=_tolerance(cout * k[0] * k[1]))
+    np.testing.assert_array_equal(wide_dx[..., 1::2], start[..., 1::2])
+
+
+# (batch, cin, cout, h, w, k, stride, pad, output_padding-free sizes come from pad), dilation, groups
+TRANSPOSED = [
+    (2, 40, 24, 9, 8, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1),      # the benchmark's 4x4 / 2 shape, smaller
+    (1, 12, 70, 5, 7, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1),      # odd output sizes per phase
+    (2, 7, 9, 6, 5, (2, 2), (3, 3), (0, 0, 0, 0), (1, 1), 1),        # stride 3 > kernel: phases without taps
+    (1, 8, 12, 6, 6, (3, 3), (2, 1), (2, 0, 1, 2), (2, 1), 2),       # dilation, groups (forward only)
+    (3, 16, 16, 10, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # stride 1: one phase
+]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("case", TRANSPOSED, ids=_ids(TRANSPOSED))
+@pytest.mark.parametrize("engine", list(ENGINES), indirect=True)
+def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, no_filter_leaks):
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    torch_weight = random_array(rng, (cin, cout // groups) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, dil, groups,
+                                   transposed_weight_to_bnns(torch_weight, groups), bias, AF.tanh, n_threads)
+    with layer:
+        _check_engine(backend, layer, engine)
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+        if groups == 1:  # BNNS does not differentiate grouped transposed layers
+            _check_engine(backend, layer, engine, gradient=True)
+            dy = random_array(rng, y.shape)
+            dx = np.full(x.shape, np.nan, np.float32)
+            layer.apply_backward(n, x, y, dy, dx)
+    expected = reference.conv_transpose2d(x, torch_weight, bias, stride=stride, padding=pad, dilation=dil,
+                                          groups=groups, activation=AF.tanh)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups * k[0] * k[1]))
+    if groups == 1:
+        dz = dy * (1 - expected.astype(np.float64) ** 2)  # through tanh, from its output
+        dx_ref, _, _ = reference.conv_transpose2d_backward(x, torch_weight, dz, stride=stride, padding=pad,
+                                                           dilation=dil)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout * k[0] * k[1]))
+
+
+@pytest.mark.parametrize("engine", ["rows", "pixels"], indirect=True)
+@pytest.mark.parametrize("client", [True, False])
+def test_weights_are_read_at_each_call_or_copied(engine, client, backend, rng, no_filter_leaks):
+    """Client-pointer filters pack the caller's weights at every call (changes are seen); copied
+    filters packed them at creation (later changes are not)."""
+    n, cin, cout, h, w = 1, 32, 48, 7, 7
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin, 3, 3), 0.3)
+    original = weight.copy()
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                   1, weight, None, AF.identity, 2, flags=None if client else Flags.none)
+    with layer:
+        _check_engine(backend, layer, engine)
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        np.testing.assert_allclose(y, reference.conv2d(x, original, padding=1), rtol=1e-4, atol=1e-3)
+        weight *= -2.0
+        layer.apply(n, x, y)
+    now = weight if client else original
+    np.testing.assert_allclose(y, reference.conv2d(x, now, padding=1), rtol=1e-4, atol=2e-3)
+
+
+# Which kernels run by themselves: the im2col engine keeps what needs no copy or is tiny; the
+# direct engine takes the rest, and on AVX-512 its choice for the benchmark's ResNet-50 shapes
+# (batch 1) is pinned (other instruction sets have other tiles, hence other choices).
+AUTO = [
+    ((64, 64, 56, 3, 1, 1, 1), "direct pixels"),     # rows of 56 in tiles of 7 pixels x 64 channels
+    ((512, 512, 7, 3, 1, 1, 1), "direct pixels"),
+    ((256, 256, 28, 3, 1, 2, 2), "direct pixels"),   # dilated
+    ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
+    ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
+    ((256, 64, 56, 1, 1, 1, 0), "im2col"),           # 1x1: the image already is the GEMM's matrix
+    ((8, 8, 8, 3, 1, 1, 1), "im2col"),               # tiny: straight from padded planes
+]
+
+
+@pytest.mark.parametrize("shape,expected", AUTO)
+def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    cin, cout, size, k, stride, dil, pad = shape
+    weight = np.zeros((cout, cin, k, k), np.float32)
+    layer, _ = client_layer(ConvolutionType.standard, cin, cout, size, size, (k, k), (stride, stride),
+                            (pad,) * 4, (dil, dil), 1, weight, None, AF.identity, 1)
+    with layer:
+        chosen = backend.filter_engine(layer.bnns_filter)
+    if expected == "im2col" or bnns_py.backend_info()["simd"] == "AVX-512":
+        assert chosen == expected
+    else:
+        assert chosen.startswith("direct")
+
+
+def test_depthwise_keeps_its_own_kernels(backend, monkeypatch, no_filter_leaks):
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "rows")
+    weight = np.zeros((16, 1, 3, 3), np.float32)
+    layer, _ = client_layer(ConvolutionType.standard, 16, 16, 20, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16,
+                            weight, None, AF.identity, 1)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "im2col"
+        assert backend.filter_engine(layer.bnns_filter, gradient=True) == "im2col"
+
+
+def test_filter_engine_refuses_a_closed_layer(backend, no_filter_leaks):
+    weight = np.zeros((4, 4, 3, 3), np.float32)
+    layer, _ = client_layer(ConvolutionType.standard, 4, 4, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, weight,
+                            None, AF.identity, 1)
+    layer.close()
+    with pytest.raises(ValueError):
+        backend.filter_engine(layer.bnns_filter)
