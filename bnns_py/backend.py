@@ -63,16 +63,21 @@ class Backend:
             raise NotImplementedError("only the portable backend counts its filters")
         return int(self.lib.bnns_portable_live_filter_count())
 
-    def filter_engine(self, bnns_filter, gradient=False):
-        """Which kernels compute a portable filter's forward pass (``gradient=True``: its input
-        gradient): ``"direct rows"``, ``"direct pixels"`` (the direct convolution engine) or
-        ``"im2col"`` (im2col + GEMM, the depthwise and tiny-layer kernels). ``bnns_filter`` is
-        ``layer.bnns_filter``. Set ``BNNS_PY_PORTABLE_ENGINE`` before creating a layer to force one."""
+    FILTER_PASSES = ("forward", "input_gradient", "weights_gradient")
+
+    def filter_engine(self, bnns_filter, pass_="forward"):
+        """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
+        or ``"weights_gradient"``): ``"direct rows"`` / ``"direct pixels"`` (the direct convolution
+        engine; ``"direct"`` for weight gradients) or ``"im2col"`` (im2col + GEMM, the depthwise and
+        tiny-layer kernels). ``bnns_filter`` is ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE``
+        (``rows``, ``pixels``, ``im2col``), set before a layer is created, forces a choice."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend reports its kernels")
         if bnns_filter is None or bnns_filter == ffi.NULL:
             raise ValueError("filter_engine needs an open layer's bnns_filter")
-        return ffi.string(self.lib.bnns_portable_filter_engine(bnns_filter, 1 if gradient else 0)).decode()
+        if pass_ not in self.FILTER_PASSES:
+            raise ValueError(f"pass_ must be one of {self.FILTER_PASSES}, not {pass_!r}")
+        return ffi.string(self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_))).decode()
 
     def __repr__(self):
         return f"<bnns_py Backend {self.name} from {self.library_path}>"

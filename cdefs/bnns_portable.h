@@ -29,9 +29,10 @@ float bnns_portable_bf16_to_f32(uint16_t h);
 uint16_t bnns_portable_f32_to_bf16(float f);
 
 /* Which kernels compute a portable filter's pass: pass 0 is the layer's forward pass
-   (BNNSFilterApply*), pass 1 its input gradient (BNNSFilterApplyBackward*). "direct rows" and
-   "direct pixels" are the direct convolution engine's two kernels, "im2col" covers the im2col +
-   GEMM path and the depthwise and tiny-layer kernels; "" for a NULL filter or another pass.
-   The environment variable BNNS_PY_PORTABLE_ENGINE (auto, rows, pixels, im2col), read when a
-   filter is created, overrides the choice. */
+   (BNNSFilterApply*), 1 its input gradient and 2 its weight gradient (BNNSFilterApplyBackward*).
+   "direct rows" / "direct pixels" are the direct convolution engine's two kernels for passes 0
+   and 1, "direct" its weight gradient, "im2col" the im2col + GEMM path with the depthwise and
+   tiny-layer kernels; "" for a NULL filter or another pass. The environment variable
+   BNNS_PY_PORTABLE_ENGINE (auto, rows, pixels, im2col), read when a filter is created,
+   overrides the choice. */
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass);

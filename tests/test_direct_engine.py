@@ -19,7 +19,13 @@ from conftest import client_layer, random_array
 
 pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable, reason="portable library internals")
 
-ENGINES = {"rows": "direct rows", "pixels": "direct pixels", "im2col": "im2col"}
+# BNNS_PY_PORTABLE_ENGINE value -> what the filter reports for its forward / input-gradient pass
+# and for its weight gradient
+ENGINES = {
+    "rows": ("direct rows", "direct"),
+    "pixels": ("direct pixels", "direct"),
+    "im2col": ("im2col", "im2col"),
+}
 
 # (batch, cin, cout, h, w, k (h, w), stride, pad (l, r, t, b), dilation, groups)
 GEOMETRIES = [
@@ -47,9 +53,11 @@ def engine(request, monkeypatch):
     return request.param
 
 
-def _check_engine(backend, layer, engine, gradient=False):
-    reported = backend.filter_engine(layer.bnns_filter, gradient)
-    assert reported == ENGINES[engine], f"asked for {engine}, the filter runs {reported}"
+def _check_engine(backend, layer, engine, passes=("forward",)):
+    for pass_ in passes:
+        reported = backend.filter_engine(layer.bnns_filter, pass_)
+        expected = ENGINES[engine][pass_ == "weights_gradient"]
+        assert reported == expected, f"asked for {engine}, the filter's {pass_} runs {reported}"
 
 
 def _tolerance(reduction):
@@ -67,8 +75,7 @@ def test_standard_forward_and_backward(case, engine, n_threads, backend, rng, no
     layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight,
                                    bias, AF.identity, n_threads)
     with layer:
-        _check_engine(backend, layer, engine)
-        _check_engine(backend, layer, engine, gradient=True)
+        _check_engine(backend, layer, engine, ("forward", "input_gradient", "weights_gradient"))
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, x, y)
         dy = random_array(rng, y.shape)
@@ -99,7 +106,7 @@ def test_strided_input_and_accumulated_gradient(case, engine, backend, rng, no_f
     start = wide_dx.copy()
     x = wide_x[..., ::2]
     with layer:
-        _check_engine(backend, layer, engine, gradient=True)
+        _check_engine(backend, layer, engine, ("input_gradient",))
         shape = layer.input_descriptor.shape
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y)
@@ -139,18 +146,22 @@ def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, 
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, x, y)
         if groups == 1:  # BNNS does not differentiate grouped transposed layers
-            _check_engine(backend, layer, engine, gradient=True)
+            _check_engine(backend, layer, engine, ("input_gradient", "weights_gradient"))
             dy = random_array(rng, y.shape)
             dx = np.full(x.shape, np.nan, np.float32)
-            layer.apply_backward(n, x, y, dy, dx)
+            dw = np.full((cout, cin) + k, np.nan, np.float32)  # BNNS OIHW of a transposed layer
+            db = np.full(bias.shape, np.nan, np.float32)
+            layer.apply_backward(n, x, y, dy, dx, dw, db)
     expected = reference.conv_transpose2d(x, torch_weight, bias, stride=stride, padding=pad, dilation=dil,
                                           groups=groups, activation=AF.tanh)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups * k[0] * k[1]))
     if groups == 1:
         dz = dy * (1 - expected.astype(np.float64) ** 2)  # through tanh, from its output
-        dx_ref, _, _ = reference.conv_transpose2d_backward(x, torch_weight, dz, stride=stride, padding=pad,
-                                                           dilation=dil)
+        dx_ref, dw_ref, db_ref = reference.conv_transpose2d_backward(x, torch_weight, dz, stride=stride, padding=pad,
+                                                                     dilation=dil)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout * k[0] * k[1]))
+        np.testing.assert_allclose(dw, transposed_weight_to_bnns(dw_ref, 1), rtol=1e-4, atol=_tolerance(n * h * w))
+        np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=_tolerance(n * oh * ow))
 
 
 @pytest.mark.parametrize("engine", ["rows", "pixels"], indirect=True)
@@ -210,14 +221,18 @@ def test_depthwise_keeps_its_own_kernels(backend, monkeypatch, no_filter_leaks):
     layer, _ = client_layer(ConvolutionType.standard, 16, 16, 20, 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16,
                             weight, None, AF.identity, 1)
     with layer:
-        assert backend.filter_engine(layer.bnns_filter) == "im2col"
-        assert backend.filter_engine(layer.bnns_filter, gradient=True) == "im2col"
+        for pass_ in backend.FILTER_PASSES:
+            assert backend.filter_engine(layer.bnns_filter, pass_) == "im2col"
 
 
-def test_filter_engine_refuses_a_closed_layer(backend, no_filter_leaks):
+def test_filter_engine_refuses_a_closed_layer_and_unknown_passes(backend, no_filter_leaks):
     weight = np.zeros((4, 4, 3, 3), np.float32)
     layer, _ = client_layer(ConvolutionType.standard, 4, 4, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, weight,
                             None, AF.identity, 1)
-    layer.close()
-    with pytest.raises(ValueError):
+    with layer:
+        with pytest.raises(ValueError, match="pass_"):
+            backend.filter_engine(layer.bnns_filter, "backward")
+    with pytest.raises(ValueError, match="closed"):
         backend.filter_engine(layer.bnns_filter)
+    with pytest.raises(ValueError, match="open layer"):
+        backend.filter_engine(bnns_py.ffi.NULL)

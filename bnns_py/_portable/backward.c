@@ -147,6 +147,8 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     bp_work_split(f, base, &w);
     const float *weights = bp_current_weights(f, f->w_direct ? NULL : w.weights);
     /* dx comes from S's backward data (standard) or S's forward pass (transposed) */
+    /* dW from the planes of S's forward plan (S's input: x, or for a transposed layer dz) */
+    const bp_direct *dw_plan = f->direct[BP_DIRECT_FORWARD];
     bp_direct_pass pass;
     const bp_direct_pass *direct =
         in_delta ? bp_direct_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, weights, &w, &pass)
@@ -178,14 +180,14 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         if (!f->transposed) {
             if (weights_delta)
                 bp_conv_backward_weights(g, batch, &f->in, in, in_stride, dy, out_delta_stride, w.dweights, 0.0f,
-                                         &w.scratch, &f->gemm);
+                                         &w.scratch, &f->gemm, dw_plan);
             if (in_delta)
                 bp_conv_backward_data(g, weights, batch, dy, out_delta_stride, &dx_img, dx, in_delta_stride,
                                       !accumulates(in_delta), NULL, &w.scratch, &f->gemm, direct);
         } else {
             if (weights_delta)
                 bp_conv_backward_weights(g, batch, &out_packed, dy, out_delta_stride, in, in_stride, w.dweights, 0.0f,
-                                         &w.scratch, &f->gemm);
+                                         &w.scratch, &f->gemm, dw_plan);
             if (in_delta)
                 bp_conv_forward(g, weights, batch, &out_packed, dy, out_delta_stride, dx, in_delta_stride, NULL,
                                 &w.scratch, &f->gemm, direct);
@@ -207,7 +209,7 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
             if (!f->transposed) {
                 if (weights_delta)
                     bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
-                                             &f->gemm);
+                                             &f->gemm, dw_plan);
                 if (in_delta) {
                     float *dx = (float *)in_delta->data + b * in_delta_stride;
                     bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,
@@ -222,7 +224,7 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                         xs = w.pack_out2;
                     }
                     bp_conv_backward_weights(g, 1, &out_packed, dz, 0, xs, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
-                                             &f->gemm);
+                                             &f->gemm, dw_plan);
                 }
                 if (in_delta) {
                     bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm, direct);

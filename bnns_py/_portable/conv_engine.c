@@ -979,7 +979,11 @@ static void weights_tasks(void *arg, int worker, int workers) {
 
 void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
                               const float *dy, size_t dy_bs, float *dw, float beta, const bp_scratch *s,
-                              const bp_gemm_ctx *ctx) {
+                              const bp_gemm_ctx *ctx, const bp_direct *direct) {
+    if (direct != NULL) {
+        bp_direct_weight_gradient(direct, batch, x_img, x, x_bs, dy, dy_bs, dw, beta != 0.0f, s, ctx->threads);
+        return;
+    }
     size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;
     weights_job j = {g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s, ctx, 1, 0, direct_columns(g, x_img)};
     int workers = bp_workers_for(ctx->threads, flops);

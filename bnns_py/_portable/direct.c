@@ -30,78 +30,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "direct.h"
+#include "direct_plan.h"
 #include "parallel.h"
-#include "simd.h"
 
-enum { KIND_ROWS, KIND_PIXELS };
-enum {
-    MAX_PHASES = 16,          /* stride_y * stride_x of the passes taken */
-    MAX_DIM = 1 << 20,        /* sizes, strides, pads, dilations taken (keeps offsets in range) */
-    PLANE_TARGET = 1 << 18,   /* floats of phase planes per worker: about 1 MiB, a core's L2 */
-    PLANE_LIMIT = 1 << 24,    /* beyond this the im2col engine's smaller blocks are better */
-    MIN_BAND_ROWS = 4,
-    K_CHUNK = 1024,           /* reduction steps of packed weights the pixels kernel takes at a time */
-    TILE_RESULTS = 1 << 15    /* floats of a band's pixels-kernel results (128 KiB) */
-};
-
-/* Register tiles. Rows kernel: MR channels x NV vectors; pixels kernel: NC pixels x MV vectors,
-   NC from a short menu per MV so that rows of any width split with little waste. The
-   accumulators fill most of the register file, leaving room for the source / weight vectors. */
+/* Tile menus: NV per MR (rows kernel), NC per MV (pixels kernel; several, so that rows of any width
+   split with little waste). */
 #if BP_VREGS >= 32
-#define ROWS_MR_MAX 8
-#define PIX_MV_MAX 4
-#define PIX_NC_MAX 24
 static int rows_nv(size_t mr) { return mr == 8 ? 3 : mr == 4 ? 6 : mr == 2 ? 8 : 12; }
 static const size_t pixel_columns[3][5] = {{24, 16, 12, 8, 0}, {14, 12, 10, 8, 7}, {7, 6, 5, 4, 0}};
 #else
-#define ROWS_MR_MAX 4
-#define PIX_MV_MAX 2
-#define PIX_NC_MAX 12
 static int rows_nv(size_t mr) { return mr == 4 ? 3 : mr == 2 ? 4 : 8; }
 static const size_t pixel_columns[2][5] = {{12, 8, 7, 6, 0}, {6, 5, 4, 0, 0}};
 #endif
 static const size_t *pixel_menu(size_t mv) { return pixel_columns[mv == 1 ? 0 : mv == 2 ? 1 : 2]; }
 
-typedef struct {
-    size_t taps;        /* taps landing on this phase */
-    size_t oh, ow;      /* its output grid */
-    size_t y0, x0;      /* destination row / column of its output (0, 0) */
-    size_t k;           /* reduction length: channels x taps */
-    size_t wofs;        /* its packed weights within a group's */
-    int32_t *off;       /* source offset of each reduction step k = c*taps + t */
-    int32_t *tap;       /* S's tap (ky*kw + kx) of each t */
-} phase_t;
-
-struct bp_direct {
-    bool backward;
-    int kind;
-    size_t groups, c, m;          /* per group: channels summed over, output channels */
-    size_t s_k, s_taps;           /* S's GEMM depth and taps (weight packing) */
-    size_t bw;                    /* output channels per block: MR (rows) or MV*VL (pixels) */
-    size_t tile;                  /* rows: NV*VL flat positions; pixels: NC pixels */
-    size_t ystep, xstep;          /* destination step between output pixels */
-    size_t ss_y, ss_x, sphases;   /* source step per output pixel, source phases */
-    ptrdiff_t ay_min, c0;         /* source row of plane row 0 (band 0, phase 0) and column of column 0 */
-    size_t src_h, src_w;
-    size_t wq, qy_max, band_rows, oh_max;
-    size_t prefix, slack;         /* zeros before a plane's origin and after its rows */
-    size_t plane;                 /* floats per (channel, source phase) */
-    size_t planes;                /* floats of one task's planes */
-    size_t kmax;
-    size_t nphases;
-    phase_t ph[MAX_PHASES];
-    size_t packed_group;          /* packed weight floats per group */
-    size_t tb_offset, chunk_offset, run_offset, scratch; /* worker scratch layout */
-};
-
-static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
-static size_t round_up(size_t a, size_t b) { return ceil_div(a, b) * b; }
-static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 static ptrdiff_t floor_mod(ptrdiff_t v, ptrdiff_t s) { return ((v % s) + s) % s; }
 static ptrdiff_t floor_div(ptrdiff_t v, ptrdiff_t s) { return (v - floor_mod(v, s)) / s; }
 
 const char *bnns_portable_simd(void) { return BP_SIMD_NAME; }
+
+int bp_engine_override(void) {
+    const char *text = getenv("BNNS_PY_PORTABLE_ENGINE");
+    if (text == NULL) return BP_ENGINE_AUTO;
+    if (strcmp(text, "rows") == 0) return BP_ENGINE_ROWS;
+    if (strcmp(text, "pixels") == 0) return BP_ENGINE_PIXELS;
+    if (strcmp(text, "im2col") == 0) return BP_ENGINE_IM2COL;
+    return BP_ENGINE_AUTO;
+}
 
 size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
@@ -115,11 +70,11 @@ static double rows_efficiency(const bp_direct *d, size_t mr) {
     for (size_t p = 0; p < d->nphases; p++) {
         const phase_t *ph = &d->ph[p];
         for (size_t r0 = 0; r0 < ph->oh; r0 += d->band_rows)
-            computed += round_up(min_size(d->band_rows, ph->oh - r0) * d->wq, np);
+            computed += bp_round_up(bp_min(d->band_rows, ph->oh - r0) * d->wq, np);
         useful += ph->oh * ph->ow;
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
-    e *= (double)d->m / (double)round_up(d->m, mr);
+    e *= (double)d->m / (double)bp_round_up(d->m, mr);
     /* the kernel itself (measured on AVX-512): a few percent below the pixels kernel's best
        tiles; one or two channels per tile take more loads per multiply-add */
     return (mr >= 4 ? 0.93 : 0.8) * e;
@@ -130,11 +85,11 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc) {
     size_t computed = 0, useful = 0;
     for (size_t p = 0; p < d->nphases; p++) {
         const phase_t *ph = &d->ph[p];
-        computed += ph->oh * round_up(ph->ow, nc);
+        computed += ph->oh * bp_round_up(ph->ow, nc);
         useful += ph->oh * ph->ow;
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
-    e *= (double)d->m / (double)round_up(d->m, mv * BP_VL);
+    e *= (double)d->m / (double)bp_round_up(d->m, mv * BP_VL);
     /* the kernel itself: 93-96% of the FMA peak with its largest tiles, less with fewer
        accumulators */
     double acc = (double)(mv * nc) / (double)(PIX_MV_MAX * pixel_menu(PIX_MV_MAX)[0]);
@@ -171,8 +126,8 @@ static bool list_taps(bp_direct *d, const bp_geom *g, ptrdiff_t *ay, ptrdiff_t *
         for (size_t b = 0; b < g->sx; b++) {
             /* dx row sy*u + a gets dy row u + (a + pt - ky*dy) / sy from every ky making that exact */
             phase_t *ph = &d->ph[a * g->sx + b];
-            *ph = (phase_t){.oh = a < g->in_h ? ceil_div(g->in_h - a, g->sy) : 0,
-                            .ow = b < g->in_w ? ceil_div(g->in_w - b, g->sx) : 0, .y0 = a, .x0 = b};
+            *ph = (phase_t){.oh = a < g->in_h ? bp_ceil_div(g->in_h - a, g->sy) : 0,
+                            .ow = b < g->in_w ? bp_ceil_div(g->in_w - b, g->sx) : 0, .y0 = a, .x0 = b};
             for (size_t ky = 0; ky < g->kh; ky++) {
                 ptrdiff_t ry = (ptrdiff_t)(a + g->pt) - (ptrdiff_t)(ky * g->dy);
                 if (floor_mod(ry, sy) != 0) continue;
@@ -253,7 +208,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     d.qy_max = (size_t)qy_max;
     d.wq = ow_max + (size_t)(qx_max > 0 ? qx_max : 0);
     if (qx_min < 0 && d.wq < d.src_w + (size_t)-qx_min) d.wq = d.src_w + (size_t)-qx_min;
-    d.prefix = round_up((size_t)(qx_min < 0 ? -qx_min : 0), 16);
+    d.prefix = bp_round_up((size_t)(qx_min < 0 ? -qx_min : 0), 16);
 
     /* reduction steps */
     size_t steps = 0;
@@ -265,17 +220,17 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
 
     /* bands of output rows whose planes fit the per-worker target; a rows tile reads up to a
        tile and a row past the band's last row, a pixels tile less */
-    d.slack = round_up((size_t)rows_nv(1) * BP_VL + d.wq + 2 * BP_VL, 16);
+    d.slack = bp_round_up((size_t)rows_nv(1) * BP_VL + d.wq + 2 * BP_VL, 16);
     size_t per_row = d.c * d.sphases * d.wq;
     size_t fixed = d.c * d.sphases * (d.prefix + d.slack + d.qy_max * d.wq);
     size_t rows = PLANE_TARGET > fixed ? (PLANE_TARGET - fixed) / per_row : 0;
-    d.band_rows = min_size(rows < MIN_BAND_ROWS ? MIN_BAND_ROWS : rows, d.oh_max);
-    d.band_rows = ceil_div(d.oh_max, ceil_div(d.oh_max, d.band_rows)); /* bands of equal height */
+    d.band_rows = bp_min(rows < MIN_BAND_ROWS ? MIN_BAND_ROWS : rows, d.oh_max);
+    d.band_rows = bp_ceil_div(d.oh_max, bp_ceil_div(d.oh_max, d.band_rows)); /* bands of equal height */
 
     /* kernel: the one that keeps more of what it computes */
     size_t mr = ROWS_MR_MAX;
     while (mr > 1 && d.m * 4 < mr * 3) mr /= 2; /* e.g. 3 channels: MR 4 */
-    size_t mv = min_size(PIX_MV_MAX, ceil_div(d.m, BP_VL)), nc = 0;
+    size_t mv = bp_min(PIX_MV_MAX, bp_ceil_div(d.m, BP_VL)), nc = 0;
     if (mv == 3) mv = 4;
     double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
     for (const size_t *menu = pixel_menu(mv); *menu && menu < pixel_menu(mv) + 5; menu++) {
@@ -285,11 +240,10 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
             nc = *menu;
         }
     }
-    /* BNNS_PY_PORTABLE_ENGINE: "rows" / "pixels" force a kernel, "im2col" the other engine */
-    const char *force = getenv("BNNS_PY_PORTABLE_ENGINE");
-    if (force != NULL && strcmp(force, "im2col") == 0) goto done;
-    if (force != NULL && strcmp(force, "rows") == 0) rows_e = 2.0;
-    else if (force != NULL && strcmp(force, "pixels") == 0) pixels_e = 2.0;
+    int force = bp_engine_override();
+    if (force == BP_ENGINE_IM2COL) goto done;
+    if (force == BP_ENGINE_ROWS) rows_e = 2.0;
+    else if (force == BP_ENGINE_PIXELS) pixels_e = 2.0;
     else if (rows_e < 0.5 && pixels_e < 0.5) goto done; /* e.g. 1x1 images: a GEMM over the batch is better */
     size_t tb;
     if (pixels_e > rows_e) {
@@ -297,9 +251,9 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         d.bw = mv * BP_VL;
         d.tile = nc;
         /* the band's tile results stay in cache between chunks of steps */
-        size_t per_band_row = round_up(ow_max, nc) * d.bw, most = TILE_RESULTS / per_band_row;
-        d.band_rows = min_size(d.band_rows, most < 1 ? 1 : most);
-        d.band_rows = ceil_div(d.oh_max, ceil_div(d.oh_max, d.band_rows));
+        size_t per_band_row = bp_round_up(ow_max, nc) * d.bw, most = TILE_RESULTS / per_band_row;
+        d.band_rows = bp_min(d.band_rows, most < 1 ? 1 : most);
+        d.band_rows = bp_ceil_div(d.oh_max, bp_ceil_div(d.oh_max, d.band_rows));
         tb = d.band_rows * per_band_row;
     } else {
         d.kind = KIND_ROWS;
@@ -307,23 +261,23 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         d.tile = (size_t)rows_nv(mr) * BP_VL;
         tb = d.bw * d.tile;
     }
-    d.plane = round_up(d.prefix + (d.band_rows + d.qy_max) * d.wq + d.slack, 16);
+    d.plane = bp_round_up(d.prefix + (d.band_rows + d.qy_max) * d.wq + d.slack, 16);
     d.planes = d.c * d.sphases * d.plane;
     if (d.planes > PLANE_LIMIT) goto done;
 
     /* packed weights: per group, phase by phase, blocks of bw output channels */
-    size_t mblocks = ceil_div(d.m, d.bw);
+    size_t mblocks = bp_ceil_div(d.m, d.bw);
     for (size_t p = 0; p < d.nphases; p++) {
         d.ph[p].wofs = d.packed_group;
         d.packed_group += mblocks * d.bw * d.ph[p].k;
     }
 
     /* scratch: planes, tile results, (pixels) a chunk of packed weights, one run of outputs */
-    d.tb_offset = round_up(d.planes, 16);
-    d.chunk_offset = d.tb_offset + round_up(tb, 16);
-    d.run_offset = d.chunk_offset + (d.kind == KIND_PIXELS ? round_up(K_CHUNK * d.bw, 16) : 0);
-    size_t run = d.kind == KIND_PIXELS ? d.bw * round_up(ow_max, 8) : ow_max + d.tile;
-    d.scratch = d.run_offset + round_up(run + BP_VL, 16);
+    d.tb_offset = bp_round_up(d.planes, 16);
+    d.chunk_offset = d.tb_offset + bp_round_up(tb, 16);
+    d.run_offset = d.chunk_offset + (d.kind == KIND_PIXELS ? bp_round_up(K_CHUNK * d.bw, 16) : 0);
+    size_t run = d.kind == KIND_PIXELS ? d.bw * bp_round_up(ow_max, 8) : ow_max + d.tile;
+    d.scratch = d.run_offset + bp_round_up(run + BP_VL, 16);
 
     out = bp_alloc(a, sizeof *out + (steps + total) * sizeof(int32_t));
     if (out == NULL) goto done;
@@ -358,7 +312,7 @@ void bp_direct_destroy(bp_direct *d, const bp_allocator *a) { bp_free(a, d); }
 static void pack_block(const bp_direct *d, const float *canonical, size_t grp, size_t p, size_t mb, size_t k0,
                        size_t n, float *dst) {
     const phase_t *ph = &d->ph[p];
-    size_t bw = d->bw, rows = min_size(bw, d->m - mb * bw);
+    size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
     if (rows < bw) memset(dst, 0, n * bw * sizeof(float));
     if (!d->backward) {
         /* w(m, c, t) is S's row m as it is: the block transposed 8 x 8 at a time, 16 rows at a
@@ -404,21 +358,20 @@ static void pack_units(void *arg, size_t u0, size_t u1) {
 }
 
 void bp_direct_pack(const bp_direct *d, const float *canonical, float *packed, int threads) {
-    pack_job j = {d, canonical, packed, ceil_div(d->m, d->bw)};
+    pack_job j = {d, canonical, packed, bp_ceil_div(d->m, d->bw)};
     size_t units = d->groups * d->nphases * j.mblocks;
     bp_parallel_for(threads, units, bp_direct_weight_floats(d), pack_units, &j);
 }
 
 /* ---- phase planes ---------------------------------------------------------------------------- */
 
-/* Planes of output rows [r0, r0 + n) of every phase: plane row i of source phase (py, px) holds
-   source row (r0 + i)*ss_y + py + ay_min, its column j source column j*ss_x + px + c0. */
-static void fill_planes(const bp_direct *d, const bp_image *img, const float *x, size_t r0, size_t n, float *planes) {
+void bp_direct_fill_planes(const bp_direct *d, const bp_image *img, const float *x, size_t c0, size_t c1, size_t r0,
+                           size_t n, float *planes) {
     size_t rows = n + d->qy_max, used = rows * d->wq;
-    for (size_t c = 0; c < d->c; c++)
+    for (size_t c = c0; c < c1; c++)
         for (size_t py = 0; py < d->ss_y; py++)
             for (size_t px = 0; px < d->ss_x; px++) {
-                float *origin = planes + (c * d->sphases + py * d->ss_x + px) * d->plane + d->prefix;
+                float *origin = planes + ((c - c0) * d->sphases + py * d->ss_x + px) * d->plane + d->prefix;
                 memset(origin - d->prefix, 0, d->prefix * sizeof(float));
                 memset(origin + used, 0, d->slack * sizeof(float));
                 /* plane columns [j0, j1) hold source columns inside the image */
@@ -450,8 +403,6 @@ static void fill_planes(const bp_direct *d, const bp_image *img, const float *x,
 }
 
 /* ---- kernels --------------------------------------------------------------------------------- */
-
-#define BP_INLINE static inline __attribute__((always_inline))
 
 /* MR output channels x NV vectors of consecutive flat positions from src. */
 BP_INLINE void rows_kernel(const float *src, const int32_t *off, size_t k, const float *w, float *tb, const int MR,
@@ -494,13 +445,13 @@ static void rows_tile(size_t mr, const float *src, const int32_t *off, size_t k,
 }
 
 /* NC consecutive pixels of one output row (their source values for step i at src + off[i]) x MV
-   vectors of output channels (w: MV vectors per step); tb = or, with add, += the products. */
-BP_INLINE void pixels_kernel(const float *src, const int32_t *off, size_t k, const float *w, float *tb, bool add,
-                             const int NC, const int MV) {
+   vectors of output channels (w: MV vectors per step); tb (rows ldt apart) = or, with add, +=
+   the products. */
+BP_INLINE void pixels_kernel(const float *src, const int32_t *off, size_t k, const float *w, float *tb, size_t ldt,
+                             bool add, const int NC, const int MV) {
     bp_vec acc[PIX_NC_MAX][PIX_MV_MAX];
     for (int p = 0; p < NC; p++)
-        for (int v = 0; v < MV; v++)
-            acc[p][v] = add ? bp_vload(tb + ((size_t)p * MV + (size_t)v) * BP_VL) : bp_vzero();
+        for (int v = 0; v < MV; v++) acc[p][v] = add ? bp_vload(tb + (size_t)p * ldt + (size_t)v * BP_VL) : bp_vzero();
     for (size_t i = 0; i < k; i++) {
         bp_vec wv[PIX_MV_MAX];
         for (int v = 0; v < MV; v++) wv[v] = bp_vload(w + (i * (size_t)MV + (size_t)v) * BP_VL);
@@ -511,14 +462,14 @@ BP_INLINE void pixels_kernel(const float *src, const int32_t *off, size_t k, con
         }
     }
     for (int p = 0; p < NC; p++)
-        for (int v = 0; v < MV; v++) bp_vstore(tb + ((size_t)p * MV + (size_t)v) * BP_VL, acc[p][v]);
+        for (int v = 0; v < MV; v++) bp_vstore(tb + (size_t)p * ldt + (size_t)v * BP_VL, acc[p][v]);
 }
 
 #define PIXELS_CASE(MV, NC)                                                                             \
-    case (MV)*32 + (NC): pixels_kernel(src, off, k, w, tb, add, NC, MV); break;
+    case (MV)*32 + (NC): pixels_kernel(src, off, k, w, tb, ldt, add, NC, MV); break;
 
-static void pixels_tile(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w, float *tb,
-                        bool add) {
+void bp_direct_pixels_tile(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w,
+                           float *tb, size_t ldt, bool add) {
     switch (mv * 32 + nc) {
 #if BP_VREGS >= 32
         PIXELS_CASE(1, 24) PIXELS_CASE(1, 16) PIXELS_CASE(1, 12) PIXELS_CASE(1, 8)
@@ -590,11 +541,11 @@ static void run_rows(const run_job *j, size_t p, const float *planes, size_t grp
     for (size_t q0 = 0; q0 < flat; q0 += np) {
         for (size_t mb = mb0; mb < mb1; mb++) {
             rows_tile(d->bw, origin + q0, ph->off, ph->k, packed_at(d, (float *)j->packed, grp, p, mb), tb);
-            size_t rows = min_size(d->bw, d->m - mb * d->bw);
-            for (size_t q = q0, end = min_size(q0 + np, flat); q < end;) {
-                size_t oy = q / d->wq, ox = q % d->wq, stop = min_size(end, (oy + 1) * d->wq);
+            size_t rows = bp_min(d->bw, d->m - mb * d->bw);
+            for (size_t q = q0, end = bp_min(q0 + np, flat); q < end;) {
+                size_t oy = q / d->wq, ox = q % d->wq, stop = bp_min(end, (oy + 1) * d->wq);
                 if (ox < ph->ow) {
-                    size_t n = min_size(ph->ow, ox + (stop - q)) - ox;
+                    size_t n = bp_min(ph->ow, ox + (stop - q)) - ox;
                     for (size_t r = 0; r < rows; r++)
                         emit_run(dst, mb * d->bw + r, r0 + oy, ox, tb + r * np + (q - q0), n);
                 }
@@ -611,24 +562,24 @@ static void run_pixels(const run_job *j, size_t p, const float *planes, size_t g
                        size_t mb1, const dest_t *dst, float *scratch) {
     const bp_direct *d = j->d;
     const phase_t *ph = &d->ph[p];
-    size_t nc = d->tile, bw = d->bw, mv = bw / BP_VL, per_row = ceil_div(ph->ow, nc), k = ph->k;
+    size_t nc = d->tile, bw = d->bw, mv = bw / BP_VL, per_row = bp_ceil_div(ph->ow, nc), k = ph->k;
     float *tb = scratch + d->tb_offset, *chunk = scratch + d->chunk_offset, *run = scratch + d->run_offset;
     const float *origin = planes + d->prefix;
     for (size_t mb = mb0; mb < mb1; mb++) {
         for (size_t k0 = 0; k0 < k || k0 == 0; k0 += K_CHUNK) {
-            size_t n = min_size(K_CHUNK, k - k0);
+            size_t n = bp_min(K_CHUNK, k - k0);
             const float *w = chunk;
             if (j->packed != NULL) w = packed_at(d, (float *)j->packed, grp, p, mb) + k0 * bw;
             else pack_block(d, j->canonical, grp, p, mb, k0, n, chunk);
             for (size_t y = 0; y < nb; y++)
                 for (size_t c = 0; c < per_row; c++)
-                    pixels_tile(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
-                                tb + (y * per_row + c) * nc * bw, k0 > 0);
+                    bp_direct_pixels_tile(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
+                                          tb + (y * per_row + c) * nc * bw, bw, k0 > 0);
             if (k == 0) break;
         }
         /* tb holds each row's pixels one after the other, bw channels each: transposed (8 x 8
            blocks), whole rows go out */
-        size_t rows = min_size(bw, d->m - mb * bw), ow = ph->ow, ow8 = ow / 8 * 8, ld = round_up(ow, 8);
+        size_t rows = bp_min(bw, d->m - mb * bw), ow = ph->ow, ow8 = ow / 8 * 8, ld = bp_round_up(ow, 8);
         for (size_t y = 0; y < nb; y++) {
             const float *res = tb + y * per_row * nc * bw;
             for (size_t r0 = 0; r0 < bw; r0 += 8) { /* bw is a multiple of 8 */
@@ -646,11 +597,13 @@ static void run_pixels(const run_job *j, size_t p, const float *planes, size_t g
 static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t mb0, size_t mb1, bool fill,
                      float *scratch) {
     const bp_direct *d = j->d;
-    size_t r0 = band * d->band_rows, r1 = min_size(r0 + d->band_rows, d->oh_max);
-    if (fill) fill_planes(d, j->src_img, j->src + b * j->src_bs + grp * d->c * j->src_img->sc, r0, r1 - r0, scratch);
+    size_t r0 = band * d->band_rows, r1 = bp_min(r0 + d->band_rows, d->oh_max);
+    if (fill)
+        bp_direct_fill_planes(d, j->src_img, j->src + b * j->src_bs + grp * d->c * j->src_img->sc, 0, d->c, r0, r1 - r0,
+                              scratch);
     for (size_t p = 0; p < d->nphases; p++) {
         const phase_t *ph = &d->ph[p];
-        size_t end = min_size(r1, ph->oh);
+        size_t end = bp_min(r1, ph->oh);
         if (r0 >= end || ph->ow == 0) continue;
         dest_t dst = {j->dst + b * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc, j->dst_img->sy,
                       j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m, j->accumulate, j->e};
@@ -691,7 +644,7 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
     flops *= batch * d->groups;
     run_job j = {d, pass->packed, pass->canonical, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
-                 batch, ceil_div(d->oh_max, d->band_rows), 1, 0, ceil_div(d->m, d->bw)};
+                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw)};
     int workers = bp_workers_for(threads, flops);
     /* Equal shares: when the (image, group, band) units do not split evenly over the workers,
        cut each into f parts, by rows when they split evenly, else by channel blocks. */
@@ -702,13 +655,13 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
         if (by_rows && !(d->kind == KIND_PIXELS && units == 1 && j.mblocks >= f))
             j.bands = bands; /* narrower bands: the same planes, fewer rows filled */
         else
-            j.chunks = min_size(f, j.mblocks);
+            j.chunks = bp_min(f, j.mblocks);
     }
     bp_direct plan_view; /* a plan whose band_rows follows the task cut */
-    if (j.bands != ceil_div(d->oh_max, d->band_rows)) {
+    if (j.bands != bp_ceil_div(d->oh_max, d->band_rows)) {
         plan_view = *d;
-        plan_view.band_rows = ceil_div(d->oh_max, j.bands);
-        j.bands = ceil_div(d->oh_max, plan_view.band_rows);
+        plan_view.band_rows = bp_ceil_div(d->oh_max, j.bands);
+        j.bands = bp_ceil_div(d->oh_max, plan_view.band_rows);
         j.d = &plan_view;
     }
     j.tasks = batch * d->groups * j.bands * j.chunks;

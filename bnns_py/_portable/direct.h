@@ -22,6 +22,13 @@ typedef struct bp_direct_pass {
     float *pack_buffer;
 } bp_direct_pass;
 
+/* What the environment variable BNNS_PY_PORTABLE_ENGINE asks for (read when a filter is made):
+   "auto", "rows" / "pixels" (the direct engine's kernel for forward and backward-data passes; it
+   then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
+   direct engine). */
+enum { BP_ENGINE_AUTO, BP_ENGINE_ROWS, BP_ENGINE_PIXELS, BP_ENGINE_IM2COL };
+int bp_engine_override(void);
+
 /* Plan S's forward pass (backward = false) or its backward-data pass (backward = true); NULL when
    the direct engine does not take it or memory runs out. */
 bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a);
@@ -43,5 +50,13 @@ void bp_direct_pack(const bp_direct *d, const float *canonical, float *packed, i
 void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
                    size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, bool accumulate,
                    const bp_epilogue *e, const bp_scratch *s, int threads);
+
+/* The weight gradient on the forward plan `d`'s planes: dW (S's canonical [out_c][k], every
+   group) = or, with add, += the sum over a batch of dy x patches of x, where x are S input images
+   (x_img strides, x_bs apart) and dy packed S output gradients (dy_bs apart). */
+void bp_direct_weight_gradient(const bp_direct *d, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
+                               const float *dy, size_t dy_bs, float *dw, bool add, const bp_scratch *s, int threads);
+/* Scratch floats one worker needs for it. */
+size_t bp_direct_weights_scratch_floats(const bp_direct *d);
 
 #endif

@@ -244,8 +244,8 @@ static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, s
 static void plan_direct(bp_filter *f) {
     const bp_geom *g = &f->g;
     bool need[2] = {!f->transposed || f->client, f->transposed || f->client};
-    const char *engine = getenv("BNNS_PY_PORTABLE_ENGINE"); /* a forced kernel runs wherever it can */
-    bool forced = engine != NULL && (strcmp(engine, "rows") == 0 || strcmp(engine, "pixels") == 0);
+    int kernel = bp_engine_override(); /* a forced kernel runs wherever it can */
+    bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS;
     if (bp_conv_small(g) && !forced) need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
     /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed */
     if (g->kh == 1 && g->kw == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 && g->in_h == g->out_h &&
@@ -256,6 +256,10 @@ static void plan_direct(bp_filter *f) {
         f->direct[i] = bp_direct_plan(g, i == BP_DIRECT_BACKWARD_DATA, &f->allocator);
         if (f->direct[i] == NULL) continue; /* the im2col engine runs this pass */
         size_t scratch = bp_direct_scratch_floats(f->direct[i]), weights = bp_direct_weight_floats(f->direct[i]);
+        if (f->client && i == BP_DIRECT_FORWARD) { /* the forward plan also computes weight gradients */
+            size_t dw = bp_direct_weights_scratch_floats(f->direct[i]);
+            if (dw > scratch) scratch = dw;
+        }
         if (scratch > f->scratch_floats) f->scratch_floats = scratch;
         if (f->client && weights > f->direct_w_floats) f->direct_w_floats = weights;
     }
@@ -471,7 +475,9 @@ fail:
 
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     const bp_filter *f = filter;
-    if (f == NULL || (pass != 0 && pass != 1)) return "";
+    if (f == NULL || pass < 0 || pass > 2) return "";
+    if (pass == 2) /* weight gradient: on S's forward plan, when the filter can run backward */
+        return f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
     if (f->direct[which] == NULL) return "im2col";

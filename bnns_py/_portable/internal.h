@@ -116,6 +116,7 @@ void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
    zero-padded planes on the calling thread, not on the direct engine. */
 bool bp_conv_small(const bp_geom *g);
 
+struct bp_direct;      /* direct.h: a plan of the direct engine */
 struct bp_direct_pass; /* direct.h: a planned pass of the direct engine with its packed weights */
 
 /* y = conv(x) for a batch: y packed (out_c x out_h*out_w per image, images y_bs apart), x through
@@ -129,9 +130,10 @@ void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_im
 void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const float *dy, size_t dy_bs,
                            const bp_image *dx_img, float *dx, size_t dx_bs, bool overwrite, const bp_epilogue *e,
                            const bp_scratch *s, const bp_gemm_ctx *ctx, const struct bp_direct_pass *direct);
-/* dW = beta*dW + sum over the batch of dy * im2col(x)^T; dy packed, dW packed [out_c][k]. */
+/* dW = beta*dW + sum over the batch of dy * im2col(x)^T; dy packed, dW packed [out_c][k]; beta 0
+   or 1. With `direct` (S's forward plan, may be NULL) on the direct engine's planes. */
 void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
                               const float *dy, size_t dy_bs, float *dw, float beta, const bp_scratch *s,
-                              const bp_gemm_ctx *ctx);
+                              const bp_gemm_ctx *ctx, const struct bp_direct *direct);
 
 #endif

@@ -60,11 +60,11 @@ static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return a + b; }
 static inline float bp_vsum(bp_vec v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 #endif
 
-/* dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8: an 8 x 8 block transposed. */
-static inline void bp_transpose8x8(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
+/* dst[c * dst_stride + r] = rows[r][at + c] for r, c < 8: an 8 x 8 block transposed. */
+static inline void bp_transpose8x8_rows(const float *const rows[8], size_t at, float *dst, size_t dst_stride) {
 #if defined(__AVX__)
     __m256 r[8], t[8], u[8];
-    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)i * src_stride);
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(rows[i] + at);
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -81,8 +81,15 @@ static inline void bp_transpose8x8(const float *src, size_t src_stride, float *d
     }
 #else
     for (size_t c = 0; c < 8; c++)
-        for (size_t r = 0; r < 8; r++) dst[c * dst_stride + r] = src[r * src_stride + c];
+        for (size_t r = 0; r < 8; r++) dst[c * dst_stride + r] = rows[r][at + c];
 #endif
+}
+
+/* dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8. */
+static inline void bp_transpose8x8(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
+    const float *rows[8];
+    for (size_t i = 0; i < 8; i++) rows[i] = src + i * src_stride;
+    bp_transpose8x8_rows(rows, 0, dst, dst_stride);
 }
 
 #endif

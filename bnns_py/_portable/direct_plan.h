@@ -1,0 +1,85 @@
+/* bnns-py portable backend: the direct engine's plan, shared by its C files (direct.c: planning,
+   weight packing, forward and backward-data passes; direct_weights.c: the weight gradient). */
+#ifndef BNNS_PORTABLE_DIRECT_PLAN_H
+#define BNNS_PORTABLE_DIRECT_PLAN_H
+
+#include <stdint.h>
+
+#include "direct.h"
+#include "simd.h"
+
+enum { KIND_ROWS, KIND_PIXELS };
+enum {
+    MAX_PHASES = 16,          /* stride_y * stride_x of the passes taken */
+    MAX_DIM = 1 << 20,        /* sizes, strides, pads, dilations taken (keeps offsets in range) */
+    PLANE_TARGET = 1 << 18,   /* floats of phase planes per worker: about 1 MiB, a core's L2 */
+    PLANE_LIMIT = 1 << 24,    /* beyond this the im2col engine's smaller blocks are better */
+    MIN_BAND_ROWS = 4,
+    K_CHUNK = 1024,           /* reduction steps of packed weights the pixels kernel takes at a time */
+    TILE_RESULTS = 1 << 15    /* floats of a band's pixels-kernel results (128 KiB) */
+};
+
+/* Register tiles (direct.c). Rows kernel: MR channels x NV vectors; pixels kernel: NC pixels x MV
+   vectors. The accumulators fill most of the register file, leaving room for the source /
+   weight vectors. */
+#if BP_VREGS >= 32
+#define ROWS_MR_MAX 8
+#define PIX_MV_MAX 4
+#define PIX_NC_MAX 24
+#else
+#define ROWS_MR_MAX 4
+#define PIX_MV_MAX 2
+#define PIX_NC_MAX 12
+#endif
+
+typedef struct {
+    size_t taps;        /* taps landing on this phase */
+    size_t oh, ow;      /* its output grid */
+    size_t y0, x0;      /* destination row / column of its output (0, 0) */
+    size_t k;           /* reduction length: channels x taps */
+    size_t wofs;        /* its packed weights within a group's */
+    int32_t *off;       /* source offset of each reduction step k = c*taps + t */
+    int32_t *tap;       /* S's tap (ky*kw + kx) of each t */
+} phase_t;
+
+struct bp_direct {
+    bool backward;
+    int kind;
+    size_t groups, c, m;          /* per group: channels summed over, output channels */
+    size_t s_k, s_taps;           /* S's GEMM depth and taps (weight packing) */
+    size_t bw;                    /* output channels per block: MR (rows) or MV*VL (pixels) */
+    size_t tile;                  /* rows: NV*VL flat positions; pixels: NC pixels */
+    size_t ystep, xstep;          /* destination step between output pixels */
+    size_t ss_y, ss_x, sphases;   /* source step per output pixel, source phases */
+    ptrdiff_t ay_min, c0;         /* source row of plane row 0 (band 0, phase 0) and column of column 0 */
+    size_t src_h, src_w;
+    size_t wq, qy_max, band_rows, oh_max;
+    size_t prefix, slack;         /* zeros before a plane's origin and after its rows */
+    size_t plane;                 /* floats per (channel, source phase) */
+    size_t planes;                /* floats of one task's planes */
+    size_t kmax;
+    size_t nphases;
+    phase_t ph[MAX_PHASES];
+    size_t packed_group;          /* packed weight floats per group */
+    size_t tb_offset, chunk_offset, run_offset, scratch; /* worker scratch layout */
+};
+
+static inline size_t bp_ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+static inline size_t bp_round_up(size_t a, size_t b) { return bp_ceil_div(a, b) * b; }
+static inline size_t bp_min(size_t a, size_t b) { return a < b ? a : b; }
+
+#define BP_INLINE static inline __attribute__((always_inline))
+
+/* Phase planes of output rows [r0, r0 + n), source channels [c0, c1) of the group whose channel
+   0 is x (channel c0 at planes' first plane): plane row i of source phase (py, px) holds source
+   row (r0 + i)*ss_y + py + ay_min, its column j source column j*ss_x + px + c0 of the plan. */
+void bp_direct_fill_planes(const bp_direct *d, const bp_image *img, const float *x, size_t c0, size_t c1, size_t r0,
+                           size_t n, float *planes);
+
+/* The pixels kernel: NC consecutive source values (for step i at src + off[i]) broadcast against
+   MV vectors of w per step; tb (NC rows ldt floats apart, MV vectors each) = or, with add, +=
+   the products. (mv, nc) must be a pair of the pixel menu. */
+void bp_direct_pixels_tile(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w,
+                           float *tb, size_t ldt, bool add);
+
+#endif
