@@ -145,14 +145,14 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     if (base == NULL) return -1;
     bp_work w;
     bp_work_split(f, base, &w);
-    const float *weights = bp_current_weights(f, f->w_direct ? NULL : w.weights);
-    /* dx comes from S's backward data (standard) or S's forward pass (transposed) */
-    /* dW from the planes of S's forward plan (S's input: x, or for a transposed layer dz) */
-    const bp_direct *dw_plan = f->direct[BP_DIRECT_FORWARD];
+    /* dx comes from S's backward data (standard) or S's forward pass (transposed); dW from the
+       planes of S's forward plan (S's input: x, or for a transposed layer dz) */
     bp_direct_pass pass;
-    const bp_direct_pass *direct =
-        in_delta ? bp_direct_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, weights, &w, &pass)
-                 : NULL;
+    const bp_direct_pass *direct = NULL;
+    const float *weights = NULL; /* canonical, for an im2col dx */
+    if (in_delta)
+        weights = bp_call_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, &w, &pass, &direct);
+    const bp_direct *dw_plan = f->direct[BP_DIRECT_FORWARD];
     /* dz: the gradient before the activation, packed, in the layer's output space */
     float *dz = f->transposed ? w.pack_in : w.pack_out;
     float *dbias = w.dbias;

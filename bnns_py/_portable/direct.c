@@ -309,30 +309,35 @@ void bp_direct_destroy(bp_direct *d, const bp_allocator *a) { bp_free(a, d); }
 
 /* Packed steps [k0, k0 + n) of channel block mb of phase p, group grp: dst[k][r] = w(mb*bw + r, k0 + k),
    zero for rows past the last channel. */
-static void pack_block(const bp_direct *d, const float *canonical, size_t grp, size_t p, size_t mb, size_t k0,
+static void pack_block(const bp_direct *d, const bp_weights_view *v, size_t grp, size_t p, size_t mb, size_t k0,
                        size_t n, float *dst) {
     const phase_t *ph = &d->ph[p];
-    size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
+    size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw), taps = d->s_taps;
     if (rows < bw) memset(dst, 0, n * bw * sizeof(float));
-    if (!d->backward) {
-        /* w(m, c, t) is S's row m as it is: the block transposed 8 x 8 at a time, 16 rows at a
-           time read front to back (streams the prefetcher follows), each step's 16 values a
-           whole cache line of the packed block */
-        const float *block = canonical + (grp * d->m + mb * bw) * d->s_k + k0;
-        size_t n8 = n / 8 * 8, r8 = rows / 8 * 8;
-        for (size_t r0 = 0; r0 < r8; r0 += 16)
-            for (size_t k = 0; k < n8; k += 8)
-                for (size_t r = r0; r < r0 + 16 && r < r8; r += 8)
-                    bp_transpose8x8(block + r * d->s_k + k, d->s_k, dst + k * bw + r, bw);
-        for (size_t k = 0; k < n; k++)
-            for (size_t r = k < n8 ? r8 : 0; r < rows; r++) dst[k * bw + r] = block[r * d->s_k + k];
+    if (d->backward) { /* w(m, o, t) = S's W(o, m, tap[t]), step k = o*taps + t */
+        const float *block = v->base + grp * v->group + mb * bw * v->in;
+        for (size_t k = k0; k < k0 + n; k++, dst += bw) {
+            const float *at = block + (k / ph->taps) * v->out + ph->tap[k % ph->taps];
+            for (size_t r = 0; r < rows; r++) dst[r] = at[r * v->in];
+        }
         return;
     }
-    /* w(m, o, t) = S's W(o, m, tap[t]), step k = o*taps + t */
-    for (size_t k = k0; k < k0 + n; k++, dst += bw) {
-        size_t o = k / ph->taps, t = k % ph->taps;
-        const float *at = canonical + (grp * d->c + o) * d->s_k + mb * bw * d->s_taps + ph->tap[t];
-        for (size_t r = 0; r < rows; r++) dst[r] = at[r * d->s_taps];
+    /* w(m, c, t) = S's W(m, c, t), step k = c*taps + t: the block's rows transposed, 8 x 8 at a
+       time along each run of steps that is contiguous (a row of the canonical matrix, or one
+       channel's taps), 16 rows at a time read front to back (streams the prefetcher follows),
+       each step's 16 values a whole cache line of the packed block */
+    const float *block = v->base + grp * v->group + mb * bw * v->out;
+    size_t run = v->in == taps ? ph->k : taps, r8 = rows / 8 * 8;
+    for (size_t c0 = k0 / run * run; c0 < k0 + n; c0 += run) {
+        size_t lo = c0 > k0 ? c0 : k0, hi = bp_min(c0 + run, k0 + n), hi8 = lo + (hi - lo) / 8 * 8;
+        const float *src = block + (c0 / taps) * v->in + (c0 % taps); /* step c0 of row 0 */
+        float *out = dst + (lo - k0) * bw;
+        for (size_t r0 = 0; r0 < r8; r0 += 16)
+            for (size_t k = lo; k < hi8; k += 8)
+                for (size_t r = r0; r < r0 + 16 && r < r8; r += 8)
+                    bp_transpose8x8(src + r * v->out + (k - c0), v->out, out + (k - lo) * bw + r, bw);
+        for (size_t k = lo; k < hi; k++)
+            for (size_t r = k < hi8 ? r8 : 0; r < rows; r++) out[(k - lo) * bw + r] = src[r * v->out + (k - c0)];
     }
 }
 
@@ -342,7 +347,7 @@ static float *packed_at(const bp_direct *d, float *packed, size_t grp, size_t p,
 
 typedef struct {
     const bp_direct *d;
-    const float *canonical;
+    const bp_weights_view *w;
     float *packed;
     size_t mblocks;
 } pack_job;
@@ -353,12 +358,12 @@ static void pack_units(void *arg, size_t u0, size_t u1) {
     const bp_direct *d = j->d;
     for (size_t u = u0; u < u1; u++) {
         size_t mb = u % j->mblocks, gp = u / j->mblocks, p = gp % d->nphases, grp = gp / d->nphases;
-        pack_block(d, j->canonical, grp, p, mb, 0, d->ph[p].k, packed_at(d, j->packed, grp, p, mb));
+        pack_block(d, j->w, grp, p, mb, 0, d->ph[p].k, packed_at(d, j->packed, grp, p, mb));
     }
 }
 
-void bp_direct_pack(const bp_direct *d, const float *canonical, float *packed, int threads) {
-    pack_job j = {d, canonical, packed, bp_ceil_div(d->m, d->bw)};
+void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed, int threads) {
+    pack_job j = {d, w, packed, bp_ceil_div(d->m, d->bw)};
     size_t units = d->groups * d->nphases * j.mblocks;
     bp_parallel_for(threads, units, bp_direct_weight_floats(d), pack_units, &j);
 }
@@ -516,8 +521,8 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
 
 typedef struct {
     const bp_direct *d;
-    const float *packed;      /* NULL: pack chunks from canonical as they are needed */
-    const float *canonical;
+    const float *packed;      /* NULL: pack chunks from the view as they are needed */
+    const bp_weights_view *weights;
     const bp_image *src_img;
     const float *src;
     size_t src_bs;
@@ -570,7 +575,7 @@ static void run_pixels(const run_job *j, size_t p, const float *planes, size_t g
             size_t n = bp_min(K_CHUNK, k - k0);
             const float *w = chunk;
             if (j->packed != NULL) w = packed_at(d, (float *)j->packed, grp, p, mb) + k0 * bw;
-            else pack_block(d, j->canonical, grp, p, mb, k0, n, chunk);
+            else pack_block(d, j->weights, grp, p, mb, k0, n, chunk);
             for (size_t y = 0; y < nb; y++)
                 for (size_t c = 0; c < per_row; c++)
                     bp_direct_pixels_tile(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
@@ -643,7 +648,7 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     size_t flops = 0;
     for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
     flops *= batch * d->groups;
-    run_job j = {d, pass->packed, pass->canonical, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
+    run_job j = {d, pass->packed, &pass->weights, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
                  batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw)};
     int workers = bp_workers_for(threads, flops);
     /* Equal shares: when the (image, group, band) units do not split evenly over the workers,
@@ -669,7 +674,7 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
        when each block of channels is used by one task only (one image and band per group);
        otherwise they are packed once, up front. */
     if (j.packed == NULL && !(d->kind == KIND_PIXELS && batch * j.bands == 1)) {
-        bp_direct_pack(d, pass->canonical, pass->pack_buffer, threads);
+        bp_direct_pack(d, &pass->weights, pass->pack_buffer, threads);
         j.packed = pass->pack_buffer;
     }
     if ((size_t)workers > j.tasks) workers = (int)j.tasks;

@@ -12,13 +12,22 @@
 
 typedef struct bp_direct bp_direct;
 
+/* Where S's weights W(o, i, t) are: base + group*g + o*out + i*in + t for S's output channel o
+   and input channel i within group g, and tap t = ky*kw + kx (taps contiguous, not flipped). S's
+   canonical matrix [out_c][in_cg*taps] is one such view; a caller's OIHW array is another, for
+   standard and transposed layers alike. */
+typedef struct {
+    const float *base;
+    size_t group, out, in;
+} bp_weights_view;
+
 /* A planned pass and its weights: packed once by bp_direct_pack (a filter that owns its weights),
-   or else S's canonical weights, which the run packs itself, into `pack_buffer`
-   (bp_direct_weight_floats) or chunk by chunk as the kernels need them. */
+   or else a view, which the run packs itself, into `pack_buffer` (bp_direct_weight_floats) or
+   chunk by chunk as the kernels need them. */
 typedef struct bp_direct_pass {
     const bp_direct *plan;
     const float *packed;
-    const float *canonical;
+    bp_weights_view weights;
     float *pack_buffer;
 } bp_direct_pass;
 
@@ -40,8 +49,8 @@ size_t bp_direct_weight_floats(const bp_direct *d);
 /* Which kernel the plan uses ("rows" or "pixels"), for tests and benchmarks. */
 const char *bp_direct_kind(const bp_direct *d);
 
-/* Pack S's canonical weights ([out_c][in_cg * kh * kw]) for the plan's kernels. */
-void bp_direct_pack(const bp_direct *d, const float *canonical, float *packed, int threads);
+/* Pack S's weights for the plan's kernels. */
+void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed, int threads);
 
 /* Forward: dst (packed S output images, dst_bs apart) = S(src). Backward data: dst (S input images
    through dst_img's strides) = or, with accumulate, += S^T(src), src being packed S output

@@ -137,11 +137,33 @@ void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const 
     run_weight_rows(&j);
 }
 
-const bp_direct_pass *bp_direct_weights(const bp_filter *f, int which, const float *canonical, const bp_work *w,
-                                        bp_direct_pass *pass) {
-    if (f->direct[which] == NULL) return NULL;
-    *pass = (bp_direct_pass){f->direct[which], f->direct_w[which], canonical, w->direct_w};
-    return pass;
+/* A client filter's weights as the caller holds them, when they are plain (packed, unflipped)
+   OIHW: the direct engine packs straight from them, with no canonical copy in between. */
+static bool caller_view(const bp_filter *f, bp_weights_view *v) {
+    const bp_geom *g = &f->g;
+    size_t taps = g->kh * g->kw;
+    if (!f->client || !f->w_plain_oihw) return false;
+    if (!f->transposed) /* OIHW is S's canonical matrix itself */
+        *v = (bp_weights_view){f->w_data, g->out_cg * g->k, g->k, taps};
+    else /* [T out = S in][T in / groups = S out within the group][kh][kw] */
+        *v = (bp_weights_view){f->w_data, g->in_cg * g->out_cg * taps, taps, g->out_cg * taps};
+    return true;
+}
+
+const float *bp_call_weights(const bp_filter *f, int which, const bp_work *w, bp_direct_pass *pass,
+                             const bp_direct_pass **direct) {
+    *direct = NULL;
+    if (which >= 0 && f->direct[which] != NULL) {
+        *pass = (bp_direct_pass){f->direct[which], f->direct_w[which], {NULL, 0, 0, 0}, w->direct_w};
+        *direct = pass;
+        if (pass->packed != NULL || caller_view(f, &pass->weights)) return NULL;
+    }
+    const float *canonical = bp_current_weights(f, f->client && !f->w_direct ? w->weights : NULL);
+    if (*direct != NULL) {
+        const bp_geom *g = &f->g;
+        pass->weights = (bp_weights_view){canonical, g->out_cg * g->k, g->k, g->kh * g->kw};
+    }
+    return canonical;
 }
 
 float bp_bias_at(const bp_filter *f, size_t channel) {
@@ -433,8 +455,9 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         return NULL;
     }
     plan_direct(f);
-    f->w_direct = f->client && !transposed && wd->layout == BNNSDataLayoutConvolutionWeightsOIHW &&
-                  w_stride[0] == 1 && w_stride[1] == kw && w_stride[2] == kw * kh && w_stride[3] == kw * kh * w_in;
+    f->w_plain_oihw = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW && w_stride[0] == 1 && w_stride[1] == kw &&
+                      w_stride[2] == kw * kh && w_stride[3] == kw * kh * w_in;
+    f->w_direct = f->client && !transposed && f->w_plain_oihw;
     if (!workspace_size(f, &f->workspace_floats)) {
         bp_set_error("workspace size overflow");
         destroy_filter(f);
@@ -451,7 +474,8 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
             if (f->direct[i] != NULL) {
                 f->direct_w[i] = bp_alloc(&allocator, bp_direct_weight_floats(f->direct[i]) * sizeof(float));
                 if (f->direct_w[i] == NULL) goto fail;
-                bp_direct_pack(f->direct[i], f->w_owned, f->direct_w[i], f->gemm.threads);
+                bp_weights_view canonical = {f->w_owned, g->out_cg * g->k, g->k, g->kh * g->kw};
+                bp_direct_pack(f->direct[i], &canonical, f->direct_w[i], f->gemm.threads);
             }
     }
     f->has_bias = has_bias;
@@ -615,13 +639,14 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     if (base == NULL) return -1;
     bp_work w;
     bp_work_split(f, base, &w);
-    const float *weights = bp_current_weights(f, f->client && !f->w_direct ? w.weights : NULL);
+    bp_direct_pass pass;
+    const bp_direct_pass *direct;
     if (one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
+        const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
         forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
     } else {
-        bp_direct_pass pass;
-        const bp_direct_pass *direct =
-            bp_direct_weights(f, f->transposed ? BP_DIRECT_BACKWARD_DATA : BP_DIRECT_FORWARD, weights, &w, &pass);
+        const float *weights =
+            bp_call_weights(f, f->transposed ? BP_DIRECT_BACKWARD_DATA : BP_DIRECT_FORWARD, &w, &pass, &direct);
         if (batch_at_once(f))
             forward_batch(f, &w, weights, direct, batch_size, in, in_stride, out, out_stride);
         else

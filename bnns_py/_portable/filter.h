@@ -25,6 +25,7 @@ typedef struct {
        memory when it already has that form (client mode, standard OIHW packed) */
     float *w_owned;
     bool w_direct;
+    bool w_plain_oihw;            /* the caller's weights are OIHW with packed strides */
     /* bias */
     bool has_bias;
     const float *bias_data;
@@ -64,10 +65,13 @@ float *bp_work_acquire(bp_filter *f, bool *temporary);
 void bp_work_release(bp_filter *f, float *work, bool temporary);
 const float *bp_current_weights(const bp_filter *f, float *scratch);
 float bp_bias_at(const bp_filter *f, size_t channel);
-/* The direct-engine pass `which` (BP_DIRECT_*) of f and its weights (the filter's packed ones,
-   or `canonical` for the run to pack into the workspace), or NULL when the im2col engine runs it. */
-const struct bp_direct_pass *bp_direct_weights(const bp_filter *f, int which, const float *canonical, const bp_work *w,
-                                               struct bp_direct_pass *pass);
+/* What a call needs of the weights. With the direct engine running pass `which` (BP_DIRECT_*;
+   -1: none), *direct = pass with the filter's packed weights, or a view of the caller's plain
+   OIHW array, or of the canonical weights. The canonical weights are returned when the pass is
+   not direct or needs them (copied into the workspace for client filters whose layout is not
+   the canonical one), else NULL; *direct is NULL when the im2col engine runs the pass. */
+const float *bp_call_weights(const bp_filter *f, int which, const bp_work *w, struct bp_direct_pass *pass,
+                             const struct bp_direct_pass **direct);
 void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const BNNSNDArrayDescriptor *d,
                               const size_t stride[4], bool accumulate);
 
