@@ -3,6 +3,7 @@
 # C-facing part of the test suite against it (BNNS_PY_LIBRARY). Any sanitizer report aborts the
 # process, which fails the run.
 # Usage: .ci/sanitize.sh PYTHON   (a Python with bnns-py and its test dependencies installed)
+#        BNNS_PY_SANITIZE_CFLAGS: extra compiler flags (e.g. -march=native for the AVX-512/AVX2 kernels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${1:?usage: .ci/sanitize.sh PYTHON}"

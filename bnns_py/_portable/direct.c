@@ -101,7 +101,7 @@ static bool dims_ok(const bp_geom *g) {
                   g->sx, g->sy, g->dx, g->dy, g->pl, g->pt};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
         if (v[i] > MAX_DIM) return false;
-    return g->kh * g->kw <= 4096 && g->in_cg * g->kh * g->kw <= (1u << 24) && g->out_cg <= (1u << 24);
+    return g->kh * g->kw <= MAX_TAPS && g->in_cg * g->kh * g->kw <= (1u << 24) && g->out_cg <= (1u << 24);
 }
 
 /* The taps of each phase as source offsets (ay, ax), phase by phase; false if the pass has too
@@ -352,19 +352,45 @@ typedef struct {
     size_t mblocks;
 } pack_job;
 
-/* Units: (group, phase, channel block). */
+/* Backward plans, every phase of channel block mb at once: each kernel (o, m) is read once, its
+   taps contiguous, and each goes to the phase it lands on. */
+static void pack_backward_block(const bp_direct *d, const bp_weights_view *v, size_t grp, size_t mb, float *packed) {
+    size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
+    const float *block = v->base + grp * v->group + mb * bw * v->in;
+    int32_t phase_of[MAX_TAPS], index_in[MAX_TAPS]; /* S tap -> its phase and position there */
+    for (size_t p = 0; p < d->nphases; p++) {
+        const phase_t *ph = &d->ph[p];
+        if (rows < bw) memset(packed_at(d, packed, grp, p, mb), 0, ph->k * bw * sizeof(float));
+        for (size_t t = 0; t < ph->taps; t++) {
+            phase_of[ph->tap[t]] = (int32_t)p;
+            index_in[ph->tap[t]] = (int32_t)t;
+        }
+    }
+    for (size_t o = 0; o < d->c; o++)
+        for (size_t r = 0; r < rows; r++) {
+            const float *kernel = block + o * v->out + r * v->in;
+            for (size_t t = 0; t < d->s_taps; t++) {
+                size_t p = (size_t)phase_of[t], at = (o * d->ph[p].taps + (size_t)index_in[t]) * bw + r;
+                packed_at(d, packed, grp, p, mb)[at] = kernel[t];
+            }
+        }
+}
+
+/* Units: (group, phase, channel block); backward plans: (group, channel block), every phase. */
 static void pack_units(void *arg, size_t u0, size_t u1) {
     const pack_job *j = arg;
     const bp_direct *d = j->d;
+    size_t phases = d->backward ? 1 : d->nphases;
     for (size_t u = u0; u < u1; u++) {
-        size_t mb = u % j->mblocks, gp = u / j->mblocks, p = gp % d->nphases, grp = gp / d->nphases;
-        pack_block(d, j->w, grp, p, mb, 0, d->ph[p].k, packed_at(d, j->packed, grp, p, mb));
+        size_t mb = u % j->mblocks, gp = u / j->mblocks, p = gp % phases, grp = gp / phases;
+        if (d->backward) pack_backward_block(d, j->w, grp, mb, j->packed);
+        else pack_block(d, j->w, grp, p, mb, 0, d->ph[p].k, packed_at(d, j->packed, grp, p, mb));
     }
 }
 
 void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed, int threads) {
     pack_job j = {d, w, packed, bp_ceil_div(d->m, d->bw)};
-    size_t units = d->groups * d->nphases * j.mblocks;
+    size_t units = d->groups * (d->backward ? 1 : d->nphases) * j.mblocks;
     bp_parallel_for(threads, units, bp_direct_weight_floats(d), pack_units, &j);
 }
 
@@ -585,13 +611,13 @@ static void run_pixels(const run_job *j, size_t p, const float *planes, size_t g
         /* tb holds each row's pixels one after the other, bw channels each: transposed (8 x 8
            blocks), whole rows go out */
         size_t rows = bp_min(bw, d->m - mb * bw), ow = ph->ow, ow8 = ow / 8 * 8, ld = bp_round_up(ow, 8);
+        size_t r8 = rows / 8 * 8;
         for (size_t y = 0; y < nb; y++) {
             const float *res = tb + y * per_row * nc * bw;
-            for (size_t r0 = 0; r0 < bw; r0 += 8) { /* bw is a multiple of 8 */
+            for (size_t r0 = 0; r0 < r8; r0 += 8)
                 for (size_t i = 0; i < ow8; i += 8) bp_transpose8x8(res + i * bw + r0, bw, run + r0 * ld + i, ld);
-                for (size_t r = r0; r < r0 + 8; r++)
-                    for (size_t i = ow8; i < ow; i++) run[r * ld + i] = res[i * bw + r];
-            }
+            for (size_t r = 0; r < rows; r++)
+                for (size_t i = r < r8 ? ow8 : 0; i < ow; i++) run[r * ld + i] = res[i * bw + r];
             for (size_t r = 0; r < rows; r++) emit_run(dst, mb * bw + r, r0 + y, 0, run + r * ld, ow);
         }
     }

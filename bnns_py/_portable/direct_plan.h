@@ -11,6 +11,7 @@
 enum { KIND_ROWS, KIND_PIXELS };
 enum {
     MAX_PHASES = 16,          /* stride_y * stride_x of the passes taken */
+    MAX_TAPS = 4096,          /* kernel taps (kh * kw) of the passes taken */
     MAX_DIM = 1 << 20,        /* sizes, strides, pads, dilations taken (keeps offsets in range) */
     PLANE_TARGET = 1 << 18,   /* floats of phase planes per worker: about 1 MiB, a core's L2 */
     PLANE_LIMIT = 1 << 24,    /* beyond this the im2col engine's smaller blocks are better */
