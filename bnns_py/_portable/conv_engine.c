@@ -14,6 +14,7 @@
 #include "direct.h"
 #include "internal.h"
 #include "parallel.h"
+#include "simd.h"
 
 /* Index range [lo, hi) of output positions o whose tap position o*stride + tap - pad lies in [0, n). */
 static void valid_range(size_t n_out, size_t n_in, size_t stride, size_t tap, size_t pad, size_t *lo, size_t *hi) {
@@ -74,10 +75,11 @@ static bool depthwise_fast(const bp_geom *g) {
     return one_input_channel_per_group(g) && (g->sx == 1 || g->sx == 2) && g->kh * g->kw <= MAX_FAST_TAPS;
 }
 
-/* Columns of the padded plane (per sub-plane when stride 2 splits it into even / odd columns). */
+/* Columns of the padded plane (per sub-plane when stride 2 splits it into even / odd columns):
+   whole vectors of output are computed. */
 static size_t dw_plane_cols(const bp_geom *g) {
-    size_t ow8 = ceil_div(g->out_w, 8) * 8;
-    size_t need = (ow8 - 1) * g->sx + (g->kw - 1) * g->dx + 1;
+    size_t owv = ceil_div(g->out_w, BP_VL) * BP_VL;
+    size_t need = (owv - 1) * g->sx + (g->kw - 1) * g->dx + 1;
     return g->sx == 2 ? ceil_div(need, 2) + 1 : need;
 }
 static size_t dw_plane_rows(const bp_geom *g) { return (g->out_h - 1) * g->sy + (g->kh - 1) * g->dy + 1; }
@@ -363,8 +365,8 @@ static void dw_fill_plane(const bp_geom *g, const bp_image *img, const float *sr
         float *even = p + py * cols;
         if (g->sx == 1) {
             float *dst = even + g->pl;
-            if (img->sx == 1)
-                for (size_t i = 0; i < n; i++) dst[i] = srow[i];
+            if (img->sx == 1) /* whole vectors (short rows are the common case), no libc call */
+                for (size_t i = 0; i < n; i += BP_VL) bp_vstore_part(dst + i, bp_vload_part(srow + i, n - i), n - i);
             else
                 for (size_t i = 0; i < n; i++) dst[i] = srow[i * img->sx];
         } else {
@@ -379,6 +381,7 @@ static void dw_fill_plane(const bp_geom *g, const bp_image *img, const float *sr
     }
 }
 
+/* The first n of 8 values to dst (the tiny-layer kernel's rows of at most 8 outputs). */
 static inline void store_part(float *dst, const bp_v8 *v, size_t n) {
     if (n >= 8) {
         memcpy(dst, v, sizeof *v);
@@ -396,62 +399,66 @@ static inline void store_part(float *dst, const bp_v8 *v, size_t n) {
 #endif
 }
 
-/* An R x V tile of output vectors (R rows, V vectors of 8 columns from column ox): R*V independent
-   accumulators hide the FMA latency; R and V are constants once inlined, so they stay in registers. */
+/* An R x V tile of output vectors (R rows, V vectors of BP_VL columns from column ox): R*V
+   independent accumulators hide the FMA latency; R and V are constants once inlined, so they stay
+   in registers. */
 static inline __attribute__((always_inline)) void dw_tile(const float *base, size_t row_step, const size_t *off,
                                                           const float *wo, size_t taps, float bias, float *out,
                                                           size_t ow, size_t ox, const int R, const int V) {
-    bp_v8 acc[4][4], start = {bias, bias, bias, bias, bias, bias, bias, bias};
+    bp_vec acc[4][4];
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < V; v++) acc[r][v] = start;
+        for (int v = 0; v < V; v++) acc[r][v] = bp_vset1(bias);
     for (size_t t = 0; t < taps; t++) {
         const float *s = base + off[t] + ox;
-        float wv = wo[t];
+        bp_vec wv = bp_vset1(wo[t]);
         for (int r = 0; r < R; r++)
-            for (int v = 0; v < V; v++) {
-                bp_v8 x;
-                memcpy(&x, s + r * row_step + 8 * v, sizeof x);
-                acc[r][v] += wv * x;
-            }
+            for (int v = 0; v < V; v++)
+                acc[r][v] = bp_vfma(wv, bp_vload(s + r * row_step + (size_t)v * BP_VL), acc[r][v]);
     }
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < V; v++)
-            if (ox + 8 * (size_t)v < ow) store_part(out + r * ow + ox + 8 * v, &acc[r][v], ow - ox - 8 * v);
+        for (int v = 0; v < V; v++) {
+            size_t at = ox + (size_t)v * BP_VL;
+            if (at < ow) bp_vstore_part(out + r * ow + at, acc[r][v], ow - at);
+        }
 }
 
-/* One output plane from the padded plane p, every value starting at the bias. */
-static void dw_fast_plane(const bp_geom *g, const float *p, const float *wo, float bias, float *out) {
-    size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols, ow = g->out_w, oh = g->out_h;
-    size_t ow8 = ceil_div(ow, 8) * 8, taps = g->kh * g->kw;
-    /* tap offsets into the padded plane from the first input of output (0, 0) */
-    size_t off[MAX_FAST_TAPS];
+/* Offsets of each tap into the padded plane from the first input of output (0, 0). */
+static void dw_offsets(const bp_geom *g, size_t off[MAX_FAST_TAPS]) {
+    size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols;
     for (size_t ky = 0; ky < g->kh; ky++)
         for (size_t kx = 0; kx < g->kw; kx++) {
             size_t t = kx * g->dx, row = ky * g->dy * cols;
             off[ky * g->kw + kx] = g->sx == 2 ? row + (t & 1) * sub + (t >> 1) : row + t;
         }
-    size_t row_step = g->sy * cols, oy = 0;
+}
+
+/* One output plane from the padded plane p (tap offsets `off`), every value starting at the bias. */
+static void dw_fast_plane(const bp_geom *g, const float *p, const size_t *off, const float *wo, float bias,
+                          float *out) {
+    size_t cols = dw_plane_cols(g), ow = g->out_w, oh = g->out_h;
+    size_t owv = ceil_div(ow, BP_VL) * BP_VL, taps = g->kh * g->kw;
+    size_t row_step = g->sy * cols, oy = 0, two = 2 * BP_VL, four = 4 * BP_VL;
     for (; oy + 4 <= oh; oy += 4) {
         const float *base = p + oy * row_step;
         float *orow = out + oy * ow;
         size_t ox = 0;
-        for (; ox + 16 <= ow8; ox += 16) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 4, 2);
-        if (ox < ow8) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 4, 1);
+        for (; ox + two <= owv; ox += two) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 4, 2);
+        if (ox < owv) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 4, 1);
     }
     if (oy + 2 <= oh) {
         const float *base = p + oy * row_step;
         float *orow = out + oy * ow;
         size_t ox = 0;
-        for (; ox + 16 <= ow8; ox += 16) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 2, 2);
-        if (ox < ow8) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 2, 1);
+        for (; ox + two <= owv; ox += two) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 2, 2);
+        if (ox < owv) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 2, 1);
         oy += 2;
     }
     for (; oy < oh; oy++) {
         const float *base = p + oy * row_step;
         float *orow = out + oy * ow;
         size_t ox = 0;
-        for (; ox + 32 <= ow8; ox += 32) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 1, 4);
-        for (; ox < ow8; ox += 8) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 1, 1);
+        for (; ox + four <= owv; ox += four) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 1, 4);
+        for (; ox < owv; ox += BP_VL) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 1, 1);
     }
 }
 
@@ -661,7 +668,11 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
     float *plane = j->s->base + (size_t)worker * j->s->stride;
     bool fast = depthwise_fast(g);
     size_t have = SIZE_MAX; /* image * in_c + channel of the padded plane */
-    if (fast && t0 < t1) memset(plane, 0, dw_plane_floats(g) * sizeof(float));
+    size_t off[MAX_FAST_TAPS];
+    if (fast && t0 < t1) {
+        memset(plane, 0, dw_plane_floats(g) * sizeof(float));
+        dw_offsets(g, off);
+    }
     for (size_t t = t0; t < t1; t++) {
         size_t o = t % g->out_c, b = t / g->out_c, ci = o / g->out_cg;
         const float *src = j->x + b * j->x_bs + ci * j->x_img->sc;
@@ -674,7 +685,7 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
             }
             float bias = 0.0f;
             if (j->e != NULL && j->e->bias != NULL) bias = j->e->bias[o * j->e->bias_stride];
-            dw_fast_plane(g, plane, wo, bias, out);
+            dw_fast_plane(g, plane, off, wo, bias, out);
             if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, out, ohw);
         } else {
             dw_general_plane(g, j->x_img, src, wo, out);
@@ -766,6 +777,8 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
         if (depthwise && j->adjoint && j->overwrite) {
             bp_image dy_img = {.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw};
             float flipped[MAX_FAST_TAPS];
+            size_t off[MAX_FAST_TAPS];
+            dw_offsets(&j->a, off);
             for (size_t c = c0; c < c1; c++) {
                 const float *wc = j->w + (cbase + c) * khw;
                 for (size_t i = 0; i < khw; i++) flipped[i] = wc[khw - 1 - i];
@@ -773,7 +786,7 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
                 float bias = 0.0f;
                 if (j->e != NULL && j->e->bias != NULL) bias = j->e->bias[(cbase + c) * j->e->bias_stride];
                 float *plane = dx + (cbase + c) * img->sc;
-                dw_fast_plane(&j->a, col, flipped, bias, plane);
+                dw_fast_plane(&j->a, col, off, flipped, bias, plane);
                 if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, plane, img->h * img->w);
             }
             continue;

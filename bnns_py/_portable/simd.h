@@ -9,6 +9,7 @@
 #ifndef BNNS_PORTABLE_SIMD_H
 #define BNNS_PORTABLE_SIMD_H
 
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -59,6 +60,41 @@ static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return a * b + c; }
 static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return a + b; }
 static inline float bp_vsum(bp_vec v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 #endif
+
+/* The first n (< BP_VL allowed) values at src, the other lanes zero; memory past them is not read. */
+static inline bp_vec bp_vload_part(const float *src, size_t n) {
+    if (n >= BP_VL) return bp_vload(src);
+#if defined(__AVX512F__)
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), src);
+#elif defined(__AVX2__) && defined(__FMA__)
+    static const int32_t ramp[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_loadu_si256((const __m256i *)ramp));
+    return _mm256_maskload_ps(src, mask);
+#else
+    float lanes[BP_VL] = {0.0f};
+    memcpy(lanes, src, n * sizeof(float));
+    return bp_vload(lanes);
+#endif
+}
+
+/* The first n (< BP_VL allowed) lanes of v to dst; memory past them is not touched. */
+static inline void bp_vstore_part(float *dst, bp_vec v, size_t n) {
+    if (n >= BP_VL) {
+        bp_vstore(dst, v);
+        return;
+    }
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_ps(dst, (__mmask16)((1u << n) - 1u), v);
+#elif defined(__AVX2__) && defined(__FMA__)
+    static const int32_t ramp[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_loadu_si256((const __m256i *)ramp));
+    _mm256_maskstore_ps(dst, mask, v);
+#else
+    float lanes[BP_VL];
+    memcpy(lanes, &v, sizeof lanes);
+    memcpy(dst, lanes, n * sizeof(float));
+#endif
+}
 
 /* dst[c * dst_stride + r] = rows[r][at + c] for r, c < 8: an 8 x 8 block transposed. */
 static inline void bp_transpose8x8_rows(const float *const rows[8], size_t at, float *dst, size_t dst_stride) {
