@@ -279,17 +279,24 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     size_t run = d.kind == KIND_PIXELS ? d.bw * bp_round_up(ow_max, 8) : ow_max + d.tile;
     d.scratch = d.run_offset + bp_round_up(run + BP_VL, 16);
 
-    out = bp_alloc(a, sizeof *out + (steps + total) * sizeof(int32_t));
+    out = bp_alloc(a, sizeof *out + (steps + 3 * total) * sizeof(int32_t));
     if (out == NULL) goto done;
     *out = d;
     int32_t *tables = (int32_t *)(out + 1);
+    out->tap_phase = tables;
+    out->tap_index = tables + total;
+    tables += 2 * total;
     size_t first = 0;
     for (size_t p = 0; p < d.nphases; p++) {
         phase_t *ph = &out->ph[p];
         ph->off = tables;
         ph->tap = tables + ph->k;
         tables += ph->k + ph->taps;
-        for (size_t t = 0; t < ph->taps; t++) ph->tap[t] = tap[first + t];
+        for (size_t t = 0; t < ph->taps; t++) {
+            ph->tap[t] = tap[first + t];
+            out->tap_phase[tap[first + t]] = (int32_t)p;
+            out->tap_index[tap[first + t]] = (int32_t)t;
+        }
         for (size_t c = 0; c < d.c; c++)
             for (size_t t = 0; t < ph->taps; t++) {
                 size_t i = first + t;
@@ -353,25 +360,24 @@ typedef struct {
 } pack_job;
 
 /* Backward plans, every phase of channel block mb at once: each kernel (o, m) is read once, its
-   taps contiguous, and each goes to the phase it lands on. */
+   taps contiguous, and each tap goes to the phase it lands on. */
 static void pack_backward_block(const bp_direct *d, const bp_weights_view *v, size_t grp, size_t mb, float *packed) {
     size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
     const float *block = v->base + grp * v->group + mb * bw * v->in;
-    int32_t phase_of[MAX_TAPS], index_in[MAX_TAPS]; /* S tap -> its phase and position there */
+    float *phase_block[MAX_PHASES];
+    size_t per_o[MAX_PHASES]; /* floats of a phase's block per channel o */
     for (size_t p = 0; p < d->nphases; p++) {
         const phase_t *ph = &d->ph[p];
-        if (rows < bw) memset(packed_at(d, packed, grp, p, mb), 0, ph->k * bw * sizeof(float));
-        for (size_t t = 0; t < ph->taps; t++) {
-            phase_of[ph->tap[t]] = (int32_t)p;
-            index_in[ph->tap[t]] = (int32_t)t;
-        }
+        phase_block[p] = packed_at(d, packed, grp, p, mb);
+        per_o[p] = ph->taps * bw;
+        if (rows < bw) memset(phase_block[p], 0, ph->k * bw * sizeof(float));
     }
     for (size_t o = 0; o < d->c; o++)
         for (size_t r = 0; r < rows; r++) {
             const float *kernel = block + o * v->out + r * v->in;
             for (size_t t = 0; t < d->s_taps; t++) {
-                size_t p = (size_t)phase_of[t], at = (o * d->ph[p].taps + (size_t)index_in[t]) * bw + r;
-                packed_at(d, packed, grp, p, mb)[at] = kernel[t];
+                size_t p = (size_t)d->tap_phase[t];
+                phase_block[p][o * per_o[p] + (size_t)d->tap_index[t] * bw + r] = kernel[t];
             }
         }
 }

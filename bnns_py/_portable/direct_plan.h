@@ -61,6 +61,7 @@ struct bp_direct {
     size_t kmax;
     size_t nphases;
     phase_t ph[MAX_PHASES];
+    int32_t *tap_phase, *tap_index; /* each S tap's phase and position there (every tap is in one) */
     size_t packed_group;          /* packed weight floats per group */
     size_t tb_offset, chunk_offset, run_offset, scratch; /* worker scratch layout */
 };
