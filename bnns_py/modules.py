@@ -44,6 +44,7 @@ class _ConvModule:
         self.backend = backend
         self._layers = {}
         self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if self._transposed else weight
+        self._synced_for_backward = False
 
     def _layer(self, height, width):
         layer = self._layers.get((height, width))
@@ -52,9 +53,15 @@ class _ConvModule:
             self._layers[(height, width)] = layer
         return layer
 
-    def _sync_weight(self):
-        if self._transposed:  # BNNS reads its own layout: refresh it from the PyTorch-layout array
+    def _sync_weight(self, for_backward=False):
+        """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight. Backward
+        right after a forward pass reuses the weights that pass read (as autograd does), so a
+        training step copies them once."""
+        if not self._transposed:  # BNNS reads self.weight itself
+            return
+        if not (for_backward and self._synced_for_backward):
             transposed_weight_to_bnns(self.weight, self.spec.groups, out=self._bnns_weight)
+        self._synced_for_backward = not for_backward
 
     def forward(self, x, out=None):
         """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W)."""
@@ -75,7 +82,9 @@ class _ConvModule:
 
         Returns ``Gradients(input, weight, bias)``; ``weight`` is in the same layout as
         ``self.weight``, ``bias`` is None when the module has no bias and ``input`` is None when
-        ``need_input_gradient`` is False (e.g. for a first layer).
+        ``need_input_gradient`` is False (e.g. for a first layer). Right after ``forward``, a
+        ``ConvTranspose2d`` differentiates the weights that forward pass read (as autograd does),
+        even if ``self.weight`` was changed in between.
         """
         x, single = _prepare_input(x, self.spec)
         batch, _, height, width = x.shape
@@ -89,7 +98,7 @@ class _ConvModule:
         grad_input = np.empty_like(x) if need_input_gradient else None
         grad_weight = np.empty_like(self._bnns_weight)
         grad_bias = None if self.bias is None else np.empty_like(self.bias)
-        self._sync_weight()
+        self._sync_weight(for_backward=True)
         layer.apply_backward(batch, x, y, grad_output, grad_input, grad_weight, grad_bias)
         if self._transposed:
             grad_weight = transposed_weight_from_bnns(grad_weight, self.spec.groups)

@@ -64,6 +64,26 @@ def test_gradients_match_reference(transposed, index, rng, no_filter_leaks):
         assert grads.bias is None
 
 
+def test_transposed_backward_uses_the_weights_of_the_forward_pass_it_follows(rng, no_filter_leaks):
+    """Like autograd: a backward right after forward differentiates the weights that forward read
+    (ConvTranspose2d copies its PyTorch-layout weight into BNNS's layout once per step); a
+    backward with no forward before it reads the current weights."""
+    case = dict(n=2, in_c=3, out_c=4, h=5, w=6, k=(3, 3), stride=(2, 2), dilation=(1, 1), padding=(1, 1, 1, 1),
+                groups=1, bias=False, activation=None)
+    module, x, weight, _ = _make(case, rng, transposed=True)
+    with module:
+        forward_weight = weight.copy()
+        y = module.forward(x)
+        dy = random_array(rng, y.shape)
+        weight *= -3.0  # in place, between forward and backward
+        after_forward = module.backward(x, y, dy)
+        again = module.backward(x, y, dy)
+    dx_then = reference.conv_transpose2d_backward(x, forward_weight, dy, stride=(2, 2), padding=(1, 1, 1, 1))[0]
+    dx_now = reference.conv_transpose2d_backward(x, weight, dy, stride=(2, 2), padding=(1, 1, 1, 1))[0]
+    assert_close_to_reference(after_forward.input, dx_then, 36, "backward after forward")
+    assert_close_to_reference(again.input, dx_now, 36, "backward after backward")
+
+
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
 def test_gradients_match_torch_autograd(transposed, rng, no_filter_leaks):
     torch = pytest.importorskip("torch")
