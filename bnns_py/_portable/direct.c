@@ -75,9 +75,10 @@ static double rows_efficiency(const bp_direct *d, size_t mr) {
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
     e *= (double)d->m / (double)bp_round_up(d->m, mr);
-    /* the kernel itself (measured on AVX-512): a few percent below the pixels kernel's best
-       tiles; one or two channels per tile take more loads per multiply-add */
-    return (mr >= 4 ? 0.93 : 0.8) * e;
+    /* the kernel itself (measured on AVX-512, 2 threads): 80-90% of the FMA peak with 8
+       channels (a transposed 4x4/2 layer: 0.67 against the pixels kernel's 0.81), less with one
+       or two channels per tile (more loads per multiply-add) */
+    return (mr >= 4 ? 0.85 : 0.75) * e;
 }
 
 /* Pixels kernel: the kept fraction with nc columns per tile (rows of ow split into tiles). */
@@ -372,14 +373,23 @@ static void pack_backward_block(const bp_direct *d, const bp_weights_view *v, si
         per_o[p] = ph->taps * bw;
         if (rows < bw) memset(phase_block[p], 0, ph->k * bw * sizeof(float));
     }
-    for (size_t o = 0; o < d->c; o++)
-        for (size_t r = 0; r < rows; r++) {
-            const float *kernel = block + o * v->out + r * v->in;
-            for (size_t t = 0; t < d->s_taps; t++) {
-                size_t p = (size_t)d->tap_phase[t];
-                phase_block[p][o * per_o[p] + (size_t)d->tap_index[t] * bw + r] = kernel[t];
+    /* 16 channels m at a time: their kernels for one o stay in L1 while each (o, tap) of each
+       phase gets a whole cache line of them */
+    for (size_t r0 = 0; r0 < rows; r0 += 16) {
+        size_t n = bp_min(16, rows - r0);
+        for (size_t o = 0; o < d->c; o++) {
+            const float *kernels = block + o * v->out + r0 * v->in;
+            for (size_t p = 0; p < d->nphases; p++) {
+                const phase_t *ph = &d->ph[p];
+                float *out = phase_block[p] + o * per_o[p] + r0;
+                for (size_t t = 0; t < ph->taps; t++) {
+                    const float *src = kernels + ph->tap[t];
+                    float *dst = out + t * bw;
+                    for (size_t r = 0; r < n; r++) dst[r] = src[r * v->in];
+                }
             }
         }
+    }
 }
 
 /* Units: (group, phase, channel block); backward plans: (group, channel block), every phase. */
@@ -702,10 +712,11 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
         j.d = &plan_view;
     }
     j.tasks = batch * d->groups * j.bands * j.chunks;
-    /* Weights the filter does not hold packed: the pixels kernel packs each chunk as it goes
-       when each block of channels is used by one task only (one image and band per group);
-       otherwise they are packed once, up front. */
-    if (j.packed == NULL && !(d->kind == KIND_PIXELS && batch * j.bands == 1)) {
+    /* Weights the filter does not hold packed: the pixels kernel packs each chunk of forward
+       weights as it goes when each block of channels is used by one task only (one image and
+       band per group); otherwise they are packed once, up front (backward plans: every phase
+       from one read of each kernel). */
+    if (j.packed == NULL && !(d->kind == KIND_PIXELS && !d->backward && batch * j.bands == 1)) {
         bp_direct_pack(d, &pass->weights, pass->pack_buffer, threads);
         j.packed = pass->pack_buffer;
     }
