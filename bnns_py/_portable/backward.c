@@ -3,6 +3,7 @@
 
 #include "direct.h"
 #include "filter.h"
+#include "simd.h"
 
 /* A gradient descriptor must have data, Float32 and the given sizes; returns its resolved image. */
 static bool gradient_image(const BNNSNDArrayDescriptor *d, const char *name, const bp_image *like, bp_image *img) {
@@ -153,6 +154,13 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     if (in_delta)
         weights = bp_call_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, &w, &pass, &direct);
     const bp_direct *dw_plan = f->direct[BP_DIRECT_FORWARD];
+    /* dW straight into the caller's array when it is S's canonical matrix (plain OIHW of a
+       standard layer), else into the workspace and then into the caller's layout */
+    bool dw_direct = weights_delta != NULL && !f->transposed && f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW &&
+                     dw_stride[0] == 1 && dw_stride[1] == g->kw && dw_stride[2] == g->kw * g->kh &&
+                     dw_stride[3] == g->k;
+    float *dweights = dw_direct ? weights_delta->data : w.dweights;
+    float dw_beta = dw_direct && accumulates(weights_delta) ? 1.0f : 0.0f;
     /* dz: the gradient before the activation, packed, in the layer's output space */
     float *dz = f->transposed ? w.pack_in : w.pack_out;
     float *dbias = w.dbias;
@@ -169,17 +177,12 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         if (bias_delta) {
             size_t hw = f->out.w * f->out.h;
             for (size_t b = 0; b < batch; b++)
-                for (size_t c = 0; c < f->out.c; c++) {
-                    const float *d = dy + b * out_delta_stride + c * hw;
-                    float s = 0.0f;
-                    for (size_t i = 0; i < hw; i++) s += d[i];
-                    dbias[c] += s;
-                }
+                for (size_t c = 0; c < f->out.c; c++) dbias[c] += bp_sum(dy + b * out_delta_stride + c * hw, hw);
         }
         float *dx = in_delta ? in_delta->data : NULL;
         if (!f->transposed) {
             if (weights_delta)
-                bp_conv_backward_weights(g, batch, &f->in, in, in_stride, dy, out_delta_stride, w.dweights, 0.0f,
+                bp_conv_backward_weights(g, batch, &f->in, in, in_stride, dy, out_delta_stride, dweights, dw_beta,
                                          &w.scratch, &f->gemm, dw_plan);
             if (in_delta)
                 bp_conv_backward_data(g, weights, batch, dy, out_delta_stride, &dx_img, dx, in_delta_stride,
@@ -200,16 +203,12 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
             activation_gradient(f, &dy_img, dy, y, dz, w.rows, w.rows + f->out.w);
             if (bias_delta) {
                 size_t hw = f->out.w * f->out.h;
-                for (size_t c = 0; c < f->out.c; c++) {
-                    float s = 0.0f;
-                    for (size_t i = 0; i < hw; i++) s += dz[c * hw + i];
-                    dbias[c] += s;
-                }
+                for (size_t c = 0; c < f->out.c; c++) dbias[c] += bp_sum(dz + c * hw, hw);
             }
             if (!f->transposed) {
                 if (weights_delta)
-                    bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
-                                             &f->gemm, dw_plan);
+                    bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, dweights, b == 0 ? dw_beta : 1.0f,
+                                             &w.scratch, &f->gemm, dw_plan);
                 if (in_delta) {
                     float *dx = (float *)in_delta->data + b * in_delta_stride;
                     bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,
@@ -234,7 +233,8 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
             }
         }
     }
-    if (weights_delta) bp_weights_to_descriptor(f, w.dweights, weights_delta, dw_stride, accumulates(weights_delta));
+    if (weights_delta && !dw_direct)
+        bp_weights_to_descriptor(f, w.dweights, weights_delta, dw_stride, accumulates(weights_delta));
     if (bias_delta) {
         float *db = bias_delta->data;
         for (size_t c = 0; c < f->out.c; c++) {

@@ -61,6 +61,22 @@ static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return a + b; }
 static inline float bp_vsum(bp_vec v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 #endif
 
+/* The sum of n floats (in vector lanes: not the order of a plain loop). */
+static inline float bp_sum(const float *v, size_t n) {
+    bp_vec a0 = bp_vzero(), a1 = bp_vzero(), a2 = bp_vzero(), a3 = bp_vzero();
+    size_t i = 0;
+    for (; i + 4 * BP_VL <= n; i += 4 * BP_VL) {
+        a0 = bp_vadd(a0, bp_vload(v + i));
+        a1 = bp_vadd(a1, bp_vload(v + i + BP_VL));
+        a2 = bp_vadd(a2, bp_vload(v + i + 2 * BP_VL));
+        a3 = bp_vadd(a3, bp_vload(v + i + 3 * BP_VL));
+    }
+    for (; i + BP_VL <= n; i += BP_VL) a0 = bp_vadd(a0, bp_vload(v + i));
+    float s = bp_vsum(bp_vadd(bp_vadd(a0, a1), bp_vadd(a2, a3)));
+    for (; i < n; i++) s += v[i];
+    return s;
+}
+
 /* The first n (< BP_VL allowed) values at src, the other lanes zero; memory past them is not read. */
 static inline bp_vec bp_vload_part(const float *src, size_t n) {
     if (n >= BP_VL) return bp_vload(src);
