@@ -324,9 +324,22 @@ static void pack_block(const bp_direct *d, const bp_weights_view *v, size_t grp,
     if (rows < bw) memset(dst, 0, n * bw * sizeof(float));
     if (d->backward) { /* w(m, o, t) = S's W(o, m, tap[t]), step k = o*taps + t */
         const float *block = v->base + grp * v->group + mb * bw * v->in;
-        for (size_t k = k0; k < k0 + n; k++, dst += bw) {
-            const float *at = block + (k / ph->taps) * v->out + ph->tap[k % ph->taps];
-            for (size_t r = 0; r < rows; r++) dst[r] = at[r * v->in];
+        if (ph->taps == 0) return; /* a phase no tap lands on: nothing to pack */
+        size_t o0 = k0 / ph->taps, o1 = bp_ceil_div(k0 + n, ph->taps);
+        /* 16 channels m at a time: their kernels for one o stay in L1 while each step gets a
+           whole cache line of them */
+        for (size_t r0 = 0; r0 < rows; r0 += 16) {
+            size_t nr = bp_min(16, rows - r0);
+            for (size_t o = o0; o < o1; o++) {
+                const float *kernels = block + o * v->out + r0 * v->in;
+                for (size_t t = 0; t < ph->taps; t++) {
+                    size_t k = o * ph->taps + t;
+                    if (k < k0 || k >= k0 + n) continue;
+                    const float *src = kernels + ph->tap[t];
+                    float *out = dst + (k - k0) * bw + r0;
+                    for (size_t r = 0; r < nr; r++) out[r] = src[r * v->in];
+                }
+            }
         }
         return;
     }
@@ -712,11 +725,11 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
         j.d = &plan_view;
     }
     j.tasks = batch * d->groups * j.bands * j.chunks;
-    /* Weights the filter does not hold packed: the pixels kernel packs each chunk of forward
-       weights as it goes when each block of channels is used by one task only (one image and
-       band per group); otherwise they are packed once, up front (backward plans: every phase
-       from one read of each kernel). */
-    if (j.packed == NULL && !(d->kind == KIND_PIXELS && !d->backward && batch * j.bands == 1)) {
+    /* Weights the filter does not hold packed: the pixels kernel packs each chunk as it goes
+       when each block of channels is used by one task only (one image and band per group);
+       otherwise they are packed once, up front (backward plans: every phase from one read of
+       each kernel). */
+    if (j.packed == NULL && !(d->kind == KIND_PIXELS && batch * j.bands == 1)) {
         bp_direct_pack(d, &pass->weights, pass->pack_buffer, threads);
         j.packed = pass->pack_buffer;
     }
