@@ -588,6 +588,7 @@ typedef struct {
     const bp_epilogue *e;
     const bp_scratch *s;
     size_t batch, bands, chunks, tasks, mblocks;
+    _Atomic size_t next; /* the next task to take */
 } run_job;
 
 /* Rows kernel over the band's flat positions [0, nb*wq), channel blocks [mb0, mb1), a tile of
@@ -674,12 +675,12 @@ static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t
 
 /* Tasks: (image, group, band, channel chunk), channel chunks fastest. */
 static void run_tasks(void *arg, int worker, int workers) {
-    const run_job *j = arg;
-    size_t t0, t1;
-    bp_split(j->tasks, worker, workers, &t0, &t1);
+    run_job *j = arg;
+    (void)workers;
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
     size_t have = SIZE_MAX;
-    for (size_t t = t0; t < t1; t++) {
+    /* tasks taken one at a time, so that a worker the system slows down takes fewer */
+    for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->tasks;) {
         size_t q = t % j->chunks, u = t / j->chunks, band = u % j->bands, ig = u / j->bands, mb0, mb1;
         bp_split(j->mblocks, (int)q, (int)j->chunks, &mb0, &mb1);
         run_unit(j, ig / j->d->groups, ig % j->d->groups, band, mb0, mb1, have != u, scratch);
@@ -704,7 +705,7 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
     flops *= batch * d->groups;
     run_job j = {d, pass->packed, &pass->weights, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
-                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw)};
+                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 0};
     int workers = bp_workers_for(threads, flops);
     /* Equal shares: when the (image, group, band) units do not split evenly over the workers,
        cut each into f parts, by rows when they split evenly, else by channel blocks. */
