@@ -46,6 +46,10 @@ class Backend:
         self.lib = lib
         # A library named by BNNS_PY_LIBRARY may be either kind; the extra symbol tells.
         self.is_portable = _exports(lib, "bnns_portable_version")
+        # Whether convolution weight descriptors may carry strides (a transposed layer then reads
+        # a PyTorch-layout array in place). The portable library honours them; for Accelerate it
+        # is unverified (conformance probe "transposed_weight_strides"), so bnns-py copies there.
+        self.honours_weight_strides = self.is_portable
         # Bound once: BNNSFilterDestroy must stay reachable while any filter lives, even at
         # interpreter shutdown, so layers keep a reference to this object (cairocffi's _keepref).
         self.destroy = lib.BNNSFilterDestroy

@@ -101,7 +101,8 @@ def bnns_module(c, w, b, backend=None, n_threads=None):
     module = cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"], backend=backend)
     if n_threads is not None:
         module._layers[(c["H"], c["W"])] = module.spec.make_layer(c["H"], c["W"], module._bnns_weight, module.bias,
-                                                                  backend, n_threads=int(n_threads))
+                                                                  backend, n_threads=int(n_threads),
+                                                                  weight_strides=module._weight_strides)
     return module
 
 

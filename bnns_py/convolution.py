@@ -125,10 +125,16 @@ def _check_strides(name, descriptor):
         raise ValueError(f"{name} {shape!r} spans {shape.extent} values, more than memory can hold")
     sizes = shape.fastest_first_sizes
     strides = shape.resolved_strides
-    for k in range(1, len(sizes)):
-        if strides[k] < strides[k - 1] * sizes[k - 1]:
-            raise ValueError(f"{name} strides {strides} overlap: stride[{k}] must be >= "
-                             f"stride[{k-1}] * size[{k-1}] = {strides[k-1] * sizes[k-1]}")
+    # no two elements may share memory: from the smallest stride up (axes in any order, e.g. a
+    # transposed array), each axis must step over everything the smaller ones span
+    spanned = 0
+    for k in sorted(range(len(sizes)), key=lambda k: strides[k]):
+        if sizes[k] == 1:
+            continue
+        if strides[k] <= spanned:
+            raise ValueError(f"{name} strides {strides} overlap: stride[{k}] = {strides[k]} must exceed "
+                             f"{spanned}, the last offset of the axes with smaller strides")
+        spanned += (sizes[k] - 1) * strides[k]
 
 
 class ConvolutionLayer(UnaryLayer):

@@ -148,13 +148,24 @@ class ConvSpec:
                                  f"padded input {height + top + bottom}x{width + left + right}")
         return out_h, out_w
 
-    def bnns_weight_shape(self):
+    def bnns_weight_shape(self, strides=None):
         k_h, k_w = self.kernel
-        return Shape.convolution_weights_oihw(k_w, k_h, self.in_channels // self.groups, self.out_channels)
+        return Shape.convolution_weights_oihw(k_w, k_h, self.in_channels // self.groups, self.out_channels,
+                                              (0, 0, 0, 0) if strides is None else strides)
+
+    def torch_weight_strides(self, backend=None):
+        """BNNS OIHW strides ``(kW, kH, in/groups, out)`` that describe a transposed layer's
+        PyTorch-layout weight ``(in, out, kH, kW)`` in place, when ``backend`` honours weight strides
+        and the layer has one group; else None (the weight is copied into BNNS's layout)."""
+        if not self.transposed or self.groups != 1 or not get_backend(backend).honours_weight_strides:
+            return None
+        k_h, k_w = self.kernel
+        return (1, k_w, self.out_channels * k_h * k_w, k_h * k_w)
 
     def make_layer(self, height, width, bnns_weight, bias, backend, client_pointer=True,
-                   input_strides=(0, 0, 0), output_strides=(0, 0, 0), n_threads=0):
-        """A ConvolutionLayer for inputs of (height, width), reading ``bnns_weight`` (BNNS OIHW).
+                   input_strides=(0, 0, 0), output_strides=(0, 0, 0), n_threads=0, weight_strides=None):
+        """A ConvolutionLayer for inputs of (height, width), reading ``bnns_weight`` (BNNS OIHW, or
+        with ``weight_strides`` (from ``torch_weight_strides``) a transposed layer's PyTorch-layout weight).
 
         ``input_strides``/``output_strides``: the images' BNNS element strides (x, row,
         channel); zeros for packed images. ``n_threads``: ``FilterParameters.n_threads``."""
@@ -166,7 +177,7 @@ class ConvSpec:
             ConvolutionType.transposed if self.transposed else ConvolutionType.standard,
             NDArrayDescriptor(data_type=_FLOAT32_TYPE,
                               shape=Shape.image_chw(width, height, self.in_channels, input_strides)),
-            NDArrayDescriptor(bnns_weight, self.bnns_weight_shape()),
+            NDArrayDescriptor(bnns_weight, self.bnns_weight_shape(weight_strides)),
             NDArrayDescriptor(data_type=_FLOAT32_TYPE,
                               shape=Shape.image_chw(out_w, out_h, self.out_channels, output_strides)),
             None if bias is None else NDArrayDescriptor(bias, Shape.vector(self.out_channels)),
@@ -332,9 +343,11 @@ class _ConvFilter:
     def __init__(self, spec, x4, single, in_strides, in_stride, copy_x, out4, out_strides, out_stride,
                  weight, bias, backend):
         batch, _, height, width = x4.shape
-        self.bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed else None
+        strides = spec.torch_weight_strides(backend)  # a transposed weight read in place, if it can be
+        self.bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed and not strides else None
         self.layer = spec.make_layer(height, width, weight if self.bnns_weight is None else self.bnns_weight,
-                                     bias, backend, input_strides=in_strides, output_strides=out_strides)
+                                     bias, backend, input_strides=in_strides, output_strides=out_strides,
+                                     weight_strides=strides)
         self.handle = self.layer.bnns_filter
         self.function = self.layer.backend.lib.BNNSFilterApplyBatch
         self.weight, self.bias, self.groups = weight, bias, spec.groups

@@ -43,25 +43,25 @@ class _ConvModule:
         self.bias = bias
         self.backend = backend
         self._layers = {}
-        self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if self._transposed else weight
-        self._synced_for_backward = False
+        # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
+        # where the backend honours them, else a copy in BNNS's layout refreshed at each step.
+        self._weight_strides = self.spec.torch_weight_strides(backend)
+        copy = self._transposed and self._weight_strides is None
+        self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if copy else weight
 
     def _layer(self, height, width):
         layer = self._layers.get((height, width))
         if layer is None:
-            layer = self.spec.make_layer(height, width, self._bnns_weight, self.bias, self.backend)
+            layer = self.spec.make_layer(height, width, self._bnns_weight, self.bias, self.backend,
+                                         weight_strides=self._weight_strides)
             self._layers[(height, width)] = layer
         return layer
 
-    def _sync_weight(self, for_backward=False):
-        """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight. Backward
-        right after a forward pass reuses the weights that pass read (as autograd does), so a
-        training step copies them once."""
-        if not self._transposed:  # BNNS reads self.weight itself
-            return
-        if not (for_backward and self._synced_for_backward):
+    def _sync_weight(self):
+        """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight, if it has one
+        (groups > 1, or a backend that reads weight descriptors without strides)."""
+        if self._bnns_weight is not self.weight:
             transposed_weight_to_bnns(self.weight, self.spec.groups, out=self._bnns_weight)
-        self._synced_for_backward = not for_backward
 
     def forward(self, x, out=None):
         """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W)."""
@@ -82,9 +82,8 @@ class _ConvModule:
 
         Returns ``Gradients(input, weight, bias)``; ``weight`` is in the same layout as
         ``self.weight``, ``bias`` is None when the module has no bias and ``input`` is None when
-        ``need_input_gradient`` is False (e.g. for a first layer). Right after ``forward``, a
-        ``ConvTranspose2d`` differentiates the weights that forward pass read (as autograd does),
-        even if ``self.weight`` was changed in between.
+        ``need_input_gradient`` is False (e.g. for a first layer). The current ``self.weight``
+        is differentiated, as BNNS reads client-pointer weights at every call.
         """
         x, single = _prepare_input(x, self.spec)
         batch, _, height, width = x.shape
@@ -96,11 +95,11 @@ class _ConvModule:
             raise ValueError(f"grad_output has shape {grad_output.shape}, expected {out_shape}")
         grad_output = grad_output.reshape(out_shape)
         grad_input = np.empty_like(x) if need_input_gradient else None
-        grad_weight = np.empty_like(self._bnns_weight)
+        grad_weight = np.empty_like(self._bnns_weight)  # in the layout BNNS reads (and writes)
         grad_bias = None if self.bias is None else np.empty_like(self.bias)
-        self._sync_weight(for_backward=True)
+        self._sync_weight()
         layer.apply_backward(batch, x, y, grad_output, grad_input, grad_weight, grad_bias)
-        if self._transposed:
+        if self._bnns_weight is not self.weight:
             grad_weight = transposed_weight_from_bnns(grad_weight, self.spec.groups)
         if grad_input is not None and single:
             grad_input = grad_input[0]

@@ -160,6 +160,20 @@ def run_probes(backend=None, seed=0):
         {"output_padding=1": reference.conv_transpose2d(xt, torch_w, stride=2, output_padding=1)},
         "output_padding=1"))
 
+    # The same transposed weights as PyTorch holds them, (in, out, kH, kW), described as OIHW
+    # {kW, kH, in, out} with strides: does BNNS follow the strides (bnns-py's in-place modules)?
+    params = _params((5, 4, 3), (11, 8, 2), bnns_w, x_stride=2, y_stride=2)
+    params.w_desc.data = ffi.from_buffer(torch_w)
+    params.w_desc.stride[0:4] = [1, 3, 2 * 2 * 3, 2 * 3]
+    results.append(_probe(
+        "transposed_weight_strides", "Does a transposed filter read its weights through the descriptor's strides "
+        "(channel strides not in axis order)?", "yes; bnns-py then reads a PyTorch-layout weight in place",
+        _run(backend, params, xt, (2, 2, 8, 11), transposed=True),
+        {"strides followed": reference.conv_transpose2d(xt, torch_w, stride=2),
+         "strides ignored (packed OIHW read)": reference.conv_transpose2d(
+             xt, torch_w.reshape(2, 3, 2, 3).transpose(1, 0, 2, 3).copy(), stride=2)},
+        "strides followed"))
+
     xg = rand(2, 4, 3, 3)
     wg_bnns = rand(6, 2, 2, 2)  # out=6, in/groups=2, groups=2
     wg_torch = wg_bnns.reshape(2, 3, 2, 2, 2).transpose(0, 2, 1, 3, 4).reshape(4, 3, 2, 2).copy()

@@ -64,24 +64,30 @@ def test_gradients_match_reference(transposed, index, rng, no_filter_leaks):
         assert grads.bias is None
 
 
-def test_transposed_backward_uses_the_weights_of_the_forward_pass_it_follows(rng, no_filter_leaks):
-    """Like autograd: a backward right after forward differentiates the weights that forward read
-    (ConvTranspose2d copies its PyTorch-layout weight into BNNS's layout once per step); a
-    backward with no forward before it reads the current weights."""
+@pytest.mark.parametrize("in_place", [True, False], ids=["strided-weight", "copied-weight"])
+def test_transposed_module_reads_its_current_weight(in_place, backend, rng, monkeypatch, no_filter_leaks):
+    """ConvTranspose2d's PyTorch-layout weight is read in place through descriptor strides where
+    the backend honours them (portable, one group), else copied into BNNS's layout at each call:
+    either way forward and backward see the weight as it is now, gradients come back in its
+    layout, and changing it between forward and backward is seen (like Conv2d)."""
+    if in_place and not backend.honours_weight_strides:
+        pytest.skip("the backend reads weight descriptors without strides")
+    monkeypatch.setattr(backend, "honours_weight_strides", in_place)
     case = dict(n=2, in_c=3, out_c=4, h=5, w=6, k=(3, 3), stride=(2, 2), dilation=(1, 1), padding=(1, 1, 1, 1),
-                groups=1, bias=False, activation=None)
-    module, x, weight, _ = _make(case, rng, transposed=True)
+                groups=1, bias=True, activation=None)
+    module, x, weight, bias = _make(case, rng, transposed=True)
     with module:
-        forward_weight = weight.copy()
+        assert (module._bnns_weight is module.weight) == in_place
         y = module.forward(x)
+        assert_close_to_reference(y, reference.conv_transpose2d(x, weight, bias, stride=2, padding=1), 36, "forward")
         dy = random_array(rng, y.shape)
         weight *= -3.0  # in place, between forward and backward
-        after_forward = module.backward(x, y, dy)
-        again = module.backward(x, y, dy)
-    dx_then = reference.conv_transpose2d_backward(x, forward_weight, dy, stride=(2, 2), padding=(1, 1, 1, 1))[0]
-    dx_now = reference.conv_transpose2d_backward(x, weight, dy, stride=(2, 2), padding=(1, 1, 1, 1))[0]
-    assert_close_to_reference(after_forward.input, dx_then, 36, "backward after forward")
-    assert_close_to_reference(again.input, dx_now, 36, "backward after backward")
+        grads = module.backward(x, y, dy)
+    dx, dw, db = reference.conv_transpose2d_backward(x, weight, dy, stride=(2, 2), padding=(1, 1, 1, 1), bias=True)
+    assert grads.weight.shape == weight.shape
+    assert_close_to_reference(grads.input, dx, 36, "input gradient")
+    assert_close_to_reference(grads.weight, dw, 60, "weight gradient")
+    assert_close_to_reference(grads.bias, db, 60, "bias gradient")
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])

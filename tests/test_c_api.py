@@ -130,6 +130,8 @@ INVALID = {
     "bias of wrong length": lambda p: p.bias.size.__setitem__(0, 3),
     "input data type unknown": lambda p: setattr(p.i_desc, "data_type", 0xDEAD),
     "overlapping input strides": lambda p: p.i_desc.stride.__setitem__(1, 2),
+    # channels 9 apart are fine in any order, but with rows 1 apart a 3-wide kernel row overlaps them
+    "overlapping permuted weight strides": lambda p: p.w_desc.stride.__setitem__(slice(0, 4), [2, 1, 9, 18]),
     "huge sizes that overflow": lambda p: (p.i_desc.size.__setitem__(0, 2 ** 62),
                                            p.o_desc.size.__setitem__(0, 2 ** 62 - 2)),
     "more output pixels than 32-bit BLAS dimensions": lambda p: (

@@ -271,3 +271,33 @@ def test_python_allocator_callbacks_serve_the_filter(rng, no_filter_leaks):
     gc.collect()
     assert blocks == {}
     assert_close_to_reference(out, reference.conv2d(x, weights, bias), 27)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["standard", "transposed"])
+def test_weights_with_strides_in_any_axis_order(transposed, backend, rng, no_filter_leaks):
+    """Weight descriptors whose channel strides are not in axis order (a PyTorch-layout transposed
+    weight (in, out, kH, kW) described as BNNS's OIHW {kW, kH, in, out}) are read through them."""
+    if not backend.honours_weight_strides:
+        pytest.skip("the backend reads weight descriptors without strides")
+    cin, cout, k = 3, 5, 3
+    kind = ConvolutionType.transposed if transposed else ConvolutionType.standard
+    # memory [in][out][kH][kW]: element (kx, ky, i, o) at kx + 3 ky + 9 o + 45 i
+    torch_layout = random_array(rng, (cin, cout, k, k), 0.5)
+    shape = Shape.convolution_weights_oihw(k, k, cin, cout, stride=(1, k, cout * k * k, k * k))
+    h, w = 6, 7
+    oh, ow = (h + k - 1, w + k - 1) if transposed else (h - k + 1, w - k + 1)
+    layer = ConvolutionLayer(
+        kind, NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(w, h, cin)),
+        NDArrayDescriptor(torch_layout.reshape(-1), shape),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(ow, oh, cout)),
+        None, ConvolutionPadding.zero, ActivationFunction.identity,
+        filter_parameters=FilterParameters(flags=Flags.use_client_pointer))
+    x = random_array(rng, (2, cin, h, w))
+    with layer:
+        y = np.full((2, cout, oh, ow), np.nan, np.float32)
+        layer.apply(2, x, y)
+    if transposed:  # PyTorch's transposed weight is (in, out, kH, kW): exactly this memory
+        expected = reference.conv_transpose2d(x, torch_layout)
+    else:  # W(o, i) of a standard layer lives at [i][o] here
+        expected = reference.conv2d(x, np.ascontiguousarray(torch_layout.transpose(1, 0, 2, 3)))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4)

@@ -55,7 +55,7 @@ def test_transposed_layer_repr(rng, no_filter_leaks):
         text = repr(layer)
     assert "ConvolutionLayer(transposed" in text
     assert "(4, 3, 2, 2) (in, out/groups, kH, kW)" in text       # PyTorch layout of the same weights
-    assert "convolution_weights_oihw(kW=2, kH=2, I=4, O=3)" in text  # BNNS's transposed OIHW
+    assert "convolution_weights_oihw(kW=2, kH=2, I=4, O=3" in text  # BNNS's transposed OIHW (strides: in place)
     assert "image_chw(W=10, H=6, C=3)" in text and "(3, 6, 10)" in text
     assert "copied by BNNS" not in text and "read in place" in text
 

@@ -15,20 +15,34 @@ bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, const char 
         if (stride == 0) {
             if (k == 0) stride = 1;
             else if (!bp_mul(d->size[k - 1], stride_out[k - 1], &stride)) goto overflow;
-        } else if (k > 0) {
-            size_t minimum;
-            if (!bp_mul(d->size[k - 1], stride_out[k - 1], &minimum)) goto overflow;
-            if (stride < minimum) {
-                bp_set_error("%s stride[%zu]=%zu overlaps: must be >= stride[%zu]*size[%zu]=%zu", name, k, stride,
-                             k - 1, k - 1, minimum);
-                return false;
-            }
         }
         stride_out[k] = stride;
         size_t span;
         if (!bp_mul(d->size[k] - 1, stride, &span) || !bp_add(last, span, &last)) goto overflow;
     }
     if (!bp_add(last, 1, extent)) goto overflow;
+    /* No two elements may share memory: the axes taken from the smallest stride up (any order,
+       e.g. a transposed array), each must step over everything the smaller ones span. */
+    size_t order[8];
+    for (size_t k = 0; k < rank; k++) {
+        size_t at = k;
+        while (at > 0 && stride_out[order[at - 1]] > stride_out[k]) {
+            order[at] = order[at - 1];
+            at--;
+        }
+        order[at] = k;
+    }
+    size_t spanned = 0; /* the largest offset of the axes so far */
+    for (size_t i = 0; i < rank; i++) {
+        size_t k = order[i], span;
+        if (d->size[k] == 1) continue;
+        if (stride_out[k] <= spanned) {
+            bp_set_error("%s stride[%zu]=%zu overlaps: the axes with smaller strides span %zu values", name, k,
+                         stride_out[k], spanned + 1);
+            return false;
+        }
+        if (!bp_mul(d->size[k] - 1, stride_out[k], &span) || !bp_add(spanned, span, &spanned)) goto overflow;
+    }
     /* every index must also fit in a signed 64-bit offset and a byte count */
     size_t bytes;
     if (!bp_mul(*extent, sizeof(float) * 2, &bytes) || bytes > (size_t)INT64_MAX) goto overflow;

@@ -137,16 +137,17 @@ void bp_weights_to_descriptor(const bp_filter *f, const float *canonical, const 
     run_weight_rows(&j);
 }
 
-/* A client filter's weights as the caller holds them, when they are plain (packed, unflipped)
-   OIHW: the direct engine packs straight from them, with no canonical copy in between. */
+/* A client filter's weights as the caller holds them, when they are OIHW with each kernel's taps
+   contiguous (any strides between kernels): the direct engine packs straight from them, with no
+   canonical copy in between. */
 static bool caller_view(const bp_filter *f, bp_weights_view *v) {
     const bp_geom *g = &f->g;
-    size_t taps = g->kh * g->kw;
-    if (!f->client || !f->w_plain_oihw) return false;
-    if (!f->transposed) /* OIHW is S's canonical matrix itself */
-        *v = (bp_weights_view){f->w_data, g->out_cg * g->k, g->k, taps};
-    else /* [T out = S in][T in / groups = S out within the group][kh][kw] */
-        *v = (bp_weights_view){f->w_data, g->in_cg * g->out_cg * taps, taps, g->out_cg * taps};
+    const size_t *s = f->w_stride; /* kx, ky, in / groups, out */
+    if (!f->client || !f->w_oihw_kernels) return false;
+    if (!f->transposed) /* W(kx, ky, i, o): S's own kernels */
+        *v = (bp_weights_view){f->w_data, g->out_cg * s[3], s[3], s[2]};
+    else /* S's output channels are T's input channels, S's inputs T's outputs */
+        *v = (bp_weights_view){f->w_data, g->in_cg * s[3], s[2], s[3]};
     return true;
 }
 
@@ -455,9 +456,9 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         return NULL;
     }
     plan_direct(f);
-    f->w_plain_oihw = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW && w_stride[0] == 1 && w_stride[1] == kw &&
-                      w_stride[2] == kw * kh && w_stride[3] == kw * kh * w_in;
-    f->w_direct = f->client && !transposed && f->w_plain_oihw;
+    f->w_oihw_kernels = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW && w_stride[0] == 1 && w_stride[1] == kw;
+    f->w_direct = f->client && !transposed && f->w_oihw_kernels && w_stride[2] == kw * kh &&
+                  w_stride[3] == kw * kh * w_in;
     if (!workspace_size(f, &f->workspace_floats)) {
         bp_set_error("workspace size overflow");
         destroy_filter(f);

@@ -25,7 +25,7 @@ typedef struct {
        memory when it already has that form (client mode, standard OIHW packed) */
     float *w_owned;
     bool w_direct;
-    bool w_plain_oihw;            /* the caller's weights are OIHW with packed strides */
+    bool w_oihw_kernels;          /* the caller's weights are OIHW, each kernel's taps contiguous */
     /* bias */
     bool has_bias;
     const float *bias_data;
@@ -66,8 +66,8 @@ void bp_work_release(bp_filter *f, float *work, bool temporary);
 const float *bp_current_weights(const bp_filter *f, float *scratch);
 float bp_bias_at(const bp_filter *f, size_t channel);
 /* What a call needs of the weights. With the direct engine running pass `which` (BP_DIRECT_*;
-   -1: none), *direct = pass with the filter's packed weights, or a view of the caller's plain
-   OIHW array, or of the canonical weights. The canonical weights are returned when the pass is
+   -1: none), *direct = pass with the filter's packed weights, or a view of the caller's OIHW
+   array (kernels contiguous), or of the canonical weights. The canonical weights are returned when the pass is
    not direct or needs them (copied into the workspace for client filters whose layout is not
    the canonical one), else NULL; *direct is NULL when the im2col engine runs the pass. */
 const float *bp_call_weights(const bp_filter *f, int which, const bp_work *w, struct bp_direct_pass *pass,
