@@ -616,6 +616,43 @@ static void run_rows(const run_job *j, size_t p, const float *planes, size_t grp
     }
 }
 
+/* Pixels kernel, one chunk of steps [k0, k0 + n) of channel block mb (packed weights w) against
+   every tile of a band of nb rows: tb (=, or += after the first chunk) the tiles' results, each
+   row's pixels one after the other, bw channels each. */
+static void pixels_chunk(const bp_direct *d, const phase_t *ph, const float *planes, size_t nb, const float *w,
+                         size_t k0, size_t n, float *tb) {
+    size_t nc = d->tile, bw = d->bw, per_row = bp_ceil_div(ph->ow, nc);
+    const float *origin = planes + d->prefix;
+    for (size_t y = 0; y < nb; y++)
+        for (size_t c = 0; c < per_row; c++)
+            bp_direct_pixels_tile(bw / BP_VL, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
+                                  tb + (y * per_row + c) * nc * bw, bw, k0 > 0);
+}
+
+/* The band's results of channel block mb out of tb: transposed (8 x 8 blocks) into whole rows of
+   each channel (run: scratch for them). */
+static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, size_t r0, size_t nb, size_t mb,
+                        const dest_t *dst, float *run) {
+    size_t bw = d->bw, per_row = bp_ceil_div(ph->ow, d->tile), rows = bp_min(bw, d->m - mb * bw);
+    size_t ow = ph->ow, ow8 = ow / 8 * 8, ld = bp_round_up(ow, 8), r8 = rows / 8 * 8;
+    for (size_t y = 0; y < nb; y++) {
+        const float *res = tb + y * per_row * d->tile * bw;
+        for (size_t c0 = 0; c0 < r8; c0 += 8)
+            for (size_t i = 0; i < ow8; i += 8) bp_transpose8x8(res + i * bw + c0, bw, run + c0 * ld + i, ld);
+        for (size_t r = 0; r < rows; r++)
+            for (size_t i = r < r8 ? ow8 : 0; i < ow; i++) run[r * ld + i] = res[i * bw + r];
+        for (size_t r = 0; r < rows; r++) emit_run(dst, mb * bw + r, r0 + y, 0, run + r * ld, ow);
+    }
+}
+
+/* The weights of chunk [k0, k0 + n) of block mb: from the packed weights, or packed now. */
+static const float *chunk_weights(const run_job *j, size_t grp, size_t p, size_t mb, size_t k0, size_t n,
+                                  float *chunk) {
+    if (j->packed != NULL) return packed_at(j->d, (float *)j->packed, grp, p, mb) + k0 * j->d->bw;
+    pack_block(j->d, j->weights, grp, p, mb, k0, n, chunk);
+    return chunk;
+}
+
 /* Pixels kernel over the band's rows, NC columns at a time: for each channel block and chunk of
    steps, the chunk's packed weights against every tile of the band (each weight is read once per
    band; the tiles' results wait in tb between chunks). */
@@ -623,33 +660,14 @@ static void run_pixels(const run_job *j, size_t p, const float *planes, size_t g
                        size_t mb1, const dest_t *dst, float *scratch) {
     const bp_direct *d = j->d;
     const phase_t *ph = &d->ph[p];
-    size_t nc = d->tile, bw = d->bw, mv = bw / BP_VL, per_row = bp_ceil_div(ph->ow, nc), k = ph->k;
     float *tb = scratch + d->tb_offset, *chunk = scratch + d->chunk_offset, *run = scratch + d->run_offset;
-    const float *origin = planes + d->prefix;
     for (size_t mb = mb0; mb < mb1; mb++) {
-        for (size_t k0 = 0; k0 < k || k0 == 0; k0 += K_CHUNK) {
-            size_t n = bp_min(K_CHUNK, k - k0);
-            const float *w = chunk;
-            if (j->packed != NULL) w = packed_at(d, (float *)j->packed, grp, p, mb) + k0 * bw;
-            else pack_block(d, j->weights, grp, p, mb, k0, n, chunk);
-            for (size_t y = 0; y < nb; y++)
-                for (size_t c = 0; c < per_row; c++)
-                    bp_direct_pixels_tile(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
-                                          tb + (y * per_row + c) * nc * bw, bw, k0 > 0);
-            if (k == 0) break;
+        for (size_t k0 = 0; k0 < ph->k || k0 == 0; k0 += K_CHUNK) {
+            size_t n = bp_min(K_CHUNK, ph->k - k0);
+            pixels_chunk(d, ph, planes, nb, chunk_weights(j, grp, p, mb, k0, n, chunk), k0, n, tb);
+            if (ph->k == 0) break;
         }
-        /* tb holds each row's pixels one after the other, bw channels each: transposed (8 x 8
-           blocks), whole rows go out */
-        size_t rows = bp_min(bw, d->m - mb * bw), ow = ph->ow, ow8 = ow / 8 * 8, ld = bp_round_up(ow, 8);
-        size_t r8 = rows / 8 * 8;
-        for (size_t y = 0; y < nb; y++) {
-            const float *res = tb + y * per_row * nc * bw;
-            for (size_t r0 = 0; r0 < r8; r0 += 8)
-                for (size_t i = 0; i < ow8; i += 8) bp_transpose8x8(res + i * bw + r0, bw, run + r0 * ld + i, ld);
-            for (size_t r = 0; r < rows; r++)
-                for (size_t i = r < r8 ? ow8 : 0; i < ow; i++) run[r * ld + i] = res[i * bw + r];
-            for (size_t r = 0; r < rows; r++) emit_run(dst, mb * bw + r, r0 + y, 0, run + r * ld, ow);
-        }
+        pixels_emit(d, ph, tb, r0, nb, mb, dst, run);
     }
 }
 
