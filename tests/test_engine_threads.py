@@ -193,3 +193,37 @@ def test_tiny_layers_computed_from_padded_planes(height, width, dilation, pad, r
         layer.apply(2, x, y)
     expected = reference.conv2d(x, weight, bias, padding=pad, dilation=dilation, activation=AF.sigmoid)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("row_gap", [0, 3])
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 5), (7, 15), (14, 14), (5, 16), (3, 17)])
+def test_depthwise_3x3_rows_that_fit_a_vector(height, width, row_gap, n_threads, rng, no_filter_leaks):
+    """3x3 / stride 1 / padding 1 depthwise on planes at most 16 wide (the AVX-512 kernel that keeps
+    rows in registers; 17 wide is past it), with packed input rows or rows further apart than their
+    width: forward with bias and ReLU, the input gradient (for a packed input, the same kind of
+    layer) and the weight gradient."""
+    n, c, h, w = 3, 6, height, width
+    row = w + row_gap
+    weight, bias = random_array(rng, (c, 1, 3, 3), 0.5), random_array(rng, (c,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, c, c, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), c,
+                                   weight, bias, AF.rectified_linear, n_threads,
+                                   input_strides=(1, row, row * h) if row_gap else (0, 0, 0))
+    assert (oh, ow) == (h, w)
+    wide_x = random_array(rng, (n, c, h, row))
+    wide_dx = np.full(wide_x.shape, np.nan, np.float32)
+    x = wide_x[..., :w]
+    with layer:
+        shape = layer.input_descriptor.shape
+        y = np.full((n, c, oh, ow), np.nan, np.float32)
+        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y)
+        dy = random_array(rng, y.shape) * (y > 0)
+        dw = np.full(weight.shape, np.nan, np.float32)
+        layer.apply_backward(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y, dy,
+                             NDArrayDescriptor(wide_dx.reshape(-1), shape, batch_size=n), dw)
+    np.testing.assert_allclose(y, reference.conv2d(x, weight, bias, padding=1, groups=c, activation=AF.rectified_linear),
+                               rtol=1e-5, atol=1e-5)
+    dx_ref, dw_ref, _ = reference.conv2d_backward(x, weight, dy, padding=1, groups=c)
+    np.testing.assert_allclose(wide_dx[..., :w], dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5 * np.sqrt(n * h * w))

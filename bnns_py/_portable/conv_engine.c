@@ -422,6 +422,90 @@ static inline __attribute__((always_inline)) void dw_tile(const float *base, siz
         }
 }
 
+/* 3x3, stride 1, padding 1 on every side, rows that fit one vector (e.g. 14x14 planes): straight
+   from the input plane, with no padded copy. Each input row is loaded once (masked: the lanes past
+   the row are zero, the right border) and shifted by one lane either way (the left border comes
+   in as a zero), and the three variants of three rows stay in registers while they serve three
+   output rows; each output row sums its 9 products in three chains. */
+static bool dw3x3_rows_in_a_vector(const bp_geom *g, const bp_image *img) {
+#if defined(__AVX512F__)
+    return g->kh == 3 && g->kw == 3 && g->sx == 1 && g->sy == 1 && g->dx == 1 && g->dy == 1 && g->pl == 1 &&
+           g->pt == 1 && g->out_w == g->in_w && g->out_h == g->in_h && g->in_w <= BP_VL && img->sx == 1;
+#else
+    (void)g;
+    (void)img;
+    return false;
+#endif
+}
+
+#if defined(__AVX512F__)
+static void dw3x3_vector_rows(const bp_geom *g, const bp_image *img, const float *x, const float *wk, float bias,
+                              float *out) {
+    size_t w = g->in_w, h = g->in_h;
+    __mmask16 lanes = (__mmask16)((1u << w) - 1u);
+    const __m512i left = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
+    const __m512i right = _mm512_set_epi32(15, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
+    __m512 k[9], zero = _mm512_setzero_ps(), b = _mm512_set1_ps(bias);
+    for (int t = 0; t < 9; t++) k[t] = _mm512_set1_ps(wk[t]);
+    /* row r as (x[c-1], x[c], x[c+1]) for every output column c */
+#define DW_ROW(r, v0, v1, v2)                                                                                 \
+    do {                                                                                                       \
+        v1 = (r) < h ? _mm512_maskz_loadu_ps(lanes, x + (r) * img->sy) : zero;                                 \
+        v0 = _mm512_maskz_permutexvar_ps((__mmask16)0xFFFE, left, v1);                                         \
+        v2 = _mm512_maskz_permutexvar_ps((__mmask16)0x7FFF, right, v1);                                        \
+    } while (0)
+    __m512 a0 = zero, a1 = zero, a2 = zero, c0, c1, c2, d0, d1, d2; /* rows y-1, y, y+1 */
+    DW_ROW(0, c0, c1, c2);
+    for (size_t y = 0; y < h; y++) {
+        DW_ROW(y + 1, d0, d1, d2);
+        __m512 s0 = _mm512_fmadd_ps(k[0], a0, b), s1 = _mm512_mul_ps(k[3], c0), s2 = _mm512_mul_ps(k[6], d0);
+        s0 = _mm512_fmadd_ps(k[1], a1, s0);
+        s1 = _mm512_fmadd_ps(k[4], c1, s1);
+        s2 = _mm512_fmadd_ps(k[7], d1, s2);
+        s0 = _mm512_fmadd_ps(k[2], a2, s0);
+        s1 = _mm512_fmadd_ps(k[5], c2, s1);
+        s2 = _mm512_fmadd_ps(k[8], d2, s2);
+        _mm512_mask_storeu_ps(out + y * w, lanes, _mm512_add_ps(_mm512_add_ps(s0, s1), s2));
+        a0 = c0, a1 = c1, a2 = c2;
+        c0 = d0, c1 = d1, c2 = d2;
+    }
+}
+
+/* The weight gradient of such a layer for one channel: acc[t] += dy row * the tap's shifted input
+   row, over every row of every image, then one horizontal sum per tap. */
+static void dw3x3_vector_rows_weights(const bp_geom *g, const bp_image *img, const float *x0, size_t x_bs,
+                                      const float *dy0, size_t dy_bs, size_t batch, float acc_out[9]) {
+    size_t w = g->in_w, h = g->in_h;
+    __mmask16 lanes = (__mmask16)((1u << w) - 1u);
+    const __m512i left = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
+    const __m512i right = _mm512_set_epi32(15, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
+    __m512 k[9], zero = _mm512_setzero_ps();
+    for (int t = 0; t < 9; t++) k[t] = zero;
+    for (size_t n = 0; n < batch; n++) {
+        const float *x = x0 + n * x_bs, *dy = dy0 + n * dy_bs;
+        __m512 a0 = zero, a1 = zero, a2 = zero, c0, c1, c2, d0, d1, d2;
+        DW_ROW(0, c0, c1, c2);
+        for (size_t y = 0; y < h; y++) {
+            DW_ROW(y + 1, d0, d1, d2);
+            __m512 e = _mm512_maskz_loadu_ps(lanes, dy + y * w);
+            k[0] = _mm512_fmadd_ps(e, a0, k[0]);
+            k[1] = _mm512_fmadd_ps(e, a1, k[1]);
+            k[2] = _mm512_fmadd_ps(e, a2, k[2]);
+            k[3] = _mm512_fmadd_ps(e, c0, k[3]);
+            k[4] = _mm512_fmadd_ps(e, c1, k[4]);
+            k[5] = _mm512_fmadd_ps(e, c2, k[5]);
+            k[6] = _mm512_fmadd_ps(e, d0, k[6]);
+            k[7] = _mm512_fmadd_ps(e, d1, k[7]);
+            k[8] = _mm512_fmadd_ps(e, d2, k[8]);
+            a0 = c0, a1 = c1, a2 = c2;
+            c0 = d0, c1 = d1, c2 = d2;
+        }
+    }
+    for (int t = 0; t < 9; t++) acc_out[t] = _mm512_reduce_add_ps(k[t]);
+}
+#undef DW_ROW
+#endif
+
 /* Offsets of each tap into the padded plane from the first input of output (0, 0). */
 static void dw_offsets(const bp_geom *g, size_t off[MAX_FAST_TAPS]) {
     size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols;
@@ -666,7 +750,8 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
     size_t ohw = out_pixels(g), t0, t1;
     bp_split(d->tasks, worker, workers, &t0, &t1);
     float *plane = j->s->base + (size_t)worker * j->s->stride;
-    bool fast = depthwise_fast(g);
+    bool fast = depthwise_fast(g), vector_rows = dw3x3_rows_in_a_vector(g, j->x_img);
+    (void)vector_rows;
     size_t have = SIZE_MAX; /* image * in_c + channel of the padded plane */
     size_t off[MAX_FAST_TAPS];
     if (fast && t0 < t1) {
@@ -679,12 +764,19 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
         const float *wo = j->w + o * g->kh * g->kw;
         float *out = j->y + b * j->y_bs + o * ohw;
         if (fast) {
+            float bias = 0.0f;
+            if (j->e != NULL && j->e->bias != NULL) bias = j->e->bias[o * j->e->bias_stride];
+#if defined(__AVX512F__)
+            if (vector_rows) {
+                dw3x3_vector_rows(g, j->x_img, src, wo, bias, out);
+                if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, out, ohw);
+                continue;
+            }
+#endif
             if (have != b * g->in_c + ci) {
                 dw_fill_plane(g, j->x_img, src, plane);
                 have = b * g->in_c + ci;
             }
-            float bias = 0.0f;
-            if (j->e != NULL && j->e->bias != NULL) bias = j->e->bias[o * j->e->bias_stride];
             dw_fast_plane(g, plane, off, wo, bias, out);
             if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, out, ohw);
         } else {
@@ -765,8 +857,16 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
     bp_split(j->p.tasks, worker, workers, &t0, &t1);
     float *col = j->s->base + (size_t)worker * j->s->stride;
     bool depthwise = one_input_channel_per_group(g) && g->out_cg == 1;
-    if (depthwise && j->adjoint && j->overwrite && t0 < t1) /* the padded plane's border stays zero */
-        memset(col, 0, dw_plane_floats(&j->a) * sizeof(float));
+    bp_image dy_img = {.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw};
+    bool vector_rows = false;
+    size_t off[MAX_FAST_TAPS];
+    if (depthwise && j->adjoint && j->overwrite && t0 < t1) {
+        vector_rows = dw3x3_rows_in_a_vector(&j->a, &dy_img);
+        if (!vector_rows) {
+            memset(col, 0, dw_plane_floats(&j->a) * sizeof(float)); /* the padded plane's border stays zero */
+            dw_offsets(&j->a, off);
+        }
+    }
     for (size_t t = t0; t < t1; t++) {
         size_t q = t % j->p.chunks, ig = t / j->p.chunks, grp = ig % g->groups, b = ig / g->groups;
         size_t c0, c1;
@@ -775,18 +875,22 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
         const float *dy = j->dy + b * j->dy_bs + grp * g->out_cg * ohw;
         size_t cbase = grp * g->in_cg;
         if (depthwise && j->adjoint && j->overwrite) {
-            bp_image dy_img = {.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw};
             float flipped[MAX_FAST_TAPS];
-            size_t off[MAX_FAST_TAPS];
-            dw_offsets(&j->a, off);
             for (size_t c = c0; c < c1; c++) {
                 const float *wc = j->w + (cbase + c) * khw;
                 for (size_t i = 0; i < khw; i++) flipped[i] = wc[khw - 1 - i];
-                dw_fill_plane(&j->a, &dy_img, dy + c * ohw, col);
                 float bias = 0.0f;
                 if (j->e != NULL && j->e->bias != NULL) bias = j->e->bias[(cbase + c) * j->e->bias_stride];
                 float *plane = dx + (cbase + c) * img->sc;
-                dw_fast_plane(&j->a, col, off, flipped, bias, plane);
+#if defined(__AVX512F__)
+                if (vector_rows) {
+                    dw3x3_vector_rows(&j->a, &dy_img, dy + c * ohw, flipped, bias, plane);
+                } else
+#endif
+                {
+                    dw_fill_plane(&j->a, &dy_img, dy + c * ohw, col);
+                    dw_fast_plane(&j->a, col, off, flipped, bias, plane);
+                }
                 if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, plane, img->h * img->w);
             }
             continue;
@@ -955,7 +1059,21 @@ static void weights_tasks(void *arg, int worker, int workers) {
         float *plane = j->s->base + (size_t)worker * j->s->stride;
         bool fast = depthwise_fast(g);
         if (fast && t0 < t1) memset(plane, 0, dw_plane_floats(g) * sizeof(float)); /* borders stay zero */
+        bool vector_rows = dw3x3_rows_in_a_vector(g, j->x_img);
+        (void)vector_rows;
         for (size_t o = t0; o < t1; o++) {
+#if defined(__AVX512F__)
+            if (vector_rows) {
+                float sum[9];
+                dw3x3_vector_rows_weights(g, j->x_img, j->x + (o / g->out_cg) * j->x_img->sc, j->x_bs,
+                                          j->dy + o * ohw, j->dy_bs, j->batch, sum);
+                for (int t = 0; t < 9; t++) {
+                    float *dst = j->dw + o * 9 + t;
+                    *dst = j->beta == 0.0f ? sum[t] : j->beta * *dst + sum[t];
+                }
+                continue;
+            }
+#endif
             if (fast) depthwise_weights_fast(j, o, plane);
             else depthwise_weights(j, o);
         }
