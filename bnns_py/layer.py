@@ -66,6 +66,9 @@ class Layer:
         self._backend = backend
         self._keepalive = tuple(keepalive)
         self._last_apply = _NO_LAST_APPLY
+        # apply_backward's descriptors for the numpy gradient arrays it was last given, by argument
+        # name: (array, batch size, numpy dtype, extent, NDArrayDescriptor, its C struct, batch stride)
+        self._gradient_views = {}
         # Accelerate's filters are reported not to be thread-safe: calls on one layer are
         # serialized there. The portable backend is safe (a busy filter uses a private workspace).
         self._call_lock = None if backend.is_portable else threading.Lock()
@@ -97,6 +100,7 @@ class Layer:
         """Destroy the filter now. Safe to call more than once."""
         handle, self._handle = self._handle, None
         self._last_apply = _NO_LAST_APPLY  # drop the remembered arrays and their pointers
+        self._gradient_views = {}
         if handle is not None:
             ffi.release(handle)
 
@@ -245,11 +249,20 @@ class UnaryLayer(Layer):
         """(descriptor pointer, batch stride) for a gradient argument; NULL for None."""
         if value is None:
             return ffi.NULL, 0
+        seen = self._gradient_views.get(name)
+        if seen is not None and seen[0] is value and seen[1] == batch_size:
+            # the same numpy array again: its descriptor stands, once its memory is checked again
+            check_array_memory(name, value, seen[2], seen[3], True)
+            keep.append(seen[4])
+            return seen[5], seen[6]
         expected = expected_descriptor()
         if not isinstance(value, NDArrayDescriptor):
-            check_array_memory(name, value, expected.data_type.numpy_dtype,
-                               batch_extent(expected.shape, batch_size), True)
+            dtype, extent = expected.data_type.numpy_dtype, batch_extent(expected.shape, batch_size)
+            check_array_memory(name, value, dtype, extent, True)
+            array = value
             value = NDArrayDescriptor(value.reshape(-1), expected.shape, batch_size=batch_size)
+            self._gradient_views[name] = (array, batch_size, dtype, extent, value, value.c_descriptor,
+                                          value.shape.batch_stride)
         elif value.shape != expected.shape or value.data_type != expected.data_type:
             raise ValueError(f"{name} descriptor {value.shape!r} {value.data_type.name} does not match "
                              f"the layer's {expected.shape!r} {expected.data_type.name}")

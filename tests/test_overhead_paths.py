@@ -1,6 +1,7 @@
-"""The low-overhead paths: ``UnaryLayer.apply``'s repeated-call fast path, the ``conv2d`` filter
-cache and zero-copy strided views in the functional API. Each must give the same results and
-raise the same errors as the fully checked paths."""
+"""The low-overhead paths: ``UnaryLayer.apply``'s repeated-call fast path, ``apply_backward``'s
+remembered gradient descriptors, the ``conv2d`` filter cache and zero-copy strided views in the
+functional API. Each must give the same results and raise the same errors as the fully checked
+paths."""
 import gc
 import threading
 
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 
 import bnns_py
-from bnns_py import (ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType, LayerClosedError,
-                     NDArrayDescriptor, Shape, reference)
+from bnns_py import (ActivationFunction, ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType,
+                     LayerClosedError, NDArrayDescriptor, Shape, reference)
 
-from conftest import assert_close_to_reference, random_array
+from conftest import assert_close_to_reference, client_layer, random_array
 
 
 def tiny_layer(rng, channels=8, size=8):
@@ -94,6 +95,66 @@ def test_close_forgets_the_remembered_arrays(rng, no_filter_leaks):
     probe = weakref.ref(x)
     del x
     assert probe() is not None  # the layer remembers it for the next call
+    layer.close()
+    gc.collect()
+    assert probe() is None
+
+
+def training_layer(rng, channels=8, size=8):
+    weights = random_array(rng, (channels, channels, 3, 3))
+    bias = random_array(rng, (channels,))
+    layer, _ = client_layer(ConvolutionType.standard, channels, channels, size, size, (3, 3), (1, 1), (1, 1, 1, 1),
+                            (1, 1), 1, weights, bias, ActivationFunction.identity, 1)
+    return layer, weights, bias
+
+
+def test_repeated_apply_backward_follows_new_data_and_still_checks(rng, no_filter_leaks):
+    """apply_backward remembers the descriptors it made for numpy gradient arrays; given the same
+    arrays again it must read their new values and re-check their memory."""
+    layer, weights, bias = training_layer(rng)
+    with layer:
+        x = random_array(rng, (2, 8, 8, 8))
+        y = np.empty_like(x)
+        dy, dx, dw, db = np.empty_like(x), np.empty_like(x), np.empty_like(weights), np.empty_like(bias)
+        for _ in range(3):
+            x[:] = random_array(rng, x.shape)
+            dy[:] = random_array(rng, x.shape)
+            dx[:], dw[:], db[:] = np.nan, np.nan, np.nan
+            layer.apply(2, x, y)
+            layer.apply_backward(2, x, y, dy, dx, dw, db)
+            dx_ref, dw_ref, db_ref = reference.conv2d_backward(x, weights, dy, padding=1)
+            np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-3)
+        # one image: the remembered batch-2 descriptors do not apply; the first image's gradients
+        dx[:] = np.nan
+        layer.apply_backward(1, x, y, dy, dx)
+        np.testing.assert_allclose(dx[:1], reference.conv2d_backward(x[:1], weights, dy[:1], padding=1)[0],
+                                   rtol=1e-4, atol=1e-4)
+        assert np.isnan(dx[1]).all()
+        dx.flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            layer.apply_backward(1, x, y, dy, dx)
+        dx.flags.writeable = True
+        view = dw.view()
+        layer.apply_backward(2, x, y, dy, None, view)
+        view.dtype = np.int32
+        with pytest.raises(TypeError, match="dtype"):
+            layer.apply_backward(2, x, y, dy, None, view)
+        with pytest.raises(ValueError, match="holds 512 values, needs at least 1024"):
+            layer.apply_backward(2, x, y, dy, dx[:1])
+
+
+def test_close_forgets_the_remembered_gradients(rng, no_filter_leaks):
+    import weakref
+    layer, *_ = training_layer(rng)
+    x = random_array(rng, (1, 8, 8, 8))
+    y, dy, dx = np.empty_like(x), random_array(rng, x.shape), np.empty_like(x)
+    layer.apply(1, x, y)
+    layer.apply_backward(1, x, y, dy, dx)
+    probe = weakref.ref(dx)
+    del dx
+    assert probe() is not None
     layer.close()
     gc.collect()
     assert probe() is None
