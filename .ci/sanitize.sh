@@ -19,7 +19,9 @@ preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 # Python itself is not built with ASan: leak checking would report the interpreter's own
 # allocations, so leaks are checked through the library's live-filter counter instead.
 cd "$out"
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# malloc_fill_byte=255 makes every fresh allocation all-ones bits, a NaN as float: a kernel that
+# lets uninitialized workspace reach a result then fails its test every time instead of rarely.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:malloc_fill_byte=255:max_malloc_fill_size=2147483647 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LD_PRELOAD="$preload" BNNS_PY_LIBRARY="$out/libbnns_portable_asan.so"
 "$python" -c "import bnns_py; lib = bnns_py.backend_info()['library']; assert lib.endswith('_asan.so'), lib; print('sanitized library:', lib)"
 "$python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests" -k "not torch" --ignore="$OLDPWD/tests/test_reference.py"

@@ -76,9 +76,10 @@ static bool depthwise_fast(const bp_geom *g) {
 }
 
 /* Columns of the padded plane (per sub-plane when stride 2 splits it into even / odd columns):
-   whole vectors of output are computed. */
+   whole vectors of output are computed, of BP_VL floats forward and of 8 for the weight gradient
+   (so at least 8, whatever BP_VL is). */
 static size_t dw_plane_cols(const bp_geom *g) {
-    size_t owv = ceil_div(g->out_w, BP_VL) * BP_VL;
+    size_t vl = BP_VL > 8 ? BP_VL : 8, owv = ceil_div(g->out_w, vl) * vl;
     size_t need = (owv - 1) * g->sx + (g->kw - 1) * g->dx + 1;
     return g->sx == 2 ? ceil_div(need, 2) + 1 : need;
 }
