@@ -1,5 +1,6 @@
 """The portable library's direct convolution engine: both of its kernels ("rows": lanes over
-pixels, "pixels": lanes over channels) and the im2col engine, each forced with
+pixels, "pixels": lanes over channels, with tiles within rows or, "flat-pixels", over flat
+positions) and the im2col engine, each forced with
 BNNS_PY_PORTABLE_ENGINE, on the same geometries, against the float64 reference: forward and
 backward (input gradient set and accumulated, weight and bias gradients), standard and transposed,
 at 1 and 2 threads. The geometries reach the engine's edges: strides 1-3 (source phases forward,
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable, reason="p
 ENGINES = {
     "rows": ("direct rows", "direct"),
     "pixels": ("direct pixels", "direct"),
+    "flat-pixels": ("direct flat pixels", "direct"),
     "im2col": ("im2col", "im2col"),
 }
 
@@ -164,7 +166,7 @@ def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, 
         np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=_tolerance(n * oh * ow))
 
 
-@pytest.mark.parametrize("engine", ["rows", "pixels"], indirect=True)
+@pytest.mark.parametrize("engine", ["rows", "pixels", "flat-pixels"], indirect=True)
 @pytest.mark.parametrize("client", [True, False])
 def test_weights_are_read_at_each_call_or_copied(engine, client, backend, rng, no_filter_leaks):
     """Client-pointer filters pack the caller's weights at every call (changes are seen); copied
@@ -193,6 +195,7 @@ AUTO = [
     ((64, 64, 56, 3, 1, 1, 1), "direct pixels"),     # rows of 56 in tiles of 7 pixels x 64 channels
     ((512, 512, 7, 3, 1, 1, 1), "direct pixels"),
     ((256, 256, 28, 3, 1, 2, 2), "direct pixels"),   # dilated
+    ((16, 64, 16, 3, 1, 1, 1), "direct flat pixels"),  # rows of 16 (18 with padding) in tiles of 7
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
     ((256, 64, 56, 1, 1, 1, 0), "im2col"),           # 1x1: the image already is the GEMM's matrix

@@ -18,9 +18,10 @@
    - the "rows" kernel computes MR output channels x NV vectors of consecutive flat positions,
      loading source vectors straight from the planes (lanes = pixels); the wq - ow positions past
      each row are computed and dropped;
-   - the "pixels" kernel computes NC consecutive pixels of one output row x MV vectors of output
-     channels (lanes = channels), broadcasting each source value straight from the planes, for
-     layers whose rows are too short for the rows kernel to waste little.
+   - the "pixels" kernel computes NC consecutive pixels x MV vectors of output channels (lanes =
+     channels), broadcasting each source value straight from the planes, for layers whose rows
+     are too short for the rows kernel to waste little. Its tiles split each output row, or
+     (flat plans, when that wastes less) run over the flat positions as the rows kernel's do.
 
    Weights are packed per block of output channels so that each step of the reduction reads them
    contiguously. Every task (image x group x band of output rows x block of output channels) fills
@@ -54,13 +55,16 @@ int bp_engine_override(void) {
     if (text == NULL) return BP_ENGINE_AUTO;
     if (strcmp(text, "rows") == 0) return BP_ENGINE_ROWS;
     if (strcmp(text, "pixels") == 0) return BP_ENGINE_PIXELS;
+    if (strcmp(text, "flat-pixels") == 0) return BP_ENGINE_FLAT_PIXELS;
     if (strcmp(text, "im2col") == 0) return BP_ENGINE_IM2COL;
     return BP_ENGINE_AUTO;
 }
 
 size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
-const char *bp_direct_kind(const bp_direct *d) { return d->kind == KIND_ROWS ? "rows" : "pixels"; }
+const char *bp_direct_kind(const bp_direct *d) {
+    return d->kind == KIND_ROWS ? "direct rows" : d->flat ? "direct flat pixels" : "direct pixels";
+}
 
 /* ---- planning -------------------------------------------------------------------------------- */
 
@@ -81,12 +85,17 @@ static double rows_efficiency(const bp_direct *d, size_t mr) {
     return (mr >= 4 ? 0.85 : 0.75) * e;
 }
 
-/* Pixels kernel: the kept fraction with nc columns per tile (rows of ow split into tiles). */
-static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc) {
+/* Pixels kernel: the kept fraction with nc pixels per tile, the tiles splitting each row of ow
+   pixels or (flat) running over the band's flat positions, wq per row. */
+static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool flat) {
     size_t computed = 0, useful = 0;
     for (size_t p = 0; p < d->nphases; p++) {
         const phase_t *ph = &d->ph[p];
-        computed += ph->oh * bp_round_up(ph->ow, nc);
+        if (flat)
+            for (size_t r0 = 0; r0 < ph->oh; r0 += d->band_rows)
+                computed += bp_round_up(bp_min(d->band_rows, ph->oh - r0) * d->wq, nc);
+        else
+            computed += ph->oh * bp_round_up(ph->ow, nc);
         useful += ph->oh * ph->ow;
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
@@ -233,29 +242,34 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     while (mr > 1 && d.m * 4 < mr * 3) mr /= 2; /* e.g. 3 channels: MR 4 */
     size_t mv = bp_min(PIX_MV_MAX, bp_ceil_div(d.m, BP_VL)), nc = 0;
     if (mv == 3) mv = 4;
-    double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
-    for (const size_t *menu = pixel_menu(mv); *menu && menu < pixel_menu(mv) + 5; menu++) {
-        double e = pixels_efficiency(&d, mv, *menu);
-        if (e > pixels_e + 1e-9) {
-            pixels_e = e;
-            nc = *menu;
-        }
-    }
     int force = bp_engine_override();
+    double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
+    bool flat = false;
+    for (int f = force == BP_ENGINE_FLAT_PIXELS; f < (force == BP_ENGINE_PIXELS ? 1 : 2); f++)
+        for (const size_t *menu = pixel_menu(mv); *menu && menu < pixel_menu(mv) + 5; menu++) {
+            double e = pixels_efficiency(&d, mv, *menu, f == 1);
+            if (e > pixels_e + 1e-9) {
+                pixels_e = e;
+                nc = *menu;
+                flat = f == 1;
+            }
+        }
     if (force == BP_ENGINE_IM2COL) goto done;
     if (force == BP_ENGINE_ROWS) rows_e = 2.0;
-    else if (force == BP_ENGINE_PIXELS) pixels_e = 2.0;
+    else if (force == BP_ENGINE_PIXELS || force == BP_ENGINE_FLAT_PIXELS) pixels_e = 2.0;
     else if (rows_e < 0.5 && pixels_e < 0.5) goto done; /* e.g. 1x1 images: a GEMM over the batch is better */
     size_t tb;
     if (pixels_e > rows_e) {
         d.kind = KIND_PIXELS;
         d.bw = mv * BP_VL;
         d.tile = nc;
+        d.flat = flat;
         /* the band's tile results stay in cache between chunks of steps */
-        size_t per_band_row = bp_round_up(ow_max, nc) * d.bw, most = TILE_RESULTS / per_band_row;
+        d.tb_row = flat ? d.wq : bp_round_up(ow_max, nc);
+        size_t most = (TILE_RESULTS / d.bw - nc) / d.tb_row;
         d.band_rows = bp_min(d.band_rows, most < 1 ? 1 : most);
         d.band_rows = bp_ceil_div(d.oh_max, bp_ceil_div(d.oh_max, d.band_rows));
-        tb = d.band_rows * per_band_row;
+        tb = (d.band_rows * d.tb_row + nc) * d.bw;
     } else {
         d.kind = KIND_ROWS;
         d.bw = mr;
@@ -617,26 +631,33 @@ static void run_rows(const run_job *j, size_t p, const float *planes, size_t grp
 }
 
 /* Pixels kernel, one chunk of steps [k0, k0 + n) of channel block mb (packed weights w) against
-   every tile of a band of nb rows: tb (=, or += after the first chunk) the tiles' results, each
-   row's pixels one after the other, bw channels each. */
+   every tile of a band of nb rows: tb (=, or += after the first chunk) the tiles' results, pixel
+   after pixel (a row's first tb_row pixels apart), bw channels each. Flat plans run the tiles over
+   the band's flat positions, computing and dropping the wq - ow past each row as the rows kernel
+   does, so that a tile never stops short at the end of a row. */
 static void pixels_chunk(const bp_direct *d, const phase_t *ph, const float *planes, size_t nb, const float *w,
                          size_t k0, size_t n, float *tb) {
-    size_t nc = d->tile, bw = d->bw, per_row = bp_ceil_div(ph->ow, nc);
+    size_t nc = d->tile, bw = d->bw, mv = bw / BP_VL;
     const float *origin = planes + d->prefix;
+    if (d->flat) {
+        for (size_t q = 0, flat = nb * d->wq; q < flat; q += nc)
+            bp_direct_pixels_tile(mv, nc, origin + q, ph->off + k0, n, w, tb + q * bw, bw, k0 > 0);
+        return;
+    }
     for (size_t y = 0; y < nb; y++)
-        for (size_t c = 0; c < per_row; c++)
-            bp_direct_pixels_tile(bw / BP_VL, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
-                                  tb + (y * per_row + c) * nc * bw, bw, k0 > 0);
+        for (size_t c = 0, per_row = bp_ceil_div(ph->ow, nc); c < per_row; c++)
+            bp_direct_pixels_tile(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
+                                  tb + (y * d->tb_row + c * nc) * bw, bw, k0 > 0);
 }
 
 /* The band's results of channel block mb out of tb: transposed (8 x 8 blocks) into whole rows of
    each channel (run: scratch for them). */
 static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, size_t r0, size_t nb, size_t mb,
                         const dest_t *dst, float *run) {
-    size_t bw = d->bw, per_row = bp_ceil_div(ph->ow, d->tile), rows = bp_min(bw, d->m - mb * bw);
+    size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
     size_t ow = ph->ow, ow8 = ow / 8 * 8, ld = bp_round_up(ow, 8), r8 = rows / 8 * 8;
     for (size_t y = 0; y < nb; y++) {
-        const float *res = tb + y * per_row * d->tile * bw;
+        const float *res = tb + y * d->tb_row * bw;
         for (size_t c0 = 0; c0 < r8; c0 += 8)
             for (size_t i = 0; i < ow8; i += 8) bp_transpose8x8(res + i * bw + c0, bw, run + c0 * ld + i, ld);
         for (size_t r = 0; r < rows; r++)

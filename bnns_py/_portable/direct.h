@@ -35,7 +35,7 @@ typedef struct bp_direct_pass {
    "auto", "rows" / "pixels" (the direct engine's kernel for forward and backward-data passes; it
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
    direct engine). */
-enum { BP_ENGINE_AUTO, BP_ENGINE_ROWS, BP_ENGINE_PIXELS, BP_ENGINE_IM2COL };
+enum { BP_ENGINE_AUTO, BP_ENGINE_ROWS, BP_ENGINE_PIXELS, BP_ENGINE_FLAT_PIXELS, BP_ENGINE_IM2COL };
 int bp_engine_override(void);
 
 /* Plan S's forward pass (backward = false) or its backward-data pass (backward = true); NULL when
@@ -46,7 +46,8 @@ void bp_direct_destroy(bp_direct *d, const bp_allocator *a);
 /* Scratch floats one worker needs, and floats of the packed weights (every group). */
 size_t bp_direct_scratch_floats(const bp_direct *d);
 size_t bp_direct_weight_floats(const bp_direct *d);
-/* Which kernel the plan uses ("rows" or "pixels"), for tests and benchmarks. */
+/* Which kernel the plan uses ("direct rows", "direct pixels" or "direct flat pixels"), for tests
+   and benchmarks. */
 const char *bp_direct_kind(const bp_direct *d);
 
 /* Pack S's weights for the plan's kernels. */

@@ -50,6 +50,8 @@ struct bp_direct {
     size_t s_k, s_taps;           /* S's GEMM depth and taps (weight packing) */
     size_t bw;                    /* output channels per block: MR (rows) or MV*VL (pixels) */
     size_t tile;                  /* rows: NV*VL flat positions; pixels: NC pixels */
+    bool flat;                    /* pixels: tiles over flat positions, not within rows */
+    size_t tb_row;                /* pixels: tile results between a band's rows (pixels) */
     size_t ystep, xstep;          /* destination step between output pixels */
     size_t ss_y, ss_x, sphases;   /* source step per output pixel, source phases */
     ptrdiff_t ay_min, c0;         /* source row of plane row 0 (band 0, phase 0) and column of column 0 */

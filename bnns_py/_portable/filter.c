@@ -268,7 +268,7 @@ static void plan_direct(bp_filter *f) {
     const bp_geom *g = &f->g;
     bool need[2] = {!f->transposed || f->client, f->transposed || f->client};
     int kernel = bp_engine_override(); /* a forced kernel runs wherever it can */
-    bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS;
+    bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS || kernel == BP_ENGINE_FLAT_PIXELS;
     if (bp_conv_small(g) && !forced) need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
     /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed */
     if (g->kh == 1 && g->kw == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 && g->in_h == g->out_h &&
@@ -506,7 +506,7 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
     if (f->direct[which] == NULL) return "im2col";
-    return strcmp(bp_direct_kind(f->direct[which]), "rows") == 0 ? "direct rows" : "direct pixels";
+    return bp_direct_kind(f->direct[which]);
 }
 
 BNNSFilter BNNSFilterCreateLayerConvolution(const BNNSLayerParametersConvolution *layer_params,
