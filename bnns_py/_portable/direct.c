@@ -329,34 +329,23 @@ void bp_direct_destroy(bp_direct *d, const bp_allocator *a) { bp_free(a, d); }
 
 /* ---- weights --------------------------------------------------------------------------------- */
 
-/* Packed steps [k0, k0 + n) of channel block mb of phase p, group grp: dst[k][r] = w(mb*bw + r, k0 + k),
-   zero for rows past the last channel. */
+/* col[i][r] = kernels[r * in + t0 + i] for the nt <= 8 taps from t0 of the kernels of channels
+   r < rows: 8 channels x 8 taps transposed at a time. */
+static void kernel_taps_by_channel(const float *kernels, size_t in, size_t rows, size_t t0, size_t nt,
+                                   float col[8][BP_DIRECT_BW_MAX]) {
+    size_t r8 = nt == 8 ? rows / 8 * 8 : 0;
+    for (size_t r = 0; r < r8; r += 8) bp_transpose8x8(kernels + r * in + t0, in, &col[0][r], BP_DIRECT_BW_MAX);
+    for (size_t r = r8; r < rows; r++)
+        for (size_t i = 0; i < nt; i++) col[i][r] = kernels[r * in + t0 + i];
+}
+
+/* Forward plans: packed steps [k0, k0 + n) of channel block mb of phase p, group grp:
+   dst[k][r] = w(mb*bw + r, k0 + k), zero for rows past the last channel. */
 static void pack_block(const bp_direct *d, const bp_weights_view *v, size_t grp, size_t p, size_t mb, size_t k0,
                        size_t n, float *dst) {
     const phase_t *ph = &d->ph[p];
     size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw), taps = d->s_taps;
     if (rows < bw) memset(dst, 0, n * bw * sizeof(float));
-    if (d->backward) { /* w(m, o, t) = S's W(o, m, tap[t]), step k = o*taps + t */
-        const float *block = v->base + grp * v->group + mb * bw * v->in;
-        if (ph->taps == 0) return; /* a phase no tap lands on: nothing to pack */
-        size_t o0 = k0 / ph->taps, o1 = bp_ceil_div(k0 + n, ph->taps);
-        /* 16 channels m at a time: their kernels for one o stay in L1 while each step gets a
-           whole cache line of them */
-        for (size_t r0 = 0; r0 < rows; r0 += 16) {
-            size_t nr = bp_min(16, rows - r0);
-            for (size_t o = o0; o < o1; o++) {
-                const float *kernels = block + o * v->out + r0 * v->in;
-                for (size_t t = 0; t < ph->taps; t++) {
-                    size_t k = o * ph->taps + t;
-                    if (k < k0 || k >= k0 + n) continue;
-                    const float *src = kernels + ph->tap[t];
-                    float *out = dst + (k - k0) * bw + r0;
-                    for (size_t r = 0; r < nr; r++) out[r] = src[r * v->in];
-                }
-            }
-        }
-        return;
-    }
     /* w(m, c, t) = S's W(m, c, t), step k = c*taps + t: the block's rows transposed, 8 x 8 at a
        time along each run of steps that is contiguous (a row of the canonical matrix, or one
        channel's taps), 16 rows at a time read front to back (streams the prefetcher follows),
@@ -400,23 +389,20 @@ static void pack_backward_block(const bp_direct *d, const bp_weights_view *v, si
         per_o[p] = ph->taps * bw;
         if (rows < bw) memset(phase_block[p], 0, ph->k * bw * sizeof(float));
     }
-    /* 16 channels m at a time: their kernels for one o stay in L1 while each (o, tap) of each
-       phase gets a whole cache line of them */
-    for (size_t r0 = 0; r0 < rows; r0 += 16) {
-        size_t n = bp_min(16, rows - r0);
-        for (size_t o = 0; o < d->c; o++) {
-            const float *kernels = block + o * v->out + r0 * v->in;
-            for (size_t p = 0; p < d->nphases; p++) {
-                const phase_t *ph = &d->ph[p];
-                float *out = phase_block[p] + o * per_o[p] + r0;
-                for (size_t t = 0; t < ph->taps; t++) {
-                    const float *src = kernels + ph->tap[t];
-                    float *dst = out + t * bw;
-                    for (size_t r = 0; r < n; r++) dst[r] = src[r * v->in];
-                }
+    /* one channel o at a time, its block of kernels read front to back; each (o, tap) of each
+       phase is a whole row of bw */
+    size_t taps = d->s_taps;
+    for (size_t o = 0; o < d->c; o++)
+        for (size_t t0 = 0; t0 < taps; t0 += 8) {
+            size_t nt = bp_min(8, taps - t0);
+            float col[8][BP_DIRECT_BW_MAX];
+            kernel_taps_by_channel(block + o * v->out, v->in, rows, t0, nt, col);
+            for (size_t i = 0; i < nt; i++) {
+                size_t p = (size_t)d->tap_phase[t0 + i];
+                memcpy(phase_block[p] + o * per_o[p] + (size_t)d->tap_index[t0 + i] * bw, col[i],
+                       rows * sizeof(float));
             }
         }
-    }
 }
 
 /* Units: (group, phase, channel block); backward plans: (group, channel block), every phase. */
@@ -765,11 +751,11 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
         j.d = &plan_view;
     }
     j.tasks = batch * d->groups * j.bands * j.chunks;
-    /* Weights the filter does not hold packed: the pixels kernel packs each chunk as it goes
-       when each block of channels is used by one task only (one image and band per group);
-       otherwise they are packed once, up front (backward plans: every phase from one read of
-       each kernel). */
-    if (j.packed == NULL && !(d->kind == KIND_PIXELS && batch * j.bands == 1)) {
+    /* Weights the filter does not hold packed: a forward plan's pixels kernel packs each chunk
+       as it goes when each block of channels is used by one task only (one image and band per
+       group); otherwise they are packed once, up front (backward plans always: every phase from
+       one read of each kernel, which per-phase chunks would read once per phase). */
+    if (j.packed == NULL && (d->backward || !(d->kind == KIND_PIXELS && batch * j.bands == 1))) {
         bp_direct_pack(d, &pass->weights, pass->pack_buffer, threads);
         j.packed = pass->pack_buffer;
     }

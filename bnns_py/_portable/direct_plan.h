@@ -32,6 +32,8 @@ enum {
 #define PIX_MV_MAX 2
 #define PIX_NC_MAX 12
 #endif
+/* the most output channels a block holds (bw) */
+#define BP_DIRECT_BW_MAX (PIX_MV_MAX * BP_VL > ROWS_MR_MAX ? PIX_MV_MAX * BP_VL : ROWS_MR_MAX)
 
 typedef struct {
     size_t taps;        /* taps landing on this phase */
