@@ -616,6 +616,19 @@ static task_plan plan_tasks(const bp_geom *g, const bp_gemm_ctx *ctx, size_t bat
             p.blocks = ceil_div(g->out_h, rows);
         }
     }
+    /* a few blocks that do not split evenly over the workers (7 over 2: at most 1.75x): cut
+       finer so that they do, when the blocks stay equal and wide enough */
+    size_t w = (size_t)p.workers;
+    if (split_rows && w > 1 && (outer * p.blocks) % w != 0 && outer * p.blocks < 8 * w)
+        for (size_t b = p.blocks + 1; b <= 2 * p.blocks; b++) {
+            size_t rows = ceil_div(g->out_h, b);
+            if (rows * g->out_w < MIN_SPLIT_PIXELS) break;
+            if (ceil_div(g->out_h, rows) == b && (outer * b) % w == 0) {
+                p.rows = rows;
+                p.blocks = b;
+                break;
+            }
+        }
     size_t units = outer * (split_rows ? p.blocks : 1);
     if (units < (size_t)p.workers) {
         size_t most = channels / MIN_CHUNK_CHANNELS;
