@@ -244,3 +244,35 @@ def test_training_converges_on_a_tiny_task(rng, no_filter_leaks):
             weight -= 0.3 * grads.weight
             bias -= 0.3 * grads.bias
     assert losses[-1] < losses[0] / 100, losses[::10]
+
+
+@pytest.mark.parametrize("activation", [AF.identity, AF.tanh], ids=["identity", "tanh"])
+def test_transposed_weight_gradient_in_pytorch_layout_is_set_or_added(activation, backend, rng, no_filter_leaks):
+    """A one-group transposed layer whose weight and weight gradient are PyTorch's (in, out, kH, kW)
+    memory, described as OIHW with strides: the portable library writes dW straight into that
+    array, with either flag (without an activation the whole batch at once, with one image by
+    image)."""
+    if not backend.honours_weight_strides:
+        pytest.skip("the backend reads weight descriptors without strides")
+    cin, cout, k, h, w, n = 6, 5, 4, 5, 6, 3
+    torch_weight = random_array(rng, (cin, cout, k, k), 0.3)
+    shape = Shape.convolution_weights_oihw(k, k, cin, cout, stride=(1, k, cout * k * k, k * k))
+    oh, ow = (h - 1) * 2 - 2 + k, (w - 1) * 2 - 2 + k
+    layer = ConvolutionLayer(
+        ConvolutionType.transposed, NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(w, h, cin)),
+        NDArrayDescriptor(torch_weight.reshape(-1), shape),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(ow, oh, cout)),
+        None, ConvolutionPadding.symmetric(1, 1), activation, stride=(2, 2),
+        filter_parameters=FilterParameters(flags=Flags.use_client_pointer))
+    x = random_array(rng, (n, cin, h, w))
+    with layer:
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dz = dy * (1 - y.astype(np.float64) ** 2) if activation is AF.tanh else dy
+        dw_ref = reference.conv_transpose2d_backward(x, torch_weight, dz, stride=2, padding=1)[1]
+        start = random_array(rng, torch_weight.shape)
+        for flag, offset in ((NDArrayFlags.backprop_accumulate, 1.0), (NDArrayFlags.backprop_set, 0.0)):
+            dw = NDArrayDescriptor(start.copy().reshape(-1), shape, flags=flag)
+            layer.apply_backward(n, x, y, dy, None, dw)
+            assert_close_to_reference(dw.data.reshape(torch_weight.shape), dw_ref + offset * start, n * h * w)

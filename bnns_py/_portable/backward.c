@@ -155,10 +155,13 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         weights = bp_call_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, &w, &pass, &direct);
     const bp_direct *dw_plan = f->direct[BP_DIRECT_FORWARD];
     /* dW straight into the caller's array when it is S's canonical matrix (plain OIHW of a
-       standard layer), else into the workspace and then into the caller's layout */
-    bool dw_direct = weights_delta != NULL && !f->transposed && f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW &&
-                     dw_stride[0] == 1 && dw_stride[1] == g->kw && dw_stride[2] == g->kw * g->kh &&
-                     dw_stride[3] == g->k;
+       standard layer; of a one-group transposed layer, OIHW strides that read PyTorch's
+       (in, out, kH, kW) order), else into the workspace and then into the caller's layout */
+    size_t taps = g->kh * g->kw;
+    bool canonical_strides = f->transposed ? g->groups == 1 && dw_stride[2] == g->in_cg * taps && dw_stride[3] == taps
+                                           : dw_stride[2] == taps && dw_stride[3] == g->k;
+    bool dw_direct = weights_delta != NULL && f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW &&
+                     dw_stride[0] == 1 && dw_stride[1] == g->kw && canonical_strides;
     float *dweights = dw_direct ? weights_delta->data : w.dweights;
     float dw_beta = dw_direct && accumulates(weights_delta) ? 1.0f : 0.0f;
     /* dz: the gradient before the activation, packed, in the layer's output space */
@@ -189,7 +192,7 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                                       !accumulates(in_delta), NULL, &w.scratch, &f->gemm, direct);
         } else {
             if (weights_delta)
-                bp_conv_backward_weights(g, batch, &out_packed, dy, out_delta_stride, in, in_stride, w.dweights, 0.0f,
+                bp_conv_backward_weights(g, batch, &out_packed, dy, out_delta_stride, in, in_stride, dweights, dw_beta,
                                          &w.scratch, &f->gemm, dw_plan);
             if (in_delta)
                 bp_conv_forward(g, weights, batch, &out_packed, dy, out_delta_stride, dx, in_delta_stride, NULL,
@@ -222,8 +225,8 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                         bp_copy_image(&f->in, x, &in_packed, w.pack_out2, false);
                         xs = w.pack_out2;
                     }
-                    bp_conv_backward_weights(g, 1, &out_packed, dz, 0, xs, 0, w.dweights, b == 0 ? 0.0f : 1.0f, &w.scratch,
-                                             &f->gemm, dw_plan);
+                    bp_conv_backward_weights(g, 1, &out_packed, dz, 0, xs, 0, dweights, b == 0 ? dw_beta : 1.0f,
+                                             &w.scratch, &f->gemm, dw_plan);
                 }
                 if (in_delta) {
                     bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm, direct);
