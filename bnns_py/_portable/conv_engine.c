@@ -517,13 +517,24 @@ static void dw_offsets(const bp_geom *g, size_t off[MAX_FAST_TAPS]) {
         }
 }
 
-/* One output plane from the padded plane p (tap offsets `off`), every value starting at the bias. */
+/* Of the n floats from `next`, the cache lines of the share [part0, part1) of `parts`. */
+static void prefetch_share(const float *next, size_t n, size_t part0, size_t part1, size_t parts) {
+    if (next == NULL) return;
+    const char *bytes = (const char *)next;
+    size_t b0 = n * sizeof(float) * part0 / parts, b1 = n * sizeof(float) * part1 / parts;
+    for (size_t b = b0 / 64 * 64; b < b1; b += 64) __builtin_prefetch(bytes + b, 0, 3);
+}
+
+/* One output plane from the padded plane p (tap offsets `off`), every value starting at the bias.
+   The next plane's source (next_n floats from next; NULL: none) is prefetched meanwhile, so that
+   the memory is busy while this plane is computed, not only while the next one is copied. */
 static void dw_fast_plane(const bp_geom *g, const float *p, const size_t *off, const float *wo, float bias,
-                          float *out) {
+                          float *out, const float *next, size_t next_n) {
     size_t cols = dw_plane_cols(g), ow = g->out_w, oh = g->out_h;
     size_t owv = ceil_div(ow, BP_VL) * BP_VL, taps = g->kh * g->kw;
     size_t row_step = g->sy * cols, oy = 0, two = 2 * BP_VL, four = 4 * BP_VL;
     for (; oy + 4 <= oh; oy += 4) {
+        prefetch_share(next, next_n, oy, oy + 4, oh);
         const float *base = p + oy * row_step;
         float *orow = out + oy * ow;
         size_t ox = 0;
@@ -531,6 +542,7 @@ static void dw_fast_plane(const bp_geom *g, const float *p, const size_t *off, c
         if (ox < owv) dw_tile(base, row_step, off, wo, taps, bias, orow, ow, ox, 4, 1);
     }
     if (oy + 2 <= oh) {
+        prefetch_share(next, next_n, oy, oy + 2, oh);
         const float *base = p + oy * row_step;
         float *orow = out + oy * ow;
         size_t ox = 0;
@@ -539,6 +551,7 @@ static void dw_fast_plane(const bp_geom *g, const float *p, const size_t *off, c
         oy += 2;
     }
     for (; oy < oh; oy++) {
+        prefetch_share(next, next_n, oy, oy + 1, oh);
         const float *base = p + oy * row_step;
         float *orow = out + oy * ow;
         size_t ox = 0;
@@ -791,7 +804,12 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
                 dw_fill_plane(g, j->x_img, src, plane);
                 have = b * g->in_c + ci;
             }
-            dw_fast_plane(g, plane, off, wo, bias, out);
+            /* the next task's plane, when it is another one and packed (one block of memory) */
+            const float *next = NULL;
+            size_t next_o = (t + 1) % g->out_c, next_b = (t + 1) / g->out_c;
+            if (t + 1 < t1 && j->x_img->packed && next_o / g->out_cg != ci)
+                next = j->x + next_b * j->x_bs + (next_o / g->out_cg) * j->x_img->sc;
+            dw_fast_plane(g, plane, off, wo, bias, out, next, g->in_h * g->in_w);
             if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, out, ohw);
         } else {
             dw_general_plane(g, j->x_img, src, wo, out);
@@ -903,7 +921,8 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
 #endif
                 {
                     dw_fill_plane(&j->a, &dy_img, dy + c * ohw, col);
-                    dw_fast_plane(&j->a, col, off, flipped, bias, plane);
+                    const float *next = c + 1 < c1 ? dy + (c + 1) * ohw : NULL;
+                    dw_fast_plane(&j->a, col, off, flipped, bias, plane, next, ohw);
                 }
                 if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, plane, img->h * img->w);
             }
