@@ -123,6 +123,17 @@ static BP_NO_LIBCALLS void fill_padded_planes(const bp_geom *g, const bp_image *
                                               float *pad) {
     size_t ph = g->out_h + (g->kh - 1) * g->dy, pw = g->out_w + (g->kw - 1) * g->dx;
     size_t x0 = min_size(g->pl, pw), x1 = min_size(g->pl + g->in_w, pw), n = x1 > x0 ? x1 - x0 : 0;
+    if (img->sx == 1) { /* all zeros in whole vectors, then each image row in whole vectors */
+        size_t all = g->in_cg * ph * pw, y1 = min_size(g->pt + g->in_h, ph);
+        for (size_t i = 0; i < all; i += BP_VL) bp_vstore_part(pad + i, bp_vzero(), all - i);
+        for (size_t ci = 0; ci < g->in_cg && n > 0; ci++)
+            for (size_t py = g->pt; py < y1; py++) {
+                const float *src = x + (c0 + ci) * img->sc + (py - g->pt) * img->sy;
+                float *row = pad + (ci * ph + py) * pw + x0;
+                for (size_t i = 0; i < n; i += BP_VL) bp_vstore_part(row + i, bp_vload_part(src + i, n - i), n - i);
+            }
+        return;
+    }
     for (size_t ci = 0; ci < g->in_cg; ci++) {
         const float *plane = x + (c0 + ci) * img->sc;
         float *p = pad + ci * ph * pw;
