@@ -72,9 +72,10 @@ class Backend:
     def filter_engine(self, bnns_filter, pass_="forward"):
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
         or ``"weights_gradient"``): ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat
-        pixels"`` (the direct convolution engine; ``"direct"`` for weight gradients) or ``"im2col"`` (im2col + GEMM, the depthwise and
-        tiny-layer kernels). ``bnns_filter`` is ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE``
-        (``rows``, ``pixels``, ``flat-pixels``, ``im2col``), set before a layer is created, forces a choice."""
+        pixels"`` (the direct convolution engine; ``"direct"`` for weight gradients) or
+        ``"im2col"`` (im2col + GEMM, the depthwise and tiny-layer kernels). ``bnns_filter`` is
+        ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE`` (``rows``, ``pixels``,
+        ``flat-pixels``, ``im2col``), set before a layer is created, forces a choice."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend reports its kernels")
         if bnns_filter is None or bnns_filter == ffi.NULL:

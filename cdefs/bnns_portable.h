@@ -34,6 +34,6 @@ uint16_t bnns_portable_f32_to_bf16(float f);
    and 1 ("direct flat pixels": the pixels kernel with tiles over flat positions, not within
    rows), "direct" its weight gradient, "im2col" the im2col + GEMM path with the depthwise and
    tiny-layer kernels; "" for a NULL filter or another pass. The environment variable
-   BNNS_PY_PORTABLE_ENGINE (auto, rows, pixels, flat-pixels, im2col), read when a filter is created,
-   overrides the choice. */
+   BNNS_PY_PORTABLE_ENGINE (auto, rows, pixels, flat-pixels, im2col), read when a filter is
+   created, overrides the choice. */
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass);

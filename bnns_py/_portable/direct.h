@@ -32,7 +32,8 @@ typedef struct bp_direct_pass {
 } bp_direct_pass;
 
 /* What the environment variable BNNS_PY_PORTABLE_ENGINE asks for (read when a filter is made):
-   "auto", "rows" / "pixels" (the direct engine's kernel for forward and backward-data passes; it
+   "auto", "rows" / "pixels" / "flat-pixels" (the direct engine's kernel for forward and
+   backward-data passes, "pixels" with tiles within rows, "flat-pixels" over flat positions; it
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
    direct engine). */
 enum { BP_ENGINE_AUTO, BP_ENGINE_ROWS, BP_ENGINE_PIXELS, BP_ENGINE_FLAT_PIXELS, BP_ENGINE_IM2COL };
