@@ -229,7 +229,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     }
 
     /* bands of output rows whose planes fit the per-worker target; a rows tile reads up to a
-       tile and a row past the band's last row, a pixels tile less */
+       tile and a row past the band's last row (the slack), a pixels tile less */
     d.slack = bp_round_up((size_t)rows_nv(1) * BP_VL + d.wq + 2 * BP_VL, 16);
     size_t per_row = d.c * d.sphases * d.wq;
     size_t fixed = d.c * d.sphases * (d.prefix + d.slack + d.qy_max * d.wq);
@@ -264,6 +264,8 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         d.bw = mv * BP_VL;
         d.tile = nc;
         d.flat = flat;
+        /* its tiles read less than a tile and a row past the band's last row (wq >= ow + qx_max) */
+        d.slack = bp_round_up(nc + d.wq, 16);
         /* the band's tile results stay in cache between chunks of steps */
         d.tb_row = flat ? d.wq : bp_round_up(ow_max, nc);
         size_t most = (TILE_RESULTS / d.bw - nc) / d.tb_row;
