@@ -41,6 +41,7 @@ GEOMETRIES = [
     (1, 9, 11, 8, 33, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),      # 1x1 with stride: not a plain GEMM
     (1, 4, 3, 6, 1, (3, 1), (1, 1), (0, 0, 1, 1), (1, 1), 1),        # one column wide
     (2, 24, 20, 40, 34, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),    # dilated 'same': bands of rows
+    (11, 96, 260, 5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # weights >> planes: image groups 6 + 5
 ]
 
 
@@ -168,10 +169,11 @@ def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, 
 
 @pytest.mark.parametrize("engine", ["rows", "pixels", "flat-pixels"], indirect=True)
 @pytest.mark.parametrize("client", [True, False])
-def test_weights_are_read_at_each_call_or_copied(engine, client, backend, rng, no_filter_leaks):
-    """Client-pointer filters pack the caller's weights at every call (changes are seen); copied
-    filters packed them at creation (later changes are not)."""
-    n, cin, cout, h, w = 1, 32, 48, 7, 7
+@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 32, 48, 7, 7), (4, 64, 200, 5, 5)], ids=["one-image", "image-group"])
+def test_weights_are_read_at_each_call_or_copied(engine, client, n, cin, cout, h, w, backend, rng, no_filter_leaks):
+    """Client-pointer filters pack the caller's weights at every call (changes are seen), chunk by
+    chunk for one image or a group of images (weights that outweigh their planes) or else up front;
+    copied filters packed them at creation (later changes are not)."""
     x = random_array(rng, (n, cin, h, w))
     weight = random_array(rng, (cout, cin, 3, 3), 0.3)
     original = weight.copy()

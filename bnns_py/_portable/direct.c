@@ -24,8 +24,8 @@
      (flat plans, when that wastes less) run over the flat positions as the rows kernel's do.
 
    Weights are packed per block of output channels so that each step of the reduction reads them
-   contiguously. Every task (image x group x band of output rows x block of output channels) fills
-   its own planes, so the workers never wait on each other. */
+   contiguously. Every task (image, or group of images, x group x band of output rows x block of
+   output channels) fills its own planes, so the workers never wait on each other. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -61,6 +61,7 @@ int bp_engine_override(void) {
 }
 
 size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
+size_t bp_direct_view_scratch_floats(const bp_direct *d) { return d->group_scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
 const char *bp_direct_kind(const bp_direct *d) {
     return d->kind == KIND_ROWS ? "direct rows" : d->flat ? "direct flat pixels" : "direct pixels";
@@ -295,6 +296,17 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     d.run_offset = d.chunk_offset + (d.kind == KIND_PIXELS ? bp_round_up(K_CHUNK * d.bw, 16) : 0);
     size_t run = d.kind == KIND_PIXELS ? d.bw * bp_round_up(ow_max, 8) : ow_max + d.tile;
     d.scratch = d.run_offset + bp_round_up(run + BP_VL, 16);
+    /* Weights the run packs itself (client pointers), several images: when the weights outweigh
+       the planes of a group of images, a task takes the group, so that each chunk is packed once
+       into cache for all of them rather than up front, to be read back from memory per image.
+       The group's planes and results follow the scratch (group_scratch: what such filters
+       reserve). */
+    d.image_group = 1;
+    d.group_stride = bp_round_up(d.planes, 16) + bp_round_up(tb, 16);
+    if (d.kind == KIND_PIXELS && !backward)
+        d.image_group = bp_max(bp_min(IMAGE_GROUP_TARGET / d.group_stride, IMAGE_GROUP_MAX), 1);
+    d.group_offset = d.scratch;
+    d.group_scratch = d.scratch + (d.image_group - 1) * d.group_stride;
 
     out = bp_alloc(a, sizeof *out + (steps + 3 * total) * sizeof(int32_t));
     if (out == NULL) goto done;
@@ -359,9 +371,13 @@ static void pack_block(const bp_direct *d, const bp_weights_view *v, size_t grp,
         const float *src = block + (c0 / taps) * v->in + (c0 % taps); /* step c0 of row 0 */
         float *out = dst + (lo - k0) * bw;
         for (size_t r0 = 0; r0 < r8; r0 += 16)
-            for (size_t k = lo; k < hi8; k += 8)
+            for (size_t k = lo; k < hi8; k += 8) {
+                if (((k - lo) & 15) == 0) /* 4 lines ahead: the hardware's prefetch lags 16 streams */
+                    for (size_t r = r0; r < r0 + 16 && r < r8; r++)
+                        __builtin_prefetch(src + r * v->out + (k - c0) + 64, 0, 3);
                 for (size_t r = r0; r < r0 + 16 && r < r8; r += 8)
                     bp_transpose8x8(src + r * v->out + (k - c0), v->out, out + (k - lo) * bw + r, bw);
+            }
         for (size_t k = lo; k < hi; k++)
             for (size_t r = k < hi8 ? r8 : 0; r < rows; r++) out[(k - lo) * bw + r] = src[r * v->out + (k - c0)];
     }
@@ -590,6 +606,7 @@ typedef struct {
     const bp_epilogue *e;
     const bp_scratch *s;
     size_t batch, bands, chunks, tasks, mblocks;
+    size_t images;       /* images a task takes (an image group, see the plan's image_group) */
     _Atomic size_t next; /* the next task to take */
 } run_job;
 
@@ -662,45 +679,56 @@ static const float *chunk_weights(const run_job *j, size_t grp, size_t p, size_t
     return chunk;
 }
 
-/* Pixels kernel over the band's rows, NC columns at a time: for each channel block and chunk of
-   steps, the chunk's packed weights against every tile of the band (each weight is read once per
-   band; the tiles' results wait in tb between chunks). */
-static void run_pixels(const run_job *j, size_t p, const float *planes, size_t grp, size_t r0, size_t nb, size_t mb0,
-                       size_t mb1, const dest_t *dst, float *scratch) {
+/* Pixels kernel over the band's rows of n images (planes, tile results and destinations of
+   each), NC columns at a time: for each channel block and chunk of steps, the chunk's packed
+   weights against every tile of the band of each image (each weight is read once per band; the
+   tiles' results wait in tb between chunks). */
+static void run_pixels(const run_job *j, size_t p, size_t n_img, float *const planes[], float *const tb[],
+                       const dest_t dst[], size_t grp, size_t r0, size_t nb, size_t mb0, size_t mb1, float *scratch) {
     const bp_direct *d = j->d;
     const phase_t *ph = &d->ph[p];
-    float *tb = scratch + d->tb_offset, *chunk = scratch + d->chunk_offset, *run = scratch + d->run_offset;
+    float *chunk = scratch + d->chunk_offset, *run = scratch + d->run_offset;
     for (size_t mb = mb0; mb < mb1; mb++) {
         for (size_t k0 = 0; k0 < ph->k || k0 == 0; k0 += K_CHUNK) {
             size_t n = bp_min(K_CHUNK, ph->k - k0);
-            pixels_chunk(d, ph, planes, nb, chunk_weights(j, grp, p, mb, k0, n, chunk), k0, n, tb);
+            const float *w = chunk_weights(j, grp, p, mb, k0, n, chunk);
+            for (size_t i = 0; i < n_img; i++) pixels_chunk(d, ph, planes[i], nb, w, k0, n, tb[i]);
             if (ph->k == 0) break;
         }
-        pixels_emit(d, ph, tb, r0, nb, mb, dst, run);
+        for (size_t i = 0; i < n_img; i++) pixels_emit(d, ph, tb[i], r0, nb, mb, &dst[i], run);
     }
 }
 
-/* Output channel blocks [mb0, mb1) of one (image, group, band), its planes filled first unless
-   they already are. */
+/* Output channel blocks [mb0, mb1) of one (images [b, b + j->images), group, band), their planes
+   filled first unless they already are. */
 static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t mb0, size_t mb1, bool fill,
                      float *scratch) {
     const bp_direct *d = j->d;
     size_t r0 = band * d->band_rows, r1 = bp_min(r0 + d->band_rows, d->oh_max);
-    if (fill)
-        bp_direct_fill_planes(d, j->src_img, j->src + b * j->src_bs + grp * d->c * j->src_img->sc, 0, d->c, r0, r1 - r0,
-                              scratch);
+    size_t n_img = bp_min(j->images, j->batch - b);
+    float *planes[IMAGE_GROUP_MAX], *tb[IMAGE_GROUP_MAX];
+    for (size_t i = 0; i < n_img; i++) {
+        planes[i] = i == 0 ? scratch : scratch + d->group_offset + (i - 1) * d->group_stride;
+        tb[i] = i == 0 ? scratch + d->tb_offset : planes[i] + bp_round_up(d->planes, 16);
+        if (fill)
+            bp_direct_fill_planes(d, j->src_img, j->src + (b + i) * j->src_bs + grp * d->c * j->src_img->sc, 0, d->c,
+                                  r0, r1 - r0, planes[i]);
+    }
     for (size_t p = 0; p < d->nphases; p++) {
         const phase_t *ph = &d->ph[p];
         size_t end = bp_min(r1, ph->oh);
         if (r0 >= end || ph->ow == 0) continue;
-        dest_t dst = {j->dst + b * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc, j->dst_img->sy,
-                      j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m, j->accumulate, j->e};
-        if (d->kind == KIND_ROWS) run_rows(j, p, scratch, grp, r0, end - r0, mb0, mb1, &dst, scratch + d->tb_offset);
-        else run_pixels(j, p, scratch, grp, r0, end - r0, mb0, mb1, &dst, scratch);
+        dest_t dst[IMAGE_GROUP_MAX];
+        for (size_t i = 0; i < n_img; i++)
+            dst[i] = (dest_t){j->dst + (b + i) * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc,
+                              j->dst_img->sy, j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m,
+                              j->accumulate, j->e};
+        if (d->kind == KIND_ROWS) run_rows(j, p, scratch, grp, r0, end - r0, mb0, mb1, &dst[0], tb[0]);
+        else run_pixels(j, p, n_img, planes, tb, dst, grp, r0, end - r0, mb0, mb1, scratch);
     }
 }
 
-/* Tasks: (image, group, band, channel chunk), channel chunks fastest. */
+/* Tasks: (image or image group, group, band, channel chunk), channel chunks fastest. */
 static void run_tasks(void *arg, int worker, int workers) {
     run_job *j = arg;
     (void)workers;
@@ -710,7 +738,7 @@ static void run_tasks(void *arg, int worker, int workers) {
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->tasks;) {
         size_t q = t % j->chunks, u = t / j->chunks, band = u % j->bands, ig = u / j->bands, mb0, mb1;
         bp_split(j->mblocks, (int)q, (int)j->chunks, &mb0, &mb1);
-        run_unit(j, ig / j->d->groups, ig % j->d->groups, band, mb0, mb1, have != u, scratch);
+        run_unit(j, ig / j->d->groups * j->images, ig % j->d->groups, band, mb0, mb1, have != u, scratch);
         have = u;
     }
 }
@@ -732,8 +760,20 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
     flops *= batch * d->groups;
     run_job j = {d, pass->packed, &pass->weights, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
-                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 0};
+                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 1, 0};
     int workers = bp_workers_for(threads, flops);
+    /* Weights from a view that outweigh the planes of a group of images: tasks of a group and one
+       channel block, each chunk packed once per group (groups of equal size) */
+    size_t images = bp_ceil_div(batch, bp_ceil_div(batch, d->image_group));
+    if (j.packed == NULL && images > 1 && d->packed_group >= GROUP_WEIGHTS_FACTOR * images * d->planes &&
+        j.mblocks >= (size_t)workers && s->stride >= d->group_scratch) {
+        j.images = images;
+        j.chunks = j.mblocks;
+        j.tasks = bp_ceil_div(batch, j.images) * d->groups * j.bands * j.chunks;
+        if ((size_t)workers > j.tasks) workers = (int)j.tasks;
+        bp_parallel_run(workers, run_tasks, &j);
+        return;
+    }
     /* Equal shares: when the (image, group, band) units do not split evenly over the workers,
        cut each into f parts, by rows when they split evenly, else by channel blocks. */
     size_t units = batch * d->groups * j.bands, f = (size_t)workers / gcd(units, (size_t)workers);

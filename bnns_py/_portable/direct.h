@@ -46,6 +46,8 @@ void bp_direct_destroy(bp_direct *d, const bp_allocator *a);
 
 /* Scratch floats one worker needs, and floats of the packed weights (every group). */
 size_t bp_direct_scratch_floats(const bp_direct *d);
+/* Scratch floats one worker needs when the run packs the weights itself (a view). */
+size_t bp_direct_view_scratch_floats(const bp_direct *d);
 size_t bp_direct_weight_floats(const bp_direct *d);
 /* Which kernel the plan uses ("direct rows", "direct pixels" or "direct flat pixels"), for tests
    and benchmarks. */

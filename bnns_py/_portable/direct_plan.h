@@ -17,7 +17,10 @@ enum {
     PLANE_LIMIT = 1 << 24,    /* beyond this the im2col engine's smaller blocks are better */
     MIN_BAND_ROWS = 4,
     K_CHUNK = 1024,           /* reduction steps of packed weights the pixels kernel takes at a time */
-    TILE_RESULTS = 1 << 15    /* floats of a band's pixels-kernel results (128 KiB) */
+    TILE_RESULTS = 1 << 15,   /* floats of a band's pixels-kernel results (128 KiB) */
+    IMAGE_GROUP_TARGET = 1 << 19, /* floats of planes and results an image group holds (2 MiB) */
+    IMAGE_GROUP_MAX = 8,
+    GROUP_WEIGHTS_FACTOR = 4  /* image groups when the weights exceed this many times their planes */
 };
 
 /* Register tiles (direct.c). Rows kernel: MR channels x NV vectors; pixels kernel: NC pixels x MV
@@ -68,11 +71,14 @@ struct bp_direct {
     int32_t *tap_phase, *tap_index; /* each S tap's phase and position there (every tap is in one) */
     size_t packed_group;          /* packed weight floats per group */
     size_t tb_offset, chunk_offset, run_offset, scratch; /* worker scratch layout */
+    size_t image_group;           /* pixels, weights from a view: images a task takes (1: one) */
+    size_t group_offset, group_stride, group_scratch; /* their planes and results, images 1 .. */
 };
 
 static inline size_t bp_ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 static inline size_t bp_round_up(size_t a, size_t b) { return bp_ceil_div(a, b) * b; }
 static inline size_t bp_min(size_t a, size_t b) { return a < b ? a : b; }
+static inline size_t bp_max(size_t a, size_t b) { return a > b ? a : b; }
 
 #define BP_INLINE static inline __attribute__((always_inline))
 

@@ -279,8 +279,10 @@ static void plan_direct(bp_filter *f) {
         f->direct[i] = bp_direct_plan(g, i == BP_DIRECT_BACKWARD_DATA, &f->allocator);
         if (f->direct[i] == NULL) continue; /* the im2col engine runs this pass */
         size_t scratch = bp_direct_scratch_floats(f->direct[i]), weights = bp_direct_weight_floats(f->direct[i]);
-        if (f->client && i == BP_DIRECT_FORWARD) { /* the forward plan also computes weight gradients */
-            size_t dw = bp_direct_weights_scratch_floats(f->direct[i]);
+        if (f->client) { /* the run packs the weights; the forward plan also computes weight gradients */
+            size_t view = bp_direct_view_scratch_floats(f->direct[i]);
+            size_t dw = i == BP_DIRECT_FORWARD ? bp_direct_weights_scratch_floats(f->direct[i]) : 0;
+            if (view > scratch) scratch = view;
             if (dw > scratch) scratch = dw;
         }
         if (scratch > f->scratch_floats) f->scratch_floats = scratch;
