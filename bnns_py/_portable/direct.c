@@ -272,7 +272,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         size_t most = (TILE_RESULTS / d.bw - nc) / d.tb_row;
         d.band_rows = bp_min(d.band_rows, most < 1 ? 1 : most);
         d.band_rows = bp_ceil_div(d.oh_max, bp_ceil_div(d.oh_max, d.band_rows));
-        tb = (d.band_rows * d.tb_row + nc) * d.bw;
+        tb = (d.band_rows * d.tb_row + bp_max(nc, 8)) * d.bw; /* slack: a tile, and 8 pixels for pixels_emit */
     } else {
         d.kind = KIND_ROWS;
         d.bw = mr;
@@ -660,13 +660,14 @@ static void pixels_chunk(const bp_direct *d, const phase_t *ph, const float *pla
 static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, size_t r0, size_t nb, size_t mb,
                         const dest_t *dst, float *run) {
     size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
-    size_t ow = ph->ow, ow8 = ow / 8 * 8, ld = bp_round_up(ow, 8), r8 = rows / 8 * 8;
+    size_t ow = ph->ow, ld = bp_round_up(ow, 8), r8 = rows / 8 * 8;
     for (size_t y = 0; y < nb; y++) {
         const float *res = tb + y * d->tb_row * bw;
+        /* whole 8 x 8 blocks, the last reading up to 7 pixels past the row (tb's slack) */
         for (size_t c0 = 0; c0 < r8; c0 += 8)
-            for (size_t i = 0; i < ow8; i += 8) bp_transpose8x8(res + i * bw + c0, bw, run + c0 * ld + i, ld);
-        for (size_t r = 0; r < rows; r++)
-            for (size_t i = r < r8 ? ow8 : 0; i < ow; i++) run[r * ld + i] = res[i * bw + r];
+            for (size_t i = 0; i < ow; i += 8) bp_transpose8x8(res + i * bw + c0, bw, run + c0 * ld + i, ld);
+        for (size_t r = r8; r < rows; r++)
+            for (size_t i = 0; i < ow; i++) run[r * ld + i] = res[i * bw + r];
         for (size_t r = 0; r < rows; r++) emit_run(dst, mb * bw + r, r0 + y, 0, run + r * ld, ow);
     }
 }
