@@ -167,6 +167,25 @@ def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, 
         np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=_tolerance(n * oh * ow))
 
 
+@pytest.mark.parametrize("engine", ["rows", "pixels"], indirect=True)
+def test_outputs_over_16_mib_are_streamed_right(engine, backend, rng, no_filter_leaks):
+    """A call whose output exceeds 16 MiB stores it with non-temporal stores (rows of 182 values:
+    unaligned heads and tails around the streamed vectors), with the bias added."""
+    n, cin, cout, h, w = 2, 2, 64, 182, 182
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin, 3, 3), 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                   1, weight, bias, AF.identity, 2)
+    with layer:
+        _check_engine(backend, layer, engine)
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        assert y.nbytes > 16 << 20
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, padding=1)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin * 9))
+
+
 @pytest.mark.parametrize("engine", ["rows", "pixels", "flat-pixels"], indirect=True)
 @pytest.mark.parametrize("client", [True, False])
 @pytest.mark.parametrize("n,cin,cout,h,w", [(1, 32, 48, 7, 7), (4, 64, 200, 5, 5)], ids=["one-image", "image-group"])

@@ -570,6 +570,7 @@ typedef struct {
     size_t channel0;          /* layer channel of the group's channel 0 (bias) */
     bool accumulate;
     const bp_epilogue *e;
+    bool stream;              /* non-temporal stores (the call's output is far larger than the caches) */
 } dest_t;
 
 /* n finished values v (modified) of channel m for output pixels (oy, ox .. ox + n - 1). */
@@ -580,7 +581,13 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
     float bias = e != NULL && e->bias != NULL ? e->bias[(d->channel0 + m) * e->bias_stride] : 0.0f;
     const BNNSActivation *act = e != NULL ? e->act : NULL;
     if (step == 1 && !d->accumulate && act == NULL) { /* the common case, in one pass */
-        for (size_t i = 0; i < n; i++) p[i] = v[i] + bias;
+        size_t i = 0;
+        if (d->stream) { /* whole aligned vectors stream past the caches: no read for ownership */
+            bp_vec b = bp_vset1(bias);
+            for (; i < n && (uintptr_t)(p + i) % sizeof(bp_vec) != 0; i++) p[i] = v[i] + bias;
+            for (; i + BP_VL <= n; i += BP_VL) bp_vstream(p + i, bp_vadd(bp_vload(v + i), b));
+        }
+        for (; i < n; i++) p[i] = v[i] + bias;
         return;
     }
     if (d->accumulate)
@@ -607,6 +614,7 @@ typedef struct {
     const bp_scratch *s;
     size_t batch, bands, chunks, tasks, mblocks;
     size_t images;       /* images a task takes (an image group, see the plan's image_group) */
+    bool stream;         /* the output is stored with non-temporal stores */
     _Atomic size_t next; /* the next task to take */
 } run_job;
 
@@ -723,7 +731,7 @@ static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t
         for (size_t i = 0; i < n_img; i++)
             dst[i] = (dest_t){j->dst + (b + i) * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc,
                               j->dst_img->sy, j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m,
-                              j->accumulate, j->e};
+                              j->accumulate, j->e, j->stream};
         if (d->kind == KIND_ROWS) run_rows(j, p, scratch, grp, r0, end - r0, mb0, mb1, &dst[0], tb[0]);
         else run_pixels(j, p, n_img, planes, tb, dst, grp, r0, end - r0, mb0, mb1, scratch);
     }
@@ -742,6 +750,7 @@ static void run_tasks(void *arg, int worker, int workers) {
         run_unit(j, ig / j->d->groups * j->images, ig % j->d->groups, band, mb0, mb1, have != u, scratch);
         have = u;
     }
+    if (j->stream) bp_stream_fence(); /* the streamed stores are visible before the run returns */
 }
 
 static size_t gcd(size_t a, size_t b) {
@@ -761,8 +770,11 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
     flops *= batch * d->groups;
     run_job j = {d, pass->packed, &pass->weights, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
-                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 1, 0};
+                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 1, false, 0};
     int workers = bp_workers_for(threads, flops);
+    size_t out_floats = 0;
+    for (size_t p = 0; p < d->nphases; p++) out_floats += d->ph[p].oh * d->ph[p].ow;
+    j.stream = !accumulate && out_floats * d->m * d->groups * batch >= STREAM_FLOATS;
     /* Weights from a view that outweigh the planes of a group of images: tasks of a group and one
        channel block, each chunk packed once per group (groups of equal size) */
     size_t images = bp_ceil_div(batch, bp_ceil_div(batch, d->image_group));

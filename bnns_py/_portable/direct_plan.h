@@ -20,7 +20,8 @@ enum {
     TILE_RESULTS = 1 << 15,   /* floats of a band's pixels-kernel results (128 KiB) */
     IMAGE_GROUP_TARGET = 1 << 19, /* floats of planes and results an image group holds (2 MiB) */
     IMAGE_GROUP_MAX = 8,
-    GROUP_WEIGHTS_FACTOR = 4  /* image groups when the weights exceed this many times their planes */
+    GROUP_WEIGHTS_FACTOR = 4, /* image groups when the weights exceed this many times their planes */
+    STREAM_FLOATS = 1 << 22   /* outputs of a call from which they are streamed past the caches (16 MiB) */
 };
 
 /* Register tiles (direct.c). Rows kernel: MR channels x NV vectors; pixels kernel: NC pixels x MV

@@ -25,6 +25,8 @@ static inline bp_vec bp_vzero(void) { return _mm512_setzero_ps(); }
 static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return _mm512_fmadd_ps(a, b, c); }
 static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return _mm512_add_ps(a, b); }
 static inline float bp_vsum(bp_vec v) { return _mm512_reduce_add_ps(v); }
+static inline void bp_vstream(float *p, bp_vec v) { _mm512_stream_ps(p, v); } /* p: 64-byte aligned */
+static inline void bp_stream_fence(void) { _mm_sfence(); }
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define BP_VL 8
@@ -37,6 +39,8 @@ static inline bp_vec bp_vset1(float s) { return _mm256_set1_ps(s); }
 static inline bp_vec bp_vzero(void) { return _mm256_setzero_ps(); }
 static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return _mm256_fmadd_ps(a, b, c); }
 static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return _mm256_add_ps(a, b); }
+static inline void bp_vstream(float *p, bp_vec v) { _mm256_stream_ps(p, v); } /* p: 32-byte aligned */
+static inline void bp_stream_fence(void) { _mm_sfence(); }
 static inline float bp_vsum(bp_vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -59,6 +63,8 @@ static inline bp_vec bp_vzero(void) { return (bp_vec){0.0f, 0.0f, 0.0f, 0.0f}; }
 static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return a * b + c; }
 static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return a + b; }
 static inline float bp_vsum(bp_vec v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+static inline void bp_vstream(float *p, bp_vec v) { bp_vstore(p, v); }
+static inline void bp_stream_fence(void) {}
 #endif
 
 /* The sum of n floats (in vector lanes: not the order of a plain loop). */
