@@ -55,7 +55,7 @@ def create_filter(backend, function_name, *args, keepalive=()):
 # UnaryLayer.apply's memory of its last numpy operands: (input, output, batch size, input
 # dtype, output dtype, C function, input pointer, input batch stride, output pointer, output
 # batch stride). Nothing matches this one.
-_NO_LAST_APPLY = (object(), object()) + (None,) * 8
+_NO_LAST_APPLY = (object(), object()) + (None,) * 6
 
 
 class Layer:
@@ -164,12 +164,12 @@ class UnaryLayer(Layer):
                 if handle is not None:
                     lock = self._call_lock
                     if lock is None:
-                        status = last[5](handle, batch_size, last[6], last[7], last[8], last[9])
+                        status = last[5](handle, *last[6])
                     else:
                         with lock:
-                            status = last[5](handle, batch_size, last[6], last[7], last[8], last[9])
+                            status = last[5](handle, *last[6])
                     if status != 0:
-                        self._fail("BNNSFilterApplyBatch")
+                        self._fail(last[7])
                     return
         self._apply_checked(batch_size, input, output)
 
@@ -181,13 +181,16 @@ class UnaryLayer(Layer):
         out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
         if np.may_share_memory(in_array, out_array):
             raise ValueError("input and output share memory; BNNS needs separate buffers")
-        function = self._backend.lib.BNNSFilterApplyBatch
+        if batch_size == 1:  # one item: the three-argument call, which costs cffi less
+            name, args = "BNNSFilterApply", (in_ptr, out_ptr)
+        else:
+            name, args = "BNNSFilterApplyBatch", (batch_size, in_ptr, in_stride, out_ptr, out_stride)
+        function = getattr(self._backend.lib, name)
         if input is in_array and output is out_array:  # numpy arrays, not descriptors
-            self._last_apply = (input, output, batch_size, input.dtype, output.dtype, function,
-                                in_ptr, in_stride, out_ptr, out_stride)
-        status = self._call(function, handle, batch_size, in_ptr, in_stride, out_ptr, out_stride)
+            self._last_apply = (input, output, batch_size, input.dtype, output.dtype, function, args, name)
+        status = self._call(function, handle, *args)
         if status != 0:
-            self._fail("BNNSFilterApplyBatch")
+            self._fail(name)
 
     def _pointer(self, name, value, expected, batch_size, writable):
         """(data pointer, batch stride, numpy array) for an apply argument, after checking it."""

@@ -39,8 +39,14 @@ def test_repeated_apply_matches_reference_and_follows_new_data(rng, no_filter_le
             x[:] = random_array(rng, x.shape)  # same arrays, new values: the fast path reads them
             layer.apply(2, x, out)
             assert_close_to_reference(out, reference.conv2d(x, weights, bias, padding=1), 72)
-        # a different batch size or other arrays take the checked path and still work
-        layer.apply(1, x, out)
+        # a different batch size or other arrays take the checked path and still work; one item
+        # goes through the three-argument BNNSFilterApply, fast path included
+        for _ in range(2):
+            x[0] = random_array(rng, x.shape[1:])
+            out[:] = np.nan
+            layer.apply(1, x, out)
+            assert_close_to_reference(out[:1], reference.conv2d(x[:1], weights, bias, padding=1), 72)
+            assert np.isnan(out[1]).all()
         x2, out2 = x.copy(), np.empty_like(out)
         layer.apply(2, x2, out2)
         assert_close_to_reference(out2, reference.conv2d(x2, weights, bias, padding=1), 72)
