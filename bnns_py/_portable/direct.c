@@ -590,6 +590,18 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
         for (; i < n; i++) p[i] = v[i] + bias;
         return;
     }
+#if defined(__AVX512F__)
+    if (step == 2 && !d->accumulate && act == NULL) { /* a phase of a 2-strided output: every other value */
+        size_t i = 0;
+        __m512 b = _mm512_set1_ps(bias);
+        for (; i + 8 <= n; i += 8) {
+            __m512 x = _mm512_maskz_expand_ps(0x5555, _mm512_castps256_ps512(_mm256_loadu_ps(v + i)));
+            _mm512_mask_storeu_ps(p + 2 * i, 0x5555, _mm512_add_ps(x, b));
+        }
+        for (; i < n; i++) p[2 * i] = v[i] + bias;
+        return;
+    }
+#endif
     if (d->accumulate)
         for (size_t i = 0; i < n; i++) v[i] += p[i * step];
     for (size_t i = 0; i < n; i++) v[i] += bias;
@@ -723,18 +735,22 @@ static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t
             bp_direct_fill_planes(d, j->src_img, j->src + (b + i) * j->src_bs + grp * d->c * j->src_img->sc, 0, d->c,
                                   r0, r1 - r0, planes[i]);
     }
-    for (size_t p = 0; p < d->nphases; p++) {
-        const phase_t *ph = &d->ph[p];
-        size_t end = bp_min(r1, ph->oh);
-        if (r0 >= end || ph->ow == 0) continue;
-        dest_t dst[IMAGE_GROUP_MAX];
-        for (size_t i = 0; i < n_img; i++)
-            dst[i] = (dest_t){j->dst + (b + i) * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc,
-                              j->dst_img->sy, j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m,
-                              j->accumulate, j->e, j->stream};
-        if (d->kind == KIND_ROWS) run_rows(j, p, scratch, grp, r0, end - r0, mb0, mb1, &dst[0], tb[0]);
-        else run_pixels(j, p, n_img, planes, tb, dst, grp, r0, end - r0, mb0, mb1, scratch);
-    }
+    /* pixels, several output phases: a channel block's phases one after the other, so that the
+       values they interleave in the output are written while its lines are still in cache */
+    size_t step = d->kind == KIND_PIXELS && d->nphases > 1 ? 1 : mb1 - mb0;
+    for (size_t m = mb0; m < mb1; m += step)
+        for (size_t p = 0; p < d->nphases; p++) {
+            const phase_t *ph = &d->ph[p];
+            size_t end = bp_min(r1, ph->oh), m1 = bp_min(m + step, mb1);
+            if (r0 >= end || ph->ow == 0) continue;
+            dest_t dst[IMAGE_GROUP_MAX];
+            for (size_t i = 0; i < n_img; i++)
+                dst[i] = (dest_t){j->dst + (b + i) * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc,
+                                  j->dst_img->sy, j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m,
+                                  j->accumulate, j->e, j->stream};
+            if (d->kind == KIND_ROWS) run_rows(j, p, scratch, grp, r0, end - r0, m, m1, &dst[0], tb[0]);
+            else run_pixels(j, p, n_img, planes, tb, dst, grp, r0, end - r0, m, m1, scratch);
+        }
 }
 
 /* Tasks: (image or image group, group, band, channel chunk), channel chunks fastest. */
