@@ -466,16 +466,24 @@ void bp_direct_fill_planes(const bp_direct *d, const bp_image *img, const float 
                         continue;
                     }
                     const float *src = x + c * img->sc + (size_t)sr * img->sy;
-                    memset(row, 0, (size_t)j0 * sizeof(float));
+                    for (ptrdiff_t j = 0; j < j0; j++) row[j] = 0.0f;
                     size_t step = d->ss_x * img->sx, at = (size_t)(j0 * ss + first) * img->sx;
                     const float *from = src + at;
-                    size_t n = (size_t)(j1 - j0);
-                    if (step == 1) memcpy(row + j0, from, n * sizeof(float));
-                    else if (step == 2) /* a constant stride the compiler vectorizes */
+                    size_t n = (size_t)(j1 - j0), zero = (size_t)j1;
+                    /* whole vectors, no library calls (rows are short); the zeros after the values
+                       as whole vectors too, up to a vector past the row: into the next row, which is
+                       written next, or the plane's slack, which is zero */
+                    if (step == 1) {
+                        size_t i = 0;
+                        for (; i + BP_VL <= n; i += BP_VL) bp_vstore(row + j0 + i, bp_vload(from + i));
+                        bp_vstore(row + j0 + i, bp_vload_part(from + i, n - i));
+                        zero = (size_t)j0 + i + BP_VL;
+                    } else if (step == 2) { /* a constant stride the compiler vectorizes */
                         for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[2 * j];
-                    else
+                    } else {
                         for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[j * step];
-                    memset(row + j1, 0, (d->wq - (size_t)j1) * sizeof(float));
+                    }
+                    for (; zero < d->wq; zero += BP_VL) bp_vstore(row + zero, bp_vzero());
                 }
             }
 }
