@@ -689,6 +689,29 @@ static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, 
                         const dest_t *dst, float *run) {
     size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
     size_t ow = ph->ow, ld = bp_round_up(ow, 8), r8 = rows / 8 * 8;
+    const bp_epilogue *e = dst->e;
+    if (dst->xstep * dst->sx == 1 && !dst->accumulate && !dst->stream && (e == NULL || e->act == NULL)) {
+        /* the common case: 8 x 8 blocks transposed straight into the output, the bias added */
+        float bias[PIX_MV_MAX * BP_VL] = {0};
+        if (e != NULL && e->bias != NULL)
+            for (size_t r = 0; r < r8; r++) bias[r] = e->bias[(dst->channel0 + mb * bw + r) * e->bias_stride];
+        for (size_t y = 0; y < nb; y++) {
+            const float *res = tb + y * d->tb_row * bw;
+            float *out = dst->base + mb * bw * dst->sc + ((r0 + y) * dst->ystep + dst->y0) * dst->sy + dst->x0 * dst->sx;
+            for (size_t c0 = 0; c0 < r8; c0 += 8)
+                for (size_t i = 0; i < ow; i += 8)
+                    bp_transpose8x8_add(res + i * bw + c0, bw, bias + c0, out + c0 * dst->sc + i, dst->sc,
+                                        bp_min(8, ow - i));
+        }
+        for (size_t y = 0; y < nb && r8 < rows; y++) {
+            const float *res = tb + y * d->tb_row * bw;
+            for (size_t r = r8; r < rows; r++) {
+                for (size_t i = 0; i < ow; i++) run[i] = res[i * bw + r];
+                emit_run(dst, mb * bw + r, r0 + y, 0, run, ow);
+            }
+        }
+        return;
+    }
     for (size_t y = 0; y < nb; y++) {
         const float *res = tb + y * d->tb_row * bw;
         /* whole 8 x 8 blocks, the last reading up to 7 pixels past the row (tb's slack) */

@@ -118,9 +118,9 @@ static inline void bp_vstore_part(float *dst, bp_vec v, size_t n) {
 #endif
 }
 
-/* dst[c * dst_stride + r] = rows[r][at + c] for r, c < 8: an 8 x 8 block transposed. */
-static inline void bp_transpose8x8_rows(const float *const rows[8], size_t at, float *dst, size_t dst_stride) {
 #if defined(__AVX__)
+/* out[c] = lane c of rows[0..7] + at: an 8 x 8 block transposed in registers. */
+static inline void bp_transpose8x8_regs(const float *const rows[8], size_t at, __m256 out[8]) {
     __m256 r[8], t[8], u[8];
     for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(rows[i] + at);
     for (int i = 0; i < 8; i += 2) {
@@ -134,12 +134,48 @@ static inline void bp_transpose8x8_rows(const float *const rows[8], size_t at, f
         u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
     }
     for (int i = 0; i < 4; i++) {
-        _mm256_storeu_ps(dst + (size_t)i * dst_stride, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-        _mm256_storeu_ps(dst + (size_t)(i + 4) * dst_stride, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+        out[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        out[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
     }
+}
+#endif
+
+/* dst[c * dst_stride + r] = rows[r][at + c] for r, c < 8: an 8 x 8 block transposed. */
+static inline void bp_transpose8x8_rows(const float *const rows[8], size_t at, float *dst, size_t dst_stride) {
+#if defined(__AVX__)
+    __m256 out[8];
+    bp_transpose8x8_regs(rows, at, out);
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (size_t)i * dst_stride, out[i]);
 #else
     for (size_t c = 0; c < 8; c++)
         for (size_t r = 0; r < 8; r++) dst[c * dst_stride + r] = rows[r][at + c];
+#endif
+}
+
+/* dst[c * dst_stride + r] = src[r * src_stride + c] + bias[c] for r < n <= 8, c < 8: an 8 x 8
+   block transposed and a value added to each of its output rows, each row stopping after n. */
+static inline void bp_transpose8x8_add(const float *src, size_t src_stride, const float bias[8], float *dst,
+                                       size_t dst_stride, size_t n) {
+#if defined(__AVX__)
+    const float *rows[8];
+    for (size_t i = 0; i < 8; i++) rows[i] = src + i * src_stride;
+    __m256 out[8];
+    bp_transpose8x8_regs(rows, 0, out);
+    for (int i = 0; i < 8; i++) out[i] = _mm256_add_ps(out[i], _mm256_set1_ps(bias[i]));
+    if (n >= 8) {
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (size_t)i * dst_stride, out[i]);
+        return;
+    }
+#if defined(__AVX512VL__)
+    __mmask8 keep = (__mmask8)((1u << n) - 1u);
+    for (int i = 0; i < 8; i++) _mm256_mask_storeu_ps(dst + (size_t)i * dst_stride, keep, out[i]);
+#else
+    __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int i = 0; i < 8; i++) _mm256_maskstore_ps(dst + (size_t)i * dst_stride, keep, out[i]);
+#endif
+#else
+    for (size_t c = 0; c < 8; c++)
+        for (size_t r = 0; r < n; r++) dst[c * dst_stride + r] = src[r * src_stride + c] + bias[c];
 #endif
 }
 
