@@ -213,10 +213,15 @@ def test_weights_are_read_at_each_call_or_copied(engine, client, n, cin, cout, h
 # direct engine takes the rest, and on AVX-512 its choice for the benchmark's ResNet-50 shapes
 # (batch 1) is pinned (other instruction sets have other tiles, hence other choices).
 AUTO = [
-    ((64, 64, 56, 3, 1, 1, 1), "direct pixels"),     # rows of 56 in tiles of 7 pixels x 64 channels
-    ((512, 512, 7, 3, 1, 1, 1), "direct pixels"),
+    ((64, 64, 56, 3, 1, 1, 1), "winograd"),          # dense 3x3, stride 1: Winograd F(2x2, 3x3)
+    ((64, 16, 56, 3, 1, 1, 1), "winograd"),
+    ((16, 64, 56, 3, 1, 1, 1), "direct pixels"),     # 16 input channels: too few for Winograd
+    ((64, 8, 56, 3, 1, 1, 1), "direct rows"),        # 8 output channels: too few
+    ((512, 512, 7, 3, 1, 1, 1), "direct pixels"),    # transformed weights of 16 MiB: read from memory
+    ((32, 32, 3, 3, 1, 1, 1), "im2col"),             # 3x3 outputs: too small for Winograd (tiny path)
     ((256, 256, 28, 3, 1, 2, 2), "direct pixels"),   # dilated
     ((16, 64, 16, 3, 1, 1, 1), "direct flat pixels"),  # rows of 16 (18 with padding) in tiles of 7
+    ((64, 64, 16, 3, 2, 1, 1), "direct flat pixels"),  # stride 2: no Winograd
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
     ((256, 64, 56, 1, 1, 1, 0), "im2col"),           # 1x1: the image already is the GEMM's matrix
@@ -233,7 +238,7 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
                             (pad,) * 4, (dil, dil), 1, weight, None, AF.identity, 1)
     with layer:
         chosen = backend.filter_engine(layer.bnns_filter)
-    if expected == "im2col" or bnns_py.backend_info()["simd"] == "AVX-512":
+    if expected in ("im2col", "winograd") or bnns_py.backend_info()["simd"] == "AVX-512":
         assert chosen == expected
     else:
         assert chosen.startswith("direct")

@@ -57,6 +57,7 @@ int bp_engine_override(void) {
     if (strcmp(text, "pixels") == 0) return BP_ENGINE_PIXELS;
     if (strcmp(text, "flat-pixels") == 0) return BP_ENGINE_FLAT_PIXELS;
     if (strcmp(text, "im2col") == 0) return BP_ENGINE_IM2COL;
+    if (strcmp(text, "winograd") == 0) return BP_ENGINE_WINOGRAD;
     return BP_ENGINE_AUTO;
 }
 

@@ -35,8 +35,9 @@ typedef struct bp_direct_pass {
    "auto", "rows" / "pixels" / "flat-pixels" (the direct engine's kernel for forward and
    backward-data passes, "pixels" with tiles within rows, "flat-pixels" over flat positions; it
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
-   direct engine). */
-enum { BP_ENGINE_AUTO, BP_ENGINE_ROWS, BP_ENGINE_PIXELS, BP_ENGINE_FLAT_PIXELS, BP_ENGINE_IM2COL };
+   direct engine) or "winograd" (the Winograd forward pass wherever it can run, the other passes
+   as in "auto"); any other than "auto" and "winograd" turns the Winograd pass off. */
+enum { BP_ENGINE_AUTO, BP_ENGINE_ROWS, BP_ENGINE_PIXELS, BP_ENGINE_FLAT_PIXELS, BP_ENGINE_IM2COL, BP_ENGINE_WINOGRAD };
 int bp_engine_override(void);
 
 /* Plan S's forward pass (backward = false) or its backward-data pass (backward = true); NULL when

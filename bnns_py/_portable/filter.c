@@ -193,6 +193,7 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->dbias = w->dweights + (f->client ? SLICE(weight_count(g)) : 0);
     w->rows = w->dbias + (f->client ? SLICE(g->out_c + g->in_c) : 0);
     w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
+    w->wino_u = w->direct_w + SLICE(f->direct_w_floats);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -204,7 +205,7 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
     if (!bp_mul(g->out_c, g->k, &wc)) return false;
     size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
-                      f->direct_w_floats};
+                      f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
@@ -238,6 +239,7 @@ static void destroy_filter(bp_filter *f) {
         if (f->direct[i] != NULL) bp_direct_destroy(f->direct[i], &a);
         bp_free(&a, f->direct_w[i]);
     }
+    bp_free(&a, f->wino_u);
     bp_free(&a, f->w_owned);
     bp_free(&a, f->bias_owned);
     bp_free(&a, f);
@@ -260,6 +262,18 @@ static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, s
         return false;
     }
     return true;
+}
+
+static bool batch_at_once(const bp_filter *f);
+
+/* The Winograd pass for the forward pass of a standard filter, where it takes the geometry and no
+   other engine is asked for; its calls are whole batches (packed outputs, elementwise activation). */
+static void plan_winograd(bp_filter *f) {
+    int engine = bp_engine_override();
+    if (f->transposed || !batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
+    if (!bp_winograd_plan(&f->g, engine == BP_ENGINE_WINOGRAD, &f->wino)) return;
+    f->winograd = true;
+    if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
 }
 
 /* Direct-engine plans for the passes the filter can run: its own forward pass, and with client
@@ -458,6 +472,7 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         return NULL;
     }
     plan_direct(f);
+    plan_winograd(f);
     f->w_oihw_kernels = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW && w_stride[0] == 1 && w_stride[1] == kw;
     f->w_direct = f->client && !transposed && f->w_oihw_kernels && w_stride[2] == kw * kh &&
                   w_stride[3] == kw * kh * w_in;
@@ -480,6 +495,13 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
                 bp_weights_view canonical = {f->w_owned, g->out_cg * g->k, g->k, g->kh * g->kw};
                 bp_direct_pack(f->direct[i], &canonical, f->direct_w[i], f->gemm.threads);
             }
+        if (f->winograd) {
+            f->wino_u = bp_alloc(&allocator, bp_winograd_weight_floats(g) * sizeof(float));
+            if (f->wino_u == NULL) goto fail;
+            bp_work w;
+            bp_work_split(f, f->workspace, &w);
+            bp_winograd_weights(g, f->w_owned, f->wino_u, &w.scratch, f->gemm.threads);
+        }
     }
     f->has_bias = has_bias;
     f->bias_stride = bias_stride;
@@ -506,6 +528,7 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     if (pass == 2) /* weight gradient: on S's forward plan, when the filter can run backward */
         return f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
+    if (pass == 0 && f->winograd) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
     if (f->direct[which] == NULL) return "im2col";
     return bp_direct_kind(f->direct[which]);
@@ -647,6 +670,16 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     if (one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
         const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
         forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
+    } else if (f->winograd) {
+        const float *u = f->wino_u;
+        if (u == NULL) { /* client weights: transformed as they are now */
+            bp_winograd_weights(&f->g, bp_call_weights(f, -1, &w, &pass, &direct), w.wino_u, &w.scratch,
+                                f->gemm.threads);
+            u = w.wino_u;
+        }
+        bp_epilogue e = forward_epilogue(f);
+        bp_winograd_forward(&f->wino, &f->g, u, batch_size, &f->in, in, in_stride, out, out_stride, &e, &w.scratch,
+                            f->gemm.threads);
     } else {
         const float *weights =
             bp_call_weights(f, f->transposed ? BP_DIRECT_BACKWARD_DATA : BP_DIRECT_FORWARD, &w, &pass, &direct);

@@ -3,6 +3,7 @@
 #define BNNS_PORTABLE_FILTER_H
 
 #include "internal.h"
+#include "winograd.h"
 
 typedef struct {
     bool transposed;
@@ -37,6 +38,11 @@ typedef struct {
     struct bp_direct *direct[2];
     float *direct_w[2];
     size_t direct_w_floats;       /* workspace floats for packing (client filters) */
+    /* Winograd F(2x2, 3x3) forward pass (winograd.c), with its transformed weights when the
+       filter owns its weights; client-pointer filters transform them into the workspace at each call */
+    bool winograd;
+    bp_winograd wino;
+    float *wino_u;
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
@@ -50,7 +56,7 @@ typedef struct {
 /* workspace layout (offsets in floats) */
 typedef struct {
     bp_scratch scratch;
-    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w;
+    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u;
 } bp_work;
 
 enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };

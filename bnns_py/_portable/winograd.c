@@ -1,0 +1,381 @@
+/* bnns-py portable backend: Winograd F(2x2, 3x3) forward pass (see winograd.h).
+
+   With d a 4x4 input tile, g a 3x3 kernel and y the tile's 2x2 outputs:
+     V = Bt d B,  U = G g Gt,  y = At (U .* V) A,  summed over input channels before At..A, with
+     Bt = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+     At = [1 1 1 0; 0 1 -1 -1].
+   A task takes whole tile rows (possibly of several images) and a chunk of output channels:
+   the input transform of its tiles (V, 16 x in_c x tiles), 16 BLAS products with U into M
+   (16 x channels x tiles), then the output transform straight into the output rows. */
+#include "winograd.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "direct_plan.h"
+#include "parallel.h"
+
+enum {
+    WINO_SCRATCH_TARGET = 1 << 19, /* floats of V and M a task holds (2 MiB): within the L3 */
+    WINO_MIN_TILES = 32,
+    WINO_MAX_TILES = 256,
+    WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
+    WINO_MAX_WEIGHTS = 1 << 21 /* floats of U (8 MiB): more, and each block reads it from memory */
+};
+/* The products run on the direct engine's pixels kernel: NC tiles x MV vectors of output channels. */
+#define WINO_MV PIX_MV_MAX
+#if BP_VREGS >= 32
+#define WINO_NC 7
+#else
+#define WINO_NC 6
+#endif
+#define WINO_BW (WINO_MV * BP_VL)
+
+static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+static size_t mblocks(const bp_geom *g) { return ceil_div(g->out_c, WINO_BW); }
+enum { WEIGHT_CHANNELS = 8 }; /* input channels a worker transposes at a time (72 kernel rows) */
+
+size_t bp_winograd_weight_floats(const bp_geom *g) { return 16 * mblocks(g) * g->in_c * WINO_BW; }
+
+/* Floats between the deinterleaved input rows: tw + 1 columns, whole vectors of 16 and one
+   more vector that the transform may read. */
+static size_t row_ld(size_t tw) { return (tw + 1 + 15) / 16 * 16 + BP_VL; }
+
+/* Floats of a task's scratch, in order: V, M, step offsets, output rows, input rows. */
+typedef struct {
+    size_t v, m, off, rows, in;
+} scratch_layout;
+
+static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
+    size_t cap = p->rows * p->tw;
+    scratch_layout l;
+    l.v = 16 * g->in_c * cap + WINO_NC + 16;    /* the last tile of a row reads on into the next */
+    l.m = 16 * (cap + WINO_NC) * WINO_BW;
+    l.off = g->in_c + 16;
+    l.rows = 2 * 2 * p->tw * WINO_BW;           /* two output rows, channels innermost */
+    l.in = 8 * row_ld(p->tw);                   /* deinterleaved input rows */
+    return l;
+}
+
+bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
+    if (g->kh != 3 || g->kw != 3 || g->sx != 1 || g->sy != 1 || g->dx != 1 || g->dy != 1 || g->groups != 1 ||
+        g->out_h == 0 || g->out_w == 0 || g->in_c > INT32_MAX / 16)
+        return false;
+    if (!forced && (g->in_c < 2 * WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || g->out_w < 4 || g->out_h < 4 ||
+                    bp_winograd_weight_floats(g) > WINO_MAX_WEIGHTS))
+        return false;
+    plan->th = ceil_div(g->out_h, 2);
+    plan->tw = ceil_div(g->out_w, 2);
+    size_t tiles = WINO_SCRATCH_TARGET / (16 * (g->in_c + WINO_BW));
+    if (tiles < WINO_MIN_TILES) tiles = WINO_MIN_TILES;
+    if (tiles > WINO_MAX_TILES) tiles = WINO_MAX_TILES;
+    plan->rows = tiles / plan->tw > 0 ? tiles / plan->tw : 1;
+    if (plan->rows > plan->th) plan->rows = plan->th;
+    if (plan->rows * plan->tw * g->in_c > INT32_MAX / 16) return false; /* step offsets in int32 */
+    scratch_layout l = layout_for(g, plan);
+    size_t parts[] = {l.v, l.m, l.off, l.rows, l.in}, total = 0, weights;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        if (!bp_add(total, bp_round_up(parts[i], 16), &total)) return false;
+    /* the weight transform's transposed kernels use the same scratch */
+    if (!bp_mul(WEIGHT_CHANNELS * 9, mblocks(g) * WINO_BW, &weights)) return false;
+    plan->scratch_floats = total > weights ? total : weights;
+    return true;
+}
+
+/* ---- weights: U = G g Gt, packed for the pixels kernel: [p][block][c][channel of block] ---- */
+
+typedef struct {
+    const bp_geom *g;
+    const float *w;
+    float *u;
+    const bp_scratch *s;
+} weights_job;
+
+/* Kernel values w[o][c * 9 + t] for c in [c0, c0 + nc) as rows t' = (c - c0) * 9 + t of out_c
+   values (ld apart; channels past out_c zero). */
+static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_t nc, float *t, size_t ld) {
+    size_t k = g->in_c * 9, rows = nc * 9, r8 = rows / 8 * 8, o8 = g->out_c / 8 * 8;
+    const float *src = w + c0 * 9;
+    for (size_t o = 0; o < o8; o += 8)
+        for (size_t r = 0; r < r8; r += 8) bp_transpose8x8(src + o * k + r, k, t + r * ld + o, ld);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t o = r < r8 ? o8 : 0; o < ld; o++) t[r * ld + o] = o < g->out_c ? src[o * k + r] : 0.0f;
+}
+
+static void weight_tasks(void *arg, int worker, int workers) {
+    const weights_job *j = arg;
+    const bp_geom *g = j->g;
+    size_t in_c = g->in_c, nb = mblocks(g), ld = nb * WINO_BW, plane = nb * in_c * WINO_BW, c0, c1;
+    float *t = j->s->base + (size_t)worker * j->s->stride;
+    bp_split(in_c, worker, workers, &c0, &c1);
+    const bp_vec half = bp_vset1(0.5f);
+    for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
+        size_t nc = min_size(WEIGHT_CHANNELS, c1 - cb);
+        transpose_kernels(g, j->w, cb, nc, t, ld);
+        for (size_t c = cb; c < cb + nc; c++)
+            for (size_t o = 0; o < ld; o += BP_VL) {
+                const float *k = t + (c - cb) * 9 * ld + o;
+                float *u = j->u + (o / WINO_BW) * in_c * WINO_BW + c * WINO_BW + o % WINO_BW;
+                bp_vec r[4][3];
+                for (int x = 0; x < 3; x++) { /* G g: rows (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2) */
+                    bp_vec a = bp_vload(k + x * ld), b = bp_vload(k + (3 + x) * ld), d = bp_vload(k + (6 + x) * ld);
+                    r[0][x] = a;
+                    r[1][x] = half * (a + b + d);
+                    r[2][x] = half * (a - b + d);
+                    r[3][x] = d;
+                }
+                for (int y = 0; y < 4; y++) { /* then the same across */
+                    bp_vec a = r[y][0], b = r[y][1], d = r[y][2];
+                    bp_vstore(u + (4 * y + 0) * plane, a);
+                    bp_vstore(u + (4 * y + 1) * plane, half * (a + b + d));
+                    bp_vstore(u + (4 * y + 2) * plane, half * (a - b + d));
+                    bp_vstore(u + (4 * y + 3) * plane, d);
+                }
+            }
+    }
+}
+
+void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads) {
+    weights_job j = {g, w, u, s};
+    bp_parallel_run(bp_workers_for(threads, 64 * g->out_c * g->in_c), weight_tasks, &j);
+}
+
+/* ---- input transform ---------------------------------------------------------------------- */
+
+/* The 4 input rows under tile row ty of one channel, each split into its even (e) and odd (o)
+   columns from the tiles' first column on: e[i] = x[2i - pl], o[i] = x[2i + 1 - pl], zero
+   outside the image, i in [0, tw]. */
+static void tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img, const float *plane,
+                            size_t ty, float *e, float *o) {
+    size_t n = tw + 1;
+    for (size_t r = 0; r < 4; r++) {
+        float *er = e + r * ld, *or_ = o + r * ld;
+        ptrdiff_t iy = (ptrdiff_t)(2 * ty + r) - (ptrdiff_t)g->pt;
+        if (iy < 0 || iy >= (ptrdiff_t)g->in_h) {
+            for (size_t i = 0; i < n; i++) er[i] = or_[i] = 0.0f;
+            continue;
+        }
+        const float *row = plane + (size_t)iy * img->sy;
+        ptrdiff_t w = (ptrdiff_t)g->in_w, pl = (ptrdiff_t)g->pl;
+#if defined(__AVX512F__)
+        if (img->sx == 1) { /* 32 columns at a time, masked to the image, split into even and odd */
+            const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+            for (size_t i = 0; i < n; i += 16) {
+                ptrdiff_t x0 = 2 * (ptrdiff_t)i - pl;
+                __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+                ptrdiff_t a = x0 < 0 ? -x0 : 0, b = w - x0; /* lanes [a, b) of the 32 are inside */
+                if (b > 32) b = 32;
+                if (a < b) {
+                    uint32_t keep = (uint32_t)((b >= 32 ? 0xFFFFFFFFu : (1u << b) - 1u) & ~((1u << a) - 1u));
+                    /* the address of column x0, which may lie before the row: only kept lanes are read */
+                    const float *at = (const float *)((uintptr_t)row + (uintptr_t)(x0 * (ptrdiff_t)sizeof(float)));
+                    lo = _mm512_maskz_loadu_ps((__mmask16)(keep & 0xFFFF), at);
+                    hi = _mm512_maskz_loadu_ps((__mmask16)(keep >> 16), (const float *)((uintptr_t)at + 64));
+                }
+                _mm512_storeu_ps(er + i, _mm512_permutex2var_ps(lo, even, hi));
+                _mm512_storeu_ps(or_ + i, _mm512_permutex2var_ps(lo, odd, hi));
+            }
+            continue;
+        }
+#endif
+        /* i where both columns are inside: 2i - pl >= 0 and 2i + 1 - pl < w */
+        size_t lo = (size_t)((pl + 1) / 2), hi = (size_t)((w + pl) / 2);
+        if (hi > n) hi = n;
+        if (lo > hi) lo = hi;
+        for (size_t i = 0; i < lo; i++) {
+            ptrdiff_t x0 = 2 * (ptrdiff_t)i - pl;
+            er[i] = x0 >= 0 && x0 < w ? row[(size_t)x0 * img->sx] : 0.0f;
+            or_[i] = x0 + 1 >= 0 && x0 + 1 < w ? row[(size_t)(x0 + 1) * img->sx] : 0.0f;
+        }
+        if (img->sx == 1) {
+            const float *base = row + 2 * lo - (size_t)pl;
+            for (size_t i = 0; i < hi - lo; i++) {
+                er[lo + i] = base[2 * i];
+                or_[lo + i] = base[2 * i + 1];
+            }
+        } else {
+            for (size_t i = lo; i < hi; i++) {
+                size_t x0 = 2 * i - (size_t)pl;
+                er[i] = row[x0 * img->sx];
+                or_[i] = row[(x0 + 1) * img->sx];
+            }
+        }
+        for (size_t i = hi; i < n; i++) {
+            ptrdiff_t x0 = 2 * (ptrdiff_t)i - pl;
+            er[i] = x0 >= 0 && x0 < w ? row[(size_t)x0 * img->sx] : 0.0f;
+            or_[i] = x0 + 1 >= 0 && x0 + 1 < w ? row[(size_t)(x0 + 1) * img->sx] : 0.0f;
+        }
+    }
+}
+
+/* V[p][c][col + tx] for one channel c and tile row: Bt d B of each tile tx, BP_VL tiles at a
+   time. e, o: the rows' even and odd columns (rows ld apart, readable a vector past tw); v points
+   at V[0][c][col], planes `vp` floats apart. */
+static void tile_row_transform(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp) {
+    for (size_t i = 0; i < tw; i += BP_VL) {
+        bp_vec h[4][4]; /* [row][column]: across, (d0 - d2, d1 + d2, d2 - d1, d1 - d3) */
+        for (size_t r = 0; r < 4; r++) {
+            bp_vec e0 = bp_vload(e + r * ld + i), e1 = bp_vload(e + r * ld + i + 1);
+            bp_vec o0 = bp_vload(o + r * ld + i), o1 = bp_vload(o + r * ld + i + 1);
+            h[r][0] = e0 - e1;
+            h[r][1] = o0 + e1;
+            h[r][2] = e1 - o0;
+            h[r][3] = o0 - o1;
+        }
+        size_t n = tw - i < BP_VL ? tw - i : BP_VL;
+        for (size_t j = 0; j < 4; j++) { /* down, the same on the rows */
+            bp_vstore_part(v + j * vp + i, h[0][j] - h[2][j], n);
+            bp_vstore_part(v + (4 + j) * vp + i, h[1][j] + h[2][j], n);
+            bp_vstore_part(v + (8 + j) * vp + i, h[2][j] - h[1][j], n);
+            bp_vstore_part(v + (12 + j) * vp + i, h[1][j] - h[3][j], n);
+        }
+    }
+}
+
+/* ---- output transform --------------------------------------------------------------------- */
+
+/* At m A of each tile of a tile row, channels in lanes: m holds the row's tiles' products
+   (M[p] planes mp floats apart, a tile's WINO_BW channels contiguous); the two output rows go to
+   rows[0..1] (ow pixels each, WINO_BW channels per pixel). `vectors`: channel vectors in use. */
+static void tile_row_outputs(size_t tw, size_t ow, const float *m, size_t mp, size_t vectors, float *rows) {
+    size_t full = ow / 2;
+    float *row0 = rows, *row1 = rows + ow * WINO_BW;
+    for (size_t tx = 0; tx < tw; tx++)
+        for (size_t v = 0; v < vectors; v++) {
+            const float *t = m + tx * WINO_BW + v * BP_VL;
+            bp_vec s0[4], s1[4];
+            for (size_t j = 0; j < 4; j++) { /* down: (m0 + m1 + m2, m1 - m2 - m3) */
+                bp_vec m0 = bp_vload(t + j * mp), m1 = bp_vload(t + (4 + j) * mp), m2 = bp_vload(t + (8 + j) * mp),
+                       m3 = bp_vload(t + (12 + j) * mp);
+                s0[j] = m0 + m1 + m2;
+                s1[j] = m1 - m2 - m3;
+            }
+            float *p0 = row0 + 2 * tx * WINO_BW + v * BP_VL, *p1 = row1 + 2 * tx * WINO_BW + v * BP_VL;
+            bp_vstore(p0, s0[0] + s0[1] + s0[2]);
+            bp_vstore(p1, s1[0] + s1[1] + s1[2]);
+            if (tx < full) {
+                bp_vstore(p0 + WINO_BW, s0[1] - s0[2] - s0[3]);
+                bp_vstore(p1 + WINO_BW, s1[1] - s1[2] - s1[3]);
+            }
+        }
+}
+
+/* Output rows (ow pixels x WINO_BW channels) into n channel planes (planes ohw apart), the bias
+   added, then the activation. */
+static void emit_rows(const float *rows, size_t nrows, size_t ow, size_t n, const float *bias, float *out,
+                      size_t ohw, const bp_epilogue *e) {
+    size_t n8 = n / 8 * 8;
+    for (size_t r = 0; r < nrows; r++) {
+        const float *src = rows + r * ow * WINO_BW;
+        float *dst = out + r * ow;
+        for (size_t c0 = 0; c0 < n8; c0 += 8)
+            for (size_t i = 0; i < ow; i += 8)
+                bp_transpose8x8_add(src + i * WINO_BW + c0, WINO_BW, bias + c0, dst + c0 * ohw + i, ohw,
+                                    min_size(8, ow - i));
+        for (size_t c = n8; c < n; c++)
+            for (size_t i = 0; i < ow; i++) dst[c * ohw + i] = src[i * WINO_BW + c] + bias[c];
+    }
+    if (e != NULL && e->act != NULL)
+        for (size_t c = 0; c < n; c++) bp_activation_apply(e->act, out + c * ohw, nrows * ow);
+}
+
+/* ---- tasks -------------------------------------------------------------------------------- */
+
+typedef struct {
+    const bp_winograd *plan;
+    const bp_geom *g;
+    const float *u;
+    const bp_image *x_img;
+    const float *x;
+    size_t x_bs;
+    float *y;
+    size_t y_bs;
+    const bp_epilogue *e;
+    const bp_scratch *s;
+    size_t rows;   /* tile rows per task */
+    size_t blocks; /* tasks along the tile rows of the batch */
+    size_t chunks; /* chunks of channel blocks per tile-row block */
+    size_t total_rows;
+    _Atomic size_t next;
+} forward_job;
+
+static void run_task(const forward_job *j, size_t block, size_t chunk, float *scratch) {
+    const bp_winograd *p = j->plan;
+    const bp_geom *g = j->g;
+    size_t tw = p->tw, th = p->th, in_c = g->in_c, ow = g->out_w, ohw = g->out_h * ow, nb = mblocks(g);
+    size_t r0 = block * j->rows, r1 = min_size(r0 + j->rows, j->total_rows), nt = (r1 - r0) * tw, mb0, mb1;
+    bp_split(nb, (int)chunk, (int)j->chunks, &mb0, &mb1);
+    scratch_layout l = layout_for(g, p);
+    float *v = scratch, *m = v + bp_round_up(l.v, 16);
+    int32_t *off = (int32_t *)(m + bp_round_up(l.m, 16));
+    size_t ld = row_ld(tw);
+    float *rows = (float *)off + bp_round_up(l.off, 16), *e = rows + bp_round_up(l.rows, 16), *o = e + 4 * ld;
+    memset(e, 0, 8 * ld * sizeof(float)); /* the columns past tw + 1 are read, not used */
+    size_t ldv = in_c * nt, mp = (p->rows * tw + WINO_NC) * WINO_BW;
+    for (size_t r = r0; r < r1; r++) {
+        size_t b = r / th, ty = r % th, col = (r - r0) * tw;
+        const float *img = j->x + b * j->x_bs;
+        for (size_t c = 0; c < in_c; c++) {
+            tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, e, o);
+            tile_row_transform(tw, ld, e, o, v + c * nt + col, ldv);
+        }
+    }
+    for (size_t c = 0; c < in_c; c++) off[c] = (int32_t)(c * nt);
+    size_t uplane = nb * in_c * WINO_BW;
+    for (size_t mb = mb0; mb < mb1; mb++) {
+        for (size_t q = 0; q < 16; q++) {
+            const float *uq = j->u + q * uplane + mb * in_c * WINO_BW;
+            for (size_t k0 = 0; k0 < in_c; k0 += K_CHUNK) {
+                size_t kn = min_size(K_CHUNK, in_c - k0);
+                for (size_t t = 0; t < nt; t += WINO_NC)
+                    bp_direct_pixels_tile(WINO_MV, WINO_NC, v + q * ldv + t, off + k0, kn, uq + k0 * WINO_BW,
+                                          m + q * mp + t * WINO_BW, WINO_BW, k0 > 0);
+            }
+        }
+        size_t n = min_size(WINO_BW, g->out_c - mb * WINO_BW), vectors = ceil_div(n, BP_VL);
+        float bias[WINO_BW] = {0};
+        if (j->e != NULL && j->e->bias != NULL)
+            for (size_t c = 0; c < n; c++) bias[c] = j->e->bias[(mb * WINO_BW + c) * j->e->bias_stride];
+        for (size_t r = r0; r < r1; r++) {
+            size_t b = r / th, ty = r % th, col = (r - r0) * tw;
+            tile_row_outputs(tw, ow, m + col * WINO_BW, mp, vectors, rows);
+            emit_rows(rows, 2 * ty + 1 < g->out_h ? 2 : 1, ow, n, bias,
+                      j->y + b * j->y_bs + mb * WINO_BW * ohw + 2 * ty * ow, ohw, j->e);
+        }
+    }
+}
+
+static void forward_tasks(void *arg, int worker, int workers) {
+    forward_job *j = arg;
+    (void)workers;
+    float *scratch = j->s->base + (size_t)worker * j->s->stride;
+    size_t tasks = j->blocks * j->chunks;
+    for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < tasks;)
+        run_task(j, t / j->chunks, t % j->chunks, scratch);
+}
+
+void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, const float *u, size_t batch,
+                         const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
+                         const bp_epilogue *e, const bp_scratch *s, int threads) {
+    size_t total_rows = batch * plan->th, tiles = total_rows * plan->tw;
+    int workers = bp_workers_for(threads, 2 * 16 * tiles * g->in_c * g->out_c);
+    forward_job j = {plan, g, u, x_img, x, x_bs, y, y_bs, e, s, plan->rows, 0, 1, total_rows, 0};
+    size_t w = (size_t)workers;
+    j.blocks = ceil_div(total_rows, j.rows);
+    /* equal shares: a few blocks that do not split evenly over the workers are cut into a multiple
+       of them when the tile rows split evenly that way, else split by channel blocks */
+    if (j.blocks % w != 0 && j.blocks < 4 * w) {
+        size_t more = ceil_div(j.blocks, w) * w;
+        if (total_rows % more == 0 || total_rows >= 4 * more)
+            j.blocks = more;
+        else if (mblocks(g) >= w)
+            j.chunks = w;
+    }
+    j.rows = ceil_div(total_rows, j.blocks);
+    j.blocks = ceil_div(total_rows, j.rows);
+    size_t tasks = j.blocks * j.chunks;
+    if ((size_t)workers > tasks) workers = (int)tasks;
+    bp_parallel_run(workers, forward_tasks, &j);
+}

@@ -1,0 +1,35 @@
+/* bnns-py portable backend: Winograd F(2x2, 3x3) for the forward pass of dense 3x3 layers
+   (stride 1, no dilation, one group).
+
+   Each 4x4 tile of the input (2x2 outputs) and each 3x3 kernel are transformed so that the sum over
+   input channels becomes 16 independent matrix products, one per position of the transformed
+   4x4 tile: M[p] (out_c x tiles) = U[p] (out_c x in_c) * V[p] (in_c x tiles), 2.25 times fewer
+   multiply-adds than the direct sum, on the direct engine's pixels kernel; the output transform
+   turns each tile's 16 values back into its 2x2 outputs. */
+#ifndef BNNS_PORTABLE_WINOGRAD_H
+#define BNNS_PORTABLE_WINOGRAD_H
+
+#include "gemm.h"
+#include "internal.h"
+
+typedef struct {
+    size_t th, tw;         /* tile rows and columns of an image */
+    size_t rows;           /* tile rows a task takes at most (rows * tw tiles) */
+    size_t scratch_floats; /* per worker */
+} bp_winograd;
+
+/* Whether the Winograd pass takes this geometry (forced: whenever it can) and its plan. */
+bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan);
+
+/* Floats of the transformed weights U (16 x out_c x in_c, out_c rounded up to whole blocks). */
+size_t bp_winograd_weight_floats(const bp_geom *g);
+
+/* U from the canonical weights w ([out_c][in_c * 9]), with the workers' scratch. */
+void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads);
+
+/* y = conv(x) for a batch, as bp_conv_forward: y packed, x through x_img's strides. */
+void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, const float *u, size_t batch,
+                         const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
+                         const bp_epilogue *e, const bp_scratch *s, int threads);
+
+#endif

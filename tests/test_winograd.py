@@ -1,0 +1,155 @@
+"""The portable library's Winograd F(2x2, 3x3) forward pass (dense 3x3 layers, stride 1, no
+dilation), forced with BNNS_PY_PORTABLE_ENGINE=winograd on geometries that reach its edges and
+checked against the float64 reference: odd output sizes (tiles cut by the last row and column),
+padding of 0 to 3 on each side, images narrower than a tile row's vector, strided inputs, batches
+whose tile-row blocks span images, channel counts that leave partial channel blocks and partial
+8-channel transposes, bias and activation, 1 and 2 threads, weights owned by the filter and read
+from the caller at each call. The filter reports which pass runs, so no test passes on the direct
+engine by mistake."""
+import numpy as np
+import pytest
+
+import bnns_py
+from bnns_py import ActivationFunction as AF, ConvolutionType, Flags, NDArrayDescriptor, Shape, reference
+
+from conftest import client_layer, random_array
+
+pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable, reason="portable library internals")
+
+# (batch, cin, cout, h, w, pad (l, r, t, b))
+GEOMETRIES = [
+    (1, 32, 32, 14, 14, (1, 1, 1, 1)),     # 'same', even sizes
+    (2, 13, 37, 11, 17, (1, 1, 1, 1)),     # odd outputs: half tiles on the last row and column
+    (3, 16, 20, 9, 8, (0, 0, 0, 0)),       # 'valid'
+    (1, 16, 70, 7, 7, (2, 0, 1, 2)),       # asymmetric padding; 70 channels: a block of 64 and 6
+    (2, 24, 17, 5, 6, (1, 1, 1, 1)),
+    (1, 8, 8, 3, 3, (3, 3, 3, 3)),         # padding past the kernel: tiles of padding only
+    (4, 20, 33, 12, 13, (0, 2, 2, 0)),
+    (1, 9, 130, 40, 37, (1, 1, 1, 1)),     # rows of more than one 32-column load, 3 channel blocks
+    (9, 40, 24, 6, 6, (1, 1, 1, 1)),       # small images: task blocks span several images
+    (1, 5, 3, 1, 1, (1, 1, 1, 1)),         # one output pixel
+]
+
+
+def _ids(cases):
+    return ["x".join(map(str, c[:5])) + "_p" + "".join(map(str, c[5])) for c in cases]
+
+
+@pytest.fixture
+def winograd(monkeypatch):
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "winograd")
+
+
+def _tolerance(cin):
+    return 2e-4 * np.sqrt(cin * 9)
+
+
+def _same_layer(rng, n, cin, cout, h, w, activation=AF.identity):
+    """Random x, weights and bias, and a 2-thread client-pointer 'same' 3x3 layer of them."""
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin, 3, 3), 0.3)
+    bias = random_array(rng, (cout,))
+    layer, out_hw = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                 weight, bias, activation, 2)
+    return x, weight, bias, layer, out_hw
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
+@pytest.mark.parametrize("case", GEOMETRIES, ids=_ids(GEOMETRIES))
+def test_forward_matches_the_reference(case, client, n_threads, winograd, backend, rng, no_filter_leaks):
+    n, cin, cout, h, w, pad = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin, 3, 3), 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (1, 1), 1,
+                                   weight, bias, AF.identity, n_threads, flags=None if client else Flags.none)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "winograd"
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, padding=pad)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin))
+
+
+@pytest.mark.parametrize("activation", [AF.rectified_linear, AF.sigmoid], ids=lambda a: a.name)
+def test_activation_follows_the_bias(activation, winograd, backend, rng, no_filter_leaks):
+    n, cin, cout, h, w = 2, 24, 40, 10, 9
+    x, weight, bias, layer, (oh, ow) = _same_layer(rng, n, cin, cout, h, w, activation)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "winograd"
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+    z = reference.conv2d(x, weight, bias, padding=(1, 1, 1, 1))
+    expected = np.maximum(z, 0) if activation is AF.rectified_linear else 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin))
+
+
+def test_strided_input(winograd, backend, rng, no_filter_leaks):
+    """x read from every other column of wider images (the masked vector loads need unit steps)."""
+    n, cin, cout, h, w = 2, 20, 18, 9, 11
+    weight = random_array(rng, (cout, cin, 3, 3), 0.3)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                   1, weight, None, AF.identity, 2, input_strides=(2, 2 * w, 2 * w * h))
+    wide = random_array(rng, (n, cin, h, 2 * w))
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "winograd"
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, NDArrayDescriptor(wide.reshape(-1), layer.input_descriptor.shape, batch_size=n), y)
+    np.testing.assert_allclose(y, reference.conv2d(wide[..., ::2], weight, padding=(1, 1, 1, 1)), rtol=1e-4,
+                               atol=_tolerance(cin))
+
+
+def test_client_weights_are_read_at_each_call_and_copied_ones_are_not(winograd, backend, rng, no_filter_leaks):
+    n, cin, cout, h, w = 1, 32, 32, 8, 8
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin, 3, 3), 0.3)
+    kept = weight.copy()
+    client, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1),
+                                    (1, 1), 1, weight, None, AF.identity, 2)
+    copied, _ = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                             weight, None, AF.identity, 2, flags=Flags.none)
+    with client, copied:
+        y = np.empty((n, cout, oh, ow), np.float32)
+        weight *= -2.0
+        client.apply(n, x, y)
+        np.testing.assert_allclose(y, reference.conv2d(x, weight, padding=(1, 1, 1, 1)), rtol=1e-4,
+                                   atol=_tolerance(cin))
+        copied.apply(n, x, y)
+        np.testing.assert_allclose(y, reference.conv2d(x, kept, padding=(1, 1, 1, 1)), rtol=1e-4,
+                                   atol=_tolerance(cin))
+
+
+def test_backward_of_a_winograd_filter(backend, rng, monkeypatch, no_filter_leaks):
+    """The automatic choice takes Winograd forward and the direct engine for the gradients."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    n, cin, cout, h, w = 2, 64, 32, 12, 12
+    x, weight, bias, layer, (oh, ow) = _same_layer(rng, n, cin, cout, h, w)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter, "forward") == "winograd"
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient").startswith("direct")
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx, dw, db = np.empty_like(x), np.empty_like(weight), np.empty_like(bias)
+        layer.apply_backward(n, x, y, dy, dx, dw, db)
+    np.testing.assert_allclose(y, reference.conv2d(x, weight, bias, padding=(1, 1, 1, 1)), rtol=1e-4,
+                               atol=_tolerance(cin))
+    dx_ref, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout))
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4 * np.sqrt(n * oh * ow))
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4 * np.sqrt(n * oh * ow))
+
+
+# (kernel, stride, dilation, groups)
+OTHERS = [((3, 3), (2, 2), (1, 1), 1), ((3, 3), (1, 1), (2, 2), 1), ((5, 5), (1, 1), (1, 1), 1),
+          ((3, 1), (1, 1), (1, 1), 1), ((3, 3), (1, 1), (1, 1), 2)]
+
+
+@pytest.mark.parametrize("k,stride,dil,groups", OTHERS, ids=["stride 2", "dilation 2", "5x5", "3x1", "groups 2"])
+def test_other_geometries_never_take_it(k, stride, dil, groups, winograd, backend, rng, no_filter_leaks):
+    weight = random_array(rng, (16, 16 // groups) + k)
+    layer, _ = client_layer(ConvolutionType.standard, 16, 16, 12, 12, k, stride, (1, 1, 1, 1), dil, groups, weight,
+                            None, AF.identity, 1)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) != "winograd"
