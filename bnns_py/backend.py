@@ -71,10 +71,11 @@ class Backend:
 
     def filter_engine(self, bnns_filter, pass_="forward"):
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
-        or ``"weights_gradient"``): ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat
-        pixels"`` (the direct convolution engine; ``"direct"`` for weight gradients) or
-        ``"im2col"`` (im2col + GEMM, the depthwise and tiny-layer kernels). ``bnns_filter`` is
-        ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE`` (``rows``, ``pixels``,
+        or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3), forward passes of dense
+        3x3 stride-1 layers), ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat pixels"``
+        (the direct convolution engine; ``"direct"`` for weight gradients) or ``"im2col"``
+        (im2col + GEMM, the depthwise and tiny-layer kernels). ``bnns_filter`` is
+        ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE`` (``winograd``, ``rows``, ``pixels``,
         ``flat-pixels``, ``im2col``), set before a layer is created, forces a choice."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend reports its kernels")
