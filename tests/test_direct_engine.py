@@ -219,7 +219,8 @@ AUTO = [
     ((64, 8, 56, 3, 1, 1, 1), "direct rows"),        # 8 output channels: too few
     ((512, 512, 7, 3, 1, 1, 1), "direct pixels"),    # transformed weights of 16 MiB: read from memory
     ((32, 32, 3, 3, 1, 1, 1), "im2col"),             # 3x3 outputs: too small for Winograd (tiny path)
-    ((256, 256, 28, 3, 1, 2, 2), "direct pixels"),   # dilated
+    ((256, 256, 28, 3, 1, 2, 2), "winograd"),        # dilated: 4 output phases of 14 x 14
+    ((256, 256, 12, 3, 1, 4, 4), "direct pixels"),   # dilation 4: phases of 3 x 3, too small
     ((16, 64, 16, 3, 1, 1, 1), "direct flat pixels"),  # rows of 16 (18 with padding) in tiles of 7
     ((64, 64, 16, 3, 2, 1, 1), "direct flat pixels"),  # stride 2: no Winograd
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7

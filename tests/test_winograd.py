@@ -1,6 +1,7 @@
-"""The portable library's Winograd F(2x2, 3x3) forward pass (dense 3x3 layers, stride 1, no
-dilation), forced with BNNS_PY_PORTABLE_ENGINE=winograd on geometries that reach its edges and
-checked against the float64 reference: odd output sizes (tiles cut by the last row and column),
+"""The portable library's Winograd F(2x2, 3x3) forward pass (dense 3x3 layers, stride 1, dilated
+ones as d x d output phases), forced with BNNS_PY_PORTABLE_ENGINE=winograd on geometries that reach
+its edges and checked against the float64 reference: odd output sizes (tiles cut by the last row and
+column), output phases of different sizes,
 padding of 0 to 3 on each side, images narrower than a tile row's vector, strided inputs, batches
 whose tile-row blocks span images, channel counts that leave partial channel blocks and partial
 8-channel transposes, bias and activation, 1 and 2 threads, weights owned by the filter and read
@@ -16,23 +17,27 @@ from conftest import client_layer, random_array
 
 pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable, reason="portable library internals")
 
-# (batch, cin, cout, h, w, pad (l, r, t, b))
+# (batch, cin, cout, h, w, pad (l, r, t, b), dilation)
 GEOMETRIES = [
-    (1, 32, 32, 14, 14, (1, 1, 1, 1)),     # 'same', even sizes
-    (2, 13, 37, 11, 17, (1, 1, 1, 1)),     # odd outputs: half tiles on the last row and column
-    (3, 16, 20, 9, 8, (0, 0, 0, 0)),       # 'valid'
-    (1, 16, 70, 7, 7, (2, 0, 1, 2)),       # asymmetric padding; 70 channels: a block of 64 and 6
-    (2, 24, 17, 5, 6, (1, 1, 1, 1)),
-    (1, 8, 8, 3, 3, (3, 3, 3, 3)),         # padding past the kernel: tiles of padding only
-    (4, 20, 33, 12, 13, (0, 2, 2, 0)),
-    (1, 9, 130, 40, 37, (1, 1, 1, 1)),     # rows of more than one 32-column load, 3 channel blocks
-    (9, 40, 24, 6, 6, (1, 1, 1, 1)),       # small images: task blocks span several images
-    (1, 5, 3, 1, 1, (1, 1, 1, 1)),         # one output pixel
+    (1, 32, 32, 14, 14, (1, 1, 1, 1), 1),     # 'same', even sizes
+    (2, 13, 37, 11, 17, (1, 1, 1, 1), 1),     # odd outputs: half tiles on the last row and column
+    (3, 16, 20, 9, 8, (0, 0, 0, 0), 1),       # 'valid'
+    (1, 16, 70, 7, 7, (2, 0, 1, 2), 1),       # asymmetric padding; 70 channels: a block of 64 and 6
+    (2, 24, 17, 5, 6, (1, 1, 1, 1), 1),
+    (1, 8, 8, 3, 3, (3, 3, 3, 3), 1),         # padding past the kernel: tiles of padding only
+    (4, 20, 33, 12, 13, (0, 2, 2, 0), 1),
+    (1, 9, 130, 40, 37, (1, 1, 1, 1), 1),     # rows of more than one 32-column load, 3 channel blocks
+    (9, 40, 24, 6, 6, (1, 1, 1, 1), 1),       # small images: task blocks span several images
+    (1, 5, 3, 1, 1, (1, 1, 1, 1), 1),         # one output pixel
+    (2, 24, 20, 16, 16, (2, 2, 2, 2), 2),     # dilated 'same': 4 output phases of 8 x 8
+    (1, 12, 19, 13, 11, (2, 1, 0, 3), 2),     # odd sizes: phases of different sizes
+    (2, 10, 9, 17, 14, (3, 3, 3, 3), 3),      # dilation 3: 9 phases
+    (1, 8, 8, 5, 4, (2, 2, 2, 2), 2),         # phases of 1 or 2 pixels
 ]
 
 
 def _ids(cases):
-    return ["x".join(map(str, c[:5])) + "_p" + "".join(map(str, c[5])) for c in cases]
+    return ["x".join(map(str, c[:5])) + "_p" + "".join(map(str, c[5])) + f"_d{c[6]}" for c in cases]
 
 
 @pytest.fixture
@@ -58,17 +63,17 @@ def _same_layer(rng, n, cin, cout, h, w, activation=AF.identity):
 @pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
 @pytest.mark.parametrize("case", GEOMETRIES, ids=_ids(GEOMETRIES))
 def test_forward_matches_the_reference(case, client, n_threads, winograd, backend, rng, no_filter_leaks):
-    n, cin, cout, h, w, pad = case
+    n, cin, cout, h, w, pad, dil = case
     x = random_array(rng, (n, cin, h, w))
     weight = random_array(rng, (cout, cin, 3, 3), 0.3)
     bias = random_array(rng, (cout,))
-    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (1, 1), 1,
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (dil, dil), 1,
                                    weight, bias, AF.identity, n_threads, flags=None if client else Flags.none)
     with layer:
         assert backend.filter_engine(layer.bnns_filter) == "winograd"
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, x, y)
-    expected = reference.conv2d(x, weight, bias, padding=pad)
+    expected = reference.conv2d(x, weight, bias, padding=pad, dilation=dil)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin))
 
 
@@ -141,15 +146,20 @@ def test_backward_of_a_winograd_filter(backend, rng, monkeypatch, no_filter_leak
     np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4 * np.sqrt(n * oh * ow))
 
 
-# (kernel, stride, dilation, groups)
-OTHERS = [((3, 3), (2, 2), (1, 1), 1), ((3, 3), (1, 1), (2, 2), 1), ((5, 5), (1, 1), (1, 1), 1),
-          ((3, 1), (1, 1), (1, 1), 1), ((3, 3), (1, 1), (1, 1), 2)]
+# (kernel, stride, dilation, groups, activation)
+OTHERS = [((3, 3), (2, 2), (1, 1), 1, AF.identity), ((3, 3), (1, 2), (1, 1), 1, AF.identity),
+          ((3, 3), (1, 1), (1, 2), 1, AF.identity), ((3, 3), (1, 1), (2, 2), 1, AF.rectified_linear),
+          ((5, 5), (1, 1), (1, 1), 1, AF.identity), ((3, 1), (1, 1), (1, 1), 1, AF.identity),
+          ((3, 3), (1, 1), (1, 1), 2, AF.identity)]
 
 
-@pytest.mark.parametrize("k,stride,dil,groups", OTHERS, ids=["stride 2", "dilation 2", "5x5", "3x1", "groups 2"])
-def test_other_geometries_never_take_it(k, stride, dil, groups, winograd, backend, rng, no_filter_leaks):
+@pytest.mark.parametrize("k,stride,dil,groups,activation", OTHERS,
+                         ids=["stride 2", "stride 1x2", "dilation 1x2", "dilation with activation", "5x5", "3x1",
+                              "groups 2"])
+def test_other_geometries_never_take_it(k, stride, dil, groups, activation, winograd, backend, rng,
+                                        no_filter_leaks):
     weight = random_array(rng, (16, 16 // groups) + k)
     layer, _ = client_layer(ConvolutionType.standard, 16, 16, 12, 12, k, stride, (1, 1, 1, 1), dil, groups, weight,
-                            None, AF.identity, 1)
+                            None, activation, 1)
     with layer:
         assert backend.filter_engine(layer.bnns_filter) != "winograd"

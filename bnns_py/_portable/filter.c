@@ -271,6 +271,8 @@ static bool batch_at_once(const bp_filter *f);
 static void plan_winograd(bp_filter *f) {
     int engine = bp_engine_override();
     if (f->transposed || !batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
+    /* a dilated plan writes every d-th output: the activation runs on contiguous runs only */
+    if (f->g.dx > 1 && f->activation.function != BNNSActivationFunctionIdentity) return;
     if (!bp_winograd_plan(&f->g, engine == BP_ENGINE_WINOGRAD, &f->wino)) return;
     f->winograd = true;
     if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;

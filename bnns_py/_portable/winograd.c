@@ -20,7 +20,8 @@ enum {
     WINO_MIN_TILES = 32,
     WINO_MAX_TILES = 256,
     WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
-    WINO_MAX_WEIGHTS = 1 << 21 /* floats of U (8 MiB): more, and each block reads it from memory */
+    WINO_MAX_WEIGHTS = 1 << 21, /* floats of U (8 MiB): more, and each block reads it from memory */
+    WINO_MAX_DILATION = 64
 };
 /* The products run on the direct engine's pixels kernel: NC tiles x MV vectors of output channels. */
 #define WINO_MV PIX_MV_MAX
@@ -59,14 +60,17 @@ static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
 }
 
 bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
-    if (g->kh != 3 || g->kw != 3 || g->sx != 1 || g->sy != 1 || g->dx != 1 || g->dy != 1 || g->groups != 1 ||
-        g->out_h == 0 || g->out_w == 0 || g->in_c > INT32_MAX / 16)
+    if (g->kh != 3 || g->kw != 3 || g->sx != 1 || g->sy != 1 || g->dx != g->dy || g->dx == 0 ||
+        g->dx > WINO_MAX_DILATION || g->groups != 1 || g->out_h == 0 || g->out_w == 0 || g->in_c > INT32_MAX / 16)
         return false;
-    if (!forced && (g->in_c < 2 * WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || g->out_w < 4 || g->out_h < 4 ||
+    size_t d = g->dx;
+    plan->d = d;
+    plan->th = ceil_div(ceil_div(g->out_h, d), 2); /* of the largest output phase */
+    plan->tw = ceil_div(ceil_div(g->out_w, d), 2);
+    if (!forced && (g->in_c < 2 * WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || ceil_div(g->out_w, d) < 4 ||
+                    ceil_div(g->out_h, d) < 4 ||
                     bp_winograd_weight_floats(g) > WINO_MAX_WEIGHTS))
         return false;
-    plan->th = ceil_div(g->out_h, 2);
-    plan->tw = ceil_div(g->out_w, 2);
     size_t tiles = WINO_SCRATCH_TARGET / (16 * (g->in_c + WINO_BW));
     if (tiles < WINO_MIN_TILES) tiles = WINO_MIN_TILES;
     if (tiles > WINO_MAX_TILES) tiles = WINO_MAX_TILES;
@@ -143,34 +147,35 @@ void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_sc
 
 /* ---- input transform ---------------------------------------------------------------------- */
 
-/* The 4 input rows under tile row ty of one channel, each split into its even (e) and odd (o)
-   columns from the tiles' first column on: e[i] = x[2i - pl], o[i] = x[2i + 1 - pl], zero
+/* The 4 input rows under tile row ty of output phase (a, b) of one channel, each split into the
+   columns of the tiles' even (e) and odd (o) taps: with d the dilation, row r is input row
+   d * (2 ty + r) + a - pt, e[i] its column d * 2i + b - pl and o[i] the column d further, zero
    outside the image, i in [0, tw]. */
 static void tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img, const float *plane,
-                            size_t ty, float *e, float *o) {
-    size_t n = tw + 1;
+                            size_t ty, size_t a, size_t b, float *e, float *o) {
+    ptrdiff_t n = (ptrdiff_t)tw + 1, w = (ptrdiff_t)g->in_w, d = (ptrdiff_t)g->dx;
+    ptrdiff_t x0 = (ptrdiff_t)b - (ptrdiff_t)g->pl; /* column of e[0] */
     for (size_t r = 0; r < 4; r++) {
         float *er = e + r * ld, *or_ = o + r * ld;
-        ptrdiff_t iy = (ptrdiff_t)(2 * ty + r) - (ptrdiff_t)g->pt;
+        ptrdiff_t iy = d * (ptrdiff_t)(2 * ty + r) + (ptrdiff_t)a - (ptrdiff_t)g->pt;
         if (iy < 0 || iy >= (ptrdiff_t)g->in_h) {
-            for (size_t i = 0; i < n; i++) er[i] = or_[i] = 0.0f;
+            for (ptrdiff_t i = 0; i < n; i++) er[i] = or_[i] = 0.0f;
             continue;
         }
         const float *row = plane + (size_t)iy * img->sy;
-        ptrdiff_t w = (ptrdiff_t)g->in_w, pl = (ptrdiff_t)g->pl;
 #if defined(__AVX512F__)
-        if (img->sx == 1) { /* 32 columns at a time, masked to the image, split into even and odd */
+        if (img->sx == 1 && d == 1) { /* 32 columns at a time, masked to the image, split in two */
             const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
             const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-            for (size_t i = 0; i < n; i += 16) {
-                ptrdiff_t x0 = 2 * (ptrdiff_t)i - pl;
+            for (ptrdiff_t i = 0; i < n; i += 16) {
+                ptrdiff_t c0 = x0 + 2 * i, lo_lane = c0 < 0 ? -c0 : 0, hi_lane = w - c0; /* lanes inside */
+                if (hi_lane > 32) hi_lane = 32;
                 __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
-                ptrdiff_t a = x0 < 0 ? -x0 : 0, b = w - x0; /* lanes [a, b) of the 32 are inside */
-                if (b > 32) b = 32;
-                if (a < b) {
-                    uint32_t keep = (uint32_t)((b >= 32 ? 0xFFFFFFFFu : (1u << b) - 1u) & ~((1u << a) - 1u));
-                    /* the address of column x0, which may lie before the row: only kept lanes are read */
-                    const float *at = (const float *)((uintptr_t)row + (uintptr_t)(x0 * (ptrdiff_t)sizeof(float)));
+                if (lo_lane < hi_lane) {
+                    uint32_t keep = (uint32_t)((hi_lane >= 32 ? 0xFFFFFFFFu : (1u << hi_lane) - 1u) &
+                                               ~((1u << lo_lane) - 1u));
+                    /* the address of column c0, which may lie before the row: only kept lanes are read */
+                    const float *at = (const float *)((uintptr_t)row + (uintptr_t)(c0 * (ptrdiff_t)sizeof(float)));
                     lo = _mm512_maskz_loadu_ps((__mmask16)(keep & 0xFFFF), at);
                     hi = _mm512_maskz_loadu_ps((__mmask16)(keep >> 16), (const float *)((uintptr_t)at + 64));
                 }
@@ -180,32 +185,10 @@ static void tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_ima
             continue;
         }
 #endif
-        /* i where both columns are inside: 2i - pl >= 0 and 2i + 1 - pl < w */
-        size_t lo = (size_t)((pl + 1) / 2), hi = (size_t)((w + pl) / 2);
-        if (hi > n) hi = n;
-        if (lo > hi) lo = hi;
-        for (size_t i = 0; i < lo; i++) {
-            ptrdiff_t x0 = 2 * (ptrdiff_t)i - pl;
-            er[i] = x0 >= 0 && x0 < w ? row[(size_t)x0 * img->sx] : 0.0f;
-            or_[i] = x0 + 1 >= 0 && x0 + 1 < w ? row[(size_t)(x0 + 1) * img->sx] : 0.0f;
-        }
-        if (img->sx == 1) {
-            const float *base = row + 2 * lo - (size_t)pl;
-            for (size_t i = 0; i < hi - lo; i++) {
-                er[lo + i] = base[2 * i];
-                or_[lo + i] = base[2 * i + 1];
-            }
-        } else {
-            for (size_t i = lo; i < hi; i++) {
-                size_t x0 = 2 * i - (size_t)pl;
-                er[i] = row[x0 * img->sx];
-                or_[i] = row[(x0 + 1) * img->sx];
-            }
-        }
-        for (size_t i = hi; i < n; i++) {
-            ptrdiff_t x0 = 2 * (ptrdiff_t)i - pl;
-            er[i] = x0 >= 0 && x0 < w ? row[(size_t)x0 * img->sx] : 0.0f;
-            or_[i] = x0 + 1 >= 0 && x0 + 1 < w ? row[(size_t)(x0 + 1) * img->sx] : 0.0f;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            ptrdiff_t ce = x0 + 2 * d * i, co = ce + d;
+            er[i] = ce >= 0 && ce < w ? row[(size_t)ce * img->sx] : 0.0f;
+            or_[i] = co >= 0 && co < w ? row[(size_t)co * img->sx] : 0.0f;
         }
     }
 }
@@ -238,10 +221,9 @@ static void tile_row_transform(size_t tw, size_t ld, const float *e, const float
 
 /* At m A of each tile of a tile row, channels in lanes: m holds the row's tiles' products
    (M[p] planes mp floats apart, a tile's WINO_BW channels contiguous); the two output rows go to
-   rows[0..1] (ow pixels each, WINO_BW channels per pixel). `vectors`: channel vectors in use. */
-static void tile_row_outputs(size_t tw, size_t ow, const float *m, size_t mp, size_t vectors, float *rows) {
-    size_t full = ow / 2;
-    float *row0 = rows, *row1 = rows + ow * WINO_BW;
+   rows (2 tw pixels each, WINO_BW channels per pixel). `vectors`: channel vectors in use. */
+static void tile_row_outputs(size_t tw, const float *m, size_t mp, size_t vectors, float *rows) {
+    float *row0 = rows, *row1 = rows + 2 * tw * WINO_BW;
     for (size_t tx = 0; tx < tw; tx++)
         for (size_t v = 0; v < vectors; v++) {
             const float *t = m + tx * WINO_BW + v * BP_VL;
@@ -255,30 +237,38 @@ static void tile_row_outputs(size_t tw, size_t ow, const float *m, size_t mp, si
             float *p0 = row0 + 2 * tx * WINO_BW + v * BP_VL, *p1 = row1 + 2 * tx * WINO_BW + v * BP_VL;
             bp_vstore(p0, s0[0] + s0[1] + s0[2]);
             bp_vstore(p1, s1[0] + s1[1] + s1[2]);
-            if (tx < full) {
-                bp_vstore(p0 + WINO_BW, s0[1] - s0[2] - s0[3]);
-                bp_vstore(p1 + WINO_BW, s1[1] - s1[2] - s1[3]);
-            }
+            bp_vstore(p0 + WINO_BW, s0[1] - s0[2] - s0[3]);
+            bp_vstore(p1 + WINO_BW, s1[1] - s1[2] - s1[3]);
         }
 }
 
-/* Output rows (ow pixels x WINO_BW channels) into n channel planes (planes ohw apart), the bias
-   added, then the activation. */
-static void emit_rows(const float *rows, size_t nrows, size_t ow, size_t n, const float *bias, float *out,
-                      size_t ohw, const bp_epilogue *e) {
+/* The first `count` pixels of output rows (2 tw pixels x WINO_BW channels each, row after row)
+   into n channel planes (ohw apart) with the bias added: row r at out + r * row_step, pixel i at
+   i * step. Then the activation, with unit steps (dilated plans have none). */
+static void emit_rows(const float *rows, size_t tw, size_t nrows, size_t count, size_t n, const float *bias,
+                      float *out, size_t ohw, size_t row_step, size_t step, const bp_epilogue *e) {
     size_t n8 = n / 8 * 8;
     for (size_t r = 0; r < nrows; r++) {
-        const float *src = rows + r * ow * WINO_BW;
-        float *dst = out + r * ow;
+        const float *src = rows + r * 2 * tw * WINO_BW;
+        float *dst = out + r * row_step;
         for (size_t c0 = 0; c0 < n8; c0 += 8)
-            for (size_t i = 0; i < ow; i += 8)
-                bp_transpose8x8_add(src + i * WINO_BW + c0, WINO_BW, bias + c0, dst + c0 * ohw + i, ohw,
-                                    min_size(8, ow - i));
+            for (size_t i = 0; i < count; i += 8) {
+                size_t k = min_size(8, count - i);
+                if (step == 1) {
+                    bp_transpose8x8_add(src + i * WINO_BW + c0, WINO_BW, bias + c0, dst + c0 * ohw + i, ohw, k);
+                    continue;
+                }
+                float block[8][8];
+                bp_transpose8x8_add(src + i * WINO_BW + c0, WINO_BW, bias + c0, &block[0][0], 8, 8);
+                for (size_t c = 0; c < 8; c++)
+                    for (size_t q = 0; q < k; q++) dst[(c0 + c) * ohw + (i + q) * step] = block[c][q];
+            }
         for (size_t c = n8; c < n; c++)
-            for (size_t i = 0; i < ow; i++) dst[c * ohw + i] = src[i * WINO_BW + c] + bias[c];
+            for (size_t i = 0; i < count; i++) dst[c * ohw + i * step] = src[i * WINO_BW + c] + bias[c];
     }
     if (e != NULL && e->act != NULL)
-        for (size_t c = 0; c < n; c++) bp_activation_apply(e->act, out + c * ohw, nrows * ow);
+        for (size_t c = 0; c < n; c++)
+            for (size_t r = 0; r < nrows; r++) bp_activation_apply(e->act, out + c * ohw + r * row_step, count);
 }
 
 /* ---- tasks -------------------------------------------------------------------------------- */
@@ -314,11 +304,12 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
     float *rows = (float *)off + bp_round_up(l.off, 16), *e = rows + bp_round_up(l.rows, 16), *o = e + 4 * ld;
     memset(e, 0, 8 * ld * sizeof(float)); /* the columns past tw + 1 are read, not used */
     size_t ldv = in_c * nt, mp = (p->rows * tw + WINO_NC) * WINO_BW;
-    for (size_t r = r0; r < r1; r++) {
-        size_t b = r / th, ty = r % th, col = (r - r0) * tw;
+    size_t d = p->d, per_image = d * d * th;
+    for (size_t r = r0; r < r1; r++) { /* tile row r: image, output phase (a, b), row within */
+        size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
         const float *img = j->x + b * j->x_bs;
         for (size_t c = 0; c < in_c; c++) {
-            tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, e, o);
+            tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, ph / d, ph % d, e, o);
             tile_row_transform(tw, ld, e, o, v + c * nt + col, ldv);
         }
     }
@@ -339,10 +330,13 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
         if (j->e != NULL && j->e->bias != NULL)
             for (size_t c = 0; c < n; c++) bias[c] = j->e->bias[(mb * WINO_BW + c) * j->e->bias_stride];
         for (size_t r = r0; r < r1; r++) {
-            size_t b = r / th, ty = r % th, col = (r - r0) * tw;
-            tile_row_outputs(tw, ow, m + col * WINO_BW, mp, vectors, rows);
-            emit_rows(rows, 2 * ty + 1 < g->out_h ? 2 : 1, ow, n, bias,
-                      j->y + b * j->y_bs + mb * WINO_BW * ohw + 2 * ty * ow, ohw, j->e);
+            size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
+            size_t a = ph / d, bx = ph % d, oy = d * 2 * ty + a; /* the tile row's first output row */
+            if (oy >= g->out_h || bx >= ow) continue;      /* a phase smaller than the largest */
+            size_t count = ceil_div(ow - bx, d), nrows = oy + d < g->out_h ? 2 : 1;
+            tile_row_outputs(tw, m + col * WINO_BW, mp, vectors, rows);
+            emit_rows(rows, tw, nrows, count, n, bias, j->y + b * j->y_bs + mb * WINO_BW * ohw + oy * ow + bx, ohw,
+                      d * ow, d, j->e);
         }
     }
 }
@@ -359,7 +353,7 @@ static void forward_tasks(void *arg, int worker, int workers) {
 void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, const float *u, size_t batch,
                          const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
                          const bp_epilogue *e, const bp_scratch *s, int threads) {
-    size_t total_rows = batch * plan->th, tiles = total_rows * plan->tw;
+    size_t total_rows = batch * plan->d * plan->d * plan->th, tiles = total_rows * plan->tw;
     int workers = bp_workers_for(threads, 2 * 16 * tiles * g->in_c * g->out_c);
     forward_job j = {plan, g, u, x_img, x, x_bs, y, y_bs, e, s, plan->rows, 0, 1, total_rows, 0};
     size_t w = (size_t)workers;

@@ -1,5 +1,6 @@
 /* bnns-py portable backend: Winograd F(2x2, 3x3) for the forward pass of dense 3x3 layers
-   (stride 1, no dilation, one group).
+   (stride 1, one group; a dilation d splits the output into d x d phases, every d-th row and
+   column, each an undilated convolution of every d-th input row and column).
 
    Each 4x4 tile of the input (2x2 outputs) and each 3x3 kernel are transformed so that the sum over
    input channels becomes 16 independent matrix products, one per position of the transformed
@@ -13,7 +14,8 @@
 #include "internal.h"
 
 typedef struct {
-    size_t th, tw;         /* tile rows and columns of an image */
+    size_t d;              /* dilation: d x d output phases, each an undilated convolution */
+    size_t th, tw;         /* tile rows and columns of an image's (largest) output phase */
     size_t rows;           /* tile rows a task takes at most (rows * tw tiles) */
     size_t scratch_floats; /* per worker */
 } bp_winograd;
