@@ -77,6 +77,29 @@ def test_forward_matches_the_reference(case, client, n_threads, winograd, backen
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin))
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("case", GEOMETRIES, ids=_ids(GEOMETRIES))
+def test_input_gradient_matches_the_reference(case, n_threads, winograd, backend, rng, no_filter_leaks):
+    """dx as the adjoint convolution of dy (kernels flipped, channels swapped, padded 2d - pad before),
+    where the leading padding allows it; the weight and bias gradients still come out right."""
+    n, cin, cout, h, w, pad, dil = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin, 3, 3), 0.3)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (dil, dil), 1,
+                                   weight, None, AF.identity, n_threads)
+    with layer:
+        adjoint = pad[0] <= 2 * dil and pad[2] <= 2 * dil
+        assert (backend.filter_engine(layer.bnns_filter, "input_gradient") == "winograd") == adjoint
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx, dw = np.full(x.shape, np.nan, np.float32), np.full(weight.shape, np.nan, np.float32)
+        layer.apply_backward(n, x, y, dy, dx, dw)
+    dx_ref, dw_ref, _ = reference.conv2d_backward(x, weight, dy, padding=pad, dilation=dil)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout))
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4 * np.sqrt(n * oh * ow))
+
+
 @pytest.mark.parametrize("activation", [AF.rectified_linear, AF.sigmoid], ids=lambda a: a.name)
 def test_activation_follows_the_bias(activation, winograd, backend, rng, no_filter_leaks):
     n, cin, cout, h, w = 2, 24, 40, 10, 9
@@ -126,13 +149,13 @@ def test_client_weights_are_read_at_each_call_and_copied_ones_are_not(winograd, 
 
 
 def test_backward_of_a_winograd_filter(backend, rng, monkeypatch, no_filter_leaks):
-    """The automatic choice takes Winograd forward and the direct engine for the gradients."""
+    """The automatic choice takes Winograd for the forward pass and the input gradient."""
     monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
     n, cin, cout, h, w = 2, 64, 32, 12, 12
     x, weight, bias, layer, (oh, ow) = _same_layer(rng, n, cin, cout, h, w)
     with layer:
         assert backend.filter_engine(layer.bnns_filter, "forward") == "winograd"
-        assert backend.filter_engine(layer.bnns_filter, "input_gradient").startswith("direct")
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient") == "winograd"
         y = np.empty((n, cout, oh, ow), np.float32)
         layer.apply(n, x, y)
         dy = random_array(rng, y.shape)

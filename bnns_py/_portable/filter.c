@@ -194,6 +194,7 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->rows = w->dbias + (f->client ? SLICE(g->out_c + g->in_c) : 0);
     w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
     w->wino_u = w->direct_w + SLICE(f->direct_w_floats);
+    w->wino_u_dx = w->wino_u + (f->winograd && f->client ? SLICE(bp_winograd_weight_floats(g)) : 0);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -205,7 +206,8 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
     if (!bp_mul(g->out_c, g->k, &wc)) return false;
     size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
-                      f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0};
+                      f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0,
+                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
@@ -271,9 +273,15 @@ static bool batch_at_once(const bp_filter *f);
 static void plan_winograd(bp_filter *f) {
     int engine = bp_engine_override();
     if (f->transposed || !batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
-    /* a dilated plan writes every d-th output: the activation runs on contiguous runs only */
-    if (f->g.dx > 1 && f->activation.function != BNNSActivationFunctionIdentity) return;
-    if (!bp_winograd_plan(&f->g, engine == BP_ENGINE_WINOGRAD, &f->wino)) return;
+    /* a dilated plan writes every d-th output: the forward activation runs on contiguous runs only
+       (an input gradient has none) */
+    bool dilated_activation = f->g.dx > 1 && f->activation.function != BNNSActivationFunctionIdentity;
+    bool forced = engine == BP_ENGINE_WINOGRAD;
+    if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) && bp_winograd_plan(&f->dx_geom, forced, &f->wino_dx_plan)) {
+        f->wino_dx = true;
+        if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
+    }
+    if (dilated_activation || !bp_winograd_plan(&f->g, forced, &f->wino)) return;
     f->winograd = true;
     if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
 }
@@ -502,7 +510,7 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
             if (f->wino_u == NULL) goto fail;
             bp_work w;
             bp_work_split(f, f->workspace, &w);
-            bp_winograd_weights(g, f->w_owned, f->wino_u, &w.scratch, f->gemm.threads);
+            bp_winograd_weights(g, f->w_owned, f->wino_u, &w.scratch, f->gemm.threads, false);
         }
     }
     f->has_bias = has_bias;
@@ -530,7 +538,7 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     if (pass == 2) /* weight gradient: on S's forward plan, when the filter can run backward */
         return f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
-    if (pass == 0 && f->winograd) return "winograd";
+    if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
     if (f->direct[which] == NULL) return "im2col";
     return bp_direct_kind(f->direct[which]);
@@ -676,7 +684,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
         const float *u = f->wino_u;
         if (u == NULL) { /* client weights: transformed as they are now */
             bp_winograd_weights(&f->g, bp_call_weights(f, -1, &w, &pass, &direct), w.wino_u, &w.scratch,
-                                f->gemm.threads);
+                                f->gemm.threads, false);
             u = w.wino_u;
         }
         bp_epilogue e = forward_epilogue(f);

@@ -43,6 +43,10 @@ typedef struct {
     bool winograd;
     bp_winograd wino;
     float *wino_u;
+    /* and for the input gradient of a client-pointer filter, through the adjoint geometry */
+    bool wino_dx;
+    bp_geom dx_geom;
+    bp_winograd wino_dx_plan;
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
@@ -56,7 +60,7 @@ typedef struct {
 /* workspace layout (offsets in floats) */
 typedef struct {
     bp_scratch scratch;
-    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u;
+    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u, *wino_u_dx;
 } bp_work;
 
 enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };

@@ -87,6 +87,18 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
     return true;
 }
 
+bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a) {
+    if (g->sx != 1 || g->sy != 1 || g->groups != 1 || g->pl > (g->kw - 1) * g->dx || g->pt > (g->kh - 1) * g->dy)
+        return false;
+    *a = (bp_geom){.in_c = g->out_c, .in_h = g->out_h, .in_w = g->out_w, .out_c = g->in_c, .out_h = g->in_h,
+                   .out_w = g->in_w, .kh = g->kh, .kw = g->kw, .sx = 1, .sy = 1, .dx = g->dx, .dy = g->dy,
+                   .pl = (g->kw - 1) * g->dx - g->pl, .pt = (g->kh - 1) * g->dy - g->pt, .groups = 1};
+    a->in_cg = a->in_c;
+    a->out_cg = a->out_c;
+    a->k = a->in_c * a->kh * a->kw;
+    return true;
+}
+
 /* ---- weights: U = G g Gt, packed for the pixels kernel: [p][block][c][channel of block] ---- */
 
 typedef struct {
@@ -94,11 +106,23 @@ typedef struct {
     const float *w;
     float *u;
     const bp_scratch *s;
+    bool adjoint;
 } weights_job;
 
 /* Kernel values w[o][c * 9 + t] for c in [c0, c0 + nc) as rows t' = (c - c0) * 9 + t of out_c
    values (ld apart; channels past out_c zero). */
-static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_t nc, float *t, size_t ld) {
+static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_t nc, float *t, size_t ld,
+                              bool adjoint) {
+    if (adjoint) { /* w is [in_c][out_c * 9]: row c holds, for each output channel, its kernel flipped */
+        for (size_t c = 0; c < nc; c++) {
+            const float *row = w + (c0 + c) * g->out_c * 9;
+            for (size_t tap = 0; tap < 9; tap++) {
+                float *dst = t + (c * 9 + tap) * ld;
+                for (size_t o = 0; o < ld; o++) dst[o] = o < g->out_c ? row[o * 9 + 8 - tap] : 0.0f;
+            }
+        }
+        return;
+    }
     size_t k = g->in_c * 9, rows = nc * 9, r8 = rows / 8 * 8, o8 = g->out_c / 8 * 8;
     const float *src = w + c0 * 9;
     for (size_t o = 0; o < o8; o += 8)
@@ -116,7 +140,7 @@ static void weight_tasks(void *arg, int worker, int workers) {
     const bp_vec half = bp_vset1(0.5f);
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
         size_t nc = min_size(WEIGHT_CHANNELS, c1 - cb);
-        transpose_kernels(g, j->w, cb, nc, t, ld);
+        transpose_kernels(g, j->w, cb, nc, t, ld, j->adjoint);
         for (size_t c = cb; c < cb + nc; c++)
             for (size_t o = 0; o < ld; o += BP_VL) {
                 const float *k = t + (c - cb) * 9 * ld + o;
@@ -140,8 +164,8 @@ static void weight_tasks(void *arg, int worker, int workers) {
     }
 }
 
-void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads) {
-    weights_job j = {g, w, u, s};
+void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint) {
+    weights_job j = {g, w, u, s, adjoint};
     bp_parallel_run(bp_workers_for(threads, 64 * g->out_c * g->in_c), weight_tasks, &j);
 }
 

@@ -26,8 +26,15 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan);
 /* Floats of the transformed weights U (16 x out_c x in_c, out_c rounded up to whole blocks). */
 size_t bp_winograd_weight_floats(const bp_geom *g);
 
-/* U from the canonical weights w ([out_c][in_c * 9]), with the workers' scratch. */
-void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads);
+/* U from the canonical weights w ([out_c][in_c * 9]), with the workers' scratch. adjoint: g is the
+   adjoint of a layer S (the input gradient of S as a convolution of its output gradient) and w is
+   S's canonical weights ([in_c][out_c * 9] of g), each kernel read transposed and flipped. */
+void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint);
+
+/* The adjoint of a standard layer S of unit stride: dx = conv(dy) with S's kernels flipped and
+   their channels swapped, padded (k - 1) * d - pad before. False when S's leading padding exceeds
+   that (the adjoint would need a negative one). */
+bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a);
 
 /* y = conv(x) for a batch, as bp_conv_forward: y packed, x through x_img's strides. */
 void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, const float *u, size_t batch,
