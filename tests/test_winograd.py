@@ -186,3 +186,32 @@ def test_other_geometries_never_take_it(k, stride, dil, groups, activation, wino
                             None, activation, 1)
     with layer:
         assert backend.filter_engine(layer.bnns_filter) != "winograd"
+
+
+def test_concurrent_calls_agree(winograd, backend, rng, no_filter_leaks):
+    """Two Python threads applying two client-pointer Winograd layers at once: one call has the worker
+    pool, the other runs alone on its thread, each making its transformed weights first."""
+    import threading
+
+    n, cin, cout, h, w = 2, 32, 48, 12, 12
+    cases = [_same_layer(rng, n, cin, cout, h, w) for _ in range(2)]
+    expected = [reference.conv2d(x, weight, bias, padding=(1, 1, 1, 1)) for x, weight, bias, _, _ in cases]
+    errors = []
+
+    def run(i):
+        x, _, _, layer, (oh, ow) = cases[i]
+        y = np.empty((n, cout, oh, ow), np.float32)
+        for _ in range(200):
+            layer.apply(n, x, y)
+            if not np.allclose(y, expected[i], rtol=1e-4, atol=_tolerance(cin)):
+                errors.append(i)
+                return
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _, _, _, layer, _ in cases:
+        layer.close()
+    assert errors == []

@@ -191,9 +191,8 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                 /* the adjoint convolution of dy, on the Winograd pass */
                 bp_direct_pass canonical_pass;
                 const bp_direct_pass *none;
-                bp_winograd_weights(&f->dx_geom, bp_call_weights(f, -1, &w, &canonical_pass, &none), w.wino_u_dx,
-                                    &w.scratch, f->gemm.threads, true);
-                bp_winograd_forward(&f->wino_dx_plan, &f->dx_geom, w.wino_u_dx, batch, &out_packed, dy,
+                bp_winograd_forward(&f->wino_dx_plan, &f->dx_geom, w.wino_u_dx,
+                                    bp_call_weights(f, -1, &w, &canonical_pass, &none), true, batch, &out_packed, dy,
                                     out_delta_stride, dx, in_delta_stride, NULL, &w.scratch, f->gemm.threads);
             } else if (in_delta)
                 bp_conv_backward_data(g, weights, batch, dy, out_delta_stride, &dx_img, dx, in_delta_stride,

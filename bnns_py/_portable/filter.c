@@ -681,15 +681,11 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
         const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
         forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
     } else if (f->winograd) {
-        const float *u = f->wino_u;
-        if (u == NULL) { /* client weights: transformed as they are now */
-            bp_winograd_weights(&f->g, bp_call_weights(f, -1, &w, &pass, &direct), w.wino_u, &w.scratch,
-                                f->gemm.threads, false);
-            u = w.wino_u;
-        }
+        /* client weights: transformed as they are now, in the same run */
+        const float *now = f->wino_u == NULL ? bp_call_weights(f, -1, &w, &pass, &direct) : NULL;
         bp_epilogue e = forward_epilogue(f);
-        bp_winograd_forward(&f->wino, &f->g, u, batch_size, &f->in, in, in_stride, out, out_stride, &e, &w.scratch,
-                            f->gemm.threads);
+        bp_winograd_forward(&f->wino, &f->g, f->wino_u != NULL ? f->wino_u : w.wino_u, now, false, batch_size,
+                            &f->in, in, in_stride, out, out_stride, &e, &w.scratch, f->gemm.threads);
     } else {
         const float *weights =
             bp_call_weights(f, f->transposed ? BP_DIRECT_BACKWARD_DATA : BP_DIRECT_FORWARD, &w, &pass, &direct);

@@ -23,6 +23,14 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+void bp_barrier_wait(bp_barrier *b, int workers) {
+    atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel);
+    for (int spins = 0; atomic_load_explicit(&b->arrived, memory_order_acquire) < workers; spins++) {
+        if (spins < SPIN_ROUNDS) cpu_relax();
+        else sched_yield(); /* a worker the system has descheduled: let it run */
+    }
+}
+
 /* One mailbox per worker thread: the caller fills in the job, then bumps `posted`. */
 typedef struct {
     _Atomic unsigned long posted;

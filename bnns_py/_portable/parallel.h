@@ -19,6 +19,14 @@ typedef void (*bp_worker_fn)(void *arg, int worker, int workers);
    work by (worker, workers) alone: it may be called as (0, 1) with all the work. */
 void bp_parallel_run(int workers, bp_worker_fn fn, void *arg);
 
+/* A one-use barrier for the threads of one bp_parallel_run call: every one of them calls
+   bp_barrier_wait with fn's `workers`, and none returns before all have arrived. Zero-initialize. */
+typedef struct {
+    _Atomic int arrived;
+} bp_barrier;
+
+void bp_barrier_wait(bp_barrier *b, int workers);
+
 /* Work on items [begin, end). */
 typedef void (*bp_range_fn)(void *arg, size_t begin, size_t end);
 

@@ -45,7 +45,7 @@ static size_t row_ld(size_t tw) { return (tw + 1 + 15) / 16 * 16 + BP_VL; }
 
 /* Floats of a task's scratch, in order: V, M, step offsets, output rows, input rows. */
 typedef struct {
-    size_t v, m, off, rows, in;
+    size_t v, m, off, rows, in, wt;
 } scratch_layout;
 
 static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
@@ -56,6 +56,7 @@ static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
     l.off = g->in_c + 16;
     l.rows = 2 * 2 * p->tw * WINO_BW;           /* two output rows, channels innermost */
     l.in = 8 * row_ld(p->tw);                   /* deinterleaved input rows */
+    l.wt = WEIGHT_CHANNELS * 9 * mblocks(g) * WINO_BW; /* the weight transform's transposed kernels */
     return l;
 }
 
@@ -78,12 +79,10 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
     if (plan->rows > plan->th) plan->rows = plan->th;
     if (plan->rows * plan->tw * g->in_c > INT32_MAX / 16) return false; /* step offsets in int32 */
     scratch_layout l = layout_for(g, plan);
-    size_t parts[] = {l.v, l.m, l.off, l.rows, l.in}, total = 0, weights;
+    size_t parts[] = {l.v, l.m, l.off, l.rows, l.in, l.wt}, total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         if (!bp_add(total, bp_round_up(parts[i], 16), &total)) return false;
-    /* the weight transform's transposed kernels use the same scratch */
-    if (!bp_mul(WEIGHT_CHANNELS * 9, mblocks(g) * WINO_BW, &weights)) return false;
-    plan->scratch_floats = total > weights ? total : weights;
+    plan->scratch_floats = total;
     return true;
 }
 
@@ -131,11 +130,10 @@ static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_
         for (size_t o = r < r8 ? o8 : 0; o < ld; o++) t[r * ld + o] = o < g->out_c ? src[o * k + r] : 0.0f;
 }
 
-static void weight_tasks(void *arg, int worker, int workers) {
-    const weights_job *j = arg;
+/* One worker's share (input channels) of U; t: its scratch for 72 transposed kernel rows. */
+static void weight_share(const weights_job *j, int worker, int workers, float *t) {
     const bp_geom *g = j->g;
     size_t in_c = g->in_c, nb = mblocks(g), ld = nb * WINO_BW, plane = nb * in_c * WINO_BW, c0, c1;
-    float *t = j->s->base + (size_t)worker * j->s->stride;
     bp_split(in_c, worker, workers, &c0, &c1);
     const bp_vec half = bp_vset1(0.5f);
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
@@ -162,6 +160,11 @@ static void weight_tasks(void *arg, int worker, int workers) {
                 }
             }
     }
+}
+
+static void weight_tasks(void *arg, int worker, int workers) {
+    const weights_job *j = arg;
+    weight_share(j, worker, workers, j->s->base + (size_t)worker * j->s->stride);
 }
 
 void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint) {
@@ -312,8 +315,45 @@ typedef struct {
     size_t blocks; /* tasks along the tile rows of the batch */
     size_t chunks; /* chunks of channel blocks per tile-row block */
     size_t total_rows;
+    weights_job weights; /* weights.w != NULL: U is made first, from these, by all the workers */
+    bp_barrier ready;
     _Atomic size_t next;
 } forward_job;
+
+/* A task's scratch (see scratch_layout). */
+typedef struct {
+    float *v, *m, *rows, *e, *o, *wt;
+    int32_t *off;
+} scratch_parts;
+
+static scratch_parts parts_of(const bp_geom *g, const bp_winograd *p, float *scratch) {
+    scratch_layout l = layout_for(g, p);
+    scratch_parts s;
+    s.v = scratch;
+    s.m = s.v + bp_round_up(l.v, 16);
+    s.off = (int32_t *)(s.m + bp_round_up(l.m, 16));
+    s.rows = (float *)s.off + bp_round_up(l.off, 16);
+    s.e = s.rows + bp_round_up(l.rows, 16);
+    s.o = s.e + 4 * row_ld(p->tw);
+    s.wt = s.e + bp_round_up(l.in, 16);
+    return s;
+}
+
+/* V of the tile rows [r0, r1) into v. */
+static void input_transform(const forward_job *j, size_t r0, size_t r1, float *v, const scratch_parts *s) {
+    const bp_winograd *p = j->plan;
+    const bp_geom *g = j->g;
+    size_t tw = p->tw, th = p->th, d = p->d, per_image = d * d * th, ld = row_ld(tw), nt = (r1 - r0) * tw;
+    memset(s->e, 0, 8 * ld * sizeof(float)); /* the columns past tw + 1 are read, not used */
+    for (size_t r = r0; r < r1; r++) { /* tile row r: image, output phase (a, b), row within */
+        size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
+        const float *img = j->x + b * j->x_bs;
+        for (size_t c = 0; c < g->in_c; c++) {
+            tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, ph / d, ph % d, s->e, s->o);
+            tile_row_transform(tw, ld, s->e, s->o, v + c * nt + col, g->in_c * nt);
+        }
+    }
+}
 
 static void run_task(const forward_job *j, size_t block, size_t chunk, float *scratch) {
     const bp_winograd *p = j->plan;
@@ -321,22 +361,13 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
     size_t tw = p->tw, th = p->th, in_c = g->in_c, ow = g->out_w, ohw = g->out_h * ow, nb = mblocks(g);
     size_t r0 = block * j->rows, r1 = min_size(r0 + j->rows, j->total_rows), nt = (r1 - r0) * tw, mb0, mb1;
     bp_split(nb, (int)chunk, (int)j->chunks, &mb0, &mb1);
-    scratch_layout l = layout_for(g, p);
-    float *v = scratch, *m = v + bp_round_up(l.v, 16);
-    int32_t *off = (int32_t *)(m + bp_round_up(l.m, 16));
-    size_t ld = row_ld(tw);
-    float *rows = (float *)off + bp_round_up(l.off, 16), *e = rows + bp_round_up(l.rows, 16), *o = e + 4 * ld;
-    memset(e, 0, 8 * ld * sizeof(float)); /* the columns past tw + 1 are read, not used */
+    scratch_parts sp = parts_of(g, p, scratch);
+    float *m = sp.m, *rows = sp.rows;
+    int32_t *off = sp.off;
+    const float *v = sp.v;
+    input_transform(j, r0, r1, sp.v, &sp);
     size_t ldv = in_c * nt, mp = (p->rows * tw + WINO_NC) * WINO_BW;
     size_t d = p->d, per_image = d * d * th;
-    for (size_t r = r0; r < r1; r++) { /* tile row r: image, output phase (a, b), row within */
-        size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
-        const float *img = j->x + b * j->x_bs;
-        for (size_t c = 0; c < in_c; c++) {
-            tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, ph / d, ph % d, e, o);
-            tile_row_transform(tw, ld, e, o, v + c * nt + col, ldv);
-        }
-    }
     for (size_t c = 0; c < in_c; c++) off[c] = (int32_t)(c * nt);
     size_t uplane = nb * in_c * WINO_BW;
     for (size_t mb = mb0; mb < mb1; mb++) {
@@ -367,29 +398,34 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
 
 static void forward_tasks(void *arg, int worker, int workers) {
     forward_job *j = arg;
-    (void)workers;
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
+    scratch_parts sp = parts_of(j->g, j->plan, scratch);
+    if (j->weights.w != NULL) { /* the weights' transform first, together: one run, not two */
+        weight_share(&j->weights, worker, workers, sp.wt);
+        bp_barrier_wait(&j->ready, workers);
+    }
     size_t tasks = j->blocks * j->chunks;
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < tasks;)
         run_task(j, t / j->chunks, t % j->chunks, scratch);
 }
 
-void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, const float *u, size_t batch,
-                         const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
+void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, const float *w, bool adjoint,
+                         size_t batch, const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
                          const bp_epilogue *e, const bp_scratch *s, int threads) {
     size_t total_rows = batch * plan->d * plan->d * plan->th, tiles = total_rows * plan->tw;
     int workers = bp_workers_for(threads, 2 * 16 * tiles * g->in_c * g->out_c);
-    forward_job j = {plan, g, u, x_img, x, x_bs, y, y_bs, e, s, plan->rows, 0, 1, total_rows, 0};
-    size_t w = (size_t)workers;
+    forward_job j = {plan, g, u, x_img, x, x_bs, y, y_bs, e, s, plan->rows, 0, 1, total_rows,
+                     {g, w, u, s, adjoint}, {0}, 0};
+    size_t nw = (size_t)workers;
     j.blocks = ceil_div(total_rows, j.rows);
     /* equal shares: a few blocks that do not split evenly over the workers are cut into a multiple
        of them when the tile rows split evenly that way, else split by channel blocks */
-    if (j.blocks % w != 0 && j.blocks < 4 * w) {
-        size_t more = ceil_div(j.blocks, w) * w;
+    if (j.blocks % nw != 0 && j.blocks < 4 * nw) {
+        size_t more = ceil_div(j.blocks, nw) * nw;
         if (total_rows % more == 0 || total_rows >= 4 * more)
             j.blocks = more;
-        else if (mblocks(g) >= w)
-            j.chunks = w;
+        else if (mblocks(g) >= nw)
+            j.chunks = nw;
     }
     j.rows = ceil_div(total_rows, j.blocks);
     j.blocks = ceil_div(total_rows, j.rows);

@@ -36,9 +36,10 @@ void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_sc
    that (the adjoint would need a negative one). */
 bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a);
 
-/* y = conv(x) for a batch, as bp_conv_forward: y packed, x through x_img's strides. */
-void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, const float *u, size_t batch,
-                         const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
+/* y = conv(x) for a batch, as bp_conv_forward: y packed, x through x_img's strides. With w (not
+   NULL) u is first made from w as bp_winograd_weights does (adjoint alike), in the same run. */
+void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, const float *w, bool adjoint,
+                         size_t batch, const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
                          const bp_epilogue *e, const bp_scratch *s, int threads);
 
 #endif
