@@ -4,6 +4,7 @@ The filter is destroyed exactly once: by ``close()``, by leaving a ``with`` bloc
 object is garbage collected (``ffi.gc``), whichever comes first. ``filter_counts()`` reports how
 many filters this process created and destroyed through bnns-py, on any backend.
 """
+import functools
 import threading
 
 import numpy as np
@@ -55,7 +56,7 @@ def create_filter(backend, function_name, *args, keepalive=()):
 # UnaryLayer.apply's memory of its last numpy operands: (input, output, batch size, input
 # dtype, output dtype, C function, input pointer, input batch stride, output pointer, output
 # batch stride). Nothing matches this one.
-_NO_LAST_APPLY = (object(), object()) + (None,) * 6
+_NO_LAST_APPLY = (object(), object()) + (None,) * 5
 
 
 class Layer:
@@ -160,17 +161,9 @@ class UnaryLayer(Layer):
             out_flags = output.flags
             if (input.dtype is last[3] and output.dtype is last[4] and out_flags.writeable
                     and out_flags.c_contiguous and input.flags.c_contiguous):
-                handle = self._handle
-                if handle is not None:
-                    lock = self._call_lock
-                    if lock is None:
-                        status = last[5](handle, *last[6])
-                    else:
-                        with lock:
-                            status = last[5](handle, *last[6])
-                    if status != 0:
-                        self._fail(last[7])
-                    return
+                if last[5]() != 0:  # the C call with its arguments bound (close() drops it first)
+                    self._fail(last[6])
+                return
         self._apply_checked(batch_size, input, output)
 
     def _apply_checked(self, batch_size, input, output):
@@ -187,7 +180,11 @@ class UnaryLayer(Layer):
             name, args = "BNNSFilterApplyBatch", (batch_size, in_ptr, in_stride, out_ptr, out_stride)
         function = getattr(self._backend.lib, name)
         if input is in_array and output is out_array:  # numpy arrays, not descriptors
-            self._last_apply = (input, output, batch_size, input.dtype, output.dtype, function, args, name)
+            if self._call_lock is None:
+                call = functools.partial(function, handle, *args)
+            else:
+                call = functools.partial(self._call, function, handle, *args)
+            self._last_apply = (input, output, batch_size, input.dtype, output.dtype, call, name)
         status = self._call(function, handle, *args)
         if status != 0:
             self._fail(name)
