@@ -37,7 +37,12 @@ static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 static size_t mblocks(const bp_geom *g) { return ceil_div(g->out_c, WINO_BW); }
 enum { WEIGHT_CHANNELS = 8 }; /* input channels a worker transposes at a time (72 kernel rows) */
 
-size_t bp_winograd_weight_floats(const bp_geom *g) { return 16 * mblocks(g) * g->in_c * WINO_BW; }
+/* Floats between U's 16 planes: 5 cache lines more than a plane, so that the 16 stores of a
+   kernel's transform, one per plane, fall in different cache sets (planes of a power-of-two
+   size would all map to the same ones). */
+static size_t u_plane(const bp_geom *g) { return mblocks(g) * g->in_c * WINO_BW + 80; }
+
+size_t bp_winograd_weight_floats(const bp_geom *g) { return 16 * u_plane(g); }
 
 /* Floats between the deinterleaved input rows: tw + 1 columns, whole vectors of 16 and one
    more vector that the transform may read. */
@@ -133,7 +138,7 @@ static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_
 /* One worker's share (input channels) of U; t: its scratch for 72 transposed kernel rows. */
 static void weight_share(const weights_job *j, int worker, int workers, float *t) {
     const bp_geom *g = j->g;
-    size_t in_c = g->in_c, nb = mblocks(g), ld = nb * WINO_BW, plane = nb * in_c * WINO_BW, c0, c1;
+    size_t in_c = g->in_c, nb = mblocks(g), ld = nb * WINO_BW, plane = u_plane(g), c0, c1;
     bp_split(in_c, worker, workers, &c0, &c1);
     const bp_vec half = bp_vset1(0.5f);
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
@@ -369,7 +374,7 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
     size_t ldv = in_c * nt, mp = (p->rows * tw + WINO_NC) * WINO_BW;
     size_t d = p->d, per_image = d * d * th;
     for (size_t c = 0; c < in_c; c++) off[c] = (int32_t)(c * nt);
-    size_t uplane = nb * in_c * WINO_BW;
+    size_t uplane = u_plane(g);
     for (size_t mb = mb0; mb < mb1; mb++) {
         for (size_t q = 0; q < 16; q++) {
             const float *uq = j->u + q * uplane + mb * in_c * WINO_BW;
