@@ -28,6 +28,7 @@ GEOMETRIES = [
     (4, 20, 33, 12, 13, (0, 2, 2, 0), 1),
     (1, 9, 130, 40, 37, (1, 1, 1, 1), 1),     # rows of more than one 32-column load, 3 channel blocks
     (9, 40, 24, 6, 6, (1, 1, 1, 1), 1),       # small images: task blocks span several images
+    (1, 40, 130, 14, 14, (1, 1, 1, 1), 1),    # 7 tile rows, 2 threads: one block, channel blocks split
     (1, 5, 3, 1, 1, (1, 1, 1, 1), 1),         # one output pixel
     (2, 24, 20, 16, 16, (2, 2, 2, 2), 2),     # dilated 'same': 4 output phases of 8 x 8
     (1, 12, 19, 13, 11, (2, 1, 0, 3), 2),     # odd sizes: phases of different sizes

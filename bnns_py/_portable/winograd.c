@@ -113,39 +113,40 @@ typedef struct {
     bool adjoint;
 } weights_job;
 
-/* Kernel values w[o][c * 9 + t] for c in [c0, c0 + nc) as rows t' = (c - c0) * 9 + t of out_c
-   values (ld apart; channels past out_c zero). */
-static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_t nc, float *t, size_t ld,
-                              bool adjoint) {
+/* Kernel values w[o][c * 9 + t] for c in [c0, c0 + nc) and o in [o0, o1) as rows t' = (c - c0) * 9 + t
+   of values ld apart, o at column o (channels past out_c zero). */
+static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_t nc, size_t o0, size_t o1, float *t,
+                              size_t ld, bool adjoint) {
     if (adjoint) { /* w is [in_c][out_c * 9]: row c holds, for each output channel, its kernel flipped */
         for (size_t c = 0; c < nc; c++) {
             const float *row = w + (c0 + c) * g->out_c * 9;
             for (size_t tap = 0; tap < 9; tap++) {
                 float *dst = t + (c * 9 + tap) * ld;
-                for (size_t o = 0; o < ld; o++) dst[o] = o < g->out_c ? row[o * 9 + 8 - tap] : 0.0f;
+                for (size_t o = o0; o < o1; o++) dst[o] = o < g->out_c ? row[o * 9 + 8 - tap] : 0.0f;
             }
         }
         return;
     }
-    size_t k = g->in_c * 9, rows = nc * 9, r8 = rows / 8 * 8, o8 = g->out_c / 8 * 8;
+    size_t k = g->in_c * 9, rows = nc * 9, r8 = rows / 8 * 8, real = min_size(o1, g->out_c);
+    size_t o8 = real > o0 ? o0 + (real - o0) / 8 * 8 : o0;
     const float *src = w + c0 * 9;
-    for (size_t o = 0; o < o8; o += 8)
+    for (size_t o = o0; o < o8; o += 8)
         for (size_t r = 0; r < r8; r += 8) bp_transpose8x8(src + o * k + r, k, t + r * ld + o, ld);
     for (size_t r = 0; r < rows; r++)
-        for (size_t o = r < r8 ? o8 : 0; o < ld; o++) t[r * ld + o] = o < g->out_c ? src[o * k + r] : 0.0f;
+        for (size_t o = r < r8 ? o8 : o0; o < o1; o++) t[r * ld + o] = o < g->out_c ? src[o * k + r] : 0.0f;
 }
 
-/* One worker's share (input channels) of U; t: its scratch for 72 transposed kernel rows. */
-static void weight_share(const weights_job *j, int worker, int workers, float *t) {
+/* U for input channels [c0, c1) and output channels [o0, o1) (whole blocks); t: scratch for 72
+   transposed kernel rows. */
+static void weight_share(const weights_job *j, size_t c0, size_t c1, size_t o0, size_t o1, float *t) {
     const bp_geom *g = j->g;
-    size_t in_c = g->in_c, nb = mblocks(g), ld = nb * WINO_BW, plane = u_plane(g), c0, c1;
-    bp_split(in_c, worker, workers, &c0, &c1);
+    size_t in_c = g->in_c, ld = mblocks(g) * WINO_BW, plane = u_plane(g);
     const bp_vec half = bp_vset1(0.5f);
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
         size_t nc = min_size(WEIGHT_CHANNELS, c1 - cb);
-        transpose_kernels(g, j->w, cb, nc, t, ld, j->adjoint);
+        transpose_kernels(g, j->w, cb, nc, o0, o1, t, ld, j->adjoint);
         for (size_t c = cb; c < cb + nc; c++)
-            for (size_t o = 0; o < ld; o += BP_VL) {
+            for (size_t o = o0; o < o1; o += BP_VL) {
                 const float *k = t + (c - cb) * 9 * ld + o;
                 float *u = j->u + (o / WINO_BW) * in_c * WINO_BW + c * WINO_BW + o % WINO_BW;
                 bp_vec r[4][3];
@@ -167,9 +168,16 @@ static void weight_share(const weights_job *j, int worker, int workers, float *t
     }
 }
 
+/* A worker's share of all of U: its input channels, every output channel. */
+static void weight_share_of(const weights_job *j, int worker, int workers, float *t) {
+    size_t c0, c1;
+    bp_split(j->g->in_c, worker, workers, &c0, &c1);
+    weight_share(j, c0, c1, 0, mblocks(j->g) * WINO_BW, t);
+}
+
 static void weight_tasks(void *arg, int worker, int workers) {
     const weights_job *j = arg;
-    weight_share(j, worker, workers, j->s->base + (size_t)worker * j->s->stride);
+    weight_share_of(j, worker, workers, j->s->base + (size_t)worker * j->s->stride);
 }
 
 void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint) {
@@ -405,8 +413,17 @@ static void forward_tasks(void *arg, int worker, int workers) {
     forward_job *j = arg;
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
     scratch_parts sp = parts_of(j->g, j->plan, scratch);
+    if (j->blocks == 1 && j->chunks == (size_t)workers) {
+        /* one tile block in a chunk of channel blocks per worker: each makes the part of U its
+           chunk reads, then runs it; no worker waits for another, nor reads what another wrote */
+        size_t mb0, mb1;
+        bp_split(mblocks(j->g), worker, workers, &mb0, &mb1);
+        if (j->weights.w != NULL) weight_share(&j->weights, 0, j->g->in_c, mb0 * WINO_BW, mb1 * WINO_BW, sp.wt);
+        run_task(j, 0, (size_t)worker, scratch);
+        return;
+    }
     if (j->weights.w != NULL) { /* the weights' transform first, together: one run, not two */
-        weight_share(&j->weights, worker, workers, sp.wt);
+        weight_share_of(&j->weights, worker, workers, sp.wt);
         bp_barrier_wait(&j->ready, workers);
     }
     size_t tasks = j->blocks * j->chunks;
