@@ -54,8 +54,8 @@ def create_filter(backend, function_name, *args, keepalive=()):
 
 
 # UnaryLayer.apply's memory of its last numpy operands: (input, output, batch size, input
-# dtype, output dtype, C function, input pointer, input batch stride, output pointer, output
-# batch stride). Nothing matches this one.
+# dtype, output dtype, the C call with the filter and pointers bound, the C function's name).
+# Nothing matches this one.
 _NO_LAST_APPLY = (object(), object()) + (None,) * 5
 
 

@@ -4,9 +4,10 @@
      V = Bt d B,  U = G g Gt,  y = At (U .* V) A,  summed over input channels before At..A, with
      Bt = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
      At = [1 1 1 0; 0 1 -1 -1].
-   A task takes whole tile rows (possibly of several images) and a chunk of output channels:
-   the input transform of its tiles (V, 16 x in_c x tiles), 16 BLAS products with U into M
-   (16 x channels x tiles), then the output transform straight into the output rows. */
+   A task takes whole tile rows (possibly of several images and output phases) and a chunk of
+   output channel blocks: the input transform of its tiles (V, 16 x in_c x tiles), then per block
+   the 16 products with U on the pixels kernel into M (16 x tiles x block channels) and the output
+   transform straight into the output rows. */
 #include "winograd.h"
 
 #include <stdatomic.h>
@@ -17,7 +18,7 @@
 
 enum {
     WINO_SCRATCH_TARGET = 1 << 19, /* floats of V and M a task holds (2 MiB): within the L3 */
-    WINO_MIN_TILES = 32,
+    WINO_MIN_TILES = 32,           /* a task's tiles, at least and at most */
     WINO_MAX_TILES = 256,
     WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
     WINO_MAX_WEIGHTS = 1 << 21, /* floats of U (8 MiB): more, and each block reads it from memory */
