@@ -216,3 +216,19 @@ def test_concurrent_calls_agree(winograd, backend, rng, no_filter_leaks):
     for _, _, _, layer, _ in cases:
         layer.close()
     assert errors == []
+
+
+def test_very_wide_rows_stay_on_the_direct_engine(winograd, backend, rng, no_filter_leaks):
+    """A task holds at least one whole tile row: rows so wide that its scratch would pass 64 MiB per
+    worker leave the layer to the direct engine, even when Winograd is asked for."""
+    n, cin, cout, h, w = 1, 1024, 16, 1, 2100  # one tile row: 16 x 1024 x 1050 floats of V
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin, 3, 3), 0.05)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                   1, weight, None, AF.identity, 2)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) != "winograd"
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+    np.testing.assert_allclose(y, reference.conv2d(x, weight, padding=(1, 1, 1, 1)), rtol=1e-4,
+                               atol=_tolerance(cin))

@@ -22,7 +22,8 @@ enum {
     WINO_MAX_TILES = 256,
     WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
     WINO_MAX_WEIGHTS = 1 << 21, /* floats of U (8 MiB): more, and each block reads it from memory */
-    WINO_MAX_DILATION = 64
+    WINO_MAX_DILATION = 64,
+    WINO_MAX_SCRATCH = 1 << 24  /* floats per worker (64 MiB): very wide rows stay on the direct engine */
 };
 /* The products run on the direct engine's pixels kernel: NC tiles x MV vectors of output channels. */
 #define WINO_MV PIX_MV_MAX
@@ -89,7 +90,7 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         if (!bp_add(total, bp_round_up(parts[i], 16), &total)) return false;
     plan->scratch_floats = total;
-    return true;
+    return total <= WINO_MAX_SCRATCH; /* a task takes at least one whole tile row */
 }
 
 bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a) {
