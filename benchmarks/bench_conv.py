@@ -8,7 +8,10 @@ FilterParameters.n_threads) and the table reports, for the forward pass and for 
 gradients (input, weight, bias):
 
   GFLOP/s of bnns and torch, ratio bnns/torch (>1: bnns faster), bnns's share of the FMA peak,
-  and, for the dense cases, bnns forward at --threads over bnns forward at 1 thread (scaling).
+  and, for the dense cases, bnns forward at --threads over bnns forward at 1 thread (scaling),
+  next to the machine's ceiling for it: --threads independent 1-thread calls made at the same time
+  (how much more work the extra cores do when nothing is shared but the hardware) and the
+  backend's efficiency, scaling / ceiling. The three are timed in alternating bursts.
 
 Every number is the median over --runs sweeps; each measurement within a sweep is itself the
 median of several timed loops after warm-up. The FMA peak is measured: an AVX2 FMA-loop probe
@@ -45,7 +48,7 @@ _ap.add_argument("--only", default="", help="run cases whose name contains this 
 _bw = _ap.add_mutually_exclusive_group()
 _bw.add_argument("--forward-only", action="store_true", help="skip forward + gradients")
 _bw.add_argument("--backward", action="store_true", help="(default, kept for compatibility) also time forward + all gradients")
-_ap.add_argument("--no-scaling", action="store_true", help="skip the 1-thread bnns runs of the dense cases")
+_ap.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling runs (1 thread, concurrent) of the dense cases")
 _ap.add_argument("--peak", type=float, default=None, help="FMA peak in GFLOP/s (default: measured)")
 _ap.add_argument("--no-peak-probe", action="store_true", help="do not compile the FMA-loop probe; use sgemm")
 _ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_conv.json"))
@@ -78,9 +81,9 @@ try:
 except ImportError:
     torch = None
 
-from bnns_py.bench import (arrays, bench_bnns_forward, bench_bnns_forward_backward, bench_torch_forward,  # noqa: E402
-                           bench_torch_forward_backward, bnns_module, dense, flops, full_cases, out_hw,
-                           quick_cases, time_call)
+from bnns_py.bench import (arrays, bench_bnns_forward, bench_bnns_forward_backward,  # noqa: E402
+                           bench_bnns_thread_scaling, bench_torch_forward, bench_torch_forward_backward,
+                           bnns_module, dense, flops, full_cases, out_hw, quick_cases, time_call)
 
 BACKWARD = not ARGS.forward_only
 TIMING = dict(samples=5, target=0.03, max_total=2.0) if ARGS.quick else dict(samples=5, target=0.04, max_total=3.0)
@@ -237,7 +240,8 @@ def disturbed(load):
 
 
 def measure_case(c):
-    """One sweep's seconds for a case: bnns/torch forward and forward+backward, bnns 1-thread forward."""
+    """One sweep's seconds for a case: bnns/torch forward and forward+backward; for dense cases bnns
+    forward at 1 thread, at --threads and --threads 1-thread calls at once, in alternating bursts."""
     before = cpu_snapshot()
     row = {"bnns_fwd_s": bench_bnns_forward(c, None, ARGS.threads, **TIMING),
            "torch_fwd_s": bench_torch_forward(c, **TIMING) if torch else None}
@@ -245,7 +249,10 @@ def measure_case(c):
         row["bnns_fwd_bwd_s"] = bench_bnns_forward_backward(c, None, ARGS.threads, **TIMING)
         row["torch_fwd_bwd_s"] = bench_torch_forward_backward(c, **TIMING) if torch else None
     if dense(c) and not ARGS.no_scaling and ARGS.threads != 1:
-        row["bnns_fwd_1t_s"] = bench_bnns_forward(c, None, 1, **TIMING)
+        scaling = bench_bnns_thread_scaling(c, ARGS.threads, None, **TIMING)
+        row["bnns_fwd_1t_s"] = scaling["one"]
+        row["bnns_fwd_nt_s"] = scaling["many"]  # beside the 1-thread bursts; bnns_fwd_s is for the torch ratio
+        row["bnns_fwd_concurrent_1t_s"] = scaling["concurrent"]
     row["other_load_pct"] = other_load(before, cpu_snapshot())
     return row
 
@@ -293,9 +300,15 @@ def summarize(c, samples, peak):
     for key in ("fwd", "fwd_bwd"):
         if e.get(f"torch_{key}_s") and e.get(f"bnns_{key}_s"):
             e[f"{key}_ratio"] = e[f"torch_{key}_s"] / e[f"bnns_{key}_s"]  # bnns speed / torch speed
-    if e.get("bnns_fwd_1t_s"):
+    if e.get("bnns_fwd_1t_s") and e.get("bnns_fwd_nt_s"):
+        # ratios within a sweep (whose bursts alternate), then their median: a slow phase of the
+        # machine moves both sides of a ratio together
         e["bnns_fwd_1t_gflops"] = e["gflop"] / e["bnns_fwd_1t_s"]
-        e["bnns_thread_scaling"] = e["bnns_fwd_1t_s"] / e["bnns_fwd_s"]
+        e["bnns_thread_scaling"] = statistics.median(s["bnns_fwd_1t_s"] / s["bnns_fwd_nt_s"] for s in samples)
+        e["machine_thread_ceiling"] = statistics.median(ARGS.threads * s["bnns_fwd_1t_s"] / s["bnns_fwd_concurrent_1t_s"]
+                                                        for s in samples)
+        e["thread_efficiency"] = statistics.median(s["bnns_fwd_concurrent_1t_s"] / (ARGS.threads * s["bnns_fwd_nt_s"])
+                                                   for s in samples)
     return e
 
 
@@ -309,9 +322,9 @@ def print_table(summary):
     head = f"{'case':28s} {'N':>2s} | {'bnns':>7s} {'torch':>7s} {'ratio':>6s} {'%pk':>4s}"
     if BACKWARD:
         head += f" | {'bnns':>7s} {'torch':>7s} {'ratio':>6s} {'%pk':>4s}"
-    head += f" | {'1thr':>6s} {f'{ARGS.threads}/1thr':>7s}"
+    head += f" | {'1thr':>6s} {f'{ARGS.threads}/1thr':>7s} {'ceil':>5s} {'eff':>4s}"
     top = f"{'':28s} {'':2s} | {'forward GFLOP/s':^31s}" + (f" | {'forward + all gradients GFLOP/s':^31s}" if BACKWARD else "")
-    print("\n" + top + f" | {'bnns fwd scaling':^14s}")
+    print("\n" + top + f" | {'bnns fwd scaling':^25s}")
     print(head)
     for e in summary:
         line = (f"{e['name']:28s} {e['N']:2d} | {f(e.get('bnns_fwd_gflops'), '7.1f')} {f(e.get('torch_fwd_gflops'), '7.1f')} "
@@ -320,6 +333,7 @@ def print_table(summary):
             line += (f" | {f(e.get('bnns_fwd_bwd_gflops'), '7.1f')} {f(e.get('torch_fwd_bwd_gflops'), '7.1f')} "
                      f"{f(e.get('fwd_bwd_ratio'), '6.2f')} {f(e.get('bnns_fwd_bwd_pct_peak'), '4.0f')}")
         line += f" | {f(e.get('bnns_fwd_1t_gflops'), '6.1f')} {f(e.get('bnns_thread_scaling'), '6.2f')}x"
+        line += f" {f(e.get('machine_thread_ceiling'), '4.2f')}x {f(e.get('thread_efficiency'), '4.2f')}"
         line = line.replace(" -x", "  ")
         print(line + ("  *" if disturbed(e.get("other_load_pct")) else ""))
     if any(disturbed(e.get("other_load_pct")) for e in summary):
@@ -414,7 +428,9 @@ def main():
             if BACKWARD:
                 msg += f" | f+b bnns {3 * g / row['bnns_fwd_bwd_s']:6.1f}"
                 msg += f" torch {3 * g / row['torch_fwd_bwd_s']:6.1f}" if row.get("torch_fwd_bwd_s") else ""
-            msg += f" | 1thr {g / row['bnns_fwd_1t_s']:6.1f}" if row.get("bnns_fwd_1t_s") else ""
+            if row.get("bnns_fwd_1t_s"):
+                msg += (f" | 1thr {g / row['bnns_fwd_1t_s']:6.1f} x{row['bnns_fwd_1t_s'] / row['bnns_fwd_nt_s']:.2f}"
+                        f" ceil x{ARGS.threads * row['bnns_fwd_1t_s'] / row['bnns_fwd_concurrent_1t_s']:.2f}")
             load = row.get("other_load_pct")
             print(msg + " GFLOP/s" + (f" | other load {load:.0f}%" if load is not None else "")
                   + (" (disturbed)" if disturbed(load) else ""), flush=True)
@@ -434,9 +450,17 @@ def main():
             totals[f"geomean_{key}_ratio"] = geomean(ratios)
             totals[f"min_{key}_ratio"] = min(r for r in ratios if r)
     scaling = [e["bnns_thread_scaling"] for e in summary if e.get("bnns_thread_scaling")]
+    ceilings = [e["machine_thread_ceiling"] for e in summary if e.get("machine_thread_ceiling")]
+    efficiency = [e["thread_efficiency"] for e in summary if e.get("thread_efficiency")]
     if scaling:
         totals["min_dense_thread_scaling"] = min(scaling)
         totals["geomean_dense_thread_scaling"] = geomean(scaling)
+        totals["dense_cases_scaling_at_1_8"] = sum(s >= 1.8 for s in scaling)
+    if ceilings:
+        totals["geomean_machine_thread_ceiling"] = geomean(ceilings)
+        totals["dense_cases_ceiling_at_1_8"] = sum(s >= 1.8 for s in ceilings)
+        totals["geomean_thread_efficiency"] = geomean(efficiency)
+        totals["min_thread_efficiency"] = min(efficiency)
     print()
     for key in ("fwd", "fwd_bwd"):
         if f"geomean_{key}_ratio" in totals:
@@ -446,6 +470,11 @@ def main():
         print(f"bnns forward {ARGS.threads} threads / 1 thread on the {len(scaling)} dense cases: worst "
               f"{min(scaling):.2f}x, geometric mean {totals['geomean_dense_thread_scaling']:.2f}x "
               f"({sum(s >= 1.8 for s in scaling)}/{len(scaling)} >= 1.8x)")
+    if ceilings:
+        print(f"machine ceiling ({ARGS.threads} independent 1-thread calls at once): geometric mean "
+              f"{totals['geomean_machine_thread_ceiling']:.2f}x, worst {min(ceilings):.2f}x "
+              f"({totals['dense_cases_ceiling_at_1_8']}/{len(ceilings)} >= 1.8x); bnns efficiency (scaling / "
+              f"ceiling): geometric mean {totals['geomean_thread_efficiency']:.2f}, worst {min(efficiency):.2f}")
     loads = [r.get("other_load_pct") for rows in runs for r in rows]
     n_disturbed = sum(disturbed(v) for v in loads)
     totals["disturbed_measurements"] = n_disturbed

@@ -5,8 +5,10 @@ The case list follows the peer harness: ResNet-50 layers, a dilated layer, depth
 transposed layer and a tiny layer. FLOPs count multiply-adds twice:
 forward = 2*N*Cout*Hout*Wout*(Cin/groups)*k*k (transposed: 2*N*Cin*H*W*(Cout/groups)*k*k).
 """
+import contextlib
 import math
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -113,6 +115,81 @@ def bench_bnns_forward(c, backend=None, n_threads=None, **timing):
         out = np.empty((c["N"], c["Cout"]) + out_hw(c), np.float32)
         layer = module._layer(c["H"], c["W"])
         return time_call(lambda: layer.apply(c["N"], x, out), **timing)
+
+
+def bench_bnns_thread_scaling(c, threads=2, backend=None, samples=7, target=0.06, max_total=9.0):
+    """Seconds per forward call at 1 thread and at ``threads``, and of ``threads`` independent
+    1-thread calls made at the same time, as ``{"one": s, "many": s, "concurrent": s}``.
+
+    The three are timed in alternating bursts (one of each per sample, medians reported), so a
+    slow phase of a shared machine slows all three alike instead of skewing their ratio.
+
+    ``concurrent`` is the machine's ceiling: ``threads`` Python threads each call their own
+    1-thread filter on their own arrays (``layer.apply`` releases the GIL), so they share nothing
+    but the hardware (caches, memory bandwidth, clock) and ``threads * one / concurrent`` is the
+    most extra threads can give. ``(one / many)`` divided by it is the backend's own parallel
+    efficiency.
+    """
+    x, w, b = arrays(c)
+    n = int(threads)
+    shape = (c["N"], c["Cout"]) + out_hw(c)
+    with contextlib.ExitStack() as stack:
+        singles = [stack.enter_context(bnns_module(c, w, b, backend, 1)) for _ in range(n)]
+        many = stack.enter_context(bnns_module(c, w, b, backend, n))
+        jobs = [(m._layer(c["H"], c["W"]), x if i == 0 else x.copy(), np.empty(shape, np.float32))
+                for i, m in enumerate(singles + [many])]
+        for layer, xi, out in jobs:
+            layer.apply(c["N"], xi, out)
+        t0 = time.perf_counter()
+        jobs[0][0].apply(c["N"], x, jobs[0][2])
+        estimate = time.perf_counter() - t0
+        inner = max(2, int(math.ceil(target / max(estimate, 1e-9))))
+        samples = max(3, min(samples, int(max_total / max(3 * estimate * inner, 1e-9))))
+
+        def burst(job):
+            layer, xi, out = job
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                layer.apply(c["N"], xi, out)
+            return (time.perf_counter() - t0) / inner
+
+        gate = threading.Barrier(n + 1)
+        failures = []
+
+        def concurrent_worker(job):
+            try:
+                for _ in range(samples):
+                    gate.wait()
+                    burst(job)
+                    gate.wait()
+            except threading.BrokenBarrierError:
+                pass
+            except BaseException as error:  # noqa: B902 -- handed to the calling thread
+                failures.append(error)
+                gate.abort()
+
+        helpers = [threading.Thread(target=concurrent_worker, args=(job,), daemon=True) for job in jobs[:n]]
+        for t in helpers:
+            t.start()
+        one, many_s, together = [], [], []
+        try:
+            for _ in range(samples):
+                gate.wait()
+                t0 = time.perf_counter()
+                gate.wait()
+                together.append((time.perf_counter() - t0) / inner)
+                one.append(burst(jobs[0]))
+                many_s.append(burst(jobs[n]))
+        except BaseException:
+            gate.abort()  # no helper may be left waiting
+            raise
+        finally:
+            for t in helpers:
+                t.join()
+            if failures:
+                raise failures[0]
+    return {"one": statistics.median(one), "many": statistics.median(many_s),
+            "concurrent": statistics.median(together)}
 
 
 def bench_bnns_forward_backward(c, backend=None, n_threads=None, **timing):
