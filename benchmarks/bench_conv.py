@@ -456,6 +456,9 @@ def main():
         totals["min_dense_thread_scaling"] = min(scaling)
         totals["geomean_dense_thread_scaling"] = geomean(scaling)
         totals["dense_cases_scaling_at_1_8"] = sum(s >= 1.8 for s in scaling)
+    probe = peak_info.get("fma_probe_gflops") or {}
+    if 1 in probe and ARGS.threads in probe and ARGS.threads != 1:
+        totals["fma_probe_thread_scaling"] = probe[ARGS.threads] / probe[1]
     if ceilings:
         totals["geomean_machine_thread_ceiling"] = geomean(ceilings)
         totals["dense_cases_ceiling_at_1_8"] = sum(s >= 1.8 for s in ceilings)
@@ -475,6 +478,9 @@ def main():
               f"{totals['geomean_machine_thread_ceiling']:.2f}x, worst {min(ceilings):.2f}x "
               f"({totals['dense_cases_ceiling_at_1_8']}/{len(ceilings)} >= 1.8x); bnns efficiency (scaling / "
               f"ceiling): geometric mean {totals['geomean_thread_efficiency']:.2f}, worst {min(efficiency):.2f}")
+    if "fma_probe_thread_scaling" in totals:
+        print(f"FMA-loop probe (registers only, no memory) {ARGS.threads} threads / 1 thread: "
+              f"{totals['fma_probe_thread_scaling']:.2f}x")
     loads = [r.get("other_load_pct") for rows in runs for r in rows]
     n_disturbed = sum(disturbed(v) for v in loads)
     totals["disturbed_measurements"] = n_disturbed
