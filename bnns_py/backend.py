@@ -11,6 +11,7 @@ Environment:
 """
 import ctypes
 import importlib.machinery
+import importlib.util
 import os
 import platform
 import sys
@@ -146,8 +147,17 @@ def _candidates(name):
     if name == "accelerate":
         return list(ACCELERATE_PATHS)
     package_dir = Path(__file__).resolve().parent
-    return [str(package_dir / (PORTABLE_STEM + suffix))
-            for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    paths = [str(package_dir / (PORTABLE_STEM + suffix))
+             for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    # An editable install (pip install -e .) keeps the library in its meson build folder, where
+    # the import system's finder for the package knows it.
+    try:
+        spec = importlib.util.find_spec(f"{__package__}.{PORTABLE_STEM}")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin and spec.origin not in paths:
+        paths.append(spec.origin)
+    return paths
 
 
 def _preload_openblas():
@@ -197,4 +207,9 @@ def backend_info(name=None):
         info["portable_version"] = ffi.string(backend.lib.bnns_portable_version()).decode()
         info["blas"] = ffi.string(backend.lib.bnns_portable_blas()).decode()
         info["simd"] = ffi.string(backend.lib.bnns_portable_simd()).decode()
+        info["isa"] = ffi.string(backend.lib.bnns_portable_isa()).decode()
+        info["isa_available"] = ffi.string(backend.lib.bnns_portable_isa_available()).decode()
+        isa_error = ffi.string(backend.lib.bnns_portable_isa_error()).decode()
+        if isa_error:
+            info["isa_error"] = isa_error
     return info

@@ -21,6 +21,8 @@ def _info(args):
         facts.update(backend_info(args.backend))
     except LibraryNotFoundError as error:
         facts["backend_error"] = str(error)
+    if "isa" in facts:
+        facts["isa"] = f"{facts['isa']} (available: {facts.pop('isa_available')})"
     facts["available_backends"] = available_backends()
     for key, value in facts.items():
         print(f"{key:20s} {value}")

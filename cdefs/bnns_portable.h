@@ -1,8 +1,9 @@
 /*
  * bnns-py: functions the portable BNNS library exports beyond Apple's API.
  *
- * Parsed by cffi only when the portable backend is loaded; included by the portable C sources
- * after bnns.h. Plain C, no preprocessor lines (see bnns.h).
+ * Parsed by cffi together with bnns.h when bnns_py is imported (bnns_py/_ffi.py), whichever backend
+ * is used; included by the portable C sources after bnns.h. Plain C, no preprocessor lines (see
+ * bnns.h).
  */
 
 /* Number of filters created and not yet destroyed, over the whole process. */
@@ -15,11 +16,21 @@ long bnns_portable_created_filter_count(void);
    logs the reason; the portable library keeps it for callers that want it. */
 const char *bnns_portable_last_error(void);
 
-/* Version string of the portable library, the BLAS it computes GEMMs with, and the vector
-   instructions its direct convolution kernels were built for ("AVX-512", "AVX2", "4-lane"). */
+/* Version string of the portable library, the BLAS it computes GEMMs with, and the vector width
+   of the selected tier's kernels ("AVX-512", "AVX2", "4-lane"). */
 const char *bnns_portable_version(void);
 const char *bnns_portable_blas(void);
 const char *bnns_portable_simd(void);
+
+/* The vector tier the engines run on in this process: the widest the CPU runs ("baseline",
+   "avx2", "avx512" on x86-64; "neon" on aarch64; "native" for a -Dnative=true build; "generic"
+   elsewhere), or the one the environment variable BNNS_PY_ISA names, read once when the library
+   loads. "none" when BNNS_PY_ISA names a tier the CPU or the build lacks: every filter creation
+   then fails, and bnns_portable_isa_error says why ("" otherwise). isa_available lists the tiers
+   this CPU runs, lowest first, separated by spaces. */
+const char *bnns_portable_isa(void);
+const char *bnns_portable_isa_available(void);
+const char *bnns_portable_isa_error(void);
 
 /* The scalar conversions the portable library uses for Float16 and BFloat16 data (round to
    nearest, ties to even; subnormals, infinities and NaNs kept). */

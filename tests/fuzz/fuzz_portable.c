@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -203,6 +204,24 @@ static void fuzz_legacy_convolution(stream *s) {
     }
     free(weights);
     free(bias);
+}
+
+/* BNNS_PY_FUZZ_LIST_TIERS=1: print the vector tiers this CPU runs and exit (.ci/fuzz.sh fuzzes
+   each in turn, with BNNS_PY_ISA). Otherwise report the tier being fuzzed and refuse to start on a
+   refused one (every creation would fail: nothing would be fuzzed). */
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    if (getenv("BNNS_PY_FUZZ_LIST_TIERS")) {
+        printf("%s\n", bnns_portable_isa_available());
+        exit(0);
+    }
+    fprintf(stderr, "bnns-py fuzzing tier: %s\n", bnns_portable_isa());
+    if (bnns_portable_isa_error()[0]) {
+        fprintf(stderr, "%s\n", bnns_portable_isa_error());
+        exit(1);
+    }
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

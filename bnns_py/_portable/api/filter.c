@@ -318,6 +318,10 @@ static void plan_direct(bp_filter *f) {
 bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
                                  bool transposed) {
     bp_clear_error();
+    if (bp_tier_refusal() != NULL) {
+        bp_set_error("%s", bp_tier_refusal());
+        return NULL;
+    }
     if (p == NULL) {
         bp_set_error("layer_params is NULL");
         return NULL;

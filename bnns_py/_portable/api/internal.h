@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tier.h" /* first: renames the per-tier functions declared below */
+
 #include "bnns.h"
 #include "bnns_portable.h"
 #include "gemm.h"
@@ -17,6 +19,11 @@
 /* ---- errors (error.c) ---- */
 void bp_set_error(const char *format, ...);
 void bp_clear_error(void);
+
+/* ---- the vector tier (runtime/dispatch.c) ---- */
+/* Why no filter can be created in this process (BNNS_PY_ISA names a tier the CPU or the build
+   lacks), or NULL when the selected tier runs. */
+const char *bp_tier_refusal(void);
 
 /* ---- checked size arithmetic ---- */
 static inline bool bp_mul(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }

@@ -1,0 +1,63 @@
+/* bnns-py portable backend: the names of the code compiled once per vector tier.
+
+   The engines and kernels (engines/, kernels/) are compiled several times into one library, once
+   per instruction-set tier (x86-64: baseline = x86-64-v2, avx2 = AVX2 + FMA, avx512 = AVX-512
+   F/BW/DQ/VL; aarch64: neon), each time with that tier's compiler flags and BP_TIER set to its
+   name. Every function they define outside their own file is renamed here with the tier as a
+   suffix (bp_conv_forward -> bp_conv_forward_avx2), so the copies do not collide. The code
+   compiled once (api/, runtime/) calls the tier that runtime/dispatch.c selected at load through
+   wrappers of the original names (runtime/tier_ops.h lists them).
+
+   A function added to a per-tier file and called from another file needs a line here (the link
+   fails with a duplicate symbol otherwise), and one in tier_ops.h when the once-compiled code
+   calls it. */
+#ifndef BNNS_PORTABLE_TIER_H
+#define BNNS_PORTABLE_TIER_H
+
+#define BP_TIER_CAT2(name, tier) name##_##tier
+#define BP_TIER_CAT(name, tier) BP_TIER_CAT2(name, tier)
+
+#ifdef BP_TIER
+#define BP_TIER_SYMBOL(name) BP_TIER_CAT(name, BP_TIER)
+
+/* engines/conv_engine.c */
+#define bp_geom_plan BP_TIER_SYMBOL(bp_geom_plan)
+#define bp_epilogue_run BP_TIER_SYMBOL(bp_epilogue_run)
+#define bp_conv_small BP_TIER_SYMBOL(bp_conv_small)
+#define bp_conv_forward BP_TIER_SYMBOL(bp_conv_forward)
+#define bp_conv_backward_data BP_TIER_SYMBOL(bp_conv_backward_data)
+#define bp_conv_backward_weights BP_TIER_SYMBOL(bp_conv_backward_weights)
+/* engines/direct.c, engines/direct_weights.c */
+#define bnns_portable_simd BP_TIER_SYMBOL(bnns_portable_simd)
+#define bp_engine_override BP_TIER_SYMBOL(bp_engine_override)
+#define bp_direct_scratch_floats BP_TIER_SYMBOL(bp_direct_scratch_floats)
+#define bp_direct_view_scratch_floats BP_TIER_SYMBOL(bp_direct_view_scratch_floats)
+#define bp_direct_weight_floats BP_TIER_SYMBOL(bp_direct_weight_floats)
+#define bp_direct_kind BP_TIER_SYMBOL(bp_direct_kind)
+#define bp_direct_plan BP_TIER_SYMBOL(bp_direct_plan)
+#define bp_direct_destroy BP_TIER_SYMBOL(bp_direct_destroy)
+#define bp_direct_pack BP_TIER_SYMBOL(bp_direct_pack)
+#define bp_direct_fill_planes BP_TIER_SYMBOL(bp_direct_fill_planes)
+#define bp_direct_pixels_tile BP_TIER_SYMBOL(bp_direct_pixels_tile)
+#define bp_direct_run BP_TIER_SYMBOL(bp_direct_run)
+#define bp_direct_weights_scratch_floats BP_TIER_SYMBOL(bp_direct_weights_scratch_floats)
+#define bp_direct_weight_gradient BP_TIER_SYMBOL(bp_direct_weight_gradient)
+/* engines/winograd.c */
+#define bp_winograd_weight_floats BP_TIER_SYMBOL(bp_winograd_weight_floats)
+#define bp_winograd_plan BP_TIER_SYMBOL(bp_winograd_plan)
+#define bp_winograd_adjoint BP_TIER_SYMBOL(bp_winograd_adjoint)
+#define bp_winograd_weights BP_TIER_SYMBOL(bp_winograd_weights)
+#define bp_winograd_forward BP_TIER_SYMBOL(bp_winograd_forward)
+/* kernels/activation.c */
+#define bp_activation_unsupported_reason BP_TIER_SYMBOL(bp_activation_unsupported_reason)
+#define bp_activation_backward_unsupported_reason BP_TIER_SYMBOL(bp_activation_backward_unsupported_reason)
+#define bp_activation_supported BP_TIER_SYMBOL(bp_activation_supported)
+#define bp_activation_backward_supported BP_TIER_SYMBOL(bp_activation_backward_supported)
+#define bp_activation_is_channelwise BP_TIER_SYMBOL(bp_activation_is_channelwise)
+#define bp_activation_apply BP_TIER_SYMBOL(bp_activation_apply)
+#define bp_activation_apply_image BP_TIER_SYMBOL(bp_activation_apply_image)
+#define bp_activation_backward BP_TIER_SYMBOL(bp_activation_backward)
+#define bp_activation_backward_channels BP_TIER_SYMBOL(bp_activation_backward_channels)
+#endif
+
+#endif
