@@ -326,9 +326,9 @@ def conv_module_from_torch(cls, module, backend=None, activation=None):
     if spec.transposed != cls._transposed:
         wanted = "nn.ConvTranspose2d" if cls._transposed else "nn.Conv2d"
         raise TypeError(f"{cls.__name__}.from_torch needs {wanted}, got {type(module).__name__}")
+    extra = dict(output_padding=spec.output_padding) if spec.transposed else {}
     return cls(arguments["weight"], arguments["bias"], stride=spec.stride, padding=spec.padding,
-               dilation=spec.dilation, groups=spec.groups, activation=spec.activation, backend=backend,
-               output_padding=spec.output_padding)
+               dilation=spec.dilation, groups=spec.groups, activation=spec.activation, backend=backend, **extra)
 
 
 def linear_module_from_torch(cls, module, backend=None, activation=None):
