@@ -121,10 +121,13 @@ def image_layout(array) -> Optional[ImageLayout]:
     1), channels and rows ordered as NCHW without overlap, batch items not overlapping. Strides of
     axes of size 1 do not matter. Packed images get ``(0, 0, 0)``, BNNS's "packed" strides.
     """
-    if not array.flags.aligned:
+    flags = array.flags
+    batch, channels, height, width = array.shape
+    if flags.c_contiguous and flags.aligned:
+        return ImageLayout((0, 0, 0), channels * height * width)
+    if not flags.aligned:
         return None
     item = array.itemsize
-    batch, channels, height, width = array.shape
     elements: list = []
     for size, stride in zip(array.shape, array.strides):
         if size == 1:
@@ -199,7 +202,7 @@ def image_output(value, expected, single, input_array, honour_strides=True):
     """``out`` checked against the ``expected`` (N, C, H, W) result: a layout BNNS writes in place
     (packed, or with ``honour_strides`` a view ``image_layout`` describes; other views are then
     written through a packed buffer), not sharing memory with the input."""
-    packed = ImageLayout((0, 0, 0), int(np.prod(expected[1:])))
+    packed = ImageLayout((0, 0, 0), expected[1] * expected[2] * expected[3])
     if value is None:
         return ImageOutput(None, packed, False)
     out4 = _batched_out(value, expected, single)

@@ -109,6 +109,7 @@ class _ConvModule(_Lifecycle):
         self._layers = {}       # (height, width) -> layer for packed images (forward and backward)
         self._view_layers = {}  # (height, width, input strides, output strides) -> layer for views
         self._layers_lock = threading.Lock()
+        self._honours_image_strides = None  # the backend's, once resolved (backend=None: at first use)
         self._init_lifecycle()
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
         # where the backend honours them, else a copy in BNNS's layout refreshed at each step.
@@ -144,7 +145,9 @@ class _ConvModule(_Lifecycle):
         """
         self._enter()
         try:
-            honour = get_backend(self.backend).honours_image_strides
+            honour = self._honours_image_strides
+            if honour is None:
+                honour = self._honours_image_strides = get_backend(self.backend).honours_image_strides
             prepared = image_input("x", x, self.spec.in_channels, honour)
             x4 = prepared.array
             batch, _, height, width = x4.shape
