@@ -298,3 +298,19 @@ def test_module_close_refuses_later_calls(rng, no_filter_leaks):
         linear(random_array(rng, (3,)))
     with pytest.raises(bnns_py.LayerClosedError):
         linear.backward(random_array(rng, (3,)), None, random_array(rng, (2,)))
+
+
+def test_single_image_views_without_image_strides(rng, fresh_cache, no_filter_leaks, backend, monkeypatch):
+    big = random_array(rng, (6, 10, 12))
+    weight = random_array(rng, (3, 4, 3, 3))
+    view = big[1:5, 1:-1, 2:-1]  # (4, 8, 9): rows 12 apart
+    expected = bnns_py.conv2d(np.ascontiguousarray(view), weight, padding=1)
+    canvas = np.zeros((5, 8, 11), np.float32)
+    monkeypatch.setattr(backend, "honours_image_strides", False)
+    out = canvas[1:4, :, 1:10]
+    assert bnns_py.conv2d(view, weight, None, 1, 1, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    outside = canvas.copy()
+    outside[1:4, :, 1:10] = 0
+    assert not outside.any()  # nothing written outside the window
+    assert _descriptor_strides(_only_entry()) == ((0, 0, 0), (0, 0, 0))
