@@ -8,6 +8,7 @@ numpy arrays.
 Images are ``(N, C, H, W)`` (or ``(C, H, W)``): a view BNNS can describe with descriptor strides
 is passed in place (``image_layout``), other layouts are copied (inputs) or refused (outputs).
 """
+import sys
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -45,6 +46,16 @@ def _torch_view(name, tensor, writable):
         return tensor.numpy()
     except (RuntimeError, TypeError) as error:  # sparse, quantized, ... tensors
         raise TypeError(f"{name}: this torch tensor has no numpy view ({error})") from None
+
+
+def written(value):
+    """Tell autograd that a torch tensor ``out`` was written in place (its version counter goes up,
+    as after PyTorch's own ``out=``), so a graph that saved it refuses to use stale values."""
+    if not isinstance(value, np.ndarray) and _is_torch_tensor(value):
+        increment_version = getattr(sys.modules["torch"].autograd.graph, "increment_version", None)
+        if increment_version is not None:
+            increment_version(value)
+    return value
 
 
 def as_numpy(name, value, writable=False):

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import (FLOAT32, address, contiguous_float32, data_address, image_input, image_output, overlap,
-                      vector_input, vector_output)
+                      vector_input, vector_output, written)
 from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction
@@ -576,7 +576,7 @@ def _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups,
             result = entry.run(x4[0] if prepared.single else x4, result_out, prepared.copied)
         finally:
             entry.layer.close()
-    return result if out is None else out
+    return result if out is None else written(out)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
@@ -668,7 +668,7 @@ def linear(input, weight, bias=None, *, activation=None, backend=None, out=None)
         finally:
             entry.layer.close()
     if out is not None:
-        return out
+        return written(out)
     return result[0] if rows.single else result
 
 

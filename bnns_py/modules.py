@@ -17,7 +17,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _repr
-from ._arrays import float32_array, image_input, image_output, vector_input, vector_output, writable_parameter
+from ._arrays import (float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
+                      written)
 from .activation import ActivationFunction
 from .backend import get_backend
 from .errors import LayerClosedError
@@ -162,7 +163,7 @@ class _ConvModule(_Lifecycle):
         finally:
             self._exit()
         if out is not None:
-            return out
+            return written(out)
         return target[0] if prepared.single else target
 
     __call__ = forward
@@ -315,7 +316,7 @@ class Linear(_Lifecycle):
         finally:
             self._exit()
         if out is not None:
-            return out
+            return written(out)
         return result[0] if rows.single else result
 
     __call__ = forward

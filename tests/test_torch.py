@@ -202,9 +202,10 @@ def test_out_tensor_is_written_in_place_and_checked():
     x = torch.from_numpy(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
     weight = torch.from_numpy(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
     out = torch.full((2, 4, 6, 6), 7.0)
-    pointer = out.data_ptr()
+    pointer, version = out.data_ptr(), out._version
     assert bnns_py.conv2d(x, weight, padding=1, out=out) is out
     assert out.data_ptr() == pointer
+    assert out._version > version  # autograd is told, as after torch's own out=
     np.testing.assert_allclose(out.numpy(), F.conv2d(x, weight, padding=1).numpy(), rtol=1e-5, atol=1e-5)
     canvas = torch.zeros(2, 8, 6, 6)
     assert bnns_py.conv2d(x, weight, padding=1, out=canvas[:, 2:6]) is not None
@@ -216,7 +217,14 @@ def test_out_tensor_is_written_in_place_and_checked():
     np.testing.assert_allclose(transposed_out.numpy(), F.conv_transpose2d(x, wt, None, 2).numpy(), rtol=1e-5, atol=1e-5)
     lin_out = torch.empty(5, 2)
     lin_x, lin_w = torch.randn(5, 7), torch.randn(2, 7)
+    version = lin_out._version
     assert bnns_py.linear(lin_x, lin_w, out=lin_out) is lin_out
+    assert lin_out._version > version
+    scale = torch.ones(5, 2, requires_grad=True)
+    loss = (scale * lin_out).sum()  # autograd saves lin_out for the gradient of scale
+    bnns_py.linear(lin_x, lin_w, out=lin_out)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
     np.testing.assert_allclose(lin_out.numpy(), F.linear(lin_x, lin_w).numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="requires grad"):
         bnns_py.conv2d(x, weight, padding=1, out=torch.zeros(2, 4, 6, 6, requires_grad=True))
@@ -249,6 +257,7 @@ def test_modules_take_tensors_and_return_numpy():
         np.testing.assert_allclose(grads.weight, torch_conv.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
         out = torch.empty(2, 4, 7, 7)
         assert conv(x, out=out) is out
+        assert out._version == 1
         np.testing.assert_allclose(out.numpy(), y, rtol=1e-6)
     torch_linear = torch.nn.Linear(6, 3)
     with bnns_py.Linear(torch_linear.weight, torch_linear.bias, activation="relu") as linear:
