@@ -6,7 +6,9 @@ Python code paths are identical. Importing never loads a library: the first real
 
 Swift-mirroring API: ``ConvolutionLayer``, ``ConvolutionType``, ``ConvolutionPadding``,
 ``ActivationFunction``, ``Shape``, ``NDArrayDescriptor``, ``DataType``, ``DataLayout``,
-``FilterParameters``. numpy-first API: ``conv2d``, ``conv_transpose2d``, ``Conv2d``/``ConvTranspose2d`` (with gradients). Verification: ``bnns_py.reference``.
+``FilterParameters``. numpy-first API, with ``torch.nn.functional``'s signatures: ``conv2d``,
+``conv_transpose2d``, ``linear`` (array or CPU tensor in, numpy out) and the modules ``Conv2d``,
+``ConvTranspose2d``, ``Linear`` (with gradients). Verification: ``bnns_py.reference``.
 """
 from ._ffi import ffi
 from ._version import __version__
@@ -17,13 +19,13 @@ from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType, FilterType, Flags, NDArrayFlags
 from .errors import BNNSError, LayerClosedError, LibraryNotFoundError
 from .filter_parameters import FilterParameters
-from .functional import cache_size, cached_filter_count, clear_cache, conv2d, conv_transpose2d, set_cache_size
-from .modules import Conv2d, ConvTranspose2d, Gradients
+from .functional import (cache_size, cached_filter_count, clear_cache, conv2d, conv_transpose2d, linear,
+                         set_cache_size)
+from .modules import Conv2d, ConvTranspose2d, Gradients, Linear
 from .layer import Layer, UnaryLayer, filter_counts
 from .shape import Shape
-from .fully_connected import FullyConnectedLayer, linear
+from .fully_connected import FullyConnectedLayer
 from .legacy import ImageStackDescriptor, LegacyConvolutionLayer, LegacyFullyConnectedLayer, VectorDescriptor
-from .modules import Linear
 from .compare import Comparison, ComparisonTable, assert_close, compare, comparison_table
 
 

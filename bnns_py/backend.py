@@ -51,6 +51,10 @@ class Backend:
         # a PyTorch-layout array in place). The portable library honours them; for Accelerate it
         # is unverified (conformance probe "transposed_weight_strides"), so bnns-py copies there.
         self.honours_weight_strides = self.is_portable
+        # Whether image descriptors may carry row and channel strides (the functional API then reads
+        # and writes strided numpy views in place). The portable library honours them; for Accelerate
+        # it is unverified (conformance probe "image_strides"), so bnns-py copies to packed arrays there.
+        self.honours_image_strides = self.is_portable
         # Bound once: BNNSFilterDestroy must stay reachable while any filter lives, even at
         # interpreter shutdown, so layers keep a reference to this object (cairocffi's _keepref).
         self.destroy = lib.BNNSFilterDestroy

@@ -63,15 +63,21 @@ def _forward_rows(backend, other=None):
     for name, function, kwargs in _cases():
         expected = getattr(reference, function)(**{k: (normalize_padding(v) if k == "padding" else v)
                                                    for k, v in kwargs.items()})
-        actual = getattr(bnns_py, function)(backend=backend, **kwargs)
+        actual = _bnns_call(bnns_py, function, kwargs, backend)
         rows.append(_row(name, actual, expected, "reference"))
         torch_expected = _torch_forward(function, kwargs)
         if torch_expected is not None:
             rows.append(_row(name, actual, torch_expected, "torch"))
         if other is not None:
-            rows.append(_row(name, actual, getattr(bnns_py, function)(backend=other, **kwargs), other))
+            rows.append(_row(name, actual, _bnns_call(bnns_py, function, kwargs, other), other))
     rows.append(_legacy_row(backend))
     return rows
+
+
+def _bnns_call(bnns_py, function, kwargs, backend):
+    """A case's bnns_py call: the reference's ``x`` is the functional API's ``input``."""
+    arguments = {("input" if k == "x" else k): v for k, v in kwargs.items()}
+    return getattr(bnns_py, function)(backend=backend, **arguments)
 
 
 def _torch_forward(function, kwargs):

@@ -1,12 +1,10 @@
-"""``FullyConnectedLayer`` (Swift's ``BNNS.FullyConnectedLayer``) and the numpy-first ``linear``.
+"""``FullyConnectedLayer``: Swift's ``BNNS.FullyConnectedLayer``.
 
 A fully-connected layer computes ``y[o] = act(bias[o] + sum_i W(o, i) * x[i])``. Its weights are
 an ``out x in`` row-major matrix, PyTorch's ``nn.Linear.weight`` memory, described either as
 ``Shape.matrix_row_major(in, out)`` (``size = {columns, rows}``) or as
 ``Shape.matrix_first_major(out, in)``; both mean ``W(o, i)`` at ``i*stride[0] + o*stride[1]``.
 """
-import numpy as np
-
 from . import _repr
 from ._ffi import ffi
 from .activation import ActivationFunction
@@ -14,15 +12,12 @@ from .backend import get_backend
 from .convolution import (PORTABLE_UNSUPPORTED_ACTIVATIONS, ConvolutionLayer, ConvolutionPadding,
                           ConvolutionType, type_name)
 from .descriptor import NDArrayDescriptor, check_array_memory
-from .enums import DataLayout, DataType, Flags
+from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
-from .functional import _output_buffer
 from .layer import UnaryLayer, create_filter
-from .shape import Shape
 
 VECTOR_LAYOUTS = (DataLayout.vector, DataLayout.one_d_last_major, DataLayout.one_d_first_major)
 MATRIX_LAYOUTS = (DataLayout.matrix_row_major, DataLayout.matrix_first_major)
-_FLOAT32 = np.dtype(np.float32)
 # Data types the Swift documentation gives for a fully-connected forward pass (input and weights
 # of one type, floating-point output); the portable backend computes in Float32 only.
 _ACCELERATE_IN_TYPES = {DataType.float32, DataType.float16, DataType.int8, DataType.int16}
@@ -172,85 +167,4 @@ class FullyConnectedLayer(ConvolutionLayer):
         return _repr.safe(self, _repr.layer_html, _repr.fully_connected_parts)
 
 
-# ---- numpy-first ----------------------------------------------------------------------------------
-
-def as_float32(name, array, ndim):
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, not {type(array).__name__}")
-    if array.dtype != _FLOAT32:
-        raise TypeError(f"{name} has dtype {array.dtype}; BNNS computes this layer in float32: "
-                        f"pass {name}.astype(np.float32)")
-    if array.ndim not in ndim:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {array.shape}")
-    if min(array.shape, default=1) == 0:
-        raise ValueError(f"{name} is empty: shape {array.shape}")
-    return np.ascontiguousarray(array)
-
-
-def check_linear_operands(weight, bias):
-    """Validate PyTorch-style (out, in) weight and (out,) bias float32 arrays; returns them."""
-    weight = as_float32("weight", weight, (2,))
-    if bias is not None:
-        bias = as_float32("bias", bias, (1,))
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},) for a weight of shape {weight.shape}, "
-                             f"got {bias.shape}")
-    return weight, bias
-
-
-def prepare_linear_input(x, in_features):
-    """(x as a C-contiguous (N, in) float32 array, whether x was 1-D)."""
-    x = as_float32("x", x, (1, 2))
-    single = x.ndim == 1
-    if single:
-        x = x[np.newaxis]
-    if x.shape[1] != in_features:
-        raise ValueError(f"x has {x.shape[1]} features (last axis), the weight expects {in_features}: "
-                         f"x must be (N, {in_features}) or ({in_features},), got {x.shape if not single else x.shape[1:]}")
-    return x, single
-
-
-def linear_output_buffer(out, expected, single, x):
-    """The output array for ``linear``: ``out`` checked, or a new one (as the convolutions do)."""
-    return _output_buffer(out, expected, single, x)
-
-
-def make_linear_layer(weight, bias, activation, backend, client_pointer=True):
-    """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays."""
-    out_features, in_features = weight.shape
-    parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none)
-    return FullyConnectedLayer(
-        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(in_features)),
-        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(out_features)),
-        NDArrayDescriptor(weight, Shape.matrix_row_major(in_features, out_features)),
-        None if bias is None else NDArrayDescriptor(bias, Shape.vector(out_features)),
-        ActivationFunction.coerce(activation), parameters, backend=backend)
-
-
-def linear(x, weight, bias=None, activation=None, backend=None, out=None):
-    """Fully-connected layer ``y = act(x @ weight.T + bias)``, computed by BNNS.
-
-    Args:
-        x: float32 array ``(N, in)`` or ``(in,)`` (non-contiguous input is copied).
-        weight: float32 array ``(out, in)``, as ``torch.nn.functional.linear``.
-        bias: optional float32 array ``(out,)``.
-        activation: None, a name (``"relu"``, ``"sigmoid"``, ...) or an ``ActivationFunction``.
-        backend: ``"accelerate"``, ``"portable"`` or None (default backend).
-        out: optional float32 C-contiguous array ``(N, out)`` (``(out,)`` for 1-D ``x``) to write into.
-
-    Returns:
-        ``(N, out)``, or ``(out,)`` for 1-D ``x``.
-    """
-    weight, bias = check_linear_operands(weight, bias)
-    activation = ActivationFunction.coerce(activation)
-    x, single = prepare_linear_input(x, weight.shape[1])
-    result = linear_output_buffer(out, (x.shape[0], weight.shape[0]), single, x)
-    # The arrays outlive the layer, so BNNS reads them in place instead of copying.
-    with make_linear_layer(weight, bias, activation, backend) as layer:
-        layer.apply(x.shape[0], x, result)
-    if out is not None:
-        return out
-    return result[0] if single else result
-
-
-__all__ = ["FullyConnectedLayer", "linear"]
+__all__ = ["FullyConnectedLayer"]

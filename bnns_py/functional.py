@@ -1,32 +1,37 @@
-"""numpy-first convolution with PyTorch's argument conventions, for scripts and notebooks.
+"""numpy-first ``conv2d``, ``conv_transpose2d`` and ``linear`` with PyTorch's signatures.
 
-``conv2d`` and ``conv_transpose2d`` take NCHW (or CHW) float32 arrays and weights in PyTorch's
-layouts and run them through a BNNS filter on the chosen backend. Padding is an int,
-``(pad_h, pad_w)`` or ``(left, right, top, bottom)``. ``Conv2d``/``ConvTranspose2d`` keep the
-filter and also return gradients.
+The three functions take the arguments of their ``torch.nn.functional`` namesakes, by the same
+names and in the same positional order; the BNNS extras (``activation``, ``backend``, ``out``)
+are keyword-only. Operands may be numpy arrays, CPU torch tensors, or any object exposing
+``__dlpack__``, ``__array_interface__`` or the buffer protocol: float32 ones are read in place
+(zero-copy), and the result is always a numpy array (or ``out``, when given, written in place;
+``out`` may be a torch tensor that does not require grad). ``Conv2d``, ``ConvTranspose2d`` and
+``Linear`` (``bnns_py.modules``) keep their filters and also return gradients.
 
 Filter cache: creating a BNNS filter costs far more than running a small one, so the functional
-API keeps the ``cache_size()`` (default 16) most recently used filters, keyed by the complete
-geometry (input/output shapes and strides, stride, padding, dilation, groups, activation,
-transposed or not, backend) and by the address of the weight and bias memory. Cached filters
-read the weights and bias from the caller's arrays at every call (``Flags.use_client_pointer``),
-so changing those arrays in place is seen by the next call, and each cache entry keeps its weight
-and bias arrays alive: the cache holds at most ``cache_size()`` recent weight arrays. Only weight
-and bias arrays used in place are cached (C-contiguous float32 numpy arrays; anything that needs
-a conversion gets a filter of its own, destroyed after the call). ``clear_cache()`` destroys
-every cached filter (also done at interpreter exit) and ``set_cache_size(0)`` disables the cache.
-Each cached filter also remembers the last input (and ``out``) it ran on, with their C pointers,
-so a repeated call skips those look-ups; that keeps those arrays alive until the next call with
-other arrays or ``clear_cache()``. With ``backend=None`` the default backend is resolved when a
-filter is created. Thread-safe: a filter evicted or cleared while another thread runs it is
-destroyed when that call returns.
+API keeps the ``cache_size()`` (default 16) most recently used filters of the three functions,
+keyed by the complete geometry (input/output shapes and strides, stride, padding, dilation,
+groups, activation, transposed or not, backend) and by the address of the weight and bias memory.
+Cached filters read the weights and bias from the caller's memory at every call
+(``Flags.use_client_pointer``), so changing those arrays in place is seen by the next call, and
+each cache entry keeps its weight and bias arrays alive: the cache holds at most ``cache_size()``
+recent weight arrays. Only weights and biases read in place are cached (C-contiguous float32;
+anything that needs a copy gets a filter of its own, destroyed after the call). ``clear_cache()``
+destroys every cached filter (also done at interpreter exit) and ``set_cache_size(0)`` disables
+the cache. Each cached convolution filter also remembers the last input (and ``out``) numpy
+arrays it ran on, with their C pointers, so a repeated call skips those look-ups; that keeps
+those arrays alive until the next call with other arrays or ``clear_cache()``. With
+``backend=None`` the default backend is resolved when a filter is created. Thread-safe: a filter
+evicted or cleared while another thread runs it is destroyed when that call returns.
 
-Strided views: ``x`` (and ``out``) may be numpy views such as ``big[:, 2:10]`` (a channel slice)
-or ``padded[:, :, 1:-1, 1:-1]`` (an interior window). When every stride is a positive multiple
-of 4 bytes, rows are contiguous (width stride of one element) and channels, rows and batch items
-are ordered as in NCHW without overlapping, BNNS reads and writes the view in place through
-descriptor strides (no copy). Other layouts of ``x`` are copied to a C-contiguous array first;
-other layouts of ``out`` are refused.
+Strided views: ``input`` (and ``out``) may be views such as ``big[:, 2:10]`` (a channel slice) or
+``padded[:, :, 1:-1, 1:-1]`` (an interior window). When every stride is a positive multiple of 4
+bytes, rows are contiguous (width stride of one element) and channels, rows and batch items are
+ordered as in NCHW without overlapping, BNNS reads and writes the view in place through
+descriptor strides (no copy) on backends that honour image strides (the portable one; on
+Accelerate the view is copied to a packed array and a strided ``out`` filled from one). Other
+layouts of the input are copied to a C-contiguous array first; other layouts of ``out`` are
+refused. ``linear`` reads and writes batches whose rows are contiguous in place (any row stride).
 """
 import atexit
 import itertools
@@ -35,20 +40,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._arrays import (FLOAT32, address, contiguous_float32, data_address, image_input, image_output, overlap,
+                      vector_input, vector_output, written)
 from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction
 from .backend import get_backend
 from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
-from .descriptor import NDArrayDescriptor, check_array_memory
+from .descriptor import NDArrayDescriptor
 from .enums import DataType, Flags
 from .filter_parameters import FilterParameters
+from .fully_connected import FullyConnectedLayer
 from .geometry import max_output_size, transposed_output_size
 from .shape import Shape
 
-_FLOAT32 = np.dtype(np.float32)
-_TOO_HARD = getattr(np, "exceptions", np).TooHardError  # numpy < 1.25 has it at the top level
 _FLOAT32_TYPE = DataType.float32
+_PADDING_FORMS = "an int, (pad_h, pad_w), (left, right, top, bottom), 'same' or 'valid'"
 
 
 def normalize_padding(padding):
@@ -57,7 +64,7 @@ def normalize_padding(padding):
         padding = (padding,)
     values = tuple(padding) if isinstance(padding, (tuple, list)) else None
     if values is None or len(values) not in (1, 2, 4):
-        raise TypeError(f"padding must be an int, (pad_h, pad_w) or (left, right, top, bottom); got {padding!r}")
+        raise TypeError(f"padding must be {_PADDING_FORMS}; got {padding!r}")
     for v in values:
         if not is_int(v) or v < 0:
             raise ValueError(f"padding values must be integers >= 0, got {padding!r}")
@@ -69,15 +76,27 @@ def normalize_padding(padding):
     return tuple(int(v) for v in values)
 
 
-def _as_float32(name, array, ndim):
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, not {type(array).__name__}")
-    if array.dtype != _FLOAT32:
-        raise TypeError(f"{name} has dtype {array.dtype}; BNNS convolution here computes in float32: "
-                        f"pass {name}.astype(np.float32)")
-    if array.ndim not in ndim:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {array.shape}")
-    return np.ascontiguousarray(array)
+def same_padding(kernel, dilation):
+    """(left, right, top, bottom) that keep a stride-1 convolution's output the input's size, as
+    PyTorch's ``padding="same"`` pads: ``dilation * (k - 1)`` in all, the odd one at the end."""
+    (k_h, k_w), (d_h, d_w) = kernel, dilation
+    total_h, total_w = d_h * (k_h - 1), d_w * (k_w - 1)
+    return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
+
+
+def _string_padding(padding, kernel, stride, dilation, transposed):
+    """(left, right, top, bottom) for ``"same"`` / ``"valid"``, refused where PyTorch refuses them."""
+    if transposed:
+        raise ValueError(f"padding={padding!r}: a transposed convolution takes numeric padding only "
+                         "(as torch.nn.functional.conv_transpose2d)")
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' is not supported for strided convolutions (stride {stride}), "
+                             "as in PyTorch: pass numeric padding")
+        return same_padding(kernel, dilation)
+    raise ValueError(f"padding must be {_PADDING_FORMS}; got {padding!r}")
 
 
 def _check_groups(groups, channels, what):
@@ -106,7 +125,7 @@ class ConvSpec:
     @classmethod
     def from_arguments(cls, transposed, weight, bias, stride, padding, dilation, groups, activation,
                        output_padding=0):
-        """Validate PyTorch-style arguments (weight already a float32 array)."""
+        """Validate PyTorch-style arguments (weight and bias already float32 arrays)."""
         if transposed:  # weight (in, out/groups, kH, kW)
             in_channels, out_per_group, k_h, k_w = weight.shape
             groups = _check_groups(groups, in_channels, "input")
@@ -121,6 +140,10 @@ class ConvSpec:
             raise ValueError(f"bias must have shape ({out_channels},), got {bias.shape}")
         stride = int_pair("stride", stride, 1)
         dilation = int_pair("dilation", dilation, 1)
+        if isinstance(padding, str):
+            sides = _string_padding(padding, (k_h, k_w), stride, dilation, transposed)
+        else:
+            sides = normalize_padding(padding)
         out_pad = (0, 0)
         if transposed:
             out_pad = int_pair("output_padding", output_padding, 0)
@@ -128,7 +151,7 @@ class ConvSpec:
                 if op >= max(s, d):
                     raise ValueError(f"output_padding {op} along {axis} must be smaller than stride {s} "
                                      f"or dilation {d} (PyTorch's rule)")
-        return cls(transposed, in_channels, out_channels, (k_h, k_w), stride, normalize_padding(padding),
+        return cls(transposed, in_channels, out_channels, (k_h, k_w), stride, sides,
                    dilation, groups, out_pad, ActivationFunction.coerce(activation))
 
     def output_hw(self, height, width):
@@ -205,125 +228,51 @@ def transposed_weight_from_bnns(bnns_weight, groups):
         groups * in_per_group, out_channels // groups, k_h, k_w)
 
 
-def _prepare_input(x, spec):
-    x = _as_float32("x", x, (3, 4))
-    single = x.ndim == 3
-    if single:
-        x = x[np.newaxis]
-    if x.shape[1] != spec.in_channels:
-        raise ValueError(f"x has {x.shape[1]} channels, the weights expect {spec.in_channels}")
-    if min(x.shape) == 0:
-        raise ValueError(f"x is empty: shape {x.shape}")
-    return x, single
+def make_linear_layer(weight, bias, activation, backend, client_pointer=True):
+    """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays."""
+    out_features, in_features = weight.shape
+    parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none)
+    return FullyConnectedLayer(
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(in_features)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(out_features)),
+        NDArrayDescriptor(weight, Shape.matrix_row_major(in_features, out_features)),
+        None if bias is None else NDArrayDescriptor(bias, Shape.vector(out_features)),
+        ActivationFunction.coerce(activation), parameters, backend=backend)
 
 
-def _output_buffer(out, expected, single, x):
-    if out is None:
-        return np.empty(expected, np.float32)
-    check_array_memory("out", out, _FLOAT32, 0, writable=True)
-    wanted = expected[1:] if single else expected
-    if out.shape != wanted:
-        raise ValueError(f"out has shape {out.shape}, expected {wanted}")
-    if np.may_share_memory(out, x):
-        raise ValueError("out shares memory with x")
-    return out.reshape(expected)
+def linear_operands(weight, bias):
+    """PyTorch-style ``(out, in)`` weight and ``(out,)`` bias as C-contiguous float32 arrays, and
+    whether both are the caller's memory (not copies)."""
+    weight, weight_in_place = contiguous_float32("weight", weight, (2,))
+    bias_in_place = True
+    if bias is not None:
+        bias, bias_in_place = contiguous_float32("bias", bias, (1,))
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) for a weight of shape {weight.shape}, "
+                             f"got {bias.shape}")
+    return weight, bias, weight_in_place and bias_in_place
 
 
-def _image_strides(array):
-    """BNNS element strides ``(x, row, channel)`` and the batch stride of an ``(N, C, H, W)``
-    float32 array that BNNS can read or write in place, or None.
-
-    In place means: every stride a positive multiple of the item size, rows contiguous (x stride
-    1), channels and rows ordered as NCHW without overlap, batch items not overlapping. Strides of
-    axes of size 1 do not matter. Packed images get ``(0, 0, 0)``, BNNS's "packed" strides.
-    """
-    if not array.flags.aligned:
-        return None
-    item = array.itemsize
-    batch, channels, height, width = array.shape
-    elements = []
-    for size, stride in zip(array.shape, array.strides):
-        if size == 1:
-            elements.append(None)
-        elif stride <= 0 or stride % item:
-            return None
-        else:
-            elements.append(stride // item)
-    s_n, s_c, s_h, s_w = elements
-    if s_w not in (None, 1):
-        return None
-    s_h = width if s_h is None else s_h
-    s_c = height * s_h if s_c is None else s_c
-    if s_h < width or s_c < height * s_h:
-        return None
-    extent = width + (height - 1) * s_h + (channels - 1) * s_c
-    if s_n is None:
-        s_n = channels * s_c
-    elif s_n < extent:
-        return None
-    strides = (0, 0, 0) if (s_h, s_c) == (width, height * width) else (1, s_h, s_c)
-    return strides, s_n
+def pointer(array):
+    """A C pointer to an array's first element: ``ffi.from_buffer`` for C-contiguous arrays, the
+    raw address for strided views (``array`` must outlive the call)."""
+    return ffi.from_buffer(array) if array.flags.c_contiguous else address(array)
 
 
-def _address(array):
-    """A ``void *`` to the first element of a (possibly strided) array; ``array`` must outlive it."""
-    return ffi.cast("void *", array.__array_interface__["data"][0])
-
-
-def _overlap(a, b):
-    """True when ``a`` and ``b`` may share memory (exactly, unless that is too costly to decide)."""
-    if not np.may_share_memory(a, b):
-        return False
-    try:
-        return bool(np.shares_memory(a, b, max_work=100_000))
-    except _TOO_HARD:
-        return True
-
-
-def _prepare_strided_input(x, spec):
-    """(x as (N, C, H, W), single, BNNS input strides, batch stride, copied): a view BNNS reads in
-    place, or a C-contiguous copy when it cannot."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy array, not {type(x).__name__}")
-    if x.dtype != _FLOAT32:
-        raise TypeError(f"x has dtype {x.dtype}; BNNS convolution here computes in float32: "
-                        f"pass x.astype(np.float32)")
-    if x.ndim not in (3, 4):
-        raise ValueError(f"x must have 3 or 4 dimensions, got shape {x.shape}")
-    single = x.ndim == 3
-    x4 = x[np.newaxis] if single else x
-    if x4.shape[1] != spec.in_channels:
-        raise ValueError(f"x has {x4.shape[1]} channels, the weights expect {spec.in_channels}")
-    if min(x4.shape) == 0:
-        raise ValueError(f"x is empty: shape {x4.shape}")
-    layout = _image_strides(x4)
-    copied = layout is None
-    if copied:
-        x4 = np.array(x4, dtype=_FLOAT32, order="C")
-        layout = _image_strides(x4)
-    return x4, single, layout[0], layout[1], copied
-
-
-def _strided_output(out, expected, single, x4):
-    """(out as (N, C, H, W), BNNS output strides, batch stride) after checking ``out``."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
-    if out.dtype != _FLOAT32:
-        raise TypeError(f"out has dtype {out.dtype}, expected {_FLOAT32}")
-    wanted = expected[1:] if single else expected
-    if out.shape != wanted:
-        raise ValueError(f"out has shape {out.shape}, expected {wanted}")
-    out4 = out[np.newaxis] if single else out
-    layout = _image_strides(out4)
-    if layout is None:
-        raise ValueError(f"out is not C-contiguous (strides {out.strides}) and BNNS cannot write that layout in "
-                         "place: pass a C-contiguous array, or a view with contiguous rows whose strides are "
-                         "positive multiples of 4 bytes in NCHW order")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only but BNNS writes into it")
-    if _overlap(out4, x4):
-        raise ValueError("out shares memory with x")
-    return out4, layout[0], layout[1]
+def run_filter(layer, batch, x, in_stride, out, out_stride):
+    """``BNNSFilterApplyBatch`` on ``layer``'s filter, reading ``x`` and writing ``out`` (checked
+    by the caller: their layouts are the ones the filter was made for)."""
+    handle = layer.bnns_filter
+    function = layer.backend.lib.BNNSFilterApplyBatch
+    lock = layer._call_lock
+    x_ptr, out_ptr = pointer(x), pointer(out)
+    if lock is None:
+        status = function(handle, batch, x_ptr, in_stride, out_ptr, out_stride)
+    else:
+        with lock:
+            status = function(handle, batch, x_ptr, in_stride, out_ptr, out_stride)
+    if status != 0:
+        layer._fail("BNNSFilterApplyBatch")
 
 
 _NOTHING = object()  # matches no argument
@@ -333,58 +282,68 @@ class _ConvFilter:
     """A filter for one geometry, ready to run on arrays of that geometry (cached or one-off).
 
     Holds the layer, the weight and bias arrays it reads (client pointer) and what each call
-    needs: output shape, batch size and strides, whether ``x`` must be copied or ``out`` is a view.
+    needs: output shape, batch size and strides, whether the input must be copied, whether ``out``
+    is a view, and whether ``out`` is filled from a packed result (a backend that does not honour
+    image strides).
     """
 
     __slots__ = ("layer", "handle", "function", "weight", "bias", "bnns_weight", "groups", "out_shape",
-                 "batch", "in_stride", "out_stride", "copy_x", "x_view", "out_view", "lock", "last",
+                 "batch", "in_stride", "out_stride", "copy_x", "x_view", "out_view", "copy_out", "lock", "last",
                  "tick", "fast_keys", "__weakref__")
 
-    def __init__(self, spec, x4, single, in_strides, in_stride, copy_x, out4, out_strides, out_stride,
-                 weight, bias, backend):
+    def __init__(self, spec, prepared, output, weight, bias, backend):
+        x4 = prepared.array
         batch, _, height, width = x4.shape
         strides = spec.torch_weight_strides(backend)  # a transposed weight read in place, if it can be
         self.bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed and not strides else None
         self.layer = spec.make_layer(height, width, weight if self.bnns_weight is None else self.bnns_weight,
-                                     bias, backend, input_strides=in_strides, output_strides=out_strides,
-                                     weight_strides=strides)
+                                     bias, backend, input_strides=prepared.layout.strides,
+                                     output_strides=output.layout.strides, weight_strides=strides)
         self.handle = self.layer.bnns_filter
         self.function = self.layer.backend.lib.BNNSFilterApplyBatch
         self.weight, self.bias, self.groups = weight, bias, spec.groups
         expected = (batch, spec.out_channels) + spec.output_hw(height, width)
-        self.out_shape = expected[1:] if single else expected
-        self.batch, self.in_stride, self.out_stride = batch, in_stride, out_stride
-        self.copy_x = copy_x
+        self.out_shape = expected[1:] if prepared.single else expected
+        self.batch, self.in_stride, self.out_stride = batch, prepared.layout.batch_stride, output.layout.batch_stride
+        self.copy_x = prepared.copied
         self.x_view = not x4.flags.c_contiguous  # a strided view: no buffer export, pass its address
-        self.out_view = out4 is not None and not out4.flags.c_contiguous
+        self.out_view = output.array is not None and not output.copied and not output.array.flags.c_contiguous
+        self.copy_out = output.copied
         self.lock = self.layer._call_lock
         self.last = (_NOTHING, _NOTHING, None, None)
         self.tick = 0
         self.fast_keys = []
 
-    def run(self, x, out):
-        """Run on ``x`` (and ``out``) of this filter's geometry; ``out`` is checked here.
+    def run(self, x, out, x_is_copy=False):
+        """Run on ``x`` (and ``out``), numpy arrays of this filter's geometry; ``out`` is checked here.
 
-        The last (x, out) pair read in place and their C pointers are remembered (strong
-        references, until another pair is used): the same arrays again skip the pointer lookups
-        and the overlap check."""
+        ``x_is_copy``: ``x`` is already the packed copy of an input this filter copies. The last
+        (x, out) pair read in place and their C pointers are remembered (strong references, until
+        another pair is used): the same arrays again skip the pointer lookups and the overlap check.
+        """
         self.tick = _next_tick()
         last = self.last
+        target = out
         if out is None:
             if x is last[0] and last[1] is None:
                 x_ptr = last[2]
             else:
-                x, x_ptr, _ = self._pointers(x, None)
-            result = np.empty(self.out_shape, _FLOAT32)
-            out_ptr = _from_buffer(result)
+                x, x_ptr, _ = self._pointers(x, None, x_is_copy)
+            target = np.empty(self.out_shape, FLOAT32)
+            out_ptr = _from_buffer(target)
+        elif self.copy_out:  # the backend writes packed images only: fill ``out`` afterwards
+            if not out.flags.writeable:
+                raise ValueError("out is read-only but BNNS writes into it")
+            x, x_ptr, _ = self._pointers(x, out, x_is_copy)
+            target = np.empty(self.out_shape, FLOAT32)
+            out_ptr = _from_buffer(target)
         else:
             if not out.flags.writeable:
                 raise ValueError("out is read-only but BNNS writes into it")
             if x is last[0] and out is last[1]:
                 x_ptr, out_ptr = last[2], last[3]
             else:
-                x, x_ptr, out_ptr = self._pointers(x, out)
-            result = out
+                x, x_ptr, out_ptr = self._pointers(x, out, x_is_copy)
         if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
             np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
         lock = self.lock
@@ -395,25 +354,54 @@ class _ConvFilter:
                 status = self.function(self.handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
         if status != 0:
             self.layer._fail("BNNSFilterApplyBatch")
-        return result
+        if out is not None and target is not out:
+            np.copyto(out, target)
+            return out
+        return target
 
-    def _pointers(self, x, out):
+    def _pointers(self, x, out, x_is_copy):
         """(x as passed to C, its pointer, out's pointer or None) after the checks; remembered for
-        the next call unless ``x`` had to be copied."""
+        the next call unless ``x`` had to be copied or ``out`` is filled afterwards."""
         if out is not None and not out.flags.aligned:
             raise ValueError("out is not aligned to its element size")
-        copied = self.copy_x or not x.flags.aligned
+        copied = (self.copy_x and not x_is_copy) or not x.flags.aligned
         if copied:
-            x = np.array(x, dtype=_FLOAT32, order="C")
+            x = np.array(x, dtype=FLOAT32, order="C")
             x_ptr = ffi.from_buffer(x)
         else:
-            if out is not None and _overlap(out, x):
-                raise ValueError("out shares memory with x")
-            x_ptr = _address(x) if self.x_view else ffi.from_buffer(x)
-        out_ptr = None if out is None else (_address(out) if self.out_view else ffi.from_buffer(out))
-        if not copied:
+            if out is not None and overlap(out, x):
+                raise ValueError("out shares memory with the input")
+            x_ptr = address(x) if self.x_view else ffi.from_buffer(x)
+        if out is None or self.copy_out:
+            out_ptr = None
+        else:
+            out_ptr = address(out) if self.out_view else ffi.from_buffer(out)
+        if not copied and not self.copy_x and not self.copy_out:
             self.last = (x, out, x_ptr, out_ptr)
         return x, x_ptr, out_ptr
+
+
+class _LinearFilter:
+    """A cached fully-connected filter reading the caller's weight (and bias) memory; it runs on
+    any batch size."""
+
+    __slots__ = ("layer", "weight", "bias", "out_features", "tick", "fast_keys", "__weakref__")
+
+    def __init__(self, weight, bias, activation, backend):
+        self.layer = make_linear_layer(weight, bias, activation, backend)
+        self.weight, self.bias = weight, bias
+        self.out_features = weight.shape[0]
+        self.tick = 0
+        self.fast_keys = []
+
+    def run(self, rows, output):
+        """Run on ``rows`` (a ``RowsLayout`` of the input) into ``output`` (one of ``out``, or None)."""
+        self.tick = _next_tick()
+        x = rows.array
+        result = np.empty((x.shape[0], self.out_features), FLOAT32) if output is None else output.array
+        run_filter(self.layer, x.shape[0], x, rows.stride, result,
+                   self.out_features if output is None else output.stride)
+        return result
 
 
 class _Cache:
@@ -422,7 +410,7 @@ class _Cache:
 
     lock = threading.Lock()
     size = 16
-    entries: dict = {}  # geometry + memory key -> _ConvFilter
+    entries: dict = {}  # geometry + memory key -> _ConvFilter or _LinearFilter
     fast: dict = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
     ticks = itertools.count(1)  # least recently used = smallest tick (see _next_tick)
     FAST_KEYS_PER_FILTER = 8
@@ -434,13 +422,14 @@ _from_buffer = ffi.from_buffer
 
 
 def cache_size():
-    """How many filters ``conv2d``/``conv_transpose2d`` keep (0: the cache is off)."""
+    """How many filters ``conv2d``/``conv_transpose2d``/``linear`` keep (0: the cache is off)."""
     return _Cache.size
 
 
 def set_cache_size(size):
-    """Keep at most ``size`` filters (and their weight/bias arrays) for ``conv2d`` and
-    ``conv_transpose2d``; 0 turns the cache off. Filters beyond the new size are destroyed."""
+    """Keep at most ``size`` filters (and their weight/bias arrays) for ``conv2d``,
+    ``conv_transpose2d`` and ``linear``; 0 turns the cache off. Filters beyond the new size are
+    destroyed."""
     if not is_int(size) or size < 0:
         raise ValueError(f"cache size must be an integer >= 0, got {size!r}")
     with _Cache.lock:
@@ -450,9 +439,9 @@ def set_cache_size(size):
 
 
 def clear_cache():
-    """Destroy every filter cached by ``conv2d``/``conv_transpose2d`` and release their weight
-    and bias arrays. A call running on another thread finishes first: its filter is destroyed
-    when that call returns."""
+    """Destroy every filter cached by ``conv2d``/``conv_transpose2d``/``linear`` and release their
+    weight and bias arrays. A call running on another thread finishes first: its filter is
+    destroyed when that call returns."""
     with _Cache.lock:
         dropped = list(_Cache.entries.values())
         _Cache.entries.clear()
@@ -469,7 +458,10 @@ atexit.register(clear_cache)
 
 
 def _evict_locked():
-    """Remove least recently used entries beyond ``_Cache.size``; returns them (to drop unlocked)."""
+    """Remove least recently used entries beyond ``_Cache.size``; returns them (to drop unlocked).
+
+    A filter is destroyed when its last reference goes: a call running it on another thread
+    holds one until it returns."""
     dropped = []
     entries = _Cache.entries
     while len(entries) > _Cache.size:
@@ -508,25 +500,27 @@ def _cached(key, fast_key, make):
     return entry
 
 
-def _plain_ints(*values):
-    """True when each value is an int or a tuple of ints (exactly: no bool, float or numpy int)."""
-    return all(type(v) is int or (type(v) is tuple and all(type(e) is int for e in v)) for v in values)
+def _plain_arguments(*values):
+    """True when each value is an int, a string or a tuple of ints (exactly: no bool, float or
+    numpy int, which compare equal to other values)."""
+    return all(type(v) is int or type(v) is str or (type(v) is tuple and all(type(e) is int for e in v))
+               for v in values)
 
 
 def _run(transposed, x, weight, bias, stride, padding, dilation, groups, activation, backend, out,
          output_padding=0):
     # Fast path: the same call as one before (same weight and bias objects, same argument values,
-    # same input/output layouts) reuses that filter.
-    if not (type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int
-            and type(output_padding) is int) and not _plain_ints(stride, padding, dilation, groups, output_padding):
+    # same input/output layouts) reuses that filter. Only numpy arrays take it.
+    if not ((type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int
+             and type(output_padding) is int) or _plain_arguments(stride, padding, dilation, groups, output_padding)):
         # True == 1 and 1.0 == 1: only exact ints may be compared with the cached arguments
         return _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation,
                             backend, out, output_padding, None)
     # Only float32 arrays are cached, so dtypes are compared here rather than hashed into the key;
     # a 1-D bias's strides also fix its shape (an array's size never changes).
     try:
-        if (x.dtype is _FLOAT32 and weight.dtype is _FLOAT32 and (bias is None or bias.dtype is _FLOAT32)
-                and (out is None or out.dtype is _FLOAT32)):
+        if (x.dtype is FLOAT32 and weight.dtype is FLOAT32 and (bias is None or bias.dtype is FLOAT32)
+                and (out is None or out.dtype is FLOAT32)):
             fast_key = (transposed, x.shape, x.strides, id(weight), weight.shape, weight.strides, id(bias),
                         None if bias is None else bias.strides, stride, padding, dilation, groups, activation,
                         backend, output_padding, None if out is None else out.shape,
@@ -534,9 +528,10 @@ def _run(transposed, x, weight, bias, stride, padding, dilation, groups, activat
             entry = _fast_get(fast_key)
         else:
             fast_key = entry = None
-    except (AttributeError, TypeError):  # not arrays, or unhashable arguments: the checked path
+    except (AttributeError, TypeError):  # not numpy arrays, or unhashable arguments: the checked path
         fast_key = entry = None
-    if entry is not None and entry.weight is weight and entry.bias is bias:
+    if (entry is not None and entry.weight is weight and entry.bias is bias and type(x) is np.ndarray
+            and (out is None or type(out) is np.ndarray)):
         return entry.run(x, out)
     return _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation,
                         backend, out, output_padding, fast_key)
@@ -545,74 +540,138 @@ def _run(transposed, x, weight, bias, stride, padding, dilation, groups, activat
 def _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation, backend, out,
                  output_padding, fast_key):
     given_weight, given_bias = weight, bias
-    weight = _as_float32("weight", weight, (4,))
-    bias = None if bias is None else _as_float32("bias", bias, (1,))
+    weight, weight_in_place = contiguous_float32("weight", weight, (4,))
+    bias_in_place = True
+    if bias is not None:
+        bias, bias_in_place = contiguous_float32("bias", bias, (1,))
     spec = ConvSpec.from_arguments(transposed, weight, bias, stride, padding, dilation, groups,
                                    activation, output_padding)
-    x4, single, in_strides, in_stride, copied = _prepare_strided_input(x, spec)
-    batch, _, height, width = x4.shape
-    expected = (batch, spec.out_channels) + spec.output_hw(height, width)
-    out4, out_strides, out_stride = (None, (0, 0, 0), spec.out_channels * expected[2] * expected[3])
-    if out is not None:
-        out4, out_strides, out_stride = _strided_output(out, expected, single, x4)
     backend = get_backend(backend)
+    honour = backend.honours_image_strides
+    prepared = image_input("input", x, spec.in_channels, honour)
+    batch, _, height, width = prepared.array.shape
+    expected = (batch, spec.out_channels) + spec.output_hw(height, width)
+    output = image_output(out, expected, prepared.single, prepared.array, honour)
 
     def make():
-        return _ConvFilter(spec, x4, single, in_strides, in_stride, copied, out4, out_strides, out_stride,
-                           weight, bias, backend)
+        return _ConvFilter(spec, prepared, output, weight, bias, backend)
 
-    # Cache only filters reading the caller's own arrays (no converted copy that could go stale).
-    if _Cache.size and weight is given_weight and bias is given_bias:
-        key = (spec, backend.name, x4.shape, in_strides, in_stride, copied, not x4.flags.c_contiguous,
-               out_strides, out_stride, out4 is not None and not out4.flags.c_contiguous, single,
-               weight.__array_interface__["data"][0], weight.shape, weight.strides,
-               None if bias is None else (bias.__array_interface__["data"][0], bias.strides))
-        if fast_key is not None:
+    x4, out4 = prepared.array, output.array
+    result_out = None if out4 is None else (out4[0] if prepared.single else out4)
+    # Cache only filters reading the caller's own memory (no converted copy that could go stale).
+    if _Cache.size and weight_in_place and bias_in_place:
+        key = ("conv", spec, backend.name, x4.shape, prepared.layout, prepared.copied, not x4.flags.c_contiguous,
+               output.layout, output.copied, out4 is not None and not out4.flags.c_contiguous, prepared.single,
+               data_address(weight), weight.shape, weight.strides,
+               None if bias is None else (data_address(bias), bias.strides))
+        if fast_key is not None and weight is given_weight and bias is given_bias:
             fast_key = (fast_key, (given_weight, given_bias))
-        return _cached(key, fast_key, make).run(x, out)
-    entry = make()
-    try:
-        return entry.run(x, out)
-    finally:
-        entry.layer.close()
+        else:
+            fast_key = None
+        entry = _cached(key, fast_key, make)
+        result = entry.run(x4[0] if prepared.single else x4, result_out, prepared.copied)
+    else:
+        entry = make()
+        try:
+            result = entry.run(x4[0] if prepared.single else x4, result_out, prepared.copied)
+        finally:
+            entry.layer.close()
+    return result if out is None else written(out)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
            backend=None, out=None):
-    """2-D convolution (cross-correlation) of ``x`` with ``weight``, computed by BNNS.
+    """2-D convolution (cross-correlation) of ``input`` with ``weight``, computed by BNNS; the
+    arguments of ``torch.nn.functional.conv2d``, in the same order.
 
     Args:
-        x: float32 array ``(N, C_in, H, W)`` or ``(C_in, H, W)``; strided views are read in
-            place when BNNS can describe them, other layouts are copied (see the module docstring).
-        weight: float32 array ``(C_out, C_in / groups, kH, kW)``.
-        bias: optional float32 array ``(C_out,)``.
+        input: float32 ``(N, C_in, H, W)`` or ``(C_in, H, W)``: a numpy array, a CPU torch tensor
+            or any object exposing ``__dlpack__``, ``__array_interface__`` or the buffer protocol,
+            read in place; strided views are read in place when BNNS can describe them, other
+            layouts are copied (see the module docstring).
+        weight: float32 ``(C_out, C_in / groups, kH, kW)`` (same kinds of objects).
+        bias: optional float32 ``(C_out,)``.
         stride, dilation: int or ``(sh, sw)``.
-        padding: int, ``(pad_h, pad_w)`` or ``(left, right, top, bottom)``.
+        padding: int, ``(pad_h, pad_w)``, ``(left, right, top, bottom)`` (a BNNS extra: PyTorch has
+            no asymmetric padding), ``"valid"`` (none) or ``"same"`` (the output keeps the input's
+            size; ``dilation * (k - 1)`` zeros per axis, the odd one at the end, as PyTorch pads;
+            stride 1 only).
         groups: number of groups (``C_in`` for depthwise).
-        activation: None, a name (``"relu"``, ``"sigmoid"``, ...) or an ``ActivationFunction``,
-            applied after the bias.
-        backend: ``"accelerate"``, ``"portable"`` or None (default backend).
-        out: optional writable float32 array of the output shape to write into: C-contiguous,
-            or a strided view with contiguous rows (written in place; see the module docstring).
+        activation: keyword-only; None, a name (``"relu"``, ``"sigmoid"``, ...) or an
+            ``ActivationFunction``, applied after the bias.
+        backend: keyword-only; ``"accelerate"``, ``"portable"`` or None (default backend).
+        out: keyword-only; float32 array or CPU torch tensor (not requiring grad) of the output
+            shape, written in place: C-contiguous, or a strided view with contiguous rows (see the
+            module docstring).
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` (or ``(C_out, H_out, W_out)`` for 3-D ``x``), with PyTorch's
-        output size ``(H + top + bottom - dH*(kH-1) - 1) // sH + 1``.
+        A new numpy array ``(N, C_out, H_out, W_out)`` (``(C_out, H_out, W_out)`` for 3-D input),
+        with PyTorch's output size ``(H + top + bottom - dH*(kH-1) - 1) // sH + 1``; or ``out``.
 
-    The BNNS filter is cached: a repeated call with the same weight/bias arrays and geometry only
+    The BNNS filter is cached: a repeated call with the same weight/bias memory and geometry only
     runs it (see the module docstring, ``clear_cache`` and ``set_cache_size``).
     """
-    return _run(False, x, weight, bias, stride, padding, dilation, groups, activation, backend, out)
+    return _run(False, input, weight, bias, stride, padding, dilation, groups, activation, backend, out)
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1, activation=None, backend=None, out=None):
-    """2-D transposed convolution with PyTorch's conventions, computed by BNNS.
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     activation=None, backend=None, out=None):
+    """2-D transposed convolution, computed by BNNS; the arguments of
+    ``torch.nn.functional.conv_transpose2d``, in the same order (``groups`` before ``dilation``).
 
-    ``weight`` is ``(C_in, C_out / groups, kH, kW)`` as in ``torch.nn.functional.conv_transpose2d``;
-    it is rearranged into BNNS's transposed OIHW layout. Output size per axis:
+    ``weight`` is ``(C_in, C_out / groups, kH, kW)`` as in PyTorch; it is read in place where the
+    backend honours weight strides and ``groups`` is 1, else rearranged into BNNS's transposed
+    OIHW layout at each call. ``padding`` is an int, ``(pad_h, pad_w)`` or ``(left, right, top,
+    bottom)`` (no ``"same"``/``"valid"``, as in PyTorch). Output size per axis:
     ``(in - 1)*stride - pad_before - pad_after + dilation*(k - 1) + 1 + output_padding``.
-    Other arguments as in ``conv2d``.
+    Operands, the keyword-only ``activation``/``backend``/``out`` and the result as in ``conv2d``.
     """
-    return _run(True, x, weight, bias, stride, padding, dilation, groups, activation, backend, out,
+    return _run(True, input, weight, bias, stride, padding, dilation, groups, activation, backend, out,
                 output_padding)
+
+
+def linear(input, weight, bias=None, *, activation=None, backend=None, out=None):
+    """Fully-connected layer ``y = act(input @ weight.T + bias)``, computed by BNNS; the arguments
+    of ``torch.nn.functional.linear``.
+
+    Args:
+        input: float32 ``(N, in)`` or ``(in,)``: a numpy array, CPU torch tensor or array object
+            (as for ``conv2d``); rows with contiguous values are read in place, at any row stride,
+            other layouts are copied.
+        weight: float32 ``(out, in)``, as ``torch.nn.functional.linear``.
+        bias: optional float32 ``(out,)``.
+        activation: keyword-only; None, a name (``"relu"``, ``"sigmoid"``, ...) or an
+            ``ActivationFunction``.
+        backend: keyword-only; ``"accelerate"``, ``"portable"`` or None (default backend).
+        out: keyword-only; float32 array or CPU torch tensor (not requiring grad) ``(N, out)``
+            (``(out,)`` for 1-D input) with contiguous rows, written in place.
+
+    Returns:
+        A new numpy array ``(N, out)`` (``(out,)`` for 1-D input), or ``out``.
+
+    The filter is cached like ``conv2d``'s, by weight/bias memory and activation (any batch size
+    runs on it): in-place changes to the weight and bias are seen by the next call.
+    """
+    weight, bias, in_place = linear_operands(weight, bias)
+    activation = ActivationFunction.coerce(activation)
+    rows = vector_input("input", input, weight.shape[1])
+    output = vector_output(out, (rows.array.shape[0], weight.shape[0]), rows.single, rows.array)
+    backend = get_backend(backend)
+    if _Cache.size and in_place:
+        key = ("linear", backend.name, activation, data_address(weight), weight.shape,
+               None if bias is None else data_address(bias))
+        result = _cached(key, None, lambda: _LinearFilter(weight, bias, activation, backend)).run(rows, output)
+    else:
+        entry = _LinearFilter(weight, bias, activation, backend)
+        try:
+            result = entry.run(rows, output)
+        finally:
+            entry.layer.close()
+    if out is not None:
+        return written(out)
+    return result[0] if rows.single else result
+
+
+__all__ = ["ConvSpec", "cache_size", "cached_filter_count", "clear_cache", "conv2d", "conv_transpose2d",
+           "linear", "normalize_padding", "same_padding", "set_cache_size", "transposed_weight_from_bnns",
+           "transposed_weight_to_bnns"]

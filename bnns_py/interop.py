@@ -62,38 +62,37 @@ def activation_to_torch(activation, channel_dim):
     """
     torch = require_torch()
     nn = torch.nn
-    f, a, b = activation.function, activation.alpha, activation.beta
-    simple = {1: nn.ReLU, 3: nn.Sigmoid, 4: nn.Tanh, 17: nn.Softsign, 22: nn.LogSigmoid, 23: nn.SELU,
-              27: nn.Tanhshrink, 30: nn.Hardswish, 31: nn.SiLU, 32: nn.ReLU6, 34: nn.GELU}
-    if f == 0:
+    a, b = activation.alpha, activation.beta
+    kind = ActivationFunction(activation.function).name  # the case's name for its C enum value
+    simple = {"rectified_linear": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softsign": nn.Softsign,
+              "log_sigmoid": nn.LogSigmoid, "selu": nn.SELU, "tanh_shrink": nn.Tanhshrink,
+              "hard_swish": nn.Hardswish, "silu": nn.SiLU, "relu6": nn.ReLU6, "gelu": nn.GELU}
+    with_alpha = {"leaky_rectified_linear": nn.LeakyReLU, "elu": nn.ELU, "celu": nn.CELU}
+    if kind == "identity":
         return None
-    if f in simple:
-        return simple[f]()
-    if f == 2:
-        return nn.LeakyReLU(a)
-    if f == 8:
+    if kind in simple:
+        return simple[kind]()
+    if kind in with_alpha:
+        return with_alpha[kind](a)
+    if kind == "clamp":
         return nn.Hardtanh(a, b)
-    if f == 11:
+    if kind == "softmax":
         return nn.Softmax(dim=channel_dim)
-    if f == 21:
+    if kind == "log_softmax":
         return nn.LogSoftmax(dim=channel_dim)
-    if f == 12 and _close(a, _GELU_TANH[0]) and _close(b, _GELU_TANH[1]):
+    if kind == "gelu_approximation" and _close(a, _GELU_TANH[0]) and _close(b, _GELU_TANH[1]):
         return nn.GELU(approximate="tanh")
-    if f == 15 and _close(a, 1 / 6) and _close(b, 0.5):
+    if kind == "hard_sigmoid" and _close(a, 1 / 6) and _close(b, 0.5):
         return nn.Hardsigmoid()
-    if f == 16 and b > 0 and _close(a * b, 1.0):
+    if kind == "softplus" and b > 0 and _close(a * b, 1.0):
         return nn.Softplus(beta=b)
-    if f == 18:
-        return nn.ELU(a)
-    if f == 24:
-        return nn.CELU(a)
-    if f == 25:
+    if kind == "hard_shrink":
         return nn.Hardshrink(abs(a))
-    if f == 26:
+    if kind == "soft_shrink":
         return nn.Softshrink(abs(a))
-    if f == 28:
+    if kind == "threshold":
         return nn.Threshold(a, b)
-    if f == 29:
+    if kind == "prelu_per_channel":
         return nn.PReLU(1, init=a, dtype=torch.float32)
     raise ValueError(f"torch.nn has no module computing {activation!r}, so the layer cannot be expressed as "
                      "torch modules; create it with the identity activation and apply the activation "
@@ -326,9 +325,9 @@ def conv_module_from_torch(cls, module, backend=None, activation=None):
     if spec.transposed != cls._transposed:
         wanted = "nn.ConvTranspose2d" if cls._transposed else "nn.Conv2d"
         raise TypeError(f"{cls.__name__}.from_torch needs {wanted}, got {type(module).__name__}")
+    extra = dict(output_padding=spec.output_padding) if spec.transposed else {}
     return cls(arguments["weight"], arguments["bias"], stride=spec.stride, padding=spec.padding,
-               dilation=spec.dilation, groups=spec.groups, activation=spec.activation, backend=backend,
-               output_padding=spec.output_padding)
+               dilation=spec.dilation, groups=spec.groups, activation=spec.activation, backend=backend, **extra)
 
 
 def linear_module_from_torch(cls, module, backend=None, activation=None):

@@ -1,20 +1,29 @@
-"""``Conv2d`` and ``ConvTranspose2d``: numpy-first layers that keep their BNNS filters and return
-all three gradients, with PyTorch's argument conventions.
+"""``Conv2d``, ``ConvTranspose2d`` and ``Linear``: numpy-first layers that keep their BNNS filters
+and return all three gradients, with the arguments of the functions of the same names
+(``bnns_py.conv2d``, ``conv_transpose2d``, ``linear``, in the same positional order).
 
 The weight and bias arrays are used in place (BNNS's client-pointer mode), so an optimizer step
 such as ``conv.weight -= lr * grads.weight`` changes the next forward pass, as in training with
-Swift's ``ConvolutionLayer.applyBackward``. One filter is kept per input height and width.
+Swift's ``ConvolutionLayer.applyBackward``. Operands may be numpy arrays, CPU torch tensors or
+other array objects (read in place when float32); results and gradients are numpy arrays. One
+filter is kept per input height and width (and per strided-view layout read in place).
+
+``close()`` (or leaving a ``with`` block) destroys the filters once no call of another thread is
+running on them; later calls raise ``LayerClosedError``.
 """
+import threading
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import _repr
+from ._arrays import (float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
+                      written)
 from .activation import ActivationFunction
-from .fully_connected import (as_float32, check_linear_operands, linear_output_buffer, make_linear_layer,
-                              prepare_linear_input)
-from .functional import (ConvSpec, _as_float32, _output_buffer, _prepare_input,
-                         transposed_weight_from_bnns, transposed_weight_to_bnns)
+from .backend import get_backend
+from .errors import LayerClosedError
+from .functional import (ConvSpec, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
+                         transposed_weight_to_bnns)
 
 
 class Gradients(NamedTuple):
@@ -25,36 +34,102 @@ class Gradients(NamedTuple):
     bias: Optional[np.ndarray]
 
 
-class _ConvModule:
+class _Lifecycle:
+    """Calls in flight are counted, so ``close()`` from one thread never destroys a filter another
+    thread is running: the filters are closed when the last call returns."""
+
+    def _init_lifecycle(self):
+        self._state_lock = threading.Lock()
+        self._in_flight = 0
+        self._closed = False
+
+    def _enter(self):
+        with self._state_lock:
+            if self._closed:
+                raise LayerClosedError(type(self).__name__)
+            self._in_flight += 1
+
+    def _exit(self):
+        with self._state_lock:
+            self._in_flight -= 1
+            release = self._closed and self._in_flight == 0
+        if release:
+            self._release()
+
+    def close(self):
+        """Destroy the module's filters (once calls running on other threads return). Safe to call
+        twice; later calls raise ``LayerClosedError``."""
+        with self._state_lock:
+            self._closed = True
+            release = self._in_flight == 0
+        if release:
+            self._release()
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def _release(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _output_like(value, expected, single):
+    """``value`` (1-D or N-D) as the ``expected`` batched shape, or a ValueError."""
+    if value.shape not in (expected, expected[1:] if single else expected):
+        raise ValueError(f"has shape {value.shape}, expected {expected[1:] if single else expected}")
+    return np.ascontiguousarray(value.reshape(expected))
+
+
+def _gradient_operand(name, value, expected, single, ndims):
+    array = float32_array(name, value, ndims)
+    try:
+        return _output_like(array, expected, single)
+    except ValueError as error:
+        raise ValueError(f"{name} {error}") from None
+
+
+class _ConvModule(_Lifecycle):
     _transposed = False
 
-    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-                 backend=None, output_padding=0):
-        weight = _as_float32("weight", weight, (4,))
-        if not weight.flags.c_contiguous or not weight.flags.writeable:
-            raise ValueError("weight must be a writable C-contiguous array (it is used in place)")
+    def _setup(self, weight, bias, stride, padding, dilation, groups, activation, backend, output_padding):
+        weight = writable_parameter("weight", weight, (4,))
         if bias is not None:
-            bias = _as_float32("bias", bias, (1,))
-            if not bias.flags.writeable:
-                raise ValueError("bias must be writable (it is used in place)")
+            bias = writable_parameter("bias", bias, (1,))
         self.spec = ConvSpec.from_arguments(self._transposed, weight, bias, stride, padding, dilation,
                                             groups, activation, output_padding)
         self.weight = weight
         self.bias = bias
         self.backend = backend
-        self._layers = {}
+        self._layers = {}       # (height, width) -> layer for packed images (forward and backward)
+        self._view_layers = {}  # (height, width, input strides, output strides) -> layer for views
+        self._layers_lock = threading.Lock()
+        self._honours_image_strides = None  # the backend's, once resolved (backend=None: at first use)
+        self._init_lifecycle()
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
         # where the backend honours them, else a copy in BNNS's layout refreshed at each step.
         self._weight_strides = self.spec.torch_weight_strides(backend)
         copy = self._transposed and self._weight_strides is None
         self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if copy else weight
 
-    def _layer(self, height, width):
-        layer = self._layers.get((height, width))
+    def _layer(self, height, width, input_strides=(0, 0, 0), output_strides=(0, 0, 0)):
+        packed = input_strides == output_strides == (0, 0, 0)
+        table, key = (self._layers, (height, width)) if packed else \
+            (self._view_layers, (height, width, input_strides, output_strides))
+        layer = table.get(key)
         if layer is None:
-            layer = self.spec.make_layer(height, width, self._bnns_weight, self.bias, self.backend,
-                                         weight_strides=self._weight_strides)
-            self._layers[(height, width)] = layer
+            with self._layers_lock:
+                layer = table.get(key)
+                if layer is None:
+                    layer = table[key] = self.spec.make_layer(
+                        height, width, self._bnns_weight, self.bias, self.backend, input_strides=input_strides,
+                        output_strides=output_strides, weight_strides=self._weight_strides)
         return layer
 
     def _sync_weight(self):
@@ -64,59 +139,71 @@ class _ConvModule:
             transposed_weight_to_bnns(self.weight, self.spec.groups, out=self._bnns_weight)
 
     def forward(self, x, out=None):
-        """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W)."""
-        x, single = _prepare_input(x, self.spec)
-        batch, _, height, width = x.shape
-        layer = self._layer(height, width)
-        result = _output_buffer(out, (batch, self.spec.out_channels) + self.spec.output_hw(height, width), single, x)
-        self._sync_weight()
-        layer.apply(batch, x, result)
+        """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W).
+
+        ``x`` is read in place (strided views too, where the backend honours image strides);
+        returns a new numpy array, or ``out`` (a numpy array or CPU torch tensor) written in place.
+        """
+        self._enter()
+        try:
+            honour = self._honours_image_strides
+            if honour is None:
+                honour = self._honours_image_strides = get_backend(self.backend).honours_image_strides
+            prepared = image_input("x", x, self.spec.in_channels, honour)
+            x4 = prepared.array
+            batch, _, height, width = x4.shape
+            expected = (batch, self.spec.out_channels) + self.spec.output_hw(height, width)
+            output = image_output(out, expected, prepared.single, x4, honour)
+            layer = self._layer(height, width, prepared.layout.strides, output.layout.strides)
+            target = np.empty(expected, np.float32) if output.array is None or output.copied else output.array
+            self._sync_weight()
+            run_filter(layer, batch, x4, prepared.layout.batch_stride, target, output.layout.batch_stride)
+            if output.copied:
+                np.copyto(output.array, target)
+        finally:
+            self._exit()
         if out is not None:
-            return out
-        return result[0] if single else result
+            return written(out)
+        return target[0] if prepared.single else target
 
     __call__ = forward
 
     def backward(self, x, y, grad_output, need_input_gradient=True):
         """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
 
-        Returns ``Gradients(input, weight, bias)``; ``weight`` is in the same layout as
-        ``self.weight``, ``bias`` is None when the module has no bias and ``input`` is None when
+        Returns ``Gradients(input, weight, bias)`` of numpy arrays; ``weight`` is in the same layout
+        as ``self.weight``, ``bias`` is None when the module has no bias and ``input`` is None when
         ``need_input_gradient`` is False (e.g. for a first layer). The current ``self.weight``
         is differentiated, as BNNS reads client-pointer weights at every call.
         """
-        x, single = _prepare_input(x, self.spec)
-        batch, _, height, width = x.shape
-        layer = self._layer(height, width)
-        out_shape = (batch, self.spec.out_channels) + self.spec.output_hw(height, width)
-        y = _as_float32("y", y, (3, 4)).reshape(out_shape) if y is not None else None
-        grad_output = _as_float32("grad_output", grad_output, (3, 4))
-        if grad_output.shape not in (out_shape, out_shape[1:] if single else out_shape):
-            raise ValueError(f"grad_output has shape {grad_output.shape}, expected {out_shape}")
-        grad_output = grad_output.reshape(out_shape)
-        grad_input = np.empty_like(x) if need_input_gradient else None
-        grad_weight = np.empty_like(self._bnns_weight)  # in the layout BNNS reads (and writes)
-        grad_bias = None if self.bias is None else np.empty_like(self.bias)
-        self._sync_weight()
-        layer.apply_backward(batch, x, y, grad_output, grad_input, grad_weight, grad_bias)
+        self._enter()
+        try:
+            prepared = image_input("x", x, self.spec.in_channels, honour_strides=False)  # packed
+            x4, single = prepared.array, prepared.single
+            batch, _, height, width = x4.shape
+            layer = self._layer(height, width)
+            out_shape = (batch, self.spec.out_channels) + self.spec.output_hw(height, width)
+            y = None if y is None else _gradient_operand("y", y, out_shape, single, (3, 4))
+            grad_output = _gradient_operand("grad_output", grad_output, out_shape, single, (3, 4))
+            grad_input = np.empty_like(x4) if need_input_gradient else None
+            grad_weight = np.empty_like(self._bnns_weight)  # in the layout BNNS reads (and writes)
+            grad_bias = None if self.bias is None else np.empty_like(self.bias)
+            self._sync_weight()
+            layer.apply_backward(batch, x4, y, grad_output, grad_input, grad_weight, grad_bias)
+        finally:
+            self._exit()
         if self._bnns_weight is not self.weight:
             grad_weight = transposed_weight_from_bnns(grad_weight, self.spec.groups)
         if grad_input is not None and single:
             grad_input = grad_input[0]
         return Gradients(grad_input, grad_weight, grad_bias)
 
-    def close(self):
-        """Destroy every filter this module created. Safe to call twice."""
-        layers, self._layers = self._layers, {}
-        for layer in layers.values():
+    def _release(self):
+        with self._layers_lock:
+            layers = list(self._layers.values()) + list(self._view_layers.values())
+            self._layers, self._view_layers = {}, {}
+        for layer in layers:
             layer.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __repr__(self):
         s = self.spec
@@ -149,26 +236,36 @@ class _ConvModule:
 class Conv2d(_ConvModule):
     """A convolution with trainable numpy parameters (weight ``(out, in/groups, kH, kW)``).
 
-    ``forward(x)`` runs BNNS forward; ``backward(x, y, dy)`` returns ``Gradients(input, weight,
-    bias)`` through ``BNNSFilterApplyBackwardBatch``. Arguments as ``bnns_py.conv2d``.
+    Arguments as ``bnns_py.conv2d`` (same order; ``activation`` and ``backend`` keyword-only;
+    ``padding`` may be ``"same"`` or ``"valid"``). ``forward(x)`` runs BNNS forward;
+    ``backward(x, y, dy)`` returns ``Gradients(input, weight, bias)`` through
+    ``BNNSFilterApplyBackwardBatch``.
     """
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+                 backend=None):
+        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, 0)
 
 
 class ConvTranspose2d(_ConvModule):
     """A transposed convolution with trainable numpy parameters (weight ``(in, out/groups, kH, kW)``).
 
-    Arguments as ``bnns_py.conv_transpose2d``; see ``Conv2d`` for ``forward``/``backward``.
+    Arguments as ``bnns_py.conv_transpose2d`` (same order: ``output_padding``, ``groups``, then
+    ``dilation``; ``activation`` and ``backend`` keyword-only); see ``Conv2d`` for
+    ``forward``/``backward``.
     """
 
     _transposed = True
 
-
+    def __init__(self, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                 activation=None, backend=None):
+        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, output_padding)
 
 
 # ---- fully connected ------------------------------------------------------------------------------
 
 
-class Linear:
+class Linear(_Lifecycle):
     """A fully-connected layer with trainable numpy parameters, as ``torch.nn.Linear``: weight
     ``(out, in)``, optional bias ``(out,)``, then an optional fused activation.
 
@@ -176,20 +273,20 @@ class Linear:
     ``backward(x, y, dy)`` returns ``Gradients(input, weight, bias)`` through
     ``BNNSFilterApplyBackwardBatch``. The arrays are used in place (client-pointer mode), so
     ``lin.weight -= lr * grads.weight`` changes the next forward pass. Arguments as
-    ``bnns_py.linear``.
+    ``bnns_py.linear`` (``activation`` and ``backend`` keyword-only). Its filter is its own (not
+    the functional cache's), for training.
     """
 
-    def __init__(self, weight, bias=None, activation=None, backend=None):
-        weight, bias = check_linear_operands(weight, bias)
-        if not weight.flags.writeable:
-            raise ValueError("weight must be writable (it is used in place)")
-        if bias is not None and not bias.flags.writeable:
-            raise ValueError("bias must be writable (it is used in place)")
-        self.weight = weight
-        self.bias = bias
+    def __init__(self, weight, bias=None, *, activation=None, backend=None):
+        weight = writable_parameter("weight", weight, (2,))
+        if bias is not None:
+            bias = writable_parameter("bias", bias, (1,))
+        self.weight, self.bias, _ = linear_operands(weight, bias)
         self.activation = ActivationFunction.coerce(activation)
         self.backend = backend
         self._fc_layer = None
+        self._layer_lock = threading.Lock()
+        self._init_lifecycle()
 
     @property
     def in_features(self):
@@ -200,63 +297,60 @@ class Linear:
         return self.weight.shape[0]
 
     def _layer(self):
-        if self._fc_layer is None:
-            self._fc_layer = make_linear_layer(self.weight, self.bias, self.activation, self.backend)
-        return self._fc_layer
+        with self._layer_lock:
+            if self._fc_layer is None:
+                self._fc_layer = make_linear_layer(self.weight, self.bias, self.activation, self.backend)
+            return self._fc_layer
 
     def forward(self, x, out=None):
-        """y = act(x @ weight.T + bias) for ``x`` of shape (N, in) or (in,)."""
-        x, single = prepare_linear_input(x, self.in_features)
-        layer = self._layer()
-        result = linear_output_buffer(out, (x.shape[0], self.out_features), single, x)
-        layer.apply(x.shape[0], x, result)
+        """y = act(x @ weight.T + bias) for ``x`` of shape (N, in) or (in,): a new numpy array, or
+        ``out`` (a numpy array or CPU torch tensor) written in place."""
+        self._enter()
+        try:
+            rows = vector_input("x", x, self.in_features)
+            batch = rows.array.shape[0]
+            output = vector_output(out, (batch, self.out_features), rows.single, rows.array)
+            result = np.empty((batch, self.out_features), np.float32) if output is None else output.array
+            run_filter(self._layer(), batch, rows.array, rows.stride, result,
+                       self.out_features if output is None else output.stride)
+        finally:
+            self._exit()
         if out is not None:
-            return out
-        return result[0] if single else result
+            return written(out)
+        return result[0] if rows.single else result
 
     __call__ = forward
 
     def backward(self, x, y, grad_output, need_input_gradient=True):
         """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
 
-        Returns ``Gradients(input, weight, bias)``: ``weight`` is ``(out, in)`` and ``bias``
-        ``(out,)``, both summed over the batch; ``bias`` is None without a bias and ``input`` is
-        None when ``need_input_gradient`` is False. ``y`` may be None with the identity activation.
+        Returns ``Gradients(input, weight, bias)`` of numpy arrays: ``weight`` is ``(out, in)`` and
+        ``bias`` ``(out,)``, both summed over the batch; ``bias`` is None without a bias and ``input``
+        is None when ``need_input_gradient`` is False. ``y`` may be None with the identity activation.
         """
-        x, single = prepare_linear_input(x, self.in_features)
-        batch = x.shape[0]
-        out_shape = (batch, self.out_features)
-        layer = self._layer()
-        if y is not None:
-            y = as_float32("y", y, (1, 2))
-            if y.shape not in (out_shape, out_shape[1:] if single else out_shape):
-                raise ValueError(f"y has shape {y.shape}, expected {out_shape[1:] if single else out_shape}")
-            y = y.reshape(out_shape)
-        grad_output = as_float32("grad_output", grad_output, (1, 2))
-        if grad_output.shape not in (out_shape, out_shape[1:] if single else out_shape):
-            raise ValueError(f"grad_output has shape {grad_output.shape}, "
-                             f"expected {out_shape[1:] if single else out_shape}")
-        grad_output = grad_output.reshape(out_shape)
-        grad_input = np.empty_like(x) if need_input_gradient else None
-        grad_weight = np.empty_like(self.weight)
-        grad_bias = None if self.bias is None else np.empty_like(self.bias)
-        layer.apply_backward(batch, x, y, grad_output, grad_input, grad_weight, grad_bias)
+        self._enter()
+        try:
+            rows = vector_input("x", x, self.in_features)
+            x2, single = np.ascontiguousarray(rows.array), rows.single
+            batch = x2.shape[0]
+            out_shape = (batch, self.out_features)
+            y = None if y is None else _gradient_operand("y", y, out_shape, single, (1, 2))
+            grad_output = _gradient_operand("grad_output", grad_output, out_shape, single, (1, 2))
+            grad_input = np.empty_like(x2) if need_input_gradient else None
+            grad_weight = np.empty_like(self.weight)
+            grad_bias = None if self.bias is None else np.empty_like(self.bias)
+            self._layer().apply_backward(batch, x2, y, grad_output, grad_input, grad_weight, grad_bias)
+        finally:
+            self._exit()
         if grad_input is not None and single:
             grad_input = grad_input[0]
         return Gradients(grad_input, grad_weight, grad_bias)
 
-    def close(self):
-        """Destroy the module's filter. Safe to call twice."""
-        layer, self._fc_layer = self._fc_layer, None
+    def _release(self):
+        with self._layer_lock:
+            layer, self._fc_layer = self._fc_layer, None
         if layer is not None:
             layer.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __repr__(self):
         return (f"Linear({self.in_features}, {self.out_features}, activation={self.activation!r}, "

@@ -42,6 +42,16 @@ def no_filter_leaks(backend):
         assert balanced(), "filters created in this test were not destroyed"
 
 
+@pytest.fixture
+def fresh_cache():
+    """The functional API's filter cache emptied before and after the test, its size restored."""
+    bnns_py.clear_cache()
+    size = bnns_py.cache_size()
+    yield
+    bnns_py.set_cache_size(size)
+    bnns_py.clear_cache()
+
+
 def random_array(rng, shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 

@@ -192,15 +192,6 @@ def test_apply_from_many_threads(rng, no_filter_leaks):
 # ---- conv2d filter cache -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_cache():
-    bnns_py.clear_cache()
-    size = bnns_py.cache_size()
-    yield
-    bnns_py.set_cache_size(size)
-    bnns_py.clear_cache()
-
-
 def _counts():
     gc.collect()
     return bnns_py.filter_counts()

@@ -107,7 +107,7 @@ def test_output_padding_rule_and_transposed_dtype(no_filter_leaks):
     w = np.zeros((2, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="output_padding 2 along height must be smaller"):
         bnns_py.conv_transpose2d(x, w, stride=2, output_padding=2)
-    with pytest.raises(ValueError, match="x has 2 channels, the weights expect 4"):
+    with pytest.raises(ValueError, match="input has 2 channels, the weights expect 4"):
         bnns_py.conv_transpose2d(np.zeros((1, 2, 3, 3), np.float32), np.zeros((4, 2, 3, 3), np.float32))
 
 
