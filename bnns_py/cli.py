@@ -43,8 +43,13 @@ def _library_error_line(error):
     """``LibraryNotFoundError`` in one line: each path tried with the gist of why it failed."""
     tried = "; ".join(f"{path} ({why.split('  Additionally')[0].rsplit(': ', 1)[-1].rstrip('.')})"
                       for path, why in error.attempts)
-    hint = ("Accelerate exists only on macOS" if error.backend == "accelerate" and sys.platform != "darwin"
-            else "set BNNS_PY_LIBRARY=/path/to/library or BNNS_PY_BACKEND, or reinstall bnns-py")
+    if error.backend == "accelerate" and sys.platform != "darwin":
+        hint = "Accelerate exists only on macOS"
+    elif error.backend == "accelerate" and any("symbol" in why for _, why in error.attempts):
+        hint = ("this macOS does not export the BNNS layer API (deprecated since macOS 15): use the portable "
+                "backend, BNNS_PY_BACKEND=portable")
+    else:
+        hint = "set BNNS_PY_LIBRARY=/path/to/library or BNNS_PY_BACKEND, or reinstall bnns-py"
     return f"could not load the {error.backend!r} BNNS backend: {hint}; tried {tried}"
 
 

@@ -120,6 +120,15 @@ def test_info_on_a_backend_that_fails_to_load_exits_non_zero(tmp_path):
     assert bnns_py.__version__ in done.stdout  # the facts that do not need a backend are still printed
 
 
+def test_a_macos_without_the_layer_api_points_to_the_portable_backend(monkeypatch):
+    from bnns_py.errors import LibraryNotFoundError
+    monkeypatch.setattr(sys, "platform", "darwin")
+    why = ("function/symbol 'BNNSFilterCreateLayerConvolution' not found in library '/System/Library/Frameworks/"
+           "Accelerate.framework/Accelerate': dlsym(0x1, BNNSFilterCreateLayerConvolution): symbol not found")
+    line = cli._library_error_line(LibraryNotFoundError("accelerate", [("/System/A", why)]))
+    assert "\n" not in line and "does not export the BNNS layer API" in line and "BNNS_PY_BACKEND=portable" in line
+
+
 def test_against_the_backend_under_test_is_refused(capsys, backend):
     assert main(["verify", "--against", backend.name]) == 2
     assert capsys.readouterr().err.strip() == "bnns-py: error: --against names the backend under test"
