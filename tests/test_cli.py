@@ -1,5 +1,7 @@
 """The command line (python -m bnns_py) and the conformance probes behind `verify`."""
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -152,15 +154,26 @@ def test_a_closed_pipe_stops_verify_quietly(tmp_path):
 
 # ---- verify -----------------------------------------------------------------------------------------
 
-def test_verify_passes_and_writes_json(tmp_path, capsys, backend, no_filter_leaks):
+@pytest.fixture(scope="module")
+def verify_run(tmp_path_factory):
+    """One `verify --json - --report FILE` run shared by the tests that read its outputs:
+    (exit status, stdout, stderr, report text)."""
+    report = tmp_path_factory.mktemp("verify") / "report.md"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(["verify", "--json", "-", "--report", str(report)])
+    return status, stdout.getvalue(), stderr.getvalue(), report.read_text()
+
+
+def test_verify_passes_and_writes_json(verify_run, backend):
+    status, out, err, _ = verify_run
     pending = _pending_portable_changes(backend) if backend.is_portable else []
-    report = tmp_path / "verify.json"
-    assert main(["verify", "--json", str(report)]) == (1 if pending else 0)
-    out = capsys.readouterr().out
-    assert " 0 failed" in out
-    assert "float32 only" not in out and "refused" not in out  # nothing false about the data types
-    data = json.loads(report.read_text())
-    assert data["backend"]["backend"] == backend.name
+    assert status == (1 if pending else 0)
+    assert " 0 failed" in err and "symbols: all 9 BNNS functions bnns-py calls resolve" in err
+    assert "float32 only" not in err and "refused" not in err  # nothing false about the data types
+    data = json.loads(out)  # nothing but the JSON on stdout
+    assert data["backend"]["backend"] == backend.name and data["system"]["library"] == backend.library_path
+    assert data["summary"] in err
     names = {row["case"] for row in data["cases"]}
     assert {"standard", "grouped", "depthwise", "dilated", "transposed", "backward_standard_dw", "fully_connected",
             "legacy_convolution", "backward_fully_connected_dw", "backward_transposed_dx",
@@ -176,6 +189,15 @@ def test_verify_passes_and_writes_json(tmp_path, capsys, backend, no_filter_leak
     assert data["symbols"] == dict.fromkeys(bnns_symbols(), True)
 
 
+def test_verify_writes_json_to_a_file(tmp_path, capsys, monkeypatch, no_filter_leaks):
+    monkeypatch.setattr(cli, "_cases", list)  # no forward cases: this test is about the file
+    path = tmp_path / "v.json"
+    main(["verify", "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert "legacy_convolution" in {row["case"] for row in data["cases"]}
+    assert "verifying the" in capsys.readouterr().out
+
+
 def test_verify_data_type_cases_are_real_comparisons(backend, no_filter_leaks):
     rows = {row["case"]: row for row in cli._dtype_rows(backend.name)}
     assert set(rows) == {"dtype_float16", "dtype_bfloat16", "dtype_int8_input_and_weights"}
@@ -187,18 +209,8 @@ def test_verify_data_type_cases_are_real_comparisons(backend, no_filter_leaks):
     assert rows["dtype_bfloat16"]["max_rel_error"] > 1e-3 > rows["dtype_float16"]["max_rel_error"] > 1e-5
 
 
-def test_verify_json_to_stdout(capsys, backend, no_filter_leaks):
-    main(["verify", "--json", "-"])
-    captured = capsys.readouterr()
-    data = json.loads(captured.out)  # nothing but the JSON on stdout
-    assert data["system"]["library"] == backend.library_path
-    assert "verifying the" in captured.err and data["summary"] in captured.err
-
-
-def test_verify_report_markdown(tmp_path, capsys, backend, no_filter_leaks):
-    report = tmp_path / "report.md"
-    main(["verify", "--report", str(report)])
-    text = report.read_text()
+def test_verify_report_markdown(verify_run, backend):
+    text = verify_run[3]
     assert text.startswith("# bnns-py verify report")
     for fact in ("| macOS |", "| chip |", "| Python |", f"`{backend.library_path}`", "## Conformance probes",
                  "## Failed cases (0)", "Every BNNS function bnns-py uses resolves."):
@@ -209,17 +221,22 @@ def test_verify_report_markdown(tmp_path, capsys, backend, no_filter_leaks):
     assert "| `dtype_bfloat16` | reference |" in text
 
 
-def test_a_case_that_raises_is_reported_with_its_error(tmp_path, capsys, monkeypatch, no_filter_leaks):
+def test_a_missing_symbol_and_a_case_that_raises_are_reported(tmp_path, capsys, monkeypatch, no_filter_leaks):
+    status = dict.fromkeys(bnns_symbols(), True)
+    status["BNNSFilterCreateFullyConnectedLayer"] = False
+    monkeypatch.setattr(Backend, "symbol_status", lambda self: status)
+
     def broken(backend):
         raise RuntimeError("legacy layer exploded\nsecond line")
     monkeypatch.setattr(cli, "_legacy_row", broken)
     report = tmp_path / "report.md"
     assert main(["verify", "--report", str(report)]) == 1
     out = capsys.readouterr().out
+    assert "symbol BNNSFilterCreateFullyConnectedLayer MISSING" in out and "symbols: all" not in out
     assert "legacy_convolution" in out and "RuntimeError: legacy layer exploded second line" in out
     assert " 1 failed" in out
     text = report.read_text()
-    assert "## Failed cases (1)" in text
+    assert "## Failed cases (1)" in text and "Missing: `BNNSFilterCreateFullyConnectedLayer`." in text
     assert "- `legacy_convolution` against -: RuntimeError: legacy layer exploded second line" in text
 
 
