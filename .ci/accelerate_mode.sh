@@ -45,4 +45,8 @@ backend = bnns_py.get_backend()
 assert backend.name == "accelerate" and not backend.is_portable, backend
 print("accelerate mode:", backend.library_path)
 PY
+# What a Mac runs: the verify report, and the comparison with the portable library in one process.
+"$python" -m bnns_py verify --against portable --report "$out/verify-report.md" > "$out/verify.log" \
+  || { cat "$out/verify.log"; exit 1; }
+tail -1 "$out/verify.log"
 "$python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests" "$@"
