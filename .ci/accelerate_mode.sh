@@ -30,6 +30,7 @@ build_apple_only_library() {
 }
 
 out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
 library="$out/libbnns_apple_only.so"
 build_apple_only_library "$library"
 # The variant must export Apple's entry points and nothing of the portable extension API.

@@ -8,6 +8,10 @@ Environment:
                                           macOS, portable elsewhere)
     BNNS_PY_LIBRARY=/path/to/library      open this file for the default backend instead of the
                                           usual locations
+
+A library is treated as the portable one when it exports ``bnns_portable_version``; a build of
+the portable library that exports only Apple's symbols, loaded as ``accelerate``, therefore runs
+every Accelerate code path on Linux (``.ci/accelerate_mode.sh``).
 """
 import ctypes
 import importlib.machinery
