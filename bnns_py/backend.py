@@ -184,7 +184,9 @@ def _load(name):
             if name == "portable":
                 _preload_openblas()
             lib = ffi.dlopen(path)
-            lib.BNNSFilterCreateLayerConvolution  # a BNNS library must export this
+            # a BNNS library must export these (Backend binds BNNSFilterDestroy for every filter)
+            lib.BNNSFilterCreateLayerConvolution
+            lib.BNNSFilterDestroy
             if name == "portable":
                 lib.bnns_portable_version
         except (OSError, AttributeError) as error:

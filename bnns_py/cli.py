@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -39,13 +40,21 @@ def _load_backend(name):
         raise UsageError(_one_line(error)) from None
 
 
+def _gist(why):
+    """The useful end of a loader's message: a missing symbol's name, or the system's reason."""
+    symbol = re.search(r"function/symbol '(\w+)' not found", why)
+    if symbol:
+        return f"does not export the symbol {symbol.group(1)}"
+    return why.split("  Additionally")[0].rsplit(": ", 1)[-1].rstrip(".")
+
+
 def _library_error_line(error):
     """``LibraryNotFoundError`` in one line: each path tried with the gist of why it failed."""
-    tried = "; ".join(f"{path} ({why.split('  Additionally')[0].rsplit(': ', 1)[-1].rstrip('.')})"
-                      for path, why in error.attempts)
-    if error.backend == "accelerate" and sys.platform != "darwin":
+    tried = "; ".join(f"{path} ({_gist(why)})" for path, why in error.attempts)
+    system = all(path.startswith("/System/") for path, _ in error.attempts)  # not a BNNS_PY_LIBRARY file
+    if system and sys.platform != "darwin":
         hint = "Accelerate exists only on macOS"
-    elif error.backend == "accelerate" and any("symbol" in why for _, why in error.attempts):
+    elif system and any("symbol" in why for _, why in error.attempts):
         hint = ("this macOS does not export the BNNS layer API (deprecated since macOS 15): use the portable "
                 "backend, BNNS_PY_BACKEND=portable")
     else:

@@ -127,7 +127,7 @@ def test_a_macos_without_the_layer_api_points_to_the_portable_backend(monkeypatc
     monkeypatch.setattr(sys, "platform", "darwin")
     why = ("function/symbol 'BNNSFilterCreateLayerConvolution' not found in library '/System/Library/Frameworks/"
            "Accelerate.framework/Accelerate': dlsym(0x1, BNNSFilterCreateLayerConvolution): symbol not found")
-    line = cli._library_error_line(LibraryNotFoundError("accelerate", [("/System/A", why)]))
+    line = cli._library_error_line(LibraryNotFoundError("accelerate", [("/System/Library/A", why)]))
     assert "\n" not in line and "does not export the BNNS layer API" in line and "BNNS_PY_BACKEND=portable" in line
 
 
@@ -316,3 +316,16 @@ def test_bench_prints_a_throughput_table(capsys, no_filter_leaks):
     for case in quick_cases():
         line = next(l for l in out.splitlines() if case["name"] in l)
         assert float(line.split()[2]) > 0  # GFLOP/s of bnns-py
+
+
+def test_a_library_without_filter_destroy_is_not_loaded_as_a_backend(tmp_path, backend):
+    # A library lacking a function every filter needs is refused at load, with the reason, not
+    # accepted and then failing on the first layer.
+    source = tmp_path / "fake.c"
+    source.write_text("void *BNNSFilterCreateLayerConvolution(void *p, void *f) { return 0; }\n")
+    library = tmp_path / "libfake.so"
+    if subprocess.run(["cc", "-shared", "-fPIC", str(source), "-o", str(library)], capture_output=True).returncode:
+        pytest.skip("no C compiler")
+    done = _run_cli("info", env={"BNNS_PY_BACKEND": "accelerate", "BNNS_PY_LIBRARY": str(library)}, cwd=tmp_path)
+    _assert_one_line_error(done)
+    assert "libfake.so (" in done.stderr and "symbol" in done.stderr and "only on macOS" not in done.stderr
