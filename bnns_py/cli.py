@@ -264,7 +264,7 @@ def _dtype_row(backend, name, in_type, w_type, out_type, bias_type):
     x, x64 = _typed(rng.standard_normal((n, c, h, w)) * 2, in_type, x_scale)
     weights, w64 = _typed(rng.standard_normal((o, c, 3, 3)) * 0.5, w_type, w_scale)
     bias, b64 = _typed(rng.standard_normal(o), bias_type, 1.0)
-    scaled = {"int8": True}
+    scaled = ("int8",)  # integer data is read as data_scale * value
     try:
         layer = ConvolutionLayer(
             ConvolutionType.standard,
