@@ -8,17 +8,22 @@ Environment:
                                           macOS, portable elsewhere)
     BNNS_PY_LIBRARY=/path/to/library      open this file for the default backend instead of the
                                           usual locations
+
+A library is treated as the portable one when it exports ``bnns_portable_version``; a build of
+the portable library that exports only Apple's symbols, loaded as ``accelerate``, therefore runs
+every Accelerate code path on Linux (``.ci/accelerate_mode.sh``).
 """
 import ctypes
 import importlib.machinery
 import importlib.util
 import os
 import platform
+import re
 import sys
 import threading
 from pathlib import Path
 
-from ._ffi import ffi
+from ._ffi import cdefs_dir, ffi
 from .errors import LibraryNotFoundError
 
 BACKENDS = ("accelerate", "portable")
@@ -58,6 +63,12 @@ class Backend:
         # Bound once: BNNSFilterDestroy must stay reachable while any filter lives, even at
         # interpreter shutdown, so layers keep a reference to this object (cairocffi's _keepref).
         self.destroy = lib.BNNSFilterDestroy
+
+    def symbol_status(self):
+        """``{name: resolves}`` for every BNNS function bnns-py declares (``bnns_symbols()``).
+        Symbols are resolved lazily, so a missing one fails only the calls that need it; this
+        tells in advance which those are (e.g. on a macOS that dropped the layer API)."""
+        return {name: _exports(self.lib, name) for name in bnns_symbols()}
 
     def last_error(self):
         """The portable library's reason for the last failure on this thread, else None."""
@@ -187,7 +198,9 @@ def _load(name):
             if name == "portable":
                 _preload_openblas()
             lib = ffi.dlopen(path)
-            lib.BNNSFilterCreateLayerConvolution  # a BNNS library must export this
+            # a BNNS library must export these (Backend binds BNNSFilterDestroy for every filter)
+            lib.BNNSFilterCreateLayerConvolution
+            lib.BNNSFilterDestroy
             if name == "portable":
                 lib.bnns_portable_version
         except (OSError, AttributeError) as error:
@@ -195,6 +208,32 @@ def _load(name):
             continue
         return Backend(name, path, lib)
     raise LibraryNotFoundError(name, attempts)
+
+
+def bnns_symbols():
+    """Names of the BNNS functions bnns-py can call: every prototype in ``cdefs/bnns.h``."""
+    text = (cdefs_dir() / "bnns.h").read_text()
+    return tuple(dict.fromkeys(re.findall(r"^\w[\w \t*]*?\b(BNNS\w+)\s*\(", text, re.MULTILINE)))
+
+
+def layer_api_notice(macos_version):
+    """What a user on ``macos_version`` (``"15.7"``; None or "" off macOS) should know about the
+    BNNS layer API's deprecation, or None when there is nothing to say."""
+    if not macos_version:
+        return None
+    try:
+        major = int(str(macos_version).split(".")[0])
+    except ValueError:
+        return None
+    if major < 11:
+        return (f"macOS {macos_version} predates the BNNS layer API (macOS 11): use the portable backend "
+                "(BNNS_PY_BACKEND=portable)")
+    if major < 15:
+        return None
+    return (f"Apple deprecated the BNNS layer API (BNNSFilterCreateLayer*, BNNSFilterApply*, BNNSFilterDestroy) "
+            f"in macOS 15; this macOS {macos_version} still exports it (see the symbols) and bnns-py uses it. "
+            "If a future macOS drops these symbols, use the portable backend: BNNS_PY_BACKEND=portable "
+            "(built at install when a C compiler is present).")
 
 
 def backend_info(name=None):

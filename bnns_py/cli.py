@@ -1,33 +1,124 @@
-"""Command line: ``python -m bnns_py info | verify`` (also installed as ``bnns-py``)."""
+"""Command line: ``python -m bnns_py info | verify | bench`` (also installed as ``bnns-py``).
+
+A user error (an unknown backend, a backend that does not load, an unwritable file) is one line
+on stderr and exit status 2, never a traceback.
+"""
 import argparse
 import importlib.util
 import json
+import os
 import platform
+import re
+import subprocess
 import sys
 
 import numpy as np
 
 from . import __version__, reference
 from .activation import ActivationFunction as AF
-from .backend import available_backends, backend_info, get_backend
-from .errors import LibraryNotFoundError
+from .backend import backend_info, default_backend_name, get_backend, layer_api_notice
+from .errors import BNNSError, LibraryNotFoundError
+
+BACKEND_NAMES = ("accelerate", "portable")
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called or set up: reported in one line, exit status 2."""
+
+
+def _one_line(error):
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+
+
+def _load_backend(name):
+    """The backend ``name`` (None: the default), or ``UsageError`` saying why it cannot be used."""
+    try:
+        return get_backend(default_backend_name() if name is None else name)
+    except LibraryNotFoundError as error:
+        raise UsageError(_library_error_line(error)) from None
+    except ValueError as error:
+        raise UsageError(_one_line(error)) from None
+
+
+def _gist(why):
+    """The useful end of a loader's message: a missing symbol's name, or the system's reason."""
+    symbol = re.search(r"function/symbol '(\w+)' not found", why)
+    if symbol:
+        return f"does not export the symbol {symbol.group(1)}"
+    return why.split("  Additionally")[0].rsplit(": ", 1)[-1].rstrip(".")
+
+
+def _library_error_line(error):
+    """``LibraryNotFoundError`` in one line: each path tried with the gist of why it failed."""
+    tried = "; ".join(f"{path} ({_gist(why)})" for path, why in error.attempts)
+    system = all(path.startswith("/System/") for path, _ in error.attempts)  # not a BNNS_PY_LIBRARY file
+    if system and sys.platform != "darwin":
+        hint = "Accelerate exists only on macOS"
+    elif system and any("symbol" in why for _, why in error.attempts):
+        hint = ("this macOS does not export the BNNS layer API (deprecated since macOS 15): use the portable "
+                "backend, BNNS_PY_BACKEND=portable")
+    else:
+        hint = "set BNNS_PY_LIBRARY=/path/to/library or BNNS_PY_BACKEND, or reinstall bnns-py"
+    return f"could not load the {error.backend!r} BNNS backend: {hint}; tried {tried}"
+
+
+def chip_name():
+    """The processor's marketing name ("Apple M2", "AMD EPYC 9R14"), best effort."""
+    if sys.platform == "darwin":
+        try:
+            done = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=10)
+            if done.returncode == 0 and done.stdout.strip():
+                return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _symbol_lines(backend):
+    status = backend.symbol_status()
+    missing = [name for name, found in status.items() if not found]
+    lines = [f"{name:44s} {'resolves' if found else 'MISSING'}" for name, found in status.items()]
+    if missing:
+        lines.append(f"{len(missing)} BNNS function(s) missing from {backend.library_path}: the calls that need "
+                     "them fail with AttributeError; use the portable backend (BNNS_PY_BACKEND=portable)")
+    return lines, missing
 
 
 def _info(args):
     import cffi
     facts = {"bnns_py": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
-             "cffi": cffi.__version__, "os": platform.platform(), "cpu": platform.processor() or platform.machine()}
+             "cffi": cffi.__version__, "os": platform.platform(), "cpu": chip_name()}
     try:
-        facts.update(backend_info(args.backend))
-    except LibraryNotFoundError as error:
-        facts["backend_error"] = str(error)
+        backend = _load_backend(args.backend)
+    except UsageError as error:
+        for key, value in facts.items():
+            print(f"{key:20s} {value}")
+        print(f"bnns-py: error: {error}", file=sys.stderr)
+        return 1
+    facts.update(backend_info(backend.name))
     if "isa" in facts:
         facts["isa"] = f"{facts['isa']} (available: {facts.pop('isa_available')})"
-    facts["available_backends"] = available_backends()
+    notice = layer_api_notice(facts.get("macos_version"))
+    if notice:
+        facts["layer_api"] = notice
     for key, value in facts.items():
         print(f"{key:20s} {value}")
-    return 0
+    lines, missing = _symbol_lines(backend)
+    print("symbols")
+    for line in lines:
+        print(f"  {line}")
+    return 1 if missing else 0
 
+
+# ---- verify: cases ------------------------------------------------------------------------------
 
 def _cases():
     """(name, function, kwargs) forward cases covering the feature set, on small shapes."""
@@ -56,21 +147,35 @@ def _cases():
     return cases
 
 
+def _guarded(name, step):
+    """``step()``'s rows, or one failed row carrying the exception when it raises."""
+    try:
+        return step()
+    except Exception as error:  # noqa: BLE001 - a case that raises is a failed case
+        return [{"case": name, "against": "-", "max_abs_error": None, "max_rel_error": None, "tolerance": None,
+                 "pass": False, "error": f"{type(error).__name__}: {_one_line(error)}"}]
+
+
 def _forward_rows(backend, other=None):
-    import bnns_py
-    from .functional import normalize_padding
     rows = []
     for name, function, kwargs in _cases():
-        expected = getattr(reference, function)(**{k: (normalize_padding(v) if k == "padding" else v)
-                                                   for k, v in kwargs.items()})
-        actual = _bnns_call(bnns_py, function, kwargs, backend)
-        rows.append(_row(name, actual, expected, "reference"))
-        torch_expected = _torch_forward(function, kwargs)
-        if torch_expected is not None:
-            rows.append(_row(name, actual, torch_expected, "torch"))
-        if other is not None:
-            rows.append(_row(name, actual, _bnns_call(bnns_py, function, kwargs, other), other))
-    rows.append(_legacy_row(backend))
+        rows += _guarded(name, lambda: _forward_case(name, function, kwargs, backend, other))
+    rows += _guarded("legacy_convolution", lambda: [_legacy_row(backend)])
+    return rows
+
+
+def _forward_case(name, function, kwargs, backend, other):
+    import bnns_py
+    from .functional import normalize_padding
+    expected = getattr(reference, function)(**{k: (normalize_padding(v) if k == "padding" else v)
+                                               for k, v in kwargs.items()})
+    actual = _bnns_call(bnns_py, function, kwargs, backend)
+    rows = [_row(name, actual, expected, "reference")]
+    torch_expected = _torch_forward(function, kwargs)
+    if torch_expected is not None:
+        rows.append(_row(name, actual, torch_expected, "torch"))
+    if other is not None:
+        rows.append(_row(name, actual, _bnns_call(bnns_py, function, kwargs, other), other))
     return rows
 
 
@@ -126,33 +231,104 @@ def _legacy_row(backend):
     return _row("legacy_convolution", out, reference.conv2d(x, weights, bias, padding=1), "reference")
 
 
-def _backward_rows(backend):
-    from .modules import Conv2d, ConvTranspose2d
-    rng = np.random.default_rng(7)
+# Data types other than float32: (case, input, weights, output, bias), as the portable backend and
+# BNNS's documentation allow for a standard convolution's forward pass.
+DTYPE_CASES = (("float16", "float16", "float16", "float16", "float16"),
+               ("bfloat16", "bfloat16", "bfloat16", "bfloat16", "bfloat16"),
+               ("int8_input_and_weights", "int8", "int8", "float32", "float32"))
+# Half an ulp of each output type, relative: the rounding of a float32 sum to it.
+_HALF_ULP = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+
+
+def _typed(values, data_type, scale):
+    """(array holding ``values`` in ``data_type``, the float64 values BNNS reads from it)."""
+    from .enums import bfloat16_bits_to_float32, float32_to_bfloat16_bits
+    if data_type == "bfloat16":
+        bits = float32_to_bfloat16_bits(values.astype(np.float32))
+        return bits, bfloat16_bits_to_float32(bits).astype(np.float64)
+    if data_type == "int8":
+        array = np.clip(np.rint(values / scale), -128, 127).astype(np.int8)
+        return array, scale * array.astype(np.float64)
+    array = values.astype(np.dtype(data_type))
+    return array, array.astype(np.float64)
+
+
+def _dtype_rows(backend):
+    """Forward convolution cases in float16, bfloat16 and int8 (``DTYPE_CASES``). A layer the
+    backend refuses to create (or bnns-py refuses on this backend) is reported as unsupported,
+    not failed."""
     rows = []
-    rows += _linear_backward_rows(backend)
-    rows += _accumulate_rows(backend)
+    for name, in_type, w_type, out_type, bias_type in DTYPE_CASES:
+        rows += _guarded(f"dtype_{name}", lambda: [_dtype_row(backend, name, in_type, w_type, out_type, bias_type)])
+    return rows
+
+
+def _dtype_row(backend, name, in_type, w_type, out_type, bias_type):
+    from . import ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType, NDArrayDescriptor, Shape
+    from .enums import bfloat16_bits_to_float32
+    rng = np.random.default_rng(17)
+    n, c, h, w, o = 2, 8, 7, 6, 5
+    x_scale, w_scale = 0.05, 0.01
+    x, x64 = _typed(rng.standard_normal((n, c, h, w)) * 2, in_type, x_scale)
+    weights, w64 = _typed(rng.standard_normal((o, c, 3, 3)) * 0.5, w_type, w_scale)
+    bias, b64 = _typed(rng.standard_normal(o), bias_type, 1.0)
+    scaled = ("int8",)  # integer data is read as data_scale * value
+    try:
+        layer = ConvolutionLayer(
+            ConvolutionType.standard,
+            NDArrayDescriptor(data_type=DataType[in_type], shape=Shape.image_chw(w, h, c),
+                              data_scale=x_scale if in_type in scaled else 1.0),
+            NDArrayDescriptor(weights.reshape(-1), Shape.convolution_weights_oihw(3, 3, c, o), DataType[w_type],
+                              data_scale=w_scale if w_type in scaled else 1.0),
+            NDArrayDescriptor(data_type=DataType[out_type], shape=Shape.image_chw(w, h, o)),
+            NDArrayDescriptor(bias, Shape.vector(o), DataType[bias_type]),
+            ConvolutionPadding.symmetric(1, 1), backend=backend)
+    except (BNNSError, TypeError) as error:  # BNNS refused it, or bnns-py refuses the type on this backend
+        if isinstance(error, BNNSError) and error.kind != "unable_to_create_layer":
+            raise
+        return {"case": f"dtype_{name}", "against": "reference", "max_abs_error": None, "max_rel_error": None,
+                "tolerance": None, "pass": None, "error": f"unsupported: {_one_line(error)}"}
+    with layer:
+        out = np.full((n, o, h, w), 0xFFFF if out_type == "bfloat16" else np.nan,
+                      np.uint16 if out_type == "bfloat16" else np.dtype(out_type))
+        layer.apply(n, x, out)
+    actual = bfloat16_bits_to_float32(out) if out_type == "bfloat16" else out
+    expected = reference.conv2d(x64, w64, b64, padding=1)
+    scale = max(1.0, float(np.abs(expected).max()))
+    return _row(f"dtype_{name}", actual, expected, "reference", tolerance=(_HALF_ULP[out_type] + 1e-4) * scale)
+
+
+def _backward_rows(backend):
+    rows = _guarded("backward_fully_connected", lambda: _linear_backward_rows(backend))
+    rows += _guarded("backward_accumulate", lambda: _accumulate_rows(backend))
+    from .modules import Conv2d, ConvTranspose2d
     for name, cls, weight_shape, kwargs in (
             ("backward_standard", Conv2d, (6, 4, 3, 3), dict(padding=1, stride=2)),
             ("backward_grouped", Conv2d, (6, 2, 3, 3), dict(groups=2)),
             ("backward_relu", Conv2d, (6, 4, 3, 3), dict(activation="relu", dilation=2)),
             ("backward_transposed", ConvTranspose2d, (4, 3, 3, 3), dict(stride=2, padding=1))):
-        x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
-        weight = rng.standard_normal(weight_shape).astype(np.float32)
-        bias = rng.standard_normal(weight_shape[1] if cls is ConvTranspose2d else weight_shape[0]).astype(np.float32)
-        with cls(weight, bias, backend=backend, **kwargs) as module:
-            y = module(x)
-            dy = rng.standard_normal(y.shape).astype(np.float32)
-            grads = module.backward(x, y, dy)
-        ref = reference.conv_transpose2d_backward if cls is ConvTranspose2d else reference.conv2d_backward
-        from .functional import normalize_padding
-        kw = dict(kwargs, padding=normalize_padding(kwargs.get("padding", 0)))
-        if "activation" in kw:
-            kw["activation"] = AF.coerce(kw["activation"])
-        dx, dw, db = ref(x, weight, dy, output=y, bias=True, **kw)
-        for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db)):
-            rows.append(_row(f"{name}_{part}", actual, expected, "reference"))
+        rows += _guarded(name, lambda: _module_backward_rows(backend, name, cls, weight_shape, kwargs))
     return rows
+
+
+def _module_backward_rows(backend, name, cls, weight_shape, kwargs):
+    from .functional import normalize_padding
+    from .modules import ConvTranspose2d
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    weight = rng.standard_normal(weight_shape).astype(np.float32)
+    bias = rng.standard_normal(weight_shape[1] if cls is ConvTranspose2d else weight_shape[0]).astype(np.float32)
+    with cls(weight, bias, backend=backend, **kwargs) as module:
+        y = module(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        grads = module.backward(x, y, dy)
+    ref = reference.conv_transpose2d_backward if cls is ConvTranspose2d else reference.conv2d_backward
+    kw = dict(kwargs, padding=normalize_padding(kwargs.get("padding", 0)))
+    if "activation" in kw:
+        kw["activation"] = AF.coerce(kw["activation"])
+    dx, dw, db = ref(x, weight, dy, output=y, bias=True, **kw)
+    return [_row(f"{name}_{part}", actual, expected, "reference")
+            for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db))]
 
 
 def _accumulate_rows(backend):
@@ -197,59 +373,161 @@ def _linear_backward_rows(backend):
             for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db))]
 
 
-def _row(name, actual, expected, against):
+def _row(name, actual, expected, against, tolerance=None):
+    """One compared case: errors, tolerance (``1e-4 * max(1, max|expected|)`` unless given) and
+    the worst element."""
+    from .compare import compare
     expected = np.asarray(expected, np.float64)
-    error = np.abs(np.asarray(actual, np.float64) - expected)
     scale = max(1.0, float(np.abs(expected).max(initial=0)))
-    tolerance = 1e-4 * scale
-    max_abs = float(error.max(initial=0))
-    max_rel = float((error / np.maximum(np.abs(expected), 1e-6)).max(initial=0))
-    return {"case": name, "against": against, "max_abs_error": max_abs, "max_rel_error": max_rel,
-            "tolerance": tolerance, "pass": bool(actual is not None and max_abs <= tolerance)}
+    tolerance = 1e-4 * scale if tolerance is None else float(tolerance)
+    comparison = compare(np.asarray(actual, np.float64), expected, rtol=0.0, atol=tolerance)
+    row = {"case": name, "against": against, "max_abs_error": comparison.max_abs_error,
+           "max_rel_error": comparison.max_rel_error, "tolerance": tolerance, "pass": comparison.ok}
+    if not comparison.ok:
+        row["error"] = (f"{comparison.mismatches} of {comparison.size} values outside the tolerance; worst "
+                        f"{comparison.worst_text()}" if comparison.shape_ok else
+                        f"shape {comparison.actual_shape}, expected {comparison.expected_shape}")
+    return row
+
+
+# ---- verify: running and reporting ----------------------------------------------------------------
+
+def _status(row):
+    return {True: "pass", False: "FAIL", None: "unsupported"}[row["pass"]]
+
+
+def _number(value):
+    return f"{value:10.2e}" if value is not None else f"{'-':>10s}"
 
 
 def _verify(args):
     from .probes import run_probes
-    backend = get_backend(args.backend)
+    backend = _load_backend(args.backend)
     other = args.against
-    if other is not None and other == backend.name:
-        print("--against names the backend under test", file=sys.stderr)
-        return 2
-    print(f"verifying the {backend.name} backend ({backend.library_path})", flush=True)
+    if other is not None:
+        if other == backend.name:
+            raise UsageError("--against names the backend under test")
+        other = _load_backend(other).name
+    out = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
+    say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
+    say(f"verifying the {backend.name} backend ({backend.library_path})")
+    notice = layer_api_notice(platform.mac_ver()[0])
+    if notice:
+        say(f"  {notice}")
+    _, missing = _symbol_lines(backend)
+    if not missing:
+        say(f"  symbols: all {len(backend.symbol_status())} BNNS functions bnns-py calls resolve")
+    for name in missing:
+        say(f"  symbol {name} MISSING: the cases that need it fail below")
     rows = []
     for label, step in (("forward", lambda: _forward_rows(backend.name, other)),
+                        ("data types", lambda: _dtype_rows(backend.name)),
                         ("backward", lambda: _backward_rows(backend.name))):
-        print(f"  {label} cases ...", flush=True)
+        say(f"  {label} cases ...")
         rows += step()
-    print(f"  {'case':34s} {'against':10s} {'max abs':>10s} {'max rel':>10s} {'tolerance':>10s}  result")
+    say(f"  {'case':34s} {'against':10s} {'max abs':>10s} {'max rel':>10s} {'tolerance':>10s}  result")
     for row in rows:
-        print(f"  {row['case']:34s} {row['against']:10s} {row['max_abs_error']:10.2e} {row['max_rel_error']:10.2e} "
-              f"{row['tolerance']:10.2e}  {'pass' if row['pass'] else 'FAIL'}")
-    if backend.is_portable:
-        print("  data types: the portable backend computes float32 only (float16/int8 are refused before any "
-              "C call); on Accelerate this run covers float32", flush=True)
-    print("  conformance probes (the README's macOS-conformance table):", flush=True)
+        say(f"  {row['case']:34s} {row['against']:10s} {_number(row['max_abs_error'])} "
+            f"{_number(row['max_rel_error'])} {_number(row['tolerance'])}  {_status(row)}")
+        if row.get("error"):
+            say(f"      {row['error']}")
+    say("  conformance probes (docs/conformance.md):")
     probes = run_probes(backend)
     for probe in probes:
-        print(f"  {probe.name:34s} {'as decided' if probe.agrees else 'DIFFERS':11s} {probe.observed}")
-    failed = [r["case"] for r in rows if not r["pass"]]
-    differs = [p.name for p in probes if not p.agrees]
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"backend": backend_info(backend.name), "cases": rows,
-                       "probes": [vars(p) for p in probes]}, handle, indent=1)
-    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed; {len(probes) - len(differs)} probes as "
-          f"decided, {len(differs)} differ")
+        say(f"  {probe.name:44s} {'as decided' if probe.agrees else 'DIFFERS':11s} {probe.observed}")
+    failed = [r for r in rows if r["pass"] is False]
+    unsupported = [r for r in rows if r["pass"] is None]
+    differs = [p for p in probes if not p.agrees]
+    summary = (f"{len(rows) - len(failed) - len(unsupported)} passed, {len(failed)} failed, "
+               f"{len(unsupported)} unsupported; {len(probes) - len(differs)} probes as decided, {len(differs)} differ")
+    result = {"backend": backend_info(backend.name), "system": _system_facts(backend),
+              "symbols": backend.symbol_status(), "cases": rows, "probes": [vars(p) for p in probes],
+              "summary": summary}
+    if args.json == "-":
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif args.json:
+        _write(args.json, json.dumps(result, indent=1))
+    if args.report:
+        _write(args.report, report_markdown(result))
+        say(f"  report written to {args.report}")
+    say(summary)
     if backend.is_portable and differs:
         return 1  # the portable backend must follow its own documented decisions
-    return 1 if failed else 0
+    return 1 if failed or missing else 0
+
+
+def _write(path, text):
+    try:
+        with open(path, "w") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _system_facts(backend):
+    import cffi
+    return {"macos_version": platform.mac_ver()[0] or None, "os": platform.platform(), "chip": chip_name(),
+            "machine": platform.machine(), "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
+            "numpy": np.__version__, "cffi": cffi.__version__, "bnns_py": __version__,
+            "backend": backend.name, "library": backend.library_path}
+
+
+def _cell(value):
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def report_markdown(result):
+    """The Markdown report of a ``verify`` run (``result`` as written by ``verify --json``)."""
+    system = result["system"]
+    lines = ["# bnns-py verify report", "",
+             "Made by `python -m bnns_py verify --report`. To report it, open an issue titled "
+             "\"verify report: <macOS version>, <chip>\" and paste this file.", "",
+             "| | |", "| --- | --- |"]
+    lines += [f"| macOS | {_cell(system['macos_version'] or 'not macOS')} |",
+              f"| chip | {_cell(system['chip'])} ({_cell(system['machine'])}) |",
+              f"| OS | {_cell(system['os'])} |",
+              f"| Python | {_cell(system['python'])} |",
+              f"| bnns-py, numpy, cffi | {system['bnns_py']}, {system['numpy']}, {system['cffi']} |",
+              f"| backend | {system['backend']} |",
+              f"| backend file | `{_cell(system['library'])}` |",
+              f"| result | {_cell(result['summary'])} |"]
+    notice = layer_api_notice(system["macos_version"])
+    if notice:
+        lines += ["", f"**Layer API:** {notice}"]
+    missing = [name for name, found in result["symbols"].items() if not found]
+    lines += ["", "## Symbols", "",
+              ("Every BNNS function bnns-py uses resolves." if not missing else
+               "Missing: " + ", ".join(f"`{name}`" for name in missing) + ".")]
+    lines += ["", "## Conformance probes", "",
+              "What the backend did for each question of docs/conformance.md; \"as decided\" means it "
+              "behaved as the portable backend does.", "",
+              "| probe | question | observed | as decided |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{p['name']}` | {_cell(p['question'])} | {_cell(p['observed'])} | "
+              f"{'yes' if p['agrees'] else '**no**'} |" for p in result["probes"]]
+    failed = [row for row in result["cases"] if row["pass"] is False]
+    lines += ["", f"## Failed cases ({len(failed)})", ""]
+    if not failed:
+        lines.append("None.")
+    for row in failed:
+        errors = (f"max abs error {row['max_abs_error']:.3g}, max rel error {row['max_rel_error']:.3g}, "
+                  f"tolerance {row['tolerance']:.3g}; " if row["max_abs_error"] is not None else "")
+        lines.append(f"- `{row['case']}` against {row['against']}: {errors}{_cell(row.get('error', ''))}")
+    lines += ["", "## All cases", "", "| case | against | max abs error | max rel error | tolerance | result |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for row in result["cases"]:
+        numbers = " | ".join(f"{row[k]:.2e}" if row[k] is not None else "-"
+                             for k in ("max_abs_error", "max_rel_error", "tolerance"))
+        note = f" ({_cell(row['error'])})" if row["pass"] is None else ""
+        lines.append(f"| `{row['case']}` | {row['against']} | {numbers} | {_status(row)}{note} |")
+    return "\n".join(lines) + "\n"
 
 
 def _bench(args):
     from . import bench
     cases = bench.full_cases() if args.all else bench.quick_cases()
     timing = dict(samples=5, target=0.03) if not args.all else {}
-    backend = get_backend(args.backend)
+    backend = _load_backend(args.backend)
     print(f"forward throughput on the {backend.name} backend (median of timed loops; GFLOP/s)")
     print(f"  {'case':30s} {'N':>2s} {'bnns-py':>9s} {'torch':>9s} {'ratio':>6s}")
     for c in cases:
@@ -268,16 +546,34 @@ def _has_torch():
     return importlib.util.find_spec("torch") is not None
 
 
-def main(argv=None):
+def _parser():
     parser = argparse.ArgumentParser(prog="bnns-py", description="bnns-py: BNNS convolution from numpy")
-    parser.add_argument("--backend", choices=("accelerate", "portable"), default=None)
+    parser.add_argument("--version", action="version", version=f"bnns-py {__version__}")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, default=None,
+                        help="backend to use (default: BNNS_PY_BACKEND, else accelerate on macOS, portable elsewhere)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="versions, backend, library file, platform")
+    commands.add_parser("info", help="versions, backend, library file, platform, which BNNS symbols resolve")
     verify = commands.add_parser("verify", help="check the backend against the reference and run the Mac probes")
-    verify.add_argument("--against", choices=("accelerate", "portable"), default=None,
+    verify.add_argument("--against", choices=BACKEND_NAMES, default=None,
                         help="also compare with this backend in the same process")
-    verify.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    verify.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': to stdout)")
+    verify.add_argument("--report", metavar="FILE.md",
+                        help="write a Markdown report to send to the maintainers (system, probes, failures)")
     bench = commands.add_parser("bench", help="quick forward throughput table, against PyTorch when installed")
     bench.add_argument("--all", action="store_true", help="every case of benchmarks/bench_conv.py (slower)")
-    args = parser.parse_args(argv)
-    return {"info": _info, "verify": _verify, "bench": _bench}[args.command](args)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return {"info": _info, "verify": _verify, "bench": _bench}[args.command](args)
+    except UsageError as error:
+        print(f"bnns-py: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`bnns-py verify | head`): stop quietly. stdout is pointed at
+        # /dev/null so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by it

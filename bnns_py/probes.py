@@ -1,9 +1,10 @@
-"""Probes that settle the rows of the README's macOS-conformance table.
+"""Probes that settle the rows of the conformance table (docs/conformance.md).
 
 Each probe builds a filter through the raw C API (``bnns_py.ffi``) with one specific
 configuration, runs it, and compares the result with each candidate interpretation computed by
 ``bnns_py.reference``. On a Mac this reports what native BNNS does; on the portable backend it
-confirms the implementation follows the decision recorded in the README.
+confirms the implementation follows the decision recorded in the table. A probe that raises
+(a missing symbol, say) is reported as such and the others still run.
 """
 from dataclasses import dataclass, field
 
@@ -84,73 +85,83 @@ def run_probes(backend=None, seed=0):
     """Run every probe on ``backend`` and return a list of ``ProbeResult``."""
     backend = get_backend(backend)
     rng = np.random.default_rng(seed)
-
-    def rand(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-
     results = []
-    x = rand(2, 2, 7, 7)
-    w = rand(3, 2, 3, 3)
-    full = reference.conv2d(x, w)
-    results.append(_probe(
+    for probe in PROBES:
+        try:
+            outcome = probe(backend, rng)
+        except Exception as error:  # noqa: BLE001 - a probe's failure is its result
+            outcome = ProbeResult(probe.__name__.lstrip("_").replace("_probe", ""), "", "",
+                                  observed=f"raised {type(error).__name__}: {error}")
+        results += outcome if isinstance(outcome, list) else [outcome]
+    return results
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _output_size_probe(backend, rng):
+    x, w = _rand(rng, 2, 2, 7, 7), _rand(rng, 3, 2, 3, 3)
+    return _probe(
         "output_smaller_than_max", "Is an output smaller than the largest that fits accepted (macOS 14 rule)?",
         "accepted; it is the top-left part of the full output",
         _run(backend, _params((7, 7, 2), (4, 3, 3), w), x, (2, 3, 3, 4)),
-        {"top-left crop": full[:, :, :3, :4]}, "top-left crop"))
+        {"top-left crop": reference.conv2d(x, w)[:, :, :3, :4]}, "top-left crop")
 
-    bias = rand(3)
-    params = _params((7, 7, 2), (5, 5, 3), w, bias)
-    params.bias.data = ffi.NULL
-    results.append(_probe(
-        "bias_data_null", "Does bias.data == NULL (layout and size set) mean no bias?", "no bias",
-        _run(backend, params, x, (2, 3, 5, 5)), {"no bias": full}, "no bias"))
 
+def _groups_probes(backend, rng):
+    results = []
     for groups, in_c, out_c in ((2, 4, 6), (4, 4, 4), (4, 4, 8)):
-        xg, wg, bg = rand(2, in_c, 6, 6), rand(out_c, in_c // groups, 3, 3), rand(out_c)
+        xg, wg, bg = _rand(rng, 2, in_c, 6, 6), _rand(rng, out_c, in_c // groups, 3, 3), _rand(rng, out_c)
         result = _run(backend, _params((6, 6, in_c), (4, 4, out_c), wg, bg, groups=groups), xg, (2, out_c, 4, 4))
         kind = "depthwise" if groups == in_c else "grouped"
         results.append(_probe(
             f"groups_{kind}_{in_c}_{out_c}_g{groups}", f"Is {kind} convolution (groups={groups}) supported?",
             "supported, OIHW {kW, kH, in/groups, out}",
             result, {"grouped reference": reference.conv2d(xg, wg, bg, groups=groups)}, "grouped reference"))
+    return results
 
-    results.append(_probe(
-        "zero_stride_dilation_groups", "Are stride 0, dilation 0 and groups 0 read as 1?", "read as 1",
-        _run(backend, _params((7, 7, 2), (5, 5, 3), w, x_stride=0, y_stride=0, x_dilation_stride=0,
-                              y_dilation_stride=0, groups=0), x, (2, 3, 5, 5)),
-        {"as 1": full}, "as 1"))
 
-    results.append(_probe(
-        "apply_batch_stride_zero", "Does an ApplyBatch stride of 0 mean one packed item?", "packed item",
-        _run(backend, _params((7, 7, 2), (5, 5, 3), w), x, (2, 3, 5, 5), batch_strides=(0, 0)),
-        {"packed item": full}, "packed item"))
+def _field_probes(backend, rng):
+    """bias.data NULL, zero stride/dilation/groups, batch stride 0, unknown flags, padding precedence."""
+    x, w = _rand(rng, 2, 2, 7, 7), _rand(rng, 3, 2, 3, 3)
+    full = reference.conv2d(x, w)
+    params = _params((7, 7, 2), (5, 5, 3), w, _rand(rng, 3))
+    params.bias.data = ffi.NULL
+    return [
+        _probe("bias_data_null", "Does bias.data == NULL (layout and size set) mean no bias?", "no bias",
+               _run(backend, params, x, (2, 3, 5, 5)), {"no bias": full}, "no bias"),
+        _probe("zero_stride_dilation_groups", "Are stride 0, dilation 0 and groups 0 read as 1?", "read as 1",
+               _run(backend, _params((7, 7, 2), (5, 5, 3), w, x_stride=0, y_stride=0, x_dilation_stride=0,
+                                     y_dilation_stride=0, groups=0), x, (2, 3, 5, 5)),
+               {"as 1": full}, "as 1"),
+        _probe("apply_batch_stride_zero", "Does an ApplyBatch stride of 0 mean one packed item?", "packed item",
+               _run(backend, _params((7, 7, 2), (5, 5, 3), w), x, (2, 3, 5, 5), batch_strides=(0, 0)),
+               {"packed item": full}, "packed item"),
+        _probe("unknown_filter_flags", "Are undefined BNNSFilterParameters.flags bits ignored?", "ignored",
+               _run(backend, _params((7, 7, 2), (5, 5, 3), w), x, (2, 3, 5, 5), flags=0x2),
+               {"ignored": full}, "ignored"),
+        _probe("padding_precedence", "With x/y_padding > 0, is pad[] ignored?", "pad[] ignored",
+               _run(backend, _params((7, 7, 2), (7, 7, 3), w, x_padding=1, y_padding=1, pad=[2, 0, 0, 2]),
+                    x, (2, 3, 7, 7)),
+               {"pad[] ignored": reference.conv2d(x, w, padding=1),
+                "pad[] used": reference.conv2d(x, w, padding=(2, 0, 0, 2))}, "pad[] ignored"),
+    ]
 
-    results.append(_probe(
-        "unknown_filter_flags", "Are undefined BNNSFilterParameters.flags bits ignored?", "ignored",
-        _run(backend, _params((7, 7, 2), (5, 5, 3), w), x, (2, 3, 5, 5), flags=0x2),
-        {"ignored": full}, "ignored"))
 
-    results.append(_probe(
-        "padding_precedence", "With x/y_padding > 0, is pad[] ignored?", "pad[] ignored",
-        _run(backend, _params((7, 7, 2), (7, 7, 3), w, x_padding=1, y_padding=1, pad=[2, 0, 0, 2]),
-             x, (2, 3, 7, 7)),
-        {"pad[] ignored": reference.conv2d(x, w, padding=1),
-         "pad[] used": reference.conv2d(x, w, padding=(2, 0, 0, 2))}, "pad[] ignored"))
-
+def _transposed_probes(backend, rng):
     # Transposed convolution: weights [out][in][kH][kW] in an OIHW descriptor {kW, kH, in, out}.
-    xt = rand(2, 3, 4, 5)
-    bnns_w = rand(2, 3, 2, 3)                      # out=2, in=3, kH=2, kW=3
+    xt = _rand(rng, 2, 3, 4, 5)
+    bnns_w = _rand(rng, 2, 3, 2, 3)                # out=2, in=3, kH=2, kW=3
     torch_w = bnns_w.transpose(1, 0, 2, 3).copy()  # PyTorch (in, out, kH, kW)
-    candidates = {
-        "OIHW [out][in] unflipped (decided)": reference.conv_transpose2d(xt, torch_w, stride=2),
-        "OIHW [out][in] flipped": reference.conv_transpose2d(xt, torch_w[:, :, ::-1, ::-1].copy(), stride=2),
-    }
-    results.append(_probe(
+    results = [_probe(
         "transposed_weight_layout", "Which weight layout does a transposed filter read?",
         "OIHW {kW, kH, in, out}, memory [out][in][kH][kW], not flipped",
         _run(backend, _params((5, 4, 3), (11, 8, 2), bnns_w, x_stride=2, y_stride=2), xt, (2, 2, 8, 11),
              transposed=True),
-        candidates, "OIHW [out][in] unflipped (decided)"))
+        {"OIHW [out][in] unflipped (decided)": reference.conv_transpose2d(xt, torch_w, stride=2),
+         "OIHW [out][in] flipped": reference.conv_transpose2d(xt, torch_w[:, :, ::-1, ::-1].copy(), stride=2)},
+        "OIHW [out][in] unflipped (decided)")]
 
     results.append(_probe(
         "transposed_output_padding", "Is a transposed output one larger than the exact size accepted "
@@ -174,14 +185,13 @@ def run_probes(backend=None, seed=0):
              xt, torch_w.reshape(2, 3, 2, 3).transpose(1, 0, 2, 3).copy(), stride=2)},
         "strides followed"))
 
-    xg = rand(2, 4, 3, 3)
-    wg_bnns = rand(6, 2, 2, 2)  # out=6, in/groups=2, groups=2
+    xg = _rand(rng, 2, 4, 3, 3)
+    wg_bnns = _rand(rng, 6, 2, 2, 2)  # out=6, in/groups=2, groups=2
     wg_torch = wg_bnns.reshape(2, 3, 2, 2, 2).transpose(0, 2, 1, 3, 4).reshape(4, 3, 2, 2).copy()
     results.append(_probe(
         "transposed_groups", "Is a grouped transposed convolution (groups=2) supported forward?",
         "supported", _run(backend, _params((3, 3, 4), (4, 4, 6), wg_bnns, groups=2), xg, (2, 6, 4, 4), transposed=True),
         {"grouped reference": reference.conv_transpose2d(xg, wg_torch, groups=2)}, "grouped reference"))
-    results.append(_float16_accumulation_probe(backend, rng))
     return results
 
 
@@ -223,3 +233,124 @@ def _float16_accumulation_probe(backend, rng):
         observed = f"matches neither ({worst:.3g} float16 ulps off)"
     return ProbeResult("float16_accumulation", question, decision, created=True, observed=observed,
                        agrees=observed == decision, details={"worst_ulps": worst})
+
+
+def _image_strides_probe(backend, rng):
+    """Input and output image descriptors with padded rows and channel strides (and batch strides
+    beyond the last channel): does BNNS read and write through them?"""
+    n, c, h, w, o = 2, 3, 5, 6, 4
+    in_row, in_channel, in_image = 8, 5 * 8 + 3, 3 * (5 * 8 + 3) + 1
+    out_row, out_channel, out_image = 7, 5 * 7 + 2, 4 * (5 * 7 + 2) + 2
+    x_storage = (rng.standard_normal(n * in_image) * 10).astype(np.float32)  # the gaps hold other values
+    x = np.lib.stride_tricks.as_strided(x_storage, (n, c, h, w), tuple(4 * s for s in (in_image, in_channel, in_row, 1)))
+    weights, bias = _rand(rng, o, c, 3, 3), _rand(rng, o)
+    params = _params((w, h, c), (w, h, o), weights, bias, x_padding=1, y_padding=1)
+    params.i_desc.stride[0:3] = [1, in_row, in_channel]
+    params.o_desc.stride[0:3] = [1, out_row, out_channel]
+    out_storage = np.full(n * out_image, np.nan, np.float32)
+    lib = backend.lib
+    handle = lib.BNNSFilterCreateLayerConvolution(params, ffi.new("BNNSFilterParameters *"))
+    question = ("Do input and output image descriptors with padded rows and channel strides read and write "
+                "through those strides?")
+    decision = "followed; on Accelerate bnns-py copies strided views to packed arrays until this is settled"
+    if handle == ffi.NULL:
+        return ProbeResult("image_strides", question, decision, observed="create returned NULL")
+    try:
+        status = lib.BNNSFilterApplyBatch(handle, n, ffi.from_buffer(x_storage), in_image,
+                                          ffi.from_buffer(out_storage), out_image)
+    finally:
+        lib.BNNSFilterDestroy(handle)
+    if status != 0:
+        return ProbeResult("image_strides", question, decision, created=True, observed="apply returned -1")
+    out_strided = np.lib.stride_tricks.as_strided(out_storage, (n, o, h, w),
+                                                  tuple(4 * s for s in (out_image, out_channel, out_row, 1)))
+    out_packed = out_storage.reshape(n, out_image)[:, :o * h * w].reshape(n, o, h, w)
+    x_packed = x_storage.reshape(n, in_image)[:, :c * h * w].reshape(n, c, h, w)
+    by_strides, by_packed = (reference.conv2d(v, weights, bias, padding=1) for v in (np.array(x), x_packed))
+    candidates = (("strides followed", out_strided, by_strides),
+                  ("strides ignored (both read as packed)", out_packed, by_packed),
+                  ("input strides followed, output written packed", out_packed, by_strides),
+                  ("input read packed, output strides followed", out_strided, by_packed))
+    observed = next((name for name, actual, expected in candidates
+                     if np.allclose(actual, expected, rtol=1e-4, atol=1e-4)),
+                    "matches none of: " + ", ".join(name for name, _, _ in candidates))
+    return ProbeResult("image_strides", question, decision, created=True, observed=observed,
+                       agrees=observed == "strides followed")
+
+
+def _backward_without_client_ptr_probes(backend, rng, flags=0):
+    """A convolution and a fully-connected filter created without BNNSFlagsUseClientPtr (the
+    header says backward needs it): what does BNNSFilterApplyBackwardBatch do? (``flags`` other
+    than 0 is for testing the probe itself.)"""
+    question = "Does apply_backward work on a {} filter created without UseClientPtr?"
+    decision = "returns 0 with the gradients (as hardware did for fully-connected on macOS 15)"
+    results = []
+    x, weights, bias = _rand(rng, 2, 2, 6, 6), _rand(rng, 3, 2, 3, 3), _rand(rng, 3)
+    params = _params((6, 6, 2), (4, 4, 3), weights, bias)
+    dy = _rand(rng, 2, 3, 4, 4)
+    expected = reference.conv2d_backward(x, weights, dy, bias=True)
+    descriptors = [_descriptor(IMAGE_CHW, (6, 6, 2)), _descriptor(IMAGE_CHW, (4, 4, 3)),
+                   _descriptor(OIHW, (3, 3, 2, 3)), _descriptor(VECTOR, (3,))]
+    results.append(_backward_probe(backend, "convolution", backend.lib.BNNSFilterCreateLayerConvolution, params,
+                                   x, dy, descriptors, expected, question.format("convolution"), decision, flags))
+
+    xf, wf, bf = _rand(rng, 2, 5), _rand(rng, 3, 5), _rand(rng, 3)
+    fc = ffi.new("BNNSLayerParametersFullyConnected *")
+    for desc, size in ((fc.i_desc, 5), (fc.o_desc, 3), (fc.bias, 3)):
+        desc.layout, desc.data_type, desc.size[0] = VECTOR, FLOAT32, size
+    fc.w_desc.layout, fc.w_desc.data_type = ROW_MAJOR_MATRIX, FLOAT32
+    fc.w_desc.size[0:2] = [5, 3]   # {in, out}: W(o, i) at i + o * in, the (out, in) array
+    fc.w_desc.data, fc.bias.data = ffi.from_buffer(wf), ffi.from_buffer(bf)
+    dyf = _rand(rng, 2, 3)
+    expected = reference.linear_backward(xf, wf, dyf, bias=True)
+    descriptors = [_descriptor(VECTOR, (5,)), _descriptor(VECTOR, (3,)), _descriptor(ROW_MAJOR_MATRIX, (5, 3)),
+                   _descriptor(VECTOR, (3,))]
+    results.append(_backward_probe(backend, "fully_connected", backend.lib.BNNSFilterCreateLayerFullyConnected, fc,
+                                   xf, dyf, descriptors, expected, question.format("fully-connected"), decision, flags))
+    return results
+
+
+def _descriptor(layout, size):
+    desc = ffi.new("BNNSNDArrayDescriptor *")
+    desc.layout, desc.data_type = layout, FLOAT32
+    desc.size[0:len(size)] = list(size)
+    return desc
+
+
+def _backward_probe(backend, kind, create, params, x, dy, descriptors, expected, question, decision, flags):
+    name = f"backward_without_client_ptr_{kind}"
+    lib = backend.lib
+    handle = create(params, ffi.new("BNNSFilterParameters *", {"flags": flags}))  # 0: weights copied
+    if handle == ffi.NULL:
+        return ProbeResult(name, question, decision, observed="create returned NULL")
+    in_delta, out_delta, weights_delta, bias_delta = descriptors
+    gradients = [np.zeros(e.shape, np.float32) for e in expected]   # set mode (flags 0) into zeros
+    for desc, array in zip((in_delta, weights_delta, bias_delta), gradients):
+        desc.data = ffi.from_buffer(array)
+    out_delta.data = ffi.from_buffer(dy)
+    try:
+        y = np.empty(dy.shape, np.float32)
+        in_stride, out_stride = x[0].size, y[0].size
+        status = lib.BNNSFilterApplyBatch(handle, x.shape[0], ffi.from_buffer(x), in_stride, ffi.from_buffer(y),
+                                          out_stride)
+        if status == 0:
+            status = lib.BNNSFilterApplyBackwardBatch(handle, x.shape[0], ffi.from_buffer(x), in_stride, in_delta,
+                                                      in_stride, ffi.from_buffer(y), out_stride, out_delta,
+                                                      out_stride, weights_delta, bias_delta)
+    finally:
+        lib.BNNSFilterDestroy(handle)
+    if status != 0:
+        observed = "backward returned -1"
+    elif all(np.allclose(g, e, rtol=1e-4, atol=1e-4) for g, e in zip(gradients, expected)):
+        observed = decision
+    else:
+        wrong = [part for part, g, e in zip(("dx", "dW", "db"), gradients, expected)
+                 if not np.allclose(g, e, rtol=1e-4, atol=1e-4)]
+        observed = "returns 0, but " + ", ".join(wrong) + " differ from the reference"
+    return ProbeResult(name, question, decision, created=True, observed=observed, agrees=observed == decision)
+
+
+ROW_MAJOR_MATRIX = 0x20000
+
+PROBES = (_output_size_probe, _field_probes, _groups_probes, _transposed_probes, _float16_accumulation_probe,
+          _image_strides_probe, _backward_without_client_ptr_probes)

@@ -7,6 +7,19 @@ import pytest
 import bnns_py
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "requires_portable_internals: the test reads the portable library's own API (bnns_portable_*, "
+        "filter_engine, live filter counts, engine overrides); it skips on Accelerate, including the Linux "
+        "Accelerate-mode stage (.ci/accelerate_mode.sh)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_portable_internals") and not bnns_py.get_backend().is_portable:
+        pytest.skip(f"needs the portable library's internals; the {bnns_py.get_backend().name} backend has only "
+                    "Apple's symbols")
+
+
 @pytest.fixture(scope="session")
 def backend():
     """The default backend (portable on Linux, Accelerate on macOS)."""

@@ -18,7 +18,7 @@ from bnns_py.functional import transposed_weight_to_bnns
 
 from conftest import client_layer, random_array
 
-pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable, reason="portable library internals")
+pytestmark = pytest.mark.requires_portable_internals
 
 # BNNS_PY_PORTABLE_ENGINE value -> what the filter reports for its forward / input-gradient pass
 # and for its weight gradient

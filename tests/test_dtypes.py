@@ -9,14 +9,20 @@ from bnns_py import (ConvolutionLayer, ConvolutionPadding, ConvolutionType, Data
                      NDArrayDescriptor, Shape, ffi, reference)
 from bnns_py.enums import Flags, bfloat16_bits_to_float32, float32_to_bfloat16_bits
 
-pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable,
-                                reason="conversions and data-type decisions of the portable backend")
+# Tests of the portable backend's own decisions (exact rounding, refusals, its C checks) skip on
+# Accelerate; the others also run through bnns-py's Accelerate branches (.ci/accelerate_mode.sh).
+portable_decision = pytest.mark.skipif(not bnns_py.get_backend().is_portable,
+                                       reason="conversions and data-type decisions of the portable backend")
+accelerate_refuses_bfloat16 = pytest.mark.skipif(not bnns_py.get_backend().is_portable,
+                                                 reason="bnns-py refuses BFloat16 descriptors on Accelerate")
 
 F16, F32, BF16, I8, U8 = (DataType.float16, DataType.float32, DataType.bfloat16, DataType.int8, DataType.uint8)
 
 
 @pytest.fixture(scope="module")
 def lib():
+    if not bnns_py.get_backend().is_portable:
+        pytest.skip("the portable library's own C functions and checks")
     return bnns_py.get_backend("portable").lib
 
 
@@ -213,6 +219,8 @@ COMBINATIONS = [
 @pytest.mark.parametrize("types", COMBINATIONS, ids=lambda t: "-".join(x.name for x in t))
 def test_convolution_types_match_reference(types, client, rng, no_filter_leaks):
     in_type, w_type, out_type, bias_type = types
+    if BF16 in types and not bnns_py.get_backend().is_portable:
+        pytest.skip("bnns-py refuses BFloat16 descriptors on Accelerate")
     batch, c, h, w = 3, 4, 9, 8
     x = rng.standard_normal((batch, c, h, w)) * 2
     weight = rng.standard_normal((5, c, 3, 3)) * 0.5
@@ -230,6 +238,7 @@ def test_convolution_types_match_reference(types, client, rng, no_filter_leaks):
     _check(actual, expected, out_type, c * 9, str(types))
 
 
+@accelerate_refuses_bfloat16
 def test_layer_attributes_and_repr_with_other_types(no_filter_leaks):
     layer, *_ = _layer(BF16, F16, BF16, I8, (2, 5, 5), np.ones((3, 2, 3, 3)), np.ones(3), stride=(2, 1))
     with layer:
@@ -239,6 +248,7 @@ def test_layer_attributes_and_repr_with_other_types(no_filter_leaks):
         assert "incompletely" not in text and "bfloat16" in text and "int8" in text
 
 
+@portable_decision
 def test_float16_output_is_the_float32_result_rounded(rng, no_filter_leaks):
     # the same filter in float32 and with a Float16 output: the half results are exactly the
     # float32 results rounded to nearest even (float32 accumulation, one final rounding)
@@ -341,6 +351,7 @@ def test_strided_float16_input_and_output(rng, no_filter_leaks):
 
 # ---- what is refused, and where ------------------------------------------------------------------
 
+@accelerate_refuses_bfloat16
 def test_python_refuses_wrong_array_dtypes(rng, no_filter_leaks):
     weight = rng.standard_normal((2, 1, 3, 3))
     layer, *_ = _layer(F16, F16, F16, None, (1, 4, 4), weight, None)
@@ -371,6 +382,8 @@ def _descriptors(in_type, w_type, out_type):
     (F32, DataType.int32, F32, ConvolutionType.standard, "weights data type int32 is not supported"),
 ], ids=["transposed-f16", "int8-output", "int16-input", "int32-weights"])
 def test_python_refuses_unsupported_types_before_c(in_type, w_type, out_type, conv_type, match, no_filter_leaks):
+    if "portable" in match and not bnns_py.get_backend().is_portable:
+        pytest.skip("a refusal of the portable backend")
     d = _descriptors(in_type, w_type, out_type)
     if conv_type == ConvolutionType.transposed:
         d["input"], d["output"] = (NDArrayDescriptor(data_type=in_type, shape=Shape.image_chw(2, 2, 1)),
@@ -450,6 +463,7 @@ def test_create_with_float16_fails_cleanly_without_leaks(lib, no_filter_leaks):
     assert "w_desc.data is NULL" in bnns_py.get_backend("portable").last_error()
 
 
+@accelerate_refuses_bfloat16
 def test_concurrent_calls_on_a_client_float16_layer(rng, no_filter_leaks):
     # per-call conversions of client weights use a workspace of their own: threads do not mix
     from concurrent.futures import ThreadPoolExecutor

@@ -15,7 +15,7 @@ from bnns_py import ActivationFunction as AF, ConvolutionType, Flags, NDArrayDes
 
 from conftest import client_layer, random_array
 
-pytestmark = pytest.mark.skipif(not bnns_py.get_backend().is_portable, reason="portable library internals")
+pytestmark = pytest.mark.requires_portable_internals
 
 # (batch, cin, cout, h, w, pad (l, r, t, b), dilation)
 GEOMETRIES = [
