@@ -9,9 +9,13 @@ and shares no code with it:
 * It imports only numpy and the standard library. Nothing from the rest of
   ``bnns_py`` is used.
 * Convolutions loop over kernel taps ``(ky, kx)`` and accumulate one
-  ``np.einsum`` of a strided window with one weight slice per tap. The C
-  backends use im2col + GEMM. The transposed convolution is a direct scatter
-  over kernel taps. It is not computed as a convolution of a zero-dilated input.
+  ``np.einsum`` of a strided window with one weight slice per tap. The
+  transposed convolution is a direct scatter over kernel taps, not a
+  convolution of a zero-dilated input. The C backends compute differently
+  (the portable one with Winograd transforms, register-tiled direct kernels
+  over zero-bordered planes, and GEMMs for 1x1 and fully-connected layers;
+  Accelerate in an undocumented way), so the two share neither code nor
+  summation order.
 * Gradients are written out directly as loops over taps. No autograd is used.
 * Every input is converted to float64 and every sum is accumulated in float64.
   Every result is a float64 array. Against float32 BNNS output, compare with a
@@ -40,12 +44,18 @@ Conventions follow PyTorch (NCHW):
   ``alpha`` and ``beta`` are used as float64. BNNS stores them as float32, so
   round them with ``np.float32`` first if you need the two to agree exactly.
 
-Example: checking a backend::
+Example: checking a backend
 
-    from bnns_py import reference as ref
-    want = ref.conv2d(x, w, b, stride=2, padding=(1, 0, 1, 0), groups=2,
-                      activation=act)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+>>> import numpy as np
+>>> import bnns_py
+>>> from bnns_py import reference
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+>>> w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+>>> want = reference.conv2d(x, w, stride=2, padding=1, groups=2)
+>>> got = bnns_py.conv2d(x, w, stride=2, padding=1, groups=2)
+>>> bnns_py.compare(got, want, rtol=1e-5).ok
+True
 
 Semantics this module fixes where Apple's headers are silent:
 
@@ -180,9 +190,38 @@ def _celu_alpha(alpha):
 def apply_activation(y, function, alpha=0.0, beta=0.0, axis=1):
     """Apply BNNS activation ``function`` to ``y``, elementwise or along ``axis``.
 
-    The formulas are those of bnns-behaviour.md section 5. ``axis`` is used only
-    by 11 (Softmax) and 21 (LogSoftmax). Values 9, 10, 13, 14 and 29 raise
-    NotImplementedError. Returns a new float64 array.
+    The formulas are those of the ``BNNSActivationFunction`` table in Apple's
+    BNNS headers, with ``alpha`` and ``beta`` as the parameters it names.
+
+    Parameters
+    ----------
+    y : array_like
+        The pre-activation values (real numbers, any shape).
+    function : int
+        A ``BNNSActivationFunction`` value (``ActivationFunction.function``;
+        ``ACTIVATION_NAMES`` lists them).
+    alpha, beta : float, optional
+        The function's parameters.
+    axis : int, optional
+        The axis of 11 (Softmax) and 21 (LogSoftmax); unused by the others.
+
+    Returns
+    -------
+    numpy.ndarray of float64
+        A new array of the shape of ``y``.
+
+    Raises
+    ------
+    NotImplementedError
+        For 9 and 10 (integer outputs), 13 and 14 (random) and 29 (per-channel).
+    ValueError
+        An unknown function value, or parameters the function cannot take.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import apply_activation
+    >>> apply_activation([-2.0, 0.5, 9.0], 8, alpha=-1.0, beta=1.0).tolist()   # 8: Clamp
+    [-1.0, 0.5, 1.0]
     """
     f = _check_function(function)
     x = _as_f64(y, "y")
@@ -272,11 +311,11 @@ def activation_derivative(x, function, alpha=0.0, beta=0.0):
     * HardSwish: 0 for x <= -3, x/3 + 1/2 for -3 < x < 3, and 1 for x >= 3.
     * Abs: sign(x), which is 0 at 0.
     * Threshold: 0 for x <= alpha.
-    * SoftShrink: 0 for |x| <= |alpha| when alpha != 0.
+    * SoftShrink: 0 for ``|x| <= |alpha|`` when alpha != 0.
     * ClampedLeakyReLU: for x > 0 the slope is 1 if x < beta, else 0. For
       x <= 0 it is alpha if alpha*x < beta, else 0.
-    * HardShrink: 0 for |x| < |alpha| and 1 otherwise. This follows BNNS's
-      forward, which keeps x at |x| = |alpha|. PyTorch's hardshrink instead
+    * HardShrink: 0 for ``|x| < |alpha|`` and 1 otherwise. This follows BNNS's
+      forward, which keeps x at ``|x| = |alpha|``. PyTorch's hardshrink instead
       returns 0 there, in both forward and backward.
 
     Softmax and LogSoftmax are not elementwise (see ``activation_backward``).
@@ -548,7 +587,30 @@ def _int(v, name):
 
 
 def pair(v, name="value"):
-    """``v`` as an ``(h, w)`` tuple of ints: an int gives ``(v, v)``, and a 2-sequence is kept as is."""
+    """``v`` as an ``(h, w)`` tuple of ints.
+
+    Parameters
+    ----------
+    v : int or pair of int
+        An int gives ``(v, v)``; a 2-sequence is kept as is.
+    name : str, optional
+        The argument's name, for error messages.
+
+    Returns
+    -------
+    tuple of (int, int)
+
+    Raises
+    ------
+    ValueError
+        ``v`` is neither an int nor a pair of ints.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import pair
+    >>> pair(3), pair((1, 2))
+    ((3, 3), (1, 2))
+    """
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return (int(v), int(v))
     try:
@@ -568,12 +630,28 @@ def _positive_pair(v, name):
 
 
 def normalize_padding(p):
-    """Padding as ``(left, right, top, bottom)``.
+    """Padding as ``(left, right, top, bottom)``, the order of BNNS's ``pad[4]``.
 
-    Accepts an int (the same on all four sides), a PyTorch-order pair
-    ``(pad_h, pad_w)``, which becomes ``(pad_w, pad_w, pad_h, pad_h)``, or a
-    4-tuple already in ``(left, right, top, bottom)`` order. Negative values
-    raise ValueError.
+    Parameters
+    ----------
+    p : int, (pad_h, pad_w) or (left, right, top, bottom)
+        An int pads all four sides; a PyTorch-order pair ``(pad_h, pad_w)``
+        becomes ``(pad_w, pad_w, pad_h, pad_h)``; a 4-tuple is kept.
+
+    Returns
+    -------
+    tuple of 4 int
+
+    Raises
+    ------
+    ValueError
+        Another form, a non-integer or a negative value.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import normalize_padding
+    >>> normalize_padding(1), normalize_padding((2, 1))
+    ((1, 1, 1, 1), (1, 1, 2, 2))
     """
     if isinstance(p, numbers.Integral) and not isinstance(p, bool):
         out = (int(p),) * 4
@@ -597,18 +675,33 @@ def normalize_padding(p):
 
 
 def conv2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation):
-    """Largest convolution output along one axis: ``floor((in + pb + pa - d*(k-1) - 1)/s) + 1``.
+    """Largest convolution output along one axis.
 
-    This is the formula only. It is <= 0 when the dilated kernel does not fit
-    in the padded input, and ``conv2d`` rejects that case.
+    ``(in + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1``:
+    the formula only. It is <= 0 when the dilated kernel does not fit in the
+    padded input, a case ``conv2d`` rejects.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import conv2d_output_size
+    >>> conv2d_output_size(32, 3, 2, 1, 1, 1)
+    16
     """
     return (in_size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def conv_transpose2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation,
                                  output_padding=0):
-    """Transposed-convolution output along one axis:
-    ``(in-1)*s - pb - pa + d*(k-1) + 1 + output_padding``."""
+    """Transposed-convolution output along one axis.
+
+    ``(in - 1) * stride - pad_before - pad_after + dilation * (kernel - 1) + 1 + output_padding``.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import conv_transpose2d_output_size
+    >>> conv_transpose2d_output_size(8, 4, 2, 1, 1, 1)
+    16
+    """
     return (in_size - 1) * stride - pad_before - pad_after + dilation * (kernel - 1) + 1 \
         + output_padding
 
@@ -743,14 +836,50 @@ def _tap_products(small, big, kh, kw, stride, dilation):
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
            output_size=None):
-    """BNNS convolution, a cross-correlation with no kernel flip:
-    ``out[n,o,i,j] = act(bias[o] + sum_{c,ky,kx} w[o,c,ky,kx] * xpad[n, g*Cin_g + c, i*sh + ky*dh, j*sw + kx*dw])``,
-    where ``g`` is the group of ``o``.
+    """BNNS convolution: a cross-correlation (no kernel flip), in float64.
 
-    ``weight`` is ``(Cout, Cin/groups, kH, kW)``. ``padding`` is
-    ``(left, right, top, bottom)``. ``output_size=(oH, oW)`` may be smaller
-    than the largest size, which is the default. Returns
-    ``(N, Cout, oH, oW)`` float64.
+    ``out[n, o, i, j] = act(bias[o] + sum_{c, ky, kx} w[o, c, ky, kx] *
+    xpad[n, g*Cin_g + c, i*sh + ky*dh, j*sw + kx*dw])``, where ``g`` is the
+    group of output channel ``o`` and ``Cin_g = Cin / groups``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, Cin, H, W)
+        The input; any real dtype, converted to float64.
+    weight : array_like, shape (Cout, Cin / groups, kH, kW)
+        PyTorch's ``Conv2d`` layout, BNNS's OIHW.
+    bias : array_like, shape (Cout,), optional
+        Added before the activation; None for no bias.
+    stride, dilation : int or (int, int), optional
+        ``(sh, sw)`` and ``(dh, dw)``, each >= 1.
+    padding : int, (pad_h, pad_w) or (left, right, top, bottom), optional
+        Zero padding, see :func:`normalize_padding`.
+    groups : int, optional
+        Channel groups; ``Cin`` and ``Cout`` must be multiples of it.
+    activation : None, int or object, optional
+        See the module docstring; None is the identity.
+    output_size : (int, int), optional
+        ``(oH, oW)`` up to the largest size (the default); a smaller output
+        is the top-left part of the largest one.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N, Cout, oH, oW)
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit together, bad stride/dilation/padding values
+        or an output size above the largest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> reference.conv2d(x, w, stride=2)[0, 0].tolist()
+    [[10.0, 18.0], [42.0, 50.0]]
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -772,15 +901,46 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
                      groups=1, activation=None, output_size=None):
-    """Transposed convolution (PyTorch weights ``(Cin, Cout/groups, kH, kW)``, no flip).
+    """Transposed convolution with PyTorch's weight layout (no kernel flip), in float64.
 
     ``out[n, o, i*sh + ky*dh - top, j*sw + kx*dw - left] += x[n, c, i, j] * w[c, o - g*Cout_g, ky, kx]``
-    for ``o`` in the group ``g`` of ``c``. Positions outside the output are
-    dropped. Then bias and activation are applied. The output size is
-    ``conv_transpose2d_output_size``, with ``output_padding`` added on the
-    bottom and right, or ``output_size``, which must be at least the size with
-    ``output_padding=0``. Computed by scattering each kernel tap into a zeroed
-    full-size float64 buffer and then cropping.
+    for ``o`` in the group ``g`` of ``c``; positions outside the output are
+    dropped; then bias and activation. Computed by scattering each kernel tap
+    into a zeroed full-size buffer and cropping.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, Cin, H, W)
+        The input.
+    weight : array_like, shape (Cin, Cout / groups, kH, kW)
+        PyTorch's ``ConvTranspose2d`` layout.
+    bias, stride, padding, dilation, groups, activation
+        As for :func:`conv2d`; ``padding`` is removed from the output.
+    output_padding : int or (int, int), optional
+        Extra rows and columns on the bottom and right (PyTorch's
+        ``output_padding``); they hold only the bias where no input reaches.
+    output_size : (int, int), optional
+        An explicit ``(oH, oW)``, at least the size with ``output_padding=0``.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N, Cout, oH, oW)
+        ``oH = (H - 1)*sh - top - bottom + dh*(kH - 1) + 1 + output_padding``
+        (likewise ``oW``), or ``output_size``.
+
+    Raises
+    ------
+    ValueError
+        As for :func:`conv2d`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x = np.array([[[[1.0, 2.0]]]])                 # (1, 1, 1, 2)
+    >>> w = np.ones((1, 1, 1, 2))
+    >>> reference.conv_transpose2d(x, w, stride=2)[0, 0].tolist()
+    [[1.0, 1.0, 2.0, 2.0]]
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -809,15 +969,45 @@ def _want_bias(bias):
 
 def conv2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
                     dilation=1, groups=1, activation=None):
-    """Gradients of ``conv2d``: ``(grad_input, grad_weight, grad_bias)``.
+    """Gradients of :func:`conv2d`: ``(grad_input, grad_weight, grad_bias)``.
 
-    ``grad_output`` is dL/dy with shape ``(N, Cout, oH, oW)``. ``oH`` and
-    ``oW`` may be smaller than the largest output, as in ``conv2d(output_size=...)``.
-    If ``activation`` is not the identity, ``output`` (the forward y) is
-    required and dL/dy is first turned into dL/d(pre-activation) from y, as
-    BNNS does. ``grad_weight`` has the weight's shape and is summed over the
-    batch. ``grad_bias`` has shape ``(Cout,)``, or is None when ``bias`` is
-    False or None.
+    Parameters
+    ----------
+    x, weight
+        The forward pass's input and weight.
+    grad_output : array_like, shape (N, Cout, oH, oW)
+        dL/dy. ``oH``, ``oW`` may be smaller than the largest output, as in
+        ``conv2d(output_size=...)``.
+    output : array_like, optional
+        The forward result y, needed when ``activation`` is not the
+        identity: dL/dy is first turned into dL/d(pre-activation) from y, as
+        BNNS does (see :func:`activation_derivative_from_output`).
+    bias : bool or None, optional
+        Whether to return ``grad_bias`` (False or None: it is None).
+    stride, padding, dilation, groups, activation
+        As in the forward pass.
+
+    Returns
+    -------
+    grad_input : numpy.ndarray of float64, shape (N, Cin, H, W)
+    grad_weight : numpy.ndarray of float64, shape of ``weight``
+        Summed over the batch.
+    grad_bias : numpy.ndarray of float64, shape (Cout,), or None
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, or a missing ``output`` for a non-identity
+        activation, or one that cannot be differentiated from y.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))
+    >>> dx, dw, db = reference.conv2d_backward(x, w, np.ones((1, 1, 2, 2)))
+    >>> dx[0, 0].tolist(), dw[0, 0].tolist(), db.tolist()
+    ([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], [[4.0, 4.0], [4.0, 4.0]], [4.0])
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -847,12 +1037,21 @@ def conv2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, pa
 def conv_transpose2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
                               output_padding=0, dilation=1, groups=1, activation=None,
                               output_size=None):
-    """Gradients of ``conv_transpose2d``: ``(grad_input, grad_weight, grad_bias)``.
+    """Gradients of :func:`conv_transpose2d`: ``(grad_input, grad_weight, grad_bias)``.
 
     The weight and ``grad_weight`` are in PyTorch's transposed layout
-    ``(Cin, Cout/groups, kH, kW)``. ``grad_output`` must have the forward
-    output shape given by ``output_padding`` or ``output_size``. The other
-    arguments are as for ``conv2d_backward``.
+    ``(Cin, Cout / groups, kH, kW)``. ``grad_output`` must have the forward
+    output's shape, given by ``output_padding`` or ``output_size``. The other
+    parameters and the results are as for :func:`conv2d_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x, w = np.array([[[[1.0, 2.0]]]]), np.ones((1, 1, 1, 2))
+    >>> dx, dw, db = reference.conv_transpose2d_backward(x, w, np.ones((1, 1, 1, 4)), stride=2)
+    >>> dx.tolist(), dw.tolist(), db.tolist()
+    ([[[[2.0, 2.0]]]], [[[[3.0, 3.0]]]], [4.0])
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -890,11 +1089,29 @@ def _check_linear(x, w):
 
 
 def linear(x, weight, bias=None, activation=None):
-    """Fully connected layer ``y[..., o] = act(bias[o] + sum_i w[o, i] * x[..., i])``.
+    """Fully-connected layer ``y[..., o] = act(bias[o] + sum_i w[o, i] * x[..., i])``.
 
-    The weight is ``(out, in)``, the BNNS row-major ``W(o, i)`` at ``i + o*in``.
-    Softmax and LogSoftmax act on the last axis unless the activation has an
-    ``axis`` attribute.
+    Parameters
+    ----------
+    x : array_like, shape (..., in)
+        Any number of leading (batch) axes.
+    weight : array_like, shape (out, in)
+        ``torch.nn.Linear``'s layout: BNNS's row-major ``W(o, i)`` at ``i + o*in``.
+    bias : array_like, shape (out,), optional
+    activation : None, int or object, optional
+        As for :func:`conv2d`; Softmax and LogSoftmax act on the last axis
+        unless the activation has an ``axis`` attribute.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (..., out)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> reference.linear(np.array([1.0, 2.0]), np.array([[1.0, 1.0], [0.0, -1.0]]), [0.5, 0.0]).tolist()
+    [3.5, -2.0]
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -907,12 +1124,20 @@ def linear(x, weight, bias=None, activation=None):
 
 
 def linear_backward(x, weight, grad_output, output=None, bias=True, activation=None):
-    """Gradients of ``linear``: ``(grad_input, grad_weight, grad_bias)``.
+    """Gradients of :func:`linear`: ``(grad_input, grad_weight, grad_bias)``.
 
     ``grad_weight`` ``(out, in)`` and ``grad_bias`` ``(out,)`` are summed over
-    all leading (batch) axes. ``grad_bias`` is None when ``bias`` is False or
+    all leading (batch) axes; ``grad_bias`` is None when ``bias`` is False or
     None. A non-identity activation needs ``output``, as in
-    ``conv2d_backward``.
+    :func:`conv2d_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> dx, dw, db = reference.linear_backward(np.array([[1.0, 2.0]]), np.eye(2), np.array([[1.0, 0.0]]))
+    >>> dx.tolist(), dw.tolist(), db.tolist()
+    ([[1.0, 0.0]], [[1.0, 2.0], [0.0, 0.0]], [1.0, 0.0])
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
