@@ -79,8 +79,16 @@ Semantics this module fixes where Apple's headers are silent:
 """
 import math
 import numbers
+from typing import Any, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+IntPair = Union[int, Sequence[int]]
+Pair = Tuple[int, int]
+Pads = Tuple[int, int, int, int]
+Gradients3 = Tuple[F64, F64, Optional[F64]]
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -147,10 +155,15 @@ _NEEDS_INPUT = {
     35: "GELUApproximationSigmoid is not monotonic, so x cannot be recovered from y",
 }
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erf_vectorized = np.vectorize(math.erf, otypes=[np.float64])
 
 
-def _check_function(function):
+def _erf(x: F64) -> F64:
+    values: F64 = _erf_vectorized(x)
+    return values
+
+
+def _check_function(function: Any) -> int:
     if isinstance(function, bool) or not isinstance(function, numbers.Integral):
         raise ValueError(f"activation function must be an int, got {function!r}")
     f = int(function)
@@ -163,31 +176,34 @@ def _check_function(function):
     return f
 
 
-def _sigmoid(x):
+def _sigmoid(x: F64) -> F64:
     """1/(1+exp(-x)) without overflow, with full relative precision for x << 0."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _softmax(x, axis):
-    m = np.max(x, axis=axis, keepdims=True)
+def _softmax(x: F64, axis: int) -> F64:
+    m: F64 = np.max(x, axis=axis, keepdims=True)
     e = np.exp(x - m)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    total: F64 = np.sum(e, axis=axis, keepdims=True)
+    return e / total
 
 
-def _log_softmax(x, axis):
-    m = np.max(x, axis=axis, keepdims=True)
+def _log_softmax(x: F64, axis: int) -> F64:
+    m: F64 = np.max(x, axis=axis, keepdims=True)
     s = x - m
-    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+    total: F64 = np.sum(np.exp(s), axis=axis, keepdims=True)
+    return s - np.log(total)
 
 
-def _celu_alpha(alpha):
+def _celu_alpha(alpha: float) -> float:
     if alpha == 0.0:
         raise ValueError("CELU needs alpha != 0 (it divides by alpha)")
     return alpha
 
 
-def apply_activation(y, function, alpha=0.0, beta=0.0, axis=1):
+def apply_activation(y: npt.ArrayLike, function: int, alpha: float = 0.0, beta: float = 0.0,
+                     axis: int = 1) -> F64:
     """Apply BNNS activation ``function`` to ``y``, elementwise or along ``axis``.
 
     The formulas are those of the ``BNNSActivationFunction`` table in Apple's
@@ -296,7 +312,7 @@ def apply_activation(y, function, alpha=0.0, beta=0.0, axis=1):
     raise AssertionError(f)  # pragma: no cover
 
 
-def activation_derivative(x, function, alpha=0.0, beta=0.0):
+def activation_derivative(x: npt.ArrayLike, function: int, alpha: float = 0.0, beta: float = 0.0) -> F64:
     """d f(x) / dx for an elementwise BNNS activation, from the input x.
 
     Where the function has a kink or a jump, this uses the subgradient
@@ -400,7 +416,8 @@ def activation_derivative(x, function, alpha=0.0, beta=0.0):
     raise AssertionError(f)  # pragma: no cover
 
 
-def activation_derivative_from_output(y, function, alpha=0.0, beta=0.0):
+def activation_derivative_from_output(y: npt.ArrayLike, function: int, alpha: float = 0.0,
+                                      beta: float = 0.0) -> F64:
     """d f / d(pre-activation), computed from the activation output y = f(x).
 
     This is the rule BNNS uses in the backward pass of a compute layer fused
@@ -435,7 +452,7 @@ def activation_derivative_from_output(y, function, alpha=0.0, beta=0.0):
     b = float(beta)
     one = np.ones_like(y)
 
-    def not_invertible(cond):
+    def not_invertible(cond: str) -> None:
         raise ValueError(f"activation {f} ({ACTIVATION_NAMES[f]}) needs the pre-activation "
                          f"input x when {cond}: it is not invertible from the output y")
 
@@ -495,7 +512,8 @@ def activation_derivative_from_output(y, function, alpha=0.0, beta=0.0):
     raise AssertionError(f)  # pragma: no cover
 
 
-def activation_backward(x, grad_output, function, alpha=0.0, beta=0.0, axis=1):
+def activation_backward(x: npt.ArrayLike, grad_output: npt.ArrayLike, function: int, alpha: float = 0.0,
+                        beta: float = 0.0, axis: int = 1) -> F64:
     """dL/dx for y = f(x) from the input x and dL/dy. Handles Softmax and LogSoftmax along ``axis``."""
     f = _check_function(function)
     x = _as_f64(x, "x")
@@ -507,7 +525,8 @@ def activation_backward(x, grad_output, function, alpha=0.0, beta=0.0, axis=1):
     return dy * activation_derivative(x, f, alpha, beta)
 
 
-def activation_backward_from_output(y, grad_output, function, alpha=0.0, beta=0.0, axis=1):
+def activation_backward_from_output(y: npt.ArrayLike, grad_output: npt.ArrayLike, function: int,
+                                    alpha: float = 0.0, beta: float = 0.0, axis: int = 1) -> F64:
     """dL/dx for y = f(x) from the output y and dL/dy (the BNNS fused-backward rule).
 
     Elementwise functions give ``dy * activation_derivative_from_output(y)``.
@@ -519,13 +538,15 @@ def activation_backward_from_output(y, grad_output, function, alpha=0.0, beta=0.
     dy = _as_f64(grad_output, "grad_output")
     _same_shape(y, dy, "output", "grad_output")
     if f == 11:
-        return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+        weighted: F64 = np.sum(dy * y, axis=axis, keepdims=True)
+        return y * (dy - weighted)
     if f == 21:
-        return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)
+        total: F64 = np.sum(dy, axis=axis, keepdims=True)
+        return dy - np.exp(y) * total
     return dy * activation_derivative_from_output(y, f, alpha, beta)
 
 
-def _resolve_activation(activation, default_axis):
+def _resolve_activation(activation: Any, default_axis: int) -> Tuple[int, float, float, int]:
     """(function, alpha, beta, axis) for None, an int, or an object with function/alpha/beta."""
     if activation is None:
         return 0, 0.0, 0.0, default_axis
@@ -543,14 +564,15 @@ def _resolve_activation(activation, default_axis):
     return f, alpha, beta, default_axis if axis is None else int(axis)
 
 
-def _activate(z, activation, default_axis):
+def _activate(z: F64, activation: Any, default_axis: int) -> F64:
     f, a, b, axis = _resolve_activation(activation, default_axis)
     if f == 0:
         return z
     return apply_activation(z, f, a, b, axis=axis)
 
 
-def _pre_activation_grad(grad_output, output, activation, default_axis):
+def _pre_activation_grad(grad_output: F64, output: Optional[npt.ArrayLike], activation: Any,
+                         default_axis: int) -> F64:
     """dL/dz for z = pre-activation, from dL/dy and the forward output y."""
     f, a, b, axis = _resolve_activation(activation, default_axis)
     if f == 0:
@@ -568,25 +590,25 @@ def _pre_activation_grad(grad_output, output, activation, default_axis):
 # Argument helpers
 # ---------------------------------------------------------------------------
 
-def _as_f64(a, name):
+def _as_f64(a: npt.ArrayLike, name: str) -> F64:
     arr = np.asarray(a)
     if arr.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     return np.array(arr, dtype=np.float64)
 
 
-def _same_shape(a, b, na, nb):
+def _same_shape(a: F64, b: F64, na: str, nb: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{na} has shape {a.shape} but {nb} has shape {b.shape}")
 
 
-def _int(v, name):
+def _int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{name} must be an int, got {v!r}")
     return int(v)
 
 
-def pair(v, name="value"):
+def pair(v: IntPair, name: str = "value") -> Pair:
     """``v`` as an ``(h, w)`` tuple of ints.
 
     Parameters
@@ -614,7 +636,7 @@ def pair(v, name="value"):
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return (int(v), int(v))
     try:
-        items = tuple(v)
+        items = tuple(cast(Sequence[int], v))
     except TypeError:
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
     if len(items) != 2:
@@ -622,14 +644,14 @@ def pair(v, name="value"):
     return (_int(items[0], name), _int(items[1], name))
 
 
-def _positive_pair(v, name):
+def _positive_pair(v: IntPair, name: str) -> Pair:
     p = pair(v, name)
     if p[0] < 1 or p[1] < 1:
         raise ValueError(f"{name} must be >= 1, got {v!r}")
     return p
 
 
-def normalize_padding(p):
+def normalize_padding(p: IntPair) -> Pads:
     """Padding as ``(left, right, top, bottom)``, the order of BNNS's ``pad[4]``.
 
     Parameters
@@ -657,7 +679,7 @@ def normalize_padding(p):
         out = (int(p),) * 4
     else:
         try:
-            items = tuple(p)
+            items = tuple(cast(Sequence[int], p))
         except TypeError:
             raise ValueError(f"padding must be an int, (pad_h, pad_w) or "
                              f"(left, right, top, bottom), got {p!r}") from None
@@ -665,7 +687,8 @@ def normalize_padding(p):
             ph, pw = (_int(v, "padding") for v in items)
             out = (pw, pw, ph, ph)
         elif len(items) == 4:
-            out = tuple(_int(v, "padding") for v in items)
+            left, right, top, bottom = (_int(v, "padding") for v in items)
+            out = (left, right, top, bottom)
         else:
             raise ValueError(f"padding must be an int, (pad_h, pad_w) or "
                              f"(left, right, top, bottom), got {p!r}")
@@ -674,7 +697,8 @@ def normalize_padding(p):
     return out
 
 
-def conv2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation):
+def conv2d_output_size(in_size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
+                       dilation: int) -> int:
     """Largest convolution output along one axis.
 
     ``(in + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1``:
@@ -690,8 +714,8 @@ def conv2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation)
     return (in_size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def conv_transpose2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation,
-                                 output_padding=0):
+def conv_transpose2d_output_size(in_size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
+                                 dilation: int, output_padding: int = 0) -> int:
     """Transposed-convolution output along one axis.
 
     ``(in - 1) * stride - pad_before - pad_after + dilation * (kernel - 1) + 1 + output_padding``.
@@ -706,7 +730,8 @@ def conv_transpose2d_output_size(in_size, kernel, stride, pad_before, pad_after,
         + output_padding
 
 
-def _check_conv_operands(x, weight, groups, transposed):
+def _check_conv_operands(x: F64, weight: F64, groups: int,
+                         transposed: bool) -> Tuple[int, int, int, int, int, int, int, int]:
     """(N, Cin, H, W, Cout, kH, kW, groups) after checking the shapes."""
     if x.ndim != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {x.shape}")
@@ -736,7 +761,7 @@ def _check_conv_operands(x, weight, groups, transposed):
     return n, cin, h, w, cout, kh, kw, g
 
 
-def _bias_vector(bias, cout):
+def _bias_vector(bias: Optional[npt.ArrayLike], cout: int) -> Optional[F64]:
     if bias is None:
         return None
     b = _as_f64(bias, "bias")
@@ -745,7 +770,8 @@ def _bias_vector(bias, cout):
     return b
 
 
-def _conv_out_hw(h, w, kh, kw, stride, pads, dilation, output_size):
+def _conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Pair, pads: Pads, dilation: Pair,
+                 output_size: Optional[IntPair]) -> Pair:
     left, right, top, bottom = pads
     max_h = conv2d_output_size(h, kh, stride[0], top, bottom, dilation[0])
     max_w = conv2d_output_size(w, kw, stride[1], left, right, dilation[1])
@@ -761,7 +787,8 @@ def _conv_out_hw(h, w, kh, kw, stride, pads, dilation, output_size):
     return oh, ow
 
 
-def _tconv_out_hw(h, w, kh, kw, stride, pads, dilation, output_padding, output_size):
+def _tconv_out_hw(h: int, w: int, kh: int, kw: int, stride: Pair, pads: Pads, dilation: Pair,
+                  output_padding: IntPair, output_size: Optional[IntPair]) -> Pair:
     left, right, top, bottom = pads
     oph, opw = pair(output_padding, "output_padding")
     if oph < 0 or opw < 0:
@@ -788,7 +815,7 @@ def _tconv_out_hw(h, w, kh, kw, stride, pads, dilation, output_padding, output_s
 # Tap loops. Arrays are split by groups: (N, G, C/G, H, W), weights (G, A, B, kH, kW).
 # ---------------------------------------------------------------------------
 
-def _window(a, ky, kx, out_h, out_w, stride, dilation):
+def _window(a: F64, ky: int, kx: int, out_h: int, out_w: int, stride: Pair, dilation: Pair) -> F64:
     """a[..., ky*dh + sh*i, kx*dw + sw*j] for i < out_h, j < out_w."""
     y0 = ky * dilation[0]
     x0 = kx * dilation[1]
@@ -798,7 +825,7 @@ def _window(a, ky, kx, out_h, out_w, stride, dilation):
     return win
 
 
-def _gather(src, weight, out_h, out_w, stride, dilation):
+def _gather(src: F64, weight: F64, out_h: int, out_w: int, stride: Pair, dilation: Pair) -> F64:
     """out[n,g,o,i,j] = sum_{c,ky,kx} src[n,g,c, i*sh+ky*dh, j*sw+kx*dw] * weight[g,o,c,ky,kx]."""
     n, groups = src.shape[:2]
     out = np.zeros((n, groups, weight.shape[1], out_h, out_w))
@@ -809,7 +836,7 @@ def _gather(src, weight, out_h, out_w, stride, dilation):
     return out
 
 
-def _scatter(src, weight, buf, stride, dilation):
+def _scatter(src: F64, weight: F64, buf: F64, stride: Pair, dilation: Pair) -> F64:
     """buf[n,g,d, i*sh+ky*dh, j*sw+kx*dw] += src[n,g,c,i,j] * weight[g,c,d,ky,kx] (in place)."""
     h, w = src.shape[3:]
     for ky in range(weight.shape[3]):
@@ -819,7 +846,7 @@ def _scatter(src, weight, buf, stride, dilation):
     return buf
 
 
-def _tap_products(small, big, kh, kw, stride, dilation):
+def _tap_products(small: F64, big: F64, kh: int, kw: int, stride: Pair, dilation: Pair) -> F64:
     """out[g,a,b,ky,kx] = sum_{n,i,j} small[n,g,a,i,j] * big[n,g,b, i*sh+ky*dh, j*sw+kx*dw]."""
     h, w = small.shape[3:]
     out = np.zeros((small.shape[1], small.shape[2], big.shape[2], kh, kw))
@@ -834,8 +861,9 @@ def _tap_products(small, big, kh, kw, stride, dilation):
 # Convolution
 # ---------------------------------------------------------------------------
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-           output_size=None):
+def conv2d(x: npt.ArrayLike, weight: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
+           stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+           activation: Any = None, output_size: Optional[IntPair] = None) -> F64:
     """BNNS convolution: a cross-correlation (no kernel flip), in float64.
 
     ``out[n, o, i, j] = act(bias[o] + sum_{c, ky, kx} w[o, c, ky, kx] *
@@ -899,8 +927,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     return _activate(out, activation, 1)
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1, activation=None, output_size=None):
+def conv_transpose2d(x: npt.ArrayLike, weight: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
+                     stride: IntPair = 1, padding: IntPair = 0, output_padding: IntPair = 0,
+                     dilation: IntPair = 1, groups: int = 1, activation: Any = None,
+                     output_size: Optional[IntPair] = None) -> F64:
     """Transposed convolution with PyTorch's weight layout (no kernel flip), in float64.
 
     ``out[n, o, i*sh + ky*dh - top, j*sw + kx*dw - left] += x[n, c, i, j] * w[c, o - g*Cout_g, ky, kx]``
@@ -963,12 +993,14 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     return _activate(np.ascontiguousarray(out), activation, 1)
 
 
-def _want_bias(bias):
+def _want_bias(bias: Any) -> bool:
     return bias is not None and bias is not False
 
 
-def conv2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
-                    dilation=1, groups=1, activation=None):
+def conv2d_backward(x: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                    output: Optional[npt.ArrayLike] = None, bias: Any = True, stride: IntPair = 1,
+                    padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+                    activation: Any = None) -> Gradients3:
     """Gradients of :func:`conv2d`: ``(grad_input, grad_weight, grad_bias)``.
 
     Parameters
@@ -1034,9 +1066,11 @@ def conv2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, pa
     return grad_input, grad_weight, grad_bias
 
 
-def conv_transpose2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
-                              output_padding=0, dilation=1, groups=1, activation=None,
-                              output_size=None):
+def conv_transpose2d_backward(x: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                              output: Optional[npt.ArrayLike] = None, bias: Any = True,
+                              stride: IntPair = 1, padding: IntPair = 0, output_padding: IntPair = 0,
+                              dilation: IntPair = 1, groups: int = 1, activation: Any = None,
+                              output_size: Optional[IntPair] = None) -> Gradients3:
     """Gradients of :func:`conv_transpose2d`: ``(grad_input, grad_weight, grad_bias)``.
 
     The weight and ``grad_weight`` are in PyTorch's transposed layout
@@ -1081,14 +1115,15 @@ def conv_transpose2d_backward(x, weight, grad_output, output=None, bias=True, st
 # Fully connected
 # ---------------------------------------------------------------------------
 
-def _check_linear(x, w):
+def _check_linear(x: F64, w: F64) -> None:
     if w.ndim != 2:
         raise ValueError(f"weight must have shape (out, in), got {w.shape}")
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"x must have shape (..., {w.shape[1]}), got {x.shape}")
 
 
-def linear(x, weight, bias=None, activation=None):
+def linear(x: npt.ArrayLike, weight: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
+           activation: Any = None) -> F64:
     """Fully-connected layer ``y[..., o] = act(bias[o] + sum_i w[o, i] * x[..., i])``.
 
     Parameters
@@ -1123,7 +1158,9 @@ def linear(x, weight, bias=None, activation=None):
     return _activate(y, activation, -1)
 
 
-def linear_backward(x, weight, grad_output, output=None, bias=True, activation=None):
+def linear_backward(x: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                    output: Optional[npt.ArrayLike] = None, bias: Any = True,
+                    activation: Any = None) -> Gradients3:
     """Gradients of :func:`linear`: ``(grad_input, grad_weight, grad_bias)``.
 
     ``grad_weight`` ``(out, in)`` and ``grad_bias`` ``(out,)`` are summed over

@@ -32,7 +32,8 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
-autodoc_typehints = "description"
+# Types are written in the numpydoc sections; the hints (numpy.typing unions) would only add noise
+autodoc_typehints = "none"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
