@@ -5,12 +5,29 @@ Member names are the C constant names without their prefix, in snake case
 ``DataType.float32``, also reachable as ``DataType.float``).
 """
 import enum
+from typing import Dict, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 
 class DataType(enum.IntEnum):
-    """``BNNSDataType``: element type of an array (bit flags OR the width in bits)."""
+    """``BNNSDataType``: the element type of an array.
+
+    A value is a family flag (float, signed, unsigned, indexed, boolean) OR'ed with the width in
+    bits. ``DataType.float`` is Swift's name for ``float32`` (the same member).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import DataType
+    >>> DataType.float32.bits, DataType.float32.numpy_dtype
+    (32, dtype('float32'))
+    >>> DataType.from_numpy(np.float16)
+    <DataType.float16: 65552>
+    >>> DataType.float is DataType.float32
+    True
+    """
 
     float16 = 0x10010
     float32 = 0x10020
@@ -37,30 +54,63 @@ class DataType(enum.IntEnum):
     float = 0x10020  # Swift's name for Float32 (an alias of float32)
 
     @property
-    def bits(self):
+    def bits(self) -> int:
         """Width of one element in bits."""
         return self.value & 0xFF
 
     @property
-    def numpy_dtype(self):
-        """The numpy dtype holding one element, or None for packed sub-byte/indexed/bfloat16 types."""
+    def numpy_dtype(self) -> "np.dtype[np.generic] | None":
+        """The numpy dtype of one element, or None for bfloat16 and the packed sub-byte and
+        indexed types (numpy has no such dtype)."""
         return _TO_NUMPY.get(self)
 
     @property
-    def storage_dtypes(self):
-        """numpy dtypes an array holding values of this type may have: ``(numpy_dtype,)``, and for
-        ``bfloat16`` (numpy has none) ``uint16`` arrays holding the bfloat16 bit patterns, plus
-        ``ml_dtypes.bfloat16`` when that package is installed. Empty when there is none."""
+    def storage_dtypes(self) -> "Tuple[np.dtype[np.generic], ...]":
+        """The numpy dtypes an array holding values of this type may have.
+
+        ``(numpy_dtype,)``; for ``bfloat16`` (numpy has none) ``uint16``, whose values are the
+        bfloat16 bit patterns, plus ``ml_dtypes.bfloat16`` when that package is installed. Empty
+        when there is none.
+
+        Examples
+        --------
+        >>> from bnns_py import DataType
+        >>> DataType.bfloat16.storage_dtypes[0]
+        dtype('uint16')
+        >>> DataType.int4.storage_dtypes
+        ()
+        """
         if self is DataType.bfloat16:
             return _BFLOAT16_STORAGE
         dtype = _TO_NUMPY.get(self)
         return () if dtype is None else (dtype,)
 
     @classmethod
-    def from_numpy(cls, dtype):
-        """The BNNS data type of a numpy dtype (raises TypeError if BNNS has none).
-        ``ml_dtypes.bfloat16`` maps to ``bfloat16`` when ml_dtypes is installed; a ``uint16``
-        array is ``uint16`` unless the descriptor is told ``data_type=DataType.bfloat16``."""
+    def from_numpy(cls, dtype: npt.DTypeLike) -> "DataType":
+        """The BNNS data type of a numpy dtype.
+
+        Parameters
+        ----------
+        dtype : numpy dtype or anything ``np.dtype`` accepts
+            ``ml_dtypes.bfloat16`` maps to ``bfloat16`` when ml_dtypes is installed; ``uint16``
+            maps to ``uint16`` (tell a descriptor ``data_type=DataType.bfloat16`` to read it as
+            bfloat16 bit patterns).
+
+        Returns
+        -------
+        DataType
+
+        Raises
+        ------
+        TypeError
+            BNNS has no type for ``dtype`` (e.g. float64).
+
+        Examples
+        --------
+        >>> from bnns_py import DataType
+        >>> DataType.from_numpy("int8")
+        <DataType.int8: 131080>
+        """
         dtype = np.dtype(dtype)
         try:
             return _FROM_NUMPY[dtype]
@@ -69,7 +119,7 @@ class DataType(enum.IntEnum):
             raise TypeError(f"numpy dtype {dtype} has no BNNS data type; supported: {supported}") from None
 
 
-_TO_NUMPY = {
+_TO_NUMPY: "Dict[DataType, np.dtype[np.generic]]" = {
     DataType.float16: np.dtype(np.float16), DataType.float32: np.dtype(np.float32),
     DataType.int8: np.dtype(np.int8), DataType.int16: np.dtype(np.int16),
     DataType.int32: np.dtype(np.int32), DataType.int64: np.dtype(np.int64),
@@ -77,12 +127,12 @@ _TO_NUMPY = {
     DataType.uint32: np.dtype(np.uint32), DataType.uint64: np.dtype(np.uint64),
     DataType.boolean: np.dtype(np.bool_),
 }
-_FROM_NUMPY = {dtype: data_type for data_type, dtype in _TO_NUMPY.items()}
+_FROM_NUMPY: "Dict[np.dtype[np.generic], DataType]" = {dtype: data_type for data_type, dtype in _TO_NUMPY.items()}
 
 # bfloat16 has no numpy dtype: arrays of its bit patterns are uint16 (or ml_dtypes.bfloat16, an
 # optional package bnns-py does not depend on).
 BFLOAT16_BITS = np.dtype(np.uint16)
-_BFLOAT16_STORAGE: tuple = (BFLOAT16_BITS,)
+_BFLOAT16_STORAGE: "Tuple[np.dtype[np.generic], ...]" = (BFLOAT16_BITS,)
 try:
     import ml_dtypes as _ml_dtypes
 except ImportError:  # pragma: no cover - depends on the environment
@@ -92,17 +142,54 @@ else:  # pragma: no cover
     _FROM_NUMPY[np.dtype(_ml_dtypes.bfloat16)] = DataType.bfloat16
 
 
-def float32_to_bfloat16_bits(values):
-    """bfloat16 bit patterns (a ``uint16`` array) of ``values`` rounded to nearest, ties to even
-    (NaN stays NaN, overflow becomes infinity), as the portable backend rounds."""
+def float32_to_bfloat16_bits(values: npt.ArrayLike) -> "npt.NDArray[np.uint16]":
+    """Round float32 values to bfloat16 and return their bit patterns.
+
+    Rounds to nearest, ties to even, as the portable backend does; NaN stays NaN and values
+    beyond bfloat16's range become infinities.
+
+    Parameters
+    ----------
+    values : array_like
+        Values, converted to float32 first. Any shape.
+
+    Returns
+    -------
+    numpy.ndarray of uint16
+        The bfloat16 bit patterns, of the shape of ``values``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py.enums import float32_to_bfloat16_bits
+    >>> [hex(v) for v in float32_to_bfloat16_bits([1.0, -2.0, 1.00390625])]
+    ['0x3f80', '0xc000', '0x3f80']
+    """
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     nan = (bits & 0x7FFFFFFF) > 0x7F800000
     rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     return np.where(nan, ((bits >> 16) | 0x40).astype(np.uint16), rounded)
 
 
-def bfloat16_bits_to_float32(bits):
-    """The float32 values of bfloat16 bit patterns (``uint16``, or ``ml_dtypes.bfloat16``)."""
+def bfloat16_bits_to_float32(bits: npt.ArrayLike) -> "npt.NDArray[np.float32]":
+    """The float32 values of bfloat16 bit patterns (exact: every bfloat16 is a float32).
+
+    Parameters
+    ----------
+    bits : array_like of uint16, or an ``ml_dtypes.bfloat16`` array
+        bfloat16 bit patterns. Any shape.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        The values, of the shape of ``bits``.
+
+    Examples
+    --------
+    >>> from bnns_py.enums import bfloat16_bits_to_float32, float32_to_bfloat16_bits
+    >>> bfloat16_bits_to_float32(float32_to_bfloat16_bits([3.14159, 0.1])).tolist()
+    [3.140625, 0.10009765625]
+    """
     bits = np.asarray(bits)
     if bits.dtype != BFLOAT16_BITS:
         bits = bits.view(BFLOAT16_BITS) if bits.dtype.itemsize == 2 else bits.astype(BFLOAT16_BITS)
@@ -110,7 +197,18 @@ def bfloat16_bits_to_float32(bits):
 
 
 class DataLayout(enum.IntEnum):
-    """``BNNSDataLayout``: how ``size[]``/``stride[]`` of a descriptor map to indices."""
+    """``BNNSDataLayout``: how a descriptor's ``size[]`` and ``stride[]`` map to indices.
+
+    For most layouts ``size[0]`` is the fastest-varying axis; the ``*_first_major`` layouts list
+    their sizes outermost first. The rank is encoded in the value (see ``rank``). ``Shape``
+    builds descriptors' shapes from these.
+
+    Examples
+    --------
+    >>> from bnns_py import DataLayout
+    >>> DataLayout.image_chw.rank, DataLayout.convolution_weights_oihw.rank
+    (3, 4)
+    """
 
     vector = 0x10000
     one_d_last_major = 0x18000
@@ -142,27 +240,35 @@ class DataLayout(enum.IntEnum):
     tensor_8d_first_major = 0x88001
 
     @property
-    def rank(self):
+    def rank(self) -> int:
         """Number of dimensions: BNNS encodes it in bits 16-19 of the layout value."""
         return (self.value >> 16) & 0xF
 
 
 class Flags(enum.IntFlag):
-    """``BNNSFlags`` for ``FilterParameters.flags``."""
+    """``BNNSFlags`` for ``FilterParameters.flags``.
+
+    ``use_client_pointer``: BNNS reads the weights and bias from the caller's arrays at every
+    call instead of copying them at creation (needed for ``apply_backward``).
+    """
 
     none = 0
     use_client_pointer = 0x1
 
 
 class NDArrayFlags(enum.IntEnum):
-    """``BNNSNDArrayFlags``: whether backward overwrites or accumulates into a gradient."""
+    """``BNNSNDArrayFlags``: whether ``apply_backward`` overwrites or accumulates into a gradient.
+
+    Set on a gradient descriptor's ``flags``: ``backprop_set`` (default) overwrites,
+    ``backprop_accumulate`` adds to what the array holds.
+    """
 
     backprop_set = 0
     backprop_accumulate = 1
 
 
 class FilterType(enum.IntEnum):
-    """``BNNSFilterType``."""
+    """``BNNSFilterType``: the kind of a BNNS filter, as the C enum numbers them."""
 
     convolution = 0
     fully_connected = 1

@@ -9,9 +9,13 @@ and shares no code with it:
 * It imports only numpy and the standard library. Nothing from the rest of
   ``bnns_py`` is used.
 * Convolutions loop over kernel taps ``(ky, kx)`` and accumulate one
-  ``np.einsum`` of a strided window with one weight slice per tap. The C
-  backends use im2col + GEMM. The transposed convolution is a direct scatter
-  over kernel taps. It is not computed as a convolution of a zero-dilated input.
+  ``np.einsum`` of a strided window with one weight slice per tap. The
+  transposed convolution is a direct scatter over kernel taps, not a
+  convolution of a zero-dilated input. The C backends compute differently
+  (the portable one with Winograd transforms, register-tiled direct kernels
+  over zero-bordered planes, and GEMMs for 1x1 and fully-connected layers;
+  Accelerate in an undocumented way), so the two share neither code nor
+  summation order.
 * Gradients are written out directly as loops over taps. No autograd is used.
 * Every input is converted to float64 and every sum is accumulated in float64.
   Every result is a float64 array. Against float32 BNNS output, compare with a
@@ -40,12 +44,18 @@ Conventions follow PyTorch (NCHW):
   ``alpha`` and ``beta`` are used as float64. BNNS stores them as float32, so
   round them with ``np.float32`` first if you need the two to agree exactly.
 
-Example: checking a backend::
+Example: checking a backend
 
-    from bnns_py import reference as ref
-    want = ref.conv2d(x, w, b, stride=2, padding=(1, 0, 1, 0), groups=2,
-                      activation=act)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+>>> import numpy as np
+>>> import bnns_py
+>>> from bnns_py import reference
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+>>> w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+>>> want = reference.conv2d(x, w, stride=2, padding=1, groups=2)
+>>> got = bnns_py.conv2d(x, w, stride=2, padding=1, groups=2)
+>>> bnns_py.compare(got, want, rtol=1e-5).ok
+True
 
 Semantics this module fixes where Apple's headers are silent:
 
@@ -69,8 +79,16 @@ Semantics this module fixes where Apple's headers are silent:
 """
 import math
 import numbers
+from typing import Any, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+IntPair = Union[int, Sequence[int]]
+Pair = Tuple[int, int]
+Pads = Tuple[int, int, int, int]
+Gradients3 = Tuple[F64, F64, Optional[F64]]
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -137,10 +155,15 @@ _NEEDS_INPUT = {
     35: "GELUApproximationSigmoid is not monotonic, so x cannot be recovered from y",
 }
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erf_vectorized = np.vectorize(math.erf, otypes=[np.float64])
 
 
-def _check_function(function):
+def _erf(x: F64) -> F64:
+    values: F64 = _erf_vectorized(x)
+    return values
+
+
+def _check_function(function: Any) -> int:
     if isinstance(function, bool) or not isinstance(function, numbers.Integral):
         raise ValueError(f"activation function must be an int, got {function!r}")
     f = int(function)
@@ -153,36 +176,68 @@ def _check_function(function):
     return f
 
 
-def _sigmoid(x):
+def _sigmoid(x: F64) -> F64:
     """1/(1+exp(-x)) without overflow, with full relative precision for x << 0."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _softmax(x, axis):
-    m = np.max(x, axis=axis, keepdims=True)
+def _softmax(x: F64, axis: int) -> F64:
+    m: F64 = np.max(x, axis=axis, keepdims=True)
     e = np.exp(x - m)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    total: F64 = np.sum(e, axis=axis, keepdims=True)
+    return e / total
 
 
-def _log_softmax(x, axis):
-    m = np.max(x, axis=axis, keepdims=True)
+def _log_softmax(x: F64, axis: int) -> F64:
+    m: F64 = np.max(x, axis=axis, keepdims=True)
     s = x - m
-    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+    total: F64 = np.sum(np.exp(s), axis=axis, keepdims=True)
+    return s - np.log(total)
 
 
-def _celu_alpha(alpha):
+def _celu_alpha(alpha: float) -> float:
     if alpha == 0.0:
         raise ValueError("CELU needs alpha != 0 (it divides by alpha)")
     return alpha
 
 
-def apply_activation(y, function, alpha=0.0, beta=0.0, axis=1):
+def apply_activation(y: npt.ArrayLike, function: int, alpha: float = 0.0, beta: float = 0.0,
+                     axis: int = 1) -> F64:
     """Apply BNNS activation ``function`` to ``y``, elementwise or along ``axis``.
 
-    The formulas are those of bnns-behaviour.md section 5. ``axis`` is used only
-    by 11 (Softmax) and 21 (LogSoftmax). Values 9, 10, 13, 14 and 29 raise
-    NotImplementedError. Returns a new float64 array.
+    The formulas are those of the ``BNNSActivationFunction`` table in Apple's
+    BNNS headers, with ``alpha`` and ``beta`` as the parameters it names.
+
+    Parameters
+    ----------
+    y : array_like
+        The pre-activation values (real numbers, any shape).
+    function : int
+        A ``BNNSActivationFunction`` value (``ActivationFunction.function``;
+        ``ACTIVATION_NAMES`` lists them).
+    alpha, beta : float, optional
+        The function's parameters.
+    axis : int, optional
+        The axis of 11 (Softmax) and 21 (LogSoftmax); unused by the others.
+
+    Returns
+    -------
+    numpy.ndarray of float64
+        A new array of the shape of ``y``.
+
+    Raises
+    ------
+    NotImplementedError
+        For 9 and 10 (integer outputs), 13 and 14 (random) and 29 (per-channel).
+    ValueError
+        An unknown function value, or parameters the function cannot take.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import apply_activation
+    >>> apply_activation([-2.0, 0.5, 9.0], 8, alpha=-1.0, beta=1.0).tolist()   # 8: Clamp
+    [-1.0, 0.5, 1.0]
     """
     f = _check_function(function)
     x = _as_f64(y, "y")
@@ -257,7 +312,7 @@ def apply_activation(y, function, alpha=0.0, beta=0.0, axis=1):
     raise AssertionError(f)  # pragma: no cover
 
 
-def activation_derivative(x, function, alpha=0.0, beta=0.0):
+def activation_derivative(x: npt.ArrayLike, function: int, alpha: float = 0.0, beta: float = 0.0) -> F64:
     """d f(x) / dx for an elementwise BNNS activation, from the input x.
 
     Where the function has a kink or a jump, this uses the subgradient
@@ -272,11 +327,11 @@ def activation_derivative(x, function, alpha=0.0, beta=0.0):
     * HardSwish: 0 for x <= -3, x/3 + 1/2 for -3 < x < 3, and 1 for x >= 3.
     * Abs: sign(x), which is 0 at 0.
     * Threshold: 0 for x <= alpha.
-    * SoftShrink: 0 for |x| <= |alpha| when alpha != 0.
+    * SoftShrink: 0 for ``|x| <= |alpha|`` when alpha != 0.
     * ClampedLeakyReLU: for x > 0 the slope is 1 if x < beta, else 0. For
       x <= 0 it is alpha if alpha*x < beta, else 0.
-    * HardShrink: 0 for |x| < |alpha| and 1 otherwise. This follows BNNS's
-      forward, which keeps x at |x| = |alpha|. PyTorch's hardshrink instead
+    * HardShrink: 0 for ``|x| < |alpha|`` and 1 otherwise. This follows BNNS's
+      forward, which keeps x at ``|x| = |alpha|``. PyTorch's hardshrink instead
       returns 0 there, in both forward and backward.
 
     Softmax and LogSoftmax are not elementwise (see ``activation_backward``).
@@ -361,7 +416,8 @@ def activation_derivative(x, function, alpha=0.0, beta=0.0):
     raise AssertionError(f)  # pragma: no cover
 
 
-def activation_derivative_from_output(y, function, alpha=0.0, beta=0.0):
+def activation_derivative_from_output(y: npt.ArrayLike, function: int, alpha: float = 0.0,
+                                      beta: float = 0.0) -> F64:
     """d f / d(pre-activation), computed from the activation output y = f(x).
 
     This is the rule BNNS uses in the backward pass of a compute layer fused
@@ -396,7 +452,7 @@ def activation_derivative_from_output(y, function, alpha=0.0, beta=0.0):
     b = float(beta)
     one = np.ones_like(y)
 
-    def not_invertible(cond):
+    def not_invertible(cond: str) -> None:
         raise ValueError(f"activation {f} ({ACTIVATION_NAMES[f]}) needs the pre-activation "
                          f"input x when {cond}: it is not invertible from the output y")
 
@@ -456,7 +512,8 @@ def activation_derivative_from_output(y, function, alpha=0.0, beta=0.0):
     raise AssertionError(f)  # pragma: no cover
 
 
-def activation_backward(x, grad_output, function, alpha=0.0, beta=0.0, axis=1):
+def activation_backward(x: npt.ArrayLike, grad_output: npt.ArrayLike, function: int, alpha: float = 0.0,
+                        beta: float = 0.0, axis: int = 1) -> F64:
     """dL/dx for y = f(x) from the input x and dL/dy. Handles Softmax and LogSoftmax along ``axis``."""
     f = _check_function(function)
     x = _as_f64(x, "x")
@@ -468,7 +525,8 @@ def activation_backward(x, grad_output, function, alpha=0.0, beta=0.0, axis=1):
     return dy * activation_derivative(x, f, alpha, beta)
 
 
-def activation_backward_from_output(y, grad_output, function, alpha=0.0, beta=0.0, axis=1):
+def activation_backward_from_output(y: npt.ArrayLike, grad_output: npt.ArrayLike, function: int,
+                                    alpha: float = 0.0, beta: float = 0.0, axis: int = 1) -> F64:
     """dL/dx for y = f(x) from the output y and dL/dy (the BNNS fused-backward rule).
 
     Elementwise functions give ``dy * activation_derivative_from_output(y)``.
@@ -480,13 +538,15 @@ def activation_backward_from_output(y, grad_output, function, alpha=0.0, beta=0.
     dy = _as_f64(grad_output, "grad_output")
     _same_shape(y, dy, "output", "grad_output")
     if f == 11:
-        return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+        weighted: F64 = np.sum(dy * y, axis=axis, keepdims=True)
+        return y * (dy - weighted)
     if f == 21:
-        return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)
+        total: F64 = np.sum(dy, axis=axis, keepdims=True)
+        return dy - np.exp(y) * total
     return dy * activation_derivative_from_output(y, f, alpha, beta)
 
 
-def _resolve_activation(activation, default_axis):
+def _resolve_activation(activation: Any, default_axis: int) -> Tuple[int, float, float, int]:
     """(function, alpha, beta, axis) for None, an int, or an object with function/alpha/beta."""
     if activation is None:
         return 0, 0.0, 0.0, default_axis
@@ -504,14 +564,15 @@ def _resolve_activation(activation, default_axis):
     return f, alpha, beta, default_axis if axis is None else int(axis)
 
 
-def _activate(z, activation, default_axis):
+def _activate(z: F64, activation: Any, default_axis: int) -> F64:
     f, a, b, axis = _resolve_activation(activation, default_axis)
     if f == 0:
         return z
     return apply_activation(z, f, a, b, axis=axis)
 
 
-def _pre_activation_grad(grad_output, output, activation, default_axis):
+def _pre_activation_grad(grad_output: F64, output: Optional[npt.ArrayLike], activation: Any,
+                         default_axis: int) -> F64:
     """dL/dz for z = pre-activation, from dL/dy and the forward output y."""
     f, a, b, axis = _resolve_activation(activation, default_axis)
     if f == 0:
@@ -529,30 +590,53 @@ def _pre_activation_grad(grad_output, output, activation, default_axis):
 # Argument helpers
 # ---------------------------------------------------------------------------
 
-def _as_f64(a, name):
+def _as_f64(a: npt.ArrayLike, name: str) -> F64:
     arr = np.asarray(a)
     if arr.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     return np.array(arr, dtype=np.float64)
 
 
-def _same_shape(a, b, na, nb):
+def _same_shape(a: F64, b: F64, na: str, nb: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{na} has shape {a.shape} but {nb} has shape {b.shape}")
 
 
-def _int(v, name):
+def _int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{name} must be an int, got {v!r}")
     return int(v)
 
 
-def pair(v, name="value"):
-    """``v`` as an ``(h, w)`` tuple of ints: an int gives ``(v, v)``, and a 2-sequence is kept as is."""
+def pair(v: IntPair, name: str = "value") -> Pair:
+    """``v`` as an ``(h, w)`` tuple of ints.
+
+    Parameters
+    ----------
+    v : int or pair of int
+        An int gives ``(v, v)``; a 2-sequence is kept as is.
+    name : str, optional
+        The argument's name, for error messages.
+
+    Returns
+    -------
+    tuple of (int, int)
+
+    Raises
+    ------
+    ValueError
+        ``v`` is neither an int nor a pair of ints.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import pair
+    >>> pair(3), pair((1, 2))
+    ((3, 3), (1, 2))
+    """
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return (int(v), int(v))
     try:
-        items = tuple(v)
+        items = tuple(cast(Sequence[int], v))
     except TypeError:
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
     if len(items) != 2:
@@ -560,26 +644,42 @@ def pair(v, name="value"):
     return (_int(items[0], name), _int(items[1], name))
 
 
-def _positive_pair(v, name):
+def _positive_pair(v: IntPair, name: str) -> Pair:
     p = pair(v, name)
     if p[0] < 1 or p[1] < 1:
         raise ValueError(f"{name} must be >= 1, got {v!r}")
     return p
 
 
-def normalize_padding(p):
-    """Padding as ``(left, right, top, bottom)``.
+def normalize_padding(p: IntPair) -> Pads:
+    """Padding as ``(left, right, top, bottom)``, the order of BNNS's ``pad[4]``.
 
-    Accepts an int (the same on all four sides), a PyTorch-order pair
-    ``(pad_h, pad_w)``, which becomes ``(pad_w, pad_w, pad_h, pad_h)``, or a
-    4-tuple already in ``(left, right, top, bottom)`` order. Negative values
-    raise ValueError.
+    Parameters
+    ----------
+    p : int, (pad_h, pad_w) or (left, right, top, bottom)
+        An int pads all four sides; a PyTorch-order pair ``(pad_h, pad_w)``
+        becomes ``(pad_w, pad_w, pad_h, pad_h)``; a 4-tuple is kept.
+
+    Returns
+    -------
+    tuple of 4 int
+
+    Raises
+    ------
+    ValueError
+        Another form, a non-integer or a negative value.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import normalize_padding
+    >>> normalize_padding(1), normalize_padding((2, 1))
+    ((1, 1, 1, 1), (1, 1, 2, 2))
     """
     if isinstance(p, numbers.Integral) and not isinstance(p, bool):
         out = (int(p),) * 4
     else:
         try:
-            items = tuple(p)
+            items = tuple(cast(Sequence[int], p))
         except TypeError:
             raise ValueError(f"padding must be an int, (pad_h, pad_w) or "
                              f"(left, right, top, bottom), got {p!r}") from None
@@ -587,7 +687,8 @@ def normalize_padding(p):
             ph, pw = (_int(v, "padding") for v in items)
             out = (pw, pw, ph, ph)
         elif len(items) == 4:
-            out = tuple(_int(v, "padding") for v in items)
+            left, right, top, bottom = (_int(v, "padding") for v in items)
+            out = (left, right, top, bottom)
         else:
             raise ValueError(f"padding must be an int, (pad_h, pad_w) or "
                              f"(left, right, top, bottom), got {p!r}")
@@ -596,24 +697,41 @@ def normalize_padding(p):
     return out
 
 
-def conv2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation):
-    """Largest convolution output along one axis: ``floor((in + pb + pa - d*(k-1) - 1)/s) + 1``.
+def conv2d_output_size(in_size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
+                       dilation: int) -> int:
+    """Largest convolution output along one axis.
 
-    This is the formula only. It is <= 0 when the dilated kernel does not fit
-    in the padded input, and ``conv2d`` rejects that case.
+    ``(in + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1``:
+    the formula only. It is <= 0 when the dilated kernel does not fit in the
+    padded input, a case ``conv2d`` rejects.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import conv2d_output_size
+    >>> conv2d_output_size(32, 3, 2, 1, 1, 1)
+    16
     """
     return (in_size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def conv_transpose2d_output_size(in_size, kernel, stride, pad_before, pad_after, dilation,
-                                 output_padding=0):
-    """Transposed-convolution output along one axis:
-    ``(in-1)*s - pb - pa + d*(k-1) + 1 + output_padding``."""
+def conv_transpose2d_output_size(in_size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
+                                 dilation: int, output_padding: int = 0) -> int:
+    """Transposed-convolution output along one axis.
+
+    ``(in - 1) * stride - pad_before - pad_after + dilation * (kernel - 1) + 1 + output_padding``.
+
+    Examples
+    --------
+    >>> from bnns_py.reference import conv_transpose2d_output_size
+    >>> conv_transpose2d_output_size(8, 4, 2, 1, 1, 1)
+    16
+    """
     return (in_size - 1) * stride - pad_before - pad_after + dilation * (kernel - 1) + 1 \
         + output_padding
 
 
-def _check_conv_operands(x, weight, groups, transposed):
+def _check_conv_operands(x: F64, weight: F64, groups: int,
+                         transposed: bool) -> Tuple[int, int, int, int, int, int, int, int]:
     """(N, Cin, H, W, Cout, kH, kW, groups) after checking the shapes."""
     if x.ndim != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {x.shape}")
@@ -643,7 +761,7 @@ def _check_conv_operands(x, weight, groups, transposed):
     return n, cin, h, w, cout, kh, kw, g
 
 
-def _bias_vector(bias, cout):
+def _bias_vector(bias: Optional[npt.ArrayLike], cout: int) -> Optional[F64]:
     if bias is None:
         return None
     b = _as_f64(bias, "bias")
@@ -652,7 +770,8 @@ def _bias_vector(bias, cout):
     return b
 
 
-def _conv_out_hw(h, w, kh, kw, stride, pads, dilation, output_size):
+def _conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Pair, pads: Pads, dilation: Pair,
+                 output_size: Optional[IntPair]) -> Pair:
     left, right, top, bottom = pads
     max_h = conv2d_output_size(h, kh, stride[0], top, bottom, dilation[0])
     max_w = conv2d_output_size(w, kw, stride[1], left, right, dilation[1])
@@ -668,7 +787,8 @@ def _conv_out_hw(h, w, kh, kw, stride, pads, dilation, output_size):
     return oh, ow
 
 
-def _tconv_out_hw(h, w, kh, kw, stride, pads, dilation, output_padding, output_size):
+def _tconv_out_hw(h: int, w: int, kh: int, kw: int, stride: Pair, pads: Pads, dilation: Pair,
+                  output_padding: IntPair, output_size: Optional[IntPair]) -> Pair:
     left, right, top, bottom = pads
     oph, opw = pair(output_padding, "output_padding")
     if oph < 0 or opw < 0:
@@ -695,7 +815,7 @@ def _tconv_out_hw(h, w, kh, kw, stride, pads, dilation, output_padding, output_s
 # Tap loops. Arrays are split by groups: (N, G, C/G, H, W), weights (G, A, B, kH, kW).
 # ---------------------------------------------------------------------------
 
-def _window(a, ky, kx, out_h, out_w, stride, dilation):
+def _window(a: F64, ky: int, kx: int, out_h: int, out_w: int, stride: Pair, dilation: Pair) -> F64:
     """a[..., ky*dh + sh*i, kx*dw + sw*j] for i < out_h, j < out_w."""
     y0 = ky * dilation[0]
     x0 = kx * dilation[1]
@@ -705,7 +825,7 @@ def _window(a, ky, kx, out_h, out_w, stride, dilation):
     return win
 
 
-def _gather(src, weight, out_h, out_w, stride, dilation):
+def _gather(src: F64, weight: F64, out_h: int, out_w: int, stride: Pair, dilation: Pair) -> F64:
     """out[n,g,o,i,j] = sum_{c,ky,kx} src[n,g,c, i*sh+ky*dh, j*sw+kx*dw] * weight[g,o,c,ky,kx]."""
     n, groups = src.shape[:2]
     out = np.zeros((n, groups, weight.shape[1], out_h, out_w))
@@ -716,7 +836,7 @@ def _gather(src, weight, out_h, out_w, stride, dilation):
     return out
 
 
-def _scatter(src, weight, buf, stride, dilation):
+def _scatter(src: F64, weight: F64, buf: F64, stride: Pair, dilation: Pair) -> F64:
     """buf[n,g,d, i*sh+ky*dh, j*sw+kx*dw] += src[n,g,c,i,j] * weight[g,c,d,ky,kx] (in place)."""
     h, w = src.shape[3:]
     for ky in range(weight.shape[3]):
@@ -726,7 +846,7 @@ def _scatter(src, weight, buf, stride, dilation):
     return buf
 
 
-def _tap_products(small, big, kh, kw, stride, dilation):
+def _tap_products(small: F64, big: F64, kh: int, kw: int, stride: Pair, dilation: Pair) -> F64:
     """out[g,a,b,ky,kx] = sum_{n,i,j} small[n,g,a,i,j] * big[n,g,b, i*sh+ky*dh, j*sw+kx*dw]."""
     h, w = small.shape[3:]
     out = np.zeros((small.shape[1], small.shape[2], big.shape[2], kh, kw))
@@ -741,16 +861,53 @@ def _tap_products(small, big, kh, kw, stride, dilation):
 # Convolution
 # ---------------------------------------------------------------------------
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-           output_size=None):
-    """BNNS convolution, a cross-correlation with no kernel flip:
-    ``out[n,o,i,j] = act(bias[o] + sum_{c,ky,kx} w[o,c,ky,kx] * xpad[n, g*Cin_g + c, i*sh + ky*dh, j*sw + kx*dw])``,
-    where ``g`` is the group of ``o``.
+def conv2d(x: npt.ArrayLike, weight: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
+           stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+           activation: Any = None, output_size: Optional[IntPair] = None) -> F64:
+    """BNNS convolution: a cross-correlation (no kernel flip), in float64.
 
-    ``weight`` is ``(Cout, Cin/groups, kH, kW)``. ``padding`` is
-    ``(left, right, top, bottom)``. ``output_size=(oH, oW)`` may be smaller
-    than the largest size, which is the default. Returns
-    ``(N, Cout, oH, oW)`` float64.
+    ``out[n, o, i, j] = act(bias[o] + sum_{c, ky, kx} w[o, c, ky, kx] *
+    xpad[n, g*Cin_g + c, i*sh + ky*dh, j*sw + kx*dw])``, where ``g`` is the
+    group of output channel ``o`` and ``Cin_g = Cin / groups``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, Cin, H, W)
+        The input; any real dtype, converted to float64.
+    weight : array_like, shape (Cout, Cin / groups, kH, kW)
+        PyTorch's ``Conv2d`` layout, BNNS's OIHW.
+    bias : array_like, shape (Cout,), optional
+        Added before the activation; None for no bias.
+    stride, dilation : int or (int, int), optional
+        ``(sh, sw)`` and ``(dh, dw)``, each >= 1.
+    padding : int, (pad_h, pad_w) or (left, right, top, bottom), optional
+        Zero padding, see :func:`normalize_padding`.
+    groups : int, optional
+        Channel groups; ``Cin`` and ``Cout`` must be multiples of it.
+    activation : None, int or object, optional
+        See the module docstring; None is the identity.
+    output_size : (int, int), optional
+        ``(oH, oW)`` up to the largest size (the default); a smaller output
+        is the top-left part of the largest one.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N, Cout, oH, oW)
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit together, bad stride/dilation/padding values
+        or an output size above the largest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> reference.conv2d(x, w, stride=2)[0, 0].tolist()
+    [[10.0, 18.0], [42.0, 50.0]]
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -770,17 +927,50 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     return _activate(out, activation, 1)
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1, activation=None, output_size=None):
-    """Transposed convolution (PyTorch weights ``(Cin, Cout/groups, kH, kW)``, no flip).
+def conv_transpose2d(x: npt.ArrayLike, weight: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
+                     stride: IntPair = 1, padding: IntPair = 0, output_padding: IntPair = 0,
+                     dilation: IntPair = 1, groups: int = 1, activation: Any = None,
+                     output_size: Optional[IntPair] = None) -> F64:
+    """Transposed convolution with PyTorch's weight layout (no kernel flip), in float64.
 
     ``out[n, o, i*sh + ky*dh - top, j*sw + kx*dw - left] += x[n, c, i, j] * w[c, o - g*Cout_g, ky, kx]``
-    for ``o`` in the group ``g`` of ``c``. Positions outside the output are
-    dropped. Then bias and activation are applied. The output size is
-    ``conv_transpose2d_output_size``, with ``output_padding`` added on the
-    bottom and right, or ``output_size``, which must be at least the size with
-    ``output_padding=0``. Computed by scattering each kernel tap into a zeroed
-    full-size float64 buffer and then cropping.
+    for ``o`` in the group ``g`` of ``c``; positions outside the output are
+    dropped; then bias and activation. Computed by scattering each kernel tap
+    into a zeroed full-size buffer and cropping.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, Cin, H, W)
+        The input.
+    weight : array_like, shape (Cin, Cout / groups, kH, kW)
+        PyTorch's ``ConvTranspose2d`` layout.
+    bias, stride, padding, dilation, groups, activation
+        As for :func:`conv2d`; ``padding`` is removed from the output.
+    output_padding : int or (int, int), optional
+        Extra rows and columns on the bottom and right (PyTorch's
+        ``output_padding``); they hold only the bias where no input reaches.
+    output_size : (int, int), optional
+        An explicit ``(oH, oW)``, at least the size with ``output_padding=0``.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N, Cout, oH, oW)
+        ``oH = (H - 1)*sh - top - bottom + dh*(kH - 1) + 1 + output_padding``
+        (likewise ``oW``), or ``output_size``.
+
+    Raises
+    ------
+    ValueError
+        As for :func:`conv2d`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x = np.array([[[[1.0, 2.0]]]])                 # (1, 1, 1, 2)
+    >>> w = np.ones((1, 1, 1, 2))
+    >>> reference.conv_transpose2d(x, w, stride=2)[0, 0].tolist()
+    [[1.0, 1.0, 2.0, 2.0]]
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -803,21 +993,53 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     return _activate(np.ascontiguousarray(out), activation, 1)
 
 
-def _want_bias(bias):
+def _want_bias(bias: Any) -> bool:
     return bias is not None and bias is not False
 
 
-def conv2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
-                    dilation=1, groups=1, activation=None):
-    """Gradients of ``conv2d``: ``(grad_input, grad_weight, grad_bias)``.
+def conv2d_backward(x: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                    output: Optional[npt.ArrayLike] = None, bias: Any = True, stride: IntPair = 1,
+                    padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+                    activation: Any = None) -> Gradients3:
+    """Gradients of :func:`conv2d`: ``(grad_input, grad_weight, grad_bias)``.
 
-    ``grad_output`` is dL/dy with shape ``(N, Cout, oH, oW)``. ``oH`` and
-    ``oW`` may be smaller than the largest output, as in ``conv2d(output_size=...)``.
-    If ``activation`` is not the identity, ``output`` (the forward y) is
-    required and dL/dy is first turned into dL/d(pre-activation) from y, as
-    BNNS does. ``grad_weight`` has the weight's shape and is summed over the
-    batch. ``grad_bias`` has shape ``(Cout,)``, or is None when ``bias`` is
-    False or None.
+    Parameters
+    ----------
+    x, weight
+        The forward pass's input and weight.
+    grad_output : array_like, shape (N, Cout, oH, oW)
+        dL/dy. ``oH``, ``oW`` may be smaller than the largest output, as in
+        ``conv2d(output_size=...)``.
+    output : array_like, optional
+        The forward result y, needed when ``activation`` is not the
+        identity: dL/dy is first turned into dL/d(pre-activation) from y, as
+        BNNS does (see :func:`activation_derivative_from_output`).
+    bias : bool or None, optional
+        Whether to return ``grad_bias`` (False or None: it is None).
+    stride, padding, dilation, groups, activation
+        As in the forward pass.
+
+    Returns
+    -------
+    grad_input : numpy.ndarray of float64, shape (N, Cin, H, W)
+    grad_weight : numpy.ndarray of float64, shape of ``weight``
+        Summed over the batch.
+    grad_bias : numpy.ndarray of float64, shape (Cout,), or None
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, or a missing ``output`` for a non-identity
+        activation, or one that cannot be differentiated from y.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))
+    >>> dx, dw, db = reference.conv2d_backward(x, w, np.ones((1, 1, 2, 2)))
+    >>> dx[0, 0].tolist(), dw[0, 0].tolist(), db.tolist()
+    ([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], [[4.0, 4.0], [4.0, 4.0]], [4.0])
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -844,15 +1066,26 @@ def conv2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, pa
     return grad_input, grad_weight, grad_bias
 
 
-def conv_transpose2d_backward(x, weight, grad_output, output=None, bias=True, stride=1, padding=0,
-                              output_padding=0, dilation=1, groups=1, activation=None,
-                              output_size=None):
-    """Gradients of ``conv_transpose2d``: ``(grad_input, grad_weight, grad_bias)``.
+def conv_transpose2d_backward(x: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                              output: Optional[npt.ArrayLike] = None, bias: Any = True,
+                              stride: IntPair = 1, padding: IntPair = 0, output_padding: IntPair = 0,
+                              dilation: IntPair = 1, groups: int = 1, activation: Any = None,
+                              output_size: Optional[IntPair] = None) -> Gradients3:
+    """Gradients of :func:`conv_transpose2d`: ``(grad_input, grad_weight, grad_bias)``.
 
     The weight and ``grad_weight`` are in PyTorch's transposed layout
-    ``(Cin, Cout/groups, kH, kW)``. ``grad_output`` must have the forward
-    output shape given by ``output_padding`` or ``output_size``. The other
-    arguments are as for ``conv2d_backward``.
+    ``(Cin, Cout / groups, kH, kW)``. ``grad_output`` must have the forward
+    output's shape, given by ``output_padding`` or ``output_size``. The other
+    parameters and the results are as for :func:`conv2d_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> x, w = np.array([[[[1.0, 2.0]]]]), np.ones((1, 1, 1, 2))
+    >>> dx, dw, db = reference.conv_transpose2d_backward(x, w, np.ones((1, 1, 1, 4)), stride=2)
+    >>> dx.tolist(), dw.tolist(), db.tolist()
+    ([[[[2.0, 2.0]]]], [[[[3.0, 3.0]]]], [4.0])
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -882,19 +1115,38 @@ def conv_transpose2d_backward(x, weight, grad_output, output=None, bias=True, st
 # Fully connected
 # ---------------------------------------------------------------------------
 
-def _check_linear(x, w):
+def _check_linear(x: F64, w: F64) -> None:
     if w.ndim != 2:
         raise ValueError(f"weight must have shape (out, in), got {w.shape}")
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"x must have shape (..., {w.shape[1]}), got {x.shape}")
 
 
-def linear(x, weight, bias=None, activation=None):
-    """Fully connected layer ``y[..., o] = act(bias[o] + sum_i w[o, i] * x[..., i])``.
+def linear(x: npt.ArrayLike, weight: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
+           activation: Any = None) -> F64:
+    """Fully-connected layer ``y[..., o] = act(bias[o] + sum_i w[o, i] * x[..., i])``.
 
-    The weight is ``(out, in)``, the BNNS row-major ``W(o, i)`` at ``i + o*in``.
-    Softmax and LogSoftmax act on the last axis unless the activation has an
-    ``axis`` attribute.
+    Parameters
+    ----------
+    x : array_like, shape (..., in)
+        Any number of leading (batch) axes.
+    weight : array_like, shape (out, in)
+        ``torch.nn.Linear``'s layout: BNNS's row-major ``W(o, i)`` at ``i + o*in``.
+    bias : array_like, shape (out,), optional
+    activation : None, int or object, optional
+        As for :func:`conv2d`; Softmax and LogSoftmax act on the last axis
+        unless the activation has an ``axis`` attribute.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (..., out)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> reference.linear(np.array([1.0, 2.0]), np.array([[1.0, 1.0], [0.0, -1.0]]), [0.5, 0.0]).tolist()
+    [3.5, -2.0]
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
@@ -906,13 +1158,23 @@ def linear(x, weight, bias=None, activation=None):
     return _activate(y, activation, -1)
 
 
-def linear_backward(x, weight, grad_output, output=None, bias=True, activation=None):
-    """Gradients of ``linear``: ``(grad_input, grad_weight, grad_bias)``.
+def linear_backward(x: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                    output: Optional[npt.ArrayLike] = None, bias: Any = True,
+                    activation: Any = None) -> Gradients3:
+    """Gradients of :func:`linear`: ``(grad_input, grad_weight, grad_bias)``.
 
     ``grad_weight`` ``(out, in)`` and ``grad_bias`` ``(out,)`` are summed over
-    all leading (batch) axes. ``grad_bias`` is None when ``bias`` is False or
+    all leading (batch) axes; ``grad_bias`` is None when ``bias`` is False or
     None. A non-identity activation needs ``output``, as in
-    ``conv2d_backward``.
+    :func:`conv2d_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import reference
+    >>> dx, dw, db = reference.linear_backward(np.array([[1.0, 2.0]]), np.eye(2), np.array([[1.0, 0.0]]))
+    >>> dx.tolist(), dw.tolist(), db.tolist()
+    ([[1.0, 0.0]], [[1.0, 2.0], [0.0, 0.0]], [1.0, 0.0])
     """
     x = _as_f64(x, "x")
     w = _as_f64(weight, "weight")
