@@ -1,8 +1,14 @@
 """``Layer`` and ``UnaryLayer``: Python objects that own one ``BNNSFilter``.
 
 The filter is destroyed exactly once: by ``close()``, by leaving a ``with`` block, or when the
-object is garbage collected (``ffi.gc``), whichever comes first. ``filter_counts()`` reports how
-many filters this process created and destroyed through bnns-py, on any backend.
+object is garbage collected (``ffi.gc``), whichever comes first. A layer closed while other
+threads are inside one of its calls (``apply``, ``apply_backward``) keeps its filter until the
+last of those calls returns; calls started after ``close()`` raise ``LayerClosedError``.
+``filter_counts()`` reports how many filters this process created and destroyed through bnns-py,
+on any backend.
+
+Numpy arrays given to ``apply``/``apply_backward`` must have the shape the layer's descriptor
+implies, in numpy order (``check_array_shape``).
 """
 import functools
 import threading
@@ -27,6 +33,43 @@ def filter_counts():
     """(created, destroyed) filter counts for this process, over every backend."""
     with _Counts.lock:
         return _Counts.created, _Counts.destroyed
+
+
+def check_array_shape(name, array, shape, batch_size, batched=True, alternative=None):
+    """Raise ``ValueError`` unless numpy ``array`` has the shape that ``batch_size`` items of
+    ``shape`` (a ``Shape``) take in numpy order.
+
+    A packed shape's items are arrays of ``shape.numpy_shape``: ``array`` must be
+    ``(batch_size, *numpy_shape)``, or ``numpy_shape`` when ``batch_size`` is 1 (e.g.
+    ``(N, C, H, W)`` / ``(C, H, W)`` for ``image_chw``, ``(N, n)`` / ``(n,)`` for a vector).
+    A shape with gaps between its values (explicit strides) describes the storage, not an array
+    shape: ``array`` holds that storage flat, or with ``batch_size`` as its leading dimension, and
+    spans at least the ``batch_size`` items (at most ``batch_size * shape.batch_stride`` values,
+    where that is larger). ``batched=False`` (weights, bias): one item, never a batch of one.
+    ``alternative``: another shape accepted (the shape of the array a layer reads its weights from).
+    """
+    given = array.shape
+    if given == alternative:
+        return
+    if shape.is_packed:
+        item = shape.numpy_shape
+        if given == item if not batched else given == (batch_size,) + item or (batch_size == 1 and given == item):
+            return
+        if not batched:
+            wanted = f"{item}" + (f" (or {alternative}, the layer's array)" if alternative not in (None, item) else "")
+            raise ValueError(f"{name} must have shape {wanted} ({shape!r} in numpy order), got {given}")
+        wanted = f"{(batch_size,) + item}" + (f" or {item}" if batch_size == 1 else "")
+        raise ValueError(f"{name} must have shape {wanted} for batch_size={batch_size} ({shape!r} in numpy "
+                         f"order), got {given}")
+    needed = batch_extent(shape, batch_size)
+    room = max(needed, batch_size * shape.batch_stride)
+    if array.ndim > 1 and batch_size > 1 and array.shape[0] != batch_size:
+        raise ValueError(f"{name} has shape {array.shape}: its leading dimension must be batch_size={batch_size} "
+                         f"(or pass the {shape!r} storage flat)")
+    if not needed <= array.size <= room:
+        limit = f"{needed}" if needed == room else f"{needed} to {room}"
+        raise ValueError(f"{name} holds {array.size} values (shape {array.shape}); {batch_size} item(s) of "
+                         f"{shape!r} with its strides take {limit}")
 
 
 def _destroy_filter(destroy, keepalive, handle):
@@ -73,13 +116,42 @@ class Layer:
         # Accelerate's filters are reported not to be thread-safe: calls on one layer are
         # serialized there. The portable backend is safe (a busy filter uses a private workspace).
         self._call_lock = None if backend.is_portable else threading.Lock()
+        # Calls in flight and close(): under _state_lock, a call counts itself in before reading the
+        # handle and out after C returns; close() destroys the filter at once when no call is in
+        # flight, else leaves it in _doomed for the last call out.
+        self._state_lock = threading.Lock()
+        self._in_flight = 0
+        self._doomed = None
+
+    def _enter(self):
+        """Count a call in and return the filter (``LayerClosedError`` once closed)."""
+        with self._state_lock:
+            handle = self._handle
+            if handle is None:
+                raise LayerClosedError(type(self).__name__)
+            self._in_flight += 1
+        return handle
+
+    def _leave(self):
+        """Count a call out; the last one out of a closed layer destroys its filter."""
+        with self._state_lock:
+            self._in_flight -= 1
+            if self._in_flight or self._doomed is None:
+                return
+            doomed, self._doomed = self._doomed, None
+        ffi.release(doomed)
 
     def _call(self, function, *args):
-        """Call a C function on this layer's filter, one thread at a time where BNNS needs it."""
-        if self._call_lock is None:
-            return function(*args)
-        with self._call_lock:
-            return function(*args)
+        """``function(filter, *args)``: a C call on this layer's filter, counted in flight (so
+        ``close()`` cannot destroy the filter under it), one thread at a time where BNNS needs it."""
+        handle = self._enter()
+        try:
+            if self._call_lock is None:
+                return function(handle, *args)
+            with self._call_lock:
+                return function(handle, *args)
+        finally:
+            self._leave()
 
     @property
     def bnns_filter(self):
@@ -98,12 +170,16 @@ class Layer:
         return self._handle is None
 
     def close(self):
-        """Destroy the filter now. Safe to call more than once."""
-        handle, self._handle = self._handle, None
-        self._last_apply = _NO_LAST_APPLY  # drop the remembered arrays and their pointers
-        self._gradient_views = {}
-        if handle is not None:
-            ffi.release(handle)
+        """Destroy the filter: now, or when the last call in flight on another thread returns.
+        Later calls raise ``LayerClosedError``. Safe to call more than once, from any thread."""
+        with self._state_lock:
+            handle, self._handle = self._handle, None
+            self._last_apply = _NO_LAST_APPLY  # drop the remembered arrays and their pointers
+            self._gradient_views = {}
+            if handle is None or self._in_flight:
+                self._doomed = handle if handle is not None else self._doomed
+                return
+        ffi.release(handle)
 
     def __enter__(self):
         self.bnns_filter  # entering a closed layer is an error
@@ -161,14 +237,24 @@ class UnaryLayer(Layer):
             out_flags = output.flags
             if (input.dtype is last[3] and output.dtype is last[4] and out_flags.writeable
                     and out_flags.c_contiguous and input.flags.c_contiguous):
-                if last[5]() != 0:  # the C call with its arguments bound (close() drops it first)
+                # counted in flight as in _call; the bound call holds the filter, so a close()
+                # since it was read only makes the call raise
+                with self._state_lock:
+                    if self._handle is None:
+                        raise LayerClosedError(type(self).__name__)
+                    self._in_flight += 1
+                try:
+                    status = last[5]()  # the C call with its filter and arguments bound
+                finally:
+                    self._leave()
+                if status != 0:
                     self._fail(last[6])
                 return
         self._apply_checked(batch_size, input, output)
 
     def _apply_checked(self, batch_size, input, output):
         """``apply`` with every check; remembers a numpy pair for the fast path."""
-        handle = self.bnns_filter
+        self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
         in_ptr, in_stride, in_array = self._pointer("input", input, self.input_descriptor, batch_size, False)
         out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
@@ -179,15 +265,29 @@ class UnaryLayer(Layer):
         else:
             name, args = "BNNSFilterApplyBatch", (batch_size, in_ptr, in_stride, out_ptr, out_stride)
         function = getattr(self._backend.lib, name)
-        if input is in_array and output is out_array:  # numpy arrays, not descriptors
-            if self._call_lock is None:
+        handle = self._enter()
+        try:
+            if input is in_array and output is out_array:  # numpy arrays, not descriptors
                 call = functools.partial(function, handle, *args)
+                if self._call_lock is not None:
+                    call = functools.partial(_locked, self._call_lock, call)
+                self._remember(input, output, batch_size, call, name)
+            if self._call_lock is None:
+                status = function(handle, *args)
             else:
-                call = functools.partial(self._call, function, handle, *args)
-            self._last_apply = (input, output, batch_size, input.dtype, output.dtype, call, name)
-        status = self._call(function, handle, *args)
+                with self._call_lock:
+                    status = function(handle, *args)
+        finally:
+            self._leave()
         if status != 0:
             self._fail(name)
+
+    def _remember(self, input, output, batch_size, call, name):
+        """Remember the arrays of a checked call for the fast path, unless the layer was closed
+        meanwhile (close() forgets them, and a closed layer must not keep its filter bound)."""
+        with self._state_lock:
+            if self._handle is not None:
+                self._last_apply = (input, output, batch_size, input.dtype, output.dtype, call, name)
 
     def _pointer(self, name, value, expected, batch_size, writable):
         """(data pointer, batch stride, numpy array) for an apply argument, after checking it."""
@@ -202,6 +302,7 @@ class UnaryLayer(Layer):
             check_array_memory(name, array, dtype, (batch_size - 1) * stride + extent, writable)
             return value._buffer, stride, array
         check_array_memory(name, value, dtype, (batch_size - 1) * stride + extent, writable)
+        check_array_shape(name, value, expected.shape, batch_size)
         return ffi.from_buffer(value), stride, value
 
     def apply_backward(self, batch_size, input, output, output_gradient, input_gradient,
@@ -214,7 +315,7 @@ class UnaryLayer(Layer):
         ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to the
         buffer); numpy arrays are overwritten.
         """
-        handle = self.bnns_filter
+        self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
         self._check_backward_preconditions(input, output, weights_gradient)
         in_ptr, in_stride, _ = self._optional_pointer("input", input, self.input_descriptor, batch_size, False)
@@ -224,9 +325,9 @@ class UnaryLayer(Layer):
             raise ValueError("output_gradient is required")
         dy, dy_stride = self._gradient("output_gradient", output_gradient, lambda: self.output_descriptor, batch_size, keep)
         dx, dx_stride = self._gradient("input_gradient", input_gradient, lambda: self.input_descriptor, batch_size, keep)
-        dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor, 1, keep)
-        db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor, 1, keep)
-        status = self._call(self._backend.lib.BNNSFilterApplyBackwardBatch, handle, batch_size, in_ptr, in_stride,
+        dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor, 1, keep, False)
+        db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor, 1, keep, False)
+        status = self._call(self._backend.lib.BNNSFilterApplyBackwardBatch, batch_size, in_ptr, in_stride,
                             dx, dx_stride, out_ptr, out_stride, dy, dy_stride, dw, db)
         if status != 0:
             self._fail("BNNSFilterApplyBackwardBatch")
@@ -245,7 +346,7 @@ class UnaryLayer(Layer):
             return ffi.NULL, expected.shape.batch_stride, None
         return self._pointer(name, value, expected, batch_size, writable)
 
-    def _gradient(self, name, value, expected_descriptor, batch_size, keep):
+    def _gradient(self, name, value, expected_descriptor, batch_size, keep, batched=True):
         """(descriptor pointer, batch stride) for a gradient argument; NULL for None."""
         if value is None:
             return ffi.NULL, 0
@@ -259,6 +360,9 @@ class UnaryLayer(Layer):
         if not isinstance(value, NDArrayDescriptor):
             dtype, extent = expected.data_type.numpy_dtype, batch_extent(expected.shape, batch_size)
             check_array_memory(name, value, dtype, extent, True)
+            # a weight or bias gradient may also take the shape of the array the layer reads them from
+            check_array_shape(name, value, expected.shape, batch_size, batched,
+                              None if expected.data is None else expected.data.shape)
             array = value
             value = NDArrayDescriptor(value.reshape(-1), expected.shape, batch_size=batch_size)
             self._gradient_views[name] = (array, batch_size, dtype, extent, value, value.c_descriptor,
@@ -275,6 +379,11 @@ class UnaryLayer(Layer):
         return value.c_descriptor, value.shape.batch_stride
 
 
+def _locked(lock, call):
+    with lock:
+        return call()
+
+
 def _check_batch_size(batch_size):
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an integer, not {type(batch_size).__name__}")
@@ -283,4 +392,4 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
-__all__ = ["Layer", "UnaryLayer", "filter_counts", "create_filter", "get_backend"]
+__all__ = ["Layer", "UnaryLayer", "check_array_shape", "filter_counts", "create_filter", "get_backend"]

@@ -122,7 +122,7 @@ def test_apply_rejects_read_only_output_and_aliasing(no_filter_leaks):
             layer.apply(1, np.zeros((1, 3, 8, 8), np.float32), out)
         shared = np.zeros(3 * 64, np.float32)
         with pytest.raises(ValueError, match="share memory"):
-            layer.apply(1, shared, shared[:144])
+            layer.apply(1, shared.reshape(3, 8, 8), shared[:144].reshape(4, 6, 6))
 
 
 def test_filter_parameters_validation():

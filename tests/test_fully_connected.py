@@ -545,3 +545,37 @@ def test_one_d_layouts_work_as_vectors(layout, rng, live_check):
         out = np.empty((2, 3), np.float32)
         layer.apply(2, x, out)
     assert_close_to_reference(out, reference.linear(x, weight, bias), 4)
+
+
+def test_apply_and_backward_refuse_arrays_of_the_wrong_shape(rng, no_filter_leaks):
+    """(N, in) / (in,) vectors only: a transposed or flat batch is refused before C is called."""
+    weight, bias = random_array(rng, (4, 6)), random_array(rng, (4,))
+    layer, _ = make_fc(weight, bias, flags=Flags.use_client_pointer)
+    with layer:
+        x, y = random_array(rng, (3, 6)), np.full((3, 4), -5.0, np.float32)
+        for bad_x, bad_y, message in ((x.reshape(6, 3), y, r"input must have shape \(3, 6\).*got \(6, 3\)"),
+                                      (x.reshape(-1), y, r"input must have shape \(3, 6\).*got \(18,\)"),
+                                      (x, y.reshape(1, 12), r"output must have shape \(3, 4\).*got \(1, 12\)"),
+                                      (x[:, :, None], y, r"input must have shape \(3, 6\).*got \(3, 6, 1\)")):
+            with pytest.raises(ValueError, match=message):
+                layer.apply(3, bad_x, bad_y)
+        assert (y == -5.0).all()
+        with pytest.raises(ValueError, match=r"input must have shape \(1, 6\) or \(6,\) for batch_size=1"):
+            layer.apply(1, x, y[0])
+        layer.apply(1, x[0], y[0])
+        assert_close_to_reference(y[0], reference.linear(x[:1], weight, bias)[0], 6)
+        layer.apply(3, x, y)
+        assert_close_to_reference(y, reference.linear(x, weight, bias), 6)
+        dy = random_array(rng, y.shape)
+        dx, dw, db = np.empty_like(x), np.empty_like(weight), np.empty_like(bias)
+        for args, message in (((dy.reshape(4, 3), dx, dw, db), r"output_gradient must have shape \(3, 4\).*got \(4, 3\)"),
+                              ((dy, dx.reshape(-1), dw, db), r"input_gradient must have shape \(3, 6\).*got \(18,\)"),
+                              ((dy, dx, dw.reshape(6, 4), db), r"weights_gradient must have shape \(4, 6\).*got \(6, 4\)"),
+                              ((dy, dx, dw, db[None]), r"bias_gradient must have shape \(4,\).*got \(1, 4\)")):
+            with pytest.raises(ValueError, match=message):
+                layer.apply_backward(3, x, y, *args)
+        layer.apply_backward(3, x, y, dy, dx, dw, db)
+        dx_ref, dw_ref, db_ref = reference.linear_backward(x, weight, dy, bias=True)
+        assert_close_to_reference(dx, dx_ref, 4)
+        assert_close_to_reference(dw, dw_ref, 3)
+        assert_close_to_reference(db, db_ref, 3)

@@ -144,3 +144,24 @@ def test_filters_left_open_at_exit_do_not_crash(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
     assert done.stderr == ""
+
+
+CLOSE_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "close_worker.py")
+
+
+@pytest.mark.parametrize("mode, repetitions", [("close", 6), ("with", 6), ("cache", 3)])
+def test_closing_a_layer_under_a_running_call_waits_for_it(mode, repetitions):
+    """close(), leaving a ``with`` block, and the functional cache's eviction while another thread
+    is inside apply / the fast path / apply_backward (tests/close_worker.py, in a process of its
+    own: before the fix the process died with SIGSEGV). The call returns the right numbers, later
+    calls raise LayerClosedError, and every filter is destroyed exactly once."""
+    import json
+    done = subprocess.run([sys.executable, CLOSE_WORKER, mode, str(repetitions)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"
+    counts = json.loads(done.stdout)
+    assert counts["created"] == repetitions
+    assert counts["returned"] + counts["closed"] == repetitions
+    if mode != "cache":
+        # the layer is big enough that the close comes while the call runs (at least once, even on a busy machine)
+        assert counts["closed_in_flight"] >= 1, counts
