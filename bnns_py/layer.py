@@ -17,8 +17,10 @@ import numpy as np
 
 from . import _repr
 from ._ffi import ffi
+from .activation import check_differentiable
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor, batch_extent, check_array_memory
+from .enums import BFLOAT16_BITS, ActivationFunctionKind, DataType
 from .errors import BNNSError, LayerClosedError
 
 
@@ -379,6 +381,62 @@ class UnaryLayer(Layer):
         return value.c_descriptor, value.shape.batch_stride
 
 
+class WeightedLayer(UnaryLayer):
+    """The common base of ``ConvolutionLayer`` and ``FullyConnectedLayer``: a unary layer with
+    ``weights`` and an optional ``bias`` (``NDArrayDescriptor``s with data), a fused
+    ``activation`` and the ``filter_parameters`` it was created with; ``apply_backward`` also
+    returns weight and bias gradients, in the layout of the layer's own descriptors."""
+
+    def __init__(self, handle, backend, input_descriptor, output_descriptor, weights, bias, activation,
+                 filter_parameters):
+        super().__init__(handle, backend, input_descriptor, output_descriptor, (weights, bias, filter_parameters))
+        for name, descriptor in (("input", input_descriptor), ("output", output_descriptor)):
+            if descriptor.data_type == DataType.bfloat16:  # numpy has no bfloat16: its bits, as uint16
+                _, batch_stride, extent = self._operands[name]
+                self._operands[name] = (BFLOAT16_BITS, batch_stride, extent)
+        self.weights = weights
+        self.bias = bias
+        self.activation = activation
+        self.filter_parameters = filter_parameters
+
+    def _pointer(self, name, value, expected, batch_size, writable):
+        # A clear message for a numpy array of the wrong dtype, before the C call; bfloat16
+        # operands are uint16 arrays of bit patterns (ml_dtypes.bfloat16 arrays are viewed so).
+        if isinstance(value, np.ndarray):
+            data_type = expected.data_type
+            if value.dtype not in data_type.storage_dtypes:
+                hint = (": pass a uint16 array of bfloat16 bit patterns (bnns_py.enums.float32_to_bfloat16_bits)"
+                        if data_type == DataType.bfloat16 else f": pass {name}.astype(np.{data_type.numpy_dtype})")
+                raise TypeError(f"{name} has dtype {value.dtype} but the layer's {name} data type is "
+                                f"{data_type.name}{hint}")
+            if value.dtype != BFLOAT16_BITS and data_type == DataType.bfloat16:
+                value = value.view(BFLOAT16_BITS)
+        return super()._pointer(name, value, expected, batch_size, writable)
+
+    def _weights_shape_descriptor(self):
+        return self.weights
+
+    def _bias_shape_descriptor(self):
+        if self.bias is None:
+            raise ValueError("bias_gradient given but the layer has no bias")
+        return self.bias
+
+    def _check_backward_preconditions(self, input, output, weights_gradient):
+        parameters = self.filter_parameters
+        if parameters is None or not parameters.use_client_pointer:
+            raise ValueError("apply_backward needs a layer created with "
+                             "FilterParameters(flags=Flags.use_client_pointer), as BNNS requires")
+        for name, descriptor in (("input", self.input_descriptor), ("weights", self.weights),
+                                 ("output", self.output_descriptor), ("bias", self.bias)):
+            if descriptor is not None and descriptor.data_type != DataType.float32:
+                raise TypeError(f"apply_backward needs float32 descriptors; {name} is {descriptor.data_type.name}")
+        check_differentiable(self._backend, self.activation)
+        if self.activation.function != ActivationFunctionKind.identity and output is None:
+            raise ValueError(f"output (the forward result) is required to back-propagate through {self.activation!r}")
+        if weights_gradient is not None and input is None:
+            raise ValueError("input (the forward input) is required for weights_gradient")
+
+
 def _locked(lock, call):
     with lock:
         return call()
@@ -392,4 +450,4 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
-__all__ = ["Layer", "UnaryLayer", "check_array_shape", "filter_counts", "create_filter", "get_backend"]
+__all__ = ["Layer", "UnaryLayer", "WeightedLayer", "check_array_shape", "filter_counts", "create_filter", "get_backend"]

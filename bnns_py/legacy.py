@@ -27,9 +27,8 @@ import numpy as np
 
 from ._checks import is_int
 from ._ffi import ffi
-from .activation import ActivationFunction
+from .activation import ActivationFunction, check_fusable
 from .backend import get_backend
-from .convolution import PORTABLE_UNSUPPORTED_ACTIVATIONS
 from .descriptor import NDArrayDescriptor, check_array_memory
 from .enums import DataType
 from .filter_parameters import FilterParameters
@@ -195,8 +194,7 @@ def _check_common(backend, activation, filter_parameters, descriptors):
             if descriptor.data_type != DataType.float32:
                 raise TypeError(f"{name} data type {descriptor.data_type.name} is not supported by the portable "
                                 "backend yet (float32 only)")
-        if activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
-            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend yet")
+    check_fusable(backend, activation)
 
 
 class _LegacyLayer(UnaryLayer):

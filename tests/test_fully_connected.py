@@ -9,6 +9,8 @@ from bnns_py import (ActivationFunction as AF, BNNSError, ConvolutionLayer, Data
                      FilterParameters, Flags, FullyConnectedLayer, NDArrayDescriptor, NDArrayFlags, Shape, ffi,
                      reference)
 
+from bnns_py.layer import WeightedLayer
+
 from conftest import assert_close_to_reference, random_array
 
 FLOAT32 = 0x10020
@@ -93,10 +95,11 @@ def test_forward_matches_reference(case, rng, live_check):
     assert_close_to_reference(out, expected, case["in_size"], "fc forward")
 
 
-def test_fully_connected_layer_is_a_convolution_layer(rng, no_filter_leaks):
+def test_fully_connected_and_convolution_layers_share_a_base(rng, no_filter_leaks):
     layer, _ = make_fc(random_array(rng, (3, 5)))
     with layer:
-        assert isinstance(layer, ConvolutionLayer)
+        assert isinstance(layer, WeightedLayer) and issubclass(ConvolutionLayer, WeightedLayer)
+        assert not hasattr(layer, "group_count"), "no stand-in convolution attributes"
         assert (layer.input_size, layer.output_size) == (5, 3)
         assert "5 -> 3" in repr(layer)
 

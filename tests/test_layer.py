@@ -402,3 +402,21 @@ def test_apply_backward_refuses_arrays_of_the_wrong_shape(argument, position, ba
         assert_close_to_reference(good[3], dx, 54)
         assert_close_to_reference(good[4], dw, 72)
         assert_close_to_reference(good[5], db, 72)
+
+
+def test_activation_kinds_are_the_c_enum():
+    """Every BNNSActivationFunction constant of cdefs/bnns.h is an ActivationFunctionKind member of
+    the same value, and the backend support sets are named by kind."""
+    from bnns_py import activation, ffi
+    from bnns_py.enums import ActivationFunctionKind as Kind
+    constants = ffi.dlopen(None)
+    prefix = "BNNSActivationFunction"
+    c_values = {name[len(prefix):]: getattr(constants, name) for name in dir(constants) if name.startswith(prefix)}
+    assert len(c_values) == 37 and set(c_values.values()) == {k.value for k in Kind}
+    assert c_values["GumbelMax"] == Kind.gumbel_max == 14 and c_values["PReLUPerChannel"] == Kind.prelu_per_channel
+    assert c_values["HardSwish"] == Kind.hard_swish == Kind.gelu_approximation2
+    assert activation.PORTABLE_UNSUPPORTED_ACTIVATIONS == {Kind.integer_linear_saturate,
+                                                           Kind.integer_linear_saturate_per_channel, Kind.gumbel_max}
+    assert ActivationFunction.hard_swish().name == "hard_swish"
+    assert ActivationFunction.gelu_approximation2(1, 2).name == "gelu_approximation2"
+    assert ActivationFunction(Kind.celu, 1.0) == ActivationFunction.celu(1.0)
