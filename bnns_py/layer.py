@@ -224,10 +224,13 @@ class UnaryLayer(Layer):
     def apply(self, batch_size, input, output):
         """Run the filter on ``batch_size`` items.
 
-        ``input`` and ``output`` are ``NDArrayDescriptor``s (as in Swift) or numpy arrays holding
-        ``batch_size`` items laid out as the layer's input/output descriptors describe (for
-        images: C-contiguous ``(N, C, H, W)`` or ``(C, H, W)``). The batch strides are the
-        descriptors' ``shape.batch_stride``.
+        ``input`` and ``output`` are ``NDArrayDescriptor``s (as in Swift) or C-contiguous numpy
+        arrays of exactly the shape the layer's descriptors imply for ``batch_size`` items, in
+        numpy order: ``(batch_size, C, H, W)`` images, or ``(C, H, W)`` when ``batch_size`` is
+        1; ``(batch_size, n)`` or ``(n,)`` vectors. Any other shape raises ``ValueError`` (even
+        with enough values: a transposed, NHWC or flat array would be misread). Descriptors with
+        gaps (explicit strides) take their storage instead, flat or with ``batch_size`` leading
+        (see ``check_array_shape``). The batch strides are the descriptors' ``shape.batch_stride``.
 
         Calling again with the same two numpy arrays and batch size is the fast path: the layer
         remembers the last pair (and keeps a reference to both until another pair is used or the
@@ -315,7 +318,9 @@ class UnaryLayer(Layer):
         ``weights_gradient`` and ``bias_gradient`` receive dL/dx, dL/dW (summed over the batch, in
         the weights' creation layout) and dL/db. Pass None to skip one. Gradients given as
         ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to the
-        buffer); numpy arrays are overwritten.
+        buffer); numpy arrays are overwritten. Numpy arrays have the shapes ``apply`` takes (x and
+        dL/dx the input's, y and dL/dy the output's); ``weights_gradient`` and ``bias_gradient``
+        those of the weights and bias (their descriptor's numpy shape, or the array the layer reads).
         """
         self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
