@@ -44,7 +44,7 @@ def check_array_shape(name, array, shape, batch_size, batched=True, alternative=
     A packed shape's items are arrays of ``shape.numpy_shape``: ``array`` must be
     ``(batch_size, *numpy_shape)``, or ``numpy_shape`` when ``batch_size`` is 1 (e.g.
     ``(N, C, H, W)`` / ``(C, H, W)`` for ``image_chw``, ``(N, n)`` / ``(n,)`` for a vector).
-    A shape with gaps between its values (explicit strides) describes the storage, not an array
+    A shape with gaps between its values or items (explicit strides) describes the storage, not an array
     shape: ``array`` holds that storage flat, or with ``batch_size`` as its leading dimension, and
     spans at least the ``batch_size`` items (at most ``batch_size * shape.batch_stride`` values,
     where that is larger). ``batched=False`` (weights, bias): one item, never a batch of one.
@@ -53,7 +53,8 @@ def check_array_shape(name, array, shape, batch_size, batched=True, alternative=
     given = array.shape
     if given == alternative:
         return
-    if shape.is_packed:
+    # packed items, also packed one after the other (an axis of size 1 may carry any stride)
+    if shape.is_packed and (batch_size == 1 or shape.batch_stride == shape.element_count):
         item = shape.numpy_shape
         if given == item if not batched else given == (batch_size,) + item or (batch_size == 1 and given == item):
             return

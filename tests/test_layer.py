@@ -420,3 +420,25 @@ def test_activation_kinds_are_the_c_enum():
     assert ActivationFunction.hard_swish().name == "hard_swish"
     assert ActivationFunction.gelu_approximation2(1, 2).name == "gelu_approximation2"
     assert ActivationFunction(Kind.celu, 1.0) == ActivationFunction.celu(1.0)
+
+
+def test_a_channel_axis_of_one_with_a_batch_stride_takes_storage(rng, no_filter_leaks):
+    """image_chw(w, h, 1) with a channel stride beyond the image: each item is packed but items are
+    that stride apart, so a batch is storage (flat or N-leading), never a packed (N, 1, H, W)."""
+    weights = random_array(rng, (2, 1, 3, 3))
+    in_shape = Shape.image_chw(5, 4, 1, stride=(1, 5, 32))
+    layer = ConvolutionLayer(
+        ConvolutionType.standard, NDArrayDescriptor(data_type=DataType.float32, shape=in_shape),
+        NDArrayDescriptor(weights, Shape.convolution_weights_oihw(3, 3, 1, 2)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(3, 2, 2)), None)
+    with layer:
+        images = random_array(rng, (2, 1, 4, 5))
+        storage = np.zeros((2, 32), np.float32)
+        storage[:, :20] = images.reshape(2, 20)
+        out = np.empty((2, 2, 2, 3), np.float32)
+        with pytest.raises(ValueError, match=r"input holds 40 values, needs at least 52"):
+            layer.apply(2, images, out)  # would be misread: the second image starts at value 32, not 20
+        layer.apply(2, storage, out)
+        assert_close_to_reference(out, reference.conv2d(images, weights), 9)
+        layer.apply(1, images[0], out[0])  # one item is packed: (C, H, W) as usual
+        assert_close_to_reference(out[0], reference.conv2d(images[:1], weights)[0], 9)
