@@ -70,7 +70,12 @@ def test_soak_100k_create_apply_destroy(backend, rng):
 
 
 def test_gil_is_released_during_c_calls(rng, no_filter_leaks):
-    # While one thread is inside a long BNNS call, another thread must keep running Python code.
+    """While one thread is inside a long BNNS call, another thread keeps running Python code.
+
+    The switch interval is raised to 1 s for the test, so a thread waiting for the GIL gets it only
+    when the holder releases it: the counter advances between the two reads around the call only
+    if the C call releases the GIL (a held GIL would keep it still, the call being shorter)."""
+    import sys
     x = random_array(rng, (8, 64, 56, 56))
     weights, bias = random_array(rng, (64, 64, 3, 3)), random_array(rng, (64,))
     y = np.empty_like(x)
@@ -81,24 +86,29 @@ def test_gil_is_released_during_c_calls(rng, no_filter_leaks):
             NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(56, 56, 64)),
             NDArrayDescriptor(bias, Shape.vector(64)), ConvolutionPadding.symmetric(1, 1),
             filter_parameters=FilterParameters(n_threads=1)) as layer:
-        started, finished = threading.Event(), threading.Event()
-        ticks_during_call = []
+        layer.apply(8, x, y)  # warm: the call below runs the C code only
+        running, finished = threading.Event(), threading.Event()
+        ticks = [0]
 
         def counter():
-            started.wait()
-            ticks = 0
+            running.set()
             while not finished.is_set():
-                ticks += 1
-            ticks_during_call.append(ticks)
+                ticks[0] += 1
 
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1.0)
         thread = threading.Thread(target=counter)
-        thread.start()
-        started.set()
-        for _ in range(3):
-            layer.apply(8, x, y)  # ~1.8 GFLOP each: tens of milliseconds in C
-        finished.set()
-        thread.join()
-    assert ticks_during_call[0] > 10_000, "the other thread made no progress: the GIL was held during the C call"
+        try:
+            thread.start()
+            running.wait()
+            before = ticks[0]
+            layer.apply(8, x, y)  # ~1.8 GFLOP: tens of milliseconds in C
+            during = ticks[0] - before
+        finally:
+            finished.set()
+            thread.join()
+            sys.setswitchinterval(interval)
+    assert during > 1000, f"the other thread counted {during} during the call: the GIL was held"
 
 
 @pytest.mark.parametrize("serialized", [False, True], ids=["concurrent", "serialized"])
