@@ -90,4 +90,5 @@ for cpu in ${WHEEL_CPUS:-Haswell Nehalem}; do
     fi
   done
 done
+[ $status -eq 0 ] && rm -rf "$out"  # on failure the logs stay for a look
 exit $status
