@@ -119,29 +119,37 @@ class Layer:
         # Accelerate's filters are reported not to be thread-safe: calls on one layer are
         # serialized there. The portable backend is safe (a busy filter uses a private workspace).
         self._call_lock = None if backend.is_portable else threading.Lock()
-        # Calls in flight and close(): under _state_lock, a call counts itself in before reading the
-        # handle and out after C returns; close() destroys the filter at once when no call is in
-        # flight, else leaves it in _doomed for the last call out.
-        self._state_lock = threading.Lock()
-        self._in_flight = 0
+        # Calls in flight and close(). A call appends to _calls, then reads _handle; it pops after C
+        # returns, then reads _handle again. close() clears _handle, then destroys the filter if
+        # _calls is empty, else leaves it in _doomed for the last call out. list.append and
+        # list.pop are atomic, and each side writes before it reads, so either close() sees the
+        # call or the call sees the close (and raises): no lock on the fast path.
+        self._calls = []
         self._doomed = None
+        self._state_lock = threading.Lock()  # close(), destruction and the fast path's memory
 
     def _enter(self):
         """Count a call in and return the filter (``LayerClosedError`` once closed)."""
-        with self._state_lock:
-            handle = self._handle
-            if handle is None:
-                raise LayerClosedError(type(self).__name__)
-            self._in_flight += 1
+        self._calls.append(None)
+        handle = self._handle
+        if handle is None:
+            self._leave()
+            raise LayerClosedError(type(self).__name__)
         return handle
 
     def _leave(self):
         """Count a call out; the last one out of a closed layer destroys its filter."""
+        self._calls.pop()
+        if self._handle is None:
+            self._destroy_when_idle()
+
+    def _destroy_when_idle(self):
+        """Destroy the filter close() left, unless calls are still in flight (the last one does)."""
         with self._state_lock:
-            self._in_flight -= 1
-            if self._in_flight or self._doomed is None:
+            doomed = self._doomed
+            if doomed is None or self._calls:
                 return
-            doomed, self._doomed = self._doomed, None
+            self._doomed = None
         ffi.release(doomed)
 
     def _call(self, function, *args):
@@ -179,10 +187,10 @@ class Layer:
             handle, self._handle = self._handle, None
             self._last_apply = _NO_LAST_APPLY  # drop the remembered arrays and their pointers
             self._gradient_views = {}
-            if handle is None or self._in_flight:
-                self._doomed = handle if handle is not None else self._doomed
+            if handle is None:
                 return
-        ffi.release(handle)
+            self._doomed = handle
+        self._destroy_when_idle()
 
     def __enter__(self):
         self.bnns_filter  # entering a closed layer is an error
@@ -243,16 +251,18 @@ class UnaryLayer(Layer):
             out_flags = output.flags
             if (input.dtype is last[3] and output.dtype is last[4] and out_flags.writeable
                     and out_flags.c_contiguous and input.flags.c_contiguous):
-                # counted in flight as in _call; the bound call holds the filter, so a close()
-                # since it was read only makes the call raise
-                with self._state_lock:
+                # counted in flight as _enter / _leave do (inline: this path is the hot one); a
+                # close() since _last_apply was read makes the call raise
+                calls = self._calls
+                calls.append(None)
+                try:
                     if self._handle is None:
                         raise LayerClosedError(type(self).__name__)
-                    self._in_flight += 1
-                try:
                     status = last[5]()  # the C call with its filter and arguments bound
                 finally:
-                    self._leave()
+                    calls.pop()
+                    if self._handle is None:
+                        self._destroy_when_idle()
                 if status != 0:
                     self._fail(last[6])
                 return

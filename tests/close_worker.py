@@ -14,7 +14,8 @@ Prints one line of counts (JSON) on success, e.g. how many closes found a call i
 
 Run:  python tests/close_worker.py MODE REPETITIONS
 MODE: close (layer.close()), with (leaving a ``with`` block), cache (bnns_py.conv2d on the worker,
-bnns_py.clear_cache() / set_cache_size(0) on the main thread).
+bnns_py.clear_cache() / set_cache_size(0) on the main thread), race (a tiny layer's fast path on
+three threads, closed 2 ms after they start).
 """
 import json
 import sys
@@ -85,12 +86,12 @@ def run_layers(mode, repetitions, rng, x, weight, bias, counts):
                 worker.start()
                 started.wait()
                 time.sleep(0.01)
-                in_flight = getattr(layer, "_in_flight", 0)
+                in_flight = len(getattr(layer, "_calls", ()))
         else:
             worker.start()
             started.wait()
             time.sleep(0.01)
-            in_flight = getattr(layer, "_in_flight", 0)
+            in_flight = len(getattr(layer, "_calls", ()))
             layer.close()
         worker.join()
         if isinstance(outcome[0], BaseException):
@@ -139,6 +140,43 @@ def run_cache(repetitions, rng, x, weight, bias, counts):
         bnns_py.clear_cache()
 
 
+def run_race(repetitions, rng, counts):
+    """Many short calls (the fast path of a tiny layer) on three threads while the main thread
+    closes the layer: the close lands anywhere in a call's protocol, not only inside C."""
+    weight = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    for _ in range(repetitions):
+        layer = ConvolutionLayer(
+            ConvolutionType.standard, NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 8)),
+            NDArrayDescriptor(weight, Shape.convolution_weights_oihw(3, 3, 8, 8)),
+            NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 8)), None,
+            ConvolutionPadding.symmetric(1, 1))
+        started, failures = threading.Barrier(4), []
+
+        def work():
+            x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+            y = np.empty_like(x)
+            started.wait()
+            try:
+                while True:
+                    layer.apply(1, x, y)
+            except LayerClosedError:
+                pass
+            except BaseException as error:
+                failures.append(error)
+
+        workers = [threading.Thread(target=work) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        started.wait()
+        time.sleep(0.002)
+        layer.close()
+        for worker in workers:
+            worker.join()
+        if failures:
+            raise failures[0]
+        counts["closed"] += 1
+
+
 def main():
     mode, repetitions = sys.argv[1], int(sys.argv[2])
     rng = np.random.default_rng(17)
@@ -151,6 +189,8 @@ def main():
     counts = {"closed_in_flight": 0, "returned": 0, "closed": 0}
     if mode == "cache":
         run_cache(repetitions, rng, x, weight, bias, counts)
+    elif mode == "race":
+        run_race(repetitions, rng, counts)
     else:
         run_layers(mode, repetitions, rng, x, weight, bias, counts)
     created, destroyed = (a - b for a, b in zip(bnns_py.filter_counts(), before))

@@ -159,7 +159,7 @@ def test_filters_left_open_at_exit_do_not_crash(tmp_path):
 CLOSE_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "close_worker.py")
 
 
-@pytest.mark.parametrize("mode, repetitions", [("close", 6), ("with", 6), ("cache", 3)])
+@pytest.mark.parametrize("mode, repetitions", [("close", 6), ("with", 6), ("cache", 3), ("race", 100)])
 def test_closing_a_layer_under_a_running_call_waits_for_it(mode, repetitions):
     """close(), leaving a ``with`` block, and the functional cache's eviction while another thread
     is inside apply / the fast path / apply_backward (tests/close_worker.py, in a process of its
@@ -172,6 +172,6 @@ def test_closing_a_layer_under_a_running_call_waits_for_it(mode, repetitions):
     counts = json.loads(done.stdout)
     assert counts["created"] == repetitions
     assert counts["returned"] + counts["closed"] == repetitions
-    if mode != "cache":
+    if mode in ("close", "with"):
         # the layer is big enough that the close comes while the call runs (at least once, even on a busy machine)
         assert counts["closed_in_flight"] >= 1, counts
