@@ -6,6 +6,7 @@ Swift. ``bnns_activation`` builds the C ``BNNSActivation`` struct. Activations t
 the Swift enum does not (``relu6``, ``erf``, ``gelu``, ...) are included under their C names.
 """
 from ._ffi import ffi
+from .enums import ActivationFunctionKind as Kind
 
 
 class ActivationFunction:
@@ -40,7 +41,7 @@ class ActivationFunction:
 
     @property
     def is_identity(self):
-        return self.function == 0
+        return self.function == Kind.identity
 
     def __eq__(self, other):
         if not isinstance(other, ActivationFunction):
@@ -80,15 +81,15 @@ class ActivationFunction:
     # ---- Swift cases with parameters -------------------------------------------------------
     @classmethod
     def leaky_rectified_linear(cls, alpha):
-        return cls(2, alpha, name="leaky_rectified_linear")
+        return cls(Kind.leaky_rectified_linear, alpha)
 
     @classmethod
     def scaled_tanh(cls, alpha, beta):
-        return cls(5, alpha, beta, name="scaled_tanh")
+        return cls(Kind.scaled_tanh, alpha, beta)
 
     @classmethod
     def linear(cls, alpha):
-        return cls(7, alpha, name="linear")
+        return cls(Kind.linear, alpha)
 
     @classmethod
     def clamp(cls, bounds):
@@ -96,78 +97,77 @@ class ActivationFunction:
         lower, upper = bounds
         if not float(lower) <= float(upper):
             raise ValueError(f"clamp bounds must satisfy lower <= upper, got {bounds}")
-        return cls(8, lower, upper, name="clamp")
+        return cls(Kind.clamp, lower, upper)
 
     @classmethod
     def gelu_approximation(cls, alpha, beta):
-        return cls(12, alpha, beta, name="gelu_approximation")
+        return cls(Kind.gelu_approximation, alpha, beta)
 
     @classmethod
     def gelu_approximation2(cls, alpha, beta):
-        return cls(30, alpha, beta, name="gelu_approximation2")
+        return cls(Kind.gelu_approximation2, alpha, beta, name="gelu_approximation2")
 
     @classmethod
     def gumbel(cls, alpha, beta):
-        return cls(13, alpha, beta, name="gumbel")
+        return cls(Kind.gumbel, alpha, beta)
 
     @classmethod
     def gumbel_max(cls, alpha, beta):
-        return cls(14, alpha, beta, name="gumbel_max")
+        return cls(Kind.gumbel_max, alpha, beta)
 
     @classmethod
     def hard_sigmoid(cls, alpha, beta):
-        return cls(15, alpha, beta, name="hard_sigmoid")
+        return cls(Kind.hard_sigmoid, alpha, beta)
 
     @classmethod
     def softplus(cls, alpha, beta):
-        return cls(16, alpha, beta, name="softplus")
+        return cls(Kind.softplus, alpha, beta)
 
     @classmethod
     def elu(cls, alpha):
-        return cls(18, alpha, name="elu")
+        return cls(Kind.elu, alpha)
 
     @classmethod
     def celu(cls, alpha):
-        return cls(24, alpha, name="celu")
+        return cls(Kind.celu, alpha)
 
     @classmethod
     def clamped_leaky_rectified_linear(cls, alpha, beta):
-        return cls(19, alpha, beta, name="clamped_leaky_rectified_linear")
+        return cls(Kind.clamped_leaky_rectified_linear, alpha, beta)
 
     @classmethod
     def linear_with_bias(cls, alpha, beta):
-        return cls(20, alpha, beta, name="linear_with_bias")
+        return cls(Kind.linear_with_bias, alpha, beta)
 
     @classmethod
     def hard_shrink(cls, alpha):
-        return cls(25, alpha, name="hard_shrink")
+        return cls(Kind.hard_shrink, alpha)
 
     @classmethod
     def soft_shrink(cls, alpha):
-        return cls(26, alpha, name="soft_shrink")
+        return cls(Kind.soft_shrink, alpha)
 
     @classmethod
     def threshold(cls, alpha, beta):
-        return cls(28, alpha, beta, name="threshold")
+        return cls(Kind.threshold, alpha, beta)
 
     @classmethod
     def hard_swish(cls, alpha=0.0, beta=0.0):
-        return cls(30, alpha, beta, name="hard_swish")
+        return cls(Kind.hard_swish, alpha, beta)
 
     # C-only cases
     @classmethod
     def prelu_per_channel(cls, alpha):
-        return cls(29, alpha, name="prelu_per_channel")
+        return cls(Kind.prelu_per_channel, alpha)
 
 
-MAX_FUNCTION = 35
+MAX_FUNCTION = max(Kind)
 
 # Swift cases without parameters, plus C-only ones, by their snake-case names.
-_CONSTANT_CASES = {
-    "identity": 0, "rectified_linear": 1, "sigmoid": 3, "tanh": 4, "abs": 6, "softmax": 11,
-    "softsign": 17, "log_softmax": 21, "log_sigmoid": 22, "selu": 23, "tanh_shrink": 27,
-    "silu": 31, "relu6": 32, "erf": 33, "gelu": 34, "gelu_approximation_sigmoid": 35,
-}
+_CONSTANT_CASES = {kind.name: kind for kind in (
+    Kind.identity, Kind.rectified_linear, Kind.sigmoid, Kind.tanh, Kind.abs, Kind.softmax, Kind.softsign,
+    Kind.log_softmax, Kind.log_sigmoid, Kind.selu, Kind.tanh_shrink, Kind.silu, Kind.relu6, Kind.erf, Kind.gelu,
+    Kind.gelu_approximation_sigmoid)}
 _PARAMETERS = {
     "leaky_rectified_linear": ("alpha",), "scaled_tanh": ("alpha", "beta"), "linear": ("alpha",),
     "clamp": ("alpha", "beta"), "gelu_approximation": ("alpha", "beta"),
@@ -178,13 +178,9 @@ _PARAMETERS = {
     "hard_shrink": ("alpha",), "soft_shrink": ("alpha",), "threshold": ("alpha", "beta"),
     "hard_swish": ("alpha", "beta"), "prelu_per_channel": ("alpha",),
 }
-_NAMES = {value: name for name, value in _CONSTANT_CASES.items()}
-_NAMES.update({2: "leaky_rectified_linear", 5: "scaled_tanh", 7: "linear", 8: "clamp",
-               9: "integer_linear_saturate", 10: "integer_linear_saturate_per_channel",
-               12: "gelu_approximation", 13: "gumbel", 14: "gumbel_max", 15: "hard_sigmoid",
-               16: "softplus", 18: "elu", 19: "clamped_leaky_rectified_linear",
-               20: "linear_with_bias", 24: "celu", 25: "hard_shrink", 26: "soft_shrink",
-               28: "threshold", 29: "prelu_per_channel", 30: "hard_swish"})
+# value -> name; hard_swish names the value it shares with gelu_approximation2
+_NAMES = {kind.value: kind.name for kind in Kind}
+_NAMES[Kind.hard_swish] = "hard_swish"
 _ALIASES = {"none": "identity", "relu": "rectified_linear", "logsigmoid": "log_sigmoid",
             "logsoftmax": "log_softmax", "swish": "silu", "hardswish": "hard_swish",
             "leaky_relu": "leaky_rectified_linear", "hardsigmoid": "hard_sigmoid",
@@ -193,3 +189,51 @@ _ALIASES = {"none": "identity", "relu": "rectified_linear", "logsigmoid": "log_s
 for _name, _value in _CONSTANT_CASES.items():
     setattr(ActivationFunction, _name, ActivationFunction(_value, name=_name))
 del _name, _value
+
+
+# ---- what the backends can do with a fused activation ------------------------------------------
+
+# Activation functions the portable backend cannot fuse into a layer, and why (for the error
+# message): the IntegerLinearSaturate pair produces integer outputs (the portable backend computes
+# Float32 only); GumbelMax has no documented meaning for a fused layer output.
+PORTABLE_UNSUPPORTED_REASONS = {
+    Kind.integer_linear_saturate: "IntegerLinearSaturate produces integer outputs and the portable backend "
+                                  "computes float32 outputs only",
+    Kind.integer_linear_saturate_per_channel: "IntegerLinearSaturatePerChannel produces integer outputs and the "
+                                              "portable backend computes float32 outputs only",
+    Kind.gumbel_max: "what GumbelMax writes for a fused layer output (the axis of the max, and whether each value "
+                     "gets the max or a sample) is not documented, so the portable backend does not guess",
+}
+PORTABLE_UNSUPPORTED_ACTIVATIONS = frozenset(PORTABLE_UNSUPPORTED_REASONS)
+# Fused activations BNNS differentiates from the forward output y (bnns.h's training list), plus
+# PReLUPerChannel: bnns-py's decision, as every alpha_c equals alpha (bnns-py cannot reach
+# BNNSGetPointer) it is leaky ReLU, differentiable from y when alpha > 0.
+BACKWARD_FROM_OUTPUT = frozenset({
+    Kind.identity, Kind.rectified_linear, Kind.leaky_rectified_linear, Kind.sigmoid, Kind.tanh, Kind.linear,
+    Kind.clamp, Kind.softmax, Kind.hard_sigmoid, Kind.softplus, Kind.softsign, Kind.elu,
+    Kind.clamped_leaky_rectified_linear, Kind.linear_with_bias, Kind.log_softmax, Kind.log_sigmoid, Kind.selu,
+    Kind.celu, Kind.hard_shrink, Kind.soft_shrink, Kind.tanh_shrink, Kind.threshold, Kind.prelu_per_channel,
+    Kind.gelu_approximation_sigmoid})
+# ... of which these are differentiable from y only with a positive slope alpha for x < 0
+BACKWARD_NEEDS_POSITIVE_ALPHA = frozenset({Kind.leaky_rectified_linear, Kind.clamped_leaky_rectified_linear,
+                                           Kind.prelu_per_channel})
+# ... and of which the portable backend cannot invert these from y.
+PORTABLE_BACKWARD_UNSUPPORTED = frozenset({Kind.gelu_approximation_sigmoid})
+
+
+def check_fusable(backend, activation):
+    """Raise ``NotImplementedError`` when ``backend`` cannot fuse ``activation`` into a layer."""
+    if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
+        raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend: "
+                                  f"{PORTABLE_UNSUPPORTED_REASONS[activation.function]}")
+
+
+def check_differentiable(backend, activation):
+    """Raise unless ``backend`` can back-propagate through ``activation`` fused into a layer, from
+    the layer's output (``ValueError``; ``NotImplementedError`` for what only the portable backend lacks)."""
+    function = activation.function
+    if function not in BACKWARD_FROM_OUTPUT or (function in BACKWARD_NEEDS_POSITIVE_ALPHA and activation.alpha <= 0):
+        raise ValueError(f"BNNS cannot differentiate the fused activation {activation!r} from the "
+                         "layer output; use identity here and a separate activation step")
+    if backend.is_portable and function in PORTABLE_BACKWARD_UNSUPPORTED:
+        raise NotImplementedError(f"the portable backend cannot differentiate {activation!r} yet")

@@ -175,13 +175,30 @@ def _candidates(name):
     return paths
 
 
+MIN_OPENBLAS_VERSION = "0.3.27.63.0"  # the first scipy-openblas32 whose get_library() takes fullname
+
+
+def _distribution_version(name):
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:  # metadata missing or unreadable: the message still names the fix
+        return "(version unknown)"
+
+
 def _preload_openblas():
     """Load the OpenBLAS the portable library links to, so it resolves from any install layout."""
     try:
         import scipy_openblas32 as openblas
     except ImportError:
         return
-    path = os.path.join(openblas.get_lib_dir(), openblas.get_library(fullname=True))
+    try:
+        file_name = openblas.get_library(fullname=True)
+    except TypeError:  # get_library() takes no fullname before 0.3.27.63.0
+        raise LibraryNotFoundError("scipy-openblas32", [(
+            "scipy_openblas32", f"the installed scipy-openblas32 {_distribution_version('scipy-openblas32')} is too old "
+            f"for bnns-py (it needs {MIN_OPENBLAS_VERSION} or later): pip install -U scipy-openblas32")]) from None
+    path = os.path.join(openblas.get_lib_dir(), file_name)
     try:
         ctypes.CDLL(path)
     except OSError:
@@ -203,6 +220,8 @@ def _load(name):
             lib.BNNSFilterDestroy
             if name == "portable":
                 lib.bnns_portable_version
+        except LibraryNotFoundError:  # a dependency that no other path can fix
+            raise
         except (OSError, AttributeError) as error:
             attempts.append((path, str(error).strip() or type(error).__name__))
             continue

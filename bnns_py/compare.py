@@ -227,7 +227,7 @@ class Comparison:
 
     def tolerance_text(self) -> str:
         """The tolerance rule and its numbers, as one line of text."""
-        rule = "" if self.atol_given else f" = rtol * max|expected|"
+        rule = "" if self.atol_given else " = rtol * max|expected|"
         return f"|diff| <= atol + rtol*|expected|, rtol={self.rtol:.3g}, atol={self.atol:.3g}{rule}"
 
     def worst_text(self) -> str:

@@ -2,18 +2,16 @@
 import enum
 from typing import ClassVar
 
-import numpy as np
-
 from . import _repr
 from ._checks import int_pair, is_int
 from ._ffi import ffi
-from .activation import ActivationFunction
+from .activation import ActivationFunction, check_fusable
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor
-from .enums import BFLOAT16_BITS, DataLayout, DataType
+from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
 from .geometry import effective_kernel, standard_size_ok, transposed_size_ok
-from .layer import UnaryLayer, create_filter
+from .layer import WeightedLayer, create_filter
 
 
 class ConvolutionType(enum.Enum):
@@ -83,25 +81,6 @@ ConvolutionPadding.zero = ConvolutionPadding.symmetric(0, 0)
 
 WEIGHT_LAYOUTS = (DataLayout.convolution_weights_oihw, DataLayout.convolution_weights_oihrwr,
                   DataLayout.convolution_weights_iohrwr, DataLayout.convolution_weights_oihw_pack32)
-# Activation functions the portable backend cannot fuse into a convolution: IntegerLinearSaturate
-# (9) and its PerChannel form (10) produce integer outputs (the portable backend computes Float32
-# only); GumbelMax (14) has no documented meaning for a fused layer output.
-PORTABLE_UNSUPPORTED_ACTIVATIONS = frozenset({9, 10, 14})
-# Why, for the error message.
-PORTABLE_UNSUPPORTED_REASONS = {
-    9: "IntegerLinearSaturate produces integer outputs and the portable backend computes float32 outputs only",
-    10: "IntegerLinearSaturatePerChannel produces integer outputs and the portable backend computes float32 "
-        "outputs only",
-    14: "what GumbelMax writes for a fused layer output (the axis of the max, and whether each value gets the "
-        "max or a sample) is not documented, so the portable backend does not guess",
-}
-# Fused activations BNNS differentiates from the forward output y (bnns.h's training list), plus
-# PReLUPerChannel (29): bnns-py's decision, as every alpha_c equals alpha (bnns-py cannot reach
-# BNNSGetPointer) it is leaky ReLU, differentiable from y when alpha > 0.
-BACKWARD_FROM_OUTPUT = frozenset({0, 1, 2, 3, 4, 7, 8, 11, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
-                                  25, 26, 27, 28, 29, 35})
-# ... of which the portable backend cannot invert these from y.
-PORTABLE_BACKWARD_UNSUPPORTED = frozenset({35})
 _DATA_TYPES = {  # (backend, type) -> data types accepted for the i/w/o descriptors (and bias)
     ("accelerate", ConvolutionType.standard): {DataType.float32, DataType.float16, DataType.int8, DataType.uint8},
     ("accelerate", ConvolutionType.transposed): {DataType.float32},
@@ -137,7 +116,7 @@ def _check_strides(name, descriptor):
         spanned += (sizes[k] - 1) * strides[k]
 
 
-class ConvolutionLayer(UnaryLayer):
+class ConvolutionLayer(WeightedLayer):
     """A BNNS convolution filter (Swift's ``BNNS.ConvolutionLayer``).
 
     Arguments mirror Swift's initializer: ``type`` (``ConvolutionType``), ``input``/``output``
@@ -196,22 +175,14 @@ class ConvolutionLayer(UnaryLayer):
         c_filter_parameters = ffi.NULL if filter_parameters is None else filter_parameters.c_parameters
         function = ("BNNSFilterCreateLayerConvolution" if type is ConvolutionType.standard
                     else "BNNSFilterCreateLayerTransposedConvolution")
-        keepalive = (weights, bias, filter_parameters)
-        handle = create_filter(backend, function, params, c_filter_parameters, keepalive=keepalive)
-        super().__init__(handle, backend, input, output, keepalive)
-        for name, descriptor in (("input", input), ("output", output)):
-            if descriptor.data_type == DataType.bfloat16:  # numpy has no bfloat16: its bits, as uint16
-                _, batch_stride, extent = self._operands[name]
-                self._operands[name] = (BFLOAT16_BITS, batch_stride, extent)
+        handle = create_filter(backend, function, params, c_filter_parameters,
+                               keepalive=(weights, bias, filter_parameters))
+        super().__init__(handle, backend, input, output, weights, bias, activation, filter_parameters)
         self.type = type
-        self.weights = weights
-        self.bias = bias
         self.padding = padding
-        self.activation = activation
         self.group_count = groups
         self.stride = stride
         self.dilation_stride = dilation_stride
-        self.filter_parameters = filter_parameters
 
     # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
     @classmethod
@@ -246,47 +217,8 @@ class ConvolutionLayer(UnaryLayer):
     def _repr_html_(self):
         return _repr.safe(self, _repr.layer_html, _repr.convolution_layer_parts)
 
-    def _pointer(self, name, value, expected, batch_size, writable):
-        # A clear message for a numpy array of the wrong dtype, before the C call; bfloat16
-        # operands are uint16 arrays of bit patterns (ml_dtypes.bfloat16 arrays are viewed so).
-        if isinstance(value, np.ndarray):
-            data_type = expected.data_type
-            if value.dtype not in data_type.storage_dtypes:
-                hint = (": pass a uint16 array of bfloat16 bit patterns (bnns_py.enums.float32_to_bfloat16_bits)"
-                        if data_type == DataType.bfloat16 else f": pass {name}.astype(np.{data_type.numpy_dtype})")
-                raise TypeError(f"{name} has dtype {value.dtype} but the layer's {name} data type is "
-                                f"{data_type.name}{hint}")
-            if value.dtype != BFLOAT16_BITS and data_type == DataType.bfloat16:
-                value = value.view(BFLOAT16_BITS)
-        return super()._pointer(name, value, expected, batch_size, writable)
-
-    def _weights_shape_descriptor(self):
-        return self.weights
-
-    def _bias_shape_descriptor(self):
-        if self.bias is None:
-            raise ValueError("bias_gradient given but the layer has no bias")
-        return self.bias
-
     def _check_backward_preconditions(self, input, output, weights_gradient):
-        parameters = self.filter_parameters
-        if parameters is None or not parameters.use_client_pointer:
-            raise ValueError("apply_backward needs a layer created with "
-                             "FilterParameters(flags=Flags.use_client_pointer), as BNNS requires")
-        for name, descriptor in (("input", self.input_descriptor), ("weights", self.weights),
-                                 ("output", self.output_descriptor), ("bias", self.bias)):
-            if descriptor is not None and descriptor.data_type != DataType.float32:
-                raise TypeError(f"apply_backward needs float32 descriptors; {name} is {descriptor.data_type.name}")
-        function = self.activation.function
-        if function not in BACKWARD_FROM_OUTPUT or (function in (2, 19, 29) and self.activation.alpha <= 0):
-            raise ValueError(f"BNNS cannot differentiate the fused activation {self.activation!r} from the "
-                             "layer output; use identity here and a separate activation step")
-        if self._backend.is_portable and function in PORTABLE_BACKWARD_UNSUPPORTED:
-            raise NotImplementedError(f"the portable backend cannot differentiate {self.activation!r} yet")
-        if function != 0 and output is None:
-            raise ValueError(f"output (the forward result) is required to back-propagate through {self.activation!r}")
-        if weights_gradient is not None and input is None:
-            raise ValueError("input (the forward input) is required for weights_gradient")
+        super()._check_backward_preconditions(input, output, weights_gradient)
         if self.type is ConvolutionType.transposed and self.group_count > 1:
             raise ValueError("BNNS does not compute gradients of a grouped transposed convolution")
 
@@ -351,9 +283,7 @@ class ConvolutionLayer(UnaryLayer):
             if backend.is_portable and bias.data_type not in allowed:
                 raise TypeError(f"bias data type {bias.data_type.name} is not supported for {type.value} "
                                 f"convolution on the portable backend; supported: {sorted(t.name for t in allowed)}")
-        if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
-            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend: "
-                                      f"{PORTABLE_UNSUPPORTED_REASONS[activation.function]}")
+        check_fusable(backend, activation)
 
 
 def type_name(value):

@@ -10,6 +10,8 @@ from typing import Dict, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from ._ffi import ffi
+
 
 class DataType(enum.IntEnum):
     """``BNNSDataType``: the element type of an array.
@@ -243,6 +245,54 @@ class DataLayout(enum.IntEnum):
     def rank(self) -> int:
         """Number of dimensions: BNNS encodes it in bits 16-19 of the layout value."""
         return (self.value >> 16) & 0xF
+
+
+# The cdefs' enum constants, without opening a BNNS library (cffi serves them from any library).
+_C = ffi.dlopen(None)
+
+
+class ActivationFunctionKind(enum.IntEnum):
+    """``BNNSActivationFunction``: which function a ``BNNSActivation`` applies (the values come from
+    ``cdefs/bnns.h``). ``hard_swish`` and ``gelu_approximation2`` share a value, as in C;
+    ``ActivationFunction`` (``bnns_py.activation``) pairs one with its parameters."""
+
+    identity = _C.BNNSActivationFunctionIdentity
+    rectified_linear = _C.BNNSActivationFunctionRectifiedLinear
+    leaky_rectified_linear = _C.BNNSActivationFunctionLeakyRectifiedLinear
+    sigmoid = _C.BNNSActivationFunctionSigmoid
+    tanh = _C.BNNSActivationFunctionTanh
+    scaled_tanh = _C.BNNSActivationFunctionScaledTanh
+    abs = _C.BNNSActivationFunctionAbs
+    linear = _C.BNNSActivationFunctionLinear
+    clamp = _C.BNNSActivationFunctionClamp
+    integer_linear_saturate = _C.BNNSActivationFunctionIntegerLinearSaturate
+    integer_linear_saturate_per_channel = _C.BNNSActivationFunctionIntegerLinearSaturatePerChannel
+    softmax = _C.BNNSActivationFunctionSoftmax
+    gelu_approximation = _C.BNNSActivationFunctionGELUApproximation
+    gumbel = _C.BNNSActivationFunctionGumbel
+    gumbel_max = _C.BNNSActivationFunctionGumbelMax
+    hard_sigmoid = _C.BNNSActivationFunctionHardSigmoid
+    softplus = _C.BNNSActivationFunctionSoftplus
+    softsign = _C.BNNSActivationFunctionSoftsign
+    elu = _C.BNNSActivationFunctionELU
+    clamped_leaky_rectified_linear = _C.BNNSActivationFunctionClampedLeakyRectifiedLinear
+    linear_with_bias = _C.BNNSActivationFunctionLinearWithBias
+    log_softmax = _C.BNNSActivationFunctionLogSoftmax
+    log_sigmoid = _C.BNNSActivationFunctionLogSigmoid
+    selu = _C.BNNSActivationFunctionSELU
+    celu = _C.BNNSActivationFunctionCELU
+    hard_shrink = _C.BNNSActivationFunctionHardShrink
+    soft_shrink = _C.BNNSActivationFunctionSoftShrink
+    tanh_shrink = _C.BNNSActivationFunctionTanhShrink
+    threshold = _C.BNNSActivationFunctionThreshold
+    prelu_per_channel = _C.BNNSActivationFunctionPReLUPerChannel
+    gelu_approximation2 = _C.BNNSActivationFunctionGELUApproximation2
+    hard_swish = _C.BNNSActivationFunctionHardSwish
+    silu = _C.BNNSActivationFunctionSiLU
+    relu6 = _C.BNNSActivationFunctionReLU6
+    erf = _C.BNNSActivationFunctionErf
+    gelu = _C.BNNSActivationFunctionGELU
+    gelu_approximation_sigmoid = _C.BNNSActivationFunctionGELUApproximationSigmoid
 
 
 class Flags(enum.IntFlag):

@@ -7,14 +7,12 @@ an ``out x in`` row-major matrix, PyTorch's ``nn.Linear.weight`` memory, describ
 """
 from . import _repr
 from ._ffi import ffi
-from .activation import ActivationFunction
+from .activation import ActivationFunction, check_fusable
 from .backend import get_backend
-from .convolution import (PORTABLE_UNSUPPORTED_ACTIVATIONS, ConvolutionLayer, ConvolutionPadding,
-                          ConvolutionType, type_name)
-from .descriptor import NDArrayDescriptor, check_array_memory
+from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
-from .layer import UnaryLayer, create_filter
+from .layer import WeightedLayer, create_filter
 
 VECTOR_LAYOUTS = (DataLayout.vector, DataLayout.one_d_last_major, DataLayout.one_d_first_major)
 MATRIX_LAYOUTS = (DataLayout.matrix_row_major, DataLayout.matrix_first_major)
@@ -32,15 +30,16 @@ def weight_matrix_sizes(weights):
     return in_size, out_size
 
 
-class FullyConnectedLayer(ConvolutionLayer):
-    """A BNNS fully-connected filter (Swift's ``BNNS.FullyConnectedLayer``, a ``ConvolutionLayer``).
+class FullyConnectedLayer(WeightedLayer):
+    """A BNNS fully-connected filter (Swift's ``BNNS.FullyConnectedLayer``; Swift derives it from
+    ``ConvolutionLayer``, here both derive from ``WeightedLayer``, which holds what they share).
 
     ``input``/``output`` are vector descriptors (``Shape.vector(n)``; their data is not used),
     ``weights`` a descriptor with data: ``Shape.matrix_row_major(in, out)`` or
     ``Shape.matrix_first_major(out, in)`` over a row-major ``(out, in)`` array; optional ``bias``
     a vector of ``out`` values; ``activation`` an ``ActivationFunction``; ``filter_parameters``
-    as for ``ConvolutionLayer``. ``apply``/``apply_backward`` are inherited: inputs are ``(N, in)``
-    arrays, outputs ``(N, out)``, and ``weights_gradient`` comes out in the weights' layout.
+    as for ``ConvolutionLayer``. ``apply``/``apply_backward``: inputs are ``(N, in)`` arrays (or
+    ``(in,)`` for one), outputs ``(N, out)``, and ``weights_gradient`` comes out in the weights' layout.
 
     Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
     ``BNNSError`` if BNNS still refuses to create the filter.
@@ -62,22 +61,9 @@ class FullyConnectedLayer(ConvolutionLayer):
             params.bias = bias.c_descriptor[0]
         activation.fill(params.activation)
         c_filter_parameters = ffi.NULL if filter_parameters is None else filter_parameters.c_parameters
-        keepalive = (weights, bias, filter_parameters)
         handle = create_filter(backend, "BNNSFilterCreateLayerFullyConnected", params, c_filter_parameters,
-                               keepalive=keepalive)
-        # ConvolutionLayer.__init__ builds a convolution; a fully-connected layer only shares its
-        # methods, so it initialises the UnaryLayer part itself and sets the attributes those
-        # methods read to the values of the equivalent 1x1 convolution.
-        UnaryLayer.__init__(self, handle, backend, input, output, keepalive)
-        self.type = ConvolutionType.standard
-        self.weights = weights
-        self.bias = bias
-        self.padding = ConvolutionPadding.zero
-        self.activation = activation
-        self.group_count = 1
-        self.stride = (1, 1)
-        self.dilation_stride = (1, 1)
-        self.filter_parameters = filter_parameters
+                               keepalive=(weights, bias, filter_parameters))
+        super().__init__(handle, backend, input, output, weights, bias, activation, filter_parameters)
 
     @property
     def input_size(self):
@@ -91,7 +77,7 @@ class FullyConnectedLayer(ConvolutionLayer):
     def _check_fully_connected(backend, input, output, weights, bias, activation):
         for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
             if not isinstance(descriptor, NDArrayDescriptor):
-                raise TypeError(f"{name} must be an NDArrayDescriptor, not {type_name(descriptor)}")
+                raise TypeError(f"{name} must be an NDArrayDescriptor, not {type(descriptor).__name__}")
         for name, descriptor in (("input", input), ("output", output)):
             if descriptor.layout not in VECTOR_LAYOUTS:
                 raise ValueError(f"{name} must be a vector descriptor (Shape.vector(n)), not "
@@ -134,15 +120,14 @@ class FullyConnectedLayer(ConvolutionLayer):
                              f"{s_in * in_size}")
         if bias is not None:
             if not isinstance(bias, NDArrayDescriptor):
-                raise TypeError(f"bias must be an NDArrayDescriptor or None, not {type_name(bias)}")
+                raise TypeError(f"bias must be an NDArrayDescriptor or None, not {type(bias).__name__}")
             if bias.layout not in VECTOR_LAYOUTS or bias.shape.sizes != (out_size,):
                 raise ValueError(f"bias must be a vector of {out_size} values (the output size), got {bias.shape!r}")
             if bias.data is None:
                 raise ValueError("bias descriptor has no data (pass bias=None for no bias)")
             if bias.data_type != DataType.float32 and backend.is_portable:
                 raise TypeError(f"bias data type must be float32 on the portable backend, not {bias.data_type.name}")
-        if backend.is_portable and activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
-            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend yet")
+        check_fusable(backend, activation)
 
     # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
     @classmethod

@@ -1,8 +1,14 @@
 """``Layer`` and ``UnaryLayer``: Python objects that own one ``BNNSFilter``.
 
 The filter is destroyed exactly once: by ``close()``, by leaving a ``with`` block, or when the
-object is garbage collected (``ffi.gc``), whichever comes first. ``filter_counts()`` reports how
-many filters this process created and destroyed through bnns-py, on any backend.
+object is garbage collected (``ffi.gc``), whichever comes first. A layer closed while other
+threads are inside one of its calls (``apply``, ``apply_backward``) keeps its filter until the
+last of those calls returns; calls started after ``close()`` raise ``LayerClosedError``.
+``filter_counts()`` reports how many filters this process created and destroyed through bnns-py,
+on any backend.
+
+Numpy arrays given to ``apply``/``apply_backward`` must have the shape the layer's descriptor
+implies, in numpy order (``check_array_shape``).
 """
 import functools
 import threading
@@ -11,8 +17,10 @@ import numpy as np
 
 from . import _repr
 from ._ffi import ffi
+from .activation import check_differentiable
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor, batch_extent, check_array_memory
+from .enums import BFLOAT16_BITS, ActivationFunctionKind, DataType
 from .errors import BNNSError, LayerClosedError
 
 
@@ -27,6 +35,44 @@ def filter_counts():
     """(created, destroyed) filter counts for this process, over every backend."""
     with _Counts.lock:
         return _Counts.created, _Counts.destroyed
+
+
+def check_array_shape(name, array, shape, batch_size, batched=True, alternative=None):
+    """Raise ``ValueError`` unless numpy ``array`` has the shape that ``batch_size`` items of
+    ``shape`` (a ``Shape``) take in numpy order.
+
+    A packed shape's items are arrays of ``shape.numpy_shape``: ``array`` must be
+    ``(batch_size, *numpy_shape)``, or ``numpy_shape`` when ``batch_size`` is 1 (e.g.
+    ``(N, C, H, W)`` / ``(C, H, W)`` for ``image_chw``, ``(N, n)`` / ``(n,)`` for a vector).
+    A shape with gaps between its values or items (explicit strides) describes the storage, not an array
+    shape: ``array`` holds that storage flat, or with ``batch_size`` as its leading dimension, and
+    spans at least the ``batch_size`` items (at most ``batch_size * shape.batch_stride`` values,
+    where that is larger). ``batched=False`` (weights, bias): one item, never a batch of one.
+    ``alternative``: another shape accepted (the shape of the array a layer reads its weights from).
+    """
+    given = array.shape
+    if given == alternative:
+        return
+    # packed items, also packed one after the other (an axis of size 1 may carry any stride)
+    if shape.is_packed and (batch_size == 1 or shape.batch_stride == shape.element_count):
+        item = shape.numpy_shape
+        if given == item if not batched else given == (batch_size,) + item or (batch_size == 1 and given == item):
+            return
+        if not batched:
+            wanted = f"{item}" + (f" (or {alternative}, the layer's array)" if alternative not in (None, item) else "")
+            raise ValueError(f"{name} must have shape {wanted} ({shape!r} in numpy order), got {given}")
+        wanted = f"{(batch_size,) + item}" + (f" or {item}" if batch_size == 1 else "")
+        raise ValueError(f"{name} must have shape {wanted} for batch_size={batch_size} ({shape!r} in numpy "
+                         f"order), got {given}")
+    needed = batch_extent(shape, batch_size)
+    room = max(needed, batch_size * shape.batch_stride)
+    if array.ndim > 1 and batch_size > 1 and array.shape[0] != batch_size:
+        raise ValueError(f"{name} has shape {array.shape}: its leading dimension must be batch_size={batch_size} "
+                         f"(or pass the {shape!r} storage flat)")
+    if not needed <= array.size <= room:
+        limit = f"{needed}" if needed == room else f"{needed} to {room}"
+        raise ValueError(f"{name} holds {array.size} values (shape {array.shape}); {batch_size} item(s) of "
+                         f"{shape!r} with its strides take {limit}")
 
 
 def _destroy_filter(destroy, keepalive, handle):
@@ -73,13 +119,50 @@ class Layer:
         # Accelerate's filters are reported not to be thread-safe: calls on one layer are
         # serialized there. The portable backend is safe (a busy filter uses a private workspace).
         self._call_lock = None if backend.is_portable else threading.Lock()
+        # Calls in flight and close(). A call appends to _calls, then reads _handle; it pops after C
+        # returns, then reads _handle again. close() clears _handle, then destroys the filter if
+        # _calls is empty, else leaves it in _doomed for the last call out. list.append and
+        # list.pop are atomic, and each side writes before it reads, so either close() sees the
+        # call or the call sees the close (and raises): no lock on the fast path.
+        self._calls = []
+        self._doomed = None
+        self._state_lock = threading.Lock()  # close(), destruction and the fast path's memory
+
+    def _enter(self):
+        """Count a call in and return the filter (``LayerClosedError`` once closed)."""
+        self._calls.append(None)
+        handle = self._handle
+        if handle is None:
+            self._leave()
+            raise LayerClosedError(type(self).__name__)
+        return handle
+
+    def _leave(self):
+        """Count a call out; the last one out of a closed layer destroys its filter."""
+        self._calls.pop()
+        if self._handle is None:
+            self._destroy_when_idle()
+
+    def _destroy_when_idle(self):
+        """Destroy the filter close() left, unless calls are still in flight (the last one does)."""
+        with self._state_lock:
+            doomed = self._doomed
+            if doomed is None or self._calls:
+                return
+            self._doomed = None
+        ffi.release(doomed)
 
     def _call(self, function, *args):
-        """Call a C function on this layer's filter, one thread at a time where BNNS needs it."""
-        if self._call_lock is None:
-            return function(*args)
-        with self._call_lock:
-            return function(*args)
+        """``function(filter, *args)``: a C call on this layer's filter, counted in flight (so
+        ``close()`` cannot destroy the filter under it), one thread at a time where BNNS needs it."""
+        handle = self._enter()
+        try:
+            if self._call_lock is None:
+                return function(handle, *args)
+            with self._call_lock:
+                return function(handle, *args)
+        finally:
+            self._leave()
 
     @property
     def bnns_filter(self):
@@ -98,12 +181,16 @@ class Layer:
         return self._handle is None
 
     def close(self):
-        """Destroy the filter now. Safe to call more than once."""
-        handle, self._handle = self._handle, None
-        self._last_apply = _NO_LAST_APPLY  # drop the remembered arrays and their pointers
-        self._gradient_views = {}
-        if handle is not None:
-            ffi.release(handle)
+        """Destroy the filter: now, or when the last call in flight on another thread returns.
+        Later calls raise ``LayerClosedError``. Safe to call more than once, from any thread."""
+        with self._state_lock:
+            handle, self._handle = self._handle, None
+            self._last_apply = _NO_LAST_APPLY  # drop the remembered arrays and their pointers
+            self._gradient_views = {}
+            if handle is None:
+                return
+            self._doomed = handle
+        self._destroy_when_idle()
 
     def __enter__(self):
         self.bnns_filter  # entering a closed layer is an error
@@ -146,10 +233,13 @@ class UnaryLayer(Layer):
     def apply(self, batch_size, input, output):
         """Run the filter on ``batch_size`` items.
 
-        ``input`` and ``output`` are ``NDArrayDescriptor``s (as in Swift) or numpy arrays holding
-        ``batch_size`` items laid out as the layer's input/output descriptors describe (for
-        images: C-contiguous ``(N, C, H, W)`` or ``(C, H, W)``). The batch strides are the
-        descriptors' ``shape.batch_stride``.
+        ``input`` and ``output`` are ``NDArrayDescriptor``s (as in Swift) or C-contiguous numpy
+        arrays of exactly the shape the layer's descriptors imply for ``batch_size`` items, in
+        numpy order: ``(batch_size, C, H, W)`` images, or ``(C, H, W)`` when ``batch_size`` is
+        1; ``(batch_size, n)`` or ``(n,)`` vectors. Any other shape raises ``ValueError`` (even
+        with enough values: a transposed, NHWC or flat array would be misread). Descriptors with
+        gaps (explicit strides) take their storage instead, flat or with ``batch_size`` leading
+        (see ``check_array_shape``). The batch strides are the descriptors' ``shape.batch_stride``.
 
         Calling again with the same two numpy arrays and batch size is the fast path: the layer
         remembers the last pair (and keeps a reference to both until another pair is used or the
@@ -161,14 +251,26 @@ class UnaryLayer(Layer):
             out_flags = output.flags
             if (input.dtype is last[3] and output.dtype is last[4] and out_flags.writeable
                     and out_flags.c_contiguous and input.flags.c_contiguous):
-                if last[5]() != 0:  # the C call with its arguments bound (close() drops it first)
+                # counted in flight as _enter / _leave do (inline: this path is the hot one); a
+                # close() since _last_apply was read makes the call raise
+                calls = self._calls
+                calls.append(None)
+                try:
+                    if self._handle is None:
+                        raise LayerClosedError(type(self).__name__)
+                    status = last[5]()  # the C call with its filter and arguments bound
+                finally:
+                    calls.pop()
+                    if self._handle is None:
+                        self._destroy_when_idle()
+                if status != 0:
                     self._fail(last[6])
                 return
         self._apply_checked(batch_size, input, output)
 
     def _apply_checked(self, batch_size, input, output):
         """``apply`` with every check; remembers a numpy pair for the fast path."""
-        handle = self.bnns_filter
+        self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
         in_ptr, in_stride, in_array = self._pointer("input", input, self.input_descriptor, batch_size, False)
         out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
@@ -179,15 +281,29 @@ class UnaryLayer(Layer):
         else:
             name, args = "BNNSFilterApplyBatch", (batch_size, in_ptr, in_stride, out_ptr, out_stride)
         function = getattr(self._backend.lib, name)
-        if input is in_array and output is out_array:  # numpy arrays, not descriptors
-            if self._call_lock is None:
+        handle = self._enter()
+        try:
+            if input is in_array and output is out_array:  # numpy arrays, not descriptors
                 call = functools.partial(function, handle, *args)
+                if self._call_lock is not None:
+                    call = functools.partial(_locked, self._call_lock, call)
+                self._remember(input, output, batch_size, call, name)
+            if self._call_lock is None:
+                status = function(handle, *args)
             else:
-                call = functools.partial(self._call, function, handle, *args)
-            self._last_apply = (input, output, batch_size, input.dtype, output.dtype, call, name)
-        status = self._call(function, handle, *args)
+                with self._call_lock:
+                    status = function(handle, *args)
+        finally:
+            self._leave()
         if status != 0:
             self._fail(name)
+
+    def _remember(self, input, output, batch_size, call, name):
+        """Remember the arrays of a checked call for the fast path, unless the layer was closed
+        meanwhile (close() forgets them, and a closed layer must not keep its filter bound)."""
+        with self._state_lock:
+            if self._handle is not None:
+                self._last_apply = (input, output, batch_size, input.dtype, output.dtype, call, name)
 
     def _pointer(self, name, value, expected, batch_size, writable):
         """(data pointer, batch stride, numpy array) for an apply argument, after checking it."""
@@ -202,6 +318,7 @@ class UnaryLayer(Layer):
             check_array_memory(name, array, dtype, (batch_size - 1) * stride + extent, writable)
             return value._buffer, stride, array
         check_array_memory(name, value, dtype, (batch_size - 1) * stride + extent, writable)
+        check_array_shape(name, value, expected.shape, batch_size)
         return ffi.from_buffer(value), stride, value
 
     def apply_backward(self, batch_size, input, output, output_gradient, input_gradient,
@@ -212,9 +329,11 @@ class UnaryLayer(Layer):
         ``weights_gradient`` and ``bias_gradient`` receive dL/dx, dL/dW (summed over the batch, in
         the weights' creation layout) and dL/db. Pass None to skip one. Gradients given as
         ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to the
-        buffer); numpy arrays are overwritten.
+        buffer); numpy arrays are overwritten. Numpy arrays have the shapes ``apply`` takes (x and
+        dL/dx the input's, y and dL/dy the output's); ``weights_gradient`` and ``bias_gradient``
+        those of the weights and bias (their descriptor's numpy shape, or the array the layer reads).
         """
-        handle = self.bnns_filter
+        self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
         self._check_backward_preconditions(input, output, weights_gradient)
         in_ptr, in_stride, _ = self._optional_pointer("input", input, self.input_descriptor, batch_size, False)
@@ -224,9 +343,9 @@ class UnaryLayer(Layer):
             raise ValueError("output_gradient is required")
         dy, dy_stride = self._gradient("output_gradient", output_gradient, lambda: self.output_descriptor, batch_size, keep)
         dx, dx_stride = self._gradient("input_gradient", input_gradient, lambda: self.input_descriptor, batch_size, keep)
-        dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor, 1, keep)
-        db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor, 1, keep)
-        status = self._call(self._backend.lib.BNNSFilterApplyBackwardBatch, handle, batch_size, in_ptr, in_stride,
+        dw, _ = self._gradient("weights_gradient", weights_gradient, self._weights_shape_descriptor, 1, keep, False)
+        db, _ = self._gradient("bias_gradient", bias_gradient, self._bias_shape_descriptor, 1, keep, False)
+        status = self._call(self._backend.lib.BNNSFilterApplyBackwardBatch, batch_size, in_ptr, in_stride,
                             dx, dx_stride, out_ptr, out_stride, dy, dy_stride, dw, db)
         if status != 0:
             self._fail("BNNSFilterApplyBackwardBatch")
@@ -245,7 +364,7 @@ class UnaryLayer(Layer):
             return ffi.NULL, expected.shape.batch_stride, None
         return self._pointer(name, value, expected, batch_size, writable)
 
-    def _gradient(self, name, value, expected_descriptor, batch_size, keep):
+    def _gradient(self, name, value, expected_descriptor, batch_size, keep, batched=True):
         """(descriptor pointer, batch stride) for a gradient argument; NULL for None."""
         if value is None:
             return ffi.NULL, 0
@@ -259,6 +378,9 @@ class UnaryLayer(Layer):
         if not isinstance(value, NDArrayDescriptor):
             dtype, extent = expected.data_type.numpy_dtype, batch_extent(expected.shape, batch_size)
             check_array_memory(name, value, dtype, extent, True)
+            # a weight or bias gradient may also take the shape of the array the layer reads them from
+            check_array_shape(name, value, expected.shape, batch_size, batched,
+                              None if expected.data is None else expected.data.shape)
             array = value
             value = NDArrayDescriptor(value.reshape(-1), expected.shape, batch_size=batch_size)
             self._gradient_views[name] = (array, batch_size, dtype, extent, value, value.c_descriptor,
@@ -275,6 +397,66 @@ class UnaryLayer(Layer):
         return value.c_descriptor, value.shape.batch_stride
 
 
+class WeightedLayer(UnaryLayer):
+    """The common base of ``ConvolutionLayer`` and ``FullyConnectedLayer``: a unary layer with
+    ``weights`` and an optional ``bias`` (``NDArrayDescriptor``s with data), a fused
+    ``activation`` and the ``filter_parameters`` it was created with; ``apply_backward`` also
+    returns weight and bias gradients, in the layout of the layer's own descriptors."""
+
+    def __init__(self, handle, backend, input_descriptor, output_descriptor, weights, bias, activation,
+                 filter_parameters):
+        super().__init__(handle, backend, input_descriptor, output_descriptor, (weights, bias, filter_parameters))
+        for name, descriptor in (("input", input_descriptor), ("output", output_descriptor)):
+            if descriptor.data_type == DataType.bfloat16:  # numpy has no bfloat16: its bits, as uint16
+                _, batch_stride, extent = self._operands[name]
+                self._operands[name] = (BFLOAT16_BITS, batch_stride, extent)
+        self.weights = weights
+        self.bias = bias
+        self.activation = activation
+        self.filter_parameters = filter_parameters
+
+    def _pointer(self, name, value, expected, batch_size, writable):
+        # A clear message for a numpy array of the wrong dtype, before the C call; bfloat16
+        # operands are uint16 arrays of bit patterns (ml_dtypes.bfloat16 arrays are viewed so).
+        if isinstance(value, np.ndarray):
+            data_type = expected.data_type
+            if value.dtype not in data_type.storage_dtypes:
+                hint = (": pass a uint16 array of bfloat16 bit patterns (bnns_py.enums.float32_to_bfloat16_bits)"
+                        if data_type == DataType.bfloat16 else f": pass {name}.astype(np.{data_type.numpy_dtype})")
+                raise TypeError(f"{name} has dtype {value.dtype} but the layer's {name} data type is "
+                                f"{data_type.name}{hint}")
+            if value.dtype != BFLOAT16_BITS and data_type == DataType.bfloat16:
+                value = value.view(BFLOAT16_BITS)
+        return super()._pointer(name, value, expected, batch_size, writable)
+
+    def _weights_shape_descriptor(self):
+        return self.weights
+
+    def _bias_shape_descriptor(self):
+        if self.bias is None:
+            raise ValueError("bias_gradient given but the layer has no bias")
+        return self.bias
+
+    def _check_backward_preconditions(self, input, output, weights_gradient):
+        # A layer that copied its weights at creation (no Flags.use_client_pointer) is differentiated
+        # too: bnns.h asks for client pointers, but BNNS on macOS 15 ran such a backward and returned
+        # the right gradient (conformance evidence), and the portable backend follows it.
+        for name, descriptor in (("input", self.input_descriptor), ("weights", self.weights),
+                                 ("output", self.output_descriptor), ("bias", self.bias)):
+            if descriptor is not None and descriptor.data_type != DataType.float32:
+                raise TypeError(f"apply_backward needs float32 descriptors; {name} is {descriptor.data_type.name}")
+        check_differentiable(self._backend, self.activation)
+        if self.activation.function != ActivationFunctionKind.identity and output is None:
+            raise ValueError(f"output (the forward result) is required to back-propagate through {self.activation!r}")
+        if weights_gradient is not None and input is None:
+            raise ValueError("input (the forward input) is required for weights_gradient")
+
+
+def _locked(lock, call):
+    with lock:
+        return call()
+
+
 def _check_batch_size(batch_size):
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an integer, not {type(batch_size).__name__}")
@@ -283,4 +465,4 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
-__all__ = ["Layer", "UnaryLayer", "filter_counts", "create_filter", "get_backend"]
+__all__ = ["Layer", "UnaryLayer", "WeightedLayer", "check_array_shape", "filter_counts", "create_filter", "get_backend"]

@@ -16,18 +16,19 @@ thinly:
 - ``LegacyFullyConnectedLayer``: weights ``(out, in)``, ``W(o, i)`` at ``i + o*in``.
 
 ``apply(batch_size, input, output)`` takes C-contiguous numpy arrays holding ``batch_size``
-items, one item every ``image_stride * channels`` values (images) or ``size`` values (vectors),
-laid out with the descriptors' row and image strides; ``ImageStackDescriptor.to_buffer`` and
-``from_buffer`` convert between that layout and ``(N, C, H, W)`` arrays. Only the forward pass is
+items: ``(N, C, H, W)`` images (``(C, H, W)`` for one) for a packed stack, ``(N, size)`` vectors
+(``(size,)`` for one); a stack with row or image gaps takes its storage, one item every
+``image_stride * channels`` values, flat or with ``N`` as the leading dimension.
+``ImageStackDescriptor.to_buffer`` and ``from_buffer`` convert between that layout and
+``(N, C, H, W)`` arrays. Only the forward pass is
 offered: Apple documents ``BNNSFilterApplyBackwardBatch`` for the macOS 11 layer API.
 """
 import numpy as np
 
 from ._checks import is_int
 from ._ffi import ffi
-from .activation import ActivationFunction
+from .activation import ActivationFunction, check_fusable
 from .backend import get_backend
-from .convolution import PORTABLE_UNSUPPORTED_ACTIVATIONS
 from .descriptor import NDArrayDescriptor, check_array_memory
 from .enums import DataType
 from .filter_parameters import FilterParameters
@@ -96,8 +97,8 @@ class ImageStackDescriptor:
         return self.image_stride * self.channels
 
     def to_buffer(self, images):
-        """Copy ``(N, C, H, W)`` or ``(C, H, W)`` images into a new flat array with this layout
-        (the gaps are zero)."""
+        """Copy ``(N, C, H, W)`` or ``(C, H, W)`` images into a new array with this layout, as
+        ``apply`` takes it: ``(N, C, H, W)`` for a packed stack, else flat with the gaps zero."""
         images = np.asarray(images, dtype=self.data_type.numpy_dtype)
         if images.ndim == 3:
             images = images[np.newaxis]
@@ -105,15 +106,24 @@ class ImageStackDescriptor:
         if images.ndim != 4 or images.shape[1:] != expected:
             raise ValueError(f"images must have shape (N, {', '.join(map(str, expected))}) or {expected}, "
                              f"got {images.shape}")
-        buffer = np.zeros(images.shape[0] * self.item_stride, self.data_type.numpy_dtype)
+        if self.shape.is_packed:
+            return np.array(images, order="C")
+        buffer = np.zeros(self.buffer_shape(images.shape[0]), self.data_type.numpy_dtype)
         self._view(buffer, images.shape[0])[...] = images
         return buffer
+
+    def buffer_shape(self, batch_size=1):
+        """The shape of the arrays ``apply`` takes for ``batch_size`` items of this stack:
+        ``(batch_size, C, H, W)`` when packed, else ``(batch_size * item_stride,)``."""
+        if self.shape.is_packed:
+            return (batch_size, self.channels, self.height, self.width)
+        return (batch_size * self.item_stride,)
 
     def from_buffer(self, buffer, batch_size=1):
         """The ``(batch_size, C, H, W)`` images stored in ``buffer`` with this layout, as a copy."""
         check_array_memory("buffer", buffer, self.data_type.numpy_dtype,
                            (batch_size - 1) * self.item_stride + self.shape.extent)
-        return self._view(buffer, batch_size).copy()
+        return self._view(buffer.reshape(-1), batch_size).copy()
 
     def _view(self, buffer, batch_size):
         item = buffer.itemsize
@@ -184,8 +194,7 @@ def _check_common(backend, activation, filter_parameters, descriptors):
             if descriptor.data_type != DataType.float32:
                 raise TypeError(f"{name} data type {descriptor.data_type.name} is not supported by the portable "
                                 "backend yet (float32 only)")
-        if activation.function in PORTABLE_UNSUPPORTED_ACTIVATIONS:
-            raise NotImplementedError(f"activation {activation!r} is not supported by the portable backend yet")
+    check_fusable(backend, activation)
 
 
 class _LegacyLayer(UnaryLayer):

@@ -192,9 +192,6 @@ def test_backward_preconditions_are_checked_in_python(rng, no_filter_leaks):
     x = np.zeros((1, 2, 5, 6), np.float32)
     y = np.zeros((1, 3, 5, 6), np.float32)
     dx = np.zeros_like(x)
-    layer, *_ = _client_layer(rng, flags=Flags.none)
-    with layer, pytest.raises(ValueError, match="use_client_pointer"):
-        layer.apply_backward(1, x, y, y, dx)
     layer, *_ = _client_layer(rng, activation=AF.abs)
     with layer, pytest.raises(ValueError, match="cannot differentiate"):
         layer.apply_backward(1, x, y, y, dx)
@@ -213,18 +210,71 @@ def test_backward_preconditions_are_checked_in_python(rng, no_filter_leaks):
             layer.apply_backward(1, x, y, y, dx, np.zeros(5, np.float32))
 
 
-def test_c_backward_refuses_copied_weights(backend, rng, no_filter_leaks):
-    """The C rule itself (for callers of bnns_py.lib): backward needs UseClientPtr, else -1."""
-    layer, *_ = _client_layer(rng, flags=Flags.none)
+def test_c_backward_of_copied_weights(backend, rng, no_filter_leaks):
+    """The C call itself (for callers of bnns_py.lib) on a filter created without UseClientPtr:
+    status 0 and the reference's input gradient, as native BNNS gives (conformance evidence)."""
+    if not backend.is_portable:
+        pytest.skip("what Accelerate does for a convolution is the backward_without_client_ptr probe's to say")
+    layer, weights, _ = _client_layer(rng, flags=Flags.none)
     with layer:
         ffi = bnns_py.ffi
-        dy = NDArrayDescriptor(np.zeros(90, np.float32), layer.output_descriptor.shape)
-        dx = NDArrayDescriptor(np.zeros(60, np.float32), layer.input_descriptor.shape)
+        dy_values = random_array(rng, (3, 5, 6))
+        dy = NDArrayDescriptor(dy_values.reshape(-1), layer.output_descriptor.shape)
+        dx = NDArrayDescriptor(np.full(60, np.nan, np.float32), layer.input_descriptor.shape)
         x = np.zeros(60, np.float32)
+        live = backend.live_filter_count()
         status = backend.lib.BNNSFilterApplyBackwardBatch(
             layer.bnns_filter, 1, ffi.from_buffer(x), 60, dx.c_descriptor, 60, ffi.NULL, 90,
             dy.c_descriptor, 90, ffi.NULL, ffi.NULL)
-        assert status == -1
+        assert status == 0, backend.last_error()
+        assert backend.live_filter_count() == live, "the twin the backward ran on is gone"
+    expected = reference.conv2d_backward(x.reshape(1, 2, 5, 6), weights, dy_values[None], padding=1)[0]
+    assert_close_to_reference(dx.data.reshape(expected.shape), expected, 27)
+
+
+COPIED_WEIGHT_CASES = [  # (transposed, groups, stride, dilation, padding, activation)
+    (False, 1, (1, 1), (1, 1), (1, 1, 1, 1), AF.identity),
+    (False, 2, (2, 1), (1, 2), (0, 1, 1, 0), AF.tanh),
+    (False, 1, (1, 1), (1, 1), (1, 1, 1, 1), AF.rectified_linear),  # 3x3 stride 1: Winograd-eligible sizes
+    (True, 1, (2, 2), (1, 1), (1, 1, 1, 1), AF.identity),
+    (True, 1, (1, 2), (2, 1), (0, 0, 1, 1), AF.sigmoid),
+]
+
+
+@pytest.mark.parametrize("case", COPIED_WEIGHT_CASES, ids=lambda c: f"{'T' if c[0] else 'S'}-g{c[1]}-{c[5].name}")
+def test_backward_of_copied_weights_matches_reference(case, rng, no_filter_leaks):
+    """ConvolutionLayer without Flags.use_client_pointer (issue 19): apply_backward runs and its
+    input, weight and bias gradients are the reference's for the weights copied at creation (the
+    caller's array is overwritten after creation and must not matter)."""
+    transposed, groups, stride, dilation, padding, activation = case
+    in_c, out_c, k, n, h, w = (4, 6, 3, 2, 7, 8) if groups == 1 else (4, 6, 3, 2, 9, 8)
+    from conftest import client_layer
+    kind = ConvolutionType.transposed if transposed else ConvolutionType.standard
+    wshape = (in_c, out_c // groups, k, k) if transposed else (out_c, in_c // groups, k, k)
+    torch_weight = random_array(rng, wshape, 0.3)
+    from bnns_py.functional import transposed_weight_to_bnns
+    bnns_weight = transposed_weight_to_bnns(torch_weight, groups) if transposed else torch_weight.copy()
+    bias = random_array(rng, (out_c,))
+    layer, (oh, ow) = client_layer(kind, in_c, out_c, h, w, (k, k), stride, padding, dilation, groups, bnns_weight,
+                                   bias, activation, 0, flags=Flags.none)
+    bnns_weight_at_creation = bnns_weight.copy()
+    bnns_weight[...] = 7.0
+    x = random_array(rng, (n, in_c, h, w))
+    with layer:
+        y = np.empty((n, out_c, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx, dw, db = np.empty_like(x), np.empty_like(bnns_weight), np.empty_like(bias)
+        layer.apply_backward(n, x, y, dy, dx, dw, db)
+    backward = reference.conv_transpose2d_backward if transposed else reference.conv2d_backward
+    dx_ref, dw_ref, db_ref = backward(x, torch_weight, dy, output=y, bias=True, stride=stride, padding=padding,
+                                      dilation=dilation, groups=groups, activation=activation)
+    if transposed:
+        dw_ref = transposed_weight_to_bnns(dw_ref.astype(np.float32), groups)
+    assert_close_to_reference(dx, dx_ref, out_c * k * k, "input gradient")
+    assert_close_to_reference(dw, dw_ref, n * oh * ow, "weight gradient")
+    assert_close_to_reference(db, db_ref, n * oh * ow, "bias gradient")
+    np.testing.assert_array_equal(bnns_weight_at_creation.shape, dw.shape)
 
 
 def test_training_converges_on_a_tiny_task(rng, no_filter_leaks):

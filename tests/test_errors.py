@@ -122,7 +122,7 @@ def test_apply_rejects_read_only_output_and_aliasing(no_filter_leaks):
             layer.apply(1, np.zeros((1, 3, 8, 8), np.float32), out)
         shared = np.zeros(3 * 64, np.float32)
         with pytest.raises(ValueError, match="share memory"):
-            layer.apply(1, shared, shared[:144])
+            layer.apply(1, shared.reshape(3, 8, 8), shared[:144].reshape(4, 6, 6))
 
 
 def test_filter_parameters_validation():
@@ -151,3 +151,22 @@ def test_descriptor_validation():
         NDArrayDescriptor()
     with pytest.raises(ValueError, match=r"\[0, 2\*\*62\)"):
         Shape.image_chw(2 ** 64, 1, 1)
+
+
+def test_old_scipy_openblas32_is_named_with_its_fix(monkeypatch):
+    """scipy-openblas32 before 0.3.27.63.0 has get_library() without fullname: the raw TypeError
+    becomes a LibraryNotFoundError naming the installed version and the pip command."""
+    import sys
+    import types
+
+    from bnns_py import backend as backend_module
+    old = types.ModuleType("scipy_openblas32")
+    old.get_lib_dir = lambda: "/nonexistent"
+    old.get_library = lambda: "scipy_openblas"  # the old signature
+    monkeypatch.setitem(sys.modules, "scipy_openblas32", old)
+    monkeypatch.setattr(backend_module, "_distribution_version", lambda name: "0.3.27.44.6")
+    with pytest.raises(bnns_py.LibraryNotFoundError) as error:
+        backend_module._preload_openblas()
+    message = str(error.value)
+    assert "scipy-openblas32 0.3.27.44.6 is too old for bnns-py (it needs 0.3.27.63.0 or later)" in message
+    assert "pip install -U scipy-openblas32" in message

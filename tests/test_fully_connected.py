@@ -9,6 +9,8 @@ from bnns_py import (ActivationFunction as AF, BNNSError, ConvolutionLayer, Data
                      FilterParameters, Flags, FullyConnectedLayer, NDArrayDescriptor, NDArrayFlags, Shape, ffi,
                      reference)
 
+from bnns_py.layer import WeightedLayer
+
 from conftest import assert_close_to_reference, random_array
 
 FLOAT32 = 0x10020
@@ -93,10 +95,11 @@ def test_forward_matches_reference(case, rng, live_check):
     assert_close_to_reference(out, expected, case["in_size"], "fc forward")
 
 
-def test_fully_connected_layer_is_a_convolution_layer(rng, no_filter_leaks):
+def test_fully_connected_and_convolution_layers_share_a_base(rng, no_filter_leaks):
     layer, _ = make_fc(random_array(rng, (3, 5)))
     with layer:
-        assert isinstance(layer, ConvolutionLayer)
+        assert isinstance(layer, WeightedLayer) and issubclass(ConvolutionLayer, WeightedLayer)
+        assert not hasattr(layer, "group_count"), "no stand-in convolution attributes"
         assert (layer.input_size, layer.output_size) == (5, 3)
         assert "5 -> 3" in repr(layer)
 
@@ -257,10 +260,6 @@ def test_backward_preconditions(rng, no_filter_leaks):
     weight = random_array(rng, (3, 4))
     x = random_array(rng, (2, 4))
     dy = random_array(rng, (2, 3))
-    layer, _ = make_fc(weight, activation="relu")  # copied weights
-    with layer:
-        with pytest.raises(ValueError, match="use_client_pointer"):
-            layer.apply_backward(2, x, dy, dy, np.empty_like(x))
     layer, _ = make_fc(weight, activation="relu", flags=Flags.use_client_pointer)
     with layer:
         with pytest.raises(ValueError, match="output .* is required"):
@@ -545,3 +544,63 @@ def test_one_d_layouts_work_as_vectors(layout, rng, live_check):
         out = np.empty((2, 3), np.float32)
         layer.apply(2, x, out)
     assert_close_to_reference(out, reference.linear(x, weight, bias), 4)
+
+
+def test_apply_and_backward_refuse_arrays_of_the_wrong_shape(rng, no_filter_leaks):
+    """(N, in) / (in,) vectors only: a transposed or flat batch is refused before C is called."""
+    weight, bias = random_array(rng, (4, 6)), random_array(rng, (4,))
+    layer, _ = make_fc(weight, bias, flags=Flags.use_client_pointer)
+    with layer:
+        x, y = random_array(rng, (3, 6)), np.full((3, 4), -5.0, np.float32)
+        for bad_x, bad_y, message in ((x.reshape(6, 3), y, r"input must have shape \(3, 6\).*got \(6, 3\)"),
+                                      (x.reshape(-1), y, r"input must have shape \(3, 6\).*got \(18,\)"),
+                                      (x, y.reshape(1, 12), r"output must have shape \(3, 4\).*got \(1, 12\)"),
+                                      (x[:, :, None], y, r"input must have shape \(3, 6\).*got \(3, 6, 1\)")):
+            with pytest.raises(ValueError, match=message):
+                layer.apply(3, bad_x, bad_y)
+        assert (y == -5.0).all()
+        with pytest.raises(ValueError, match=r"input must have shape \(1, 6\) or \(6,\) for batch_size=1"):
+            layer.apply(1, x, y[0])
+        layer.apply(1, x[0], y[0])
+        assert_close_to_reference(y[0], reference.linear(x[:1], weight, bias)[0], 6)
+        layer.apply(3, x, y)
+        assert_close_to_reference(y, reference.linear(x, weight, bias), 6)
+        dy = random_array(rng, y.shape)
+        dx, dw, db = np.empty_like(x), np.empty_like(weight), np.empty_like(bias)
+        for args, message in (((dy.reshape(4, 3), dx, dw, db), r"output_gradient must have shape \(3, 4\).*got \(4, 3\)"),
+                              ((dy, dx.reshape(-1), dw, db), r"input_gradient must have shape \(3, 6\).*got \(18,\)"),
+                              ((dy, dx, dw.reshape(6, 4), db), r"weights_gradient must have shape \(4, 6\).*got \(6, 4\)"),
+                              ((dy, dx, dw, db[None]), r"bias_gradient must have shape \(4,\).*got \(1, 4\)")):
+            with pytest.raises(ValueError, match=message):
+                layer.apply_backward(3, x, y, *args)
+        layer.apply_backward(3, x, y, dy, dx, dw, db)
+        dx_ref, dw_ref, db_ref = reference.linear_backward(x, weight, dy, bias=True)
+        assert_close_to_reference(dx, dx_ref, 4)
+        assert_close_to_reference(dw, dw_ref, 3)
+        assert_close_to_reference(db, db_ref, 3)
+
+
+@pytest.mark.parametrize("layout, padded_row", [("row_major", 0), ("first_major", 0), ("row_major", 7)])
+@pytest.mark.parametrize("activation", [None, "tanh"])
+def test_backward_of_copied_weights_uses_the_copy(layout, padded_row, activation, rng, no_filter_leaks):
+    """A layer created without Flags.use_client_pointer is differentiated from the weights it
+    copied at creation (native BNNS on macOS 15 returns the right gradient there too; bnns.h asks
+    for client pointers): input, weight and bias gradients against the reference, in the weights'
+    layout, although the caller's array has changed since."""
+    weight, bias = random_array(rng, (3, 5)), random_array(rng, (3,))
+    layer, storage = make_fc(weight, bias, activation, layout, Flags.none, padded_row)
+    weight = weight.copy()
+    storage[...] = 99.0  # copied at creation: the layer no longer reads this (storage may be weight itself)
+    x = random_array(rng, (4, 5))
+    with layer:
+        y = np.empty((4, 3), np.float32)
+        layer.apply(4, x, y)
+        dy = random_array(rng, y.shape)
+        dx, dw, db = np.empty_like(x), np.full(storage.shape, -3.0, np.float32), np.empty_like(bias)
+        layer.apply_backward(4, x, y, dy, dx, dw, db)
+    act = AF.coerce(activation)
+    dx_ref, dw_ref, db_ref = reference.linear_backward(x, weight, dy, output=y, bias=True, activation=act)
+    assert_close_to_reference(y, reference.linear(x, weight, bias, activation=act), 5)
+    assert_close_to_reference(dx, dx_ref, 3)
+    assert_close_to_reference(dw[:, :5], dw_ref, 4)
+    assert_close_to_reference(db, db_ref, 4)

@@ -1,5 +1,6 @@
 """The Swift-mirroring layer API: descriptors, shapes, padding, weights ownership, lifecycle."""
 import gc
+import re
 import threading
 import weakref
 
@@ -301,3 +302,143 @@ def test_weights_with_strides_in_any_axis_order(transposed, backend, rng, no_fil
     else:  # W(o, i) of a standard layer lives at [i][o] here
         expected = reference.conv2d(x, np.ascontiguousarray(torch_layout.transpose(1, 0, 2, 3)))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4)
+
+
+# ---- numpy arrays must have the shape the descriptors imply (issue 17, finding 1) ----------------
+
+def _finding_one_layer(rng, flags=Flags.use_client_pointer):
+    """The layer of the report: image_chw(8, 8, 4) -> image_chw(6, 6, 6), 3x3 weights."""
+    weights = random_array(rng, (6, 4, 3, 3))
+    bias = random_array(rng, (6,))
+    layer = ConvolutionLayer(
+        ConvolutionType.standard, NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 4)),
+        NDArrayDescriptor(weights, Shape.convolution_weights_oihw(3, 3, 4, 6)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(6, 6, 6)),
+        NDArrayDescriptor(bias, Shape.vector(6)), filter_parameters=FilterParameters(flags=flags))
+    return layer, weights, bias
+
+
+@pytest.mark.parametrize("input_shape, output_shape, argument, given", [
+    ((2, 4, 9, 9), (2, 6, 6, 6), "input", (2, 4, 9, 9)),      # a larger image: enough memory, wrong pixels
+    ((2, 8, 8, 4), (2, 6, 6, 6), "input", (2, 8, 8, 4)),      # NHWC
+    ((512,), (2, 6, 6, 6), "input", (512,)),                  # flat, of the right size
+    ((2, 4, 8, 8), (2, 6, 7, 7), "output", (2, 6, 7, 7)),     # a larger output
+    ((2, 4, 8, 8), (432,), "output", (432,)),
+    ((3, 4, 8, 8), (3, 6, 6, 6), "input", (3, 4, 8, 8)),      # batch_size is not the leading dimension
+])
+def test_apply_refuses_arrays_of_the_wrong_shape(input_shape, output_shape, argument, given, rng, no_filter_leaks):
+    layer, *_ = _finding_one_layer(rng)
+    with layer:
+        x = random_array(rng, input_shape)
+        y = np.full(output_shape, -5.0, np.float32)
+        expected = (2, 4, 8, 8) if argument == "input" else (2, 6, 6, 6)
+        with pytest.raises(ValueError) as error:
+            layer.apply(2, x, y)
+        message = str(error.value)
+        assert message.startswith(f"{argument} must have shape {expected}")
+        assert f"got {given}" in message
+        assert (y == -5.0).all(), "nothing may be computed on misread data"
+
+
+def test_apply_takes_exactly_the_implied_shapes(rng, no_filter_leaks):
+    layer, weights, bias = _finding_one_layer(rng)
+    with layer:
+        x = random_array(rng, (2, 4, 8, 8))
+        y = np.empty((2, 6, 6, 6), np.float32)
+        layer.apply(2, x, y)
+        assert_close_to_reference(y, reference.conv2d(x, weights, bias), 36)
+        # one item: (C, H, W) or (1, C, H, W), in any combination
+        single = np.empty((6, 6, 6), np.float32)
+        layer.apply(1, x[1], single)
+        assert_close_to_reference(single, reference.conv2d(x[1:], weights, bias)[0], 36)
+        layer.apply(1, x[:1], single)
+        assert_close_to_reference(single, reference.conv2d(x[:1], weights, bias)[0], 36)
+        # batch_size 1 with a 2-item array is refused, although its memory is large enough
+        with pytest.raises(ValueError, match=r"input must have shape \(1, 4, 8, 8\) or \(4, 8, 8\) for "
+                                             r"batch_size=1 .*got \(2, 4, 8, 8\)"):
+            layer.apply(1, x, single)
+        # the fast path (the remembered pair) checks every other array
+        layer.apply(2, x, y)
+        layer.apply(2, x, y)
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        with pytest.raises(ValueError, match=r"input must have shape \(2, 4, 8, 8\).*got \(2, 8, 8, 4\)"):
+            layer.apply(2, nhwc, y)
+        with pytest.raises(ValueError, match=r"output must have shape \(2, 6, 6, 6\).*got \(432,\)"):
+            layer.apply(2, x, y.reshape(-1))
+        layer.apply(2, x, y)
+        assert_close_to_reference(y, reference.conv2d(x, weights, bias), 36)
+
+
+@pytest.mark.parametrize("argument, position, bad_shape, expected", [
+    ("output_gradient", 3, (2, 6, 7, 7), (2, 6, 6, 6)),
+    ("output_gradient", 3, (2, 6, 6, 6, 1), (2, 6, 6, 6)),
+    ("input_gradient", 4, (2, 8, 8, 4), (2, 4, 8, 8)),
+    ("input_gradient", 4, (512,), (2, 4, 8, 8)),
+    ("weights_gradient", 5, (6, 3, 3, 4), (6, 4, 3, 3)),
+    ("bias_gradient", 6, (1, 6), (6,)),
+    ("input", 1, (2, 8, 8, 4), (2, 4, 8, 8)),
+    ("output", 2, (432,), (2, 6, 6, 6)),
+])
+def test_apply_backward_refuses_arrays_of_the_wrong_shape(argument, position, bad_shape, expected, rng,
+                                                          no_filter_leaks):
+    layer, weights, bias = _finding_one_layer(rng)
+    with layer:
+        x = random_array(rng, (2, 4, 8, 8))
+        y = np.empty((2, 6, 6, 6), np.float32)
+        layer.apply(2, x, y)
+        dy = random_array(rng, y.shape)
+        args = [x, y, dy, np.full(x.shape, 7.0, np.float32), np.full(weights.shape, 7.0, np.float32),
+                np.full(bias.shape, 7.0, np.float32)]
+        good = [a.copy() for a in args]
+        args[position - 1] = np.full(bad_shape, 7.0, np.float32)
+        with pytest.raises(ValueError, match=rf"{argument} must have shape {re.escape(str(expected))}.*"
+                                             rf"got {re.escape(str(bad_shape))}"):
+            layer.apply_backward(2, *args)
+        for array in args[3:]:
+            assert (array == 7.0).all(), "no gradient may be written when an argument is refused"
+        # the right shapes give the reference's gradients
+        layer.apply_backward(2, *good)
+        dx, dw, db = reference.conv2d_backward(x, weights, dy, bias=True)
+        assert_close_to_reference(good[3], dx, 54)
+        assert_close_to_reference(good[4], dw, 72)
+        assert_close_to_reference(good[5], db, 72)
+
+
+def test_activation_kinds_are_the_c_enum():
+    """Every BNNSActivationFunction constant of cdefs/bnns.h is an ActivationFunctionKind member of
+    the same value, and the backend support sets are named by kind."""
+    from bnns_py import activation, ffi
+    from bnns_py.enums import ActivationFunctionKind as Kind
+    constants = ffi.dlopen(None)
+    prefix = "BNNSActivationFunction"
+    c_values = {name[len(prefix):]: getattr(constants, name) for name in dir(constants) if name.startswith(prefix)}
+    assert len(c_values) == 37 and set(c_values.values()) == {k.value for k in Kind}
+    assert c_values["GumbelMax"] == Kind.gumbel_max == 14 and c_values["PReLUPerChannel"] == Kind.prelu_per_channel
+    assert c_values["HardSwish"] == Kind.hard_swish == Kind.gelu_approximation2
+    assert activation.PORTABLE_UNSUPPORTED_ACTIVATIONS == {Kind.integer_linear_saturate,
+                                                           Kind.integer_linear_saturate_per_channel, Kind.gumbel_max}
+    assert ActivationFunction.hard_swish().name == "hard_swish"
+    assert ActivationFunction.gelu_approximation2(1, 2).name == "gelu_approximation2"
+    assert ActivationFunction(Kind.celu, 1.0) == ActivationFunction.celu(1.0)
+
+
+def test_a_channel_axis_of_one_with_a_batch_stride_takes_storage(rng, no_filter_leaks):
+    """image_chw(w, h, 1) with a channel stride beyond the image: each item is packed but items are
+    that stride apart, so a batch is storage (flat or N-leading), never a packed (N, 1, H, W)."""
+    weights = random_array(rng, (2, 1, 3, 3))
+    in_shape = Shape.image_chw(5, 4, 1, stride=(1, 5, 32))
+    layer = ConvolutionLayer(
+        ConvolutionType.standard, NDArrayDescriptor(data_type=DataType.float32, shape=in_shape),
+        NDArrayDescriptor(weights, Shape.convolution_weights_oihw(3, 3, 1, 2)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(3, 2, 2)), None)
+    with layer:
+        images = random_array(rng, (2, 1, 4, 5))
+        storage = np.zeros((2, 32), np.float32)
+        storage[:, :20] = images.reshape(2, 20)
+        out = np.empty((2, 2, 2, 3), np.float32)
+        with pytest.raises(ValueError, match=r"input holds 40 values, needs at least 52"):
+            layer.apply(2, images, out)  # would be misread: the second image starts at value 32, not 20
+        layer.apply(2, storage, out)
+        assert_close_to_reference(out, reference.conv2d(images, weights), 9)
+        layer.apply(1, images[0], out[0])  # one item is packed: (C, H, W) as usual
+        assert_close_to_reference(out[0], reference.conv2d(images[:1], weights)[0], 9)

@@ -72,7 +72,7 @@ def test_legacy_convolution_matches_reference(case, rng, live_check):
                                 activation=case["activation"],
                                 filter_parameters=FilterParameters(flags=case["flags"])) as layer:
         buffer = in_stack.to_buffer(images)
-        out = np.full(case["n"] * out_stack.item_stride, -9.0, np.float32)
+        out = np.full(out_stack.buffer_shape(case["n"]), -9.0, np.float32)
         layer.apply(case["n"], buffer, out)
     p_x, p_y = case["padding"]
     expected = reference.conv2d(images, weights, bias, stride=case["stride"][::-1], padding=(p_x, p_x, p_y, p_y),
@@ -81,7 +81,7 @@ def test_legacy_convolution_matches_reference(case, rng, live_check):
     # only the pixels are written: the gaps between rows and images keep their values
     written = np.zeros(out.size, bool)
     out_stack._view(written, case["n"])[...] = True
-    assert (out[~written] == -9.0).all()
+    assert (out.reshape(-1)[~written] == -9.0).all()
 
 
 def test_legacy_convolution_with_row_and_image_gaps_matches_modern_layer(rng, live_check):
@@ -112,7 +112,7 @@ def test_copied_weights_ignore_later_changes_but_client_pointer_sees_them(rng, l
         bias = random_array(rng, (2,))
         with LegacyConvolutionLayer(stack_in, stack_out, weights, bias,
                                     filter_parameters=FilterParameters(flags=flags)) as layer:
-            before = np.empty(18, np.float32)
+            before = np.empty((1, 2, 3, 3), np.float32)
             layer.apply(1, stack_in.to_buffer(images), before)
             weights *= 2.0
             bias *= 2.0
@@ -421,3 +421,32 @@ def test_c_api_legacy_fully_connected_forward(backend, rng, live_check):
     assert backend.lib.BNNSFilterApplyBatch(handle, 2, ffi.from_buffer(x), 5, ffi.from_buffer(out), 3) == 0
     backend.lib.BNNSFilterDestroy(handle)
     assert_close_to_reference(out, reference.linear(x, weights), 5)
+
+
+def test_legacy_apply_refuses_arrays_of_the_wrong_shape(rng, live_check):
+    """Packed stacks take (N, C, H, W) images and vectors (N, size); stacks with gaps take their
+    storage, flat or with N leading, of the size the strides give."""
+    weights = random_array(rng, (3, 2, 3, 3))
+    packed = ImageStackDescriptor(6, 5, 2)
+    padded = ImageStackDescriptor(6, 5, 2, row_stride=8, image_stride=41)
+    images = random_array(rng, (2, 2, 5, 6))
+    expected = reference.conv2d(images, weights, None)
+    for stack in (packed, padded):
+        with LegacyConvolutionLayer(stack, ImageStackDescriptor(4, 3, 3), weights) as layer:
+            out = np.full((2, 3, 3, 4), -5.0, np.float32)
+            if stack is packed:
+                bad = ((np.ascontiguousarray(images.transpose(0, 2, 3, 1)), r"\(2, 2, 5, 6\).*got \(2, 5, 6, 2\)"),
+                       (images.reshape(-1), r"\(2, 2, 5, 6\).*got \(120,\)"))
+            else:
+                storage = stack.to_buffer(images)
+                bad = ((np.zeros((2, 83), np.float32), r"holds 166 values .* take 161 to 164"),
+                       (storage.reshape(4, -1), r"leading dimension must be batch_size=2"))
+            for array, message in bad:
+                with pytest.raises(ValueError, match=message):
+                    layer.apply(2, array, out)
+            assert (out == -5.0).all()
+            layer.apply(2, stack.to_buffer(images), out)
+            assert_close_to_reference(out, expected, weights[0].size)
+    with LegacyFullyConnectedLayer(VectorDescriptor(3), VectorDescriptor(2), random_array(rng, (2, 3))) as layer:
+        with pytest.raises(ValueError, match=r"input must have shape \(2, 3\).*got \(6,\)"):
+            layer.apply(2, random_array(rng, (6,)), np.zeros((2, 2), np.float32))

@@ -44,7 +44,7 @@ def test_repeated_apply_matches_reference_and_follows_new_data(rng, no_filter_le
         for _ in range(2):
             x[0] = random_array(rng, x.shape[1:])
             out[:] = np.nan
-            layer.apply(1, x, out)
+            layer.apply(1, x[:1], out[:1])
             assert_close_to_reference(out[:1], reference.conv2d(x[:1], weights, bias, padding=1), 72)
             assert np.isnan(out[1]).all()
         x2, out2 = x.copy(), np.empty_like(out)
@@ -134,13 +134,13 @@ def test_repeated_apply_backward_follows_new_data_and_still_checks(rng, no_filte
             np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-3)
         # one image: the remembered batch-2 descriptors do not apply; the first image's gradients
         dx[:] = np.nan
-        layer.apply_backward(1, x, y, dy, dx)
+        layer.apply_backward(1, x[:1], y[:1], dy[:1], dx[:1])
         np.testing.assert_allclose(dx[:1], reference.conv2d_backward(x[:1], weights, dy[:1], padding=1)[0],
                                    rtol=1e-4, atol=1e-4)
         assert np.isnan(dx[1]).all()
         dx.flags.writeable = False
         with pytest.raises(ValueError, match="read-only"):
-            layer.apply_backward(1, x, y, dy, dx)
+            layer.apply_backward(1, x[:1], y[:1], dy[:1], dx[:1])
         dx.flags.writeable = True
         view = dw.view()
         layer.apply_backward(2, x, y, dy, None, view)

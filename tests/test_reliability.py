@@ -70,7 +70,12 @@ def test_soak_100k_create_apply_destroy(backend, rng):
 
 
 def test_gil_is_released_during_c_calls(rng, no_filter_leaks):
-    # While one thread is inside a long BNNS call, another thread must keep running Python code.
+    """While one thread is inside a long BNNS call, another thread keeps running Python code.
+
+    The switch interval is raised to 1 s for the test, so a thread waiting for the GIL gets it only
+    when the holder releases it: the counter advances between the two reads around the call only
+    if the C call releases the GIL (a held GIL would keep it still, the call being shorter)."""
+    import sys
     x = random_array(rng, (8, 64, 56, 56))
     weights, bias = random_array(rng, (64, 64, 3, 3)), random_array(rng, (64,))
     y = np.empty_like(x)
@@ -81,24 +86,29 @@ def test_gil_is_released_during_c_calls(rng, no_filter_leaks):
             NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(56, 56, 64)),
             NDArrayDescriptor(bias, Shape.vector(64)), ConvolutionPadding.symmetric(1, 1),
             filter_parameters=FilterParameters(n_threads=1)) as layer:
-        started, finished = threading.Event(), threading.Event()
-        ticks_during_call = []
+        layer.apply(8, x, y)  # warm: the call below runs the C code only
+        running, finished = threading.Event(), threading.Event()
+        ticks = [0]
 
         def counter():
-            started.wait()
-            ticks = 0
+            running.set()
             while not finished.is_set():
-                ticks += 1
-            ticks_during_call.append(ticks)
+                ticks[0] += 1
 
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1.0)
         thread = threading.Thread(target=counter)
-        thread.start()
-        started.set()
-        for _ in range(3):
-            layer.apply(8, x, y)  # ~1.8 GFLOP each: tens of milliseconds in C
-        finished.set()
-        thread.join()
-    assert ticks_during_call[0] > 10_000, "the other thread made no progress: the GIL was held during the C call"
+        try:
+            thread.start()
+            running.wait()
+            before = ticks[0]
+            layer.apply(8, x, y)  # ~1.8 GFLOP: tens of milliseconds in C
+            during = ticks[0] - before
+        finally:
+            finished.set()
+            thread.join()
+            sys.setswitchinterval(interval)
+    assert during > 1000, f"the other thread counted {during} during the call: the GIL was held"
 
 
 @pytest.mark.parametrize("serialized", [False, True], ids=["concurrent", "serialized"])
@@ -144,3 +154,24 @@ def test_filters_left_open_at_exit_do_not_crash(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
     assert done.stderr == ""
+
+
+CLOSE_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "close_worker.py")
+
+
+@pytest.mark.parametrize("mode, repetitions", [("close", 6), ("with", 6), ("cache", 3), ("race", 100)])
+def test_closing_a_layer_under_a_running_call_waits_for_it(mode, repetitions):
+    """close(), leaving a ``with`` block, and the functional cache's eviction while another thread
+    is inside apply / the fast path / apply_backward (tests/close_worker.py, in a process of its
+    own: before the fix the process died with SIGSEGV). The call returns the right numbers, later
+    calls raise LayerClosedError, and every filter is destroyed exactly once."""
+    import json
+    done = subprocess.run([sys.executable, CLOSE_WORKER, mode, str(repetitions)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"
+    counts = json.loads(done.stdout)
+    assert counts["created"] == repetitions
+    assert counts["returned"] + counts["closed"] == repetitions
+    if mode in ("close", "with"):
+        # the layer is big enough that the close comes while the call runs (at least once, even on a busy machine)
+        assert counts["closed_in_flight"] >= 1, counts

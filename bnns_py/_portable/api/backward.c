@@ -58,8 +58,14 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                                                          &weights_delta, &fc_weights_delta))
         return -1;
     if (!f->client) {
-        bp_set_error("backward needs a filter created with BNNSFlagsUseClientPtr");
-        return -1;
+        /* BNNS runs backward on a filter created without BNNSFlagsUseClientPtr too (conformance
+           evidence, finding 6.2): here on a client-pointer twin reading the filter's own copy */
+        bp_filter *twin = bp_client_twin(f);
+        if (twin == NULL) return -1;
+        int status = bp_apply_backward(twin, batch, in, in_stride, in_delta, in_delta_stride, out, out_stride,
+                                       out_delta, out_delta_stride, weights_delta, bias_delta);
+        bp_twin_destroy(twin);
+        return status;
     }
     if (f->transposed && g->groups > 1) {
         bp_set_error("backward of a grouped transposed convolution is not supported");

@@ -455,6 +455,11 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     atomic_flag_clear(&f->busy);
     f->transposed = transposed;
     f->allocator = allocator;
+    f->params = *p;
+    if (fp != NULL) {
+        f->filter_params = *fp;
+        f->has_filter_params = true;
+    }
     bp_gemm_ctx_init(&f->gemm, threads);
     f->client = (flags & BNNSFlagsUseClientPtr) != 0;
     f->in = in;
@@ -556,6 +561,40 @@ BNNSFilter BNNSFilterCreateLayerConvolution(const BNNSLayerParametersConvolution
 BNNSFilter BNNSFilterCreateLayerTransposedConvolution(const BNNSLayerParametersConvolution *layer_params,
                                                       const BNNSFilterParameters *filter_params) {
     return bp_create_convolution(layer_params, filter_params, true);
+}
+
+bp_filter *bp_client_twin(const bp_filter *f) {
+    BNNSLayerParametersConvolution p = f->params;
+    BNNSFilterParameters q = f->has_filter_params ? f->filter_params : (BNNSFilterParameters){0};
+    q.flags |= BNNSFlagsUseClientPtr;
+    size_t stride[8], extent, bias_floats = f->has_bias ? f->out.c : 0;
+    if (!bp_resolve_strides(&p.w_desc, 4, "weights", stride, &extent)) return NULL;
+    float *copy = bp_alloc(&f->allocator, (extent + bias_floats) * sizeof(float));
+    if (copy == NULL) return NULL;
+    memset(copy, 0, extent * sizeof(float));
+    p.w_desc.data = copy;
+    bp_weights_to_descriptor(f, f->w_owned, &p.w_desc, f->w_stride, false);
+    if (f->has_bias) {
+        memcpy(copy + extent, f->bias_owned, bias_floats * sizeof(float));
+        p.bias.data = copy + extent;
+        memset(p.bias.stride, 0, sizeof p.bias.stride);
+    }
+    bp_filter *twin = bp_create_convolution(&p, &q, f->transposed);
+    if (twin == NULL) {
+        bp_free(&f->allocator, copy);
+        return NULL;
+    }
+    twin->twin_copy = copy;
+    atomic_fetch_sub(&live_filters, 1); /* internal: the counts are the caller's filters */
+    atomic_fetch_sub(&created_filters, 1);
+    return twin;
+}
+
+void bp_twin_destroy(bp_filter *twin) {
+    bp_allocator a = twin->allocator;
+    float *copy = twin->twin_copy;
+    destroy_filter(twin);
+    bp_free(&a, copy);
 }
 
 void BNNSFilterDestroy(BNNSFilter filter) {

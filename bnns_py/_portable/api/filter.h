@@ -55,6 +55,12 @@ typedef struct {
     atomic_flag busy;
     /* data types other than Float32 (dtypes.c): NULL when every descriptor is Float32 */
     struct bp_dtype_ext *dtype;
+    /* what the filter was created from (the caller's data pointers in it are not read after
+       creation): backward on a filter that owns its weights runs on a twin made from these */
+    BNNSLayerParametersConvolution params;
+    BNNSFilterParameters filter_params;
+    bool has_filter_params;
+    float *twin_copy;             /* a twin's weights and bias (bp_client_twin) */
 } bp_filter;
 
 /* workspace layout (offsets in floats) */
@@ -69,6 +75,12 @@ enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };
    Other layer kinds (fully connected, legacy) are expressed as convolutions and built here. */
 bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
                                  bool transposed);
+
+/* A client-pointer twin of a filter that owns its weights: the same layer reading the filter's
+   copy of the weights (laid out again as the caller described them) and of the bias, for
+   backward. Not counted as a filter; NULL with bp_set_error on failure. */
+bp_filter *bp_client_twin(const bp_filter *f);
+void bp_twin_destroy(bp_filter *twin);
 
 void bp_work_split(const bp_filter *f, float *base, bp_work *w);
 float *bp_work_acquire(bp_filter *f, bool *temporary);
