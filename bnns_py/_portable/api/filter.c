@@ -544,7 +544,7 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
-    if (f->direct[which] == NULL) return "im2col";
+    if (f->direct[which] == NULL) return bp_conv_engine(&f->g, which == BP_DIRECT_BACKWARD_DATA);
     return bp_direct_kind(f->direct[which]);
 }
 

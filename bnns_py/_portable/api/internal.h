@@ -123,6 +123,11 @@ void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
    zero-padded planes on the calling thread, not on the direct engine. */
 bool bp_conv_small(const bp_geom *g);
 
+/* Which kernels of this engine run S's forward pass (backward_data = false) or its backward-data
+   pass when the direct engine does not: "depthwise" (one input channel per group, and for backward
+   data a stride the depthwise kernels take), "tiny" (forward of a tiny layer) or "im2col". */
+const char *bp_conv_engine(const bp_geom *g, bool backward_data);
+
 struct bp_direct;      /* direct.h: a plan of the direct engine */
 struct bp_direct_pass; /* direct.h: a planned pass of the direct engine with its packed weights */
 

@@ -879,6 +879,13 @@ bool bp_conv_small(const bp_geom *g) {
            2 * g->out_c * out_pixels(g) * g->k <= SMALL_DIRECT_FLOPS;
 }
 
+const char *bp_conv_engine(const bp_geom *g, bool backward_data) {
+    bp_geom adjoint;
+    if (one_input_channel_per_group(g) && (!backward_data || depthwise_adjoint(g, &adjoint))) return "depthwise";
+    if (!backward_data && bp_conv_small(g)) return "tiny";
+    return "im2col";
+}
+
 void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_image *x_img, const float *x,
                      size_t x_bs, float *y, size_t y_bs, const bp_epilogue *e, const bp_scratch *s,
                      const bp_gemm_ctx *ctx, const bp_direct_pass *direct) {

@@ -24,6 +24,7 @@
 #define bp_geom_plan BP_TIER_SYMBOL(bp_geom_plan)
 #define bp_epilogue_run BP_TIER_SYMBOL(bp_epilogue_run)
 #define bp_conv_small BP_TIER_SYMBOL(bp_conv_small)
+#define bp_conv_engine BP_TIER_SYMBOL(bp_conv_engine)
 #define bp_conv_forward BP_TIER_SYMBOL(bp_conv_forward)
 #define bp_conv_backward_data BP_TIER_SYMBOL(bp_conv_backward_data)
 #define bp_conv_backward_weights BP_TIER_SYMBOL(bp_conv_backward_weights)

@@ -15,6 +15,7 @@
 #define BP_TIER_FUNCTIONS(X)                                                \
     X(geom_plan, bp_geom_plan)                                              \
     X(conv_small, bp_conv_small)                                            \
+    X(conv_engine, bp_conv_engine)                                          \
     X(conv_forward, bp_conv_forward)                                        \
     X(conv_backward_data, bp_conv_backward_data)                            \
     X(conv_backward_weights, bp_conv_backward_weights)                      \
