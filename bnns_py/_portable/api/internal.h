@@ -29,6 +29,12 @@ const char *bp_tier_refusal(void);
 static inline bool bp_mul(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }
 static inline bool bp_add(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }
 
+/* ---- small size helpers ---- */
+static inline size_t bp_ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+static inline size_t bp_round_up(size_t a, size_t b) { return bp_ceil_div(a, b) * b; }
+static inline size_t bp_min(size_t a, size_t b) { return a < b ? a : b; }
+static inline size_t bp_max(size_t a, size_t b) { return a > b ? a : b; }
+
 /* True when `count` items `stride` values apart, each `extent` values long, fit in memory. */
 static inline bool bp_batch_span_ok(size_t count, size_t stride, size_t extent) {
     size_t span;
