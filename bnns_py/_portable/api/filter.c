@@ -8,6 +8,7 @@
 #include "direct.h"
 #include "dtypes.h"
 #include "parallel.h"
+#include "plan.h"
 
 static atomic_long live_filters;
 static atomic_long created_filters;
@@ -266,55 +267,6 @@ static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, s
     return true;
 }
 
-static bool batch_at_once(const bp_filter *f);
-
-/* The Winograd pass for the forward pass of a standard filter, where it takes the geometry and no
-   other engine is asked for; its calls are whole batches (packed outputs, elementwise activation). */
-static void plan_winograd(bp_filter *f) {
-    int engine = bp_engine_override();
-    if (f->transposed || !batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
-    /* a dilated plan writes every d-th output: the forward activation runs on contiguous runs only
-       (an input gradient has none) */
-    bool dilated_activation = f->g.dx > 1 && f->activation.function != BNNSActivationFunctionIdentity;
-    bool forced = engine == BP_ENGINE_WINOGRAD;
-    if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) && bp_winograd_plan(&f->dx_geom, forced, &f->wino_dx_plan)) {
-        f->wino_dx = true;
-        if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
-    }
-    if (dilated_activation || !bp_winograd_plan(&f->g, forced, &f->wino)) return;
-    f->winograd = true;
-    if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
-}
-
-/* Direct-engine plans for the passes the filter can run: its own forward pass, and with client
-   pointers (which backward needs) the other one too. The plans' scratch joins the workers'. */
-static void plan_direct(bp_filter *f) {
-    const bp_geom *g = &f->g;
-    bool need[2] = {!f->transposed || f->client, f->transposed || f->client};
-    int kernel = bp_engine_override(); /* a forced kernel runs wherever it can */
-    bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS || kernel == BP_ENGINE_FLAT_PIXELS;
-    if (bp_conv_small(g) && !forced) need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
-    /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed */
-    if (g->kh == 1 && g->kw == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 && g->in_h == g->out_h &&
-        g->in_w == g->out_w && !forced)
-        need[BP_DIRECT_FORWARD] = need[BP_DIRECT_BACKWARD_DATA] = false;
-    for (int i = 0; i < 2; i++) {
-        if (!need[i]) continue;
-        f->direct[i] = bp_direct_plan(g, i == BP_DIRECT_BACKWARD_DATA, &f->allocator);
-        if (f->direct[i] == NULL) continue; /* the im2col engine runs this pass */
-        size_t scratch = bp_direct_scratch_floats(f->direct[i]), weights = bp_direct_weight_floats(f->direct[i]);
-        if (f->client) { /* the run packs the weights; the forward plan also computes weight gradients */
-            size_t view = bp_direct_view_scratch_floats(f->direct[i]);
-            size_t dw = i == BP_DIRECT_FORWARD ? bp_direct_weights_scratch_floats(f->direct[i]) : 0;
-            if (view > scratch) scratch = view;
-            if (dw > scratch) scratch = dw;
-        }
-        if (scratch > f->scratch_floats) f->scratch_floats = scratch;
-        if (f->client && weights > f->direct_w_floats) f->direct_w_floats = weights;
-    }
-    bp_clear_error(); /* a plan that could not be made is not an error */
-}
-
 /* A convolution's parameters, checked (validate_convolution). */
 typedef struct {
     bp_allocator allocator;
@@ -502,8 +454,7 @@ static bp_filter *plan_convolution(const conv_request *r, bool transposed) {
         bp_free(&allocator, f);
         return NULL;
     }
-    plan_direct(f);
-    plan_winograd(f);
+    bp_plan_engines(f);
     f->w_oihw_kernels = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW && w_stride[0] == 1 && w_stride[1] == kw;
     f->w_direct = f->client && !transposed && f->w_oihw_kernels && w_stride[2] == kw * kh &&
                   w_stride[3] == kw * kh * r->w_in;
@@ -627,7 +578,7 @@ static bp_epilogue forward_epilogue(const bp_filter *f) {
 
 /* The whole batch in one parallel pass: packed outputs (and, transposed, packed inputs) with an
    elementwise activation. */
-static bool batch_at_once(const bp_filter *f) {
+bool bp_filter_batch_at_once(const bp_filter *f) {
     return f->out.packed && (!f->transposed || f->in.packed) && !bp_activation_is_channelwise(&f->activation);
 }
 
@@ -740,7 +691,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     } else {
         const float *weights =
             bp_call_weights(f, f->transposed ? BP_DIRECT_BACKWARD_DATA : BP_DIRECT_FORWARD, &w, &pass, &direct);
-        if (batch_at_once(f))
+        if (bp_filter_batch_at_once(f))
             forward_batch(f, &w, weights, direct, batch_size, in, in_stride, out, out_stride);
         else
             for (size_t b = 0; b < batch_size; b++)

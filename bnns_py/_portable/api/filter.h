@@ -70,6 +70,10 @@ enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };
 bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
                                  bool transposed);
 
+/* Whether the filter's forward calls run a whole batch at once (packed outputs, no channelwise
+   activation), as the Winograd pass needs. */
+bool bp_filter_batch_at_once(const bp_filter *f);
+
 void bp_work_split(const bp_filter *f, float *base, bp_work *w);
 float *bp_work_acquire(bp_filter *f, bool *temporary);
 void bp_work_release(bp_filter *f, float *work, bool temporary);

@@ -102,7 +102,6 @@ const char *bnns_portable_isa_error(void) {
 /* ---- the once-compiled code's calls into the selected tier ---- */
 
 const char *bnns_portable_simd(void) { return tier()->simd(); }
-int bp_engine_override(void) { return tier()->engine_override(); }
 
 bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) { return tier()->geom_plan(g, scratch_floats); }
 bool bp_conv_small(const bp_geom *g) { return tier()->conv_small(g); }

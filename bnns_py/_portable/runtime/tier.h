@@ -30,7 +30,6 @@
 #define bp_conv_backward_weights BP_TIER_SYMBOL(bp_conv_backward_weights)
 /* engines/direct.c, engines/direct_weights.c */
 #define bnns_portable_simd BP_TIER_SYMBOL(bnns_portable_simd)
-#define bp_engine_override BP_TIER_SYMBOL(bp_engine_override)
 #define bp_direct_scratch_floats BP_TIER_SYMBOL(bp_direct_scratch_floats)
 #define bp_direct_view_scratch_floats BP_TIER_SYMBOL(bp_direct_view_scratch_floats)
 #define bp_direct_weight_floats BP_TIER_SYMBOL(bp_direct_weight_floats)

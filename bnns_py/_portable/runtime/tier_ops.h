@@ -20,7 +20,6 @@
     X(conv_backward_data, bp_conv_backward_data)                            \
     X(conv_backward_weights, bp_conv_backward_weights)                      \
     X(simd, bnns_portable_simd)                                             \
-    X(engine_override, bp_engine_override)                                  \
     X(direct_scratch_floats, bp_direct_scratch_floats)                      \
     X(direct_view_scratch_floats, bp_direct_view_scratch_floats)            \
     X(direct_weight_floats, bp_direct_weight_floats)                        \
