@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the portable library with AddressSanitizer + UndefinedBehaviorSanitizer (meson's
-# b_sanitize, every vector tier compiled in as in a release build) and run the C-facing part of
-# the test suite against it (BNNS_PY_LIBRARY), once per vector tier (BNNS_PY_ISA), the tiers side
-# by side. Any sanitizer report aborts the process, which fails the run.
+# b_sanitize, every vector tier compiled in as in a release build), run the C-level tests
+# (tests/kernels, every tier, with leak checking), then the C-facing part of the test suite against
+# it (BNNS_PY_LIBRARY), once per vector tier (BNNS_PY_ISA), the tiers side by side. Any sanitizer
+# report aborts the process, which fails the run.
 # Usage: .ci/sanitize.sh PYTHON [TIER...]
 #   PYTHON: a Python with bnns-py and its test dependencies installed (meson and ninja are added
 #           to its environment when missing); TIERS: default every tier this CPU runs.
@@ -19,8 +20,11 @@ out=$(mktemp -d)
 # -O1 -g keeps stack traces readable; -Werror: the sanitized build also checks the warnings.
 PATH="$bin:$PATH" "$python" -m mesonbuild.mesonmain setup "$out/build" . --buildtype=plain -Dwerror=true \
   -Dc_args="-O1 -g -fno-omit-frame-pointer -fno-sanitize-recover=undefined" -Db_sanitize=address,undefined \
-  ${BNNS_PY_SANITIZE_SETUP_ARGS:-} > "$out/setup.log" 2>&1 || { cat "$out/setup.log"; exit 1; }
+  -Dkernel_tests=true ${BNNS_PY_SANITIZE_SETUP_ARGS:-} > "$out/setup.log" 2>&1 || { cat "$out/setup.log"; exit 1; }
 PATH="$bin:$PATH" ninja -C "$out/build" > "$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
+# The C-level tests first (every tier; leak checking works there: no interpreter).
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:malloc_fill_byte=255 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  PATH="$bin:$PATH" "$python" -m mesonbuild.mesonmain test -C "$out/build" --print-errorlogs
 library=$(ls "$out"/build/bnns_py/_portable/_bnns_portable*.so)
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 tests="$PWD/tests"

@@ -5,6 +5,7 @@ What is asserted comes from `meson introspect`: which targets exist, how the por
 links (Accelerate's CBLAS on macOS, scipy-openblas32 with an $ORIGIN rpath on Linux) and which
 files are installed (the Python sources always, into platlib so a wheel is platform-tagged; the
 cdef headers; never a C source). Skipped when meson is not installed."""
+import importlib.util
 import json
 import os
 import shutil
@@ -17,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [
     pytest.mark.skipif(not (ROOT / "meson.build").is_file(), reason="needs the source checkout"),
-    pytest.mark.skipif(shutil.which("meson") is None and shutil.which("meson", path=os.path.dirname(sys.executable)) is None,
-                       reason="meson is not installed"),
+    # meson from this interpreter, so that the build's Python (and its scipy-openblas32) is this one
+    pytest.mark.skipif(importlib.util.find_spec("mesonbuild") is None, reason="meson is not installed"),
     pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to stand in for a macOS compiler"),
 ]
 
@@ -31,13 +32,12 @@ endian = 'little'
 """
 
 
-def _meson():
-    return shutil.which("meson", path=os.path.dirname(sys.executable)) or shutil.which("meson")
+MESON = [sys.executable, "-m", "mesonbuild.mesonmain"]
 
 
 def _setup(tmp_path, cross=None, *options):
     build = tmp_path / "build"
-    command = [_meson(), "setup", str(build), str(ROOT), *options]
+    command = [*MESON, "setup", str(build), str(ROOT), *options]
     if cross is not None:
         (tmp_path / "cross.ini").write_text(cross)
         command += ["--cross-file", str(tmp_path / "cross.ini")]
@@ -46,7 +46,7 @@ def _setup(tmp_path, cross=None, *options):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     def introspect(what):
-        return json.loads(subprocess.run([_meson(), "introspect", f"--{what}", str(build)], capture_output=True,
+        return json.loads(subprocess.run([*MESON, "introspect", f"--{what}", str(build)], capture_output=True,
                                          text=True, check=True, env=env).stdout)
     return introspect, result.stdout
 

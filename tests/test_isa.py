@@ -64,10 +64,16 @@ print(json.dumps(dict(bnns_py.backend_info(), engines=engines)))
 """
 
 
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def _run(isa, *extra):
     env = dict(os.environ, BNNS_PY_ISA=isa)
     env.pop("BNNS_PY_PORTABLE_ENGINE", None)
-    return subprocess.run([sys.executable, "-c", *extra], env=env, capture_output=True, text=True, timeout=300)
+    # from the tests folder: `python -c` puts the working directory first on sys.path, and a source
+    # checkout's bnns_py there has no compiled library
+    return subprocess.run([sys.executable, "-c", *extra], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=TESTS_DIR)
 
 
 AVAILABLE = bnns_py.backend_info().get("isa_available", "").split()
@@ -77,8 +83,7 @@ AVAILABLE = bnns_py.backend_info().get("isa_available", "").split()
 def test_each_tier_computes_every_engine_against_the_reference(isa):
     if isa not in AVAILABLE:
         pytest.skip(f"this CPU / build does not run the {isa} tier (it runs: {' '.join(AVAILABLE)})")
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    child = _run(isa, CHILD, tests_dir)
+    child = _run(isa, CHILD, TESTS_DIR)
     assert child.returncode == 0, child.stderr[-3000:]
     info = json.loads(child.stdout.strip().splitlines()[-1])
     assert info["isa"] == isa
@@ -93,7 +98,7 @@ def test_each_tier_computes_every_engine_against_the_reference(isa):
 def test_widest_tier_is_chosen_by_default():
     child = subprocess.run([sys.executable, "-c", "import bnns_py; print(bnns_py.backend_info()['isa'])"],
                            env={k: v for k, v in os.environ.items() if k != "BNNS_PY_ISA"},
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, cwd=TESTS_DIR)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == [AVAILABLE[-1]]
 

@@ -8,6 +8,7 @@
 #include "direct.h"
 #include "dtypes.h"
 #include "parallel.h"
+#include "plan.h"
 
 static atomic_long live_filters;
 static atomic_long created_filters;
@@ -266,147 +267,103 @@ static bool check_size_rule(const char *axis, size_t in, size_t out, size_t k, s
     return true;
 }
 
-static bool batch_at_once(const bp_filter *f);
+/* A convolution's parameters, checked (validate_convolution). */
+typedef struct {
+    bp_allocator allocator;
+    uint32_t flags;
+    size_t threads;
+    bp_image in, out;                     /* the layer's own input and output */
+    const BNNSNDArrayDescriptor *wd, *bd; /* weights and bias as the caller gave them */
+    size_t w_stride[8];
+    size_t kw, kh, w_in, groups;          /* kernel size, input channels per group */
+    size_t sx, sy, dx, dy, pl, pt;        /* strides, dilations, leading padding */
+    bool has_bias;
+    size_t bias_stride;
+    BNNSActivation activation;
+} conv_request;
 
-/* The Winograd pass for the forward pass of a standard filter, where it takes the geometry and no
-   other engine is asked for; its calls are whole batches (packed outputs, elementwise activation). */
-static void plan_winograd(bp_filter *f) {
-    int engine = bp_engine_override();
-    if (f->transposed || !batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
-    /* a dilated plan writes every d-th output: the forward activation runs on contiguous runs only
-       (an input gradient has none) */
-    bool dilated_activation = f->g.dx > 1 && f->activation.function != BNNSActivationFunctionIdentity;
-    bool forced = engine == BP_ENGINE_WINOGRAD;
-    if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) && bp_winograd_plan(&f->dx_geom, forced, &f->wino_dx_plan)) {
-        f->wino_dx = true;
-        if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
-    }
-    if (dilated_activation || !bp_winograd_plan(&f->g, forced, &f->wino)) return;
-    f->winograd = true;
-    if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
-}
-
-/* Direct-engine plans for the passes the filter can run: its own forward pass, and with client
-   pointers (which backward needs) the other one too. The plans' scratch joins the workers'. */
-static void plan_direct(bp_filter *f) {
-    const bp_geom *g = &f->g;
-    bool need[2] = {!f->transposed || f->client, f->transposed || f->client};
-    int kernel = bp_engine_override(); /* a forced kernel runs wherever it can */
-    bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS || kernel == BP_ENGINE_FLAT_PIXELS;
-    if (bp_conv_small(g) && !forced) need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
-    /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed */
-    if (g->kh == 1 && g->kw == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 && g->in_h == g->out_h &&
-        g->in_w == g->out_w && !forced)
-        need[BP_DIRECT_FORWARD] = need[BP_DIRECT_BACKWARD_DATA] = false;
-    for (int i = 0; i < 2; i++) {
-        if (!need[i]) continue;
-        f->direct[i] = bp_direct_plan(g, i == BP_DIRECT_BACKWARD_DATA, &f->allocator);
-        if (f->direct[i] == NULL) continue; /* the im2col engine runs this pass */
-        size_t scratch = bp_direct_scratch_floats(f->direct[i]), weights = bp_direct_weight_floats(f->direct[i]);
-        if (f->client) { /* the run packs the weights; the forward plan also computes weight gradients */
-            size_t view = bp_direct_view_scratch_floats(f->direct[i]);
-            size_t dw = i == BP_DIRECT_FORWARD ? bp_direct_weights_scratch_floats(f->direct[i]) : 0;
-            if (view > scratch) scratch = view;
-            if (dw > scratch) scratch = dw;
-        }
-        if (scratch > f->scratch_floats) f->scratch_floats = scratch;
-        if (f->client && weights > f->direct_w_floats) f->direct_w_floats = weights;
-    }
-    bp_clear_error(); /* a plan that could not be made is not an error */
-}
-
-bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
-                                 bool transposed) {
-    bp_clear_error();
-    if (bp_tier_refusal() != NULL) {
-        bp_set_error("%s", bp_tier_refusal());
-        return NULL;
-    }
-    if (p == NULL) {
-        bp_set_error("layer_params is NULL");
-        return NULL;
-    }
-    /* dtypes hook: non-Float32 descriptors are converted around this Float32 path (dtypes.c) */
-    if (bp_dtype_needed(p)) return bp_dtype_create_convolution(p, fp, transposed);
-    bp_allocator allocator = {NULL, NULL};
-    uint32_t flags = 0;
-    size_t threads = 0;
+/* Check every parameter of a Float32 convolution (false with bp_set_error on the first that does
+   not fit) and collect what planning and packing need. */
+static bool validate_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
+                                 bool transposed, conv_request *r) {
+    memset(r, 0, sizeof *r);
     if (fp != NULL) {
         if ((fp->alloc_memory == NULL) != (fp->free_memory == NULL)) {
             bp_set_error("alloc_memory and free_memory must be given together");
-            return NULL;
+            return false;
         }
-        allocator.alloc = fp->alloc_memory;
-        allocator.release = fp->free_memory;
-        flags = fp->flags;
-        threads = fp->n_threads;
+        r->allocator.alloc = fp->alloc_memory;
+        r->allocator.release = fp->free_memory;
+        r->flags = fp->flags;
+        r->threads = fp->n_threads;
     }
-    bp_image in, out;
-    if (!bp_image_from_desc(&p->i_desc, "i_desc", &in) || !bp_image_from_desc(&p->o_desc, "o_desc", &out))
-        return NULL;
+    if (!bp_image_from_desc(&p->i_desc, "i_desc", &r->in) || !bp_image_from_desc(&p->o_desc, "o_desc", &r->out))
+        return false;
+    const bp_image in = r->in, out = r->out;
 
     /* weights */
-    const BNNSNDArrayDescriptor *wd = &p->w_desc;
-    size_t groups = p->groups <= 1 ? 1 : p->groups;
+    const BNNSNDArrayDescriptor *wd = r->wd = &p->w_desc;
+    size_t groups = r->groups = p->groups <= 1 ? 1 : p->groups;
     bool pack32 = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW_Pack32;
     if (wd->layout != BNNSDataLayoutConvolutionWeightsOIHW && wd->layout != BNNSDataLayoutConvolutionWeightsOIHrWr &&
         wd->layout != BNNSDataLayoutConvolutionWeightsIOHrWr && !pack32) {
         bp_set_error("w_desc layout 0x%x not supported (OIHW, OIHrWr, IOHrWr%s)", wd->layout,
                      transposed ? "" : " or OIHW_Pack32");
-        return NULL;
+        return false;
     }
     if (pack32 && (transposed || groups > 1)) {
         bp_set_error("w_desc layout OIHW_Pack32 is supported for ungrouped standard convolution only");
-        return NULL;
+        return false;
     }
     if (wd->data_type != BNNSDataTypeFloat32) {
         bp_set_error("w_desc data type 0x%x not supported by the portable backend yet (Float32 only)", wd->data_type);
-        return NULL;
+        return false;
     }
     if (wd->data == NULL) {
         bp_set_error("w_desc.data is NULL");
-        return NULL;
+        return false;
     }
-    size_t w_stride[8], w_extent;
-    if (!bp_resolve_strides(wd, 4, "w_desc", w_stride, &w_extent)) return NULL;
-    size_t kw = wd->size[0], kh = wd->size[1];
+    size_t *w_stride = r->w_stride, w_extent;
+    if (!bp_resolve_strides(wd, 4, "w_desc", w_stride, &w_extent)) return false;
+    size_t kw = r->kw = wd->size[0], kh = r->kh = wd->size[1];
     if (pack32) {
         /* the strides describe the plain OIHW shape (0 or packed); the data is the blocked form,
            32 * kW * kH * in * ceil(out / 32) values */
         size_t blocks = wd->size[3] / 32 + (wd->size[3] % 32 != 0), padded;
         if (w_stride[0] != 1 || w_stride[1] != kw || w_stride[2] != kw * kh || w_stride[3] != kw * kh * wd->size[2]) {
             bp_set_error("w_desc layout OIHW_Pack32 needs packed strides (0, or those of a packed OIHW array)");
-            return NULL;
+            return false;
         }
         if (!bp_mul(blocks * 32, w_stride[3], &padded) || !bp_mul(padded, 2 * sizeof(float), &padded) ||
             padded > (size_t)INT64_MAX) {
             bp_set_error("w_desc size overflow");
-            return NULL;
+            return false;
         }
     }
     size_t w_in = wd->size[2], w_out = wd->size[3];
     if (wd->layout == BNNSDataLayoutConvolutionWeightsIOHrWr) {
         if (groups > 1) {
             bp_set_error("grouped convolution needs OIHW or OIHrWr weights, not IOHrWr");
-            return NULL;
+            return false;
         }
         w_in = wd->size[3];
         w_out = wd->size[2];
     }
     if (in.c % groups || out.c % groups) {
         bp_set_error("groups %zu must divide input channels %zu and output channels %zu", groups, in.c, out.c);
-        return NULL;
+        return false;
     }
+    r->w_in = w_in;
     if (w_in != in.c / groups || w_out != out.c) {
         bp_set_error("weights have %zu input channels per group and %zu output channels; the layer needs %zu and %zu",
                      w_in, w_out, in.c / groups, out.c);
-        return NULL;
+        return false;
     }
 
     /* geometry */
-    size_t sx = p->x_stride ? p->x_stride : 1, sy = p->y_stride ? p->y_stride : 1;
-    size_t dx = p->x_dilation_stride > 1 ? p->x_dilation_stride : 1;
-    size_t dy = p->y_dilation_stride > 1 ? p->y_dilation_stride : 1;
+    size_t sx = r->sx = p->x_stride ? p->x_stride : 1, sy = r->sy = p->y_stride ? p->y_stride : 1;
+    size_t dx = r->dx = p->x_dilation_stride > 1 ? p->x_dilation_stride : 1;
+    size_t dy = r->dy = p->y_dilation_stride > 1 ? p->y_dilation_stride : 1;
     size_t pl, pr, pt, pb;
     if (p->x_padding > 0 || p->y_padding > 0) {
         pl = pr = p->x_padding;
@@ -419,61 +376,68 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     }
     if (!check_size_rule("x (width)", in.w, out.w, kw, sx, dx, pl, pr, transposed) ||
         !check_size_rule("y (height)", in.h, out.h, kh, sy, dy, pt, pb, transposed))
-        return NULL;
+        return false;
+    r->pl = pl;
+    r->pt = pt;
 
     /* bias */
-    const BNNSNDArrayDescriptor *bd = &p->bias;
-    bool has_bias = bd->data != NULL;
-    size_t bias_stride = 1;
-    if (has_bias) {
+    const BNNSNDArrayDescriptor *bd = r->bd = &p->bias;
+    r->has_bias = bd->data != NULL;
+    r->bias_stride = 1;
+    if (r->has_bias) {
         if (bd->layout != BNNSDataLayoutVector && bd->layout != BNNSDataLayout1DLastMajor &&
             bd->layout != BNNSDataLayout1DFirstMajor) {
             bp_set_error("bias layout 0x%x is not a vector", bd->layout);
-            return NULL;
+            return false;
         }
         if (bd->size[0] != out.c) {
             bp_set_error("bias has %zu values, the layer has %zu output channels", bd->size[0], out.c);
-            return NULL;
+            return false;
         }
         if (bd->data_type != BNNSDataTypeFloat32) {
             bp_set_error("bias data type 0x%x not supported by the portable backend yet (Float32 only)", bd->data_type);
-            return NULL;
+            return false;
         }
         size_t b_stride[8], b_extent;
-        if (!bp_resolve_strides(bd, 1, "bias", b_stride, &b_extent)) return NULL;
-        bias_stride = b_stride[0];
+        if (!bp_resolve_strides(bd, 1, "bias", b_stride, &b_extent)) return false;
+        r->bias_stride = b_stride[0];
     }
+    r->activation = p->activation;
     const char *why_not = bp_activation_unsupported_reason(&p->activation);
     if (why_not != NULL) {
         bp_set_error("activation %u not supported: %s", p->activation.function, why_not);
-        return NULL;
+        return false;
     }
 
+    return true;
+}
+
+/* Allocate the filter and plan its passes: the geometry of S, the engine of each pass (direct,
+   Winograd, or im2col with its depthwise and tiny kernels) and the workspace they need. */
+static bp_filter *plan_convolution(const conv_request *r, bool transposed) {
+    const bp_allocator allocator = r->allocator;
+    const BNNSNDArrayDescriptor *wd = r->wd;
+    const size_t *w_stride = r->w_stride, kw = r->kw, kh = r->kh, groups = r->groups;
     bp_filter *f = bp_alloc(&allocator, sizeof *f);
     if (f == NULL) return NULL;
     memset(f, 0, sizeof *f);
     atomic_flag_clear(&f->busy);
     f->transposed = transposed;
     f->allocator = allocator;
-    f->params = *p;
-    if (fp != NULL) {
-        f->filter_params = *fp;
-        f->has_filter_params = true;
-    }
-    bp_gemm_ctx_init(&f->gemm, threads);
-    f->client = (flags & BNNSFlagsUseClientPtr) != 0;
-    f->in = in;
-    f->out = out;
-    f->activation = p->activation;
+    bp_gemm_ctx_init(&f->gemm, r->threads);
+    f->client = (r->flags & BNNSFlagsUseClientPtr) != 0;
+    f->in = r->in;
+    f->out = r->out;
+    f->activation = r->activation;
     f->w_data = wd->data;
     f->w_layout = wd->layout;
     memcpy(f->w_size, wd->size, sizeof f->w_size);
     memcpy(f->w_stride, w_stride, sizeof f->w_stride);
     bp_geom *g = &f->g;
-    const bp_image *s_in = transposed ? &out : &in, *s_out = transposed ? &in : &out;
+    const bp_image *s_in = transposed ? &r->out : &r->in, *s_out = transposed ? &r->in : &r->out;
     *g = (bp_geom){.in_c = s_in->c, .in_h = s_in->h, .in_w = s_in->w, .out_c = s_out->c, .out_h = s_out->h,
-                   .out_w = s_out->w, .kh = kh, .kw = kw, .sx = sx, .sy = sy, .dx = dx, .dy = dy, .pl = pl,
-                   .pt = pt, .groups = groups};
+                   .out_w = s_out->w, .kh = kh, .kw = kw, .sx = r->sx, .sy = r->sy, .dx = r->dx, .dy = r->dy,
+                   .pl = r->pl, .pt = r->pt, .groups = groups};
     g->in_cg = g->in_c / groups;
     g->out_cg = g->out_c / groups;
     g->k = g->in_cg * kh * kw;
@@ -490,55 +454,89 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
         bp_free(&allocator, f);
         return NULL;
     }
-    plan_direct(f);
-    plan_winograd(f);
+    bp_plan_engines(f);
     f->w_oihw_kernels = wd->layout == BNNSDataLayoutConvolutionWeightsOIHW && w_stride[0] == 1 && w_stride[1] == kw;
     f->w_direct = f->client && !transposed && f->w_oihw_kernels && w_stride[2] == kw * kh &&
-                  w_stride[3] == kw * kh * w_in;
+                  w_stride[3] == kw * kh * r->w_in;
     if (!workspace_size(f, &f->workspace_floats)) {
         bp_set_error("workspace size overflow");
         destroy_filter(f);
         return NULL;
     }
+    return f;
+}
+
+/* Allocate the workspace and, for a filter that owns its weights, copy them and pack them for
+   the planned engines (direct engine tiles, Winograd's transformed kernels); the bias likewise.
+   False when memory runs out (the caller destroys the filter). */
+static bool pack_convolution(bp_filter *f, const conv_request *r) {
+    const bp_allocator allocator = f->allocator;
+    const bp_geom *g = &f->g;
     f->workspace = bp_alloc(&allocator, f->workspace_floats * sizeof(float));
-    if (f->workspace == NULL) goto fail;
+    if (f->workspace == NULL) return false;
     if (!f->client) {
         f->w_owned = bp_alloc(&allocator, weight_count(g) * sizeof(float));
-        if (f->w_owned == NULL) goto fail;
+        if (f->w_owned == NULL) return false;
         pack_weights(f, f->w_owned);
         f->w_data = NULL;  /* the caller may free theirs now */
         for (int i = 0; i < 2; i++)
             if (f->direct[i] != NULL) {
                 f->direct_w[i] = bp_alloc(&allocator, bp_direct_weight_floats(f->direct[i]) * sizeof(float));
-                if (f->direct_w[i] == NULL) goto fail;
+                if (f->direct_w[i] == NULL) return false;
                 bp_weights_view canonical = {f->w_owned, g->out_cg * g->k, g->k, g->kh * g->kw};
                 bp_direct_pack(f->direct[i], &canonical, f->direct_w[i], f->gemm.threads);
             }
         if (f->winograd) {
             f->wino_u = bp_alloc(&allocator, bp_winograd_weight_floats(g) * sizeof(float));
-            if (f->wino_u == NULL) goto fail;
+            if (f->wino_u == NULL) return false;
             bp_work w;
             bp_work_split(f, f->workspace, &w);
             bp_winograd_weights(g, f->w_owned, f->wino_u, &w.scratch, f->gemm.threads, false);
         }
     }
-    f->has_bias = has_bias;
-    f->bias_stride = bias_stride;
-    if (has_bias) {
+    f->has_bias = r->has_bias;
+    f->bias_stride = r->bias_stride;
+    if (r->has_bias) {
         if (f->client) {
-            f->bias_data = bd->data;
+            f->bias_data = r->bd->data;
         } else {
-            f->bias_owned = bp_alloc(&allocator, out.c * sizeof(float));
-            if (f->bias_owned == NULL) goto fail;
-            for (size_t c = 0; c < out.c; c++) f->bias_owned[c] = ((const float *)bd->data)[c * bias_stride];
+            f->bias_owned = bp_alloc(&allocator, f->out.c * sizeof(float));
+            if (f->bias_owned == NULL) return false;
+            for (size_t c = 0; c < f->out.c; c++) f->bias_owned[c] = ((const float *)r->bd->data)[c * r->bias_stride];
         }
+    }
+    return true;
+}
+
+bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const BNNSFilterParameters *fp,
+                                 bool transposed) {
+    bp_clear_error();
+    if (bp_tier_refusal() != NULL) {
+        bp_set_error("%s", bp_tier_refusal());
+        return NULL;
+    }
+    if (p == NULL) {
+        bp_set_error("layer_params is NULL");
+        return NULL;
+    }
+    /* dtypes hook: non-Float32 descriptors are converted around this Float32 path (dtypes.c) */
+    if (bp_dtype_needed(p)) return bp_dtype_create_convolution(p, fp, transposed);
+    conv_request request;
+    if (!validate_convolution(p, fp, transposed, &request)) return NULL;
+    bp_filter *f = plan_convolution(&request, transposed);
+    if (f == NULL) return NULL;
+    f->params = *p; /* kept for bp_client_twin */
+    if (fp != NULL) {
+        f->filter_params = *fp;
+        f->has_filter_params = true;
+    }
+    if (!pack_convolution(f, &request)) {
+        destroy_filter(f);
+        return NULL;
     }
     atomic_fetch_add(&live_filters, 1);
     atomic_fetch_add(&created_filters, 1);
     return f;
-fail:
-    destroy_filter(f);
-    return NULL;
 }
 
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
@@ -549,7 +547,7 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
-    if (f->direct[which] == NULL) return "im2col";
+    if (f->direct[which] == NULL) return bp_conv_engine(&f->g, which == BP_DIRECT_BACKWARD_DATA);
     return bp_direct_kind(f->direct[which]);
 }
 
@@ -619,7 +617,7 @@ static bp_epilogue forward_epilogue(const bp_filter *f) {
 
 /* The whole batch in one parallel pass: packed outputs (and, transposed, packed inputs) with an
    elementwise activation. */
-static bool batch_at_once(const bp_filter *f) {
+bool bp_filter_batch_at_once(const bp_filter *f) {
     return f->out.packed && (!f->transposed || f->in.packed) && !bp_activation_is_channelwise(&f->activation);
 }
 
@@ -732,7 +730,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     } else {
         const float *weights =
             bp_call_weights(f, f->transposed ? BP_DIRECT_BACKWARD_DATA : BP_DIRECT_FORWARD, &w, &pass, &direct);
-        if (batch_at_once(f))
+        if (bp_filter_batch_at_once(f))
             forward_batch(f, &w, weights, direct, batch_size, in, in_stride, out, out_stride);
         else
             for (size_t b = 0; b < batch_size; b++)

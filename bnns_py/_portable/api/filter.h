@@ -82,6 +82,10 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 bp_filter *bp_client_twin(const bp_filter *f);
 void bp_twin_destroy(bp_filter *twin);
 
+/* Whether the filter's forward calls run a whole batch at once (packed outputs, no channelwise
+   activation), as the Winograd pass needs. */
+bool bp_filter_batch_at_once(const bp_filter *f);
+
 void bp_work_split(const bp_filter *f, float *base, bp_work *w);
 float *bp_work_acquire(bp_filter *f, bool *temporary);
 void bp_work_release(bp_filter *f, float *work, bool temporary);

@@ -29,6 +29,12 @@ const char *bp_tier_refusal(void);
 static inline bool bp_mul(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }
 static inline bool bp_add(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }
 
+/* ---- small size helpers ---- */
+static inline size_t bp_ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+static inline size_t bp_round_up(size_t a, size_t b) { return bp_ceil_div(a, b) * b; }
+static inline size_t bp_min(size_t a, size_t b) { return a < b ? a : b; }
+static inline size_t bp_max(size_t a, size_t b) { return a > b ? a : b; }
+
 /* True when `count` items `stride` values apart, each `extent` values long, fit in memory. */
 static inline bool bp_batch_span_ok(size_t count, size_t stride, size_t extent) {
     size_t span;
@@ -122,6 +128,11 @@ void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
 /* Tiny layers (rows of at most 8 outputs, little work): the forward pass runs straight from
    zero-padded planes on the calling thread, not on the direct engine. */
 bool bp_conv_small(const bp_geom *g);
+
+/* Which kernels of this engine run S's forward pass (backward_data = false) or its backward-data
+   pass when the direct engine does not: "depthwise" (one input channel per group, and for backward
+   data a stride the depthwise kernels take), "tiny" (forward of a tiny layer) or "im2col". */
+const char *bp_conv_engine(const bp_geom *g, bool backward_data);
 
 struct bp_direct;      /* direct.h: a plan of the direct engine */
 struct bp_direct_pass; /* direct.h: a planned pass of the direct engine with its packed weights */

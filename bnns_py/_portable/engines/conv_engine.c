@@ -32,8 +32,6 @@ static void valid_range(size_t n_out, size_t n_in, size_t stride, size_t tap, si
 
 
 static size_t out_pixels(const bp_geom *g) { return g->out_h * g->out_w; }
-static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
-static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
 /* Short runs are the common case (rows of small images): copy and clear them inline rather than
    through libc calls. GCC would turn the tail loops back into memcpy / memset calls. */
@@ -79,9 +77,9 @@ static bool depthwise_fast(const bp_geom *g) {
    whole vectors of output are computed, of BP_VL floats forward and of 8 for the weight gradient
    (so at least 8, whatever BP_VL is). */
 static size_t dw_plane_cols(const bp_geom *g) {
-    size_t vl = BP_VL > 8 ? BP_VL : 8, owv = ceil_div(g->out_w, vl) * vl;
+    size_t vl = BP_VL > 8 ? BP_VL : 8, owv = bp_ceil_div(g->out_w, vl) * vl;
     size_t need = (owv - 1) * g->sx + (g->kw - 1) * g->dx + 1;
-    return g->sx == 2 ? ceil_div(need, 2) + 1 : need;
+    return g->sx == 2 ? bp_ceil_div(need, 2) + 1 : need;
 }
 static size_t dw_plane_rows(const bp_geom *g) { return (g->out_h - 1) * g->sy + (g->kh - 1) * g->dy + 1; }
 
@@ -91,7 +89,7 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
     if (want < MIN_BLOCK_PIXELS) want = MIN_BLOCK_PIXELS;
     size_t r = want / g->out_w;
     if (r < 1) r = 1;
-    if (r < rows) rows = ceil_div(g->out_h, ceil_div(g->out_h, r)); /* equal blocks */
+    if (r < rows) rows = bp_ceil_div(g->out_h, bp_ceil_div(g->out_h, r)); /* equal blocks */
     g->block_rows = rows;
     size_t col, t;
     if (!bp_mul(g->k, rows, &t) || !bp_mul(t, g->out_w, &col)) return false;
@@ -107,13 +105,13 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
         if (plane > col) col = plane;
     }
     g->padded_floats = 0;
-    g->padded_offset = ceil_div(col, 16) * 16;
+    g->padded_offset = bp_ceil_div(col, 16) * 16;
     if (!one_input_channel_per_group(g) && g->sx == 1 && g->sy == 1 && rows == g->out_h && g->kh * g->kw > 1) {
         size_t padded = g->in_cg * (g->out_h + (g->kh - 1) * g->dy) * (g->out_w + (g->kw - 1) * g->dx);
         if (padded <= COL_TARGET_FLOATS) g->padded_floats = padded; /* small: no overflow */
     }
     if (!bp_add(g->padded_offset + g->padded_floats, 64, scratch_floats)) return false;
-    *scratch_floats = ceil_div(*scratch_floats, 16) * 16;
+    *scratch_floats = bp_ceil_div(*scratch_floats, 16) * 16;
     return true;
 }
 
@@ -122,7 +120,7 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
 static BP_NO_LIBCALLS void fill_padded_planes(const bp_geom *g, const bp_image *img, const float *x, size_t c0,
                                               float *pad) {
     size_t ph = g->out_h + (g->kh - 1) * g->dy, pw = g->out_w + (g->kw - 1) * g->dx;
-    size_t x0 = min_size(g->pl, pw), x1 = min_size(g->pl + g->in_w, pw), n = x1 > x0 ? x1 - x0 : 0;
+    size_t x0 = bp_min(g->pl, pw), x1 = bp_min(g->pl + g->in_w, pw), n = x1 > x0 ? x1 - x0 : 0;
 #if defined(__AVX512F__)
     if (img->sx == 1 && pw <= 16) { /* each padded row in one store: its values in place, zeros around */
         __mmask16 row_mask = (__mmask16)((1u << pw) - 1u), data = (__mmask16)(((1u << n) - 1u) << x0);
@@ -137,7 +135,7 @@ static BP_NO_LIBCALLS void fill_padded_planes(const bp_geom *g, const bp_image *
     }
 #endif
     if (img->sx == 1) { /* all zeros in whole vectors, then each image row in whole vectors */
-        size_t all = g->in_cg * ph * pw, y1 = min_size(g->pt + g->in_h, ph);
+        size_t all = g->in_cg * ph * pw, y1 = bp_min(g->pt + g->in_h, ph);
         for (size_t i = 0; i < all; i += BP_VL) bp_vstore_part(pad + i, bp_vzero(), all - i);
         for (size_t ci = 0; ci < g->in_cg && n > 0; ci++)
             for (size_t py = g->pt; py < y1; py++) {
@@ -382,7 +380,7 @@ static size_t dw_plane_floats(const bp_geom *g) { return dw_plane_rows(g) * dw_p
 static void dw_fill_plane(const bp_geom *g, const bp_image *img, const float *src, float *p) {
     size_t cols = dw_plane_cols(g), rows = dw_plane_rows(g), sub = rows * cols;
     size_t full = g->sx == 2 ? 2 * cols : cols; /* padded-input columns held */
-    size_t y1 = min_size(g->pt + g->in_h, rows), x1 = min_size(g->pl + g->in_w, full);
+    size_t y1 = bp_min(g->pt + g->in_h, rows), x1 = bp_min(g->pl + g->in_w, full);
     if (g->pl >= x1) return;
     size_t n = x1 - g->pl;
     for (size_t py = g->pt; py < y1; py++) {
@@ -555,7 +553,7 @@ static void prefetch_share(const float *next, size_t n, size_t part0, size_t par
 static void dw_fast_plane(const bp_geom *g, const float *p, const size_t *off, const float *wo, float bias,
                           float *out, const float *next, size_t next_n) {
     size_t cols = dw_plane_cols(g), ow = g->out_w, oh = g->out_h;
-    size_t owv = ceil_div(ow, BP_VL) * BP_VL, taps = g->kh * g->kw;
+    size_t owv = bp_ceil_div(ow, BP_VL) * BP_VL, taps = g->kh * g->kw;
     size_t row_step = g->sy * cols, oy = 0, two = 2 * BP_VL, four = 4 * BP_VL;
     for (; oy + 4 <= oh; oy += 4) {
         prefetch_share(next, next_n, oy, oy + 4, oh);
@@ -644,13 +642,13 @@ static task_plan plan_tasks(const bp_geom *g, const bp_gemm_ctx *ctx, size_t bat
                             bool split_rows) {
     task_plan p = {bp_workers_for(ctx->threads, flops), g->block_rows, 0, 1, 0};
     size_t outer = batch * g->groups;
-    p.blocks = ceil_div(g->out_h, p.rows);
+    p.blocks = bp_ceil_div(g->out_h, p.rows);
     if (split_rows && outer * p.blocks < (size_t)p.workers) {
-        size_t want = ceil_div((size_t)p.workers, outer);
-        size_t rows = ceil_div(g->out_h, want);
+        size_t want = bp_ceil_div((size_t)p.workers, outer);
+        size_t rows = bp_ceil_div(g->out_h, want);
         if (rows * g->out_w >= MIN_SPLIT_PIXELS && rows < p.rows) {
             p.rows = rows;
-            p.blocks = ceil_div(g->out_h, rows);
+            p.blocks = bp_ceil_div(g->out_h, rows);
         }
     }
     /* a few blocks that do not split evenly over the workers (7 over 2: at most 1.75x): cut
@@ -658,9 +656,9 @@ static task_plan plan_tasks(const bp_geom *g, const bp_gemm_ctx *ctx, size_t bat
     size_t w = (size_t)p.workers;
     if (split_rows && w > 1 && (outer * p.blocks) % w != 0 && outer * p.blocks < 8 * w)
         for (size_t b = p.blocks + 1; b <= 2 * p.blocks; b++) {
-            size_t rows = ceil_div(g->out_h, b);
+            size_t rows = bp_ceil_div(g->out_h, b);
             if (rows * g->out_w < MIN_SPLIT_PIXELS) break;
-            if (ceil_div(g->out_h, rows) == b && (outer * b) % w == 0) {
+            if (bp_ceil_div(g->out_h, rows) == b && (outer * b) % w == 0) {
                 p.rows = rows;
                 p.blocks = b;
                 break;
@@ -669,7 +667,7 @@ static task_plan plan_tasks(const bp_geom *g, const bp_gemm_ctx *ctx, size_t bat
     size_t units = outer * (split_rows ? p.blocks : 1);
     if (units < (size_t)p.workers) {
         size_t most = channels / MIN_CHUNK_CHANNELS;
-        p.chunks = min_size(ceil_div((size_t)p.workers, units), most < 1 ? 1 : most);
+        p.chunks = bp_min(bp_ceil_div((size_t)p.workers, units), most < 1 ? 1 : most);
     }
     p.tasks = units * p.chunks;
     if ((size_t)p.workers > p.tasks) p.workers = (int)p.tasks;
@@ -773,7 +771,7 @@ static void forward_tasks(void *arg, int worker, int workers) {
     for (size_t t = t0; t < t1; t++) {
         size_t q = t % j->p.chunks, u = t / j->p.chunks;
         size_t blk = u % j->p.blocks, ig = u / j->p.blocks, grp = ig % g->groups, b = ig / g->groups;
-        size_t oy0 = blk * j->p.rows, oy1 = min_size(oy0 + j->p.rows, g->out_h), nb = (oy1 - oy0) * ow;
+        size_t oy0 = blk * j->p.rows, oy1 = bp_min(oy0 + j->p.rows, g->out_h), nb = (oy1 - oy0) * ow;
         size_t m0, m1;
         bp_split(g->out_cg, (int)q, (int)j->p.chunks, &m0, &m1);
         const float *x = j->x + b * j->x_bs;
@@ -877,6 +875,13 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
 bool bp_conv_small(const bp_geom *g) {
     return g->padded_floats != 0 && g->block_rows == g->out_h && g->out_w <= 8 &&
            2 * g->out_c * out_pixels(g) * g->k <= SMALL_DIRECT_FLOPS;
+}
+
+const char *bp_conv_engine(const bp_geom *g, bool backward_data) {
+    bp_geom adjoint;
+    if (one_input_channel_per_group(g) && (!backward_data || depthwise_adjoint(g, &adjoint))) return "depthwise";
+    if (!backward_data && bp_conv_small(g)) return "tiny";
+    return "im2col";
 }
 
 void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_image *x_img, const float *x,
@@ -991,7 +996,7 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
         } else {
             const float *wg = j->w + grp * g->out_cg * g->k;
             for (size_t oy0 = 0; oy0 < g->out_h; oy0 += g->block_rows) {
-                size_t oy1 = min_size(oy0 + g->block_rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
+                size_t oy1 = bp_min(oy0 + g->block_rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
                 bp_sgemm(j->ctx, true, false, (c1 - c0) * khw, nb, g->out_cg, 1.0f, wg + c0 * khw, g->k,
                          dy + oy0 * g->out_w, ohw, 0.0f, col, nb);
                 col2im_block(g, img, dx, cbase, c0, c1, col, oy0, oy1, NULL);
@@ -1098,7 +1103,7 @@ static void depthwise_weights(const weights_job *j, size_t o) {
    forward kernel uses (so no bounds), one vector of dy against each tap's shifted input vector. */
 static void depthwise_weights_fast(const weights_job *j, size_t o, float *plane) {
     const bp_geom *g = j->g;
-    size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols, ow = g->out_w, ow8 = ceil_div(ow, 8) * 8;
+    size_t cols = dw_plane_cols(g), sub = dw_plane_rows(g) * cols, ow = g->out_w, ow8 = bp_ceil_div(ow, 8) * 8;
     size_t taps = g->kh * g->kw, row_step = g->sy * cols;
     size_t off[MAX_FAST_TAPS];
     bp_v8 acc[MAX_FAST_TAPS], zero = {0};
@@ -1115,7 +1120,7 @@ static void depthwise_weights_fast(const weights_job *j, size_t o, float *plane)
         for (size_t oy = 0; oy < g->out_h; oy++) {
             const float *base = plane + oy * row_step;
             for (size_t ox = 0; ox < ow8; ox += 8 * 64) {
-                size_t n = min_size(ow - ox, 8 * 64), nv = ceil_div(n, 8);
+                size_t n = bp_min(ow - ox, 8 * 64), nv = bp_ceil_div(n, 8);
                 copy_run(dy_row, d + oy * ow + ox, n);
                 zero_run(dy_row + n, nv * 8 - n); /* lanes past the row add nothing */
                 for (size_t v = 0; v < nv; v++) {
@@ -1180,7 +1185,7 @@ static void weights_tasks(void *arg, int worker, int workers) {
             const float *dyg = j->dy + b * j->dy_bs + grp * g->out_cg * ohw;
             size_t rows = j->direct ? g->out_h : g->block_rows;
             for (size_t oy0 = 0; oy0 < g->out_h; oy0 += rows) {
-                size_t oy1 = min_size(oy0 + rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
+                size_t oy1 = bp_min(oy0 + rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
                 const float *cols = col;
                 size_t ldb = nb;
                 if (j->direct) {
@@ -1210,7 +1215,7 @@ void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_
     if (one_input_channel_per_group(g)) {
         j.tasks = g->out_c;
     } else {
-        if (g->groups < (size_t)workers) j.chunks = min_size(ceil_div((size_t)workers, g->groups), g->k);
+        if (g->groups < (size_t)workers) j.chunks = bp_min(bp_ceil_div((size_t)workers, g->groups), g->k);
         j.tasks = g->groups * j.chunks;
     }
     if ((size_t)workers > j.tasks) workers = (int)j.tasks;

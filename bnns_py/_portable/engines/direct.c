@@ -50,17 +50,6 @@ static ptrdiff_t floor_div(ptrdiff_t v, ptrdiff_t s) { return (v - floor_mod(v, 
 
 const char *bnns_portable_simd(void) { return BP_SIMD_NAME; }
 
-int bp_engine_override(void) {
-    const char *text = getenv("BNNS_PY_PORTABLE_ENGINE");
-    if (text == NULL) return BP_ENGINE_AUTO;
-    if (strcmp(text, "rows") == 0) return BP_ENGINE_ROWS;
-    if (strcmp(text, "pixels") == 0) return BP_ENGINE_PIXELS;
-    if (strcmp(text, "flat-pixels") == 0) return BP_ENGINE_FLAT_PIXELS;
-    if (strcmp(text, "im2col") == 0) return BP_ENGINE_IM2COL;
-    if (strcmp(text, "winograd") == 0) return BP_ENGINE_WINOGRAD;
-    return BP_ENGINE_AUTO;
-}
-
 size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
 size_t bp_direct_view_scratch_floats(const bp_direct *d) { return d->group_scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }

@@ -31,7 +31,7 @@ typedef struct bp_direct_pass {
     float *pack_buffer;
 } bp_direct_pass;
 
-/* What the environment variable BNNS_PY_PORTABLE_ENGINE asks for (read when a filter is made):
+/* What the environment variable BNNS_PY_PORTABLE_ENGINE asks for (plan/plan.c; read when a filter is made):
    "auto", "rows" / "pixels" / "flat-pixels" (the direct engine's kernel for forward and
    backward-data passes, "pixels" with tiles within rows, "flat-pixels" over flat positions; it
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no

@@ -76,11 +76,6 @@ struct bp_direct {
     size_t group_offset, group_stride, group_scratch; /* their planes and results, images 1 .. */
 };
 
-static inline size_t bp_ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
-static inline size_t bp_round_up(size_t a, size_t b) { return bp_ceil_div(a, b) * b; }
-static inline size_t bp_min(size_t a, size_t b) { return a < b ? a : b; }
-static inline size_t bp_max(size_t a, size_t b) { return a > b ? a : b; }
-
 #define BP_INLINE static inline __attribute__((always_inline))
 
 /* Phase planes of output rows [r0, r0 + n), source channels [c0, c1) of the group whose channel

@@ -34,9 +34,7 @@ enum {
 #endif
 #define WINO_BW (WINO_MV * BP_VL)
 
-static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
-static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
-static size_t mblocks(const bp_geom *g) { return ceil_div(g->out_c, WINO_BW); }
+static size_t mblocks(const bp_geom *g) { return bp_ceil_div(g->out_c, WINO_BW); }
 enum { WEIGHT_CHANNELS = 8 }; /* input channels a worker transposes at a time (72 kernel rows) */
 
 /* Floats between U's 16 planes: 5 cache lines more than a plane, so that the 16 stores of a
@@ -73,10 +71,10 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
         return false;
     size_t d = g->dx;
     plan->d = d;
-    plan->th = ceil_div(ceil_div(g->out_h, d), 2); /* of the largest output phase */
-    plan->tw = ceil_div(ceil_div(g->out_w, d), 2);
-    if (!forced && (g->in_c < 2 * WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || ceil_div(g->out_w, d) < 4 ||
-                    ceil_div(g->out_h, d) < 4 ||
+    plan->th = bp_ceil_div(bp_ceil_div(g->out_h, d), 2); /* of the largest output phase */
+    plan->tw = bp_ceil_div(bp_ceil_div(g->out_w, d), 2);
+    if (!forced && (g->in_c < 2 * WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || bp_ceil_div(g->out_w, d) < 4 ||
+                    bp_ceil_div(g->out_h, d) < 4 ||
                     bp_winograd_weight_floats(g) > WINO_MAX_WEIGHTS))
         return false;
     size_t tiles = WINO_SCRATCH_TARGET / (16 * (g->in_c + WINO_BW));
@@ -129,7 +127,7 @@ static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_
         }
         return;
     }
-    size_t k = g->in_c * 9, rows = nc * 9, r8 = rows / 8 * 8, real = min_size(o1, g->out_c);
+    size_t k = g->in_c * 9, rows = nc * 9, r8 = rows / 8 * 8, real = bp_min(o1, g->out_c);
     size_t o8 = real > o0 ? o0 + (real - o0) / 8 * 8 : o0;
     const float *src = w + c0 * 9;
     for (size_t o = o0; o < o8; o += 8)
@@ -145,7 +143,7 @@ static void weight_share(const weights_job *j, size_t c0, size_t c1, size_t o0, 
     size_t in_c = g->in_c, ld = mblocks(g) * WINO_BW, plane = u_plane(g);
     const bp_vec half = bp_vset1(0.5f);
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
-        size_t nc = min_size(WEIGHT_CHANNELS, c1 - cb);
+        size_t nc = bp_min(WEIGHT_CHANNELS, c1 - cb);
         transpose_kernels(g, j->w, cb, nc, o0, o1, t, ld, j->adjoint);
         for (size_t c = cb; c < cb + nc; c++)
             for (size_t o = o0; o < o1; o += BP_VL) {
@@ -295,7 +293,7 @@ static void emit_rows(const float *rows, size_t tw, size_t nrows, size_t count, 
         float *dst = out + r * row_step;
         for (size_t c0 = 0; c0 < n8; c0 += 8)
             for (size_t i = 0; i < count; i += 8) {
-                size_t k = min_size(8, count - i);
+                size_t k = bp_min(8, count - i);
                 if (step == 1) {
                     bp_transpose8x8_add(src + i * WINO_BW + c0, WINO_BW, bias + c0, dst + c0 * ohw + i, ohw, k);
                     continue;
@@ -374,7 +372,7 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
     const bp_winograd *p = j->plan;
     const bp_geom *g = j->g;
     size_t tw = p->tw, th = p->th, in_c = g->in_c, ow = g->out_w, ohw = g->out_h * ow, nb = mblocks(g);
-    size_t r0 = block * j->rows, r1 = min_size(r0 + j->rows, j->total_rows), nt = (r1 - r0) * tw, mb0, mb1;
+    size_t r0 = block * j->rows, r1 = bp_min(r0 + j->rows, j->total_rows), nt = (r1 - r0) * tw, mb0, mb1;
     bp_split(nb, (int)chunk, (int)j->chunks, &mb0, &mb1);
     scratch_parts sp = parts_of(g, p, scratch);
     float *m = sp.m, *rows = sp.rows;
@@ -389,13 +387,13 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
         for (size_t q = 0; q < 16; q++) {
             const float *uq = j->u + q * uplane + mb * in_c * WINO_BW;
             for (size_t k0 = 0; k0 < in_c; k0 += K_CHUNK) {
-                size_t kn = min_size(K_CHUNK, in_c - k0);
+                size_t kn = bp_min(K_CHUNK, in_c - k0);
                 for (size_t t = 0; t < nt; t += WINO_NC)
                     bp_direct_pixels_tile(WINO_MV, WINO_NC, v + q * ldv + t, off + k0, kn, uq + k0 * WINO_BW,
                                           m + q * mp + t * WINO_BW, WINO_BW, k0 > 0);
             }
         }
-        size_t n = min_size(WINO_BW, g->out_c - mb * WINO_BW), vectors = ceil_div(n, BP_VL);
+        size_t n = bp_min(WINO_BW, g->out_c - mb * WINO_BW), vectors = bp_ceil_div(n, BP_VL);
         float bias[WINO_BW] = {0};
         if (j->e != NULL && j->e->bias != NULL)
             for (size_t c = 0; c < n; c++) bias[c] = j->e->bias[(mb * WINO_BW + c) * j->e->bias_stride];
@@ -403,7 +401,7 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
             size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
             size_t a = ph / d, bx = ph % d, oy = d * 2 * ty + a; /* the tile row's first output row */
             if (oy >= g->out_h || bx >= ow) continue;      /* a phase smaller than the largest */
-            size_t count = ceil_div(ow - bx, d), nrows = oy + d < g->out_h ? 2 : 1;
+            size_t count = bp_ceil_div(ow - bx, d), nrows = oy + d < g->out_h ? 2 : 1;
             tile_row_outputs(tw, m + col * WINO_BW, mp, vectors, rows);
             emit_rows(rows, tw, nrows, count, n, bias, j->y + b * j->y_bs + mb * WINO_BW * ohw + oy * ow + bx, ohw,
                       d * ow, d, j->e);
@@ -441,18 +439,18 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
     forward_job j = {plan, g, u, x_img, x, x_bs, y, y_bs, e, s, plan->rows, 0, 1, total_rows,
                      {g, w, u, s, adjoint}, {0}, 0};
     size_t nw = (size_t)workers;
-    j.blocks = ceil_div(total_rows, j.rows);
+    j.blocks = bp_ceil_div(total_rows, j.rows);
     /* equal shares: a few blocks that do not split evenly over the workers are cut into a multiple
        of them when the tile rows split evenly that way, else split by channel blocks */
     if (j.blocks % nw != 0 && j.blocks < 4 * nw) {
-        size_t more = ceil_div(j.blocks, nw) * nw;
+        size_t more = bp_ceil_div(j.blocks, nw) * nw;
         if (total_rows % more == 0 || total_rows >= 4 * more)
             j.blocks = more;
         else if (mblocks(g) >= nw)
             j.chunks = nw;
     }
-    j.rows = ceil_div(total_rows, j.blocks);
-    j.blocks = ceil_div(total_rows, j.rows);
+    j.rows = bp_ceil_div(total_rows, j.blocks);
+    j.blocks = bp_ceil_div(total_rows, j.rows);
     size_t tasks = j.blocks * j.chunks;
     if ((size_t)workers > tasks) workers = (int)tasks;
     bp_parallel_run(workers, forward_tasks, &j);

@@ -102,10 +102,10 @@ const char *bnns_portable_isa_error(void) {
 /* ---- the once-compiled code's calls into the selected tier ---- */
 
 const char *bnns_portable_simd(void) { return tier()->simd(); }
-int bp_engine_override(void) { return tier()->engine_override(); }
 
 bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) { return tier()->geom_plan(g, scratch_floats); }
 bool bp_conv_small(const bp_geom *g) { return tier()->conv_small(g); }
+const char *bp_conv_engine(const bp_geom *g, bool backward_data) { return tier()->conv_engine(g, backward_data); }
 void bp_conv_forward(const bp_geom *g, const float *w, size_t batch, const bp_image *x_img, const float *x,
                      size_t x_bs, float *y, size_t y_bs, const bp_epilogue *e, const bp_scratch *s,
                      const bp_gemm_ctx *ctx, const struct bp_direct_pass *direct) {

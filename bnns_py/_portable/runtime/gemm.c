@@ -9,7 +9,11 @@
 #include "parallel.h"
 
 #if defined(BNNS_PORTABLE_BLAS_SCIPY_OPENBLAS) || defined(BNNS_PORTABLE_BLAS_CBLAS)
+#if defined(__APPLE__) && defined(BNNS_PORTABLE_BLAS_CBLAS)
+#include <Accelerate/Accelerate.h> /* its CBLAS: macOS has no cblas.h on the default include path */
+#else
 #include <cblas.h>
+#endif
 #include <dlfcn.h>
 
 #if defined(BNNS_PORTABLE_BLAS_SCIPY_OPENBLAS)
@@ -19,7 +23,11 @@ const char *bp_blas_name(void) { return "OpenBLAS (scipy-openblas32)"; }
 #else
 #define SGEMM cblas_sgemm
 #define LOCAL_SETTER_NAME "openblas_set_num_threads_local"
+#if defined(__APPLE__)
+const char *bp_blas_name(void) { return "Accelerate (CBLAS)"; }
+#else
 const char *bp_blas_name(void) { return "system CBLAS"; }
+#endif
 #endif
 
 /* The per-thread setter exists only in some OpenBLAS builds (the OpenMP ones; the pthreads build

@@ -24,12 +24,12 @@
 #define bp_geom_plan BP_TIER_SYMBOL(bp_geom_plan)
 #define bp_epilogue_run BP_TIER_SYMBOL(bp_epilogue_run)
 #define bp_conv_small BP_TIER_SYMBOL(bp_conv_small)
+#define bp_conv_engine BP_TIER_SYMBOL(bp_conv_engine)
 #define bp_conv_forward BP_TIER_SYMBOL(bp_conv_forward)
 #define bp_conv_backward_data BP_TIER_SYMBOL(bp_conv_backward_data)
 #define bp_conv_backward_weights BP_TIER_SYMBOL(bp_conv_backward_weights)
 /* engines/direct.c, engines/direct_weights.c */
 #define bnns_portable_simd BP_TIER_SYMBOL(bnns_portable_simd)
-#define bp_engine_override BP_TIER_SYMBOL(bp_engine_override)
 #define bp_direct_scratch_floats BP_TIER_SYMBOL(bp_direct_scratch_floats)
 #define bp_direct_view_scratch_floats BP_TIER_SYMBOL(bp_direct_view_scratch_floats)
 #define bp_direct_weight_floats BP_TIER_SYMBOL(bp_direct_weight_floats)

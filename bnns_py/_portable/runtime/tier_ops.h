@@ -15,11 +15,11 @@
 #define BP_TIER_FUNCTIONS(X)                                                \
     X(geom_plan, bp_geom_plan)                                              \
     X(conv_small, bp_conv_small)                                            \
+    X(conv_engine, bp_conv_engine)                                          \
     X(conv_forward, bp_conv_forward)                                        \
     X(conv_backward_data, bp_conv_backward_data)                            \
     X(conv_backward_weights, bp_conv_backward_weights)                      \
     X(simd, bnns_portable_simd)                                             \
-    X(engine_override, bp_engine_override)                                  \
     X(direct_scratch_floats, bp_direct_scratch_floats)                      \
     X(direct_view_scratch_floats, bp_direct_view_scratch_floats)            \
     X(direct_weight_floats, bp_direct_weight_floats)                        \

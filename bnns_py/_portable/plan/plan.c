@@ -1,0 +1,78 @@
+/* bnns-py portable backend: which engine runs each pass of a filter (planning, compiled once).
+
+   A filter's passes are S's forward pass and its backward-data pass (internal.h). Each gets a
+   direct-engine plan where the direct engine takes it, the forward pass of a standard filter the
+   Winograd pass where that takes the geometry, and the rest runs on the im2col engine with its
+   depthwise and tiny-layer kernels. The environment variable BNNS_PY_PORTABLE_ENGINE, read when a
+   filter is made, forces a choice (direct.h lists its values). The plans themselves are made by
+   the engines of the selected vector tier. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "direct.h"
+#include "filter.h"
+#include "plan.h"
+#include "winograd.h"
+
+int bp_engine_override(void) {
+    const char *text = getenv("BNNS_PY_PORTABLE_ENGINE");
+    if (text == NULL) return BP_ENGINE_AUTO;
+    if (strcmp(text, "rows") == 0) return BP_ENGINE_ROWS;
+    if (strcmp(text, "pixels") == 0) return BP_ENGINE_PIXELS;
+    if (strcmp(text, "flat-pixels") == 0) return BP_ENGINE_FLAT_PIXELS;
+    if (strcmp(text, "im2col") == 0) return BP_ENGINE_IM2COL;
+    if (strcmp(text, "winograd") == 0) return BP_ENGINE_WINOGRAD;
+    return BP_ENGINE_AUTO;
+}
+
+/* The Winograd pass for the forward pass of a standard filter, where it takes the geometry and no
+   other engine is asked for; its calls are whole batches (packed outputs, elementwise activation). */
+static void plan_winograd(bp_filter *f) {
+    int engine = bp_engine_override();
+    if (f->transposed || !bp_filter_batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
+    /* a dilated plan writes every d-th output: the forward activation runs on contiguous runs only
+       (an input gradient has none) */
+    bool dilated_activation = f->g.dx > 1 && f->activation.function != BNNSActivationFunctionIdentity;
+    bool forced = engine == BP_ENGINE_WINOGRAD;
+    if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) && bp_winograd_plan(&f->dx_geom, forced, &f->wino_dx_plan)) {
+        f->wino_dx = true;
+        if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
+    }
+    if (dilated_activation || !bp_winograd_plan(&f->g, forced, &f->wino)) return;
+    f->winograd = true;
+    if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
+}
+
+/* Direct-engine plans for the passes the filter can run: its own forward pass, and with client
+   pointers (which backward needs) the other one too. The plans' scratch joins the workers'. */
+static void plan_direct(bp_filter *f) {
+    const bp_geom *g = &f->g;
+    bool need[2] = {!f->transposed || f->client, f->transposed || f->client};
+    int kernel = bp_engine_override(); /* a forced kernel runs wherever it can */
+    bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS || kernel == BP_ENGINE_FLAT_PIXELS;
+    if (bp_conv_small(g) && !forced) need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
+    /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed */
+    if (g->kh == 1 && g->kw == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 && g->in_h == g->out_h &&
+        g->in_w == g->out_w && !forced)
+        need[BP_DIRECT_FORWARD] = need[BP_DIRECT_BACKWARD_DATA] = false;
+    for (int i = 0; i < 2; i++) {
+        if (!need[i]) continue;
+        f->direct[i] = bp_direct_plan(g, i == BP_DIRECT_BACKWARD_DATA, &f->allocator);
+        if (f->direct[i] == NULL) continue; /* the im2col engine runs this pass */
+        size_t scratch = bp_direct_scratch_floats(f->direct[i]), weights = bp_direct_weight_floats(f->direct[i]);
+        if (f->client) { /* the run packs the weights; the forward plan also computes weight gradients */
+            size_t view = bp_direct_view_scratch_floats(f->direct[i]);
+            size_t dw = i == BP_DIRECT_FORWARD ? bp_direct_weights_scratch_floats(f->direct[i]) : 0;
+            if (view > scratch) scratch = view;
+            if (dw > scratch) scratch = dw;
+        }
+        if (scratch > f->scratch_floats) f->scratch_floats = scratch;
+        if (f->client && weights > f->direct_w_floats) f->direct_w_floats = weights;
+    }
+    bp_clear_error(); /* a plan that could not be made is not an error */
+}
+
+void bp_plan_engines(bp_filter *f) {
+    plan_direct(f);
+    plan_winograd(f);
+}
