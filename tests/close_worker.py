@@ -18,6 +18,7 @@ bnns_py.clear_cache() / set_cache_size(0) on the main thread), race (a tiny laye
 three threads, closed 2 ms after they start).
 """
 import json
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,8 @@ from bnns_py import (ConvolutionLayer, ConvolutionPadding, ConvolutionType, Data
                      LayerClosedError, NDArrayDescriptor, Shape)
 
 CHANNELS, SIZE, BATCH = 256, 56, 8
+if "asan" in os.environ.get("BNNS_PY_LIBRARY", ""):  # .ci/sanitize.sh: every call is ~30x slower there
+    CHANNELS, SIZE, BATCH = 64, 28, 4
 OPERATIONS = ("apply", "fast_apply", "apply_backward")
 
 
