@@ -1,6 +1,7 @@
 """Closing a module (or clearing the functional cache) while another thread runs its filter: the
 filter is destroyed when that call returns, never under it. Run in a subprocess, as a use after
 free would kill the interpreter."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -90,7 +91,10 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_close_waits_for_calls_in_flight_in_a_subprocess():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+    # started in the tests folder: from the checkout's root, "python -c" would import the source
+    # tree's bnns_py, which holds no built library
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
     assert result.returncode == 0, result.stderr[-3000:]
     deferred = int(result.stdout.split("deferred")[-1])
     assert deferred >= 1, "close() never landed while a call was running: the test proved nothing"
