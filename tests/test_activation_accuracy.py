@@ -137,6 +137,32 @@ def test_sweep_reaches_the_regions_that_matter(inputs):
     assert np.isnan(inputs).any() and np.isinf(inputs).sum() == 2
 
 
+# every activation BNNS differentiates from the output (bp_activation_backward_unsupported_reason)
+DIFFERENTIABLE = [
+    AF.rectified_linear, AF.leaky_rectified_linear(0.25), AF.sigmoid, AF.tanh, AF.linear(0.5),
+    AF.clamp((-1.5, 2.0)), AF.hard_sigmoid(0.25, 0.5), AF.softplus(1.0, 1.0), AF.softplus(2.0, 0.5),
+    AF.softsign, AF.elu(1.0), AF.clamped_leaky_rectified_linear(0.25, 3.0), AF.linear_with_bias(0.5, 0.25),
+    AF.log_sigmoid, AF.selu, AF.celu(1.5), AF.hard_shrink(0.5), AF.soft_shrink(0.5), AF.tanh_shrink,
+    AF.threshold(0.5, -2.0), AF.prelu_per_channel(0.25),
+]
+
+
+@pytest.mark.parametrize("activation", DIFFERENTIABLE, ids=[a.name for a in DIFFERENTIABLE])
+def test_fused_activation_derivative_against_float64(activation, no_filter_leaks):
+    """The input gradient of a 1x1 convolution whose only weight is 1 is dy f'(x): the vector
+    derivative kernels (from the output y), over random x in [-9, 9] (no value falls on a kink)."""
+    rng = np.random.default_rng(activation.function)
+    x = rng.uniform(-9.0, 9.0, (1, 1, 40, 509)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    with bnns_py.Conv2d(np.ones((1, 1, 1, 1), np.float32), activation=activation) as module:
+        y = module(x)
+        dx = module.backward(x, y, dy).input
+    f = 2 if activation.function == 29 else activation.function  # PReLUPerChannel: every alpha_c is alpha
+    expected = reference.activation_backward(x, dy, f, activation.alpha, activation.beta)
+    error = np.abs(dx - expected) / np.maximum(1.0, np.abs(expected))
+    assert error.max() <= 2e-6, f"{activation}: max error {error.max():.3g} at x = {x.ravel()[error.argmax()]}"
+
+
 def main():
     x = sweep()
     print("| activation | max error (ULP, normal outputs) | max absolute error (relative above 1) |")
