@@ -19,7 +19,8 @@ last convolutions, none after its projections and the classifiers.
   fuses), run with ``run_with_iobinding`` on bound numpy buffers, ``--threads`` intra-op threads,
   thread spinning off.
 
-Every library runs with ``--threads`` threads. Each layer's time is the fastest of several timed
+Every library runs with ``--threads`` threads (and OMP/OPENBLAS/MKL_NUM_THREADS set to it); glibc
+gets the peer harness's malloc thresholds, as in bench_conv.py (``--default-malloc``: not). Each layer's time is the fastest of several timed
 loops, the median over ``--runs`` sweeps; the network's time is the sum over its layers. A library's
 worker threads are left to go idle (0.2 s) before another library is timed. Ratios are peer time /
 bnns-py time (above 1: bnns-py is faster).
@@ -28,25 +29,50 @@ Run:  python benchmarks/bench_networks.py [--threads 2] [--runs 3] [--batch 1 8]
                                           [--layers] [--list]
 """
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import numpy as np
+_ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+_ap.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
+_ap.add_argument("--runs", type=int, default=3, help="sweeps; each layer's time is the median (default 3)")
+_ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+_ap.add_argument("--network", default="", help="networks whose name contains this text")
+_ap.add_argument("--layers", action="store_true", help="print the time of every layer")
+_ap.add_argument("--list", action="store_true", help="print the layers and exit")
+_ap.add_argument("--loops", type=int, default=7, help="timed loops per layer and sweep (default 7)")
+_ap.add_argument("--min-seconds", type=float, default=0.005, help="length of a timed loop (default 0.005)")
+_ap.add_argument("--no-torch", action="store_true")
+_ap.add_argument("--no-onnx", action="store_true")
+_ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
+ARGS = _ap.parse_args()
 
-import bnns_py
-from bnns_py import ActivationFunction as AF
+# As bench_conv.py and the peer harness: large freed blocks stay in the heap, so that per-call
+# allocations (PyTorch's outputs) do not page-fault; glibc reads these at start, hence the re-exec.
+if not ARGS.default_malloc and sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 * 1024 * 1024)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(16 * 1024 ** 3)
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # the BLAS of every library
+    os.environ[_var] = str(ARGS.threads)
 
-from _timing import best_times
+import numpy as np  # noqa: E402
+
+import bnns_py  # noqa: E402
+from bnns_py import ActivationFunction as AF  # noqa: E402
+
+from _timing import best_times  # noqa: E402
 
 try:
-    import torch
-    import torch.nn.functional as F
+    import torch  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
 except ImportError:  # pragma: no cover
     torch = None
 try:
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    import onnx  # noqa: E402,F401
+    import onnxruntime as ort  # noqa: E402
+    from onnx import TensorProto, helper  # noqa: E402
 except ImportError:  # pragma: no cover
     ort = None
 
@@ -269,18 +295,7 @@ def describe(layer):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
-    ap.add_argument("--runs", type=int, default=3, help="sweeps; each layer's time is the median (default 3)")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--network", default="", help="networks whose name contains this text")
-    ap.add_argument("--layers", action="store_true", help="print the time of every layer")
-    ap.add_argument("--list", action="store_true", help="print the layers and exit")
-    ap.add_argument("--loops", type=int, default=7, help="timed loops per layer and sweep (default 7)")
-    ap.add_argument("--min-seconds", type=float, default=0.005, help="length of a timed loop (default 0.005)")
-    ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--no-onnx", action="store_true")
-    args = ap.parse_args()
+    args = ARGS
     networks = {name: layers for name, layers in NETWORKS.items() if args.network in name}
     if args.list:
         for name, layers in networks.items():
