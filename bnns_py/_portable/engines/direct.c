@@ -578,7 +578,7 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
     const bp_epilogue *e = d->e;
     float bias = e != NULL && e->bias != NULL ? e->bias[(d->channel0 + m) * e->bias_stride] : 0.0f;
     const BNNSActivation *act = e != NULL ? e->act : NULL;
-    if (step == 1 && !d->accumulate && act == NULL) { /* the common case, in one pass */
+    if (step == 1 && !d->accumulate && (act == NULL || !d->stream)) { /* the common case, in one pass */
         size_t i = 0;
         if (d->stream) { /* whole aligned vectors stream past the caches: no read for ownership */
             bp_vec b = bp_vset1(bias);
@@ -586,6 +586,7 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
             for (; i + BP_VL <= n; i += BP_VL) bp_vstream(p + i, bp_vadd(bp_vload(v + i), b));
         }
         for (; i < n; i++) p[i] = v[i] + bias;
+        if (act != NULL) bp_activation_apply(act, p, n); /* on the run just written, still in L1 */
         return;
     }
 #if defined(__AVX512F__)
@@ -680,8 +681,9 @@ static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, 
     size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw);
     size_t ow = ph->ow, ld = bp_round_up(ow, 8), r8 = rows / 8 * 8;
     const bp_epilogue *e = dst->e;
-    if (dst->xstep * dst->sx == 1 && !dst->accumulate && !dst->stream && (e == NULL || e->act == NULL)) {
-        /* the common case: 8 x 8 blocks transposed straight into the output, the bias added */
+    if (dst->xstep * dst->sx == 1 && !dst->accumulate && !dst->stream) {
+        /* the common case: 8 x 8 blocks transposed straight into the output, the bias added, then
+           the activation on each channel's row while it is in cache */
         float bias[PIX_MV_MAX * BP_VL] = {0};
         if (e != NULL && e->bias != NULL)
             for (size_t r = 0; r < r8; r++) bias[r] = e->bias[(dst->channel0 + mb * bw + r) * e->bias_stride];
@@ -692,6 +694,8 @@ static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, 
                 for (size_t i = 0; i < ow; i += 8)
                     bp_transpose8x8_add(res + i * bw + c0, bw, bias + c0, out + c0 * dst->sc + i, dst->sc,
                                         bp_min(8, ow - i));
+            if (e != NULL && e->act != NULL)
+                for (size_t c = 0; c < r8; c++) bp_activation_apply(e->act, out + c * dst->sc, ow);
         }
         for (size_t y = 0; y < nb && r8 < rows; y++) {
             const float *res = tb + y * d->tb_row * bw;

@@ -1,12 +1,19 @@
 /* Activation functions fused after a convolution, and their derivatives from the output.
 
-   Most functions act on every value alone. Softmax (11) and LogSoftmax (21) act on the channel
+   The vector kernels are in act_*.c (piecewise-linear functions, functions built on exp / log /
+   erf, derivatives, softmax); this file holds the support tables, Gumbel's generator and the
+   scalar formulas, which the kernels leave only rare cases to (CELU with alpha < 0, the Softplus
+   derivative with alpha <= 0, the TanhShrink derivative's Newton iteration).
+
+   Most functions act on every value alone. Softmax and LogSoftmax act on the channel
    vector of every output pixel (bnns-py's decision: BNNS does not say which axis a fused softmax
    uses; a convolution or fully-connected output's channel axis is the natural one, and what
-   reference.apply_activation(..., axis=1) computes). Gumbel (13) draws random values. */
+   reference.apply_activation(..., axis=1) computes). Gumbel draws random values. */
 #include <math.h>
 #include <stdatomic.h>
+#include <string.h>
 
+#include "act_kernels.h"
 #include "internal.h"
 
 #define SELU_LAMBDA 1.0507009873554804934193349852946f
@@ -22,57 +29,55 @@ static float sigmoid(float x) {
 static float softplus1(float x) { return x > 0 ? x + log1pf(expf(-x)) : log1pf(expf(x)); }
 
 const char *bp_activation_unsupported_reason(const BNNSActivation *act) {
-    switch (act->function) {
-    case 0: case 1: case 2: case 3: case 4: case 5: case 6: case 7: case 8: case 11: case 12: case 13:
-    case 15: case 16: case 17: case 18: case 19: case 20: case 21: case 22: case 23: case 24: case 25:
-    case 26: case 27: case 28: case 29: case 30: case 31: case 32: case 33: case 34: case 35:
-        return NULL;
-    case 9: case 10:
+    if (act->function > BNNSActivationFunctionGELUApproximationSigmoid) return "unknown activation function";
+    switch (act->function) { /* the values up to the last, but these */
+    case BNNSActivationFunctionIntegerLinearSaturate:
+    case BNNSActivationFunctionIntegerLinearSaturatePerChannel:
         return "IntegerLinearSaturate produces integer outputs and the portable backend computes Float32 "
                "outputs only";
-    case 14:
+    case BNNSActivationFunctionGumbelMax:
         return "GumbelMax is not supported by the portable backend: what it writes for a fused layer output "
                "(the axis of the max, and whether each value gets the max or a sample) is not documented";
     default:
-        return "unknown activation function";
+        return NULL;
     }
 }
 
 bool bp_activation_supported(const BNNSActivation *act) { return bp_activation_unsupported_reason(act) == NULL; }
 
-bool bp_activation_is_channelwise(const BNNSActivation *act) { return act->function == 11 || act->function == 21; }
+bool bp_activation_is_channelwise(const BNNSActivation *act) { return act->function == BNNSActivationFunctionSoftmax || act->function == BNNSActivationFunctionLogSoftmax; }
 
 static float activate(uint32_t f, float a, float b, float x) {
     switch (f) {
-    case 1: return x < 0 ? 0.0f : x;
-    case 2: return x < 0 ? a * x : x;
-    case 3: return sigmoid(x);
-    case 4: return tanhf(x);
-    case 5: return a * tanhf(b * x);
-    case 6: return fabsf(x);
-    case 7: return a * x;
-    case 8: return fminf(fmaxf(x, a), b);
-    case 12: return 0.5f * x * (1.0f + tanhf(a * (x + b * x * x * x)));
-    case 15: return fmaxf(0.0f, fminf(1.0f, a * x + b));
-    case 16: return a * softplus1(b * x);
-    case 17: return x / (1.0f + fabsf(x));
-    case 18: return x < 0 ? a * expm1f(x) : x;
-    case 19: return x < 0 ? fminf(a * x, b) : fminf(x, b);
-    case 20: return a * x + b;
-    case 22: return -softplus1(-x);
-    case 23: return x < 0 ? SELU_LAMBDA * SELU_ALPHA * expm1f(x) : SELU_LAMBDA * x;
-    case 24: return x < 0 ? a * expm1f(x / a) : x;
-    case 25: return fabsf(x) < fabsf(a) ? 0.0f : x;
-    case 26: return fabsf(x) < fabsf(a) ? 0.0f : x - copysignf(a, x);
-    case 27: return x - tanhf(x);
-    case 28: return x <= a ? b : x;
-    case 29: return x < 0 ? a * x : x;  /* every per-channel alpha_c starts at (and here stays) alpha */
-    case 30: return x * fminf(fmaxf(x + 3.0f, 0.0f), 6.0f) / 6.0f;
-    case 31: return x * sigmoid(x);
-    case 32: return fminf(fmaxf(x, 0.0f), 6.0f);
-    case 33: return erff(x);
-    case 34: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case 35: return x * sigmoid(1.702f * x);
+    case BNNSActivationFunctionRectifiedLinear: return x < 0 ? 0.0f : x;
+    case BNNSActivationFunctionLeakyRectifiedLinear: return x < 0 ? a * x : x;
+    case BNNSActivationFunctionSigmoid: return sigmoid(x);
+    case BNNSActivationFunctionTanh: return tanhf(x);
+    case BNNSActivationFunctionScaledTanh: return a * tanhf(b * x);
+    case BNNSActivationFunctionAbs: return fabsf(x);
+    case BNNSActivationFunctionLinear: return a * x;
+    case BNNSActivationFunctionClamp: return fminf(fmaxf(x, a), b);
+    case BNNSActivationFunctionGELUApproximation: return 0.5f * x * (1.0f + tanhf(a * (x + b * x * x * x)));
+    case BNNSActivationFunctionHardSigmoid: return fmaxf(0.0f, fminf(1.0f, a * x + b));
+    case BNNSActivationFunctionSoftplus: return a * softplus1(b * x);
+    case BNNSActivationFunctionSoftsign: return x / (1.0f + fabsf(x));
+    case BNNSActivationFunctionELU: return x < 0 ? a * expm1f(x) : x;
+    case BNNSActivationFunctionClampedLeakyRectifiedLinear: return x < 0 ? fminf(a * x, b) : fminf(x, b);
+    case BNNSActivationFunctionLinearWithBias: return a * x + b;
+    case BNNSActivationFunctionLogSigmoid: return -softplus1(-x);
+    case BNNSActivationFunctionSELU: return x < 0 ? SELU_LAMBDA * SELU_ALPHA * expm1f(x) : SELU_LAMBDA * x;
+    case BNNSActivationFunctionCELU: return x < 0 ? a * expm1f(x / a) : x;
+    case BNNSActivationFunctionHardShrink: return fabsf(x) < fabsf(a) ? 0.0f : x;
+    case BNNSActivationFunctionSoftShrink: return fabsf(x) < fabsf(a) ? 0.0f : x - copysignf(a, x);
+    case BNNSActivationFunctionTanhShrink: return x - tanhf(x);
+    case BNNSActivationFunctionThreshold: return x <= a ? b : x;
+    case BNNSActivationFunctionPReLUPerChannel: return x < 0 ? a * x : x;  /* every per-channel alpha_c starts at (and here stays) alpha */
+    case BNNSActivationFunctionHardSwish: return x * fminf(fmaxf(x + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case BNNSActivationFunctionSiLU: return x * sigmoid(x);
+    case BNNSActivationFunctionReLU6: return fminf(fmaxf(x, 0.0f), 6.0f);
+    case BNNSActivationFunctionErf: return erff(x);
+    case BNNSActivationFunctionGELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case BNNSActivationFunctionGELUApproximationSigmoid: return x * sigmoid(1.702f * x);
     default: return x;
     }
 }
@@ -101,56 +106,20 @@ static void gumbel_fill(float a, float b, float *data, size_t n) {
 void bp_activation_apply(const BNNSActivation *act, float *data, size_t n) {
     uint32_t f = act->function;
     float a = act->alpha, b = act->beta;
-    if (f == 0) return;
-    if (f == 13) {  /* ignores x */
+    if (f == BNNSActivationFunctionIdentity) return;
+    if (f == BNNSActivationFunctionGumbel) { /* ignores x */
         gumbel_fill(a, b, data, n);
         return;
     }
-    if (f == 1) {  /* the common case, kept branch-free for vectorization */
-        for (size_t i = 0; i < n; i++) data[i] = data[i] < 0 ? 0.0f : data[i];
-        return;
-    }
+    if (bp_act_piecewise_forward(f, a, b, data, n) || bp_act_smooth_forward(f, a, b, data, n)) return;
     for (size_t i = 0; i < n; i++) data[i] = activate(f, a, b, data[i]);
-}
-
-/* Softmax / LogSoftmax over each pixel's channel vector, pixels in blocks so that planes are
-   read contiguously. */
-#define PIXEL_BLOCK 256
-
-static void channelwise_apply(uint32_t f, float *data, size_t channels, size_t pixels, size_t channel_stride) {
-    float max[PIXEL_BLOCK], sum[PIXEL_BLOCK];
-    for (size_t p0 = 0; p0 < pixels; p0 += PIXEL_BLOCK) {
-        size_t m = pixels - p0 < PIXEL_BLOCK ? pixels - p0 : PIXEL_BLOCK;
-        float *base = data + p0;
-        for (size_t i = 0; i < m; i++) {
-            max[i] = -INFINITY;
-            sum[i] = 0.0f;
-        }
-        for (size_t c = 0; c < channels; c++)
-            for (size_t i = 0; i < m; i++) max[i] = fmaxf(max[i], base[c * channel_stride + i]);
-        for (size_t c = 0; c < channels; c++) {
-            float *v = base + c * channel_stride;
-            for (size_t i = 0; i < m; i++) {
-                float e = expf(v[i] - max[i]);
-                sum[i] += e;
-                if (f == 11) v[i] = e;
-            }
-        }
-        for (size_t c = 0; c < channels; c++) {
-            float *v = base + c * channel_stride;
-            if (f == 11)
-                for (size_t i = 0; i < m; i++) v[i] /= sum[i];
-            else
-                for (size_t i = 0; i < m; i++) v[i] = (v[i] - max[i]) - logf(sum[i]);
-        }
-    }
 }
 
 void bp_activation_apply_image(const BNNSActivation *act, float *data, size_t channels, size_t pixels,
                                size_t channel_stride) {
-    if (act->function == 0) return;
+    if (act->function == BNNSActivationFunctionIdentity) return;
     if (bp_activation_is_channelwise(act)) {
-        channelwise_apply(act->function, data, channels, pixels, channel_stride);
+        bp_act_softmax(act->function == BNNSActivationFunctionLogSoftmax, data, channels, pixels, channel_stride);
     } else if (channel_stride == pixels) {
         bp_activation_apply(act, data, channels * pixels);
     } else {
@@ -160,16 +129,40 @@ void bp_activation_apply_image(const BNNSActivation *act, float *data, size_t ch
 
 const char *bp_activation_backward_unsupported_reason(const BNNSActivation *act) {
     switch (act->function) {
-    case 0: case 1: case 3: case 4: case 7: case 8: case 11: case 15: case 16: case 17: case 18: case 20:
-    case 21: case 22: case 23: case 24: case 25: case 26: case 27: case 28:
+    case BNNSActivationFunctionIdentity:
+    case BNNSActivationFunctionRectifiedLinear:
+    case BNNSActivationFunctionSigmoid:
+    case BNNSActivationFunctionTanh:
+    case BNNSActivationFunctionLinear:
+    case BNNSActivationFunctionClamp:
+    case BNNSActivationFunctionSoftmax:
+    case BNNSActivationFunctionHardSigmoid:
+    case BNNSActivationFunctionSoftplus:
+    case BNNSActivationFunctionSoftsign:
+    case BNNSActivationFunctionELU:
+    case BNNSActivationFunctionLinearWithBias:
+    case BNNSActivationFunctionLogSoftmax:
+    case BNNSActivationFunctionLogSigmoid:
+    case BNNSActivationFunctionSELU:
+    case BNNSActivationFunctionCELU:
+    case BNNSActivationFunctionHardShrink:
+    case BNNSActivationFunctionSoftShrink:
+    case BNNSActivationFunctionTanhShrink:
+    case BNNSActivationFunctionThreshold:
         return NULL;
-    case 2: case 19: case 29:
+    case BNNSActivationFunctionLeakyRectifiedLinear:
+    case BNNSActivationFunctionClampedLeakyRectifiedLinear:
+    case BNNSActivationFunctionPReLUPerChannel:
         return act->alpha > 0 ? NULL : "it can be differentiated from the output only when alpha > 0";
-    case 13: case 14:
+    case BNNSActivationFunctionGumbel:
+    case BNNSActivationFunctionGumbelMax:
         return "Gumbel and GumbelMax are random and have no derivative";
-    case 6: case 12: case 30: case 31:
+    case BNNSActivationFunctionAbs:
+    case BNNSActivationFunctionGELUApproximation:
+    case BNNSActivationFunctionHardSwish:
+    case BNNSActivationFunctionSiLU:
         return "its derivative needs the forward input x, so BNNS cannot fuse it in training";
-    case 35:
+    case BNNSActivationFunctionGELUApproximationSigmoid:
         return "x*sigmoid(1.702x) is not monotonic, so the output y does not determine x or the derivative";
     default:
         return "BNNS does not differentiate it from the layer output";
@@ -203,25 +196,26 @@ static float tanhshrink_derivative(float y) {
    At kinks the subgradient matches PyTorch's choice (e.g. ReLU'(0) = 0). */
 static float derivative(uint32_t f, float a, float b, float y) {
     switch (f) {
-    case 1: return y > 0 ? 1.0f : 0.0f;
-    case 2: case 29: return y > 0 ? 1.0f : a;              /* alpha > 0: sign(y) = sign(x) */
-    case 3: return y * (1.0f - y);
-    case 4: return 1.0f - y * y;
-    case 7: return a;
-    case 8: return (y > a && y < b) ? 1.0f : 0.0f;
-    case 15: return (y > 0 && y < 1) ? a : 0.0f;
-    case 16: return a != 0 ? a * b * -expm1f(-y / a) : 0.0f; /* sigmoid(b x) = 1 - exp(-y/a) */
-    case 17: { float t = 1.0f - fabsf(y); return t * t; }   /* 1/(1+|x|)^2 with |x| = |y|/(1-|y|) */
-    case 18: return y > 0 ? 1.0f : y + a;                  /* x<=0: a e^x = y + a */
-    case 19: return (y >= b) ? 0.0f : (y > 0 ? 1.0f : a);
-    case 20: return a;
-    case 22: return -expm1f(y);                            /* 1 - sigmoid(x) = 1 - e^y */
-    case 23: return y > 0 ? SELU_LAMBDA : y + SELU_LAMBDA * SELU_ALPHA;
-    case 24: return y > 0 ? 1.0f : y / a + 1.0f;           /* e^(x/a) = y/a + 1 */
-    case 25: return y != 0 ? 1.0f : 0.0f;
-    case 26: return y != 0 ? 1.0f : 0.0f;
-    case 27: return tanhshrink_derivative(y);
-    case 28: return (y > a && y != b) ? 1.0f : 0.0f;       /* outputs <= alpha (or == beta) came from the threshold */
+    case BNNSActivationFunctionRectifiedLinear: return y > 0 ? 1.0f : 0.0f;
+    case BNNSActivationFunctionLeakyRectifiedLinear:
+    case BNNSActivationFunctionPReLUPerChannel: return y > 0 ? 1.0f : a;              /* alpha > 0: sign(y) = sign(x) */
+    case BNNSActivationFunctionSigmoid: return y * (1.0f - y);
+    case BNNSActivationFunctionTanh: return 1.0f - y * y;
+    case BNNSActivationFunctionLinear: return a;
+    case BNNSActivationFunctionClamp: return (y > a && y < b) ? 1.0f : 0.0f;
+    case BNNSActivationFunctionHardSigmoid: return (y > 0 && y < 1) ? a : 0.0f;
+    case BNNSActivationFunctionSoftplus: return a != 0 ? a * b * -expm1f(-y / a) : 0.0f; /* sigmoid(b x) = 1 - exp(-y/a) */
+    case BNNSActivationFunctionSoftsign: { float t = 1.0f - fabsf(y); return t * t; }   /* 1/(1+|x|)^2 with |x| = |y|/(1-|y|) */
+    case BNNSActivationFunctionELU: return y > 0 ? 1.0f : y + a;                  /* x<=0: a e^x = y + a */
+    case BNNSActivationFunctionClampedLeakyRectifiedLinear: return (y >= b) ? 0.0f : (y > 0 ? 1.0f : a);
+    case BNNSActivationFunctionLinearWithBias: return a;
+    case BNNSActivationFunctionLogSigmoid: return -expm1f(y);                            /* 1 - sigmoid(x) = 1 - e^y */
+    case BNNSActivationFunctionSELU: return y > 0 ? SELU_LAMBDA : y + SELU_LAMBDA * SELU_ALPHA;
+    case BNNSActivationFunctionCELU: return y > 0 ? 1.0f : y / a + 1.0f;           /* e^(x/a) = y/a + 1 */
+    case BNNSActivationFunctionHardShrink: return y != 0 ? 1.0f : 0.0f;
+    case BNNSActivationFunctionSoftShrink: return y != 0 ? 1.0f : 0.0f;
+    case BNNSActivationFunctionTanhShrink: return tanhshrink_derivative(y);
+    case BNNSActivationFunctionThreshold: return (y > a && y != b) ? 1.0f : 0.0f;       /* outputs <= alpha (or == beta) came from the threshold */
     default: return 1.0f;
     }
 }
@@ -229,17 +223,22 @@ static float derivative(uint32_t f, float a, float b, float y) {
 void bp_activation_backward(const BNNSActivation *act, const float *y, const float *dy, float *dz, size_t n) {
     uint32_t f = act->function;
     float a = act->alpha, b = act->beta;
-    if (f == 0) {
-        for (size_t i = 0; i < n; i++) dz[i] = dy[i];
+    if (f == BNNSActivationFunctionIdentity) {
+        memcpy(dz, dy, n * sizeof *dz);
         return;
     }
+    if (bp_act_backward_vector(f, a, b, y, dy, dz, n)) return;
     for (size_t i = 0; i < n; i++) dz[i] = dy[i] * derivative(f, a, b, y[i]);
 }
+
+/* The channel backward of Softmax / LogSoftmax, pixels in blocks so that planes are read
+   contiguously. */
+#define PIXEL_BLOCK 256
 
 void bp_activation_backward_channels(const BNNSActivation *act, const float *y, size_t y_sc, size_t y_sx, float *dz,
                                      size_t dz_sc, size_t channels, size_t pixels) {
     float s[PIXEL_BLOCK];
-    bool softmax = act->function == 11;
+    bool softmax = act->function == BNNSActivationFunctionSoftmax;
     for (size_t p0 = 0; p0 < pixels; p0 += PIXEL_BLOCK) {
         size_t m = pixels - p0 < PIXEL_BLOCK ? pixels - p0 : PIXEL_BLOCK;
         const float *yb = y + p0 * y_sx;

@@ -1,0 +1,31 @@
+"""Timing helpers shared by the benchmarks of this folder (not part of the package)."""
+import math
+import time
+
+
+def calls_per_loop(fn, min_seconds):
+    """How many calls of ``fn`` take at least ``min_seconds`` (after one warm-up call)."""
+    fn()
+    n = 1
+    while True:
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if time.perf_counter() - t >= min_seconds:
+            return n
+        n *= 2
+
+
+def best_times(fns, min_seconds=0.004, loops=15):
+    """Seconds per call of each function: the fastest of ``loops`` timed loops, the functions'
+    loops interleaved (the machine is shared: the least disturbed loop is the best estimate of the
+    cost, and interleaving exposes every function to the same disturbances)."""
+    counts = [calls_per_loop(fn, min_seconds) for fn in fns]
+    best = [math.inf] * len(fns)
+    for _ in range(loops):
+        for k, (fn, n) in enumerate(zip(fns, counts)):
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[k] = min(best[k], (time.perf_counter() - t) / n)
+    return best

@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""Whole networks: every convolution and fully-connected layer of ResNet-18 and MobileNetV2, in
+order, with their fused activations, in bnns-py against PyTorch eager and ONNX Runtime.
+
+A benchmark, not a test. The layers' shapes are those of the torchvision models on 224x224 images
+(listed below; ``--list`` prints them). Weights and inputs are random; each layer gets an input of
+its own shape (pooling, residual additions and the classifier's flatten are not part of the
+convolution and FC stacks timed here). Activations are fused as each network has them: ReLU after
+every ResNet-18 convolution but the downsampling 1x1s (the ReLU that follows a residual addition is
+fused into the block's second convolution), ReLU6 after MobileNetV2's expansion, depthwise, stem and
+last convolutions, none after its projections and the classifiers.
+
+- bnns-py: one ``bnns_py.Conv2d`` / ``bnns_py.Linear`` module per layer, called with a preallocated
+  output (``module(x, out=out)``): the fastest way through the package (filters kept by the module,
+  no per-call filter creation or cache lookup).
+- PyTorch eager (optional): ``F.conv2d`` / ``F.linear`` then the in-place activation, as torchvision's
+  modules run them, under ``torch.no_grad()``.
+- ONNX Runtime (optional): one session per layer (Conv or Gemm, then Relu or Clip(0, 6), which ORT
+  fuses), run with ``run_with_iobinding`` on bound numpy buffers, ``--threads`` intra-op threads,
+  thread spinning off.
+
+Every library runs with ``--threads`` threads (and OMP/OPENBLAS/MKL_NUM_THREADS set to it); glibc
+gets the peer harness's malloc thresholds, as in bench_conv.py (``--default-malloc``: not). Each layer's time is the fastest of several timed
+loops, the median over ``--runs`` sweeps; the network's time is the sum over its layers. A library's
+worker threads are left to go idle (0.2 s) before another library is timed. Ratios are peer time /
+bnns-py time (above 1: bnns-py is faster).
+
+Run:  python benchmarks/bench_networks.py [--threads 2] [--runs 3] [--batch 1 8] [--network mobilenet]
+                                          [--layers] [--list]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+_ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+_ap.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
+_ap.add_argument("--runs", type=int, default=3, help="sweeps; each layer's time is the median (default 3)")
+_ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+_ap.add_argument("--network", default="", help="networks whose name contains this text")
+_ap.add_argument("--layers", action="store_true", help="print the time of every layer")
+_ap.add_argument("--list", action="store_true", help="print the layers and exit")
+_ap.add_argument("--loops", type=int, default=7, help="timed loops per layer and sweep (default 7)")
+_ap.add_argument("--min-seconds", type=float, default=0.005, help="length of a timed loop (default 0.005)")
+_ap.add_argument("--no-torch", action="store_true")
+_ap.add_argument("--no-onnx", action="store_true")
+_ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
+ARGS = _ap.parse_args()
+
+# As bench_conv.py and the peer harness: large freed blocks stay in the heap, so that per-call
+# allocations (PyTorch's outputs) do not page-fault; glibc reads these at start, hence the re-exec.
+if not ARGS.default_malloc and sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 * 1024 * 1024)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(16 * 1024 ** 3)
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # the BLAS of every library
+    os.environ[_var] = str(ARGS.threads)
+
+import numpy as np  # noqa: E402
+
+import bnns_py  # noqa: E402
+from bnns_py import ActivationFunction as AF  # noqa: E402
+
+from _timing import best_times  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
+except ImportError:  # pragma: no cover
+    torch = None
+try:
+    import onnx  # noqa: E402,F401
+    import onnxruntime as ort  # noqa: E402
+    from onnx import TensorProto, helper  # noqa: E402
+except ImportError:  # pragma: no cover
+    ort = None
+
+# A layer: (name, kind, in_channels, out_channels, size (input height = width), kernel, stride,
+# groups, activation); kind "conv" (padding kernel // 2) or "fc" (size 1).
+RESNET18 = [
+    ("conv1", "conv", 3, 64, 224, 7, 2, 1, "relu"),
+    ("layer1.0.conv1", "conv", 64, 64, 56, 3, 1, 1, "relu"),
+    ("layer1.0.conv2", "conv", 64, 64, 56, 3, 1, 1, "relu"),
+    ("layer1.1.conv1", "conv", 64, 64, 56, 3, 1, 1, "relu"),
+    ("layer1.1.conv2", "conv", 64, 64, 56, 3, 1, 1, "relu"),
+    ("layer2.0.conv1", "conv", 64, 128, 56, 3, 2, 1, "relu"),
+    ("layer2.0.conv2", "conv", 128, 128, 28, 3, 1, 1, "relu"),
+    ("layer2.0.downsample", "conv", 64, 128, 56, 1, 2, 1, None),
+    ("layer2.1.conv1", "conv", 128, 128, 28, 3, 1, 1, "relu"),
+    ("layer2.1.conv2", "conv", 128, 128, 28, 3, 1, 1, "relu"),
+    ("layer3.0.conv1", "conv", 128, 256, 28, 3, 2, 1, "relu"),
+    ("layer3.0.conv2", "conv", 256, 256, 14, 3, 1, 1, "relu"),
+    ("layer3.0.downsample", "conv", 128, 256, 28, 1, 2, 1, None),
+    ("layer3.1.conv1", "conv", 256, 256, 14, 3, 1, 1, "relu"),
+    ("layer3.1.conv2", "conv", 256, 256, 14, 3, 1, 1, "relu"),
+    ("layer4.0.conv1", "conv", 256, 512, 14, 3, 2, 1, "relu"),
+    ("layer4.0.conv2", "conv", 512, 512, 7, 3, 1, 1, "relu"),
+    ("layer4.0.downsample", "conv", 256, 512, 14, 1, 2, 1, None),
+    ("layer4.1.conv1", "conv", 512, 512, 7, 3, 1, 1, "relu"),
+    ("layer4.1.conv2", "conv", 512, 512, 7, 3, 1, 1, "relu"),
+    ("fc", "fc", 512, 1000, 1, 1, 1, 1, None),
+]
+
+MOBILENET_V2 = [
+    ("features.0", "conv", 3, 32, 224, 3, 2, 1, "relu6"),
+    # block 1 (expansion 1): depthwise, projection
+    ("features.1.dw", "conv", 32, 32, 112, 3, 1, 32, "relu6"),
+    ("features.1.project", "conv", 32, 16, 112, 1, 1, 1, None),
+    # blocks 2-3 (expansion 6, 24 channels, first stride 2)
+    ("features.2.expand", "conv", 16, 96, 112, 1, 1, 1, "relu6"),
+    ("features.2.dw", "conv", 96, 96, 112, 3, 2, 96, "relu6"),
+    ("features.2.project", "conv", 96, 24, 56, 1, 1, 1, None),
+    ("features.3.expand", "conv", 24, 144, 56, 1, 1, 1, "relu6"),
+    ("features.3.dw", "conv", 144, 144, 56, 3, 1, 144, "relu6"),
+    ("features.3.project", "conv", 144, 24, 56, 1, 1, 1, None),
+    # blocks 4-6 (32 channels, first stride 2)
+    ("features.4.expand", "conv", 24, 144, 56, 1, 1, 1, "relu6"),
+    ("features.4.dw", "conv", 144, 144, 56, 3, 2, 144, "relu6"),
+    ("features.4.project", "conv", 144, 32, 28, 1, 1, 1, None),
+    ("features.5.expand", "conv", 32, 192, 28, 1, 1, 1, "relu6"),
+    ("features.5.dw", "conv", 192, 192, 28, 3, 1, 192, "relu6"),
+    ("features.5.project", "conv", 192, 32, 28, 1, 1, 1, None),
+    ("features.6.expand", "conv", 32, 192, 28, 1, 1, 1, "relu6"),
+    ("features.6.dw", "conv", 192, 192, 28, 3, 1, 192, "relu6"),
+    ("features.6.project", "conv", 192, 32, 28, 1, 1, 1, None),
+    # blocks 7-10 (64 channels, first stride 2)
+    ("features.7.expand", "conv", 32, 192, 28, 1, 1, 1, "relu6"),
+    ("features.7.dw", "conv", 192, 192, 28, 3, 2, 192, "relu6"),
+    ("features.7.project", "conv", 192, 64, 14, 1, 1, 1, None),
+    ("features.8.expand", "conv", 64, 384, 14, 1, 1, 1, "relu6"),
+    ("features.8.dw", "conv", 384, 384, 14, 3, 1, 384, "relu6"),
+    ("features.8.project", "conv", 384, 64, 14, 1, 1, 1, None),
+    ("features.9.expand", "conv", 64, 384, 14, 1, 1, 1, "relu6"),
+    ("features.9.dw", "conv", 384, 384, 14, 3, 1, 384, "relu6"),
+    ("features.9.project", "conv", 384, 64, 14, 1, 1, 1, None),
+    ("features.10.expand", "conv", 64, 384, 14, 1, 1, 1, "relu6"),
+    ("features.10.dw", "conv", 384, 384, 14, 3, 1, 384, "relu6"),
+    ("features.10.project", "conv", 384, 64, 14, 1, 1, 1, None),
+    # blocks 11-13 (96 channels)
+    ("features.11.expand", "conv", 64, 384, 14, 1, 1, 1, "relu6"),
+    ("features.11.dw", "conv", 384, 384, 14, 3, 1, 384, "relu6"),
+    ("features.11.project", "conv", 384, 96, 14, 1, 1, 1, None),
+    ("features.12.expand", "conv", 96, 576, 14, 1, 1, 1, "relu6"),
+    ("features.12.dw", "conv", 576, 576, 14, 3, 1, 576, "relu6"),
+    ("features.12.project", "conv", 576, 96, 14, 1, 1, 1, None),
+    ("features.13.expand", "conv", 96, 576, 14, 1, 1, 1, "relu6"),
+    ("features.13.dw", "conv", 576, 576, 14, 3, 1, 576, "relu6"),
+    ("features.13.project", "conv", 576, 96, 14, 1, 1, 1, None),
+    # blocks 14-16 (160 channels, first stride 2)
+    ("features.14.expand", "conv", 96, 576, 14, 1, 1, 1, "relu6"),
+    ("features.14.dw", "conv", 576, 576, 14, 3, 2, 576, "relu6"),
+    ("features.14.project", "conv", 576, 160, 7, 1, 1, 1, None),
+    ("features.15.expand", "conv", 160, 960, 7, 1, 1, 1, "relu6"),
+    ("features.15.dw", "conv", 960, 960, 7, 3, 1, 960, "relu6"),
+    ("features.15.project", "conv", 960, 160, 7, 1, 1, 1, None),
+    ("features.16.expand", "conv", 160, 960, 7, 1, 1, 1, "relu6"),
+    ("features.16.dw", "conv", 960, 960, 7, 3, 1, 960, "relu6"),
+    ("features.16.project", "conv", 960, 160, 7, 1, 1, 1, None),
+    # block 17 (320 channels)
+    ("features.17.expand", "conv", 160, 960, 7, 1, 1, 1, "relu6"),
+    ("features.17.dw", "conv", 960, 960, 7, 3, 1, 960, "relu6"),
+    ("features.17.project", "conv", 960, 320, 7, 1, 1, 1, None),
+    ("features.18", "conv", 320, 1280, 7, 1, 1, 1, "relu6"),
+    ("classifier", "fc", 1280, 1000, 1, 1, 1, 1, None),
+]
+
+NETWORKS = {"resnet18": RESNET18, "mobilenet_v2": MOBILENET_V2}
+BNNS_ACTIVATIONS = {None: None, "relu": AF.rectified_linear, "relu6": AF.relu6}
+
+
+def out_size(layer):
+    _, kind, _, _, size, k, stride, _, _ = layer
+    return 1 if kind == "fc" else (size + 2 * (k // 2) - k) // stride + 1
+
+
+def layer_arrays(layer, batch, rng):
+    name, kind, cin, cout, size, k, stride, groups, act = layer
+    if kind == "fc":
+        x = rng.standard_normal((batch, cin)).astype(np.float32)
+        w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
+        out = np.empty((batch, cout), np.float32)
+    else:
+        x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
+        fan_in = cin // groups * k * k
+        w = (rng.standard_normal((cout, cin // groups, k, k)) / np.sqrt(fan_in)).astype(np.float32)
+        o = out_size(layer)
+        out = np.empty((batch, cout, o, o), np.float32)
+    b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+    return x, w, b, out
+
+
+# ---- one callable per layer and library ----------------------------------------------------------
+
+def bnns_layer(layer, x, w, b, out, threads):
+    name, kind, cin, cout, size, k, stride, groups, act = layer
+    if kind == "fc":
+        module = bnns_py.Linear(w, b, activation=BNNS_ACTIVATIONS[act])
+    else:
+        module = bnns_py.Conv2d(w, b, stride=stride, padding=k // 2, groups=groups, activation=BNNS_ACTIVATIONS[act])
+        if threads is not None:  # the module's filter for this input size, with the thread count
+            module._layers[(size, size)] = module.spec.make_layer(size, size, module._bnns_weight, module.bias, None,
+                                                                  n_threads=threads,
+                                                                  weight_strides=module._weight_strides)
+    return module, lambda: module(x, out=out)
+
+
+def torch_layer(layer, x, w, b):
+    name, kind, cin, cout, size, k, stride, groups, act = layer
+    tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+    activate = {None: lambda y: y, "relu": lambda y: F.relu(y, inplace=True),
+                "relu6": lambda y: F.relu6(y, inplace=True)}[act]
+    if kind == "fc":
+        return lambda: activate(F.linear(tx, tw, tb))
+    return lambda: activate(F.conv2d(tx, tw, tb, stride=stride, padding=k // 2, groups=groups))
+
+
+def onnx_layer(layer, x, w, b, out, threads):
+    name, kind, cin, cout, size, k, stride, groups, act = layer
+    weights = [helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
+               helper.make_tensor("B", TensorProto.FLOAT, b.shape, b.tolist())]
+    result = "Y" if act is None else "Z"
+    if kind == "fc":
+        nodes = [helper.make_node("Gemm", ["X", "W", "B"], [result], transB=1)]
+    else:
+        p = k // 2
+        nodes = [helper.make_node("Conv", ["X", "W", "B"], [result], kernel_shape=[k, k], strides=[stride, stride],
+                                  pads=[p, p, p, p], group=groups)]
+    if act == "relu":
+        nodes.append(helper.make_node("Relu", ["Z"], ["Y"]))
+    elif act == "relu6":
+        weights += [helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
+                    helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])]
+        nodes.append(helper.make_node("Clip", ["Z", "lo", "hi"], ["Y"]))
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out.shape)], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    binding = session.io_binding()
+    # the bound buffers are the caller's arrays, which outlive the sessions
+    binding.bind_input("X", "cpu", 0, np.float32, list(x.shape), x.ctypes.data)
+    binding.bind_output("Y", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+    return lambda: session.run_with_iobinding(binding)
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+def time_network(layers, batch, args, rng):
+    """{library: [seconds per layer]} (median over the sweeps of each layer's best loop)."""
+    arrays = [layer_arrays(layer, batch, rng) for layer in layers]
+    modules, calls = [], {"bnns-py": []}
+    for layer, (x, w, b, out) in zip(layers, arrays):
+        module, call = bnns_layer(layer, x, w, b, out, args.threads)
+        modules.append(module)
+        calls["bnns-py"].append(call)
+    if torch is not None and not args.no_torch:
+        calls["PyTorch"] = [torch_layer(layer, x, w, b) for layer, (x, w, b, _) in zip(layers, arrays)]
+    if ort is not None and not args.no_onnx:
+        calls["ONNX Runtime"] = [onnx_layer(layer, x, w, b, out, args.threads)
+                                 for layer, (x, w, b, out) in zip(layers, arrays)]
+    samples = {lib: [[] for _ in layers] for lib in calls}
+    try:
+        for _ in range(args.runs):
+            for lib, fns in calls.items():
+                context = torch.no_grad() if lib == "PyTorch" else _nothing()
+                with context:
+                    for i, fn in enumerate(fns):
+                        samples[lib][i].append(best_times([fn], min_seconds=args.min_seconds, loops=args.loops)[0])
+                time.sleep(0.2)  # this library's threads go idle before the next one is timed
+    finally:
+        for module in modules:
+            module.close()
+    return {lib: [statistics.median(s) for s in per_layer] for lib, per_layer in samples.items()}
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def describe(layer):
+    name, kind, cin, cout, size, k, stride, groups, act = layer
+    if kind == "fc":
+        return f"FC {cin}->{cout}"
+    dw = " dw" if groups > 1 else ""
+    return f"{k}x{k}/{stride}{dw} {cin}->{cout} {size}x{size}" + (f" {act}" if act else "")
+
+
+def main():
+    args = ARGS
+    networks = {name: layers for name, layers in NETWORKS.items() if args.network in name}
+    if args.list:
+        for name, layers in networks.items():
+            print(f"{name}: {len(layers)} layers")
+            for layer in layers:
+                print(f"  {layer[0]:24s} {describe(layer)}")
+        return
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    else:
+        print("PyTorch not installed: skipped (pip install torch==2.13.0)")
+    if ort is None:
+        print("ONNX Runtime not installed: skipped (pip install onnxruntime onnx)")
+    rng = np.random.default_rng(0)
+    info = bnns_py.backend_info()
+    print(f"bnns-py {info['backend']} ({info.get('simd')}, {info.get('blas')}), {args.threads} threads, "
+          f"{args.runs} sweeps" + (f", torch {torch.__version__}" if torch is not None else "")
+          + (f", onnxruntime {ort.__version__}" if ort is not None else ""))
+    summary = []
+    for name, layers in networks.items():
+        for batch in args.batch:
+            times = time_network(layers, batch, args, rng)
+            peers = [lib for lib in times if lib != "bnns-py"]
+            total = {lib: sum(t) for lib, t in times.items()}
+            if args.layers:
+                print(f"\n{name}, batch {batch} (ms per layer; ratio = peer / bnns-py)")
+                print("| layer | shape | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
+                print("|---|---|---|" + "---|---|" * len(peers))
+                for i, layer in enumerate(layers):
+                    cells = " | ".join(f"{times[p][i] * 1e3:.3f} | {times[p][i] / times['bnns-py'][i]:.2f}"
+                                       for p in peers)
+                    print(f"| {layer[0]} | {describe(layer)} | {times['bnns-py'][i] * 1e3:.3f} | {cells} |")
+            summary.append((name, batch, total))
+    peers = [lib for lib in summary[0][2] if lib != "bnns-py"] if summary else []
+    print("\nWhole network (sum of its layers, ms; ratio = peer time / bnns-py time, above 1: bnns-py faster)")
+    print("| network | batch | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
+    print("|---|---|---|" + "---|---|" * len(peers))
+    for name, batch, total in summary:
+        cells = " | ".join(f"{total[p] * 1e3:.2f} | {total[p] / total['bnns-py']:.2f}" for p in peers)
+        print(f"| {name} | {batch} | {total['bnns-py'] * 1e3:.2f} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
