@@ -58,6 +58,11 @@
 #define bp_activation_apply_image BP_TIER_SYMBOL(bp_activation_apply_image)
 #define bp_activation_backward BP_TIER_SYMBOL(bp_activation_backward)
 #define bp_activation_backward_channels BP_TIER_SYMBOL(bp_activation_backward_channels)
+/* kernels/act_*.c */
+#define bp_act_piecewise_forward BP_TIER_SYMBOL(bp_act_piecewise_forward)
+#define bp_act_smooth_forward BP_TIER_SYMBOL(bp_act_smooth_forward)
+#define bp_act_backward_vector BP_TIER_SYMBOL(bp_act_backward_vector)
+#define bp_act_softmax BP_TIER_SYMBOL(bp_act_softmax)
 #endif
 
 #endif

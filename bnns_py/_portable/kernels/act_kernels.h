@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tier.h" /* renames these per-tier functions */
+
 /* data[i] = f(data[i]) for the piecewise-linear functions (min / max / select) */
 bool bp_act_piecewise_forward(uint32_t function, float alpha, float beta, float *data, size_t n);
 
