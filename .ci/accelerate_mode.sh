@@ -14,19 +14,18 @@ python="${1:?usage: .ci/accelerate_mode.sh PYTHON [pytest args...]}"
 shift
 python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 
-# Builds the Apple-symbols-only variant of the portable library at $1. (With the meson build this
-# is `meson setup <dir> -Dexport=apple` + compile; only this function changes.)
+# Builds the Apple-symbols-only variant of the portable library at $1.
 build_apple_only_library() {
-  local out="$1" map blas inc lib name
-  map=$(mktemp)
-  printf '{\n  global: BNNS*;\n  local: *;\n};\n' > "$map"
-  blas=$("$python" -c "import scipy_openblas32 as o; print(o.get_include_dir(), o.get_lib_dir(), o.get_library())")
-  read -r inc lib name <<<"$blas"
-  gcc -std=c11 -O2 -ffp-contract=fast -march=native -fPIC -shared -Wall -Wextra -Werror \
-    -Icdefs -I"$inc" -DBNNS_PORTABLE_BLAS_SCIPY_OPENBLAS \
-    bnns_py/_portable/*.c -L"$lib" -l"$name" -Wl,-rpath,"$lib" -lm -lpthread \
-    -Wl,--version-script="$map" -o "$out"
-  rm -f "$map"
+  # meson's -Dexport=apple: the release build (every vector tier, OpenBLAS) exporting only BNNS*
+  local out="$1" bin build
+  bin="$(dirname "$python")"
+  "$python" -c "import mesonbuild, ninja" 2>/dev/null || "$python" -m pip install --quiet meson ninja
+  build=$(mktemp -d)
+  PATH="$bin:$PATH" "$python" -m mesonbuild.mesonmain setup "$build" . -Dexport=apple > "$build/setup.log" 2>&1 \
+    || { cat "$build/setup.log"; return 1; }
+  PATH="$bin:$PATH" ninja -C "$build" > "$build/build.log" 2>&1 || { cat "$build/build.log"; return 1; }
+  cp "$build"/bnns_py/_portable/_bnns_portable*.so "$out"
+  rm -rf "$build"
 }
 
 out=$(mktemp -d)
