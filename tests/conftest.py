@@ -12,12 +12,18 @@ def pytest_configure(config):
         "markers", "requires_portable_internals: the test reads the portable library's own API (bnns_portable_*, "
         "filter_engine, live filter counts, engine overrides); it skips on Accelerate, including the Linux "
         "Accelerate-mode stage (.ci/accelerate_mode.sh)")
+    config.addinivalue_line(
+        "markers", "requires_image_strides: the test checks that strided image views reach BNNS in place; it skips "
+        "where the backend's image strides are unverified (Accelerate: strided views are copied there)")
 
 
 def pytest_runtest_setup(item):
     if item.get_closest_marker("requires_portable_internals") and not bnns_py.get_backend().is_portable:
         pytest.skip(f"needs the portable library's internals; the {bnns_py.get_backend().name} backend has only "
                     "Apple's symbols")
+    if item.get_closest_marker("requires_image_strides") and not bnns_py.get_backend().honours_image_strides:
+        pytest.skip(f"the {bnns_py.get_backend().name} backend's image strides are unverified: strided views are "
+                    "copied to packed arrays")
 
 
 @pytest.fixture(scope="session")

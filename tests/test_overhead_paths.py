@@ -359,6 +359,7 @@ def _only_entry():
     return entry
 
 
+@pytest.mark.requires_image_strides
 @pytest.mark.parametrize("transposed", [False, True])
 def test_channel_slice_and_padded_window_are_read_in_place(rng, fresh_cache, no_filter_leaks, transposed):
     big = random_array(rng, (3, 16, 9, 11))
@@ -382,6 +383,7 @@ def test_channel_slice_and_padded_window_are_read_in_place(rng, fresh_cache, no_
         np.testing.assert_allclose(function(view[1], weight, padding=1), expected_array[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.requires_image_strides
 def test_output_view_is_written_in_place(rng, fresh_cache, no_filter_leaks):
     x = random_array(rng, (2, 4, 6, 6))
     weight, bias = random_array(rng, (4, 4, 3, 3)), random_array(rng, (4,))

@@ -193,7 +193,8 @@ def test_tensors_are_read_in_place():
     np.testing.assert_allclose(bnns_py.conv2d(window, weight, bias, padding=1),
                                F.conv2d(window, weight, bias, padding=1).detach().numpy(), rtol=1e-5, atol=1e-5)
     (entry,) = _Cache.entries.values()
-    assert not entry.copy_x and entry.layer.input_descriptor.shape.strides == (1, 10, 100)
+    if bnns_py.get_backend().honours_image_strides:  # else strided views are copied (Accelerate)
+        assert not entry.copy_x and entry.layer.input_descriptor.shape.strides == (1, 10, 100)
     bnns_py.clear_cache()
 
 
