@@ -28,6 +28,10 @@
 #define bp_conv_forward BP_TIER_SYMBOL(bp_conv_forward)
 #define bp_conv_backward_data BP_TIER_SYMBOL(bp_conv_backward_data)
 #define bp_conv_backward_weights BP_TIER_SYMBOL(bp_conv_backward_weights)
+#define bp_im2col_block BP_TIER_SYMBOL(bp_im2col_block)
+#define bp_col2im_block BP_TIER_SYMBOL(bp_col2im_block)
+#define bp_depthwise_plane BP_TIER_SYMBOL(bp_depthwise_plane)
+#define bp_tiny_planes BP_TIER_SYMBOL(bp_tiny_planes)
 /* engines/direct.c, engines/direct_weights.c */
 #define bnns_portable_simd BP_TIER_SYMBOL(bnns_portable_simd)
 #define bp_direct_scratch_floats BP_TIER_SYMBOL(bp_direct_scratch_floats)
