@@ -48,7 +48,8 @@ static void shape(int c, bp_geom *g, bp_image *img) {
 
 static double relative(double got, double want, double size) { return fabs(got - want) / (size + 1.0); }
 
-static int check_im2col(const tier *t, const char *name, const bp_geom *g, const bp_image *img, const float *x, const char *cls) {
+static int check_im2col(const tier *t, const char *name, const bp_geom *g, const bp_image *img, const float *x,
+                        const char *cls) {
     size_t c0 = kt_next() % g->groups * g->in_cg, r0 = kt_next() % g->k, r1 = kt_range(r0 + 1, g->k);
     size_t oy0 = kt_next() % g->out_h, oy1 = kt_range(oy0 + 1, g->out_h), nb = (oy1 - oy0) * g->out_w;
     size_t n = (r1 - r0) * nb;
@@ -76,7 +77,8 @@ static int check_im2col(const tier *t, const char *name, const bp_geom *g, const
     return 1;
 }
 
-static int check_col2im(const tier *t, const char *name, const bp_geom *g, const bp_image *img, bool depthwise, const char *cls) {
+static int check_col2im(const tier *t, const char *name, const bp_geom *g, const bp_image *img, bool depthwise,
+                        const char *cls) {
     size_t c0 = depthwise ? 0 : kt_next() % g->groups * g->in_cg;
     size_t span = depthwise ? g->in_c : g->in_cg, ci0 = kt_next() % span, ci1 = kt_range(ci0 + 1, span);
     size_t oy0 = depthwise ? 0 : kt_next() % g->out_h, oy1 = depthwise ? g->out_h : kt_range(oy0 + 1, g->out_h);
@@ -138,4 +140,6 @@ static int check(size_t tier_index, int c) {
     return failures;
 }
 
-int main(void) { return kt_main("im2col / col2im", tier_names, sizeof tiers / sizeof tiers[0], CLASSES, TRIALS, check); }
+int main(void) {
+    return kt_main("im2col / col2im", tier_names, sizeof tiers / sizeof tiers[0], CLASSES, TRIALS, check);
+}
