@@ -52,6 +52,9 @@
 #define bp_winograd_adjoint BP_TIER_SYMBOL(bp_winograd_adjoint)
 #define bp_winograd_weights BP_TIER_SYMBOL(bp_winograd_weights)
 #define bp_winograd_forward BP_TIER_SYMBOL(bp_winograd_forward)
+#define bp_winograd_tile_row_inputs BP_TIER_SYMBOL(bp_winograd_tile_row_inputs)
+#define bp_winograd_tile_row_transform BP_TIER_SYMBOL(bp_winograd_tile_row_transform)
+#define bp_winograd_tile_row_outputs BP_TIER_SYMBOL(bp_winograd_tile_row_outputs)
 /* kernels/activation.c */
 #define bp_activation_unsupported_reason BP_TIER_SYMBOL(bp_activation_unsupported_reason)
 #define bp_activation_backward_unsupported_reason BP_TIER_SYMBOL(bp_activation_backward_unsupported_reason)
