@@ -26,7 +26,7 @@ enum { TRIALS = 24, GUARD = 16 };
 static const char *const classes[] = {
     "3x3 stride 1 pad 1, rows of 1-16", "3x3 stride 1-2, pads 0-2", "KxK stride 1-2, dilation 1-2",
     "stride 3-4 (general kernel)",      "17x17 (taps past the padded-plane kernel's table)",
-    "65+ rows (per-pixel kernel)",
+    "65+ rows, over 256 taps (per-pixel kernel)",
 };
 enum { CLASSES = sizeof classes / sizeof classes[0] };
 
@@ -52,7 +52,7 @@ static void shape(int c, bp_geom *g, bp_image *img) {
             pt = kt_range(0, 8), pl = kt_range(0, 8), pb = kt_range(0, 8), pr = kt_range(0, 8);
             break;
         default:
-            kh = kt_range(65, 70), kw = kt_range(1, 3), h = kt_range(60, 80), w = kt_range(1, 20);
+            kh = kt_range(65, 70), kw = kt_range(4, 5), h = kt_range(60, 80), w = kt_range(1, 20); /* > 256 taps */
             s = kt_range(1, 2), pt = kt_range(0, 5), pl = kt_range(0, 2), pb = kt_range(0, 5), pr = kt_range(0, 2);
         }
     } while (!kt_geom(g, 2, 1, 1, h, w, kh, kw, c == 0 || kt_next() % 2 ? s : kt_range(1, 3), s, d, d, pt, pl, pb,
