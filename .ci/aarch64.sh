@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # aarch64: cross-compile the portable library (NEON tier, built-in GEMM) and its C tests with
 # Debian's gcc-aarch64-linux-gnu, then run them under qemu-aarch64: the C-level driver (create /
-# apply / apply_backward against a naive C reference, every engine BNNS_PY_PORTABLE_ENGINE forces).
+# apply / apply_backward against a naive C reference, every engine BNNS_PY_PORTABLE_ENGINE forces)
+# and the kernel testers (direct tiles, depthwise, im2col / col2im, tiny, Winograd transforms).
 # Usage: .ci/aarch64.sh   (installs gcc-aarch64-linux-gnu and qemu-user when missing, as root;
 #        needs meson + ninja on PATH or importable by python3)
 set -euo pipefail

@@ -125,6 +125,20 @@ typedef struct {
 
 void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
 
+/* Kernels of the engine that the kernel testers (tests/kernels) call directly (conv_engine.c
+   describes each). im2col of column rows [r0, r1) and output rows [oy0, oy1): */
+void bp_im2col_block(const bp_geom *g, const bp_image *img, const float *x, size_t c0, size_t r0, size_t r1,
+                     size_t oy0, size_t oy1, float *col);
+/* its adjoint, added into dx for channels [ci0, ci1) (dw_w != NULL: depthwise, col is dy): */
+void bp_col2im_block(const bp_geom *g, const bp_image *img, float *dx, size_t c0, size_t ci0, size_t ci1,
+                     const float *col, size_t oy0, size_t oy1, const float *dw_w);
+/* one depthwise output plane plus bias (plane: scratch of bp_geom_plan's size): */
+void bp_depthwise_plane(const bp_geom *g, const bp_image *img, const float *src, const float *wo, float bias,
+                        float *out, float *plane);
+/* the tiny-layer kernel on group 0 of an image, one output plane or two (pairs): */
+void bp_tiny_planes(const bp_geom *g, const bp_image *img, const float *x, float *pad, const float *wo,
+                    const float *bias, float *out, bool pairs);
+
 /* Tiny layers (rows of at most 8 outputs, little work): the forward pass runs straight from
    zero-padded planes on the calling thread, not on the direct engine. */
 bool bp_conv_small(const bp_geom *g);

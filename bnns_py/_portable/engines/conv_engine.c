@@ -193,8 +193,8 @@ void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n) {
 
 /* col[r - r0][(oy - oy0)*out_w + ox] = x(c0 + ci, oy*sy + ky*dy - pt, ox*sx + kx*dx - pl), 0
    outside the image, for column rows r = (ci*kh + ky)*kw + kx in [r0, r1). */
-static BP_NO_LIBCALLS void im2col_block(const bp_geom *g, const bp_image *img, const float *x, size_t c0, size_t r0,
-                                        size_t r1, size_t oy0, size_t oy1, float *col) {
+BP_NO_LIBCALLS void bp_im2col_block(const bp_geom *g, const bp_image *img, const float *x, size_t c0, size_t r0,
+                                    size_t r1, size_t oy0, size_t oy1, float *col) {
     size_t ow = g->out_w, nb = (oy1 - oy0) * ow;
     size_t kx = r0 % g->kw, ky = r0 / g->kw % g->kh, ci = r0 / (g->kw * g->kh);
     size_t oy_lo = 0, oy_hi = 0, step = g->sx * img->sx;
@@ -246,8 +246,8 @@ static void zero_plane(const bp_image *img, float *plane) {
 /* dx(c0 + ci) += the adjoint of im2col over output rows [oy0, oy1), for ci in [ci0, ci1): column
    row (ci, ky, kx) is at col + ((ci - ci0)*kh*kw + ky*kw + kx)*nb. Depthwise (dw_w != NULL): the
    column row is dw_w(c0 + ci, ky, kx) * col[(ci - ci0)*nb + ...] (col is dy itself). */
-static void col2im_block(const bp_geom *g, const bp_image *img, float *dx, size_t c0, size_t ci0, size_t ci1,
-                         const float *col, size_t oy0, size_t oy1, const float *dw_w) {
+void bp_col2im_block(const bp_geom *g, const bp_image *img, float *dx, size_t c0, size_t ci0, size_t ci1,
+                     const float *col, size_t oy0, size_t oy1, const float *dw_w) {
     size_t nb = (oy1 - oy0) * g->out_w;
     for (size_t ci = ci0; ci < ci1; ci++) {
         float *plane = dx + (c0 + ci) * img->sc;
@@ -806,7 +806,7 @@ static void forward_tasks(void *arg, int worker, int workers) {
                     fill_padded_planes(g, j->x_img, x, grp * g->in_cg, col + g->padded_offset);
                     columns_from_padded(g, col + g->padded_offset, col);
                 } else
-                    im2col_block(g, j->x_img, x, grp * g->in_cg, 0, g->k, oy0, oy1, col);
+                    bp_im2col_block(g, j->x_img, x, grp * g->in_cg, 0, g->k, oy0, oy1, col);
                 have = u;
             }
             cols = col;
@@ -870,6 +870,39 @@ static void depthwise_tasks(void *arg, int worker, int workers) {
             bp_epilogue_run(j->e, o, out, ohw);
         }
     }
+}
+
+/* One depthwise output plane from its input plane, through the kernel depthwise_tasks picks for g, with
+   the bias and no activation (the kernel tester's entry; plane: bp_geom_plan's scratch). */
+void bp_depthwise_plane(const bp_geom *g, const bp_image *img, const float *src, const float *wo, float bias,
+                        float *out, float *plane) {
+    size_t ohw = out_pixels(g);
+    if (!depthwise_fast(g)) {
+        dw_general_plane(g, img, src, wo, out);
+        for (size_t i = 0; i < ohw; i++) out[i] += bias;
+        return;
+    }
+#if defined(__AVX512F__)
+    if (dw3x3_rows_in_a_vector(g, img)) {
+        dw3x3_vector_rows(g, img, src, wo, bias, out);
+        return;
+    }
+#endif
+    size_t off[MAX_FAST_TAPS];
+    memset(plane, 0, dw_plane_floats(g) * sizeof(float));
+    dw_offsets(g, off);
+    dw_fill_plane(g, img, src, plane);
+    dw_fast_plane(g, plane, off, wo, bias, out, NULL, 0);
+}
+
+/* The tiny-layer kernel on group 0 of one image: its padded planes from x (in pad, at
+   g->padded_offset of bp_geom_plan's scratch), then `pairs` ? two output planes : one, from the
+   weights wo (k each) and their biases (the kernel tester's entry). */
+void bp_tiny_planes(const bp_geom *g, const bp_image *img, const float *x, float *pad, const float *wo,
+                    const float *bias, float *out, bool pairs) {
+    fill_padded_planes(g, img, x, 0, pad);
+    if (pairs) small_plane_pair(g, pad, wo, bias, out);
+    else small_plane(g, pad, wo, bias, out);
 }
 
 bool bp_conv_small(const bp_geom *g) {
@@ -992,14 +1025,14 @@ static void backward_data_tasks(void *arg, int worker, int workers) {
         if (j->overwrite)
             for (size_t c = c0; c < c1; c++) zero_plane(img, dx + (cbase + c) * img->sc);
         if (depthwise) {
-            col2im_block(g, img, dx, cbase, c0, c1, dy, 0, g->out_h, j->w);
+            bp_col2im_block(g, img, dx, cbase, c0, c1, dy, 0, g->out_h, j->w);
         } else {
             const float *wg = j->w + grp * g->out_cg * g->k;
             for (size_t oy0 = 0; oy0 < g->out_h; oy0 += g->block_rows) {
                 size_t oy1 = bp_min(oy0 + g->block_rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
                 bp_sgemm(j->ctx, true, false, (c1 - c0) * khw, nb, g->out_cg, 1.0f, wg + c0 * khw, g->k,
                          dy + oy0 * g->out_w, ohw, 0.0f, col, nb);
-                col2im_block(g, img, dx, cbase, c0, c1, col, oy0, oy1, NULL);
+                bp_col2im_block(g, img, dx, cbase, c0, c1, col, oy0, oy1, NULL);
             }
         }
         if (j->e != NULL)
@@ -1192,7 +1225,7 @@ static void weights_tasks(void *arg, int worker, int workers) {
                     cols = x + (grp * g->in_cg + r0) * j->x_img->sc;
                     ldb = ohw;
                 } else {
-                    im2col_block(g, j->x_img, x, grp * g->in_cg, r0, r1, oy0, oy1, col);
+                    bp_im2col_block(g, j->x_img, x, grp * g->in_cg, r0, r1, oy0, oy1, col);
                 }
                 bp_sgemm(j->ctx, false, true, g->out_cg, r1 - r0, nb, 1.0f, dyg + oy0 * g->out_w, ohw, cols, ldb,
                          first ? j->beta : 1.0f, dwg, g->k);

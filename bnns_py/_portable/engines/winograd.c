@@ -191,8 +191,8 @@ void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_sc
    columns of the tiles' even (e) and odd (o) taps: with d the dilation, row r is input row
    d * (2 ty + r) + a - pt, e[i] its column d * 2i + b - pl and o[i] the column d further, zero
    outside the image, i in [0, tw]. */
-static void tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img, const float *plane,
-                            size_t ty, size_t a, size_t b, float *e, float *o) {
+void bp_winograd_tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img,
+                                  const float *plane, size_t ty, size_t a, size_t b, float *e, float *o) {
     ptrdiff_t n = (ptrdiff_t)tw + 1, w = (ptrdiff_t)g->in_w, d = (ptrdiff_t)g->dx;
     ptrdiff_t x0 = (ptrdiff_t)b - (ptrdiff_t)g->pl; /* column of e[0] */
     for (size_t r = 0; r < 4; r++) {
@@ -236,7 +236,7 @@ static void tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_ima
 /* V[p][c][col + tx] for one channel c and tile row: Bt d B of each tile tx, BP_VL tiles at a
    time. e, o: the rows' even and odd columns (rows ld apart, readable a vector past tw); v points
    at V[0][c][col], planes `vp` floats apart. */
-static void tile_row_transform(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp) {
+void bp_winograd_tile_row_transform(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp) {
     for (size_t i = 0; i < tw; i += BP_VL) {
         bp_vec h[4][4]; /* [row][column]: across, (d0 - d2, d1 + d2, d2 - d1, d1 - d3) */
         for (size_t r = 0; r < 4; r++) {
@@ -262,7 +262,7 @@ static void tile_row_transform(size_t tw, size_t ld, const float *e, const float
 /* At m A of each tile of a tile row, channels in lanes: m holds the row's tiles' products
    (M[p] planes mp floats apart, a tile's WINO_BW channels contiguous); the two output rows go to
    rows (2 tw pixels each, WINO_BW channels per pixel). `vectors`: channel vectors in use. */
-static void tile_row_outputs(size_t tw, const float *m, size_t mp, size_t vectors, float *rows) {
+void bp_winograd_tile_row_outputs(size_t tw, const float *m, size_t mp, size_t vectors, float *rows) {
     float *row0 = rows, *row1 = rows + 2 * tw * WINO_BW;
     for (size_t tx = 0; tx < tw; tx++)
         for (size_t v = 0; v < vectors; v++) {
@@ -362,8 +362,8 @@ static void input_transform(const forward_job *j, size_t r0, size_t r1, float *v
         size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
         const float *img = j->x + b * j->x_bs;
         for (size_t c = 0; c < g->in_c; c++) {
-            tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, ph / d, ph % d, s->e, s->o);
-            tile_row_transform(tw, ld, s->e, s->o, v + c * nt + col, g->in_c * nt);
+            bp_winograd_tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, ph / d, ph % d, s->e, s->o);
+            bp_winograd_tile_row_transform(tw, ld, s->e, s->o, v + c * nt + col, g->in_c * nt);
         }
     }
 }
@@ -402,7 +402,7 @@ static void run_task(const forward_job *j, size_t block, size_t chunk, float *sc
             size_t a = ph / d, bx = ph % d, oy = d * 2 * ty + a; /* the tile row's first output row */
             if (oy >= g->out_h || bx >= ow) continue;      /* a phase smaller than the largest */
             size_t count = bp_ceil_div(ow - bx, d), nrows = oy + d < g->out_h ? 2 : 1;
-            tile_row_outputs(tw, m + col * WINO_BW, mp, vectors, rows);
+            bp_winograd_tile_row_outputs(tw, m + col * WINO_BW, mp, vectors, rows);
             emit_rows(rows, tw, nrows, count, n, bias, j->y + b * j->y_bs + mb * WINO_BW * ohw + oy * ow + bx, ohw,
                       d * ow, d, j->e);
         }

@@ -42,4 +42,14 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
                          size_t batch, const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
                          const bp_epilogue *e, const bp_scratch *s, int threads);
 
+
+/* The transforms of one tile row, which the kernel tester (tests/kernels/winograd.c) also calls
+   (winograd.c describes them): the input rows under tile row ty of output phase (a, b) split into
+   even (e) and odd (o) columns, rows ld floats apart; their transforms into V (planes vp apart);
+   the output transform of M (planes mp apart, WINO_BW channels per tile) into two output rows. */
+void bp_winograd_tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img, const float *plane,
+                                 size_t ty, size_t a, size_t b, float *e, float *o);
+void bp_winograd_tile_row_transform(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp);
+void bp_winograd_tile_row_outputs(size_t tw, const float *m, size_t mp, size_t vectors, float *rows);
+
 #endif

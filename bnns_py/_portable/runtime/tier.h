@@ -28,6 +28,10 @@
 #define bp_conv_forward BP_TIER_SYMBOL(bp_conv_forward)
 #define bp_conv_backward_data BP_TIER_SYMBOL(bp_conv_backward_data)
 #define bp_conv_backward_weights BP_TIER_SYMBOL(bp_conv_backward_weights)
+#define bp_im2col_block BP_TIER_SYMBOL(bp_im2col_block)
+#define bp_col2im_block BP_TIER_SYMBOL(bp_col2im_block)
+#define bp_depthwise_plane BP_TIER_SYMBOL(bp_depthwise_plane)
+#define bp_tiny_planes BP_TIER_SYMBOL(bp_tiny_planes)
 /* engines/direct.c, engines/direct_weights.c */
 #define bnns_portable_simd BP_TIER_SYMBOL(bnns_portable_simd)
 #define bp_direct_scratch_floats BP_TIER_SYMBOL(bp_direct_scratch_floats)
@@ -48,6 +52,9 @@
 #define bp_winograd_adjoint BP_TIER_SYMBOL(bp_winograd_adjoint)
 #define bp_winograd_weights BP_TIER_SYMBOL(bp_winograd_weights)
 #define bp_winograd_forward BP_TIER_SYMBOL(bp_winograd_forward)
+#define bp_winograd_tile_row_inputs BP_TIER_SYMBOL(bp_winograd_tile_row_inputs)
+#define bp_winograd_tile_row_transform BP_TIER_SYMBOL(bp_winograd_tile_row_transform)
+#define bp_winograd_tile_row_outputs BP_TIER_SYMBOL(bp_winograd_tile_row_outputs)
 /* kernels/activation.c */
 #define bp_activation_unsupported_reason BP_TIER_SYMBOL(bp_activation_unsupported_reason)
 #define bp_activation_backward_unsupported_reason BP_TIER_SYMBOL(bp_activation_backward_unsupported_reason)
