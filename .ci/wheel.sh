@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${1:?usage: .ci/wheel.sh PYTHON}"
+# absolute, but not resolved: a venv's python is a symlink whose target is outside the venv
+python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 checkout=$(pwd)
 out=$(mktemp -d)
 echo "wheel: working in $out"
