@@ -5,6 +5,8 @@ parameters are class methods (``ActivationFunction.leaky_rectified_linear(alpha=
 Swift. ``bnns_activation`` builds the C ``BNNSActivation`` struct. Activations that C offers but
 the Swift enum does not (``relu6``, ``erf``, ``gelu``, ...) are included under their C names.
 """
+from typing import ClassVar, Union
+
 from ._ffi import ffi
 from .enums import ActivationFunctionKind as Kind
 
@@ -13,6 +15,24 @@ class ActivationFunction:
     """One BNNS activation: the C function value plus its ``alpha``/``beta`` parameters."""
 
     __slots__ = ("name", "function", "alpha", "beta")
+
+    # The cases without parameters (set after the class, from _CONSTANT_CASES):
+    identity: ClassVar["ActivationFunction"]
+    rectified_linear: ClassVar["ActivationFunction"]
+    sigmoid: ClassVar["ActivationFunction"]
+    tanh: ClassVar["ActivationFunction"]
+    abs: ClassVar["ActivationFunction"]
+    softmax: ClassVar["ActivationFunction"]
+    softsign: ClassVar["ActivationFunction"]
+    log_softmax: ClassVar["ActivationFunction"]
+    log_sigmoid: ClassVar["ActivationFunction"]
+    selu: ClassVar["ActivationFunction"]
+    tanh_shrink: ClassVar["ActivationFunction"]
+    silu: ClassVar["ActivationFunction"]
+    relu6: ClassVar["ActivationFunction"]
+    erf: ClassVar["ActivationFunction"]
+    gelu: ClassVar["ActivationFunction"]
+    gelu_approximation_sigmoid: ClassVar["ActivationFunction"]
 
     def __init__(self, function, alpha=0.0, beta=0.0, name=None):
         function = int(function)
@@ -60,7 +80,7 @@ class ActivationFunction:
         return f"ActivationFunction.{self.name}({shown})"
 
     @classmethod
-    def coerce(cls, value):
+    def coerce(cls, value: Union["ActivationFunction", str, None]) -> "ActivationFunction":
         """Accept None (identity), a case name such as ``"relu"`` or ``"sigmoid"``, or an instance."""
         if value is None:
             return cls.identity

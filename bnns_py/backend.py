@@ -22,6 +22,7 @@ import re
 import sys
 import threading
 from pathlib import Path
+from typing import Union
 
 from ._ffi import cdefs_dir, ffi
 from .errors import LibraryNotFoundError
@@ -120,7 +121,7 @@ def default_backend_name():
     return "accelerate" if sys.platform == "darwin" else "portable"
 
 
-def get_backend(name=None):
+def get_backend(name: Union[str, "Backend", None] = None) -> "Backend":
     """Return the loaded backend called ``name`` (default: ``default_backend_name()``)."""
     if isinstance(name, Backend):
         return name

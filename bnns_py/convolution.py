@@ -1,12 +1,12 @@
 """``ConvolutionLayer``, ``ConvolutionType`` and ``ConvolutionPadding`` (Swift's ``BNNS`` mirror)."""
 import enum
-from typing import ClassVar
+from typing import ClassVar, Optional, Tuple, Union
 
 from . import _repr
 from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction, check_fusable
-from .backend import get_backend
+from .backend import Backend, get_backend
 from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
@@ -44,7 +44,7 @@ class ConvolutionPadding:
         return cls("symmetric", (x, y))
 
     @classmethod
-    def asymmetric(cls, left, right, up, down):
+    def asymmetric(cls, left: int, right: int, up: int, down: int) -> "ConvolutionPadding":
         """Each side separately; ``left`` and ``up`` are next to pixel (0, 0)."""
         return cls("asymmetric", (left, right, up, down))
 
@@ -143,9 +143,13 @@ class ConvolutionLayer(WeightedLayer):
     ``BNNSError`` if BNNS still refuses to create the filter.
     """
 
-    def __init__(self, type, input, weights, output, bias=None, padding=ConvolutionPadding.zero,
-                 activation=ActivationFunction.identity, group_count=1, stride=(1, 1),
-                 dilation_stride=(1, 1), filter_parameters=None, *, backend=None):
+    def __init__(self, type: Union[ConvolutionType, str], input: NDArrayDescriptor, weights: NDArrayDescriptor,
+                 output: NDArrayDescriptor, bias: Optional[NDArrayDescriptor] = None,
+                 padding: ConvolutionPadding = ConvolutionPadding.zero,
+                 activation: Union[ActivationFunction, str, None] = ActivationFunction.identity,
+                 group_count: int = 1, stride: Tuple[int, int] = (1, 1), dilation_stride: Tuple[int, int] = (1, 1),
+                 filter_parameters: Optional[FilterParameters] = None, *,
+                 backend: Union[str, Backend, None] = None) -> None:
         backend = get_backend(backend)
         type = ConvolutionType(type)
         activation = ActivationFunction.coerce(activation)

@@ -4,7 +4,10 @@ The descriptor points into the array's memory (zero-copy, through ``ffi.from_buf
 the array alive for as long as the descriptor lives, so a layer that keeps a descriptor keeps its
 data valid too.
 """
+from typing import Any, Optional, Union
+
 import numpy as np
+import numpy.typing as npt
 
 from . import _repr
 from ._ffi import ffi
@@ -62,8 +65,10 @@ class NDArrayDescriptor:
 
     __slots__ = ("shape", "data_type", "batch_size", "_array", "_buffer", "_c", "__weakref__")
 
-    def __init__(self, data=None, shape=None, data_type=None, *, batch_size=None,
-                 data_scale=1.0, data_bias=0.0, flags=NDArrayFlags.backprop_set):
+    def __init__(self, data: Optional["npt.NDArray[Any]"] = None, shape: Optional[Shape] = None,
+                 data_type: Union[DataType, int, None] = None, *, batch_size: Optional[int] = None,
+                 data_scale: float = 1.0, data_bias: float = 0.0,
+                 flags: Union[NDArrayFlags, int] = NDArrayFlags.backprop_set) -> None:
         if data is None:
             if shape is None or data_type is None:
                 raise ValueError("a descriptor without data needs both shape and data_type")

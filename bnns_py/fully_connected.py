@@ -5,10 +5,12 @@ an ``out x in`` row-major matrix, PyTorch's ``nn.Linear.weight`` memory, describ
 ``Shape.matrix_row_major(in, out)`` (``size = {columns, rows}``) or as
 ``Shape.matrix_first_major(out, in)``; both mean ``W(o, i)`` at ``i*stride[0] + o*stride[1]``.
 """
+from typing import Optional, Union
+
 from . import _repr
 from ._ffi import ffi
 from .activation import ActivationFunction, check_fusable
-from .backend import get_backend
+from .backend import Backend, get_backend
 from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
@@ -45,8 +47,11 @@ class FullyConnectedLayer(WeightedLayer):
     ``BNNSError`` if BNNS still refuses to create the filter.
     """
 
-    def __init__(self, input, output, weights, bias=None, activation=ActivationFunction.identity,
-                 filter_parameters=None, *, backend=None):
+    def __init__(self, input: NDArrayDescriptor, output: NDArrayDescriptor, weights: NDArrayDescriptor,
+                 bias: Optional[NDArrayDescriptor] = None,
+                 activation: Union[ActivationFunction, str, None] = ActivationFunction.identity,
+                 filter_parameters: Optional[FilterParameters] = None, *,
+                 backend: Union[str, Backend, None] = None) -> None:
         backend = get_backend(backend)
         activation = ActivationFunction.coerce(activation)
         if filter_parameters is not None and not isinstance(filter_parameters, FilterParameters):

@@ -21,6 +21,7 @@ module is not referenced afterwards). Layers are created with ``Flags.use_client
 torch is imported inside the functions, never when bnns_py is imported.
 """
 import math
+from typing import Any
 
 import numpy as np
 
@@ -318,7 +319,7 @@ def fully_connected_from_torch(module, input_shape=None, backend=None, activatio
         activation, _client_parameters(filter_parameters), backend=backend)
 
 
-def conv_module_from_torch(cls, module, backend=None, activation=None):
+def conv_module_from_torch(cls: Any, module: Any, backend: Any = None, activation: Any = None) -> Any:
     """A ``bnns_py.Conv2d``/``ConvTranspose2d`` equal to the torch module."""
     torch = require_torch()
     arguments, spec = _conv_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
@@ -330,7 +331,7 @@ def conv_module_from_torch(cls, module, backend=None, activation=None):
                dilation=spec.dilation, groups=spec.groups, activation=spec.activation, backend=backend, **extra)
 
 
-def linear_module_from_torch(cls, module, backend=None, activation=None):
+def linear_module_from_torch(cls: Any, module: Any, backend: Any = None, activation: Any = None) -> Any:
     torch = require_torch()
     weight, bias, activation = _linear_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
     return cls(weight, bias, activation=activation, backend=backend)
@@ -474,14 +475,14 @@ def fully_connected_to_torch(layer):
     return build_torch_linear(weight, _bias_values(layer), layer.activation)
 
 
-def conv_module_to_torch(module):
+def conv_module_to_torch(module: Any) -> Any:
     spec = module.spec
     return build_torch_conv(spec.transposed, spec.in_channels, spec.out_channels, spec.kernel, spec.stride,
                             spec.padding, spec.dilation, spec.groups, module.weight, module.bias, spec.activation,
                             spec.output_padding)
 
 
-def linear_module_to_torch(module):
+def linear_module_to_torch(module: Any) -> Any:
     return build_torch_linear(module.weight, module.bias, module.activation)
 
 

@@ -12,8 +12,10 @@ implies, in numpy order (``check_array_shape``).
 """
 import functools
 import threading
+from typing import Any, List, NoReturn, Optional
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _repr
 from ._ffi import ffi
@@ -180,7 +182,7 @@ class Layer:
     def closed(self):
         return self._handle is None
 
-    def close(self):
+    def close(self) -> None:
         """Destroy the filter: now, or when the last call in flight on another thread returns.
         Later calls raise ``LayerClosedError``. Safe to call more than once, from any thread."""
         with self._state_lock:
@@ -211,7 +213,7 @@ class Layer:
         backend = getattr(getattr(self, "_backend", None), "name", "?")
         return _repr.key_value_html(repr(self), [("backend", backend), ("state", state)])
 
-    def _fail(self, function_name):
+    def _fail(self, function_name: str) -> NoReturn:
         reason = self._backend.last_error()
         detail = f": {reason}" if reason else ""
         raise BNNSError(f"{function_name} returned -1 on the {self._backend.name} backend{detail}",
@@ -321,8 +323,10 @@ class UnaryLayer(Layer):
         check_array_shape(name, value, expected.shape, batch_size)
         return ffi.from_buffer(value), stride, value
 
-    def apply_backward(self, batch_size, input, output, output_gradient, input_gradient,
-                       weights_gradient=None, bias_gradient=None):
+    def apply_backward(self, batch_size: int, input: "Optional[npt.NDArray[Any]]", output: "Optional[npt.NDArray[Any]]",
+                       output_gradient: "Optional[npt.NDArray[Any]]", input_gradient: "Optional[npt.NDArray[Any]]",
+                       weights_gradient: "Optional[npt.NDArray[Any]]" = None,
+                       bias_gradient: "Optional[npt.NDArray[Any]]" = None) -> None:
         """Back-propagate ``output_gradient`` (dL/dy) through the layer (Swift's ``applyBackward``).
 
         ``input``/``output`` are the forward pass's x and y; ``input_gradient``,
@@ -338,7 +342,7 @@ class UnaryLayer(Layer):
         self._check_backward_preconditions(input, output, weights_gradient)
         in_ptr, in_stride, _ = self._optional_pointer("input", input, self.input_descriptor, batch_size, False)
         out_ptr, out_stride, _ = self._optional_pointer("output", output, self.output_descriptor, batch_size, False)
-        keep = []
+        keep: List[Any] = []
         if output_gradient is None:
             raise ValueError("output_gradient is required")
         dy, dy_stride = self._gradient("output_gradient", output_gradient, lambda: self.output_descriptor, batch_size, keep)

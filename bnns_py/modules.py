@@ -12,51 +12,58 @@ filter is kept per input height and width (and per strided-view layout read in p
 running on them; later calls raise ``LayerClosedError``.
 """
 import threading
-from typing import NamedTuple, Optional
+from typing import Any, Dict, Literal, NamedTuple, Optional, Tuple, Type, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _repr
-from ._arrays import (float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
+from ._arrays import (Array, float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
                       written)
 from .activation import ActivationFunction
+from .convolution import ConvolutionLayer
+from .fully_connected import FullyConnectedLayer
 from .backend import get_backend
 from .errors import LayerClosedError
-from .functional import (ConvSpec, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
+from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
                          transposed_weight_to_bnns)
+
+
+_Self = TypeVar("_Self", bound="_Lifecycle")
+_Module = TypeVar("_Module", bound="_ConvModule")
 
 
 class Gradients(NamedTuple):
     """dL/dx, dL/dW (in the module's weight layout) and dL/db (None without bias)."""
 
-    input: np.ndarray
-    weight: np.ndarray
-    bias: Optional[np.ndarray]
+    input: Optional["npt.NDArray[np.float32]"]
+    weight: "npt.NDArray[np.float32]"
+    bias: Optional["npt.NDArray[np.float32]"]
 
 
 class _Lifecycle:
     """Calls in flight are counted, so ``close()`` from one thread never destroys a filter another
     thread is running: the filters are closed when the last call returns."""
 
-    def _init_lifecycle(self):
+    def _init_lifecycle(self) -> None:
         self._state_lock = threading.Lock()
         self._in_flight = 0
         self._closed = False
 
-    def _enter(self):
+    def _enter(self) -> None:
         with self._state_lock:
             if self._closed:
                 raise LayerClosedError(type(self).__name__)
             self._in_flight += 1
 
-    def _exit(self):
+    def _exit(self) -> None:
         with self._state_lock:
             self._in_flight -= 1
             release = self._closed and self._in_flight == 0
         if release:
             self._release()
 
-    def close(self):
+    def close(self) -> None:
         """Destroy the module's filters (once calls running on other threads return). Safe to call
         twice; later calls raise ``LayerClosedError``."""
         with self._state_lock:
@@ -66,28 +73,29 @@ class _Lifecycle:
             self._release()
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
-    def _release(self):
+    def _release(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
 
-def _output_like(value, expected, single):
+def _output_like(value: Array, expected: Tuple[int, ...], single: bool) -> Array:
     """``value`` (1-D or N-D) as the ``expected`` batched shape, or a ValueError."""
     if value.shape not in (expected, expected[1:] if single else expected):
         raise ValueError(f"has shape {value.shape}, expected {expected[1:] if single else expected}")
     return np.ascontiguousarray(value.reshape(expected))
 
 
-def _gradient_operand(name, value, expected, single, ndims):
+def _gradient_operand(name: str, value: Any, expected: Tuple[int, ...], single: bool,
+                      ndims: Tuple[int, ...]) -> Array:
     array = float32_array(name, value, ndims)
     try:
         return _output_like(array, expected, single)
@@ -98,7 +106,8 @@ def _gradient_operand(name, value, expected, single, ndims):
 class _ConvModule(_Lifecycle):
     _transposed = False
 
-    def _setup(self, weight, bias, stride, padding, dilation, groups, activation, backend, output_padding):
+    def _setup(self, weight: Any, bias: Any, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
+               activation: ActivationLike, backend: BackendLike, output_padding: IntPair) -> None:
         weight = writable_parameter("weight", weight, (4,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
@@ -107,10 +116,10 @@ class _ConvModule(_Lifecycle):
         self.weight = weight
         self.bias = bias
         self.backend = backend
-        self._layers = {}       # (height, width) -> layer for packed images (forward and backward)
-        self._view_layers = {}  # (height, width, input strides, output strides) -> layer for views
+        self._layers: Dict[Any, ConvolutionLayer] = {}       # (height, width) -> layer for packed images (forward and backward)
+        self._view_layers: Dict[Any, ConvolutionLayer] = {}  # (height, width, input strides, output strides) -> layer for views
         self._layers_lock = threading.Lock()
-        self._honours_image_strides = None  # the backend's, once resolved (backend=None: at first use)
+        self._honours_image_strides: Optional[bool] = None  # the backend's, once resolved (backend=None: at first use)
         self._init_lifecycle()
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
         # where the backend honours them, else a copy in BNNS's layout refreshed at each step.
@@ -118,7 +127,8 @@ class _ConvModule(_Lifecycle):
         copy = self._transposed and self._weight_strides is None
         self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if copy else weight
 
-    def _layer(self, height, width, input_strides=(0, 0, 0), output_strides=(0, 0, 0)):
+    def _layer(self, height: int, width: int, input_strides: Tuple[int, int, int] = (0, 0, 0),
+               output_strides: Tuple[int, int, int] = (0, 0, 0)) -> ConvolutionLayer:
         packed = input_strides == output_strides == (0, 0, 0)
         table, key = (self._layers, (height, width)) if packed else \
             (self._view_layers, (height, width, input_strides, output_strides))
@@ -132,13 +142,13 @@ class _ConvModule(_Lifecycle):
                         output_strides=output_strides, weight_strides=self._weight_strides)
         return layer
 
-    def _sync_weight(self):
+    def _sync_weight(self) -> None:
         """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight, if it has one
         (groups > 1, or a backend that reads weight descriptors without strides)."""
         if self._bnns_weight is not self.weight:
             transposed_weight_to_bnns(self.weight, self.spec.groups, out=self._bnns_weight)
 
-    def forward(self, x, out=None):
+    def forward(self, x: Any, out: Any = None) -> Any:
         """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W).
 
         ``x`` is read in place (strided views too, where the backend honours image strides);
@@ -159,7 +169,7 @@ class _ConvModule(_Lifecycle):
             self._sync_weight()
             run_filter(layer, batch, x4, prepared.layout.batch_stride, target, output.layout.batch_stride)
             if output.copied:
-                np.copyto(output.array, target)
+                np.copyto(output.array, target)  # type: ignore[arg-type]  # copied: out was given
         finally:
             self._exit()
         if out is not None:
@@ -168,7 +178,7 @@ class _ConvModule(_Lifecycle):
 
     __call__ = forward
 
-    def backward(self, x, y, grad_output, need_input_gradient=True):
+    def backward(self, x: Any, y: Any, grad_output: Any, need_input_gradient: bool = True) -> Gradients:
         """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
 
         Returns ``Gradients(input, weight, bias)`` of numpy arrays; ``weight`` is in the same layout
@@ -198,14 +208,14 @@ class _ConvModule(_Lifecycle):
             grad_input = grad_input[0]
         return Gradients(grad_input, grad_weight, grad_bias)
 
-    def _release(self):
+    def _release(self) -> None:
         with self._layers_lock:
             layers = list(self._layers.values()) + list(self._view_layers.values())
             self._layers, self._view_layers = {}, {}
         for layer in layers:
             layer.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         s = self.spec
         output_padding = f", output_padding={s.output_padding}" if s.transposed else ""
         backend = f", backend={_repr.backend_text(self.backend)!r}" if self.backend is not None else ""
@@ -213,20 +223,22 @@ class _ConvModule(_Lifecycle):
                 f"stride={s.stride}, padding={s.padding}, dilation={s.dilation}, groups={s.groups}"
                 f"{output_padding}, activation={s.activation!r}, bias={self.bias is not None}{backend})")
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.key_value_html(type(self).__name__, _repr.conv_module_rows(self))
 
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
-    def from_torch(cls, module, backend=None, *, activation=None):
+    def from_torch(cls: Type[_Module], module: Any, backend: BackendLike = None, *,
+                   activation: ActivationLike = None) -> _Module:
         """The module computing what ``torch.nn.Conv2d`` (for ``Conv2d``) or
         ``torch.nn.ConvTranspose2d`` (for ``ConvTranspose2d``) computes, with copies of its weight
         and bias; ``module`` may also be an ``nn.Sequential`` of an optional ``nn.ZeroPad2d``, the
         convolution and an activation module (fused). See ``ConvolutionLayer.from_torch``."""
         from . import interop
-        return interop.conv_module_from_torch(cls, module, backend, activation)
+        converted: _Module = interop.conv_module_from_torch(cls, module, backend, activation)
+        return converted
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """The equivalent torch module with copies of the current weight and bias (an
         ``nn.Sequential`` when padding is asymmetric or there is an activation)."""
         from . import interop
@@ -242,8 +254,9 @@ class Conv2d(_ConvModule):
     ``BNNSFilterApplyBackwardBatch``.
     """
 
-    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
-                 backend=None):
+    def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
+                 dilation: IntPair = 1, groups: int = 1, *, activation: ActivationLike = None,
+                 backend: BackendLike = None) -> None:
         self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, 0)
 
 
@@ -257,8 +270,9 @@ class ConvTranspose2d(_ConvModule):
 
     _transposed = True
 
-    def __init__(self, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-                 activation=None, backend=None):
+    def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
+                 output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
+                 activation: ActivationLike = None, backend: BackendLike = None) -> None:
         self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, output_padding)
 
 
@@ -277,32 +291,33 @@ class Linear(_Lifecycle):
     the functional cache's), for training.
     """
 
-    def __init__(self, weight, bias=None, *, activation=None, backend=None):
+    def __init__(self, weight: Any, bias: Any = None, *, activation: ActivationLike = None,
+                 backend: BackendLike = None) -> None:
         weight = writable_parameter("weight", weight, (2,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
         self.weight, self.bias, _ = linear_operands(weight, bias)
         self.activation = ActivationFunction.coerce(activation)
         self.backend = backend
-        self._fc_layer = None
+        self._fc_layer: Optional[FullyConnectedLayer] = None
         self._layer_lock = threading.Lock()
         self._init_lifecycle()
 
     @property
-    def in_features(self):
-        return self.weight.shape[1]
+    def in_features(self) -> int:
+        return self.weight.shape[1]  # type: ignore[no-any-return]  # numpy types sizes as Any
 
     @property
-    def out_features(self):
-        return self.weight.shape[0]
+    def out_features(self) -> int:
+        return self.weight.shape[0]  # type: ignore[no-any-return]
 
-    def _layer(self):
+    def _layer(self) -> FullyConnectedLayer:
         with self._layer_lock:
             if self._fc_layer is None:
                 self._fc_layer = make_linear_layer(self.weight, self.bias, self.activation, self.backend)
             return self._fc_layer
 
-    def forward(self, x, out=None):
+    def forward(self, x: Any, out: Any = None) -> Any:
         """y = act(x @ weight.T + bias) for ``x`` of shape (N, in) or (in,): a new numpy array, or
         ``out`` (a numpy array or CPU torch tensor) written in place."""
         self._enter()
@@ -321,7 +336,7 @@ class Linear(_Lifecycle):
 
     __call__ = forward
 
-    def backward(self, x, y, grad_output, need_input_gradient=True):
+    def backward(self, x: Any, y: Any, grad_output: Any, need_input_gradient: bool = True) -> Gradients:
         """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
 
         Returns ``Gradients(input, weight, bias)`` of numpy arrays: ``weight`` is ``(out, in)`` and
@@ -346,28 +361,29 @@ class Linear(_Lifecycle):
             grad_input = grad_input[0]
         return Gradients(grad_input, grad_weight, grad_bias)
 
-    def _release(self):
+    def _release(self) -> None:
         with self._layer_lock:
             layer, self._fc_layer = self._fc_layer, None
         if layer is not None:
             layer.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Linear({self.in_features}, {self.out_features}, activation={self.activation!r}, "
                 f"bias={self.bias is not None})")
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.key_value_html("Linear", _repr.linear_module_rows(self))
 
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
-    def from_torch(cls, module, backend=None, *, activation=None):
+    def from_torch(cls, module: Any, backend: BackendLike = None, *, activation: ActivationLike = None) -> "Linear":
         """The module computing what ``torch.nn.Linear`` (or ``nn.Sequential(Linear, activation)``)
         computes, with copies of its weight and bias."""
         from . import interop
-        return interop.linear_module_from_torch(cls, module, backend, activation)
+        converted: Linear = interop.linear_module_from_torch(cls, module, backend, activation)
+        return converted
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """The equivalent ``nn.Linear`` (``nn.Sequential(Linear, activation)`` with an activation)."""
         from . import interop
         return interop.linear_module_to_torch(self)
