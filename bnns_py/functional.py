@@ -437,14 +437,46 @@ _from_buffer = ffi.from_buffer
 
 
 def cache_size() -> int:
-    """How many filters ``conv2d``/``conv_transpose2d``/``linear`` keep (0: the cache is off)."""
+    """How many filters :func:`conv2d`, :func:`conv_transpose2d` and :func:`linear` keep.
+
+    Returns
+    -------
+    int
+        The cache's capacity (16 unless changed); 0 means the cache is off.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.cache_size()
+    16
+    """
     return _Cache.size
 
 
 def set_cache_size(size: int) -> None:
-    """Keep at most ``size`` filters (and their weight/bias arrays) for ``conv2d``,
-    ``conv_transpose2d`` and ``linear``; 0 turns the cache off. Filters beyond the new size are
-    destroyed."""
+    """Keep at most ``size`` filters (and their weight/bias arrays) for :func:`conv2d`,
+    :func:`conv_transpose2d` and :func:`linear`.
+
+    Filters beyond the new size (least recently used first) are destroyed.
+
+    Parameters
+    ----------
+    size : int
+        The new capacity, >= 0; 0 turns the cache off.
+
+    Raises
+    ------
+    ValueError
+        ``size`` is not an integer >= 0.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.set_cache_size(4)
+    >>> bnns_py.cache_size()
+    4
+    >>> bnns_py.set_cache_size(16)
+    """
     if not is_int(size) or size < 0:
         raise ValueError(f"cache size must be an integer >= 0, got {size!r}")
     with _Cache.lock:
@@ -454,9 +486,24 @@ def set_cache_size(size: int) -> None:
 
 
 def clear_cache() -> None:
-    """Destroy every filter cached by ``conv2d``/``conv_transpose2d``/``linear`` and release their
-    weight and bias arrays. A call running on another thread finishes first: its filter is
-    destroyed when that call returns."""
+    """Destroy every filter cached by :func:`conv2d`, :func:`conv_transpose2d` and :func:`linear`.
+
+    Their weight and bias arrays are released. A call running on another thread finishes first:
+    its filter is destroyed when that call returns. Also done at interpreter exit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> w = np.ones((2, 3), dtype=np.float32)
+    >>> bnns_py.linear(np.ones(3, dtype=np.float32), w).tolist()
+    [3.0, 3.0]
+    >>> bnns_py.cached_filter_count() >= 1
+    True
+    >>> bnns_py.clear_cache()
+    >>> bnns_py.cached_filter_count()
+    0
+    """
     with _Cache.lock:
         dropped = list(_Cache.entries.values())
         _Cache.entries.clear()
@@ -465,7 +512,20 @@ def clear_cache() -> None:
 
 
 def cached_filter_count() -> int:
-    """Filters currently held by the functional API's cache."""
+    """The number of filters the functional API's cache holds now.
+
+    Returns
+    -------
+    int
+        Between 0 and :func:`cache_size`.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.clear_cache()
+    >>> bnns_py.cached_filter_count()
+    0
+    """
     return len(_Cache.entries)
 
 
@@ -599,35 +659,72 @@ def _run_checked(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPa
 def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
            dilation: IntPair = 1, groups: int = 1, *, activation: ActivationLike = None,
            backend: BackendLike = None, out: Any = None) -> Any:
-    """2-D convolution (cross-correlation) of ``input`` with ``weight``, computed by BNNS; the
-    arguments of ``torch.nn.functional.conv2d``, in the same order.
-
-    Args:
-        input: float32 ``(N, C_in, H, W)`` or ``(C_in, H, W)``: a numpy array, a CPU torch tensor
-            or any object exposing ``__dlpack__``, ``__array_interface__`` or the buffer protocol,
-            read in place; strided views are read in place when BNNS can describe them, other
-            layouts are copied (see the module docstring).
-        weight: float32 ``(C_out, C_in / groups, kH, kW)`` (same kinds of objects).
-        bias: optional float32 ``(C_out,)``.
-        stride, dilation: int or ``(sh, sw)``.
-        padding: int, ``(pad_h, pad_w)``, ``(left, right, top, bottom)`` (a BNNS extra: PyTorch has
-            no asymmetric padding), ``"valid"`` (none) or ``"same"`` (the output keeps the input's
-            size; ``dilation * (k - 1)`` zeros per axis, the odd one at the end, as PyTorch pads;
-            stride 1 only).
-        groups: number of groups (``C_in`` for depthwise).
-        activation: keyword-only; None, a name (``"relu"``, ``"sigmoid"``, ...) or an
-            ``ActivationFunction``, applied after the bias.
-        backend: keyword-only; ``"accelerate"``, ``"portable"`` or None (default backend).
-        out: keyword-only; float32 array or CPU torch tensor (not requiring grad) of the output
-            shape, written in place: C-contiguous, or a strided view with contiguous rows (see the
-            module docstring).
-
-    Returns:
-        A new numpy array ``(N, C_out, H_out, W_out)`` (``(C_out, H_out, W_out)`` for 3-D input),
-        with PyTorch's output size ``(H + top + bottom - dH*(kH-1) - 1) // sH + 1``; or ``out``.
+    """2-D convolution (cross-correlation) computed by BNNS, with ``torch.nn.functional.conv2d``'s
+    arguments in the same order.
 
     The BNNS filter is cached: a repeated call with the same weight/bias memory and geometry only
-    runs it (see the module docstring, ``clear_cache`` and ``set_cache_size``).
+    runs it (see the module docstring, :func:`clear_cache` and :func:`set_cache_size`).
+
+    Parameters
+    ----------
+    input : array_like, float32, shape (N, C_in, H, W) or (C_in, H, W)
+        A numpy array, a CPU torch tensor or any object exposing ``__dlpack__``,
+        ``__array_interface__`` or the buffer protocol, read in place. Strided views are read in
+        place when BNNS can describe them; other layouts are copied (see the module docstring).
+    weight : array_like, float32, shape (C_out, C_in / groups, kH, kW)
+        The filters, in PyTorch's layout (same kinds of objects as ``input``).
+    bias : array_like, float32, shape (C_out,), optional
+        Added before the activation; None for no bias.
+    stride, dilation : int or (int, int), optional
+        ``(sh, sw)`` and ``(dh, dw)``, each >= 1; an int is used for both axes.
+    padding : int, (int, int), (int, int, int, int) or str, optional
+        Zero padding: an int for every side, ``(pad_h, pad_w)``, ``(left, right, top, bottom)``
+        (a BNNS extra: PyTorch has no asymmetric padding), ``"valid"`` (none) or ``"same"`` (the
+        output keeps the input's size: ``dilation * (k - 1)`` zeros per axis, the odd one at the
+        end, as PyTorch pads; stride 1 only).
+    groups : int, optional
+        Channel groups; ``C_in`` and ``C_out`` must be multiples of it (``C_in`` for depthwise).
+    activation : ActivationFunction, str or None, keyword-only
+        Applied after the bias: None (identity), a name such as ``"relu"`` or ``"sigmoid"``, or
+        an :class:`ActivationFunction`.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None for :func:`default_backend_name`.
+    out : array_like, float32, keyword-only
+        Written in place and returned: a numpy array or a CPU torch tensor that does not require
+        grad, of the output's shape; C-contiguous, or a strided view with contiguous rows.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        A new array (3-D for 3-D input), or ``out`` when given. Per axis, the size is PyTorch's
+        ``(H + top + bottom - dH * (kH - 1) - 1) // sH + 1``.
+
+    Raises
+    ------
+    TypeError
+        An operand that is not an array object or not float32, a tensor on another device, or
+        padding of the wrong form.
+    ValueError
+        Shapes that do not fit together (channels, groups, bias), bad stride, dilation or
+        padding values, an empty output, or an ``out`` of the wrong shape, read-only, sharing
+        memory with ``input`` or in a layout BNNS cannot write.
+    BNNSError
+        The backend refuses the layer (e.g. an activation it cannot fuse).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> from bnns_py import reference
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> relu = bnns_py.ActivationFunction.rectified_linear
+    >>> y = bnns_py.conv2d(x, w, stride=2, padding=1, activation=relu)
+    >>> y.shape, y.dtype
+    ((2, 4, 4, 4), dtype('float32'))
+    >>> bnns_py.compare(y, reference.conv2d(x, w, stride=2, padding=1, activation=relu)).ok
+    True
     """
     return _run(False, input, weight, bias, stride, padding, dilation, groups, activation, backend, out)
 
@@ -636,15 +733,62 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: IntPair 
                      padding: Union[int, Sequence[int]] = 0, output_padding: IntPair = 0, groups: int = 1,
                      dilation: IntPair = 1, *, activation: ActivationLike = None, backend: BackendLike = None,
                      out: Any = None) -> Any:
-    """2-D transposed convolution, computed by BNNS; the arguments of
-    ``torch.nn.functional.conv_transpose2d``, in the same order (``groups`` before ``dilation``).
+    """2-D transposed convolution computed by BNNS, with ``torch.nn.functional.conv_transpose2d``'s
+    arguments in the same order (``groups`` before ``dilation``).
 
-    ``weight`` is ``(C_in, C_out / groups, kH, kW)`` as in PyTorch; it is read in place where the
-    backend honours weight strides and ``groups`` is 1, else rearranged into BNNS's transposed
-    OIHW layout at each call. ``padding`` is an int, ``(pad_h, pad_w)`` or ``(left, right, top,
-    bottom)`` (no ``"same"``/``"valid"``, as in PyTorch). Output size per axis:
-    ``(in - 1)*stride - pad_before - pad_after + dilation*(k - 1) + 1 + output_padding``.
-    Operands, the keyword-only ``activation``/``backend``/``out`` and the result as in ``conv2d``.
+    ``weight`` is read in place where the backend honours weight strides and ``groups`` is 1,
+    else rearranged into BNNS's transposed OIHW layout at each call. The filter is cached as
+    :func:`conv2d`'s is.
+
+    Parameters
+    ----------
+    input : array_like, float32, shape (N, C_in, H, W) or (C_in, H, W)
+        Read in place, as for :func:`conv2d`.
+    weight : array_like, float32, shape (C_in, C_out / groups, kH, kW)
+        PyTorch's layout for transposed convolutions.
+    bias : array_like, float32, shape (C_out,), optional
+        Added before the activation; None for no bias.
+    stride, dilation : int or (int, int), optional
+        ``(sh, sw)`` and ``(dh, dw)``, each >= 1.
+    padding : int, (int, int) or (int, int, int, int), optional
+        An int, ``(pad_h, pad_w)`` or ``(left, right, top, bottom)``, removed from the full
+        output; no ``"same"``/``"valid"``, as in PyTorch.
+    output_padding : int or (int, int), optional
+        Extra rows/columns at the bottom/right, each smaller than the stride or the dilation.
+    groups : int, optional
+        Channel groups; ``C_in`` must be a multiple of it.
+    activation, backend, out : keyword-only
+        As for :func:`conv2d`.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        A new array, or ``out`` when given. Per axis, the size is
+        ``(in - 1) * stride - pad_before - pad_after + dilation * (k - 1) + 1 + output_padding``.
+
+    Raises
+    ------
+    TypeError
+        As for :func:`conv2d`.
+    ValueError
+        As for :func:`conv2d`, string padding, or an ``output_padding`` not smaller than the
+        stride or the dilation.
+    BNNSError
+        The backend refuses the layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> from bnns_py import reference
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    >>> w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    >>> y = bnns_py.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+    >>> y.shape
+    (1, 2, 10, 10)
+    >>> bnns_py.compare(y, reference.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)).ok
+    True
     """
     return _run(True, input, weight, bias, stride, padding, dilation, groups, activation, backend, out,
                 output_padding)
@@ -652,26 +796,54 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: IntPair 
 
 def linear(input: Any, weight: Any, bias: Any = None, *, activation: ActivationLike = None,
            backend: BackendLike = None, out: Any = None) -> Any:
-    """Fully-connected layer ``y = act(input @ weight.T + bias)``, computed by BNNS; the arguments
-    of ``torch.nn.functional.linear``.
+    """Fully-connected layer ``y = act(input @ weight.T + bias)`` computed by BNNS, with
+    ``torch.nn.functional.linear``'s arguments.
 
-    Args:
-        input: float32 ``(N, in)`` or ``(in,)``: a numpy array, CPU torch tensor or array object
-            (as for ``conv2d``); rows with contiguous values are read in place, at any row stride,
-            other layouts are copied.
-        weight: float32 ``(out, in)``, as ``torch.nn.functional.linear``.
-        bias: optional float32 ``(out,)``.
-        activation: keyword-only; None, a name (``"relu"``, ``"sigmoid"``, ...) or an
-            ``ActivationFunction``.
-        backend: keyword-only; ``"accelerate"``, ``"portable"`` or None (default backend).
-        out: keyword-only; float32 array or CPU torch tensor (not requiring grad) ``(N, out)``
-            (``(out,)`` for 1-D input) with contiguous rows, written in place.
+    The filter is cached as :func:`conv2d`'s is, by weight/bias memory and activation (any batch
+    size runs on it): in-place changes to the weight and bias are seen by the next call.
 
-    Returns:
-        A new numpy array ``(N, out)`` (``(out,)`` for 1-D input), or ``out``.
+    Parameters
+    ----------
+    input : array_like, float32, shape (N, in_features) or (in_features,)
+        A numpy array, CPU torch tensor or array object (as for :func:`conv2d`); rows with
+        contiguous values are read in place at any row stride, other layouts are copied.
+    weight : array_like, float32, shape (out_features, in_features)
+        As ``torch.nn.functional.linear``'s.
+    bias : array_like, float32, shape (out_features,), optional
+        Added before the activation; None for no bias.
+    activation : ActivationFunction, str or None, keyword-only
+        None (identity), a name such as ``"relu"``, or an :class:`ActivationFunction`.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None for :func:`default_backend_name`.
+    out : array_like, float32, shape (N, out_features) or (out_features,), keyword-only
+        Written in place and returned: a numpy array or a CPU torch tensor that does not require
+        grad, with contiguous rows.
 
-    The filter is cached like ``conv2d``'s, by weight/bias memory and activation (any batch size
-    runs on it): in-place changes to the weight and bias are seen by the next call.
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, out_features) or (out_features,)
+        A new array (1-D for 1-D input), or ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        An operand that is not an array object or not float32.
+    ValueError
+        Shapes that do not fit together, or an ``out`` of the wrong shape, read-only, sharing
+        memory with ``input`` or without contiguous rows.
+    BNNSError
+        The backend refuses the layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    >>> w = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 0.5]], dtype=np.float32)
+    >>> bnns_py.linear(x, w, np.array([0.0, 1.0], dtype=np.float32)).tolist()
+    [[-2.0, 4.0]]
+    >>> bnns_py.linear(x[0], w, activation="relu").tolist()
+    [0.0, 3.0]
     """
     weight, bias, in_place = linear_operands(weight, bias)
     activation = ActivationFunction.coerce(activation)
