@@ -200,7 +200,7 @@ def grid_html(title, header, rows, row_styles=None):
 
 # ---- descriptors ----------------------------------------------------------------------------------
 
-def descriptor_rows(descriptor):
+def descriptor_rows(descriptor: Any) -> List[Tuple[str, str]]:
     array = descriptor.data
     rows = [("shape", repr(descriptor.shape)),
             ("BNNS order", bnns_sizes(descriptor.shape)),
@@ -216,7 +216,7 @@ def descriptor_rows(descriptor):
     return rows
 
 
-def flags_name(value):
+def flags_name(value: int) -> str:
     try:
         return NDArrayFlags(value).name or str(value)
     except ValueError:
