@@ -119,12 +119,9 @@ def _check_strides(name, descriptor):
 class ConvolutionLayer(WeightedLayer):
     """A BNNS convolution filter (Swift's ``BNNS.ConvolutionLayer``).
 
-    Arguments mirror Swift's initializer: ``type`` (``ConvolutionType``), ``input``/``output``
-    (``NDArrayDescriptor`` with ``image_chw`` shapes; their data is not used), ``weights``
-    (descriptor with data, OIHW-family layout), optional ``bias`` (vector of output channels),
-    ``padding`` (``ConvolutionPadding``), ``activation`` (``ActivationFunction``), ``group_count``,
-    ``stride`` and ``dilation_stride`` as ``(x, y)``, ``filter_parameters``. ``backend`` picks the
-    library (default: ``bnns_py.backend.default_backend_name()``).
+    The arguments mirror Swift's initializer. ``apply`` runs the filter on numpy arrays or
+    descriptors, ``apply_backward`` computes gradients; ``close()`` (or leaving a ``with`` block)
+    destroys the filter.
 
     Transposed convolution weights use layout OIHW with ``size = (kW, kH, in/groups, out)`` where
     ``in`` is the input's channel count: memory ``[out][in/groups][kH][kW]``, not flipped (see the
@@ -139,8 +136,59 @@ class ConvolutionLayer(WeightedLayer):
     ``bfloat16_bits_to_float32``), or ``ml_dtypes.bfloat16`` arrays when ml_dtypes is installed.
     Transposed convolution and ``apply_backward`` take float32 only, as in BNNS.
 
-    Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
-    ``BNNSError`` if BNNS still refuses to create the filter.
+    Parameters
+    ----------
+    type : ConvolutionType or str
+        ``ConvolutionType.standard`` or ``.transposed``.
+    input, output : NDArrayDescriptor
+        ``Shape.image_chw`` descriptors of one input and one output image (their data is not
+        used); ``output``'s size must be the one the geometry gives.
+    weights : NDArrayDescriptor
+        A descriptor with data, in an OIHW-family layout (``Shape.convolution_weights_oihw``).
+    bias : NDArrayDescriptor, optional
+        A vector of ``C_out`` values, with data.
+    padding : ConvolutionPadding, optional
+        Zero padding (default none).
+    activation : ActivationFunction, str or None, optional
+        Fused after the bias (default identity).
+    group_count : int, optional
+        Channel groups.
+    stride, dilation_stride : (int, int), optional
+        ``(x, y)``, as in Swift (0 is read as 1).
+    filter_parameters : FilterParameters, optional
+        Flags (e.g. ``Flags.use_client_pointer``: the filter reads the weights in place at
+        every call), thread count and allocator.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None for ``default_backend_name()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid arguments, checked in Python before any C call.
+    NotImplementedError
+        An activation or data type the backend cannot compute.
+    BNNSError
+        BNNS still refuses to create the filter.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import (ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType,
+    ...                      NDArrayDescriptor, Shape, compare, reference)
+    >>> rng = np.random.default_rng(0)
+    >>> w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> layer = ConvolutionLayer(
+    ...     ConvolutionType.standard,
+    ...     NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 3)),
+    ...     NDArrayDescriptor(w, Shape.convolution_weights_oihw(3, 3, 3, 4)),
+    ...     NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 4)),
+    ...     padding=ConvolutionPadding.symmetric(1, 1))
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> y = np.empty((2, 4, 8, 8), dtype=np.float32)
+    >>> layer.apply(2, x, y)
+    >>> compare(y, reference.conv2d(x, w, padding=1)).ok
+    True
+    >>> layer.close()
     """
 
     def __init__(self, type: Union[ConvolutionType, str], input: NDArrayDescriptor, weights: NDArrayDescriptor,

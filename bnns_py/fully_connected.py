@@ -36,15 +36,49 @@ class FullyConnectedLayer(WeightedLayer):
     """A BNNS fully-connected filter (Swift's ``BNNS.FullyConnectedLayer``; Swift derives it from
     ``ConvolutionLayer``, here both derive from ``WeightedLayer``, which holds what they share).
 
-    ``input``/``output`` are vector descriptors (``Shape.vector(n)``; their data is not used),
-    ``weights`` a descriptor with data: ``Shape.matrix_row_major(in, out)`` or
-    ``Shape.matrix_first_major(out, in)`` over a row-major ``(out, in)`` array; optional ``bias``
-    a vector of ``out`` values; ``activation`` an ``ActivationFunction``; ``filter_parameters``
-    as for ``ConvolutionLayer``. ``apply``/``apply_backward``: inputs are ``(N, in)`` arrays (or
-    ``(in,)`` for one), outputs ``(N, out)``, and ``weights_gradient`` comes out in the weights' layout.
+    ``apply``/``apply_backward``: inputs are ``(N, in)`` arrays (or ``(in,)`` for one), outputs
+    ``(N, out)``, and ``weights_gradient`` comes out in the weights' layout.
 
-    Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
-    ``BNNSError`` if BNNS still refuses to create the filter.
+    Parameters
+    ----------
+    input, output : NDArrayDescriptor
+        Vector descriptors, ``Shape.vector(in)`` and ``Shape.vector(out)`` (their data is not
+        used).
+    weights : NDArrayDescriptor
+        A descriptor with data: ``Shape.matrix_row_major(in, out)`` or
+        ``Shape.matrix_first_major(out, in)`` over a row-major ``(out, in)`` array (PyTorch's
+        ``nn.Linear.weight``).
+    bias : NDArrayDescriptor, optional
+        A vector of ``out`` values, with data.
+    activation : ActivationFunction, str or None, optional
+        Fused after the bias (default identity).
+    filter_parameters : FilterParameters, optional
+        As for ``ConvolutionLayer``.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None for ``default_backend_name()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid arguments, checked in Python before any C call.
+    NotImplementedError
+        An activation or data type the backend cannot compute.
+    BNNSError
+        BNNS still refuses to create the filter.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import DataType, FullyConnectedLayer, NDArrayDescriptor, Shape
+    >>> w = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 0.0]], dtype=np.float32)   # (out, in)
+    >>> with FullyConnectedLayer(
+    ...         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(3)),
+    ...         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(2)),
+    ...         NDArrayDescriptor(w, Shape.matrix_row_major(3, 2))) as layer:
+    ...     y = np.empty((1, 2), dtype=np.float32)
+    ...     layer.apply(1, np.ones((1, 3), dtype=np.float32), y)
+    >>> y.tolist()
+    [[6.0, -1.0]]
     """
 
     def __init__(self, input: NDArrayDescriptor, output: NDArrayDescriptor, weights: NDArrayDescriptor,

@@ -233,17 +233,37 @@ class UnaryLayer(Layer):
         self._last_apply = _NO_LAST_APPLY
 
     def apply(self, batch_size, input, output):
-        """Run the filter on ``batch_size`` items.
+        """Run the filter on ``batch_size`` items (Swift's ``apply(batchSize:input:output:)``).
 
-        ``input`` and ``output`` are ``NDArrayDescriptor``s (as in Swift) or C-contiguous numpy
-        arrays of exactly the shape the layer's descriptors imply for ``batch_size`` items, in
-        numpy order: ``(batch_size, C, H, W)`` images, or ``(C, H, W)`` when ``batch_size`` is
-        1; ``(batch_size, n)`` or ``(n,)`` vectors. Any other shape raises ``ValueError`` (even
-        with enough values: a transposed, NHWC or flat array would be misread). Descriptors with
-        gaps (explicit strides) take their storage instead, flat or with ``batch_size`` leading
-        (see ``check_array_shape``). The batch strides are the descriptors' ``shape.batch_stride``.
+        Parameters
+        ----------
+        batch_size : int
+            Items to compute, >= 1.
+        input : NDArrayDescriptor or numpy.ndarray
+            A descriptor with data (as in Swift), or a C-contiguous numpy array of exactly the
+            shape the layer's input descriptor implies for ``batch_size`` items, in numpy order:
+            ``(batch_size, C, H, W)`` images, or ``(C, H, W)`` when ``batch_size`` is 1;
+            ``(batch_size, n)`` or ``(n,)`` vectors. Descriptors with gaps (explicit strides)
+            take their storage instead, flat or with ``batch_size`` leading (see
+            ``check_array_shape``). The dtype is the descriptor's data type's.
+        output : NDArrayDescriptor or numpy.ndarray
+            The same for the output; written in place.
 
-        Calling again with the same two numpy arrays and batch size is the fast path: the layer
+        Raises
+        ------
+        ValueError
+            Any other shape (even with enough values: a transposed, NHWC or flat array would be
+            misread), non-contiguous or read-only arrays, a bad ``batch_size``.
+        TypeError
+            Operands of another kind or dtype.
+        LayerClosedError
+            The layer was closed.
+        BNNSError
+            The C call failed.
+
+        Notes
+        -----
+        The batch strides are the descriptors' ``shape.batch_stride``. Calling again with the same two numpy arrays and batch size is the fast path: the layer
         remembers the last pair (and keeps a reference to both until another pair is used or the
         layer is closed), so the repeated call only re-checks their dtype, contiguity and
         writability before calling C. The GIL is released during the C call.
@@ -329,13 +349,40 @@ class UnaryLayer(Layer):
                        bias_gradient: "Optional[npt.NDArray[Any]]" = None) -> None:
         """Back-propagate ``output_gradient`` (dL/dy) through the layer (Swift's ``applyBackward``).
 
-        ``input``/``output`` are the forward pass's x and y; ``input_gradient``,
-        ``weights_gradient`` and ``bias_gradient`` receive dL/dx, dL/dW (summed over the batch, in
-        the weights' creation layout) and dL/db. Pass None to skip one. Gradients given as
-        ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to the
-        buffer); numpy arrays are overwritten. Numpy arrays have the shapes ``apply`` takes (x and
-        dL/dx the input's, y and dL/dy the output's); ``weights_gradient`` and ``bias_gradient``
-        those of the weights and bias (their descriptor's numpy shape, or the array the layer reads).
+        Numpy arrays have the shapes :meth:`apply` takes (x and dL/dx the input's, y and dL/dy
+        the output's); ``weights_gradient`` and ``bias_gradient`` those of the weights and bias
+        (their descriptor's numpy shape, or the array the layer reads). Gradients given as
+        ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to
+        the buffer); numpy arrays are overwritten.
+
+        Parameters
+        ----------
+        batch_size : int
+            Items in the batch, >= 1.
+        input, output : numpy.ndarray or NDArrayDescriptor
+            The forward pass's x and y (``output`` may be None where the fused activation's
+            derivative does not need it).
+        output_gradient : numpy.ndarray or NDArrayDescriptor
+            dL/dy.
+        input_gradient : numpy.ndarray, NDArrayDescriptor or None
+            Receives dL/dx; None skips it.
+        weights_gradient, bias_gradient : numpy.ndarray, NDArrayDescriptor or None, optional
+            Receive dL/dW (summed over the batch, in the weights' creation layout) and dL/db.
+
+        Raises
+        ------
+        ValueError
+            Wrong shapes, a missing ``output`` (needed by a fused activation other than
+            identity) or ``input`` (needed for ``weights_gradient``), or an activation BNNS
+            cannot differentiate from the output.
+        TypeError
+            Descriptors of the layer that are not float32.
+        NotImplementedError
+            What only the portable backend cannot differentiate.
+        LayerClosedError
+            The layer was closed.
+        BNNSError
+            The C call failed.
         """
         self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
