@@ -52,19 +52,14 @@ class FullyConnectedLayer(WeightedLayer):
         A vector of ``out`` values, with data.
     activation : ActivationFunction, str or None, optional
         Fused after the bias (default identity).
-    filter_parameters : FilterParameters, optional
-        As for ``ConvolutionLayer``.
-    backend : str, Backend or None, keyword-only
-        ``"accelerate"``, ``"portable"`` or None for ``default_backend_name()``.
+    filter_parameters, backend : optional
+        As for ``ConvolutionLayer`` (``backend`` keyword-only).
 
     Raises
     ------
-    TypeError, ValueError
-        Invalid arguments, checked in Python before any C call.
-    NotImplementedError
-        An activation or data type the backend cannot compute.
-    BNNSError
-        BNNS still refuses to create the filter.
+    TypeError, ValueError, NotImplementedError, BNNSError
+        As for ``ConvolutionLayer``: invalid arguments (checked before any C call), what the
+        backend cannot compute, or a filter BNNS refuses to create.
 
     Examples
     --------
