@@ -12,18 +12,23 @@ implies, in numpy order (``check_array_shape``).
 """
 import functools
 import threading
-from typing import Any, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _repr
 from ._ffi import ffi
-from .activation import check_differentiable
+from .activation import ActivationFunction, check_differentiable
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor, batch_extent, check_array_memory
 from .enums import BFLOAT16_BITS, ActivationFunctionKind, DataType
 from .errors import BNNSError, LayerClosedError
+from .filter_parameters import FilterParameters
+from .shape import Shape
+
+Operand = Union["npt.NDArray[Any]", NDArrayDescriptor]  # what apply and apply_backward take
+_Self = TypeVar("_Self", bound="Layer")
 
 
 class _Counts:
@@ -33,13 +38,14 @@ class _Counts:
     destroyed = 0
 
 
-def filter_counts():
+def filter_counts() -> Tuple[int, int]:
     """(created, destroyed) filter counts for this process, over every backend."""
     with _Counts.lock:
         return _Counts.created, _Counts.destroyed
 
 
-def check_array_shape(name, array, shape, batch_size, batched=True, alternative=None):
+def check_array_shape(name: str, array: "npt.NDArray[Any]", shape: Shape, batch_size: int, batched: bool = True,
+                      alternative: Optional[Tuple[int, ...]] = None) -> None:
     """Raise ``ValueError`` unless numpy ``array`` has the shape that ``batch_size`` items of
     ``shape`` (a ``Shape``) take in numpy order.
 
@@ -77,7 +83,7 @@ def check_array_shape(name, array, shape, batch_size, batched=True, alternative=
                          f"{shape!r} with its strides take {limit}")
 
 
-def _destroy_filter(destroy, keepalive, handle):
+def _destroy_filter(destroy: Callable[[Any], None], keepalive: Tuple[Any, ...], handle: Any) -> None:
     # keepalive holds what the filter may still touch while being destroyed (client weights,
     # allocator callbacks): referenced here so it outlives the handle.
     destroy(handle)
@@ -85,7 +91,7 @@ def _destroy_filter(destroy, keepalive, handle):
         _Counts.destroyed += 1
 
 
-def create_filter(backend, function_name, *args, keepalive=()):
+def create_filter(backend: Any, function_name: str, *args: Any, keepalive: Tuple[Any, ...] = ()) -> Any:
     """Call ``backend.lib.<function_name>(*args)`` and wrap the result so it is destroyed once.
 
     Raises ``BNNSError`` (``kind="unable_to_create_layer"``) with the backend's reason on NULL.
@@ -110,14 +116,14 @@ _NO_LAST_APPLY = (object(), object()) + (None,) * 5
 class Layer:
     """Base class: owns a ``BNNSFilter`` and destroys it exactly once."""
 
-    def __init__(self, handle, backend, keepalive=()):
+    def __init__(self, handle: Any, backend: Any, keepalive: Tuple[Any, ...] = ()) -> None:
         self._handle = handle
         self._backend = backend
         self._keepalive = tuple(keepalive)
-        self._last_apply = _NO_LAST_APPLY
+        self._last_apply: Tuple[Any, ...] = _NO_LAST_APPLY
         # apply_backward's descriptors for the numpy gradient arrays it was last given, by argument
         # name: (array, batch size, numpy dtype, extent, NDArrayDescriptor, its C struct, batch stride)
-        self._gradient_views = {}
+        self._gradient_views: Dict[str, Tuple[Any, ...]] = {}
         # Accelerate's filters are reported not to be thread-safe: calls on one layer are
         # serialized there. The portable backend is safe (a busy filter uses a private workspace).
         self._call_lock = None if backend.is_portable else threading.Lock()
@@ -126,11 +132,11 @@ class Layer:
         # _calls is empty, else leaves it in _doomed for the last call out. list.append and
         # list.pop are atomic, and each side writes before it reads, so either close() sees the
         # call or the call sees the close (and raises): no lock on the fast path.
-        self._calls = []
+        self._calls: List[None] = []
         self._doomed = None
         self._state_lock = threading.Lock()  # close(), destruction and the fast path's memory
 
-    def _enter(self):
+    def _enter(self) -> Any:
         """Count a call in and return the filter (``LayerClosedError`` once closed)."""
         self._calls.append(None)
         handle = self._handle
@@ -139,13 +145,13 @@ class Layer:
             raise LayerClosedError(type(self).__name__)
         return handle
 
-    def _leave(self):
+    def _leave(self) -> None:
         """Count a call out; the last one out of a closed layer destroys its filter."""
         self._calls.pop()
         if self._handle is None:
             self._destroy_when_idle()
 
-    def _destroy_when_idle(self):
+    def _destroy_when_idle(self) -> None:
         """Destroy the filter close() left, unless calls are still in flight (the last one does)."""
         with self._state_lock:
             doomed = self._doomed
@@ -154,7 +160,7 @@ class Layer:
             self._doomed = None
         ffi.release(doomed)
 
-    def _call(self, function, *args):
+    def _call(self, function: Callable[..., int], *args: Any) -> int:
         """``function(filter, *args)``: a C call on this layer's filter, counted in flight (so
         ``close()`` cannot destroy the filter under it), one thread at a time where BNNS needs it."""
         handle = self._enter()
@@ -167,7 +173,7 @@ class Layer:
             self._leave()
 
     @property
-    def bnns_filter(self):
+    def bnns_filter(self) -> Any:
         """The C ``BNNSFilter`` handle (raises ``LayerClosedError`` after ``close()``)."""
         handle = self._handle
         if handle is None:
@@ -175,11 +181,11 @@ class Layer:
         return handle
 
     @property
-    def backend(self):
+    def backend(self) -> Any:
         return self._backend
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._handle is None
 
     def close(self) -> None:
@@ -194,20 +200,20 @@ class Layer:
             self._doomed = handle
         self._destroy_when_idle()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         self.bnns_filter  # entering a closed layer is an error
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         backend = getattr(getattr(self, "_backend", None), "name", "?")
         state = "closed" if getattr(self, "_handle", None) is None else "open"
         return f"{type(self).__name__}({backend} backend, {state})"
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         # subclasses with their own __repr__ (legacy layers) show it as the title
         state = "closed" if getattr(self, "_handle", None) is None else "open"
         backend = getattr(getattr(self, "_backend", None), "name", "?")
@@ -223,7 +229,8 @@ class Layer:
 class UnaryLayer(Layer):
     """A layer with one input and one output, applied to a batch (Swift's ``UnaryLayer``)."""
 
-    def __init__(self, handle, backend, input_descriptor, output_descriptor, keepalive=()):
+    def __init__(self, handle: Any, backend: Any, input_descriptor: NDArrayDescriptor,
+                 output_descriptor: NDArrayDescriptor, keepalive: Tuple[Any, ...] = ()) -> None:
         super().__init__(handle, backend, keepalive)
         self.input_descriptor = input_descriptor
         self.output_descriptor = output_descriptor
@@ -232,7 +239,7 @@ class UnaryLayer(Layer):
                           for name, d in (("input", input_descriptor), ("output", output_descriptor))}
         self._last_apply = _NO_LAST_APPLY
 
-    def apply(self, batch_size, input, output):
+    def apply(self, batch_size: int, input: Operand, output: Operand) -> None:
         """Run the filter on ``batch_size`` items (Swift's ``apply(batchSize:input:output:)``).
 
         Parameters
@@ -290,7 +297,7 @@ class UnaryLayer(Layer):
                 return
         self._apply_checked(batch_size, input, output)
 
-    def _apply_checked(self, batch_size, input, output):
+    def _apply_checked(self, batch_size: int, input: Operand, output: Operand) -> None:
         """``apply`` with every check; remembers a numpy pair for the fast path."""
         self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
@@ -298,6 +305,7 @@ class UnaryLayer(Layer):
         out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
         if np.may_share_memory(in_array, out_array):
             raise ValueError("input and output share memory; BNNS needs separate buffers")
+        args: Tuple[Any, ...]
         if batch_size == 1:  # one item: the three-argument call, which costs cffi less
             name, args = "BNNSFilterApply", (in_ptr, out_ptr)
         else:
@@ -320,14 +328,15 @@ class UnaryLayer(Layer):
         if status != 0:
             self._fail(name)
 
-    def _remember(self, input, output, batch_size, call, name):
+    def _remember(self, input: Any, output: Any, batch_size: int, call: Callable[[], int], name: str) -> None:
         """Remember the arrays of a checked call for the fast path, unless the layer was closed
         meanwhile (close() forgets them, and a closed layer must not keep its filter bound)."""
         with self._state_lock:
             if self._handle is not None:
                 self._last_apply = (input, output, batch_size, input.dtype, output.dtype, call, name)
 
-    def _pointer(self, name, value, expected, batch_size, writable):
+    def _pointer(self, name: str, value: Any, expected: NDArrayDescriptor, batch_size: int,
+                 writable: bool) -> Tuple[Any, int, Any]:
         """(data pointer, batch stride, numpy array) for an apply argument, after checking it."""
         dtype, stride, extent = self._operands[name]
         if isinstance(value, NDArrayDescriptor):
@@ -343,10 +352,9 @@ class UnaryLayer(Layer):
         check_array_shape(name, value, expected.shape, batch_size)
         return ffi.from_buffer(value), stride, value
 
-    def apply_backward(self, batch_size: int, input: "Optional[npt.NDArray[Any]]", output: "Optional[npt.NDArray[Any]]",
-                       output_gradient: "Optional[npt.NDArray[Any]]", input_gradient: "Optional[npt.NDArray[Any]]",
-                       weights_gradient: "Optional[npt.NDArray[Any]]" = None,
-                       bias_gradient: "Optional[npt.NDArray[Any]]" = None) -> None:
+    def apply_backward(self, batch_size: int, input: Optional[Operand], output: Optional[Operand],
+                       output_gradient: Optional[Operand], input_gradient: Optional[Operand],
+                       weights_gradient: Optional[Operand] = None, bias_gradient: Optional[Operand] = None) -> None:
         """Back-propagate ``output_gradient`` (dL/dy) through the layer (Swift's ``applyBackward``).
 
         Numpy arrays have the shapes :meth:`apply` takes (x and dL/dx the input's, y and dL/dy
@@ -401,21 +409,24 @@ class UnaryLayer(Layer):
         if status != 0:
             self._fail("BNNSFilterApplyBackwardBatch")
 
-    def _check_backward_preconditions(self, input, output, weights_gradient):
+    def _check_backward_preconditions(self, input: Optional[Operand], output: Optional[Operand],
+                                      weights_gradient: Optional[Operand]) -> None:
         """Subclasses refuse what BNNS cannot differentiate, before the C call."""
 
-    def _weights_shape_descriptor(self):
+    def _weights_shape_descriptor(self) -> NDArrayDescriptor:
         raise ValueError(f"{type(self).__name__} has no weights")
 
-    def _bias_shape_descriptor(self):
+    def _bias_shape_descriptor(self) -> NDArrayDescriptor:
         raise ValueError(f"{type(self).__name__} has no bias")
 
-    def _optional_pointer(self, name, value, expected, batch_size, writable):
+    def _optional_pointer(self, name: str, value: Optional[Operand], expected: NDArrayDescriptor, batch_size: int,
+                          writable: bool) -> Tuple[Any, int, Any]:
         if value is None:
             return ffi.NULL, expected.shape.batch_stride, None
         return self._pointer(name, value, expected, batch_size, writable)
 
-    def _gradient(self, name, value, expected_descriptor, batch_size, keep, batched=True):
+    def _gradient(self, name: str, value: Optional[Operand], expected_descriptor: Callable[[], NDArrayDescriptor],
+                  batch_size: int, keep: List[Any], batched: bool = True) -> Tuple[Any, int]:
         """(descriptor pointer, batch stride) for a gradient argument; NULL for None."""
         if value is None:
             return ffi.NULL, 0
@@ -454,8 +465,9 @@ class WeightedLayer(UnaryLayer):
     ``activation`` and the ``filter_parameters`` it was created with; ``apply_backward`` also
     returns weight and bias gradients, in the layout of the layer's own descriptors."""
 
-    def __init__(self, handle, backend, input_descriptor, output_descriptor, weights, bias, activation,
-                 filter_parameters):
+    def __init__(self, handle: Any, backend: Any, input_descriptor: NDArrayDescriptor,
+                 output_descriptor: NDArrayDescriptor, weights: NDArrayDescriptor, bias: Optional[NDArrayDescriptor],
+                 activation: ActivationFunction, filter_parameters: Optional[FilterParameters]) -> None:
         super().__init__(handle, backend, input_descriptor, output_descriptor, (weights, bias, filter_parameters))
         for name, descriptor in (("input", input_descriptor), ("output", output_descriptor)):
             if descriptor.data_type == DataType.bfloat16:  # numpy has no bfloat16: its bits, as uint16
@@ -466,7 +478,8 @@ class WeightedLayer(UnaryLayer):
         self.activation = activation
         self.filter_parameters = filter_parameters
 
-    def _pointer(self, name, value, expected, batch_size, writable):
+    def _pointer(self, name: str, value: Any, expected: NDArrayDescriptor, batch_size: int,
+                 writable: bool) -> Tuple[Any, int, Any]:
         # A clear message for a numpy array of the wrong dtype, before the C call; bfloat16
         # operands are uint16 arrays of bit patterns (ml_dtypes.bfloat16 arrays are viewed so).
         if isinstance(value, np.ndarray):
@@ -480,15 +493,16 @@ class WeightedLayer(UnaryLayer):
                 value = value.view(BFLOAT16_BITS)
         return super()._pointer(name, value, expected, batch_size, writable)
 
-    def _weights_shape_descriptor(self):
+    def _weights_shape_descriptor(self) -> NDArrayDescriptor:
         return self.weights
 
-    def _bias_shape_descriptor(self):
+    def _bias_shape_descriptor(self) -> NDArrayDescriptor:
         if self.bias is None:
             raise ValueError("bias_gradient given but the layer has no bias")
         return self.bias
 
-    def _check_backward_preconditions(self, input, output, weights_gradient):
+    def _check_backward_preconditions(self, input: Optional[Operand], output: Optional[Operand],
+                                      weights_gradient: Optional[Operand]) -> None:
         # A layer that copied its weights at creation (no Flags.use_client_pointer) is differentiated
         # too: bnns.h asks for client pointers, but BNNS on macOS 15 ran such a backward and returned
         # the right gradient (conformance evidence), and the portable backend follows it.
@@ -503,12 +517,12 @@ class WeightedLayer(UnaryLayer):
             raise ValueError("input (the forward input) is required for weights_gradient")
 
 
-def _locked(lock, call):
+def _locked(lock: Any, call: Callable[[], int]) -> int:
     with lock:
         return call()
 
 
-def _check_batch_size(batch_size):
+def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an integer, not {type(batch_size).__name__}")
     if batch_size < 1:
