@@ -5,7 +5,7 @@ enums, so the classes can call it from their ``__repr__``/``_repr_html_`` method
 piece of text that goes into HTML passes through ``html.escape``.
 """
 import html
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Callable, Iterable, List, Tuple
 
 from .enums import NDArrayFlags
 
@@ -28,7 +28,7 @@ _STYLE_CELL = "padding:1px 8px;text-align:left;vertical-align:top"
 _STYLE_HEAD = _STYLE_CELL + ";font-weight:bold;border-bottom:1px solid #999"
 
 
-def safe(obj, render, parts):
+def safe(obj: Any, render: Callable[[Any], str], parts: Callable[[Any], Any]) -> str:
     """``render(parts(obj))``, or a minimal form if ``obj`` is incomplete (a repr must not raise,
     e.g. in a debugger while ``__init__`` failed half way)."""
     try:

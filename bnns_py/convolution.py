@@ -1,6 +1,6 @@
 """``ConvolutionLayer``, ``ConvolutionType`` and ``ConvolutionPadding`` (Swift's ``BNNS`` mirror)."""
 import enum
-from typing import ClassVar, Optional, Tuple, Union
+from typing import Any, ClassVar, Iterable, Optional, Tuple, Union
 
 from . import _repr
 from ._checks import int_pair, is_int
@@ -11,7 +11,7 @@ from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
 from .geometry import effective_kernel, standard_size_ok, transposed_size_ok
-from .layer import WeightedLayer, create_filter
+from .layer import Operand, WeightedLayer, create_filter
 
 
 class ConvolutionType(enum.Enum):
@@ -28,7 +28,7 @@ class ConvolutionPadding:
     __slots__ = ("kind", "values")
     zero: "ClassVar[ConvolutionPadding]"  # set below the class: no padding on any side
 
-    def __init__(self, kind, values):
+    def __init__(self, kind: str, values: Iterable[int]) -> None:
         if kind not in ("symmetric", "asymmetric"):
             raise ValueError(f"padding kind must be 'symmetric' or 'asymmetric', not {kind!r}")
         values = tuple(values)
@@ -39,7 +39,7 @@ class ConvolutionPadding:
         self.values = tuple(int(v) for v in values)
 
     @classmethod
-    def symmetric(cls, x, y):
+    def symmetric(cls, x: int, y: int) -> "ConvolutionPadding":
         """``x`` zeros left and right, ``y`` zeros above and below."""
         return cls("symmetric", (x, y))
 
@@ -49,14 +49,14 @@ class ConvolutionPadding:
         return cls("asymmetric", (left, right, up, down))
 
     @property
-    def sides(self):
+    def sides(self) -> Tuple[int, ...]:
         """(left, right, up, down) as BNNS will apply them."""
         if self.kind == "symmetric":
             x, y = self.values
             return (x, x, y, y)
         return self.values
 
-    def fill(self, params):
+    def fill(self, params: Any) -> None:
         """Write into a C ``BNNSLayerParametersConvolution`` as the Swift overlay does."""
         if self.kind == "symmetric":
             params.x_padding, params.y_padding = self.values
@@ -65,13 +65,13 @@ class ConvolutionPadding:
             params.x_padding = params.y_padding = 0
             params.pad = list(self.values)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, ConvolutionPadding) and self.sides == other.sides
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self.sides)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.kind == "symmetric":
             return "ConvolutionPadding.symmetric(x={}, y={})".format(*self.values)
         return "ConvolutionPadding.asymmetric(left={}, right={}, up={}, down={})".format(*self.values)
@@ -98,7 +98,7 @@ PORTABLE_OUTPUT_TYPES = frozenset({DataType.float32, DataType.float16, DataType.
 MAX_VALUES = 2 ** 60  # no descriptor may span more values than a 64-bit address space holds as floats
 
 
-def _check_strides(name, descriptor):
+def _check_strides(name: str, descriptor: NDArrayDescriptor) -> None:
     shape = descriptor.shape
     if shape.extent >= MAX_VALUES:
         raise ValueError(f"{name} {shape!r} spans {shape.extent} values, more than memory can hold")
@@ -238,7 +238,8 @@ class ConvolutionLayer(WeightedLayer):
 
     # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
     @classmethod
-    def from_torch(cls, module, input_shape=None, backend=None, *, activation=None, filter_parameters=None):
+    def from_torch(cls, module: Any, input_shape: Optional[Tuple[int, ...]] = None, backend: Union[str, Backend, None] = None, *,
+                   activation: Union[ActivationFunction, str, None] = None, filter_parameters: Optional[FilterParameters] = None) -> Any:
         """The layer computing what a ``torch.nn`` module computes, for inputs of ``input_shape``.
 
         ``module``: ``nn.Conv2d`` (a standard layer), ``nn.ConvTranspose2d`` (a transposed layer;
@@ -254,7 +255,7 @@ class ConvolutionLayer(WeightedLayer):
         from . import interop
         return interop.convolution_layer_from_torch(module, input_shape, backend, activation, filter_parameters)
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """The equivalent ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (float32, CPU), with the layer's
         current weights and bias copied. An ``nn.Sequential`` is returned when the layer needs
         more: ``nn.ZeroPad2d`` first for asymmetric padding, and the activation module for a fused
@@ -263,19 +264,23 @@ class ConvolutionLayer(WeightedLayer):
         from . import interop
         return interop.convolution_layer_to_torch(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return _repr.safe(self, _repr.layer_text, _repr.convolution_layer_parts)
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.safe(self, _repr.layer_html, _repr.convolution_layer_parts)
 
-    def _check_backward_preconditions(self, input, output, weights_gradient):
+    def _check_backward_preconditions(self, input: Optional[Operand], output: Optional[Operand],
+                                      weights_gradient: Optional[Operand]) -> None:
         super()._check_backward_preconditions(input, output, weights_gradient)
         if self.type is ConvolutionType.transposed and self.group_count > 1:
             raise ValueError("BNNS does not compute gradients of a grouped transposed convolution")
 
     @staticmethod
-    def _check(backend, type, input, weights, output, bias, padding, activation, groups, stride, dilation):
+    def _check(backend: Backend, type: ConvolutionType, input: NDArrayDescriptor, weights: NDArrayDescriptor,
+               output: NDArrayDescriptor, bias: Optional[NDArrayDescriptor], padding: ConvolutionPadding,
+               activation: ActivationFunction, groups: int, stride: Tuple[int, int],
+               dilation: Tuple[int, int]) -> None:
         for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
             if not isinstance(descriptor, NDArrayDescriptor):
                 raise TypeError(f"{name} must be an NDArrayDescriptor, not {type_name(descriptor)}")
@@ -338,5 +343,5 @@ class ConvolutionLayer(WeightedLayer):
         check_fusable(backend, activation)
 
 
-def type_name(value):
+def type_name(value: object) -> str:
     return type(value).__name__

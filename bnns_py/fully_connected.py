@@ -5,7 +5,7 @@ an ``out x in`` row-major matrix, PyTorch's ``nn.Linear.weight`` memory, describ
 ``Shape.matrix_row_major(in, out)`` (``size = {columns, rows}``) or as
 ``Shape.matrix_first_major(out, in)``; both mean ``W(o, i)`` at ``i*stride[0] + o*stride[1]``.
 """
-from typing import Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 from . import _repr
 from ._ffi import ffi
@@ -24,7 +24,7 @@ _ACCELERATE_IN_TYPES = {DataType.float32, DataType.float16, DataType.int8, DataT
 _ACCELERATE_OUT_TYPES = {DataType.float32, DataType.float16}
 
 
-def weight_matrix_sizes(weights):
+def weight_matrix_sizes(weights: NDArrayDescriptor) -> Tuple[int, ...]:
     """(in, out) of a fully-connected weight descriptor (matrix_row_major or matrix_first_major)."""
     if weights.layout == DataLayout.matrix_row_major:
         return weights.shape.sizes          # {columns, rows} = {in, out}
@@ -100,15 +100,17 @@ class FullyConnectedLayer(WeightedLayer):
         super().__init__(handle, backend, input, output, weights, bias, activation, filter_parameters)
 
     @property
-    def input_size(self):
+    def input_size(self) -> int:
         return self.input_descriptor.shape.sizes[0]
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         return self.output_descriptor.shape.sizes[0]
 
     @staticmethod
-    def _check_fully_connected(backend, input, output, weights, bias, activation):
+    def _check_fully_connected(backend: Backend, input: NDArrayDescriptor, output: NDArrayDescriptor,
+                               weights: NDArrayDescriptor, bias: Optional[NDArrayDescriptor],
+                               activation: ActivationFunction) -> None:
         for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
             if not isinstance(descriptor, NDArrayDescriptor):
                 raise TypeError(f"{name} must be an NDArrayDescriptor, not {type(descriptor).__name__}")
@@ -165,7 +167,8 @@ class FullyConnectedLayer(WeightedLayer):
 
     # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
     @classmethod
-    def from_torch(cls, module, input_shape=None, backend=None, *, activation=None, filter_parameters=None):
+    def from_torch(cls, module: Any, input_shape: Optional[Tuple[int, ...]] = None, backend: Union[str, Backend, None] = None, *,
+                   activation: Union[ActivationFunction, str, None] = None, filter_parameters: Optional[FilterParameters] = None) -> Any:
         """The layer computing what ``torch.nn.Linear`` (or ``nn.Sequential(Linear, activation)``)
         computes. ``input_shape``, if given, must end with ``in_features``. Weights and bias are
         copied to float32 arrays the layer owns and reads in place (``Flags.use_client_pointer``)
@@ -173,16 +176,16 @@ class FullyConnectedLayer(WeightedLayer):
         from . import interop
         return interop.fully_connected_from_torch(module, input_shape, backend, activation, filter_parameters)
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """The equivalent ``nn.Linear`` (float32, CPU), or ``nn.Sequential(Linear, activation)``
         for a fused activation other than identity (ValueError if ``torch.nn`` has none)."""
         from . import interop
         return interop.fully_connected_to_torch(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return _repr.safe(self, _repr.layer_text, _repr.fully_connected_parts)
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.safe(self, _repr.layer_html, _repr.fully_connected_parts)
 
 

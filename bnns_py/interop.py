@@ -275,7 +275,8 @@ def _client_parameters(filter_parameters):
 
 # ---- from torch ---------------------------------------------------------------------------------
 
-def convolution_layer_from_torch(module, input_shape=None, backend=None, activation=None, filter_parameters=None):
+def convolution_layer_from_torch(module: Any, input_shape: Any = None, backend: Any = None, activation: Any = None,
+                                 filter_parameters: Any = None) -> Any:
     """A ``ConvolutionLayer`` (or ``FullyConnectedLayer`` for ``nn.Linear``) equal to ``module``."""
     torch = require_torch()
     nn = torch.nn
@@ -302,7 +303,8 @@ def convolution_layer_from_torch(module, input_shape=None, backend=None, activat
         _client_parameters(filter_parameters), backend=backend)
 
 
-def fully_connected_from_torch(module, input_shape=None, backend=None, activation=None, filter_parameters=None):
+def fully_connected_from_torch(module: Any, input_shape: Any = None, backend: Any = None, activation: Any = None,
+                               filter_parameters: Any = None) -> Any:
     """A ``FullyConnectedLayer`` equal to an ``nn.Linear`` (or Sequential(Linear, activation))."""
     torch = require_torch()
     weight, bias, activation = _linear_arguments(module, activation, torch, "FullyConnectedLayer.from_torch")
@@ -435,7 +437,7 @@ def _bias_values(layer):
     return _strided(flat, layer.bias.shape.sizes, layer.bias.shape.resolved_strides)
 
 
-def convolution_layer_to_torch(layer):
+def convolution_layer_to_torch(layer: Any) -> Any:
     """``nn.Conv2d``/``nn.ConvTranspose2d`` (in an ``nn.Sequential`` with padding or activation
     modules when needed) computing what ``layer`` computes on its input size."""
     in_w, in_h, in_c = layer.input_descriptor.shape.sizes
@@ -466,7 +468,7 @@ def _unused(in_size, out_size, kernel, stride, dilation, before, after):
     return (excess // stride) * stride
 
 
-def fully_connected_to_torch(layer):
+def fully_connected_to_torch(layer: Any) -> Any:
     """``nn.Linear`` (with an activation module when the layer has one) equal to ``layer``."""
     weights = layer.weights
     flat = _float_values(weights, "weights")
