@@ -12,7 +12,7 @@ implies, in numpy order (``check_array_shape``).
 """
 import functools
 import threading
-from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Literal, NoReturn, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -91,7 +91,7 @@ def _destroy_filter(destroy: Callable[[Any], None], keepalive: Tuple[Any, ...], 
         _Counts.destroyed += 1
 
 
-def create_filter(backend: Any, function_name: str, *args: Any, keepalive: Tuple[Any, ...] = ()) -> Any:
+def create_filter(backend: Any, function_name: str, *args: Any, keepalive: Iterable[Any] = ()) -> Any:
     """Call ``backend.lib.<function_name>(*args)`` and wrap the result so it is destroyed once.
 
     Raises ``BNNSError`` (``kind="unable_to_create_layer"``) with the backend's reason on NULL.
@@ -116,7 +116,7 @@ _NO_LAST_APPLY = (object(), object()) + (None,) * 5
 class Layer:
     """Base class: owns a ``BNNSFilter`` and destroys it exactly once."""
 
-    def __init__(self, handle: Any, backend: Any, keepalive: Tuple[Any, ...] = ()) -> None:
+    def __init__(self, handle: Any, backend: Any, keepalive: Iterable[Any] = ()) -> None:
         self._handle = handle
         self._backend = backend
         self._keepalive = tuple(keepalive)
@@ -230,7 +230,7 @@ class UnaryLayer(Layer):
     """A layer with one input and one output, applied to a batch (Swift's ``UnaryLayer``)."""
 
     def __init__(self, handle: Any, backend: Any, input_descriptor: NDArrayDescriptor,
-                 output_descriptor: NDArrayDescriptor, keepalive: Tuple[Any, ...] = ()) -> None:
+                 output_descriptor: NDArrayDescriptor, keepalive: Iterable[Any] = ()) -> None:
         super().__init__(handle, backend, keepalive)
         self.input_descriptor = input_descriptor
         self.output_descriptor = output_descriptor
