@@ -22,7 +22,7 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Union
+from typing import Dict, List, Optional, Union
 
 from ._ffi import cdefs_dir, ffi
 from .errors import LibraryNotFoundError
@@ -111,8 +111,26 @@ _loaded: "dict[str, Backend]" = {}
 _load_lock = threading.Lock()
 
 
-def default_backend_name():
-    """The backend used when none is named: ``BNNS_PY_BACKEND``, else by platform."""
+def default_backend_name() -> str:
+    """The backend used when none is named.
+
+    Returns
+    -------
+    str
+        ``BNNS_PY_BACKEND`` when set (``"accelerate"`` or ``"portable"``), else
+        ``"accelerate"`` on macOS and ``"portable"`` elsewhere.
+
+    Raises
+    ------
+    ValueError
+        ``BNNS_PY_BACKEND`` names no backend.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.default_backend_name() in ("accelerate", "portable")
+    True
+    """
     name = os.environ.get("BNNS_PY_BACKEND", "").strip().lower()
     if name:
         if name not in BACKENDS:
@@ -122,7 +140,33 @@ def default_backend_name():
 
 
 def get_backend(name: Union[str, "Backend", None] = None) -> "Backend":
-    """Return the loaded backend called ``name`` (default: ``default_backend_name()``)."""
+    """The loaded backend called ``name``, loading its library on first use.
+
+    Parameters
+    ----------
+    name : str, Backend or None, optional
+        ``"accelerate"`` or ``"portable"`` (case-insensitive), a ``Backend`` (returned as is),
+        or None for :func:`default_backend_name`.
+
+    Returns
+    -------
+    Backend
+        The opened library: ``name``, ``library_path``, the cffi ``lib`` and what it honours.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    LibraryNotFoundError
+        The library cannot be opened (the message lists every path tried and why).
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> backend = bnns_py.get_backend()
+    >>> backend.name == bnns_py.default_backend_name(), backend is bnns_py.get_backend(backend.name)
+    (True, True)
+    """
     if isinstance(name, Backend):
         return name
     name = default_backend_name() if name is None else str(name).lower()
@@ -137,8 +181,20 @@ def get_backend(name: Union[str, "Backend", None] = None) -> "Backend":
     return backend
 
 
-def available_backends():
-    """Names of the backends that can be loaded on this machine."""
+def available_backends() -> List[str]:
+    """The backends that can be loaded on this machine (each is loaded to find out).
+
+    Returns
+    -------
+    list of str
+        A subset of ``["accelerate", "portable"]``, in that order.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.default_backend_name() in bnns_py.available_backends()
+    True
+    """
     names = []
     for name in BACKENDS:
         try:
@@ -257,8 +313,34 @@ def layer_api_notice(macos_version):
             "(built at install when a C compiler is present).")
 
 
-def backend_info(name=None):
-    """Which backend and library file are in use, plus platform facts, as a dict."""
+def backend_info(name: Union[str, "Backend", None] = None) -> Dict[str, Optional[str]]:
+    """Which backend and library file are in use, plus platform facts (``bnns-py info`` prints it).
+
+    Parameters
+    ----------
+    name : str, Backend or None, optional
+        As for :func:`get_backend`.
+
+    Returns
+    -------
+    dict of str to str or None
+        ``backend``, ``library``, ``platform``, ``machine`` and ``macos_version`` (None off
+        macOS); for the portable library also ``portable_version``, ``blas``, ``simd``, ``isa``
+        (the vector tier in use), ``isa_available`` (the tiers this CPU runs) and, when a
+        requested tier was refused, ``isa_error``.
+
+    Raises
+    ------
+    ValueError, LibraryNotFoundError
+        As for :func:`get_backend`.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> info = bnns_py.backend_info()
+    >>> info["backend"] == bnns_py.get_backend().name
+    True
+    """
     backend = get_backend(name)
     info = {
         "backend": backend.name,
