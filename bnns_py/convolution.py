@@ -242,25 +242,61 @@ class ConvolutionLayer(WeightedLayer):
                    activation: Union[ActivationFunction, str, None] = None, filter_parameters: Optional[FilterParameters] = None) -> Any:
         """The layer computing what a ``torch.nn`` module computes, for inputs of ``input_shape``.
 
-        ``module``: ``nn.Conv2d`` (a standard layer), ``nn.ConvTranspose2d`` (a transposed layer;
-        ``output_padding`` becomes a larger output), ``nn.Linear`` (a ``FullyConnectedLayer``), or
-        an ``nn.Sequential`` of an optional leading ``nn.ZeroPad2d``, one of those and an optional
-        activation module (fused). ``input_shape``: ``(C, H, W)`` or ``(N, C, H, W)`` (not needed
-        for ``nn.Linear``). Weights and bias are copied to float32 arrays the layer owns; the layer
-        reads them in place (``Flags.use_client_pointer``, so ``apply_backward`` works) unless
-        ``filter_parameters`` is given. String padding ``'same'``/``'valid'``, groups, dilation and
-        stride carry over; ``padding_mode`` other than ``'zeros'`` is refused (BNNS pads with zeros)
-        unless the padding is 0. Needs PyTorch (imported here, not by ``import bnns_py``).
+        Weights and bias are copied to float32 arrays the layer owns; the layer reads them in
+        place (``Flags.use_client_pointer``) unless ``filter_parameters`` is given. String padding
+        ``'same'``/``'valid'``, groups, dilation and stride carry over. Needs PyTorch (imported
+        here, not by ``import bnns_py``).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            ``nn.Conv2d`` (a standard layer), ``nn.ConvTranspose2d`` (a transposed layer;
+            ``output_padding`` becomes a larger output), ``nn.Linear`` (a
+            ``FullyConnectedLayer``), or an ``nn.Sequential`` of an optional leading
+            ``nn.ZeroPad2d``, one of those and an optional activation module (fused).
+        input_shape : tuple of int, optional
+            ``(C, H, W)`` or ``(N, C, H, W)``; not needed for ``nn.Linear``.
+        backend : str, Backend or None, optional
+            ``"accelerate"``, ``"portable"`` or None for ``default_backend_name()``.
+        activation : ActivationFunction, str or None, keyword-only
+            An activation to fuse, when ``module`` has none.
+        filter_parameters : FilterParameters, keyword-only
+            Passed to the layer (the weights are then not read in place unless its flags say so).
+
+        Returns
+        -------
+        ConvolutionLayer or FullyConnectedLayer
+
+        Raises
+        ------
+        ImportError
+            PyTorch is not installed.
+        TypeError, ValueError
+            A module of another kind, a missing ``input_shape``, or settings BNNS cannot express
+            (a ``padding_mode`` other than ``'zeros'`` with non-zero padding).
         """
         from . import interop
         return interop.convolution_layer_from_torch(module, input_shape, backend, activation, filter_parameters)
 
     def to_torch(self) -> Any:
-        """The equivalent ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (float32, CPU), with the layer's
-        current weights and bias copied. An ``nn.Sequential`` is returned when the layer needs
-        more: ``nn.ZeroPad2d`` first for asymmetric padding, and the activation module for a fused
-        activation other than identity (ValueError if ``torch.nn`` has no such module). Works on a
-        closed layer too (it reads the descriptors, not the filter)."""
+        """The equivalent torch module (float32, CPU), with copies of the current weights and bias.
+
+        Works on a closed layer too (it reads the descriptors, not the filter). Needs PyTorch.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``nn.Conv2d`` / ``nn.ConvTranspose2d``, or an ``nn.Sequential`` when the layer needs
+            more: ``nn.ZeroPad2d`` first for asymmetric padding, and the activation module for a
+            fused activation other than identity.
+
+        Raises
+        ------
+        ValueError
+            A fused activation ``torch.nn`` has no module for.
+        ImportError
+            PyTorch is not installed.
+        """
         from . import interop
         return interop.convolution_layer_to_torch(self)
 
