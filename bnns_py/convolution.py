@@ -23,7 +23,19 @@ class ConvolutionType(enum.Enum):
 
 class ConvolutionPadding:
     """Swift's ``BNNS.ConvolutionPadding``: ``zero``, ``symmetric(x, y)`` or
-    ``asymmetric(left, right, up, down)``."""
+    ``asymmetric(left, right, up, down)``.
+
+    Make one with the class attribute ``zero`` or the class methods; values are zeros added on
+    each side, integers >= 0 (else ValueError). Equal paddings compare equal by :attr:`sides`.
+
+    Examples
+    --------
+    >>> from bnns_py import ConvolutionPadding
+    >>> ConvolutionPadding.symmetric(1, 2).sides
+    (1, 1, 2, 2)
+    >>> ConvolutionPadding.asymmetric(1, 1, 2, 2) == ConvolutionPadding.symmetric(1, 2)
+    True
+    """
 
     __slots__ = ("kind", "values")
     zero: "ClassVar[ConvolutionPadding]"  # set below the class: no padding on any side

@@ -170,15 +170,50 @@ class FullyConnectedLayer(WeightedLayer):
     def from_torch(cls, module: Any, input_shape: Optional[Tuple[int, ...]] = None, backend: Union[str, Backend, None] = None, *,
                    activation: Union[ActivationFunction, str, None] = None, filter_parameters: Optional[FilterParameters] = None) -> Any:
         """The layer computing what ``torch.nn.Linear`` (or ``nn.Sequential(Linear, activation)``)
-        computes. ``input_shape``, if given, must end with ``in_features``. Weights and bias are
-        copied to float32 arrays the layer owns and reads in place (``Flags.use_client_pointer``)
-        unless ``filter_parameters`` is given. Needs PyTorch."""
+        computes (needs PyTorch).
+
+        Weights and bias are copied to float32 arrays the layer owns and reads in place
+        (``Flags.use_client_pointer``) unless ``filter_parameters`` is given.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            ``nn.Linear`` or ``nn.Sequential(Linear, activation)`` (fused).
+        input_shape : tuple of int, optional
+            If given, must end with ``in_features``.
+        backend, activation, filter_parameters : optional
+            As for ``ConvolutionLayer.from_torch``.
+
+        Returns
+        -------
+        FullyConnectedLayer
+
+        Raises
+        ------
+        ImportError
+            PyTorch is not installed.
+        TypeError, ValueError
+            A module of another kind, or an ``input_shape`` that does not fit.
+        """
         from . import interop
         return interop.fully_connected_from_torch(module, input_shape, backend, activation, filter_parameters)
 
     def to_torch(self) -> Any:
-        """The equivalent ``nn.Linear`` (float32, CPU), or ``nn.Sequential(Linear, activation)``
-        for a fused activation other than identity (ValueError if ``torch.nn`` has none)."""
+        """The equivalent torch module (float32, CPU), with copies of the current weights and bias.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``nn.Linear``, or ``nn.Sequential(Linear, activation)`` for a fused activation other
+            than identity.
+
+        Raises
+        ------
+        ValueError
+            A fused activation ``torch.nn`` has no module for.
+        ImportError
+            PyTorch is not installed.
+        """
         from . import interop
         return interop.fully_connected_to_torch(self)
 

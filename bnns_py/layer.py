@@ -39,7 +39,24 @@ class _Counts:
 
 
 def filter_counts() -> Tuple[int, int]:
-    """(created, destroyed) filter counts for this process, over every backend."""
+    """How many BNNS filters bnns-py created and destroyed in this process, over every backend.
+
+    Returns
+    -------
+    (int, int)
+        ``(created, destroyed)``; equal when no filter is alive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> created, destroyed = bnns_py.filter_counts()
+    >>> with bnns_py.Linear(np.ones((2, 3), dtype=np.float32)) as lin:
+    ...     _ = lin(np.ones(3, dtype=np.float32))
+    >>> now_created, now_destroyed = bnns_py.filter_counts()
+    >>> now_created - created, now_destroyed - destroyed
+    (1, 1)
+    """
     with _Counts.lock:
         return _Counts.created, _Counts.destroyed
 
@@ -114,7 +131,21 @@ _NO_LAST_APPLY = (object(), object()) + (None,) * 5
 
 
 class Layer:
-    """Base class: owns a ``BNNSFilter`` and destroys it exactly once."""
+    """Base class: owns a ``BNNSFilter`` and destroys it exactly once.
+
+    The filter is destroyed by :meth:`close`, by leaving a ``with`` block, or when the object is
+    garbage collected, whichever comes first; calls in flight on other threads finish first.
+    Layers are made by their subclasses (``ConvolutionLayer``, ``FullyConnectedLayer``, ...).
+
+    Attributes
+    ----------
+    bnns_filter
+        The C ``BNNSFilter`` handle (``LayerClosedError`` after ``close()``).
+    backend : Backend
+        The library the filter belongs to.
+    closed : bool
+        True after ``close()``.
+    """
 
     def __init__(self, handle: Any, backend: Any, keepalive: Iterable[Any] = ()) -> None:
         self._handle = handle
@@ -227,7 +258,15 @@ class Layer:
 
 
 class UnaryLayer(Layer):
-    """A layer with one input and one output, applied to a batch (Swift's ``UnaryLayer``)."""
+    """A layer with one input and one output, applied to a batch (Swift's ``UnaryLayer``).
+
+    :meth:`apply` runs it forward, :meth:`apply_backward` computes gradients.
+
+    Attributes
+    ----------
+    input_descriptor, output_descriptor : NDArrayDescriptor
+        Describe one input and one output item; ``apply`` checks its operands against them.
+    """
 
     def __init__(self, handle: Any, backend: Any, input_descriptor: NDArrayDescriptor,
                  output_descriptor: NDArrayDescriptor, keepalive: Iterable[Any] = ()) -> None:
