@@ -209,10 +209,8 @@ class FullyConnectedLayer(WeightedLayer):
 
         Raises
         ------
-        ValueError
-            A fused activation ``torch.nn`` has no module for.
-        ImportError
-            PyTorch is not installed.
+        ValueError, ImportError
+            As for ``ConvolutionLayer.to_torch``.
         """
         from . import interop
         return interop.fully_connected_to_torch(self)
