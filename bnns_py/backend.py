@@ -22,7 +22,7 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._ffi import cdefs_dir, ffi
 from .errors import LibraryNotFoundError
@@ -47,7 +47,7 @@ class Backend:
         lib: the cffi library object (``lib.BNNSFilterCreateLayerConvolution`` etc.).
     """
 
-    def __init__(self, name, library_path, lib):
+    def __init__(self, name: str, library_path: str, lib: Any) -> None:
         self.name = name
         self.library_path = library_path
         self.lib = lib
@@ -65,20 +65,20 @@ class Backend:
         # interpreter shutdown, so layers keep a reference to this object (cairocffi's _keepref).
         self.destroy = lib.BNNSFilterDestroy
 
-    def symbol_status(self):
+    def symbol_status(self) -> Dict[str, bool]:
         """``{name: resolves}`` for every BNNS function bnns-py declares (``bnns_symbols()``).
         Symbols are resolved lazily, so a missing one fails only the calls that need it; this
         tells in advance which those are (e.g. on a macOS that dropped the layer API)."""
         return {name: _exports(self.lib, name) for name in bnns_symbols()}
 
-    def last_error(self):
+    def last_error(self) -> Optional[str]:
         """The portable library's reason for the last failure on this thread, else None."""
         if not self.is_portable:
             return None
         text = ffi.string(self.lib.bnns_portable_last_error()).decode("utf-8", "replace")
         return text or None
 
-    def live_filter_count(self):
+    def live_filter_count(self) -> int:
         """Filters created and not destroyed in this process (portable backend only)."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend counts its filters")
@@ -86,7 +86,7 @@ class Backend:
 
     FILTER_PASSES = ("forward", "input_gradient", "weights_gradient")
 
-    def filter_engine(self, bnns_filter, pass_="forward"):
+    def filter_engine(self, bnns_filter: Any, pass_: str = "forward") -> str:
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
         or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3), forward passes of dense
         3x3 stride-1 layers), ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat pixels"``
@@ -101,9 +101,12 @@ class Backend:
             raise ValueError("filter_engine needs an open layer's bnns_filter")
         if pass_ not in self.FILTER_PASSES:
             raise ValueError(f"pass_ must be one of {self.FILTER_PASSES}, not {pass_!r}")
-        return ffi.string(self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_))).decode()
+        engine = self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_))
+        name: str = ffi.string(engine).decode()
+        return name
+        return engine
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<bnns_py Backend {self.name} from {self.library_path}>"
 
 
@@ -205,7 +208,7 @@ def available_backends() -> List[str]:
     return names
 
 
-def _exports(lib, symbol):
+def _exports(lib: Any, symbol: str) -> bool:
     try:
         getattr(lib, symbol)
     except AttributeError:
@@ -213,7 +216,7 @@ def _exports(lib, symbol):
     return True
 
 
-def _candidates(name):
+def _candidates(name: str) -> List[str]:
     custom = os.environ.get("BNNS_PY_LIBRARY")
     if custom and name == default_backend_name():
         return [custom]
@@ -236,7 +239,7 @@ def _candidates(name):
 MIN_OPENBLAS_VERSION = "0.3.27.63.0"  # the first scipy-openblas32 whose get_library() takes fullname
 
 
-def _distribution_version(name):
+def _distribution_version(name: str) -> str:
     try:
         from importlib.metadata import version
         return version(name)
@@ -244,7 +247,7 @@ def _distribution_version(name):
         return "(version unknown)"
 
 
-def _preload_openblas():
+def _preload_openblas() -> None:
     """Load the OpenBLAS the portable library links to, so it resolves from any install layout."""
     try:
         import scipy_openblas32 as openblas
@@ -263,7 +266,7 @@ def _preload_openblas():
         pass  # the portable library's own rpath may still find it; dlopen reports otherwise
 
 
-def _load(name):
+def _load(name: str) -> Backend:
     attempts = []
     for path in _candidates(name):
         if not path.startswith("/System/") and not os.path.exists(path):
@@ -287,13 +290,13 @@ def _load(name):
     raise LibraryNotFoundError(name, attempts)
 
 
-def bnns_symbols():
+def bnns_symbols() -> Tuple[str, ...]:
     """Names of the BNNS functions bnns-py can call: every prototype in ``cdefs/bnns.h``."""
     text = (cdefs_dir() / "bnns.h").read_text()
     return tuple(dict.fromkeys(re.findall(r"^\w[\w \t*]*?\b(BNNS\w+)\s*\(", text, re.MULTILINE)))
 
 
-def layer_api_notice(macos_version):
+def layer_api_notice(macos_version: Optional[str]) -> Optional[str]:
     """What a user on ``macos_version`` (``"15.7"``; None or "" off macOS) should know about the
     BNNS layer API's deprecation, or None when there is nothing to say."""
     if not macos_version:
