@@ -21,7 +21,9 @@ echo "docs: built without warnings into $out"
 
 # Modules whose docstrings carry runnable numpydoc examples.
 modules=(bnns_py.shape bnns_py.enums bnns_py.filter_parameters bnns_py.compare bnns_py.reference
-         bnns_py.errors bnns_py.geometry)
+         bnns_py.errors bnns_py.geometry bnns_py.functional bnns_py.modules
+         bnns_py.activation bnns_py.descriptor bnns_py.layer bnns_py.convolution bnns_py.fully_connected
+         bnns_py.legacy bnns_py.backend)
 # Pages whose examples are written as doctests (>>> prompts).
 pages=("$repo"/docs/tutorial.md "$repo"/docs/guides/*.md)
 scratch=$(mktemp -d)

@@ -9,25 +9,27 @@ Images are ``(N, C, H, W)`` (or ``(C, H, W)``): a view BNNS can describe with de
 is passed in place (``image_layout``), other layouts are copied (inputs) or refused (outputs).
 """
 import sys
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ._ffi import ffi
 
 FLOAT32 = np.dtype(np.float32)
 _TOO_HARD = getattr(np, "exceptions", np).TooHardError  # numpy < 1.25 has it at the top level
 _from_dlpack = getattr(np, "from_dlpack", None) or getattr(np, "_from_dlpack", None)
+Array = npt.NDArray[Any]
 _ACCEPTED = ("a numpy array, a CPU torch tensor or an object with __dlpack__, __array_interface__ "
              "or the buffer protocol")
 
 
-def _is_torch_tensor(value):
+def _is_torch_tensor(value: object) -> bool:
     module = type(value).__module__
     return (module == "torch" or module.startswith("torch.")) and hasattr(value, "detach")
 
 
-def _torch_view(name, tensor, writable):
+def _torch_view(name: str, tensor: Any, writable: bool) -> Array:
     """A numpy array over a CPU tensor's memory."""
     if tensor.device.type != "cpu":
         raise TypeError(f"{name} is a torch tensor on {tensor.device}; BNNS runs on the CPU: pass {name}.cpu()")
@@ -48,7 +50,7 @@ def _torch_view(name, tensor, writable):
         raise TypeError(f"{name}: this torch tensor has no numpy view ({error})") from None
 
 
-def written(value):
+def written(value: Any) -> Any:
     """Tell autograd that a torch tensor ``out`` was written in place (its version counter goes up,
     as after PyTorch's own ``out=``), so a graph that saved it refuses to use stale values."""
     if not isinstance(value, np.ndarray) and _is_torch_tensor(value):
@@ -58,7 +60,7 @@ def written(value):
     return value
 
 
-def as_numpy(name, value, writable=False):
+def as_numpy(name: str, value: Any, writable: bool = False) -> Array:
     """``value`` as a numpy array over the same memory (never a copy).
 
     ``writable``: the caller writes into it (a torch tensor that requires grad is refused).
@@ -88,7 +90,7 @@ def as_numpy(name, value, writable=False):
     raise TypeError(f"{name} must be {_ACCEPTED}, not {type(value).__name__}")
 
 
-def float32_array(name, value, ndims, writable=False):
+def float32_array(name: str, value: Any, ndims: Sequence[int], writable: bool = False) -> Array:
     """``value`` as a non-empty float32 numpy array of one of the dimension counts ``ndims``
     (over the caller's memory, any layout)."""
     array = as_numpy(name, value, writable)
@@ -102,14 +104,14 @@ def float32_array(name, value, ndims, writable=False):
     return array
 
 
-def contiguous_float32(name, value, ndims):
+def contiguous_float32(name: str, value: Any, ndims: Sequence[int]) -> Tuple[Array, bool]:
     """(C-contiguous float32 array, True when it is the caller's memory rather than a copy)."""
     array = float32_array(name, value, ndims)
     contiguous = np.ascontiguousarray(array)
     return contiguous, contiguous is array
 
 
-def writable_parameter(name, value, ndims):
+def writable_parameter(name: str, value: Any, ndims: Sequence[int]) -> Array:
     """A module's trainable parameter: a writable C-contiguous float32 array over the caller's
     memory (a module updates it in place)."""
     array = float32_array(name, value, ndims)
@@ -125,7 +127,7 @@ class ImageLayout(NamedTuple):
     batch_stride: int              # elements between images
 
 
-def image_layout(array) -> Optional[ImageLayout]:
+def image_layout(array: Array) -> Optional[ImageLayout]:
     """The layout of an ``(N, C, H, W)`` float32 array BNNS can use in place, or None.
 
     In place means: every stride a positive multiple of the item size, rows contiguous (x stride
@@ -164,13 +166,13 @@ def image_layout(array) -> Optional[ImageLayout]:
 
 
 class ImageInput(NamedTuple):
-    array: np.ndarray      # (N, C, H, W): the caller's view, or a packed copy
+    array: Array           # (N, C, H, W): the caller's view, or a packed copy
     single: bool           # the caller passed (C, H, W)
     layout: ImageLayout
     copied: bool           # ``array`` is a copy (the caller's layout is not one BNNS reads)
 
 
-def image_input(name, value, channels, honour_strides=True):
+def image_input(name: str, value: Any, channels: int, honour_strides: bool = True) -> "ImageInput":
     """An image batch ready for BNNS: the caller's memory when it can be read in place (a packed
     array, or with ``honour_strides`` a view ``image_layout`` describes), else a packed copy."""
     array = float32_array(name, value, (3, 4))
@@ -183,10 +185,10 @@ def image_input(name, value, channels, honour_strides=True):
     if copied:
         array4 = np.array(array4, dtype=FLOAT32, order="C")
         layout = image_layout(array4)
-    return ImageInput(array4, single, layout, copied)
+    return ImageInput(array4, single, layout, copied)  # type: ignore[arg-type]  # a packed copy has one
 
 
-def _batched_out(value, expected, single):
+def _batched_out(value: Any, expected: Tuple[int, ...], single: bool) -> Array:
     """``out`` as a numpy array of the ``expected`` batched shape (``single``: the caller passes
     it without the batch axis)."""
     out = float32_array("out", value, (len(expected) - 1, len(expected)), writable=True)
@@ -196,7 +198,7 @@ def _batched_out(value, expected, single):
     return out[np.newaxis] if single else out
 
 
-def _check_writable_apart(out, input_array):
+def _check_writable_apart(out: Array, input_array: Array) -> None:
     if not out.flags.writeable:
         raise ValueError("out is read-only but BNNS writes into it")
     if overlap(out, input_array):
@@ -204,12 +206,13 @@ def _check_writable_apart(out, input_array):
 
 
 class ImageOutput(NamedTuple):
-    array: Optional[np.ndarray]  # (N, C, H, W) view of the caller's ``out``; None without ``out``
+    array: Optional[Array]       # (N, C, H, W) view of the caller's ``out``; None without ``out``
     layout: ImageLayout
     copied: bool                 # BNNS writes a packed buffer that is then copied into ``array``
 
 
-def image_output(value, expected, single, input_array, honour_strides=True):
+def image_output(value: Any, expected: Tuple[int, ...], single: bool, input_array: Array,
+                 honour_strides: bool = True) -> "ImageOutput":
     """``out`` checked against the ``expected`` (N, C, H, W) result: a layout BNNS writes in place
     (packed, or with ``honour_strides`` a view ``image_layout`` describes; other views are then
     written through a packed buffer), not sharing memory with the input."""
@@ -231,13 +234,13 @@ def image_output(value, expected, single, input_array, honour_strides=True):
 class RowsLayout(NamedTuple):
     """A batch of vectors ``(N, n)`` with contiguous rows, ``stride`` elements apart."""
 
-    array: np.ndarray
+    array: Array
     single: bool
     stride: int
     copied: bool
 
 
-def _row_stride(array):
+def _row_stride(array: Array) -> Optional[int]:
     """Elements between the rows of an (N, n) float32 array BNNS can use in place, or None."""
     rows, columns = array.shape
     if not array.flags.aligned or (columns > 1 and array.strides[1] != array.itemsize):
@@ -250,7 +253,7 @@ def _row_stride(array):
     return stride // array.itemsize
 
 
-def vector_input(name, value, features):
+def vector_input(name: str, value: Any, features: int) -> "RowsLayout":
     """A batch of ``features``-vectors ``(N, features)`` (or one ``(features,)``): the caller's rows
     in place when they are contiguous, else a packed copy."""
     array = float32_array(name, value, (1, 2))
@@ -265,10 +268,11 @@ def vector_input(name, value, features):
     if copied:
         array2 = np.array(array2, dtype=FLOAT32, order="C")
         stride = features
-    return RowsLayout(array2, single, stride, copied)
+    return RowsLayout(array2, single, stride, copied)  # type: ignore[arg-type]  # set when copied
 
 
-def vector_output(value, expected, single, input_array):
+def vector_output(value: Any, expected: Tuple[int, ...], single: bool,
+                  input_array: Array) -> Optional["RowsLayout"]:
     """``out`` checked against the ``expected`` (N, n) result; None without ``out``."""
     if value is None:
         return None
@@ -280,21 +284,21 @@ def vector_output(value, expected, single, input_array):
     return RowsLayout(out2, single, stride, False)
 
 
-def overlap(a, b):
+def overlap(a: Array, b: Array) -> bool:
     """True when ``a`` and ``b`` may share memory (exactly, unless that is too costly to decide)."""
     if not np.may_share_memory(a, b):
         return False
     try:
-        return bool(np.shares_memory(a, b, max_work=100_000))
+        return bool(np.shares_memory(a, b, max_work=100_000))  # type: ignore[arg-type]  # the stubs list only -1 and 0
     except _TOO_HARD:
         return True
 
 
-def address(array):
+def address(array: Array) -> Any:
     """A ``void *`` to the first element of a (possibly strided) array; ``array`` must outlive it."""
     return ffi.cast("void *", array.__array_interface__["data"][0])
 
 
-def data_address(array):
+def data_address(array: Array) -> int:
     """The integer address of an array's first element (a cache key part)."""
     return array.__array_interface__["data"][0]

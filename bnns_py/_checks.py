@@ -1,12 +1,13 @@
 """Argument checks shared by the layer and functional APIs."""
+from typing import Any, Tuple
 
 
-def is_int(value):
+def is_int(value: object) -> bool:
     """True for Python and numpy integers, not for bools."""
     return not isinstance(value, bool) and hasattr(value, "__index__")
 
 
-def int_pair(name, value, minimum):
+def int_pair(name: str, value: Any, minimum: int) -> Tuple[int, int]:
     """An int or a pair of ints, each >= ``minimum``, as a tuple of two ints."""
     if is_int(value):
         value = (value, value)

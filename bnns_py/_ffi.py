@@ -10,7 +10,7 @@ import cffi
 HEADERS = ("bnns.h", "bnns_portable.h")
 
 
-def cdefs_dir():
+def cdefs_dir() -> Path:
     """Folder holding the cdef headers: inside the installed package, or the source checkout."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "cdefs", here.parent / "cdefs"):

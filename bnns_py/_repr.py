@@ -5,6 +5,7 @@ enums, so the classes can call it from their ``__repr__``/``_repr_html_`` method
 piece of text that goes into HTML passes through ``html.escape``.
 """
 import html
+from typing import Any, Callable, Iterable, List, Tuple
 
 from .enums import NDArrayFlags
 
@@ -27,7 +28,7 @@ _STYLE_CELL = "padding:1px 8px;text-align:left;vertical-align:top"
 _STYLE_HEAD = _STYLE_CELL + ";font-weight:bold;border-bottom:1px solid #999"
 
 
-def safe(obj, render, parts):
+def safe(obj: Any, render: Callable[[Any], str], parts: Callable[[Any], Any]) -> str:
     """``render(parts(obj))``, or a minimal form if ``obj`` is incomplete (a repr must not raise,
     e.g. in a debugger while ``__init__`` failed half way)."""
     try:
@@ -171,7 +172,7 @@ def layer_html(parts):
     return "".join(out)
 
 
-def key_value_html(title, rows):
+def key_value_html(title: str, rows: Iterable[Tuple[str, str]]) -> str:
     """A titled two-column table; every string is escaped."""
     e = html.escape
     out = [f'<div class="bnns-py-repr"><div style="font-family:monospace;font-weight:bold">{e(title)}</div>',
@@ -199,7 +200,7 @@ def grid_html(title, header, rows, row_styles=None):
 
 # ---- descriptors ----------------------------------------------------------------------------------
 
-def descriptor_rows(descriptor):
+def descriptor_rows(descriptor: Any) -> List[Tuple[str, str]]:
     array = descriptor.data
     rows = [("shape", repr(descriptor.shape)),
             ("BNNS order", bnns_sizes(descriptor.shape)),
@@ -215,7 +216,7 @@ def descriptor_rows(descriptor):
     return rows
 
 
-def flags_name(value):
+def flags_name(value: int) -> str:
     try:
         return NDArrayFlags(value).name or str(value)
     except ValueError:
@@ -224,14 +225,14 @@ def flags_name(value):
 
 # ---- numpy modules ------------------------------------------------------------------------------
 
-def backend_text(backend):
+def backend_text(backend: object) -> str:
     """A module's ``backend`` argument: None (the default), a name or a backend object."""
     if backend is None:
         return "default"
     return str(getattr(backend, "name", backend))
 
 
-def conv_module_rows(module):
+def conv_module_rows(module: Any) -> List[Tuple[str, str]]:
     spec = module.spec
     left, right, top, bottom = spec.padding
     rows = [("channels", f"{spec.in_channels} -> {spec.out_channels}"),
@@ -251,7 +252,7 @@ def conv_module_rows(module):
     return rows
 
 
-def linear_module_rows(module):
+def linear_module_rows(module: Any) -> List[Tuple[str, str]]:
     return [("features", f"{module.in_features} -> {module.out_features}"),
             ("weight (PyTorch layout)", f"{tuple(module.weight.shape)} (out, in)"),
             ("activation", repr(module.activation)),

@@ -22,6 +22,7 @@ import re
 import sys
 import threading
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._ffi import cdefs_dir, ffi
 from .errors import LibraryNotFoundError
@@ -46,7 +47,7 @@ class Backend:
         lib: the cffi library object (``lib.BNNSFilterCreateLayerConvolution`` etc.).
     """
 
-    def __init__(self, name, library_path, lib):
+    def __init__(self, name: str, library_path: str, lib: Any) -> None:
         self.name = name
         self.library_path = library_path
         self.lib = lib
@@ -64,20 +65,20 @@ class Backend:
         # interpreter shutdown, so layers keep a reference to this object (cairocffi's _keepref).
         self.destroy = lib.BNNSFilterDestroy
 
-    def symbol_status(self):
+    def symbol_status(self) -> Dict[str, bool]:
         """``{name: resolves}`` for every BNNS function bnns-py declares (``bnns_symbols()``).
         Symbols are resolved lazily, so a missing one fails only the calls that need it; this
         tells in advance which those are (e.g. on a macOS that dropped the layer API)."""
         return {name: _exports(self.lib, name) for name in bnns_symbols()}
 
-    def last_error(self):
+    def last_error(self) -> Optional[str]:
         """The portable library's reason for the last failure on this thread, else None."""
         if not self.is_portable:
             return None
         text = ffi.string(self.lib.bnns_portable_last_error()).decode("utf-8", "replace")
         return text or None
 
-    def live_filter_count(self):
+    def live_filter_count(self) -> int:
         """Filters created and not destroyed in this process (portable backend only)."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend counts its filters")
@@ -85,7 +86,7 @@ class Backend:
 
     FILTER_PASSES = ("forward", "input_gradient", "weights_gradient")
 
-    def filter_engine(self, bnns_filter, pass_="forward"):
+    def filter_engine(self, bnns_filter: Any, pass_: str = "forward") -> str:
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
         or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3), forward passes of dense
         3x3 stride-1 layers), ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat pixels"``
@@ -100,9 +101,12 @@ class Backend:
             raise ValueError("filter_engine needs an open layer's bnns_filter")
         if pass_ not in self.FILTER_PASSES:
             raise ValueError(f"pass_ must be one of {self.FILTER_PASSES}, not {pass_!r}")
-        return ffi.string(self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_))).decode()
+        engine = self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_))
+        name: str = ffi.string(engine).decode()
+        return name
+        return engine
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<bnns_py Backend {self.name} from {self.library_path}>"
 
 
@@ -110,8 +114,26 @@ _loaded: "dict[str, Backend]" = {}
 _load_lock = threading.Lock()
 
 
-def default_backend_name():
-    """The backend used when none is named: ``BNNS_PY_BACKEND``, else by platform."""
+def default_backend_name() -> str:
+    """The backend used when none is named.
+
+    Returns
+    -------
+    str
+        ``BNNS_PY_BACKEND`` when set (``"accelerate"`` or ``"portable"``), else
+        ``"accelerate"`` on macOS and ``"portable"`` elsewhere.
+
+    Raises
+    ------
+    ValueError
+        ``BNNS_PY_BACKEND`` names no backend.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.default_backend_name() in ("accelerate", "portable")
+    True
+    """
     name = os.environ.get("BNNS_PY_BACKEND", "").strip().lower()
     if name:
         if name not in BACKENDS:
@@ -120,8 +142,34 @@ def default_backend_name():
     return "accelerate" if sys.platform == "darwin" else "portable"
 
 
-def get_backend(name=None):
-    """Return the loaded backend called ``name`` (default: ``default_backend_name()``)."""
+def get_backend(name: Union[str, "Backend", None] = None) -> "Backend":
+    """The loaded backend called ``name``, loading its library on first use.
+
+    Parameters
+    ----------
+    name : str, Backend or None, optional
+        ``"accelerate"`` or ``"portable"`` (case-insensitive), a ``Backend`` (returned as is),
+        or None for :func:`default_backend_name`.
+
+    Returns
+    -------
+    Backend
+        The opened library: ``name``, ``library_path``, the cffi ``lib`` and what it honours.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    LibraryNotFoundError
+        The library cannot be opened (the message lists every path tried and why).
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> backend = bnns_py.get_backend()
+    >>> backend.name == bnns_py.default_backend_name(), backend is bnns_py.get_backend(backend.name)
+    (True, True)
+    """
     if isinstance(name, Backend):
         return name
     name = default_backend_name() if name is None else str(name).lower()
@@ -136,8 +184,20 @@ def get_backend(name=None):
     return backend
 
 
-def available_backends():
-    """Names of the backends that can be loaded on this machine."""
+def available_backends() -> List[str]:
+    """The backends that can be loaded on this machine (each is loaded to find out).
+
+    Returns
+    -------
+    list of str
+        A subset of ``["accelerate", "portable"]``, in that order.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.default_backend_name() in bnns_py.available_backends()
+    True
+    """
     names = []
     for name in BACKENDS:
         try:
@@ -148,7 +208,7 @@ def available_backends():
     return names
 
 
-def _exports(lib, symbol):
+def _exports(lib: Any, symbol: str) -> bool:
     try:
         getattr(lib, symbol)
     except AttributeError:
@@ -156,7 +216,7 @@ def _exports(lib, symbol):
     return True
 
 
-def _candidates(name):
+def _candidates(name: str) -> List[str]:
     custom = os.environ.get("BNNS_PY_LIBRARY")
     if custom and name == default_backend_name():
         return [custom]
@@ -179,7 +239,7 @@ def _candidates(name):
 MIN_OPENBLAS_VERSION = "0.3.27.63.0"  # the first scipy-openblas32 whose get_library() takes fullname
 
 
-def _distribution_version(name):
+def _distribution_version(name: str) -> str:
     try:
         from importlib.metadata import version
         return version(name)
@@ -187,7 +247,7 @@ def _distribution_version(name):
         return "(version unknown)"
 
 
-def _preload_openblas():
+def _preload_openblas() -> None:
     """Load the OpenBLAS the portable library links to, so it resolves from any install layout."""
     try:
         import scipy_openblas32 as openblas
@@ -206,7 +266,7 @@ def _preload_openblas():
         pass  # the portable library's own rpath may still find it; dlopen reports otherwise
 
 
-def _load(name):
+def _load(name: str) -> Backend:
     attempts = []
     for path in _candidates(name):
         if not path.startswith("/System/") and not os.path.exists(path):
@@ -230,13 +290,13 @@ def _load(name):
     raise LibraryNotFoundError(name, attempts)
 
 
-def bnns_symbols():
+def bnns_symbols() -> Tuple[str, ...]:
     """Names of the BNNS functions bnns-py can call: every prototype in ``cdefs/bnns.h``."""
     text = (cdefs_dir() / "bnns.h").read_text()
     return tuple(dict.fromkeys(re.findall(r"^\w[\w \t*]*?\b(BNNS\w+)\s*\(", text, re.MULTILINE)))
 
 
-def layer_api_notice(macos_version):
+def layer_api_notice(macos_version: Optional[str]) -> Optional[str]:
     """What a user on ``macos_version`` (``"15.7"``; None or "" off macOS) should know about the
     BNNS layer API's deprecation, or None when there is nothing to say."""
     if not macos_version:
@@ -256,8 +316,34 @@ def layer_api_notice(macos_version):
             "(built at install when a C compiler is present).")
 
 
-def backend_info(name=None):
-    """Which backend and library file are in use, plus platform facts, as a dict."""
+def backend_info(name: Union[str, "Backend", None] = None) -> Dict[str, Optional[str]]:
+    """Which backend and library file are in use, plus platform facts (``bnns-py info`` prints it).
+
+    Parameters
+    ----------
+    name : str, Backend or None, optional
+        As for :func:`get_backend`.
+
+    Returns
+    -------
+    dict of str to str or None
+        ``backend``, ``library``, ``platform``, ``machine`` and ``macos_version`` (None off
+        macOS); for the portable library also ``portable_version``, ``blas``, ``simd``, ``isa``
+        (the vector tier in use), ``isa_available`` (the tiers this CPU runs) and, when a
+        requested tier was refused, ``isa_error``.
+
+    Raises
+    ------
+    ValueError, LibraryNotFoundError
+        As for :func:`get_backend`.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> info = bnns_py.backend_info()
+    >>> info["backend"] == bnns_py.get_backend().name
+    True
+    """
     backend = get_backend(name)
     info = {
         "backend": backend.name,

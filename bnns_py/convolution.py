@@ -1,17 +1,17 @@
 """``ConvolutionLayer``, ``ConvolutionType`` and ``ConvolutionPadding`` (Swift's ``BNNS`` mirror)."""
 import enum
-from typing import ClassVar
+from typing import Any, ClassVar, Iterable, Optional, Tuple, Union
 
 from . import _repr
 from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction, check_fusable
-from .backend import get_backend
+from .backend import Backend, get_backend
 from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
 from .geometry import effective_kernel, standard_size_ok, transposed_size_ok
-from .layer import WeightedLayer, create_filter
+from .layer import Operand, WeightedLayer, create_filter
 
 
 class ConvolutionType(enum.Enum):
@@ -23,12 +23,24 @@ class ConvolutionType(enum.Enum):
 
 class ConvolutionPadding:
     """Swift's ``BNNS.ConvolutionPadding``: ``zero``, ``symmetric(x, y)`` or
-    ``asymmetric(left, right, up, down)``."""
+    ``asymmetric(left, right, up, down)``.
+
+    Make one with the class attribute ``zero`` or the class methods; values are zeros added on
+    each side, integers >= 0 (else ValueError). Equal paddings compare equal by :attr:`sides`.
+
+    Examples
+    --------
+    >>> from bnns_py import ConvolutionPadding
+    >>> ConvolutionPadding.symmetric(1, 2).sides
+    (1, 1, 2, 2)
+    >>> ConvolutionPadding.asymmetric(1, 1, 2, 2) == ConvolutionPadding.symmetric(1, 2)
+    True
+    """
 
     __slots__ = ("kind", "values")
     zero: "ClassVar[ConvolutionPadding]"  # set below the class: no padding on any side
 
-    def __init__(self, kind, values):
+    def __init__(self, kind: str, values: Iterable[int]) -> None:
         if kind not in ("symmetric", "asymmetric"):
             raise ValueError(f"padding kind must be 'symmetric' or 'asymmetric', not {kind!r}")
         values = tuple(values)
@@ -39,24 +51,24 @@ class ConvolutionPadding:
         self.values = tuple(int(v) for v in values)
 
     @classmethod
-    def symmetric(cls, x, y):
+    def symmetric(cls, x: int, y: int) -> "ConvolutionPadding":
         """``x`` zeros left and right, ``y`` zeros above and below."""
         return cls("symmetric", (x, y))
 
     @classmethod
-    def asymmetric(cls, left, right, up, down):
+    def asymmetric(cls, left: int, right: int, up: int, down: int) -> "ConvolutionPadding":
         """Each side separately; ``left`` and ``up`` are next to pixel (0, 0)."""
         return cls("asymmetric", (left, right, up, down))
 
     @property
-    def sides(self):
+    def sides(self) -> Tuple[int, ...]:
         """(left, right, up, down) as BNNS will apply them."""
         if self.kind == "symmetric":
             x, y = self.values
             return (x, x, y, y)
         return self.values
 
-    def fill(self, params):
+    def fill(self, params: Any) -> None:
         """Write into a C ``BNNSLayerParametersConvolution`` as the Swift overlay does."""
         if self.kind == "symmetric":
             params.x_padding, params.y_padding = self.values
@@ -65,13 +77,13 @@ class ConvolutionPadding:
             params.x_padding = params.y_padding = 0
             params.pad = list(self.values)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, ConvolutionPadding) and self.sides == other.sides
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self.sides)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.kind == "symmetric":
             return "ConvolutionPadding.symmetric(x={}, y={})".format(*self.values)
         return "ConvolutionPadding.asymmetric(left={}, right={}, up={}, down={})".format(*self.values)
@@ -98,7 +110,7 @@ PORTABLE_OUTPUT_TYPES = frozenset({DataType.float32, DataType.float16, DataType.
 MAX_VALUES = 2 ** 60  # no descriptor may span more values than a 64-bit address space holds as floats
 
 
-def _check_strides(name, descriptor):
+def _check_strides(name: str, descriptor: NDArrayDescriptor) -> None:
     shape = descriptor.shape
     if shape.extent >= MAX_VALUES:
         raise ValueError(f"{name} {shape!r} spans {shape.extent} values, more than memory can hold")
@@ -119,12 +131,9 @@ def _check_strides(name, descriptor):
 class ConvolutionLayer(WeightedLayer):
     """A BNNS convolution filter (Swift's ``BNNS.ConvolutionLayer``).
 
-    Arguments mirror Swift's initializer: ``type`` (``ConvolutionType``), ``input``/``output``
-    (``NDArrayDescriptor`` with ``image_chw`` shapes; their data is not used), ``weights``
-    (descriptor with data, OIHW-family layout), optional ``bias`` (vector of output channels),
-    ``padding`` (``ConvolutionPadding``), ``activation`` (``ActivationFunction``), ``group_count``,
-    ``stride`` and ``dilation_stride`` as ``(x, y)``, ``filter_parameters``. ``backend`` picks the
-    library (default: ``bnns_py.backend.default_backend_name()``).
+    The arguments mirror Swift's initializer. ``apply`` runs the filter on numpy arrays or
+    descriptors, ``apply_backward`` computes gradients; ``close()`` (or leaving a ``with`` block)
+    destroys the filter.
 
     Transposed convolution weights use layout OIHW with ``size = (kW, kH, in/groups, out)`` where
     ``in`` is the input's channel count: memory ``[out][in/groups][kH][kW]``, not flipped (see the
@@ -139,13 +148,68 @@ class ConvolutionLayer(WeightedLayer):
     ``bfloat16_bits_to_float32``), or ``ml_dtypes.bfloat16`` arrays when ml_dtypes is installed.
     Transposed convolution and ``apply_backward`` take float32 only, as in BNNS.
 
-    Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
-    ``BNNSError`` if BNNS still refuses to create the filter.
+    Parameters
+    ----------
+    type : ConvolutionType or str
+        ``ConvolutionType.standard`` or ``.transposed``.
+    input, output : NDArrayDescriptor
+        ``Shape.image_chw`` descriptors of one input and one output image (their data is not
+        used); ``output``'s size must be the one the geometry gives.
+    weights : NDArrayDescriptor
+        A descriptor with data, in an OIHW-family layout (``Shape.convolution_weights_oihw``).
+    bias : NDArrayDescriptor, optional
+        A vector of ``C_out`` values, with data.
+    padding : ConvolutionPadding, optional
+        Zero padding (default none).
+    activation : ActivationFunction, str or None, optional
+        Fused after the bias (default identity).
+    group_count : int, optional
+        Channel groups.
+    stride, dilation_stride : (int, int), optional
+        ``(x, y)``, as in Swift (0 is read as 1).
+    filter_parameters : FilterParameters, optional
+        Flags (e.g. ``Flags.use_client_pointer``: the filter reads the weights in place at
+        every call), thread count and allocator.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None for ``default_backend_name()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid arguments, checked in Python before any C call.
+    NotImplementedError
+        An activation or data type the backend cannot compute.
+    BNNSError
+        BNNS still refuses to create the filter.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import (ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType,
+    ...                      NDArrayDescriptor, Shape, compare, reference)
+    >>> rng = np.random.default_rng(0)
+    >>> w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> layer = ConvolutionLayer(
+    ...     ConvolutionType.standard,
+    ...     NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 3)),
+    ...     NDArrayDescriptor(w, Shape.convolution_weights_oihw(3, 3, 3, 4)),
+    ...     NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(8, 8, 4)),
+    ...     padding=ConvolutionPadding.symmetric(1, 1))
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> y = np.empty((2, 4, 8, 8), dtype=np.float32)
+    >>> layer.apply(2, x, y)
+    >>> compare(y, reference.conv2d(x, w, padding=1)).ok
+    True
+    >>> layer.close()
     """
 
-    def __init__(self, type, input, weights, output, bias=None, padding=ConvolutionPadding.zero,
-                 activation=ActivationFunction.identity, group_count=1, stride=(1, 1),
-                 dilation_stride=(1, 1), filter_parameters=None, *, backend=None):
+    def __init__(self, type: Union[ConvolutionType, str], input: NDArrayDescriptor, weights: NDArrayDescriptor,
+                 output: NDArrayDescriptor, bias: Optional[NDArrayDescriptor] = None,
+                 padding: ConvolutionPadding = ConvolutionPadding.zero,
+                 activation: Union[ActivationFunction, str, None] = ActivationFunction.identity,
+                 group_count: int = 1, stride: Tuple[int, int] = (1, 1), dilation_stride: Tuple[int, int] = (1, 1),
+                 filter_parameters: Optional[FilterParameters] = None, *,
+                 backend: Union[str, Backend, None] = None) -> None:
         backend = get_backend(backend)
         type = ConvolutionType(type)
         activation = ActivationFunction.coerce(activation)
@@ -186,44 +250,85 @@ class ConvolutionLayer(WeightedLayer):
 
     # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
     @classmethod
-    def from_torch(cls, module, input_shape=None, backend=None, *, activation=None, filter_parameters=None):
+    def from_torch(cls, module: Any, input_shape: Optional[Tuple[int, ...]] = None, backend: Union[str, Backend, None] = None, *,
+                   activation: Union[ActivationFunction, str, None] = None, filter_parameters: Optional[FilterParameters] = None) -> Any:
         """The layer computing what a ``torch.nn`` module computes, for inputs of ``input_shape``.
 
-        ``module``: ``nn.Conv2d`` (a standard layer), ``nn.ConvTranspose2d`` (a transposed layer;
-        ``output_padding`` becomes a larger output), ``nn.Linear`` (a ``FullyConnectedLayer``), or
-        an ``nn.Sequential`` of an optional leading ``nn.ZeroPad2d``, one of those and an optional
-        activation module (fused). ``input_shape``: ``(C, H, W)`` or ``(N, C, H, W)`` (not needed
-        for ``nn.Linear``). Weights and bias are copied to float32 arrays the layer owns; the layer
-        reads them in place (``Flags.use_client_pointer``, so ``apply_backward`` works) unless
-        ``filter_parameters`` is given. String padding ``'same'``/``'valid'``, groups, dilation and
-        stride carry over; ``padding_mode`` other than ``'zeros'`` is refused (BNNS pads with zeros)
-        unless the padding is 0. Needs PyTorch (imported here, not by ``import bnns_py``).
+        Weights and bias are copied to float32 arrays the layer owns; the layer reads them in
+        place (``Flags.use_client_pointer``) unless ``filter_parameters`` is given. String padding
+        ``'same'``/``'valid'``, groups, dilation and stride carry over. Needs PyTorch (imported
+        here, not by ``import bnns_py``).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            ``nn.Conv2d`` (a standard layer), ``nn.ConvTranspose2d`` (a transposed layer;
+            ``output_padding`` becomes a larger output), ``nn.Linear`` (a
+            ``FullyConnectedLayer``), or an ``nn.Sequential`` of an optional leading
+            ``nn.ZeroPad2d``, one of those and an optional activation module (fused).
+        input_shape : tuple of int, optional
+            ``(C, H, W)`` or ``(N, C, H, W)``; not needed for ``nn.Linear``.
+        backend : str, Backend or None, optional
+            ``"accelerate"``, ``"portable"`` or None for ``default_backend_name()``.
+        activation : ActivationFunction, str or None, keyword-only
+            An activation to fuse, when ``module`` has none.
+        filter_parameters : FilterParameters, keyword-only
+            Passed to the layer (the weights are then not read in place unless its flags say so).
+
+        Returns
+        -------
+        ConvolutionLayer or FullyConnectedLayer
+
+        Raises
+        ------
+        ImportError
+            PyTorch is not installed.
+        TypeError, ValueError
+            A module of another kind, a missing ``input_shape``, or settings BNNS cannot express
+            (a ``padding_mode`` other than ``'zeros'`` with non-zero padding).
         """
         from . import interop
         return interop.convolution_layer_from_torch(module, input_shape, backend, activation, filter_parameters)
 
-    def to_torch(self):
-        """The equivalent ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (float32, CPU), with the layer's
-        current weights and bias copied. An ``nn.Sequential`` is returned when the layer needs
-        more: ``nn.ZeroPad2d`` first for asymmetric padding, and the activation module for a fused
-        activation other than identity (ValueError if ``torch.nn`` has no such module). Works on a
-        closed layer too (it reads the descriptors, not the filter)."""
+    def to_torch(self) -> Any:
+        """The equivalent torch module (float32, CPU), with copies of the current weights and bias.
+
+        Works on a closed layer too (it reads the descriptors, not the filter). Needs PyTorch.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``nn.Conv2d`` / ``nn.ConvTranspose2d``, or an ``nn.Sequential`` when the layer needs
+            more: ``nn.ZeroPad2d`` first for asymmetric padding, and the activation module for a
+            fused activation other than identity.
+
+        Raises
+        ------
+        ValueError
+            A fused activation ``torch.nn`` has no module for.
+        ImportError
+            PyTorch is not installed.
+        """
         from . import interop
         return interop.convolution_layer_to_torch(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return _repr.safe(self, _repr.layer_text, _repr.convolution_layer_parts)
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.safe(self, _repr.layer_html, _repr.convolution_layer_parts)
 
-    def _check_backward_preconditions(self, input, output, weights_gradient):
+    def _check_backward_preconditions(self, input: Optional[Operand], output: Optional[Operand],
+                                      weights_gradient: Optional[Operand]) -> None:
         super()._check_backward_preconditions(input, output, weights_gradient)
         if self.type is ConvolutionType.transposed and self.group_count > 1:
             raise ValueError("BNNS does not compute gradients of a grouped transposed convolution")
 
     @staticmethod
-    def _check(backend, type, input, weights, output, bias, padding, activation, groups, stride, dilation):
+    def _check(backend: Backend, type: ConvolutionType, input: NDArrayDescriptor, weights: NDArrayDescriptor,
+               output: NDArrayDescriptor, bias: Optional[NDArrayDescriptor], padding: ConvolutionPadding,
+               activation: ActivationFunction, groups: int, stride: Tuple[int, int],
+               dilation: Tuple[int, int]) -> None:
         for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
             if not isinstance(descriptor, NDArrayDescriptor):
                 raise TypeError(f"{name} must be an NDArrayDescriptor, not {type_name(descriptor)}")
@@ -286,5 +391,5 @@ class ConvolutionLayer(WeightedLayer):
         check_fusable(backend, activation)
 
 
-def type_name(value):
+def type_name(value: object) -> str:
     return type(value).__name__

@@ -5,10 +5,12 @@ an ``out x in`` row-major matrix, PyTorch's ``nn.Linear.weight`` memory, describ
 ``Shape.matrix_row_major(in, out)`` (``size = {columns, rows}``) or as
 ``Shape.matrix_first_major(out, in)``; both mean ``W(o, i)`` at ``i*stride[0] + o*stride[1]``.
 """
+from typing import Any, Optional, Tuple, Union
+
 from . import _repr
 from ._ffi import ffi
 from .activation import ActivationFunction, check_fusable
-from .backend import get_backend
+from .backend import Backend, get_backend
 from .descriptor import NDArrayDescriptor
 from .enums import DataLayout, DataType
 from .filter_parameters import FilterParameters
@@ -22,7 +24,7 @@ _ACCELERATE_IN_TYPES = {DataType.float32, DataType.float16, DataType.int8, DataT
 _ACCELERATE_OUT_TYPES = {DataType.float32, DataType.float16}
 
 
-def weight_matrix_sizes(weights):
+def weight_matrix_sizes(weights: NDArrayDescriptor) -> Tuple[int, ...]:
     """(in, out) of a fully-connected weight descriptor (matrix_row_major or matrix_first_major)."""
     if weights.layout == DataLayout.matrix_row_major:
         return weights.shape.sizes          # {columns, rows} = {in, out}
@@ -34,19 +36,51 @@ class FullyConnectedLayer(WeightedLayer):
     """A BNNS fully-connected filter (Swift's ``BNNS.FullyConnectedLayer``; Swift derives it from
     ``ConvolutionLayer``, here both derive from ``WeightedLayer``, which holds what they share).
 
-    ``input``/``output`` are vector descriptors (``Shape.vector(n)``; their data is not used),
-    ``weights`` a descriptor with data: ``Shape.matrix_row_major(in, out)`` or
-    ``Shape.matrix_first_major(out, in)`` over a row-major ``(out, in)`` array; optional ``bias``
-    a vector of ``out`` values; ``activation`` an ``ActivationFunction``; ``filter_parameters``
-    as for ``ConvolutionLayer``. ``apply``/``apply_backward``: inputs are ``(N, in)`` arrays (or
-    ``(in,)`` for one), outputs ``(N, out)``, and ``weights_gradient`` comes out in the weights' layout.
+    ``apply``/``apply_backward``: inputs are ``(N, in)`` arrays (or ``(in,)`` for one), outputs
+    ``(N, out)``, and ``weights_gradient`` comes out in the weights' layout.
 
-    Raises ``ValueError``/``TypeError`` for invalid arguments (checked in Python first) and
-    ``BNNSError`` if BNNS still refuses to create the filter.
+    Parameters
+    ----------
+    input, output : NDArrayDescriptor
+        Vector descriptors, ``Shape.vector(in)`` and ``Shape.vector(out)`` (their data is not
+        used).
+    weights : NDArrayDescriptor
+        A descriptor with data: ``Shape.matrix_row_major(in, out)`` or
+        ``Shape.matrix_first_major(out, in)`` over a row-major ``(out, in)`` array (PyTorch's
+        ``nn.Linear.weight``).
+    bias : NDArrayDescriptor, optional
+        A vector of ``out`` values, with data.
+    activation : ActivationFunction, str or None, optional
+        Fused after the bias (default identity).
+    filter_parameters, backend : optional
+        As for ``ConvolutionLayer`` (``backend`` keyword-only).
+
+    Raises
+    ------
+    TypeError, ValueError, NotImplementedError, BNNSError
+        As for ``ConvolutionLayer``: invalid arguments (checked before any C call), what the
+        backend cannot compute, or a filter BNNS refuses to create.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnns_py import DataType, FullyConnectedLayer, NDArrayDescriptor, Shape
+    >>> w = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 0.0]], dtype=np.float32)   # (out, in)
+    >>> with FullyConnectedLayer(
+    ...         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(3)),
+    ...         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(2)),
+    ...         NDArrayDescriptor(w, Shape.matrix_row_major(3, 2))) as layer:
+    ...     y = np.empty((1, 2), dtype=np.float32)
+    ...     layer.apply(1, np.ones((1, 3), dtype=np.float32), y)
+    >>> y.tolist()
+    [[6.0, -1.0]]
     """
 
-    def __init__(self, input, output, weights, bias=None, activation=ActivationFunction.identity,
-                 filter_parameters=None, *, backend=None):
+    def __init__(self, input: NDArrayDescriptor, output: NDArrayDescriptor, weights: NDArrayDescriptor,
+                 bias: Optional[NDArrayDescriptor] = None,
+                 activation: Union[ActivationFunction, str, None] = ActivationFunction.identity,
+                 filter_parameters: Optional[FilterParameters] = None, *,
+                 backend: Union[str, Backend, None] = None) -> None:
         backend = get_backend(backend)
         activation = ActivationFunction.coerce(activation)
         if filter_parameters is not None and not isinstance(filter_parameters, FilterParameters):
@@ -66,15 +100,17 @@ class FullyConnectedLayer(WeightedLayer):
         super().__init__(handle, backend, input, output, weights, bias, activation, filter_parameters)
 
     @property
-    def input_size(self):
+    def input_size(self) -> int:
         return self.input_descriptor.shape.sizes[0]
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         return self.output_descriptor.shape.sizes[0]
 
     @staticmethod
-    def _check_fully_connected(backend, input, output, weights, bias, activation):
+    def _check_fully_connected(backend: Backend, input: NDArrayDescriptor, output: NDArrayDescriptor,
+                               weights: NDArrayDescriptor, bias: Optional[NDArrayDescriptor],
+                               activation: ActivationFunction) -> None:
         for name, descriptor in (("input", input), ("weights", weights), ("output", output)):
             if not isinstance(descriptor, NDArrayDescriptor):
                 raise TypeError(f"{name} must be an NDArrayDescriptor, not {type(descriptor).__name__}")
@@ -131,24 +167,58 @@ class FullyConnectedLayer(WeightedLayer):
 
     # ---- PyTorch interop and notebook display (bnns_py.interop, bnns_py._repr) ---------------------
     @classmethod
-    def from_torch(cls, module, input_shape=None, backend=None, *, activation=None, filter_parameters=None):
+    def from_torch(cls, module: Any, input_shape: Optional[Tuple[int, ...]] = None, backend: Union[str, Backend, None] = None, *,
+                   activation: Union[ActivationFunction, str, None] = None, filter_parameters: Optional[FilterParameters] = None) -> Any:
         """The layer computing what ``torch.nn.Linear`` (or ``nn.Sequential(Linear, activation)``)
-        computes. ``input_shape``, if given, must end with ``in_features``. Weights and bias are
-        copied to float32 arrays the layer owns and reads in place (``Flags.use_client_pointer``)
-        unless ``filter_parameters`` is given. Needs PyTorch."""
+        computes (needs PyTorch).
+
+        Weights and bias are copied to float32 arrays the layer owns and reads in place
+        (``Flags.use_client_pointer``) unless ``filter_parameters`` is given.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            ``nn.Linear`` or ``nn.Sequential(Linear, activation)`` (fused).
+        input_shape : tuple of int, optional
+            If given, must end with ``in_features``.
+        backend, activation, filter_parameters : optional
+            As for ``ConvolutionLayer.from_torch``.
+
+        Returns
+        -------
+        FullyConnectedLayer
+
+        Raises
+        ------
+        ImportError
+            PyTorch is not installed.
+        TypeError, ValueError
+            A module of another kind, or an ``input_shape`` that does not fit.
+        """
         from . import interop
         return interop.fully_connected_from_torch(module, input_shape, backend, activation, filter_parameters)
 
-    def to_torch(self):
-        """The equivalent ``nn.Linear`` (float32, CPU), or ``nn.Sequential(Linear, activation)``
-        for a fused activation other than identity (ValueError if ``torch.nn`` has none)."""
+    def to_torch(self) -> Any:
+        """The equivalent torch module (float32, CPU), with copies of the current weights and bias.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``nn.Linear``, or ``nn.Sequential(Linear, activation)`` for a fused activation other
+            than identity.
+
+        Raises
+        ------
+        ValueError, ImportError
+            As for ``ConvolutionLayer.to_torch``.
+        """
         from . import interop
         return interop.fully_connected_to_torch(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return _repr.safe(self, _repr.layer_text, _repr.fully_connected_parts)
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.safe(self, _repr.layer_html, _repr.fully_connected_parts)
 
 

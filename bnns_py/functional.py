@@ -37,15 +37,17 @@ import atexit
 import itertools
 import threading
 from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
-from ._arrays import (FLOAT32, address, contiguous_float32, data_address, image_input, image_output, overlap,
+from ._arrays import (FLOAT32, Array, ImageInput, ImageOutput, RowsLayout, address, contiguous_float32, data_address, image_input, image_output, overlap,
                       vector_input, vector_output, written)
 from ._checks import int_pair, is_int
 from ._ffi import ffi
 from .activation import ActivationFunction
-from .backend import get_backend
+from .backend import Backend, get_backend
 from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
 from .descriptor import NDArrayDescriptor
 from .enums import DataType, Flags
@@ -55,13 +57,18 @@ from .geometry import max_output_size, transposed_output_size
 from .shape import Shape
 
 _FLOAT32_TYPE = DataType.float32
+IntPair = Union[int, Tuple[int, int]]  # one value for both axes, or (height, width)
+Padding = Union[int, Sequence[int], str]  # int, (pad_h, pad_w), (left, right, top, bottom), "same", "valid"
+ActivationLike = Union[ActivationFunction, str, None]
+BackendLike = Union[str, Backend, None]
+Sides = Tuple[int, int, int, int]  # (left, right, top, bottom)
 _PADDING_FORMS = "an int, (pad_h, pad_w), (left, right, top, bottom), 'same' or 'valid'"
 
 
-def normalize_padding(padding):
+def normalize_padding(padding: Union[int, Sequence[int]]) -> Sides:
     """PyTorch-style padding (int, (pad_h, pad_w) or (left, right, top, bottom)) -> 4-tuple."""
     if is_int(padding):
-        padding = (padding,)
+        padding = (padding,)  # type: ignore[assignment]  # read as a 1-tuple below
     values = tuple(padding) if isinstance(padding, (tuple, list)) else None
     if values is None or len(values) not in (1, 2, 4):
         raise TypeError(f"padding must be {_PADDING_FORMS}; got {padding!r}")
@@ -73,10 +80,11 @@ def normalize_padding(padding):
     if len(values) == 2:
         pad_h, pad_w = values
         return (int(pad_w), int(pad_w), int(pad_h), int(pad_h))
-    return tuple(int(v) for v in values)
+    left, right, top, bottom = values
+    return (int(left), int(right), int(top), int(bottom))
 
 
-def same_padding(kernel, dilation):
+def same_padding(kernel: Tuple[int, int], dilation: Tuple[int, int]) -> Sides:
     """(left, right, top, bottom) that keep a stride-1 convolution's output the input's size, as
     PyTorch's ``padding="same"`` pads: ``dilation * (k - 1)`` in all, the odd one at the end."""
     (k_h, k_w), (d_h, d_w) = kernel, dilation
@@ -84,7 +92,8 @@ def same_padding(kernel, dilation):
     return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
 
 
-def _string_padding(padding, kernel, stride, dilation, transposed):
+def _string_padding(padding: str, kernel: Tuple[int, int], stride: Tuple[int, int], dilation: Tuple[int, int],
+                    transposed: bool) -> Sides:
     """(left, right, top, bottom) for ``"same"`` / ``"valid"``, refused where PyTorch refuses them."""
     if transposed:
         raise ValueError(f"padding={padding!r}: a transposed convolution takes numeric padding only "
@@ -99,7 +108,7 @@ def _string_padding(padding, kernel, stride, dilation, transposed):
     raise ValueError(f"padding must be {_PADDING_FORMS}; got {padding!r}")
 
 
-def _check_groups(groups, channels, what):
+def _check_groups(groups: int, channels: int, what: str) -> int:
     if not is_int(groups) or groups < 1:
         raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
     if channels % groups:
@@ -114,17 +123,18 @@ class ConvSpec:
     transposed: bool
     in_channels: int
     out_channels: int
-    kernel: tuple          # (kH, kW)
-    stride: tuple          # (sh, sw)
-    padding: tuple         # (left, right, top, bottom)
-    dilation: tuple        # (dh, dw)
+    kernel: Tuple[int, int]          # (kH, kW)
+    stride: Tuple[int, int]          # (sh, sw)
+    padding: Sides                   # (left, right, top, bottom)
+    dilation: Tuple[int, int]        # (dh, dw)
     groups: int
-    output_padding: tuple  # (oph, opw), transposed only
+    output_padding: Tuple[int, int]  # (oph, opw), transposed only
     activation: ActivationFunction
 
     @classmethod
-    def from_arguments(cls, transposed, weight, bias, stride, padding, dilation, groups, activation,
-                       output_padding=0):
+    def from_arguments(cls, transposed: bool, weight: Array, bias: Optional[Array], stride: IntPair,
+                       padding: Padding, dilation: IntPair, groups: int, activation: ActivationLike,
+                       output_padding: IntPair = 0) -> "ConvSpec":
         """Validate PyTorch-style arguments (weight and bias already float32 arrays)."""
         if transposed:  # weight (in, out/groups, kH, kW)
             in_channels, out_per_group, k_h, k_w = weight.shape
@@ -154,7 +164,7 @@ class ConvSpec:
         return cls(transposed, in_channels, out_channels, (k_h, k_w), stride, sides,
                    dilation, groups, out_pad, ActivationFunction.coerce(activation))
 
-    def output_hw(self, height, width):
+    def output_hw(self, height: int, width: int) -> Tuple[int, int]:
         """Output (height, width) for an input of (height, width); raises if it would be empty."""
         left, right, top, bottom = self.padding
         (k_h, k_w), (s_h, s_w), (d_h, d_w) = self.kernel, self.stride, self.dilation
@@ -171,12 +181,12 @@ class ConvSpec:
                                  f"padded input {height + top + bottom}x{width + left + right}")
         return out_h, out_w
 
-    def bnns_weight_shape(self, strides=None):
+    def bnns_weight_shape(self, strides: Optional[Tuple[int, int, int, int]] = None) -> Shape:
         k_h, k_w = self.kernel
         return Shape.convolution_weights_oihw(k_w, k_h, self.in_channels // self.groups, self.out_channels,
                                               (0, 0, 0, 0) if strides is None else strides)
 
-    def torch_weight_strides(self, backend=None):
+    def torch_weight_strides(self, backend: BackendLike = None) -> Optional[Tuple[int, int, int, int]]:
         """BNNS OIHW strides ``(kW, kH, in/groups, out)`` that describe a transposed layer's
         PyTorch-layout weight ``(in, out, kH, kW)`` in place, when ``backend`` honours weight strides
         and the layer has one group; else None (the weight is copied into BNNS's layout)."""
@@ -185,8 +195,10 @@ class ConvSpec:
         k_h, k_w = self.kernel
         return (1, k_w, self.out_channels * k_h * k_w, k_h * k_w)
 
-    def make_layer(self, height, width, bnns_weight, bias, backend, client_pointer=True,
-                   input_strides=(0, 0, 0), output_strides=(0, 0, 0), n_threads=0, weight_strides=None):
+    def make_layer(self, height: int, width: int, bnns_weight: Array, bias: Optional[Array], backend: BackendLike,
+                   client_pointer: bool = True, input_strides: Tuple[int, int, int] = (0, 0, 0),
+                   output_strides: Tuple[int, int, int] = (0, 0, 0), n_threads: int = 0,
+                   weight_strides: Optional[Tuple[int, int, int, int]] = None) -> ConvolutionLayer:
         """A ConvolutionLayer for inputs of (height, width), reading ``bnns_weight`` (BNNS OIHW, or
         with ``weight_strides`` (from ``torch_weight_strides``) a transposed layer's PyTorch-layout weight).
 
@@ -208,7 +220,7 @@ class ConvSpec:
             (s_w, s_h), (d_w, d_h), parameters, backend=backend)
 
 
-def transposed_weight_to_bnns(weight, groups, out=None):
+def transposed_weight_to_bnns(weight: Array, groups: int, out: Optional[Array] = None) -> Array:
     """PyTorch ``(in, out/groups, kH, kW)`` -> BNNS transposed OIHW memory ``[out][in/groups][kH][kW]``
     (written into ``out``, a C-contiguous array of that shape, when given: one pass, no temporary)."""
     in_channels, out_per_group, k_h, k_w = weight.shape
@@ -220,7 +232,7 @@ def transposed_weight_to_bnns(weight, groups, out=None):
         groups * out_per_group, in_channels // groups, k_h, k_w)
 
 
-def transposed_weight_from_bnns(bnns_weight, groups):
+def transposed_weight_from_bnns(bnns_weight: Array, groups: int) -> Array:
     """Inverse of ``transposed_weight_to_bnns``."""
     out_channels, in_per_group, k_h, k_w = bnns_weight.shape
     grouped = bnns_weight.reshape(groups, out_channels // groups, in_per_group, k_h, k_w)
@@ -228,7 +240,8 @@ def transposed_weight_from_bnns(bnns_weight, groups):
         groups * in_per_group, out_channels // groups, k_h, k_w)
 
 
-def make_linear_layer(weight, bias, activation, backend, client_pointer=True):
+def make_linear_layer(weight: Array, bias: Optional[Array], activation: ActivationLike, backend: BackendLike,
+                      client_pointer: bool = True) -> FullyConnectedLayer:
     """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays."""
     out_features, in_features = weight.shape
     parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none)
@@ -240,7 +253,7 @@ def make_linear_layer(weight, bias, activation, backend, client_pointer=True):
         ActivationFunction.coerce(activation), parameters, backend=backend)
 
 
-def linear_operands(weight, bias):
+def linear_operands(weight: Any, bias: Any) -> Tuple[Array, Optional[Array], bool]:
     """PyTorch-style ``(out, in)`` weight and ``(out,)`` bias as C-contiguous float32 arrays, and
     whether both are the caller's memory (not copies)."""
     weight, weight_in_place = contiguous_float32("weight", weight, (2,))
@@ -253,13 +266,13 @@ def linear_operands(weight, bias):
     return weight, bias, weight_in_place and bias_in_place
 
 
-def pointer(array):
+def pointer(array: Array) -> Any:
     """A C pointer to an array's first element: ``ffi.from_buffer`` for C-contiguous arrays, the
     raw address for strided views (``array`` must outlive the call)."""
     return ffi.from_buffer(array) if array.flags.c_contiguous else address(array)
 
 
-def run_filter(layer, batch, x, in_stride, out, out_stride):
+def run_filter(layer: Any, batch: int, x: Array, in_stride: int, out: Array, out_stride: int) -> None:
     """``BNNSFilterApplyBatch`` on ``layer``'s filter, reading ``x`` and writing ``out`` (checked
     by the caller: their layouts are the ones the filter was made for)."""
     handle = layer.bnns_filter
@@ -291,7 +304,8 @@ class _ConvFilter:
                  "batch", "in_stride", "out_stride", "copy_x", "x_view", "out_view", "copy_out", "lock", "last",
                  "tick", "fast_keys", "__weakref__")
 
-    def __init__(self, spec, prepared, output, weight, bias, backend):
+    def __init__(self, spec: ConvSpec, prepared: ImageInput, output: ImageOutput, weight: Array,
+                 bias: Optional[Array], backend: Backend) -> None:
         x4 = prepared.array
         batch, _, height, width = x4.shape
         strides = spec.torch_weight_strides(backend)  # a transposed weight read in place, if it can be
@@ -312,9 +326,9 @@ class _ConvFilter:
         self.lock = self.layer._call_lock
         self.last = (_NOTHING, _NOTHING, None, None)
         self.tick = 0
-        self.fast_keys = []
+        self.fast_keys: List[Any] = []
 
-    def run(self, x, out, x_is_copy=False):
+    def run(self, x: Array, out: Optional[Array], x_is_copy: bool = False) -> Array:
         """Run on ``x`` (and ``out``), numpy arrays of this filter's geometry; ``out`` is checked here.
 
         ``x_is_copy``: ``x`` is already the packed copy of an input this filter copies. The last
@@ -323,7 +337,7 @@ class _ConvFilter:
         """
         self.tick = _next_tick()
         last = self.last
-        target = out
+        target: Any = out
         if out is None:
             if x is last[0] and last[1] is None:
                 x_ptr = last[2]
@@ -357,9 +371,9 @@ class _ConvFilter:
         if out is not None and target is not out:
             np.copyto(out, target)
             return out
-        return target
+        return target  # type: ignore[no-any-return]  # a new array here
 
-    def _pointers(self, x, out, x_is_copy):
+    def _pointers(self, x: Array, out: Optional[Array], x_is_copy: bool) -> Tuple[Array, Any, Any]:
         """(x as passed to C, its pointer, out's pointer or None) after the checks; remembered for
         the next call unless ``x`` had to be copied or ``out`` is filled afterwards."""
         if out is not None and not out.flags.aligned:
@@ -387,14 +401,15 @@ class _LinearFilter:
 
     __slots__ = ("layer", "weight", "bias", "out_features", "tick", "fast_keys", "__weakref__")
 
-    def __init__(self, weight, bias, activation, backend):
+    def __init__(self, weight: Array, bias: Optional[Array], activation: ActivationFunction,
+                 backend: Backend) -> None:
         self.layer = make_linear_layer(weight, bias, activation, backend)
         self.weight, self.bias = weight, bias
         self.out_features = weight.shape[0]
         self.tick = 0
-        self.fast_keys = []
+        self.fast_keys: List[Any] = []
 
-    def run(self, rows, output):
+    def run(self, rows: RowsLayout, output: Optional[RowsLayout]) -> Array:
         """Run on ``rows`` (a ``RowsLayout`` of the input) into ``output`` (one of ``out``, or None)."""
         self.tick = _next_tick()
         x = rows.array
@@ -410,8 +425,8 @@ class _Cache:
 
     lock = threading.Lock()
     size = 16
-    entries: dict = {}  # geometry + memory key -> _ConvFilter or _LinearFilter
-    fast: dict = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
+    entries: Dict[Any, Union[_ConvFilter, _LinearFilter]] = {}  # geometry + memory key -> _ConvFilter or _LinearFilter
+    fast: Dict[Any, _ConvFilter] = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
     ticks = itertools.count(1)  # least recently used = smallest tick (see _next_tick)
     FAST_KEYS_PER_FILTER = 8
 
@@ -421,15 +436,47 @@ _fast_get = _Cache.fast.get  # the dict is only ever cleared in place
 _from_buffer = ffi.from_buffer
 
 
-def cache_size():
-    """How many filters ``conv2d``/``conv_transpose2d``/``linear`` keep (0: the cache is off)."""
+def cache_size() -> int:
+    """How many filters :func:`conv2d`, :func:`conv_transpose2d` and :func:`linear` keep.
+
+    Returns
+    -------
+    int
+        The cache's capacity (16 unless changed); 0 means the cache is off.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.cache_size()
+    16
+    """
     return _Cache.size
 
 
-def set_cache_size(size):
-    """Keep at most ``size`` filters (and their weight/bias arrays) for ``conv2d``,
-    ``conv_transpose2d`` and ``linear``; 0 turns the cache off. Filters beyond the new size are
-    destroyed."""
+def set_cache_size(size: int) -> None:
+    """Keep at most ``size`` filters (and their weight/bias arrays) for :func:`conv2d`,
+    :func:`conv_transpose2d` and :func:`linear`.
+
+    Filters beyond the new size (least recently used first) are destroyed.
+
+    Parameters
+    ----------
+    size : int
+        The new capacity, >= 0; 0 turns the cache off.
+
+    Raises
+    ------
+    ValueError
+        ``size`` is not an integer >= 0.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.set_cache_size(4)
+    >>> bnns_py.cache_size()
+    4
+    >>> bnns_py.set_cache_size(16)
+    """
     if not is_int(size) or size < 0:
         raise ValueError(f"cache size must be an integer >= 0, got {size!r}")
     with _Cache.lock:
@@ -438,10 +485,25 @@ def set_cache_size(size):
     del dropped  # destroyed here, outside the lock
 
 
-def clear_cache():
-    """Destroy every filter cached by ``conv2d``/``conv_transpose2d``/``linear`` and release their
-    weight and bias arrays. A call running on another thread finishes first: its filter is
-    destroyed when that call returns."""
+def clear_cache() -> None:
+    """Destroy every filter cached by :func:`conv2d`, :func:`conv_transpose2d` and :func:`linear`.
+
+    Their weight and bias arrays are released. A call running on another thread finishes first:
+    its filter is destroyed when that call returns. Also done at interpreter exit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> w = np.ones((2, 3), dtype=np.float32)
+    >>> bnns_py.linear(np.ones(3, dtype=np.float32), w).tolist()
+    [3.0, 3.0]
+    >>> bnns_py.cached_filter_count() >= 1
+    True
+    >>> bnns_py.clear_cache()
+    >>> bnns_py.cached_filter_count()
+    0
+    """
     with _Cache.lock:
         dropped = list(_Cache.entries.values())
         _Cache.entries.clear()
@@ -449,15 +511,28 @@ def clear_cache():
     del dropped
 
 
-def cached_filter_count():
-    """Filters currently held by the functional API's cache."""
+def cached_filter_count() -> int:
+    """The number of filters the functional API's cache holds now.
+
+    Returns
+    -------
+    int
+        Between 0 and :func:`cache_size`.
+
+    Examples
+    --------
+    >>> import bnns_py
+    >>> bnns_py.clear_cache()
+    >>> bnns_py.cached_filter_count()
+    0
+    """
     return len(_Cache.entries)
 
 
 atexit.register(clear_cache)
 
 
-def _evict_locked():
+def _evict_locked() -> List[Any]:
     """Remove least recently used entries beyond ``_Cache.size``; returns them (to drop unlocked).
 
     A filter is destroyed when its last reference goes: a call running it on another thread
@@ -474,10 +549,10 @@ def _evict_locked():
     return dropped
 
 
-def _cached(key, fast_key, make):
+def _cached(key: Any, fast_key: Any, make: Callable[[], Union[_ConvFilter, _LinearFilter]]) -> Any:
     """The cached filter for ``key`` (made by ``make()`` on a miss), reachable by ``fast_key`` too."""
     entry = _Cache.entries.get(key)
-    dropped = ()
+    dropped: Sequence[Any] = ()
     if entry is None:
         made = make()
         with _Cache.lock:
@@ -491,7 +566,7 @@ def _cached(key, fast_key, make):
         with _Cache.lock:
             if _Cache.entries.get(key) is entry:
                 entry.fast_keys.append(fast_key[0])
-                _Cache.fast[fast_key[0]] = entry
+                _Cache.fast[fast_key[0]] = entry  # type: ignore[assignment]  # only convolutions have fast keys
                 if len(entry.fast_keys) > _Cache.FAST_KEYS_PER_FILTER:
                     old = entry.fast_keys.pop(0)
                     if _Cache.fast.get(old) is entry:
@@ -500,15 +575,15 @@ def _cached(key, fast_key, make):
     return entry
 
 
-def _plain_arguments(*values):
+def _plain_arguments(*values: object) -> bool:
     """True when each value is an int, a string or a tuple of ints (exactly: no bool, float or
     numpy int, which compare equal to other values)."""
     return all(type(v) is int or type(v) is str or (type(v) is tuple and all(type(e) is int for e in v))
                for v in values)
 
 
-def _run(transposed, x, weight, bias, stride, padding, dilation, groups, activation, backend, out,
-         output_padding=0):
+def _run(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPair, padding: Padding, dilation: IntPair,
+         groups: int, activation: ActivationLike, backend: BackendLike, out: Any, output_padding: IntPair = 0) -> Any:
     # Fast path: the same call as one before (same weight and bias objects, same argument values,
     # same input/output layouts) reuses that filter. Only numpy arrays take it.
     if not ((type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int
@@ -516,6 +591,7 @@ def _run(transposed, x, weight, bias, stride, padding, dilation, groups, activat
         # True == 1 and 1.0 == 1: only exact ints may be compared with the cached arguments
         return _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation,
                             backend, out, output_padding, None)
+    fast_key: Any
     # Only float32 arrays are cached, so dtypes are compared here rather than hashed into the key;
     # a 1-D bias's strides also fix its shape (an array's size never changes).
     try:
@@ -537,8 +613,9 @@ def _run(transposed, x, weight, bias, stride, padding, dilation, groups, activat
                         backend, out, output_padding, fast_key)
 
 
-def _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation, backend, out,
-                 output_padding, fast_key):
+def _run_checked(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPair, padding: Padding,
+                 dilation: IntPair, groups: int, activation: ActivationLike, backend: BackendLike, out: Any,
+                 output_padding: IntPair, fast_key: Any) -> Any:
     given_weight, given_bias = weight, bias
     weight, weight_in_place = contiguous_float32("weight", weight, (4,))
     bias_in_place = True
@@ -553,7 +630,7 @@ def _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups,
     expected = (batch, spec.out_channels) + spec.output_hw(height, width)
     output = image_output(out, expected, prepared.single, prepared.array, honour)
 
-    def make():
+    def make() -> _ConvFilter:
         return _ConvFilter(spec, prepared, output, weight, bias, backend)
 
     x4, out4 = prepared.array, output.array
@@ -579,78 +656,194 @@ def _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups,
     return result if out is None else written(out)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
-           backend=None, out=None):
-    """2-D convolution (cross-correlation) of ``input`` with ``weight``, computed by BNNS; the
-    arguments of ``torch.nn.functional.conv2d``, in the same order.
-
-    Args:
-        input: float32 ``(N, C_in, H, W)`` or ``(C_in, H, W)``: a numpy array, a CPU torch tensor
-            or any object exposing ``__dlpack__``, ``__array_interface__`` or the buffer protocol,
-            read in place; strided views are read in place when BNNS can describe them, other
-            layouts are copied (see the module docstring).
-        weight: float32 ``(C_out, C_in / groups, kH, kW)`` (same kinds of objects).
-        bias: optional float32 ``(C_out,)``.
-        stride, dilation: int or ``(sh, sw)``.
-        padding: int, ``(pad_h, pad_w)``, ``(left, right, top, bottom)`` (a BNNS extra: PyTorch has
-            no asymmetric padding), ``"valid"`` (none) or ``"same"`` (the output keeps the input's
-            size; ``dilation * (k - 1)`` zeros per axis, the odd one at the end, as PyTorch pads;
-            stride 1 only).
-        groups: number of groups (``C_in`` for depthwise).
-        activation: keyword-only; None, a name (``"relu"``, ``"sigmoid"``, ...) or an
-            ``ActivationFunction``, applied after the bias.
-        backend: keyword-only; ``"accelerate"``, ``"portable"`` or None (default backend).
-        out: keyword-only; float32 array or CPU torch tensor (not requiring grad) of the output
-            shape, written in place: C-contiguous, or a strided view with contiguous rows (see the
-            module docstring).
-
-    Returns:
-        A new numpy array ``(N, C_out, H_out, W_out)`` (``(C_out, H_out, W_out)`` for 3-D input),
-        with PyTorch's output size ``(H + top + bottom - dH*(kH-1) - 1) // sH + 1``; or ``out``.
+def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
+           dilation: IntPair = 1, groups: int = 1, *, activation: ActivationLike = None,
+           backend: BackendLike = None, out: Any = None) -> Any:
+    """2-D convolution (cross-correlation) computed by BNNS, with ``torch.nn.functional.conv2d``'s
+    arguments in the same order.
 
     The BNNS filter is cached: a repeated call with the same weight/bias memory and geometry only
-    runs it (see the module docstring, ``clear_cache`` and ``set_cache_size``).
+    runs it (see the module docstring, :func:`clear_cache` and :func:`set_cache_size`).
+
+    Parameters
+    ----------
+    input : array_like, float32, shape (N, C_in, H, W) or (C_in, H, W)
+        A numpy array, a CPU torch tensor or any object exposing ``__dlpack__``,
+        ``__array_interface__`` or the buffer protocol, read in place. Strided views are read in
+        place when BNNS can describe them; other layouts are copied (see the module docstring).
+    weight : array_like, float32, shape (C_out, C_in / groups, kH, kW)
+        The filters, in PyTorch's layout (same kinds of objects as ``input``).
+    bias : array_like, float32, shape (C_out,), optional
+        Added before the activation; None for no bias.
+    stride, dilation : int or (int, int), optional
+        ``(sh, sw)`` and ``(dh, dw)``, each >= 1; an int is used for both axes.
+    padding : int, (int, int), (int, int, int, int) or str, optional
+        Zero padding: an int for every side, ``(pad_h, pad_w)``, ``(left, right, top, bottom)``
+        (a BNNS extra: PyTorch has no asymmetric padding), ``"valid"`` (none) or ``"same"`` (the
+        output keeps the input's size: ``dilation * (k - 1)`` zeros per axis, the odd one at the
+        end, as PyTorch pads; stride 1 only).
+    groups : int, optional
+        Channel groups; ``C_in`` and ``C_out`` must be multiples of it (``C_in`` for depthwise).
+    activation : ActivationFunction, str or None, keyword-only
+        Applied after the bias: None (identity), a name such as ``"relu"`` or ``"sigmoid"``, or
+        an :class:`ActivationFunction`.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None for :func:`default_backend_name`.
+    out : array_like, float32, keyword-only
+        Written in place and returned: a numpy array or a CPU torch tensor that does not require
+        grad, of the output's shape; C-contiguous, or a strided view with contiguous rows.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        A new array (3-D for 3-D input), or ``out`` when given. Per axis, the size is PyTorch's
+        ``(H + top + bottom - dH * (kH - 1) - 1) // sH + 1``.
+
+    Raises
+    ------
+    TypeError
+        An operand that is not an array object or not float32, a tensor on another device, or
+        padding of the wrong form.
+    ValueError
+        Shapes that do not fit together (channels, groups, bias), bad stride, dilation or
+        padding values, an empty output, or an ``out`` of the wrong shape, read-only, sharing
+        memory with ``input`` or in a layout BNNS cannot write.
+    BNNSError
+        The backend refuses the layer (e.g. an activation it cannot fuse).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> from bnns_py import reference
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> relu = bnns_py.ActivationFunction.rectified_linear
+    >>> y = bnns_py.conv2d(x, w, stride=2, padding=1, activation=relu)
+    >>> y.shape, y.dtype
+    ((2, 4, 4, 4), dtype('float32'))
+    >>> bnns_py.compare(y, reference.conv2d(x, w, stride=2, padding=1, activation=relu)).ok
+    True
     """
     return _run(False, input, weight, bias, stride, padding, dilation, groups, activation, backend, out)
 
 
-def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-                     activation=None, backend=None, out=None):
-    """2-D transposed convolution, computed by BNNS; the arguments of
-    ``torch.nn.functional.conv_transpose2d``, in the same order (``groups`` before ``dilation``).
+def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: IntPair = 1,
+                     padding: Union[int, Sequence[int]] = 0, output_padding: IntPair = 0, groups: int = 1,
+                     dilation: IntPair = 1, *, activation: ActivationLike = None, backend: BackendLike = None,
+                     out: Any = None) -> Any:
+    """2-D transposed convolution computed by BNNS, with ``torch.nn.functional.conv_transpose2d``'s
+    arguments in the same order (``groups`` before ``dilation``).
 
-    ``weight`` is ``(C_in, C_out / groups, kH, kW)`` as in PyTorch; it is read in place where the
-    backend honours weight strides and ``groups`` is 1, else rearranged into BNNS's transposed
-    OIHW layout at each call. ``padding`` is an int, ``(pad_h, pad_w)`` or ``(left, right, top,
-    bottom)`` (no ``"same"``/``"valid"``, as in PyTorch). Output size per axis:
-    ``(in - 1)*stride - pad_before - pad_after + dilation*(k - 1) + 1 + output_padding``.
-    Operands, the keyword-only ``activation``/``backend``/``out`` and the result as in ``conv2d``.
+    ``weight`` is read in place where the backend honours weight strides and ``groups`` is 1,
+    else rearranged into BNNS's transposed OIHW layout at each call. The filter is cached as
+    :func:`conv2d`'s is.
+
+    Parameters
+    ----------
+    input : array_like, float32, shape (N, C_in, H, W) or (C_in, H, W)
+        Read in place, as for :func:`conv2d`.
+    weight : array_like, float32, shape (C_in, C_out / groups, kH, kW)
+        PyTorch's layout for transposed convolutions.
+    bias : array_like, float32, shape (C_out,), optional
+        Added before the activation; None for no bias.
+    stride, dilation : int or (int, int), optional
+        ``(sh, sw)`` and ``(dh, dw)``, each >= 1.
+    padding : int, (int, int) or (int, int, int, int), optional
+        An int, ``(pad_h, pad_w)`` or ``(left, right, top, bottom)``, removed from the full
+        output; no ``"same"``/``"valid"``, as in PyTorch.
+    output_padding : int or (int, int), optional
+        Extra rows/columns at the bottom/right, each smaller than the stride or the dilation.
+    groups : int, optional
+        Channel groups; ``C_in`` must be a multiple of it.
+    activation, backend, out : keyword-only
+        As for :func:`conv2d`.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        A new array, or ``out`` when given. Per axis, the size is
+        ``(in - 1) * stride - pad_before - pad_after + dilation * (k - 1) + 1 + output_padding``.
+
+    Raises
+    ------
+    TypeError
+        As for :func:`conv2d`.
+    ValueError
+        As for :func:`conv2d`, string padding, or an ``output_padding`` not smaller than the
+        stride or the dilation.
+    BNNSError
+        The backend refuses the layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> from bnns_py import reference
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    >>> w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    >>> y = bnns_py.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+    >>> y.shape
+    (1, 2, 10, 10)
+    >>> bnns_py.compare(y, reference.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)).ok
+    True
     """
     return _run(True, input, weight, bias, stride, padding, dilation, groups, activation, backend, out,
                 output_padding)
 
 
-def linear(input, weight, bias=None, *, activation=None, backend=None, out=None):
-    """Fully-connected layer ``y = act(input @ weight.T + bias)``, computed by BNNS; the arguments
-    of ``torch.nn.functional.linear``.
+def linear(input: Any, weight: Any, bias: Any = None, *, activation: ActivationLike = None,
+           backend: BackendLike = None, out: Any = None) -> Any:
+    """Fully-connected layer ``y = act(input @ weight.T + bias)`` computed by BNNS, with
+    ``torch.nn.functional.linear``'s arguments.
 
-    Args:
-        input: float32 ``(N, in)`` or ``(in,)``: a numpy array, CPU torch tensor or array object
-            (as for ``conv2d``); rows with contiguous values are read in place, at any row stride,
-            other layouts are copied.
-        weight: float32 ``(out, in)``, as ``torch.nn.functional.linear``.
-        bias: optional float32 ``(out,)``.
-        activation: keyword-only; None, a name (``"relu"``, ``"sigmoid"``, ...) or an
-            ``ActivationFunction``.
-        backend: keyword-only; ``"accelerate"``, ``"portable"`` or None (default backend).
-        out: keyword-only; float32 array or CPU torch tensor (not requiring grad) ``(N, out)``
-            (``(out,)`` for 1-D input) with contiguous rows, written in place.
+    The filter is cached as :func:`conv2d`'s is, by weight/bias memory and activation (any batch
+    size runs on it): in-place changes to the weight and bias are seen by the next call.
 
-    Returns:
-        A new numpy array ``(N, out)`` (``(out,)`` for 1-D input), or ``out``.
+    Parameters
+    ----------
+    input : array_like, float32, shape (N, in_features) or (in_features,)
+        A numpy array, CPU torch tensor or array object (as for :func:`conv2d`); rows with
+        contiguous values are read in place at any row stride, other layouts are copied.
+    weight : array_like, float32, shape (out_features, in_features)
+        As ``torch.nn.functional.linear``'s.
+    bias : array_like, float32, shape (out_features,), optional
+        Added before the activation; None for no bias.
+    activation : ActivationFunction, str or None, keyword-only
+        None (identity), a name such as ``"relu"``, or an :class:`ActivationFunction`.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None for :func:`default_backend_name`.
+    out : array_like, float32, shape (N, out_features) or (out_features,), keyword-only
+        Written in place and returned: a numpy array or a CPU torch tensor that does not require
+        grad, with contiguous rows.
 
-    The filter is cached like ``conv2d``'s, by weight/bias memory and activation (any batch size
-    runs on it): in-place changes to the weight and bias are seen by the next call.
+    Returns
+    -------
+    numpy.ndarray of float32, shape (N, out_features) or (out_features,)
+        A new array (1-D for 1-D input), or ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        An operand that is not an array object or not float32.
+    ValueError
+        Shapes that do not fit together, or an ``out`` of the wrong shape, read-only, sharing
+        memory with ``input`` or without contiguous rows.
+    BNNSError
+        The backend refuses the layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    >>> w = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 0.5]], dtype=np.float32)
+    >>> bnns_py.linear(x, w, np.array([0.0, 1.0], dtype=np.float32)).tolist()
+    [[-2.0, 4.0]]
+    >>> bnns_py.linear(x[0], w, activation="relu").tolist()
+    [0.0, 3.0]
     """
     weight, bias, in_place = linear_operands(weight, bias)
     activation = ActivationFunction.coerce(activation)

@@ -21,6 +21,7 @@ module is not referenced afterwards). Layers are created with ``Flags.use_client
 torch is imported inside the functions, never when bnns_py is imported.
 """
 import math
+from typing import Any
 
 import numpy as np
 
@@ -274,7 +275,8 @@ def _client_parameters(filter_parameters):
 
 # ---- from torch ---------------------------------------------------------------------------------
 
-def convolution_layer_from_torch(module, input_shape=None, backend=None, activation=None, filter_parameters=None):
+def convolution_layer_from_torch(module: Any, input_shape: Any = None, backend: Any = None, activation: Any = None,
+                                 filter_parameters: Any = None) -> Any:
     """A ``ConvolutionLayer`` (or ``FullyConnectedLayer`` for ``nn.Linear``) equal to ``module``."""
     torch = require_torch()
     nn = torch.nn
@@ -301,7 +303,8 @@ def convolution_layer_from_torch(module, input_shape=None, backend=None, activat
         _client_parameters(filter_parameters), backend=backend)
 
 
-def fully_connected_from_torch(module, input_shape=None, backend=None, activation=None, filter_parameters=None):
+def fully_connected_from_torch(module: Any, input_shape: Any = None, backend: Any = None, activation: Any = None,
+                               filter_parameters: Any = None) -> Any:
     """A ``FullyConnectedLayer`` equal to an ``nn.Linear`` (or Sequential(Linear, activation))."""
     torch = require_torch()
     weight, bias, activation = _linear_arguments(module, activation, torch, "FullyConnectedLayer.from_torch")
@@ -318,7 +321,7 @@ def fully_connected_from_torch(module, input_shape=None, backend=None, activatio
         activation, _client_parameters(filter_parameters), backend=backend)
 
 
-def conv_module_from_torch(cls, module, backend=None, activation=None):
+def conv_module_from_torch(cls: Any, module: Any, backend: Any = None, activation: Any = None) -> Any:
     """A ``bnns_py.Conv2d``/``ConvTranspose2d`` equal to the torch module."""
     torch = require_torch()
     arguments, spec = _conv_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
@@ -330,7 +333,7 @@ def conv_module_from_torch(cls, module, backend=None, activation=None):
                dilation=spec.dilation, groups=spec.groups, activation=spec.activation, backend=backend, **extra)
 
 
-def linear_module_from_torch(cls, module, backend=None, activation=None):
+def linear_module_from_torch(cls: Any, module: Any, backend: Any = None, activation: Any = None) -> Any:
     torch = require_torch()
     weight, bias, activation = _linear_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
     return cls(weight, bias, activation=activation, backend=backend)
@@ -434,7 +437,7 @@ def _bias_values(layer):
     return _strided(flat, layer.bias.shape.sizes, layer.bias.shape.resolved_strides)
 
 
-def convolution_layer_to_torch(layer):
+def convolution_layer_to_torch(layer: Any) -> Any:
     """``nn.Conv2d``/``nn.ConvTranspose2d`` (in an ``nn.Sequential`` with padding or activation
     modules when needed) computing what ``layer`` computes on its input size."""
     in_w, in_h, in_c = layer.input_descriptor.shape.sizes
@@ -465,7 +468,7 @@ def _unused(in_size, out_size, kernel, stride, dilation, before, after):
     return (excess // stride) * stride
 
 
-def fully_connected_to_torch(layer):
+def fully_connected_to_torch(layer: Any) -> Any:
     """``nn.Linear`` (with an activation module when the layer has one) equal to ``layer``."""
     weights = layer.weights
     flat = _float_values(weights, "weights")
@@ -474,14 +477,14 @@ def fully_connected_to_torch(layer):
     return build_torch_linear(weight, _bias_values(layer), layer.activation)
 
 
-def conv_module_to_torch(module):
+def conv_module_to_torch(module: Any) -> Any:
     spec = module.spec
     return build_torch_conv(spec.transposed, spec.in_channels, spec.out_channels, spec.kernel, spec.stride,
                             spec.padding, spec.dilation, spec.groups, module.weight, module.bias, spec.activation,
                             spec.output_padding)
 
 
-def linear_module_to_torch(module):
+def linear_module_to_torch(module: Any) -> Any:
     return build_torch_linear(module.weight, module.bias, module.activation)
 
 

@@ -12,16 +12,23 @@ implies, in numpy order (``check_array_shape``).
 """
 import functools
 import threading
+from typing import Any, Callable, Dict, Iterable, List, Literal, NoReturn, Optional, Tuple, TypeVar, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _repr
 from ._ffi import ffi
-from .activation import check_differentiable
+from .activation import ActivationFunction, check_differentiable
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor, batch_extent, check_array_memory
 from .enums import BFLOAT16_BITS, ActivationFunctionKind, DataType
 from .errors import BNNSError, LayerClosedError
+from .filter_parameters import FilterParameters
+from .shape import Shape
+
+Operand = Union["npt.NDArray[Any]", NDArrayDescriptor]  # what apply and apply_backward take
+_Self = TypeVar("_Self", bound="Layer")
 
 
 class _Counts:
@@ -31,13 +38,31 @@ class _Counts:
     destroyed = 0
 
 
-def filter_counts():
-    """(created, destroyed) filter counts for this process, over every backend."""
+def filter_counts() -> Tuple[int, int]:
+    """How many BNNS filters bnns-py created and destroyed in this process, over every backend.
+
+    Returns
+    -------
+    (int, int)
+        ``(created, destroyed)``; equal when no filter is alive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> created, destroyed = bnns_py.filter_counts()
+    >>> with bnns_py.Linear(np.ones((2, 3), dtype=np.float32)) as lin:
+    ...     _ = lin(np.ones(3, dtype=np.float32))
+    >>> now_created, now_destroyed = bnns_py.filter_counts()
+    >>> now_created - created, now_destroyed - destroyed
+    (1, 1)
+    """
     with _Counts.lock:
         return _Counts.created, _Counts.destroyed
 
 
-def check_array_shape(name, array, shape, batch_size, batched=True, alternative=None):
+def check_array_shape(name: str, array: "npt.NDArray[Any]", shape: Shape, batch_size: int, batched: bool = True,
+                      alternative: Optional[Tuple[int, ...]] = None) -> None:
     """Raise ``ValueError`` unless numpy ``array`` has the shape that ``batch_size`` items of
     ``shape`` (a ``Shape``) take in numpy order.
 
@@ -75,7 +100,7 @@ def check_array_shape(name, array, shape, batch_size, batched=True, alternative=
                          f"{shape!r} with its strides take {limit}")
 
 
-def _destroy_filter(destroy, keepalive, handle):
+def _destroy_filter(destroy: Callable[[Any], None], keepalive: Tuple[Any, ...], handle: Any) -> None:
     # keepalive holds what the filter may still touch while being destroyed (client weights,
     # allocator callbacks): referenced here so it outlives the handle.
     destroy(handle)
@@ -83,7 +108,7 @@ def _destroy_filter(destroy, keepalive, handle):
         _Counts.destroyed += 1
 
 
-def create_filter(backend, function_name, *args, keepalive=()):
+def create_filter(backend: Any, function_name: str, *args: Any, keepalive: Iterable[Any] = ()) -> Any:
     """Call ``backend.lib.<function_name>(*args)`` and wrap the result so it is destroyed once.
 
     Raises ``BNNSError`` (``kind="unable_to_create_layer"``) with the backend's reason on NULL.
@@ -106,16 +131,30 @@ _NO_LAST_APPLY = (object(), object()) + (None,) * 5
 
 
 class Layer:
-    """Base class: owns a ``BNNSFilter`` and destroys it exactly once."""
+    """Base class: owns a ``BNNSFilter`` and destroys it exactly once.
 
-    def __init__(self, handle, backend, keepalive=()):
+    The filter is destroyed by :meth:`close`, by leaving a ``with`` block, or when the object is
+    garbage collected, whichever comes first; calls in flight on other threads finish first.
+    Layers are made by their subclasses (``ConvolutionLayer``, ``FullyConnectedLayer``, ...).
+
+    Attributes
+    ----------
+    bnns_filter
+        The C ``BNNSFilter`` handle (``LayerClosedError`` after ``close()``).
+    backend : Backend
+        The library the filter belongs to.
+    closed : bool
+        True after ``close()``.
+    """
+
+    def __init__(self, handle: Any, backend: Any, keepalive: Iterable[Any] = ()) -> None:
         self._handle = handle
         self._backend = backend
         self._keepalive = tuple(keepalive)
-        self._last_apply = _NO_LAST_APPLY
+        self._last_apply: Tuple[Any, ...] = _NO_LAST_APPLY
         # apply_backward's descriptors for the numpy gradient arrays it was last given, by argument
         # name: (array, batch size, numpy dtype, extent, NDArrayDescriptor, its C struct, batch stride)
-        self._gradient_views = {}
+        self._gradient_views: Dict[str, Tuple[Any, ...]] = {}
         # Accelerate's filters are reported not to be thread-safe: calls on one layer are
         # serialized there. The portable backend is safe (a busy filter uses a private workspace).
         self._call_lock = None if backend.is_portable else threading.Lock()
@@ -124,11 +163,11 @@ class Layer:
         # _calls is empty, else leaves it in _doomed for the last call out. list.append and
         # list.pop are atomic, and each side writes before it reads, so either close() sees the
         # call or the call sees the close (and raises): no lock on the fast path.
-        self._calls = []
+        self._calls: List[None] = []
         self._doomed = None
         self._state_lock = threading.Lock()  # close(), destruction and the fast path's memory
 
-    def _enter(self):
+    def _enter(self) -> Any:
         """Count a call in and return the filter (``LayerClosedError`` once closed)."""
         self._calls.append(None)
         handle = self._handle
@@ -137,13 +176,13 @@ class Layer:
             raise LayerClosedError(type(self).__name__)
         return handle
 
-    def _leave(self):
+    def _leave(self) -> None:
         """Count a call out; the last one out of a closed layer destroys its filter."""
         self._calls.pop()
         if self._handle is None:
             self._destroy_when_idle()
 
-    def _destroy_when_idle(self):
+    def _destroy_when_idle(self) -> None:
         """Destroy the filter close() left, unless calls are still in flight (the last one does)."""
         with self._state_lock:
             doomed = self._doomed
@@ -152,7 +191,7 @@ class Layer:
             self._doomed = None
         ffi.release(doomed)
 
-    def _call(self, function, *args):
+    def _call(self, function: Callable[..., int], *args: Any) -> int:
         """``function(filter, *args)``: a C call on this layer's filter, counted in flight (so
         ``close()`` cannot destroy the filter under it), one thread at a time where BNNS needs it."""
         handle = self._enter()
@@ -165,7 +204,7 @@ class Layer:
             self._leave()
 
     @property
-    def bnns_filter(self):
+    def bnns_filter(self) -> Any:
         """The C ``BNNSFilter`` handle (raises ``LayerClosedError`` after ``close()``)."""
         handle = self._handle
         if handle is None:
@@ -173,14 +212,14 @@ class Layer:
         return handle
 
     @property
-    def backend(self):
+    def backend(self) -> Any:
         return self._backend
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._handle is None
 
-    def close(self):
+    def close(self) -> None:
         """Destroy the filter: now, or when the last call in flight on another thread returns.
         Later calls raise ``LayerClosedError``. Safe to call more than once, from any thread."""
         with self._state_lock:
@@ -192,26 +231,26 @@ class Layer:
             self._doomed = handle
         self._destroy_when_idle()
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         self.bnns_filter  # entering a closed layer is an error
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         backend = getattr(getattr(self, "_backend", None), "name", "?")
         state = "closed" if getattr(self, "_handle", None) is None else "open"
         return f"{type(self).__name__}({backend} backend, {state})"
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         # subclasses with their own __repr__ (legacy layers) show it as the title
         state = "closed" if getattr(self, "_handle", None) is None else "open"
         backend = getattr(getattr(self, "_backend", None), "name", "?")
         return _repr.key_value_html(repr(self), [("backend", backend), ("state", state)])
 
-    def _fail(self, function_name):
+    def _fail(self, function_name: str) -> NoReturn:
         reason = self._backend.last_error()
         detail = f": {reason}" if reason else ""
         raise BNNSError(f"{function_name} returned -1 on the {self._backend.name} backend{detail}",
@@ -219,9 +258,18 @@ class Layer:
 
 
 class UnaryLayer(Layer):
-    """A layer with one input and one output, applied to a batch (Swift's ``UnaryLayer``)."""
+    """A layer with one input and one output, applied to a batch (Swift's ``UnaryLayer``).
 
-    def __init__(self, handle, backend, input_descriptor, output_descriptor, keepalive=()):
+    :meth:`apply` runs it forward, :meth:`apply_backward` computes gradients.
+
+    Attributes
+    ----------
+    input_descriptor, output_descriptor : NDArrayDescriptor
+        Describe one input and one output item; ``apply`` checks its operands against them.
+    """
+
+    def __init__(self, handle: Any, backend: Any, input_descriptor: NDArrayDescriptor,
+                 output_descriptor: NDArrayDescriptor, keepalive: Iterable[Any] = ()) -> None:
         super().__init__(handle, backend, keepalive)
         self.input_descriptor = input_descriptor
         self.output_descriptor = output_descriptor
@@ -230,18 +278,38 @@ class UnaryLayer(Layer):
                           for name, d in (("input", input_descriptor), ("output", output_descriptor))}
         self._last_apply = _NO_LAST_APPLY
 
-    def apply(self, batch_size, input, output):
-        """Run the filter on ``batch_size`` items.
+    def apply(self, batch_size: int, input: Operand, output: Operand) -> None:
+        """Run the filter on ``batch_size`` items (Swift's ``apply(batchSize:input:output:)``).
 
-        ``input`` and ``output`` are ``NDArrayDescriptor``s (as in Swift) or C-contiguous numpy
-        arrays of exactly the shape the layer's descriptors imply for ``batch_size`` items, in
-        numpy order: ``(batch_size, C, H, W)`` images, or ``(C, H, W)`` when ``batch_size`` is
-        1; ``(batch_size, n)`` or ``(n,)`` vectors. Any other shape raises ``ValueError`` (even
-        with enough values: a transposed, NHWC or flat array would be misread). Descriptors with
-        gaps (explicit strides) take their storage instead, flat or with ``batch_size`` leading
-        (see ``check_array_shape``). The batch strides are the descriptors' ``shape.batch_stride``.
+        Parameters
+        ----------
+        batch_size : int
+            Items to compute, >= 1.
+        input : NDArrayDescriptor or numpy.ndarray
+            A descriptor with data (as in Swift), or a C-contiguous numpy array of exactly the
+            shape the layer's input descriptor implies for ``batch_size`` items, in numpy order:
+            ``(batch_size, C, H, W)`` images, or ``(C, H, W)`` when ``batch_size`` is 1;
+            ``(batch_size, n)`` or ``(n,)`` vectors. Descriptors with gaps (explicit strides)
+            take their storage instead, flat or with ``batch_size`` leading (see
+            ``check_array_shape``). The dtype is the descriptor's data type's.
+        output : NDArrayDescriptor or numpy.ndarray
+            The same for the output; written in place.
 
-        Calling again with the same two numpy arrays and batch size is the fast path: the layer
+        Raises
+        ------
+        ValueError
+            Any other shape (even with enough values: a transposed, NHWC or flat array would be
+            misread), non-contiguous or read-only arrays, a bad ``batch_size``.
+        TypeError
+            Operands of another kind or dtype.
+        LayerClosedError
+            The layer was closed.
+        BNNSError
+            The C call failed.
+
+        Notes
+        -----
+        The batch strides are the descriptors' ``shape.batch_stride``. Calling again with the same two numpy arrays and batch size is the fast path: the layer
         remembers the last pair (and keeps a reference to both until another pair is used or the
         layer is closed), so the repeated call only re-checks their dtype, contiguity and
         writability before calling C. The GIL is released during the C call.
@@ -268,7 +336,7 @@ class UnaryLayer(Layer):
                 return
         self._apply_checked(batch_size, input, output)
 
-    def _apply_checked(self, batch_size, input, output):
+    def _apply_checked(self, batch_size: int, input: Operand, output: Operand) -> None:
         """``apply`` with every check; remembers a numpy pair for the fast path."""
         self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
@@ -276,6 +344,7 @@ class UnaryLayer(Layer):
         out_ptr, out_stride, out_array = self._pointer("output", output, self.output_descriptor, batch_size, True)
         if np.may_share_memory(in_array, out_array):
             raise ValueError("input and output share memory; BNNS needs separate buffers")
+        args: Tuple[Any, ...]
         if batch_size == 1:  # one item: the three-argument call, which costs cffi less
             name, args = "BNNSFilterApply", (in_ptr, out_ptr)
         else:
@@ -298,14 +367,15 @@ class UnaryLayer(Layer):
         if status != 0:
             self._fail(name)
 
-    def _remember(self, input, output, batch_size, call, name):
+    def _remember(self, input: Any, output: Any, batch_size: int, call: Callable[[], int], name: str) -> None:
         """Remember the arrays of a checked call for the fast path, unless the layer was closed
         meanwhile (close() forgets them, and a closed layer must not keep its filter bound)."""
         with self._state_lock:
             if self._handle is not None:
                 self._last_apply = (input, output, batch_size, input.dtype, output.dtype, call, name)
 
-    def _pointer(self, name, value, expected, batch_size, writable):
+    def _pointer(self, name: str, value: Any, expected: NDArrayDescriptor, batch_size: int,
+                 writable: bool) -> Tuple[Any, int, Any]:
         """(data pointer, batch stride, numpy array) for an apply argument, after checking it."""
         dtype, stride, extent = self._operands[name]
         if isinstance(value, NDArrayDescriptor):
@@ -321,24 +391,52 @@ class UnaryLayer(Layer):
         check_array_shape(name, value, expected.shape, batch_size)
         return ffi.from_buffer(value), stride, value
 
-    def apply_backward(self, batch_size, input, output, output_gradient, input_gradient,
-                       weights_gradient=None, bias_gradient=None):
+    def apply_backward(self, batch_size: int, input: Optional[Operand], output: Optional[Operand],
+                       output_gradient: Optional[Operand], input_gradient: Optional[Operand],
+                       weights_gradient: Optional[Operand] = None, bias_gradient: Optional[Operand] = None) -> None:
         """Back-propagate ``output_gradient`` (dL/dy) through the layer (Swift's ``applyBackward``).
 
-        ``input``/``output`` are the forward pass's x and y; ``input_gradient``,
-        ``weights_gradient`` and ``bias_gradient`` receive dL/dx, dL/dW (summed over the batch, in
-        the weights' creation layout) and dL/db. Pass None to skip one. Gradients given as
-        ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to the
-        buffer); numpy arrays are overwritten. Numpy arrays have the shapes ``apply`` takes (x and
-        dL/dx the input's, y and dL/dy the output's); ``weights_gradient`` and ``bias_gradient``
-        those of the weights and bias (their descriptor's numpy shape, or the array the layer reads).
+        Numpy arrays have the shapes :meth:`apply` takes (x and dL/dx the input's, y and dL/dy
+        the output's); ``weights_gradient`` and ``bias_gradient`` those of the weights and bias
+        (their descriptor's numpy shape, or the array the layer reads). Gradients given as
+        ``NDArrayDescriptor`` honour its ``flags`` (``NDArrayFlags.backprop_accumulate`` adds to
+        the buffer); numpy arrays are overwritten.
+
+        Parameters
+        ----------
+        batch_size : int
+            Items in the batch, >= 1.
+        input, output : numpy.ndarray or NDArrayDescriptor
+            The forward pass's x and y (``output`` may be None where the fused activation's
+            derivative does not need it).
+        output_gradient : numpy.ndarray or NDArrayDescriptor
+            dL/dy.
+        input_gradient : numpy.ndarray, NDArrayDescriptor or None
+            Receives dL/dx; None skips it.
+        weights_gradient, bias_gradient : numpy.ndarray, NDArrayDescriptor or None, optional
+            Receive dL/dW (summed over the batch, in the weights' creation layout) and dL/db.
+
+        Raises
+        ------
+        ValueError
+            Wrong shapes, a missing ``output`` (needed by a fused activation other than
+            identity) or ``input`` (needed for ``weights_gradient``), or an activation BNNS
+            cannot differentiate from the output.
+        TypeError
+            Descriptors of the layer that are not float32.
+        NotImplementedError
+            What only the portable backend cannot differentiate.
+        LayerClosedError
+            The layer was closed.
+        BNNSError
+            The C call failed.
         """
         self.bnns_filter  # a closed layer is reported before its arguments
         batch_size = _check_batch_size(batch_size)
         self._check_backward_preconditions(input, output, weights_gradient)
         in_ptr, in_stride, _ = self._optional_pointer("input", input, self.input_descriptor, batch_size, False)
         out_ptr, out_stride, _ = self._optional_pointer("output", output, self.output_descriptor, batch_size, False)
-        keep = []
+        keep: List[Any] = []
         if output_gradient is None:
             raise ValueError("output_gradient is required")
         dy, dy_stride = self._gradient("output_gradient", output_gradient, lambda: self.output_descriptor, batch_size, keep)
@@ -350,21 +448,24 @@ class UnaryLayer(Layer):
         if status != 0:
             self._fail("BNNSFilterApplyBackwardBatch")
 
-    def _check_backward_preconditions(self, input, output, weights_gradient):
+    def _check_backward_preconditions(self, input: Optional[Operand], output: Optional[Operand],
+                                      weights_gradient: Optional[Operand]) -> None:
         """Subclasses refuse what BNNS cannot differentiate, before the C call."""
 
-    def _weights_shape_descriptor(self):
+    def _weights_shape_descriptor(self) -> NDArrayDescriptor:
         raise ValueError(f"{type(self).__name__} has no weights")
 
-    def _bias_shape_descriptor(self):
+    def _bias_shape_descriptor(self) -> NDArrayDescriptor:
         raise ValueError(f"{type(self).__name__} has no bias")
 
-    def _optional_pointer(self, name, value, expected, batch_size, writable):
+    def _optional_pointer(self, name: str, value: Optional[Operand], expected: NDArrayDescriptor, batch_size: int,
+                          writable: bool) -> Tuple[Any, int, Any]:
         if value is None:
             return ffi.NULL, expected.shape.batch_stride, None
         return self._pointer(name, value, expected, batch_size, writable)
 
-    def _gradient(self, name, value, expected_descriptor, batch_size, keep, batched=True):
+    def _gradient(self, name: str, value: Optional[Operand], expected_descriptor: Callable[[], NDArrayDescriptor],
+                  batch_size: int, keep: List[Any], batched: bool = True) -> Tuple[Any, int]:
         """(descriptor pointer, batch stride) for a gradient argument; NULL for None."""
         if value is None:
             return ffi.NULL, 0
@@ -403,8 +504,9 @@ class WeightedLayer(UnaryLayer):
     ``activation`` and the ``filter_parameters`` it was created with; ``apply_backward`` also
     returns weight and bias gradients, in the layout of the layer's own descriptors."""
 
-    def __init__(self, handle, backend, input_descriptor, output_descriptor, weights, bias, activation,
-                 filter_parameters):
+    def __init__(self, handle: Any, backend: Any, input_descriptor: NDArrayDescriptor,
+                 output_descriptor: NDArrayDescriptor, weights: NDArrayDescriptor, bias: Optional[NDArrayDescriptor],
+                 activation: ActivationFunction, filter_parameters: Optional[FilterParameters]) -> None:
         super().__init__(handle, backend, input_descriptor, output_descriptor, (weights, bias, filter_parameters))
         for name, descriptor in (("input", input_descriptor), ("output", output_descriptor)):
             if descriptor.data_type == DataType.bfloat16:  # numpy has no bfloat16: its bits, as uint16
@@ -415,7 +517,8 @@ class WeightedLayer(UnaryLayer):
         self.activation = activation
         self.filter_parameters = filter_parameters
 
-    def _pointer(self, name, value, expected, batch_size, writable):
+    def _pointer(self, name: str, value: Any, expected: NDArrayDescriptor, batch_size: int,
+                 writable: bool) -> Tuple[Any, int, Any]:
         # A clear message for a numpy array of the wrong dtype, before the C call; bfloat16
         # operands are uint16 arrays of bit patterns (ml_dtypes.bfloat16 arrays are viewed so).
         if isinstance(value, np.ndarray):
@@ -429,15 +532,16 @@ class WeightedLayer(UnaryLayer):
                 value = value.view(BFLOAT16_BITS)
         return super()._pointer(name, value, expected, batch_size, writable)
 
-    def _weights_shape_descriptor(self):
+    def _weights_shape_descriptor(self) -> NDArrayDescriptor:
         return self.weights
 
-    def _bias_shape_descriptor(self):
+    def _bias_shape_descriptor(self) -> NDArrayDescriptor:
         if self.bias is None:
             raise ValueError("bias_gradient given but the layer has no bias")
         return self.bias
 
-    def _check_backward_preconditions(self, input, output, weights_gradient):
+    def _check_backward_preconditions(self, input: Optional[Operand], output: Optional[Operand],
+                                      weights_gradient: Optional[Operand]) -> None:
         # A layer that copied its weights at creation (no Flags.use_client_pointer) is differentiated
         # too: bnns.h asks for client pointers, but BNNS on macOS 15 ran such a backward and returned
         # the right gradient (conformance evidence), and the portable backend follows it.
@@ -452,12 +556,12 @@ class WeightedLayer(UnaryLayer):
             raise ValueError("input (the forward input) is required for weights_gradient")
 
 
-def _locked(lock, call):
+def _locked(lock: Any, call: Callable[[], int]) -> int:
     with lock:
         return call()
 
 
-def _check_batch_size(batch_size):
+def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an integer, not {type(batch_size).__name__}")
     if batch_size < 1:

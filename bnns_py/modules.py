@@ -12,53 +12,84 @@ filter is kept per input height and width (and per strided-view layout read in p
 running on them; later calls raise ``LayerClosedError``.
 """
 import threading
-from typing import NamedTuple, Optional
+from typing import Any, Dict, Literal, NamedTuple, Optional, Tuple, Type, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _repr
-from ._arrays import (float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
+from ._arrays import (Array, float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
                       written)
 from .activation import ActivationFunction
+from .convolution import ConvolutionLayer
+from .fully_connected import FullyConnectedLayer
 from .backend import get_backend
 from .errors import LayerClosedError
-from .functional import (ConvSpec, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
+from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
                          transposed_weight_to_bnns)
 
 
-class Gradients(NamedTuple):
-    """dL/dx, dL/dW (in the module's weight layout) and dL/db (None without bias)."""
+_Self = TypeVar("_Self", bound="_Lifecycle")
+_Module = TypeVar("_Module", bound="_ConvModule")
 
-    input: np.ndarray
-    weight: np.ndarray
-    bias: Optional[np.ndarray]
+
+class Gradients(NamedTuple):
+    """The gradients ``backward`` returns: dL/dx, dL/dW and dL/db, as float32 numpy arrays.
+
+    Attributes
+    ----------
+    input : numpy.ndarray or None
+        dL/dx, the shape of the forward input; None when ``need_input_gradient`` was False.
+    weight : numpy.ndarray
+        dL/dW in the module's weight layout (``module.weight``'s shape), summed over the batch.
+    bias : numpy.ndarray or None
+        dL/db, shape ``(C_out,)`` or ``(out_features,)``, summed over the batch; None without bias.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> lin = bnns_py.Linear(np.ones((2, 3), dtype=np.float32), np.zeros(2, dtype=np.float32))
+    >>> x = np.ones((4, 3), dtype=np.float32)
+    >>> grads = lin.backward(x, lin(x), np.ones((4, 2), dtype=np.float32))
+    >>> grads.input.shape, grads.weight.tolist(), grads.bias.tolist()
+    ((4, 3), [[4.0, 4.0, 4.0], [4.0, 4.0, 4.0]], [4.0, 4.0])
+    >>> lin.close()
+    """
+
+    input: Optional["npt.NDArray[np.float32]"]
+    weight: "npt.NDArray[np.float32]"
+    bias: Optional["npt.NDArray[np.float32]"]
 
 
 class _Lifecycle:
     """Calls in flight are counted, so ``close()`` from one thread never destroys a filter another
     thread is running: the filters are closed when the last call returns."""
 
-    def _init_lifecycle(self):
+    def _init_lifecycle(self) -> None:
         self._state_lock = threading.Lock()
         self._in_flight = 0
         self._closed = False
 
-    def _enter(self):
+    def _enter(self) -> None:
         with self._state_lock:
             if self._closed:
                 raise LayerClosedError(type(self).__name__)
             self._in_flight += 1
 
-    def _exit(self):
+    def _exit(self) -> None:
         with self._state_lock:
             self._in_flight -= 1
             release = self._closed and self._in_flight == 0
         if release:
             self._release()
 
-    def close(self):
-        """Destroy the module's filters (once calls running on other threads return). Safe to call
-        twice; later calls raise ``LayerClosedError``."""
+    def close(self) -> None:
+        """Destroy the module's filters, once calls running on other threads return.
+
+        Safe to call more than once; later ``forward``/``backward`` calls raise
+        :class:`LayerClosedError`. Leaving a ``with`` block calls it.
+        """
         with self._state_lock:
             self._closed = True
             release = self._in_flight == 0
@@ -66,28 +97,30 @@ class _Lifecycle:
             self._release()
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
-    def _release(self):
+    def _release(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
 
-def _output_like(value, expected, single):
+def _output_like(value: Array, expected: Tuple[int, ...], single: bool) -> Array:
     """``value`` (1-D or N-D) as the ``expected`` batched shape, or a ValueError."""
     if value.shape not in (expected, expected[1:] if single else expected):
         raise ValueError(f"has shape {value.shape}, expected {expected[1:] if single else expected}")
     return np.ascontiguousarray(value.reshape(expected))
 
 
-def _gradient_operand(name, value, expected, single, ndims):
+def _gradient_operand(name: str, value: Any, expected: Tuple[int, ...], single: bool,
+                      ndims: Tuple[int, ...]) -> Array:
     array = float32_array(name, value, ndims)
     try:
         return _output_like(array, expected, single)
@@ -98,7 +131,8 @@ def _gradient_operand(name, value, expected, single, ndims):
 class _ConvModule(_Lifecycle):
     _transposed = False
 
-    def _setup(self, weight, bias, stride, padding, dilation, groups, activation, backend, output_padding):
+    def _setup(self, weight: Any, bias: Any, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
+               activation: ActivationLike, backend: BackendLike, output_padding: IntPair) -> None:
         weight = writable_parameter("weight", weight, (4,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
@@ -107,10 +141,10 @@ class _ConvModule(_Lifecycle):
         self.weight = weight
         self.bias = bias
         self.backend = backend
-        self._layers = {}       # (height, width) -> layer for packed images (forward and backward)
-        self._view_layers = {}  # (height, width, input strides, output strides) -> layer for views
+        self._layers: Dict[Any, ConvolutionLayer] = {}       # (height, width) -> layer for packed images (forward and backward)
+        self._view_layers: Dict[Any, ConvolutionLayer] = {}  # (height, width, input strides, output strides) -> layer for views
         self._layers_lock = threading.Lock()
-        self._honours_image_strides = None  # the backend's, once resolved (backend=None: at first use)
+        self._honours_image_strides: Optional[bool] = None  # the backend's, once resolved (backend=None: at first use)
         self._init_lifecycle()
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
         # where the backend honours them, else a copy in BNNS's layout refreshed at each step.
@@ -118,7 +152,8 @@ class _ConvModule(_Lifecycle):
         copy = self._transposed and self._weight_strides is None
         self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if copy else weight
 
-    def _layer(self, height, width, input_strides=(0, 0, 0), output_strides=(0, 0, 0)):
+    def _layer(self, height: int, width: int, input_strides: Tuple[int, int, int] = (0, 0, 0),
+               output_strides: Tuple[int, int, int] = (0, 0, 0)) -> ConvolutionLayer:
         packed = input_strides == output_strides == (0, 0, 0)
         table, key = (self._layers, (height, width)) if packed else \
             (self._view_layers, (height, width, input_strides, output_strides))
@@ -132,17 +167,33 @@ class _ConvModule(_Lifecycle):
                         output_strides=output_strides, weight_strides=self._weight_strides)
         return layer
 
-    def _sync_weight(self):
+    def _sync_weight(self) -> None:
         """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight, if it has one
         (groups > 1, or a backend that reads weight descriptors without strides)."""
         if self._bnns_weight is not self.weight:
             transposed_weight_to_bnns(self.weight, self.spec.groups, out=self._bnns_weight)
 
-    def forward(self, x, out=None):
-        """y = act(conv(x, weight) + bias) for ``x`` of shape (N, C, H, W) or (C, H, W).
+    def forward(self, x: Any, out: Any = None) -> Any:
+        """The forward pass ``y = act(conv(x, weight) + bias)``; also the module's ``__call__``.
 
-        ``x`` is read in place (strided views too, where the backend honours image strides);
-        returns a new numpy array, or ``out`` (a numpy array or CPU torch tensor) written in place.
+        Parameters
+        ----------
+        x : array_like, float32, shape (N, C_in, H, W) or (C_in, H, W)
+            Read in place (strided views too, where the backend honours image strides).
+        out : array_like, float32, optional
+            A numpy array or CPU torch tensor of the output's shape, written in place.
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+            A new array, or ``out`` when given.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As for :func:`bnns_py.conv2d`.
+        LayerClosedError
+            The module was closed.
         """
         self._enter()
         try:
@@ -159,7 +210,7 @@ class _ConvModule(_Lifecycle):
             self._sync_weight()
             run_filter(layer, batch, x4, prepared.layout.batch_stride, target, output.layout.batch_stride)
             if output.copied:
-                np.copyto(output.array, target)
+                np.copyto(output.array, target)  # type: ignore[arg-type]  # copied: out was given
         finally:
             self._exit()
         if out is not None:
@@ -168,13 +219,36 @@ class _ConvModule(_Lifecycle):
 
     __call__ = forward
 
-    def backward(self, x, y, grad_output, need_input_gradient=True):
-        """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
+    def backward(self, x: Any, y: Any, grad_output: Any, need_input_gradient: bool = True) -> Gradients:
+        """All gradients of the loss through BNNS's backward pass, given the forward pass.
 
-        Returns ``Gradients(input, weight, bias)`` of numpy arrays; ``weight`` is in the same layout
-        as ``self.weight``, ``bias`` is None when the module has no bias and ``input`` is None when
-        ``need_input_gradient`` is False (e.g. for a first layer). The current ``self.weight``
-        is differentiated, as BNNS reads client-pointer weights at every call.
+        The current ``self.weight`` is differentiated, as BNNS reads client-pointer weights at
+        every call.
+
+        Parameters
+        ----------
+        x : array_like, float32, shape (N, C_in, H, W) or (C_in, H, W)
+            The forward pass's input.
+        y : array_like, float32, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out), or None
+            The forward pass's output (needed by activations whose derivative reads it; may be
+            None with the identity activation).
+        grad_output : array_like, float32, the shape of ``y``
+            dL/dy.
+        need_input_gradient : bool, optional
+            False skips dL/dx (e.g. for a first layer).
+
+        Returns
+        -------
+        Gradients
+            ``(input, weight, bias)``: dL/dx (None when not needed), dL/dW in ``self.weight``'s
+            layout and dL/db (None without bias), as float32 numpy arrays.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Operands that are not float32 arrays of the shapes above.
+        LayerClosedError
+            The module was closed.
         """
         self._enter()
         try:
@@ -198,14 +272,14 @@ class _ConvModule(_Lifecycle):
             grad_input = grad_input[0]
         return Gradients(grad_input, grad_weight, grad_bias)
 
-    def _release(self):
+    def _release(self) -> None:
         with self._layers_lock:
             layers = list(self._layers.values()) + list(self._view_layers.values())
             self._layers, self._view_layers = {}, {}
         for layer in layers:
             layer.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         s = self.spec
         output_padding = f", output_padding={s.output_padding}" if s.transposed else ""
         backend = f", backend={_repr.backend_text(self.backend)!r}" if self.backend is not None else ""
@@ -213,52 +287,162 @@ class _ConvModule(_Lifecycle):
                 f"stride={s.stride}, padding={s.padding}, dilation={s.dilation}, groups={s.groups}"
                 f"{output_padding}, activation={s.activation!r}, bias={self.bias is not None}{backend})")
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.key_value_html(type(self).__name__, _repr.conv_module_rows(self))
 
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
-    def from_torch(cls, module, backend=None, *, activation=None):
-        """The module computing what ``torch.nn.Conv2d`` (for ``Conv2d``) or
-        ``torch.nn.ConvTranspose2d`` (for ``ConvTranspose2d``) computes, with copies of its weight
-        and bias; ``module`` may also be an ``nn.Sequential`` of an optional ``nn.ZeroPad2d``, the
-        convolution and an activation module (fused). See ``ConvolutionLayer.from_torch``."""
-        from . import interop
-        return interop.conv_module_from_torch(cls, module, backend, activation)
+    def from_torch(cls: Type[_Module], module: Any, backend: BackendLike = None, *,
+                   activation: ActivationLike = None) -> _Module:
+        """The module computing what a torch convolution module computes (needs PyTorch).
 
-    def to_torch(self):
-        """The equivalent torch module with copies of the current weight and bias (an
-        ``nn.Sequential`` when padding is asymmetric or there is an activation)."""
+        Parameters
+        ----------
+        module : torch.nn.Module
+            ``torch.nn.Conv2d`` (for ``Conv2d``) or ``torch.nn.ConvTranspose2d`` (for
+            ``ConvTranspose2d``), or an ``nn.Sequential`` of an optional ``nn.ZeroPad2d``, the
+            convolution and an activation module (fused); see ``ConvolutionLayer.from_torch``.
+        backend : str, Backend or None, optional
+            As for :func:`bnns_py.conv2d`.
+        activation : ActivationFunction, str or None, keyword-only
+            An activation to fuse, when ``module`` has none.
+
+        Returns
+        -------
+        Conv2d or ConvTranspose2d
+            A module with copies of the torch module's weight and bias.
+
+        Raises
+        ------
+        ImportError
+            PyTorch is not installed.
+        TypeError
+            A module of another kind.
+        ValueError
+            Settings BNNS cannot express (e.g. a padding mode other than zeros).
+        """
+        from . import interop
+        converted: _Module = interop.conv_module_from_torch(cls, module, backend, activation)
+        return converted
+
+    def to_torch(self) -> Any:
+        """The equivalent torch module (needs PyTorch).
+
+        Returns
+        -------
+        torch.nn.Module
+            ``nn.Conv2d``/``nn.ConvTranspose2d`` with copies of the current weight and bias; an
+            ``nn.Sequential`` when the padding is asymmetric or there is an activation.
+        """
         from . import interop
         return interop.conv_module_to_torch(self)
 
 
 class Conv2d(_ConvModule):
-    """A convolution with trainable numpy parameters (weight ``(out, in/groups, kH, kW)``).
+    """A convolution with trainable float32 numpy parameters, BNNS forward and backward passes.
 
-    Arguments as ``bnns_py.conv2d`` (same order; ``activation`` and ``backend`` keyword-only;
-    ``padding`` may be ``"same"`` or ``"valid"``). ``forward(x)`` runs BNNS forward;
-    ``backward(x, y, dy)`` returns ``Gradients(input, weight, bias)`` through
-    ``BNNSFilterApplyBackwardBatch``.
+    The arguments are :func:`bnns_py.conv2d`'s, in the same order. ``weight`` and ``bias`` are
+    used in place (BNNS's client-pointer mode): an optimizer step such as
+    ``conv.weight -= lr * grads.weight`` changes the next forward pass. One BNNS filter is kept
+    per input height and width.
+
+    Parameters
+    ----------
+    weight : array_like, float32, shape (C_out, C_in / groups, kH, kW)
+        Writable and C-contiguous (it is used in place), e.g. a numpy array or a CPU tensor's
+        ``.detach()``.
+    bias : array_like, float32, shape (C_out,), optional
+        Writable and C-contiguous; None for no bias.
+    stride, padding, dilation, groups : optional
+        As for :func:`bnns_py.conv2d` (``padding`` may be ``"same"`` or ``"valid"``).
+    activation : ActivationFunction, str or None, keyword-only
+        Fused after the bias.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None (resolved at the first call).
+
+    Attributes
+    ----------
+    weight : numpy.ndarray
+        The weight, over the caller's memory.
+    bias : numpy.ndarray or None
+        The bias, over the caller's memory.
+    spec : ConvSpec
+        The geometry: channels, kernel, stride, padding ``(left, right, top, bottom)``, ...
+
+    Raises
+    ------
+    TypeError
+        A weight or bias that is not a float32 array object.
+    ValueError
+        A read-only or non-contiguous weight or bias, shapes that do not fit, or bad geometry.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> from bnns_py import reference
+    >>> rng = np.random.default_rng(0)
+    >>> w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    >>> with bnns_py.Conv2d(w, padding="same") as conv:
+    ...     y = conv(x)
+    ...     grads = conv.backward(x, y, np.ones_like(y))
+    >>> y.shape, grads.input.shape, grads.weight.shape, grads.bias is None
+    ((2, 4, 6, 6), (2, 3, 6, 6), (4, 3, 3, 3), True)
+    >>> bnns_py.compare(y, reference.conv2d(x, w, padding=1)).ok
+    True
     """
 
-    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
-                 backend=None):
+    def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
+                 dilation: IntPair = 1, groups: int = 1, *, activation: ActivationLike = None,
+                 backend: BackendLike = None) -> None:
         self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, 0)
 
 
 class ConvTranspose2d(_ConvModule):
-    """A transposed convolution with trainable numpy parameters (weight ``(in, out/groups, kH, kW)``).
+    """A transposed convolution with trainable float32 numpy parameters.
 
-    Arguments as ``bnns_py.conv_transpose2d`` (same order: ``output_padding``, ``groups``, then
-    ``dilation``; ``activation`` and ``backend`` keyword-only); see ``Conv2d`` for
-    ``forward``/``backward``.
+    The arguments are :func:`bnns_py.conv_transpose2d`'s, in the same order (``output_padding``,
+    ``groups``, then ``dilation``); ``forward``, ``backward`` and the in-place parameters work as
+    in :class:`Conv2d`.
+
+    Parameters
+    ----------
+    weight : array_like, float32, shape (C_in, C_out / groups, kH, kW)
+        PyTorch's layout; writable and C-contiguous (it is used in place).
+    bias : array_like, float32, shape (C_out,), optional
+        Writable and C-contiguous; None for no bias.
+    stride, padding, output_padding, groups, dilation : optional
+        As for :func:`bnns_py.conv_transpose2d`.
+    activation : ActivationFunction, str or None, keyword-only
+        Fused after the bias.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None (resolved at the first call).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :class:`Conv2d`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> from bnns_py import reference
+    >>> rng = np.random.default_rng(0)
+    >>> w = rng.standard_normal((4, 2, 2, 2)).astype(np.float32)
+    >>> x = rng.standard_normal((1, 4, 3, 3)).astype(np.float32)
+    >>> with bnns_py.ConvTranspose2d(w, stride=2) as up:
+    ...     y = up(x)
+    >>> y.shape, bnns_py.compare(y, reference.conv_transpose2d(x, w, stride=2)).ok
+    ((1, 2, 6, 6), True)
     """
 
     _transposed = True
 
-    def __init__(self, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-                 activation=None, backend=None):
+    def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
+                 output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
+                 activation: ActivationLike = None, backend: BackendLike = None) -> None:
         self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, output_padding)
 
 
@@ -266,45 +450,100 @@ class ConvTranspose2d(_ConvModule):
 
 
 class Linear(_Lifecycle):
-    """A fully-connected layer with trainable numpy parameters, as ``torch.nn.Linear``: weight
-    ``(out, in)``, optional bias ``(out,)``, then an optional fused activation.
+    """A fully-connected layer with trainable float32 numpy parameters, as ``torch.nn.Linear``.
 
-    ``forward(x)`` (``x`` of shape ``(N, in)`` or ``(in,)``) runs BNNS forward;
-    ``backward(x, y, dy)`` returns ``Gradients(input, weight, bias)`` through
-    ``BNNSFilterApplyBackwardBatch``. The arrays are used in place (client-pointer mode), so
-    ``lin.weight -= lr * grads.weight`` changes the next forward pass. Arguments as
-    ``bnns_py.linear`` (``activation`` and ``backend`` keyword-only). Its filter is its own (not
-    the functional cache's), for training.
+    Computes ``act(x @ weight.T + bias)``. The arguments are :func:`bnns_py.linear`'s. ``weight``
+    and ``bias`` are used in place (client-pointer mode), so ``lin.weight -= lr * grads.weight``
+    changes the next forward pass. Its filter is its own (not the functional cache's).
+
+    Parameters
+    ----------
+    weight : array_like, float32, shape (out_features, in_features)
+        Writable and C-contiguous (it is used in place).
+    bias : array_like, float32, shape (out_features,), optional
+        Writable and C-contiguous; None for no bias.
+    activation : ActivationFunction, str or None, keyword-only
+        Fused after the bias.
+    backend : str, Backend or None, keyword-only
+        ``"accelerate"``, ``"portable"`` or None (resolved at the first call).
+
+    Attributes
+    ----------
+    weight : numpy.ndarray
+        The weight, over the caller's memory.
+    bias : numpy.ndarray or None
+        The bias, over the caller's memory.
+    activation : ActivationFunction
+        The fused activation.
+
+    Raises
+    ------
+    TypeError
+        A weight or bias that is not a float32 array object.
+    ValueError
+        A read-only or non-contiguous weight or bias, or a bias of the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bnns_py
+    >>> w = np.array([[1.0, -1.0], [2.0, 0.0]], dtype=np.float32)
+    >>> with bnns_py.Linear(w, activation="relu") as lin:
+    ...     y = lin(np.array([[3.0, 1.0], [1.0, 3.0]], dtype=np.float32))
+    >>> y.tolist()
+    [[2.0, 6.0], [0.0, 2.0]]
     """
 
-    def __init__(self, weight, bias=None, *, activation=None, backend=None):
+    def __init__(self, weight: Any, bias: Any = None, *, activation: ActivationLike = None,
+                 backend: BackendLike = None) -> None:
         weight = writable_parameter("weight", weight, (2,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
         self.weight, self.bias, _ = linear_operands(weight, bias)
         self.activation = ActivationFunction.coerce(activation)
         self.backend = backend
-        self._fc_layer = None
+        self._fc_layer: Optional[FullyConnectedLayer] = None
         self._layer_lock = threading.Lock()
         self._init_lifecycle()
 
     @property
-    def in_features(self):
-        return self.weight.shape[1]
+    def in_features(self) -> int:
+        """The input size, ``weight.shape[1]``."""
+        return self.weight.shape[1]  # type: ignore[no-any-return]  # numpy types sizes as Any
 
     @property
-    def out_features(self):
-        return self.weight.shape[0]
+    def out_features(self) -> int:
+        """The output size, ``weight.shape[0]``."""
+        return self.weight.shape[0]  # type: ignore[no-any-return]
 
-    def _layer(self):
+    def _layer(self) -> FullyConnectedLayer:
         with self._layer_lock:
             if self._fc_layer is None:
                 self._fc_layer = make_linear_layer(self.weight, self.bias, self.activation, self.backend)
             return self._fc_layer
 
-    def forward(self, x, out=None):
-        """y = act(x @ weight.T + bias) for ``x`` of shape (N, in) or (in,): a new numpy array, or
-        ``out`` (a numpy array or CPU torch tensor) written in place."""
+    def forward(self, x: Any, out: Any = None) -> Any:
+        """The forward pass ``y = act(x @ weight.T + bias)``; also the module's ``__call__``.
+
+        Parameters
+        ----------
+        x : array_like, float32, shape (N, in_features) or (in_features,)
+            Rows with contiguous values are read in place.
+        out : array_like, float32, optional
+            A numpy array or CPU torch tensor of the output's shape, written in place.
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (N, out_features) or (out_features,)
+            A new array, or ``out`` when given.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As for :func:`bnns_py.linear`.
+        LayerClosedError
+            The module was closed.
+        """
         self._enter()
         try:
             rows = vector_input("x", x, self.in_features)
@@ -321,12 +560,32 @@ class Linear(_Lifecycle):
 
     __call__ = forward
 
-    def backward(self, x, y, grad_output, need_input_gradient=True):
-        """All gradients of the loss, given the forward input ``x``, output ``y`` and dL/dy.
+    def backward(self, x: Any, y: Any, grad_output: Any, need_input_gradient: bool = True) -> Gradients:
+        """All gradients of the loss through BNNS's backward pass, given the forward pass.
 
-        Returns ``Gradients(input, weight, bias)`` of numpy arrays: ``weight`` is ``(out, in)`` and
-        ``bias`` ``(out,)``, both summed over the batch; ``bias`` is None without a bias and ``input``
-        is None when ``need_input_gradient`` is False. ``y`` may be None with the identity activation.
+        Parameters
+        ----------
+        x : array_like, float32, shape (N, in_features) or (in_features,)
+            The forward pass's input.
+        y : array_like, float32, shape (N, out_features) or (out_features,), or None
+            The forward pass's output; may be None with the identity activation.
+        grad_output : array_like, float32, the shape of ``y``
+            dL/dy.
+        need_input_gradient : bool, optional
+            False skips dL/dx.
+
+        Returns
+        -------
+        Gradients
+            dL/dx (None when not needed), dL/dW ``(out_features, in_features)`` and dL/db
+            ``(out_features,)`` (None without bias), summed over the batch.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Operands that are not float32 arrays of the shapes above.
+        LayerClosedError
+            The module was closed.
         """
         self._enter()
         try:
@@ -346,29 +605,58 @@ class Linear(_Lifecycle):
             grad_input = grad_input[0]
         return Gradients(grad_input, grad_weight, grad_bias)
 
-    def _release(self):
+    def _release(self) -> None:
         with self._layer_lock:
             layer, self._fc_layer = self._fc_layer, None
         if layer is not None:
             layer.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Linear({self.in_features}, {self.out_features}, activation={self.activation!r}, "
                 f"bias={self.bias is not None})")
 
-    def _repr_html_(self):
+    def _repr_html_(self) -> str:
         return _repr.key_value_html("Linear", _repr.linear_module_rows(self))
 
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
-    def from_torch(cls, module, backend=None, *, activation=None):
-        """The module computing what ``torch.nn.Linear`` (or ``nn.Sequential(Linear, activation)``)
-        computes, with copies of its weight and bias."""
-        from . import interop
-        return interop.linear_module_from_torch(cls, module, backend, activation)
+    def from_torch(cls, module: Any, backend: BackendLike = None, *, activation: ActivationLike = None) -> "Linear":
+        """The module computing what a torch linear module computes (needs PyTorch).
 
-    def to_torch(self):
-        """The equivalent ``nn.Linear`` (``nn.Sequential(Linear, activation)`` with an activation)."""
+        Parameters
+        ----------
+        module : torch.nn.Module
+            ``torch.nn.Linear``, or ``nn.Sequential(Linear, activation)`` (fused).
+        backend : str, Backend or None, optional
+            As for :func:`bnns_py.linear`.
+        activation : ActivationFunction, str or None, keyword-only
+            An activation to fuse, when ``module`` has none.
+
+        Returns
+        -------
+        Linear
+            A module with copies of the torch module's weight and bias.
+
+        Raises
+        ------
+        ImportError
+            PyTorch is not installed.
+        TypeError
+            A module of another kind.
+        """
+        from . import interop
+        converted: Linear = interop.linear_module_from_torch(cls, module, backend, activation)
+        return converted
+
+    def to_torch(self) -> Any:
+        """The equivalent torch module (needs PyTorch).
+
+        Returns
+        -------
+        torch.nn.Module
+            ``nn.Linear`` with copies of the current weight and bias, or
+            ``nn.Sequential(Linear, activation)`` with an activation.
+        """
         from . import interop
         return interop.linear_module_to_torch(self)
 
