@@ -1,5 +1,6 @@
 """Shared fixtures: the backend under test, seeded random data, optional PyTorch."""
 import gc
+import zlib
 
 import numpy as np
 import pytest
@@ -34,8 +35,8 @@ def backend():
 
 @pytest.fixture
 def rng(request):
-    # A different, reproducible stream per test.
-    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2 ** 32))
+    # A different stream per test, the same in every process (str hashes are salted per process).
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture
