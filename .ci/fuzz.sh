@@ -4,6 +4,7 @@
 # kernels differ between them. One build (meson -Dfuzz=true) holds every tier.
 # Creation may request any allocation (a huge but valid layer): ASan returns NULL for the
 # impossible ones and the library must fail cleanly, so only RSS is limited, not malloc sizes.
+# tests/fuzz/regressions holds inputs that once crashed: every run replays them first.
 # Usage: .ci/fuzz.sh [seconds]   (needs clang with libFuzzer: Debian's clang-14 + libclang-rt-14-dev,
 #        and meson + ninja on PATH or importable by python3)
 set -euo pipefail
@@ -27,7 +28,8 @@ for tier in "${tiers[@]}"; do
   status=0
   BNNS_PY_ISA="$tier" ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 \
     "$fuzzer" -max_total_time="$share" -rss_limit_mb=2048 -malloc_limit_mb=1000000 \
-    -print_final_stats=1 -artifact_prefix="$out/${tier}_" "$out/corpus_$tier" > "$out/log_$tier" 2>&1 || status=$?
+    -print_final_stats=1 -artifact_prefix="$out/${tier}_" "$out/corpus_$tier" tests/fuzz/regressions \
+    > "$out/log_$tier" 2>&1 || status=$?
   echo "== fuzz (tier $tier)"
   tail -12 "$out/log_$tier"
   [ "$status" != 0 ] && failed=1

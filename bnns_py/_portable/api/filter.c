@@ -561,12 +561,25 @@ BNNSFilter BNNSFilterCreateLayerTransposedConvolution(const BNNSLayerParametersC
     return bp_create_convolution(layer_params, filter_params, true);
 }
 
+/* One past the last value of the caller's weight array that the filter reads (any layout). */
+static size_t weights_extent(const bp_filter *f) {
+    const bp_geom *g = &f->g;
+    size_t lin = f->transposed ? g->out_cg : g->in_cg, outputs = f->transposed ? g->in_c : g->out_c;
+    size_t kw = g->kw, kh = g->kh, last = 0;
+    for (size_t corner = 0; corner < 4; corner++) { /* reversed layouts peak at kx or ky = 0 */
+        size_t at = weight_offset(f, corner & 1 ? kw - 1 : 0, corner & 2 ? kh - 1 : 0, lin - 1, outputs - 1);
+        if (at > last) last = at;
+    }
+    return last + 1;
+}
+
 bp_filter *bp_client_twin(const bp_filter *f) {
     BNNSLayerParametersConvolution p = f->params;
     BNNSFilterParameters q = f->has_filter_params ? f->filter_params : (BNNSFilterParameters){0};
     q.flags |= BNNSFlagsUseClientPtr;
     size_t stride[8], extent, bias_floats = f->has_bias ? f->out.c : 0;
     if (!bp_resolve_strides(&p.w_desc, 4, "weights", stride, &extent)) return NULL;
+    if (weights_extent(f) > extent) extent = weights_extent(f); /* Pack32 pads to whole blocks */
     float *copy = bp_alloc(&f->allocator, (extent + bias_floats) * sizeof(float));
     if (copy == NULL) return NULL;
     memset(copy, 0, extent * sizeof(float));
