@@ -29,3 +29,47 @@ def best_times(fns, min_seconds=0.004, loops=15):
                 fn()
             best[k] = min(best[k], (time.perf_counter() - t) / n)
     return best
+
+
+def wait_until_idle(window=0.02, busy_fraction=0.05, max_wait=2.0, cpu_clock=time.process_time,
+                    wall_clock=time.perf_counter, sleep=time.sleep):
+    """Sleep until this process's threads are idle; return ``(settled, seconds waited)``.
+
+    Idle: over a ``window`` of wall time, the CPU time of all the process's threads
+    (``time.process_time``) advances by less than ``busy_fraction`` of one core. The worker
+    threads of PyTorch's OpenMP pool and of ONNX Runtime spin for a while after a call (ONNX
+    Runtime ~50 ms by default); a library timed while another's threads spin measures the
+    contention. Gives up after ``max_wait`` seconds with ``settled`` False.
+    """
+    start = wall_clock()
+    while True:
+        cpu_before, wall_before = cpu_clock(), wall_clock()
+        sleep(window)
+        cpu, wall = cpu_clock() - cpu_before, wall_clock() - wall_before
+        if cpu < busy_fraction * wall:
+            return True, wall_clock() - start
+        if wall_clock() - start >= max_wait:
+            return False, wall_clock() - start
+
+
+class IdleWaits:
+    """``wait_until_idle`` before each timed burst, counting the waits that never settled."""
+
+    def __init__(self, **options):
+        self.options = options
+        self.calls = self.unsettled = 0
+        self.seconds = 0.0
+
+    def __call__(self):
+        settled, seconds = wait_until_idle(**self.options)
+        self.calls += 1
+        self.unsettled += not settled
+        self.seconds += seconds
+        return settled
+
+    def report(self):
+        text = f"idle waits: {self.calls}, {self.seconds:.1f} s in all"
+        if self.unsettled:
+            text += (f"; WARNING: {self.unsettled} never settled (threads still busy after "
+                     f"{self.options.get('max_wait', 2.0):g} s): those bursts may measure contention")
+        return text

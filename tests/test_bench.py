@@ -2,6 +2,8 @@
 filters and threads, and that a failure in a helper thread reaches the caller instead of hanging."""
 import threading
 
+import numpy as np
+
 import pytest
 
 from bnns_py import bench
@@ -74,3 +76,46 @@ def test_dense_cases_are_the_groups_1_cases_of_at_least_0_1_gflop():
     names = {c["name"] for c in bench.full_cases() if bench.dense(c)}
     assert "r50_c3_3x3_128-128_28" in names
     assert not any(n.startswith(("dw_", "tiny")) for n in names)
+
+
+def test_every_case_has_one_category_and_each_category_has_cases():
+    by_category = {}
+    for c in bench.full_cases():
+        by_category.setdefault(bench.category(c), []).append(c["name"])
+    assert set(by_category) == set(bench.CATEGORIES)
+    assert "dilated_3x3d2_256-256_28" in by_category["dilated"]
+    assert set(by_category["depthwise"]) == {"dw_3x3_32_112", "dw_3x3_512_14"}
+    assert by_category["tiny"] == ["tiny_3x3_8-8_8"]
+    assert "r50_stem_7x7s2_3-64_224" in by_category["dense"]
+
+
+def test_ratio_summary_geometric_means_per_category_and_cases_below_one():
+    dense_a = bench.case("a", 1, 8, 8, 8, 8, 3, pad=1)
+    dense_b = bench.case("b", 8, 8, 8, 8, 8, 3, pad=1)
+    depthwise = bench.case("dw", 1, 8, 8, 8, 8, 3, pad=1, groups=8)
+    transposed = bench.case("t", 1, 8, 8, 8, 8, 4, stride=2, transposed=True)
+    r = bench.ratio_summary([dense_a, dense_b, depthwise, transposed], [0.5, 2.0 ** 1.5, 4.0, None])
+    assert r["geomean"] == pytest.approx({"dense": 2.0 ** 0.25, "depthwise": 4.0, "all": 2.0 ** (2.5 / 3)})
+    assert r["below_1"] == ["a/1"]
+    assert r["cases"] == 3
+    assert r["worst"] == ("a/1", 0.5)
+    assert bench.ratio_summary([dense_a], [None]) == {"geomean": {}, "below_1": [], "cases": 0, "worst": None}
+
+
+@pytest.mark.parametrize("name", ["dilated_3x3d2_256-256_28", "dw_3x3_32_112", "convT_4x4s2_256-128_16to32"])
+def test_the_onnx_runtime_peer_computes_the_case(name):
+    """The peer column times the same convolution: its session's output is the float64 reference's."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from bnns_py import reference
+    full = next(c for c in bench.full_cases() if c["name"] == name and c["N"] == 1)
+    c = dict(full, H=min(full["H"], 12), W=min(full["W"], 10), Cin=min(full["Cin"], 16), Cout=min(full["Cout"], 16))
+    if c["groups"] > 1:
+        c["groups"] = c["Cin"]
+    call, out = bench.onnx_forward(c, 1)
+    call()
+    x, w, b = bench.arrays(c)
+    op = reference.conv_transpose2d if c["transposed"] else reference.conv2d
+    expected = op(x, w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"])
+    assert out.shape == expected.shape == (c["N"], c["Cout"]) + bench.out_hw(c)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
