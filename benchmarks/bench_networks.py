@@ -16,26 +16,35 @@ last convolutions, none after its projections and the classifiers.
 - PyTorch eager (optional): ``F.conv2d`` / ``F.linear`` then the in-place activation, as torchvision's
   modules run them, under ``torch.no_grad()``.
 - ONNX Runtime (optional): one session per layer (Conv or Gemm, then Relu or Clip(0, 6), which ORT
-  fuses), run with ``run_with_iobinding`` on bound numpy buffers, ``--threads`` intra-op threads,
-  thread spinning off.
+  fuses), run with ``run_with_iobinding`` on bound numpy buffers, the thread count as intra-op
+  threads; ``--onnx-spinning best`` (default) times sessions with and without
+  ``session.intra_op.allow_spinning`` and keeps each layer's faster time.
 
-Every library runs with ``--threads`` threads (and OMP/OPENBLAS/MKL_NUM_THREADS set to it); glibc
-gets the peer harness's malloc thresholds, as in bench_conv.py (``--default-malloc``: not). Each layer's time is the fastest of several timed
-loops, the median over ``--runs`` sweeps; the network's time is the sum over its layers. A library's
-worker threads are left to go idle (0.2 s) before another library is timed. Ratios are peer time /
-bnns-py time (above 1: bnns-py is faster).
+Each thread count of ``--threads`` (e.g. 2 1) is measured in turn in this process, every library
+with that many threads (torch.set_num_threads, the filters' n_threads, ORT's intra-op threads;
+OMP/OPENBLAS/MKL_NUM_THREADS are set to the largest); glibc gets the peer harness's malloc
+thresholds, as in bench_conv.py (``--default-malloc``: not). Each layer's time is the fastest of
+several timed loops, the median over ``--runs`` sweeps; the network's time is the sum over its
+layers. Before each layer is timed the script waits until the process's threads are idle
+(benchmarks/_timing.py wait_until_idle): no library is timed while another's pool spins. Ratios are
+peer time / bnns-py time (above 1: bnns-py is faster).
 
-Run:  python benchmarks/bench_networks.py [--threads 2] [--runs 3] [--batch 1 8] [--network mobilenet]
+Writes JSON (benchmarks/results/bench_networks.json) and, with matplotlib, a chart of the
+whole-network ratios (benchmarks/results/bench_networks.png).
+
+Run:  python benchmarks/bench_networks.py [--threads 2 1] [--runs 3] [--batch 1 8] [--network mobilenet]
                                           [--layers] [--list]
 """
 import argparse
+import json
 import os
 import statistics
 import sys
 import time
 
 _ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-_ap.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
+_ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                 help="thread counts for every library, each measured in turn (default 2; e.g. --threads 2 1)")
 _ap.add_argument("--runs", type=int, default=3, help="sweeps; each layer's time is the median (default 3)")
 _ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
 _ap.add_argument("--network", default="", help="networks whose name contains this text")
@@ -45,8 +54,14 @@ _ap.add_argument("--loops", type=int, default=7, help="timed loops per layer and
 _ap.add_argument("--min-seconds", type=float, default=0.005, help="length of a timed loop (default 0.005)")
 _ap.add_argument("--no-torch", action="store_true")
 _ap.add_argument("--no-onnx", action="store_true")
+_ap.add_argument("--onnx-spinning", choices=("best", "on", "off"), default="best",
+                 help="session.intra_op.allow_spinning: on, off, or best (default): both timed, each layer's faster kept")
+_ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                               "bench_networks.json"))
+_ap.add_argument("--png", default=None, help="chart path (default: next to --out, .png)")
 _ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
 ARGS = _ap.parse_args()
+THREADS = list(dict.fromkeys(ARGS.threads))  # in the given order, each once
 
 # As bench_conv.py and the peer harness: large freed blocks stay in the heap, so that per-call
 # allocations (PyTorch's outputs) do not page-fault; glibc reads these at start, hence the re-exec.
@@ -55,14 +70,14 @@ if not ARGS.default_malloc and sys.platform.startswith("linux") and "MALLOC_MMAP
     os.environ["MALLOC_TRIM_THRESHOLD_"] = str(16 * 1024 ** 3)
     os.execv(sys.executable, [sys.executable] + sys.argv)
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # the BLAS of every library
-    os.environ[_var] = str(ARGS.threads)
+    os.environ[_var] = str(max(THREADS))  # pools sized for the most threads; torch.set_num_threads per count
 
 import numpy as np  # noqa: E402
 
 import bnns_py  # noqa: E402
 from bnns_py import ActivationFunction as AF  # noqa: E402
 
-from _timing import best_times  # noqa: E402
+from _timing import IdleWaits, best_times  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -166,6 +181,10 @@ MOBILENET_V2 = [
 ]
 
 NETWORKS = {"resnet18": RESNET18, "mobilenet_v2": MOBILENET_V2}
+# before each layer's timing: the process's CPU time advances by < 5 % of a core over 20 ms (at most 2 s)
+IDLE = IdleWaits(window=0.02, busy_fraction=0.05, max_wait=2.0)
+ONNX_SPINNING = {"best": {"spinning": True, "no spinning": False}, "on": {"spinning": True},
+                 "off": {"no spinning": False}}[ARGS.onnx_spinning]
 BNNS_ACTIVATIONS = {None: None, "relu": AF.rectified_linear, "relu6": AF.relu6}
 
 
@@ -215,7 +234,7 @@ def torch_layer(layer, x, w, b):
     return lambda: activate(F.conv2d(tx, tw, tb, stride=stride, padding=k // 2, groups=groups))
 
 
-def onnx_layer(layer, x, w, b, out, threads):
+def onnx_layer(layer, x, w, b, out, threads, spinning):
     name, kind, cin, cout, size, k, stride, groups, act = layer
     weights = [helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
                helper.make_tensor("B", TensorProto.FLOAT, b.shape, b.tolist())]
@@ -238,8 +257,7 @@ def onnx_layer(layer, x, w, b, out, threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     binding = session.io_binding()
     # the bound buffers are the caller's arrays, which outlive the sessions
@@ -250,19 +268,22 @@ def onnx_layer(layer, x, w, b, out, threads):
 
 # ---- the run -------------------------------------------------------------------------------------
 
-def time_network(layers, batch, args, rng):
-    """{library: [seconds per layer]} (median over the sweeps of each layer's best loop)."""
+def time_network(layers, batch, threads, args, rng):
+    """{library: [seconds per layer]} (median over the sweeps of each layer's best loop) at
+    ``threads`` threads; ONNX Runtime's time of a layer is its fastest spinning setting's."""
     arrays = [layer_arrays(layer, batch, rng) for layer in layers]
     modules, calls = [], {"bnns-py": []}
     for layer, (x, w, b, out) in zip(layers, arrays):
-        module, call = bnns_layer(layer, x, w, b, out, args.threads)
+        module, call = bnns_layer(layer, x, w, b, out, threads)
         modules.append(module)
         calls["bnns-py"].append(call)
     if torch is not None and not args.no_torch:
+        torch.set_num_threads(threads)
         calls["PyTorch"] = [torch_layer(layer, x, w, b) for layer, (x, w, b, _) in zip(layers, arrays)]
     if ort is not None and not args.no_onnx:
-        calls["ONNX Runtime"] = [onnx_layer(layer, x, w, b, out, args.threads)
-                                 for layer, (x, w, b, out) in zip(layers, arrays)]
+        for setting, spinning in ONNX_SPINNING.items():
+            calls[f"ONNX Runtime ({setting})"] = [onnx_layer(layer, x, w, b, out, threads, spinning)
+                                                  for layer, (x, w, b, out) in zip(layers, arrays)]
     samples = {lib: [[] for _ in layers] for lib in calls}
     try:
         for _ in range(args.runs):
@@ -270,12 +291,16 @@ def time_network(layers, batch, args, rng):
                 context = torch.no_grad() if lib == "PyTorch" else _nothing()
                 with context:
                     for i, fn in enumerate(fns):
+                        IDLE()
                         samples[lib][i].append(best_times([fn], min_seconds=args.min_seconds, loops=args.loops)[0])
-                time.sleep(0.2)  # this library's threads go idle before the next one is timed
     finally:
         for module in modules:
             module.close()
-    return {lib: [statistics.median(s) for s in per_layer] for lib, per_layer in samples.items()}
+    times = {lib: [statistics.median(s) for s in per_layer] for lib, per_layer in samples.items()}
+    settings = [times.pop(f"ONNX Runtime ({setting})") for setting in ONNX_SPINNING if f"ONNX Runtime ({setting})" in times]
+    if settings:
+        times["ONNX Runtime"] = [min(per_setting) for per_setting in zip(*settings)]
+    return times
 
 
 class _nothing:
@@ -294,6 +319,61 @@ def describe(layer):
     return f"{k}x{k}/{stride}{dw} {cin}->{cout} {size}x{size}" + (f" {act}" if act else "")
 
 
+def plot(summary, meta, path):
+    """Bars of the whole-network ratios: a group per network and batch, a bar per peer and thread count."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return None
+    groups = list(dict.fromkeys((e["network"], e["batch"]) for e in summary))
+    bars = list(dict.fromkeys((peer, e["threads"]) for e in summary for peer in e["ratio"]))
+    if not bars:
+        return None
+    colors = {"PyTorch": ("#08519c", "#6baed6"), "ONNX Runtime": ("#006d2c", "#74c476")}
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(2.2 * len(groups) + 2, 4))
+    for i, (peer, threads) in enumerate(bars):
+        xs, ys = [], []
+        for j, group in enumerate(groups):
+            e = next((e for e in summary if (e["network"], e["batch"]) == group and e["threads"] == threads), None)
+            if e and peer in e["ratio"]:
+                xs.append(j - 0.4 + (i + 0.5) * width)
+                ys.append(e["ratio"][peer])
+        shade = colors.get(peer, ("#636363", "#bdbdbd"))[THREADS.index(threads) % 2]
+        ax.bar(xs, ys, width=width, color=shade, label=f"vs {peer}, {threads} thread{'s' * (threads > 1)}")
+        for x, y in zip(xs, ys):
+            ax.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=6)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{name}\nbatch {batch}" for name, batch in groups], fontsize=8)
+    ax.set_ylabel("peer time / bnns-py time (>1: bnns-py faster)", fontsize=8)
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_title(f"Whole networks (conv + FC stacks), bnns-py {meta['bnns_py']}\nvs torch {meta['torch']} and "
+                 f"onnxruntime {meta['onnxruntime']}; median of {meta['runs']} sweeps", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def print_layers(name, batch, threads, layers, times):
+    peers = [lib for lib in times if lib != "bnns-py"]
+    print(f"\n{name}, batch {batch}, {threads} thread{'s' * (threads > 1)} (ms per layer; ratio = peer / bnns-py)")
+    print("| layer | shape | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
+    print("|---|---|---|" + "---|---|" * len(peers))
+    for i, layer in enumerate(layers):
+        cells = " | ".join(f"{times[p][i] * 1e3:.3f} | {times[p][i] / times['bnns-py'][i]:.2f}" for p in peers)
+        print(f"| {layer[0]} | {describe(layer)} | {times['bnns-py'][i] * 1e3:.3f} | {cells} |")
+
+
 def main():
     args = ARGS
     networks = {name: layers for name, layers in NETWORKS.items() if args.network in name}
@@ -303,39 +383,54 @@ def main():
             for layer in layers:
                 print(f"  {layer[0]:24s} {describe(layer)}")
         return
-    if torch is not None:
-        torch.set_num_threads(args.threads)
-    else:
+    if torch is None:
         print("PyTorch not installed: skipped (pip install torch==2.13.0)")
     if ort is None:
         print("ONNX Runtime not installed: skipped (pip install onnxruntime onnx)")
     rng = np.random.default_rng(0)
     info = bnns_py.backend_info()
-    print(f"bnns-py {info['backend']} ({info.get('simd')}, {info.get('blas')}), {args.threads} threads, "
-          f"{args.runs} sweeps" + (f", torch {torch.__version__}" if torch is not None else "")
-          + (f", onnxruntime {ort.__version__}" if ort is not None else ""))
+    print(f"bnns-py {info['backend']} ({info.get('simd')}, {info.get('blas')}), "
+          f"{' then '.join(map(str, THREADS))} threads, {args.runs} sweeps"
+          + (f", torch {torch.__version__}" if torch is not None else "")
+          + (f", onnxruntime {ort.__version__} (spinning: {args.onnx_spinning})" if ort is not None else ""), flush=True)
     summary = []
-    for name, layers in networks.items():
-        for batch in args.batch:
-            times = time_network(layers, batch, args, rng)
-            peers = [lib for lib in times if lib != "bnns-py"]
-            total = {lib: sum(t) for lib, t in times.items()}
-            if args.layers:
-                print(f"\n{name}, batch {batch} (ms per layer; ratio = peer / bnns-py)")
-                print("| layer | shape | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
-                print("|---|---|---|" + "---|---|" * len(peers))
-                for i, layer in enumerate(layers):
-                    cells = " | ".join(f"{times[p][i] * 1e3:.3f} | {times[p][i] / times['bnns-py'][i]:.2f}"
-                                       for p in peers)
-                    print(f"| {layer[0]} | {describe(layer)} | {times['bnns-py'][i] * 1e3:.3f} | {cells} |")
-            summary.append((name, batch, total))
-    peers = [lib for lib in summary[0][2] if lib != "bnns-py"] if summary else []
-    print("\nWhole network (sum of its layers, ms; ratio = peer time / bnns-py time, above 1: bnns-py faster)")
-    print("| network | batch | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
-    print("|---|---|---|" + "---|---|" * len(peers))
-    for name, batch, total in summary:
-        cells = " | ".join(f"{total[p] * 1e3:.2f} | {total[p] / total['bnns-py']:.2f}" for p in peers)
-        print(f"| {name} | {batch} | {total['bnns-py'] * 1e3:.2f} | {cells} |")
+    for threads in THREADS:
+        for name, layers in networks.items():
+            for batch in args.batch:
+                times = time_network(layers, batch, threads, args, rng)
+                if args.layers:
+                    print_layers(name, batch, threads, layers, times)
+                total = {lib: sum(t) for lib, t in times.items()}
+                summary.append({"network": name, "batch": batch, "threads": threads,
+                                "total_s": total, "ratio": {lib: total[lib] / total["bnns-py"] for lib in total
+                                                            if lib != "bnns-py"},
+                                "layers_s": {lib: dict(zip((layer[0] for layer in layers), t))
+                                             for lib, t in times.items()}})
+                print(f"  {name} batch {batch} {threads} thread{'s' * (threads > 1)}: bnns-py "
+                      f"{total['bnns-py'] * 1e3:.2f} ms"
+                      + "".join(f", {p} {r:.2f}x" for p, r in summary[-1]["ratio"].items()), flush=True)
+    peers = list(summary[0]["ratio"]) if summary else []
+    print("\nWhole network, inference (sum of its layers, ms; ratio = peer time / bnns-py time, above 1: bnns-py "
+          "faster)")
+    print("| network | batch | threads | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
+    print("|---|---|---|---|" + "---|---|" * len(peers))
+    for e in summary:
+        total = e["total_s"]
+        cells = " | ".join(f"{total[p] * 1e3:.2f} | {e['ratio'][p]:.2f}" for p in peers)
+        print(f"| {e['network']} | {e['batch']} | {e['threads']} | {total['bnns-py'] * 1e3:.2f} | {cells} |")
+    print(IDLE.report())
+    meta = {"bnns_py": bnns_py.__version__, "backend": info, "torch": torch.__version__ if torch is not None else None,
+            "onnxruntime": ort.__version__ if ort is not None else None, "onnx_spinning": args.onnx_spinning,
+            "threads": THREADS, "runs": args.runs, "loops": args.loops, "min_seconds": args.min_seconds,
+            "idle_wait": dict(IDLE.options, waits=IDLE.calls, unsettled=IDLE.unsettled, seconds=IDLE.seconds),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump({"meta": meta, "summary": summary}, handle, indent=1)
+    print(f"wrote {args.out}")
+    png = plot(summary, meta, args.png or os.path.splitext(args.out)[0] + ".png")
+    if png:
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":
