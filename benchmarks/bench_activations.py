@@ -16,14 +16,13 @@ Run:  python benchmarks/bench_activations.py [--threads 2] [--runs 5] [--only ge
 """
 import argparse
 import statistics
-import time
 
 import numpy as np
 
 import bnns_py
 from bnns_py import ActivationFunction as AF
 
-from _timing import best_times
+from _timing import best_times, wait_until_idle
 
 try:
     import torch
@@ -99,10 +98,10 @@ def main():
                 runs[name].append([fused - ident])
             # each library's worker threads spin a while after a call: the other library is timed
             # only after they have gone idle
-            time.sleep(0.2)
+            wait_until_idle()
             for name, _, torch_fn in chosen:
                 runs[name][-1].append(best_times([lambda: torch_fn(y)])[0])
-            time.sleep(0.2)
+            wait_until_idle()
         for layer_ in layers:
             layer_.close()
         for module in modules:
