@@ -33,7 +33,6 @@ Run:  python benchmarks/bench_conv.py [--threads 2 1] [--runs 3] [--quick] [--fo
                                       [--only dw_] [--no-onnx] [--update-docs]
 """
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -104,8 +103,12 @@ from bnns_py.bench import (CATEGORIES, arrays, bench_bnns_forward, bench_bnns_fo
 from _timing import IdleWaits  # noqa: E402
 
 ONNX = None
-if not ARGS.no_onnx and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
-    import onnxruntime as ONNX  # noqa: E402
+if not ARGS.no_onnx:
+    try:
+        import onnx  # noqa: E402,F401 -- builds the sessions' graphs (bnns_py.bench.onnx_forward)
+        import onnxruntime as ONNX  # noqa: E402
+    except ImportError:
+        pass
 # the spinning settings timed; the peer's time is the fastest of them
 ONNX_SPINNING = {"best": {"spinning": True, "no_spinning": False}, "on": {"spinning": True},
                  "off": {"no_spinning": False}}[ARGS.onnx_spinning]
@@ -610,7 +613,10 @@ def main():
     probe = fma_probe(set(THREADS) | {1})
     chosen = cases()
     results = {threads: run_thread_count(threads, chosen, probe) for threads in THREADS}
-    print_overview(results)
+    if ACTIVE_PEERS:
+        print_overview(results)
+    else:
+        print("\nno peer to compare with (pip install 'bnns-py[bench]' for PyTorch and ONNX Runtime)")
     print(IDLE.report())
     elapsed = time.perf_counter() - T0
     print(f"total time {elapsed:.0f} s")

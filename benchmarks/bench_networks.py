@@ -367,11 +367,11 @@ def plot(summary, meta, path):
 def print_layers(name, batch, threads, layers, times):
     peers = [lib for lib in times if lib != "bnns-py"]
     print(f"\n{name}, batch {batch}, {threads} thread{'s' * (threads > 1)} (ms per layer; ratio = peer / bnns-py)")
-    print("| layer | shape | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
+    print("| layer | shape | bnns-py |" + "".join(f" {p} | ratio |" for p in peers))
     print("|---|---|---|" + "---|---|" * len(peers))
     for i, layer in enumerate(layers):
-        cells = " | ".join(f"{times[p][i] * 1e3:.3f} | {times[p][i] / times['bnns-py'][i]:.2f}" for p in peers)
-        print(f"| {layer[0]} | {describe(layer)} | {times['bnns-py'][i] * 1e3:.3f} | {cells} |")
+        cells = "".join(f" {times[p][i] * 1e3:.3f} | {times[p][i] / times['bnns-py'][i]:.2f} |" for p in peers)
+        print(f"| {layer[0]} | {describe(layer)} | {times['bnns-py'][i] * 1e3:.3f} |{cells}")
 
 
 def main():
@@ -412,12 +412,12 @@ def main():
     peers = list(summary[0]["ratio"]) if summary else []
     print("\nWhole network, inference (sum of its layers, ms; ratio = peer time / bnns-py time, above 1: bnns-py "
           "faster)")
-    print("| network | batch | threads | bnns-py | " + " | ".join(f"{p} | ratio" for p in peers) + " |")
+    print("| network | batch | threads | bnns-py |" + "".join(f" {p} | ratio |" for p in peers))
     print("|---|---|---|---|" + "---|---|" * len(peers))
     for e in summary:
         total = e["total_s"]
-        cells = " | ".join(f"{total[p] * 1e3:.2f} | {e['ratio'][p]:.2f}" for p in peers)
-        print(f"| {e['network']} | {e['batch']} | {e['threads']} | {total['bnns-py'] * 1e3:.2f} | {cells} |")
+        cells = "".join(f" {total[p] * 1e3:.2f} | {e['ratio'][p]:.2f} |" for p in peers)
+        print(f"| {e['network']} | {e['batch']} | {e['threads']} | {total['bnns-py'] * 1e3:.2f} |{cells}")
     print(IDLE.report())
     meta = {"bnns_py": bnns_py.__version__, "backend": info, "torch": torch.__version__ if torch is not None else None,
             "onnxruntime": ort.__version__ if ort is not None else None, "onnx_spinning": args.onnx_spinning,

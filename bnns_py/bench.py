@@ -259,9 +259,8 @@ def ratio_summary(cases: Iterable[Case], ratios: Iterable[Optional[float]]) -> D
     """
     pairs = [(c, r) for c, r in zip(cases, ratios) if r is not None]
     by_category = {cat: geomean(r for c, r in pairs if category(c) == cat) for cat in CATEGORIES}
-    means = {cat: g for cat, g in by_category.items() if g is not None}
-    if pairs:
-        means["all"] = geomean(r for _, r in pairs)  # type: ignore[assignment]  # not None: pairs is not empty
+    overall = geomean(r for _, r in pairs)
+    means = {cat: g for cat, g in list(by_category.items()) + [("all", overall)] if g is not None}
     worst = min(pairs, key=lambda p: p[1], default=None)
     return {"geomean": means, "below_1": [f"{c['name']}/{c['N']}" for c, r in pairs if r < 1.0],
             "cases": len(pairs), "worst": (f"{worst[0]['name']}/{worst[0]['N']}", worst[1]) if worst else None}

@@ -119,3 +119,9 @@ def test_the_onnx_runtime_peer_computes_the_case(name):
     expected = op(x, w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"])
     assert out.shape == expected.shape == (c["N"], c["Cout"]) + bench.out_hw(c)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_without_onnx_runtime_the_peer_is_left_out(monkeypatch):
+    monkeypatch.setattr(bench, "_onnx_modules", lambda: None)
+    assert bench.onnx_forward(SMALL_DENSE, 1) is None
+    assert bench.bench_onnx_forward(SMALL_DENSE, 1, **TIMING) is None
