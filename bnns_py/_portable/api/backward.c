@@ -46,6 +46,17 @@ static void activation_gradient(const bp_filter *f, const bp_image *dy_img, cons
                                             o->w * o->h, o->c, o->w);
 }
 
+/* dW of a standard layer (canonical, set at beta 0 or added) from x and the packed dz. */
+static void weight_gradient(const bp_filter *f, const bp_work *w, size_t batch, const float *x, size_t x_bs,
+                            const float *dz, size_t dz_bs, float *dw, float beta) {
+    if (f->wino_dw)
+        bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, w->wino_dw,
+                                    &w->scratch, &f->gemm);
+    else
+        bp_conv_backward_weights(&f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, &w->scratch, &f->gemm,
+                                 f->direct[BP_DIRECT_FORWARD]);
+}
+
 int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_stride,
                       BNNSNDArrayDescriptor *in_delta, size_t in_delta_stride, const float *out, size_t out_stride,
                       const BNNSNDArrayDescriptor *out_delta, size_t out_delta_stride,
@@ -191,8 +202,7 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
         float *dx = in_delta ? in_delta->data : NULL;
         if (!f->transposed) {
             if (weights_delta)
-                bp_conv_backward_weights(g, batch, &f->in, in, in_stride, dy, out_delta_stride, dweights, dw_beta,
-                                         &w.scratch, &f->gemm, dw_plan);
+                weight_gradient(f, &w, batch, in, in_stride, dy, out_delta_stride, dweights, dw_beta);
             if (in_delta && f->wino_dx && dx_img.packed && !accumulates(in_delta)) {
                 /* the adjoint convolution of dy, on the Winograd pass */
                 bp_direct_pass canonical_pass;
@@ -223,8 +233,7 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
             }
             if (!f->transposed) {
                 if (weights_delta)
-                    bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, dweights, b == 0 ? dw_beta : 1.0f,
-                                             &w.scratch, &f->gemm, dw_plan);
+                    weight_gradient(f, &w, 1, x, 0, dz, 0, dweights, b == 0 ? dw_beta : 1.0f);
                 if (in_delta) {
                     float *dx = (float *)in_delta->data + b * in_delta_stride;
                     bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,

@@ -196,6 +196,7 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
     w->wino_u = w->direct_w + SLICE(f->direct_w_floats);
     w->wino_u_dx = w->wino_u + (f->winograd && f->client ? SLICE(bp_winograd_weight_floats(g)) : 0);
+    w->wino_dw = w->wino_u_dx + (f->wino_dx ? SLICE(bp_winograd_weight_floats(&f->dx_geom)) : 0);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -208,7 +209,8 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
     size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
                       f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0,
-                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0};
+                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0,
+                      f->wino_dw ? bp_winograd_gradient_floats(g, &f->wino) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
@@ -543,7 +545,7 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     const bp_filter *f = filter;
     if (f == NULL || pass < 0 || pass > 2) return "";
     if (pass == 2) /* weight gradient: on S's forward plan, when the filter can run backward */
-        return f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
+        return f->wino_dw ? "winograd" : f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;

@@ -47,6 +47,8 @@ typedef struct {
     bool wino_dx;
     bp_geom dx_geom;
     bp_winograd wino_dx_plan;
+    /* and for its weight gradient (undilated), on the forward plan's tiles */
+    bool wino_dw;
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
@@ -66,7 +68,7 @@ typedef struct {
 /* workspace layout (offsets in floats) */
 typedef struct {
     bp_scratch scratch;
-    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u, *wino_u_dx;
+    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u, *wino_u_dx, *wino_dw;
 } bp_work;
 
 enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };

@@ -455,3 +455,155 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
     if ((size_t)workers > tasks) workers = (int)tasks;
     bp_parallel_run(workers, forward_tasks, &j);
 }
+
+/* ---- weight gradient ---------------------------------------------------------------------- */
+
+/* The forward identity y = At (U .* V) A, read backwards for the kernel: with dy a tile's 2x2
+   output gradients, the tile adds Gt (W .* V) G to dw (3x3), W = A dy At the transformed
+   gradient (F(3x3, 2x2) on the forward pass's own V). Summed over tiles and images, per
+   transform position p: M[p] (out_c x in_c) = W[p] (out_c x tiles) * V[p]^T, a GEMM with the
+   tiles as its inner dimension; then dw = Gt M G per kernel. The tiles go in chunks of whole tile
+   rows: all the workers transform a chunk's x and dy tiles (split by channels), then multiply it
+   into M (split by transform positions), then the next chunk; finally each transforms its share
+   of the output channels into dw. */
+
+enum { DW_CHUNK_TARGET = 1 << 20, DW_MIN_TILES = 128 }; /* floats of a chunk's V and W (4 MiB); tiles */
+
+static size_t dw_chunk_rows(const bp_geom *g, const bp_winograd *p) {
+    size_t tiles = DW_CHUNK_TARGET / (16 * (g->in_c + g->out_c));
+    if (tiles < DW_MIN_TILES) tiles = DW_MIN_TILES;
+    return bp_max(tiles / p->tw, 1);
+}
+
+size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *p) {
+    size_t cap = dw_chunk_rows(g, p) * p->tw;
+    return 16 * g->out_c * g->in_c + 16 * (g->in_c + g->out_c) * cap;
+}
+
+/* W[p][o][col + tx] for one channel's tile row: A dy At of each tile tx from its two rows of
+   output gradients split into even (e) and odd (o) columns (rows ld apart, readable a vector past
+   tw); v points at W[0][o][col], planes vp floats apart. */
+void bp_winograd_tile_row_gradient_transform(size_t tw, size_t ld, const float *e, const float *o, float *v,
+                                             size_t vp) {
+    for (size_t i = 0; i < tw; i += BP_VL) {
+        bp_vec h[2][4]; /* [row][column]: across, (a, a + b, a - b, -b) */
+        for (size_t r = 0; r < 2; r++) {
+            bp_vec a = bp_vload(e + r * ld + i), b = bp_vload(o + r * ld + i);
+            h[r][0] = a;
+            h[r][1] = a + b;
+            h[r][2] = a - b;
+            h[r][3] = -b;
+        }
+        size_t n = tw - i < BP_VL ? tw - i : BP_VL;
+        for (size_t j = 0; j < 4; j++) { /* down, the same on the rows */
+            bp_vstore_part(v + j * vp + i, h[0][j], n);
+            bp_vstore_part(v + (4 + j) * vp + i, h[0][j] + h[1][j], n);
+            bp_vstore_part(v + (8 + j) * vp + i, h[0][j] - h[1][j], n);
+            bp_vstore_part(v + (12 + j) * vp + i, -h[1][j], n);
+        }
+    }
+}
+
+/* Gt m G of n kernels: m holds M[p][k] at m[p * mp + k], dw kernel k (9 taps) at dw + k * 9,
+   set (beta 0) or beta * dw added. */
+void bp_winograd_gradient_outputs(const float *m, size_t mp, size_t n, float *dw, float beta) {
+    for (size_t k = 0; k < n; k++) {
+        float r[4][3];
+        for (size_t y = 0; y < 4; y++) { /* across: (m0 + (m1 + m2) / 2, (m1 - m2) / 2, (m1 + m2) / 2 + m3) */
+            const float *t = m + 4 * y * mp + k;
+            float m0 = t[0], m1 = t[mp], m2 = t[2 * mp], m3 = t[3 * mp], s = 0.5f * (m1 + m2);
+            r[y][0] = m0 + s;
+            r[y][1] = 0.5f * (m1 - m2);
+            r[y][2] = s + m3;
+        }
+        float *d = dw + k * 9;
+        for (size_t x = 0; x < 3; x++) { /* then the same down */
+            float s = 0.5f * (r[1][x] + r[2][x]), taps[3] = {r[0][x] + s, 0.5f * (r[1][x] - r[2][x]), s + r[3][x]};
+            for (size_t y = 0; y < 3; y++) d[3 * y + x] = beta == 0.0f ? taps[y] : beta * d[3 * y + x] + taps[y];
+        }
+    }
+}
+
+typedef struct {
+    const bp_winograd *plan;
+    const bp_geom *g;
+    bp_geom dy_geom; /* dy as an unpadded image, for the tile rows' gathers */
+    bp_image dy_img;
+    size_t batch;
+    const bp_image *x_img;
+    const float *x, *dy;
+    size_t x_bs, dy_bs;
+    float *dw, beta;
+    float *m, *v, *w; /* M, and a chunk's V and W */
+    const bp_gemm_ctx *ctx;
+    const bp_scratch *s;
+    size_t chunk_rows, total_rows;
+    bp_barrier phases; /* one barrier reused: phase k waits for k arrivals of every worker */
+} gradient_job;
+
+/* V (channels [0, in_c)) and W (channels [in_c, in_c + out_c)) of a chunk's tile rows [r0, r1)
+   for the worker's share of those channels. */
+static void gradient_transforms(const gradient_job *j, size_t r0, size_t r1, int worker, int workers, float *e,
+                                float *o) {
+    const bp_geom *g = j->g;
+    size_t tw = j->plan->tw, th = j->plan->th, ld = row_ld(tw), nt = (r1 - r0) * tw, c0, c1;
+    bp_split(g->in_c + g->out_c, worker, workers, &c0, &c1);
+    for (size_t c = c0; c < c1; c++) {
+        bool input = c < g->in_c;
+        size_t channel = input ? c : c - g->in_c, planes = (input ? g->in_c : g->out_c) * nt;
+        float *dst = (input ? j->v : j->w) + channel * nt;
+        for (size_t r = r0; r < r1; r++) {
+            size_t b = r / th, ty = r % th, col = (r - r0) * tw;
+            if (input) {
+                bp_winograd_tile_row_inputs(g, tw, ld, j->x_img, j->x + b * j->x_bs + channel * j->x_img->sc, ty, 0,
+                                            0, e, o);
+                bp_winograd_tile_row_transform(tw, ld, e, o, dst + col, planes);
+            } else {
+                bp_winograd_tile_row_inputs(&j->dy_geom, tw, ld, &j->dy_img,
+                                            j->dy + b * j->dy_bs + channel * j->dy_img.sc, ty, 0, 0, e, o);
+                bp_winograd_tile_row_gradient_transform(tw, ld, e, o, dst + col, planes);
+            }
+        }
+    }
+}
+
+static void gradient_tasks(void *arg, int worker, int workers) {
+    gradient_job *j = arg;
+    const bp_geom *g = j->g;
+    size_t tw = j->plan->tw, ld = row_ld(tw), mp = g->out_c * g->in_c, phase = 0, p0, p1;
+    float *e = j->s->base + (size_t)worker * j->s->stride, *o = e + 4 * ld;
+    memset(e, 0, 8 * ld * sizeof(float)); /* the columns past tw + 1 are read, not used */
+    bp_split(16, worker, workers, &p0, &p1);
+    for (size_t r0 = 0; r0 < j->total_rows; r0 += j->chunk_rows) {
+        size_t r1 = bp_min(r0 + j->chunk_rows, j->total_rows), nt = (r1 - r0) * tw;
+        gradient_transforms(j, r0, r1, worker, workers, e, o);
+        bp_barrier_wait(&j->phases, (int)++phase * workers);
+        for (size_t p = p0; p < p1; p++)
+            bp_sgemm(j->ctx, false, true, g->out_c, g->in_c, nt, 1.0f, j->w + p * g->out_c * nt, nt,
+                     j->v + p * g->in_c * nt, nt, r0 == 0 ? 0.0f : 1.0f, j->m + p * mp, g->in_c);
+        bp_barrier_wait(&j->phases, (int)++phase * workers); /* M complete, V and W free again */
+    }
+    size_t k0, k1;
+    bp_split(mp, worker, workers, &k0, &k1);
+    bp_winograd_gradient_outputs(j->m + k0, mp, k1 - k0, j->dw + k0 * 9, j->beta);
+}
+
+void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
+                                 const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
+                                 float *work, const bp_scratch *s, const bp_gemm_ctx *ctx) {
+    size_t chunk_rows = dw_chunk_rows(g, plan), cap = chunk_rows * plan->tw, total_rows = batch * plan->th;
+    size_t ohw = g->out_h * g->out_w;
+    gradient_job j = {plan, g, *g, {0}, batch, x_img, x, dy, x_bs, dy_bs, dw, beta, work,
+                      work + 16 * g->out_c * g->in_c, NULL, ctx, s, chunk_rows, total_rows, {0}};
+    j.w = j.v + 16 * g->in_c * cap;
+    j.dy_geom.in_c = g->out_c;
+    j.dy_geom.in_h = g->out_h;
+    j.dy_geom.in_w = g->out_w;
+    j.dy_geom.pl = j.dy_geom.pt = 0;
+    j.dy_img = (bp_image){.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw,
+                          .item = g->out_c * ohw, .packed = true};
+    size_t tiles = total_rows * plan->tw;
+    int workers = bp_workers_for(ctx->threads, 2 * 16 * tiles * g->in_c * g->out_c);
+    if (workers > 16) workers = 16; /* the GEMMs split by the 16 transform positions */
+    bp_parallel_run(workers, gradient_tasks, &j);
+}
