@@ -12,9 +12,13 @@
 
 static atomic_long live_filters;
 static atomic_long created_filters;
+static atomic_long live_twins;
+static atomic_long created_twins;
 
 long bnns_portable_live_filter_count(void) { return atomic_load(&live_filters); }
 long bnns_portable_created_filter_count(void) { return atomic_load(&created_filters); }
+long bnns_portable_live_twin_count(void) { return atomic_load(&live_twins); }
+long bnns_portable_created_twin_count(void) { return atomic_load(&created_twins); }
 const char *bnns_portable_version(void) { return BNNS_PORTABLE_VERSION; }
 
 /* ---- memory ------------------------------------------------------------------------------ */
@@ -239,6 +243,8 @@ void bp_work_release(bp_filter *f, float *work, bool temporary) {
 static void destroy_filter(bp_filter *f) {
     bp_allocator a = f->allocator;
     bp_dtype_destroy(f); /* dtypes hook */
+    bp_filter *twin = atomic_load(&f->twin);
+    if (twin != NULL) bp_twin_destroy(twin);
     bp_free(&a, f->workspace);
     for (int i = 0; i < 2; i++) {
         if (f->direct[i] != NULL) bp_direct_destroy(f->direct[i], &a);
@@ -600,6 +606,8 @@ bp_filter *bp_client_twin(const bp_filter *f) {
     twin->twin_copy = copy;
     atomic_fetch_sub(&live_filters, 1); /* internal: the counts are the caller's filters */
     atomic_fetch_sub(&created_filters, 1);
+    atomic_fetch_add(&live_twins, 1);
+    atomic_fetch_add(&created_twins, 1);
     return twin;
 }
 
@@ -608,6 +616,7 @@ void bp_twin_destroy(bp_filter *twin) {
     float *copy = twin->twin_copy;
     destroy_filter(twin);
     bp_free(&a, copy);
+    atomic_fetch_sub(&live_twins, 1);
 }
 
 void BNNSFilterDestroy(BNNSFilter filter) {

@@ -5,7 +5,7 @@
 #include "internal.h"
 #include "winograd.h"
 
-typedef struct {
+typedef struct bp_filter {
     bool transposed;
     /* a fully-connected filter (fully_connected.c), built as a 1x1 convolution over a 1x1 image:
        backward takes its gradients in the FC shapes, see bp_fc_translate_gradients */
@@ -63,6 +63,7 @@ typedef struct {
     BNNSFilterParameters filter_params;
     bool has_filter_params;
     float *twin_copy;             /* a twin's weights and bias (bp_client_twin) */
+    struct bp_filter *_Atomic twin; /* the twin backward runs on (made at its first call, see backward.c) */
 } bp_filter;
 
 /* workspace layout (offsets in floats) */
@@ -80,7 +81,8 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 
 /* A client-pointer twin of a filter that owns its weights: the same layer reading the filter's
    copy of the weights (laid out again as the caller described them) and of the bias, for
-   backward. Not counted as a filter; NULL with bp_set_error on failure. */
+   backward. Not counted as a filter but as a twin (bnns_portable_*_twin_count); NULL with
+   bp_set_error on failure. A filter destroys its twin (bp_filter.twin) with itself. */
 bp_filter *bp_client_twin(const bp_filter *f);
 void bp_twin_destroy(bp_filter *twin);
 
