@@ -199,7 +199,7 @@ static void plan_call(const bp_filter *f, const backward_call *c, backward_plan 
 /* dW of a standard layer (canonical, set at beta 0 or added) from x and the packed dz. */
 static void weight_gradient(const bp_filter *f, const bp_work *w, size_t batch, const float *x, size_t x_bs,
                             const float *dz, size_t dz_bs, float *dw, float beta) {
-    if (f->wino_dw)
+    if (f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(&f->g, &f->wino, batch, f->gemm.threads)))
         bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, w->wino_dw,
                                     &w->scratch, &f->gemm);
     else

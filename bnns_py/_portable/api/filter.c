@@ -214,7 +214,7 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
                       f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0,
                       f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0,
-                      f->wino_dw ? bp_winograd_gradient_floats(g, &f->wino) : 0};
+                      f->wino_dw ? bp_winograd_gradient_floats(g, &f->wino, f->workers) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;

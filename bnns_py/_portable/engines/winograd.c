@@ -462,12 +462,16 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
    output gradients, the tile adds Gt (W .* V) G to dw (3x3), W = A dy At the transformed
    gradient (F(3x3, 2x2) on the forward pass's own V). Summed over tiles and images, per
    transform position p: M[p] (out_c x in_c) = W[p] (out_c x tiles) * V[p]^T, a GEMM with the
-   tiles as its inner dimension; then dw = Gt M G per kernel. The tiles go in chunks of whole tile
-   rows: all the workers transform a chunk's x and dy tiles (split by channels), then multiply it
-   into M (split by transform positions), then the next chunk; finally each transforms its share
-   of the output channels into dw. */
+   tiles as its inner dimension; then dw = Gt M G per kernel. Each worker takes a share of the
+   tile rows of the batch and sums them, chunk by chunk, into its own M; a second run adds the
+   workers' M and transforms them, each worker a share of the kernels. No worker waits for another
+   within a run (on a busy machine each wait can cost a time slice). */
 
-enum { DW_CHUNK_TARGET = 1 << 20, DW_MIN_TILES = 128 }; /* floats of a chunk's V and W (4 MiB); tiles */
+enum {
+    DW_CHUNK_TARGET = 1 << 19, /* floats of a chunk's V and W (2 MiB) */
+    DW_MIN_TILES = 128,        /* a chunk's tiles, at least */
+    DW_WORKER_TILES = 64       /* fewer per worker: GEMMs too short for the transforms to pay */
+};
 
 static size_t dw_chunk_rows(const bp_geom *g, const bp_winograd *p) {
     size_t tiles = DW_CHUNK_TARGET / (16 * (g->in_c + g->out_c));
@@ -475,9 +479,13 @@ static size_t dw_chunk_rows(const bp_geom *g, const bp_winograd *p) {
     return bp_max(tiles / p->tw, 1);
 }
 
-size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *p) {
-    size_t cap = dw_chunk_rows(g, p) * p->tw;
-    return 16 * g->out_c * g->in_c + 16 * (g->in_c + g->out_c) * cap;
+/* Floats of a worker's M, V and W. */
+static size_t dw_worker_floats(const bp_geom *g, const bp_winograd *p) {
+    return bp_round_up(16 * g->out_c * g->in_c, 16) + 16 * (g->in_c + g->out_c) * dw_chunk_rows(g, p) * p->tw;
+}
+
+size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *p, int workers) {
+    return (size_t)workers * bp_round_up(dw_worker_floats(g, p), 16);
 }
 
 /* W[p][o][col + tx] for one channel's tile row: A dy At of each tile tx from its two rows of
@@ -529,81 +537,96 @@ typedef struct {
     const bp_geom *g;
     bp_geom dy_geom; /* dy as an unpadded image, for the tile rows' gathers */
     bp_image dy_img;
-    size_t batch;
     const bp_image *x_img;
     const float *x, *dy;
     size_t x_bs, dy_bs;
     float *dw, beta;
-    float *m, *v, *w; /* M, and a chunk's V and W */
+    float *work;      /* per worker: M, then a chunk's V and W */
+    size_t per_worker;
     const bp_gemm_ctx *ctx;
     const bp_scratch *s;
     size_t chunk_rows, total_rows;
-    bp_barrier phases; /* one barrier reused: phase k waits for k arrivals of every worker */
+    int summing;      /* workers of the first run, whose M the second adds */
 } gradient_job;
 
-/* V (channels [0, in_c)) and W (channels [in_c, in_c + out_c)) of a chunk's tile rows [r0, r1)
-   for the worker's share of those channels. */
-static void gradient_transforms(const gradient_job *j, size_t r0, size_t r1, int worker, int workers, float *e,
-                                float *o) {
-    const bp_geom *g = j->g;
-    size_t tw = j->plan->tw, th = j->plan->th, ld = row_ld(tw), nt = (r1 - r0) * tw, c0, c1;
-    bp_split(g->in_c + g->out_c, worker, workers, &c0, &c1);
-    for (size_t c = c0; c < c1; c++) {
-        bool input = c < g->in_c;
-        size_t channel = input ? c : c - g->in_c, planes = (input ? g->in_c : g->out_c) * nt;
-        float *dst = (input ? j->v : j->w) + channel * nt;
-        for (size_t r = r0; r < r1; r++) {
-            size_t b = r / th, ty = r % th, col = (r - r0) * tw;
-            if (input) {
-                bp_winograd_tile_row_inputs(g, tw, ld, j->x_img, j->x + b * j->x_bs + channel * j->x_img->sc, ty, 0,
-                                            0, e, o);
-                bp_winograd_tile_row_transform(tw, ld, e, o, dst + col, planes);
-            } else {
-                bp_winograd_tile_row_inputs(&j->dy_geom, tw, ld, &j->dy_img,
-                                            j->dy + b * j->dy_bs + channel * j->dy_img.sc, ty, 0, 0, e, o);
-                bp_winograd_tile_row_gradient_transform(tw, ld, e, o, dst + col, planes);
-            }
+static int gradient_workers(const bp_geom *g, const bp_winograd *plan, size_t total_rows, int threads) {
+    int workers = bp_workers_for(threads, 2 * 16 * total_rows * plan->tw * g->out_c * g->in_c);
+    if (workers > BP_MAX_WORKERS) workers = BP_MAX_WORKERS; /* as many M as the filter's scratch areas */
+    if ((size_t)workers > total_rows) workers = (int)total_rows; /* each sums at least one tile row */
+    return workers;
+}
+
+bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads) {
+    size_t total_rows = batch * plan->th;
+    return total_rows * plan->tw >= DW_WORKER_TILES * (size_t)gradient_workers(g, plan, total_rows, threads);
+}
+
+/* V (input) or W of one channel's tile rows [r0, r1) into planes `planes` floats apart. */
+static void gradient_transform(const gradient_job *j, bool input, size_t channel, size_t r0, size_t r1, float *dst,
+                               size_t planes, float *e, float *o) {
+    size_t tw = j->plan->tw, th = j->plan->th, ld = row_ld(tw);
+    for (size_t r = r0; r < r1; r++) {
+        size_t b = r / th, ty = r % th, col = (r - r0) * tw;
+        if (input) {
+            bp_winograd_tile_row_inputs(j->g, tw, ld, j->x_img, j->x + b * j->x_bs + channel * j->x_img->sc, ty, 0, 0,
+                                        e, o);
+            bp_winograd_tile_row_transform(tw, ld, e, o, dst + col, planes);
+        } else {
+            bp_winograd_tile_row_inputs(&j->dy_geom, tw, ld, &j->dy_img, j->dy + b * j->dy_bs + channel * j->dy_img.sc,
+                                        ty, 0, 0, e, o);
+            bp_winograd_tile_row_gradient_transform(tw, ld, e, o, dst + col, planes);
         }
     }
 }
 
-static void gradient_tasks(void *arg, int worker, int workers) {
-    gradient_job *j = arg;
+/* The first run: a worker's tile rows into its M. */
+static void gradient_sums(void *arg, int worker, int workers) {
+    const gradient_job *j = arg;
     const bp_geom *g = j->g;
-    size_t tw = j->plan->tw, ld = row_ld(tw), mp = g->out_c * g->in_c, phase = 0, p0, p1;
+    size_t in_c = g->in_c, out_c = g->out_c, tw = j->plan->tw, ld = row_ld(tw), mp = out_c * in_c, r0, r1;
+    bp_split(j->total_rows, worker, workers, &r0, &r1);
     float *e = j->s->base + (size_t)worker * j->s->stride, *o = e + 4 * ld;
+    float *m = j->work + (size_t)worker * j->per_worker, *v = m + bp_round_up(16 * mp, 16);
+    float *w = v + 16 * in_c * j->chunk_rows * tw;
     memset(e, 0, 8 * ld * sizeof(float)); /* the columns past tw + 1 are read, not used */
-    bp_split(16, worker, workers, &p0, &p1);
-    for (size_t r0 = 0; r0 < j->total_rows; r0 += j->chunk_rows) {
-        size_t r1 = bp_min(r0 + j->chunk_rows, j->total_rows), nt = (r1 - r0) * tw;
-        gradient_transforms(j, r0, r1, worker, workers, e, o);
-        bp_barrier_wait(&j->phases, (int)++phase * workers);
-        for (size_t p = p0; p < p1; p++)
-            bp_sgemm(j->ctx, false, true, g->out_c, g->in_c, nt, 1.0f, j->w + p * g->out_c * nt, nt,
-                     j->v + p * g->in_c * nt, nt, r0 == 0 ? 0.0f : 1.0f, j->m + p * mp, g->in_c);
-        bp_barrier_wait(&j->phases, (int)++phase * workers); /* M complete, V and W free again */
+    for (size_t c0 = r0; c0 < r1; c0 += j->chunk_rows) {
+        size_t c1 = bp_min(c0 + j->chunk_rows, r1), nt = (c1 - c0) * tw;
+        for (size_t c = 0; c < in_c; c++) gradient_transform(j, true, c, c0, c1, v + c * nt, in_c * nt, e, o);
+        for (size_t c = 0; c < out_c; c++) gradient_transform(j, false, c, c0, c1, w + c * nt, out_c * nt, e, o);
+        for (size_t p = 0; p < 16; p++)
+            bp_sgemm(j->ctx, false, true, out_c, in_c, nt, 1.0f, w + p * out_c * nt, nt, v + p * in_c * nt, nt,
+                     c0 == r0 ? 0.0f : 1.0f, m + p * mp, in_c);
     }
-    size_t k0, k1;
+}
+
+/* The second run: a share of the kernels, the workers' M added into the first's, into dw. */
+static void gradient_kernels(void *arg, int worker, int workers) {
+    const gradient_job *j = arg;
+    size_t mp = j->g->out_c * j->g->in_c, k0, k1;
     bp_split(mp, worker, workers, &k0, &k1);
-    bp_winograd_gradient_outputs(j->m + k0, mp, k1 - k0, j->dw + k0 * 9, j->beta);
+    float *m = j->work;
+    for (int other = 1; other < j->summing; other++) {
+        const float *add = j->work + (size_t)other * j->per_worker;
+        for (size_t p = 0; p < 16; p++)
+            for (size_t k = k0; k < k1; k++) m[p * mp + k] += add[p * mp + k];
+    }
+    bp_winograd_gradient_outputs(m + k0, mp, k1 - k0, j->dw + k0 * 9, j->beta);
 }
 
 void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
                                  const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
                                  float *work, const bp_scratch *s, const bp_gemm_ctx *ctx) {
-    size_t chunk_rows = dw_chunk_rows(g, plan), cap = chunk_rows * plan->tw, total_rows = batch * plan->th;
-    size_t ohw = g->out_h * g->out_w;
-    gradient_job j = {plan, g, *g, {0}, batch, x_img, x, dy, x_bs, dy_bs, dw, beta, work,
-                      work + 16 * g->out_c * g->in_c, NULL, ctx, s, chunk_rows, total_rows, {0}};
-    j.w = j.v + 16 * g->in_c * cap;
+    size_t total_rows = batch * plan->th, ohw = g->out_h * g->out_w, mp = g->out_c * g->in_c;
+    gradient_job j = {plan, g, *g, {0}, x_img, x, dy, x_bs, dy_bs, dw, beta, work,
+                      bp_round_up(dw_worker_floats(g, plan), 16), ctx, s, dw_chunk_rows(g, plan), total_rows, 1};
     j.dy_geom.in_c = g->out_c;
     j.dy_geom.in_h = g->out_h;
     j.dy_geom.in_w = g->out_w;
     j.dy_geom.pl = j.dy_geom.pt = 0;
     j.dy_img = (bp_image){.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw,
                           .item = g->out_c * ohw, .packed = true};
-    size_t tiles = total_rows * plan->tw;
-    int workers = bp_workers_for(ctx->threads, 2 * 16 * tiles * g->in_c * g->out_c);
-    if (workers > 16) workers = 16; /* the GEMMs split by the 16 transform positions */
-    bp_parallel_run(workers, gradient_tasks, &j);
+    int workers = gradient_workers(g, plan, total_rows, ctx->threads);
+    j.summing = workers;
+    bp_parallel_run(workers, gradient_sums, &j);
+    bp_parallel_run(bp_workers_for(ctx->threads, 16 * (size_t)workers * mp), gradient_kernels, &j);
 }

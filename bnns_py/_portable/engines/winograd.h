@@ -45,8 +45,12 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
 
 /* The weight gradient of an undilated layer whose forward pass plan is `plan`, on the same tiles:
    dw (canonical, [out_c][in_c * 9]) set (beta 0) or beta * dw added, from x through x_img's strides
-   and a packed dy. work: bp_winograd_gradient_floats floats shared by the workers. */
-size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *plan);
+   and a packed dy. work: bp_winograd_gradient_floats floats for up to `workers` workers (as many
+   as the filter's scratch areas). */
+size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *plan, int workers);
+/* Whether a call of `batch` images on `threads` threads is quicker there than on the direct
+   engine (measured: enough tiles per worker). */
+bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads);
 void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
                                  const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
                                  float *work, const bp_scratch *s, const bp_gemm_ctx *ctx);
