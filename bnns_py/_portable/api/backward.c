@@ -159,6 +159,7 @@ typedef struct {
     bp_work w;
     bool whole_batch;      /* dz is out_delta itself: each engine call takes the whole batch */
     bool dx_winograd;      /* dx as the adjoint convolution of dy on the Winograd pass */
+    bool dw_winograd;      /* dW on the Winograd pass (standard layers; else on S's forward plan) */
     bp_direct_pass pass;
     const bp_direct_pass *direct;
     const float *weights;  /* canonical, for an im2col dx */
@@ -194,12 +195,17 @@ static void plan_call(const bp_filter *f, const backward_call *c, backward_plan 
     p->whole_batch = f->activation.function == BNNSActivationFunctionIdentity && c->dy_img.packed &&
                      (!f->transposed || (f->in.packed && dx_plain));
     p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain;
+    size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
+    p->dw_winograd = f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(g, &f->wino, dw_batch,
+                                                                                   f->gemm.threads));
 }
 
 /* dW of a standard layer (canonical, set at beta 0 or added) from x and the packed dz. */
-static void weight_gradient(const bp_filter *f, const bp_work *w, size_t batch, const float *x, size_t x_bs,
-                            const float *dz, size_t dz_bs, float *dw, float beta) {
-    if (f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(&f->g, &f->wino, batch, f->gemm.threads)))
+static void weight_gradient(const bp_filter *f, const backward_plan *p, size_t batch, const float *x, size_t x_bs,
+                            const float *dz, size_t dz_bs, float beta) {
+    const bp_work *w = &p->w;
+    float *dw = p->dweights;
+    if (p->dw_winograd)
         bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, w->wino_dw,
                                     &w->scratch, &f->gemm);
     else
@@ -228,7 +234,7 @@ static void run_whole_batch(const bp_filter *f, const backward_call *c, backward
                             &f->gemm, p->direct);
         return;
     }
-    if (c->weights_delta) weight_gradient(f, w, batch, c->in, c->in_stride, dy, dy_bs, p->dweights, p->dw_beta);
+    if (c->weights_delta) weight_gradient(f, p, batch, c->in, c->in_stride, dy, dy_bs, p->dw_beta);
     if (p->dx_winograd) {
         bp_direct_pass canonical_pass;
         const bp_direct_pass *none;
@@ -256,7 +262,7 @@ static void run_per_image(const bp_filter *f, const backward_call *c, backward_p
         if (c->bias_delta)
             for (size_t ch = 0; ch < f->out.c; ch++) w->dbias[ch] += bp_sum(dz + ch * hw, hw);
         if (!f->transposed) {
-            if (c->weights_delta) weight_gradient(f, w, 1, x, 0, dz, 0, p->dweights, beta);
+            if (c->weights_delta) weight_gradient(f, p, 1, x, 0, dz, 0, beta);
             if (c->in_delta)
                 bp_conv_backward_data(g, p->weights, 1, dz, 0, &c->dx_img,
                                       (float *)c->in_delta->data + b * c->in_delta_stride, 0,
