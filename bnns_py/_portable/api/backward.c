@@ -206,7 +206,7 @@ static void weight_gradient(const bp_filter *f, const backward_plan *p, size_t b
     const bp_work *w = &p->w;
     float *dw = p->dweights;
     if (p->dw_winograd)
-        bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, w->wino_dw,
+        bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, w->wino_dw_sums,
                                     &w->scratch, &f->gemm);
     else
         bp_conv_backward_weights(&f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, &w->scratch, &f->gemm,
@@ -238,9 +238,9 @@ static void run_whole_batch(const bp_filter *f, const backward_call *c, backward
     if (p->dx_winograd) {
         bp_direct_pass canonical_pass;
         const bp_direct_pass *none;
-        bp_winograd_forward(&f->wino_dx_plan, &f->dx_geom, w->wino_u_dx, bp_call_weights(f, -1, w, &canonical_pass, &none),
-                            true, batch, &p->out_packed, dy, dy_bs, dx, c->in_delta_stride, NULL, &w->scratch,
-                            f->gemm.threads);
+        const float *canonical = bp_call_weights(f, -1, w, &canonical_pass, &none);
+        bp_winograd_forward(&f->wino_dx_plan, &f->dx_geom, w->wino_u_dx, canonical, true, batch, &p->out_packed, dy,
+                            dy_bs, dx, c->in_delta_stride, NULL, &w->scratch, f->gemm.threads);
     } else if (dx) {
         bp_conv_backward_data(g, p->weights, batch, dy, dy_bs, &c->dx_img, dx, c->in_delta_stride,
                               !accumulates(c->in_delta), NULL, &w->scratch, &f->gemm, p->direct);

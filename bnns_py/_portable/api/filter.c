@@ -200,7 +200,7 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
     w->wino_u = w->direct_w + SLICE(f->direct_w_floats);
     w->wino_u_dx = w->wino_u + (f->winograd && f->client ? SLICE(bp_winograd_weight_floats(g)) : 0);
-    w->wino_dw = w->wino_u_dx + (f->wino_dx ? SLICE(bp_winograd_weight_floats(&f->dx_geom)) : 0);
+    w->wino_dw_sums = w->wino_u_dx + (f->wino_dx ? SLICE(bp_winograd_weight_floats(&f->dx_geom)) : 0);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -550,7 +550,7 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     const bp_filter *f = filter;
     if (f == NULL || pass < 0 || pass > 2) return "";
-    if (pass == 2) /* weight gradient: on S's forward plan, when the filter can run backward */
+    if (pass == 2) /* weight gradient: on Winograd or S's forward plan, when the filter can run backward */
         return f->wino_dw ? "winograd" : f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
