@@ -88,8 +88,9 @@ class Backend:
 
     def filter_engine(self, bnns_filter: Any, pass_: str = "forward") -> str:
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
-        or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3), forward passes of dense
-        3x3 stride-1 layers), ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat pixels"``
+        or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3): dense 3x3 stride-1
+        layers' forward pass and, with client pointers, their input and undilated weight
+        gradients), ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat pixels"``
         (the direct convolution engine; ``"direct"`` for weight gradients), ``"depthwise"`` (one
         input channel per group), ``"tiny"`` (the tiny-layer forward kernel) or ``"im2col"``
         (im2col + GEMM). ``bnns_filter`` is

@@ -12,6 +12,11 @@ long bnns_portable_live_filter_count(void);
 /* Number of filters created since the library was loaded. */
 long bnns_portable_created_filter_count(void);
 
+/* The same for the client-pointer twins that backward on a filter owning its weights runs on: one
+   per such filter, made at its first backward call and destroyed with it. */
+long bnns_portable_live_twin_count(void);
+long bnns_portable_created_twin_count(void);
+
 /* Why the last create or apply call on this thread failed ("" if it did not). BNNS itself only
    logs the reason; the portable library keeps it for callers that want it. */
 const char *bnns_portable_last_error(void);
@@ -44,8 +49,10 @@ uint16_t bnns_portable_f32_to_bf16(float f);
    "direct rows" / "direct pixels" are the direct convolution engine's two kernels for passes 0
    and 1 ("direct flat pixels": the pixels kernel with tiles over flat positions, not within
    rows), "direct" its weight gradient; "winograd" the Winograd F(2x2, 3x3) pass (forward, and the
-   input gradient of client-pointer filters); "depthwise" the depthwise kernels (one input channel
-   per group), "tiny" the tiny-layer forward kernel, "im2col" the im2col + GEMM path; "" for a
-   NULL filter or another pass. The environment variable BNNS_PY_PORTABLE_ENGINE (auto, rows,
-   pixels, flat-pixels, im2col, winograd), read when a filter is created, overrides the choice. */
+   input and, undilated, weight gradients of client-pointer filters, the latter in calls with
+   enough tiles per thread, else on the direct engine); "depthwise" the depthwise kernels (one
+   input channel per group), "tiny" the tiny-layer forward kernel, "im2col" the im2col + GEMM
+   path; "" for a NULL filter or another pass. The environment variable BNNS_PY_PORTABLE_ENGINE
+   (auto, rows, pixels, flat-pixels, im2col, winograd), read when a filter is created, overrides
+   the choice. */
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass);

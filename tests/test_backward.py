@@ -227,9 +227,38 @@ def test_c_backward_of_copied_weights(backend, rng, no_filter_leaks):
             layer.bnns_filter, 1, ffi.from_buffer(x), 60, dx.c_descriptor, 60, ffi.NULL, 90,
             dy.c_descriptor, 90, ffi.NULL, ffi.NULL)
         assert status == 0, backend.last_error()
-        assert backend.live_filter_count() == live, "the twin the backward ran on is gone"
+        assert backend.live_filter_count() == live, "the twin the backward ran on is not counted as a filter"
     expected = reference.conv2d_backward(x.reshape(1, 2, 5, 6), weights, dy_values[None], padding=1)[0]
     assert_close_to_reference(dx.data.reshape(expected.shape), expected, 27)
+
+
+def test_copied_weights_twin_is_made_once_and_destroyed_with_the_filter(backend, rng):
+    """Backward on a filter that owns its weights runs on one client-pointer twin, made at the first
+    call and kept over the next ones (each gives the reference's gradients), then destroyed with
+    the filter; the filter counts never see it."""
+    if not backend.is_portable:
+        pytest.skip("the twin is the portable library's")
+    lib = backend.lib
+    live_twins, created_twins = lib.bnns_portable_live_twin_count(), lib.bnns_portable_created_twin_count()
+    live_filters = backend.live_filter_count()
+    layer, weights, _ = _client_layer(rng, flags=Flags.none)
+    with layer:
+        assert lib.bnns_portable_created_twin_count() == created_twins, "no twin before backward"
+        for _ in range(5):
+            x = random_array(rng, (2, 2, 5, 6))
+            y = np.empty((2, 3, 5, 6), np.float32)
+            layer.apply(2, x, y)
+            dy = random_array(rng, y.shape)
+            dx, dw = np.empty_like(x), np.empty_like(weights)
+            layer.apply_backward(2, x, y, dy, dx, dw)
+            dx_ref, dw_ref, _ = reference.conv2d_backward(x, weights, dy, padding=1)
+            assert_close_to_reference(dx, dx_ref, 27, "input gradient")
+            assert_close_to_reference(dw, dw_ref, 60, "weight gradient")
+        assert lib.bnns_portable_created_twin_count() == created_twins + 1
+        assert lib.bnns_portable_live_twin_count() == live_twins + 1
+        assert backend.live_filter_count() == live_filters + 1
+    assert lib.bnns_portable_live_twin_count() == live_twins
+    assert backend.live_filter_count() == live_filters
 
 
 COPIED_WEIGHT_CASES = [  # (transposed, groups, stride, dilation, padding, activation)

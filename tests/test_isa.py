@@ -49,7 +49,9 @@ for name, n, cin, cout, size, k, stride, pad, dil, groups in CASES:
         y = conv.forward(x)
         dy = rand(*y.shape)
         grads = conv.backward(x, y, dy)
-        engines[name] = bnns_py.get_backend().filter_engine(next(iter(conv._layers.values())).bnns_filter)
+        layer = next(iter(conv._layers.values()))
+        engines[name] = bnns_py.get_backend().filter_engine(layer.bnns_filter)
+        engines[name + " weights"] = bnns_py.get_backend().filter_engine(layer.bnns_filter, "weights_gradient")
     ref = reference.conv2d_backward(x, w, dy, output=y, bias=True, activation=act, **dict(kw, padding=(pad,) * 4))
     expected = reference.conv2d(x, w, b, activation=act, **dict(kw, padding=(pad,) * 4))
     assert_close_to_reference(y, expected, w[0].size, name + " forward")
@@ -90,6 +92,7 @@ def test_each_tier_computes_every_engine_against_the_reference(isa):
     assert info["isa_available"] == " ".join(AVAILABLE)
     assert "isa_error" not in info
     assert info["engines"]["winograd"] == "winograd"
+    assert info["engines"]["winograd weights"] == "winograd"
     assert info["engines"]["direct"].startswith("direct")
     assert info["engines"]["pointwise"] == "im2col"
     assert info["simd"] == {"baseline": "4-lane", "avx2": "AVX2", "avx512": "AVX-512", "neon": "4-lane"}[isa]

@@ -7,7 +7,11 @@
              number of tiles;
      output  Y = At M A of each tile's 16 products, per channel (bp_winograd_tile_row_outputs);
      weights U = G k Gt of each 3x3 kernel, laid out in blocks of output channels, channels past
-             out_c zero (bp_winograd_weights, also of an adjoint: kernels transposed and flipped).
+             out_c zero (bp_winograd_weights, also of an adjoint: kernels transposed and flipped);
+     gradient W = A dY At of each 2x2 tile dY of output gradients, from the two rows of a tile
+             row split into even and odd columns (bp_winograd_tile_row_gradient_transform);
+     kernel gradient  dw = Gt M G of each kernel's 16 sums, set or added
+             (bp_winograd_gradient_outputs).
    Values past what a call may write are checked untouched.
 
    Exit status: 0 all passed, 1 a mismatch (printed). Build: meson -Dkernel_tests=true. */
@@ -22,6 +26,8 @@ typedef void weights_fn(const bp_geom *g, const float *w, float *u, const bp_scr
 typedef bool plan_fn(const bp_geom *g, bool forced, bp_winograd *plan);
 typedef size_t weight_floats_fn(const bp_geom *g);
 typedef const char *simd_fn(void);
+typedef void gradient_transform_fn(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp);
+typedef void gradient_outputs_fn(const float *m, size_t mp, size_t n, float *dw, float beta);
 typedef struct {
     inputs_fn *inputs;
     transform_fn *transform;
@@ -30,6 +36,8 @@ typedef struct {
     plan_fn *plan;
     weight_floats_fn *weight_floats;
     simd_fn *simd;
+    gradient_transform_fn *gradient_transform;
+    gradient_outputs_fn *gradient_outputs;
 } tier;
 #define DECLARE(t)                                                                                                     \
     inputs_fn KT_CAT(bp_winograd_tile_row_inputs, t);                                                                 \
@@ -38,20 +46,24 @@ typedef struct {
     weights_fn KT_CAT(bp_winograd_weights, t);                                                                        \
     plan_fn KT_CAT(bp_winograd_plan, t);                                                                              \
     weight_floats_fn KT_CAT(bp_winograd_weight_floats, t);                                                            \
-    simd_fn KT_CAT(bnns_portable_simd, t);
+    simd_fn KT_CAT(bnns_portable_simd, t);                                                                           \
+    gradient_transform_fn KT_CAT(bp_winograd_tile_row_gradient_transform, t);                                         \
+    gradient_outputs_fn KT_CAT(bp_winograd_gradient_outputs, t);
 #define NAME(t) KT_STR(t),
 #define KERNELS(t)                                                                                                     \
     {KT_CAT(bp_winograd_tile_row_inputs, t), KT_CAT(bp_winograd_tile_row_transform, t),                              \
      KT_CAT(bp_winograd_tile_row_outputs, t),   KT_CAT(bp_winograd_weights, t),                                       \
      KT_CAT(bp_winograd_plan, t),               KT_CAT(bp_winograd_weight_floats, t),                                 \
-     KT_CAT(bnns_portable_simd, t)},
+     KT_CAT(bnns_portable_simd, t),             KT_CAT(bp_winograd_tile_row_gradient_transform, t),                  \
+     KT_CAT(bp_winograd_gradient_outputs, t)},
 KT_TIERS(DECLARE)
 static const char *const tier_names[] = {KT_TIERS(NAME)};
 static const tier tiers[] = {KT_TIERS(KERNELS)};
 
 enum { TRIALS = 24, GUARD = 16 };
 static const char *const classes[] = {"input, packed image", "input, dilation 1-3 and strided image", "output",
-                                      "weights", "weights of an adjoint"};
+                                      "weights", "weights of an adjoint", "gradient", "kernel gradient set",
+                                      "kernel gradient added"};
 enum { CLASSES = sizeof classes / sizeof classes[0] };
 static const float UNTOUCHED = 1e30f;
 
@@ -59,6 +71,9 @@ static const float UNTOUCHED = 1e30f;
 static const double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
 static const double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
 static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+
+/* W = A dY At with A = At transposed (the weight gradient's F(3x3, 2x2) on the same tiles). */
+static double a_of(size_t i, size_t r) { return AT[r][i]; }
 
 static size_t lanes_of(const tier *t) {
     const char *simd = t->simd();
@@ -198,13 +213,78 @@ static int check_weights(const tier *t, const char *name, int c) {
     return 1;
 }
 
+static int check_gradient(const tier *t, const char *name, int c) {
+    size_t tw = kt_range(1, 40), ld = bp_round_up(tw + 1, 16) + 16 + kt_range(0, 3), vp = tw + GUARD;
+    float *e = malloc(8 * ld * sizeof(float)), *o = e + 4 * ld, *v = malloc(16 * vp * sizeof(float));
+    for (size_t i = 0; i < 8 * ld; i++) e[i] = NAN; /* past tw, and rows 2 and 3: never used */
+    for (size_t r = 0; r < 2; r++) {
+        kt_fill(e + r * ld, tw);
+        kt_fill(o + r * ld, tw);
+    }
+    for (size_t i = 0; i < 16 * vp; i++) v[i] = UNTOUCHED;
+    t->gradient_transform(tw, ld, e, o, v, vp);
+    double worst = 0.0;
+    for (size_t tx = 0; tx < vp; tx++)
+        for (size_t i = 0; i < 4; i++)
+            for (size_t j = 0; j < 4; j++) {
+                float got = v[(4 * i + j) * vp + tx];
+                if (tx >= tw) {
+                    if (got != UNTOUCHED) worst = INFINITY;
+                    continue;
+                }
+                double want = 0.0, size = 0.0;
+                for (size_t r = 0; r < 2; r++)
+                    for (size_t q = 0; q < 2; q++) {
+                        double dy = (q == 0 ? e : o)[r * ld + tx];
+                        want += a_of(i, r) * dy * a_of(j, q), size += fabs(dy);
+                    }
+                worst = worst_of(worst, got, want, size);
+            }
+    free(e), free(v);
+    if (worst <= 1e-6) return 0;
+    printf("FAIL %s winograd [%s] %zu tiles: relative error %.3g\n", name, classes[c], tw, worst);
+    return 1;
+}
+
+static int check_kernel_gradient(const tier *t, const char *name, int c) {
+    size_t n = kt_range(1, 50), mp = n + kt_range(0, 3);
+    float beta = c == 7 ? 1.0f : 0.0f;
+    float *m = malloc(16 * mp * sizeof(float)), *dw = malloc((9 * n + GUARD) * sizeof(float));
+    float *before = malloc(9 * n * sizeof(float));
+    kt_fill(m, 16 * mp);
+    kt_fill(before, 9 * n);
+    for (size_t i = 0; i < 9 * n + GUARD; i++) dw[i] = i < 9 * n && beta != 0.0f ? before[i] : UNTOUCHED;
+    t->gradient_outputs(m, mp, n, dw, beta);
+    double worst = 0.0;
+    for (size_t k = 0; k < n; k++)
+        for (size_t y = 0; y < 3; y++)
+            for (size_t x = 0; x < 3; x++) {
+                double want = beta * before[k * 9 + 3 * y + x], size = fabs(want);
+                for (size_t i = 0; i < 4; i++)
+                    for (size_t j = 0; j < 4; j++) {
+                        double sum = m[(4 * i + j) * mp + k];
+                        want += G[i][y] * sum * G[j][x], size += fabs(sum);
+                    }
+                worst = worst_of(worst, dw[k * 9 + 3 * y + x], want, size);
+            }
+    for (size_t i = 9 * n; i < 9 * n + GUARD; i++)
+        if (dw[i] != UNTOUCHED) worst = INFINITY;
+    free(m), free(dw), free(before);
+    if (worst <= 1e-6) return 0;
+    printf("FAIL %s winograd [%s] %zu kernels, planes %zu apart: relative error %.3g\n", name, classes[c], n, mp,
+           worst);
+    return 1;
+}
+
 static int check(size_t tier_index, int c) {
     const tier *t = &tiers[tier_index];
     int failures = 0;
     for (int trial = 0; trial < TRIALS; trial++)
         failures += c < 2   ? check_input(t, tier_names[tier_index], c)
                     : c == 2 ? check_output(t, tier_names[tier_index], c)
-                             : check_weights(t, tier_names[tier_index], c);
+                    : c < 5  ? check_weights(t, tier_names[tier_index], c)
+                    : c == 5 ? check_gradient(t, tier_names[tier_index], c)
+                             : check_kernel_gradient(t, tier_names[tier_index], c);
     return failures;
 }
 

@@ -46,11 +46,282 @@ static void activation_gradient(const bp_filter *f, const bp_image *dy_img, cons
                                             o->w * o->h, o->c, o->w);
 }
 
+/* What one backward call asks for, checked, its batch strides resolved. */
+typedef struct {
+    size_t batch;
+    const float *in, *out;
+    size_t in_stride, out_stride;
+    BNNSNDArrayDescriptor *in_delta, *weights_delta, *bias_delta;
+    const BNNSNDArrayDescriptor *out_delta;
+    size_t in_delta_stride, out_delta_stride;
+    bp_image dx_img, dy_img;
+    size_t dw_stride[8], db_stride;
+} backward_call;
+
+static bool check_weights_delta(const bp_filter *f, backward_call *c) {
+    const BNNSNDArrayDescriptor *d = c->weights_delta;
+    size_t extent;
+    if (c->in == NULL) {
+        bp_set_error("in (the forward input) is required for weights_delta");
+        return false;
+    }
+    if (d->data == NULL) {
+        bp_set_error("weights_delta.data is NULL");
+        return false;
+    }
+    if (d->data_type != BNNSDataTypeFloat32) {
+        bp_set_error("weights_delta data type 0x%x not supported by the portable backend yet (Float32 only)",
+                     d->data_type);
+        return false;
+    }
+    if (d->layout != f->w_layout || memcmp(d->size, f->w_size, sizeof f->w_size) != 0) {
+        bp_set_error("weights_delta must have the weights' layout 0x%x and sizes {%zu, %zu, %zu, %zu}, got layout "
+                     "0x%x sizes {%zu, %zu, %zu, %zu}", f->w_layout, f->w_size[0], f->w_size[1], f->w_size[2],
+                     f->w_size[3], d->layout, d->size[0], d->size[1], d->size[2], d->size[3]);
+        return false;
+    }
+    if (!bp_resolve_strides(d, 4, "weights_delta", c->dw_stride, &extent)) return false;
+    if (f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW_Pack32 &&
+        memcmp(c->dw_stride, f->w_stride, sizeof f->w_stride) != 0) {
+        bp_set_error("weights_delta in layout OIHW_Pack32 needs packed strides");
+        return false;
+    }
+    return true;
+}
+
+static bool check_bias_delta(const bp_filter *f, backward_call *c) {
+    const BNNSNDArrayDescriptor *d = c->bias_delta;
+    BNNSDataLayout l = d->layout;
+    if (d->data == NULL || d->data_type != BNNSDataTypeFloat32 || d->size[0] != f->out.c ||
+        (l != BNNSDataLayoutVector && l != BNNSDataLayout1DLastMajor && l != BNNSDataLayout1DFirstMajor)) {
+        bp_set_error("bias_delta must be a Float32 vector with data and %zu values", f->out.c);
+        return false;
+    }
+    size_t stride[8], extent;
+    if (!bp_resolve_strides(d, 1, "bias_delta", stride, &extent)) return false;
+    c->db_stride = stride[0];
+    return true;
+}
+
+/* Batch strides: 0 means one item; every item must fit, not overlap the next, nor overflow. */
+static bool check_batch_strides(const bp_filter *f, backward_call *c) {
+    if (c->in_stride == 0) c->in_stride = f->in.item;
+    if (c->out_stride == 0) c->out_stride = f->out.item;
+    if (c->out_delta_stride == 0) c->out_delta_stride = c->dy_img.item;
+    if (c->in_delta_stride == 0) c->in_delta_stride = c->in_delta ? c->dx_img.item : 0;
+    bool dx = c->in_delta != NULL;
+    if (c->batch > 1 && ((c->in && c->in_stride < f->in.extent) || (c->out && c->out_stride < f->out.extent) ||
+                         c->out_delta_stride < c->dy_img.extent || (dx && c->in_delta_stride < c->dx_img.extent))) {
+        bp_set_error("batch strides smaller than one item");
+        return false;
+    }
+    if (!bp_batch_span_ok(c->batch, c->in_stride, f->in.extent) ||
+        !bp_batch_span_ok(c->batch, c->out_stride, f->out.extent) ||
+        !bp_batch_span_ok(c->batch, c->out_delta_stride, c->dy_img.extent) ||
+        (dx && !bp_batch_span_ok(c->batch, c->in_delta_stride, c->dx_img.extent))) {
+        bp_set_error("batch strides overflow the address space");
+        return false;
+    }
+    return true;
+}
+
+/* Step 1: whether the filter can run this call (false with bp_set_error). */
+static bool validate_call(const bp_filter *f, backward_call *c) {
+    if (f->transposed && f->g.groups > 1) {
+        bp_set_error("backward of a grouped transposed convolution is not supported");
+        return false;
+    }
+    const char *why_not = bp_activation_backward_unsupported_reason(&f->activation);
+    if (why_not != NULL) {
+        bp_set_error("activation %u cannot be differentiated from the layer output: %s", f->activation.function,
+                     why_not);
+        return false;
+    }
+    if (c->out_delta == NULL) {
+        bp_set_error("out_delta is required");
+        return false;
+    }
+    if (!gradient_image(c->out_delta, "out_delta", &f->out, &c->dy_img)) return false;
+    if (c->in_delta && !gradient_image(c->in_delta, "in_delta", &f->in, &c->dx_img)) return false;
+    if (f->activation.function != 0 && c->out == NULL) {
+        bp_set_error("out (the forward output) is required with a non-identity activation");
+        return false;
+    }
+    if (c->weights_delta && !check_weights_delta(f, c)) return false;
+    if (c->bias_delta && !check_bias_delta(f, c)) return false;
+    return check_batch_strides(f, c);
+}
+
+/* How the call runs (step 2): where each gradient goes and which engine pass computes it. dx comes
+   from S's backward data (standard) or S's forward pass (transposed); dW from x (for a
+   transposed layer dz) and dz. */
+typedef struct {
+    bp_work w;
+    bool whole_batch;      /* dz is out_delta itself: each engine call takes the whole batch */
+    bool dx_winograd;      /* dx as the adjoint convolution of dy on the Winograd pass */
+    bool dw_winograd;      /* dW on the Winograd pass (standard layers; else on S's forward plan) */
+    bp_direct_pass pass;
+    const bp_direct_pass *direct;
+    const float *weights;  /* canonical, for an im2col dx */
+    float *dweights;       /* the caller's array or the workspace (then copied to the caller's layout) */
+    bool dw_direct;
+    float dw_beta;
+    float *dz;             /* the gradient before the activation, packed, in the layer's output space */
+    bp_image in_packed, out_packed;
+} backward_plan;
+
+static void plan_call(const bp_filter *f, const backward_call *c, backward_plan *p) {
+    const bp_geom *g = &f->g;
+    p->direct = NULL;
+    p->weights = NULL;
+    if (c->in_delta)
+        p->weights = bp_call_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, &p->w, &p->pass,
+                                     &p->direct);
+    /* dW straight into the caller's array when it is S's canonical matrix (plain OIHW of a
+       standard layer; of a one-group transposed layer, OIHW strides that read PyTorch's
+       (in, out, kH, kW) order), else into the workspace and then into the caller's layout */
+    const size_t *s = c->dw_stride;
+    size_t taps = g->kh * g->kw;
+    bool canonical_strides = f->transposed ? g->groups == 1 && s[2] == g->in_cg * taps && s[3] == taps
+                                           : s[2] == taps && s[3] == g->k;
+    p->dw_direct = c->weights_delta != NULL && f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW && s[0] == 1 &&
+                   s[1] == g->kw && canonical_strides;
+    p->dweights = p->dw_direct ? c->weights_delta->data : p->w.dweights;
+    p->dw_beta = p->dw_direct && accumulates(c->weights_delta) ? 1.0f : 0.0f;
+    p->dz = f->transposed ? p->w.pack_in : p->w.pack_out;
+    p->in_packed = bp_packed_like(&f->in);
+    p->out_packed = bp_packed_like(&f->out);
+    bool dx_plain = c->in_delta == NULL || (c->dx_img.packed && !accumulates(c->in_delta));
+    p->whole_batch = f->activation.function == BNNSActivationFunctionIdentity && c->dy_img.packed &&
+                     (!f->transposed || (f->in.packed && dx_plain));
+    p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain;
+    size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
+    p->dw_winograd = f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(g, &f->wino, dw_batch,
+                                                                                   f->gemm.threads));
+}
+
+/* dW of a standard layer (canonical, set at beta 0 or added) from x and the packed dz. */
+static void weight_gradient(const bp_filter *f, const backward_plan *p, size_t batch, const float *x, size_t x_bs,
+                            const float *dz, size_t dz_bs, float beta) {
+    const bp_work *w = &p->w;
+    float *dw = p->dweights;
+    if (p->dw_winograd)
+        bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, w->wino_dw_sums,
+                                    &w->scratch, &f->gemm);
+    else
+        bp_conv_backward_weights(&f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, &w->scratch, &f->gemm,
+                                 f->direct[BP_DIRECT_FORWARD]);
+}
+
+/* Step 3, without an activation and with a packed out_delta: dz is out_delta. */
+static void run_whole_batch(const bp_filter *f, const backward_call *c, backward_plan *p) {
+    const bp_geom *g = &f->g;
+    const bp_work *w = &p->w;
+    size_t batch = c->batch, dy_bs = c->out_delta_stride;
+    const float *dy = c->out_delta->data;
+    float *dx = c->in_delta ? c->in_delta->data : NULL;
+    if (c->bias_delta) {
+        size_t hw = f->out.w * f->out.h;
+        for (size_t b = 0; b < batch; b++)
+            for (size_t ch = 0; ch < f->out.c; ch++) w->dbias[ch] += bp_sum(dy + b * dy_bs + ch * hw, hw);
+    }
+    if (f->transposed) {
+        if (c->weights_delta)
+            bp_conv_backward_weights(g, batch, &p->out_packed, dy, dy_bs, c->in, c->in_stride, p->dweights, p->dw_beta,
+                                     &w->scratch, &f->gemm, f->direct[BP_DIRECT_FORWARD]);
+        if (dx)
+            bp_conv_forward(g, p->weights, batch, &p->out_packed, dy, dy_bs, dx, c->in_delta_stride, NULL, &w->scratch,
+                            &f->gemm, p->direct);
+        return;
+    }
+    if (c->weights_delta) weight_gradient(f, p, batch, c->in, c->in_stride, dy, dy_bs, p->dw_beta);
+    if (p->dx_winograd) {
+        bp_direct_pass canonical_pass;
+        const bp_direct_pass *none;
+        const float *canonical = bp_call_weights(f, -1, w, &canonical_pass, &none);
+        bp_winograd_forward(&f->wino_dx_plan, &f->dx_geom, w->wino_u_dx, canonical, true, batch, &p->out_packed, dy,
+                            dy_bs, dx, c->in_delta_stride, NULL, &w->scratch, f->gemm.threads);
+    } else if (dx) {
+        bp_conv_backward_data(g, p->weights, batch, dy, dy_bs, &c->dx_img, dx, c->in_delta_stride,
+                              !accumulates(c->in_delta), NULL, &w->scratch, &f->gemm, p->direct);
+    }
+}
+
+/* Step 3 otherwise, image by image: dz = dy * f'(y) first. */
+static void run_per_image(const bp_filter *f, const backward_call *c, backward_plan *p) {
+    const bp_geom *g = &f->g;
+    const bp_work *w = &p->w;
+    float *dz = p->dz;
+    size_t hw = f->out.w * f->out.h;
+    for (size_t b = 0; b < c->batch; b++) {
+        const float *x = c->in ? c->in + b * c->in_stride : NULL;
+        const float *y = c->out ? c->out + b * c->out_stride : NULL;
+        const float *dy = (const float *)c->out_delta->data + b * c->out_delta_stride;
+        float beta = b == 0 ? p->dw_beta : 1.0f;
+        activation_gradient(f, &c->dy_img, dy, y, dz, w->rows, w->rows + f->out.w);
+        if (c->bias_delta)
+            for (size_t ch = 0; ch < f->out.c; ch++) w->dbias[ch] += bp_sum(dz + ch * hw, hw);
+        if (!f->transposed) {
+            if (c->weights_delta) weight_gradient(f, p, 1, x, 0, dz, 0, beta);
+            if (c->in_delta)
+                bp_conv_backward_data(g, p->weights, 1, dz, 0, &c->dx_img,
+                                      (float *)c->in_delta->data + b * c->in_delta_stride, 0,
+                                      !accumulates(c->in_delta), NULL, &w->scratch, &f->gemm, p->direct);
+            continue;
+        }
+        /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
+        if (c->weights_delta) {
+            const float *xs = x;
+            if (!f->in.packed) {
+                bp_copy_image(&f->in, x, &p->in_packed, w->pack_out2, false);
+                xs = w->pack_out2;
+            }
+            bp_conv_backward_weights(g, 1, &p->out_packed, dz, 0, xs, 0, p->dweights, beta, &w->scratch, &f->gemm,
+                                     f->direct[BP_DIRECT_FORWARD]);
+        }
+        if (c->in_delta) {
+            bp_conv_forward(g, p->weights, 1, &p->out_packed, dz, 0, w->pack_out, 0, NULL, &w->scratch, &f->gemm,
+                            p->direct);
+            bp_copy_image(&p->in_packed, w->pack_out, &c->dx_img, (float *)c->in_delta->data + b * c->in_delta_stride,
+                          accumulates(c->in_delta));
+        }
+    }
+}
+
+/* The gradients computed in the workspace into the caller's descriptors. */
+static void store_gradients(const bp_filter *f, const backward_call *c, const backward_plan *p) {
+    if (c->weights_delta && !p->dw_direct)
+        bp_weights_to_descriptor(f, p->w.dweights, c->weights_delta, c->dw_stride, accumulates(c->weights_delta));
+    if (c->bias_delta) {
+        float *db = c->bias_delta->data;
+        for (size_t ch = 0; ch < f->out.c; ch++) {
+            if (accumulates(c->bias_delta)) db[ch * c->db_stride] += p->w.dbias[ch];
+            else db[ch * c->db_stride] = p->w.dbias[ch];
+        }
+    }
+}
+
+/* BNNS runs backward on a filter created without BNNSFlagsUseClientPtr too (conformance evidence,
+   finding 6.2): here on a client-pointer twin reading the filter's own copy of the weights, made
+   at the first backward call and kept until the filter is destroyed (the first of two threads
+   racing to make it keeps theirs). */
+static bp_filter *twin_of(bp_filter *f) {
+    bp_filter *twin = atomic_load_explicit(&f->twin, memory_order_acquire);
+    if (twin != NULL) return twin;
+    twin = bp_client_twin(f);
+    if (twin == NULL) return NULL;
+    bp_filter *none = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&f->twin, &none, twin, memory_order_acq_rel, memory_order_acquire)) {
+        bp_twin_destroy(twin);
+        return none;
+    }
+    return twin;
+}
+
 int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_stride,
                       BNNSNDArrayDescriptor *in_delta, size_t in_delta_stride, const float *out, size_t out_stride,
                       const BNNSNDArrayDescriptor *out_delta, size_t out_delta_stride,
                       BNNSNDArrayDescriptor *weights_delta, BNNSNDArrayDescriptor *bias_delta) {
-    const bp_geom *g = &f->g;
     /* A fully-connected filter is a 1x1 convolution: first rewrite its vector / matrix gradient
        descriptors into that convolution's ImageCHW / OIHW ones (fully_connected.c). */
     BNNSNDArrayDescriptor fc_in_delta, fc_out_delta, fc_weights_delta;
@@ -58,206 +329,27 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
                                                          &weights_delta, &fc_weights_delta))
         return -1;
     if (!f->client) {
-        /* BNNS runs backward on a filter created without BNNSFlagsUseClientPtr too (conformance
-           evidence, finding 6.2): here on a client-pointer twin reading the filter's own copy */
-        bp_filter *twin = bp_client_twin(f);
-        if (twin == NULL) return -1;
-        int status = bp_apply_backward(twin, batch, in, in_stride, in_delta, in_delta_stride, out, out_stride,
-                                       out_delta, out_delta_stride, weights_delta, bias_delta);
-        bp_twin_destroy(twin);
-        return status;
+        bp_filter *twin = twin_of(f);
+        return twin == NULL ? -1
+                            : bp_apply_backward(twin, batch, in, in_stride, in_delta, in_delta_stride, out, out_stride,
+                                                out_delta, out_delta_stride, weights_delta, bias_delta);
     }
-    if (f->transposed && g->groups > 1) {
-        bp_set_error("backward of a grouped transposed convolution is not supported");
-        return -1;
-    }
-    const char *why_not = bp_activation_backward_unsupported_reason(&f->activation);
-    if (why_not != NULL) {
-        bp_set_error("activation %u cannot be differentiated from the layer output: %s", f->activation.function,
-                     why_not);
-        return -1;
-    }
-    if (out_delta == NULL) {
-        bp_set_error("out_delta is required");
-        return -1;
-    }
-    bp_image dy_img, dx_img;
-    if (!gradient_image(out_delta, "out_delta", &f->out, &dy_img)) return -1;
-    if (in_delta && !gradient_image(in_delta, "in_delta", &f->in, &dx_img)) return -1;
-    if (f->activation.function != 0 && out == NULL) {
-        bp_set_error("out (the forward output) is required with a non-identity activation");
-        return -1;
-    }
-    size_t dw_stride[8];
-    if (weights_delta) {
-        size_t extent;
-        if (in == NULL) {
-            bp_set_error("in (the forward input) is required for weights_delta");
-            return -1;
-        }
-        if (weights_delta->data == NULL) {
-            bp_set_error("weights_delta.data is NULL");
-            return -1;
-        }
-        if (weights_delta->data_type != BNNSDataTypeFloat32) {
-            bp_set_error("weights_delta data type 0x%x not supported by the portable backend yet (Float32 only)",
-                         weights_delta->data_type);
-            return -1;
-        }
-        if (weights_delta->layout != f->w_layout || memcmp(weights_delta->size, f->w_size, sizeof f->w_size) != 0) {
-            bp_set_error("weights_delta must have the weights' layout 0x%x and sizes {%zu, %zu, %zu, %zu}, got layout "
-                         "0x%x sizes {%zu, %zu, %zu, %zu}", f->w_layout, f->w_size[0], f->w_size[1], f->w_size[2],
-                         f->w_size[3], weights_delta->layout, weights_delta->size[0], weights_delta->size[1],
-                         weights_delta->size[2], weights_delta->size[3]);
-            return -1;
-        }
-        if (!bp_resolve_strides(weights_delta, 4, "weights_delta", dw_stride, &extent)) return -1;
-        if (f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW_Pack32 &&
-            memcmp(dw_stride, f->w_stride, sizeof f->w_stride) != 0) {
-            bp_set_error("weights_delta in layout OIHW_Pack32 needs packed strides");
-            return -1;
-        }
-    }
-    size_t db_stride = 1;
-    if (bias_delta) {
-        BNNSDataLayout l = bias_delta->layout;
-        if (bias_delta->data == NULL || bias_delta->data_type != BNNSDataTypeFloat32 || bias_delta->size[0] != f->out.c ||
-            (l != BNNSDataLayoutVector && l != BNNSDataLayout1DLastMajor && l != BNNSDataLayout1DFirstMajor)) {
-            bp_set_error("bias_delta must be a Float32 vector with data and %zu values", f->out.c);
-            return -1;
-        }
-        size_t stride[8], extent;
-        if (!bp_resolve_strides(bias_delta, 1, "bias_delta", stride, &extent)) return -1;
-        db_stride = stride[0];
-    }
+    backward_call c = {.batch = batch, .in = in, .out = out, .in_stride = in_stride, .out_stride = out_stride,
+                       .in_delta = in_delta, .weights_delta = weights_delta, .bias_delta = bias_delta,
+                       .out_delta = out_delta, .in_delta_stride = in_delta_stride,
+                       .out_delta_stride = out_delta_stride, .db_stride = 1};
+    if (!validate_call(f, &c)) return -1;
     if (batch == 0) return 0;
-    if (in_stride == 0) in_stride = f->in.item;
-    if (out_stride == 0) out_stride = f->out.item;
-    if (out_delta_stride == 0) out_delta_stride = dy_img.item;
-    if (in_delta_stride == 0) in_delta_stride = in_delta ? dx_img.item : 0;
-    if (batch > 1 && ((in && in_stride < f->in.extent) || (out && out_stride < f->out.extent) ||
-                      out_delta_stride < dy_img.extent || (in_delta && in_delta_stride < dx_img.extent))) {
-        bp_set_error("batch strides smaller than one item");
-        return -1;
-    }
-    if (!bp_batch_span_ok(batch, in_stride, f->in.extent) || !bp_batch_span_ok(batch, out_stride, f->out.extent) ||
-        !bp_batch_span_ok(batch, out_delta_stride, dy_img.extent) ||
-        (in_delta && !bp_batch_span_ok(batch, in_delta_stride, dx_img.extent))) {
-        bp_set_error("batch strides overflow the address space");
-        return -1;
-    }
-
     bool temporary;
     float *base = bp_work_acquire(f, &temporary);
     if (base == NULL) return -1;
-    bp_work w;
-    bp_work_split(f, base, &w);
-    /* dx comes from S's backward data (standard) or S's forward pass (transposed); dW from the
-       planes of S's forward plan (S's input: x, or for a transposed layer dz) */
-    bp_direct_pass pass;
-    const bp_direct_pass *direct = NULL;
-    const float *weights = NULL; /* canonical, for an im2col dx */
-    if (in_delta)
-        weights = bp_call_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, &w, &pass, &direct);
-    const bp_direct *dw_plan = f->direct[BP_DIRECT_FORWARD];
-    /* dW straight into the caller's array when it is S's canonical matrix (plain OIHW of a
-       standard layer; of a one-group transposed layer, OIHW strides that read PyTorch's
-       (in, out, kH, kW) order), else into the workspace and then into the caller's layout */
-    size_t taps = g->kh * g->kw;
-    bool canonical_strides = f->transposed ? g->groups == 1 && dw_stride[2] == g->in_cg * taps && dw_stride[3] == taps
-                                           : dw_stride[2] == taps && dw_stride[3] == g->k;
-    bool dw_direct = weights_delta != NULL && f->w_layout == BNNSDataLayoutConvolutionWeightsOIHW &&
-                     dw_stride[0] == 1 && dw_stride[1] == g->kw && canonical_strides;
-    float *dweights = dw_direct ? weights_delta->data : w.dweights;
-    float dw_beta = dw_direct && accumulates(weights_delta) ? 1.0f : 0.0f;
-    /* dz: the gradient before the activation, packed, in the layer's output space */
-    float *dz = f->transposed ? w.pack_in : w.pack_out;
-    float *dbias = w.dbias;
-    memset(dbias, 0, f->out.c * sizeof(float));
-    bp_image in_packed = bp_packed_like(&f->in);
-    bp_image out_packed = bp_packed_like(&f->out);
-
-    /* Without an activation and with a packed out_delta, dz is out_delta itself: the whole batch
-       goes through each engine call at once (images split over the workers). */
-    bool dx_plain = in_delta == NULL || (dx_img.packed && !accumulates(in_delta));
-    if (f->activation.function == BNNSActivationFunctionIdentity && dy_img.packed &&
-        (!f->transposed || (f->in.packed && dx_plain))) {
-        const float *dy = out_delta->data;
-        if (bias_delta) {
-            size_t hw = f->out.w * f->out.h;
-            for (size_t b = 0; b < batch; b++)
-                for (size_t c = 0; c < f->out.c; c++) dbias[c] += bp_sum(dy + b * out_delta_stride + c * hw, hw);
-        }
-        float *dx = in_delta ? in_delta->data : NULL;
-        if (!f->transposed) {
-            if (weights_delta)
-                bp_conv_backward_weights(g, batch, &f->in, in, in_stride, dy, out_delta_stride, dweights, dw_beta,
-                                         &w.scratch, &f->gemm, dw_plan);
-            if (in_delta && f->wino_dx && dx_img.packed && !accumulates(in_delta)) {
-                /* the adjoint convolution of dy, on the Winograd pass */
-                bp_direct_pass canonical_pass;
-                const bp_direct_pass *none;
-                bp_winograd_forward(&f->wino_dx_plan, &f->dx_geom, w.wino_u_dx,
-                                    bp_call_weights(f, -1, &w, &canonical_pass, &none), true, batch, &out_packed, dy,
-                                    out_delta_stride, dx, in_delta_stride, NULL, &w.scratch, f->gemm.threads);
-            } else if (in_delta)
-                bp_conv_backward_data(g, weights, batch, dy, out_delta_stride, &dx_img, dx, in_delta_stride,
-                                      !accumulates(in_delta), NULL, &w.scratch, &f->gemm, direct);
-        } else {
-            if (weights_delta)
-                bp_conv_backward_weights(g, batch, &out_packed, dy, out_delta_stride, in, in_stride, dweights, dw_beta,
-                                         &w.scratch, &f->gemm, dw_plan);
-            if (in_delta)
-                bp_conv_forward(g, weights, batch, &out_packed, dy, out_delta_stride, dx, in_delta_stride, NULL,
-                                &w.scratch, &f->gemm, direct);
-        }
-    } else {
-        for (size_t b = 0; b < batch; b++) {
-            const float *x = in ? in + b * in_stride : NULL;
-            const float *y = out ? out + b * out_stride : NULL;
-            const float *dy = (const float *)out_delta->data + b * out_delta_stride;
-            activation_gradient(f, &dy_img, dy, y, dz, w.rows, w.rows + f->out.w);
-            if (bias_delta) {
-                size_t hw = f->out.w * f->out.h;
-                for (size_t c = 0; c < f->out.c; c++) dbias[c] += bp_sum(dz + c * hw, hw);
-            }
-            if (!f->transposed) {
-                if (weights_delta)
-                    bp_conv_backward_weights(g, 1, &f->in, x, 0, dz, 0, dweights, b == 0 ? dw_beta : 1.0f,
-                                             &w.scratch, &f->gemm, dw_plan);
-                if (in_delta) {
-                    float *dx = (float *)in_delta->data + b * in_delta_stride;
-                    bp_conv_backward_data(g, weights, 1, dz, 0, &dx_img, dx, 0, !accumulates(in_delta), NULL, &w.scratch,
-                                          &f->gemm, direct);
-                }
-            } else {
-                /* T = adjoint of S: S's input space is T's output (dz), S's output space is T's input */
-                if (weights_delta) {
-                    const float *xs = x;
-                    if (!f->in.packed) {
-                        bp_copy_image(&f->in, x, &in_packed, w.pack_out2, false);
-                        xs = w.pack_out2;
-                    }
-                    bp_conv_backward_weights(g, 1, &out_packed, dz, 0, xs, 0, dweights, b == 0 ? dw_beta : 1.0f,
-                                             &w.scratch, &f->gemm, dw_plan);
-                }
-                if (in_delta) {
-                    bp_conv_forward(g, weights, 1, &out_packed, dz, 0, w.pack_out, 0, NULL, &w.scratch, &f->gemm, direct);
-                    bp_copy_image(&in_packed, w.pack_out, &dx_img, (float *)in_delta->data + b * in_delta_stride,
-                                  accumulates(in_delta));
-                }
-            }
-        }
-    }
-    if (weights_delta && !dw_direct)
-        bp_weights_to_descriptor(f, w.dweights, weights_delta, dw_stride, accumulates(weights_delta));
-    if (bias_delta) {
-        float *db = bias_delta->data;
-        for (size_t c = 0; c < f->out.c; c++) {
-            if (accumulates(bias_delta)) db[c * db_stride] += dbias[c];
-            else db[c * db_stride] = dbias[c];
-        }
-    }
+    backward_plan p;
+    bp_work_split(f, base, &p.w);
+    memset(p.w.dbias, 0, f->out.c * sizeof(float));
+    plan_call(f, &c, &p);
+    if (p.whole_batch) run_whole_batch(f, &c, &p);
+    else run_per_image(f, &c, &p);
+    store_gradients(f, &c, &p);
     bp_work_release(f, base, temporary);
     return 0;
 }

@@ -12,9 +12,13 @@
 
 static atomic_long live_filters;
 static atomic_long created_filters;
+static atomic_long live_twins;
+static atomic_long created_twins;
 
 long bnns_portable_live_filter_count(void) { return atomic_load(&live_filters); }
 long bnns_portable_created_filter_count(void) { return atomic_load(&created_filters); }
+long bnns_portable_live_twin_count(void) { return atomic_load(&live_twins); }
+long bnns_portable_created_twin_count(void) { return atomic_load(&created_twins); }
 const char *bnns_portable_version(void) { return BNNS_PORTABLE_VERSION; }
 
 /* ---- memory ------------------------------------------------------------------------------ */
@@ -196,6 +200,7 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
     w->wino_u = w->direct_w + SLICE(f->direct_w_floats);
     w->wino_u_dx = w->wino_u + (f->winograd && f->client ? SLICE(bp_winograd_weight_floats(g)) : 0);
+    w->wino_dw_sums = w->wino_u_dx + (f->wino_dx ? SLICE(bp_winograd_weight_floats(&f->dx_geom)) : 0);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -208,7 +213,8 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
     size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
                       f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0,
-                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0};
+                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0,
+                      f->wino_dw ? bp_winograd_gradient_floats(g, &f->wino, f->workers) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
@@ -237,6 +243,8 @@ void bp_work_release(bp_filter *f, float *work, bool temporary) {
 static void destroy_filter(bp_filter *f) {
     bp_allocator a = f->allocator;
     bp_dtype_destroy(f); /* dtypes hook */
+    bp_filter *twin = atomic_load(&f->twin);
+    if (twin != NULL) bp_twin_destroy(twin);
     bp_free(&a, f->workspace);
     for (int i = 0; i < 2; i++) {
         if (f->direct[i] != NULL) bp_direct_destroy(f->direct[i], &a);
@@ -542,8 +550,8 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     const bp_filter *f = filter;
     if (f == NULL || pass < 0 || pass > 2) return "";
-    if (pass == 2) /* weight gradient: on S's forward plan, when the filter can run backward */
-        return f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
+    if (pass == 2) /* weight gradient: on Winograd or S's forward plan, when the filter can run backward */
+        return f->wino_dw ? "winograd" : f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
@@ -598,6 +606,8 @@ bp_filter *bp_client_twin(const bp_filter *f) {
     twin->twin_copy = copy;
     atomic_fetch_sub(&live_filters, 1); /* internal: the counts are the caller's filters */
     atomic_fetch_sub(&created_filters, 1);
+    atomic_fetch_add(&live_twins, 1);
+    atomic_fetch_add(&created_twins, 1);
     return twin;
 }
 
@@ -606,6 +616,7 @@ void bp_twin_destroy(bp_filter *twin) {
     float *copy = twin->twin_copy;
     destroy_filter(twin);
     bp_free(&a, copy);
+    atomic_fetch_sub(&live_twins, 1);
 }
 
 void BNNSFilterDestroy(BNNSFilter filter) {

@@ -5,7 +5,7 @@
 #include "internal.h"
 #include "winograd.h"
 
-typedef struct {
+typedef struct bp_filter {
     bool transposed;
     /* a fully-connected filter (fully_connected.c), built as a 1x1 convolution over a 1x1 image:
        backward takes its gradients in the FC shapes, see bp_fc_translate_gradients */
@@ -47,6 +47,9 @@ typedef struct {
     bool wino_dx;
     bp_geom dx_geom;
     bp_winograd wino_dx_plan;
+    /* and for its weight gradient (undilated), on the forward plan's tiles: in the calls where it
+       pays (bp_winograd_gradient_pays), or all when BNNS_PY_PORTABLE_ENGINE=winograd */
+    bool wino_dw, wino_dw_forced;
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
@@ -61,12 +64,14 @@ typedef struct {
     BNNSFilterParameters filter_params;
     bool has_filter_params;
     float *twin_copy;             /* a twin's weights and bias (bp_client_twin) */
+    struct bp_filter *_Atomic twin; /* the twin backward runs on (made at its first call, see backward.c) */
 } bp_filter;
 
 /* workspace layout (offsets in floats) */
 typedef struct {
     bp_scratch scratch;
-    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u, *wino_u_dx;
+    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u, *wino_u_dx,
+        *wino_dw_sums;
 } bp_work;
 
 enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };
@@ -78,7 +83,8 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 
 /* A client-pointer twin of a filter that owns its weights: the same layer reading the filter's
    copy of the weights (laid out again as the caller described them) and of the bias, for
-   backward. Not counted as a filter; NULL with bp_set_error on failure. */
+   backward. Not counted as a filter but as a twin (bnns_portable_*_twin_count); NULL with
+   bp_set_error on failure. A filter destroys its twin (bp_filter.twin) with itself. */
 bp_filter *bp_client_twin(const bp_filter *f);
 void bp_twin_destroy(bp_filter *twin);
 

@@ -455,3 +455,178 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
     if ((size_t)workers > tasks) workers = (int)tasks;
     bp_parallel_run(workers, forward_tasks, &j);
 }
+
+/* ---- weight gradient ---------------------------------------------------------------------- */
+
+/* The forward identity y = At (U .* V) A, read backwards for the kernel: with dy a tile's 2x2
+   output gradients, the tile adds Gt (W .* V) G to dw (3x3), W = A dy At the transformed
+   gradient (F(3x3, 2x2) on the forward pass's own V). Summed over tiles and images, per
+   transform position p: M[p] (out_c x in_c) = W[p] (out_c x tiles) * V[p]^T, a GEMM with the
+   tiles as its inner dimension; then dw = Gt M G per kernel. Each worker takes a share of the
+   tile rows of the batch and sums them, chunk by chunk, into its own M; a second run adds the
+   workers' M and transforms them, each worker a share of the kernels. No worker waits for another
+   within a run (on a busy machine each wait can cost a time slice). */
+
+enum {
+    DW_CHUNK_TARGET = 1 << 19, /* floats of a chunk's V and W (2 MiB) */
+    DW_MIN_TILES = 128,        /* a chunk's tiles, at least */
+    DW_WORKER_TILES = 64       /* fewer per worker: GEMMs too short for the transforms to pay */
+};
+
+static size_t dw_chunk_rows(const bp_geom *g, const bp_winograd *p) {
+    size_t tiles = DW_CHUNK_TARGET / (16 * (g->in_c + g->out_c));
+    if (tiles < DW_MIN_TILES) tiles = DW_MIN_TILES;
+    return bp_max(tiles / p->tw, 1);
+}
+
+/* Floats of a worker's M, V and W. */
+static size_t dw_worker_floats(const bp_geom *g, const bp_winograd *p) {
+    return bp_round_up(16 * g->out_c * g->in_c, 16) + 16 * (g->in_c + g->out_c) * dw_chunk_rows(g, p) * p->tw;
+}
+
+size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *p, int workers) {
+    return (size_t)workers * bp_round_up(dw_worker_floats(g, p), 16);
+}
+
+/* W[p][o][col + tx] for one channel's tile row: A dy At of each tile tx from its two rows of
+   output gradients split into even (e) and odd (o) columns (rows ld apart, readable a vector past
+   tw); v points at W[0][o][col], planes vp floats apart. */
+void bp_winograd_tile_row_gradient_transform(size_t tw, size_t ld, const float *e, const float *o, float *v,
+                                             size_t vp) {
+    for (size_t i = 0; i < tw; i += BP_VL) {
+        bp_vec h[2][4]; /* [row][column]: across, (a, a + b, a - b, -b) */
+        for (size_t r = 0; r < 2; r++) {
+            bp_vec a = bp_vload(e + r * ld + i), b = bp_vload(o + r * ld + i);
+            h[r][0] = a;
+            h[r][1] = a + b;
+            h[r][2] = a - b;
+            h[r][3] = -b;
+        }
+        size_t n = tw - i < BP_VL ? tw - i : BP_VL;
+        for (size_t j = 0; j < 4; j++) { /* down, the same on the rows */
+            bp_vstore_part(v + j * vp + i, h[0][j], n);
+            bp_vstore_part(v + (4 + j) * vp + i, h[0][j] + h[1][j], n);
+            bp_vstore_part(v + (8 + j) * vp + i, h[0][j] - h[1][j], n);
+            bp_vstore_part(v + (12 + j) * vp + i, -h[1][j], n);
+        }
+    }
+}
+
+/* Gt m G of n kernels: m holds M[p][k] at m[p * mp + k], dw kernel k (9 taps) at dw + k * 9,
+   set (beta 0) or beta * dw added. */
+void bp_winograd_gradient_outputs(const float *m, size_t mp, size_t n, float *dw, float beta) {
+    for (size_t k = 0; k < n; k++) {
+        float r[4][3];
+        for (size_t y = 0; y < 4; y++) { /* across: (m0 + (m1 + m2) / 2, (m1 - m2) / 2, (m1 + m2) / 2 + m3) */
+            const float *t = m + 4 * y * mp + k;
+            float m0 = t[0], m1 = t[mp], m2 = t[2 * mp], m3 = t[3 * mp], s = 0.5f * (m1 + m2);
+            r[y][0] = m0 + s;
+            r[y][1] = 0.5f * (m1 - m2);
+            r[y][2] = s + m3;
+        }
+        float *d = dw + k * 9;
+        for (size_t x = 0; x < 3; x++) { /* then the same down */
+            float s = 0.5f * (r[1][x] + r[2][x]), taps[3] = {r[0][x] + s, 0.5f * (r[1][x] - r[2][x]), s + r[3][x]};
+            for (size_t y = 0; y < 3; y++) d[3 * y + x] = beta == 0.0f ? taps[y] : beta * d[3 * y + x] + taps[y];
+        }
+    }
+}
+
+typedef struct {
+    const bp_winograd *plan;
+    const bp_geom *g;
+    bp_geom dy_geom; /* dy as an unpadded image, for the tile rows' gathers */
+    bp_image dy_img;
+    const bp_image *x_img;
+    const float *x, *dy;
+    size_t x_bs, dy_bs;
+    float *dw, beta;
+    float *work;      /* per worker: M, then a chunk's V and W */
+    size_t per_worker;
+    const bp_gemm_ctx *ctx;
+    const bp_scratch *s;
+    size_t chunk_rows, total_rows;
+    int summing;      /* workers of the first run, whose M the second adds */
+} gradient_job;
+
+static int gradient_workers(const bp_geom *g, const bp_winograd *plan, size_t total_rows, int threads) {
+    int workers = bp_workers_for(threads, 2 * 16 * total_rows * plan->tw * g->out_c * g->in_c);
+    if (workers > BP_MAX_WORKERS) workers = BP_MAX_WORKERS; /* as many M as the filter's scratch areas */
+    if ((size_t)workers > total_rows) workers = (int)total_rows; /* each sums at least one tile row */
+    return workers;
+}
+
+bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads) {
+    size_t total_rows = batch * plan->th;
+    return total_rows * plan->tw >= DW_WORKER_TILES * (size_t)gradient_workers(g, plan, total_rows, threads);
+}
+
+/* V (input) or W of one channel's tile rows [r0, r1) into planes `planes` floats apart. */
+static void gradient_transform(const gradient_job *j, bool input, size_t channel, size_t r0, size_t r1, float *dst,
+                               size_t planes, float *e, float *o) {
+    size_t tw = j->plan->tw, th = j->plan->th, ld = row_ld(tw);
+    for (size_t r = r0; r < r1; r++) {
+        size_t b = r / th, ty = r % th, col = (r - r0) * tw;
+        if (input) {
+            bp_winograd_tile_row_inputs(j->g, tw, ld, j->x_img, j->x + b * j->x_bs + channel * j->x_img->sc, ty, 0, 0,
+                                        e, o);
+            bp_winograd_tile_row_transform(tw, ld, e, o, dst + col, planes);
+        } else {
+            bp_winograd_tile_row_inputs(&j->dy_geom, tw, ld, &j->dy_img, j->dy + b * j->dy_bs + channel * j->dy_img.sc,
+                                        ty, 0, 0, e, o);
+            bp_winograd_tile_row_gradient_transform(tw, ld, e, o, dst + col, planes);
+        }
+    }
+}
+
+/* The first run: a worker's tile rows into its M. */
+static void gradient_sums(void *arg, int worker, int workers) {
+    const gradient_job *j = arg;
+    const bp_geom *g = j->g;
+    size_t in_c = g->in_c, out_c = g->out_c, tw = j->plan->tw, ld = row_ld(tw), mp = out_c * in_c, r0, r1;
+    bp_split(j->total_rows, worker, workers, &r0, &r1);
+    float *e = j->s->base + (size_t)worker * j->s->stride, *o = e + 4 * ld;
+    float *m = j->work + (size_t)worker * j->per_worker, *v = m + bp_round_up(16 * mp, 16);
+    float *w = v + 16 * in_c * j->chunk_rows * tw;
+    memset(e, 0, 8 * ld * sizeof(float)); /* the columns past tw + 1 are read, not used */
+    for (size_t c0 = r0; c0 < r1; c0 += j->chunk_rows) {
+        size_t c1 = bp_min(c0 + j->chunk_rows, r1), nt = (c1 - c0) * tw;
+        for (size_t c = 0; c < in_c; c++) gradient_transform(j, true, c, c0, c1, v + c * nt, in_c * nt, e, o);
+        for (size_t c = 0; c < out_c; c++) gradient_transform(j, false, c, c0, c1, w + c * nt, out_c * nt, e, o);
+        for (size_t p = 0; p < 16; p++)
+            bp_sgemm(j->ctx, false, true, out_c, in_c, nt, 1.0f, w + p * out_c * nt, nt, v + p * in_c * nt, nt,
+                     c0 == r0 ? 0.0f : 1.0f, m + p * mp, in_c);
+    }
+}
+
+/* The second run: a share of the kernels, the workers' M added into the first's, into dw. */
+static void gradient_kernels(void *arg, int worker, int workers) {
+    const gradient_job *j = arg;
+    size_t mp = j->g->out_c * j->g->in_c, k0, k1;
+    bp_split(mp, worker, workers, &k0, &k1);
+    float *m = j->work;
+    for (int other = 1; other < j->summing; other++) {
+        const float *add = j->work + (size_t)other * j->per_worker;
+        for (size_t p = 0; p < 16; p++)
+            for (size_t k = k0; k < k1; k++) m[p * mp + k] += add[p * mp + k];
+    }
+    bp_winograd_gradient_outputs(m + k0, mp, k1 - k0, j->dw + k0 * 9, j->beta);
+}
+
+void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
+                                 const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
+                                 float *work, const bp_scratch *s, const bp_gemm_ctx *ctx) {
+    size_t total_rows = batch * plan->th, ohw = g->out_h * g->out_w, mp = g->out_c * g->in_c;
+    gradient_job j = {plan, g, *g, {0}, x_img, x, dy, x_bs, dy_bs, dw, beta, work,
+                      bp_round_up(dw_worker_floats(g, plan), 16), ctx, s, dw_chunk_rows(g, plan), total_rows, 1};
+    j.dy_geom.in_c = g->out_c;
+    j.dy_geom.in_h = g->out_h;
+    j.dy_geom.in_w = g->out_w;
+    j.dy_geom.pl = j.dy_geom.pt = 0;
+    j.dy_img = (bp_image){.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw,
+                          .item = g->out_c * ohw, .packed = true};
+    int workers = gradient_workers(g, plan, total_rows, ctx->threads);
+    j.summing = workers;
+    bp_parallel_run(workers, gradient_sums, &j);
+    bp_parallel_run(bp_workers_for(ctx->threads, 16 * (size_t)workers * mp), gradient_kernels, &j);
+}

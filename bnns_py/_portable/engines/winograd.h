@@ -1,4 +1,5 @@
-/* bnns-py portable backend: Winograd F(2x2, 3x3) for the forward pass of dense 3x3 layers
+/* bnns-py portable backend: Winograd F(2x2, 3x3) for the forward pass of dense 3x3 layers (and
+   F(3x3, 2x2) on the same tiles for the weight gradient of undilated ones)
    (stride 1, one group; a dilation d splits the output into d x d phases, every d-th row and
    column, each an undilated convolution of every d-th input row and column).
 
@@ -42,6 +43,17 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
                          size_t batch, const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
                          const bp_epilogue *e, const bp_scratch *s, int threads);
 
+/* The weight gradient of an undilated layer whose forward pass plan is `plan`, on the same tiles:
+   dw (canonical, [out_c][in_c * 9]) set (beta 0) or beta * dw added, from x through x_img's strides
+   and a packed dy. work: bp_winograd_gradient_floats floats for up to `workers` workers (as many
+   as the filter's scratch areas). */
+size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *plan, int workers);
+/* Whether a call of `batch` images on `threads` threads is quicker there than on the direct
+   engine (measured: enough tiles per worker). */
+bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads);
+void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
+                                 const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
+                                 float *work, const bp_scratch *s, const bp_gemm_ctx *ctx);
 
 /* The transforms of one tile row, which the kernel tester (tests/kernels/winograd.c) also calls
    (winograd.c describes them): the input rows under tile row ty of output phase (a, b) split into
@@ -51,5 +63,10 @@ void bp_winograd_tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const b
                                  size_t ty, size_t a, size_t b, float *e, float *o);
 void bp_winograd_tile_row_transform(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp);
 void bp_winograd_tile_row_outputs(size_t tw, const float *m, size_t mp, size_t vectors, float *rows);
+/* And the weight gradient's: a tile row's output gradients (two rows, split as the inputs are)
+   into W, and M's sums (planes mp apart) into n kernels of dw. */
+void bp_winograd_tile_row_gradient_transform(size_t tw, size_t ld, const float *e, const float *o, float *v,
+                                             size_t vp);
+void bp_winograd_gradient_outputs(const float *m, size_t mp, size_t n, float *dw, float beta);
 
 #endif

@@ -148,6 +148,17 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
                          const bp_epilogue *e, const bp_scratch *s, int threads) {
     tier()->winograd_forward(plan, g, u, w, adjoint, batch, x_img, x, x_bs, y, y_bs, e, s, threads);
 }
+size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *plan, int workers) {
+    return tier()->winograd_gradient_floats(g, plan, workers);
+}
+bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads) {
+    return tier()->winograd_gradient_pays(g, plan, batch, threads);
+}
+void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
+                                 const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
+                                 float *work, const bp_scratch *s, const bp_gemm_ctx *ctx) {
+    tier()->winograd_weight_gradient(plan, g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, work, s, ctx);
+}
 
 const char *bp_activation_unsupported_reason(const BNNSActivation *act) {
     return tier()->activation_unsupported_reason(act);

@@ -33,6 +33,9 @@
     X(winograd_adjoint, bp_winograd_adjoint)                                \
     X(winograd_weights, bp_winograd_weights)                                \
     X(winograd_forward, bp_winograd_forward)                                \
+    X(winograd_gradient_floats, bp_winograd_gradient_floats)                \
+    X(winograd_gradient_pays, bp_winograd_gradient_pays)                    \
+    X(winograd_weight_gradient, bp_winograd_weight_gradient)                \
     X(activation_unsupported_reason, bp_activation_unsupported_reason)      \
     X(activation_backward_unsupported_reason, bp_activation_backward_unsupported_reason) \
     X(activation_supported, bp_activation_supported)                        \
