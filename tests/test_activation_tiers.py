@@ -1,7 +1,12 @@
-"""The vector Softmax / LogSoftmax backward (kernels/act_softmax.c) on every tier this CPU runs
-(BNNS_PY_ISA, in a fresh process), against float64: channel and pixel counts that are not multiples
-of any vector width, the pixels-side-by-side path (images) and the channel-vector path (a single
-pixel with contiguous channels: 1x1 images, fully-connected outputs)."""
+"""The activation kernels on every tier this CPU runs (BNNS_PY_ISA, in a fresh process), against
+float64:
+
+- the vector Softmax / LogSoftmax backward (kernels/act_softmax.c): channel and pixel counts that are
+  not multiples of any vector width, the pixels-side-by-side path (images) and the channel-vector
+  path (a single pixel with contiguous channels: 1x1 images, fully-connected outputs);
+- the forward map of the elementwise activations on runs of every length around the vector widths
+  (BP_VMAP computes the last part-vector of a run as the run's last whole vector, from inputs loaded
+  before anything is stored), through the engines' epilogues (im2col, depthwise, dense 3x3)."""
 import json
 import os
 import subprocess
@@ -52,6 +57,27 @@ for function in (11, 21):  # Softmax, LogSoftmax
             dy = rng.standard_normal(y.shape).astype(np.float32)
             dx = fc.backward(x, y, dy).input
         check(f"linear f{function} {channels}", function, x, y, dy, dx)
+
+# forward: functions that are not idempotent, so a value activated twice would show
+FORWARD = [AF.sigmoid, AF.gelu, AF.softplus(1.0, 1.0), AF.elu(1.0), AF.linear(0.5), AF.hard_sigmoid(0.25, 0.5)]
+for activation in FORWARD:
+    for width in (1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 23, 31, 32, 33, 56, 57):
+        x = (3 * rng.standard_normal((1, 3, 5, width))).astype(np.float32)
+        y = bnns_py.conv2d(x, np.eye(3, dtype=np.float32)[:, :, None, None], activation=activation)
+        expected = reference.apply_activation(x.astype(np.float64), activation.function, activation.alpha,
+                                              activation.beta)
+        error = float((np.abs(y - expected) / np.maximum(1.0, np.abs(expected))).max())
+        worst[f"{activation!r} 1x1 width {width}"] = error
+        assert error <= 2e-6, (activation, width, error)
+    for name, cin, cout, groups, size in (("depthwise", 8, 8, 8, 13), ("dense", 16, 16, 1, 21)):
+        x = rng.standard_normal((2, cin, size, size + 2)).astype(np.float32)
+        w = (rng.standard_normal((cout, cin // groups, 3, 3)) / 3).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        y = bnns_py.conv2d(x, w, b, padding=1, groups=groups, activation=activation)
+        expected = reference.conv2d(x, w, b, padding=1, groups=groups, activation=activation)
+        error = float((np.abs(y - expected) / np.maximum(1.0, np.abs(expected))).max())
+        worst[f"{activation!r} {name}"] = error
+        assert error <= 1e-5 * np.sqrt(9 * cin / groups), (activation, name, error)
 print(json.dumps(dict(isa=bnns_py.backend_info()["isa"], worst=worst)))
 """
 
@@ -60,7 +86,7 @@ AVAILABLE = bnns_py.backend_info().get("isa_available", "").split()
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
-def test_softmax_backward_on_each_tier_against_float64(isa):
+def test_activation_kernels_on_each_tier_against_float64(isa):
     if isa not in AVAILABLE:
         pytest.skip(f"this CPU / build does not run the {isa} tier (it runs: {' '.join(AVAILABLE)})")
     env = dict(os.environ, BNNS_PY_ISA=isa)
@@ -69,4 +95,4 @@ def test_softmax_backward_on_each_tier_against_float64(isa):
     assert child.returncode == 0, child.stderr[-3000:]
     info = json.loads(child.stdout.strip().splitlines()[-1])
     assert info["isa"] == isa
-    assert len(info["worst"]) == 2 * 2 * (10 + 4)
+    assert len(info["worst"]) == 2 * 2 * (10 + 4) + 6 * (16 + 2)
