@@ -26,4 +26,9 @@ bool bp_act_backward_vector(uint32_t function, float alpha, float beta, const fl
    data[c * channel_stride + i] */
 void bp_act_softmax(bool log_softmax, float *data, size_t channels, size_t pixels, size_t channel_stride);
 
+/* Their backward from the output y: dz holds dy on entry and receives the input gradient; value c of
+   pixel i at y[c * y_sc + i * y_sx] and dz[c * dz_sc + i] */
+void bp_act_softmax_backward(bool log_softmax, const float *y, size_t y_sc, size_t y_sx, float *dz, size_t dz_sc,
+                             size_t channels, size_t pixels);
+
 #endif

@@ -77,3 +77,60 @@ void bp_act_softmax(bool log_softmax, float *data, size_t channels, size_t pixel
     for (size_t p = 0; p < pixels; p += BP_VL)
         softmax_pixels(log_softmax, data + p, channels, channel_stride, pixels - p < BP_VL ? pixels - p : BP_VL);
 }
+
+/* ---- backward: dz = y (dz - sum_c dz y) for Softmax, dz - e^y sum_c dz for LogSoftmax, dz holding
+   dy on entry ---- */
+
+/* count (<= BP_VL) values of y, stride apart (other lanes zero) */
+static bp_vec load_strided(const float *y, size_t stride, size_t count) {
+    if (stride == 1) return bp_vload_part(y, count);
+    float lanes[BP_VL] = {0};
+    for (size_t i = 0; i < count; i++) lanes[i] = y[i * stride];
+    return bp_vload(lanes);
+}
+
+static bp_vec softmax_gradient(bool log_softmax, bp_vec y, bp_vec dy, bp_vec sum) {
+    return log_softmax ? bp_vfnma(bp_vexp(y), sum, dy) : bp_vmul(y, bp_vsub(dy, sum));
+}
+
+/* One pixel, channels contiguous in y and dz. */
+static void softmax_backward_vector(bool log_softmax, const float *y, float *dz, size_t channels) {
+    bp_vec vsum = bp_vzero();
+    for (size_t c = 0; c < channels; c += BP_VL) {
+        size_t count = channels - c < BP_VL ? channels - c : BP_VL;
+        bp_vec dy = bp_vload_part(dz + c, count);
+        vsum = log_softmax ? bp_vadd(vsum, dy) : bp_vfma(dy, bp_vload_part(y + c, count), vsum);
+    }
+    const bp_vec sum = bp_vset1(bp_vsum(vsum));
+    for (size_t c = 0; c < channels; c += BP_VL) {
+        size_t count = channels - c < BP_VL ? channels - c : BP_VL;
+        bp_vec g = softmax_gradient(log_softmax, bp_vload_part(y + c, count), bp_vload_part(dz + c, count), sum);
+        bp_vstore_part(dz + c, g, count);
+    }
+}
+
+/* Up to BP_VL pixels (count lanes): y's pixels y_sx apart, dz's contiguous. */
+static void softmax_backward_pixels(bool log_softmax, const float *y, size_t y_sc, size_t y_sx, float *dz,
+                                    size_t dz_sc, size_t channels, size_t count) {
+    bp_vec sum = bp_vzero();
+    for (size_t c = 0; c < channels; c++) {
+        bp_vec dy = bp_vload_part(dz + c * dz_sc, count);
+        sum = log_softmax ? bp_vadd(sum, dy) : bp_vfma(dy, load_strided(y + c * y_sc, y_sx, count), sum);
+    }
+    for (size_t c = 0; c < channels; c++) {
+        float *d = dz + c * dz_sc;
+        bp_vec g = softmax_gradient(log_softmax, load_strided(y + c * y_sc, y_sx, count), bp_vload_part(d, count), sum);
+        bp_vstore_part(d, g, count);
+    }
+}
+
+void bp_act_softmax_backward(bool log_softmax, const float *y, size_t y_sc, size_t y_sx, float *dz, size_t dz_sc,
+                             size_t channels, size_t pixels) {
+    if (pixels == 1 && y_sc == 1 && dz_sc == 1) {
+        softmax_backward_vector(log_softmax, y, dz, channels);
+        return;
+    }
+    for (size_t p = 0; p < pixels; p += BP_VL)
+        softmax_backward_pixels(log_softmax, y + p * y_sx, y_sc, y_sx, dz + p, dz_sc, channels,
+                                pixels - p < BP_VL ? pixels - p : BP_VL);
+}

@@ -231,34 +231,8 @@ void bp_activation_backward(const BNNSActivation *act, const float *y, const flo
     for (size_t i = 0; i < n; i++) dz[i] = dy[i] * derivative(f, a, b, y[i]);
 }
 
-/* The channel backward of Softmax / LogSoftmax, pixels in blocks so that planes are read
-   contiguously. */
-#define PIXEL_BLOCK 256
-
 void bp_activation_backward_channels(const BNNSActivation *act, const float *y, size_t y_sc, size_t y_sx, float *dz,
                                      size_t dz_sc, size_t channels, size_t pixels) {
-    float s[PIXEL_BLOCK];
-    bool softmax = act->function == BNNSActivationFunctionSoftmax;
-    for (size_t p0 = 0; p0 < pixels; p0 += PIXEL_BLOCK) {
-        size_t m = pixels - p0 < PIXEL_BLOCK ? pixels - p0 : PIXEL_BLOCK;
-        const float *yb = y + p0 * y_sx;
-        float *db = dz + p0;
-        for (size_t i = 0; i < m; i++) s[i] = 0.0f;
-        for (size_t c = 0; c < channels; c++) {
-            const float *yc = yb + c * y_sc;
-            const float *dc = db + c * dz_sc;
-            if (softmax)
-                for (size_t i = 0; i < m; i++) s[i] += dc[i] * yc[i * y_sx];
-            else
-                for (size_t i = 0; i < m; i++) s[i] += dc[i];
-        }
-        for (size_t c = 0; c < channels; c++) {
-            const float *yc = yb + c * y_sc;
-            float *dc = db + c * dz_sc;
-            if (softmax)
-                for (size_t i = 0; i < m; i++) dc[i] = yc[i * y_sx] * (dc[i] - s[i]);
-            else
-                for (size_t i = 0; i < m; i++) dc[i] -= expf(yc[i * y_sx]) * s[i];
-        }
-    }
+    bp_act_softmax_backward(act->function == BNNSActivationFunctionLogSoftmax, y, y_sc, y_sx, dz, dz_sc, channels,
+                            pixels);
 }

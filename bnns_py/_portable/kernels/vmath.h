@@ -156,18 +156,28 @@ static inline bp_vec bp_vmul_error(bp_vec a, bp_vec b, bp_vec p) {
 }
 
 /* Replaces each of the n floats at data by EXPR, an expression of the bp_vec named x: whole
-   vectors, then the last n % BP_VL values through a masked load and store (other lanes zero). */
+   vectors, then the last n % BP_VL values as part of the last whole vector, data[n - BP_VL .. n),
+   loaded before anything is stored (its first values are computed twice, from the same inputs,
+   and stored twice, the same results: cheaper than a masked load and store, which short runs, one
+   output row, pay on every call). Fewer than BP_VL values go through a masked load and store. */
 #define BP_VMAP(data, n, x, EXPR)                                                                  \
     do {                                                                                           \
         float *bp_map_p = (data);                                                                  \
         size_t bp_map_n = (n), bp_map_i = 0;                                                       \
+        if (bp_map_n < BP_VL) {                                                                    \
+            if (bp_map_n == 0) break;                                                              \
+            bp_vec x = bp_vload_part(bp_map_p, bp_map_n);                                          \
+            bp_vstore_part(bp_map_p, (EXPR), bp_map_n);                                            \
+            break;                                                                                 \
+        }                                                                                          \
+        const bp_vec bp_map_last = bp_vload(bp_map_p + bp_map_n - BP_VL);                          \
         for (; bp_map_i + BP_VL <= bp_map_n; bp_map_i += BP_VL) {                                  \
             bp_vec x = bp_vload(bp_map_p + bp_map_i);                                              \
             bp_vstore(bp_map_p + bp_map_i, (EXPR));                                                \
         }                                                                                          \
         if (bp_map_i < bp_map_n) {                                                                 \
-            bp_vec x = bp_vload_part(bp_map_p + bp_map_i, bp_map_n - bp_map_i);                    \
-            bp_vstore_part(bp_map_p + bp_map_i, (EXPR), bp_map_n - bp_map_i);                      \
+            bp_vec x = bp_map_last;                                                                \
+            bp_vstore(bp_map_p + bp_map_n - BP_VL, (EXPR));                                        \
         }                                                                                          \
     } while (0)
 

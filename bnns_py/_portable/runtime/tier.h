@@ -75,6 +75,7 @@
 #define bp_act_smooth_forward BP_TIER_SYMBOL(bp_act_smooth_forward)
 #define bp_act_backward_vector BP_TIER_SYMBOL(bp_act_backward_vector)
 #define bp_act_softmax BP_TIER_SYMBOL(bp_act_softmax)
+#define bp_act_softmax_backward BP_TIER_SYMBOL(bp_act_softmax_backward)
 #endif
 
 #endif
