@@ -229,6 +229,7 @@ AUTO = [
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
     ((256, 64, 56, 1, 1, 1, 0), "direct pointwise"), # 1x1: the image already is the GEMM's matrix
+    ((256, 64, 2, 1, 1, 1, 0), "im2col"),            # 1x1 on 2x2 images: a GEMM over the batch
     ((8, 8, 8, 3, 1, 1, 1), "tiny"),                 # tiny: straight from padded planes
 ]
 
@@ -274,11 +275,11 @@ def test_filter_engine_refuses_a_closed_layer_and_unknown_passes(backend, no_fil
 
 # (batch, cin, cout, h, w, groups): 1x1, stride-1, unpadded layers, which the direct engine's
 # pointwise kernel runs on the images in place: channel counts that leave partial channel tiles,
-# pixel counts that are not whole vectors (a tail vector after the whole ones) or less than one
+# pixel counts that are not whole vectors (a tail of up to 4 pixels: dot products; more: a vector)
 POINTWISE = [
-    (1, 33, 29, 11, 11, 1),    # 121 pixels; channel tiles 8 + 8 + 8 + 4 + 1
+    (1, 33, 29, 11, 11, 1),    # 121 pixels, a tail of 9 (AVX-512); channel tiles 8 + 8 + 8 + 4 + 1
     (3, 16, 96, 7, 7, 1),      # MobileNetV2's 7 x 7: 48 pixels in whole vectors, one in the tail
-    (2, 12, 10, 3, 5, 2),      # groups; 15 pixels, less than one vector
+    (2, 12, 10, 4, 5, 2),      # groups; 20 pixels: a tail of 4 after one vector (AVX-512)
     (1, 5, 70, 14, 14, 1),     # 70 channels: blocks of 64 + 6
     (2, 300, 24, 9, 9, 1),     # a reduction longer than a panel of pixels holds
 ]

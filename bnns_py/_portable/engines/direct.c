@@ -235,10 +235,14 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     size_t mv = bp_min(PIX_MV_MAX, bp_ceil_div(d.m, BP_VL)), nc = 0;
     if (mv == 3) mv = 4;
     int force = bp_engine_override();
-    /* 1x1, stride 1, no padding, forward: the image already is the GEMM's matrix */
-    d.pointwise = !backward && s_taps == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 &&
-                  g->in_h == g->out_h && g->in_w == g->out_w &&
-                  (force == BP_ENGINE_AUTO || force == BP_ENGINE_POINTWISE || force == BP_ENGINE_WINOGRAD);
+    /* 1x1, stride 1, no padding, forward: the image already is the GEMM's matrix, which the
+       pointwise kernel reads in place unless another kernel is asked for; images of less than a
+       vector (e.g. fully-connected layers) are better off in the im2col engine's GEMM */
+    bool kernel_forced = force == BP_ENGINE_ROWS || force == BP_ENGINE_PIXELS || force == BP_ENGINE_FLAT_PIXELS;
+    bool plain_1x1 = !backward && s_taps == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 &&
+                     g->in_h == g->out_h && g->in_w == g->out_w && !kernel_forced;
+    d.pointwise = plain_1x1 && force != BP_ENGINE_IM2COL && g->in_h * g->in_w >= BP_VL;
+    if (plain_1x1 && !d.pointwise) goto done;
     double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
     bool flat = false;
     for (int f = force == BP_ENGINE_FLAT_PIXELS; f < (force == BP_ENGINE_PIXELS ? 1 : 2); f++)
@@ -599,18 +603,10 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
         if (act != NULL) bp_activation_apply(act, p, n); /* on the run just written, still in L1 */
         return;
     }
-#if defined(__AVX512F__)
     if (step == 2 && !d->accumulate && act == NULL) { /* a phase of a 2-strided output: every other value */
-        size_t i = 0;
-        __m512 b = _mm512_set1_ps(bias);
-        for (; i + 8 <= n; i += 8) {
-            __m512 x = _mm512_maskz_expand_ps(0x5555, _mm512_castps256_ps512(_mm256_loadu_ps(v + i)));
-            _mm512_mask_storeu_ps(p + 2 * i, 0x5555, _mm512_add_ps(x, b));
-        }
-        for (; i < n; i++) p[2 * i] = v[i] + bias;
+        bp_direct_store_every_other(p, v, n, bias);
         return;
     }
-#endif
     if (d->accumulate)
         for (size_t i = 0; i < n; i++) v[i] += p[i * step];
     for (size_t i = 0; i < n; i++) v[i] += bias;

@@ -29,17 +29,21 @@ enum {
    file, leaving room for the source / weight vectors. */
 #if BP_VREGS >= 32
 #define POINTWISE_MR_MAX 8
+#define POINTWISE_DOTS_MR_MAX 4
 #define ROWS_MR_MAX 8
 #define PIX_MV_MAX 4
 #define PIX_NC_MAX 24
 #else
 #define POINTWISE_MR_MAX 4
+#define POINTWISE_DOTS_MR_MAX 2
 #define ROWS_MR_MAX 4
 #define PIX_MV_MAX 2
 #define PIX_NC_MAX 12
 #endif
-/* Pointwise kernel: MR channels x NV vectors of pixels (the most of each). */
+/* Pointwise kernel: MR channels x NV vectors of pixels (the most of each); its dot products: MR
+   channels x up to POINTWISE_DOTS_MAX pixels. */
 #define POINTWISE_NV_MAX 3
+#define POINTWISE_DOTS_MAX 4
 /* the most output channels a block holds (bw) */
 #define BP_DIRECT_BW_MAX (PIX_MV_MAX * BP_VL > ROWS_MR_MAX ? PIX_MV_MAX * BP_VL : ROWS_MR_MAX)
 
@@ -102,6 +106,15 @@ void bp_direct_pixels_tile(size_t mv, size_t nc, const float *src, const int32_t
    <= POINTWISE_MR_MAX, nv <= POINTWISE_NV_MAX. */
 void bp_direct_pointwise_tile(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
                               size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last);
+
+/* Its dot products: y(r, p) (rows ys apart) = min(hi, max(lo, bias[r] + sum_i W(r, i) xt(p, i)))
+   for mr channels (W's rows wr apart, steps consecutive) and np pixels (xt: k values each, ldx
+   apart). mr a power of two <= POINTWISE_DOTS_MR_MAX, np <= POINTWISE_DOTS_MAX. */
+void bp_direct_pointwise_dots(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
+                              const float *bias, float lo, float hi, float *y, size_t ys);
+
+/* p[2i] = v[i] + bias for i < n: a phase of an output with stride 2 (kernels/direct_store_*.c). */
+void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias);
 
 /* A forward pointwise plan's run (direct_pointwise.c): bp_direct_run's arguments, no accumulation. */
 void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,

@@ -74,20 +74,46 @@ static void run_tile(const pointwise_job *j, size_t grp, size_t m, size_t mr, si
     bp_direct_pointwise_tile(mr, nv, x, xs, d->c, w, wr, wi, bias, j->lo, j->hi, y + m * ys, ys, last);
 }
 
+/* The tail's pixels [whole, n) of output channels [m, m + mr): dot products along the reduction
+   (tail: each pixel's k values) where the weights' steps are consecutive and the tail is short,
+   else a tile of one vector (tail: a zero-padded vector per input channel). */
+static void run_tail(const pointwise_job *j, size_t grp, size_t m, size_t mr, const float *tail, bool dots, float *y,
+                     size_t ys, size_t np) {
+    const bp_direct *d = j->d;
+    if (!dots) {
+        run_tile(j, grp, m, mr, 1, tail, BP_VL, y, ys, np);
+        return;
+    }
+    for (size_t r0 = 0, dr; r0 < mr; r0 += dr) {
+        dr = POINTWISE_DOTS_MR_MAX;
+        while (dr > mr - r0) dr /= 2;
+        size_t wr, wi;
+        const float *w = weights_at(j, grp, m + r0, &wr, &wi);
+        float bias[POINTWISE_DOTS_MR_MAX] = {0};
+        if (j->e != NULL && j->e->bias != NULL)
+            for (size_t r = 0; r < dr; r++) bias[r] = j->e->bias[(grp * d->m + m + r0 + r) * j->e->bias_stride];
+        bp_direct_pointwise_dots(dr, np, tail, d->c, d->c, w, wr, bias, j->lo, j->hi, y + (m + r0) * ys, ys);
+    }
+}
+
 /* Output channel blocks [mb0, mb1) of pixels [0, n) of one run: x (rows xs apart) in, y (rows
    ys apart, channel 0 of the group) out, a block of pixels at a time. The pixels past the last
-   whole vector are read from `tail` (a vector per input channel, copied there and zero-padded),
-   so that the kernel loads whole vectors only and never past a row. */
+   whole vector are copied to `tail` first, so that the tiles load whole vectors only and never
+   past a row. */
 static void run_blocks(const pointwise_job *j, size_t grp, const float *x, size_t xs, size_t n, float *y, size_t ys,
                        size_t mb0, size_t mb1, float *tail) {
     const bp_direct *d = j->d;
-    size_t tile = POINTWISE_NV_MAX * BP_VL, whole = n / BP_VL * BP_VL;
+    size_t tile = POINTWISE_NV_MAX * BP_VL, whole = n / BP_VL * BP_VL, np = n - whole;
     size_t block = bp_max(tile, PANEL_FLOATS / d->c / tile * tile);
-    if (whole < n)
-        for (size_t c = 0; c < d->c; c++) {
-            memset(tail + c * BP_VL, 0, BP_VL * sizeof(float));
-            memcpy(tail + c * BP_VL, x + c * xs + whole, (n - whole) * sizeof(float));
+    bool dots = np <= POINTWISE_DOTS_MAX && j->pass->packed == NULL && j->pass->weights.in == 1;
+    for (size_t c = 0; np > 0 && c < d->c; c++) {
+        if (dots) { /* pixel after pixel, their k values each */
+            for (size_t p = 0; p < np; p++) tail[p * d->c + c] = x[c * xs + whole + p];
+            continue;
         }
+        memset(tail + c * BP_VL, 0, BP_VL * sizeof(float));
+        memcpy(tail + c * BP_VL, x + c * xs + whole, np * sizeof(float));
+    }
     for (size_t p0 = 0; p0 < n; p0 += block) {
         size_t p1 = bp_min(p0 + block, n), end = bp_min(p1, whole);
         for (size_t mb = mb0; mb < mb1; mb++) {
@@ -100,7 +126,7 @@ static void run_blocks(const pointwise_job *j, size_t grp, const float *x, size_
                     nv = bp_min(POINTWISE_NV_MAX, (end - p) / BP_VL);
                     run_tile(j, grp, m, mr, nv, x + p, xs, y + p, ys, BP_VL);
                 }
-                if (p1 > whole) run_tile(j, grp, m, mr, 1, tail, BP_VL, y + whole, ys, n - whole);
+                if (p1 > whole) run_tail(j, grp, m, mr, tail, dots, y + whole, ys, np);
                 if (j->activate)
                     for (size_t r = 0; r < mr; r++) bp_activation_apply(j->e->act, y + (m + r) * ys + p0, p1 - p0);
             }

@@ -49,3 +49,50 @@ void bp_direct_pointwise_tile(size_t mr, size_t nv, const float *x, size_t xs, s
     default: break; /* not reached: mr <= POINTWISE_MR_MAX, a power of two; nv <= POINTWISE_NV_MAX */
     }
 }
+
+/* y(r, p) = min(hi, max(lo, bias[r] + sum_i W(r, i) xt(p, i))) for MR rows of W (w, rows wr
+   apart, steps consecutive) and NP pixels (xt: k floats each, ldx apart): dot products along the
+   reduction, for the few pixels past a run's last whole vector, which a tile of the kernel above
+   would compute in a whole vector each. */
+BP_INLINE void pointwise_dots_kernel(const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
+                                     const float *bias, float lo, float hi, float *y, size_t ys, const int MR,
+                                     const int NP) {
+    bp_vec acc[POINTWISE_DOTS_MR_MAX][POINTWISE_DOTS_MAX];
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) acc[r][p] = bp_vzero();
+    size_t i = 0;
+    for (; i + BP_VL <= k; i += BP_VL) {
+        bp_vec xv[POINTWISE_DOTS_MAX];
+        for (int p = 0; p < NP; p++) xv[p] = bp_vload(xt + (size_t)p * ldx + i);
+        for (int r = 0; r < MR; r++) {
+            bp_vec wv = bp_vload(w + (size_t)r * wr + i);
+            for (int p = 0; p < NP; p++) acc[r][p] = bp_vfma(wv, xv[p], acc[r][p]);
+        }
+    }
+    if (i < k)
+        for (int r = 0; r < MR; r++) {
+            bp_vec wv = bp_vload_part(w + (size_t)r * wr + i, k - i);
+            for (int p = 0; p < NP; p++) acc[r][p] = bp_vfma(wv, bp_vload_part(xt + (size_t)p * ldx + i, k - i), acc[r][p]);
+        }
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) {
+            float v = bp_vsum(acc[r][p]) + bias[r];
+            v = v < lo ? lo : v; /* NaN kept, as in the tiles */
+            y[(size_t)r * ys + p] = v > hi ? hi : v;
+        }
+}
+
+#define POINTWISE_DOTS_CASE(MR, NP)                                                                     \
+    case (MR)*8 + (NP): pointwise_dots_kernel(xt, ldx, k, w, wr, bias, lo, hi, y, ys, MR, NP); break;
+
+void bp_direct_pointwise_dots(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
+                              const float *bias, float lo, float hi, float *y, size_t ys) {
+    switch (mr * 8 + np) {
+#if BP_VREGS >= 32
+        POINTWISE_DOTS_CASE(4, 4) POINTWISE_DOTS_CASE(4, 3) POINTWISE_DOTS_CASE(4, 2) POINTWISE_DOTS_CASE(4, 1)
+#endif
+        POINTWISE_DOTS_CASE(2, 4) POINTWISE_DOTS_CASE(2, 3) POINTWISE_DOTS_CASE(2, 2) POINTWISE_DOTS_CASE(2, 1)
+        POINTWISE_DOTS_CASE(1, 4) POINTWISE_DOTS_CASE(1, 3) POINTWISE_DOTS_CASE(1, 2) POINTWISE_DOTS_CASE(1, 1)
+    default: break; /* not reached: mr <= POINTWISE_DOTS_MR_MAX, a power of two; np <= POINTWISE_DOTS_MAX */
+    }
+}
