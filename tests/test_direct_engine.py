@@ -282,6 +282,7 @@ POINTWISE = [
     (2, 12, 10, 4, 5, 2),      # groups; 20 pixels: a tail of 4 after one vector (AVX-512)
     (1, 5, 70, 14, 14, 1),     # 70 channels: blocks of 64 + 6
     (2, 300, 24, 9, 9, 1),     # a reduction longer than a panel of pixels holds
+    (1, 24, 16, 40, 37, 1),    # one block of channels, 1480 pixels: 2 threads split the pixels
 ]
 POINTWISE_ACTIVATIONS = {"identity": AF.identity, "relu": AF.rectified_linear, "relu6": AF.relu6,
                          "clamp": AF.clamp((-0.3, 0.4)), "sigmoid": AF.sigmoid}

@@ -28,7 +28,8 @@ typedef struct {
     const bp_scratch *s;
     size_t runs, run_pixels; /* per image: runs of consecutive pixels (the whole image, or its rows) */
     bool copy;               /* the source's pixels are not consecutive: each run is copied first */
-    size_t chunks, tasks, mblocks;
+    size_t chunks, parts, tasks, mblocks; /* a task: one of `chunks` shares of the channel blocks and
+                                             of `parts` shares of a run's tiles of pixels */
     _Atomic size_t next;
 } pointwise_job;
 
@@ -60,18 +61,22 @@ static const float *weights_at(const pointwise_job *j, size_t grp, size_t m, siz
     return v->base + grp * v->group + m * v->out;
 }
 
+/* bias[r] = the bias of output channel m + r of group grp, r < n. */
+static void gather_bias(const pointwise_job *j, size_t grp, size_t m, size_t n, float *bias) {
+    const bp_epilogue *e = j->e;
+    for (size_t r = 0; r < n; r++)
+        bias[r] = e != NULL && e->bias != NULL ? e->bias[(grp * j->d->m + m + r) * e->bias_stride] : 0.0f;
+}
+
 /* The tile of nv vectors of pixels from p (of which `last` lanes of the last are kept) for
    output channels [m, m + mr) of group grp. */
 static void run_tile(const pointwise_job *j, size_t grp, size_t m, size_t mr, size_t nv, const float *x, size_t xs,
                      float *y, size_t ys, size_t last) {
-    const bp_direct *d = j->d;
-    const bp_epilogue *e = j->e;
     size_t wr, wi;
     const float *w = weights_at(j, grp, m, &wr, &wi);
-    float bias[POINTWISE_MR_MAX] = {0};
-    if (e != NULL && e->bias != NULL)
-        for (size_t r = 0; r < mr; r++) bias[r] = e->bias[(grp * d->m + m + r) * e->bias_stride];
-    bp_direct_pointwise_tile(mr, nv, x, xs, d->c, w, wr, wi, bias, j->lo, j->hi, y + m * ys, ys, last);
+    float bias[POINTWISE_MR_MAX];
+    gather_bias(j, grp, m, mr, bias);
+    bp_direct_pointwise_tile(mr, nv, x, xs, j->d->c, w, wr, wi, bias, j->lo, j->hi, y + m * ys, ys, last);
 }
 
 /* The tail's pixels [whole, n) of output channels [m, m + mr): dot products along the reduction
@@ -89,9 +94,8 @@ static void run_tail(const pointwise_job *j, size_t grp, size_t m, size_t mr, co
         while (dr > mr - r0) dr /= 2;
         size_t wr, wi;
         const float *w = weights_at(j, grp, m + r0, &wr, &wi);
-        float bias[POINTWISE_DOTS_MR_MAX] = {0};
-        if (j->e != NULL && j->e->bias != NULL)
-            for (size_t r = 0; r < dr; r++) bias[r] = j->e->bias[(grp * d->m + m + r0 + r) * j->e->bias_stride];
+        float bias[POINTWISE_DOTS_MR_MAX];
+        gather_bias(j, grp, m + r0, dr, bias);
         bp_direct_pointwise_dots(dr, np, tail, d->c, d->c, w, wr, bias, j->lo, j->hi, y + (m + r0) * ys, ys);
     }
 }
@@ -140,10 +144,13 @@ static void run_tasks(void *arg, int worker, int workers) {
     const bp_direct *d = j->d;
     const bp_image *xi = j->src_img, *yi = j->dst_img;
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
+    size_t tile = POINTWISE_NV_MAX * BP_VL, tiles = j->run_pixels / tile;
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->tasks;) {
-        size_t q = t % j->chunks, u = t / j->chunks, run = u % j->runs, ig = u / j->runs, mb0, mb1;
-        size_t grp = ig % d->groups, b = ig / d->groups;
+        size_t q = t % j->chunks, part = t / j->chunks % j->parts, u = t / j->chunks / j->parts;
+        size_t run = u % j->runs, ig = u / j->runs, grp = ig % d->groups, b = ig / d->groups, mb0, mb1, t0, t1;
         bp_split(j->mblocks, (int)q, (int)j->chunks, &mb0, &mb1);
+        bp_split(tiles, (int)part, (int)j->parts, &t0, &t1);
+        size_t p0 = t0 * tile, p1 = part + 1 == j->parts ? j->run_pixels : t1 * tile; /* the last part: the rest */
         const float *x = j->src + b * j->src_bs + grp * d->c * xi->sc + run * xi->sy;
         size_t xs = xi->sc;
         if (j->copy) {
@@ -154,7 +161,7 @@ static void run_tasks(void *arg, int worker, int workers) {
             xs = ld;
         }
         float *y = j->dst + b * j->dst_bs + grp * d->m * yi->sc + run * yi->sy;
-        run_blocks(j, grp, x, xs, j->run_pixels, y, yi->sc, mb0, mb1, scratch + d->c * bp_round_up(d->src_w, 16));
+        run_blocks(j, grp, x + p0, xs, p1 - p0, y + p0, yi->sc, mb0, mb1, scratch + d->c * bp_round_up(d->src_w, 16));
     }
 }
 
@@ -164,16 +171,19 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
     const bp_direct *d = pass->plan;
     size_t h = d->src_h, w = d->src_w;
     pointwise_job j = {d, pass, src_img, src, src_bs, dst_img, dst, dst_bs, e, 0.0f, 0.0f, false, s,
-                       h, w, src_img->sx != 1, 1, 0, bp_ceil_div(d->m, d->bw), 0};
+                       h, w, src_img->sx != 1, 1, 1, 0, bp_ceil_div(d->m, d->bw), 0};
     j.activate = !clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
     if (src_img->sx == 1 && src_img->sy == w && dst_img->sy == w) { /* whole images are runs */
         j.runs = 1;
         j.run_pixels = h * w;
     }
     int workers = bp_workers_for(threads, 2 * batch * d->groups * h * w * d->c * d->m);
-    size_t units = batch * d->groups * j.runs;
-    if (units < 4 * (size_t)workers) j.chunks = bp_min(j.mblocks, bp_ceil_div(4 * (size_t)workers, units));
-    j.tasks = units * j.chunks;
+    /* a few tasks per worker: shares of the channel blocks, then of the pixels where those are few */
+    size_t units = batch * d->groups * j.runs, want = 4 * (size_t)workers;
+    if (units < want) j.chunks = bp_min(j.mblocks, bp_ceil_div(want, units));
+    if (units * j.chunks < want)
+        j.parts = bp_max(1, bp_min(j.run_pixels / (POINTWISE_NV_MAX * BP_VL), bp_ceil_div(want, units * j.chunks)));
+    j.tasks = units * j.chunks * j.parts;
     if ((size_t)workers > j.tasks) workers = (int)j.tasks;
     bp_parallel_run(workers, run_tasks, &j);
 }
