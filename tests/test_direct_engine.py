@@ -229,7 +229,7 @@ AUTO = [
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
     ((256, 64, 56, 1, 1, 1, 0), "direct pointwise"), # 1x1: the image already is the GEMM's matrix
-    ((256, 64, 2, 1, 1, 1, 0), "im2col"),            # 1x1 on 2x2 images: a GEMM over the batch
+    ((256, 64, 1, 1, 1, 1, 0), "im2col"),            # 1x1 on 1x1 images (fully connected): one GEMM
     ((8, 8, 8, 3, 1, 1, 1), "tiny"),                 # tiny: straight from padded planes
 ]
 
@@ -243,7 +243,7 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
                             (pad,) * 4, (dil, dil), 1, weight, None, AF.identity, 1)
     with layer:
         chosen = backend.filter_engine(layer.bnns_filter)
-    if expected in ("direct pointwise", "tiny", "winograd") or bnns_py.backend_info()["simd"] == "AVX-512":
+    if expected in ("direct pointwise", "im2col", "tiny", "winograd") or bnns_py.backend_info()["simd"] == "AVX-512":
         assert chosen == expected
     else:
         assert chosen.startswith("direct")
