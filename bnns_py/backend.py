@@ -91,11 +91,12 @@ class Backend:
         or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3): dense 3x3 stride-1
         layers' forward pass and, with client pointers, their input and undilated weight
         gradients), ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat pixels"``
-        (the direct convolution engine; ``"direct"`` for weight gradients), ``"depthwise"`` (one
+        (the direct convolution engine; ``"direct"`` for weight gradients), ``"direct pointwise"``
+        (its kernel for forward passes of 1x1, stride-1, unpadded layers), ``"depthwise"`` (one
         input channel per group), ``"tiny"`` (the tiny-layer forward kernel) or ``"im2col"``
         (im2col + GEMM). ``bnns_filter`` is
         ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE`` (``winograd``, ``rows``, ``pixels``,
-        ``flat-pixels``, ``im2col``), set before a layer is created, forces a choice."""
+        ``flat-pixels``, ``im2col``, ``pointwise``), set before a layer is created, forces a choice."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend reports its kernels")
         if bnns_filter is None or bnns_filter == ffi.NULL:

@@ -211,9 +211,10 @@ def test_weights_are_read_at_each_call_or_copied(engine, client, n, cin, cout, h
     np.testing.assert_allclose(y, reference.conv2d(x, now, padding=1), rtol=1e-4, atol=2e-3)
 
 
-# Which kernels run by themselves: the im2col engine keeps what needs no copy or is tiny; the
-# direct engine takes the rest, and on AVX-512 its choice for the benchmark's ResNet-50 shapes
-# (batch 1) is pinned (other instruction sets have other tiles, hence other choices).
+# Which kernels run by themselves: the im2col engine keeps what is tiny; the direct engine takes
+# the rest (1x1 layers: its pointwise kernel, on every instruction set), and on AVX-512 its choice
+# for the benchmark's ResNet-50 shapes (batch 1) is pinned (other instruction sets have other
+# tiles, hence other choices).
 AUTO = [
     ((64, 64, 56, 3, 1, 1, 1), "winograd"),          # dense 3x3, stride 1: Winograd F(2x2, 3x3)
     ((64, 16, 56, 3, 1, 1, 1), "winograd"),
@@ -227,7 +228,8 @@ AUTO = [
     ((64, 64, 16, 3, 2, 1, 1), "direct flat pixels"),  # stride 2: no Winograd
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
-    ((256, 64, 56, 1, 1, 1, 0), "im2col"),           # 1x1: the image already is the GEMM's matrix
+    ((256, 64, 56, 1, 1, 1, 0), "direct pointwise"), # 1x1: the image already is the GEMM's matrix
+    ((256, 64, 1, 1, 1, 1, 0), "im2col"),            # 1x1 on 1x1 images (fully connected): one GEMM
     ((8, 8, 8, 3, 1, 1, 1), "tiny"),                 # tiny: straight from padded planes
 ]
 
@@ -241,7 +243,7 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
                             (pad,) * 4, (dil, dil), 1, weight, None, AF.identity, 1)
     with layer:
         chosen = backend.filter_engine(layer.bnns_filter)
-    if expected in ("im2col", "tiny", "winograd") or bnns_py.backend_info()["simd"] == "AVX-512":
+    if expected in ("direct pointwise", "im2col", "tiny", "winograd") or bnns_py.backend_info()["simd"] == "AVX-512":
         assert chosen == expected
     else:
         assert chosen.startswith("direct")
@@ -269,3 +271,114 @@ def test_filter_engine_refuses_a_closed_layer_and_unknown_passes(backend, no_fil
         backend.filter_engine(layer.bnns_filter)
     with pytest.raises(ValueError, match="open layer"):
         backend.filter_engine(bnns_py.ffi.NULL)
+
+
+# (batch, cin, cout, h, w, groups): 1x1, stride-1, unpadded layers, which the direct engine's
+# pointwise kernel runs on the images in place: channel counts that leave partial channel tiles,
+# pixel counts that are not whole vectors (a tail of up to 4 pixels: dot products; more: a vector)
+POINTWISE = [
+    (1, 33, 29, 11, 11, 1),    # 121 pixels, a tail of 9 (AVX-512); channel tiles 8 + 8 + 8 + 4 + 1
+    (3, 16, 96, 7, 7, 1),      # MobileNetV2's 7 x 7: 48 pixels in whole vectors, one in the tail
+    (2, 12, 10, 4, 5, 2),      # groups; 20 pixels: a tail of 4 after one vector (AVX-512)
+    (1, 5, 70, 14, 14, 1),     # 70 channels: blocks of 64 + 6
+    (2, 300, 24, 9, 9, 1),     # a reduction longer than a panel of pixels holds
+    (1, 24, 16, 40, 37, 1),    # one block of channels, 1480 pixels: 2 threads split the pixels
+]
+POINTWISE_ACTIVATIONS = {"identity": AF.identity, "relu": AF.rectified_linear, "relu6": AF.relu6,
+                         "clamp": AF.clamp((-0.3, 0.4)), "sigmoid": AF.sigmoid}
+
+
+def _pointwise_ids(cases):
+    return ["x".join(map(str, c[:5])) + f"_g{c[5]}" for c in cases]
+
+
+def _pointwise_layer(case, rng, activation, n_threads, flags=None, input_strides=(0, 0, 0)):
+    n, cin, cout, h, w, groups = case
+    weight = random_array(rng, (cout, cin // groups, 1, 1), 0.3)
+    bias = random_array(rng, (cout,))
+    layer, _ = client_layer(ConvolutionType.standard, cin, cout, h, w, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), groups,
+                            weight, bias, activation, n_threads, flags=flags, input_strides=input_strides)
+    return layer, weight, bias
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("client", [True, False], ids=["client", "packed"])
+@pytest.mark.parametrize("case", POINTWISE, ids=_pointwise_ids(POINTWISE))
+def test_pointwise_forward(case, client, n_threads, backend, rng, monkeypatch, no_filter_leaks):
+    """The caller's weights read in place (client pointers) or the blocks packed at creation, the
+    bias and ReLU6 applied in the kernel's registers."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    n, cin, cout, h, w, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    layer, weight, bias = _pointwise_layer(case, rng, AF.relu6, n_threads, flags=None if client else Flags.none)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "direct pointwise"
+        y = np.full((n, cout, h, w), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, groups=groups, activation=AF.relu6)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups))
+
+
+@pytest.mark.parametrize("activation", list(POINTWISE_ACTIVATIONS))
+@pytest.mark.parametrize("case", [POINTWISE[0], POINTWISE[2]], ids=_pointwise_ids([POINTWISE[0], POINTWISE[2]]))
+def test_pointwise_fused_activations(case, activation, backend, rng, monkeypatch, no_filter_leaks):
+    """Clamping activations in the kernel (ReLU, ReLU6, Clamp), others after it (sigmoid)."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    n, cin, cout, h, w, groups = case
+    act = POINTWISE_ACTIVATIONS[activation]
+    x = random_array(rng, (n, cin, h, w), 3.0)  # wide enough that every clamp bound is reached
+    layer, weight, bias = _pointwise_layer(case, rng, act, 1)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "direct pointwise"
+        y = np.full((n, cout, h, w), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, groups=groups, activation=act)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(cin // groups))
+
+
+@pytest.mark.parametrize("layout", ["every-other-column", "padded-rows"])
+@pytest.mark.parametrize("case", [POINTWISE[0], POINTWISE[1]], ids=_pointwise_ids([POINTWISE[0], POINTWISE[1]]))
+def test_pointwise_strided_input(case, layout, backend, rng, monkeypatch, no_filter_leaks):
+    """Pixels that are not consecutive (copied a row at a time) and rows that are not (a run per row)."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    n, cin, cout, h, w, groups = case
+    wide = 2 * w if layout == "every-other-column" else w + 5
+    strides = (2, wide, wide * h) if layout == "every-other-column" else (1, wide, wide * h)
+    wide_x = random_array(rng, (n, cin, h, wide))
+    x = wide_x[..., ::2] if layout == "every-other-column" else wide_x[..., :w]
+    layer, weight, bias = _pointwise_layer(case, rng, AF.rectified_linear, 2, input_strides=strides)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "direct pointwise"
+        y = np.full((n, cout, h, w), np.nan, np.float32)
+        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), layer.input_descriptor.shape, batch_size=n), y)
+    expected = reference.conv2d(x, weight, bias, groups=groups, activation=AF.rectified_linear)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups))
+
+
+@pytest.mark.parametrize("engine", ["pointwise", "im2col", "rows"])
+def test_pointwise_layer_backward_and_forced_engines(engine, backend, rng, monkeypatch, no_filter_leaks):
+    """The pointwise kernel runs the forward pass only: the input gradient stays on the im2col
+    engine and the weight gradient on the direct plan's planes; "im2col" and the direct engine's
+    other kernels, when asked for, take the forward pass back."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", engine)
+    case = POINTWISE[0]
+    n, cin, cout, h, w, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    layer, weight, bias = _pointwise_layer(case, rng, AF.identity, 2)
+    forward = {"pointwise": "direct pointwise", "im2col": "im2col", "rows": "direct rows"}[engine]
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == forward
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient") == ("direct rows" if engine == "rows"
+                                                                              else "im2col")
+        y = np.full((n, cout, h, w), np.nan, np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx = np.full(x.shape, np.nan, np.float32)
+        dw = np.full(weight.shape, np.nan, np.float32)
+        db = np.full(bias.shape, np.nan, np.float32)
+        layer.apply_backward(n, x, y, dy, dx, dw, db)
+    np.testing.assert_allclose(y, reference.conv2d(x, weight, bias), rtol=1e-4, atol=_tolerance(cin))
+    dx_ref, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout))
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=_tolerance(n * h * w))
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=_tolerance(n * h * w))

@@ -27,8 +27,8 @@ def rand(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 # (name, batch, in_c, out_c, size, kernel, stride, padding, dilation, groups): layers that the
-# automatic choice gives to each engine (winograd, direct, depthwise, im2col 1x1, tiny), with
-# odd sizes so that vector remainders run
+# automatic choice gives to each engine (winograd, direct, depthwise, direct pointwise for 1x1,
+# tiny), with odd sizes so that vector remainders run
 CASES = [
     ("winograd", 1, 64, 16, 56, 3, 1, 1, 1, 1),
     ("direct", 1, 16, 37, 30, 3, 2, 1, 1, 1),
@@ -94,7 +94,7 @@ def test_each_tier_computes_every_engine_against_the_reference(isa):
     assert info["engines"]["winograd"] == "winograd"
     assert info["engines"]["winograd weights"] == "winograd"
     assert info["engines"]["direct"].startswith("direct")
-    assert info["engines"]["pointwise"] == "im2col"
+    assert info["engines"]["pointwise"] == "direct pointwise"
     assert info["simd"] == {"baseline": "4-lane", "avx2": "AVX2", "avx512": "AVX-512", "neon": "4-lane"}[isa]
 
 

@@ -1,7 +1,11 @@
-/* Kernel tester of the direct engine's pixels tiles (bp_direct_pixels_tile): for every vector tier
-   this CPU runs, called directly (no filter, no plan), every (vectors, pixels) pair of the tier's
-   menu with random reduction lengths, source offsets and row pitches, overwrite and accumulate,
-   against a plain C loop. tb[p][j] (+)= sum over i of src[off[i] + p] * w[i][j], j < mv * lanes.
+/* Kernel tester of the direct engine's pixels tiles (bp_direct_pixels_tile) and pointwise tiles
+   and dot products (bp_direct_pointwise_tile, bp_direct_pointwise_dots): for every vector tier
+   this CPU runs, called directly (no filter, no plan), every tile shape of the tier with random
+   reduction lengths, source offsets, row pitches and weight layouts, against a loop in double
+   precision. Pixels tiles: tb[p][j] (+)= sum over i of src[off[i] + p] * w[i][j], j < mv * lanes,
+   overwrite and accumulate. Pointwise tiles and dots: y[r][p] = clamp(bias[r] + sum over i of
+   W(r, i) x(i, p)), with no clamp, ReLU's and a Clamp's bounds; what they must not write (past
+   `last` lanes, past the tile) is checked untouched.
 
    Exit status: 0 all passed, 1 a mismatch (printed). Build: meson -Dkernel_tests=true. */
 #include <math.h>
@@ -18,22 +22,38 @@
 typedef void tile_fn(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w, float *tb,
                      size_t ldt, bool add);
 typedef const char *simd_fn(void);
+typedef void pointwise_tile_fn(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
+                               size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last);
+typedef void pointwise_dots_fn(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
+                               const float *bias, float lo, float hi, float *y, size_t ys);
 
 #define CAT2(a, b) a##_##b
 #define CAT(a, b) CAT2(a, b)
 #define STR2(x) #x
 #define STR(x) STR2(x)
-#define TIER(name) {STR(name), CAT(bp_direct_pixels_tile, name), CAT(bnns_portable_simd, name)}
+#define TIER(name)                                                                                    \
+    {STR(name), CAT(bp_direct_pixels_tile, name), CAT(bp_direct_pointwise_tile, name),                \
+     CAT(bp_direct_pointwise_dots, name), CAT(bnns_portable_simd, name)}
 
+typedef struct {
+    const char *name;
+    tile_fn *tile;
+    pointwise_tile_fn *pointwise;
+    pointwise_dots_fn *dots;
+    simd_fn *simd;
+} tier_t;
 #if defined(BP_SINGLE_TIER)
 tile_fn CAT(bp_direct_pixels_tile, BP_SINGLE_TIER);
+pointwise_tile_fn CAT(bp_direct_pointwise_tile, BP_SINGLE_TIER);
+pointwise_dots_fn CAT(bp_direct_pointwise_dots, BP_SINGLE_TIER);
 simd_fn CAT(bnns_portable_simd, BP_SINGLE_TIER);
-static const struct { const char *name; tile_fn *tile; simd_fn *simd; } tiers[] = {TIER(BP_SINGLE_TIER)};
+static const tier_t tiers[] = {TIER(BP_SINGLE_TIER)};
 #else
 tile_fn bp_direct_pixels_tile_baseline, bp_direct_pixels_tile_avx2, bp_direct_pixels_tile_avx512;
+pointwise_tile_fn bp_direct_pointwise_tile_baseline, bp_direct_pointwise_tile_avx2, bp_direct_pointwise_tile_avx512;
+pointwise_dots_fn bp_direct_pointwise_dots_baseline, bp_direct_pointwise_dots_avx2, bp_direct_pointwise_dots_avx512;
 simd_fn bnns_portable_simd_baseline, bnns_portable_simd_avx2, bnns_portable_simd_avx512;
-static const struct { const char *name; tile_fn *tile; simd_fn *simd; } tiers[] = {
-    TIER(baseline), TIER(avx2), TIER(avx512)};
+static const tier_t tiers[] = {TIER(baseline), TIER(avx2), TIER(avx512)};
 #endif
 
 /* the (mv, nc) pairs of engines/direct.c's menu for 32 and for 16 vector registers */
@@ -84,6 +104,78 @@ static int check(const char *tier, tile_fn *tile, size_t lanes, size_t mv, size_
     return failures;
 }
 
+static const float bounds[3][2] = {{-INFINITY, INFINITY}, {0.0f, INFINITY}, {-0.5f, 0.7f}};
+
+static double clamped(double v, int trial) {
+    const float *b = bounds[trial % 3];
+    return v < b[0] ? b[0] : v > b[1] ? b[1] : v;
+}
+
+/* y (rows ys apart) against the double loop for rows < mr and pixels < n; the rest of each row
+   must still hold its starting value. W(r, i) = w[r * wr + i * wi]; x(i, p) = x[i * xs + p]
+   (tiles) or x[p * xs + i] (dots). */
+static int compare(const char *what, const char *tier, const float *y, const float *start, size_t ys, size_t mr,
+                   size_t n, const float *x, size_t xs, bool by_pixel, size_t k, const float *w, size_t wr, size_t wi,
+                   const float *bias, int trial) {
+    double worst = 0.0;
+    for (size_t r = 0; r < mr; r++)
+        for (size_t p = 0; p < ys; p++) {
+            double want = start[r * ys + p];
+            if (p < n) {
+                double sum = bias[r];
+                for (size_t i = 0; i < k; i++) sum += (double)w[r * wr + i * wi] * x[by_pixel ? p * xs + i : i * xs + p];
+                want = clamped(sum, trial);
+            }
+            worst = fmax(worst, fabs(y[r * ys + p] - want));
+        }
+    if (worst <= 1e-5 * sqrt((double)k) * 4.0) return 0;
+    printf("FAIL %s %s mr %zu pixels %zu k %zu trial %d: max error %.3g\n", tier, what, mr, n, k, trial, worst);
+    return 1;
+}
+
+/* Pointwise tiles: mr channels x nv vectors, the last holding `last` lanes; the weights with
+   consecutive steps (the caller's rows) or consecutive channels (packed blocks). */
+static int check_pointwise(const tier_t *t, size_t lanes, size_t mr, size_t nv) {
+    int failures = 0;
+    for (int trial = 0; trial < 12; trial++) {
+        size_t k = 1 + next() % 70, last = 1 + next() % lanes, xs = nv * lanes + next() % 9, ys = nv * lanes + 3;
+        bool rows = trial % 2 == 0;
+        size_t wr = rows ? k + next() % 5 : 1, wi = rows ? 1 : mr + next() % 5;
+        size_t w_n = rows ? mr * wr : k * wi;
+        float *x = malloc(k * xs * sizeof(float)), *w = malloc(w_n * sizeof(float)), bias[8];
+        float *y = malloc(mr * ys * sizeof(float)), *start = malloc(mr * ys * sizeof(float));
+        for (size_t i = 0; i < k * xs; i++) x[i] = uniform();
+        for (size_t i = 0; i < w_n; i++) w[i] = uniform();
+        for (size_t r = 0; r < mr; r++) bias[r] = uniform();
+        for (size_t i = 0; i < mr * ys; i++) start[i] = y[i] = uniform();
+        const float *b = bounds[trial % 3];
+        t->pointwise(mr, nv, x, xs, k, w, wr, wi, bias, b[0], b[1], y, ys, last);
+        failures += compare("pointwise tile", t->name, y, start, ys, mr, (nv - 1) * lanes + last, x, xs, false, k, w,
+                            wr, wi, bias, trial);
+        free(x), free(w), free(y), free(start);
+    }
+    return failures;
+}
+
+/* Pointwise dot products: mr channels x np pixels, each pixel's k values consecutive. */
+static int check_dots(const tier_t *t, size_t mr, size_t np) {
+    int failures = 0;
+    for (int trial = 0; trial < 12; trial++) {
+        size_t k = 1 + next() % 90, ldx = k + next() % 5, wr = k + next() % 5, ys = np + 3;
+        float *x = malloc(np * ldx * sizeof(float)), *w = malloc(mr * wr * sizeof(float)), bias[8];
+        float *y = malloc(mr * ys * sizeof(float)), *start = malloc(mr * ys * sizeof(float));
+        for (size_t i = 0; i < np * ldx; i++) x[i] = uniform();
+        for (size_t i = 0; i < mr * wr; i++) w[i] = uniform();
+        for (size_t r = 0; r < mr; r++) bias[r] = uniform();
+        for (size_t i = 0; i < mr * ys; i++) start[i] = y[i] = uniform();
+        const float *b = bounds[trial % 3];
+        t->dots(mr, np, x, ldx, k, w, wr, bias, b[0], b[1], y, ys);
+        failures += compare("pointwise dots", t->name, y, start, ys, mr, np, x, ldx, true, k, w, wr, 1, bias, trial);
+        free(x), free(w), free(y), free(start);
+    }
+    return failures;
+}
+
 int main(void) {
     char available[64];
     snprintf(available, sizeof available, " %s ", bnns_portable_isa_available());
@@ -103,7 +195,13 @@ int main(void) {
             const size_t *pair = wide ? menu32[m] : menu16[m];
             failures += check(tiers[t].name, tiers[t].tile, lanes, pair[0], pair[1]);
         }
-        printf("%s (%s, %zu lanes): %zu tile shapes x 20 trials\n", tiers[t].name, simd, lanes, count);
+        size_t shapes = 0;
+        for (size_t mr = wide ? 8 : 4; mr >= 1; mr /= 2)
+            for (size_t nv = 1; nv <= 3; nv++, shapes++) failures += check_pointwise(&tiers[t], lanes, mr, nv);
+        for (size_t mr = wide ? 4 : 2; mr >= 1; mr /= 2)
+            for (size_t np = 1; np <= 4; np++, shapes++) failures += check_dots(&tiers[t], mr, np);
+        printf("%s (%s, %zu lanes): %zu pixels tile shapes x 20 trials, %zu pointwise shapes x 12\n", tiers[t].name,
+               simd, lanes, count, shapes);
         tested++;
     }
     printf("%d tiers tested, %d failures\n", tested, failures);

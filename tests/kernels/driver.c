@@ -188,11 +188,12 @@ int main(void) {
         {2, 18, 18, 19, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 18},
         {1, 12, 24, 9, 9, 3, 3, 2, 1, 1, 1, 0, 2, 1, 1, 12},
         {2, 33, 29, 7, 11, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1},
+        {1, 20, 70, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2}, /* 1x1 on 49 pixels: whole vectors and a tail */
         {3, 5, 6, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
         {1, 12, 15, 10, 10, 3, 2, 2, 2, 1, 1, 2, 2, 2, 2, 3},
         {1, 3, 17, 23, 21, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1},
     };
-    static const char *engines[] = {"auto", "rows", "pixels", "flat-pixels", "im2col", "winograd"};
+    static const char *engines[] = {"auto", "rows", "pixels", "flat-pixels", "im2col", "winograd", "pointwise"};
     char seen[16][32];
     size_t engines_seen = 0;
     int failures = 0, runs = 0;

@@ -54,6 +54,7 @@ size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
 size_t bp_direct_view_scratch_floats(const bp_direct *d) { return d->group_scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
 const char *bp_direct_kind(const bp_direct *d) {
+    if (d->pointwise) return "direct pointwise";
     return d->kind == KIND_ROWS ? "direct rows" : d->flat ? "direct flat pixels" : "direct pixels";
 }
 
@@ -234,6 +235,14 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     size_t mv = bp_min(PIX_MV_MAX, bp_ceil_div(d.m, BP_VL)), nc = 0;
     if (mv == 3) mv = 4;
     int force = bp_engine_override();
+    /* 1x1, stride 1, no padding, forward: the image already is the GEMM's matrix, which the
+       pointwise kernel reads in place unless another kernel is asked for; images of less than a
+       vector (e.g. fully-connected layers) are better off in the im2col engine's GEMM */
+    bool kernel_forced = force == BP_ENGINE_ROWS || force == BP_ENGINE_PIXELS || force == BP_ENGINE_FLAT_PIXELS;
+    bool plain_1x1 = !backward && s_taps == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 &&
+                     g->in_h == g->out_h && g->in_w == g->out_w && !kernel_forced;
+    d.pointwise = plain_1x1 && force != BP_ENGINE_IM2COL && g->in_h * g->in_w >= BP_VL;
+    if (plain_1x1 && !d.pointwise) goto done;
     double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
     bool flat = false;
     for (int f = force == BP_ENGINE_FLAT_PIXELS; f < (force == BP_ENGINE_PIXELS ? 1 : 2); f++)
@@ -248,7 +257,8 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     if (force == BP_ENGINE_IM2COL) goto done;
     if (force == BP_ENGINE_ROWS) rows_e = 2.0;
     else if (force == BP_ENGINE_PIXELS || force == BP_ENGINE_FLAT_PIXELS) pixels_e = 2.0;
-    else if (rows_e < 0.5 && pixels_e < 0.5) goto done; /* e.g. 1x1 images: a GEMM over the batch is better */
+    else if (rows_e < 0.5 && pixels_e < 0.5 && !d.pointwise)
+        goto done; /* e.g. 1x1 images: a GEMM over the batch is better */
     size_t tb;
     if (pixels_e > rows_e) {
         d.kind = KIND_PIXELS;
@@ -297,6 +307,10 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         d.image_group = bp_max(bp_min(IMAGE_GROUP_TARGET / d.group_stride, IMAGE_GROUP_MAX), 1);
     d.group_offset = d.scratch;
     d.group_scratch = d.scratch + (d.image_group - 1) * d.group_stride;
+    if (d.pointwise) { /* a copy of a run of pixels when they are not consecutive, then the tail vectors */
+        d.scratch = bp_max(d.scratch, d.c * (bp_round_up(d.src_w, 16) + BP_VL));
+        d.group_scratch = bp_max(d.group_scratch, d.scratch);
+    }
 
     out = bp_alloc(a, sizeof *out + (steps + 3 * total) * sizeof(int32_t));
     if (out == NULL) goto done;
@@ -589,18 +603,10 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
         if (act != NULL) bp_activation_apply(act, p, n); /* on the run just written, still in L1 */
         return;
     }
-#if defined(__AVX512F__)
     if (step == 2 && !d->accumulate && act == NULL) { /* a phase of a 2-strided output: every other value */
-        size_t i = 0;
-        __m512 b = _mm512_set1_ps(bias);
-        for (; i + 8 <= n; i += 8) {
-            __m512 x = _mm512_maskz_expand_ps(0x5555, _mm512_castps256_ps512(_mm256_loadu_ps(v + i)));
-            _mm512_mask_storeu_ps(p + 2 * i, 0x5555, _mm512_add_ps(x, b));
-        }
-        for (; i < n; i++) p[2 * i] = v[i] + bias;
+        bp_direct_store_every_other(p, v, n, bias);
         return;
     }
-#endif
     if (d->accumulate)
         for (size_t i = 0; i < n; i++) v[i] += p[i * step];
     for (size_t i = 0; i < n; i++) v[i] += bias;
@@ -807,6 +813,10 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
                    size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, bool accumulate,
                    const bp_epilogue *e, const bp_scratch *s, int threads) {
     const bp_direct *d = pass->plan;
+    if (d->pointwise && !accumulate && dst_img->sx == 1) {
+        bp_direct_pointwise_run(pass, batch, src_img, src, src_bs, dst_img, dst, dst_bs, e, s, threads);
+        return;
+    }
     size_t flops = 0;
     for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
     flops *= batch * d->groups;

@@ -36,8 +36,18 @@ typedef struct bp_direct_pass {
    backward-data passes, "pixels" with tiles within rows, "flat-pixels" over flat positions; it
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
    direct engine) or "winograd" (the Winograd forward pass wherever it can run, the other passes
-   as in "auto"); any other than "auto" and "winograd" turns the Winograd pass off. */
-enum { BP_ENGINE_AUTO, BP_ENGINE_ROWS, BP_ENGINE_PIXELS, BP_ENGINE_FLAT_PIXELS, BP_ENGINE_IM2COL, BP_ENGINE_WINOGRAD };
+   as in "auto") or "pointwise" (as "auto"; its own kernel runs the forward pass of 1x1, stride-1,
+   unpadded layers also under "auto"); any other than "auto", "winograd" and "pointwise" turns
+   the Winograd pass off, and "rows" / "pixels" / "flat-pixels" / "im2col" the pointwise kernel. */
+enum {
+    BP_ENGINE_AUTO,
+    BP_ENGINE_ROWS,
+    BP_ENGINE_PIXELS,
+    BP_ENGINE_FLAT_PIXELS,
+    BP_ENGINE_IM2COL,
+    BP_ENGINE_WINOGRAD,
+    BP_ENGINE_POINTWISE
+};
 int bp_engine_override(void);
 
 /* Plan S's forward pass (backward = false) or its backward-data pass (backward = true); NULL when
@@ -50,8 +60,8 @@ size_t bp_direct_scratch_floats(const bp_direct *d);
 /* Scratch floats one worker needs when the run packs the weights itself (a view). */
 size_t bp_direct_view_scratch_floats(const bp_direct *d);
 size_t bp_direct_weight_floats(const bp_direct *d);
-/* Which kernel the plan uses ("direct rows", "direct pixels" or "direct flat pixels"), for tests
-   and benchmarks. */
+/* Which kernel the plan uses ("direct rows", "direct pixels", "direct flat pixels" or "direct
+   pointwise"), for tests and benchmarks. */
 const char *bp_direct_kind(const bp_direct *d);
 
 /* Pack S's weights for the plan's kernels. */

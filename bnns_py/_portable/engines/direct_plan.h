@@ -24,18 +24,26 @@ enum {
     STREAM_FLOATS = 1 << 22   /* outputs of a call from which they are streamed past the caches (16 MiB) */
 };
 
-/* Register tiles (direct.c). Rows kernel: MR channels x NV vectors; pixels kernel: NC pixels x MV
-   vectors. The accumulators fill most of the register file, leaving room for the source /
-   weight vectors. */
+/* Register tiles (direct.c, direct_pointwise.c). Rows and pointwise kernels: MR channels x NV
+   vectors; pixels kernel: NC pixels x MV vectors. The accumulators fill most of the register
+   file, leaving room for the source / weight vectors. */
 #if BP_VREGS >= 32
+#define POINTWISE_MR_MAX 8
+#define POINTWISE_DOTS_MR_MAX 4
 #define ROWS_MR_MAX 8
 #define PIX_MV_MAX 4
 #define PIX_NC_MAX 24
 #else
+#define POINTWISE_MR_MAX 4
+#define POINTWISE_DOTS_MR_MAX 2
 #define ROWS_MR_MAX 4
 #define PIX_MV_MAX 2
 #define PIX_NC_MAX 12
 #endif
+/* Pointwise kernel: MR channels x NV vectors of pixels (the most of each); its dot products: MR
+   channels x up to POINTWISE_DOTS_MAX pixels. */
+#define POINTWISE_NV_MAX 3
+#define POINTWISE_DOTS_MAX 4
 /* the most output channels a block holds (bw) */
 #define BP_DIRECT_BW_MAX (PIX_MV_MAX * BP_VL > ROWS_MR_MAX ? PIX_MV_MAX * BP_VL : ROWS_MR_MAX)
 
@@ -57,6 +65,8 @@ struct bp_direct {
     size_t bw;                    /* output channels per block: MR (rows) or MV*VL (pixels) */
     size_t tile;                  /* rows: NV*VL flat positions; pixels: NC pixels */
     bool flat;                    /* pixels: tiles over flat positions, not within rows */
+    bool pointwise;               /* forward 1x1 pass run by the pointwise kernel on the source itself
+                                     (the planes and kernel serve the weight gradient) */
     size_t tb_row;                /* pixels: tile results between a band's rows (pixels) */
     size_t ystep, xstep;          /* destination step between output pixels */
     size_t ss_y, ss_x, sphases;   /* source step per output pixel, source phases */
@@ -89,5 +99,26 @@ void bp_direct_fill_planes(const bp_direct *d, const bp_image *img, const float 
    the products. (mv, nc) must be a pair of the pixel menu. */
 void bp_direct_pixels_tile(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w,
                            float *tb, size_t ldt, bool add);
+
+/* The pointwise kernel: y (mr rows ys apart) = min(hi, max(lo, W x + bias)) for mr output
+   channels (W(r, i) at w[r*wr + i*wi], bias[r]) and nv whole vectors of pixels of x (k rows xs
+   apart), of which `last` <= BP_VL lanes of the last vector are stored. mr a power of two
+   <= POINTWISE_MR_MAX, nv <= POINTWISE_NV_MAX. */
+void bp_direct_pointwise_tile(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
+                              size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last);
+
+/* Its dot products: y(r, p) (rows ys apart) = min(hi, max(lo, bias[r] + sum_i W(r, i) xt(p, i)))
+   for mr channels (W's rows wr apart, steps consecutive) and np pixels (xt: k values each, ldx
+   apart). mr a power of two <= POINTWISE_DOTS_MR_MAX, np <= POINTWISE_DOTS_MAX. */
+void bp_direct_pointwise_dots(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
+                              const float *bias, float lo, float hi, float *y, size_t ys);
+
+/* p[2i] = v[i] + bias for i < n: a phase of an output with stride 2 (kernels/direct_store_*.c). */
+void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias);
+
+/* A forward pointwise plan's run (direct_pointwise.c): bp_direct_run's arguments, no accumulation. */
+void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
+                             size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, const bp_epilogue *e,
+                             const bp_scratch *s, int threads);
 
 #endif

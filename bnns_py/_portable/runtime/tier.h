@@ -46,6 +46,12 @@
 #define bp_direct_run BP_TIER_SYMBOL(bp_direct_run)
 #define bp_direct_weights_scratch_floats BP_TIER_SYMBOL(bp_direct_weights_scratch_floats)
 #define bp_direct_weight_gradient BP_TIER_SYMBOL(bp_direct_weight_gradient)
+/* engines/direct_pointwise.c, kernels/direct_pointwise.c */
+#define bp_direct_pointwise_run BP_TIER_SYMBOL(bp_direct_pointwise_run)
+#define bp_direct_pointwise_tile BP_TIER_SYMBOL(bp_direct_pointwise_tile)
+#define bp_direct_pointwise_dots BP_TIER_SYMBOL(bp_direct_pointwise_dots)
+/* kernels/direct_store_*.c */
+#define bp_direct_store_every_other BP_TIER_SYMBOL(bp_direct_store_every_other)
 /* engines/winograd.c */
 #define bp_winograd_weight_floats BP_TIER_SYMBOL(bp_winograd_weight_floats)
 #define bp_winograd_plan BP_TIER_SYMBOL(bp_winograd_plan)

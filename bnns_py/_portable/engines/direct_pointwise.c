@@ -1,0 +1,189 @@
+/* The direct engine's forward pass of 1x1, stride-1, unpadded layers (pointwise plans, see
+   direct_plan.h): per image and group Y = W X, a GEMM whose matrices are the images themselves
+   (rows: channels, columns: pixels). The pointwise kernel reads X and writes Y in place and takes
+   the weights where they are (the caller's array, or the blocks packed at filter creation), so a
+   call packs and copies nothing; the bias and a clamping activation (ReLU, ReLU6, Clamp) are
+   applied to the tile in registers, any other activation to each finished block of rows. */
+#include <math.h>
+#include <string.h>
+
+#include "direct_plan.h"
+#include "parallel.h"
+
+enum { PANEL_FLOATS = 1 << 14 }; /* source floats of a block of pixels (64 KiB): it stays in cache
+                                    while every block of output channels reads it */
+
+typedef struct {
+    const bp_direct *d;
+    const bp_direct_pass *pass;
+    const bp_image *src_img;
+    const float *src;
+    size_t src_bs;
+    const bp_image *dst_img;
+    float *dst;
+    size_t dst_bs;
+    const bp_epilogue *e;
+    float lo, hi;      /* the clamp applied in the kernel */
+    bool activate;     /* another activation, applied after the kernel */
+    const bp_scratch *s;
+    size_t runs, run_pixels; /* per image: runs of consecutive pixels (the whole image, or its rows) */
+    bool copy;               /* the source's pixels are not consecutive: each run is copied first */
+    size_t chunks, parts, tasks, mblocks; /* a task: one of `chunks` shares of the channel blocks and
+                                             of `parts` shares of a run's tiles of pixels */
+    _Atomic size_t next;
+} pointwise_job;
+
+/* The bounds of a clamping activation (none: the whole line); false for other activations. */
+static bool clamp_bounds(const BNNSActivation *act, float *lo, float *hi) {
+    *lo = -INFINITY;
+    *hi = INFINITY;
+    if (act == NULL) return true;
+    switch (act->function) {
+    case BNNSActivationFunctionIdentity: return true;
+    case BNNSActivationFunctionRectifiedLinear: *lo = 0.0f; return true;
+    case BNNSActivationFunctionReLU6: *lo = 0.0f; *hi = 6.0f; return true;
+    case BNNSActivationFunctionClamp: *lo = act->alpha; *hi = act->beta; return true;
+    default: return false;
+    }
+}
+
+/* W(r, i) of output channel m (a block's first channel plus r) of group grp: *wr and *wi apart. */
+static const float *weights_at(const pointwise_job *j, size_t grp, size_t m, size_t *wr, size_t *wi) {
+    const bp_direct *d = j->d;
+    if (j->pass->packed != NULL) { /* blocks of bw channels, each step's bw weights together */
+        *wr = 1;
+        *wi = d->bw;
+        return j->pass->packed + grp * d->packed_group + (m / d->bw) * d->bw * d->c + m % d->bw;
+    }
+    const bp_weights_view *v = &j->pass->weights;
+    *wr = v->out;
+    *wi = v->in;
+    return v->base + grp * v->group + m * v->out;
+}
+
+/* bias[r] = the bias of output channel m + r of group grp, r < n. */
+static void gather_bias(const pointwise_job *j, size_t grp, size_t m, size_t n, float *bias) {
+    const bp_epilogue *e = j->e;
+    for (size_t r = 0; r < n; r++)
+        bias[r] = e != NULL && e->bias != NULL ? e->bias[(grp * j->d->m + m + r) * e->bias_stride] : 0.0f;
+}
+
+/* The tile of nv vectors of pixels from p (of which `last` lanes of the last are kept) for
+   output channels [m, m + mr) of group grp. */
+static void run_tile(const pointwise_job *j, size_t grp, size_t m, size_t mr, size_t nv, const float *x, size_t xs,
+                     float *y, size_t ys, size_t last) {
+    size_t wr, wi;
+    const float *w = weights_at(j, grp, m, &wr, &wi);
+    float bias[POINTWISE_MR_MAX];
+    gather_bias(j, grp, m, mr, bias);
+    bp_direct_pointwise_tile(mr, nv, x, xs, j->d->c, w, wr, wi, bias, j->lo, j->hi, y + m * ys, ys, last);
+}
+
+/* The tail's pixels [whole, n) of output channels [m, m + mr): dot products along the reduction
+   (tail: each pixel's k values) where the weights' steps are consecutive and the tail is short,
+   else a tile of one vector (tail: a zero-padded vector per input channel). */
+static void run_tail(const pointwise_job *j, size_t grp, size_t m, size_t mr, const float *tail, bool dots, float *y,
+                     size_t ys, size_t np) {
+    const bp_direct *d = j->d;
+    if (!dots) {
+        run_tile(j, grp, m, mr, 1, tail, BP_VL, y, ys, np);
+        return;
+    }
+    for (size_t r0 = 0, dr; r0 < mr; r0 += dr) {
+        dr = POINTWISE_DOTS_MR_MAX;
+        while (dr > mr - r0) dr /= 2;
+        size_t wr, wi;
+        const float *w = weights_at(j, grp, m + r0, &wr, &wi);
+        float bias[POINTWISE_DOTS_MR_MAX];
+        gather_bias(j, grp, m + r0, dr, bias);
+        bp_direct_pointwise_dots(dr, np, tail, d->c, d->c, w, wr, bias, j->lo, j->hi, y + (m + r0) * ys, ys);
+    }
+}
+
+/* Output channel blocks [mb0, mb1) of pixels [0, n) of one run: x (rows xs apart) in, y (rows
+   ys apart, channel 0 of the group) out, a block of pixels at a time. The pixels past the last
+   whole vector are copied to `tail` first, so that the tiles load whole vectors only and never
+   past a row. */
+static void run_blocks(const pointwise_job *j, size_t grp, const float *x, size_t xs, size_t n, float *y, size_t ys,
+                       size_t mb0, size_t mb1, float *tail) {
+    const bp_direct *d = j->d;
+    size_t tile = POINTWISE_NV_MAX * BP_VL, whole = n / BP_VL * BP_VL, np = n - whole;
+    size_t block = bp_max(tile, PANEL_FLOATS / d->c / tile * tile);
+    bool dots = np <= POINTWISE_DOTS_MAX && j->pass->packed == NULL && j->pass->weights.in == 1;
+    for (size_t c = 0; np > 0 && c < d->c; c++) {
+        if (dots) { /* pixel after pixel, their k values each */
+            for (size_t p = 0; p < np; p++) tail[p * d->c + c] = x[c * xs + whole + p];
+            continue;
+        }
+        memset(tail + c * BP_VL, 0, BP_VL * sizeof(float));
+        memcpy(tail + c * BP_VL, x + c * xs + whole, np * sizeof(float));
+    }
+    for (size_t p0 = 0; p0 < n; p0 += block) {
+        size_t p1 = bp_min(p0 + block, n), end = bp_min(p1, whole);
+        for (size_t mb = mb0; mb < mb1; mb++) {
+            size_t rows = bp_min(d->bw, d->m - mb * d->bw);
+            for (size_t r0 = 0, mr; r0 < rows; r0 += mr) {
+                mr = POINTWISE_MR_MAX;
+                while (mr > rows - r0) mr /= 2;
+                size_t m = mb * d->bw + r0;
+                for (size_t p = p0, nv; p < end; p += nv * BP_VL) {
+                    nv = bp_min(POINTWISE_NV_MAX, (end - p) / BP_VL);
+                    run_tile(j, grp, m, mr, nv, x + p, xs, y + p, ys, BP_VL);
+                }
+                if (p1 > whole) run_tail(j, grp, m, mr, tail, dots, y + whole, ys, np);
+                if (j->activate)
+                    for (size_t r = 0; r < mr; r++) bp_activation_apply(j->e->act, y + (m + r) * ys + p0, p1 - p0);
+            }
+        }
+    }
+}
+
+static void run_tasks(void *arg, int worker, int workers) {
+    pointwise_job *j = arg;
+    (void)workers;
+    const bp_direct *d = j->d;
+    const bp_image *xi = j->src_img, *yi = j->dst_img;
+    float *scratch = j->s->base + (size_t)worker * j->s->stride;
+    size_t tile = POINTWISE_NV_MAX * BP_VL, tiles = j->run_pixels / tile;
+    for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->tasks;) {
+        size_t q = t % j->chunks, part = t / j->chunks % j->parts, u = t / j->chunks / j->parts;
+        size_t run = u % j->runs, ig = u / j->runs, grp = ig % d->groups, b = ig / d->groups, mb0, mb1, t0, t1;
+        bp_split(j->mblocks, (int)q, (int)j->chunks, &mb0, &mb1);
+        bp_split(tiles, (int)part, (int)j->parts, &t0, &t1);
+        size_t p0 = t0 * tile, p1 = part + 1 == j->parts ? j->run_pixels : t1 * tile; /* the last part: the rest */
+        const float *x = j->src + b * j->src_bs + grp * d->c * xi->sc + run * xi->sy;
+        size_t xs = xi->sc;
+        if (j->copy) {
+            size_t ld = bp_round_up(d->src_w, 16);
+            for (size_t c = 0; c < d->c; c++)
+                for (size_t p = 0; p < j->run_pixels; p++) scratch[c * ld + p] = x[c * xi->sc + p * xi->sx];
+            x = scratch;
+            xs = ld;
+        }
+        float *y = j->dst + b * j->dst_bs + grp * d->m * yi->sc + run * yi->sy;
+        run_blocks(j, grp, x + p0, xs, p1 - p0, y + p0, yi->sc, mb0, mb1, scratch + d->c * bp_round_up(d->src_w, 16));
+    }
+}
+
+void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
+                             size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, const bp_epilogue *e,
+                             const bp_scratch *s, int threads) {
+    const bp_direct *d = pass->plan;
+    size_t h = d->src_h, w = d->src_w;
+    pointwise_job j = {d, pass, src_img, src, src_bs, dst_img, dst, dst_bs, e, 0.0f, 0.0f, false, s,
+                       h, w, src_img->sx != 1, 1, 1, 0, bp_ceil_div(d->m, d->bw), 0};
+    j.activate = !clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
+    if (src_img->sx == 1 && src_img->sy == w && dst_img->sy == w) { /* whole images are runs */
+        j.runs = 1;
+        j.run_pixels = h * w;
+    }
+    int workers = bp_workers_for(threads, 2 * batch * d->groups * h * w * d->c * d->m);
+    /* a few tasks per worker: shares of the channel blocks, then of the pixels where those are few */
+    size_t units = batch * d->groups * j.runs, want = 4 * (size_t)workers;
+    if (units < want) j.chunks = bp_min(j.mblocks, bp_ceil_div(want, units));
+    if (units * j.chunks < want)
+        j.parts = bp_max(1, bp_min(j.run_pixels / (POINTWISE_NV_MAX * BP_VL), bp_ceil_div(want, units * j.chunks)));
+    j.tasks = units * j.chunks * j.parts;
+    if ((size_t)workers > j.tasks) workers = (int)j.tasks;
+    bp_parallel_run(workers, run_tasks, &j);
+}
