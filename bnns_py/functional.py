@@ -328,34 +328,9 @@ class _ConvFilter:
         (x, out) pair read in place and their C pointers are remembered (strong references, until
         another pair is used): the same arrays again skip the pointer lookups and the overlap check.
         """
-        self.tick = _next_tick()
-        last = self.last
-        target: Any = out
-        if out is None:
-            if x is last[0] and last[1] is None:
-                x_ptr = last[2]
-            else:
-                x, x_ptr, _ = self._pointers(x, None, x_is_copy)
-            target = np.empty(self.out_shape, FLOAT32)
-            out_ptr = _from_buffer(target)
-        elif self.copy_out:  # the backend writes packed images only: fill ``out`` afterwards
-            if not out.flags.writeable:
-                raise ValueError("out is read-only but BNNS writes into it")
-            x, x_ptr, _ = self._pointers(x, out, x_is_copy)
-            target = np.empty(self.out_shape, FLOAT32)
-            out_ptr = _from_buffer(target)
-        else:
-            if not out.flags.writeable:
-                raise ValueError("out is read-only but BNNS writes into it")
-            if x is last[0] and out is last[1]:
-                x_ptr, out_ptr = last[2], last[3]
-            else:
-                x, x_ptr, out_ptr = self._pointers(x, out, x_is_copy)
-        if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
-            np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
-        # counted in flight as Layer._call counts (inline: this path is the hot one), so that a
-        # filter evicted and closed meanwhile is destroyed when this call returns; one closed
-        # before the call raises LayerClosedError
+        # Counted in flight from here, as Layer._call counts (inline: this path is the hot one): a
+        # filter evicted and closed from now on is destroyed when this call returns; one closed
+        # since the caller found it raises LayerClosedError, and nothing has run.
         layer = self.layer
         calls = self.calls
         calls.append(None)
@@ -363,6 +338,31 @@ class _ConvFilter:
             handle = layer._handle
             if handle is None:
                 raise LayerClosedError(type(layer).__name__)
+            self.tick = _next_tick()
+            last = self.last
+            target: Any = out
+            if out is None:
+                if x is last[0] and last[1] is None:
+                    x_ptr = last[2]
+                else:
+                    x, x_ptr, _ = self._pointers(x, None, x_is_copy)
+                target = np.empty(self.out_shape, FLOAT32)
+                out_ptr = _from_buffer(target)
+            elif self.copy_out:  # the backend writes packed images only: fill ``out`` afterwards
+                if not out.flags.writeable:
+                    raise ValueError("out is read-only but BNNS writes into it")
+                x, x_ptr, _ = self._pointers(x, out, x_is_copy)
+                target = np.empty(self.out_shape, FLOAT32)
+                out_ptr = _from_buffer(target)
+            else:
+                if not out.flags.writeable:
+                    raise ValueError("out is read-only but BNNS writes into it")
+                if x is last[0] and out is last[1]:
+                    x_ptr, out_ptr = last[2], last[3]
+                else:
+                    x, x_ptr, out_ptr = self._pointers(x, out, x_is_copy)
+            if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
+                np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
             lock = self.lock
             if lock is None:
                 status = self.function(handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
@@ -573,7 +573,8 @@ def _cached(key: Any, fast_key: Any, make: Callable[[], Union[_ConvFilter, _Line
                 entry = made
                 entry.tick = _next_tick()
                 _Cache.entries[key] = entry
-                dropped = _evict_locked()
+                # one evicted as soon as made (a cache of size 0 now) is left to the caller to close
+                dropped = [evicted for evicted in _evict_locked() if evicted is not entry]
             else:  # another thread made one first: ours is dropped
                 dropped = [made]
     if fast_key is not None and entry.weight is fast_key[1][0] and entry.bias is fast_key[1][1]:
@@ -590,15 +591,18 @@ def _cached(key: Any, fast_key: Any, make: Callable[[], Union[_ConvFilter, _Line
 
 
 def _run_cached(key: Any, fast_key: Any, make: Callable[[], _Filter], run: Callable[[_Filter], Array]) -> Array:
-    """``run(filter)`` on the cached filter for ``key`` (see ``_cached``). Another thread may evict
-    and close that filter before ``run`` starts: it then runs on a new one (on a filter of its own
-    once the cache is turned off)."""
+    """``run(filter)`` on the cached filter for ``key`` (see ``_cached``), closed afterwards if it
+    is no longer cached. Another thread may evict and close that filter before ``run`` starts: it
+    then runs on a new one (on a filter of its own once the cache is turned off)."""
     while _Cache.size:
         entry = _cached(key, fast_key, make)
         try:
             return run(entry)
         except LayerClosedError:  # closed before this call began: nothing ran
             continue
+        finally:
+            if _Cache.entries.get(key) is not entry:  # evicted meanwhile, or as soon as it was made
+                entry.layer.close()
     return _run_once(make, run)
 
 
