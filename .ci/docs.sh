@@ -23,7 +23,13 @@ echo "docs: built without warnings into $out"
 modules=(bnns_py.shape bnns_py.enums bnns_py.filter_parameters bnns_py.compare bnns_py.reference
          bnns_py.errors bnns_py.geometry bnns_py.functional bnns_py.modules
          bnns_py.activation bnns_py.descriptor bnns_py.layer bnns_py.convolution bnns_py.fully_connected
-         bnns_py.legacy bnns_py.backend)
+         bnns_py.legacy bnns_py.backend bnns_py.cli)
+# bnns_py.interop's examples convert torch modules: they run where PyTorch is installed.
+if "$python" -c "import torch" >/dev/null 2>&1; then
+  modules+=(bnns_py.interop)
+else
+  echo "docs: PyTorch is not installed, so bnns_py.interop's examples do not run"
+fi
 # Pages whose examples are written as doctests (>>> prompts).
 pages=("$repo"/docs/tutorial.md "$repo"/docs/guides/*.md)
 scratch=$(mktemp -d)

@@ -11,26 +11,32 @@ import platform
 import re
 import subprocess
 import sys
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
 from . import __version__, reference
+from ._arrays import Array
 from .activation import ActivationFunction as AF
-from .backend import backend_info, default_backend_name, get_backend, layer_api_notice
+from .backend import Backend, backend_info, default_backend_name, get_backend, layer_api_notice
 from .errors import BNNSError, LibraryNotFoundError
+from .modules import Conv2d, ConvTranspose2d, Linear
 
 BACKEND_NAMES = ("accelerate", "portable")
+Row = Dict[str, Any]  # one compared case of verify: case, against, errors, tolerance, pass, error
+Case = Tuple[str, str, Dict[str, Any]]  # (name, bnns_py function, its keyword arguments)
 
 
 class UsageError(Exception):
     """A mistake in how the command was called or set up: reported in one line, exit status 2."""
 
 
-def _one_line(error):
+def _one_line(error: BaseException) -> str:
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
 
 
-def _load_backend(name):
+def _load_backend(name: Optional[str]) -> Backend:
     """The backend ``name`` (None: the default), or ``UsageError`` saying why it cannot be used."""
     try:
         return get_backend(default_backend_name() if name is None else name)
@@ -40,7 +46,7 @@ def _load_backend(name):
         raise UsageError(_one_line(error)) from None
 
 
-def _gist(why):
+def _gist(why: str) -> str:
     """The useful end of a loader's message: a missing symbol's name, or the system's reason."""
     symbol = re.search(r"function/symbol '(\w+)' not found", why)
     if symbol:
@@ -48,7 +54,7 @@ def _gist(why):
     return why.split("  Additionally")[0].rsplit(": ", 1)[-1].rstrip(".")
 
 
-def _library_error_line(error):
+def _library_error_line(error: LibraryNotFoundError) -> str:
     """``LibraryNotFoundError`` in one line: each path tried with the gist of why it failed."""
     tried = "; ".join(f"{path} ({_gist(why)})" for path, why in error.attempts)
     system = all(path.startswith("/System/") for path, _ in error.attempts)  # not a BNNS_PY_LIBRARY file
@@ -62,8 +68,25 @@ def _library_error_line(error):
     return f"could not load the {error.backend!r} BNNS backend: {hint}; tried {tried}"
 
 
-def chip_name():
-    """The processor's marketing name ("Apple M2", "AMD EPYC 9R14"), best effort."""
+def chip_name() -> str:
+    """The processor's marketing name, best effort.
+
+    Read from ``sysctl machdep.cpu.brand_string`` on macOS, else from ``/proc/cpuinfo``, else
+    from the ``platform`` module. ``info`` prints it and ``verify --report`` records it.
+
+    Returns
+    -------
+    str
+        E.g. ``"Apple M2"`` or ``"AMD EPYC 9R14"``; the machine type (``"x86_64"``) when nothing
+        better is known.
+
+    Examples
+    --------
+    >>> from bnns_py.cli import chip_name
+    >>> name = chip_name()
+    >>> isinstance(name, str) and name != ""
+    True
+    """
     if sys.platform == "darwin":
         try:
             done = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
@@ -82,7 +105,7 @@ def chip_name():
     return platform.processor() or platform.machine()
 
 
-def _symbol_lines(backend):
+def _symbol_lines(backend: Backend) -> Tuple[List[str], List[str]]:
     status = backend.symbol_status()
     missing = [name for name, found in status.items() if not found]
     lines = [f"{name:44s} {'resolves' if found else 'MISSING'}" for name, found in status.items()]
@@ -92,9 +115,9 @@ def _symbol_lines(backend):
     return lines, missing
 
 
-def _info(args):
+def _info(args: argparse.Namespace) -> int:
     import cffi
-    facts = {"bnns_py": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
+    facts: Dict[str, Any] = {"bnns_py": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
              "cffi": cffi.__version__, "os": platform.platform(), "cpu": chip_name()}
     try:
         backend = _load_backend(args.backend)
@@ -120,15 +143,15 @@ def _info(args):
 
 # ---- verify: cases ------------------------------------------------------------------------------
 
-def _cases():
+def _cases() -> List[Case]:
     """(name, function, kwargs) forward cases covering the feature set, on small shapes."""
     rng = np.random.default_rng(12345)
 
-    def rand(*shape):
+    def rand(*shape: int) -> Array:
         return rng.standard_normal(shape).astype(np.float32)
 
-    cases = []
-    base = dict(x=rand(2, 4, 9, 8), weight=rand(6, 4, 3, 3), bias=rand(6))
+    cases: List[Case] = []
+    base: Dict[str, Any] = dict(x=rand(2, 4, 9, 8), weight=rand(6, 4, 3, 3), bias=rand(6))
     cases.append(("standard", "conv2d", dict(base)))
     cases.append(("strided", "conv2d", dict(base, stride=(2, 3))))
     cases.append(("dilated", "conv2d", dict(base, dilation=2, padding=2)))
@@ -147,7 +170,7 @@ def _cases():
     return cases
 
 
-def _guarded(name, step):
+def _guarded(name: str, step: Callable[[], List[Row]]) -> List[Row]:
     """``step()``'s rows, or one failed row carrying the exception when it raises."""
     try:
         return step()
@@ -156,15 +179,15 @@ def _guarded(name, step):
                  "pass": False, "error": f"{type(error).__name__}: {_one_line(error)}"}]
 
 
-def _forward_rows(backend, other=None):
-    rows = []
+def _forward_rows(backend: str, other: Optional[str] = None) -> List[Row]:
+    rows: List[Row] = []
     for name, function, kwargs in _cases():
         rows += _guarded(name, lambda: _forward_case(name, function, kwargs, backend, other))
     rows += _guarded("legacy_convolution", lambda: [_legacy_row(backend)])
     return rows
 
 
-def _forward_case(name, function, kwargs, backend, other):
+def _forward_case(name: str, function: str, kwargs: Dict[str, Any], backend: str, other: Optional[str]) -> List[Row]:
     import bnns_py
     from .functional import normalize_padding
     expected = getattr(reference, function)(**{k: (normalize_padding(v) if k == "padding" else v)
@@ -179,13 +202,14 @@ def _forward_case(name, function, kwargs, backend, other):
     return rows
 
 
-def _bnns_call(bnns_py, function, kwargs, backend):
+def _bnns_call(bnns_py: ModuleType, function: str, kwargs: Dict[str, Any], backend: str) -> Array:
     """A case's bnns_py call: the reference's ``x`` is the functional API's ``input``."""
     arguments = {("input" if k == "x" else k): v for k, v in kwargs.items()}
-    return getattr(bnns_py, function)(backend=backend, **arguments)
+    result: Array = getattr(bnns_py, function)(backend=backend, **arguments)
+    return result
 
 
-def _torch_forward(function, kwargs):
+def _torch_forward(function: str, kwargs: Dict[str, Any]) -> Optional[Array]:
     """PyTorch's result for a forward case (float64; the fused activation applied by the
     reference), or None without torch."""
     if not _has_torch():
@@ -205,15 +229,14 @@ def _torch_forward(function, kwargs):
         else:  # conv_transpose2d: symmetric padding in these cases
             y = F.conv_transpose2d(t["x"], t["weight"], t.get("bias"), padding=(top, left),
                                    output_padding=kwargs.get("output_padding", 0), **common)
-    activation = kwargs.get("activation")
-    y = y.numpy()
-    if activation is None:
-        return y
-    activation = AF.coerce(activation)
-    return reference.apply_activation(y, activation.function, activation.alpha, activation.beta)
+    values: Array = y.numpy()
+    if kwargs.get("activation") is None:
+        return values
+    activation = AF.coerce(kwargs["activation"])
+    return reference.apply_activation(values, activation.function, activation.alpha, activation.beta)
 
 
-def _legacy_row(backend):
+def _legacy_row(backend: str) -> Row:
     """The deprecated image-stack convolution, on row- and image-padded buffers."""
     from .legacy import ImageStackDescriptor, LegacyConvolutionLayer
     rng = np.random.default_rng(3)
@@ -240,7 +263,7 @@ DTYPE_CASES = (("float16", "float16", "float16", "float16", "float16"),
 _HALF_ULP = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 
 
-def _typed(values, data_type, scale):
+def _typed(values: Array, data_type: str, scale: float) -> Tuple[Array, Array]:
     """(array holding ``values`` in ``data_type``, the float64 values BNNS reads from it)."""
     from .enums import bfloat16_bits_to_float32, float32_to_bfloat16_bits
     if data_type == "bfloat16":
@@ -253,17 +276,17 @@ def _typed(values, data_type, scale):
     return array, array.astype(np.float64)
 
 
-def _dtype_rows(backend):
+def _dtype_rows(backend: str) -> List[Row]:
     """Forward convolution cases in float16, bfloat16 and int8 (``DTYPE_CASES``). A layer the
     backend refuses to create (or bnns-py refuses on this backend) is reported as unsupported,
     not failed."""
-    rows = []
+    rows: List[Row] = []
     for name, in_type, w_type, out_type, bias_type in DTYPE_CASES:
         rows += _guarded(f"dtype_{name}", lambda: [_dtype_row(backend, name, in_type, w_type, out_type, bias_type)])
     return rows
 
 
-def _dtype_row(backend, name, in_type, w_type, out_type, bias_type):
+def _dtype_row(backend: str, name: str, in_type: str, w_type: str, out_type: str, bias_type: str) -> Row:
     from . import ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType, NDArrayDescriptor, Shape
     from .enums import bfloat16_bits_to_float32
     rng = np.random.default_rng(17)
@@ -298,10 +321,9 @@ def _dtype_row(backend, name, in_type, w_type, out_type, bias_type):
     return _row(f"dtype_{name}", actual, expected, "reference", tolerance=(_HALF_ULP[out_type] + 1e-4) * scale)
 
 
-def _backward_rows(backend):
+def _backward_rows(backend: str) -> List[Row]:
     rows = _guarded("backward_fully_connected", lambda: _linear_backward_rows(backend))
     rows += _guarded("backward_accumulate", lambda: _accumulate_rows(backend))
-    from .modules import Conv2d, ConvTranspose2d
     for name, cls, weight_shape, kwargs in (
             ("backward_standard", Conv2d, (6, 4, 3, 3), dict(padding=1, stride=2)),
             ("backward_grouped", Conv2d, (6, 2, 3, 3), dict(groups=2)),
@@ -311,9 +333,9 @@ def _backward_rows(backend):
     return rows
 
 
-def _module_backward_rows(backend, name, cls, weight_shape, kwargs):
+def _module_backward_rows(backend: str, name: str, cls: Union[Type[Conv2d], Type[ConvTranspose2d]],
+                          weight_shape: Tuple[int, int, int, int], kwargs: Dict[str, Any]) -> List[Row]:
     from .functional import normalize_padding
-    from .modules import ConvTranspose2d
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
     weight = rng.standard_normal(weight_shape).astype(np.float32)
@@ -331,7 +353,7 @@ def _module_backward_rows(backend, name, cls, weight_shape, kwargs):
             for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db))]
 
 
-def _accumulate_rows(backend):
+def _accumulate_rows(backend: str) -> List[Row]:
     """apply_backward with BNNSNDArrayFlagBackpropAccumulate: gradients add to what is there."""
     from . import (ConvolutionLayer, ConvolutionType, DataType, FilterParameters, Flags, NDArrayDescriptor,
                    NDArrayFlags, Shape)
@@ -349,18 +371,19 @@ def _accumulate_rows(backend):
         layer.apply(2, x, y)
         dy = rng.standard_normal(y.shape).astype(np.float32)
         start = [rng.standard_normal(a.shape).astype(np.float32) for a in (x, weights, bias)]
-        grads = [NDArrayDescriptor(start[0].copy().reshape(-1), layer.input_descriptor.shape, batch_size=2,
+        accumulated = [a.copy() for a in start]  # BNNS adds the gradients to these, in place
+        grads = [NDArrayDescriptor(accumulated[0].reshape(-1), layer.input_descriptor.shape, batch_size=2,
                                    flags=NDArrayFlags.backprop_accumulate),
-                 NDArrayDescriptor(start[1].copy().reshape(-1), layer.weights.shape, flags=NDArrayFlags.backprop_accumulate),
-                 NDArrayDescriptor(start[2].copy(), layer.bias.shape, flags=NDArrayFlags.backprop_accumulate)]
+                 NDArrayDescriptor(accumulated[1].reshape(-1), layer.weights.shape,
+                                   flags=NDArrayFlags.backprop_accumulate),
+                 NDArrayDescriptor(accumulated[2], Shape.vector(4), flags=NDArrayFlags.backprop_accumulate)]
         layer.apply_backward(2, x, y, dy, *grads)
-    expected = reference.conv2d_backward(x, weights, dy, bias=True)
-    return [_row(f"backward_accumulate_{part}", g.data.reshape(e.shape), e + s0, "reference")
-            for part, g, e, s0 in zip(("dx", "dw", "db"), grads, expected, start)]
+    expected = [e for e in reference.conv2d_backward(x, weights, dy, bias=True) if e is not None]  # all three
+    return [_row(f"backward_accumulate_{part}", a, e + s0, "reference")
+            for part, a, e, s0 in zip(("dx", "dw", "db"), accumulated, expected, start)]
 
 
-def _linear_backward_rows(backend):
-    from .modules import Linear
+def _linear_backward_rows(backend: str) -> List[Row]:
     rng = np.random.default_rng(11)
     x = rng.standard_normal((5, 37)).astype(np.float32)
     weight, bias = rng.standard_normal((19, 37)).astype(np.float32), rng.standard_normal(19).astype(np.float32)
@@ -373,7 +396,7 @@ def _linear_backward_rows(backend):
             for part, actual, expected in (("dx", grads.input, dx), ("dw", grads.weight, dw), ("db", grads.bias, db))]
 
 
-def _row(name, actual, expected, against, tolerance=None):
+def _row(name: str, actual: Any, expected: Any, against: str, tolerance: Optional[float] = None) -> Row:
     """One compared case: errors, tolerance (``1e-4 * max(1, max|expected|)`` unless given) and
     the worst element."""
     from .compare import compare
@@ -392,15 +415,15 @@ def _row(name, actual, expected, against, tolerance=None):
 
 # ---- verify: running and reporting ----------------------------------------------------------------
 
-def _status(row):
+def _status(row: Row) -> str:
     return {True: "pass", False: "FAIL", None: "unsupported"}[row["pass"]]
 
 
-def _number(value):
+def _number(value: Optional[float]) -> str:
     return f"{value:10.2e}" if value is not None else f"{'-':>10s}"
 
 
-def _verify(args):
+def _verify(args: argparse.Namespace) -> int:
     from .probes import run_probes
     backend = _load_backend(args.backend)
     other = args.against
@@ -409,7 +432,10 @@ def _verify(args):
             raise UsageError("--against names the backend under test")
         other = _load_backend(other).name
     out = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
-    say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
     say(f"verifying the {backend.name} backend ({backend.library_path})")
     notice = layer_api_notice(platform.mac_ver()[0])
     if notice:
@@ -419,10 +445,12 @@ def _verify(args):
         say(f"  symbols: all {len(backend.symbol_status())} BNNS functions bnns-py calls resolve")
     for name in missing:
         say(f"  symbol {name} MISSING: the cases that need it fail below")
-    rows = []
-    for label, step in (("forward", lambda: _forward_rows(backend.name, other)),
-                        ("data types", lambda: _dtype_rows(backend.name)),
-                        ("backward", lambda: _backward_rows(backend.name))):
+    rows: List[Row] = []
+    steps: Tuple[Tuple[str, Callable[[], List[Row]]], ...] = (
+        ("forward", lambda: _forward_rows(backend.name, other)),
+        ("data types", lambda: _dtype_rows(backend.name)),
+        ("backward", lambda: _backward_rows(backend.name)))
+    for label, step in steps:
         say(f"  {label} cases ...")
         rows += step()
     say(f"  {'case':34s} {'against':10s} {'max abs':>10s} {'max rel':>10s} {'tolerance':>10s}  result")
@@ -457,7 +485,7 @@ def _verify(args):
     return 1 if failed or missing else 0
 
 
-def _write(path, text):
+def _write(path: str, text: str) -> None:
     try:
         with open(path, "w") as handle:
             handle.write(text)
@@ -465,7 +493,7 @@ def _write(path, text):
         raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _system_facts(backend):
+def _system_facts(backend: Backend) -> Dict[str, Any]:
     import cffi
     return {"macos_version": platform.mac_ver()[0] or None, "os": platform.platform(), "chip": chip_name(),
             "machine": platform.machine(), "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
@@ -473,12 +501,48 @@ def _system_facts(backend):
             "backend": backend.name, "library": backend.library_path}
 
 
-def _cell(value):
+def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def report_markdown(result):
-    """The Markdown report of a ``verify`` run (``result`` as written by ``verify --json``)."""
+def report_markdown(result: Mapping[str, Any]) -> str:
+    """The Markdown report of a ``verify`` run, as ``verify --report FILE.md`` writes it.
+
+    Parameters
+    ----------
+    result : mapping
+        A ``verify`` run as ``verify --json`` writes it: ``system`` (the facts of
+        ``_system_facts``), ``summary``, ``symbols`` (name -> resolves), ``probes`` (each a
+        ``ProbeResult`` as a dict) and ``cases`` (rows with ``case``, ``against``,
+        ``max_abs_error``, ``max_rel_error``, ``tolerance``, ``pass`` and, when not passed,
+        ``error``).
+
+    Returns
+    -------
+    str
+        The report: the system, missing symbols, the conformance probes, the failed cases and a
+        table of every case.
+
+    Raises
+    ------
+    KeyError
+        ``result`` lacks one of the keys above.
+
+    Examples
+    --------
+    >>> from bnns_py.cli import report_markdown
+    >>> system = {"macos_version": None, "chip": "AMD EPYC", "machine": "x86_64", "os": "Linux",
+    ...           "python": "CPython 3.11.7", "bnns_py": "0.1.0", "numpy": "2.1.0", "cffi": "1.17.1",
+    ...           "backend": "portable", "library": "/site-packages/_bnns_portable.so"}
+    >>> case = {"case": "standard", "against": "reference", "max_abs_error": 1e-6,
+    ...         "max_rel_error": 2e-7, "tolerance": 1e-4, "pass": True}
+    >>> text = report_markdown({"system": system, "summary": "1 passed, 0 failed", "probes": [],
+    ...                         "symbols": {"BNNSFilterApplyBatch": True}, "cases": [case]})
+    >>> print(text.splitlines()[0])
+    # bnns-py verify report
+    >>> print(text.splitlines()[-1])
+    | `standard` | reference | 1.00e-06 | 2.00e-07 | 1.00e-04 | pass |
+    """
     system = result["system"]
     lines = ["# bnns-py verify report", "",
              "Made by `python -m bnns_py verify --report`. To report it, open an issue titled "
@@ -523,7 +587,7 @@ def report_markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def _bench(args):
+def _bench(args: argparse.Namespace) -> int:
     from . import bench
     cases = bench.full_cases() if args.all else bench.quick_cases()
     timing = dict(samples=5, target=0.03) if not args.all else {}
@@ -542,11 +606,11 @@ def _bench(args):
     return 0
 
 
-def _has_torch():
+def _has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnns-py", description="bnns-py: BNNS convolution from numpy")
     parser.add_argument("--version", action="version", version=f"bnns-py {__version__}")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default=None,
@@ -564,10 +628,45 @@ def _parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line: ``bnns-py`` and ``python -m bnns_py``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name (default: ``sys.argv[1:]``): ``[--backend NAME]
+        info | verify [--against NAME] [--json FILE] [--report FILE.md] | bench [--all]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 when everything passed; 1 when ``info`` finds missing symbols or
+        ``verify`` failed cases (or, on the portable backend, probes that differ from the
+        documented decisions); 2 for a user error (reported in one line on stderr); 141 when the
+        reader of stdout went away.
+
+    Raises
+    ------
+    SystemExit
+        From argparse: ``--help``, ``--version``, or arguments it cannot parse (status 2).
+
+    Examples
+    --------
+    >>> from bnns_py.cli import main
+    >>> status = main(["info"])  # doctest: +ELLIPSIS
+    bnns_py              ...
+    python               ...
+    ...
+    symbols
+      BNNSFilterCreateLayerConvolution             resolves
+    ...
+    >>> status
+    0
+    """
     args = _parser().parse_args(argv)
+    commands: Dict[str, Callable[[argparse.Namespace], int]] = {"info": _info, "verify": _verify, "bench": _bench}
     try:
-        return {"info": _info, "verify": _verify, "bench": _bench}[args.command](args)
+        return commands[args.command](args)
     except UsageError as error:
         print(f"bnns-py: error: {error}", file=sys.stderr)
         return 2

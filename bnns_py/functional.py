@@ -37,7 +37,7 @@ import atexit
 import itertools
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,7 @@ from .activation import ActivationFunction
 from .backend import Backend, get_backend
 from .convolution import ConvolutionLayer, ConvolutionPadding, ConvolutionType
 from .descriptor import NDArrayDescriptor
+from .errors import LayerClosedError
 from .enums import DataType, Flags
 from .filter_parameters import FilterParameters
 from .fully_connected import FullyConnectedLayer
@@ -274,16 +275,9 @@ def pointer(array: Array) -> Any:
 
 def run_filter(layer: Any, batch: int, x: Array, in_stride: int, out: Array, out_stride: int) -> None:
     """``BNNSFilterApplyBatch`` on ``layer``'s filter, reading ``x`` and writing ``out`` (checked
-    by the caller: their layouts are the ones the filter was made for)."""
-    handle = layer.bnns_filter
-    function = layer.backend.lib.BNNSFilterApplyBatch
-    lock = layer._call_lock
-    x_ptr, out_ptr = pointer(x), pointer(out)
-    if lock is None:
-        status = function(handle, batch, x_ptr, in_stride, out_ptr, out_stride)
-    else:
-        with lock:
-            status = function(handle, batch, x_ptr, in_stride, out_ptr, out_stride)
+    by the caller: their layouts are the ones the filter was made for), counted in flight."""
+    status = layer._call(layer.backend.lib.BNNSFilterApplyBatch, batch, pointer(x), in_stride, pointer(out),
+                         out_stride)
     if status != 0:
         layer._fail("BNNSFilterApplyBatch")
 
@@ -300,8 +294,8 @@ class _ConvFilter:
     image strides).
     """
 
-    __slots__ = ("layer", "handle", "function", "weight", "bias", "bnns_weight", "groups", "out_shape",
-                 "batch", "in_stride", "out_stride", "copy_x", "x_view", "out_view", "copy_out", "lock", "last",
+    __slots__ = ("layer", "function", "weight", "bias", "bnns_weight", "groups", "out_shape", "batch",
+                 "in_stride", "out_stride", "copy_x", "x_view", "out_view", "copy_out", "calls", "lock", "last",
                  "tick", "fast_keys", "__weakref__")
 
     def __init__(self, spec: ConvSpec, prepared: ImageInput, output: ImageOutput, weight: Array,
@@ -313,7 +307,6 @@ class _ConvFilter:
         self.layer = spec.make_layer(height, width, weight if self.bnns_weight is None else self.bnns_weight,
                                      bias, backend, input_strides=prepared.layout.strides,
                                      output_strides=output.layout.strides, weight_strides=strides)
-        self.handle = self.layer.bnns_filter
         self.function = self.layer.backend.lib.BNNSFilterApplyBatch
         self.weight, self.bias, self.groups = weight, bias, spec.groups
         expected = (batch, spec.out_channels) + spec.output_hw(height, width)
@@ -323,7 +316,7 @@ class _ConvFilter:
         self.x_view = not x4.flags.c_contiguous  # a strided view: no buffer export, pass its address
         self.out_view = output.array is not None and not output.copied and not output.array.flags.c_contiguous
         self.copy_out = output.copied
-        self.lock = self.layer._call_lock
+        self.calls, self.lock = self.layer._calls, self.layer._call_lock
         self.last = (_NOTHING, _NOTHING, None, None)
         self.tick = 0
         self.fast_keys: List[Any] = []
@@ -335,37 +328,51 @@ class _ConvFilter:
         (x, out) pair read in place and their C pointers are remembered (strong references, until
         another pair is used): the same arrays again skip the pointer lookups and the overlap check.
         """
-        self.tick = _next_tick()
-        last = self.last
-        target: Any = out
-        if out is None:
-            if x is last[0] and last[1] is None:
-                x_ptr = last[2]
+        # Counted in flight from here, as Layer._call counts (inline: this path is the hot one): a
+        # filter evicted and closed from now on is destroyed when this call returns; one closed
+        # since the caller found it raises LayerClosedError, and nothing has run.
+        layer = self.layer
+        calls = self.calls
+        calls.append(None)
+        try:
+            handle = layer._handle
+            if handle is None:
+                raise LayerClosedError(type(layer).__name__)
+            self.tick = _next_tick()
+            last = self.last
+            target: Any = out
+            if out is None:
+                if x is last[0] and last[1] is None:
+                    x_ptr = last[2]
+                else:
+                    x, x_ptr, _ = self._pointers(x, None, x_is_copy)
+                target = np.empty(self.out_shape, FLOAT32)
+                out_ptr = _from_buffer(target)
+            elif self.copy_out:  # the backend writes packed images only: fill ``out`` afterwards
+                if not out.flags.writeable:
+                    raise ValueError("out is read-only but BNNS writes into it")
+                x, x_ptr, _ = self._pointers(x, out, x_is_copy)
+                target = np.empty(self.out_shape, FLOAT32)
+                out_ptr = _from_buffer(target)
             else:
-                x, x_ptr, _ = self._pointers(x, None, x_is_copy)
-            target = np.empty(self.out_shape, FLOAT32)
-            out_ptr = _from_buffer(target)
-        elif self.copy_out:  # the backend writes packed images only: fill ``out`` afterwards
-            if not out.flags.writeable:
-                raise ValueError("out is read-only but BNNS writes into it")
-            x, x_ptr, _ = self._pointers(x, out, x_is_copy)
-            target = np.empty(self.out_shape, FLOAT32)
-            out_ptr = _from_buffer(target)
-        else:
-            if not out.flags.writeable:
-                raise ValueError("out is read-only but BNNS writes into it")
-            if x is last[0] and out is last[1]:
-                x_ptr, out_ptr = last[2], last[3]
+                if not out.flags.writeable:
+                    raise ValueError("out is read-only but BNNS writes into it")
+                if x is last[0] and out is last[1]:
+                    x_ptr, out_ptr = last[2], last[3]
+                else:
+                    x, x_ptr, out_ptr = self._pointers(x, out, x_is_copy)
+            if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
+                np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
+            lock = self.lock
+            if lock is None:
+                status = self.function(handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
             else:
-                x, x_ptr, out_ptr = self._pointers(x, out, x_is_copy)
-        if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
-            np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
-        lock = self.lock
-        if lock is None:
-            status = self.function(self.handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
-        else:
-            with lock:
-                status = self.function(self.handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
+                with lock:
+                    status = self.function(handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
+        finally:
+            calls.pop()
+            if layer._handle is None:
+                layer._destroy_when_idle()
         if status != 0:
             self.layer._fail("BNNSFilterApplyBatch")
         if out is not None and target is not out:
@@ -431,6 +438,7 @@ class _Cache:
     FAST_KEYS_PER_FILTER = 8
 
 
+_Filter = TypeVar("_Filter", _ConvFilter, _LinearFilter)
 _next_tick = _Cache.ticks.__next__
 _fast_get = _Cache.fast.get  # the dict is only ever cleared in place
 _from_buffer = ffi.from_buffer
@@ -482,7 +490,7 @@ def set_cache_size(size: int) -> None:
     with _Cache.lock:
         _Cache.size = int(size)
         dropped = _evict_locked()
-    del dropped  # destroyed here, outside the lock
+    _close(dropped)
 
 
 def clear_cache() -> None:
@@ -508,7 +516,7 @@ def clear_cache() -> None:
         dropped = list(_Cache.entries.values())
         _Cache.entries.clear()
         _Cache.fast.clear()
-    del dropped
+    _close(dropped)
 
 
 def cached_filter_count() -> int:
@@ -532,11 +540,15 @@ def cached_filter_count() -> int:
 atexit.register(clear_cache)
 
 
-def _evict_locked() -> List[Any]:
-    """Remove least recently used entries beyond ``_Cache.size``; returns them (to drop unlocked).
+def _close(entries: Sequence[Union[_ConvFilter, _LinearFilter]]) -> None:
+    """Close the filters of entries removed from the cache (outside its lock): each is destroyed
+    now, or by the call running it on another thread when that call returns."""
+    for entry in entries:
+        entry.layer.close()
 
-    A filter is destroyed when its last reference goes: a call running it on another thread
-    holds one until it returns."""
+
+def _evict_locked() -> List[Any]:
+    """Remove least recently used entries beyond ``_Cache.size``; returns them (to close unlocked)."""
     dropped = []
     entries = _Cache.entries
     while len(entries) > _Cache.size:
@@ -557,11 +569,14 @@ def _cached(key: Any, fast_key: Any, make: Callable[[], Union[_ConvFilter, _Line
         made = make()
         with _Cache.lock:
             entry = _Cache.entries.get(key)
-            if entry is None:  # else another thread made one first: ours is dropped
+            if entry is None:
                 entry = made
                 entry.tick = _next_tick()
                 _Cache.entries[key] = entry
-                dropped = _evict_locked()
+                # one evicted as soon as made (a cache of size 0 now) is left to the caller to close
+                dropped = [evicted for evicted in _evict_locked() if evicted is not entry]
+            else:  # another thread made one first: ours is dropped
+                dropped = [made]
     if fast_key is not None and entry.weight is fast_key[1][0] and entry.bias is fast_key[1][1]:
         with _Cache.lock:
             if _Cache.entries.get(key) is entry:
@@ -571,8 +586,33 @@ def _cached(key: Any, fast_key: Any, make: Callable[[], Union[_ConvFilter, _Line
                     old = entry.fast_keys.pop(0)
                     if _Cache.fast.get(old) is entry:
                         del _Cache.fast[old]
-    del dropped
+    _close(dropped)
     return entry
+
+
+def _run_cached(key: Any, fast_key: Any, make: Callable[[], _Filter], run: Callable[[_Filter], Array]) -> Array:
+    """``run(filter)`` on the cached filter for ``key`` (see ``_cached``), closed afterwards if it
+    is no longer cached. Another thread may evict and close that filter before ``run`` starts: it
+    then runs on a new one (on a filter of its own once the cache is turned off)."""
+    while _Cache.size:
+        entry = _cached(key, fast_key, make)
+        try:
+            return run(entry)
+        except LayerClosedError:  # closed before this call began: nothing ran
+            continue
+        finally:
+            if _Cache.entries.get(key) is not entry:  # evicted meanwhile, or as soon as it was made
+                entry.layer.close()
+    return _run_once(make, run)
+
+
+def _run_once(make: Callable[[], _Filter], run: Callable[[_Filter], Array]) -> Array:
+    """``run(filter)`` on a new filter, destroyed afterwards."""
+    entry = make()
+    try:
+        return run(entry)
+    finally:
+        entry.layer.close()
 
 
 def _plain_arguments(*values: object) -> bool:
@@ -608,7 +648,10 @@ def _run(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPair, padd
         fast_key = entry = None
     if (entry is not None and entry.weight is weight and entry.bias is bias and type(x) is np.ndarray
             and (out is None or type(out) is np.ndarray)):
-        return entry.run(x, out)
+        try:
+            return entry.run(x, out)
+        except LayerClosedError:  # evicted and closed by another thread since the look-up
+            pass
     return _run_checked(transposed, x, weight, bias, stride, padding, dilation, groups, activation,
                         backend, out, output_padding, fast_key)
 
@@ -630,13 +673,18 @@ def _run_checked(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPa
     expected = (batch, spec.out_channels) + spec.output_hw(height, width)
     output = image_output(out, expected, prepared.single, prepared.array, honour)
 
+    x4, out4 = prepared.array, output.array
+    x_run = x4[0] if prepared.single else x4
+    result_out = None if out4 is None else (out4[0] if prepared.single else out4)
+
     def make() -> _ConvFilter:
         return _ConvFilter(spec, prepared, output, weight, bias, backend)
 
-    x4, out4 = prepared.array, output.array
-    result_out = None if out4 is None else (out4[0] if prepared.single else out4)
+    def run(entry: _ConvFilter) -> Array:
+        return entry.run(x_run, result_out, prepared.copied)
+
     # Cache only filters reading the caller's own memory (no converted copy that could go stale).
-    if _Cache.size and weight_in_place and bias_in_place:
+    if weight_in_place and bias_in_place:
         key = ("conv", spec, backend.name, x4.shape, prepared.layout, prepared.copied, not x4.flags.c_contiguous,
                output.layout, output.copied, out4 is not None and not out4.flags.c_contiguous, prepared.single,
                data_address(weight), weight.shape, weight.strides,
@@ -645,14 +693,9 @@ def _run_checked(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPa
             fast_key = (fast_key, (given_weight, given_bias))
         else:
             fast_key = None
-        entry = _cached(key, fast_key, make)
-        result = entry.run(x4[0] if prepared.single else x4, result_out, prepared.copied)
+        result = _run_cached(key, fast_key, make, run)
     else:
-        entry = make()
-        try:
-            result = entry.run(x4[0] if prepared.single else x4, result_out, prepared.copied)
-        finally:
-            entry.layer.close()
+        result = _run_once(make, run)
     return result if out is None else written(out)
 
 
@@ -850,16 +893,19 @@ def linear(input: Any, weight: Any, bias: Any = None, *, activation: ActivationL
     rows = vector_input("input", input, weight.shape[1])
     output = vector_output(out, (rows.array.shape[0], weight.shape[0]), rows.single, rows.array)
     backend = get_backend(backend)
-    if _Cache.size and in_place:
+
+    def make() -> _LinearFilter:
+        return _LinearFilter(weight, bias, activation, backend)
+
+    def run(entry: _LinearFilter) -> Array:
+        return entry.run(rows, output)
+
+    if in_place:
         key = ("linear", backend.name, activation, data_address(weight), weight.shape,
                None if bias is None else data_address(bias))
-        result = _cached(key, None, lambda: _LinearFilter(weight, bias, activation, backend)).run(rows, output)
+        result = _run_cached(key, None, make, run)
     else:
-        entry = _LinearFilter(weight, bias, activation, backend)
-        try:
-            result = entry.run(rows, output)
-        finally:
-            entry.layer.close()
+        result = _run_once(make, run)
     if out is not None:
         return written(out)
     return result[0] if rows.single else result

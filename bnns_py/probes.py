@@ -7,12 +7,14 @@ confirms the implementation follows the decision recorded in the table. A probe 
 (a missing symbol, say) is reported as such and the others still run.
 """
 from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import reference
+from ._arrays import Array
 from ._ffi import ffi
-from .backend import get_backend
+from .backend import Backend, get_backend
 
 FLOAT32, IMAGE_CHW, OIHW, VECTOR = 0x10020, 0x30000, 0x40000, 0x10000
 
@@ -25,10 +27,17 @@ class ProbeResult:
     created: bool = False
     observed: str = ""          # which interpretation matched, or why not
     agrees: bool = False        # does the backend behave as decided?
-    details: dict = field(default_factory=dict)
+    details: Dict[str, float] = field(default_factory=dict)
 
 
-def _params(in_whc, out_whc, weights, bias=None, **fields):
+# What a probe's filter run gives: the output, None when the filter was not created, or why apply failed.
+RunResult = Union[Array, str, None]
+Size3 = Tuple[int, int, int]
+
+
+def _params(in_whc: Size3, out_whc: Size3, weights: Array, bias: Optional[Array] = None, **fields: Any) -> Any:
+    """A ``BNNSLayerParametersConvolution *`` for float32 CHW images and OIHW weights (``fields``:
+    other members to set)."""
     params = ffi.new("BNNSLayerParametersConvolution *")
     for desc, (w, h, c) in ((params.i_desc, in_whc), (params.o_desc, out_whc)):
         desc.layout, desc.data_type = IMAGE_CHW, FLOAT32
@@ -46,7 +55,8 @@ def _params(in_whc, out_whc, weights, bias=None, **fields):
     return params
 
 
-def _run(backend, params, x, out_shape, transposed=False, flags=0, batch_strides=None):
+def _run(backend: Backend, params: Any, x: Array, out_shape: Tuple[int, ...], transposed: bool = False,
+         flags: int = 0, batch_strides: Optional[Tuple[int, int]] = None) -> RunResult:
     lib = backend.lib
     filter_params = ffi.new("BNNSFilterParameters *", {"flags": flags})
     create = lib.BNNSFilterCreateLayerTransposedConvolution if transposed else lib.BNNSFilterCreateLayerConvolution
@@ -63,7 +73,7 @@ def _run(backend, params, x, out_shape, transposed=False, flags=0, batch_strides
         lib.BNNSFilterDestroy(handle)
 
 
-def _match(result, candidates):
+def _match(result: RunResult, candidates: Mapping[str, Optional[Array]]) -> str:
     """Name of the first candidate the result equals (to float32 tolerance), else a summary."""
     if result is None:
         return "create returned NULL"
@@ -75,18 +85,20 @@ def _match(result, candidates):
     return "matches none of: " + ", ".join(candidates)
 
 
-def _probe(name, question, decision, result, candidates, expected_name):
+def _probe(name: str, question: str, decision: str, result: RunResult, candidates: Mapping[str, Optional[Array]],
+           expected_name: str) -> ProbeResult:
     observed = _match(result, candidates)
     return ProbeResult(name, question, decision, created=result is not None, observed=observed,
                        agrees=observed == expected_name)
 
 
-def run_probes(backend=None, seed=0):
+def run_probes(backend: Union[str, Backend, None] = None, seed: int = 0) -> List[ProbeResult]:
     """Run every probe on ``backend`` and return a list of ``ProbeResult``."""
     backend = get_backend(backend)
     rng = np.random.default_rng(seed)
-    results = []
+    results: List[ProbeResult] = []
     for probe in PROBES:
+        outcome: Union[ProbeResult, List[ProbeResult]]
         try:
             outcome = probe(backend, rng)
         except Exception as error:  # noqa: BLE001 - a probe's failure is its result
@@ -96,11 +108,11 @@ def run_probes(backend=None, seed=0):
     return results
 
 
-def _rand(rng, *shape):
+def _rand(rng: np.random.Generator, *shape: int) -> Array:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def _output_size_probe(backend, rng):
+def _output_size_probe(backend: Backend, rng: np.random.Generator) -> ProbeResult:
     x, w = _rand(rng, 2, 2, 7, 7), _rand(rng, 3, 2, 3, 3)
     return _probe(
         "output_smaller_than_max", "Is an output smaller than the largest that fits accepted (macOS 14 rule)?",
@@ -109,7 +121,7 @@ def _output_size_probe(backend, rng):
         {"top-left crop": reference.conv2d(x, w)[:, :, :3, :4]}, "top-left crop")
 
 
-def _groups_probes(backend, rng):
+def _groups_probes(backend: Backend, rng: np.random.Generator) -> List[ProbeResult]:
     results = []
     for groups, in_c, out_c in ((2, 4, 6), (4, 4, 4), (4, 4, 8)):
         xg, wg, bg = _rand(rng, 2, in_c, 6, 6), _rand(rng, out_c, in_c // groups, 3, 3), _rand(rng, out_c)
@@ -122,7 +134,7 @@ def _groups_probes(backend, rng):
     return results
 
 
-def _field_probes(backend, rng):
+def _field_probes(backend: Backend, rng: np.random.Generator) -> List[ProbeResult]:
     """bias.data NULL, zero stride/dilation/groups, batch stride 0, unknown flags, padding precedence."""
     x, w = _rand(rng, 2, 2, 7, 7), _rand(rng, 3, 2, 3, 3)
     full = reference.conv2d(x, w)
@@ -149,7 +161,7 @@ def _field_probes(backend, rng):
     ]
 
 
-def _transposed_probes(backend, rng):
+def _transposed_probes(backend: Backend, rng: np.random.Generator) -> List[ProbeResult]:
     # Transposed convolution: weights [out][in][kH][kW] in an OIHW descriptor {kW, kH, in, out}.
     xt = _rand(rng, 2, 3, 4, 5)
     bnns_w = _rand(rng, 2, 3, 2, 3)                # out=2, in=3, kH=2, kW=3
@@ -198,7 +210,7 @@ def _transposed_probes(backend, rng):
 FLOAT16 = 0x10010
 
 
-def _float16_accumulation_probe(backend, rng):
+def _float16_accumulation_probe(backend: Backend, rng: np.random.Generator) -> ProbeResult:
     """Float16 input, weights and output: are the products summed in float32 and rounded once?
 
     576 terms per output; a float16 accumulator would drift by many float16 ulps, one rounding of a
@@ -235,7 +247,7 @@ def _float16_accumulation_probe(backend, rng):
                        agrees=observed == decision, details={"worst_ulps": worst})
 
 
-def _image_strides_probe(backend, rng):
+def _image_strides_probe(backend: Backend, rng: np.random.Generator) -> ProbeResult:
     """Input and output image descriptors with padded rows and channel strides (and batch strides
     beyond the last channel): does BNNS read and write through them?"""
     n, c, h, w, o = 2, 3, 5, 6, 4
@@ -278,7 +290,8 @@ def _image_strides_probe(backend, rng):
                        agrees=observed == "strides followed")
 
 
-def _backward_without_client_ptr_probes(backend, rng, flags=0):
+def _backward_without_client_ptr_probes(backend: Backend, rng: np.random.Generator,
+                                        flags: int = 0) -> List[ProbeResult]:
     """A convolution and a fully-connected filter created without BNNSFlagsUseClientPtr (the
     header says backward needs it): what does BNNSFilterApplyBackwardBatch do? (``flags`` other
     than 0 is for testing the probe itself.)"""
@@ -310,21 +323,25 @@ def _backward_without_client_ptr_probes(backend, rng, flags=0):
     return results
 
 
-def _descriptor(layout, size):
+def _descriptor(layout: int, size: Sequence[int]) -> Any:
+    """A new float32 ``BNNSNDArrayDescriptor *`` of ``layout`` and ``size``, without data."""
     desc = ffi.new("BNNSNDArrayDescriptor *")
     desc.layout, desc.data_type = layout, FLOAT32
     desc.size[0:len(size)] = list(size)
     return desc
 
 
-def _backward_probe(backend, kind, create, params, x, dy, descriptors, expected, question, decision, flags):
+def _backward_probe(backend: Backend, kind: str, create: Callable[[Any, Any], Any], params: Any, x: Array, dy: Array,
+                    descriptors: Sequence[Any], expected: reference.Gradients3, question: str, decision: str,
+                    flags: int) -> ProbeResult:
     name = f"backward_without_client_ptr_{kind}"
     lib = backend.lib
     handle = create(params, ffi.new("BNNSFilterParameters *", {"flags": flags}))  # 0: weights copied
     if handle == ffi.NULL:
         return ProbeResult(name, question, decision, observed="create returned NULL")
     in_delta, out_delta, weights_delta, bias_delta = descriptors
-    gradients = [np.zeros(e.shape, np.float32) for e in expected]   # set mode (flags 0) into zeros
+    wanted = [e for e in expected if e is not None]  # all three: the probes ask for the bias gradient
+    gradients = [np.zeros(e.shape, np.float32) for e in wanted]   # set mode (flags 0) into zeros
     for desc, array in zip((in_delta, weights_delta, bias_delta), gradients):
         desc.data = ffi.from_buffer(array)
     out_delta.data = ffi.from_buffer(dy)
@@ -341,10 +358,10 @@ def _backward_probe(backend, kind, create, params, x, dy, descriptors, expected,
         lib.BNNSFilterDestroy(handle)
     if status != 0:
         observed = "backward returned -1"
-    elif all(np.allclose(g, e, rtol=1e-4, atol=1e-4) for g, e in zip(gradients, expected)):
+    elif all(np.allclose(g, e, rtol=1e-4, atol=1e-4) for g, e in zip(gradients, wanted)):
         observed = decision
     else:
-        wrong = [part for part, g, e in zip(("dx", "dW", "db"), gradients, expected)
+        wrong = [part for part, g, e in zip(("dx", "dW", "db"), gradients, wanted)
                  if not np.allclose(g, e, rtol=1e-4, atol=1e-4)]
         observed = "returns 0, but " + ", ".join(wrong) + " differ from the reference"
     return ProbeResult(name, question, decision, created=True, observed=observed, agrees=observed == decision)
@@ -352,5 +369,6 @@ def _backward_probe(backend, kind, create, params, x, dy, descriptors, expected,
 
 ROW_MAJOR_MATRIX = 0x20000
 
-PROBES = (_output_size_probe, _field_probes, _groups_probes, _transposed_probes, _float16_accumulation_probe,
+Probe = Callable[[Backend, np.random.Generator], Union[ProbeResult, List[ProbeResult]]]
+PROBES: Tuple[Probe, ...] = (_output_size_probe, _field_probes, _groups_probes, _transposed_probes, _float16_accumulation_probe,
           _image_strides_probe, _backward_without_client_ptr_probes)

@@ -295,14 +295,17 @@ def test_integer_input_is_dequantized(in_type, scale, offset, rng, no_filter_lea
 @pytest.mark.parametrize("client", [False, True], ids=["copied", "client"])
 def test_integer_weights_are_dequantized(client, rng, no_filter_leaks):
     x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
-    weight = rng.standard_normal((3, 2, 3, 3))
+    scale, offset = 0.03, 0.1
+    # weights inside the range the int8 grid covers (offset + scale * [-128, 127]), so that
+    # quantizing them only rounds (an error of at most scale / 2) and never clips
+    weight = rng.uniform(offset - 128 * scale, offset + 127 * scale, (3, 2, 3, 3))
     layer, _, w64, _, out_chw = _layer(F32, I8, F16, F32, (2, 5, 5), weight, None, client=client,
-                                       w_scale=0.03, w_bias=0.1)
+                                       w_scale=scale, w_bias=offset)
     with layer:
         out = np.empty((1,) + out_chw, np.float16)
         layer.apply(1, x, out)
     expected = reference.conv2d(x.astype(np.float64), w64, None, padding=(1, 1, 1, 1))
-    assert np.abs(w64 - weight).max() < 0.2  # the quantized weights approximate the originals
+    assert np.abs(w64 - weight).max() <= scale / 2 * (1 + 1e-9)  # the int8 weights are the originals rounded
     _check(out.astype(np.float64), expected, F16, 18, "int8 weights")
 
 
