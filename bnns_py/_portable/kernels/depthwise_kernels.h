@@ -1,0 +1,53 @@
+/* bnns-py portable backend: the depthwise convolution kernels (one input channel per group), which
+   engines/depthwise.c runs; each computes one output plane of one channel from its input plane.
+
+   - rows in a vector (depthwise_rows.c): 3x3, stride 1, padding 1, rows no wider than a vector,
+     straight from the input plane.
+   - padded plane (depthwise_padded.c): stride 1 or 2, at most BP_DW_MAX_TAPS taps, from a
+     zero-bordered copy of the input plane (stride 2: its even and odd columns in two sub-planes).
+   - general (depthwise_general.c): any geometry, straight from the input plane.
+
+   Outputs start at the bias and end clamped to [lo, hi] in registers (the fused ReLU, ReLU6 and
+   Clamp; -inf, +inf for none). */
+#ifndef BNNS_PORTABLE_DEPTHWISE_KERNELS_H
+#define BNNS_PORTABLE_DEPTHWISE_KERNELS_H
+
+#include "internal.h"
+
+enum { BP_DW_MAX_TAPS = 256 }; /* the padded-plane kernels keep per-tap tables on the stack */
+
+typedef struct {
+    float bias, lo, hi;
+} bp_dw_epilogue;
+
+/* ---- rows in a vector ---- */
+bool bp_dw3x3_rows_in_a_vector(const bp_geom *g, const bp_image *img);
+void bp_dw3x3_vector_rows(const bp_geom *g, const bp_image *img, const float *x, const float *wk,
+                          const bp_dw_epilogue *e, float *out);
+/* The weight gradient of such a layer for one channel: sums[t] += the tap's products, over the batch. */
+void bp_dw3x3_vector_rows_weights(const bp_geom *g, const bp_image *img, const float *x0, size_t x_bs,
+                                  const float *dy0, size_t dy_bs, size_t batch, float sums[9]);
+
+/* ---- padded plane ---- */
+bool bp_dw_padded(const bp_geom *g);
+size_t bp_dw_plane_floats(const bp_geom *g);
+/* Offsets of each tap into the padded plane from the first input of output (0, 0). */
+void bp_dw_plane_offsets(const bp_geom *g, size_t off[BP_DW_MAX_TAPS]);
+/* The interior of the padded plane p from the input plane src (its border: zeroed once by the
+   caller, the same for every channel). */
+void bp_dw_fill_plane(const bp_geom *g, const bp_image *img, const float *src, float *p);
+/* One output plane from the padded plane p. The next plane's source (next_n floats from next; NULL:
+   none) is prefetched meanwhile, so that the memory is busy while this plane is computed. */
+void bp_dw_padded_plane(const bp_geom *g, const float *p, const size_t *off, const float *wo,
+                        const bp_dw_epilogue *e, float *out, const float *next, size_t next_n);
+/* sums[t] += sum over the output of dy * the tap's input, from the padded plane p of one image. */
+void bp_dw_padded_weights(const bp_geom *g, const float *p, const size_t *off, const float *dy, float *sums);
+
+/* ---- general ---- */
+void bp_dw_general_plane(const bp_geom *g, const bp_image *img, const float *plane, const float *wo,
+                         const bp_dw_epilogue *e, float *out);
+/* dw[t] = beta*dw[t] + sum over the batch of dy * the tap's input (bounds checked per row). */
+void bp_dw_general_weights(const bp_geom *g, const bp_image *img, const float *x, size_t x_bs, const float *dy,
+                           size_t dy_bs, size_t batch, float beta, float *dw);
+
+#endif
