@@ -1,5 +1,5 @@
 /* Kernel tester of the depthwise kernels (kernels/depthwise_*.c) through the engine's choice of
-   kernel (bp_depthwise_plane: the 3x3 rows-in-a-vector kernel, the padded-plane kernel at stride 1
+   kernel (bp_depthwise_plane: the 3x3 strips kernel at stride 1 and 2, the padded-plane kernel at stride 1
    and 2, the general kernel and its per-pixel paths): for every vector tier this CPU runs, called
    directly (no filter, no plan but the geometry's), shape classes x 24 trials of random sizes
    (widths that are no multiple of the vector width), kernels, strides, dilations, paddings, image

@@ -36,10 +36,10 @@ size_t bp_depthwise_scratch_floats(const bp_geom *g) {
 
 /* ---- one plane ------------------------------------------------------------------------------ */
 
-typedef enum { DW_VECTOR_ROWS, DW_PADDED, DW_GENERAL } dw_kernel;
+typedef enum { DW_3X3_STRIPS, DW_PADDED, DW_GENERAL } dw_kernel;
 
 static dw_kernel kernel_for(const bp_geom *g, const bp_image *img) {
-    if (bp_dw3x3_rows_in_a_vector(g, img)) return DW_VECTOR_ROWS;
+    if (bp_dw3x3_strips_fit(g, img)) return DW_3X3_STRIPS;
     return bp_dw_padded(g) ? DW_PADDED : DW_GENERAL;
 }
 
@@ -64,7 +64,7 @@ static void worker_start(dw_worker *k, const bp_geom *g, const bp_image *img, fl
 static void run_plane(dw_worker *k, const bp_geom *g, const bp_image *img, const float *src, const float *wo,
                       const bp_dw_epilogue *e, float *out, const float *next, size_t next_n) {
     switch (k->kernel) {
-    case DW_VECTOR_ROWS: bp_dw3x3_vector_rows(g, img, src, wo, e, out); break;
+    case DW_3X3_STRIPS: bp_dw3x3_strips(g, img, src, wo, e, out); break;
     case DW_PADDED:
         if (k->filled != src) {
             bp_dw_fill_plane(g, img, src, k->plane);
@@ -188,8 +188,8 @@ static void weights_tasks(void *arg, int worker, int workers) {
             bp_dw_general_weights(g, j->x_img, x, j->x_bs, dy, j->dy_bs, j->batch, j->beta, dst);
             continue;
         }
-        if (k.kernel == DW_VECTOR_ROWS)
-            bp_dw3x3_vector_rows_weights(g, j->x_img, x, j->x_bs, dy, j->dy_bs, j->batch, sums);
+        if (k.kernel == DW_3X3_STRIPS)
+            bp_dw3x3_strips_weights(g, j->x_img, x, j->x_bs, dy, j->dy_bs, j->batch, sums);
         else
             for (size_t b = 0; b < j->batch; b++) {
                 bp_dw_fill_plane(g, j->x_img, x + b * j->x_bs, k.plane);

@@ -1,8 +1,8 @@
 /* bnns-py portable backend: the depthwise convolution kernels (one input channel per group), which
    engines/depthwise.c runs; each computes one output plane of one channel from its input plane.
 
-   - rows in a vector (depthwise_rows.c): 3x3, stride 1, padding 1, rows no wider than a vector,
-     straight from the input plane.
+   - 3x3 strips (depthwise_3x3.c): 3x3, stride 1 or 2, padding at most 1 at the top and left,
+     straight from the input plane, a vector of output columns at a time.
    - padded plane (depthwise_padded.c): stride 1 or 2, at most BP_DW_MAX_TAPS taps, from a
      zero-bordered copy of the input plane (stride 2: its even and odd columns in two sub-planes).
    - general (depthwise_general.c): any geometry, straight from the input plane.
@@ -20,12 +20,12 @@ typedef struct {
     float bias, lo, hi;
 } bp_dw_epilogue;
 
-/* ---- rows in a vector ---- */
-bool bp_dw3x3_rows_in_a_vector(const bp_geom *g, const bp_image *img);
-void bp_dw3x3_vector_rows(const bp_geom *g, const bp_image *img, const float *x, const float *wk,
+/* ---- 3x3 strips ---- */
+bool bp_dw3x3_strips_fit(const bp_geom *g, const bp_image *img);
+void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, const float *wk,
                           const bp_dw_epilogue *e, float *out);
 /* The weight gradient of such a layer for one channel: sums[t] += the tap's products, over the batch. */
-void bp_dw3x3_vector_rows_weights(const bp_geom *g, const bp_image *img, const float *x0, size_t x_bs,
+void bp_dw3x3_strips_weights(const bp_geom *g, const bp_image *img, const float *x0, size_t x_bs,
                                   const float *dy0, size_t dy_bs, size_t batch, float sums[9]);
 
 /* ---- padded plane ---- */

@@ -40,9 +40,9 @@
 #define bp_depthwise_weight_gradient BP_TIER_SYMBOL(bp_depthwise_weight_gradient)
 #define bp_depthwise_plane BP_TIER_SYMBOL(bp_depthwise_plane)
 /* kernels/depthwise_*.c */
-#define bp_dw3x3_rows_in_a_vector BP_TIER_SYMBOL(bp_dw3x3_rows_in_a_vector)
-#define bp_dw3x3_vector_rows BP_TIER_SYMBOL(bp_dw3x3_vector_rows)
-#define bp_dw3x3_vector_rows_weights BP_TIER_SYMBOL(bp_dw3x3_vector_rows_weights)
+#define bp_dw3x3_strips_fit BP_TIER_SYMBOL(bp_dw3x3_strips_fit)
+#define bp_dw3x3_strips BP_TIER_SYMBOL(bp_dw3x3_strips)
+#define bp_dw3x3_strips_weights BP_TIER_SYMBOL(bp_dw3x3_strips_weights)
 #define bp_dw_padded BP_TIER_SYMBOL(bp_dw_padded)
 #define bp_dw_plane_floats BP_TIER_SYMBOL(bp_dw_plane_floats)
 #define bp_dw_plane_offsets BP_TIER_SYMBOL(bp_dw_plane_offsets)
