@@ -1,7 +1,8 @@
 /* Kernel tester of the depthwise kernels (kernels/depthwise_*.c) through the engine's choice of
-   kernel (bp_depthwise_plane: the 3x3 strips kernel at stride 1 and 2, the padded-plane kernel at stride 1
-   and 2, the general kernel and its per-pixel paths): for every vector tier this CPU runs, called
-   directly (no filter, no plan but the geometry's), shape classes x 24 trials of random sizes
+   kernel and its task loop (bp_depthwise_image, both planes of a two-channel image: the 3x3 strips
+   kernel at stride 1 and 2 and its two-plane form, the padded-plane kernel at stride 1 and 2, the
+   general kernel and its per-pixel paths): for every vector tier this CPU runs, called directly (no
+   filter, no plan but the geometry's), shape classes x 24 trials of random sizes
    (widths that are no multiple of the vector width), kernels, strides, dilations, paddings, image
    strides and activations (the fused clamps and one the engine applies afterwards), against a plain
    C loop. out[oy][ox] = f(bias + sum over (ky, kx) of w[ky][kx] * x(oy*sy + ky*dy - pt, ox*sx + kx*dx - pl)).
@@ -9,16 +10,16 @@
    Exit status: 0 all passed, 1 a mismatch (printed). Build: meson -Dkernel_tests=true. */
 #include "kernel_test.h"
 
-typedef void plane_fn(const bp_geom *g, const bp_image *img, const float *src, const float *wo, float bias,
-                      const BNNSActivation *act, float *out, float *plane);
+typedef void image_fn(const bp_geom *g, const bp_image *img, const float *x, const float *w, const float *bias,
+                      const BNNSActivation *act, float *y, float *scratch);
 
 typedef struct {
-    plane_fn *plane;
+    image_fn *image;
     geom_plan_fn *plan;
 } tier;
-#define DECLARE(t) plane_fn KT_CAT(bp_depthwise_plane, t); geom_plan_fn KT_CAT(bp_geom_plan, t);
+#define DECLARE(t) image_fn KT_CAT(bp_depthwise_image, t); geom_plan_fn KT_CAT(bp_geom_plan, t);
 #define NAME(t) KT_STR(t),
-#define KERNELS(t) {KT_CAT(bp_depthwise_plane, t), KT_CAT(bp_geom_plan, t)},
+#define KERNELS(t) {KT_CAT(bp_depthwise_image, t), KT_CAT(bp_geom_plan, t)},
 KT_TIERS(DECLARE)
 static const char *const tier_names[] = {KT_TIERS(NAME)};
 static const tier tiers[] = {KT_TIERS(KERNELS)};
@@ -95,35 +96,36 @@ static int check(size_t tier_index, int c) {
         bp_geom g;
         bp_image img;
         shape(c, &g, &img);
-        size_t scratch_floats, ohw = g.out_h * g.out_w, taps = g.kh * g.kw;
+        size_t scratch_floats, ohw = g.out_h * g.out_w, taps = g.kh * g.kw, planes = g.out_c;
         if (!t->plan(&g, &scratch_floats)) {
             printf("FAIL %s: bp_geom_plan refused a depthwise geometry\n", name);
             return failures + 1;
         }
-        float *x = malloc(img.extent * sizeof(float)), *w = malloc(taps * sizeof(float));
-        float *out = malloc((ohw + GUARD) * sizeof(float)), *scratch = malloc(scratch_floats * sizeof(float));
+        float *x = malloc(img.extent * sizeof(float)), *w = malloc(planes * taps * sizeof(float)), bias[2];
+        float *out = malloc((planes * ohw + GUARD) * sizeof(float)), *scratch = malloc(scratch_floats * sizeof(float));
         kt_fill(x, img.extent);
-        kt_fill(w, taps);
+        kt_fill(w, planes * taps);
+        kt_fill(bias, planes);
         for (size_t i = 0; i < scratch_floats; i++) scratch[i] = NAN; /* the kernel clears what it reads */
-        for (size_t i = 0; i < ohw + GUARD; i++) out[i] = 1e30f;
-        float bias = kt_uniform();
-        size_t channel = kt_next() % 2;
+        for (size_t i = 0; i < planes * ohw + GUARD; i++) out[i] = 1e30f;
         BNNSActivation act = activation();
-        t->plane(&g, &img, x + channel * img.sc, w, bias, act.function ? &act : NULL, out, scratch);
+        t->image(&g, &img, x, w, bias, act.function ? &act : NULL, out, scratch);
         double worst = 0.0;
-        for (size_t oy = 0; oy < g.out_h; oy++)
-            for (size_t ox = 0; ox < g.out_w; ox++) {
-                double want = bias, size = fabs(bias);
-                for (size_t ky = 0; ky < g.kh; ky++)
-                    for (size_t kx = 0; kx < g.kw; kx++) {
-                        double term = w[ky * g.kw + kx] * kt_pixel(&img, x, channel, oy * g.sy + ky * g.dy,
-                                                                   ox * g.sx + kx * g.dx, g.pt, g.pl);
-                        want += term, size += fabs(term);
-                    }
-                double error = fabs(out[oy * g.out_w + ox] - activate(&act, want)) / (size + 1.0);
-                worst = isnan(error) ? INFINITY : fmax(worst, error);
-            }
-        for (size_t i = ohw; i < ohw + GUARD; i++)
+        for (size_t o = 0; o < planes; o++)
+            for (size_t oy = 0; oy < g.out_h; oy++)
+                for (size_t ox = 0; ox < g.out_w; ox++) {
+                    double want = bias[o], size = fabs(bias[o]);
+                    for (size_t ky = 0; ky < g.kh; ky++)
+                        for (size_t kx = 0; kx < g.kw; kx++) {
+                            double in = kt_pixel(&img, x, o, oy * g.sy + ky * g.dy, ox * g.sx + kx * g.dx, g.pt, g.pl);
+                            double term = w[(o * g.kh + ky) * g.kw + kx] * in;
+                            want += term, size += fabs(term);
+                        }
+                    double got = out[(o * g.out_h + oy) * g.out_w + ox];
+                    double error = fabs(got - activate(&act, want)) / (size + 1.0);
+                    worst = isnan(error) ? INFINITY : fmax(worst, error);
+                }
+        for (size_t i = planes * ohw; i < planes * ohw + GUARD; i++)
             if (out[i] != 1e30f) worst = INFINITY; /* written past the plane */
         if (!(worst <= 1e-5)) {
             printf("FAIL %s depthwise [%s] %zux%zu image (pixel stride %zu, row stride %zu), kernel %zux%zu stride "

@@ -147,10 +147,10 @@ void bp_im2col_block(const bp_geom *g, const bp_image *img, const float *x, size
 /* its adjoint, added into dx for channels [ci0, ci1) (dw_w != NULL: depthwise, col is dy): */
 void bp_col2im_block(const bp_geom *g, const bp_image *img, float *dx, size_t c0, size_t ci0, size_t ci1,
                      const float *col, size_t oy0, size_t oy1, const float *dw_w);
-/* one depthwise output plane plus bias, then act (may be NULL; plane: scratch of bp_geom_plan's
-   size; depthwise.c): */
-void bp_depthwise_plane(const bp_geom *g, const bp_image *img, const float *src, const float *wo, float bias,
-                        const BNNSActivation *act, float *out, float *plane);
+/* every depthwise output plane of an image (y packed) plus its bias, then act (may be NULL;
+   scratch of bp_geom_plan's size; depthwise.c): */
+void bp_depthwise_image(const bp_geom *g, const bp_image *img, const float *x, const float *w, const float *bias,
+                        const BNNSActivation *act, float *y, float *scratch);
 /* the tiny-layer kernel on group 0 of an image, one output plane or two (pairs): */
 void bp_tiny_planes(const bp_geom *g, const bp_image *img, const float *x, float *pad, const float *wo,
                     const float *bias, float *out, bool pairs);

@@ -36,9 +36,11 @@ size_t bp_depthwise_scratch_floats(const bp_geom *g) {
 
 /* ---- one plane ------------------------------------------------------------------------------ */
 
-typedef enum { DW_3X3_STRIPS, DW_PADDED, DW_GENERAL } dw_kernel;
+/* DW_3X3_PAIRS: two planes at once where there are two, else one through the strips */
+typedef enum { DW_3X3_PAIRS, DW_3X3_STRIPS, DW_PADDED, DW_GENERAL } dw_kernel;
 
 static dw_kernel kernel_for(const bp_geom *g, const bp_image *img) {
+    if (bp_dw3x3_pairs_fit(g, img)) return DW_3X3_PAIRS;
     if (bp_dw3x3_strips_fit(g, img)) return DW_3X3_STRIPS;
     return bp_dw_padded(g) ? DW_PADDED : DW_GENERAL;
 }
@@ -64,6 +66,7 @@ static void worker_start(dw_worker *k, const bp_geom *g, const bp_image *img, fl
 static void run_plane(dw_worker *k, const bp_geom *g, const bp_image *img, const float *src, const float *wo,
                       const bp_dw_epilogue *e, float *out, const float *next, size_t next_n) {
     switch (k->kernel) {
+    case DW_3X3_PAIRS:
     case DW_3X3_STRIPS: bp_dw3x3_strips(g, img, src, wo, e, out); break;
     case DW_PADDED:
         if (k->filled != src) {
@@ -114,32 +117,62 @@ typedef struct {
     size_t tasks;       /* images x output channels */
 } planes_job;
 
+/* Task t's plane: its source, weights (flipped into `flipped` when the job says so), output and
+   epilogue (fused: all of it in the kernel). */
+typedef struct {
+    size_t channel;
+    const float *src, *w;
+    float *out;
+    bp_dw_epilogue e;
+    bool fused;
+} plane_task;
+
+static plane_task task_plane(const planes_job *j, size_t t, float *flipped) {
+    const bp_geom *g = j->g;
+    size_t o = t % g->out_c, b = t / g->out_c, taps = g->kh * g->kw;
+    plane_task p = {o / g->out_cg, j->x + b * j->x_bs + o / g->out_cg * j->img->sc, j->w + o * taps,
+                    j->y + b * j->y_bs + o * g->out_h * g->out_w, {0.0f, 0.0f, 0.0f}, false};
+    if (j->flipped) {
+        for (size_t i = 0; i < taps; i++) flipped[i] = p.w[taps - 1 - i];
+        p.w = flipped;
+    }
+    p.fused = fused_epilogue(j->e, o, &p.e);
+    return p;
+}
+
+static void finish_plane(const planes_job *j, const plane_task *p) {
+    if (!p->fused) bp_activation_apply(j->e->act, p->out, j->g->out_h * j->g->out_w);
+}
+
 static void planes_tasks(void *arg, int worker, int workers) {
     const planes_job *j = arg;
     const bp_geom *g = j->g;
-    size_t ohw = g->out_h * g->out_w, taps = g->kh * g->kw, t0, t1;
+    size_t t0, t1;
     bp_split(j->tasks, worker, workers, &t0, &t1);
     if (t0 >= t1) return;
     dw_worker k;
     worker_start(&k, g, j->img, j->s->base + (size_t)worker * j->s->stride);
-    float flipped[BP_DW_MAX_TAPS];
+    float flipped[2][BP_DW_MAX_TAPS];
     for (size_t t = t0; t < t1; t++) {
-        size_t o = t % g->out_c, b = t / g->out_c, ci = o / g->out_cg;
-        const float *src = j->x + b * j->x_bs + ci * j->img->sc, *wo = j->w + o * taps;
-        if (j->flipped) {
-            for (size_t i = 0; i < taps; i++) flipped[i] = wo[taps - 1 - i];
-            wo = flipped;
+        plane_task p[2] = {task_plane(j, t, flipped[0])};
+        if (k.kernel == DW_3X3_PAIRS && t + 1 < t1) {
+            p[1] = task_plane(j, t + 1, flipped[1]);
+            const float *x[2] = {p[0].src, p[1].src}, *w[2] = {p[0].w, p[1].w};
+            const bp_dw_epilogue *e[2] = {&p[0].e, &p[1].e};
+            float *out[2] = {p[0].out, p[1].out};
+            bp_dw3x3_pair(g, j->img, x, w, e, out);
+            finish_plane(j, &p[0]);
+            finish_plane(j, &p[1]);
+            t++;
+            continue;
         }
         /* the next task's plane, when it is another one and packed (one block of memory) */
         const float *next = NULL;
         size_t next_o = (t + 1) % g->out_c, next_b = (t + 1) / g->out_c;
-        if (t + 1 < t1 && j->img->packed && next_o / g->out_cg != ci)
+        if (t + 1 < t1 && j->img->packed && next_o / g->out_cg != p[0].channel)
             next = j->x + next_b * j->x_bs + (next_o / g->out_cg) * j->img->sc;
-        float *out = j->y + b * j->y_bs + o * ohw;
-        bp_dw_epilogue e;
-        bool fused = fused_epilogue(j->e, o, &e);
-        run_plane(&k, g, j->img, src, wo, &e, out, next, g->in_h * g->in_w);
-        if (!fused) bp_activation_apply(j->e->act, out, ohw);
+        run_plane(&k, g, j->img, p[0].src, p[0].w, &p[0].e, p[0].out, next, g->in_h * g->in_w);
+        finish_plane(j, &p[0]);
     }
 }
 
@@ -188,7 +221,7 @@ static void weights_tasks(void *arg, int worker, int workers) {
             bp_dw_general_weights(g, j->x_img, x, j->x_bs, dy, j->dy_bs, j->batch, j->beta, dst);
             continue;
         }
-        if (k.kernel == DW_3X3_STRIPS)
+        if (k.kernel == DW_3X3_PAIRS || k.kernel == DW_3X3_STRIPS)
             bp_dw3x3_strips_weights(g, j->x_img, x, j->x_bs, dy, j->dy_bs, j->batch, sums);
         else
             for (size_t b = 0; b < j->batch; b++) {
@@ -208,15 +241,13 @@ void bp_depthwise_weight_gradient(const bp_geom *g, size_t batch, const bp_image
     bp_parallel_run(workers, weights_tasks, &j);
 }
 
-/* The kernel tester's entry: one output plane through the kernel the engine picks for g, with the
-   bias and the activation (NULL: none); plane: bp_geom_plan's scratch. */
-void bp_depthwise_plane(const bp_geom *g, const bp_image *img, const float *src, const float *wo, float bias,
-                        const BNNSActivation *act, float *out, float *plane) {
-    bp_epilogue e = {&bias, 0, act};
-    bp_dw_epilogue fused;
-    dw_worker k;
-    worker_start(&k, g, img, plane);
-    bool done = fused_epilogue(&e, 0, &fused);
-    run_plane(&k, g, img, src, wo, &fused, out, NULL, 0);
-    if (!done) bp_activation_apply(act, out, g->out_h * g->out_w);
+/* The kernel tester's entry: every output plane of one image (y packed) through the engine's
+   tasks on the calling thread, with the biases and the activation (NULL: none); scratch:
+   bp_geom_plan's. */
+void bp_depthwise_image(const bp_geom *g, const bp_image *img, const float *x, const float *w, const float *bias,
+                        const BNNSActivation *act, float *y, float *scratch) {
+    bp_epilogue e = {bias, 1, act};
+    bp_scratch s = {scratch, 0};
+    planes_job j = {g, img, x, 0, w, false, y, 0, &e, &s, g->out_c};
+    planes_tasks(&j, 0, 1);
 }

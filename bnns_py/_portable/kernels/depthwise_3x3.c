@@ -17,13 +17,17 @@
 #define EVERY_OTHER(first)                                                                                     \
     first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14, first + 16,         \
         first + 18, first + 20, first + 22, first + 24, first + 26, first + 28, first + 30
+#define HALVES 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
 #elif BP_VL == 8
 #define LANES_FROM(first) first, first + 1, first + 2, first + 3, first + 4, first + 5, first + 6, first + 7
 #define EVERY_OTHER(first) first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14
+#define HALVES 0, 1, 2, 3, 8, 9, 10, 11
 #else
 #define LANES_FROM(first) first, first + 1, first + 2, first + 3
 #define EVERY_OTHER(first) first, first + 2, first + 4, first + 6
+#define HALVES 0, 1, 4, 5
 #endif
+/* HALVES: the low half of a, then the low half of b */
 
 typedef struct {
     bp_vec left, mid, right; /* the input of kernel columns 0, 1 and 2 in the lane of each output column */
@@ -64,7 +68,19 @@ bool bp_dw3x3_strips_fit(const bp_geom *g, const bp_image *img) {
            g->pl <= 1 && g->pt <= 1 && img->sx == 1;
 }
 
-/* The tap rows of output row y sit in window[(y*S + i) % 3], i = 0, 1, 2 (kernel rows). */
+/* bias + the 9 products of the kernel rows' taps r0, r1, r2, clamped: in three chains */
+static inline bp_vec taps_sum(const bp_vec k[9], const taps3 *r0, const taps3 *r1, const taps3 *r2, bp_vec bias,
+                              bp_vec lo, bp_vec hi) {
+    bp_vec s0 = bp_vfma(k[0], r0->left, bias), s1 = bp_vmul(k[3], r1->left), s2 = bp_vmul(k[6], r2->left);
+    s0 = bp_vfma(k[1], r0->mid, s0);
+    s1 = bp_vfma(k[4], r1->mid, s1);
+    s2 = bp_vfma(k[7], r2->mid, s2);
+    s0 = bp_vfma(k[2], r0->right, s0);
+    s1 = bp_vfma(k[5], r1->right, s1);
+    s2 = bp_vfma(k[8], r2->right, s2);
+    return bp_vmin(hi, bp_vmax(lo, bp_vadd(bp_vadd(s0, s1), s2)));
+}
+
 static inline __attribute__((always_inline)) void strip(const bp_geom *g, const bp_image *img, const float *x,
                                                         const bp_vec k[9], const bp_dw_epilogue *e, size_t ox0,
                                                         float *out, const int S) {
@@ -73,14 +89,7 @@ static inline __attribute__((always_inline)) void strip(const bp_geom *g, const 
     taps3 r0 = tap_row(g, img, x, 0 - g->pt, ox0, S), r1 = tap_row(g, img, x, 1 - g->pt, ox0, S), r2;
     for (size_t y = 0; y < g->out_h; y++) {
         r2 = tap_row(g, img, x, S * y + 2 - g->pt, ox0, S);
-        bp_vec s0 = bp_vfma(k[0], r0.left, b), s1 = bp_vmul(k[3], r1.left), s2 = bp_vmul(k[6], r2.left);
-        s0 = bp_vfma(k[1], r0.mid, s0);
-        s1 = bp_vfma(k[4], r1.mid, s1);
-        s2 = bp_vfma(k[7], r2.mid, s2);
-        s0 = bp_vfma(k[2], r0.right, s0);
-        s1 = bp_vfma(k[5], r1.right, s1);
-        s2 = bp_vfma(k[8], r2.right, s2);
-        bp_vstore_part(out + y * ow + ox0, bp_vmin(hi, bp_vmax(lo, bp_vadd(bp_vadd(s0, s1), s2))), n);
+        bp_vstore_part(out + y * ow + ox0, taps_sum(k, &r0, &r1, &r2, b, lo, hi), n);
         if (S == 1) {
             r0 = r1;
             r1 = r2;
@@ -139,4 +148,66 @@ void bp_dw3x3_strips_weights(const bp_geom *g, const bp_image *img, const float 
             else strip_weights(g, img, x0 + n * x_bs, dy0 + n * dy_bs, ox0, acc, 2);
         }
     for (int t = 0; t < 9; t++) sums[t] += bp_vsum(acc[t]);
+}
+
+/* ---- two channels at once, one in each half of the vectors ----
+   For planes whose rows fit half a vector (7x7 at stride 1, 14x14 at stride 2 on AVX-512), where a
+   strip would leave most lanes idle. Padding 1 on the left: each half's first lane takes a zero
+   through the shift, as the image is narrower than the half (stride 1) or than the vector (stride
+   2: the odd column before the second half's is past the first row). */
+bool bp_dw3x3_pairs_fit(const bp_geom *g, const bp_image *img) {
+    size_t half = BP_VL / 2;
+    bool narrow = g->sx == 1 ? g->in_w < half && g->out_w < half : g->in_w < BP_VL && g->out_w <= half;
+    return bp_dw3x3_strips_fit(g, img) && g->pl == 1 && narrow;
+}
+
+static inline __attribute__((always_inline)) taps3 pair_row(const bp_geom *g, const bp_image *img, const float *xa,
+                                                            const float *xb, size_t iy, const int S) {
+    taps3 v;
+    bp_vec zero = bp_vzero();
+    if (iy >= g->in_h) {
+        v.left = v.mid = v.right = zero;
+        return v;
+    }
+    bp_vec a = bp_vload_part(xa + iy * img->sy, g->in_w), b = bp_vload_part(xb + iy * img->sy, g->in_w);
+    if (S == 1) {
+        v.mid = __builtin_shufflevector(a, b, HALVES);
+        v.right = __builtin_shufflevector(v.mid, zero, LANES_FROM(1));
+        v.left = __builtin_shufflevector(zero, v.mid, LANES_FROM(BP_VL - 1));
+    } else {
+        v.mid = __builtin_shufflevector(a, b, EVERY_OTHER(0));
+        v.right = __builtin_shufflevector(a, b, EVERY_OTHER(1));
+        v.left = __builtin_shufflevector(zero, v.right, LANES_FROM(BP_VL - 1));
+    }
+    return v;
+}
+
+static inline __attribute__((always_inline)) void pair(const bp_geom *g, const bp_image *img, const float *const x[2],
+                                                       const bp_vec k[9], bp_vec b, bp_vec lo, bp_vec hi,
+                                                       float *const out[2], const int S) {
+    size_t ow = g->out_w;
+    taps3 r0 = pair_row(g, img, x[0], x[1], 0 - g->pt, S), r1 = pair_row(g, img, x[0], x[1], 1 - g->pt, S), r2;
+    for (size_t y = 0; y < g->out_h; y++) {
+        r2 = pair_row(g, img, x[0], x[1], S * y + 2 - g->pt, S);
+        bp_vec v = taps_sum(k, &r0, &r1, &r2, b, lo, hi);
+        bp_vstore_part(out[0] + y * ow, v, ow);
+        bp_vstore_part(out[1] + y * ow, __builtin_shufflevector(v, v, LANES_FROM(BP_VL / 2)), ow);
+        if (S == 1) {
+            r0 = r1;
+            r1 = r2;
+        } else {
+            r0 = r2;
+            r1 = pair_row(g, img, x[0], x[1], S * y + 3 - g->pt, S);
+        }
+    }
+}
+
+void bp_dw3x3_pair(const bp_geom *g, const bp_image *img, const float *const x[2], const float *const wk[2],
+                   const bp_dw_epilogue *const e[2], float *const out[2]) {
+    bp_vec k[9];
+    for (int t = 0; t < 9; t++) k[t] = __builtin_shufflevector(bp_vset1(wk[0][t]), bp_vset1(wk[1][t]), HALVES);
+    bp_vec b = __builtin_shufflevector(bp_vset1(e[0]->bias), bp_vset1(e[1]->bias), HALVES);
+    bp_vec lo = bp_vset1(e[0]->lo), hi = bp_vset1(e[0]->hi);
+    if (g->sx == 1) pair(g, img, x, k, b, lo, hi, out, 1);
+    else pair(g, img, x, k, b, lo, hi, out, 2);
 }

@@ -2,7 +2,8 @@
    engines/depthwise.c runs; each computes one output plane of one channel from its input plane.
 
    - 3x3 strips (depthwise_3x3.c): 3x3, stride 1 or 2, padding at most 1 at the top and left,
-     straight from the input plane, a vector of output columns at a time.
+     straight from the input plane, a vector of output columns at a time, or two narrow planes at
+     once.
    - padded plane (depthwise_padded.c): stride 1 or 2, at most BP_DW_MAX_TAPS taps, from a
      zero-bordered copy of the input plane (stride 2: its even and odd columns in two sub-planes).
    - general (depthwise_general.c): any geometry, straight from the input plane.
@@ -27,6 +28,13 @@ void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, cons
 /* The weight gradient of such a layer for one channel: sums[t] += the tap's products, over the batch. */
 void bp_dw3x3_strips_weights(const bp_geom *g, const bp_image *img, const float *x0, size_t x_bs,
                                   const float *dy0, size_t dy_bs, size_t batch, float sums[9]);
+
+/* Two planes of a layer the strips take, with padding 1 on the left and rows narrow enough that
+   a half vector holds one (7x7 at stride 1, 14x14 at stride 2 on AVX-512): one in each half of
+   the vectors. The two share the clamp (e[0]'s lo and hi). */
+bool bp_dw3x3_pairs_fit(const bp_geom *g, const bp_image *img);
+void bp_dw3x3_pair(const bp_geom *g, const bp_image *img, const float *const x[2], const float *const wk[2],
+                   const bp_dw_epilogue *const e[2], float *const out[2]);
 
 /* ---- padded plane ---- */
 bool bp_dw_padded(const bp_geom *g);
