@@ -2,9 +2,9 @@
    from the input plane, with no padded copy, one strip of a vector of output columns at a time, top
    to bottom. Each input row of the strip is loaded once (the lanes past the image are zero: the
    right border) as the three vectors of its taps: at stride 1 the middle tap's vector and its
-   one-lane shifts either way, at stride 2 a vector pair split into even and odd columns in
-   registers and the odd ones shifted by a lane (the left border, or the column before the strip,
-   comes in). The tap rows stay in registers while they serve every output row that needs them;
+   neighbours (unaligned loads; at the left border a one-lane shift), at stride 2 a vector pair
+   split into even and odd columns in registers and the odd ones shifted by a lane (the left
+   border, or the column before the strip, comes in). The tap rows stay in registers while they serve every output row that needs them;
    each output vector sums its 9 products in three chains. */
 #include "depthwise_kernels.h"
 #include "vmath.h"
@@ -50,10 +50,11 @@ static inline __attribute__((always_inline)) taps3 tap_row(const bp_geom *g, con
     }
     const float *row = x + iy * img->sy;
     size_t w = g->in_w, c = S * ox0 + 1 - g->pl, n = c < w ? w - c : 0;
-    if (S == 1) {
+    if (S == 1) { /* unaligned loads, but for the left border */
         v.mid = load_upto(row + c, n);
-        v.left = __builtin_shufflevector(bp_vset1(value_at(row, c - 1, w)), v.mid, LANES_FROM(BP_VL - 1));
-        v.right = __builtin_shufflevector(v.mid, bp_vset1(value_at(row, c + BP_VL, w)), LANES_FROM(1));
+        v.right = load_upto(row + c + 1, n > 0 ? n - 1 : 0);
+        if (c > 0) v.left = load_upto(row + c - 1, c - 1 < w ? w - (c - 1) : 0);
+        else v.left = __builtin_shufflevector(zero, v.mid, LANES_FROM(BP_VL - 1));
     } else {
         bp_vec a = load_upto(row + c, n), b = load_upto(row + c + BP_VL, n > BP_VL ? n - BP_VL : 0);
         v.mid = __builtin_shufflevector(a, b, EVERY_OTHER(0));
