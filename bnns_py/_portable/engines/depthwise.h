@@ -1,7 +1,7 @@
 /* bnns-py portable backend: the depthwise engine (depthwise.c), for layers with one input channel
    per group: the forward pass, the backward-data pass at stride 1 (itself a depthwise
    convolution: the adjoint geometry) and the weight gradient, one plane of one channel at a time
-   through the kernels of kernels/depthwise.h. conv_engine.c sends these layers here. */
+   through the kernels of kernels/depthwise_kernels.h. conv_engine.c sends these layers here. */
 #ifndef BNNS_PORTABLE_DEPTHWISE_H
 #define BNNS_PORTABLE_DEPTHWISE_H
 
