@@ -2,10 +2,11 @@
    from the input plane, with no padded copy, one strip of a vector of output columns at a time, top
    to bottom. Each input row of the strip is loaded once (the lanes past the image are zero: the
    right border) as the three vectors of its taps: at stride 1 the middle tap's vector and its
-   neighbours (unaligned loads; at the left border a one-lane shift), at stride 2 a vector pair
+   neighbours (unaligned loads; past the row's ends a one-lane shift), at stride 2 a vector pair
    split into even and odd columns in registers and the odd ones shifted by a lane (the left
-   border, or the column before the strip, comes in). The tap rows stay in registers while they serve every output row that needs them;
-   each output vector sums its 9 products in three chains. */
+   border, or the column before the strip, comes in). The tap rows stay in registers while they
+   serve every output row that needs them; each output vector sums its 9 products in three
+   chains. */
 #include "depthwise_kernels.h"
 #include "vmath.h"
 
@@ -33,6 +34,16 @@ typedef struct {
     bp_vec left, mid, right; /* the input of kernel columns 0, 1 and 2 in the lane of each output column */
 } taps3;
 
+/* What the loops read of the geometry, in locals: a masked store may alias anything, so fields
+   read through the geometry's pointer would be loaded again after every row's store. */
+typedef struct {
+    size_t w, h, sy, pl, pt;
+} plane_geom;
+
+static inline plane_geom plane_geom_of(const bp_geom *g, const bp_image *img) {
+    return (plane_geom){g->in_w, g->in_h, img->sy, g->pl, g->pt};
+}
+
 /* row[i], 0 past the row (i wraps around below 0) */
 static inline float value_at(const float *row, size_t i, size_t n) { return i < n ? row[i] : 0.0f; }
 /* n (any) values from src, the lanes past them zero */
@@ -40,16 +51,16 @@ static inline bp_vec load_upto(const float *src, size_t n) { return n == 0 ? bp_
 
 /* Input row iy (wrapping below 0: none, zeros) for the strip of output columns from ox0. c: the
    input column of the middle tap of lane 0. */
-static inline __attribute__((always_inline)) taps3 tap_row(const bp_geom *g, const bp_image *img, const float *x,
-                                                           size_t iy, size_t ox0, const int S) {
+static inline __attribute__((always_inline)) taps3 tap_row(const plane_geom *p, const float *x, size_t iy,
+                                                           size_t ox0, const int S) {
     taps3 v;
     bp_vec zero = bp_vzero();
-    if (iy >= g->in_h) {
+    if (iy >= p->h) {
         v.left = v.mid = v.right = zero;
         return v;
     }
-    const float *row = x + iy * img->sy;
-    size_t w = g->in_w, c = S * ox0 + 1 - g->pl, n = c < w ? w - c : 0;
+    const float *row = x + iy * p->sy;
+    size_t w = p->w, c = S * ox0 + 1 - p->pl, n = c < w ? w - c : 0;
     if (S == 1) { /* neighbours inside the row by unaligned loads, zeros past it by a one-lane shift */
         v.mid = load_upto(row + c, n);
         if (c + BP_VL < w) v.right = bp_vload(row + c + 1);
@@ -89,18 +100,19 @@ static inline bp_vec taps_sum(const bp_vec k[9], const taps3 *r0, const taps3 *r
 static inline __attribute__((always_inline)) void strip(const bp_geom *g, const bp_image *img, const float *x,
                                                         const bp_vec k[9], const bp_dw_epilogue *e, size_t ox0,
                                                         float *out, const int S) {
-    size_t ow = g->out_w, n = bp_min(ow - ox0, BP_VL);
+    size_t ow = g->out_w, oh = g->out_h, n = bp_min(ow - ox0, BP_VL);
+    plane_geom p = plane_geom_of(g, img);
     bp_vec b = bp_vset1(e->bias), lo = bp_vset1(e->lo), hi = bp_vset1(e->hi);
-    taps3 r0 = tap_row(g, img, x, 0 - g->pt, ox0, S), r1 = tap_row(g, img, x, 1 - g->pt, ox0, S), r2;
-    for (size_t y = 0; y < g->out_h; y++) {
-        r2 = tap_row(g, img, x, S * y + 2 - g->pt, ox0, S);
+    taps3 r0 = tap_row(&p, x, 0 - p.pt, ox0, S), r1 = tap_row(&p, x, 1 - p.pt, ox0, S), r2;
+    for (size_t y = 0; y < oh; y++) {
+        r2 = tap_row(&p, x, S * y + 2 - p.pt, ox0, S);
         bp_vstore_part(out + y * ow + ox0, taps_sum(k, &r0, &r1, &r2, b, lo, hi), n);
         if (S == 1) {
             r0 = r1;
             r1 = r2;
         } else { /* the next output row starts at this one's last input row */
             r0 = r2;
-            r1 = tap_row(g, img, x, S * y + 3 - g->pt, ox0, S);
+            r1 = tap_row(&p, x, S * y + 3 - p.pt, ox0, S);
         }
     }
 }
@@ -119,10 +131,11 @@ void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, cons
 static inline __attribute__((always_inline)) void strip_weights(const bp_geom *g, const bp_image *img,
                                                                 const float *x, const float *dy, size_t ox0,
                                                                 bp_vec acc[9], const int S) {
-    size_t ow = g->out_w, n = bp_min(ow - ox0, BP_VL);
-    taps3 r0 = tap_row(g, img, x, 0 - g->pt, ox0, S), r1 = tap_row(g, img, x, 1 - g->pt, ox0, S), r2;
-    for (size_t y = 0; y < g->out_h; y++) {
-        r2 = tap_row(g, img, x, S * y + 2 - g->pt, ox0, S);
+    size_t ow = g->out_w, oh = g->out_h, n = bp_min(ow - ox0, BP_VL);
+    plane_geom p = plane_geom_of(g, img);
+    taps3 r0 = tap_row(&p, x, 0 - p.pt, ox0, S), r1 = tap_row(&p, x, 1 - p.pt, ox0, S), r2;
+    for (size_t y = 0; y < oh; y++) {
+        r2 = tap_row(&p, x, S * y + 2 - p.pt, ox0, S);
         bp_vec d = bp_vload_part(dy + y * ow + ox0, n);
         acc[0] = bp_vfma(d, r0.left, acc[0]);
         acc[1] = bp_vfma(d, r0.mid, acc[1]);
@@ -138,7 +151,7 @@ static inline __attribute__((always_inline)) void strip_weights(const bp_geom *g
             r1 = r2;
         } else {
             r0 = r2;
-            r1 = tap_row(g, img, x, S * y + 3 - g->pt, ox0, S);
+            r1 = tap_row(&p, x, S * y + 3 - p.pt, ox0, S);
         }
     }
 }
@@ -166,15 +179,15 @@ bool bp_dw3x3_pairs_fit(const bp_geom *g, const bp_image *img) {
     return bp_dw3x3_strips_fit(g, img) && g->pl == 1 && narrow;
 }
 
-static inline __attribute__((always_inline)) taps3 pair_row(const bp_geom *g, const bp_image *img, const float *xa,
-                                                            const float *xb, size_t iy, const int S) {
+static inline __attribute__((always_inline)) taps3 pair_row(const plane_geom *p, const float *xa, const float *xb,
+                                                            size_t iy, const int S) {
     taps3 v;
     bp_vec zero = bp_vzero();
-    if (iy >= g->in_h) {
+    if (iy >= p->h) {
         v.left = v.mid = v.right = zero;
         return v;
     }
-    bp_vec a = bp_vload_part(xa + iy * img->sy, g->in_w), b = bp_vload_part(xb + iy * img->sy, g->in_w);
+    bp_vec a = bp_vload_part(xa + iy * p->sy, p->w), b = bp_vload_part(xb + iy * p->sy, p->w);
     if (S == 1) {
         v.mid = __builtin_shufflevector(a, b, HALVES);
         v.right = __builtin_shufflevector(v.mid, zero, LANES_FROM(1));
@@ -190,19 +203,22 @@ static inline __attribute__((always_inline)) taps3 pair_row(const bp_geom *g, co
 static inline __attribute__((always_inline)) void pair(const bp_geom *g, const bp_image *img, const float *const x[2],
                                                        const bp_vec k[9], bp_vec b, bp_vec lo, bp_vec hi,
                                                        float *const out[2], const int S) {
-    size_t ow = g->out_w;
-    taps3 r0 = pair_row(g, img, x[0], x[1], 0 - g->pt, S), r1 = pair_row(g, img, x[0], x[1], 1 - g->pt, S), r2;
-    for (size_t y = 0; y < g->out_h; y++) {
-        r2 = pair_row(g, img, x[0], x[1], S * y + 2 - g->pt, S);
+    size_t ow = g->out_w, oh = g->out_h;
+    plane_geom p = plane_geom_of(g, img);
+    const float *xa = x[0], *xb = x[1];
+    float *outa = out[0], *outb = out[1];
+    taps3 r0 = pair_row(&p, xa, xb, 0 - p.pt, S), r1 = pair_row(&p, xa, xb, 1 - p.pt, S), r2;
+    for (size_t y = 0; y < oh; y++) {
+        r2 = pair_row(&p, xa, xb, S * y + 2 - p.pt, S);
         bp_vec v = taps_sum(k, &r0, &r1, &r2, b, lo, hi);
-        bp_vstore_part(out[0] + y * ow, v, ow);
-        bp_vstore_part(out[1] + y * ow, __builtin_shufflevector(v, v, LANES_FROM(BP_VL / 2)), ow);
+        bp_vstore_part(outa + y * ow, v, ow);
+        bp_vstore_part(outb + y * ow, __builtin_shufflevector(v, v, LANES_FROM(BP_VL / 2)), ow);
         if (S == 1) {
             r0 = r1;
             r1 = r2;
         } else {
             r0 = r2;
-            r1 = pair_row(g, img, x[0], x[1], S * y + 3 - g->pt, S);
+            r1 = pair_row(&p, xa, xb, S * y + 3 - p.pt, S);
         }
     }
 }
