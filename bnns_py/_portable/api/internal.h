@@ -35,6 +35,21 @@ static inline size_t bp_round_up(size_t a, size_t b) { return bp_ceil_div(a, b) 
 static inline size_t bp_min(size_t a, size_t b) { return a < b ? a : b; }
 static inline size_t bp_max(size_t a, size_t b) { return a > b ? a : b; }
 
+/* Index range [lo, hi) of output positions o whose tap position o*stride + tap - pad lies in [0, n). */
+static inline void bp_valid_range(size_t n_out, size_t n_in, size_t stride, size_t tap, size_t pad, size_t *lo,
+                                  size_t *hi) {
+    /* need o*stride + tap >= pad and o*stride + tap - pad < n_in */
+    size_t first = 0;
+    if (tap < pad) first = (pad - tap) / stride + ((pad - tap) % stride != 0); /* ceiling, overflow-free */
+    size_t last = 0;                                                           /* exclusive */
+    if (n_in + pad > tap) {
+        last = (n_in + pad - tap - 1) / stride + 1;
+        if (last > n_out) last = n_out;
+    }
+    *lo = first < last ? first : last;
+    *hi = last;
+}
+
 /* True when `count` items `stride` values apart, each `extent` values long, fit in memory. */
 static inline bool bp_batch_span_ok(size_t count, size_t stride, size_t extent) {
     size_t span;
@@ -132,9 +147,10 @@ void bp_im2col_block(const bp_geom *g, const bp_image *img, const float *x, size
 /* its adjoint, added into dx for channels [ci0, ci1) (dw_w != NULL: depthwise, col is dy): */
 void bp_col2im_block(const bp_geom *g, const bp_image *img, float *dx, size_t c0, size_t ci0, size_t ci1,
                      const float *col, size_t oy0, size_t oy1, const float *dw_w);
-/* one depthwise output plane plus bias (plane: scratch of bp_geom_plan's size): */
-void bp_depthwise_plane(const bp_geom *g, const bp_image *img, const float *src, const float *wo, float bias,
-                        float *out, float *plane);
+/* every depthwise output plane of an image (y packed) plus its bias, then act (may be NULL;
+   scratch of bp_geom_plan's size; depthwise.c): */
+void bp_depthwise_image(const bp_geom *g, const bp_image *img, const float *x, const float *w, const float *bias,
+                        const BNNSActivation *act, float *y, float *scratch);
 /* the tiny-layer kernel on group 0 of an image, one output plane or two (pairs): */
 void bp_tiny_planes(const bp_geom *g, const bp_image *img, const float *x, float *pad, const float *wo,
                     const float *bias, float *out, bool pairs);

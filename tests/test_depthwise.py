@@ -1,0 +1,95 @@
+"""Depthwise 3x3 layers at stride 2 (MobileNet's downsampling layers: the strip kernel that splits
+input rows into even and odd columns in registers) against the float64 reference: forward with a
+fused clamp (ReLU6, Clamp) or an activation applied afterwards (sigmoid), the input and weight
+gradients (but through ReLU6, which BNNS does not differentiate), odd and even sizes, paddings 0 and 1 on either side, packed inputs and inputs whose
+rows lie further apart than their width, batch 2; and the same on every vector tier in a child
+process."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bnns_py
+from bnns_py import ActivationFunction as AF, ConvolutionType, NDArrayDescriptor, reference
+
+from conftest import assert_close_to_reference, client_layer, random_array
+
+SIZES = [(1, 1), (2, 5), (7, 9), (14, 14), (15, 13), (28, 28), (33, 50)]
+PADS = [(1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 1, 0), (0, 0, 0, 0)]  # (left, right, top, bottom)
+ACTIVATIONS = [AF.relu6, AF.clamp((-0.25, 0.5)), AF.sigmoid]
+
+
+def stride2_case(rng, h, w, pad, row_gap, activation, n=2, c=5, n_threads=1):
+    """Forward, dx and dW of a 3x3 / stride 2 depthwise layer against the reference."""
+    row = w + row_gap
+    weight, bias = random_array(rng, (c, 1, 3, 3), 0.5), random_array(rng, (c,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, c, c, h, w, (3, 3), (2, 2), pad, (1, 1), c, weight, bias,
+                                   activation, n_threads, input_strides=(1, row, row * h) if row_gap else (0, 0, 0))
+    wide_x = random_array(rng, (n, c, h, row)) * 3
+    wide_dx = np.full(wide_x.shape, np.nan, np.float32)
+    x = wide_x[..., :w]
+    with layer:
+        shape = layer.input_descriptor.shape
+        y = np.full((n, c, oh, ow), np.nan, np.float32)
+        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y)
+        kw = dict(stride=2, padding=pad, groups=c)
+        assert_close_to_reference(y, reference.conv2d(x, weight, bias, activation=activation, **kw), 9, "forward")
+        if activation == AF.relu6:
+            return
+        dy = random_array(rng, y.shape)
+        dw = np.full(weight.shape, np.nan, np.float32)
+        layer.apply_backward(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y, dy,
+                             NDArrayDescriptor(wide_dx.reshape(-1), shape, batch_size=n), dw)
+    dx_ref, dw_ref, _ = reference.conv2d_backward(x, weight, dy, output=y, bias=True, activation=activation, **kw)
+    assert_close_to_reference(wide_dx[..., :w], dx_ref, 9, "input gradient")
+    assert_close_to_reference(dw, dw_ref, n * oh * ow, "weight gradient")
+    assert np.isnan(wide_dx[..., w:]).all(), "wrote into the gaps between rows"
+
+
+def fits(size, pad):
+    """At least one output pixel."""
+    return size[0] + pad[2] + pad[3] >= 3 and size[1] + pad[0] + pad[1] >= 3
+
+
+@pytest.mark.parametrize("row_gap", [0, 3])
+@pytest.mark.parametrize("size,pad", [(s, p) for s in SIZES for p in PADS if fits(s, p)])
+def test_stride2_3x3_matches_reference(size, pad, row_gap, rng, no_filter_leaks):
+    activation = ACTIVATIONS[(SIZES.index(size) + PADS.index(pad)) % len(ACTIVATIONS)]
+    stride2_case(rng, size[0], size[1], pad, row_gap, activation)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_stride2_3x3_mobilenet_layer_over_threads(n_threads, rng, no_filter_leaks):
+    stride2_case(rng, 56, 56, (1, 1, 1, 1), 0, AF.relu6, n=3, c=24, n_threads=n_threads)
+
+
+CHILD = r"""
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import test_depthwise
+rng = np.random.default_rng(11)
+for size in [(7, 9), (14, 14), (15, 13), (28, 28), (33, 50)]:
+    for pad in test_depthwise.PADS:
+        for row_gap in (0, 3):
+            for activation in test_depthwise.ACTIVATIONS:
+                test_depthwise.stride2_case(rng, size[0], size[1], pad, row_gap, activation)
+print("ok")
+"""
+
+AVAILABLE = bnns_py.backend_info().get("isa_available", "").split()
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_stride2_3x3_on_each_tier(isa):
+    if isa not in AVAILABLE:
+        pytest.skip(f"this CPU / build does not run the {isa} tier")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, BNNS_PY_ISA=isa)
+    env.pop("BNNS_PY_PORTABLE_ENGINE", None)
+    done = subprocess.run([sys.executable, "-c", CHILD, tests_dir], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tests_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
