@@ -590,7 +590,7 @@ def report_markdown(result: Mapping[str, Any]) -> str:
 def _bench(args: argparse.Namespace) -> int:
     from . import bench
     cases = bench.full_cases() if args.all else bench.quick_cases()
-    timing = dict(samples=5, target=0.03) if not args.all else {}
+    timing: Dict[str, Any] = dict(samples=5, target=0.03) if not args.all else {}
     backend = _load_backend(args.backend)
     print(f"forward throughput on the {backend.name} backend (median of timed loops; GFLOP/s)")
     print(f"  {'case':30s} {'N':>2s} {'bnns-py':>9s} {'torch':>9s} {'ratio':>6s}")
