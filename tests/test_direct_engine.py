@@ -357,9 +357,9 @@ def test_pointwise_strided_input(case, layout, backend, rng, monkeypatch, no_fil
 
 @pytest.mark.parametrize("engine", ["pointwise", "im2col", "rows"])
 def test_pointwise_layer_backward_and_forced_engines(engine, backend, rng, monkeypatch, no_filter_leaks):
-    """The pointwise kernel runs the forward pass only: the input gradient stays on the im2col
-    engine and the weight gradient on the direct plan's planes; "im2col" and the direct engine's
-    other kernels, when asked for, take the forward pass back."""
+    """The pointwise kernel runs the forward pass only: the input and weight gradients stay on the
+    im2col engine's GEMM; "im2col" and the direct engine's other kernels, when asked for, take the
+    forward pass back (rows: every pass)."""
     monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", engine)
     case = POINTWISE[0]
     n, cin, cout, h, w, groups = case
@@ -370,6 +370,8 @@ def test_pointwise_layer_backward_and_forced_engines(engine, backend, rng, monke
         assert backend.filter_engine(layer.bnns_filter) == forward
         assert backend.filter_engine(layer.bnns_filter, "input_gradient") == ("direct rows" if engine == "rows"
                                                                               else "im2col")
+        assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == ("direct" if engine == "rows"
+                                                                                else "im2col")
         y = np.full((n, cout, h, w), np.nan, np.float32)
         layer.apply(n, x, y)
         dy = random_array(rng, y.shape)

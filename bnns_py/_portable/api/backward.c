@@ -210,7 +210,7 @@ static void weight_gradient(const bp_filter *f, const backward_plan *p, size_t b
                                     &w->scratch, &f->gemm);
     else
         bp_conv_backward_weights(&f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, &w->scratch, &f->gemm,
-                                 f->direct[BP_DIRECT_FORWARD]);
+                                 f->weight_gradient_plan);
 }
 
 /* Step 3, without an activation and with a packed out_delta: dz is out_delta. */
@@ -228,7 +228,7 @@ static void run_whole_batch(const bp_filter *f, const backward_call *c, backward
     if (f->transposed) {
         if (c->weights_delta)
             bp_conv_backward_weights(g, batch, &p->out_packed, dy, dy_bs, c->in, c->in_stride, p->dweights, p->dw_beta,
-                                     &w->scratch, &f->gemm, f->direct[BP_DIRECT_FORWARD]);
+                                     &w->scratch, &f->gemm, f->weight_gradient_plan);
         if (dx)
             bp_conv_forward(g, p->weights, batch, &p->out_packed, dy, dy_bs, dx, c->in_delta_stride, NULL, &w->scratch,
                             &f->gemm, p->direct);
@@ -277,7 +277,7 @@ static void run_per_image(const bp_filter *f, const backward_call *c, backward_p
                 xs = w->pack_out2;
             }
             bp_conv_backward_weights(g, 1, &p->out_packed, dz, 0, xs, 0, p->dweights, beta, &w->scratch, &f->gemm,
-                                     f->direct[BP_DIRECT_FORWARD]);
+                                     f->weight_gradient_plan);
         }
         if (c->in_delta) {
             bp_conv_forward(g, p->weights, 1, &p->out_packed, dz, 0, w->pack_out, 0, NULL, &w->scratch, &f->gemm,

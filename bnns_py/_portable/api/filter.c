@@ -551,7 +551,7 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     const bp_filter *f = filter;
     if (f == NULL || pass < 0 || pass > 2) return "";
     if (pass == 2) /* weight gradient: on Winograd or S's forward plan, when the filter can run backward */
-        return f->wino_dw ? "winograd" : f->client && f->direct[BP_DIRECT_FORWARD] != NULL ? "direct" : "im2col";
+        return f->wino_dw ? "winograd" : f->client && f->weight_gradient_plan != NULL ? "direct" : "im2col";
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
     if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;

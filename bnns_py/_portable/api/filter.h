@@ -36,6 +36,7 @@ typedef struct bp_filter {
        the im2col engine runs that pass) and, when the filter owns its weights, their packed
        weights; client-pointer filters pack them into the workspace at each call */
     struct bp_direct *direct[2];
+    struct bp_direct *weight_gradient_plan; /* the plan that computes S's weight gradients: direct[0] or NULL (im2col) */
     float *direct_w[2];
     size_t direct_w_floats;       /* workspace floats for packing (client filters) */
     /* Winograd F(2x2, 3x3) forward pass (winograd.c), with its transformed weights when the

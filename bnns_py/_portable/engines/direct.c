@@ -53,6 +53,7 @@ const char *bnns_portable_simd(void) { return BP_SIMD_NAME; }
 size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
 size_t bp_direct_view_scratch_floats(const bp_direct *d) { return d->group_scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
+bool bp_direct_runs_weight_gradient(const bp_direct *d) { return !d->pointwise; }
 const char *bp_direct_kind(const bp_direct *d) {
     if (d->pointwise) return "direct pointwise";
     return d->kind == KIND_ROWS ? "direct rows" : d->flat ? "direct flat pixels" : "direct pixels";

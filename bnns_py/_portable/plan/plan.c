@@ -80,5 +80,7 @@ static void plan_direct(bp_filter *f) {
 
 void bp_plan_engines(bp_filter *f) {
     plan_direct(f);
+    bp_direct *forward = f->direct[BP_DIRECT_FORWARD];
+    f->weight_gradient_plan = forward != NULL && bp_direct_runs_weight_gradient(forward) ? forward : NULL;
     plan_winograd(f);
 }

@@ -127,6 +127,7 @@ size_t bp_direct_view_scratch_floats(const bp_direct *d) { return tier()->direct
 size_t bp_direct_weight_floats(const bp_direct *d) { return tier()->direct_weight_floats(d); }
 size_t bp_direct_weights_scratch_floats(const bp_direct *d) { return tier()->direct_weights_scratch_floats(d); }
 const char *bp_direct_kind(const bp_direct *d) { return tier()->direct_kind(d); }
+bool bp_direct_runs_weight_gradient(const bp_direct *d) { return tier()->direct_runs_weight_gradient(d); }
 bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a) {
     return tier()->direct_plan(g, backward, a);
 }
