@@ -1,5 +1,8 @@
 """Shared fixtures: the backend under test, seeded random data, optional PyTorch."""
 import gc
+import os
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -74,6 +77,22 @@ def fresh_cache():
 
 def random_array(rng, shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def run_child_on_tier(isa, child):
+    """Run the Python source ``child`` in a fresh process on vector tier ``isa`` (BNNS_PY_ISA; the tier
+    is chosen once per process, when the library loads), no engine forced, the tests directory its
+    working directory and sys.argv[1]; skip when this CPU / build does not run the tier. Asserts
+    that it succeeds and prints "ok"."""
+    if isa not in bnns_py.backend_info().get("isa_available", "").split():
+        pytest.skip(f"this CPU / build does not run the {isa} tier")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, BNNS_PY_ISA=isa)
+    env.pop("BNNS_PY_PORTABLE_ENGINE", None)
+    done = subprocess.run([sys.executable, "-c", child, tests_dir], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tests_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 def assert_close_to_reference(actual, expected, reduction_size, what=""):

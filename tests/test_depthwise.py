@@ -4,17 +4,12 @@ fused clamp (ReLU6, Clamp) or an activation applied afterwards (sigmoid), the in
 gradients (but through ReLU6, which BNNS does not differentiate), odd and even sizes, paddings 0 and 1 on either side, packed inputs and inputs whose
 rows lie further apart than their width, batch 2; and the same on every vector tier in a child
 process."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-import bnns_py
 from bnns_py import ActivationFunction as AF, ConvolutionType, NDArrayDescriptor, reference
 
-from conftest import assert_close_to_reference, client_layer, random_array
+from conftest import assert_close_to_reference, client_layer, random_array, run_child_on_tier
 
 SIZES = [(1, 1), (2, 5), (7, 9), (14, 14), (15, 13), (28, 28), (33, 50)]
 PADS = [(1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 1, 0), (0, 0, 0, 0)]  # (left, right, top, bottom)
@@ -79,17 +74,6 @@ for size in [(7, 9), (14, 14), (15, 13), (28, 28), (33, 50)]:
 print("ok")
 """
 
-AVAILABLE = bnns_py.backend_info().get("isa_available", "").split()
-
-
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
 def test_stride2_3x3_on_each_tier(isa):
-    if isa not in AVAILABLE:
-        pytest.skip(f"this CPU / build does not run the {isa} tier")
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, BNNS_PY_ISA=isa)
-    env.pop("BNNS_PY_PORTABLE_ENGINE", None)
-    done = subprocess.run([sys.executable, "-c", CHILD, tests_dir], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=tests_dir)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    run_child_on_tier(isa, CHILD)

@@ -297,6 +297,10 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     d.run_offset = d.chunk_offset + (d.kind == KIND_PIXELS ? bp_round_up(K_CHUNK * d.bw, 16) : 0);
     size_t run = d.kind == KIND_PIXELS ? d.bw * bp_round_up(ow_max, 8) : ow_max + d.tile;
     d.scratch = d.run_offset + bp_round_up(run + BP_VL, 16);
+    if (backward && d.kind == KIND_PIXELS && d.xstep == 2) {
+        d.pair_offset = d.scratch;
+        d.scratch += bp_round_up(tb, 16);
+    }
     /* Weights the run packs itself (client pointers), several images: when the weights outweigh
        the planes of a group of images, a task takes the group, so that each chunk is packed once
        into cache for all of them rather than up front, to be read back from memory per image.
@@ -724,6 +728,33 @@ static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, 
     }
 }
 
+/* Two column phases of a 2-strided output (even: x0 = 0, odd: x0 = 1, the same grid) at once:
+   their results of channel block mb interleaved into whole output rows, written once each rather
+   than every other value by each phase. */
+static void pixels_emit_pair(const bp_direct *d, const phase_t *ph, const float *even, const float *odd, size_t r0,
+                             size_t nb, size_t mb, const dest_t *dst) {
+    size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw), ow = ph->ow, r8 = rows / 8 * 8;
+    const bp_epilogue *e = dst->e;
+    float bias[BP_DIRECT_BW_MAX] = {0};
+    if (e != NULL && e->bias != NULL)
+        for (size_t r = 0; r < rows; r++) bias[r] = e->bias[(dst->channel0 + mb * bw + r) * e->bias_stride];
+    for (size_t y = 0; y < nb; y++) {
+        const float *res0 = even + y * d->tb_row * bw, *res1 = odd + y * d->tb_row * bw;
+        float *out = dst->base + mb * bw * dst->sc + ((r0 + y) * dst->ystep + dst->y0) * dst->sy;
+        for (size_t c0 = 0; c0 < r8; c0 += 8)
+            for (size_t i = 0; i < ow; i += 8)
+                bp_transpose8x8_interleave_add(res0 + i * bw + c0, res1 + i * bw + c0, bw, bias + c0,
+                                               out + c0 * dst->sc + 2 * i, dst->sc, bp_min(8, ow - i));
+        for (size_t r = r8; r < rows; r++)
+            for (size_t i = 0; i < ow; i++) {
+                out[r * dst->sc + 2 * i] = res0[i * bw + r] + bias[r];
+                out[r * dst->sc + 2 * i + 1] = res1[i * bw + r] + bias[r];
+            }
+        if (e != NULL && e->act != NULL)
+            for (size_t r = 0; r < rows; r++) bp_activation_apply(e->act, out + r * dst->sc, 2 * ow);
+    }
+}
+
 /* The weights of chunk [k0, k0 + n) of block mb: from the packed weights, or packed now. */
 static const float *chunk_weights(const run_job *j, size_t grp, size_t p, size_t mb, size_t k0, size_t n,
                                   float *chunk) {
@@ -732,24 +763,38 @@ static const float *chunk_weights(const run_job *j, size_t grp, size_t p, size_t
     return chunk;
 }
 
-/* Pixels kernel over the band's rows of n images (planes, tile results and destinations of
-   each), NC columns at a time: for each channel block and chunk of steps, the chunk's packed
-   weights against every tile of the band of each image (each weight is read once per band; the
-   tiles' results wait in tb between chunks). */
+/* Pixels kernel over the band's rows of n images (planes and tile results of each), NC columns
+   at a time, for channel block mb of phase p: each chunk of steps' packed weights against every
+   tile of the band of each image (each weight is read once per band; the tiles' results wait in
+   tb between chunks). */
+static void pixels_results(const run_job *j, size_t p, size_t n_img, float *const planes[], float *const tb[],
+                           size_t grp, size_t nb, size_t mb, float *scratch) {
+    const bp_direct *d = j->d;
+    const phase_t *ph = &d->ph[p];
+    for (size_t k0 = 0; k0 < ph->k || k0 == 0; k0 += K_CHUNK) {
+        size_t n = bp_min(K_CHUNK, ph->k - k0);
+        const float *w = chunk_weights(j, grp, p, mb, k0, n, scratch + d->chunk_offset);
+        for (size_t i = 0; i < n_img; i++) pixels_chunk(d, ph, planes[i], nb, w, k0, n, tb[i]);
+        if (ph->k == 0) break;
+    }
+}
+
+/* The same for channel blocks [mb0, mb1), each block's results emitted to each image's destination. */
 static void run_pixels(const run_job *j, size_t p, size_t n_img, float *const planes[], float *const tb[],
                        const dest_t dst[], size_t grp, size_t r0, size_t nb, size_t mb0, size_t mb1, float *scratch) {
     const bp_direct *d = j->d;
-    const phase_t *ph = &d->ph[p];
-    float *chunk = scratch + d->chunk_offset, *run = scratch + d->run_offset;
     for (size_t mb = mb0; mb < mb1; mb++) {
-        for (size_t k0 = 0; k0 < ph->k || k0 == 0; k0 += K_CHUNK) {
-            size_t n = bp_min(K_CHUNK, ph->k - k0);
-            const float *w = chunk_weights(j, grp, p, mb, k0, n, chunk);
-            for (size_t i = 0; i < n_img; i++) pixels_chunk(d, ph, planes[i], nb, w, k0, n, tb[i]);
-            if (ph->k == 0) break;
-        }
-        for (size_t i = 0; i < n_img; i++) pixels_emit(d, ph, tb[i], r0, nb, mb, &dst[i], run);
+        pixels_results(j, p, n_img, planes, tb, grp, nb, mb, scratch);
+        for (size_t i = 0; i < n_img; i++)
+            pixels_emit(d, &d->ph[p], tb[i], r0, nb, mb, &dst[i], scratch + d->run_offset);
     }
+}
+
+/* Whether phases p (even columns) and p + 1 (odd) of a backward plan are emitted together. */
+static bool emits_pair(const run_job *j, size_t p, size_t n_img) {
+    const bp_direct *d = j->d;
+    return d->pair_offset != 0 && p % 2 == 0 && n_img == 1 && j->dst_img->sx == 1 && !j->accumulate && !j->stream &&
+           d->ph[p].ow == d->ph[p + 1].ow && d->ph[p].oh == d->ph[p + 1].oh;
 }
 
 /* Output channel blocks [mb0, mb1) of one (images [b, b + j->images), group, band), their planes
@@ -780,8 +825,17 @@ static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t
                 dst[i] = (dest_t){j->dst + (b + i) * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc,
                                   j->dst_img->sy, j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m,
                                   j->accumulate, j->e, j->stream};
-            if (d->kind == KIND_ROWS) run_rows(j, p, scratch, grp, r0, end - r0, m, m1, &dst[0], tb[0]);
-            else run_pixels(j, p, n_img, planes, tb, dst, grp, r0, end - r0, m, m1, scratch);
+            if (d->kind == KIND_ROWS) {
+                run_rows(j, p, scratch, grp, r0, end - r0, m, m1, &dst[0], tb[0]);
+            } else if (emits_pair(j, p, n_img)) { /* a channel block at a time (step 1) */
+                float *odd = scratch + d->pair_offset;
+                pixels_results(j, p, 1, planes, tb, grp, end - r0, m, scratch);
+                pixels_results(j, p + 1, 1, planes, &odd, grp, end - r0, m, scratch);
+                pixels_emit_pair(d, ph, tb[0], odd, r0, end - r0, m, &dst[0]);
+                p++;
+            } else {
+                run_pixels(j, p, n_img, planes, tb, dst, grp, r0, end - r0, m, m1, scratch);
+            }
         }
 }
 

@@ -82,6 +82,8 @@ struct bp_direct {
     int32_t *tap_phase, *tap_index; /* each S tap's phase and position there (every tap is in one) */
     size_t packed_group;          /* packed weight floats per group */
     size_t tb_offset, chunk_offset, run_offset, scratch; /* worker scratch layout */
+    size_t pair_offset;           /* backward pixels plans with sx = 2: the odd column phase's tile
+                                     results, emitted with the even one's (0: none) */
     size_t image_group;           /* pixels, weights from a view: images a task takes (1: one) */
     size_t group_offset, group_stride, group_scratch; /* their planes and results, images 1 .. */
 };

@@ -179,6 +179,36 @@ static inline void bp_transpose8x8_add(const float *src, size_t src_stride, cons
 #endif
 }
 
+/* dst[c * dst_stride + 2r] = even[r * src_stride + c] + bias[c] and dst[c * dst_stride + 2r + 1]
+   = odd[r * src_stride + c] + bias[c] for r < n <= 8, c < 8: two 8 x 8 blocks transposed and
+   interleaved, each output row 2n consecutive values (the two column phases of a 2-strided row). */
+static inline void bp_transpose8x8_interleave_add(const float *even, const float *odd, size_t src_stride,
+                                                  const float bias[8], float *dst, size_t dst_stride, size_t n) {
+#if defined(__AVX__)
+    if (n == 8) {
+        const float *rows[8];
+        __m256 e[8], o[8];
+        for (size_t i = 0; i < 8; i++) rows[i] = even + i * src_stride;
+        bp_transpose8x8_regs(rows, 0, e);
+        for (size_t i = 0; i < 8; i++) rows[i] = odd + i * src_stride;
+        bp_transpose8x8_regs(rows, 0, o);
+        for (int c = 0; c < 8; c++) {
+            __m256 b = _mm256_set1_ps(bias[c]);
+            __m256 lo = _mm256_unpacklo_ps(e[c], o[c]), hi = _mm256_unpackhi_ps(e[c], o[c]);
+            float *row = dst + (size_t)c * dst_stride;
+            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), b));
+            _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x31), b));
+        }
+        return;
+    }
+#endif
+    for (size_t c = 0; c < 8; c++)
+        for (size_t r = 0; r < n; r++) {
+            dst[c * dst_stride + 2 * r] = even[r * src_stride + c] + bias[c];
+            dst[c * dst_stride + 2 * r + 1] = odd[r * src_stride + c] + bias[c];
+        }
+}
+
 /* dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8. */
 static inline void bp_transpose8x8(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
     const float *rows[8];
