@@ -352,16 +352,6 @@ void bp_direct_destroy(bp_direct *d, const bp_allocator *a) { bp_free(a, d); }
 
 /* ---- weights --------------------------------------------------------------------------------- */
 
-/* col[i][r] = kernels[r * in + t0 + i] for the nt <= 8 taps from t0 of the kernels of channels
-   r < rows: 8 channels x 8 taps transposed at a time. */
-static void kernel_taps_by_channel(const float *kernels, size_t in, size_t rows, size_t t0, size_t nt,
-                                   float col[8][BP_DIRECT_BW_MAX]) {
-    size_t r8 = nt == 8 ? rows / 8 * 8 : 0;
-    for (size_t r = 0; r < r8; r += 8) bp_transpose8x8(kernels + r * in + t0, in, &col[0][r], BP_DIRECT_BW_MAX);
-    for (size_t r = r8; r < rows; r++)
-        for (size_t i = 0; i < nt; i++) col[i][r] = kernels[r * in + t0 + i];
-}
-
 /* Forward plans: packed steps [k0, k0 + n) of channel block mb of phase p, group grp:
    dst[k][r] = w(mb*bw + r, k0 + k), zero for rows past the last channel. */
 static void pack_block(const bp_direct *d, const bp_weights_view *v, size_t grp, size_t p, size_t mb, size_t k0,
@@ -416,19 +406,26 @@ static void pack_backward_block(const bp_direct *d, const bp_weights_view *v, si
         per_o[p] = ph->taps * bw;
         if (rows < bw) memset(phase_block[p], 0, ph->k * bw * sizeof(float));
     }
-    /* one channel o at a time, its block of kernels read front to back; each (o, tap) of each
-       phase is a whole row of bw */
+    /* one channel o at a time, its block of kernels read front to back, 8 channels x 8 taps
+       transposed at a time straight into the phases the taps land on; each (o, tap) of each phase
+       is a whole row of bw */
     size_t taps = d->s_taps;
     for (size_t o = 0; o < d->c; o++)
         for (size_t t0 = 0; t0 < taps; t0 += 8) {
-            size_t nt = bp_min(8, taps - t0);
-            float col[8][BP_DIRECT_BW_MAX];
-            kernel_taps_by_channel(block + o * v->out, v->in, rows, t0, nt, col);
+            size_t nt = bp_min(8, taps - t0), r8 = nt == 8 ? rows / 8 * 8 : 0;
+            const float *kernels = block + o * v->out + t0; /* channel r's taps from t0 at kernels + r * v->in */
+            float *to[8];                                   /* where tap t0 + i of channel r goes: to[i] + r */
             for (size_t i = 0; i < nt; i++) {
                 size_t p = (size_t)d->tap_phase[t0 + i];
-                memcpy(phase_block[p] + o * per_o[p] + (size_t)d->tap_index[t0 + i] * bw, col[i],
-                       rows * sizeof(float));
+                to[i] = phase_block[p] + o * per_o[p] + (size_t)d->tap_index[t0 + i] * bw;
             }
+            for (size_t r = 0; r < r8; r += 8) {
+                float *at[8];
+                for (size_t i = 0; i < 8; i++) at[i] = to[i] + r;
+                bp_transpose8x8_to(kernels + r * v->in, v->in, at);
+            }
+            for (size_t r = r8; r < rows; r++)
+                for (size_t i = 0; i < nt; i++) to[i][r] = kernels[r * v->in + i];
         }
 }
 

@@ -209,6 +209,21 @@ static inline void bp_transpose8x8_interleave_add(const float *even, const float
         }
 }
 
+/* dst[c][r] = src[r * src_stride + c] for r, c < 8: an 8 x 8 block transposed, each output row
+   to its own place. */
+static inline void bp_transpose8x8_to(const float *src, size_t src_stride, float *const dst[8]) {
+#if defined(__AVX__)
+    const float *rows[8];
+    __m256 out[8];
+    for (size_t i = 0; i < 8; i++) rows[i] = src + i * src_stride;
+    bp_transpose8x8_regs(rows, 0, out);
+    for (int c = 0; c < 8; c++) _mm256_storeu_ps(dst[c], out[c]);
+#else
+    for (size_t c = 0; c < 8; c++)
+        for (size_t r = 0; r < 8; r++) dst[c][r] = src[r * src_stride + c];
+#endif
+}
+
 /* dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8. */
 static inline void bp_transpose8x8(const float *src, size_t src_stride, float *dst, size_t dst_stride) {
     const float *rows[8];
