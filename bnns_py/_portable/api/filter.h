@@ -48,7 +48,7 @@ typedef struct bp_filter {
     bool wino_dx;
     bp_geom dx_geom;
     bp_winograd wino_dx_plan;
-    /* and for its weight gradient (undilated), on the forward plan's tiles: in the calls where it
+    /* and for its weight gradient, on the forward plan's tiles: in the calls where it
        pays (bp_winograd_gradient_pays), or all when BNNS_PY_PORTABLE_ENGINE=winograd */
     bool wino_dw, wino_dw_forced;
     /* one workspace per filter; a concurrent call allocates its own */
