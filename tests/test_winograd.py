@@ -347,3 +347,75 @@ def test_weight_gradient_matches_torch_autograd(case, accumulate, backend, rng, 
                               "weight gradient")
     assert_close_to_reference(db, tb.grad.numpy(), n * oh * ow, "bias gradient")
     assert_close_to_reference(dx, tx.grad.numpy(), cout * 9, "input gradient")
+
+
+def _sums_bytes(cin, cout, workers):
+    """The least the Winograd weight gradient's sums take: one M (16 x cout x cin floats) per worker."""
+    return workers * 16 * cout * cin * 4
+
+
+@pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
+def test_weight_gradient_sums_are_reserved_at_the_first_backward_call(client, winograd, backend, rng,
+                                                                       no_filter_leaks):
+    """A filter reserves the weight gradient's sums at the first backward call that computes dW on
+    Winograd, not when it is made nor for forward or input-gradient calls, and keeps them for the
+    next calls (a filter owning its weights: its client-pointer twin, made at its first backward
+    call, holds them)."""
+    n, cin, cout, h, w, workers = 2, 96, 80, 12, 12, 2
+    weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                   weight, bias, AF.identity, workers, flags=None if client else Flags.none)
+    x = random_array(rng, (n, cin, h, w))
+    with layer:
+        def reserved():
+            return backend.lib.bnns_portable_filter_reserved_bytes(layer.bnns_filter)
+
+        made = reserved()
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        assert reserved() == made, "a forward call reserves nothing"
+        dy = random_array(rng, y.shape)
+        dx = np.empty_like(x)
+        layer.apply_backward(n, x, y, dy, dx)
+        without_dw = reserved()
+        assert without_dw == made if client else without_dw > made, "dx alone reserves no sums (a twin at most)"
+        after = []
+        for _ in range(2):
+            dw = np.full(weight.shape, np.nan, np.float32)
+            layer.apply_backward(n, x, y, dy, dx, dw)
+            _, dw_ref, _ = reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))
+            assert_close_to_reference(dw, dw_ref, n * oh * ow, "weight gradient")
+            after.append(reserved())
+    assert after[0] >= without_dw + _sums_bytes(cin, cout, workers), "the first dW call reserves the sums"
+    assert after[1] == after[0], "and the next ones reuse them"
+
+
+def test_concurrent_weight_gradients_on_one_layer(winograd, backend, rng, no_filter_leaks):
+    """Threads computing dW on one layer at once: the call holding the filter's workspace uses its
+    sums, the others their own; every result is the reference's."""
+    import threading
+
+    n, cin, cout, h, w = 2, 40, 36, 10, 10
+    weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                   weight, bias, AF.identity, 2)
+    inputs = [(random_array(rng, (n, cin, h, w)), random_array(rng, (n, cout, oh, ow))) for _ in range(4)]
+    expected = [reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))[1] for x, dy in inputs]
+    failures = []
+
+    def work(i):
+        x, dy = inputs[i]
+        dw = np.empty_like(weight)
+        for _ in range(40):
+            layer.apply_backward(n, x, None, dy, None, dw)
+            if np.abs(dw - expected[i]).max() > 1e-5 * np.sqrt(n * oh * ow) * max(1.0, np.abs(expected[i]).max()):
+                failures.append(i)
+                return
+
+    with layer:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
