@@ -391,31 +391,45 @@ def test_weight_gradient_sums_are_reserved_at_the_first_backward_call(client, wi
 
 
 def test_concurrent_weight_gradients_on_one_layer(winograd, backend, rng, no_filter_leaks):
-    """Threads computing dW on one layer at once: the call holding the filter's workspace uses its
-    sums, the others their own; every result is the reference's."""
+    """Threads computing dW on one layer at once, while another thread keeps the worker pool busy
+    with a larger layer: the call holding the filter's workspace uses its sums, the others their
+    own, and a call that finds the pool busy sums every tile row alone (adding no other worker's
+    sums, left from an earlier call); every result is the reference's."""
     import threading
 
     n, cin, cout, h, w = 2, 40, 36, 10, 10
     weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
     layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
                                    weight, bias, AF.identity, 2)
-    inputs = [(random_array(rng, (n, cin, h, w)), random_array(rng, (n, cout, oh, ow))) for _ in range(4)]
+    big_weight = random_array(rng, (64, 64, 3, 3), 0.3)
+    big, _ = client_layer(ConvolutionType.standard, 64, 64, 40, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                          big_weight, None, AF.identity, 2)
+    inputs = [(random_array(rng, (n, cin, h, w)), random_array(rng, (n, cout, oh, ow))) for _ in range(3)]
     expected = [reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))[1] for x, dy in inputs]
-    failures = []
+    failures, done = [], threading.Event()
 
     def work(i):
         x, dy = inputs[i]
         dw = np.empty_like(weight)
-        for _ in range(40):
+        for _ in range(60):
             layer.apply_backward(n, x, None, dy, None, dw)
             if np.abs(dw - expected[i]).max() > 1e-5 * np.sqrt(n * oh * ow) * max(1.0, np.abs(expected[i]).max()):
                 failures.append(i)
                 return
 
-    with layer:
+    def keep_the_pool_busy():
+        x, y = random_array(rng, (4, 64, 40, 40)), np.empty((4, 64, 40, 40), np.float32)
+        while not done.wait(0.002):  # busy, then free: calls of both kinds
+            big.apply(4, x, y)
+
+    with layer, big:
+        hog = threading.Thread(target=keep_the_pool_busy)
+        hog.start()
         threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        done.set()
+        hog.join()
     assert failures == []

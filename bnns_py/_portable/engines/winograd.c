@@ -552,7 +552,8 @@ typedef struct {
     const bp_gemm_ctx *ctx;
     const bp_scratch *s;
     size_t chunk_rows, total_rows;
-    int summing;      /* workers of the first run, whose M the second adds */
+    int *summing;     /* workers the first run had, whose M the second adds: fewer than asked for
+                         when the pool is busy with another call (then one worker sums every row) */
 } gradient_job;
 
 static int gradient_workers(const bp_geom *g, const bp_winograd *plan, size_t total_rows, int threads) {
@@ -592,6 +593,7 @@ static void gradient_transform(const gradient_job *j, bool input, size_t channel
 /* The first run: a worker's tile rows into its M. */
 static void gradient_sums(void *arg, int worker, int workers) {
     const gradient_job *j = arg;
+    if (worker == 0) *j->summing = workers;
     const bp_geom *g = j->g;
     size_t in_c = g->in_c, out_c = g->out_c, tw = j->plan->tw, ld = row_ld(tw), mp = out_c * in_c, r0, r1;
     bp_split(j->total_rows, worker, workers, &r0, &r1);
@@ -615,7 +617,7 @@ static void gradient_kernels(void *arg, int worker, int workers) {
     size_t mp = j->g->out_c * j->g->in_c, k0, k1;
     bp_split(mp, worker, workers, &k0, &k1);
     float *m = j->work;
-    for (int other = 1; other < j->summing; other++) {
+    for (int other = 1; other < *j->summing; other++) {
         const float *add = j->work + (size_t)other * j->per_worker;
         for (size_t p = 0; p < 16; p++)
             for (size_t k = k0; k < k1; k++) m[p * mp + k] += add[p * mp + k];
@@ -627,16 +629,16 @@ void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size
                                  const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
                                  float *work, const bp_scratch *s, const bp_gemm_ctx *ctx) {
     size_t total_rows = gradient_rows(plan, batch), ohw = g->out_h * g->out_w, mp = g->out_c * g->in_c;
+    int summing = 1;
     gradient_job j = {plan, g, *g, {0}, x_img, x, dy, x_bs, dy_bs, dw, beta, work,
-                      bp_round_up(dw_worker_floats(g, plan), 16), ctx, s, dw_chunk_rows(g, plan), total_rows, 1};
+                      bp_round_up(dw_worker_floats(g, plan), 16), ctx, s, dw_chunk_rows(g, plan), total_rows,
+                      &summing};
     j.dy_geom.in_c = g->out_c;
     j.dy_geom.in_h = g->out_h;
     j.dy_geom.in_w = g->out_w;
     j.dy_geom.pl = j.dy_geom.pt = 0;
     j.dy_img = (bp_image){.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw,
                           .item = g->out_c * ohw, .packed = true};
-    int workers = gradient_workers(g, plan, total_rows, ctx->threads);
-    j.summing = workers;
-    bp_parallel_run(workers, gradient_sums, &j);
-    bp_parallel_run(bp_workers_for(ctx->threads, 16 * (size_t)workers * mp), gradient_kernels, &j);
+    bp_parallel_run(gradient_workers(g, plan, total_rows, ctx->threads), gradient_sums, &j);
+    bp_parallel_run(bp_workers_for(ctx->threads, 16 * (size_t)summing * mp), gradient_kernels, &j);
 }
