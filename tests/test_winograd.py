@@ -9,6 +9,11 @@ from the caller at each call. The weight gradient (F(3x3, 2x2) on the same tiles
 output phases summed) on the same geometries, set and accumulated, through the activation, from
 strided inputs and against PyTorch's autograd. The filter reports which pass runs, so no test passes on the direct
 engine by mistake."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -433,3 +438,53 @@ def test_concurrent_weight_gradients_on_one_layer(winograd, backend, rng, no_fil
         done.set()
         hog.join()
     assert failures == []
+
+
+# Runs in a child process per tier (chosen once per process, when the library loads): the Winograd
+# weight gradient, set and accumulated, of an undilated and a dilated layer with odd channel counts
+# and batches, the sums split over 2 workers, against the float64 reference.
+TIER_CHILD = r"""
+import json, sys
+import numpy as np
+import bnns_py
+from bnns_py import ActivationFunction as AF, ConvolutionType, NDArrayDescriptor, NDArrayFlags, reference
+from conftest import client_layer
+
+rng = np.random.default_rng(5)
+errors = {}
+for n, cin, cout, h, w, pad, dil in [(3, 33, 19, 13, 11, (1, 1, 1, 1), 1), (3, 35, 21, 18, 17, (2, 2, 2, 2), 2)]:
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    weight = (0.3 * rng.standard_normal((cout, cin, 3, 3))).astype(np.float32)
+    start = rng.standard_normal(weight.shape).astype(np.float32)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (dil, dil), 1,
+                                   weight, None, AF.identity, 2)
+    with layer:
+        assert bnns_py.get_backend().filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        for accumulate in (False, True):
+            flag = NDArrayFlags.backprop_accumulate if accumulate else NDArrayFlags.backprop_set
+            dw = NDArrayDescriptor(start.copy().reshape(-1), layer.weights.shape, flags=flag)
+            layer.apply_backward(n, x, y, dy, None, dw)
+            expected = reference.conv2d_backward(x, weight, dy, padding=pad, dilation=dil)[1] + accumulate * start
+            scale = np.sqrt(n * oh * ow) * max(1.0, np.abs(expected).max())
+            errors[f"d{dil} accumulate={accumulate}"] = float(np.abs(dw.data.reshape(weight.shape) - expected).max()
+                                                             / scale)
+print(json.dumps(dict(isa=bnns_py.backend_info()["isa"], errors=errors)))
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_weight_gradient_on_each_tier(isa):
+    available = bnns_py.backend_info().get("isa_available", "").split()
+    if isa not in available:
+        pytest.skip(f"this CPU / build does not run the {isa} tier (it runs: {' '.join(available)})")
+    env = dict(os.environ, BNNS_PY_ISA=isa, BNNS_PY_PORTABLE_ENGINE="winograd")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.run([sys.executable, "-c", TIER_CHILD], env=env, capture_output=True, text=True, timeout=300,
+                           cwd=tests_dir)
+    assert child.returncode == 0, child.stderr[-3000:]
+    info = json.loads(child.stdout.strip().splitlines()[-1])
+    assert info["isa"] == isa and len(info["errors"]) == 4
+    assert max(info["errors"].values()) <= 1e-5, info["errors"]
