@@ -49,10 +49,15 @@ uint16_t bnns_portable_f32_to_bf16(float f);
    "direct rows" / "direct pixels" are the direct convolution engine's two kernels for passes 0
    and 1 ("direct flat pixels": the pixels kernel with tiles over flat positions, not within
    rows), "direct" its weight gradient; "winograd" the Winograd F(2x2, 3x3) pass (forward, and the
-   input and, undilated, weight gradients of client-pointer filters, the latter in calls with
+   input and weight gradients of client-pointer filters, the latter in calls with
    enough tiles per thread, else on the direct engine); "depthwise" the depthwise kernels (one
    input channel per group), "tiny" the tiny-layer forward kernel, "im2col" the im2col + GEMM
    path; "" for a NULL filter or another pass. The environment variable BNNS_PY_PORTABLE_ENGINE
    (auto, rows, pixels, flat-pixels, im2col, winograd), read when a filter is created, overrides
    the choice. */
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass);
+
+/* Bytes a portable filter holds for its calls: its workspace, the weight-gradient sums the first
+   backward call on the Winograd pass reserves, and the same of the client-pointer twin that
+   backward on a filter owning its weights runs on (0 for a NULL filter). */
+size_t bnns_portable_filter_reserved_bytes(BNNSFilter filter);

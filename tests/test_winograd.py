@@ -5,10 +5,15 @@ column), output phases of different sizes,
 padding of 0 to 3 on each side, images narrower than a tile row's vector, strided inputs, batches
 whose tile-row blocks span images, channel counts that leave partial channel blocks and partial
 8-channel transposes, bias and activation, 1 and 2 threads, weights owned by the filter and read
-from the caller at each call. The weight gradient of undilated layers (F(3x3, 2x2) on the same
-tiles) on the same geometries, set and accumulated, through the activation, from strided inputs and
-against PyTorch's autograd. The filter reports which pass runs, so no test passes on the direct
+from the caller at each call. The weight gradient (F(3x3, 2x2) on the same tiles, dilated layers'
+output phases summed) on the same geometries, set and accumulated, through the activation, from
+strided inputs and against PyTorch's autograd. The filter reports which pass runs, so no test passes on the direct
 engine by mistake."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -237,17 +242,18 @@ def test_very_wide_rows_stay_on_the_direct_engine(winograd, backend, rng, no_fil
                                atol=_tolerance(cin))
 
 
-UNDILATED = [case for case in GEOMETRIES if case[6] == 1] + [
+GRADIENT_GEOMETRIES = GEOMETRIES + [
     (3, 70, 45, 15, 9, (1, 1, 1, 1), 1),  # channel counts no multiple of 16, an odd batch
     (2, 64, 64, 58, 58, (0, 0, 0, 0), 1),  # ResNet-50's first 3x3 layer's sizes, unpadded: chunks of tile rows
+    (3, 33, 35, 30, 29, (2, 2, 2, 2), 2),  # dilated, odd channels and batch: chunks across phases and images
 ]
 
 
 def _gradient_layer(rng, case, n_threads, activation=AF.identity, input_strides=(0, 0, 0)):
-    n, cin, cout, h, w, pad, _ = case
+    n, cin, cout, h, w, pad, dil = case
     weight = random_array(rng, (cout, cin, 3, 3), 0.3)
     bias = random_array(rng, (cout,))
-    layer, out_hw = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (1, 1), 1, weight,
+    layer, out_hw = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (dil, dil), 1, weight,
                                  bias, activation, n_threads, input_strides=input_strides)
     return weight, bias, layer, out_hw
 
@@ -267,11 +273,11 @@ def _weight_and_bias_gradients(backend, rng, layer, x, weight, bias, out_shape):
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("accumulate", [False, True], ids=["set", "accumulate"])
-@pytest.mark.parametrize("case", UNDILATED, ids=_ids(UNDILATED))
+@pytest.mark.parametrize("case", GRADIENT_GEOMETRIES, ids=_ids(GRADIENT_GEOMETRIES))
 def test_weight_gradient_matches_the_reference(case, accumulate, n_threads, winograd, backend, rng, no_filter_leaks):
     """dW and db set, or added to what the arrays held (BackpropAccumulate), without an activation:
     the whole batch in one Winograd pass."""
-    n, cin, cout, h, w, pad, _ = case
+    n, cin, cout, h, w, pad, dil = case
     weight, bias, layer, (oh, ow) = _gradient_layer(rng, case, n_threads)
     x = random_array(rng, (n, cin, h, w))
     start_w, start_b = random_array(rng, weight.shape), random_array(rng, bias.shape)
@@ -284,7 +290,7 @@ def test_weight_gradient_matches_the_reference(case, accumulate, n_threads, wino
         dw = NDArrayDescriptor(start_w.copy().reshape(-1), layer.weights.shape, flags=flag)
         db = NDArrayDescriptor(start_b.copy(), layer.bias.shape, flags=flag)
         layer.apply_backward(n, x, y, dy, None, dw, db)
-    _, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy, bias=True, padding=pad)
+    _, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy, bias=True, padding=pad, dilation=dil)
     offset = 1.0 if accumulate else 0.0
     assert_close_to_reference(dw.data.reshape(weight.shape), dw_ref + offset * start_w, n * oh * ow, "weight gradient")
     assert_close_to_reference(db.data, db_ref + offset * start_b, n * oh * ow, "bias gradient")
@@ -317,26 +323,168 @@ def test_weight_gradient_of_a_strided_input(winograd, backend, rng, no_filter_le
     assert_close_to_reference(dw, dw_ref, n * oh * ow, "weight gradient")
 
 
-def test_weight_gradient_matches_torch_autograd(backend, rng, monkeypatch, no_filter_leaks):
-    """The automatic choice (Winograd for this layer) against PyTorch's autograd."""
+@pytest.mark.parametrize("accumulate", [False, True], ids=["set", "accumulate"])
+@pytest.mark.parametrize("case", [(2, 40, 36, 17, 15, (1, 1, 1, 1), 1), (3, 40, 37, 20, 20, (2, 2, 2, 2), 2)],
+                         ids=["same", "dilated"])
+def test_weight_gradient_matches_torch_autograd(case, accumulate, backend, rng, monkeypatch, no_filter_leaks):
+    """The automatic choice (Winograd for these layers; the dilated one has 4 output phases of
+    10 x 10, as the benchmark's dilated layer at a smaller size) against PyTorch's autograd: dW
+    (also added to what its array held), db and dx."""
     torch = pytest.importorskip("torch")
     monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
-    case = (2, 40, 36, 17, 15, (1, 1, 1, 1), 1)
-    n, cin, cout, h, w, pad, _ = case
+    n, cin, cout, h, w, pad, dil = case
     weight, bias, layer, (oh, ow) = _gradient_layer(rng, case, 2)
     x = random_array(rng, (n, cin, h, w))
-    _, dy, dw, db = _weight_and_bias_gradients(backend, rng, layer, x, weight, bias, (n, cout, oh, ow))
-    tw, tb = torch.tensor(weight, requires_grad=True), torch.tensor(bias, requires_grad=True)
-    torch.nn.functional.conv2d(torch.tensor(x), tw, tb, padding=1).backward(torch.tensor(dy))
-    assert_close_to_reference(dw, tw.grad.numpy(), n * oh * ow, "weight gradient")
-    assert_close_to_reference(db, tb.grad.numpy(), n * oh * ow, "bias gradient")
-
-
-def test_dilated_layers_keep_the_direct_weight_gradient(winograd, backend, rng, no_filter_leaks):
-    """Dilated layers run forward on Winograd output phases; their weight gradient stays direct."""
-    weight = random_array(rng, (24, 24, 3, 3))
-    layer, _ = client_layer(ConvolutionType.standard, 24, 24, 16, 16, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1,
-                            weight, None, AF.identity, 1)
+    start_w = random_array(rng, weight.shape)
+    flag = NDArrayFlags.backprop_accumulate if accumulate else NDArrayFlags.backprop_set
     with layer:
-        assert backend.filter_engine(layer.bnns_filter) == "winograd"
-        assert backend.filter_engine(layer.bnns_filter, "weights_gradient") != "winograd"
+        assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx, db = np.full(x.shape, np.nan, np.float32), np.full(bias.shape, np.nan, np.float32)
+        dw = NDArrayDescriptor(start_w.copy().reshape(-1), layer.weights.shape, flags=flag)
+        layer.apply_backward(n, x, y, dy, dx, dw, db)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, weight, bias))
+    torch.nn.functional.conv2d(tx, tw, tb, padding=pad[0], dilation=dil).backward(torch.tensor(dy))
+    offset = 1.0 if accumulate else 0.0
+    assert_close_to_reference(dw.data.reshape(weight.shape), tw.grad.numpy() + offset * start_w, n * oh * ow,
+                              "weight gradient")
+    assert_close_to_reference(db, tb.grad.numpy(), n * oh * ow, "bias gradient")
+    assert_close_to_reference(dx, tx.grad.numpy(), cout * 9, "input gradient")
+
+
+def _sums_bytes(cin, cout, workers):
+    """The least the Winograd weight gradient's sums take: one M (16 x cout x cin floats) per worker."""
+    return workers * 16 * cout * cin * 4
+
+
+@pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
+def test_weight_gradient_sums_are_reserved_at_the_first_backward_call(client, winograd, backend, rng,
+                                                                       no_filter_leaks):
+    """A filter reserves the weight gradient's sums at the first backward call that computes dW on
+    Winograd, not when it is made nor for forward or input-gradient calls, and keeps them for the
+    next calls (a filter owning its weights: its client-pointer twin, made at its first backward
+    call, holds them)."""
+    n, cin, cout, h, w, workers = 2, 96, 80, 12, 12, 2
+    weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                   weight, bias, AF.identity, workers, flags=None if client else Flags.none)
+    x = random_array(rng, (n, cin, h, w))
+    with layer:
+        def reserved():
+            return backend.lib.bnns_portable_filter_reserved_bytes(layer.bnns_filter)
+
+        made = reserved()
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        assert reserved() == made, "a forward call reserves nothing"
+        dy = random_array(rng, y.shape)
+        dx = np.empty_like(x)
+        layer.apply_backward(n, x, y, dy, dx)
+        without_dw = reserved()
+        assert without_dw == made if client else without_dw > made, "dx alone reserves no sums (a twin at most)"
+        after = []
+        for _ in range(2):
+            dw = np.full(weight.shape, np.nan, np.float32)
+            layer.apply_backward(n, x, y, dy, dx, dw)
+            _, dw_ref, _ = reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))
+            assert_close_to_reference(dw, dw_ref, n * oh * ow, "weight gradient")
+            after.append(reserved())
+    assert after[0] >= without_dw + _sums_bytes(cin, cout, workers), "the first dW call reserves the sums"
+    assert after[1] == after[0], "and the next ones reuse them"
+
+
+def test_concurrent_weight_gradients_on_one_layer(winograd, backend, rng, no_filter_leaks):
+    """Threads computing dW on one layer at once, while another thread keeps the worker pool busy
+    with a larger layer: the call holding the filter's workspace uses its sums, the others their
+    own, and a call that finds the pool busy sums every tile row alone (adding no other worker's
+    sums, left from an earlier call); every result is the reference's."""
+    import threading
+
+    n, cin, cout, h, w = 2, 40, 36, 10, 10
+    weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                   weight, bias, AF.identity, 2)
+    big_weight = random_array(rng, (64, 64, 3, 3), 0.3)
+    big, _ = client_layer(ConvolutionType.standard, 64, 64, 40, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                          big_weight, None, AF.identity, 2)
+    inputs = [(random_array(rng, (n, cin, h, w)), random_array(rng, (n, cout, oh, ow))) for _ in range(3)]
+    expected = [reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))[1] for x, dy in inputs]
+    failures, done = [], threading.Event()
+
+    def work(i):
+        x, dy = inputs[i]
+        dw = np.empty_like(weight)
+        for _ in range(60):
+            layer.apply_backward(n, x, None, dy, None, dw)
+            if np.abs(dw - expected[i]).max() > 1e-5 * np.sqrt(n * oh * ow) * max(1.0, np.abs(expected[i]).max()):
+                failures.append(i)
+                return
+
+    def keep_the_pool_busy():
+        x, y = random_array(rng, (4, 64, 40, 40)), np.empty((4, 64, 40, 40), np.float32)
+        while not done.wait(0.002):  # busy, then free: calls of both kinds
+            big.apply(4, x, y)
+
+    with layer, big:
+        hog = threading.Thread(target=keep_the_pool_busy)
+        hog.start()
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        hog.join()
+    assert failures == []
+
+
+# Runs in a child process per tier (chosen once per process, when the library loads): the Winograd
+# weight gradient, set and accumulated, of an undilated and a dilated layer with odd channel counts
+# and batches, the sums split over 2 workers, against the float64 reference.
+TIER_CHILD = r"""
+import json, sys
+import numpy as np
+import bnns_py
+from bnns_py import ActivationFunction as AF, ConvolutionType, NDArrayDescriptor, NDArrayFlags, reference
+from conftest import client_layer
+
+rng = np.random.default_rng(5)
+errors = {}
+for n, cin, cout, h, w, pad, dil in [(3, 33, 19, 13, 11, (1, 1, 1, 1), 1), (3, 35, 21, 18, 17, (2, 2, 2, 2), 2)]:
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    weight = (0.3 * rng.standard_normal((cout, cin, 3, 3))).astype(np.float32)
+    start = rng.standard_normal(weight.shape).astype(np.float32)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), pad, (dil, dil), 1,
+                                   weight, None, AF.identity, 2)
+    with layer:
+        assert bnns_py.get_backend().filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
+        y = np.empty((n, cout, oh, ow), np.float32)
+        layer.apply(n, x, y)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        for accumulate in (False, True):
+            flag = NDArrayFlags.backprop_accumulate if accumulate else NDArrayFlags.backprop_set
+            dw = NDArrayDescriptor(start.copy().reshape(-1), layer.weights.shape, flags=flag)
+            layer.apply_backward(n, x, y, dy, None, dw)
+            expected = reference.conv2d_backward(x, weight, dy, padding=pad, dilation=dil)[1] + accumulate * start
+            scale = np.sqrt(n * oh * ow) * max(1.0, np.abs(expected).max())
+            errors[f"d{dil} accumulate={accumulate}"] = float(np.abs(dw.data.reshape(weight.shape) - expected).max()
+                                                             / scale)
+print(json.dumps(dict(isa=bnns_py.backend_info()["isa"], errors=errors)))
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_weight_gradient_on_each_tier(isa):
+    available = bnns_py.backend_info().get("isa_available", "").split()
+    if isa not in available:
+        pytest.skip(f"this CPU / build does not run the {isa} tier (it runs: {' '.join(available)})")
+    env = dict(os.environ, BNNS_PY_ISA=isa, BNNS_PY_PORTABLE_ENGINE="winograd")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.run([sys.executable, "-c", TIER_CHILD], env=env, capture_output=True, text=True, timeout=300,
+                           cwd=tests_dir)
+    assert child.returncode == 0, child.stderr[-3000:]
+    info = json.loads(child.stdout.strip().splitlines()[-1])
+    assert info["isa"] == isa and len(info["errors"]) == 4
+    assert max(info["errors"].values()) <= 1e-5, info["errors"]

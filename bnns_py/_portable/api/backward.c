@@ -160,6 +160,8 @@ typedef struct {
     bool whole_batch;      /* dz is out_delta itself: each engine call takes the whole batch */
     bool dx_winograd;      /* dx as the adjoint convolution of dy on the Winograd pass */
     bool dw_winograd;      /* dW on the Winograd pass (standard layers; else on S's forward plan) */
+    float *dw_sums;        /* its workers' sums: the filter's, or the call's own (dw_sums_temporary) */
+    bool dw_sums_temporary;
     bp_direct_pass pass;
     const bp_direct_pass *direct;
     const float *weights;  /* canonical, for an im2col dx */
@@ -196,8 +198,8 @@ static void plan_call(const bp_filter *f, const backward_call *c, backward_plan 
                      (!f->transposed || (f->in.packed && dx_plain));
     p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain;
     size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
-    p->dw_winograd = f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(g, &f->wino, dw_batch,
-                                                                                   f->gemm.threads));
+    p->dw_winograd = c->weights_delta != NULL && f->wino_dw &&
+                     (f->wino_dw_forced || bp_winograd_gradient_pays(g, &f->wino, dw_batch, f->gemm.threads));
 }
 
 /* dW of a standard layer (canonical, set at beta 0 or added) from x and the packed dz. */
@@ -206,7 +208,7 @@ static void weight_gradient(const bp_filter *f, const backward_plan *p, size_t b
     const bp_work *w = &p->w;
     float *dw = p->dweights;
     if (p->dw_winograd)
-        bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, w->wino_dw_sums,
+        bp_winograd_weight_gradient(&f->wino, &f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, p->dw_sums,
                                     &w->scratch, &f->gemm);
     else
         bp_conv_backward_weights(&f->g, batch, &f->in, x, x_bs, dz, dz_bs, dw, beta, &w->scratch, &f->gemm,
@@ -301,6 +303,28 @@ static void store_gradients(const bp_filter *f, const backward_call *c, const ba
     }
 }
 
+/* The Winograd weight gradient's sums for a call that runs it: the filter's, reserved by the first
+   such call (only a call holding the filter's workspace uses them, so no two calls race to make
+   them), or for a call working in private memory its own. False with bp_set_error when memory
+   runs out. */
+static bool acquire_dw_sums(bp_filter *f, bool temporary, backward_plan *p) {
+    p->dw_sums = NULL;
+    p->dw_sums_temporary = temporary;
+    if (!p->dw_winograd) return true;
+    size_t bytes = bp_winograd_gradient_floats(&f->g, &f->wino, f->workers) * sizeof(float);
+    p->dw_sums = temporary ? NULL : atomic_load_explicit(&f->wino_dw_sums, memory_order_acquire);
+    if (p->dw_sums == NULL) {
+        p->dw_sums = bp_alloc(&f->allocator, bytes);
+        if (p->dw_sums == NULL) return false;
+        if (!temporary) atomic_store_explicit(&f->wino_dw_sums, p->dw_sums, memory_order_release);
+    }
+    return true;
+}
+
+static void release_dw_sums(bp_filter *f, backward_plan *p) {
+    if (p->dw_sums_temporary) bp_free(&f->allocator, p->dw_sums);
+}
+
 /* BNNS runs backward on a filter created without BNNSFlagsUseClientPtr too (conformance evidence,
    finding 6.2): here on a client-pointer twin reading the filter's own copy of the weights, made
    at the first backward call and kept until the filter is destroyed (the first of two threads
@@ -347,9 +371,14 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     bp_work_split(f, base, &p.w);
     memset(p.w.dbias, 0, f->out.c * sizeof(float));
     plan_call(f, &c, &p);
+    if (!acquire_dw_sums(f, temporary, &p)) {
+        bp_work_release(f, base, temporary);
+        return -1;
+    }
     if (p.whole_batch) run_whole_batch(f, &c, &p);
     else run_per_image(f, &c, &p);
     store_gradients(f, &c, &p);
+    release_dw_sums(f, &p);
     bp_work_release(f, base, temporary);
     return 0;
 }

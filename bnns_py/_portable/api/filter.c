@@ -200,7 +200,6 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
     w->wino_u = w->direct_w + SLICE(f->direct_w_floats);
     w->wino_u_dx = w->wino_u + (f->winograd && f->client ? SLICE(bp_winograd_weight_floats(g)) : 0);
-    w->wino_dw_sums = w->wino_u_dx + (f->wino_dx ? SLICE(bp_winograd_weight_floats(&f->dx_geom)) : 0);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -213,8 +212,7 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
     size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
                       f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0,
-                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0,
-                      f->wino_dw ? bp_winograd_gradient_floats(g, &f->wino, f->workers) : 0};
+                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
@@ -246,6 +244,7 @@ static void destroy_filter(bp_filter *f) {
     bp_filter *twin = atomic_load(&f->twin);
     if (twin != NULL) bp_twin_destroy(twin);
     bp_free(&a, f->workspace);
+    bp_free(&a, atomic_load(&f->wino_dw_sums));
     for (int i = 0; i < 2; i++) {
         if (f->direct[i] != NULL) bp_direct_destroy(f->direct[i], &a);
         bp_free(&a, f->direct_w[i]);
@@ -557,6 +556,15 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
     if (f->direct[which] == NULL) return bp_conv_engine(&f->g, which == BP_DIRECT_BACKWARD_DATA);
     return bp_direct_kind(f->direct[which]);
+}
+
+size_t bnns_portable_filter_reserved_bytes(BNNSFilter filter) {
+    const bp_filter *f = filter;
+    if (f == NULL) return 0;
+    size_t bytes = f->workspace_floats * sizeof(float);
+    if (atomic_load(&f->wino_dw_sums) != NULL)
+        bytes += bp_winograd_gradient_floats(&f->g, &f->wino, f->workers) * sizeof(float);
+    return bytes + bnns_portable_filter_reserved_bytes(atomic_load(&f->twin));
 }
 
 BNNSFilter BNNSFilterCreateLayerConvolution(const BNNSLayerParametersConvolution *layer_params,

@@ -48,9 +48,12 @@ typedef struct bp_filter {
     bool wino_dx;
     bp_geom dx_geom;
     bp_winograd wino_dx_plan;
-    /* and for its weight gradient (undilated), on the forward plan's tiles: in the calls where it
-       pays (bp_winograd_gradient_pays), or all when BNNS_PY_PORTABLE_ENGINE=winograd */
+    /* and for its weight gradient, on the forward plan's tiles: in the calls where it
+       pays (bp_winograd_gradient_pays), or all when BNNS_PY_PORTABLE_ENGINE=winograd; the
+       workers' sums (bp_winograd_gradient_floats) are reserved by the first backward call that
+       runs it, for the calls that hold the workspace (backward.c) */
     bool wino_dw, wino_dw_forced;
+    float *_Atomic wino_dw_sums;
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
@@ -71,8 +74,7 @@ typedef struct bp_filter {
 /* workspace layout (offsets in floats) */
 typedef struct {
     bp_scratch scratch;
-    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u, *wino_u_dx,
-        *wino_dw_sums;
+    float *pack_in, *pack_out, *pack_out2, *weights, *dweights, *dbias, *rows, *direct_w, *wino_u, *wino_u_dx;
 } bp_work;
 
 enum { BP_DIRECT_FORWARD = 0, BP_DIRECT_BACKWARD_DATA = 1 };

@@ -464,9 +464,11 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
 
 /* The forward identity y = At (U .* V) A, read backwards for the kernel: with dy a tile's 2x2
    output gradients, the tile adds Gt (W .* V) G to dw (3x3), W = A dy At the transformed
-   gradient (F(3x3, 2x2) on the forward pass's own V). Summed over tiles and images, per
-   transform position p: M[p] (out_c x in_c) = W[p] (out_c x tiles) * V[p]^T, a GEMM with the
-   tiles as its inner dimension; then dw = Gt M G per kernel. Each worker takes a share of the
+   gradient (F(3x3, 2x2) on the forward pass's own V; a dilated layer's d x d output phases are
+   undilated convolutions with the same kernel, their tiles summed like any other). Summed over
+   tiles and images, per transform position p: M[p] (out_c x in_c) = W[p] (out_c x tiles) *
+   V[p]^T, a GEMM with the tiles as its inner dimension; then dw = Gt M G per kernel. Each
+   worker takes a share of the
    tile rows of the batch and sums them, chunk by chunk, into its own M; a second run adds the
    workers' M and transforms them, each worker a share of the kernels. No worker waits for another
    within a run (on a busy machine each wait can cost a time slice). */
@@ -550,7 +552,8 @@ typedef struct {
     const bp_gemm_ctx *ctx;
     const bp_scratch *s;
     size_t chunk_rows, total_rows;
-    int summing;      /* workers of the first run, whose M the second adds */
+    int *summing;     /* workers the first run had, whose M the second adds: fewer than asked for
+                         when the pool is busy with another call (then one worker sums every row) */
 } gradient_job;
 
 static int gradient_workers(const bp_geom *g, const bp_winograd *plan, size_t total_rows, int threads) {
@@ -560,24 +563,28 @@ static int gradient_workers(const bp_geom *g, const bp_winograd *plan, size_t to
     return workers;
 }
 
+/* Tile rows of a batch: per image, those of each of the d x d output phases. */
+static size_t gradient_rows(const bp_winograd *plan, size_t batch) { return batch * plan->d * plan->d * plan->th; }
+
 bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads) {
-    size_t total_rows = batch * plan->th;
+    size_t total_rows = gradient_rows(plan, batch);
     return total_rows * plan->tw >= DW_WORKER_TILES * (size_t)gradient_workers(g, plan, total_rows, threads);
 }
 
-/* V (input) or W of one channel's tile rows [r0, r1) into planes `planes` floats apart. */
+/* V (input) or W of one channel's tile rows [r0, r1) into planes `planes` floats apart; tile row r:
+   image, output phase (a, b), row within, as on the forward pass. */
 static void gradient_transform(const gradient_job *j, bool input, size_t channel, size_t r0, size_t r1, float *dst,
                                size_t planes, float *e, float *o) {
-    size_t tw = j->plan->tw, th = j->plan->th, ld = row_ld(tw);
+    size_t tw = j->plan->tw, th = j->plan->th, d = j->plan->d, per_image = d * d * th, ld = row_ld(tw);
     for (size_t r = r0; r < r1; r++) {
-        size_t b = r / th, ty = r % th, col = (r - r0) * tw;
+        size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
         if (input) {
-            bp_winograd_tile_row_inputs(j->g, tw, ld, j->x_img, j->x + b * j->x_bs + channel * j->x_img->sc, ty, 0, 0,
-                                        e, o);
+            bp_winograd_tile_row_inputs(j->g, tw, ld, j->x_img, j->x + b * j->x_bs + channel * j->x_img->sc, ty,
+                                        ph / d, ph % d, e, o);
             bp_winograd_tile_row_transform(tw, ld, e, o, dst + col, planes);
         } else {
             bp_winograd_tile_row_inputs(&j->dy_geom, tw, ld, &j->dy_img, j->dy + b * j->dy_bs + channel * j->dy_img.sc,
-                                        ty, 0, 0, e, o);
+                                        ty, ph / d, ph % d, e, o);
             bp_winograd_tile_row_gradient_transform(tw, ld, e, o, dst + col, planes);
         }
     }
@@ -586,6 +593,7 @@ static void gradient_transform(const gradient_job *j, bool input, size_t channel
 /* The first run: a worker's tile rows into its M. */
 static void gradient_sums(void *arg, int worker, int workers) {
     const gradient_job *j = arg;
+    if (worker == 0) *j->summing = workers;
     const bp_geom *g = j->g;
     size_t in_c = g->in_c, out_c = g->out_c, tw = j->plan->tw, ld = row_ld(tw), mp = out_c * in_c, r0, r1;
     bp_split(j->total_rows, worker, workers, &r0, &r1);
@@ -609,7 +617,7 @@ static void gradient_kernels(void *arg, int worker, int workers) {
     size_t mp = j->g->out_c * j->g->in_c, k0, k1;
     bp_split(mp, worker, workers, &k0, &k1);
     float *m = j->work;
-    for (int other = 1; other < j->summing; other++) {
+    for (int other = 1; other < *j->summing; other++) {
         const float *add = j->work + (size_t)other * j->per_worker;
         for (size_t p = 0; p < 16; p++)
             for (size_t k = k0; k < k1; k++) m[p * mp + k] += add[p * mp + k];
@@ -620,17 +628,17 @@ static void gradient_kernels(void *arg, int worker, int workers) {
 void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
                                  const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
                                  float *work, const bp_scratch *s, const bp_gemm_ctx *ctx) {
-    size_t total_rows = batch * plan->th, ohw = g->out_h * g->out_w, mp = g->out_c * g->in_c;
+    size_t total_rows = gradient_rows(plan, batch), ohw = g->out_h * g->out_w, mp = g->out_c * g->in_c;
+    int summing = 1;
     gradient_job j = {plan, g, *g, {0}, x_img, x, dy, x_bs, dy_bs, dw, beta, work,
-                      bp_round_up(dw_worker_floats(g, plan), 16), ctx, s, dw_chunk_rows(g, plan), total_rows, 1};
+                      bp_round_up(dw_worker_floats(g, plan), 16), ctx, s, dw_chunk_rows(g, plan), total_rows,
+                      &summing};
     j.dy_geom.in_c = g->out_c;
     j.dy_geom.in_h = g->out_h;
     j.dy_geom.in_w = g->out_w;
     j.dy_geom.pl = j.dy_geom.pt = 0;
     j.dy_img = (bp_image){.w = g->out_w, .h = g->out_h, .c = g->out_c, .sx = 1, .sy = g->out_w, .sc = ohw,
                           .item = g->out_c * ohw, .packed = true};
-    int workers = gradient_workers(g, plan, total_rows, ctx->threads);
-    j.summing = workers;
-    bp_parallel_run(workers, gradient_sums, &j);
-    bp_parallel_run(bp_workers_for(ctx->threads, 16 * (size_t)workers * mp), gradient_kernels, &j);
+    bp_parallel_run(gradient_workers(g, plan, total_rows, ctx->threads), gradient_sums, &j);
+    bp_parallel_run(bp_workers_for(ctx->threads, 16 * (size_t)summing * mp), gradient_kernels, &j);
 }

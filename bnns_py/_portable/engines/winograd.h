@@ -1,5 +1,5 @@
 /* bnns-py portable backend: Winograd F(2x2, 3x3) for the forward pass of dense 3x3 layers (and
-   F(3x3, 2x2) on the same tiles for the weight gradient of undilated ones)
+   F(3x3, 2x2) on the same tiles for their weight gradient)
    (stride 1, one group; a dilation d splits the output into d x d phases, every d-th row and
    column, each an undilated convolution of every d-th input row and column).
 
@@ -43,7 +43,7 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
                          size_t batch, const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
                          const bp_epilogue *e, const bp_scratch *s, int threads);
 
-/* The weight gradient of an undilated layer whose forward pass plan is `plan`, on the same tiles:
+/* The weight gradient of a layer whose forward pass plan is `plan`, on the same tiles:
    dw (canonical, [out_c][in_c * 9]) set (beta 0) or beta * dw added, from x through x_img's strides
    and a packed dy. work: bp_winograd_gradient_floats floats for up to `workers` workers (as many
    as the filter's scratch areas). */

@@ -42,7 +42,7 @@ static void plan_winograd(bp_filter *f) {
     if (dilated_activation || !bp_winograd_plan(&f->g, forced, &f->wino)) return;
     f->winograd = true;
     if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
-    f->wino_dw = f->client && f->g.dx == 1;
+    f->wino_dw = f->client;
     f->wino_dw_forced = forced;
 }
 
