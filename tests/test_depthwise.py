@@ -1,4 +1,5 @@
-"""Depthwise 3x3 layers at stride 2 (MobileNet's downsampling layers: the strip kernel that splits
+"""Depthwise layers forward over batches, odd channel counts, depth multipliers and thread counts (the
+engine's task walk, each kernel), and 3x3 layers at stride 2 (MobileNet's downsampling layers: the strip kernel that splits
 input rows into even and odd columns in registers) against the float64 reference: forward with a
 fused clamp (ReLU6, Clamp) or an activation applied afterwards (sigmoid), the input and weight
 gradients (but through ReLU6, which BNNS does not differentiate), odd and even sizes, paddings 0 and 1 on either side, packed inputs and inputs whose
@@ -93,3 +94,33 @@ def test_stride2_3x3_on_each_tier(isa):
                           timeout=300, cwd=tests_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def forward_case(rng, n, c, multiplier, h, w, k, stride, pad, activation, n_threads):
+    """Forward of a depthwise layer (c groups, `multiplier` output channels each) against the reference."""
+    cout = c * multiplier
+    weight, bias = random_array(rng, (cout, 1, k, k), 0.5), random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, c, cout, h, w, (k, k), (stride, stride), pad, (1, 1), c,
+                                   weight, bias, activation, n_threads)
+    x = random_array(rng, (n, c, h, w)) * 3
+    y = np.full((n, cout, oh, ow), np.nan, np.float32)
+    with layer:
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, groups=c, activation=activation)
+    assert_close_to_reference(y, expected, k * k, "forward")
+
+
+# Every plane of every image, in tasks that the workers split anywhere (mid-image, between the two
+# planes of a pair): odd channel counts, no multiple of 16, depth multipliers 1 and 2, each kernel.
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("c,multiplier", [(5, 1), (17, 1), (3, 2)])
+@pytest.mark.parametrize("h,w,k,stride", [
+    (7, 7, 3, 1),     # 3x3 pairs (AVX-512), strips elsewhere
+    (14, 14, 3, 2),   # 3x3 pairs at stride 2 (AVX-512)
+    (14, 14, 3, 1),   # 3x3 strips
+    (9, 37, 3, 1),    # rows of several vectors: strips or the padded plane
+    (11, 13, 5, 2),   # padded plane (prefetching the next channel's plane)
+])
+def test_forward_over_batch_channels_and_threads(n_threads, c, multiplier, h, w, k, stride, rng, no_filter_leaks):
+    activation = ACTIVATIONS[(c + h + n_threads) % len(ACTIVATIONS)]
+    forward_case(rng, 3, c, multiplier, h, w, k, stride, (k // 2,) * 4, activation, n_threads)
