@@ -50,9 +50,10 @@ static inline float value_at(const float *row, size_t i, size_t n) { return i < 
 static inline bp_vec load_upto(const float *src, size_t n) { return n == 0 ? bp_vzero() : bp_vload_part(src, n); }
 
 /* Input row iy (wrapping below 0: none, zeros) for the strip of output columns from ox0. c: the
-   input column of the middle tap of lane 0. */
+   input column of the middle tap of lane 0. whole_row (stride 1, padding 1 on the left, a row and
+   its output in one vector: the only strip): the row is the middle taps, its shifts the others. */
 static inline __attribute__((always_inline)) taps3 tap_row(const plane_geom *p, const float *x, size_t iy,
-                                                           size_t ox0, const int S) {
+                                                           size_t ox0, const int S, const bool whole_row) {
     taps3 v;
     bp_vec zero = bp_vzero();
     if (iy >= p->h) {
@@ -61,7 +62,11 @@ static inline __attribute__((always_inline)) taps3 tap_row(const plane_geom *p, 
     }
     const float *row = x + iy * p->sy;
     size_t w = p->w, c = S * ox0 + 1 - p->pl, n = c < w ? w - c : 0;
-    if (S == 1) { /* neighbours inside the row by unaligned loads, zeros past it by a one-lane shift */
+    if (whole_row) {
+        v.mid = bp_vload_part(row, w);
+        v.right = __builtin_shufflevector(v.mid, zero, LANES_FROM(1));
+        v.left = __builtin_shufflevector(zero, v.mid, LANES_FROM(BP_VL - 1));
+    } else if (S == 1) { /* neighbours inside the row by unaligned loads, zeros past it by a one-lane shift */
         v.mid = load_upto(row + c, n);
         if (c + BP_VL < w) v.right = bp_vload(row + c + 1);
         else v.right = __builtin_shufflevector(v.mid, zero, LANES_FROM(1));
@@ -99,20 +104,20 @@ static inline bp_vec taps_sum(const bp_vec k[9], const taps3 *r0, const taps3 *r
 
 static inline __attribute__((always_inline)) void strip(const bp_geom *g, const bp_image *img, const float *x,
                                                         const bp_vec k[9], const bp_dw_epilogue *e, size_t ox0,
-                                                        float *out, const int S) {
+                                                        float *out, const int S, const bool whole_row) {
     size_t ow = g->out_w, oh = g->out_h, n = bp_min(ow - ox0, BP_VL);
     plane_geom p = plane_geom_of(g, img);
     bp_vec b = bp_vset1(e->bias), lo = bp_vset1(e->lo), hi = bp_vset1(e->hi);
-    taps3 r0 = tap_row(&p, x, 0 - p.pt, ox0, S), r1 = tap_row(&p, x, 1 - p.pt, ox0, S), r2;
+    taps3 r0 = tap_row(&p, x, 0 - p.pt, ox0, S, whole_row), r1 = tap_row(&p, x, 1 - p.pt, ox0, S, whole_row), r2;
     for (size_t y = 0; y < oh; y++) {
-        r2 = tap_row(&p, x, S * y + 2 - p.pt, ox0, S);
+        r2 = tap_row(&p, x, S * y + 2 - p.pt, ox0, S, whole_row);
         bp_vstore_part(out + y * ow + ox0, taps_sum(k, &r0, &r1, &r2, b, lo, hi), n);
         if (S == 1) {
             r0 = r1;
             r1 = r2;
         } else { /* the next output row starts at this one's last input row */
             r0 = r2;
-            r1 = tap_row(&p, x, S * y + 3 - p.pt, ox0, S);
+            r1 = tap_row(&p, x, S * y + 3 - p.pt, ox0, S, whole_row);
         }
     }
 }
@@ -121,9 +126,13 @@ void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, cons
                      const bp_dw_epilogue *e, float *out) {
     bp_vec k[9];
     for (int t = 0; t < 9; t++) k[t] = bp_vset1(wk[t]);
+    if (g->sx == 1 && g->pl == 1 && g->in_w <= BP_VL && g->out_w <= BP_VL) {
+        strip(g, img, x, k, e, 0, out, 1, true);
+        return;
+    }
     for (size_t ox0 = 0; ox0 < g->out_w; ox0 += BP_VL) {
-        if (g->sx == 1) strip(g, img, x, k, e, ox0, out, 1);
-        else strip(g, img, x, k, e, ox0, out, 2);
+        if (g->sx == 1) strip(g, img, x, k, e, ox0, out, 1, false);
+        else strip(g, img, x, k, e, ox0, out, 2, false);
     }
 }
 
@@ -133,9 +142,9 @@ static inline __attribute__((always_inline)) void strip_weights(const bp_geom *g
                                                                 bp_vec acc[9], const int S) {
     size_t ow = g->out_w, oh = g->out_h, n = bp_min(ow - ox0, BP_VL);
     plane_geom p = plane_geom_of(g, img);
-    taps3 r0 = tap_row(&p, x, 0 - p.pt, ox0, S), r1 = tap_row(&p, x, 1 - p.pt, ox0, S), r2;
+    taps3 r0 = tap_row(&p, x, 0 - p.pt, ox0, S, false), r1 = tap_row(&p, x, 1 - p.pt, ox0, S, false), r2;
     for (size_t y = 0; y < oh; y++) {
-        r2 = tap_row(&p, x, S * y + 2 - p.pt, ox0, S);
+        r2 = tap_row(&p, x, S * y + 2 - p.pt, ox0, S, false);
         bp_vec d = bp_vload_part(dy + y * ow + ox0, n);
         acc[0] = bp_vfma(d, r0.left, acc[0]);
         acc[1] = bp_vfma(d, r0.mid, acc[1]);
@@ -151,7 +160,7 @@ static inline __attribute__((always_inline)) void strip_weights(const bp_geom *g
             r1 = r2;
         } else {
             r0 = r2;
-            r1 = tap_row(&p, x, S * y + 3 - p.pt, ox0, S);
+            r1 = tap_row(&p, x, S * y + 3 - p.pt, ox0, S, false);
         }
     }
 }
