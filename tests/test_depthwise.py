@@ -124,3 +124,9 @@ def forward_case(rng, n, c, multiplier, h, w, k, stride, pad, activation, n_thre
 def test_forward_over_batch_channels_and_threads(n_threads, c, multiplier, h, w, k, stride, rng, no_filter_leaks):
     activation = ACTIVATIONS[(c + h + n_threads) % len(ACTIVATIONS)]
     forward_case(rng, 3, c, multiplier, h, w, k, stride, (k // 2,) * 4, activation, n_threads)
+
+
+# Inputs over the engine's 8 MB threshold: the 3x3 strips prefetch the next plane as they go.
+@pytest.mark.parametrize("stride", [1, 2])
+def test_forward_of_an_input_larger_than_the_caches(stride, rng, no_filter_leaks):
+    forward_case(rng, 9, 19, 1, 113, 113, 3, stride, (1, 1, 1, 1), AF.relu6, 2)

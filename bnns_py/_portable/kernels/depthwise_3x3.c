@@ -81,6 +81,18 @@ static inline __attribute__((always_inline)) taps3 tap_row(const plane_geom *p, 
     return v;
 }
 
+/* Cache lines of the next plane's input still to prefetch, per_row at each output row, so that
+   memory is busy while this plane is computed (from L3 or memory, a strip's column walk leaves the
+   hardware prefetchers little to go on). */
+typedef struct {
+    const char *at, *end;
+    size_t per_row;
+} prefetch_lines;
+
+static inline __attribute__((always_inline)) void prefetch_some(prefetch_lines *pf) {
+    for (size_t i = 0; i < pf->per_row && pf->at < pf->end; i++, pf->at += 64) __builtin_prefetch(pf->at, 0, 1);
+}
+
 /* At stride 1 the padded-plane kernel is faster on rows of many narrow vectors (measured: 112 wide
    on AVX2, every width on the 4-lane tier). */
 bool bp_dw3x3_strips_fit(const bp_geom *g, const bp_image *img) {
@@ -104,12 +116,14 @@ static inline bp_vec taps_sum(const bp_vec k[9], const taps3 *r0, const taps3 *r
 
 static inline __attribute__((always_inline)) void strip(const bp_geom *g, const bp_image *img, const float *x,
                                                         const bp_vec k[9], const bp_dw_epilogue *e, size_t ox0,
-                                                        float *out, const int S, const bool whole_row) {
+                                                        float *out, const int S, const bool whole_row,
+                                                        prefetch_lines pf, const bool prefetch) {
     size_t ow = g->out_w, oh = g->out_h, n = bp_min(ow - ox0, BP_VL);
     plane_geom p = plane_geom_of(g, img);
     bp_vec b = bp_vset1(e->bias), lo = bp_vset1(e->lo), hi = bp_vset1(e->hi);
     taps3 r0 = tap_row(&p, x, 0 - p.pt, ox0, S, whole_row), r1 = tap_row(&p, x, 1 - p.pt, ox0, S, whole_row), r2;
     for (size_t y = 0; y < oh; y++) {
+        if (prefetch) prefetch_some(&pf);
         r2 = tap_row(&p, x, S * y + 2 - p.pt, ox0, S, whole_row);
         bp_vstore_part(out + y * ow + ox0, taps_sum(k, &r0, &r1, &r2, b, lo, hi), n);
         if (S == 1) {
@@ -122,18 +136,31 @@ static inline __attribute__((always_inline)) void strip(const bp_geom *g, const 
     }
 }
 
-void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, const float *wk,
-                     const bp_dw_epilogue *e, float *out) {
-    bp_vec k[9];
-    for (int t = 0; t < 9; t++) k[t] = bp_vset1(wk[t]);
+/* The strips of a plane; with `prefetch` (a constant: no prefetching code in the loops without
+   it), pf's lines spread over the rows of every strip. */
+static inline __attribute__((always_inline)) void strips(const bp_geom *g, const bp_image *img, const float *x,
+                                                         const bp_vec k[9], const bp_dw_epilogue *e, float *out,
+                                                         prefetch_lines pf, const bool prefetch) {
     if (g->sx == 1 && g->pl == 1 && g->in_w <= BP_VL && g->out_w <= BP_VL) {
-        strip(g, img, x, k, e, 0, out, 1, true);
+        strip(g, img, x, k, e, 0, out, 1, true, pf, prefetch);
         return;
     }
     for (size_t ox0 = 0; ox0 < g->out_w; ox0 += BP_VL) {
-        if (g->sx == 1) strip(g, img, x, k, e, ox0, out, 1, false);
-        else strip(g, img, x, k, e, ox0, out, 2, false);
+        if (g->sx == 1) strip(g, img, x, k, e, ox0, out, 1, false, pf, prefetch);
+        else strip(g, img, x, k, e, ox0, out, 2, false, pf, prefetch);
+        pf.at += pf.per_row * g->out_h * 64;
     }
+}
+
+void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, const float *wk,
+                     const bp_dw_epilogue *e, float *out, const float *next, size_t next_n) {
+    bp_vec k[9];
+    for (int t = 0; t < 9; t++) k[t] = bp_vset1(wk[t]);
+    size_t lines = next == NULL ? 0 : bp_ceil_div(next_n * sizeof(float), 64);
+    size_t rows = bp_ceil_div(g->out_w, BP_VL) * g->out_h;
+    prefetch_lines pf = {(const char *)next, (const char *)next + lines * 64, bp_ceil_div(lines, rows)};
+    if (next != NULL) strips(g, img, x, k, e, out, pf, true);
+    else strips(g, img, x, k, e, out, pf, false);
 }
 
 /* acc[t] += dy * the tap's input over one image's strip from ox0. */

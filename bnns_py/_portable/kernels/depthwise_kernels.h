@@ -23,8 +23,9 @@ typedef struct {
 
 /* ---- 3x3 strips ---- */
 bool bp_dw3x3_strips_fit(const bp_geom *g, const bp_image *img);
+/* next: the next plane's source (next_n floats; NULL: none), prefetched meanwhile. */
 void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, const float *wk,
-                          const bp_dw_epilogue *e, float *out);
+                     const bp_dw_epilogue *e, float *out, const float *next, size_t next_n);
 /* The weight gradient of such a layer for one channel: sums[t] += the tap's products, over the batch. */
 void bp_dw3x3_strips_weights(const bp_geom *g, const bp_image *img, const float *x0, size_t x_bs,
                                   const float *dy0, size_t dy_bs, size_t batch, float sums[9]);
