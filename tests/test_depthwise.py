@@ -130,3 +130,20 @@ def test_forward_over_batch_channels_and_threads(n_threads, c, multiplier, h, w,
 @pytest.mark.parametrize("stride", [1, 2])
 def test_forward_of_an_input_larger_than_the_caches(stride, rng, no_filter_leaks):
     forward_case(rng, 9, 19, 1, 113, 113, 3, stride, (1, 1, 1, 1), AF.relu6, 2)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_stride2_3x3_gradients_over_threads(n_threads, rng, no_filter_leaks):
+    stride2_case(rng, 15, 29, (1, 1, 1, 1), 0, AF.clamp((-0.25, 0.5)), n=3, c=17, n_threads=n_threads)
+
+
+# The input gradient of 3x3 stride-2 layers runs on the depthwise kernels (dx rows from their even
+# and odd columns), other stride-2 kernels on col2im.
+@pytest.mark.parametrize("k,expected", [(3, "depthwise"), (5, "im2col")])
+def test_stride2_input_gradient_engine(k, expected, backend, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    weight = np.zeros((8, 1, k, k), np.float32)
+    layer, _ = client_layer(ConvolutionType.standard, 8, 8, 20, 20, (k, k), (2, 2), (1, 1, 1, 1), (1, 1), 8,
+                            weight, None, AF.identity, 1)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient") == expected

@@ -225,6 +225,44 @@ void bp_depthwise_backward_data(const bp_geom *g, const bp_geom *a, const float 
     bp_parallel_run(bp_workers_for(threads, 2 * batch * g->out_c * g->out_h * g->out_w * g->k), planes_tasks, &j);
 }
 
+/* ---- backward data at stride 2: one task per dx plane ------------------------------------- */
+
+bool bp_depthwise_strided_input_gradient(const bp_geom *g) {
+    return bp_depthwise(g) && g->out_cg == 1 && bp_dw3x3_s2_input_gradient_fits(g);
+}
+
+typedef struct {
+    const bp_geom *g;
+    const float *w, *dy;
+    size_t dy_bs;
+    float *dx;
+    size_t dx_bs;
+    const bp_epilogue *e;
+    size_t tasks; /* images x channels */
+} strided_job;
+
+static void strided_tasks(void *arg, int worker, int workers) {
+    const strided_job *j = arg;
+    const bp_geom *g = j->g;
+    size_t t0, t1, in_plane = g->in_h * g->in_w;
+    bp_split(j->tasks, worker, workers, &t0, &t1);
+    if (t0 >= t1) return;
+    plane_at at = {t0 / g->out_c, t0 % g->out_c};
+    for (size_t t = t0; t < t1; t++, next_plane(g, &at)) {
+        float *dx = j->dx + at.b * j->dx_bs + at.o * in_plane;
+        bp_dw_epilogue e;
+        bool fused = fused_epilogue(j->e, at.o, &e);
+        bp_dw3x3_s2_input_gradient(g, j->dy + at.b * j->dy_bs + at.o * g->out_h * g->out_w, j->w + at.o * 9, &e, dx);
+        if (!fused) bp_activation_apply(j->e->act, dx, in_plane);
+    }
+}
+
+void bp_depthwise_backward_data_strided(const bp_geom *g, const float *w, size_t batch, const float *dy,
+                                        size_t dy_bs, float *dx, size_t dx_bs, const bp_epilogue *e, int threads) {
+    strided_job j = {g, w, dy, dy_bs, dx, dx_bs, e, batch * g->out_c};
+    bp_parallel_run(bp_workers_for(threads, 2 * batch * g->out_c * g->out_h * g->out_w * g->k), strided_tasks, &j);
+}
+
 /* ---- weight gradient: one task per channel, over the whole batch ----------------------------- */
 
 typedef struct {

@@ -19,16 +19,22 @@
     first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14, first + 16,         \
         first + 18, first + 20, first + 22, first + 24, first + 26, first + 28, first + 30
 #define HALVES 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define INTERLEAVE(first)                                                                                      \
+    first, first + 16, first + 1, first + 17, first + 2, first + 18, first + 3, first + 19, first + 4,         \
+        first + 20, first + 5, first + 21, first + 6, first + 22, first + 7, first + 23
 #elif BP_VL == 8
 #define LANES_FROM(first) first, first + 1, first + 2, first + 3, first + 4, first + 5, first + 6, first + 7
 #define EVERY_OTHER(first) first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14
 #define HALVES 0, 1, 2, 3, 8, 9, 10, 11
+#define INTERLEAVE(first) first, first + 8, first + 1, first + 9, first + 2, first + 10, first + 3, first + 11
 #else
 #define LANES_FROM(first) first, first + 1, first + 2, first + 3
 #define EVERY_OTHER(first) first, first + 2, first + 4, first + 6
 #define HALVES 0, 1, 4, 5
+#define INTERLEAVE(first) first, first + 4, first + 1, first + 5
 #endif
-/* HALVES: the low half of a, then the low half of b */
+/* HALVES: the low half of a, then the low half of b; INTERLEAVE: lanes first, first + 1, ... of a
+   and b alternately */
 
 typedef struct {
     bp_vec left, mid, right; /* the input of kernel columns 0, 1 and 2 in the lane of each output column */
@@ -267,4 +273,58 @@ void bp_dw3x3_pair(const bp_geom *g, const bp_image *img, const float *const x[2
     bp_vec lo = bp_vset1(e[0]->lo), hi = bp_vset1(e[0]->hi);
     if (g->sx == 1) pair(g, img, x, k, b, lo, hi, out, 1);
     else pair(g, img, x, k, b, lo, hi, out, 2);
+}
+
+/* ---- the input gradient at stride 2 ----
+   dx[iy][ix] sums w[ky][kx] * dy[oy][ox] over 2*oy + ky - pt = iy and 2*ox + kx - pl = ix. With
+   u = ix + pl, an even u takes kx = 0 at ox = u/2 and kx = 2 at ox = u/2 - 1, an odd u kx = 1 at
+   ox = (u - 1)/2; rows likewise. A vector of dy columns j from j0, loaded as its own, previous and
+   next values (the strips' tap rows), gives the dx columns 2j and 2j + 1: two vectors, interleaved
+   into the dx row. */
+bool bp_dw3x3_s2_input_gradient_fits(const bp_geom *g) {
+    return g->kh == 3 && g->kw == 3 && g->sx == 2 && g->sy == 2 && g->dx == 1 && g->dy == 1 && g->pl <= 1 &&
+           g->pt <= 1;
+}
+
+/* dy row oy (wrapping below 0 or past the plane: none) through the kernel row kr into the dx
+   columns 2j (even) and 2j + 1 (odd) for j from j0. */
+static inline __attribute__((always_inline)) void add_dy_row(const plane_geom *p, const float *dy, size_t oy,
+                                                             size_t j0, const bp_vec kr[3], size_t pl, bp_vec *even,
+                                                             bp_vec *odd) {
+    taps3 r = tap_row(p, dy, oy, j0, 1, false); /* r[j - 1], r[j], r[j + 1] */
+    if (pl == 0) {
+        *even = bp_vfma(kr[0], r.mid, bp_vfma(kr[2], r.left, *even));
+        *odd = bp_vfma(kr[1], r.mid, *odd);
+    } else {
+        *even = bp_vfma(kr[1], r.mid, *even);
+        *odd = bp_vfma(kr[0], r.right, bp_vfma(kr[2], r.mid, *odd));
+    }
+}
+
+void bp_dw3x3_s2_input_gradient(const bp_geom *g, const float *dy, const float *wk, const bp_dw_epilogue *e,
+                                float *dx) {
+    plane_geom p = {g->out_w, g->out_h, g->out_w, 1, 0}; /* dy rows, lane 0's middle tap at column j0 */
+    size_t w = g->in_w, pl = g->pl;
+    bp_vec k[9], b = bp_vset1(e->bias), lo = bp_vset1(e->lo), hi = bp_vset1(e->hi);
+    for (int t = 0; t < 9; t++) k[t] = bp_vset1(wk[t]);
+    for (size_t iy = 0; iy < g->in_h; iy++) {
+        size_t s = iy + g->pt;
+        float *row = dx + iy * w;
+        for (size_t j0 = 0; 2 * j0 < w; j0 += BP_VL) {
+            bp_vec even = b, odd = b;
+            if (s % 2 == 0) {
+                add_dy_row(&p, dy, s / 2, j0, k, pl, &even, &odd);
+                add_dy_row(&p, dy, s / 2 - 1, j0, k + 6, pl, &even, &odd);
+            } else {
+                add_dy_row(&p, dy, s / 2, j0, k + 3, pl, &even, &odd);
+            }
+            even = bp_vmin(hi, bp_vmax(lo, even));
+            odd = bp_vmin(hi, bp_vmax(lo, odd));
+            size_t at = 2 * j0;
+            bp_vstore_part(row + at, __builtin_shufflevector(even, odd, INTERLEAVE(0)), w - at);
+            if (at + BP_VL < w)
+                bp_vstore_part(row + at + BP_VL, __builtin_shufflevector(even, odd, INTERLEAVE(BP_VL / 2)),
+                               w - at - BP_VL);
+        }
+    }
 }

@@ -37,6 +37,12 @@ bool bp_dw3x3_pairs_fit(const bp_geom *g, const bp_image *img);
 void bp_dw3x3_pair(const bp_geom *g, const bp_image *img, const float *const x[2], const float *const wk[2],
                    const bp_dw_epilogue *const e[2], float *const out[2]);
 
+/* The input gradient of a 3x3 stride-2 layer (padding at most 1 at the top and left) for one
+   channel: the dx plane (packed) from the dy plane (packed), starting at the bias and clamped. */
+bool bp_dw3x3_s2_input_gradient_fits(const bp_geom *g);
+void bp_dw3x3_s2_input_gradient(const bp_geom *g, const float *dy, const float *wk, const bp_dw_epilogue *e,
+                                float *dx);
+
 /* ---- padded plane ---- */
 bool bp_dw_padded(const bp_geom *g);
 size_t bp_dw_plane_floats(const bp_geom *g);
