@@ -6,20 +6,29 @@
    (widths that are no multiple of the vector width), kernels, strides, dilations, paddings, image
    strides and activations (the fused clamps and one the engine applies afterwards), against a plain
    C loop. out[oy][ox] = f(bias + sum over (ky, kx) of w[ky][kx] * x(oy*sy + ky*dy - pt, ox*sx + kx*dx - pl)).
+   And the 3x3 stride-2 input gradient kernel (bp_dw3x3_s2_input_gradient) on one plane.
 
    Exit status: 0 all passed, 1 a mismatch (printed). Build: meson -Dkernel_tests=true. */
 #include "kernel_test.h"
 
+#include "depthwise_kernels.h" /* bp_dw_epilogue */
+
 typedef void image_fn(const bp_geom *g, const bp_image *img, const float *x, const float *w, const float *bias,
                       const BNNSActivation *act, float *y, float *scratch);
+typedef void input_gradient_fn(const bp_geom *g, const float *dy, const float *wk, const bp_dw_epilogue *e,
+                               float *dx);
 
 typedef struct {
     image_fn *image;
     geom_plan_fn *plan;
+    input_gradient_fn *s2_input_gradient;
 } tier;
-#define DECLARE(t) image_fn KT_CAT(bp_depthwise_image, t); geom_plan_fn KT_CAT(bp_geom_plan, t);
+#define DECLARE(t)                                                                                             \
+    image_fn KT_CAT(bp_depthwise_image, t);                                                                    \
+    geom_plan_fn KT_CAT(bp_geom_plan, t);                                                                      \
+    input_gradient_fn KT_CAT(bp_dw3x3_s2_input_gradient, t);
 #define NAME(t) KT_STR(t),
-#define KERNELS(t) {KT_CAT(bp_depthwise_image, t), KT_CAT(bp_geom_plan, t)},
+#define KERNELS(t) {KT_CAT(bp_depthwise_image, t), KT_CAT(bp_geom_plan, t), KT_CAT(bp_dw3x3_s2_input_gradient, t)},
 KT_TIERS(DECLARE)
 static const char *const tier_names[] = {KT_TIERS(NAME)};
 static const tier tiers[] = {KT_TIERS(KERNELS)};
@@ -29,7 +38,9 @@ static const char *const classes[] = {
     "3x3 stride 1 pad 1, rows of 1-16", "3x3 stride 1-2, pads 0-2", "KxK stride 1-2, dilation 1-2",
     "stride 3-4 (general kernel)",      "17x17 (taps past the padded-plane kernel's table)",
     "65+ rows, over 256 taps (per-pixel kernel)", "3x3 stride 2 pad 1, rows of 1-130",
+    "3x3 stride 2 input gradient, pads 0-1",
 };
+enum { INPUT_GRADIENT_CLASS = 7 };
 enum { CLASSES = sizeof classes / sizeof classes[0] };
 
 /* A random geometry of class c: depthwise (2 groups of one channel), returned with its image. */
@@ -88,9 +99,53 @@ static double activate(const BNNSActivation *a, double v) {
     }
 }
 
+/* The stride-2 input gradient of one channel (bp_dw3x3_s2_input_gradient): dx (packed, every pixel
+   written) = clamp(bias + sum of w[ky][kx] * dy[oy][ox] over 2*oy + ky - pt = iy, 2*ox + kx - pl = ix). */
+static int check_s2_input_gradient(const tier *t, const char *name) {
+    int failures = 0;
+    for (int trial = 0; trial < TRIALS; trial++) {
+        bp_geom g;
+        size_t h, w, pt = kt_range(0, 1), pl = kt_range(0, 1);
+        do h = kt_range(1, 40), w = kt_range(1, 130);
+        while (!kt_geom(&g, 1, 1, 1, h, w, 3, 3, 2, 2, 1, 1, pt, pl, kt_range(0, 2), kt_range(0, 2)));
+        size_t ohw = g.out_h * g.out_w, ihw = h * w;
+        float *dy = malloc(ohw * sizeof(float)), *dx = malloc((ihw + GUARD) * sizeof(float)), wk[9];
+        kt_fill(dy, ohw);
+        kt_fill(wk, 9);
+        for (size_t i = 0; i < ihw + GUARD; i++) dx[i] = 1e30f;
+        bp_dw_epilogue e = {kt_uniform(), -INFINITY, INFINITY};
+        if (trial % 2) e.lo = -0.25f, e.hi = 0.5f;
+        t->s2_input_gradient(&g, dy, wk, &e, dx);
+        double worst = 0.0;
+        for (size_t iy = 0; iy < h; iy++)
+            for (size_t ix = 0; ix < w; ix++) {
+                double want = e.bias, size = fabs(e.bias);
+                for (size_t ky = 0; ky < 3; ky++)
+                    for (size_t kx = 0; kx < 3; kx++) {
+                        size_t ry = iy + pt - ky, rx = ix + pl - kx; /* 2*oy, 2*ox (wrapping below 0) */
+                        if (ry % 2 || rx % 2 || ry / 2 >= g.out_h || rx / 2 >= g.out_w) continue;
+                        double term = (double)wk[ky * 3 + kx] * dy[ry / 2 * g.out_w + rx / 2];
+                        want += term, size += fabs(term);
+                    }
+                double error = fabs(dx[iy * w + ix] - fmin(fmax(want, e.lo), e.hi)) / (size + 1.0);
+                worst = isnan(error) ? INFINITY : fmax(worst, error);
+            }
+        for (size_t i = ihw; i < ihw + GUARD; i++)
+            if (dx[i] != 1e30f) worst = INFINITY; /* written past the plane */
+        if (!(worst <= 1e-5)) {
+            printf("FAIL %s depthwise [%s] %zux%zu input, pad top %zu left %zu, dy %zux%zu: relative error %.3g\n",
+                   name, classes[INPUT_GRADIENT_CLASS], h, w, pt, pl, g.out_h, g.out_w, worst);
+            failures++;
+        }
+        free(dy), free(dx);
+    }
+    return failures;
+}
+
 static int check(size_t tier_index, int c) {
     const tier *t = &tiers[tier_index];
     const char *name = tier_names[tier_index];
+    if (c == INPUT_GRADIENT_CLASS) return check_s2_input_gradient(t, name);
     int failures = 0;
     for (int trial = 0; trial < TRIALS; trial++) {
         bp_geom g;

@@ -478,7 +478,9 @@ bool bp_conv_small(const bp_geom *g) {
 
 const char *bp_conv_engine(const bp_geom *g, bool backward_data) {
     bp_geom adjoint;
-    if (bp_depthwise(g) && (!backward_data || bp_depthwise_adjoint(g, &adjoint))) return "depthwise";
+    if (bp_depthwise(g) &&
+        (!backward_data || bp_depthwise_adjoint(g, &adjoint) || bp_depthwise_strided_input_gradient(g)))
+        return "depthwise";
     if (!backward_data && bp_conv_small(g)) return "tiny";
     return "im2col";
 }
@@ -565,6 +567,10 @@ void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const
     bp_geom adjoint;
     if (overwrite && dx_img->packed && bp_depthwise_adjoint(g, &adjoint)) {
         bp_depthwise_backward_data(g, &adjoint, w, batch, dy, dy_bs, dx, dx_bs, e, s, ctx->threads);
+        return;
+    }
+    if (overwrite && dx_img->packed && bp_depthwise_strided_input_gradient(g)) {
+        bp_depthwise_backward_data_strided(g, w, batch, dy, dy_bs, dx, dx_bs, e, ctx->threads);
         return;
     }
     size_t flops = 2 * batch * g->out_c * out_pixels(g) * g->k;

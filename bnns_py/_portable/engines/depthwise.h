@@ -25,6 +25,13 @@ void bp_depthwise_backward_data(const bp_geom *g, const bp_geom *a, const float 
                                 size_t dy_bs, float *dx, size_t dx_bs, const bp_epilogue *e, const bp_scratch *s,
                                 int threads);
 
+/* The backward-data pass of g at stride 2 runs on the depthwise kernels (3x3, depth multiplier 1). */
+bool bp_depthwise_strided_input_gradient(const bp_geom *g);
+
+/* dx (packed) = the backward-data pass of such a layer, then e. */
+void bp_depthwise_backward_data_strided(const bp_geom *g, const float *w, size_t batch, const float *dy,
+                                        size_t dy_bs, float *dx, size_t dx_bs, const bp_epilogue *e, int threads);
+
 /* dW = beta*dW + the weight gradient, as bp_conv_backward_weights. */
 void bp_depthwise_weight_gradient(const bp_geom *g, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
                                   const float *dy, size_t dy_bs, float *dw, float beta, const bp_scratch *s,

@@ -23,8 +23,9 @@ typedef struct {
 
 /* ---- 3x3 strips ---- */
 bool bp_dw3x3_strips_fit(const bp_geom *g, const bp_image *img);
+/* next: the next plane's source (next_n floats; NULL: none), prefetched meanwhile. */
 void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, const float *wk,
-                          const bp_dw_epilogue *e, float *out);
+                     const bp_dw_epilogue *e, float *out, const float *next, size_t next_n);
 /* The weight gradient of such a layer for one channel: sums[t] += the tap's products, over the batch. */
 void bp_dw3x3_strips_weights(const bp_geom *g, const bp_image *img, const float *x0, size_t x_bs,
                                   const float *dy0, size_t dy_bs, size_t batch, float sums[9]);
@@ -35,6 +36,12 @@ void bp_dw3x3_strips_weights(const bp_geom *g, const bp_image *img, const float 
 bool bp_dw3x3_pairs_fit(const bp_geom *g, const bp_image *img);
 void bp_dw3x3_pair(const bp_geom *g, const bp_image *img, const float *const x[2], const float *const wk[2],
                    const bp_dw_epilogue *const e[2], float *const out[2]);
+
+/* The input gradient of a 3x3 stride-2 layer (padding at most 1 at the top and left) for one
+   channel: the dx plane (packed) from the dy plane (packed), starting at the bias and clamped. */
+bool bp_dw3x3_s2_input_gradient_fits(const bp_geom *g);
+void bp_dw3x3_s2_input_gradient(const bp_geom *g, const float *dy, const float *wk, const bp_dw_epilogue *e,
+                                float *dx);
 
 /* ---- padded plane ---- */
 bool bp_dw_padded(const bp_geom *g);

@@ -37,6 +37,8 @@
 #define bp_depthwise_scratch_floats BP_TIER_SYMBOL(bp_depthwise_scratch_floats)
 #define bp_depthwise_forward BP_TIER_SYMBOL(bp_depthwise_forward)
 #define bp_depthwise_backward_data BP_TIER_SYMBOL(bp_depthwise_backward_data)
+#define bp_depthwise_strided_input_gradient BP_TIER_SYMBOL(bp_depthwise_strided_input_gradient)
+#define bp_depthwise_backward_data_strided BP_TIER_SYMBOL(bp_depthwise_backward_data_strided)
 #define bp_depthwise_weight_gradient BP_TIER_SYMBOL(bp_depthwise_weight_gradient)
 #define bp_depthwise_image BP_TIER_SYMBOL(bp_depthwise_image)
 /* kernels/depthwise_*.c */
@@ -45,6 +47,8 @@
 #define bp_dw3x3_strips_weights BP_TIER_SYMBOL(bp_dw3x3_strips_weights)
 #define bp_dw3x3_pairs_fit BP_TIER_SYMBOL(bp_dw3x3_pairs_fit)
 #define bp_dw3x3_pair BP_TIER_SYMBOL(bp_dw3x3_pair)
+#define bp_dw3x3_s2_input_gradient_fits BP_TIER_SYMBOL(bp_dw3x3_s2_input_gradient_fits)
+#define bp_dw3x3_s2_input_gradient BP_TIER_SYMBOL(bp_dw3x3_s2_input_gradient)
 #define bp_dw_padded BP_TIER_SYMBOL(bp_dw_padded)
 #define bp_dw_plane_floats BP_TIER_SYMBOL(bp_dw_plane_floats)
 #define bp_dw_plane_offsets BP_TIER_SYMBOL(bp_dw_plane_offsets)
