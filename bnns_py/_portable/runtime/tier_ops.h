@@ -19,6 +19,7 @@
     X(conv_forward, bp_conv_forward)                                        \
     X(conv_backward_data, bp_conv_backward_data)                            \
     X(conv_backward_weights, bp_conv_backward_weights)                      \
+    X(fc_forward, bp_fc_forward)                                            \
     X(simd, bnns_portable_simd)                                             \
     X(direct_scratch_floats, bp_direct_scratch_floats)                      \
     X(direct_view_scratch_floats, bp_direct_view_scratch_floats)            \
