@@ -252,6 +252,7 @@ static void destroy_filter(bp_filter *f) {
     }
     bp_free(&a, f->wino_u);
     bp_free(&a, f->w_owned);
+    bp_free(&a, f->fc_panels);
     bp_free(&a, f->bias_owned);
     bp_free(&a, f);
 }
@@ -693,10 +694,11 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
 static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
                                size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
-    if (batch <= BP_FC_KERNEL_BATCH_MAX) {
+    if (batch <= (f->fc_panels != NULL ? BP_FC_PACKED_BATCH_MAX : BP_FC_KERNEL_BATCH_MAX)) {
         bp_epilogue e = forward_epilogue(f);
         e.act = &f->activation;
-        bp_fc_forward(weights, n_in, n_out, n_in, batch, in, in_stride, out, out_stride, &e, f->gemm.threads);
+        bp_fc_forward(weights, n_in, f->fc_panels, n_out, n_in, batch, in, in_stride, out, out_stride, &e,
+                      f->gemm.threads);
         return;
     }
     bp_sgemm_parallel(&f->gemm, false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out,
