@@ -10,7 +10,8 @@ vector tier this CPU runs (BNNS_PY_ISA, in a fresh process), against the float64
   channelwise over each row (softmax); and batches past the kernel's (OpenBLAS) the same;
 - strided 1x1 layers (stride 2 and 3, unequal strides, odd sizes, source images with row and
   pixel strides) and stride-1 layers on 7x7 and 14x14 images, ReLU / Clamp fused or GELU after,
-  reported as run by the pointwise kernel."""
+  reported as run by the pointwise kernel, with client-pointer and copied (packed) weights (the
+  pixels past the last whole vector: dot products against the weights' rows in both)."""
 import json
 import os
 import subprocess
@@ -87,7 +88,7 @@ for index, (n, cin, cout, h, w, stride, strides) in enumerate(POINTWISE):
     for threads in (1, 2):
         layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (1, 1), stride, (0, 0, 0, 0),
                                        (1, 1), 1, weight, bias, AF.coerce(activation), threads,
-                                       input_strides=strides)
+                                       flags=(None, Flags.none)[(index + threads) % 2], input_strides=strides)
         with layer:
             engine = backend.filter_engine(layer.bnns_filter)
             assert engine == "direct pointwise", (n, cin, cout, h, w, stride, engine)

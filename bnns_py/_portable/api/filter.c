@@ -162,7 +162,12 @@ const float *bp_call_weights(const bp_filter *f, int which, const bp_work *w, bp
     if (which >= 0 && f->direct[which] != NULL) {
         *pass = (bp_direct_pass){f->direct[which], f->direct_w[which], {NULL, 0, 0, 0}, w->direct_w};
         *direct = pass;
-        if (pass->packed != NULL || caller_view(f, &pass->weights)) return NULL;
+        if (pass->packed != NULL) { /* and the canonical copy, for kernels that read the steps in order */
+            const bp_geom *g = &f->g;
+            pass->weights = (bp_weights_view){f->w_owned, g->out_cg * g->k, g->k, g->kh * g->kw};
+            return NULL;
+        }
+        if (caller_view(f, &pass->weights)) return NULL;
     }
     const float *canonical = bp_current_weights(f, f->client && !f->w_direct ? w->weights : NULL);
     if (*direct != NULL) {

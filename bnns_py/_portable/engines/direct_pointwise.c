@@ -81,7 +81,8 @@ static void run_tile(const pointwise_job *j, size_t grp, size_t m, size_t mr, si
 }
 
 /* The tail's pixels [whole, n) of output channels [m, m + mr): dot products along the reduction
-   (tail: each pixel's k values) where the weights' steps are consecutive and the tail is short,
+   (tail: each pixel's k values) where a view of the weights has their steps consecutive (the
+   caller's or the canonical copy, also beside packed blocks) and the tail is short,
    else a tile of one vector (tail: a zero-padded vector per input channel). */
 static void run_tail(const pointwise_job *j, size_t grp, size_t m, size_t mr, const float *tail, bool dots, float *y,
                      size_t ys, size_t np) {
@@ -93,11 +94,11 @@ static void run_tail(const pointwise_job *j, size_t grp, size_t m, size_t mr, co
     for (size_t r0 = 0, dr; r0 < mr; r0 += dr) {
         dr = POINTWISE_DOTS_MR_MAX;
         while (dr > mr - r0) dr /= 2;
-        size_t wr, wi;
-        const float *w = weights_at(j, grp, m + r0, &wr, &wi);
+        const bp_weights_view *v = &j->pass->weights; /* the view even beside packed blocks: steps in order */
+        const float *w = v->base + grp * v->group + (m + r0) * v->out;
         float bias[POINTWISE_DOTS_MR_MAX];
         gather_bias(j, grp, m + r0, dr, bias);
-        bp_direct_pointwise_dots(dr, np, tail, d->c, d->c, w, wr, bias, j->lo, j->hi, y + (m + r0) * ys, ys);
+        bp_direct_pointwise_dots(dr, np, tail, d->c, d->c, w, v->out, bias, j->lo, j->hi, y + (m + r0) * ys, ys);
     }
 }
 
@@ -113,7 +114,7 @@ static void run_blocks(const pointwise_job *j, size_t grp, const float *x, size_
     const bp_direct *d = j->d;
     size_t tile = POINTWISE_NV_MAX * BP_VL, whole = n / BP_VL * BP_VL, np = n - whole;
     size_t block = panel_tiles(d->c) * tile;
-    bool dots = np <= POINTWISE_DOTS_MAX && j->pass->packed == NULL && j->pass->weights.in == 1;
+    bool dots = np <= POINTWISE_DOTS_MAX && j->pass->weights.base != NULL && j->pass->weights.in == 1;
     for (size_t c = 0; np > 0 && c < d->c; c++) {
         if (dots) { /* pixel after pixel, their k values each */
             for (size_t p = 0; p < np; p++) tail[p * d->c + c] = x[c * xs + whole + p];
@@ -167,6 +168,7 @@ static void run_tasks(void *arg, int worker, int workers) {
     const bp_image *xi = &j->src_img, *yi = j->dst_img;
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
     size_t tile = POINTWISE_NV_MAX * BP_VL, tiles = j->run_pixels / tile;
+    size_t have = SIZE_MAX; /* the (unit, part) whose pixels the scratch holds */
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->tasks;) {
         size_t q = t % j->chunks, part = t / j->chunks % j->parts, u = t / j->chunks / j->parts;
         size_t run = u % j->runs, ig = u / j->runs, grp = ig % d->groups, b = ig / d->groups, mb0, mb1, t0, t1;
@@ -180,7 +182,8 @@ static void run_tasks(void *arg, int worker, int workers) {
             continue;
         }
         size_t ld = bp_round_up(p1 - p0, 16);
-        gather(j, x, p0, p1, scratch, ld);
+        if (have != t / j->chunks) gather(j, x, p0, p1, scratch, ld);
+        have = t / j->chunks;
         run_blocks(j, grp, scratch, ld, p1 - p0, y, yi->sc, mb0, mb1, scratch + d->c * ld);
     }
 }
