@@ -1,10 +1,11 @@
 /* The direct engine's forward pass of 1x1, unpadded layers (pointwise plans, see direct_plan.h):
    per image and group Y = W X, a GEMM whose matrices are the images themselves (rows: channels,
    columns: pixels); a strided layer's X is every s-th pixel of every s-th row, which a task
-   gathers, a block of pixels at a time, into its scratch. The pointwise kernel reads X and writes Y in place and takes
-   the weights where they are (the caller's array, or the blocks packed at filter creation), so a
-   call packs and copies nothing; the bias and a clamping activation (ReLU, ReLU6, Clamp) are
-   applied to the tile in registers, any other activation to each finished block of rows. */
+   gathers, a block of pixels at a time, into its scratch. The pointwise kernel reads X and
+   writes Y in place and takes the weights where they are (the caller's array, or the blocks
+   packed at filter creation), so a call packs nothing; the bias and a clamping activation (ReLU,
+   ReLU6, Clamp) are applied to the tile in registers, any other activation to each finished
+   block of rows. */
 #include <math.h>
 #include <string.h>
 
