@@ -229,6 +229,7 @@ AUTO = [
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
     ((256, 64, 56, 1, 1, 1, 0), "direct pointwise"), # 1x1: the image already is the GEMM's matrix
+    ((64, 128, 56, 1, 2, 1, 0), "direct pointwise"), # strided 1x1: the kernel on gathered pixels
     ((256, 64, 1, 1, 1, 1, 0), "im2col"),            # 1x1 on 1x1 images (fully connected): one GEMM
     ((8, 8, 8, 3, 1, 1, 1), "tiny"),                 # tiny: straight from padded planes
 ]

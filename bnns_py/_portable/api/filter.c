@@ -162,7 +162,12 @@ const float *bp_call_weights(const bp_filter *f, int which, const bp_work *w, bp
     if (which >= 0 && f->direct[which] != NULL) {
         *pass = (bp_direct_pass){f->direct[which], f->direct_w[which], {NULL, 0, 0, 0}, w->direct_w};
         *direct = pass;
-        if (pass->packed != NULL || caller_view(f, &pass->weights)) return NULL;
+        if (pass->packed != NULL) { /* and the canonical copy, for kernels that read the steps in order */
+            const bp_geom *g = &f->g;
+            pass->weights = (bp_weights_view){f->w_owned, g->out_cg * g->k, g->k, g->kh * g->kw};
+            return NULL;
+        }
+        if (caller_view(f, &pass->weights)) return NULL;
     }
     const float *canonical = bp_current_weights(f, f->client && !f->w_direct ? w->weights : NULL);
     if (*direct != NULL) {
@@ -251,6 +256,7 @@ static void destroy_filter(bp_filter *f) {
     }
     bp_free(&a, f->wino_u);
     bp_free(&a, f->w_owned);
+    bp_free(&a, f->fc_panels);
     bp_free(&a, f->bias_owned);
     bp_free(&a, f);
 }
@@ -701,6 +707,13 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
 static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
                                size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
+    if (batch <= (f->fc_panels != NULL ? BP_FC_PACKED_BATCH_MAX : BP_FC_KERNEL_BATCH_MAX)) {
+        bp_epilogue e = forward_epilogue(f);
+        e.act = &f->activation;
+        bp_fc_forward(weights, n_in, f->fc_panels, n_out, n_in, batch, in, in_stride, out, out_stride, &e,
+                      f->gemm.threads);
+        return;
+    }
     bp_sgemm_parallel(&f->gemm, false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out,
                       out_stride);
     for (size_t b = 0; b < batch; b++) {

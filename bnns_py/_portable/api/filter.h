@@ -12,6 +12,7 @@ typedef struct bp_filter {
     bool fully_connected;
     BNNSDataLayout fc_w_layout;   /* RowMajorMatrix {in, out} or 2DFirstMajor {out, in} */
     size_t fc_w_size[2];
+    float *fc_panels;             /* owned weights packed for the small-batch kernel (bp_fc_pack), or NULL */
     bp_allocator allocator;
     bp_gemm_ctx gemm;
     bool client;                  /* BNNSFlagsUseClientPtr: read weights/bias from the caller */

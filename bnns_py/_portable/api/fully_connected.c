@@ -151,6 +151,11 @@ BNNSFilter BNNSFilterCreateLayerFullyConnected(const BNNSLayerParametersFullyCon
     bp_filter *f = bp_create_convolution(&conv, filter_params, false);
     if (f == NULL) return NULL;
     f->fully_connected = true;
+    if (!f->client) { /* without it the kernel reads the weights in place */
+        f->fc_panels = bp_alloc(&f->allocator, bp_fc_packed_floats(out, in) * sizeof(float));
+        if (f->fc_panels != NULL) bp_fc_pack(f->w_owned, in, out, in, f->fc_panels);
+        else bp_clear_error(); /* not an error: the weights are read in place instead */
+    }
     f->fc_w_layout = wd->layout;
     f->fc_w_size[0] = wd->size[0];
     f->fc_w_size[1] = wd->size[1];

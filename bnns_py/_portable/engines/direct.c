@@ -53,7 +53,7 @@ const char *bnns_portable_simd(void) { return BP_SIMD_NAME; }
 size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
 size_t bp_direct_view_scratch_floats(const bp_direct *d) { return d->group_scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
-bool bp_direct_runs_weight_gradient(const bp_direct *d) { return !d->pointwise; }
+bool bp_direct_runs_weight_gradient(const bp_direct *d) { return !d->pointwise || d->sphases > 1; }
 const char *bp_direct_kind(const bp_direct *d) {
     if (d->pointwise) return "direct pointwise";
     return d->kind == KIND_ROWS ? "direct rows" : d->flat ? "direct flat pixels" : "direct pixels";
@@ -242,7 +242,10 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     bool kernel_forced = force == BP_ENGINE_ROWS || force == BP_ENGINE_PIXELS || force == BP_ENGINE_FLAT_PIXELS;
     bool plain_1x1 = !backward && s_taps == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 &&
                      g->in_h == g->out_h && g->in_w == g->out_w && !kernel_forced;
-    d.pointwise = plain_1x1 && force != BP_ENGINE_IM2COL && g->in_h * g->in_w >= BP_VL;
+    /* strided 1x1 layers whose every output reads a source pixel: the kernel on gathered pixels */
+    bool strided_1x1 = !backward && s_taps == 1 && (g->sx > 1 || g->sy > 1) && g->pl == 0 && g->pt == 0 &&
+                       (g->out_h - 1) * g->sy < g->in_h && (g->out_w - 1) * g->sx < g->in_w && !kernel_forced;
+    d.pointwise = (plain_1x1 || strided_1x1) && force != BP_ENGINE_IM2COL && g->out_h * g->out_w >= BP_VL;
     if (plain_1x1 && !d.pointwise) goto done;
     double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
     bool flat = false;
@@ -312,8 +315,8 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         d.image_group = bp_max(bp_min(IMAGE_GROUP_TARGET / d.group_stride, IMAGE_GROUP_MAX), 1);
     d.group_offset = d.scratch;
     d.group_scratch = d.scratch + (d.image_group - 1) * d.group_stride;
-    if (d.pointwise) { /* a copy of a run of pixels when they are not consecutive, then the tail vectors */
-        d.scratch = bp_max(d.scratch, d.c * (bp_round_up(d.src_w, 16) + BP_VL));
+    if (d.pointwise) { /* pixels gathered when they are not consecutive, then the tail vectors */
+        d.scratch = bp_max(d.scratch, bp_direct_pointwise_scratch_floats(d.c, ow_max));
         d.group_scratch = bp_max(d.group_scratch, d.scratch);
     }
 

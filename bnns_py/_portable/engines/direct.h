@@ -21,9 +21,10 @@ typedef struct {
     size_t group, out, in;
 } bp_weights_view;
 
-/* A planned pass and its weights: packed once by bp_direct_pack (a filter that owns its weights),
-   or else a view, which the run packs itself, into `pack_buffer` (bp_direct_weight_floats) or
-   chunk by chunk as the kernels need them. */
+/* A planned pass and its weights: packed once by bp_direct_pack (a filter that owns its weights;
+   the view is then its canonical copy, base NULL where there is none, for kernels that read the
+   steps in order), or else a view, which the run packs itself, into `pack_buffer`
+   (bp_direct_weight_floats) or chunk by chunk as the kernels need them. */
 typedef struct bp_direct_pass {
     const bp_direct *plan;
     const float *packed;

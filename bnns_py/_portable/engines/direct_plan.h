@@ -118,6 +118,9 @@ void bp_direct_pointwise_dots(size_t mr, size_t np, const float *xt, size_t ldx,
 /* p[2i] = v[i] + bias for i < n: a phase of an output with stride 2 (kernels/direct_store_*.c). */
 void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias);
 
+/* The floats of a worker's scratch a pointwise plan of c channels and rows of ow outputs needs. */
+size_t bp_direct_pointwise_scratch_floats(size_t c, size_t ow);
+
 /* A forward pointwise plan's run (direct_pointwise.c): bp_direct_run's arguments, no accumulation. */
 void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
                              size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, const bp_epilogue *e,

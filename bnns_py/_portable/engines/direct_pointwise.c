@@ -1,9 +1,11 @@
-/* The direct engine's forward pass of 1x1, stride-1, unpadded layers (pointwise plans, see
-   direct_plan.h): per image and group Y = W X, a GEMM whose matrices are the images themselves
-   (rows: channels, columns: pixels). The pointwise kernel reads X and writes Y in place and takes
-   the weights where they are (the caller's array, or the blocks packed at filter creation), so a
-   call packs and copies nothing; the bias and a clamping activation (ReLU, ReLU6, Clamp) are
-   applied to the tile in registers, any other activation to each finished block of rows. */
+/* The direct engine's forward pass of 1x1, unpadded layers (pointwise plans, see direct_plan.h):
+   per image and group Y = W X, a GEMM whose matrices are the images themselves (rows: channels,
+   columns: pixels); a strided layer's X is every s-th pixel of every s-th row, which a task
+   gathers, a block of pixels at a time, into its scratch. The pointwise kernel reads X and
+   writes Y in place and takes the weights where they are (the caller's array, or the blocks
+   packed at filter creation), so a call packs nothing; the bias and a clamping activation (ReLU,
+   ReLU6, Clamp) are applied to the tile in registers, any other activation to each finished
+   block of rows. */
 #include <math.h>
 #include <string.h>
 
@@ -16,7 +18,7 @@ enum { PANEL_FLOATS = 1 << 14 }; /* source floats of a block of pixels (64 KiB):
 typedef struct {
     const bp_direct *d;
     const bp_direct_pass *pass;
-    const bp_image *src_img;
+    bp_image src_img; /* the pixels the layer reads: the source's, strides times the layer's */
     const float *src;
     size_t src_bs;
     const bp_image *dst_img;
@@ -26,15 +28,15 @@ typedef struct {
     float lo, hi;      /* the clamp applied in the kernel */
     bool activate;     /* another activation, applied after the kernel */
     const bp_scratch *s;
-    size_t runs, run_pixels; /* per image: runs of consecutive pixels (the whole image, or its rows) */
-    bool copy;               /* the source's pixels are not consecutive: each run is copied first */
+    size_t runs, run_pixels; /* per image: runs of consecutive outputs (the whole image, or its rows) */
+    size_t row;              /* outputs per row */
+    bool copy;               /* the source's pixels are not consecutive: a task gathers its share first */
     size_t chunks, parts, tasks, mblocks; /* a task: one of `chunks` shares of the channel blocks and
                                              of `parts` shares of a run's tiles of pixels */
     _Atomic size_t next;
 } pointwise_job;
 
-/* The bounds of a clamping activation (none: the whole line); false for other activations. */
-static bool clamp_bounds(const BNNSActivation *act, float *lo, float *hi) {
+bool bp_clamp_bounds(const BNNSActivation *act, float *lo, float *hi) {
     *lo = -INFINITY;
     *hi = INFINITY;
     if (act == NULL) return true;
@@ -80,7 +82,8 @@ static void run_tile(const pointwise_job *j, size_t grp, size_t m, size_t mr, si
 }
 
 /* The tail's pixels [whole, n) of output channels [m, m + mr): dot products along the reduction
-   (tail: each pixel's k values) where the weights' steps are consecutive and the tail is short,
+   (tail: each pixel's k values) where a view of the weights has their steps consecutive (the
+   caller's or the canonical copy, also beside packed blocks) and the tail is short,
    else a tile of one vector (tail: a zero-padded vector per input channel). */
 static void run_tail(const pointwise_job *j, size_t grp, size_t m, size_t mr, const float *tail, bool dots, float *y,
                      size_t ys, size_t np) {
@@ -92,13 +95,16 @@ static void run_tail(const pointwise_job *j, size_t grp, size_t m, size_t mr, co
     for (size_t r0 = 0, dr; r0 < mr; r0 += dr) {
         dr = POINTWISE_DOTS_MR_MAX;
         while (dr > mr - r0) dr /= 2;
-        size_t wr, wi;
-        const float *w = weights_at(j, grp, m + r0, &wr, &wi);
+        const bp_weights_view *v = &j->pass->weights; /* the view even beside packed blocks: steps in order */
+        const float *w = v->base + grp * v->group + (m + r0) * v->out;
         float bias[POINTWISE_DOTS_MR_MAX];
         gather_bias(j, grp, m + r0, dr, bias);
-        bp_direct_pointwise_dots(dr, np, tail, d->c, d->c, w, wr, bias, j->lo, j->hi, y + (m + r0) * ys, ys);
+        bp_direct_pointwise_dots(dr, np, tail, d->c, d->c, w, v->out, bias, j->lo, j->hi, y + (m + r0) * ys, ys);
     }
 }
+
+/* The tiles of pixels of a block of about PANEL_FLOATS source floats (at least one tile). */
+static size_t panel_tiles(size_t c) { return bp_max(1, PANEL_FLOATS / c / (POINTWISE_NV_MAX * BP_VL)); }
 
 /* Output channel blocks [mb0, mb1) of pixels [0, n) of one run: x (rows xs apart) in, y (rows
    ys apart, channel 0 of the group) out, a block of pixels at a time. The pixels past the last
@@ -108,8 +114,8 @@ static void run_blocks(const pointwise_job *j, size_t grp, const float *x, size_
                        size_t mb0, size_t mb1, float *tail) {
     const bp_direct *d = j->d;
     size_t tile = POINTWISE_NV_MAX * BP_VL, whole = n / BP_VL * BP_VL, np = n - whole;
-    size_t block = bp_max(tile, PANEL_FLOATS / d->c / tile * tile);
-    bool dots = np <= POINTWISE_DOTS_MAX && j->pass->packed == NULL && j->pass->weights.in == 1;
+    size_t block = panel_tiles(d->c) * tile;
+    bool dots = np <= POINTWISE_DOTS_MAX && j->pass->weights.base != NULL && j->pass->weights.in == 1;
     for (size_t c = 0; np > 0 && c < d->c; c++) {
         if (dots) { /* pixel after pixel, their k values each */
             for (size_t p = 0; p < np; p++) tail[p * d->c + c] = x[c * xs + whole + p];
@@ -138,13 +144,35 @@ static void run_blocks(const pointwise_job *j, size_t grp, const float *x, size_
     }
 }
 
+size_t bp_direct_pointwise_scratch_floats(size_t c, size_t ow) {
+    size_t tile = POINTWISE_NV_MAX * BP_VL, gathered = bp_max(ow, (panel_tiles(c) + 1) * tile);
+    return c * (bp_round_up(gathered, 16) + BP_VL);
+}
+
+/* Pixels [p0, p1) of a run from x (the run's first pixel) to rows of ld floats, one per channel. */
+static void gather(const pointwise_job *j, const float *x, size_t p0, size_t p1, float *dst, size_t ld) {
+    const bp_image *xi = &j->src_img;
+    for (size_t c = 0; c < j->d->c; c++)
+        for (size_t p = p0, n; p < p1; p += n) {
+            size_t oy = p / j->row, ox = p % j->row;
+            n = bp_min(j->row - ox, p1 - p);
+            const float *src = x + c * xi->sc + oy * xi->sy + ox * xi->sx;
+            float *out = dst + c * ld + (p - p0);
+            if (xi->sx == 2) /* stride 2 (ResNet's downsample layers): a constant step, vectorized */
+                for (size_t i = 0; i < n; i++) out[i] = src[2 * i];
+            else
+                for (size_t i = 0; i < n; i++) out[i] = src[i * xi->sx];
+        }
+}
+
 static void run_tasks(void *arg, int worker, int workers) {
     pointwise_job *j = arg;
     (void)workers;
     const bp_direct *d = j->d;
-    const bp_image *xi = j->src_img, *yi = j->dst_img;
+    const bp_image *xi = &j->src_img, *yi = j->dst_img;
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
     size_t tile = POINTWISE_NV_MAX * BP_VL, tiles = j->run_pixels / tile;
+    size_t have = SIZE_MAX; /* the (unit, part) whose pixels the scratch holds */
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->tasks;) {
         size_t q = t % j->chunks, part = t / j->chunks % j->parts, u = t / j->chunks / j->parts;
         size_t run = u % j->runs, ig = u / j->runs, grp = ig % d->groups, b = ig / d->groups, mb0, mb1, t0, t1;
@@ -152,16 +180,15 @@ static void run_tasks(void *arg, int worker, int workers) {
         bp_split(tiles, (int)part, (int)j->parts, &t0, &t1);
         size_t p0 = t0 * tile, p1 = part + 1 == j->parts ? j->run_pixels : t1 * tile; /* the last part: the rest */
         const float *x = j->src + b * j->src_bs + grp * d->c * xi->sc + run * xi->sy;
-        size_t xs = xi->sc;
-        if (j->copy) {
-            size_t ld = bp_round_up(d->src_w, 16);
-            for (size_t c = 0; c < d->c; c++)
-                for (size_t p = 0; p < j->run_pixels; p++) scratch[c * ld + p] = x[c * xi->sc + p * xi->sx];
-            x = scratch;
-            xs = ld;
+        float *y = j->dst + b * j->dst_bs + grp * d->m * yi->sc + run * yi->sy + p0;
+        if (!j->copy) {
+            run_blocks(j, grp, x + p0, xi->sc, p1 - p0, y, yi->sc, mb0, mb1, scratch);
+            continue;
         }
-        float *y = j->dst + b * j->dst_bs + grp * d->m * yi->sc + run * yi->sy;
-        run_blocks(j, grp, x + p0, xs, p1 - p0, y + p0, yi->sc, mb0, mb1, scratch + d->c * bp_round_up(d->src_w, 16));
+        size_t ld = bp_round_up(p1 - p0, 16);
+        if (have != t / j->chunks) gather(j, x, p0, p1, scratch, ld);
+        have = t / j->chunks;
+        run_blocks(j, grp, scratch, ld, p1 - p0, y, yi->sc, mb0, mb1, scratch + d->c * ld);
     }
 }
 
@@ -169,11 +196,14 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
                              size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, const bp_epilogue *e,
                              const bp_scratch *s, int threads) {
     const bp_direct *d = pass->plan;
-    size_t h = d->src_h, w = d->src_w;
-    pointwise_job j = {d, pass, src_img, src, src_bs, dst_img, dst, dst_bs, e, 0.0f, 0.0f, false, s,
-                       h, w, src_img->sx != 1, 1, 1, 0, bp_ceil_div(d->m, d->bw), 0};
-    j.activate = !clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
-    if (src_img->sx == 1 && src_img->sy == w && dst_img->sy == w) { /* whole images are runs */
+    size_t h = d->oh_max, w = d->ph[0].ow;
+    bp_image view = *src_img;
+    view.sx *= d->ss_x;
+    view.sy *= d->ss_y;
+    pointwise_job j = {d, pass, view, src, src_bs, dst_img, dst, dst_bs, e, 0.0f, 0.0f, false, s,
+                       h, w, w, view.sx != 1, 1, 1, 0, bp_ceil_div(d->m, d->bw), 0};
+    j.activate = !bp_clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
+    if ((j.copy || view.sy == w) && dst_img->sy == w) { /* whole images are runs (gathered: any source) */
         j.runs = 1;
         j.run_pixels = h * w;
     }
@@ -181,8 +211,9 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
     /* a few tasks per worker: shares of the channel blocks, then of the pixels where those are few */
     size_t units = batch * d->groups * j.runs, want = 4 * (size_t)workers;
     if (units < want) j.chunks = bp_min(j.mblocks, bp_ceil_div(want, units));
-    if (units * j.chunks < want)
-        j.parts = bp_max(1, bp_min(j.run_pixels / (POINTWISE_NV_MAX * BP_VL), bp_ceil_div(want, units * j.chunks)));
+    size_t tiles = j.run_pixels / (POINTWISE_NV_MAX * BP_VL);
+    if (units * j.chunks < want) j.parts = bp_max(1, bp_min(tiles, bp_ceil_div(want, units * j.chunks)));
+    if (j.copy) j.parts = bp_max(j.parts, bp_ceil_div(tiles, panel_tiles(d->c))); /* what the scratch holds */
     j.tasks = units * j.chunks * j.parts;
     if ((size_t)workers > j.tasks) workers = (int)j.tasks;
     bp_parallel_run(workers, run_tasks, &j);

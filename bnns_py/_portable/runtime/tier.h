@@ -74,8 +74,16 @@
 #define bp_direct_weight_gradient BP_TIER_SYMBOL(bp_direct_weight_gradient)
 /* engines/direct_pointwise.c, kernels/direct_pointwise.c */
 #define bp_direct_pointwise_run BP_TIER_SYMBOL(bp_direct_pointwise_run)
+#define bp_direct_pointwise_scratch_floats BP_TIER_SYMBOL(bp_direct_pointwise_scratch_floats)
 #define bp_direct_pointwise_tile BP_TIER_SYMBOL(bp_direct_pointwise_tile)
 #define bp_direct_pointwise_dots BP_TIER_SYMBOL(bp_direct_pointwise_dots)
+#define bp_clamp_bounds BP_TIER_SYMBOL(bp_clamp_bounds)
+/* engines/fully_connected.c, kernels/fc_tiles.c */
+#define bp_fc_forward BP_TIER_SYMBOL(bp_fc_forward)
+#define bp_fc_packed_floats BP_TIER_SYMBOL(bp_fc_packed_floats)
+#define bp_fc_pack BP_TIER_SYMBOL(bp_fc_pack)
+#define bp_fc_tile BP_TIER_SYMBOL(bp_fc_tile)
+#define bp_fc_tile_rows BP_TIER_SYMBOL(bp_fc_tile_rows)
 /* kernels/direct_store_*.c */
 #define bp_direct_store_every_other BP_TIER_SYMBOL(bp_direct_store_every_other)
 /* engines/winograd.c */

@@ -19,6 +19,9 @@
     X(conv_forward, bp_conv_forward)                                        \
     X(conv_backward_data, bp_conv_backward_data)                            \
     X(conv_backward_weights, bp_conv_backward_weights)                      \
+    X(fc_forward, bp_fc_forward)                                            \
+    X(fc_packed_floats, bp_fc_packed_floats)                                \
+    X(fc_pack, bp_fc_pack)                                                  \
     X(simd, bnns_portable_simd)                                             \
     X(direct_scratch_floats, bp_direct_scratch_floats)                      \
     X(direct_view_scratch_floats, bp_direct_view_scratch_floats)            \

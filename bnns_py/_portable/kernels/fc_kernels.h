@@ -1,0 +1,29 @@
+/* bnns-py portable backend: the fully-connected kernel at small batches (kernels/fc_tiles.c),
+   driven by engines/fully_connected.c and the kernel tester tests/kernels/fc_tiles.c. */
+#ifndef BNNS_PORTABLE_FC_KERNELS_H
+#define BNNS_PORTABLE_FC_KERNELS_H
+
+#include <stddef.h>
+
+#include "simd.h"
+#include "tier.h" /* renames the functions declared below */
+
+/* Tiles: up to FC_MR_MAX outputs x FC_NB_MAX batch rows, the accumulators filling most of the
+   register file (bp_fc_tile_rows). */
+#define FC_MR_MAX 8
+#if BP_VREGS >= 32
+#define FC_NB_MAX 8
+#else
+#define FC_NB_MAX 4
+#endif
+
+/* The outputs a full tile of nb (1 <= nb <= FC_NB_MAX) batch rows takes. */
+size_t bp_fc_tile_rows(size_t nb);
+
+/* y(b, r) (rows ldy apart) = min(hi, max(lo, bias[r] + sum_i W(r, i) X(b, i))) for mr outputs
+   (W: k values per row, rows ldw apart) and nb batch rows of X (ldx apart). mr is
+   bp_fc_tile_rows(nb), bp_fc_tile_rows(nb + 1) (nb < FC_NB_MAX) or 1. */
+void bp_fc_tile(size_t mr, size_t nb, const float *w, size_t ldw, const float *x, size_t ldx, size_t k,
+                const float *bias, float lo, float hi, float *y, size_t ldy);
+
+#endif
