@@ -140,6 +140,10 @@ typedef struct {
 
 void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
 
+/* The bounds of a clamping activation (ReLU, ReLU6, Clamp; none or Identity: the whole line),
+   which kernels apply in registers; false (and the whole line) for other activations. */
+bool bp_clamp_bounds(const BNNSActivation *act, float *lo, float *hi);
+
 /* Kernels of the engine that the kernel testers (tests/kernels) call directly (conv_engine.c
    describes each). im2col of column rows [r0, r1) and output rows [oy0, oy1): */
 void bp_im2col_block(const bp_geom *g, const bp_image *img, const float *x, size_t c0, size_t r0, size_t r1,

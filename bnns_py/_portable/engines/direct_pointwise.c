@@ -33,8 +33,7 @@ typedef struct {
     _Atomic size_t next;
 } pointwise_job;
 
-/* The bounds of a clamping activation (none: the whole line); false for other activations. */
-static bool clamp_bounds(const BNNSActivation *act, float *lo, float *hi) {
+bool bp_clamp_bounds(const BNNSActivation *act, float *lo, float *hi) {
     *lo = -INFINITY;
     *hi = INFINITY;
     if (act == NULL) return true;
@@ -172,7 +171,7 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
     size_t h = d->src_h, w = d->src_w;
     pointwise_job j = {d, pass, src_img, src, src_bs, dst_img, dst, dst_bs, e, 0.0f, 0.0f, false, s,
                        h, w, src_img->sx != 1, 1, 1, 0, bp_ceil_div(d->m, d->bw), 0};
-    j.activate = !clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
+    j.activate = !bp_clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
     if (src_img->sx == 1 && src_img->sy == w && dst_img->sy == w) { /* whole images are runs */
         j.runs = 1;
         j.run_pixels = h * w;

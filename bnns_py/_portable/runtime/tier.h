@@ -72,8 +72,10 @@
 #define bp_direct_pointwise_run BP_TIER_SYMBOL(bp_direct_pointwise_run)
 #define bp_direct_pointwise_tile BP_TIER_SYMBOL(bp_direct_pointwise_tile)
 #define bp_direct_pointwise_dots BP_TIER_SYMBOL(bp_direct_pointwise_dots)
+#define bp_clamp_bounds BP_TIER_SYMBOL(bp_clamp_bounds)
 /* kernels/direct_store_*.c */
 #define bp_direct_store_every_other BP_TIER_SYMBOL(bp_direct_store_every_other)
+#define bp_direct_store_block8 BP_TIER_SYMBOL(bp_direct_store_block8)
 /* engines/winograd.c */
 #define bp_winograd_weight_floats BP_TIER_SYMBOL(bp_winograd_weight_floats)
 #define bp_winograd_plan BP_TIER_SYMBOL(bp_winograd_plan)
