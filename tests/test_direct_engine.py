@@ -42,6 +42,7 @@ GEOMETRIES = [
     (1, 4, 3, 6, 1, (3, 1), (1, 1), (0, 0, 1, 1), (1, 1), 1),        # one column wide
     (2, 24, 20, 40, 34, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),    # dilated 'same': bands of rows
     (11, 96, 260, 5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # weights >> planes: image groups 6 + 5
+    (1, 300, 20, 9, 9, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),     # 1200 planes of 5 rows: one band, 3 chunks
 ]
 
 

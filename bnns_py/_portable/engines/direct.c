@@ -99,6 +99,16 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool f
     return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * e;
 }
 
+/* Output rows per band: phase planes of about PLANE_TARGET floats with the plan's slack (at least
+   MIN_BAND_ROWS rows), in bands of equal height. */
+static size_t band_rows(const bp_direct *d) {
+    size_t per_row = d->c * d->sphases * d->wq;
+    size_t fixed = d->c * d->sphases * (d->prefix + d->slack + d->qy_max * d->wq);
+    size_t rows = PLANE_TARGET > fixed ? (PLANE_TARGET - fixed) / per_row : 0;
+    rows = bp_min(rows < MIN_BAND_ROWS ? MIN_BAND_ROWS : rows, d->oh_max);
+    return bp_ceil_div(d->oh_max, bp_ceil_div(d->oh_max, rows));
+}
+
 static bool dims_ok(const bp_geom *g) {
     size_t v[] = {g->in_c, g->in_h, g->in_w, g->out_c, g->out_h, g->out_w, g->kh, g->kw,
                   g->sx, g->sy, g->dx, g->dy, g->pl, g->pt};
@@ -224,11 +234,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     /* bands of output rows whose planes fit the per-worker target; a rows tile reads up to a
        tile and a row past the band's last row (the slack), a pixels tile less */
     d.slack = bp_round_up((size_t)rows_nv(1) * BP_VL + d.wq + 2 * BP_VL, 16);
-    size_t per_row = d.c * d.sphases * d.wq;
-    size_t fixed = d.c * d.sphases * (d.prefix + d.slack + d.qy_max * d.wq);
-    size_t rows = PLANE_TARGET > fixed ? (PLANE_TARGET - fixed) / per_row : 0;
-    d.band_rows = bp_min(rows < MIN_BAND_ROWS ? MIN_BAND_ROWS : rows, d.oh_max);
-    d.band_rows = bp_ceil_div(d.oh_max, bp_ceil_div(d.oh_max, d.band_rows)); /* bands of equal height */
+    d.band_rows = band_rows(&d);
 
     /* kernel: the one that keeps more of what it computes */
     size_t mr = ROWS_MR_MAX;
@@ -268,6 +274,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         d.flat = flat;
         /* its tiles read less than a tile and a row past the band's last row (wq >= ow + qx_max) */
         d.slack = bp_round_up(nc + d.wq, 16);
+        d.band_rows = band_rows(&d); /* e.g. ResNet's 256 -> 512 3x3 stride 2: one band of 7 rows, not 2 */
         /* the band's tile results stay in cache between chunks of steps */
         d.tb_row = flat ? d.wq : bp_round_up(ow_max, nc);
         size_t most = (TILE_RESULTS / d.bw - nc) / d.tb_row;
