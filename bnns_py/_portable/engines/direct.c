@@ -758,20 +758,13 @@ static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, 
            clamping activation applied on the way, or another activation on each channel's row
            while it is in cache */
         float bias[PIX_MV_MAX * BP_VL] = {0};
+        float lo = dst->clamp ? dst->lo : -INFINITY, hi = dst->clamp ? dst->hi : INFINITY;
         if (e != NULL && e->bias != NULL)
             for (size_t r = 0; r < r8; r++) bias[r] = e->bias[(dst->channel0 + mb * bw + r) * e->bias_stride];
         for (size_t y = 0; y < nb; y++) {
             const float *res = tb + y * d->tb_row * bw;
             float *out = dst->base + mb * bw * dst->sc + ((r0 + y) * dst->ystep + dst->y0) * dst->sy + dst->x0 * dst->sx;
-            for (size_t c0 = 0; c0 < r8; c0 += 8)
-                for (size_t i = 0; i < ow; i += 8) {
-                    if (dst->clamp)
-                        bp_direct_store_block8(res + i * bw + c0, bw, bias + c0, dst->lo, dst->hi,
-                                               out + c0 * dst->sc + i, dst->sc, bp_min(8, ow - i));
-                    else
-                        bp_transpose8x8_add(res + i * bw + c0, bw, bias + c0, out + c0 * dst->sc + i, dst->sc,
-                                            bp_min(8, ow - i));
-                }
+            bp_direct_store_transposed(res, bw, r8, ow, bias, lo, hi, out, dst->sc);
             if (e != NULL && e->act != NULL && !dst->clamp)
                 for (size_t c = 0; c < r8; c++) bp_activation_apply(e->act, out + c * dst->sc, ow);
         }

@@ -115,10 +115,11 @@ void bp_direct_pointwise_dots(size_t mr, size_t np, const float *xt, size_t ldx,
 
 /* p[2i] = v[i] + bias for i < n: a phase of an output with stride 2 (kernels/direct_store_*.c). */
 void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias);
-/* dst[c * dst_stride + r] = min(hi, max(lo, src[r * src_stride + c] + bias[c])) for c < 8, r < min(n, 8):
-   an 8 x 8 block of results transposed into 8 output rows, biased and clamped (kernels/direct_store_*.c). */
-void bp_direct_store_block8(const float *src, size_t src_stride, const float bias[8], float lo, float hi, float *dst,
-                            size_t dst_stride, size_t n);
+/* dst[c * dst_stride + i] = min(hi, max(lo, res[i * ld + c] + bias[c])) for c < channels (a multiple
+   of 8), i < n: results of n pixels transposed into rows of the output, biased and clamped, 8 x 8 at
+   a time (reading up to 7 pixels past n); kernels/direct_store_generic.c. */
+void bp_direct_store_transposed(const float *res, size_t ld, size_t channels, size_t n, const float *bias, float lo,
+                                float hi, float *dst, size_t dst_stride);
 
 /* A forward pointwise plan's run (direct_pointwise.c): bp_direct_run's arguments, no accumulation. */
 void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
