@@ -43,6 +43,8 @@ GEOMETRIES = [
     (2, 24, 20, 40, 34, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),    # dilated 'same': bands of rows
     (11, 96, 260, 5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # weights >> planes: image groups 6 + 5
     (1, 300, 20, 9, 9, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),     # 1200 planes of 5 rows: one band, 3 chunks
+    (1, 3, 16, 12, 75, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),     # stride 2: rows of 37 column pairs split
+    (2, 5, 8, 9, 80, (1, 5), (1, 2), (2, 1, 0, 0), (1, 1), 1),       # the same, asymmetric padding
 ]
 
 

@@ -455,49 +455,84 @@ void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed,
 
 /* ---- phase planes ---------------------------------------------------------------------------- */
 
+/* Plane columns [j0, j1) of source phase px that hold source columns inside the image. */
+static void phase_columns(const bp_direct *d, size_t px, ptrdiff_t *j0, ptrdiff_t *j1) {
+    ptrdiff_t first = (ptrdiff_t)px + d->c0, ss = (ptrdiff_t)d->ss_x;
+    *j0 = first >= 0 ? 0 : (-first + ss - 1) / ss;
+    *j1 = (ptrdiff_t)d->src_w > first ? ((ptrdiff_t)d->src_w - first + ss - 1) / ss : 0;
+    if (*j1 > (ptrdiff_t)d->wq) *j1 = (ptrdiff_t)d->wq;
+    if (*j0 > *j1) *j0 = *j1;
+}
+
+/* row[j] = 0 for j in [from, wq) as whole vectors, up to a vector past the row: into the next row,
+   which is written next, or the plane's slack, which is zero. */
+static void zero_tail(const bp_direct *d, float *row, size_t from) {
+    for (; from < d->wq; from += BP_VL) bp_vstore(row + from, bp_vzero());
+}
+
+/* A plane row of source phase px (plane columns [j0, j1) inside the image) from source row src. */
+static void fill_row(const bp_direct *d, const bp_image *img, const float *src, size_t px, ptrdiff_t j0, ptrdiff_t j1,
+                     float *row) {
+    for (ptrdiff_t j = 0; j < j0; j++) row[j] = 0.0f;
+    size_t step = d->ss_x * img->sx, at = (size_t)(j0 * (ptrdiff_t)d->ss_x + (ptrdiff_t)px + d->c0) * img->sx;
+    const float *from = src + at;
+    size_t n = (size_t)(j1 - j0), zero = (size_t)j1;
+    if (step == 1) { /* whole vectors, no library calls (rows are short) */
+        size_t i = 0;
+        for (; i + BP_VL <= n; i += BP_VL) bp_vstore(row + j0 + i, bp_vload(from + i));
+        bp_vstore(row + j0 + i, bp_vload_part(from + i, n - i));
+        zero = (size_t)j0 + i + BP_VL;
+    } else {
+        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[j * step];
+    }
+    zero_tail(d, row, zero);
+}
+
+/* Stride 2 along rows of consecutive values: the rows of both source phases (px 0 and 1, plane
+   columns [j0[px], j1[px]) inside the image) in one pass over source row src, its pairs split. */
+static void fill_row_pair(const bp_direct *d, const float *src, const ptrdiff_t j0[2], const ptrdiff_t j1[2],
+                          float *even, float *odd) {
+    ptrdiff_t lo = j0[0] > j0[1] ? j0[0] : j0[1], hi = j1[0] < j1[1] ? j1[0] : j1[1];
+    float *row[2] = {even, odd};
+    for (size_t px = 0; px < 2; px++) {
+        for (ptrdiff_t j = 0; j < j0[px]; j++) row[px][j] = 0.0f;
+        for (ptrdiff_t j = j0[px]; j < j1[px] && j < lo; j++) /* the columns the split below does not write */
+            row[px][j] = src[2 * j + (ptrdiff_t)px + d->c0];
+        for (ptrdiff_t j = hi > j0[px] ? hi : j0[px]; j < j1[px]; j++) row[px][j] = src[2 * j + (ptrdiff_t)px + d->c0];
+    }
+    if (lo < hi) bp_direct_split_pairs(src + 2 * lo + d->c0, (size_t)(hi - lo), even + lo, odd + lo);
+    zero_tail(d, even, (size_t)j1[0]);
+    zero_tail(d, odd, (size_t)j1[1]);
+}
+
 void bp_direct_fill_planes(const bp_direct *d, const bp_image *img, const float *x, size_t c0, size_t c1, size_t r0,
                            size_t n, float *planes) {
     size_t rows = n + d->qy_max, used = rows * d->wq;
+    ptrdiff_t j0[MAX_PHASES], j1[MAX_PHASES];
+    for (size_t px = 0; px < d->ss_x; px++) phase_columns(d, px, &j0[px], &j1[px]);
+    bool pair = d->ss_x == 2 && img->sx == 1;
     for (size_t c = c0; c < c1; c++)
-        for (size_t py = 0; py < d->ss_y; py++)
+        for (size_t py = 0; py < d->ss_y; py++) {
+            float *origin = planes + ((c - c0) * d->sphases + py * d->ss_x) * d->plane + d->prefix; /* px 0 */
             for (size_t px = 0; px < d->ss_x; px++) {
-                float *origin = planes + ((c - c0) * d->sphases + py * d->ss_x + px) * d->plane + d->prefix;
-                memset(origin - d->prefix, 0, d->prefix * sizeof(float));
-                memset(origin + used, 0, d->slack * sizeof(float));
-                /* plane columns [j0, j1) hold source columns inside the image */
-                ptrdiff_t first = (ptrdiff_t)px + d->c0, ss = (ptrdiff_t)d->ss_x;
-                ptrdiff_t j0 = first >= 0 ? 0 : (-first + ss - 1) / ss;
-                ptrdiff_t j1 = (ptrdiff_t)d->src_w > first ? ((ptrdiff_t)d->src_w - first + ss - 1) / ss : 0;
-                if (j1 > (ptrdiff_t)d->wq) j1 = (ptrdiff_t)d->wq;
-                if (j0 > j1) j0 = j1;
-                for (size_t i = 0; i < rows; i++) {
-                    float *row = origin + i * d->wq;
-                    ptrdiff_t sr = (ptrdiff_t)((r0 + i) * d->ss_y + py) + d->ay_min;
-                    if (sr < 0 || sr >= (ptrdiff_t)d->src_h || j0 == j1) {
-                        memset(row, 0, d->wq * sizeof(float));
-                        continue;
-                    }
-                    const float *src = x + c * img->sc + (size_t)sr * img->sy;
-                    for (ptrdiff_t j = 0; j < j0; j++) row[j] = 0.0f;
-                    size_t step = d->ss_x * img->sx, at = (size_t)(j0 * ss + first) * img->sx;
-                    const float *from = src + at;
-                    size_t n = (size_t)(j1 - j0), zero = (size_t)j1;
-                    /* whole vectors, no library calls (rows are short); the zeros after the values
-                       as whole vectors too, up to a vector past the row: into the next row, which is
-                       written next, or the plane's slack, which is zero */
-                    if (step == 1) {
-                        size_t i = 0;
-                        for (; i + BP_VL <= n; i += BP_VL) bp_vstore(row + j0 + i, bp_vload(from + i));
-                        bp_vstore(row + j0 + i, bp_vload_part(from + i, n - i));
-                        zero = (size_t)j0 + i + BP_VL;
-                    } else if (step == 2) { /* a constant stride the compiler vectorizes */
-                        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[2 * j];
-                    } else {
-                        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[j * step];
-                    }
-                    for (; zero < d->wq; zero += BP_VL) bp_vstore(row + zero, bp_vzero());
+                memset(origin + px * d->plane - d->prefix, 0, d->prefix * sizeof(float));
+                memset(origin + px * d->plane + used, 0, d->slack * sizeof(float));
+            }
+            for (size_t i = 0; i < rows; i++) {
+                float *row = origin + i * d->wq;
+                ptrdiff_t sr = (ptrdiff_t)((r0 + i) * d->ss_y + py) + d->ay_min;
+                bool inside = sr >= 0 && sr < (ptrdiff_t)d->src_h;
+                const float *src = inside ? x + c * img->sc + (size_t)sr * img->sy : NULL;
+                if (inside && pair) {
+                    fill_row_pair(d, src, j0, j1, row, row + d->plane);
+                    continue;
+                }
+                for (size_t px = 0; px < d->ss_x; px++) {
+                    if (!inside || j0[px] == j1[px]) memset(row + px * d->plane, 0, d->wq * sizeof(float));
+                    else fill_row(d, img, src, px, j0[px], j1[px], row + px * d->plane);
                 }
             }
+        }
 }
 
 /* ---- kernels --------------------------------------------------------------------------------- */
