@@ -42,6 +42,9 @@ GEOMETRIES = [
     (1, 4, 3, 6, 1, (3, 1), (1, 1), (0, 0, 1, 1), (1, 1), 1),        # one column wide
     (2, 24, 20, 40, 34, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),    # dilated 'same': bands of rows
     (11, 96, 260, 5, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # weights >> planes: image groups 6 + 5
+    (1, 300, 20, 9, 9, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),     # 1200 planes of 5 rows: one band, 3 chunks
+    (1, 3, 16, 12, 75, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),     # stride 2: rows of 37 column pairs split
+    (2, 5, 8, 9, 80, (1, 5), (1, 2), (2, 1, 0, 0), (1, 1), 1),       # the same, asymmetric padding
 ]
 
 
@@ -169,43 +172,92 @@ def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, 
         np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=_tolerance(n * oh * ow))
 
 
+@pytest.mark.parametrize("activation", ["identity", "relu6", "sigmoid"])
 @pytest.mark.parametrize("engine", ["rows", "pixels"], indirect=True)
-def test_outputs_over_16_mib_are_streamed_right(engine, backend, rng, no_filter_leaks):
+def test_outputs_over_16_mib_are_streamed_right(engine, activation, backend, rng, no_filter_leaks):
     """A call whose output exceeds 16 MiB stores it with non-temporal stores (rows of 182 values:
-    unaligned heads and tails around the streamed vectors), with the bias added."""
+    unaligned heads and tails around the streamed vectors), with the bias added, a clamping
+    activation applied before the values are streamed, another one after they are stored."""
     n, cin, cout, h, w = 2, 2, 64, 182, 182
-    x = random_array(rng, (n, cin, h, w))
+    act = ACTIVATIONS[activation]
+    x = random_array(rng, (n, cin, h, w), 3.0)
     weight = random_array(rng, (cout, cin, 3, 3), 0.3)
     bias = random_array(rng, (cout,))
     layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
-                                   1, weight, bias, AF.identity, 2)
+                                   1, weight, bias, act, 2)
     with layer:
         _check_engine(backend, layer, engine)
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         assert y.nbytes > 16 << 20
         layer.apply(n, x, y)
-    expected = reference.conv2d(x, weight, bias, padding=1)
-    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin * 9))
+    expected = reference.conv2d(x, weight, bias, padding=1, activation=act)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(cin * 9))
+
+
+# Clamping activations (ReLU, ReLU6, Clamp) are applied as the results are stored, others after
+ACTIVATIONS = {"identity": AF.identity, "relu": AF.rectified_linear, "relu6": AF.relu6,
+               "clamp": AF.clamp((-0.3, 0.4)), "sigmoid": AF.sigmoid}
+
+# (batch, cin, cout, h, w, k, stride, pad): the stem's shape scaled down (7x7 stride 2; 70
+# channels: a block of 64 transposed 8 x 8 at a time, 6 more one by one; rows of 15, not a
+# multiple of 8), a 7x7 image of 3x3 taps (one tile per row), and a stride-2 3x3 layer
+FUSED = [
+    (2, 3, 70, 30, 29, (7, 7), (2, 2), (3, 3, 3, 3)),
+    (1, 40, 24, 7, 7, (3, 3), (1, 1), (1, 1, 1, 1)),
+    (2, 19, 33, 17, 16, (3, 3), (2, 2), (1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("case", FUSED, ids=["stem-like", "7x7-image", "3x3-stride-2"])
+@pytest.mark.parametrize("engine", ["rows", "pixels", "flat-pixels"], indirect=True)
+def test_fused_activations(engine, case, activation, backend, rng, no_filter_leaks):
+    """The bias and the activation on every kernel's outputs, inputs wide enough that every clamp
+    bound is reached."""
+    n, cin, cout, h, w, k, stride, pad = case
+    act = ACTIVATIONS[activation]
+    x = random_array(rng, (n, cin, h, w), 3.0)
+    weight = random_array(rng, (cout, cin) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, (1, 1), 1, weight,
+                                   bias, act, 2)
+    with layer:
+        _check_engine(backend, layer, engine)
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, activation=act)
+    raw = reference.conv2d(x, weight, bias, stride=stride, padding=pad)
+    bounds = {"relu": (0.0, None), "relu6": (0.0, 6.0), "clamp": (-0.3, 0.4)}.get(activation, (None, None))
+    assert bounds[0] is None or (raw < bounds[0]).any()
+    assert bounds[1] is None or (raw > bounds[1]).any()
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(cin * k[0] * k[1]))
 
 
 @pytest.mark.parametrize("engine", ["rows", "pixels", "flat-pixels"], indirect=True)
 @pytest.mark.parametrize("client", [True, False])
-@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 32, 48, 7, 7), (4, 64, 200, 5, 5)], ids=["one-image", "image-group"])
-def test_weights_are_read_at_each_call_or_copied(engine, client, n, cin, cout, h, w, backend, rng, no_filter_leaks):
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 32, 48, 7, 7), (4, 64, 200, 5, 5), (1, 131, 80, 7, 6),
+                                            (3, 120, 136, 5, 5)],
+                         ids=["one-image", "image-group", "one-image-chunks", "image-group-chunks"])
+def test_weights_are_read_at_each_call_or_copied(engine, client, n_threads, n, cin, cout, h, w, backend, rng,
+                                                 no_filter_leaks):
     """Client-pointer filters pack the caller's weights at every call (changes are seen), chunk by
     chunk for one image or a group of images (weights that outweigh their planes) or else up front;
-    copied filters packed them at creation (later changes are not)."""
+    copied filters packed them at creation (later changes are not). Over 1024 reduction steps
+    (131 or 120 channels x 9 taps) a block packs several chunks, the next one's weights fetched
+    while the current one computes; 80 and 136 channels leave a partial block."""
     x = random_array(rng, (n, cin, h, w))
     weight = random_array(rng, (cout, cin, 3, 3), 0.3)
     original = weight.copy()
     layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
-                                   1, weight, None, AF.identity, 2, flags=None if client else Flags.none)
+                                   1, weight, None, AF.identity, n_threads, flags=None if client else Flags.none)
     with layer:
         _check_engine(backend, layer, engine)
         y = np.empty((n, cout, oh, ow), np.float32)
         layer.apply(n, x, y)
         np.testing.assert_allclose(y, reference.conv2d(x, original, padding=1), rtol=1e-4, atol=1e-3)
-        weight *= -2.0
+        weight[: cout // 2] *= -2.0  # the first block's channels, and in the last chunk only the last input channel
+        weight[-1, -1] += 1.0
         layer.apply(n, x, y)
     now = weight if client else original
     np.testing.assert_allclose(y, reference.conv2d(x, now, padding=1), rtol=1e-4, atol=2e-3)
@@ -385,3 +437,56 @@ def test_pointwise_layer_backward_and_forced_engines(engine, backend, rng, monke
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout))
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=_tolerance(n * h * w))
     np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=_tolerance(n * h * w))
+
+
+# Runs in a child process per vector tier (chosen once per process, when the library loads): the
+# fused activations' stores and the weights fetched and packed per chunk have a kernel per tier.
+TIER_CHILD = r"""
+import json, sys
+import numpy as np
+import bnns_py
+from bnns_py import ActivationFunction as AF, reference
+sys.path.insert(0, sys.argv[1])
+from conftest import assert_close_to_reference
+
+rng = np.random.default_rng(11)
+kinds = {}
+for name, n, cin, cout, size, k, stride, pad, act in [
+        ("stem-like", 2, 3, 70, 29, 7, 2, 3, AF.rectified_linear),
+        ("relu6", 1, 21, 37, 15, 3, 2, 1, AF.relu6),
+        ("chunks", 1, 131, 80, 7, 3, 1, 1, AF.clamp((-0.3, 0.4)))]:
+    x = 3 * rng.standard_normal((n, cin, size, size)).astype(np.float32)
+    w = 0.3 * rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    with bnns_py.Conv2d(w, b, stride=stride, padding=pad, activation=act) as conv:
+        y = conv.forward(x)
+        layer = next(iter(conv._layers.values()))
+        kinds[name] = bnns_py.get_backend().filter_engine(layer.bnns_filter)
+        w *= -1.5  # the module's weights are the filter's client pointers: the next call sees the change
+        y2 = conv.forward(x)
+    for out, weights in ((y, -w / 1.5), (y2, w)):
+        expected = reference.conv2d(x, weights, b, stride=stride, padding=(pad,) * 4, activation=act)
+        assert_close_to_reference(out, expected, cin * k * k, name)
+print(json.dumps(dict(kinds=kinds, isa=bnns_py.backend_info()["isa"])))
+"""
+
+
+@pytest.mark.parametrize("engine", ["pixels", "rows"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_each_tier_fuses_activations_and_sees_weight_changes(isa, engine, backend):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    available = bnns_py.backend_info().get("isa_available", "").split()
+    if isa not in available:
+        pytest.skip(f"this CPU / build does not run the {isa} tier (it runs: {' '.join(available)})")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, BNNS_PY_ISA=isa, BNNS_PY_PORTABLE_ENGINE=engine)
+    child = subprocess.run([sys.executable, "-c", TIER_CHILD, tests_dir], env=env, capture_output=True, text=True,
+                           timeout=300, cwd=tests_dir)
+    assert child.returncode == 0, child.stderr[-3000:]
+    info = json.loads(child.stdout.strip().splitlines()[-1])
+    assert info["isa"] == isa
+    assert set(info["kinds"].values()) == {ENGINES[engine][0]}

@@ -5,7 +5,9 @@
    precision. Pixels tiles: tb[p][j] (+)= sum over i of src[off[i] + p] * w[i][j], j < mv * lanes,
    overwrite and accumulate. Pointwise tiles and dots: y[r][p] = clamp(bias[r] + sum over i of
    W(r, i) x(i, p)), with no clamp, ReLU's and a Clamp's bounds; what they must not write (past
-   `last` lanes, past the tile) is checked untouched.
+   `last` lanes, past the tile) is checked untouched. The stores of finished results and the
+   stride-2 split of phase-plane rows (bp_direct_store_transposed, bp_direct_split_pairs): exact,
+   the values around what they write untouched.
 
    Exit status: 0 all passed, 1 a mismatch (printed). Build: meson -Dkernel_tests=true. */
 #include <math.h>
@@ -22,6 +24,9 @@
 typedef void tile_fn(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w, float *tb,
                      size_t ldt, bool add);
 typedef const char *simd_fn(void);
+typedef void store_fn(const float *res, size_t ld, size_t channels, size_t n, const float *bias, float lo, float hi,
+                      float *dst, size_t dst_stride);
+typedef void split_fn(const float *src, size_t n, float *even, float *odd);
 typedef void pointwise_tile_fn(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
                                size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last);
 typedef void pointwise_dots_fn(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
@@ -33,7 +38,8 @@ typedef void pointwise_dots_fn(size_t mr, size_t np, const float *xt, size_t ldx
 #define STR(x) STR2(x)
 #define TIER(name)                                                                                    \
     {STR(name), CAT(bp_direct_pixels_tile, name), CAT(bp_direct_pointwise_tile, name),                \
-     CAT(bp_direct_pointwise_dots, name), CAT(bnns_portable_simd, name)}
+     CAT(bp_direct_pointwise_dots, name), CAT(bnns_portable_simd, name), CAT(bp_direct_store_transposed, name),    \
+     CAT(bp_direct_split_pairs, name)}
 
 typedef struct {
     const char *name;
@@ -41,18 +47,24 @@ typedef struct {
     pointwise_tile_fn *pointwise;
     pointwise_dots_fn *dots;
     simd_fn *simd;
+    store_fn *store;
+    split_fn *split;
 } tier_t;
 #if defined(BP_SINGLE_TIER)
 tile_fn CAT(bp_direct_pixels_tile, BP_SINGLE_TIER);
 pointwise_tile_fn CAT(bp_direct_pointwise_tile, BP_SINGLE_TIER);
 pointwise_dots_fn CAT(bp_direct_pointwise_dots, BP_SINGLE_TIER);
 simd_fn CAT(bnns_portable_simd, BP_SINGLE_TIER);
+store_fn CAT(bp_direct_store_transposed, BP_SINGLE_TIER);
+split_fn CAT(bp_direct_split_pairs, BP_SINGLE_TIER);
 static const tier_t tiers[] = {TIER(BP_SINGLE_TIER)};
 #else
 tile_fn bp_direct_pixels_tile_baseline, bp_direct_pixels_tile_avx2, bp_direct_pixels_tile_avx512;
 pointwise_tile_fn bp_direct_pointwise_tile_baseline, bp_direct_pointwise_tile_avx2, bp_direct_pointwise_tile_avx512;
 pointwise_dots_fn bp_direct_pointwise_dots_baseline, bp_direct_pointwise_dots_avx2, bp_direct_pointwise_dots_avx512;
 simd_fn bnns_portable_simd_baseline, bnns_portable_simd_avx2, bnns_portable_simd_avx512;
+store_fn bp_direct_store_transposed_baseline, bp_direct_store_transposed_avx2, bp_direct_store_transposed_avx512;
+split_fn bp_direct_split_pairs_baseline, bp_direct_split_pairs_avx2, bp_direct_split_pairs_avx512;
 static const tier_t tiers[] = {TIER(baseline), TIER(avx2), TIER(avx512)};
 #endif
 
@@ -176,6 +188,62 @@ static int check_dots(const tier_t *t, size_t mr, size_t np) {
     return failures;
 }
 
+/* Transposed stores: dst[c][i] = clamp(res[i][c] + bias[c]) for c < channels (a multiple of 8),
+   i < n, with each trial's bounds; the rest of dst (past n, the row after the last channel) keeps
+   its starting values. */
+static int check_store(const tier_t *t) {
+    int failures = 0;
+    for (int trial = 0; trial < 12; trial++) {
+        size_t channels = 8 * (1 + next() % 4), n = 1 + next() % 40, ld = channels + next() % 9;
+        size_t ds = n + 1 + next() % 5, dst_n = (channels + 1) * ds, res_n = (n + 8) * ld; /* reads up to 7 past n */
+        float *res = malloc(res_n * sizeof(float)), *dst = malloc(dst_n * sizeof(float));
+        float *start = malloc(dst_n * sizeof(float)), bias[32];
+        for (size_t i = 0; i < res_n; i++) res[i] = uniform();
+        for (size_t c = 0; c < channels; c++) bias[c] = uniform();
+        for (size_t i = 0; i < dst_n; i++) start[i] = dst[i] = uniform();
+        const float *b = bounds[trial % 3];
+        t->store(res, ld, channels, n, bias, b[0], b[1], dst, ds);
+        size_t wrong = 0;
+        for (size_t c = 0; c <= channels; c++)
+            for (size_t i = 0; i < ds; i++) {
+                float want = start[c * ds + i];
+                if (c < channels && i < n) {
+                    want = res[i * ld + c] + bias[c];
+                    want = want < b[0] ? b[0] : want > b[1] ? b[1] : want;
+                }
+                wrong += dst[c * ds + i] != want;
+            }
+        if (wrong) {
+            printf("FAIL %s transposed store channels %zu n %zu trial %d: %zu values wrong\n", t->name, channels, n,
+                   trial, wrong);
+            failures++;
+        }
+        free(res), free(dst), free(start);
+    }
+    return failures;
+}
+
+/* Stride-2 split: even[j] = src[2j], odd[j] = src[2j + 1] for j < n, the values after them untouched. */
+static int check_split(const tier_t *t) {
+    int failures = 0;
+    for (int trial = 0; trial < 20; trial++) {
+        size_t n = next() % 70;
+        float *src = malloc((2 * n + 1) * sizeof(float)), *even = malloc((n + 1) * sizeof(float));
+        float *odd = malloc((n + 1) * sizeof(float));
+        for (size_t i = 0; i < 2 * n + 1; i++) src[i] = uniform();
+        even[n] = odd[n] = 7.0f;
+        t->split(src, n, even, odd);
+        size_t wrong = (even[n] != 7.0f) + (odd[n] != 7.0f);
+        for (size_t j = 0; j < n; j++) wrong += (even[j] != src[2 * j]) + (odd[j] != src[2 * j + 1]);
+        if (wrong) {
+            printf("FAIL %s split pairs n %zu: %zu values wrong\n", t->name, n, wrong);
+            failures++;
+        }
+        free(src), free(even), free(odd);
+    }
+    return failures;
+}
+
 int main(void) {
     char available[64];
     snprintf(available, sizeof available, " %s ", bnns_portable_isa_available());
@@ -200,8 +268,9 @@ int main(void) {
             for (size_t nv = 1; nv <= 3; nv++, shapes++) failures += check_pointwise(&tiers[t], lanes, mr, nv);
         for (size_t mr = wide ? 4 : 2; mr >= 1; mr /= 2)
             for (size_t np = 1; np <= 4; np++, shapes++) failures += check_dots(&tiers[t], mr, np);
-        printf("%s (%s, %zu lanes): %zu pixels tile shapes x 20 trials, %zu pointwise shapes x 12\n", tiers[t].name,
-               simd, lanes, count, shapes);
+        failures += check_store(&tiers[t]) + check_split(&tiers[t]);
+        printf("%s (%s, %zu lanes): %zu pixels tile shapes x 20 trials, %zu pointwise shapes x 12, stores x 12, "
+               "splits x 20\n", tiers[t].name, simd, lanes, count, shapes);
         tested++;
     }
     printf("%d tiers tested, %d failures\n", tested, failures);

@@ -99,6 +99,16 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool f
     return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * e;
 }
 
+/* Output rows per band: phase planes of about PLANE_TARGET floats with the plan's slack (at least
+   MIN_BAND_ROWS rows), in bands of equal height. */
+static size_t band_rows(const bp_direct *d) {
+    size_t per_row = d->c * d->sphases * d->wq;
+    size_t fixed = d->c * d->sphases * (d->prefix + d->slack + d->qy_max * d->wq);
+    size_t rows = PLANE_TARGET > fixed ? (PLANE_TARGET - fixed) / per_row : 0;
+    rows = bp_min(rows < MIN_BAND_ROWS ? MIN_BAND_ROWS : rows, d->oh_max);
+    return bp_ceil_div(d->oh_max, bp_ceil_div(d->oh_max, rows));
+}
+
 static bool dims_ok(const bp_geom *g) {
     size_t v[] = {g->in_c, g->in_h, g->in_w, g->out_c, g->out_h, g->out_w, g->kh, g->kw,
                   g->sx, g->sy, g->dx, g->dy, g->pl, g->pt};
@@ -224,11 +234,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     /* bands of output rows whose planes fit the per-worker target; a rows tile reads up to a
        tile and a row past the band's last row (the slack), a pixels tile less */
     d.slack = bp_round_up((size_t)rows_nv(1) * BP_VL + d.wq + 2 * BP_VL, 16);
-    size_t per_row = d.c * d.sphases * d.wq;
-    size_t fixed = d.c * d.sphases * (d.prefix + d.slack + d.qy_max * d.wq);
-    size_t rows = PLANE_TARGET > fixed ? (PLANE_TARGET - fixed) / per_row : 0;
-    d.band_rows = bp_min(rows < MIN_BAND_ROWS ? MIN_BAND_ROWS : rows, d.oh_max);
-    d.band_rows = bp_ceil_div(d.oh_max, bp_ceil_div(d.oh_max, d.band_rows)); /* bands of equal height */
+    d.band_rows = band_rows(&d);
 
     /* kernel: the one that keeps more of what it computes */
     size_t mr = ROWS_MR_MAX;
@@ -271,6 +277,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         d.flat = flat;
         /* its tiles read less than a tile and a row past the band's last row (wq >= ow + qx_max) */
         d.slack = bp_round_up(nc + d.wq, 16);
+        d.band_rows = band_rows(&d); /* e.g. ResNet's 256 -> 512 3x3 stride 2: one band of 7 rows, not 2 */
         /* the band's tile results stay in cache between chunks of steps */
         d.tb_row = flat ? d.wq : bp_round_up(ow_max, nc);
         size_t most = (TILE_RESULTS / d.bw - nc) / d.tb_row;
@@ -452,49 +459,84 @@ void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed,
 
 /* ---- phase planes ---------------------------------------------------------------------------- */
 
+/* Plane columns [j0, j1) of source phase px that hold source columns inside the image. */
+static void phase_columns(const bp_direct *d, size_t px, ptrdiff_t *j0, ptrdiff_t *j1) {
+    ptrdiff_t first = (ptrdiff_t)px + d->c0, ss = (ptrdiff_t)d->ss_x;
+    *j0 = first >= 0 ? 0 : (-first + ss - 1) / ss;
+    *j1 = (ptrdiff_t)d->src_w > first ? ((ptrdiff_t)d->src_w - first + ss - 1) / ss : 0;
+    if (*j1 > (ptrdiff_t)d->wq) *j1 = (ptrdiff_t)d->wq;
+    if (*j0 > *j1) *j0 = *j1;
+}
+
+/* row[j] = 0 for j in [from, wq) as whole vectors, up to a vector past the row: into the next row,
+   which is written next, or the plane's slack, which is zero. */
+static void zero_tail(const bp_direct *d, float *row, size_t from) {
+    for (; from < d->wq; from += BP_VL) bp_vstore(row + from, bp_vzero());
+}
+
+/* A plane row of source phase px (plane columns [j0, j1) inside the image) from source row src. */
+static void fill_row(const bp_direct *d, const bp_image *img, const float *src, size_t px, ptrdiff_t j0, ptrdiff_t j1,
+                     float *row) {
+    for (ptrdiff_t j = 0; j < j0; j++) row[j] = 0.0f;
+    size_t step = d->ss_x * img->sx, at = (size_t)(j0 * (ptrdiff_t)d->ss_x + (ptrdiff_t)px + d->c0) * img->sx;
+    const float *from = src + at;
+    size_t n = (size_t)(j1 - j0), zero = (size_t)j1;
+    if (step == 1) { /* whole vectors, no library calls (rows are short) */
+        size_t i = 0;
+        for (; i + BP_VL <= n; i += BP_VL) bp_vstore(row + j0 + i, bp_vload(from + i));
+        bp_vstore(row + j0 + i, bp_vload_part(from + i, n - i));
+        zero = (size_t)j0 + i + BP_VL;
+    } else {
+        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[j * step];
+    }
+    zero_tail(d, row, zero);
+}
+
+/* Stride 2 along rows of consecutive values: the rows of both source phases (px 0 and 1, plane
+   columns [j0[px], j1[px]) inside the image) in one pass over source row src, its pairs split. */
+static void fill_row_pair(const bp_direct *d, const float *src, const ptrdiff_t j0[2], const ptrdiff_t j1[2],
+                          float *even, float *odd) {
+    ptrdiff_t lo = j0[0] > j0[1] ? j0[0] : j0[1], hi = j1[0] < j1[1] ? j1[0] : j1[1];
+    float *row[2] = {even, odd};
+    for (size_t px = 0; px < 2; px++) {
+        for (ptrdiff_t j = 0; j < j0[px]; j++) row[px][j] = 0.0f;
+        for (ptrdiff_t j = j0[px]; j < j1[px] && j < lo; j++) /* the columns the split below does not write */
+            row[px][j] = src[2 * j + (ptrdiff_t)px + d->c0];
+        for (ptrdiff_t j = hi > j0[px] ? hi : j0[px]; j < j1[px]; j++) row[px][j] = src[2 * j + (ptrdiff_t)px + d->c0];
+    }
+    if (lo < hi) bp_direct_split_pairs(src + 2 * lo + d->c0, (size_t)(hi - lo), even + lo, odd + lo);
+    zero_tail(d, even, (size_t)j1[0]);
+    zero_tail(d, odd, (size_t)j1[1]);
+}
+
 void bp_direct_fill_planes(const bp_direct *d, const bp_image *img, const float *x, size_t c0, size_t c1, size_t r0,
                            size_t n, float *planes) {
     size_t rows = n + d->qy_max, used = rows * d->wq;
+    ptrdiff_t j0[MAX_PHASES], j1[MAX_PHASES];
+    for (size_t px = 0; px < d->ss_x; px++) phase_columns(d, px, &j0[px], &j1[px]);
+    bool pair = d->ss_x == 2 && img->sx == 1;
     for (size_t c = c0; c < c1; c++)
-        for (size_t py = 0; py < d->ss_y; py++)
+        for (size_t py = 0; py < d->ss_y; py++) {
+            float *origin = planes + ((c - c0) * d->sphases + py * d->ss_x) * d->plane + d->prefix; /* px 0 */
             for (size_t px = 0; px < d->ss_x; px++) {
-                float *origin = planes + ((c - c0) * d->sphases + py * d->ss_x + px) * d->plane + d->prefix;
-                memset(origin - d->prefix, 0, d->prefix * sizeof(float));
-                memset(origin + used, 0, d->slack * sizeof(float));
-                /* plane columns [j0, j1) hold source columns inside the image */
-                ptrdiff_t first = (ptrdiff_t)px + d->c0, ss = (ptrdiff_t)d->ss_x;
-                ptrdiff_t j0 = first >= 0 ? 0 : (-first + ss - 1) / ss;
-                ptrdiff_t j1 = (ptrdiff_t)d->src_w > first ? ((ptrdiff_t)d->src_w - first + ss - 1) / ss : 0;
-                if (j1 > (ptrdiff_t)d->wq) j1 = (ptrdiff_t)d->wq;
-                if (j0 > j1) j0 = j1;
-                for (size_t i = 0; i < rows; i++) {
-                    float *row = origin + i * d->wq;
-                    ptrdiff_t sr = (ptrdiff_t)((r0 + i) * d->ss_y + py) + d->ay_min;
-                    if (sr < 0 || sr >= (ptrdiff_t)d->src_h || j0 == j1) {
-                        memset(row, 0, d->wq * sizeof(float));
-                        continue;
-                    }
-                    const float *src = x + c * img->sc + (size_t)sr * img->sy;
-                    for (ptrdiff_t j = 0; j < j0; j++) row[j] = 0.0f;
-                    size_t step = d->ss_x * img->sx, at = (size_t)(j0 * ss + first) * img->sx;
-                    const float *from = src + at;
-                    size_t n = (size_t)(j1 - j0), zero = (size_t)j1;
-                    /* whole vectors, no library calls (rows are short); the zeros after the values
-                       as whole vectors too, up to a vector past the row: into the next row, which is
-                       written next, or the plane's slack, which is zero */
-                    if (step == 1) {
-                        size_t i = 0;
-                        for (; i + BP_VL <= n; i += BP_VL) bp_vstore(row + j0 + i, bp_vload(from + i));
-                        bp_vstore(row + j0 + i, bp_vload_part(from + i, n - i));
-                        zero = (size_t)j0 + i + BP_VL;
-                    } else if (step == 2) { /* a constant stride the compiler vectorizes */
-                        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[2 * j];
-                    } else {
-                        for (size_t j = 0; j < n; j++) row[j0 + (ptrdiff_t)j] = from[j * step];
-                    }
-                    for (; zero < d->wq; zero += BP_VL) bp_vstore(row + zero, bp_vzero());
+                memset(origin + px * d->plane - d->prefix, 0, d->prefix * sizeof(float));
+                memset(origin + px * d->plane + used, 0, d->slack * sizeof(float));
+            }
+            for (size_t i = 0; i < rows; i++) {
+                float *row = origin + i * d->wq;
+                ptrdiff_t sr = (ptrdiff_t)((r0 + i) * d->ss_y + py) + d->ay_min;
+                bool inside = sr >= 0 && sr < (ptrdiff_t)d->src_h;
+                const float *src = inside ? x + c * img->sc + (size_t)sr * img->sy : NULL;
+                if (inside && pair) {
+                    fill_row_pair(d, src, j0, j1, row, row + d->plane);
+                    continue;
+                }
+                for (size_t px = 0; px < d->ss_x; px++) {
+                    if (!inside || j0[px] == j1[px]) memset(row + px * d->plane, 0, d->wq * sizeof(float));
+                    else fill_row(d, img, src, px, j0[px], j1[px], row + px * d->plane);
                 }
             }
+        }
 }
 
 /* ---- kernels --------------------------------------------------------------------------------- */
@@ -539,15 +581,38 @@ static void rows_tile(size_t mr, const float *src, const int32_t *off, size_t k,
     }
 }
 
+/* Rows of weights fetched into the caches, a line every few steps of the pixels kernel, while it
+   computes: the view's weights of the chunk a task packs next (packed as they are needed, they
+   would otherwise come from memory at the pack's pace, the FMA units idle: 22 % of ResNet-50's
+   512-channel 7x7 layer at batch 1). */
+typedef struct {
+    const float *first;  /* row 0's first value */
+    size_t stride, n;    /* floats from one row to the next, values per row */
+    size_t rows, r, at;  /* rows, and the next line's row and float within it */
+    size_t every, wait;  /* steps from one line to the next, and to the next line */
+} weight_prefetch;
+
+BP_INLINE void prefetch_step(weight_prefetch *f) {
+    if (--f->wait > 0 || f->r >= f->rows) return;
+    f->wait = f->every;
+    __builtin_prefetch(f->first + f->r * f->stride + bp_min(f->at, f->n - 1), 0, 2);
+    f->at += 16; /* a 64-byte line; a row that starts mid-line ends one line later */
+    if (f->at >= f->n + 15) {
+        f->at = 0;
+        f->r++;
+    }
+}
+
 /* NC consecutive pixels of one output row (their source values for step i at src + off[i]) x MV
    vectors of output channels (w: MV vectors per step); tb (rows ldt apart) = or, with add, +=
-   the products. */
+   the products, taking f's steps (f may be NULL). */
 BP_INLINE void pixels_kernel(const float *src, const int32_t *off, size_t k, const float *w, float *tb, size_t ldt,
-                             bool add, const int NC, const int MV) {
+                             bool add, weight_prefetch *f, const int NC, const int MV) {
     bp_vec acc[PIX_NC_MAX][PIX_MV_MAX];
     for (int p = 0; p < NC; p++)
         for (int v = 0; v < MV; v++) acc[p][v] = add ? bp_vload(tb + (size_t)p * ldt + (size_t)v * BP_VL) : bp_vzero();
     for (size_t i = 0; i < k; i++) {
+        if (f != NULL) prefetch_step(f);
         bp_vec wv[PIX_MV_MAX];
         for (int v = 0; v < MV; v++) wv[v] = bp_vload(w + (i * (size_t)MV + (size_t)v) * BP_VL);
         const float *x = src + off[i];
@@ -560,21 +625,37 @@ BP_INLINE void pixels_kernel(const float *src, const int32_t *off, size_t k, con
         for (int v = 0; v < MV; v++) bp_vstore(tb + (size_t)p * ldt + (size_t)v * BP_VL, acc[p][v]);
 }
 
-#define PIXELS_CASE(MV, NC)                                                                             \
-    case (MV)*32 + (NC): pixels_kernel(src, off, k, w, tb, ldt, add, NC, MV); break;
+#define PIXELS_CASE(MV, NC, F)                                                                          \
+    case (MV)*32 + (NC): pixels_kernel(src, off, k, w, tb, ldt, add, F, NC, MV); break;
+#if BP_VREGS >= 32
+#define PIXELS_CASES(F)                                                                                 \
+    PIXELS_CASE(1, 24, F) PIXELS_CASE(1, 16, F) PIXELS_CASE(1, 12, F) PIXELS_CASE(1, 8, F)              \
+    PIXELS_CASE(2, 14, F) PIXELS_CASE(2, 12, F) PIXELS_CASE(2, 10, F) PIXELS_CASE(2, 8, F)              \
+    PIXELS_CASE(2, 7, F) PIXELS_CASE(4, 7, F) PIXELS_CASE(4, 6, F) PIXELS_CASE(4, 5, F) PIXELS_CASE(4, 4, F)
+#else
+#define PIXELS_CASES(F)                                                                                 \
+    PIXELS_CASE(1, 12, F) PIXELS_CASE(1, 8, F) PIXELS_CASE(1, 7, F) PIXELS_CASE(1, 6, F)                \
+    PIXELS_CASE(2, 6, F) PIXELS_CASE(2, 5, F) PIXELS_CASE(2, 4, F)
+#endif
 
 void bp_direct_pixels_tile(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w,
                            float *tb, size_t ldt, bool add) {
     switch (mv * 32 + nc) {
-#if BP_VREGS >= 32
-        PIXELS_CASE(1, 24) PIXELS_CASE(1, 16) PIXELS_CASE(1, 12) PIXELS_CASE(1, 8)
-        PIXELS_CASE(2, 14) PIXELS_CASE(2, 12) PIXELS_CASE(2, 10) PIXELS_CASE(2, 8) PIXELS_CASE(2, 7)
-        PIXELS_CASE(4, 7) PIXELS_CASE(4, 6) PIXELS_CASE(4, 5) PIXELS_CASE(4, 4)
-#else
-        PIXELS_CASE(1, 12) PIXELS_CASE(1, 8) PIXELS_CASE(1, 7) PIXELS_CASE(1, 6)
-        PIXELS_CASE(2, 6) PIXELS_CASE(2, 5) PIXELS_CASE(2, 4)
-#endif
+        PIXELS_CASES(NULL)
     default: break; /* not reached: plans pick from pixel_columns */
+    }
+}
+
+/* bp_direct_pixels_tile taking f's steps (f not NULL), else it. */
+static void pixels_tile_prefetching(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k,
+                                    const float *w, float *tb, size_t ldt, bool add, weight_prefetch *f) {
+    if (f == NULL) {
+        bp_direct_pixels_tile(mv, nc, src, off, k, w, tb, ldt, add);
+        return;
+    }
+    switch (mv * 32 + nc) {
+        PIXELS_CASES(f)
+    default: break;
     }
 }
 
@@ -588,7 +669,18 @@ typedef struct {
     bool accumulate;
     const bp_epilogue *e;
     bool stream;              /* non-temporal stores (the call's output is far larger than the caches) */
+    bool clamp;               /* e's activation clamps to [lo, hi] (ReLU, ReLU6, Clamp): applied as values are stored */
+    float lo, hi;
 } dest_t;
+
+/* v[i] = min(hi, max(lo, v[i] + bias)) for i < n (a NaN stays NaN). */
+static void clamp_run(float *v, size_t n, float bias, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) {
+        float x = v[i] + bias;
+        x = x < lo ? lo : x;
+        v[i] = x > hi ? hi : x;
+    }
+}
 
 /* n finished values v (modified) of channel m for output pixels (oy, ox .. ox + n - 1). */
 static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, size_t n) {
@@ -597,9 +689,14 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
     const bp_epilogue *e = d->e;
     float bias = e != NULL && e->bias != NULL ? e->bias[(d->channel0 + m) * e->bias_stride] : 0.0f;
     const BNNSActivation *act = e != NULL ? e->act : NULL;
-    if (step == 1 && !d->accumulate && (act == NULL || !d->stream)) { /* the common case, in one pass */
+    if (step == 1 && !d->accumulate && (act == NULL || !d->stream || d->clamp)) { /* the common case, in one pass */
         size_t i = 0;
         if (d->stream) { /* whole aligned vectors stream past the caches: no read for ownership */
+            if (act != NULL) { /* a clamp: on the values first, in L1 */
+                clamp_run(v, n, bias, d->lo, d->hi);
+                bias = 0.0f;
+                act = NULL;
+            }
             bp_vec b = bp_vset1(bias);
             for (; i < n && (uintptr_t)(p + i) % sizeof(bp_vec) != 0; i++) p[i] = v[i] + bias;
             for (; i + BP_VL <= n; i += BP_VL) bp_vstream(p + i, bp_vadd(bp_vload(v + i), b));
@@ -637,6 +734,8 @@ typedef struct {
     size_t batch, bands, chunks, tasks, mblocks;
     size_t images;       /* images a task takes (an image group, see the plan's image_group) */
     bool stream;         /* the output is stored with non-temporal stores */
+    bool clamp;          /* e's activation is a clamp to [lo, hi] (dest_t) */
+    float lo, hi;
     _Atomic size_t next; /* the next task to take */
 } run_job;
 
@@ -669,20 +768,21 @@ static void run_rows(const run_job *j, size_t p, const float *planes, size_t grp
    every tile of a band of nb rows: tb (=, or += after the first chunk) the tiles' results, pixel
    after pixel (a row's first tb_row pixels apart), bw channels each. Flat plans run the tiles over
    the band's flat positions, computing and dropping the wq - ow past each row as the rows kernel
-   does, so that a tile never stops short at the end of a row. */
+   does, so that a tile never stops short at the end of a row. f (may be NULL): prefetches to
+   spread over the tiles. */
 static void pixels_chunk(const bp_direct *d, const phase_t *ph, const float *planes, size_t nb, const float *w,
-                         size_t k0, size_t n, float *tb) {
+                         size_t k0, size_t n, float *tb, weight_prefetch *f) {
     size_t nc = d->tile, bw = d->bw, mv = bw / BP_VL;
     const float *origin = planes + d->prefix;
     if (d->flat) {
         for (size_t q = 0, flat = nb * d->wq; q < flat; q += nc)
-            bp_direct_pixels_tile(mv, nc, origin + q, ph->off + k0, n, w, tb + q * bw, bw, k0 > 0);
+            pixels_tile_prefetching(mv, nc, origin + q, ph->off + k0, n, w, tb + q * bw, bw, k0 > 0, f);
         return;
     }
     for (size_t y = 0; y < nb; y++)
         for (size_t c = 0, per_row = bp_ceil_div(ph->ow, nc); c < per_row; c++)
-            bp_direct_pixels_tile(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
-                                  tb + (y * d->tb_row + c * nc) * bw, bw, k0 > 0);
+            pixels_tile_prefetching(mv, nc, origin + y * d->wq + c * nc, ph->off + k0, n, w,
+                                    tb + (y * d->tb_row + c * nc) * bw, bw, k0 > 0, f);
 }
 
 /* The band's results of channel block mb out of tb: transposed (8 x 8 blocks) into whole rows of
@@ -693,19 +793,18 @@ static void pixels_emit(const bp_direct *d, const phase_t *ph, const float *tb, 
     size_t ow = ph->ow, ld = bp_round_up(ow, 8), r8 = rows / 8 * 8;
     const bp_epilogue *e = dst->e;
     if (dst->xstep * dst->sx == 1 && !dst->accumulate && !dst->stream) {
-        /* the common case: 8 x 8 blocks transposed straight into the output, the bias added, then
-           the activation on each channel's row while it is in cache */
+        /* the common case: 8 x 8 blocks transposed straight into the output, the bias added and a
+           clamping activation applied on the way, or another activation on each channel's row
+           while it is in cache */
         float bias[PIX_MV_MAX * BP_VL] = {0};
+        float lo = dst->clamp ? dst->lo : -INFINITY, hi = dst->clamp ? dst->hi : INFINITY;
         if (e != NULL && e->bias != NULL)
             for (size_t r = 0; r < r8; r++) bias[r] = e->bias[(dst->channel0 + mb * bw + r) * e->bias_stride];
         for (size_t y = 0; y < nb; y++) {
             const float *res = tb + y * d->tb_row * bw;
             float *out = dst->base + mb * bw * dst->sc + ((r0 + y) * dst->ystep + dst->y0) * dst->sy + dst->x0 * dst->sx;
-            for (size_t c0 = 0; c0 < r8; c0 += 8)
-                for (size_t i = 0; i < ow; i += 8)
-                    bp_transpose8x8_add(res + i * bw + c0, bw, bias + c0, out + c0 * dst->sc + i, dst->sc,
-                                        bp_min(8, ow - i));
-            if (e != NULL && e->act != NULL)
+            bp_direct_store_transposed(res, bw, r8, ow, bias, lo, hi, out, dst->sc);
+            if (e != NULL && e->act != NULL && !dst->clamp)
                 for (size_t c = 0; c < r8; c++) bp_activation_apply(e->act, out + c * dst->sc, ow);
         }
         for (size_t y = 0; y < nb && r8 < rows; y++) {
@@ -763,18 +862,41 @@ static const float *chunk_weights(const run_job *j, size_t grp, size_t p, size_t
     return chunk;
 }
 
+/* The prefetches of chunk [k0, ...) of block mb, spread over `steps` steps of the kernel: false when
+   there is none (past the task's blocks) or the view's steps are not contiguous along its rows. */
+static bool next_chunk_prefetch(const run_job *j, size_t grp, size_t p, size_t mb, size_t k0, size_t mb1,
+                                size_t steps, weight_prefetch *f) {
+    const bp_direct *d = j->d;
+    const bp_weights_view *v = j->weights;
+    size_t k = d->ph[p].k;
+    if (k0 >= k) {
+        mb++;
+        k0 = 0;
+    }
+    if (mb >= mb1 || v->in != d->s_taps || k == 0) return false;
+    size_t n = bp_min(K_CHUNK, k - k0), rows = bp_min(d->bw, d->m - mb * d->bw);
+    size_t every = bp_max(steps / (rows * bp_ceil_div(n + 15, 16)), 1);
+    *f = (weight_prefetch){v->base + grp * v->group + mb * d->bw * v->out + k0, v->out, n, rows, 0, 0, every, 1};
+    return true;
+}
+
 /* Pixels kernel over the band's rows of n images (planes and tile results of each), NC columns
-   at a time, for channel block mb of phase p: each chunk of steps' packed weights against every
-   tile of the band of each image (each weight is read once per band; the tiles' results wait in
-   tb between chunks). */
+   at a time, for channel block mb of phase p (a task's blocks end at mb1): each chunk of steps'
+   packed weights against every tile of the band of each image (each weight is read once per band;
+   the tiles' results wait in tb between chunks). Chunks packed here: the next one's weights are
+   fetched during each. */
 static void pixels_results(const run_job *j, size_t p, size_t n_img, float *const planes[], float *const tb[],
-                           size_t grp, size_t nb, size_t mb, float *scratch) {
+                           size_t grp, size_t nb, size_t mb, size_t mb1, float *scratch) {
     const bp_direct *d = j->d;
     const phase_t *ph = &d->ph[p];
+    size_t tiles = d->flat ? bp_ceil_div(nb * d->wq, d->tile) : nb * bp_ceil_div(ph->ow, d->tile);
     for (size_t k0 = 0; k0 < ph->k || k0 == 0; k0 += K_CHUNK) {
         size_t n = bp_min(K_CHUNK, ph->k - k0);
         const float *w = chunk_weights(j, grp, p, mb, k0, n, scratch + d->chunk_offset);
-        for (size_t i = 0; i < n_img; i++) pixels_chunk(d, ph, planes[i], nb, w, k0, n, tb[i]);
+        weight_prefetch fetch, *f = NULL;
+        if (j->packed == NULL && next_chunk_prefetch(j, grp, p, mb, k0 + K_CHUNK, mb1, n_img * tiles * n, &fetch))
+            f = &fetch;
+        for (size_t i = 0; i < n_img; i++) pixels_chunk(d, ph, planes[i], nb, w, k0, n, tb[i], f);
         if (ph->k == 0) break;
     }
 }
@@ -784,7 +906,7 @@ static void run_pixels(const run_job *j, size_t p, size_t n_img, float *const pl
                        const dest_t dst[], size_t grp, size_t r0, size_t nb, size_t mb0, size_t mb1, float *scratch) {
     const bp_direct *d = j->d;
     for (size_t mb = mb0; mb < mb1; mb++) {
-        pixels_results(j, p, n_img, planes, tb, grp, nb, mb, scratch);
+        pixels_results(j, p, n_img, planes, tb, grp, nb, mb, mb1, scratch);
         for (size_t i = 0; i < n_img; i++)
             pixels_emit(d, &d->ph[p], tb[i], r0, nb, mb, &dst[i], scratch + d->run_offset);
     }
@@ -824,13 +946,13 @@ static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t
             for (size_t i = 0; i < n_img; i++)
                 dst[i] = (dest_t){j->dst + (b + i) * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc,
                                   j->dst_img->sy, j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m,
-                                  j->accumulate, j->e, j->stream};
+                                  j->accumulate, j->e, j->stream, j->clamp, j->lo, j->hi};
             if (d->kind == KIND_ROWS) {
                 run_rows(j, p, scratch, grp, r0, end - r0, m, m1, &dst[0], tb[0]);
             } else if (emits_pair(j, p, n_img)) { /* a channel block at a time (step 1) */
                 float *odd = scratch + d->pair_offset;
-                pixels_results(j, p, 1, planes, tb, grp, end - r0, m, scratch);
-                pixels_results(j, p + 1, 1, planes, &odd, grp, end - r0, m, scratch);
+                pixels_results(j, p, 1, planes, tb, grp, end - r0, m, m + 1, scratch);
+                pixels_results(j, p + 1, 1, planes, &odd, grp, end - r0, m, m + 1, scratch);
                 pixels_emit_pair(d, ph, tb[0], odd, r0, end - r0, m, &dst[0]);
                 p++;
             } else {
@@ -876,7 +998,9 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     for (size_t p = 0; p < d->nphases; p++) flops += 2 * d->ph[p].oh * d->ph[p].ow * d->ph[p].k * d->m;
     flops *= batch * d->groups;
     run_job j = {d, pass->packed, &pass->weights, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
-                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 1, false, 0};
+                 batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 1, false, false,
+                 0.0f, 0.0f, 0};
+    j.clamp = e != NULL && e->act != NULL && bp_clamp_bounds(e->act, &j.lo, &j.hi);
     int workers = bp_workers_for(threads, flops);
     size_t out_floats = 0;
     for (size_t p = 0; p < d->nphases; p++) out_floats += d->ph[p].oh * d->ph[p].ow;
