@@ -299,14 +299,19 @@ class _ConvFilter:
                  "tick", "fast_keys", "__weakref__")
 
     def __init__(self, spec: ConvSpec, prepared: ImageInput, output: ImageOutput, weight: Array,
-                 bias: Optional[Array], backend: Backend) -> None:
+                 bias: Optional[Array], backend: Optional[Backend], layer: Optional[ConvolutionLayer] = None,
+                 bnns_weight: Optional[Array] = None) -> None:
+        """A new filter for ``backend``; or, given ``layer`` (a module's, for this geometry), that
+        filter, reading ``bnns_weight`` (refreshed from ``weight`` at each call) when not None."""
         x4 = prepared.array
         batch, _, height, width = x4.shape
-        strides = spec.torch_weight_strides(backend)  # a transposed weight read in place, if it can be
-        self.bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed and not strides else None
-        self.layer = spec.make_layer(height, width, weight if self.bnns_weight is None else self.bnns_weight,
-                                     bias, backend, input_strides=prepared.layout.strides,
-                                     output_strides=output.layout.strides, weight_strides=strides)
+        if layer is None:
+            strides = spec.torch_weight_strides(backend)  # a transposed weight read in place, if it can be
+            bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed and not strides else None
+            layer = spec.make_layer(height, width, weight if bnns_weight is None else bnns_weight,
+                                    bias, backend, input_strides=prepared.layout.strides,
+                                    output_strides=output.layout.strides, weight_strides=strides)
+        self.bnns_weight, self.layer = bnns_weight, layer
         self.function = self.layer.backend.lib.BNNSFilterApplyBatch
         self.weight, self.bias, self.groups = weight, bias, spec.groups
         expected = (batch, spec.out_channels) + spec.output_hw(height, width)
