@@ -17,6 +17,16 @@ long bnns_portable_created_filter_count(void);
 long bnns_portable_live_twin_count(void);
 long bnns_portable_created_twin_count(void);
 
+/* The worker pool, counted since the library loaded: runs handed to more than one thread, the
+   threads those runs used in all (the caller included), runs that wanted several threads but ran
+   on the caller alone because another caller held the pool, and workers that started their part
+   of a run only after the caller had finished its own (woken too late to help: with work taken
+   one task at a time, the caller then did it all). */
+long bnns_portable_pool_parallel_runs(void);
+long bnns_portable_pool_threads_used(void);
+long bnns_portable_pool_busy_runs(void);
+long bnns_portable_pool_late_joins(void);
+
 /* Why the last create or apply call on this thread failed ("" if it did not). BNNS itself only
    logs the reason; the portable library keeps it for callers that want it. */
 const char *bnns_portable_last_error(void);

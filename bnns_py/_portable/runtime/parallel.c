@@ -37,7 +37,18 @@ typedef struct {
     bp_worker_fn fn;
     void *arg;
     int index, count;
+    unsigned long run; /* the run's number (runs_started) */
 } mailbox;
+
+/* The pool's counters (bnns_portable_pool_*), and the number of the last run whose caller has
+   finished its own share: a worker starting a run with that number has come too late to help. */
+static _Atomic long runs_started, threads_used, runs_alone_busy, late_joins;
+static _Atomic unsigned long caller_finished;
+
+long bnns_portable_pool_parallel_runs(void) { return atomic_load(&runs_started); }
+long bnns_portable_pool_threads_used(void) { return atomic_load(&threads_used); }
+long bnns_portable_pool_busy_runs(void) { return atomic_load(&runs_alone_busy); }
+long bnns_portable_pool_late_joins(void) { return atomic_load(&late_joins); }
 
 static mailbox boxes[BP_MAX_WORKERS - 1];
 static int started; /* worker threads running (guarded by start_lock) */
@@ -65,6 +76,8 @@ static void *worker_main(void *p) {
             pthread_mutex_unlock(&sleep_lock);
         }
         taken = posted;
+        if (atomic_load_explicit(&caller_finished, memory_order_relaxed) == m->run)
+            atomic_fetch_add_explicit(&late_joins, 1, memory_order_relaxed);
         m->fn(m->arg, m->index, m->count);
         atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel);
     }
@@ -102,7 +115,12 @@ static int ensure_workers(int want) {
 
 void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
     if (workers > BP_MAX_WORKERS) workers = BP_MAX_WORKERS;
-    if (workers <= 1 || atomic_flag_test_and_set_explicit(&in_use, memory_order_acquire)) {
+    if (workers <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    if (atomic_flag_test_and_set_explicit(&in_use, memory_order_acquire)) {
+        atomic_fetch_add_explicit(&runs_alone_busy, 1, memory_order_relaxed);
         fn(arg, 0, 1);
         return;
     }
@@ -114,12 +132,15 @@ void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
         return;
     }
     workers = helpers + 1;
+    unsigned long run = (unsigned long)atomic_fetch_add_explicit(&runs_started, 1, memory_order_relaxed) + 1;
+    atomic_fetch_add_explicit(&threads_used, workers, memory_order_relaxed);
     atomic_store_explicit(&remaining, helpers, memory_order_relaxed);
     for (int i = 0; i < helpers; i++) {
         boxes[i].fn = fn;
         boxes[i].arg = arg;
         boxes[i].index = i + 1;
         boxes[i].count = workers;
+        boxes[i].run = run;
         atomic_fetch_add_explicit(&boxes[i].posted, 1, memory_order_release);
     }
     /* wake the sleepers (a spinning worker has already seen its mailbox) */
@@ -127,6 +148,7 @@ void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
     pthread_cond_broadcast(&sleep_cond);
     pthread_mutex_unlock(&sleep_lock);
     fn(arg, 0, workers);
+    atomic_store_explicit(&caller_finished, run, memory_order_relaxed);
     for (unsigned long spins = 0; atomic_load_explicit(&remaining, memory_order_acquire) != 0; spins++) {
         if (spins < SPIN_ROUNDS) cpu_relax();
         else sched_yield();
