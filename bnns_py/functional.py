@@ -242,10 +242,12 @@ def transposed_weight_from_bnns(bnns_weight: Array, groups: int) -> Array:
 
 
 def make_linear_layer(weight: Array, bias: Optional[Array], activation: ActivationLike, backend: BackendLike,
-                      client_pointer: bool = True) -> FullyConnectedLayer:
-    """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays."""
+                      client_pointer: bool = True, n_threads: int = 0) -> FullyConnectedLayer:
+    """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays.
+    ``n_threads``: ``FilterParameters.n_threads``."""
     out_features, in_features = weight.shape
-    parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none)
+    parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none,
+                                  n_threads=n_threads)
     return FullyConnectedLayer(
         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(in_features)),
         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(out_features)),
