@@ -60,7 +60,7 @@ def test_one_thread_filter_leaves_the_pool_alone(backend, rng, no_filter_leaks):
     with layer:
         change = counted(backend, lambda: layer.apply(C5["batch"], x, out))
         assert_close_to_reference(out, expected, terms)
-        assert change == {"parallel_runs": 0, "threads_used": 0, "busy_runs": 0, "late_joins": 0}
+        assert change == {"parallel_runs": 0, "threads_used": 0, "busy_runs": 0, "taken_over": 0}
 
 
 def test_every_layer_of_a_sequence_runs_on_two_threads(backend, rng, no_filter_leaks):
