@@ -40,6 +40,7 @@ void bp_barrier_wait(bp_barrier *b, int workers) {
 typedef struct {
     _Atomic unsigned long posted;
     _Atomic unsigned long open; /* the run whose job is waiting here, 0 when taken */
+    pthread_cond_t wake;        /* the worker sleeps on it (with sleep_lock) */
     bp_worker_fn fn;
     void *arg;
     int index, count;
@@ -57,7 +58,6 @@ static mailbox boxes[BP_MAX_WORKERS - 1];
 static int started; /* worker threads running (guarded by start_lock) */
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t sleep_cond = PTHREAD_COND_INITIALIZER;
 static atomic_flag in_use = ATOMIC_FLAG_INIT;
 static _Atomic int remaining; /* jobs of the current run not finished */
 static bool atfork_registered;
@@ -86,7 +86,7 @@ static void *worker_main(void *p) {
             }
             pthread_mutex_lock(&sleep_lock);
             while (atomic_load_explicit(&m->posted, memory_order_acquire) == taken)
-                pthread_cond_wait(&sleep_cond, &sleep_lock);
+                pthread_cond_wait(&m->wake, &sleep_lock);
             pthread_mutex_unlock(&sleep_lock);
         }
         taken = posted;
@@ -104,8 +104,7 @@ static void reset_in_child(void) {
     }
     atomic_flag_clear(&in_use);
     pthread_mutex_init(&start_lock, NULL);
-    pthread_mutex_init(&sleep_lock, NULL);
-    pthread_cond_init(&sleep_cond, NULL);
+    pthread_mutex_init(&sleep_lock, NULL); /* the mailboxes' conditions: when workers start again */
 }
 
 /* Start workers up to `want` (the calling thread excluded); returns how many are running. */
@@ -117,6 +116,7 @@ static int ensure_workers(int want) {
         pthread_t id;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_cond_init(&boxes[started].wake, NULL);
         int rc = pthread_create(&id, &attr, worker_main, &boxes[started]);
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -157,9 +157,10 @@ void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
         atomic_store_explicit(&boxes[i].open, run, memory_order_release);
         atomic_fetch_add_explicit(&boxes[i].posted, 1, memory_order_release);
     }
-    /* wake the sleepers (a spinning worker has already seen its mailbox) */
+    /* wake this run's workers that sleep (a spinning one has already seen its mailbox; the
+       others sleep on) */
     pthread_mutex_lock(&sleep_lock);
-    pthread_cond_broadcast(&sleep_cond);
+    for (int i = 0; i < helpers; i++) pthread_cond_signal(&boxes[i].wake);
     pthread_mutex_unlock(&sleep_lock);
     fn(arg, 0, workers);
     for (int i = 0; i < helpers; i++)
