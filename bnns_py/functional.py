@@ -287,7 +287,7 @@ def run_filter(layer: Any, batch: int, x: Array, in_stride: int, out: Array, out
 _NOTHING = object()  # matches no argument
 
 
-class _ConvFilter:
+class ConvFilter:
     """A filter for one geometry, ready to run on arrays of that geometry (cached or one-off).
 
     Holds the layer, the weight and bias arrays it reads (client pointer) and what each call
@@ -439,13 +439,13 @@ class _Cache:
 
     lock = threading.Lock()
     size = 16
-    entries: Dict[Any, Union[_ConvFilter, _LinearFilter]] = {}  # geometry + memory key -> _ConvFilter or _LinearFilter
-    fast: Dict[Any, _ConvFilter] = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
+    entries: Dict[Any, Union[ConvFilter, _LinearFilter]] = {}  # geometry + memory key -> ConvFilter or _LinearFilter
+    fast: Dict[Any, ConvFilter] = {}     # argument key -> ConvFilter (only while that filter is in ``entries``)
     ticks = itertools.count(1)  # least recently used = smallest tick (see _next_tick)
     FAST_KEYS_PER_FILTER = 8
 
 
-_Filter = TypeVar("_Filter", _ConvFilter, _LinearFilter)
+_Filter = TypeVar("_Filter", ConvFilter, _LinearFilter)
 _next_tick = _Cache.ticks.__next__
 _fast_get = _Cache.fast.get  # the dict is only ever cleared in place
 _from_buffer = ffi.from_buffer
@@ -547,7 +547,7 @@ def cached_filter_count() -> int:
 atexit.register(clear_cache)
 
 
-def _close(entries: Sequence[Union[_ConvFilter, _LinearFilter]]) -> None:
+def _close(entries: Sequence[Union[ConvFilter, _LinearFilter]]) -> None:
     """Close the filters of entries removed from the cache (outside its lock): each is destroyed
     now, or by the call running it on another thread when that call returns."""
     for entry in entries:
@@ -568,7 +568,7 @@ def _evict_locked() -> List[Any]:
     return dropped
 
 
-def _cached(key: Any, fast_key: Any, make: Callable[[], Union[_ConvFilter, _LinearFilter]]) -> Any:
+def _cached(key: Any, fast_key: Any, make: Callable[[], Union[ConvFilter, _LinearFilter]]) -> Any:
     """The cached filter for ``key`` (made by ``make()`` on a miss), reachable by ``fast_key`` too."""
     entry = _Cache.entries.get(key)
     dropped: Sequence[Any] = ()
@@ -684,10 +684,10 @@ def _run_checked(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPa
     x_run = x4[0] if prepared.single else x4
     result_out = None if out4 is None else (out4[0] if prepared.single else out4)
 
-    def make() -> _ConvFilter:
-        return _ConvFilter(spec, prepared, output, weight, bias, backend)
+    def make() -> ConvFilter:
+        return ConvFilter(spec, prepared, output, weight, bias, backend)
 
-    def run(entry: _ConvFilter) -> Array:
+    def run(entry: ConvFilter) -> Array:
         return entry.run(x_run, result_out, prepared.copied)
 
     # Cache only filters reading the caller's own memory (no converted copy that could go stale).

@@ -25,7 +25,7 @@ from .convolution import ConvolutionLayer
 from .fully_connected import FullyConnectedLayer
 from .backend import get_backend
 from .errors import LayerClosedError
-from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, _ConvFilter, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
+from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, ConvFilter, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
                          transposed_weight_to_bnns)
 
 
@@ -160,7 +160,7 @@ class _ConvModule(_Lifecycle):
         self._layers_lock = threading.Lock()
         # numpy calls seen before -> the filter bound to their layer, its checks and C pointers
         # prepared: the same shapes and strides again skip the layout work of ``forward``
-        self._runners: Dict[Any, _ConvFilter] = {}
+        self._runners: Dict[Any, ConvFilter] = {}
         self._honours_image_strides: Optional[bool] = None  # the backend's, once resolved (backend=None: at first use)
         self._init_lifecycle()
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
@@ -186,7 +186,7 @@ class _ConvModule(_Lifecycle):
 
     def _keep_runner(self, key: Any, layer: ConvolutionLayer, prepared: Any, output: Any) -> None:
         bnns_weight = self._bnns_weight if self._bnns_weight is not self.weight else None
-        runner = _ConvFilter(self.spec, prepared, output, self.weight, self.bias, None, layer, bnns_weight)
+        runner = ConvFilter(self.spec, prepared, output, self.weight, self.bias, None, layer, bnns_weight)
         with self._layers_lock:
             if len(self._runners) >= _RUNNERS_PER_MODULE:
                 self._runners.clear()
