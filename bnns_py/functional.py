@@ -369,7 +369,7 @@ class ConvFilter:
                 else:
                     x, x_ptr, out_ptr = self._pointers(x, out, x_is_copy)
             if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
-                np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
+                transposed_weight_to_bnns(self.weight, self.groups, out=self.bnns_weight)
             lock = self.lock
             if lock is None:
                 status = self.function(handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
