@@ -100,7 +100,7 @@ from bnns_py.bench import (CATEGORIES, arrays, bench_bnns_forward, bench_bnns_fo
                            bench_torch_forward_backward, bnns_module, category, dense, flops, full_cases, geomean,
                            onnx_forward, out_hw, quick_cases, ratio_summary, time_call)
 
-from _timing import IdleWaits  # noqa: E402
+from _timing import IdleWaits, machine_cpu_seconds  # noqa: E402
 
 ONNX = None
 if not ARGS.no_onnx:
@@ -267,12 +267,7 @@ def print_peak(info, threads):
 # --------------------------------------------------------------------------- measurements
 def cpu_snapshot():
     """(busy seconds of the whole machine, CPU seconds of this process, wall seconds) for other_load()."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:9]]
-        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    except (OSError, ValueError, IndexError):
-        busy = None
+    busy = machine_cpu_seconds()
     t = os.times()
     return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()  # + the probe
 

@@ -25,9 +25,14 @@ with that many threads (torch.set_num_threads, the filters' n_threads, ORT's int
 OMP/OPENBLAS/MKL_NUM_THREADS are set to the largest); glibc gets the peer harness's malloc
 thresholds, as in bench_conv.py (``--default-malloc``: not). Each layer's time is the fastest of
 several timed loops, the median over ``--runs`` sweeps; the network's time is the sum over its
-layers. Before each layer is timed the script waits until the process's threads are idle
-(benchmarks/_timing.py wait_until_idle): no library is timed while another's pool spins. Ratios are
-peer time / bnns-py time (above 1: bnns-py is faster).
+layers, and also measured "in sequence": every layer once, back to back, the fastest of several
+loops (the median over the sweeps), which adds what lies between the layers (Python per call,
+caches the previous layer filled, thread pools waking up). Before each layer (and each sequence) is
+timed the script waits until the process's threads are idle (benchmarks/_timing.py
+wait_until_idle): no library is timed while another's pool spins. A burst of timed loops during
+which other processes took more than a quarter of a core is measured again (``--retries``, the
+fastest kept; benchmarks/_timing.py Contention): on a 2-core machine a 2-thread layer then runs at
+its 1-thread speed. Ratios are peer time / bnns-py time (above 1: bnns-py is faster).
 
 Writes JSON (benchmarks/results/bench_networks.json) and, with matplotlib, a chart of the
 whole-network ratios (benchmarks/results/bench_networks.png).
@@ -52,6 +57,8 @@ _ap.add_argument("--layers", action="store_true", help="print the time of every 
 _ap.add_argument("--list", action="store_true", help="print the layers and exit")
 _ap.add_argument("--loops", type=int, default=7, help="timed loops per layer and sweep (default 7)")
 _ap.add_argument("--min-seconds", type=float, default=0.005, help="length of a timed loop (default 0.005)")
+_ap.add_argument("--retries", type=int, default=2,
+                 help="re-measurements of a burst other processes contended (default 2)")
 _ap.add_argument("--no-torch", action="store_true")
 _ap.add_argument("--no-onnx", action="store_true")
 _ap.add_argument("--onnx-spinning", choices=("best", "on", "off"), default="best",
@@ -76,8 +83,9 @@ import numpy as np  # noqa: E402
 
 import bnns_py  # noqa: E402
 from bnns_py import ActivationFunction as AF  # noqa: E402
+from bnns_py.functional import make_linear_layer  # noqa: E402
 
-from _timing import IdleWaits, best_times  # noqa: E402
+from _timing import Contention, IdleWaits, best_times  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -183,6 +191,7 @@ MOBILENET_V2 = [
 NETWORKS = {"resnet18": RESNET18, "mobilenet_v2": MOBILENET_V2}
 # before each layer's timing: the process's CPU time advances by < 5 % of a core over 20 ms (at most 2 s)
 IDLE = IdleWaits(window=0.02, busy_fraction=0.05, max_wait=2.0)
+CONTENTION = Contention(threshold=0.25)
 ONNX_SPINNING = {"best": {"spinning": True, "no spinning": False}, "on": {"spinning": True},
                  "off": {"no spinning": False}}[ARGS.onnx_spinning]
 BNNS_ACTIVATIONS = {None: None, "relu": AF.rectified_linear, "relu6": AF.relu6}
@@ -215,6 +224,8 @@ def bnns_layer(layer, x, w, b, out, threads):
     name, kind, cin, cout, size, k, stride, groups, act = layer
     if kind == "fc":
         module = bnns_py.Linear(w, b, activation=BNNS_ACTIVATIONS[act])
+        if threads is not None:  # the module's filter, with the thread count
+            module._fc_layer = make_linear_layer(w, b, BNNS_ACTIVATIONS[act], None, n_threads=threads)
     else:
         module = bnns_py.Conv2d(w, b, stride=stride, padding=k // 2, groups=groups, activation=BNNS_ACTIVATIONS[act])
         if threads is not None:  # the module's filter for this input size, with the thread count
@@ -269,8 +280,9 @@ def onnx_layer(layer, x, w, b, out, threads, spinning):
 # ---- the run -------------------------------------------------------------------------------------
 
 def time_network(layers, batch, threads, args, rng):
-    """{library: [seconds per layer]} (median over the sweeps of each layer's best loop) at
-    ``threads`` threads; ONNX Runtime's time of a layer is its fastest spinning setting's."""
+    """({library: [seconds per layer]}, {library: seconds of the layers in sequence}): medians over
+    the sweeps of the best loops, at ``threads`` threads; ONNX Runtime's times are its fastest
+    spinning setting's."""
     arrays = [layer_arrays(layer, batch, rng) for layer in layers]
     modules, calls = [], {"bnns-py": []}
     for layer, (x, w, b, out) in zip(layers, arrays):
@@ -285,22 +297,31 @@ def time_network(layers, batch, threads, args, rng):
             calls[f"ONNX Runtime ({setting})"] = [onnx_layer(layer, x, w, b, out, threads, spinning)
                                                   for layer, (x, w, b, out) in zip(layers, arrays)]
     samples = {lib: [[] for _ in layers] for lib in calls}
+    in_sequence = {lib: [] for lib in calls}
+
+    def timed(fn):
+        IDLE()
+        return CONTENTION.best_of(lambda: best_times([fn], min_seconds=args.min_seconds, loops=args.loops)[0],
+                                  args.retries)
+
     try:
         for _ in range(args.runs):
             for lib, fns in calls.items():
                 context = torch.no_grad() if lib == "PyTorch" else _nothing()
                 with context:
                     for i, fn in enumerate(fns):
-                        IDLE()
-                        samples[lib][i].append(best_times([fn], min_seconds=args.min_seconds, loops=args.loops)[0])
+                        samples[lib][i].append(timed(fn))
+                    in_sequence[lib].append(timed(lambda: [fn() for fn in fns]))
     finally:
         for module in modules:
             module.close()
     times = {lib: [statistics.median(s) for s in per_layer] for lib, per_layer in samples.items()}
-    settings = [times.pop(f"ONNX Runtime ({setting})") for setting in ONNX_SPINNING if f"ONNX Runtime ({setting})" in times]
+    sequence = {lib: statistics.median(s) for lib, s in in_sequence.items()}
+    settings = [f"ONNX Runtime ({setting})" for setting in ONNX_SPINNING if f"ONNX Runtime ({setting})" in times]
     if settings:
-        times["ONNX Runtime"] = [min(per_setting) for per_setting in zip(*settings)]
-    return times
+        times["ONNX Runtime"] = [min(per_setting) for per_setting in zip(*(times.pop(s) for s in settings))]
+        sequence["ONNX Runtime"] = min(sequence.pop(s) for s in settings)
+    return times, sequence
 
 
 class _nothing:
@@ -374,6 +395,19 @@ def print_layers(name, batch, threads, layers, times):
         print(f"| {layer[0]} | {describe(layer)} | {times['bnns-py'][i] * 1e3:.3f} |{cells}")
 
 
+def print_totals(title, summary, peers, times_key, ratio_key, between=False):
+    print(f"\n{title}")
+    print("| network | batch | threads | bnns-py |" + "".join(f" {p} | ratio |" for p in peers)
+          + (" between layers |" if between else ""))
+    print("|---|---|---|---|" + "---|---|" * len(peers) + ("---|" if between else ""))
+    for e in summary:
+        times = e[times_key]
+        cells = "".join(f" {times[p] * 1e3:.2f} | {e[ratio_key][p]:.2f} |" for p in peers)
+        if between:
+            cells += f" {(times['bnns-py'] - e['total_s']['bnns-py']) * 1e3:+.2f} |"
+        print(f"| {e['network']} | {e['batch']} | {e['threads']} | {times['bnns-py'] * 1e3:.2f} |{cells}")
+
+
 def main():
     args = ARGS
     networks = {name: layers for name, layers in NETWORKS.items() if args.network in name}
@@ -397,32 +431,36 @@ def main():
     for threads in THREADS:
         for name, layers in networks.items():
             for batch in args.batch:
-                times = time_network(layers, batch, threads, args, rng)
+                times, sequence = time_network(layers, batch, threads, args, rng)
                 if args.layers:
                     print_layers(name, batch, threads, layers, times)
                 total = {lib: sum(t) for lib, t in times.items()}
                 summary.append({"network": name, "batch": batch, "threads": threads,
                                 "total_s": total, "ratio": {lib: total[lib] / total["bnns-py"] for lib in total
                                                             if lib != "bnns-py"},
+                                "sequence_s": sequence,
+                                "sequence_ratio": {lib: sequence[lib] / sequence["bnns-py"] for lib in sequence
+                                                   if lib != "bnns-py"},
                                 "layers_s": {lib: dict(zip((layer[0] for layer in layers), t))
                                              for lib, t in times.items()}})
                 print(f"  {name} batch {batch} {threads} thread{'s' * (threads > 1)}: bnns-py "
-                      f"{total['bnns-py'] * 1e3:.2f} ms"
-                      + "".join(f", {p} {r:.2f}x" for p, r in summary[-1]["ratio"].items()), flush=True)
+                      f"{total['bnns-py'] * 1e3:.2f} ms (in sequence {sequence['bnns-py'] * 1e3:.2f})"
+                      + "".join(f", {p} {r:.2f}x ({summary[-1]['sequence_ratio'][p]:.2f}x)"
+                                for p, r in summary[-1]["ratio"].items()), flush=True)
     peers = list(summary[0]["ratio"]) if summary else []
-    print("\nWhole network, inference (sum of its layers, ms; ratio = peer time / bnns-py time, above 1: bnns-py "
-          "faster)")
-    print("| network | batch | threads | bnns-py |" + "".join(f" {p} | ratio |" for p in peers))
-    print("|---|---|---|---|" + "---|---|" * len(peers))
-    for e in summary:
-        total = e["total_s"]
-        cells = "".join(f" {total[p] * 1e3:.2f} | {e['ratio'][p]:.2f} |" for p in peers)
-        print(f"| {e['network']} | {e['batch']} | {e['threads']} | {total['bnns-py'] * 1e3:.2f} |{cells}")
+    print_totals("Whole network, inference (sum of its layers, ms; ratio = peer time / bnns-py time, above 1: "
+                 "bnns-py faster)", summary, peers, "total_s", "ratio")
+    print_totals("Whole network, inference, the layers in sequence (each once, back to back; ms; the last column: "
+                 "bnns-py's time minus the sum of its layers, what lies between them)", summary, peers, "sequence_s",
+                 "sequence_ratio", between=True)
     print(IDLE.report())
+    print(CONTENTION.report())
     meta = {"bnns_py": bnns_py.__version__, "backend": info, "torch": torch.__version__ if torch is not None else None,
             "onnxruntime": ort.__version__ if ort is not None else None, "onnx_spinning": args.onnx_spinning,
             "threads": THREADS, "runs": args.runs, "loops": args.loops, "min_seconds": args.min_seconds,
             "idle_wait": dict(IDLE.options, waits=IDLE.calls, unsettled=IDLE.unsettled, seconds=IDLE.seconds),
+            "contention": {"threshold_cores": CONTENTION.threshold, "retries": args.retries,
+                           "bursts": CONTENTION.bursts, "contended_bursts": CONTENTION.contended_bursts},
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:

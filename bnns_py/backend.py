@@ -84,6 +84,21 @@ class Backend:
             raise NotImplementedError("only the portable backend counts its filters")
         return int(self.lib.bnns_portable_live_filter_count())
 
+    def pool_counters(self) -> Dict[str, int]:
+        """The portable library's worker pool, counted since it loaded: ``parallel_runs`` (runs
+        handed to more than one thread), ``threads_used`` (their threads in all, callers
+        included), ``busy_runs`` (runs that wanted several threads but ran on the caller alone:
+        another caller held the pool) and ``taken_over`` (workers' shares the caller ran itself:
+        their worker had not started them when the caller finished its own). Portable backend
+        only."""
+        if not self.is_portable:
+            raise NotImplementedError("only the portable backend has a worker pool")
+        lib = self.lib
+        return {"parallel_runs": int(lib.bnns_portable_pool_parallel_runs()),
+                "threads_used": int(lib.bnns_portable_pool_threads_used()),
+                "busy_runs": int(lib.bnns_portable_pool_busy_runs()),
+                "taken_over": int(lib.bnns_portable_pool_taken_over())}
+
     FILTER_PASSES = ("forward", "input_gradient", "weights_gradient")
 
     def filter_engine(self, bnns_filter: Any, pass_: str = "forward") -> str:

@@ -242,10 +242,12 @@ def transposed_weight_from_bnns(bnns_weight: Array, groups: int) -> Array:
 
 
 def make_linear_layer(weight: Array, bias: Optional[Array], activation: ActivationLike, backend: BackendLike,
-                      client_pointer: bool = True) -> FullyConnectedLayer:
-    """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays."""
+                      client_pointer: bool = True, n_threads: int = 0) -> FullyConnectedLayer:
+    """A FullyConnectedLayer reading PyTorch's ``(out, in)`` weight (and bias) arrays.
+    ``n_threads``: ``FilterParameters.n_threads``."""
     out_features, in_features = weight.shape
-    parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none)
+    parameters = FilterParameters(flags=Flags.use_client_pointer if client_pointer else Flags.none,
+                                  n_threads=n_threads)
     return FullyConnectedLayer(
         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(in_features)),
         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(out_features)),
@@ -285,7 +287,7 @@ def run_filter(layer: Any, batch: int, x: Array, in_stride: int, out: Array, out
 _NOTHING = object()  # matches no argument
 
 
-class _ConvFilter:
+class ConvFilter:
     """A filter for one geometry, ready to run on arrays of that geometry (cached or one-off).
 
     Holds the layer, the weight and bias arrays it reads (client pointer) and what each call
@@ -299,14 +301,19 @@ class _ConvFilter:
                  "tick", "fast_keys", "__weakref__")
 
     def __init__(self, spec: ConvSpec, prepared: ImageInput, output: ImageOutput, weight: Array,
-                 bias: Optional[Array], backend: Backend) -> None:
+                 bias: Optional[Array], backend: Optional[Backend], layer: Optional[ConvolutionLayer] = None,
+                 bnns_weight: Optional[Array] = None) -> None:
+        """A new filter for ``backend``; or, given ``layer`` (a module's, for this geometry), that
+        filter, reading ``bnns_weight`` (refreshed from ``weight`` at each call) when not None."""
         x4 = prepared.array
         batch, _, height, width = x4.shape
-        strides = spec.torch_weight_strides(backend)  # a transposed weight read in place, if it can be
-        self.bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed and not strides else None
-        self.layer = spec.make_layer(height, width, weight if self.bnns_weight is None else self.bnns_weight,
-                                     bias, backend, input_strides=prepared.layout.strides,
-                                     output_strides=output.layout.strides, weight_strides=strides)
+        if layer is None:
+            strides = spec.torch_weight_strides(backend)  # a transposed weight read in place, if it can be
+            bnns_weight = transposed_weight_to_bnns(weight, spec.groups) if spec.transposed and not strides else None
+            layer = spec.make_layer(height, width, weight if bnns_weight is None else bnns_weight,
+                                    bias, backend, input_strides=prepared.layout.strides,
+                                    output_strides=output.layout.strides, weight_strides=strides)
+        self.bnns_weight, self.layer = bnns_weight, layer
         self.function = self.layer.backend.lib.BNNSFilterApplyBatch
         self.weight, self.bias, self.groups = weight, bias, spec.groups
         expected = (batch, spec.out_channels) + spec.output_hw(height, width)
@@ -362,7 +369,7 @@ class _ConvFilter:
                 else:
                     x, x_ptr, out_ptr = self._pointers(x, out, x_is_copy)
             if self.bnns_weight is not None:  # transposed: BNNS reads its own layout, refreshed from weight
-                np.copyto(self.bnns_weight, transposed_weight_to_bnns(self.weight, self.groups))
+                transposed_weight_to_bnns(self.weight, self.groups, out=self.bnns_weight)
             lock = self.lock
             if lock is None:
                 status = self.function(handle, self.batch, x_ptr, self.in_stride, out_ptr, self.out_stride)
@@ -432,13 +439,13 @@ class _Cache:
 
     lock = threading.Lock()
     size = 16
-    entries: Dict[Any, Union[_ConvFilter, _LinearFilter]] = {}  # geometry + memory key -> _ConvFilter or _LinearFilter
-    fast: Dict[Any, _ConvFilter] = {}     # argument key -> _ConvFilter (only while that filter is in ``entries``)
+    entries: Dict[Any, Union[ConvFilter, _LinearFilter]] = {}  # geometry + memory key -> ConvFilter or _LinearFilter
+    fast: Dict[Any, ConvFilter] = {}     # argument key -> ConvFilter (only while that filter is in ``entries``)
     ticks = itertools.count(1)  # least recently used = smallest tick (see _next_tick)
     FAST_KEYS_PER_FILTER = 8
 
 
-_Filter = TypeVar("_Filter", _ConvFilter, _LinearFilter)
+_Filter = TypeVar("_Filter", ConvFilter, _LinearFilter)
 _next_tick = _Cache.ticks.__next__
 _fast_get = _Cache.fast.get  # the dict is only ever cleared in place
 _from_buffer = ffi.from_buffer
@@ -540,7 +547,7 @@ def cached_filter_count() -> int:
 atexit.register(clear_cache)
 
 
-def _close(entries: Sequence[Union[_ConvFilter, _LinearFilter]]) -> None:
+def _close(entries: Sequence[Union[ConvFilter, _LinearFilter]]) -> None:
     """Close the filters of entries removed from the cache (outside its lock): each is destroyed
     now, or by the call running it on another thread when that call returns."""
     for entry in entries:
@@ -561,7 +568,7 @@ def _evict_locked() -> List[Any]:
     return dropped
 
 
-def _cached(key: Any, fast_key: Any, make: Callable[[], Union[_ConvFilter, _LinearFilter]]) -> Any:
+def _cached(key: Any, fast_key: Any, make: Callable[[], Union[ConvFilter, _LinearFilter]]) -> Any:
     """The cached filter for ``key`` (made by ``make()`` on a miss), reachable by ``fast_key`` too."""
     entry = _Cache.entries.get(key)
     dropped: Sequence[Any] = ()
@@ -677,10 +684,10 @@ def _run_checked(transposed: bool, x: Any, weight: Any, bias: Any, stride: IntPa
     x_run = x4[0] if prepared.single else x4
     result_out = None if out4 is None else (out4[0] if prepared.single else out4)
 
-    def make() -> _ConvFilter:
-        return _ConvFilter(spec, prepared, output, weight, bias, backend)
+    def make() -> ConvFilter:
+        return ConvFilter(spec, prepared, output, weight, bias, backend)
 
-    def run(entry: _ConvFilter) -> Array:
+    def run(entry: ConvFilter) -> Array:
         return entry.run(x_run, result_out, prepared.copied)
 
     # Cache only filters reading the caller's own memory (no converted copy that could go stale).

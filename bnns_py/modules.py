@@ -18,14 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _repr
-from ._arrays import (Array, float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
+from ._arrays import (FLOAT32, Array, float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
                       written)
 from .activation import ActivationFunction
 from .convolution import ConvolutionLayer
 from .fully_connected import FullyConnectedLayer
 from .backend import get_backend
 from .errors import LayerClosedError
-from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
+from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, ConvFilter, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
                          transposed_weight_to_bnns)
 
 
@@ -128,6 +128,20 @@ def _gradient_operand(name: str, value: Any, expected: Tuple[int, ...], single: 
         raise ValueError(f"{name} {error}") from None
 
 
+_RUNNERS_PER_MODULE = 8  # input/output layouts a module keeps ready (more are rare: forgotten all at once)
+
+
+def _runner_key(x: Any, out: Any) -> Any:
+    """What fixes a forward call's filter and checks, for float32 numpy operands (else None)."""
+    if type(x) is not np.ndarray or x.dtype is not FLOAT32:
+        return None
+    if out is None:
+        return x.shape, x.strides
+    if type(out) is not np.ndarray or out.dtype is not FLOAT32:
+        return None
+    return x.shape, x.strides, out.shape, out.strides
+
+
 class _ConvModule(_Lifecycle):
     _transposed = False
 
@@ -144,6 +158,9 @@ class _ConvModule(_Lifecycle):
         self._layers: Dict[Any, ConvolutionLayer] = {}       # (height, width) -> layer for packed images (forward and backward)
         self._view_layers: Dict[Any, ConvolutionLayer] = {}  # (height, width, input strides, output strides) -> layer for views
         self._layers_lock = threading.Lock()
+        # numpy calls seen before -> the filter bound to their layer, its checks and C pointers
+        # prepared: the same shapes and strides again skip the layout work of ``forward``
+        self._runners: Dict[Any, ConvFilter] = {}
         self._honours_image_strides: Optional[bool] = None  # the backend's, once resolved (backend=None: at first use)
         self._init_lifecycle()
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
@@ -166,6 +183,14 @@ class _ConvModule(_Lifecycle):
                         height, width, self._bnns_weight, self.bias, self.backend, input_strides=input_strides,
                         output_strides=output_strides, weight_strides=self._weight_strides)
         return layer
+
+    def _keep_runner(self, key: Any, layer: ConvolutionLayer, prepared: Any, output: Any) -> None:
+        bnns_weight = self._bnns_weight if self._bnns_weight is not self.weight else None
+        runner = ConvFilter(self.spec, prepared, output, self.weight, self.bias, None, layer, bnns_weight)
+        with self._layers_lock:
+            if len(self._runners) >= _RUNNERS_PER_MODULE:
+                self._runners.clear()
+            self._runners[key] = runner
 
     def _sync_weight(self) -> None:
         """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight, if it has one
@@ -195,6 +220,14 @@ class _ConvModule(_Lifecycle):
         LayerClosedError
             The module was closed.
         """
+        key = _runner_key(x, out)
+        runner = self._runners.get(key) if key is not None else None
+        if runner is not None and runner.weight is self.weight and runner.bias is self.bias:
+            self._enter()
+            try:
+                return runner.run(x, out)
+            finally:
+                self._exit()
         self._enter()
         try:
             honour = self._honours_image_strides
@@ -211,6 +244,8 @@ class _ConvModule(_Lifecycle):
             run_filter(layer, batch, x4, prepared.layout.batch_stride, target, output.layout.batch_stride)
             if output.copied:
                 np.copyto(output.array, target)  # type: ignore[arg-type]  # copied: out was given
+            if key is not None:
+                self._keep_runner(key, layer, prepared, output)
         finally:
             self._exit()
         if out is not None:
@@ -275,7 +310,7 @@ class _ConvModule(_Lifecycle):
     def _release(self) -> None:
         with self._layers_lock:
             layers = list(self._layers.values()) + list(self._view_layers.values())
-            self._layers, self._view_layers = {}, {}
+            self._layers, self._view_layers, self._runners = {}, {}, {}
         for layer in layers:
             layer.close()
 

@@ -17,6 +17,16 @@ long bnns_portable_created_filter_count(void);
 long bnns_portable_live_twin_count(void);
 long bnns_portable_created_twin_count(void);
 
+/* The worker pool, counted since the library loaded: runs handed to more than one thread, the
+   threads those runs used in all (the caller included), runs that wanted several threads but ran
+   on the caller alone because another caller held the pool, and workers' shares the caller ran
+   itself because the worker had not started them when the caller finished its own (a worker
+   still waking up, or descheduled by another process). */
+long bnns_portable_pool_parallel_runs(void);
+long bnns_portable_pool_threads_used(void);
+long bnns_portable_pool_busy_runs(void);
+long bnns_portable_pool_taken_over(void);
+
 /* Why the last create or apply call on this thread failed ("" if it did not). BNNS itself only
    logs the reason; the portable library keeps it for callers that want it. */
 const char *bnns_portable_last_error(void);

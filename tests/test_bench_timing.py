@@ -63,3 +63,58 @@ def test_idle_waits_count_the_unsettled_ones():
     assert [waits(), waits(), waits()] == [True, True, False]  # 1 window; 2 windows; capped after 2
     assert (waits.calls, waits.unsettled, waits.seconds) == (3, 1, 1.25)
     assert "1 never settled" in waits.report()
+
+
+class FakeMachine:
+    """A burst of ``seconds`` during which this process uses ``own`` cores and the rest of the
+    machine ``others`` (CPU clocks in seconds, the machine's in whole 10 ms ticks)."""
+
+    def __init__(self, seconds, own, others):
+        self.seconds, self.own, self.others = seconds, own, others
+        self.wall = self.cpu = self.machine = 0.0
+
+    def burst(self):
+        self.wall += self.seconds
+        self.cpu += self.own * self.seconds
+        self.machine += (self.own + self.others) * self.seconds
+        return self.seconds
+
+    def contention(self, **extra):
+        return timing.Contention(machine_clock=lambda: int(self.machine * 100 + 1e-9) / 100,
+                                 cpu_clock=lambda: self.cpu, wall_clock=lambda: self.wall, **extra)
+
+
+@pytest.mark.parametrize("others, contended", [(0.0, False), (0.2, False), (1.0, True), (0.5, True)])
+def test_a_burst_is_contended_when_other_processes_take_a_quarter_core(others, contended):
+    machine = FakeMachine(0.2, 2.0, others)
+    watch = machine.contention()
+    result, used, seconds = watch.measure(machine.burst)
+    assert (result, seconds) == (0.2, 0.2)
+    assert used == pytest.approx(others * 0.2, abs=0.011)  # one tick of rounding
+    assert watch.contended(used, seconds) is contended
+
+
+def test_short_bursts_are_judged_on_heavy_use_only():
+    """0.6 of a core over 50 ms is 30 ms of others' time: within the slack (three ticks)."""
+    machine = FakeMachine(0.05, 2.0, 0.6)
+    watch = machine.contention()
+    assert not watch.contended(*watch.measure(machine.burst)[1:])
+
+
+def test_contended_bursts_are_measured_again_and_the_fastest_kept():
+    times = iter([0.3, 0.2, 0.25, 0.1])
+    machine = FakeMachine(0.2, 2.0, 1.0)  # always contended: every retry is used
+    watch = machine.contention()
+    assert watch.best_of(lambda: machine.burst() and next(times), retries=2) == 0.2
+    assert (watch.bursts, watch.contended_bursts) == (3, 3)
+    machine.others = 0.0  # a quiet burst ends the retries at once
+    assert watch.best_of(lambda: machine.burst() and next(times), retries=2) == 0.1
+    assert (watch.bursts, watch.contended_bursts) == (4, 3)
+    assert "3 with other processes" in watch.report()
+
+
+def test_without_machine_counters_nothing_is_contended():
+    watch = timing.Contention(machine_clock=lambda: None)
+    assert watch.measure(lambda: 1.5)[:2] == (1.5, None)
+    assert not watch.contended(None, 1.0)
+    assert timing.machine_cpu_seconds("/nonexistent/stat") is None

@@ -428,3 +428,75 @@ def test_layouts_bnns_cannot_describe_are_copied_or_refused(rng, fresh_cache, no
                 np.empty((2, 4, 4, 4), np.float32).transpose(0, 3, 2, 1)):   # x stride 16
         with pytest.raises(ValueError, match="not C-contiguous"):
             bnns_py.conv2d(base.transpose(0, 3, 1, 2), weight, out=out)
+
+
+# ---- modules: calls with the layouts of an earlier call ------------------------------------------
+
+
+def test_module_repeated_calls_follow_new_data_weights_and_layouts(rng, no_filter_leaks):
+    weight, bias = random_array(rng, (6, 4, 3, 3)), random_array(rng, (6,))
+    with bnns_py.Conv2d(weight, bias, padding=1, activation=ActivationFunction.rectified_linear) as conv:
+        x = random_array(rng, (2, 4, 7, 7))
+        out = np.empty((2, 6, 7, 7), np.float32)
+        for step in range(3):  # the same arrays, new values in x and in the weights read in place
+            x[:] = random_array(rng, x.shape)
+            out[:] = np.nan
+            assert conv(x, out=out) is out
+            expected = np.maximum(reference.conv2d(x, weight, bias, padding=1), 0)
+            assert_close_to_reference(out, expected, 36, f"step {step}")
+            weight += 0.25
+        assert len(conv._runners) == 1
+        # other arrays of the same layout, a new result, one image, another size: each right
+        for x2, out2 in ((x.copy(), np.empty_like(out)), (x.copy(), None), (x[1], None),
+                         (random_array(rng, (1, 4, 5, 9)), None)):
+            for _ in range(2):
+                y = conv(x2, out=out2)
+                expected = np.maximum(reference.conv2d(x2 if x2.ndim == 4 else x2[None], weight, bias, padding=1), 0)
+                assert y.shape == (expected.shape if x2.ndim == 4 else expected.shape[1:])
+                assert_close_to_reference(y.reshape(expected.shape), expected, 36)
+
+
+def test_module_repeated_call_still_refuses_bad_arguments(rng, no_filter_leaks):
+    with bnns_py.Conv2d(random_array(rng, (4, 4, 3, 3)), padding=1) as conv:
+        x = random_array(rng, (1, 4, 6, 6))
+        out = np.empty((1, 4, 6, 6), np.float32)
+        conv(x, out=out)
+        conv(out, out=x)  # this layout with other arrays: remembered too
+        with pytest.raises(ValueError, match="shares memory"):
+            conv(out, out=out)
+        out.flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            conv(x, out=out)
+        view = x.view()
+        conv(view)
+        view.dtype = np.int32  # same object and layout, another dtype: refused again
+        with pytest.raises(TypeError, match="dtype"):
+            conv(view)
+
+
+def test_transposed_module_repeated_calls_follow_weight_changes(rng, no_filter_leaks):
+    weight, bias = random_array(rng, (6, 2, 3, 3)), random_array(rng, (4,))
+    with bnns_py.ConvTranspose2d(weight, bias, stride=2, padding=1, groups=2) as up:
+        x = random_array(rng, (2, 6, 5, 5))
+        out = np.empty((2, 4, 9, 9), np.float32)
+        for step in range(3):
+            up(x, out=out)
+            expected = reference.conv_transpose2d(x, weight, bias, stride=2, padding=1, groups=2)
+            assert_close_to_reference(out, expected, 27, f"step {step}")
+            weight += 0.5
+
+
+def test_module_close_forgets_the_remembered_arrays(rng, no_filter_leaks):
+    import weakref
+    conv = bnns_py.Conv2d(random_array(rng, (4, 4, 3, 3)), padding=1)
+    x = random_array(rng, (1, 4, 6, 6))
+    conv(x)
+    conv(x)
+    probe = weakref.ref(x)
+    del x
+    assert probe() is not None  # remembered for the next call
+    conv.close()
+    gc.collect()
+    assert probe() is None
+    with pytest.raises(LayerClosedError):
+        conv(random_array(rng, (1, 4, 6, 6)))

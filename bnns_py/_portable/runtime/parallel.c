@@ -31,22 +31,47 @@ void bp_barrier_wait(bp_barrier *b, int workers) {
     }
 }
 
-/* One mailbox per worker thread: the caller fills in the job, then bumps `posted`. */
+/* One mailbox per worker thread: the caller fills in the job, opens it (`open`: the run's
+   number), then bumps `posted` to wake the worker. A job is run by whoever closes it first: its
+   worker, or the caller once done with its own share (a worker still asleep, or descheduled by
+   another process, would otherwise keep the caller waiting for a share it could run itself). A
+   job with a barrier is never taken over: the caller only finishes its share once every worker
+   has arrived. */
 typedef struct {
     _Atomic unsigned long posted;
+    _Atomic unsigned long open; /* the run whose job is waiting here, 0 when taken */
+    pthread_cond_t wake;        /* the worker sleeps on it (with sleep_lock) */
     bp_worker_fn fn;
     void *arg;
     int index, count;
 } mailbox;
 
+/* The pool's counters (bnns_portable_pool_*). */
+static _Atomic long runs_started, threads_used, runs_alone_busy, taken_over;
+
+long bnns_portable_pool_parallel_runs(void) { return atomic_load(&runs_started); }
+long bnns_portable_pool_threads_used(void) { return atomic_load(&threads_used); }
+long bnns_portable_pool_busy_runs(void) { return atomic_load(&runs_alone_busy); }
+long bnns_portable_pool_taken_over(void) { return atomic_load(&taken_over); }
+
 static mailbox boxes[BP_MAX_WORKERS - 1];
 static int started; /* worker threads running (guarded by start_lock) */
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t sleep_cond = PTHREAD_COND_INITIALIZER;
 static atomic_flag in_use = ATOMIC_FLAG_INIT;
-static _Atomic int remaining;
+static _Atomic int remaining; /* jobs of the current run not finished */
 static bool atfork_registered;
+
+/* Run the job waiting in m, if it is still open; true if this thread ran it. */
+static bool run_if_open(mailbox *m) {
+    unsigned long run = atomic_load_explicit(&m->open, memory_order_acquire);
+    if (run == 0 || !atomic_compare_exchange_strong_explicit(&m->open, &run, 0, memory_order_acquire,
+                                                             memory_order_relaxed))
+        return false;
+    m->fn(m->arg, m->index, m->count);
+    atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel);
+    return true;
+}
 
 static void *worker_main(void *p) {
     mailbox *m = p;
@@ -61,12 +86,11 @@ static void *worker_main(void *p) {
             }
             pthread_mutex_lock(&sleep_lock);
             while (atomic_load_explicit(&m->posted, memory_order_acquire) == taken)
-                pthread_cond_wait(&sleep_cond, &sleep_lock);
+                pthread_cond_wait(&m->wake, &sleep_lock);
             pthread_mutex_unlock(&sleep_lock);
         }
         taken = posted;
-        m->fn(m->arg, m->index, m->count);
-        atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel);
+        run_if_open(m);
     }
     return NULL;
 }
@@ -74,11 +98,13 @@ static void *worker_main(void *p) {
 /* The child of a fork has only the forking thread: forget the parent's workers. */
 static void reset_in_child(void) {
     started = 0;
-    for (int i = 0; i < BP_MAX_WORKERS - 1; i++) atomic_store(&boxes[i].posted, 0);
+    for (int i = 0; i < BP_MAX_WORKERS - 1; i++) {
+        atomic_store(&boxes[i].posted, 0);
+        atomic_store(&boxes[i].open, 0);
+    }
     atomic_flag_clear(&in_use);
     pthread_mutex_init(&start_lock, NULL);
-    pthread_mutex_init(&sleep_lock, NULL);
-    pthread_cond_init(&sleep_cond, NULL);
+    pthread_mutex_init(&sleep_lock, NULL); /* the mailboxes' conditions: when workers start again */
 }
 
 /* Start workers up to `want` (the calling thread excluded); returns how many are running. */
@@ -90,6 +116,7 @@ static int ensure_workers(int want) {
         pthread_t id;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_cond_init(&boxes[started].wake, NULL);
         int rc = pthread_create(&id, &attr, worker_main, &boxes[started]);
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -102,7 +129,12 @@ static int ensure_workers(int want) {
 
 void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
     if (workers > BP_MAX_WORKERS) workers = BP_MAX_WORKERS;
-    if (workers <= 1 || atomic_flag_test_and_set_explicit(&in_use, memory_order_acquire)) {
+    if (workers <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    if (atomic_flag_test_and_set_explicit(&in_use, memory_order_acquire)) {
+        atomic_fetch_add_explicit(&runs_alone_busy, 1, memory_order_relaxed);
         fn(arg, 0, 1);
         return;
     }
@@ -114,19 +146,25 @@ void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
         return;
     }
     workers = helpers + 1;
+    unsigned long run = (unsigned long)atomic_fetch_add_explicit(&runs_started, 1, memory_order_relaxed) + 1;
+    atomic_fetch_add_explicit(&threads_used, workers, memory_order_relaxed);
     atomic_store_explicit(&remaining, helpers, memory_order_relaxed);
     for (int i = 0; i < helpers; i++) {
         boxes[i].fn = fn;
         boxes[i].arg = arg;
         boxes[i].index = i + 1;
         boxes[i].count = workers;
+        atomic_store_explicit(&boxes[i].open, run, memory_order_release);
         atomic_fetch_add_explicit(&boxes[i].posted, 1, memory_order_release);
     }
-    /* wake the sleepers (a spinning worker has already seen its mailbox) */
+    /* wake this run's workers that sleep (a spinning one has already seen its mailbox; the
+       others sleep on) */
     pthread_mutex_lock(&sleep_lock);
-    pthread_cond_broadcast(&sleep_cond);
+    for (int i = 0; i < helpers; i++) pthread_cond_signal(&boxes[i].wake);
     pthread_mutex_unlock(&sleep_lock);
     fn(arg, 0, workers);
+    for (int i = 0; i < helpers; i++)
+        if (run_if_open(&boxes[i])) atomic_fetch_add_explicit(&taken_over, 1, memory_order_relaxed);
     for (unsigned long spins = 0; atomic_load_explicit(&remaining, memory_order_acquire) != 0; spins++) {
         if (spins < SPIN_ROUNDS) cpu_relax();
         else sched_yield();

@@ -1,0 +1,98 @@
+/* Tester of the worker pool (runtime/parallel.c): many runs of 2 to 8 threads (more threads than
+   CPUs, so that workers are often descheduled) of a job split by worker index, each item of which
+   must be done exactly once whoever runs a share, and of a job whose shares meet at a barrier, each
+   reading what the others wrote before it; then runs posted to sleeping workers with nothing for
+   the caller to do, whose shares the caller often takes over (bnns_portable_pool_taken_over counts
+   them: printed, not required, as it depends on how quickly a worker wakes).
+
+   Exit status: 0 all passed, 1 a failure (printed). Build: meson -Dkernel_tests=true. */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h" /* bnns.h, bnns_portable.h */
+#include "parallel.h"
+
+enum { ITEMS = 4099, RUNS = 3000, MAX_THREADS = 8, SLEEPY_RUNS = 50 };
+
+typedef struct {
+    unsigned char done[ITEMS];
+} split_job;
+
+static void split_share(void *arg, int worker, int workers) {
+    split_job *j = arg;
+    size_t begin, end;
+    bp_split(ITEMS, worker, workers, &begin, &end);
+    for (size_t i = begin; i < end; i++) j->done[i]++;
+}
+
+typedef struct {
+    bp_barrier met;
+    int written[MAX_THREADS], seen[MAX_THREADS];
+} barrier_job;
+
+static void barrier_share(void *arg, int worker, int workers) {
+    barrier_job *j = arg;
+    j->written[worker] = worker + 1;
+    bp_barrier_wait(&j->met, workers);
+    int sum = 0;
+    for (int w = 0; w < workers; w++) sum += __atomic_load_n(&j->written[w], __ATOMIC_RELAXED);
+    j->seen[worker] = sum;
+}
+
+/* The caller's share is empty: a sleeping worker is still waking up when the caller looks. */
+static void helpers_only(void *arg, int worker, int workers) {
+    (void)workers;
+    if (worker > 0) __atomic_fetch_add((int *)arg, 1, __ATOMIC_RELAXED);
+}
+
+static int check_split(int run, int threads) {
+    static split_job j;
+    memset(&j, 0, sizeof j);
+    bp_parallel_run(threads, split_share, &j);
+    for (size_t i = 0; i < ITEMS; i++)
+        if (j.done[i] != 1) {
+            printf("split run %d, %d threads: item %zu done %d times\n", run, threads, i, j.done[i]);
+            return 1;
+        }
+    return 0;
+}
+
+static int check_barrier(int run, int threads) {
+    barrier_job j;
+    memset(&j, 0, sizeof j);
+    bp_parallel_run(threads, barrier_share, &j);
+    int workers = 0;
+    while (workers < MAX_THREADS && j.seen[workers] != 0) workers++; /* the threads the pool gave */
+    for (int w = 0; w < workers; w++)
+        if (j.seen[w] != workers * (workers + 1) / 2) {
+            printf("barrier run %d, %d threads: share %d saw %d\n", run, threads, w, j.seen[w]);
+            return 1;
+        }
+    return workers == 0;
+}
+
+int main(void) {
+    int failures = 0;
+    for (int run = 0; run < RUNS && failures == 0; run++) {
+        int threads = 2 + run % (MAX_THREADS - 1);
+        failures += check_split(run, threads) + check_barrier(run, threads);
+    }
+    long taken = bnns_portable_pool_taken_over();
+    int shares = 0;
+    for (int run = 0; run < SLEEPY_RUNS; run++) {
+        struct timespec pause = {0, 5 * 1000 * 1000}; /* 5 ms: the workers stop spinning and sleep */
+        nanosleep(&pause, NULL);
+        bp_parallel_run(2, helpers_only, &shares);
+    }
+    taken = bnns_portable_pool_taken_over() - taken;
+    if (shares != SLEEPY_RUNS) {
+        printf("runs with an empty caller share: %d of %d worker shares ran\n", shares, SLEEPY_RUNS);
+        failures++;
+    }
+    printf("pool: %d runs split by worker and %d meeting at a barrier (2-%d threads), %ld of %d shares of "
+           "sleeping workers taken over, %ld in all; %d failures\n",
+           RUNS, RUNS, MAX_THREADS, taken, SLEEPY_RUNS, bnns_portable_pool_taken_over(), failures);
+    return failures ? 1 : 0;
+}

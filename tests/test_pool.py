@@ -1,0 +1,111 @@
+"""The portable library's worker pool, through its counters (``Backend.pool_counters``): a filter
+made for 2 threads hands each call of a large layer to 2 threads, on every engine that can run it
+and inside a sequence of layers of other shapes, as in a network; a 1-thread filter never wakes
+the pool. Every result is checked against the float64 reference."""
+import threading
+
+import numpy as np
+import pytest
+
+from bnns_py import ActivationFunction as AF, ConvolutionType, reference
+
+from conftest import assert_close_to_reference, client_layer, random_array
+
+pytestmark = pytest.mark.requires_portable_internals
+
+# ResNet-18's layer4 3x3 convolution (512 -> 512 channels on 7x7 images) at batch 8: in a network
+# run it once took as long with 2 threads as with 1
+C5 = dict(cin=512, cout=512, size=7, batch=8)
+
+
+def make_layer(rng, cin, cout, size, k, stride, n_threads, batch):
+    weight = (random_array(rng, (cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    bias = random_array(rng, (cout,))
+    pad = k // 2
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, size, size, (k, k), (stride, stride),
+                                   (pad,) * 4, (1, 1), 1, weight, bias, AF.rectified_linear, n_threads)
+    x = random_array(rng, (batch, cin, size, size))
+    out = np.empty((batch, cout, oh, ow), np.float32)
+    expected = np.maximum(reference.conv2d(x, weight, bias, stride=stride, padding=pad), 0)
+    return layer, x, out, expected, cin * k * k
+
+
+def counted(backend, call):
+    """``call()`` and the change of the pool's counters over it."""
+    before = backend.pool_counters()
+    call()
+    after = backend.pool_counters()
+    return {name: after[name] - before[name] for name in after}
+
+
+@pytest.mark.parametrize("engine", ["auto", "winograd", "pixels", "rows", "im2col"])
+def test_large_layer_runs_on_two_threads_on_every_engine(engine, backend, rng, monkeypatch, no_filter_leaks):
+    if engine != "auto":  # read when a filter is made
+        monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", engine)
+    layer, x, out, expected, terms = make_layer(rng, C5["cin"], C5["cout"], C5["size"], 3, 1, 2, C5["batch"])
+    with layer:
+        if engine != "auto":
+            assert engine in backend.filter_engine(layer.bnns_filter)
+        for call in range(2):
+            out[:] = np.nan
+            change = counted(backend, lambda: layer.apply(C5["batch"], x, out))
+            assert_close_to_reference(out, expected, terms, f"{engine}, call {call}")
+            assert change["parallel_runs"] >= 1, f"{engine}: call {call} ran on one thread"
+            assert change["threads_used"] == 2 * change["parallel_runs"]
+            assert change["busy_runs"] == 0
+
+
+def test_one_thread_filter_leaves_the_pool_alone(backend, rng, no_filter_leaks):
+    layer, x, out, expected, terms = make_layer(rng, C5["cin"], C5["cout"], C5["size"], 3, 1, 1, C5["batch"])
+    with layer:
+        change = counted(backend, lambda: layer.apply(C5["batch"], x, out))
+        assert_close_to_reference(out, expected, terms)
+        assert change == {"parallel_runs": 0, "threads_used": 0, "busy_runs": 0, "taken_over": 0}
+
+
+def test_every_layer_of_a_sequence_runs_on_two_threads(backend, rng, no_filter_leaks):
+    # ResNet-18's last stage at batch 8, in network order: the 3x3 that changes the image size and
+    # the channel count, the layer that once ran alone, its 1x1 downsampling, the next 3x3
+    shapes = [(256, 512, 14, 3, 2), (512, 512, 7, 3, 1), (256, 512, 14, 1, 2), (512, 512, 7, 3, 1)]
+    layers = [make_layer(rng, cin, cout, size, k, stride, 2, C5["batch"]) for cin, cout, size, k, stride in shapes]
+    try:
+        for sweep in range(2):
+            for i, (layer, x, out, expected, terms) in enumerate(layers):
+                change = counted(backend, lambda: layer.apply(C5["batch"], x, out))
+                assert_close_to_reference(out, expected, terms, f"sweep {sweep}, layer {i}")
+                assert change["parallel_runs"] >= 1, f"sweep {sweep}: layer {i} ran on one thread"
+                assert change["threads_used"] == 2 * change["parallel_runs"]
+                assert change["busy_runs"] == 0
+    finally:
+        for layer, *_ in layers:
+            layer.close()
+
+
+def test_concurrent_callers_share_the_pool_and_stay_right(backend, rng, no_filter_leaks):
+    # one caller holds the pool at a time; another runs its work alone, and both results are right
+    made = [make_layer(rng, 64, 64, 28, 3, 1, 2, 2) for _ in range(2)]
+    errors = []
+
+    def work(layer, x, out, expected, terms):
+        try:
+            for _ in range(20):
+                out[:] = np.nan
+                layer.apply(2, x, out)
+                assert_close_to_reference(out, expected, terms)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    before = backend.pool_counters()
+    try:
+        threads = [threading.Thread(target=work, args=m) for m in made]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for layer, *_ in made:
+            layer.close()
+    after = backend.pool_counters()
+    assert not errors, errors
+    runs = after["parallel_runs"] - before["parallel_runs"] + after["busy_runs"] - before["busy_runs"]
+    assert runs >= 40  # every call ran: on the pool or, while the other caller held it, alone
