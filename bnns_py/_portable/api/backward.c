@@ -157,7 +157,8 @@ static bool validate_call(const bp_filter *f, backward_call *c) {
    transposed layer dz) and dz. */
 typedef struct {
     bp_work w;
-    bool whole_batch;      /* dz is out_delta itself: each engine call takes the whole batch */
+    bool whole_batch;      /* each engine call takes the whole batch: dz is out_delta itself or dz_batch */
+    float *dz_batch;       /* the whole batch's dz (packed images, out_packed.item apart), or NULL */
     bool dx_winograd;      /* dx as the adjoint convolution of dy on the Winograd pass */
     bool dw_winograd;      /* dW on the Winograd pass (standard layers; else on S's forward plan) */
     float *dw_sums;        /* its workers' sums: the filter's, or the call's own (dw_sums_temporary) */
@@ -194,8 +195,11 @@ static void plan_call(const bp_filter *f, const backward_call *c, backward_plan 
     p->in_packed = bp_packed_like(&f->in);
     p->out_packed = bp_packed_like(&f->out);
     bool dx_plain = c->in_delta == NULL || (c->dx_img.packed && !accumulates(c->in_delta));
-    p->whole_batch = f->activation.function == BNNSActivationFunctionIdentity && c->dy_img.packed &&
-                     (!f->transposed || (f->in.packed && dx_plain));
+    bool dz_is_dy = f->activation.function == BNNSActivationFunctionIdentity && c->dy_img.packed;
+    p->dz_batch = NULL;
+    if (!f->transposed && !dz_is_dy) /* dz for the whole batch first; per image if memory is short */
+        p->dz_batch = bp_alloc(&f->allocator, c->batch * p->out_packed.item * sizeof(float));
+    p->whole_batch = dz_is_dy ? !f->transposed || (f->in.packed && dx_plain) : p->dz_batch != NULL;
     p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain;
     size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
     p->dw_winograd = c->weights_delta != NULL && f->wino_dw &&
@@ -215,13 +219,24 @@ static void weight_gradient(const bp_filter *f, const backward_plan *p, size_t b
                                  f->weight_gradient_plan);
 }
 
-/* Step 3, without an activation and with a packed out_delta: dz is out_delta. */
+/* dz_batch = dy * f'(y) for every image of the call. */
+static void batch_activation_gradient(const bp_filter *f, const backward_call *c, const backward_plan *p) {
+    const bp_work *w = &p->w;
+    for (size_t b = 0; b < c->batch; b++)
+        activation_gradient(f, &c->dy_img, (const float *)c->out_delta->data + b * c->out_delta_stride,
+                            c->out ? c->out + b * c->out_stride : NULL, p->dz_batch + b * p->out_packed.item, w->rows,
+                            w->rows + f->out.w);
+}
+
+/* Step 3 when each engine call takes the whole batch: dz is out_delta (no activation, packed)
+   or dz_batch. */
 static void run_whole_batch(const bp_filter *f, const backward_call *c, backward_plan *p) {
     const bp_geom *g = &f->g;
     const bp_work *w = &p->w;
-    size_t batch = c->batch, dy_bs = c->out_delta_stride;
-    const float *dy = c->out_delta->data;
+    size_t batch = c->batch, dy_bs = p->dz_batch ? p->out_packed.item : c->out_delta_stride;
+    const float *dy = p->dz_batch ? p->dz_batch : c->out_delta->data;
     float *dx = c->in_delta ? c->in_delta->data : NULL;
+    if (p->dz_batch) batch_activation_gradient(f, c, p);
     if (c->bias_delta) {
         size_t hw = f->out.w * f->out.h;
         for (size_t b = 0; b < batch; b++)
@@ -249,7 +264,8 @@ static void run_whole_batch(const bp_filter *f, const backward_call *c, backward
     }
 }
 
-/* Step 3 otherwise, image by image: dz = dy * f'(y) first. */
+/* Step 3 otherwise (transposed layers with an activation or strided operands; memory for
+   dz_batch short), image by image: dz = dy * f'(y) first. */
 static void run_per_image(const bp_filter *f, const backward_call *c, backward_plan *p) {
     const bp_geom *g = &f->g;
     const bp_work *w = &p->w;
@@ -372,12 +388,14 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     memset(p.w.dbias, 0, f->out.c * sizeof(float));
     plan_call(f, &c, &p);
     if (!acquire_dw_sums(f, temporary, &p)) {
+        bp_free(&f->allocator, p.dz_batch);
         bp_work_release(f, base, temporary);
         return -1;
     }
     if (p.whole_batch) run_whole_batch(f, &c, &p);
     else run_per_image(f, &c, &p);
     store_gradients(f, &c, &p);
+    bp_free(&f->allocator, p.dz_batch);
     release_dw_sums(f, &p);
     bp_work_release(f, base, temporary);
     return 0;
