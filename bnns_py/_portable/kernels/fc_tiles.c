@@ -52,7 +52,7 @@ FC_INLINE void fc_kernel(const float *w, size_t ldw, const float *x, size_t ldx,
 
 size_t bp_fc_tile_rows(size_t nb) {
 #if BP_VREGS >= 32
-    static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 8, 8, 6, 4, 4, 3, 3};
+    static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 8, 8, 6, 4, 4};
 #else
     static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 4, 3, 2};
 #endif
@@ -68,8 +68,7 @@ void bp_fc_tile(size_t mr, size_t nb, const float *w, size_t ldw, const float *x
         /* (bp_fc_tile_rows(nb), nb), (bp_fc_tile_rows(nb + 1), nb) and (1, nb) for every nb */
 #if BP_VREGS >= 32
         FC_CASE(8, 1) FC_CASE(8, 2) FC_CASE(8, 3) FC_CASE(6, 3) FC_CASE(6, 4) FC_CASE(4, 4) FC_CASE(4, 5)
-        FC_CASE(4, 6) FC_CASE(3, 6) FC_CASE(3, 7) FC_CASE(3, 8)
-        FC_CASE(1, 5) FC_CASE(1, 6) FC_CASE(1, 7) FC_CASE(1, 8)
+        FC_CASE(4, 6) FC_CASE(1, 5) FC_CASE(1, 6)
 #else
         FC_CASE(8, 1) FC_CASE(4, 1) FC_CASE(4, 2) FC_CASE(3, 2) FC_CASE(3, 3) FC_CASE(2, 3) FC_CASE(2, 4)
 #endif
