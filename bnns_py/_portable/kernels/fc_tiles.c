@@ -2,6 +2,8 @@
    Y = X W^T + bias, as dot products along the inputs, with W's rows (one per output) and X's rows
    (one per batch item) read in place. Each step loads a vector of each of the MR rows of W and of
    the NB rows of X, so W is read once per block of batch rows: at batches up to FC_NB_MAX, once.
+   The tile's accumulators are reduced BP_VL at a time by one shuffle-and-add tree
+   (bp_vsum_lanes) rather than one horizontal sum each.
    Vector code through simd.h only, so every tier (and aarch64) compiles the same source. */
 #include "fc_kernels.h"
 
@@ -31,9 +33,18 @@ FC_INLINE void fc_kernel(const float *w, size_t ldw, const float *x, size_t ldx,
             for (int r = 0; r < MR; r++) acc[r][b] = bp_vfma(wv[r], xv, acc[r][b]);
         }
     }
+    float sums[FC_MR_MAX * FC_NB_MAX + BP_VL]; /* sums[b * MR + r]: accumulator (r, b) reduced */
+    if (MR * NB < 4)
+        for (int a = 0; a < MR * NB; a++) sums[a] = bp_vsum(acc[a % MR][a / MR]);
+    else
+        for (int a0 = 0; a0 < MR * NB; a0 += BP_VL) {
+            bp_vec group[BP_VL];
+            for (int l = 0, a = a0; l < BP_VL; l++, a++) group[l] = a < MR * NB ? acc[a % MR][a / MR] : bp_vzero();
+            bp_vstore(sums + a0, bp_vsum_lanes(group));
+        }
     for (int b = 0; b < NB; b++)
         for (int r = 0; r < MR; r++) {
-            float v = bp_vsum(acc[r][b]) + bias[r];
+            float v = sums[b * MR + r] + bias[r];
             v = v < lo ? lo : v;
             y[(size_t)b * ldy + r] = v > hi ? hi : v;
         }
@@ -41,7 +52,7 @@ FC_INLINE void fc_kernel(const float *w, size_t ldw, const float *x, size_t ldx,
 
 size_t bp_fc_tile_rows(size_t nb) {
 #if BP_VREGS >= 32
-    static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 8, 8, 6, 4, 4, 3, 3};
+    static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 8, 8, 6, 4, 4};
 #else
     static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 4, 3, 2};
 #endif
@@ -57,8 +68,7 @@ void bp_fc_tile(size_t mr, size_t nb, const float *w, size_t ldw, const float *x
         /* (bp_fc_tile_rows(nb), nb), (bp_fc_tile_rows(nb + 1), nb) and (1, nb) for every nb */
 #if BP_VREGS >= 32
         FC_CASE(8, 1) FC_CASE(8, 2) FC_CASE(8, 3) FC_CASE(6, 3) FC_CASE(6, 4) FC_CASE(4, 4) FC_CASE(4, 5)
-        FC_CASE(4, 6) FC_CASE(3, 6) FC_CASE(3, 7) FC_CASE(3, 8)
-        FC_CASE(1, 5) FC_CASE(1, 6) FC_CASE(1, 7) FC_CASE(1, 8)
+        FC_CASE(4, 6) FC_CASE(1, 5) FC_CASE(1, 6)
 #else
         FC_CASE(8, 1) FC_CASE(4, 1) FC_CASE(4, 2) FC_CASE(3, 2) FC_CASE(3, 3) FC_CASE(2, 3) FC_CASE(2, 4)
 #endif

@@ -83,6 +83,33 @@ static inline float bp_sum(const float *v, size_t n) {
     return s;
 }
 
+/* Lane i of the result = the sum of v[i]'s lanes, for BP_VL vectors: their horizontal sums
+   together, as a tree of shuffles and adds that halves the partial sums' width at each level. */
+static inline bp_vec bp_vsum_lanes(const bp_vec v[BP_VL]) {
+#if defined(__AVX512F__)
+    __m512 s[8], t[4], u[2];
+    for (int i = 0; i < 8; i++) /* 256-bit halves: v[i], v[i + 8] */
+        s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[i], v[i + 8], 0x44), _mm512_shuffle_f32x4(v[i], v[i + 8], 0xEE));
+    for (int i = 0; i < 4; i++) /* 128-bit quarters: v[i], v[i + 8], v[i + 4], v[i + 12] */
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[i], s[i + 4], 0x88), _mm512_shuffle_f32x4(s[i], s[i + 4], 0xDD));
+    for (int i = 0; i < 2; i++) /* lane pairs in each quarter */
+        u[i] = _mm512_add_ps(_mm512_unpacklo_ps(t[i], t[i + 2]), _mm512_unpackhi_ps(t[i], t[i + 2]));
+    __m512 r = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
+    return _mm512_shuffle_f32x4(r, r, 0xD8); /* quarters held v[0..3], v[8..11], v[4..7], v[12..15] */
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 s[4], u[2];
+    for (int i = 0; i < 4; i++) /* 128-bit halves: v[i], v[i + 4] */
+        s[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[i], v[i + 4], 0x20), _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+    for (int i = 0; i < 2; i++) /* lane pairs in each half */
+        u[i] = _mm256_add_ps(_mm256_unpacklo_ps(s[i], s[i + 2]), _mm256_unpackhi_ps(s[i], s[i + 2]));
+    return _mm256_add_ps(_mm256_unpacklo_ps(u[0], u[1]), _mm256_unpackhi_ps(u[0], u[1]));
+#else
+    bp_vec u0 = __builtin_shufflevector(v[0], v[2], 0, 4, 1, 5) + __builtin_shufflevector(v[0], v[2], 2, 6, 3, 7);
+    bp_vec u1 = __builtin_shufflevector(v[1], v[3], 0, 4, 1, 5) + __builtin_shufflevector(v[1], v[3], 2, 6, 3, 7);
+    return __builtin_shufflevector(u0, u1, 0, 4, 1, 5) + __builtin_shufflevector(u0, u1, 2, 6, 3, 7);
+#endif
+}
+
 /* The first n (< BP_VL allowed) values at src, the other lanes zero; memory past them is not read. */
 static inline bp_vec bp_vload_part(const float *src, size_t n) {
     if (n >= BP_VL) return bp_vload(src);
