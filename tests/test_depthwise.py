@@ -124,6 +124,7 @@ def test_stride2_3x3_gradients_over_threads(n_threads, rng, no_filter_leaks):
 
 # The input gradient of 3x3 stride-2 layers runs on the depthwise kernels (dx rows from their even
 # and odd columns), other stride-2 kernels on col2im.
+@pytest.mark.requires_portable_internals
 @pytest.mark.parametrize("k,expected", [(3, "depthwise"), (5, "im2col")])
 def test_stride2_input_gradient_engine(k, expected, backend, monkeypatch, no_filter_leaks):
     monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
