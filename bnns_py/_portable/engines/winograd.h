@@ -69,4 +69,9 @@ void bp_winograd_tile_row_gradient_transform(size_t tw, size_t ld, const float *
                                              size_t vp);
 void bp_winograd_gradient_outputs(const float *m, size_t mp, size_t n, float *dw, float beta);
 
+/* One input row (columns sx apart, w of them) split as the tile row inputs are: e[i] its column
+   x0 + 2 d i, o[i] the column d further, zero outside the row, i in [0, n) (kernels/winograd_rows.c). */
+void bp_winograd_row_columns(const float *row, size_t sx, ptrdiff_t d, ptrdiff_t x0, ptrdiff_t w, ptrdiff_t n,
+                             float *e, float *o);
+
 #endif

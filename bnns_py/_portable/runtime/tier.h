@@ -31,6 +31,9 @@
 #define bp_im2col_block BP_TIER_SYMBOL(bp_im2col_block)
 #define bp_col2im_block BP_TIER_SYMBOL(bp_col2im_block)
 #define bp_tiny_planes BP_TIER_SYMBOL(bp_tiny_planes)
+#define bp_tiny_plane BP_TIER_SYMBOL(bp_tiny_plane)
+#define bp_tiny_plane_pair BP_TIER_SYMBOL(bp_tiny_plane_pair)
+#define bp_fill_short_padded_rows BP_TIER_SYMBOL(bp_fill_short_padded_rows)
 /* engines/depthwise.c */
 #define bp_depthwise BP_TIER_SYMBOL(bp_depthwise)
 #define bp_depthwise_adjoint BP_TIER_SYMBOL(bp_depthwise_adjoint)
@@ -102,6 +105,7 @@
 #define bp_winograd_tile_row_inputs BP_TIER_SYMBOL(bp_winograd_tile_row_inputs)
 #define bp_winograd_tile_row_transform BP_TIER_SYMBOL(bp_winograd_tile_row_transform)
 #define bp_winograd_tile_row_outputs BP_TIER_SYMBOL(bp_winograd_tile_row_outputs)
+#define bp_winograd_row_columns BP_TIER_SYMBOL(bp_winograd_row_columns)
 /* kernels/activation.c */
 #define bp_activation_unsupported_reason BP_TIER_SYMBOL(bp_activation_unsupported_reason)
 #define bp_activation_backward_unsupported_reason BP_TIER_SYMBOL(bp_activation_backward_unsupported_reason)
