@@ -494,14 +494,7 @@ void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const
 
 typedef struct {
     const bp_geom *g;
-    size_t batch;
-    const bp_image *x_img;
-    const float *x;
-    size_t x_bs;
-    const float *dy;
-    size_t dy_bs;
-    float *dw;
-    float beta;
+    bp_weight_gradient_operands op;
     const bp_scratch *s;
     const bp_gemm_ctx *ctx;
     size_t chunks, tasks;
@@ -510,6 +503,7 @@ typedef struct {
 
 static void weights_tasks(void *arg, int worker, int workers) {
     const weights_job *j = arg;
+    const bp_weight_gradient_operands *op = &j->op;
     const bp_geom *g = j->g;
     size_t ohw = out_pixels(g), t0, t1;
     bp_split(j->tasks, worker, workers, &t0, &t1);
@@ -518,24 +512,24 @@ static void weights_tasks(void *arg, int worker, int workers) {
         size_t q = t % j->chunks, grp = t / j->chunks, r0, r1;
         bp_split(g->k, (int)q, (int)j->chunks, &r0, &r1);
         if (r0 >= r1) continue;
-        float *dwg = j->dw + grp * g->out_cg * g->k + r0;
+        float *dwg = op->dw + grp * g->out_cg * g->k + r0;
         bool first = true;
-        for (size_t b = 0; b < j->batch; b++) {
-            const float *x = j->x + b * j->x_bs;
-            const float *dyg = j->dy + b * j->dy_bs + grp * g->out_cg * ohw;
+        for (size_t b = 0; b < op->batch; b++) {
+            const float *x = op->x + b * op->x_bs;
+            const float *dyg = op->dy + b * op->dy_bs + grp * g->out_cg * ohw;
             size_t rows = j->direct ? g->out_h : g->block_rows;
             for (size_t oy0 = 0; oy0 < g->out_h; oy0 += rows) {
                 size_t oy1 = bp_min(oy0 + rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
                 const float *cols = col;
                 size_t ldb = nb;
                 if (j->direct) {
-                    cols = x + (grp * g->in_cg + r0) * j->x_img->sc;
+                    cols = x + (grp * g->in_cg + r0) * op->x_img->sc;
                     ldb = ohw;
                 } else {
-                    bp_im2col_block(g, j->x_img, x, grp * g->in_cg, r0, r1, oy0, oy1, col);
+                    bp_im2col_block(g, op->x_img, x, grp * g->in_cg, r0, r1, oy0, oy1, col);
                 }
                 bp_sgemm(j->ctx, false, true, g->out_cg, r1 - r0, nb, 1.0f, dyg + oy0 * g->out_w, ohw, cols, ldb,
-                         first ? j->beta : 1.0f, dwg, g->k);
+                         first ? op->beta : 1.0f, dwg, g->k);
                 first = false;
             }
         }
@@ -554,7 +548,7 @@ void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_
         bp_depthwise_weight_gradient(g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s, ctx->threads);
         return;
     }
-    weights_job j = {g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s, ctx, 1, 0, direct_columns(g, x_img)};
+    weights_job j = {g, {batch, x_img, x, x_bs, dy, dy_bs, dw, beta}, s, ctx, 1, 0, direct_columns(g, x_img)};
     int workers = bp_workers_for(ctx->threads, flops);
     if (g->groups < (size_t)workers) j.chunks = bp_min(bp_ceil_div((size_t)workers, g->groups), g->k);
     j.tasks = g->groups * j.chunks;
