@@ -187,25 +187,6 @@ void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_sc
 
 /* ---- input transform ---------------------------------------------------------------------- */
 
-/* The 4 input rows under tile row ty of output phase (a, b) of one channel, each split into the
-   columns of the tiles' even (e) and odd (o) taps: with d the dilation, row r is input row
-   d * (2 ty + r) + a - pt, e[i] its column d * 2i + b - pl and o[i] the column d further, zero
-   outside the image, i in [0, tw]. */
-void bp_winograd_tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img,
-                                  const float *plane, size_t ty, size_t a, size_t b, float *e, float *o) {
-    ptrdiff_t n = (ptrdiff_t)tw + 1, w = (ptrdiff_t)g->in_w, d = (ptrdiff_t)g->dx;
-    ptrdiff_t x0 = (ptrdiff_t)b - (ptrdiff_t)g->pl; /* column of e[0] */
-    for (size_t r = 0; r < 4; r++) {
-        float *er = e + r * ld, *or_ = o + r * ld;
-        ptrdiff_t iy = d * (ptrdiff_t)(2 * ty + r) + (ptrdiff_t)a - (ptrdiff_t)g->pt;
-        if (iy < 0 || iy >= (ptrdiff_t)g->in_h) {
-            for (ptrdiff_t i = 0; i < n; i++) er[i] = or_[i] = 0.0f;
-            continue;
-        }
-        bp_winograd_row_columns(plane + (size_t)iy * img->sy, img->sx, d, x0, w, n, er, or_);
-    }
-}
-
 /* V[p][c][col + tx] for one channel c and tile row: Bt d B of each tile tx, BP_VL tiles at a
    time. e, o: the rows' even and odd columns (rows ld apart, readable a vector past tw); v points
    at V[0][c][col], planes `vp` floats apart. */

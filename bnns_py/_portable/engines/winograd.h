@@ -56,7 +56,7 @@ void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size
                                  float *work, const bp_scratch *s, const bp_gemm_ctx *ctx);
 
 /* The transforms of one tile row, which the kernel tester (tests/kernels/winograd.c) also calls
-   (winograd.c describes them): the input rows under tile row ty of output phase (a, b) split into
+   (winograd.c and kernels/winograd_rows.c describe them): the input rows under tile row ty of output phase (a, b) split into
    even (e) and odd (o) columns, rows ld floats apart; their transforms into V (planes vp apart);
    the output transform of M (planes mp apart, WINO_BW channels per tile) into two output rows. */
 void bp_winograd_tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img, const float *plane,
@@ -68,10 +68,5 @@ void bp_winograd_tile_row_outputs(size_t tw, const float *m, size_t mp, size_t v
 void bp_winograd_tile_row_gradient_transform(size_t tw, size_t ld, const float *e, const float *o, float *v,
                                              size_t vp);
 void bp_winograd_gradient_outputs(const float *m, size_t mp, size_t n, float *dw, float beta);
-
-/* One input row (columns sx apart, w of them) split as the tile row inputs are: e[i] its column
-   x0 + 2 d i, o[i] the column d further, zero outside the row, i in [0, n) (kernels/winograd_rows.c). */
-void bp_winograd_row_columns(const float *row, size_t sx, ptrdiff_t d, ptrdiff_t x0, ptrdiff_t w, ptrdiff_t n,
-                             float *e, float *o);
 
 #endif

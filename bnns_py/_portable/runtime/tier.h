@@ -105,7 +105,6 @@
 #define bp_winograd_tile_row_inputs BP_TIER_SYMBOL(bp_winograd_tile_row_inputs)
 #define bp_winograd_tile_row_transform BP_TIER_SYMBOL(bp_winograd_tile_row_transform)
 #define bp_winograd_tile_row_outputs BP_TIER_SYMBOL(bp_winograd_tile_row_outputs)
-#define bp_winograd_row_columns BP_TIER_SYMBOL(bp_winograd_row_columns)
 /* kernels/activation.c */
 #define bp_activation_unsupported_reason BP_TIER_SYMBOL(bp_activation_unsupported_reason)
 #define bp_activation_backward_unsupported_reason BP_TIER_SYMBOL(bp_activation_backward_unsupported_reason)
