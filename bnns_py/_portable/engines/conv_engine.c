@@ -1,5 +1,5 @@
 /* The convolution engine: im2col + GEMM forward, GEMM + col2im backward-data and GEMM weight
-   gradient, and the tiny-layer kernel, all on the geometry of a standard convolution S (see
+   gradient, and tiny layers (kernels/tiny_planes.c), all on the geometry of a standard convolution S (see
    bp_geom in internal.h); layers with one input channel per group go to the depthwise engine
    (depthwise.c).
 
