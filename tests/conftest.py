@@ -128,3 +128,54 @@ def client_layer(kind, cin, cout, h, w, k, stride, pad, dil, groups, weight, bia
         ConvolutionPadding.asymmetric(pl, pr, pt, pb), activation, groups, (stride[1], stride[0]),
         (dil[1], dil[0]), parameters)
     return layer, (oh, ow)
+
+
+def row_gap_strides(h, w, row_gap):
+    """The BNNS input strides (x, row, channel) of h x w images whose rows lie row_gap floats further
+    apart than their width (0: packed)."""
+    row = w + row_gap
+    return (1, row, row * h) if row_gap else (0, 0, 0)
+
+
+def input_batch(layer, array, n, **kwargs):
+    """``array`` (n images laid out by the layer's input strides) as the layer's input descriptor."""
+    from bnns_py import NDArrayDescriptor
+    return NDArrayDescriptor(array.reshape(-1), layer.input_descriptor.shape, batch_size=n, **kwargs)
+
+
+def standard_case_layer(rng, case, activation, n_threads):
+    """For ``case`` (batch, cin, cout, h, w, k, stride, pad, dilation, groups): a random input, OIHW
+    weights and bias, and the client-pointer standard layer over them. Returns x, weight, bias,
+    layer, (oh, ow)."""
+    from bnns_py import ConvolutionType
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, out_hw = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
+                                 activation, n_threads)
+    return x, weight, bias, layer, out_hw
+
+
+def transposed_case_layer(rng, case, activation, n_threads):
+    """As standard_case_layer for a transposed layer; the weights returned are PyTorch's
+    (cin, cout / groups, kh, kw), the layer's their BNNS layout."""
+    from bnns_py import ConvolutionType
+    from bnns_py.functional import transposed_weight_to_bnns
+    n, cin, cout, h, w, k, stride, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    torch_weight = random_array(rng, (cin, cout // groups) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, out_hw = client_layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, dil, groups,
+                                 transposed_weight_to_bnns(torch_weight, groups), bias, activation, n_threads)
+    return x, torch_weight, bias, layer, out_hw
+
+
+def backward_into_nan(layer, n, x, y, dy, dw_shape, db_shape):
+    """The layer's apply_backward into NaN-filled dx, dw and db (so that a value not written shows).
+    Returns dx, dw, db."""
+    dx = np.full(x.shape, np.nan, np.float32)
+    dw = np.full(dw_shape, np.nan, np.float32)
+    db = np.full(db_shape, np.nan, np.float32)
+    layer.apply_backward(n, x, y, dy, dx, dw, db)
+    return dx, dw, db

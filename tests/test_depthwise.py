@@ -8,9 +8,10 @@ process."""
 import numpy as np
 import pytest
 
-from bnns_py import ActivationFunction as AF, ConvolutionType, NDArrayDescriptor, reference
+from bnns_py import ActivationFunction as AF, ConvolutionType, reference
 
-from conftest import assert_close_to_reference, client_layer, random_array, run_child_on_tier
+from conftest import (assert_close_to_reference, client_layer, input_batch, random_array, row_gap_strides,
+                      run_child_on_tier)
 
 SIZES = [(1, 1), (2, 5), (7, 9), (14, 14), (15, 13), (28, 28), (33, 50)]
 PADS = [(1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 1, 0), (0, 0, 0, 0)]  # (left, right, top, bottom)
@@ -19,25 +20,22 @@ ACTIVATIONS = [AF.relu6, AF.clamp((-0.25, 0.5)), AF.sigmoid]
 
 def stride2_case(rng, h, w, pad, row_gap, activation, n=2, c=5, n_threads=1):
     """Forward, dx and dW of a 3x3 / stride 2 depthwise layer against the reference."""
-    row = w + row_gap
     weight, bias = random_array(rng, (c, 1, 3, 3), 0.5), random_array(rng, (c,))
     layer, (oh, ow) = client_layer(ConvolutionType.standard, c, c, h, w, (3, 3), (2, 2), pad, (1, 1), c, weight, bias,
-                                   activation, n_threads, input_strides=(1, row, row * h) if row_gap else (0, 0, 0))
-    wide_x = random_array(rng, (n, c, h, row)) * 3
+                                   activation, n_threads, input_strides=row_gap_strides(h, w, row_gap))
+    wide_x = random_array(rng, (n, c, h, w + row_gap)) * 3
     wide_dx = np.full(wide_x.shape, np.nan, np.float32)
     x = wide_x[..., :w]
     with layer:
-        shape = layer.input_descriptor.shape
         y = np.full((n, c, oh, ow), np.nan, np.float32)
-        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y)
+        layer.apply(n, input_batch(layer, wide_x, n), y)
         kw = dict(stride=2, padding=pad, groups=c)
         assert_close_to_reference(y, reference.conv2d(x, weight, bias, activation=activation, **kw), 9, "forward")
         if activation == AF.relu6:
             return
         dy = random_array(rng, y.shape)
         dw = np.full(weight.shape, np.nan, np.float32)
-        layer.apply_backward(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y, dy,
-                             NDArrayDescriptor(wide_dx.reshape(-1), shape, batch_size=n), dw)
+        layer.apply_backward(n, input_batch(layer, wide_x, n), y, dy, input_batch(layer, wide_dx, n), dw)
     dx_ref, dw_ref, _ = reference.conv2d_backward(x, weight, dy, output=y, bias=True, activation=activation, **kw)
     assert_close_to_reference(wide_dx[..., :w], dx_ref, 9, "input gradient")
     assert_close_to_reference(dw, dw_ref, n * oh * ow, "weight gradient")

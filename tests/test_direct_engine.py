@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import bnns_py
-from bnns_py import (ActivationFunction as AF, ConvolutionType, Flags, NDArrayDescriptor, NDArrayFlags, Shape,
+from bnns_py import (ActivationFunction as AF, ConvolutionType, Flags, NDArrayFlags, Shape,
                      reference)
 from bnns_py.functional import transposed_weight_to_bnns
 
-from conftest import client_layer, random_array
+from conftest import (backward_into_nan, client_layer, input_batch, random_array, standard_case_layer,
+                      transposed_case_layer)
 
 pytestmark = pytest.mark.requires_portable_internals
 
@@ -77,20 +78,13 @@ def _tolerance(reduction):
 @pytest.mark.parametrize("engine", list(ENGINES), indirect=True)
 def test_standard_forward_and_backward(case, engine, n_threads, backend, rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
-    x = random_array(rng, (n, cin, h, w))
-    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
-    bias = random_array(rng, (cout,))
-    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight,
-                                   bias, AF.identity, n_threads)
+    x, weight, bias, layer, (oh, ow) = standard_case_layer(rng, case, AF.identity, n_threads)
     with layer:
         _check_engine(backend, layer, engine, ("forward", "input_gradient", "weights_gradient"))
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, x, y)
         dy = random_array(rng, y.shape)
-        dx = np.full(x.shape, np.nan, np.float32)
-        dw = np.full(weight.shape, np.nan, np.float32)
-        db = np.full(bias.shape, np.nan, np.float32)
-        layer.apply_backward(n, x, y, dy, dx, dw, db)
+        dx, dw, db = backward_into_nan(layer, n, x, y, dy, weight.shape, bias.shape)
     depth = cin // groups * k[0] * k[1]
     expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dil, groups=groups)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(depth))
@@ -115,12 +109,11 @@ def test_strided_input_and_accumulated_gradient(case, engine, backend, rng, no_f
     x = wide_x[..., ::2]
     with layer:
         _check_engine(backend, layer, engine, ("input_gradient",))
-        shape = layer.input_descriptor.shape
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
-        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y)
+        layer.apply(n, input_batch(layer, wide_x, n), y)
         dy = random_array(rng, y.shape)
-        dx = NDArrayDescriptor(wide_dx.reshape(-1), shape, batch_size=n, flags=NDArrayFlags.backprop_accumulate)
-        layer.apply_backward(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y, dy, dx)
+        dx = input_batch(layer, wide_dx, n, flags=NDArrayFlags.backprop_accumulate)
+        layer.apply_backward(n, input_batch(layer, wide_x, n), y, dy, dx)
     np.testing.assert_allclose(y, reference.conv2d(x, weight, stride=stride, padding=pad, dilation=dil, groups=groups),
                                rtol=1e-4, atol=_tolerance(cin * k[0] * k[1]))
     dx_ref = reference.conv2d_backward(x, weight, dy, stride=stride, padding=pad, dilation=dil, groups=groups)[0]
@@ -144,11 +137,7 @@ TRANSPOSED = [
 @pytest.mark.parametrize("engine", list(ENGINES), indirect=True)
 def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
-    x = random_array(rng, (n, cin, h, w))
-    torch_weight = random_array(rng, (cin, cout // groups) + k, 0.3)
-    bias = random_array(rng, (cout,))
-    layer, (oh, ow) = client_layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, dil, groups,
-                                   transposed_weight_to_bnns(torch_weight, groups), bias, AF.tanh, n_threads)
+    x, torch_weight, bias, layer, (oh, ow) = transposed_case_layer(rng, case, AF.tanh, n_threads)
     with layer:
         _check_engine(backend, layer, engine)
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
@@ -156,10 +145,7 @@ def test_transposed_forward_and_backward(case, engine, n_threads, backend, rng, 
         if groups == 1:  # BNNS does not differentiate grouped transposed layers
             _check_engine(backend, layer, engine, ("input_gradient", "weights_gradient"))
             dy = random_array(rng, y.shape)
-            dx = np.full(x.shape, np.nan, np.float32)
-            dw = np.full((cout, cin) + k, np.nan, np.float32)  # BNNS OIHW of a transposed layer
-            db = np.full(bias.shape, np.nan, np.float32)
-            layer.apply_backward(n, x, y, dy, dx, dw, db)
+            dx, dw, db = backward_into_nan(layer, n, x, y, dy, (cout, cin) + k, bias.shape)  # dw: BNNS OIHW
     expected = reference.conv_transpose2d(x, torch_weight, bias, stride=stride, padding=pad, dilation=dil,
                                           groups=groups, activation=AF.tanh)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups * k[0] * k[1]))
@@ -403,7 +389,7 @@ def test_pointwise_strided_input(case, layout, backend, rng, monkeypatch, no_fil
     with layer:
         assert backend.filter_engine(layer.bnns_filter) == "direct pointwise"
         y = np.full((n, cout, h, w), np.nan, np.float32)
-        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), layer.input_descriptor.shape, batch_size=n), y)
+        layer.apply(n, input_batch(layer, wide_x, n), y)
     expected = reference.conv2d(x, weight, bias, groups=groups, activation=AF.rectified_linear)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups))
 

@@ -8,7 +8,8 @@ from bnns_py import (ActivationFunction as AF, ConvolutionLayer, ConvolutionPadd
                      NDArrayDescriptor, Shape, reference)
 from bnns_py.functional import transposed_weight_to_bnns
 
-from conftest import client_layer, random_array
+from conftest import (backward_into_nan, client_layer, input_batch, random_array, row_gap_strides, standard_case_layer,
+                      transposed_case_layer)
 
 THREADS = [1, 2, 3]
 
@@ -36,11 +37,7 @@ DEPTHWISE = [
 @pytest.mark.parametrize("case", STANDARD + [c + (c[1],) for c in DEPTHWISE])
 def test_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
-    x = random_array(rng, (n, cin, h, w))
-    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
-    bias = random_array(rng, (cout,))
-    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
-                             AF.rectified_linear, n_threads)
+    x, weight, bias, layer, (oh, ow) = standard_case_layer(rng, case, AF.rectified_linear, n_threads)
     with layer:
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, x, y)
@@ -58,12 +55,7 @@ def test_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
 ])
 def test_transposed_forward_matches_reference(case, n_threads, rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
-    x = random_array(rng, (n, cin, h, w))
-    torch_weight = random_array(rng, (cin, cout // groups) + k, 0.3)
-    bias = random_array(rng, (cout,))
-    bnns_weight = transposed_weight_to_bnns(torch_weight, groups)
-    layer, (oh, ow) = client_layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, dil, groups, bnns_weight,
-                             bias, AF.tanh, n_threads)
+    x, torch_weight, bias, layer, (oh, ow) = transposed_case_layer(rng, case, AF.tanh, n_threads)
     with layer:
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, x, y)
@@ -82,19 +74,12 @@ def test_transposed_forward_matches_reference(case, n_threads, rng, no_filter_le
                                   DEPTHWISE[6] + (DEPTHWISE[6][1],)])
 def test_backward_matches_reference(case, n_threads, rng, no_filter_leaks):
     n, cin, cout, h, w, k, stride, pad, dil, groups = case
-    x = random_array(rng, (n, cin, h, w))
-    weight = random_array(rng, (cout, cin // groups) + k, 0.3)
-    bias = random_array(rng, (cout,))
-    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias,
-                             AF.identity, n_threads)
+    x, weight, bias, layer, (oh, ow) = standard_case_layer(rng, case, AF.identity, n_threads)
     with layer:
         y = np.empty((n, cout, oh, ow), np.float32)
         layer.apply(n, x, y)
         dy = random_array(rng, y.shape)
-        dx = np.full(x.shape, np.nan, np.float32)
-        dw = np.full(weight.shape, np.nan, np.float32)
-        db = np.full(bias.shape, np.nan, np.float32)
-        layer.apply_backward(n, x, y, dy, dx, dw, db)
+        dx, dw, db = backward_into_nan(layer, n, x, y, dy, weight.shape, bias.shape)
     dx_ref, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy, stride=stride, padding=pad, dilation=dil,
                                                        groups=groups)
     depth = np.sqrt(n * oh * ow)
@@ -105,20 +90,13 @@ def test_backward_matches_reference(case, n_threads, rng, no_filter_leaks):
 
 @pytest.mark.parametrize("n_threads", THREADS)
 def test_transposed_backward_matches_reference(n_threads, rng, no_filter_leaks):
-    n, cin, cout, h, w, k, stride, pad = 2, 48, 24, 12, 10, (4, 4), (2, 2), (1, 1, 1, 1)
-    x = random_array(rng, (n, cin, h, w))
-    torch_weight = random_array(rng, (cin, cout) + k, 0.3)
-    bias = random_array(rng, (cout,))
-    layer, (oh, ow) = client_layer(ConvolutionType.transposed, cin, cout, h, w, k, stride, pad, (1, 1), 1,
-                             transposed_weight_to_bnns(torch_weight, 1), bias, AF.identity, n_threads)
+    case = n, cin, cout, h, w, k, stride, pad, _, _ = 2, 48, 24, 12, 10, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1
+    x, torch_weight, bias, layer, (oh, ow) = transposed_case_layer(rng, case, AF.identity, n_threads)
     with layer:
         y = np.empty((n, cout, oh, ow), np.float32)
         layer.apply(n, x, y)
         dy = random_array(rng, y.shape)
-        dx = np.full(x.shape, np.nan, np.float32)
-        dw = np.full((cout, cin) + k, np.nan, np.float32)
-        db = np.full(bias.shape, np.nan, np.float32)
-        layer.apply_backward(n, x, y, dy, dx, dw, db)
+        dx, dw, db = backward_into_nan(layer, n, x, y, dy, (cout, cin) + k, bias.shape)
     dx_ref, dw_ref, db_ref = reference.conv_transpose2d_backward(x, torch_weight, dy, stride=stride, padding=pad)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(dw, transposed_weight_to_bnns(dw_ref, 1), rtol=1e-4, atol=1e-3)
@@ -205,23 +183,20 @@ def test_depthwise_3x3_rows_that_fit_a_vector(height, width, row_gap, n_threads,
     width: forward with bias and ReLU, the input gradient (for a packed input, the same kind of
     layer) and the weight gradient."""
     n, c, h, w = 3, 6, height, width
-    row = w + row_gap
     weight, bias = random_array(rng, (c, 1, 3, 3), 0.5), random_array(rng, (c,))
     layer, (oh, ow) = client_layer(ConvolutionType.standard, c, c, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), c,
                                    weight, bias, AF.rectified_linear, n_threads,
-                                   input_strides=(1, row, row * h) if row_gap else (0, 0, 0))
+                                   input_strides=row_gap_strides(h, w, row_gap))
     assert (oh, ow) == (h, w)
-    wide_x = random_array(rng, (n, c, h, row))
+    wide_x = random_array(rng, (n, c, h, w + row_gap))
     wide_dx = np.full(wide_x.shape, np.nan, np.float32)
     x = wide_x[..., :w]
     with layer:
-        shape = layer.input_descriptor.shape
         y = np.full((n, c, oh, ow), np.nan, np.float32)
-        layer.apply(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y)
+        layer.apply(n, input_batch(layer, wide_x, n), y)
         dy = random_array(rng, y.shape) * (y > 0)
         dw = np.full(weight.shape, np.nan, np.float32)
-        layer.apply_backward(n, NDArrayDescriptor(wide_x.reshape(-1), shape, batch_size=n), y, dy,
-                             NDArrayDescriptor(wide_dx.reshape(-1), shape, batch_size=n), dw)
+        layer.apply_backward(n, input_batch(layer, wide_x, n), y, dy, input_batch(layer, wide_dx, n), dw)
     np.testing.assert_allclose(y, reference.conv2d(x, weight, bias, padding=1, groups=c, activation=AF.rectified_linear),
                                rtol=1e-5, atol=1e-5)
     dx_ref, dw_ref, _ = reference.conv2d_backward(x, weight, dy, padding=1, groups=c)

@@ -1,6 +1,6 @@
-/* Kernel tester of the tiny-layer kernel of engines/conv_engine.c (bp_tiny_planes: the padded copy
-   of a group's input planes, then one output plane or a pair from it, up to 8 rows at a time and
-   one vector per row): for every vector tier this CPU runs, called directly on random stride-1
+/* Kernel tester of the tiny-layer kernel (kernels/tiny_planes.c), through engines/conv_engine.c's
+   bp_tiny_planes (the padded copy of a group's input planes, then one output plane or a pair from
+   it, up to 8 rows at a time and one vector per row): for every vector tier this CPU runs, called directly on random stride-1
    geometries whose rows have 1 to 8 outputs (kernels, dilations, paddings, channels, image
    strides), 24 trials per shape class, against a plain C loop.
    out[m][oy][ox] = bias[m] + sum over (ci, ky, kx) of w[m][ci][ky][kx] * x(ci, oy + ky*dy - pt, ox + kx*dx - pl).

@@ -1,6 +1,6 @@
-/* Kernel tester of the Winograd F(2x2, 3x3) transforms of engines/winograd.c: for every vector tier
-   this CPU runs, each transform called directly on random sizes, 24 trials per shape class,
-   against plain C loops with the transform matrices written out:
+/* Kernel tester of the Winograd F(2x2, 3x3) transforms (engines/winograd.c, kernels/winograd_rows.c):
+   for every vector tier this CPU runs, each transform called directly on random sizes, 24 trials
+   per shape class, against plain C loops with the transform matrices written out:
      input   the input rows of a tile row of output phase (a, b) split into even and odd columns
              (bp_winograd_tile_row_inputs; dilations, paddings, image strides), then
              V = Bt D B of each 4x4 tile D (bp_winograd_tile_row_transform), for row widths of any

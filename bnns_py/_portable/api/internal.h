@@ -66,6 +66,20 @@ typedef struct {
     bool packed;             /* sx == 1, sy == w, sc == w*h */
 } bp_image;
 
+/* The operands of a weight gradient over a batch (the engines' weight-gradient jobs): image b of x,
+   laid out as *x_img, at x + b * x_bs, its output gradient (packed) at dy + b * dy_bs, and
+   dw = beta * dw + the sum over the batch. */
+typedef struct {
+    size_t batch;
+    const bp_image *x_img;
+    const float *x;
+    size_t x_bs;
+    const float *dy;
+    size_t dy_bs;
+    float *dw;
+    float beta;
+} bp_weight_gradient_operands;
+
 /* Resolve the first `rank` strides of d (0 = packed after the previous axis), check sizes are
    nonzero, axes do not overlap and nothing overflows; `name` prefixes the error reason. */
 bool bp_resolve_strides(const BNNSNDArrayDescriptor *d, size_t rank, const char *name, size_t stride_out[8],

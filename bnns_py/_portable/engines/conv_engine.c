@@ -1,5 +1,5 @@
 /* The convolution engine: im2col + GEMM forward, GEMM + col2im backward-data and GEMM weight
-   gradient, and the tiny-layer kernel, all on the geometry of a standard convolution S (see
+   gradient, and tiny layers (kernels/tiny_planes.c), all on the geometry of a standard convolution S (see
    bp_geom in internal.h); layers with one input channel per group go to the depthwise engine
    (depthwise.c).
 
@@ -8,10 +8,8 @@
    tasks to the workers of the pool (parallel.c). A worker does its im2col, its single-threaded
    GEMM and its epilogue on its own cache-sized scratch, so nothing waits between the steps. */
 #include <string.h>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
+#include "conv_kernels.h"
 #include "depthwise.h"
 #include "direct.h"
 #include "internal.h"
@@ -80,21 +78,9 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
    nothing downstream has bounds to work out. */
 static BP_NO_LIBCALLS void fill_padded_planes(const bp_geom *g, const bp_image *img, const float *x, size_t c0,
                                               float *pad) {
+    if (bp_fill_short_padded_rows(g, img, x, c0, pad)) return;
     size_t ph = g->out_h + (g->kh - 1) * g->dy, pw = g->out_w + (g->kw - 1) * g->dx;
     size_t x0 = bp_min(g->pl, pw), x1 = bp_min(g->pl + g->in_w, pw), n = x1 > x0 ? x1 - x0 : 0;
-#if defined(__AVX512F__)
-    if (img->sx == 1 && pw <= 16) { /* each padded row in one store: its values in place, zeros around */
-        __mmask16 row_mask = (__mmask16)((1u << pw) - 1u), data = (__mmask16)(((1u << n) - 1u) << x0);
-        for (size_t ci = 0; ci < g->in_cg; ci++)
-            for (size_t py = 0; py < ph; py++) {
-                __m512 v = _mm512_setzero_ps();
-                if (n > 0 && py >= g->pt && py - g->pt < g->in_h)
-                    v = _mm512_maskz_expandloadu_ps(data, x + (c0 + ci) * img->sc + (py - g->pt) * img->sy);
-                _mm512_mask_storeu_ps(pad + (ci * ph + py) * pw, row_mask, v);
-            }
-        return;
-    }
-#endif
     if (img->sx == 1) { /* all zeros in whole vectors, then each image row in whole vectors */
         size_t all = g->in_cg * ph * pw, y1 = bp_min(g->pt + g->in_h, ph);
         for (size_t i = 0; i < all; i += BP_VL) bp_vstore_part(pad + i, bp_vzero(), all - i);
@@ -316,92 +302,13 @@ typedef struct {
     const bp_gemm_ctx *ctx;
     task_plan p;
     bool direct;
-    bool small; /* small_plane straight from the padded planes */
+    bool small; /* the tiny-layer kernel straight from the padded planes */
 } forward_job;
 
-/* Eight floats as one value (GCC and Clang vector extension; lowered to whatever SIMD the target
-   has, or to scalars), so the tiny-layer kernel keeps its accumulators in registers. */
-typedef float bp_v8 __attribute__((vector_size(32)));
-
-/* The first n of 8 values to dst (the tiny-layer kernel's rows of at most 8 outputs). */
-static inline void store_part(float *dst, const bp_v8 *v, size_t n) {
-    if (n >= 8) {
-        memcpy(dst, v, sizeof *v);
-        return;
-    }
-#if defined(__AVX2__)
-    static const int32_t ramp[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-    __m256i lanes = _mm256_loadu_si256((const __m256i *)ramp);
-    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
-    __m256 value;
-    memcpy(&value, v, sizeof value);
-    _mm256_maskstore_ps(dst, mask, value);
-#else
-    for (size_t i = 0; i < n; i++) dst[i] = (*v)[i];
-#endif
-}
-
-/* Tiny layers (rows of at most 8 outputs, little work in all): straight from the padded planes,
-   one vector per output row and up to 8 rows at a time, with no column matrix and no GEMM call, whose
-   fixed costs would dominate. Lanes past out_w read padding or the scratch's slack and are not
-   stored. */
+/* Tiny layers (rows of at most 8 outputs, little work in all) take the tiny-layer kernel
+   (kernels/tiny_planes.c), with no column matrix and no GEMM call, whose fixed costs would
+   dominate. */
 enum { SMALL_DIRECT_FLOPS = 1 << 21 };
-/* Output channels are done in pairs, which halves the loads per multiply-add, where there are
-   registers for it; rows 8 at a time with 32 vector registers, 4 with 16. */
-#if defined(__AVX512VL__)
-enum { SMALL_PAIRS = 1, SMALL_ACCUMULATORS = 16 };
-#elif defined(__AVX__)
-enum { SMALL_PAIRS = 1, SMALL_ACCUMULATORS = 8 };
-#else
-enum { SMALL_PAIRS = 0, SMALL_ACCUMULATORS = 8 };
-#endif
-
-/* M output channels of R rows at once: each input vector loaded feeds M accumulators. */
-static inline __attribute__((always_inline)) void small_rows(const bp_geom *g, const float *pad, const float *wo,
-                                                             const float *bias, size_t y0, float *out, const int M,
-                                                             const int R) {
-    size_t ow = g->out_w, ohw = out_pixels(g), ph = g->out_h + (g->kh - 1) * g->dy, pw = ow + (g->kw - 1) * g->dx;
-    bp_v8 acc[2][8];
-    for (int m = 0; m < M; m++) {
-        bp_v8 start = {bias[m], bias[m], bias[m], bias[m], bias[m], bias[m], bias[m], bias[m]};
-        for (int r = 0; r < R; r++) acc[m][r] = start;
-    }
-    size_t k = g->k, t = 0;
-    for (size_t ci = 0; ci < g->in_cg; ci++)
-        for (size_t ky = 0; ky < g->kh; ky++) {
-            const float *row = pad + ci * ph * pw + (y0 + ky * g->dy) * pw;
-            for (size_t kx = 0; kx < g->kw; kx++, t++) {
-                const float *src = row + kx * g->dx;
-                for (int r = 0; r < R; r++) {
-                    bp_v8 v;
-                    memcpy(&v, src + (size_t)r * pw, sizeof v);
-#if defined(__AVX__)
-                    if (M > 1) __asm__("" : "+x"(v)); /* one load for all M, not one folded into each FMA */
-#endif
-                    for (int m = 0; m < M; m++) acc[m][r] += wo[(size_t)m * k + t] * v;
-                }
-            }
-        }
-    for (int m = 0; m < M; m++)
-        for (int r = 0; r < R; r++) store_part(out + (size_t)m * ohw + (y0 + (size_t)r) * ow, &acc[m][r], ow);
-}
-
-static inline __attribute__((always_inline)) void small_planes(const bp_geom *g, const float *pad, const float *wo,
-                                                               const float *bias, float *out, const int M) {
-    size_t y = 0;
-    if (M * 8 <= SMALL_ACCUMULATORS)
-        for (; y + 8 <= g->out_h; y += 8) small_rows(g, pad, wo, bias, y, out, M, 8);
-    for (; y + 4 <= g->out_h; y += 4) small_rows(g, pad, wo, bias, y, out, M, 4);
-    for (; y < g->out_h; y++) small_rows(g, pad, wo, bias, y, out, M, 1);
-}
-
-static void small_plane_pair(const bp_geom *g, const float *pad, const float *wo, const float *bias, float *out) {
-    small_planes(g, pad, wo, bias, out, 2);
-}
-
-static void small_plane(const bp_geom *g, const float *pad, const float *wo, const float *bias, float *out) {
-    small_planes(g, pad, wo, bias, out, 1);
-}
 
 static void forward_tasks(void *arg, int worker, int workers) {
     const forward_job *j = arg;
@@ -424,14 +331,14 @@ static void forward_tasks(void *arg, int worker, int workers) {
                 have = u;
             }
             for (size_t m = m0; m < m1;) {
-                size_t o = grp * g->out_cg + m, n = SMALL_PAIRS && m1 - m >= 2 ? 2 : 1;
+                size_t o = grp * g->out_cg + m, n = BP_TINY_PAIRS && m1 - m >= 2 ? 2 : 1;
                 float *plane = j->y + b * j->y_bs + o * ohw, bias[2];
                 for (size_t i = 0; i < n; i++)
                     bias[i] = j->e != NULL && j->e->bias != NULL ? j->e->bias[(o + i) * j->e->bias_stride] : 0.0f;
                 if (n == 2)
-                    small_plane_pair(g, pad, j->w + o * g->k, bias, plane);
+                    bp_tiny_plane_pair(g, pad, j->w + o * g->k, bias, plane);
                 else
-                    small_plane(g, pad, j->w + o * g->k, bias, plane);
+                    bp_tiny_plane(g, pad, j->w + o * g->k, bias, plane);
                 if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, plane, n * ohw);
                 m += n;
             }
@@ -467,8 +374,8 @@ static void forward_tasks(void *arg, int worker, int workers) {
 void bp_tiny_planes(const bp_geom *g, const bp_image *img, const float *x, float *pad, const float *wo,
                     const float *bias, float *out, bool pairs) {
     fill_padded_planes(g, img, x, 0, pad);
-    if (pairs) small_plane_pair(g, pad, wo, bias, out);
-    else small_plane(g, pad, wo, bias, out);
+    if (pairs) bp_tiny_plane_pair(g, pad, wo, bias, out);
+    else bp_tiny_plane(g, pad, wo, bias, out);
 }
 
 bool bp_conv_small(const bp_geom *g) {
@@ -587,14 +494,7 @@ void bp_conv_backward_data(const bp_geom *g, const float *w, size_t batch, const
 
 typedef struct {
     const bp_geom *g;
-    size_t batch;
-    const bp_image *x_img;
-    const float *x;
-    size_t x_bs;
-    const float *dy;
-    size_t dy_bs;
-    float *dw;
-    float beta;
+    bp_weight_gradient_operands op;
     const bp_scratch *s;
     const bp_gemm_ctx *ctx;
     size_t chunks, tasks;
@@ -603,6 +503,7 @@ typedef struct {
 
 static void weights_tasks(void *arg, int worker, int workers) {
     const weights_job *j = arg;
+    const bp_weight_gradient_operands *op = &j->op;
     const bp_geom *g = j->g;
     size_t ohw = out_pixels(g), t0, t1;
     bp_split(j->tasks, worker, workers, &t0, &t1);
@@ -611,24 +512,24 @@ static void weights_tasks(void *arg, int worker, int workers) {
         size_t q = t % j->chunks, grp = t / j->chunks, r0, r1;
         bp_split(g->k, (int)q, (int)j->chunks, &r0, &r1);
         if (r0 >= r1) continue;
-        float *dwg = j->dw + grp * g->out_cg * g->k + r0;
+        float *dwg = op->dw + grp * g->out_cg * g->k + r0;
         bool first = true;
-        for (size_t b = 0; b < j->batch; b++) {
-            const float *x = j->x + b * j->x_bs;
-            const float *dyg = j->dy + b * j->dy_bs + grp * g->out_cg * ohw;
+        for (size_t b = 0; b < op->batch; b++) {
+            const float *x = op->x + b * op->x_bs;
+            const float *dyg = op->dy + b * op->dy_bs + grp * g->out_cg * ohw;
             size_t rows = j->direct ? g->out_h : g->block_rows;
             for (size_t oy0 = 0; oy0 < g->out_h; oy0 += rows) {
                 size_t oy1 = bp_min(oy0 + rows, g->out_h), nb = (oy1 - oy0) * g->out_w;
                 const float *cols = col;
                 size_t ldb = nb;
                 if (j->direct) {
-                    cols = x + (grp * g->in_cg + r0) * j->x_img->sc;
+                    cols = x + (grp * g->in_cg + r0) * op->x_img->sc;
                     ldb = ohw;
                 } else {
-                    bp_im2col_block(g, j->x_img, x, grp * g->in_cg, r0, r1, oy0, oy1, col);
+                    bp_im2col_block(g, op->x_img, x, grp * g->in_cg, r0, r1, oy0, oy1, col);
                 }
                 bp_sgemm(j->ctx, false, true, g->out_cg, r1 - r0, nb, 1.0f, dyg + oy0 * g->out_w, ohw, cols, ldb,
-                         first ? j->beta : 1.0f, dwg, g->k);
+                         first ? op->beta : 1.0f, dwg, g->k);
                 first = false;
             }
         }
@@ -647,7 +548,7 @@ void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_
         bp_depthwise_weight_gradient(g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s, ctx->threads);
         return;
     }
-    weights_job j = {g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s, ctx, 1, 0, direct_columns(g, x_img)};
+    weights_job j = {g, {batch, x_img, x, x_bs, dy, dy_bs, dw, beta}, s, ctx, 1, 0, direct_columns(g, x_img)};
     int workers = bp_workers_for(ctx->threads, flops);
     if (g->groups < (size_t)workers) j.chunks = bp_min(bp_ceil_div((size_t)workers, g->groups), g->k);
     j.tasks = g->groups * j.chunks;

@@ -267,47 +267,41 @@ void bp_depthwise_backward_data_strided(const bp_geom *g, const float *w, size_t
 
 typedef struct {
     const bp_geom *g;
-    size_t batch;
-    const bp_image *x_img;
-    const float *x;
-    size_t x_bs;
-    const float *dy;
-    size_t dy_bs;
-    float *dw;
-    float beta;
+    bp_weight_gradient_operands op;
     const bp_scratch *s;
 } weights_job;
 
 static void weights_tasks(void *arg, int worker, int workers) {
     const weights_job *j = arg;
+    const bp_weight_gradient_operands *op = &j->op;
     const bp_geom *g = j->g;
     size_t ohw = g->out_h * g->out_w, taps = g->kh * g->kw, o0, o1;
     bp_split(g->out_c, worker, workers, &o0, &o1);
     if (o0 >= o1) return;
     dw_worker k;
-    worker_start(&k, g, j->x_img, j->s->base + (size_t)worker * j->s->stride, 0);
+    worker_start(&k, g, op->x_img, j->s->base + (size_t)worker * j->s->stride, 0);
     for (size_t o = o0; o < o1; o++) {
-        const float *x = j->x + (o / g->out_cg) * j->x_img->sc, *dy = j->dy + o * ohw;
-        float *dst = j->dw + o * taps, sums[BP_DW_MAX_TAPS] = {0};
+        const float *x = op->x + (o / g->out_cg) * op->x_img->sc, *dy = op->dy + o * ohw;
+        float *dst = op->dw + o * taps, sums[BP_DW_MAX_TAPS] = {0};
         if (k.kernel == DW_GENERAL) { /* any number of taps: the sums go straight to dW */
-            bp_dw_general_weights(g, j->x_img, x, j->x_bs, dy, j->dy_bs, j->batch, j->beta, dst);
+            bp_dw_general_weights(g, op->x_img, x, op->x_bs, dy, op->dy_bs, op->batch, op->beta, dst);
             continue;
         }
         if (k.kernel == DW_3X3_PAIRS || k.kernel == DW_3X3_STRIPS)
-            bp_dw3x3_strips_weights(g, j->x_img, x, j->x_bs, dy, j->dy_bs, j->batch, sums);
+            bp_dw3x3_strips_weights(g, op->x_img, x, op->x_bs, dy, op->dy_bs, op->batch, sums);
         else
-            for (size_t b = 0; b < j->batch; b++) {
-                bp_dw_fill_plane(g, j->x_img, x + b * j->x_bs, k.plane);
-                bp_dw_padded_weights(g, k.plane, k.off, dy + b * j->dy_bs, sums);
+            for (size_t b = 0; b < op->batch; b++) {
+                bp_dw_fill_plane(g, op->x_img, x + b * op->x_bs, k.plane);
+                bp_dw_padded_weights(g, k.plane, k.off, dy + b * op->dy_bs, sums);
             }
-        for (size_t t = 0; t < taps; t++) dst[t] = j->beta == 0.0f ? sums[t] : j->beta * dst[t] + sums[t];
+        for (size_t t = 0; t < taps; t++) dst[t] = op->beta == 0.0f ? sums[t] : op->beta * dst[t] + sums[t];
     }
 }
 
 void bp_depthwise_weight_gradient(const bp_geom *g, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
                                   const float *dy, size_t dy_bs, float *dw, float beta, const bp_scratch *s,
                                   int threads) {
-    weights_job j = {g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s};
+    weights_job j = {g, {batch, x_img, x, x_bs, dy, dy_bs, dw, beta}, s};
     int workers = bp_workers_for(threads, 2 * batch * g->out_c * g->out_h * g->out_w * g->k);
     if ((size_t)workers > g->out_c) workers = (int)g->out_c;
     bp_parallel_run(workers, weights_tasks, &j);

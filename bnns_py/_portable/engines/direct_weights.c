@@ -48,14 +48,8 @@ size_t bp_direct_weights_scratch_floats(const bp_direct *d) {
 
 typedef struct {
     const bp_direct *d;
-    size_t batch, bands;
-    const bp_image *x_img;
-    const float *x;
-    size_t x_bs;
-    const float *dy;
-    size_t dy_bs;
-    float *dw;
-    bool add;
+    size_t bands;
+    bp_weight_gradient_operands op; /* beta: 0 or 1 */
     const bp_scratch *s;
     size_t blocks; /* of STEP_BLOCK steps: the work split between workers */
 } weights_job;
@@ -68,7 +62,7 @@ static void pack_dy(const weights_job *j, size_t b, size_t grp, size_t r0, size_
     const bp_direct *d = j->d;
     const phase_t *ph = &d->ph[0];
     size_t plane = ph->oh * ph->ow, np = n * ph->ow, p8 = np / 8 * 8;
-    const float *dy = j->dy + b * j->dy_bs + grp * d->m * plane + r0 * ph->ow;
+    const float *dy = j->op.dy + b * j->op.dy_bs + grp * d->m * plane + r0 * ph->ow;
     for (size_t m0 = 0, t = 0; m0 < d->m; m0 += STEP_NC, t++) {
         float *tile = out + t * ld * DY_SLOTS;
         const float *rows[DY_SLOTS];
@@ -103,6 +97,7 @@ static void transpose_steps(const bp_direct *d, const float *origin, const int32
 
 static void weights_worker(void *arg, int worker, int workers) {
     const weights_job *j = arg;
+    const bp_weight_gradient_operands *op = &j->op;
     const bp_direct *d = j->d;
     const phase_t *ph = &d->ph[0];
     size_t b0, b1;
@@ -110,7 +105,7 @@ static void weights_worker(void *arg, int worker, int workers) {
     size_t k0 = bp_min(b0 * STEP_BLOCK, ph->k), k1 = bp_min(b1 * STEP_BLOCK, ph->k);
     if (k0 >= k1) return;
     size_t c0 = k0 / ph->taps, c1 = bp_ceil_div(k1, ph->taps), cs = d->sphases * d->plane;
-    size_t tiles = bp_ceil_div(d->m, STEP_NC), up = unit_pixels(d), units = j->batch * j->bands;
+    size_t tiles = bp_ceil_div(d->m, STEP_NC), up = unit_pixels(d), units = op->batch * j->bands;
     size_t group = bp_min(group_units(d), units), gp = group * up; /* pixels a group holds at most */
     /* scratch: the group's planes, dy tiles ([tile][group pixel][8]), transposed block, a row of
        zeros, pixel offsets, step offsets */
@@ -123,7 +118,7 @@ static void weights_worker(void *arg, int worker, int workers) {
     float tmp[8 * STEP_BLOCK];
     size_t first[64 + 1], rows_of[64]; /* each unit's first pixel in the group, its band rows */
     for (size_t grp = 0; grp < d->groups; grp++) {
-        float *dw = j->dw + grp * d->m * ph->k;
+        float *dw = op->dw + grp * d->m * ph->k;
         for (size_t u0 = 0; u0 < units; u0 += group) {
             size_t nu = bp_min(group, units - u0);
             first[0] = 0;
@@ -131,7 +126,7 @@ static void weights_worker(void *arg, int worker, int workers) {
                 size_t band = (u0 + g) % j->bands, b = (u0 + g) / j->bands, r0 = band * d->band_rows;
                 rows_of[g] = bp_min(d->band_rows, d->oh_max - r0);
                 first[g + 1] = first[g] + rows_of[g] * ph->ow;
-                bp_direct_fill_planes(d, j->x_img, j->x + b * j->x_bs + grp * d->c * j->x_img->sc, c0, c1, r0,
+                bp_direct_fill_planes(d, op->x_img, op->x + b * op->x_bs + grp * d->c * op->x_img->sc, c0, c1, r0,
                                       rows_of[g], planes + g * d->planes);
                 pack_dy(j, b, grp, r0, rows_of[g], zeros, dyp + first[g] * DY_SLOTS, gp);
             }
@@ -145,7 +140,7 @@ static void weights_worker(void *arg, int worker, int workers) {
                 /* a chunk of the group's pixels (its transposed rows stay in cache) against every tile */
                 for (size_t p0 = 0; p0 < np; p0 += PIXEL_CHUNK) {
                     size_t pn = bp_min(PIXEL_CHUNK, np - p0);
-                    bool add = j->add || u0 > 0 || p0 > 0;
+                    bool add = op->beta != 0.0f || u0 > 0 || p0 > 0;
                     for (size_t m0 = 0, t = 0; m0 < d->m; m0 += STEP_NC, t++) {
                         float *at = dw + m0 * ph->k + kb;
                         const float *src = dyp + (t * gp + p0) * DY_SLOTS, *w = xt + p0 * ld;
@@ -167,8 +162,8 @@ static void weights_worker(void *arg, int worker, int workers) {
 void bp_direct_weight_gradient(const bp_direct *d, size_t batch, const bp_image *x_img, const float *x, size_t x_bs,
                                const float *dy, size_t dy_bs, float *dw, bool add, const bp_scratch *s, int threads) {
     const phase_t *ph = &d->ph[0];
-    weights_job j = {d, batch, bp_ceil_div(d->oh_max, d->band_rows), x_img, x, x_bs, dy, dy_bs, dw, add, s,
-                     bp_ceil_div(ph->k, STEP_BLOCK)};
+    weights_job j = {d, bp_ceil_div(d->oh_max, d->band_rows), {batch, x_img, x, x_bs, dy, dy_bs, dw, add ? 1.0f : 0.0f},
+                     s, bp_ceil_div(ph->k, STEP_BLOCK)};
     size_t flops = 2 * batch * d->groups * d->m * ph->k * ph->oh * ph->ow;
     int workers = bp_workers_for(threads, flops);
     if ((size_t)workers > j.blocks) workers = (int)j.blocks;

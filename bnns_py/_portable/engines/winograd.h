@@ -56,7 +56,7 @@ void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size
                                  float *work, const bp_scratch *s, const bp_gemm_ctx *ctx);
 
 /* The transforms of one tile row, which the kernel tester (tests/kernels/winograd.c) also calls
-   (winograd.c describes them): the input rows under tile row ty of output phase (a, b) split into
+   (winograd.c and kernels/winograd_rows.c describe them): the input rows under tile row ty of output phase (a, b) split into
    even (e) and odd (o) columns, rows ld floats apart; their transforms into V (planes vp apart);
    the output transform of M (planes mp apart, WINO_BW channels per tile) into two output rows. */
 void bp_winograd_tile_row_inputs(const bp_geom *g, size_t tw, size_t ld, const bp_image *img, const float *plane,

@@ -31,6 +31,9 @@
 #define bp_im2col_block BP_TIER_SYMBOL(bp_im2col_block)
 #define bp_col2im_block BP_TIER_SYMBOL(bp_col2im_block)
 #define bp_tiny_planes BP_TIER_SYMBOL(bp_tiny_planes)
+#define bp_tiny_plane BP_TIER_SYMBOL(bp_tiny_plane)
+#define bp_tiny_plane_pair BP_TIER_SYMBOL(bp_tiny_plane_pair)
+#define bp_fill_short_padded_rows BP_TIER_SYMBOL(bp_fill_short_padded_rows)
 /* engines/depthwise.c */
 #define bp_depthwise BP_TIER_SYMBOL(bp_depthwise)
 #define bp_depthwise_adjoint BP_TIER_SYMBOL(bp_depthwise_adjoint)
