@@ -154,7 +154,7 @@ static inline __attribute__((always_inline)) void strips(const bp_geom *g, const
     for (size_t ox0 = 0; ox0 < g->out_w; ox0 += BP_VL) {
         if (g->sx == 1) strip(g, img, x, k, e, ox0, out, 1, false, pf, prefetch);
         else strip(g, img, x, k, e, ox0, out, 2, false, pf, prefetch);
-        pf.at += pf.per_row * g->out_h * 64;
+        if (prefetch) pf.at += pf.per_row * g->out_h * 64;
     }
 }
 
@@ -162,11 +162,13 @@ void bp_dw3x3_strips(const bp_geom *g, const bp_image *img, const float *x, cons
                      const bp_dw_epilogue *e, float *out, const float *next, size_t next_n) {
     bp_vec k[9];
     for (int t = 0; t < 9; t++) k[t] = bp_vset1(wk[t]);
-    size_t lines = next == NULL ? 0 : bp_ceil_div(next_n * sizeof(float), 64);
-    size_t rows = bp_ceil_div(g->out_w, BP_VL) * g->out_h;
-    prefetch_lines pf = {(const char *)next, (const char *)next + lines * 64, bp_ceil_div(lines, rows)};
-    if (next != NULL) strips(g, img, x, k, e, out, pf, true);
-    else strips(g, img, x, k, e, out, pf, false);
+    if (next == NULL) {
+        strips(g, img, x, k, e, out, (prefetch_lines){NULL, NULL, 0}, false);
+        return;
+    }
+    size_t lines = bp_ceil_div(next_n * sizeof(float), 64), rows = bp_ceil_div(g->out_w, BP_VL) * g->out_h;
+    strips(g, img, x, k, e, out, (prefetch_lines){(const char *)next, (const char *)next + lines * 64,
+                                                  bp_ceil_div(lines, rows)}, true);
 }
 
 /* acc[t] += dy * the tap's input over one image's strip from ox0. */
