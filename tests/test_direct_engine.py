@@ -16,8 +16,8 @@ from bnns_py import (ActivationFunction as AF, ConvolutionType, Flags, NDArrayFl
                      reference)
 from bnns_py.functional import transposed_weight_to_bnns
 
-from conftest import (backward_into_nan, client_layer, input_batch, random_array, standard_case_layer,
-                      transposed_case_layer)
+from conftest import (backward_into_nan, client_layer, input_batch, random_array, run_child_on_tier,
+                      standard_case_layer, transposed_case_layer)
 
 pytestmark = pytest.mark.requires_portable_internals
 
@@ -476,3 +476,56 @@ def test_each_tier_fuses_activations_and_sees_weight_changes(isa, engine, backen
     info = json.loads(child.stdout.strip().splitlines()[-1])
     assert info["isa"] == isa
     assert set(info["kinds"].values()) == {ENGINES[engine][0]}
+
+
+# Runs in a child process per vector tier: stride-2 layers of 1-4 input channels (the stem's and
+# MobileNet's first layers, scaled down) with odd sizes, symmetric and asymmetric padding and
+# batches of 1-3, on every kernel (the planner's choice and each one forced when the filter is
+# made), copied and client-pointer weights, 1 and 2 threads, every fused activation in turn: the
+# phase planes filled two column phases at a time, and every store of the bias and activation.
+STRIDE2_CHILD = r"""
+import os, sys
+import numpy as np
+import bnns_py
+from bnns_py import ConvolutionType, Flags, reference
+sys.path.insert(0, sys.argv[1])
+from conftest import assert_close_to_reference, client_layer, random_array
+from test_forward import ACTIVATIONS
+
+# (batch, cin, cout, h, w, k, stride, pad (l, r, t, b))
+GEOMETRIES = [
+    (3, 1, 20, 17, 23, (3, 3), (2, 2), (1, 1, 1, 1)),
+    (1, 2, 9, 15, 13, (5, 5), (2, 2), (2, 1, 0, 2)),
+    (2, 3, 37, 21, 19, (7, 7), (2, 2), (3, 3, 3, 3)),
+    (1, 4, 70, 11, 29, (3, 3), (2, 2), (0, 1, 1, 0)),
+    (2, 3, 32, 25, 9, (3, 3), (2, 1), (1, 1, 1, 1)),
+]
+ENGINES = {None: ("direct pixels", "direct flat pixels", "direct rows", "im2col"), "pixels": ("direct pixels",),
+           "flat-pixels": ("direct flat pixels",), "rows": ("direct rows",)}
+rng = np.random.default_rng(5)
+backend = bnns_py.get_backend()
+for engine, kinds in ENGINES.items():
+    for i, act in enumerate(ACTIVATIONS):
+        n, cin, cout, h, w, k, stride, pad = GEOMETRIES[i % len(GEOMETRIES)]
+        x = random_array(rng, (n, cin, h, w), 3.0)
+        weight = random_array(rng, (cout, cin) + k, 0.3)
+        bias = random_array(rng, (cout,))
+        os.environ.pop("BNNS_PY_PORTABLE_ENGINE", None)
+        if engine is not None:
+            os.environ["BNNS_PY_PORTABLE_ENGINE"] = engine
+        layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, (1, 1), 1, weight,
+                                       bias, act, 1 + i % 2, flags=None if i % 3 else Flags.none)
+        with layer:
+            ran = backend.filter_engine(layer.bnns_filter)
+            assert ran in kinds, f"{engine}: {ran} for {GEOMETRIES[i % len(GEOMETRIES)]}"
+            y = np.full((n, cout, oh, ow), np.nan, np.float32)
+            layer.apply(n, x, y)
+        expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, activation=act)
+        assert_close_to_reference(y, expected, cin * k[0] * k[1], f"{engine} {act} {GEOMETRIES[i % len(GEOMETRIES)]}")
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_stride2_few_input_channels_every_activation_on_each_tier(isa):
+    run_child_on_tier(isa, STRIDE2_CHILD)

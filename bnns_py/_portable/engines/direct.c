@@ -673,12 +673,12 @@ typedef struct {
     float lo, hi;
 } dest_t;
 
-/* v[i] = min(hi, max(lo, v[i] + bias)) for i < n (a NaN stays NaN). */
-static void clamp_run(float *v, size_t n, float bias, float lo, float hi) {
+/* p[i] = min(hi, max(lo, v[i] + bias)) for i < n (a NaN stays NaN); p may be v. */
+static void clamp_run(float *p, const float *v, size_t n, float bias, float lo, float hi) {
     for (size_t i = 0; i < n; i++) {
         float x = v[i] + bias;
         x = x < lo ? lo : x;
-        v[i] = x > hi ? hi : x;
+        p[i] = x > hi ? hi : x;
     }
 }
 
@@ -693,13 +693,17 @@ static void emit_run(const dest_t *d, size_t m, size_t oy, size_t ox, float *v, 
         size_t i = 0;
         if (d->stream) { /* whole aligned vectors stream past the caches: no read for ownership */
             if (act != NULL) { /* a clamp: on the values first, in L1 */
-                clamp_run(v, n, bias, d->lo, d->hi);
+                clamp_run(v, v, n, bias, d->lo, d->hi);
                 bias = 0.0f;
                 act = NULL;
             }
             bp_vec b = bp_vset1(bias);
             for (; i < n && (uintptr_t)(p + i) % sizeof(bp_vec) != 0; i++) p[i] = v[i] + bias;
             for (; i + BP_VL <= n; i += BP_VL) bp_vstream(p + i, bp_vadd(bp_vload(v + i), b));
+        }
+        if (act != NULL && d->clamp) { /* the bias and the clamp in one pass */
+            clamp_run(p + i, v + i, n - i, bias, d->lo, d->hi);
+            return;
         }
         for (; i < n; i++) p[i] = v[i] + bias;
         if (act != NULL) bp_activation_apply(act, p, n); /* on the run just written, still in L1 */
