@@ -207,3 +207,26 @@ def test_concurrent_activation_backward_on_one_layer(n_threads, rng, no_filter_l
         for t in threads:
             t.join()
     assert failures == []
+
+
+@pytest.mark.parametrize("engine", ["pixels", "rows"])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_input_gradient_of_client_weights_changed_between_calls(groups, engine, rng, monkeypatch, no_filter_leaks):
+    """The direct engine's input gradient packs the client weights at every call (the run's two
+    threads each pack a block of input channels when they first need it, or wait for the other
+    to finish packing it): weights changed in place between calls are the ones differentiated, for
+    every group and block."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", engine)  # read when a filter is made
+    cin, cout, size, batch = 512, 128, 7, 4
+    weight = random_array(rng, (cout, cin // groups, 3, 3), 0.05)
+    layer, _ = client_layer(ConvolutionType.standard, cin, cout, size, size, (3, 3), (1, 1), (1,) * 4, (1, 1), groups,
+                            weight, None, AF.identity, 2)
+    with layer:
+        x = random_array(rng, (batch, cin, size, size))
+        dx = np.empty_like(x)
+        for call in range(3):
+            weight[...] = random_array(rng, weight.shape, 0.05)
+            dy = random_array(rng, (batch, cout, size, size))
+            layer.apply_backward(batch, x, None, dy, dx)
+            dx_ref, _, _ = reference.conv2d_backward(x, weight, dy, padding=1, groups=groups)
+            assert_close_to_reference(dx, dx_ref, cout // groups * 9, f"input gradient, call {call}")
