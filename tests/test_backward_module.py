@@ -63,6 +63,22 @@ def test_repeated_steps_on_fresh_arrays_match_reference(transposed, activation, 
             module.weight -= 0.1 * grads.weight  # an optimizer step, in place: the next step reads it
 
 
+def test_transposed_module_with_a_weight_copy_on_kept_calls(backend, rng, monkeypatch, no_filter_leaks):
+    """A backend that reads weight descriptors without strides gets a BNNS-layout copy of a
+    ConvTranspose2d weight, refreshed at each step; its gradient comes back in PyTorch's layout."""
+    monkeypatch.setattr(backend, "honours_weight_strides", False)
+    module, _, _ = _module(rng, True, AF.tanh)
+    with module:
+        assert module._bnns_weight is not module.weight
+        for _ in range(3):
+            x = random_array(rng, (2, 3, 4, 5))
+            y = module.forward(x)
+            dy = random_array(rng, y.shape)
+            grads = module.backward(x, y, dy)
+            _check(module, x, y, dy, grads)
+            module.weight -= 0.1 * grads.weight
+
+
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
 def test_kept_calls_without_input_gradient_y_or_bias(transposed, rng, no_filter_leaks):
     module, _, _ = _module(rng, transposed, None, bias=False)
