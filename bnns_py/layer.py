@@ -594,7 +594,7 @@ class BackwardRunner:
         dx = None if self.input_shape is None else np.empty(self.input_shape, np.float32)
         dw = np.empty(self.weights_shape, np.float32)
         db = None if self.bias_shape is None else np.empty(self.bias_shape, np.float32)
-        dx_c = dw_c = db_c = ffi.NULL
+        dx_c = db_c = ffi.NULL
         if dx is not None:
             dx_c = new(_DESCRIPTOR, self.in_delta.c_descriptor[0])  # type: ignore[union-attr]
             dx_c.data = from_buffer(dx)
