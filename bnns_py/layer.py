@@ -556,6 +556,66 @@ class WeightedLayer(UnaryLayer):
             raise ValueError("input (the forward input) is required for weights_gradient")
 
 
+class BackwardRunner:
+    """``apply_backward`` of a weighted layer for one batch of packed float32 numpy operands (the
+    shapes of a call already checked by ``apply_backward``): the gradient arrays are allocated and
+    their descriptors copied from templates made once, then one C call. Each call has its own
+    descriptors, so calls from several threads may run at once."""
+
+    __slots__ = ("layer", "function", "batch", "in_stride", "out_stride", "in_delta", "out_delta", "weights_delta",
+                 "bias_delta", "in_delta_stride", "out_delta_stride", "input_shape", "weights_shape", "bias_shape")
+
+    def __init__(self, layer: "WeightedLayer", batch_size: int, input_shape: Optional[Tuple[int, ...]],
+                 weights_shape: Tuple[int, ...], bias_shape: Optional[Tuple[int, ...]]) -> None:
+        """``input_shape``: of the input gradient (None: not computed); ``weights_shape`` and
+        ``bias_shape`` (None: the layer has no bias): of the arrays the weight and bias gradients
+        are returned in, of the layer's weights' and bias's memory."""
+        def template(descriptor: NDArrayDescriptor) -> NDArrayDescriptor:
+            return NDArrayDescriptor(shape=descriptor.shape, data_type=DataType.float32)
+
+        self.layer = layer
+        self.function = layer._backend.lib.BNNSFilterApplyBackwardBatch
+        self.batch = batch_size
+        self.in_stride, self.out_stride = layer._operands["input"][1], layer._operands["output"][1]
+        self.in_delta = None if input_shape is None else template(layer.input_descriptor)
+        self.out_delta = template(layer.output_descriptor)
+        self.weights_delta = template(layer.weights)
+        self.bias_delta = None if layer.bias is None or bias_shape is None else template(layer.bias)
+        self.in_delta_stride = layer.input_descriptor.shape.batch_stride if input_shape is not None else 0
+        self.out_delta_stride = layer.output_descriptor.shape.batch_stride
+        self.input_shape, self.weights_shape, self.bias_shape = input_shape, weights_shape, bias_shape
+
+    def run(self, input: "npt.NDArray[Any]", output: Optional["npt.NDArray[Any]"],
+            output_gradient: "npt.NDArray[Any]") -> Tuple[Optional["npt.NDArray[Any]"], "npt.NDArray[Any]",
+                                                          Optional["npt.NDArray[Any]"]]:
+        """(dL/dx or None, dL/dW, dL/db or None), new arrays, for operands of the checked shapes
+        (C-contiguous float32, aligned: not checked here)."""
+        new, from_buffer = ffi.new, ffi.from_buffer
+        dx = None if self.input_shape is None else np.empty(self.input_shape, np.float32)
+        dw = np.empty(self.weights_shape, np.float32)
+        db = None if self.bias_shape is None else np.empty(self.bias_shape, np.float32)
+        dx_c = db_c = ffi.NULL
+        if dx is not None:
+            dx_c = new(_DESCRIPTOR, self.in_delta.c_descriptor[0])  # type: ignore[union-attr]
+            dx_c.data = from_buffer(dx)
+        dy_c = new(_DESCRIPTOR, self.out_delta.c_descriptor[0])
+        dy_c.data = from_buffer(output_gradient)
+        dw_c = new(_DESCRIPTOR, self.weights_delta.c_descriptor[0])
+        dw_c.data = from_buffer(dw)
+        if db is not None:
+            db_c = new(_DESCRIPTOR, self.bias_delta.c_descriptor[0])  # type: ignore[union-attr]
+            db_c.data = from_buffer(db)
+        status = self.layer._call(self.function, self.batch, from_buffer(input), self.in_stride, dx_c,
+                                  self.in_delta_stride, ffi.NULL if output is None else from_buffer(output),
+                                  self.out_stride, dy_c, self.out_delta_stride, dw_c, db_c)
+        if status != 0:
+            self.layer._fail("BNNSFilterApplyBackwardBatch")
+        return dx, dw, db
+
+
+_DESCRIPTOR = ffi.typeof("BNNSNDArrayDescriptor *")
+
+
 def _locked(lock: Any, call: Callable[[], int]) -> int:
     with lock:
         return call()
@@ -569,4 +629,4 @@ def _check_batch_size(batch_size: int) -> int:
     return int(batch_size)
 
 
-__all__ = ["Layer", "UnaryLayer", "WeightedLayer", "check_array_shape", "filter_counts", "create_filter", "get_backend"]
+__all__ = ["BackwardRunner", "Layer", "UnaryLayer", "WeightedLayer", "check_array_shape", "filter_counts", "create_filter", "get_backend"]

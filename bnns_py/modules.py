@@ -23,6 +23,7 @@ from ._arrays import (FLOAT32, Array, float32_array, image_input, image_output, 
 from .activation import ActivationFunction
 from .convolution import ConvolutionLayer
 from .fully_connected import FullyConnectedLayer
+from .layer import BackwardRunner
 from .backend import get_backend
 from .errors import LayerClosedError
 from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, ConvFilter, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
@@ -142,6 +143,23 @@ def _runner_key(x: Any, out: Any) -> Any:
     return x.shape, x.strides, out.shape, out.strides
 
 
+def _backward_key(x: Any, y: Any, grad_output: Any, need_input_gradient: bool) -> Any:
+    """What fixes a backward call's filter, gradient shapes and checks, for float32 numpy operands
+    (else None)."""
+    if type(x) is not np.ndarray or x.dtype is not FLOAT32 or type(grad_output) is not np.ndarray or \
+            grad_output.dtype is not FLOAT32:
+        return None
+    if y is None:
+        return x.shape, x.strides, None, grad_output.shape, grad_output.strides, bool(need_input_gradient)
+    if type(y) is not np.ndarray or y.dtype is not FLOAT32:
+        return None
+    return x.shape, x.strides, y.shape, y.strides, grad_output.shape, grad_output.strides, bool(need_input_gradient)
+
+
+def _aligned(*arrays: Optional[Array]) -> bool:
+    return all(a is None or a.flags.aligned for a in arrays)
+
+
 class _ConvModule(_Lifecycle):
     _transposed = False
 
@@ -161,6 +179,9 @@ class _ConvModule(_Lifecycle):
         # numpy calls seen before -> the filter bound to their layer, its checks and C pointers
         # prepared: the same shapes and strides again skip the layout work of ``forward``
         self._runners: Dict[Any, ConvFilter] = {}
+        # backward calls seen before (C-contiguous numpy operands) -> their layer's gradient
+        # descriptors, made once
+        self._backward_runners: Dict[Any, BackwardRunner] = {}
         self._honours_image_strides: Optional[bool] = None  # the backend's, once resolved (backend=None: at first use)
         self._init_lifecycle()
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
@@ -285,6 +306,16 @@ class _ConvModule(_Lifecycle):
         LayerClosedError
             The module was closed.
         """
+        key = _backward_key(x, y, grad_output, need_input_gradient)
+        runner = self._backward_runners.get(key) if key is not None else None
+        if runner is not None and _aligned(x, y, grad_output):
+            self._enter()
+            try:
+                self._sync_weight()
+                grad_input, grad_weight, grad_bias = runner.run(x, y, grad_output)
+            finally:
+                self._exit()
+            return self._gradients(grad_input, grad_weight, grad_bias)
         self._enter()
         try:
             prepared = image_input("x", x, self.spec.in_channels, honour_strides=False)  # packed
@@ -292,25 +323,40 @@ class _ConvModule(_Lifecycle):
             batch, _, height, width = x4.shape
             layer = self._layer(height, width)
             out_shape = (batch, self.spec.out_channels) + self.spec.output_hw(height, width)
-            y = None if y is None else _gradient_operand("y", y, out_shape, single, (3, 4))
-            grad_output = _gradient_operand("grad_output", grad_output, out_shape, single, (3, 4))
+            y_array = None if y is None else _gradient_operand("y", y, out_shape, single, (3, 4))
+            dy = _gradient_operand("grad_output", grad_output, out_shape, single, (3, 4))
             grad_input = np.empty_like(x4) if need_input_gradient else None
             grad_weight = np.empty_like(self._bnns_weight)  # in the layout BNNS reads (and writes)
             grad_bias = None if self.bias is None else np.empty_like(self.bias)
             self._sync_weight()
-            layer.apply_backward(batch, x4, y, grad_output, grad_input, grad_weight, grad_bias)
+            layer.apply_backward(batch, x4, y_array, dy, grad_input, grad_weight, grad_bias)
+            if key is not None and not prepared.copied and (y is None or y.flags.c_contiguous) and \
+                    grad_output.flags.c_contiguous:  # all read in place, as the same shapes and strides will be
+                self._keep_backward_runner(key, layer, batch, x.shape if need_input_gradient else None)
         finally:
             self._exit()
-        if self._bnns_weight is not self.weight:
-            grad_weight = transposed_weight_from_bnns(grad_weight, self.spec.groups)
         if grad_input is not None and single:
             grad_input = grad_input[0]
+        return self._gradients(grad_input, grad_weight, grad_bias)
+
+    def _keep_backward_runner(self, key: Any, layer: ConvolutionLayer, batch: int,
+                              input_shape: Optional[Tuple[int, ...]]) -> None:
+        bias_shape = None if self.bias is None else self.bias.shape
+        runner = BackwardRunner(layer, batch, input_shape, self._bnns_weight.shape, bias_shape)
+        with self._layers_lock:
+            if len(self._backward_runners) >= _RUNNERS_PER_MODULE:
+                self._backward_runners.clear()
+            self._backward_runners[key] = runner
+
+    def _gradients(self, grad_input: Optional[Array], grad_weight: Array, grad_bias: Optional[Array]) -> Gradients:
+        if self._bnns_weight is not self.weight:
+            grad_weight = transposed_weight_from_bnns(grad_weight, self.spec.groups)
         return Gradients(grad_input, grad_weight, grad_bias)
 
     def _release(self) -> None:
         with self._layers_lock:
             layers = list(self._layers.values()) + list(self._view_layers.values())
-            self._layers, self._view_layers, self._runners = {}, {}, {}
+            self._layers, self._view_layers, self._runners, self._backward_runners = {}, {}, {}, {}
         for layer in layers:
             layer.close()
 

@@ -159,6 +159,7 @@ typedef struct {
     bp_work w;
     bool whole_batch;      /* each engine call takes the whole batch: dz is out_delta itself or dz_batch */
     float *dz_batch;       /* the whole batch's dz (packed images, out_packed.item apart), or NULL */
+    bool dz_batch_temporary; /* dz_batch is the call's own, not the filter's */
     bool dx_winograd;      /* dx as the adjoint convolution of dy on the Winograd pass */
     bool dw_winograd;      /* dW on the Winograd pass (standard layers; else on S's forward plan) */
     float *dw_sums;        /* its workers' sums: the filter's, or the call's own (dw_sums_temporary) */
@@ -173,7 +174,24 @@ typedef struct {
     bp_image in_packed, out_packed;
 } backward_plan;
 
-static void plan_call(const bp_filter *f, const backward_call *c, backward_plan *p) {
+/* Room for the whole batch's dz: the filter's buffer, grown when a batch needs more (only a call
+   holding the filter's workspace uses it, so no two calls share it), or for a call working in
+   private memory its own; NULL when memory is short (the call then runs image by image). */
+static float *dz_batch_buffer(bp_filter *f, bool temporary, size_t batch, size_t item) {
+    size_t floats, bytes;
+    if (!bp_mul(batch, item, &floats) || !bp_mul(floats, sizeof(float), &bytes)) return NULL;
+    if (temporary) return bp_alloc(&f->allocator, bytes);
+    if (atomic_load_explicit(&f->dz_batch_floats, memory_order_relaxed) < floats) {
+        float *grown = bp_alloc(&f->allocator, bytes);
+        if (grown == NULL) return NULL;
+        bp_free(&f->allocator, f->dz_batch);
+        f->dz_batch = grown;
+        atomic_store_explicit(&f->dz_batch_floats, floats, memory_order_relaxed);
+    }
+    return f->dz_batch;
+}
+
+static void plan_call(bp_filter *f, const backward_call *c, bool temporary, backward_plan *p) {
     const bp_geom *g = &f->g;
     p->direct = NULL;
     p->weights = NULL;
@@ -197,8 +215,9 @@ static void plan_call(const bp_filter *f, const backward_call *c, backward_plan 
     bool dx_plain = c->in_delta == NULL || (c->dx_img.packed && !accumulates(c->in_delta));
     bool dz_is_dy = f->activation.function == BNNSActivationFunctionIdentity && c->dy_img.packed;
     p->dz_batch = NULL;
+    p->dz_batch_temporary = temporary;
     if (!f->transposed && !dz_is_dy) /* dz for the whole batch first; per image if memory is short */
-        p->dz_batch = bp_alloc(&f->allocator, c->batch * p->out_packed.item * sizeof(float));
+        p->dz_batch = dz_batch_buffer(f, temporary, c->batch, p->out_packed.item);
     p->whole_batch = dz_is_dy ? !f->transposed || (f->in.packed && dx_plain) : p->dz_batch != NULL;
     p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain;
     size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
@@ -386,17 +405,15 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     backward_plan p;
     bp_work_split(f, base, &p.w);
     memset(p.w.dbias, 0, f->out.c * sizeof(float));
-    plan_call(f, &c, &p);
-    if (!acquire_dw_sums(f, temporary, &p)) {
-        bp_free(&f->allocator, p.dz_batch);
-        bp_work_release(f, base, temporary);
-        return -1;
+    plan_call(f, &c, temporary, &p);
+    bool ok = acquire_dw_sums(f, temporary, &p);
+    if (ok) {
+        if (p.whole_batch) run_whole_batch(f, &c, &p);
+        else run_per_image(f, &c, &p);
+        store_gradients(f, &c, &p);
+        release_dw_sums(f, &p);
     }
-    if (p.whole_batch) run_whole_batch(f, &c, &p);
-    else run_per_image(f, &c, &p);
-    store_gradients(f, &c, &p);
-    bp_free(&f->allocator, p.dz_batch);
-    release_dw_sums(f, &p);
+    if (p.dz_batch_temporary) bp_free(&f->allocator, p.dz_batch);
     bp_work_release(f, base, temporary);
-    return 0;
+    return ok ? 0 : -1;
 }

@@ -250,6 +250,7 @@ static void destroy_filter(bp_filter *f) {
     if (twin != NULL) bp_twin_destroy(twin);
     bp_free(&a, f->workspace);
     bp_free(&a, atomic_load(&f->wino_dw_sums));
+    bp_free(&a, f->dz_batch);
     for (int i = 0; i < 2; i++) {
         if (f->direct[i] != NULL) bp_direct_destroy(f->direct[i], &a);
         bp_free(&a, f->direct_w[i]);
@@ -570,6 +571,7 @@ size_t bnns_portable_filter_reserved_bytes(BNNSFilter filter) {
     size_t bytes = f->workspace_floats * sizeof(float);
     if (atomic_load(&f->wino_dw_sums) != NULL)
         bytes += bp_winograd_gradient_floats(&f->g, &f->wino, f->workers) * sizeof(float);
+    bytes += atomic_load(&f->dz_batch_floats) * sizeof(float);
     return bytes + bnns_portable_filter_reserved_bytes(atomic_load(&f->twin));
 }
 

@@ -55,6 +55,10 @@ typedef struct bp_filter {
        runs it, for the calls that hold the workspace (backward.c) */
     bool wino_dw, wino_dw_forced;
     float *_Atomic wino_dw_sums;
+    /* a backward call's dz = dy * f'(y) for its whole batch (backward.c): grown to the largest
+       batch seen by the calls that hold the workspace (only they use it), freed with the filter */
+    float *dz_batch;
+    _Atomic size_t dz_batch_floats;
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;

@@ -741,7 +741,32 @@ typedef struct {
     bool clamp;          /* e's activation is a clamp to [lo, hi] (dest_t) */
     float lo, hi;
     _Atomic size_t next; /* the next task to take */
+    /* backward plans' weights packed as the run goes (NULL: packed before it): the state of each
+       (group, channel block) of packed, see ready_weights */
+    _Atomic unsigned char *block_state;
 } run_job;
+
+enum { BLOCK_IDLE, BLOCK_PACKING, BLOCK_READY, RUN_PACKED_BLOCKS_MAX = 1024 };
+
+/* The packed weights of channel block mb of phase p, group grp. A run that packs backward weights
+   as it goes packs every phase of a block when a thread first needs it (the threads share the
+   packing, none waits for a worker that wakes late); a thread needing a block another one is
+   packing waits for it. */
+static const float *ready_weights(const run_job *j, size_t grp, size_t p, size_t mb) {
+    _Atomic unsigned char *state = j->block_state == NULL ? NULL : &j->block_state[grp * j->mblocks + mb];
+    if (state != NULL && atomic_load_explicit(state, memory_order_acquire) != BLOCK_READY) {
+        unsigned char idle = BLOCK_IDLE;
+        if (atomic_compare_exchange_strong_explicit(state, &idle, BLOCK_PACKING, memory_order_acquire,
+                                                    memory_order_acquire)) {
+            pack_backward_block(j->d, j->weights, grp, mb, (float *)j->packed);
+            atomic_store_explicit(state, BLOCK_READY, memory_order_release);
+        } else {
+            while (atomic_load_explicit(state, memory_order_acquire) != BLOCK_READY) {
+            }
+        }
+    }
+    return packed_at(j->d, (float *)j->packed, grp, p, mb);
+}
 
 /* Rows kernel over the band's flat positions [0, nb*wq), channel blocks [mb0, mb1), a tile of
    flat positions at a time against every block (its source vectors stay in cache). */
@@ -753,7 +778,7 @@ static void run_rows(const run_job *j, size_t p, const float *planes, size_t grp
     const float *origin = planes + d->prefix;
     for (size_t q0 = 0; q0 < flat; q0 += np) {
         for (size_t mb = mb0; mb < mb1; mb++) {
-            rows_tile(d->bw, origin + q0, ph->off, ph->k, packed_at(d, (float *)j->packed, grp, p, mb), tb);
+            rows_tile(d->bw, origin + q0, ph->off, ph->k, ready_weights(j, grp, p, mb), tb);
             size_t rows = bp_min(d->bw, d->m - mb * d->bw);
             for (size_t q = q0, end = bp_min(q0 + np, flat); q < end;) {
                 size_t oy = q / d->wq, ox = q % d->wq, stop = bp_min(end, (oy + 1) * d->wq);
@@ -861,7 +886,7 @@ static void pixels_emit_pair(const bp_direct *d, const phase_t *ph, const float 
 /* The weights of chunk [k0, k0 + n) of block mb: from the packed weights, or packed now. */
 static const float *chunk_weights(const run_job *j, size_t grp, size_t p, size_t mb, size_t k0, size_t n,
                                   float *chunk) {
-    if (j->packed != NULL) return packed_at(j->d, (float *)j->packed, grp, p, mb) + k0 * j->d->bw;
+    if (j->packed != NULL) return ready_weights(j, grp, p, mb) + k0 * j->d->bw;
     pack_block(j->d, j->weights, grp, p, mb, k0, n, chunk);
     return chunk;
 }
@@ -1003,7 +1028,7 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     flops *= batch * d->groups;
     run_job j = {d, pass->packed, &pass->weights, src_img, src, src_bs, dst_img, dst, dst_bs, accumulate, e, s,
                  batch, bp_ceil_div(d->oh_max, d->band_rows), 1, 0, bp_ceil_div(d->m, d->bw), 1, false, false,
-                 0.0f, 0.0f, 0};
+                 0.0f, 0.0f, 0, NULL};
     j.clamp = e != NULL && e->act != NULL && bp_clamp_bounds(e->act, &j.lo, &j.hi);
     int workers = bp_workers_for(threads, flops);
     size_t out_floats = 0;
@@ -1042,9 +1067,15 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     j.tasks = batch * d->groups * j.bands * j.chunks;
     /* Weights the filter does not hold packed: a forward plan's pixels kernel packs each chunk
        as it goes when each block of channels is used by one task only (one image and band per
-       group); otherwise they are packed once, up front (backward plans always: every phase from
-       one read of each kernel, which per-phase chunks would read once per phase). */
-    if (j.packed == NULL && (d->backward || !(d->kind == KIND_PIXELS && batch * j.bands == 1))) {
+       group); otherwise they are packed once (backward plans: every phase of a block from one
+       read of each kernel, which per-phase chunks would read once per phase), by the run's
+       threads as they first need each block (backward plans with few enough blocks) or up front. */
+    _Atomic unsigned char block_state[RUN_PACKED_BLOCKS_MAX];
+    if (j.packed == NULL && d->backward && d->groups * j.mblocks <= RUN_PACKED_BLOCKS_MAX) {
+        for (size_t b = 0; b < d->groups * j.mblocks; b++) atomic_init(&block_state[b], BLOCK_IDLE);
+        j.block_state = block_state;
+        j.packed = pass->pack_buffer;
+    } else if (j.packed == NULL && (d->backward || !(d->kind == KIND_PIXELS && batch * j.bands == 1))) {
         bp_direct_pack(d, &pass->weights, pass->pack_buffer, threads);
         j.packed = pass->pack_buffer;
     }
