@@ -54,7 +54,7 @@ size_t bp_fc_tile_rows(size_t nb) {
 #if BP_VREGS >= 32
     static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 8, 8, 6, 4, 4};
 #else
-    static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 4, 3, 2};
+    static const unsigned char rows[FC_NB_MAX + 1] = {0, 8, 6, 4, 3};
 #endif
     return rows[nb];
 }
@@ -70,7 +70,7 @@ void bp_fc_tile(size_t mr, size_t nb, const float *w, size_t ldw, const float *x
         FC_CASE(8, 1) FC_CASE(8, 2) FC_CASE(8, 3) FC_CASE(6, 3) FC_CASE(6, 4) FC_CASE(4, 4) FC_CASE(4, 5)
         FC_CASE(4, 6) FC_CASE(1, 5) FC_CASE(1, 6)
 #else
-        FC_CASE(8, 1) FC_CASE(4, 1) FC_CASE(4, 2) FC_CASE(3, 2) FC_CASE(3, 3) FC_CASE(2, 3) FC_CASE(2, 4)
+        FC_CASE(8, 1) FC_CASE(6, 1) FC_CASE(6, 2) FC_CASE(4, 2) FC_CASE(4, 3) FC_CASE(3, 3) FC_CASE(3, 4)
 #endif
         FC_CASE(1, 1) FC_CASE(1, 2) FC_CASE(1, 3) FC_CASE(1, 4)
     default: break; /* not reached: see fc_kernels.h */
