@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the documentation with warnings as errors, then run its doctests: the Markdown pages' and
-# the numpydoc examples in the modules listed below. The examples run against the installed
-# bnns-py (from a temporary folder, so the source tree is not imported instead).
+# Build the documentation with warnings as errors (broken links and anchors too), check the
+# README's links, then run the doctests: the Markdown pages' and the numpydoc examples in the
+# modules listed below. The examples run against the installed bnns-py (from a temporary folder,
+# so the source tree is not imported instead).
 # Usage: .ci/docs.sh PYTHON   (a Python with bnns-py installed; the 'docs' extra's packages are
 #                              installed into it when missing: sphinx, myst-parser)
 set -euo pipefail
@@ -18,6 +19,8 @@ fi
 out="${BNNS_PY_DOCS_OUT:-$(mktemp -d)/html}"
 "$python" -m sphinx -W --keep-going -q -b html docs "$out"
 echo "docs: built without warnings into $out"
+# Sphinx checks the pages' links and anchors; README.md is not one of its pages
+"$python" tools/check_links.py README.md
 
 # Modules whose docstrings carry runnable numpydoc examples.
 modules=(bnns_py.shape bnns_py.enums bnns_py.filter_parameters bnns_py.compare bnns_py.reference

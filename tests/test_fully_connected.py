@@ -604,3 +604,40 @@ def test_backward_of_copied_weights_uses_the_copy(layout, padded_row, activation
     assert_close_to_reference(dx, dx_ref, 3)
     assert_close_to_reference(dw[:, :5], dw_ref, 4)
     assert_close_to_reference(db, db_ref, 4)
+
+
+@pytest.mark.requires_portable_internals
+@pytest.mark.parametrize("vector_stride", [1, 2], ids=["packed", "strided"])
+def test_copied_weights_are_held_once(vector_stride, backend, rng, no_filter_leaks):
+    """A layer that copies its weights holds one copy of them: the kernel's packed panels (padded
+    to whole panels: at most one vector tier's widest panel, 48 outputs, more) over contiguous
+    vectors, the weights as given over strided ones; with its bias and a small workspace. Its
+    first backward call makes the client-pointer twin that computes the gradients, from the
+    panels unpacked: right results, and the twin's copy counted too."""
+    out_size, in_size, n = 200, 96, 5
+    weight, bias = random_array(rng, (out_size, in_size)), random_array(rng, (out_size,))
+    layer = FullyConnectedLayer(
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(in_size, stride=vector_stride)),
+        NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(out_size, stride=vector_stride)),
+        NDArrayDescriptor(weight.copy().reshape(-1), Shape.matrix_row_major(in_size, out_size)),
+        NDArrayDescriptor(bias, Shape.vector(out_size)), backend=backend)
+    x = random_array(rng, (n, in_size, vector_stride))
+
+    def batch(a):  # the layer's view of a batch of vectors
+        return a[..., 0] if vector_stride == 1 else a.reshape(-1)
+
+    with layer:
+        made = backend.lib.bnns_portable_filter_reserved_bytes(layer.bnns_filter)
+        assert weight.nbytes + bias.nbytes <= made <= (out_size + 48) * in_size * 4 + bias.nbytes + 16384
+        y = np.zeros((n, out_size, vector_stride), np.float32)
+        layer.apply(n, batch(x), batch(y))
+        dy = random_array(rng, y.shape)
+        dx = np.zeros_like(x)
+        dw = np.empty_like(weight)
+        layer.apply_backward(n, batch(x), batch(y), batch(dy), batch(dx), dw)
+        trained = backend.lib.bnns_portable_filter_reserved_bytes(layer.bnns_filter)
+    assert_close_to_reference(y[..., 0], reference.linear(x[..., 0], weight, bias), in_size)
+    dx_ref, dw_ref, _ = reference.linear_backward(x[..., 0], weight, dy[..., 0])
+    assert_close_to_reference(dx[..., 0], dx_ref, out_size)
+    assert_close_to_reference(dw, dw_ref, n)
+    assert trained >= made + weight.nbytes + bias.nbytes, "the twin's copy of the weights and bias"

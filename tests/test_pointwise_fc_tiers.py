@@ -5,9 +5,10 @@ vector tier this CPU runs (BNNS_PY_ISA, in a fresh process), against the float64
 - fully connected: batches 1 to 17 (one block of batch rows up to the tier's most, then blocks of
   equal size), output counts below, at and past a tile and not a multiple of any vector width,
   input counts with every remainder of the vector widths, weights copied (packed into panels at
-  creation) and client pointers (read in place), input rows further apart than their length, 1 and 2 threads, and each class of
-  fused activation: clamps in the kernel (ReLU, Clamp), elementwise after it (sigmoid),
-  channelwise over each row (softmax); and batches past the kernel's (OpenBLAS) the same;
+  creation, the filter's only copy: its gradients too) and client pointers (read in place), input
+  rows further apart than their length, 1 and 2 threads, and each class of fused activation:
+  clamps in the kernel (ReLU, Clamp), elementwise after it (sigmoid), channelwise over each row
+  (softmax); and batches past the in-place kernel's (client weights: OpenBLAS) the same;
 - strided 1x1 layers (stride 2 and 3, unequal strides, odd sizes, source images with row and
   pixel strides) and stride-1 layers on 7x7 and 14x14 images, ReLU / Clamp fused or GELU after,
   reported as run by the pointwise kernel, with client-pointer and copied (packed) weights (the
@@ -43,8 +44,8 @@ def check(name, actual, expected, reduction):
     assert error <= 1e-5 * np.sqrt(reduction), (name, error)
 
 ACTIVATIONS = [None, AF.rectified_linear, AF.clamp((-0.3, 0.4)), AF.sigmoid, AF.softmax]
-# (batch, in, out): batches 1-17, outputs 1-3 (narrower than a tile), 37, 130; past the kernel's
-# batches (OpenBLAS): 40 (client weights), 258 (copied)
+# (batch, in, out): batches 1-17, outputs 1-3 (narrower than a tile), 37, 130; past the in-place
+# kernel's batches (client weights: OpenBLAS) 40 and 258, copied weights on their panels at any batch
 FC = [(1, 45, 37), (2, 16, 130), (3, 1, 7), (4, 33, 1), (5, 70, 37), (6, 17, 3), (7, 8, 130), (8, 45, 37),
       (9, 64, 2), (10, 31, 37), (11, 5, 130), (12, 45, 37), (13, 100, 9), (14, 16, 37), (15, 45, 130),
       (16, 47, 37), (17, 45, 37), (40, 45, 37), (41, 45, 37), (257, 20, 50), (258, 20, 50)]
@@ -69,6 +70,20 @@ for index, (n, k, m) in enumerate(FC):
         check(f"fc {n}x{k}->{m} {activation!r} t{threads}", out, expected, k)
         check(f"linear {n}x{k}->{m} {activation!r} t{threads} rows {rows.shape[1]}",
               bnns_py.linear(x, weight, bias, activation=activation), expected, k)
+
+# copied weights are held as panels only: the gradients come from the panels unpacked
+weight = rng.standard_normal((130, 45)).astype(np.float32)
+x, dy = rng.standard_normal((3, 45)).astype(np.float32), rng.standard_normal((3, 130)).astype(np.float32)
+layer = FullyConnectedLayer(NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(45)),
+                            NDArrayDescriptor(data_type=DataType.float32, shape=Shape.vector(130)),
+                            NDArrayDescriptor(weight.copy().reshape(-1), Shape.matrix_row_major(45, 130)))
+with layer:
+    y, dx, dw = np.empty((3, 130), np.float32), np.empty_like(x), np.empty_like(weight)
+    layer.apply(3, x, y)
+    layer.apply_backward(3, x, y, dy, dx, dw)
+dx_ref, dw_ref, _ = reference.linear_backward(x, weight, dy)
+check("fc copied 3x45->130 dx", dx, dx_ref, 130)
+check("fc copied 3x45->130 dw", dw, dw_ref, 3)
 
 # (batch, cin, cout, h, w, stride (h, w), input strides (x, row, channel; 0: packed))
 POINTWISE = [(2, 64, 40, 28, 28, (2, 2), (0, 0, 0)), (3, 9, 11, 8, 33, (2, 2), (0, 0, 0)),
@@ -114,4 +129,4 @@ def test_fc_and_pointwise_kernels_on_each_tier_against_float64(isa):
     assert child.returncode == 0, child.stderr[-3000:]
     info = json.loads(child.stdout.strip().splitlines()[-1])
     assert info["isa"] == isa
-    assert len(info["worst"]) == 21 * 2 * 2 + 11 * 2
+    assert len(info["worst"]) == 21 * 2 * 2 + 2 + 11 * 2

@@ -565,10 +565,22 @@ const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
     return bp_direct_kind(f->direct[which]);
 }
 
+/* The copies of the weights and bias a filter holds (those it owns, packed for its engines, and a
+   twin's copy of its parent's). */
+static size_t weight_copies_floats(const bp_filter *f) {
+    size_t floats = f->twin_copy_floats + (f->bias_owned != NULL ? f->out.c : 0);
+    if (f->w_owned != NULL) floats += weight_count(&f->g);
+    if (f->fc_panels != NULL) floats += bp_fc_packed_floats(f->out.c, f->in.c);
+    if (f->wino_u != NULL) floats += bp_winograd_weight_floats(&f->g);
+    for (int i = 0; i < 2; i++)
+        if (f->direct_w[i] != NULL) floats += bp_direct_weight_floats(f->direct[i]);
+    return floats;
+}
+
 size_t bnns_portable_filter_reserved_bytes(BNNSFilter filter) {
     const bp_filter *f = filter;
     if (f == NULL) return 0;
-    size_t bytes = f->workspace_floats * sizeof(float);
+    size_t bytes = (f->workspace_floats + weight_copies_floats(f)) * sizeof(float);
     if (atomic_load(&f->wino_dw_sums) != NULL)
         bytes += bp_winograd_gradient_floats(&f->g, &f->wino, f->workers) * sizeof(float);
     bytes += atomic_load(&f->dz_batch_floats) * sizeof(float);
@@ -608,7 +620,17 @@ bp_filter *bp_client_twin(const bp_filter *f) {
     if (copy == NULL) return NULL;
     memset(copy, 0, extent * sizeof(float));
     p.w_desc.data = copy;
-    bp_weights_to_descriptor(f, f->w_owned, &p.w_desc, f->w_stride, false);
+    float *unpacked = NULL; /* a fully-connected filter holding its packed panels only */
+    if (f->w_owned == NULL) {
+        unpacked = bp_alloc(&f->allocator, weight_count(&f->g) * sizeof(float));
+        if (unpacked == NULL) {
+            bp_free(&f->allocator, copy);
+            return NULL;
+        }
+        bp_fc_unpack(f->fc_panels, f->out.c, f->in.c, unpacked);
+    }
+    bp_weights_to_descriptor(f, unpacked != NULL ? unpacked : f->w_owned, &p.w_desc, f->w_stride, false);
+    bp_free(&f->allocator, unpacked);
     if (f->has_bias) {
         memcpy(copy + extent, f->bias_owned, bias_floats * sizeof(float));
         p.bias.data = copy + extent;
@@ -620,6 +642,7 @@ bp_filter *bp_client_twin(const bp_filter *f) {
         return NULL;
     }
     twin->twin_copy = copy;
+    twin->twin_copy_floats = extent + bias_floats;
     atomic_fetch_sub(&live_filters, 1); /* internal: the counts are the caller's filters */
     atomic_fetch_sub(&created_filters, 1);
     atomic_fetch_add(&live_twins, 1);
@@ -709,7 +732,7 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
 static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
                                size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
-    if (batch <= (f->fc_panels != NULL ? BP_FC_PACKED_BATCH_MAX : BP_FC_KERNEL_BATCH_MAX)) {
+    if (f->fc_panels != NULL || batch <= BP_FC_KERNEL_BATCH_MAX) {
         bp_epilogue e = forward_epilogue(f);
         e.act = &f->activation;
         bp_fc_forward(weights, n_in, f->fc_panels, n_out, n_in, batch, in, in_stride, out, out_stride, &e,
@@ -765,7 +788,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     bp_work_split(f, base, &w);
     bp_direct_pass pass;
     const bp_direct_pass *direct;
-    if (one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
+    if (f->fc_panels != NULL || one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
         const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
         forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
     } else if (f->winograd) {

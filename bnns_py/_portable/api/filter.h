@@ -12,7 +12,7 @@ typedef struct bp_filter {
     bool fully_connected;
     BNNSDataLayout fc_w_layout;   /* RowMajorMatrix {in, out} or 2DFirstMajor {out, in} */
     size_t fc_w_size[2];
-    float *fc_panels;             /* owned weights packed for the small-batch kernel (bp_fc_pack), or NULL */
+    float *fc_panels;             /* owned weights packed for bp_fc_forward (bp_fc_pack), or NULL */
     bp_allocator allocator;
     bp_gemm_ctx gemm;
     bool client;                  /* BNNSFlagsUseClientPtr: read weights/bias from the caller */
@@ -24,7 +24,8 @@ typedef struct bp_filter {
     BNNSDataLayout w_layout;
     size_t w_size[4], w_stride[4];
     /* S's weights as a packed [S.out_c][S.k] matrix: a filter-owned copy, or the caller's own
-       memory when it already has that form (client mode, standard OIHW packed) */
+       memory when it already has that form (client mode, standard OIHW packed); NULL in a
+       fully-connected filter that holds fc_panels instead (fully_connected.c) */
     float *w_owned;
     bool w_direct;
     bool w_oihw_kernels;          /* the caller's weights are OIHW, each kernel's taps contiguous */
@@ -73,6 +74,7 @@ typedef struct bp_filter {
     BNNSFilterParameters filter_params;
     bool has_filter_params;
     float *twin_copy;             /* a twin's weights and bias (bp_client_twin) */
+    size_t twin_copy_floats;
     struct bp_filter *_Atomic twin; /* the twin backward runs on (made at its first call, see backward.c) */
 } bp_filter;
 

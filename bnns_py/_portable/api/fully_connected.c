@@ -104,6 +104,22 @@ static void oihw_for_matrix(BNNSNDArrayDescriptor *w, const BNNSNDArrayDescripto
     w->stride[3] = s_out;
 }
 
+/* A filter owning its weights, over contiguous vectors (so that every call runs bp_fc_forward):
+   the packed panels replace its canonical copy, which only a backward call's client twin needs
+   again (bp_client_twin unpacks them). Without memory for the panels the canonical copy stays,
+   and the kernel reads it in place. */
+static void keep_panels_only(bp_filter *f) {
+    size_t in = f->in.c, out = f->out.c;
+    f->fc_panels = bp_alloc(&f->allocator, bp_fc_packed_floats(out, in) * sizeof(float));
+    if (f->fc_panels == NULL) {
+        bp_clear_error(); /* not an error */
+        return;
+    }
+    bp_fc_pack(f->w_owned, in, out, in, f->fc_panels);
+    bp_free(&f->allocator, f->w_owned);
+    f->w_owned = NULL;
+}
+
 BNNSFilter BNNSFilterCreateLayerFullyConnected(const BNNSLayerParametersFullyConnected *layer_params,
                                                const BNNSFilterParameters *filter_params) {
     bp_clear_error();
@@ -151,11 +167,7 @@ BNNSFilter BNNSFilterCreateLayerFullyConnected(const BNNSLayerParametersFullyCon
     bp_filter *f = bp_create_convolution(&conv, filter_params, false);
     if (f == NULL) return NULL;
     f->fully_connected = true;
-    if (!f->client) { /* without it the kernel reads the weights in place */
-        f->fc_panels = bp_alloc(&f->allocator, bp_fc_packed_floats(out, in) * sizeof(float));
-        if (f->fc_panels != NULL) bp_fc_pack(f->w_owned, in, out, in, f->fc_panels);
-        else bp_clear_error(); /* not an error: the weights are read in place instead */
-    }
+    if (!f->client && f->in.sc == 1 && f->out.sc == 1) keep_panels_only(f);
     f->fc_w_layout = wd->layout;
     f->fc_w_size[0] = wd->size[0];
     f->fc_w_size[1] = wd->size[1];

@@ -158,19 +158,19 @@ void bp_epilogue_run(const bp_epilogue *e, size_t c, float *v, size_t n);
    which kernels apply in registers; false (and the whole line) for other activations. */
 bool bp_clamp_bounds(const BNNSActivation *act, float *lo, float *hi);
 
-/* Fully-connected layers (engines/fully_connected.c) at batches up to BP_FC_KERNEL_BATCH_MAX with
-   the weights read in place, BP_FC_PACKED_BATCH_MAX with them packed (a BLAS GEMM is quicker
-   beyond, or not measured): y (batch rows ldy apart) = x (batch rows of k values, ldx apart) W^T
-   (n rows of k values, ldw apart; or `panels`, their packed form, when not NULL) plus e's bias,
-   then e's activation (any, channelwise too) on each row. */
+/* Fully-connected layers (engines/fully_connected.c): y (batch rows ldy apart) = x (batch rows of
+   k values, ldx apart) W^T plus e's bias, then e's activation (any, channelwise too) on each row;
+   W is `panels`, its packed form, when not NULL (filters that own their weights, any batch), else
+   n rows of k values, ldw apart, read in place (client weights, batches up to
+   BP_FC_KERNEL_BATCH_MAX: a BLAS GEMM is quicker beyond). */
 #define BP_FC_KERNEL_BATCH_MAX 16
-#define BP_FC_PACKED_BATCH_MAX 256
 void bp_fc_forward(const float *w, size_t ldw, const float *panels, size_t n, size_t k, size_t batch, const float *x,
                    size_t ldx, float *y, size_t ldy, const bp_epilogue *e, int threads);
-/* The packed form of W for bp_fc_forward (filters that own their weights): its floats, and W
-   (n rows of k values, ldw apart) packed into `panels`. */
+/* The packed form of W for bp_fc_forward (filters that own their weights): its floats, W (n rows
+   of k values, ldw apart) packed into `panels`, and `panels` unpacked into W (n x k, packed). */
 size_t bp_fc_packed_floats(size_t n, size_t k);
 void bp_fc_pack(const float *w, size_t ldw, size_t n, size_t k, float *panels);
+void bp_fc_unpack(const float *panels, size_t n, size_t k, float *w);
 
 /* Kernels of the engine that the kernel testers (tests/kernels) call directly (conv_engine.c
    describes each). im2col of column rows [r0, r1) and output rows [oy0, oy1): */

@@ -1,14 +1,16 @@
-/* The forward pass of fully-connected layers at small batches: Y (batch x n) = X (batch x k) W^T
-   with W (n x k) read where it is, on the fully-connected kernel (kernels/fc_tiles.c). A tile
-   holds a block of outputs for up to FC_NB_MAX batch rows, so every row of W is read from memory
-   once per call (a general GEMM at M = batch streams it once per few rows of X instead); larger
-   batches are cut into blocks of equal size, and a block of outputs stays in cache while the
-   batch blocks read it. Workers take ranges of outputs.
+/* The forward pass of fully-connected layers: Y (batch x n) = X (batch x k) W^T.
 
-   Weights a filter owns are packed at creation into panels of the pointwise kernel's tile width
-   of outputs (W^T, each panel's k rows consecutive): its tiles broadcast the batch rows' inputs
-   against whole vectors of outputs, so no sum runs across a vector's lanes, and the panels are
-   read in one sequential stream. */
+   Client weights, at small batches: W (n x k) read where it is, on the fully-connected kernel
+   (kernels/fc_tiles.c). A tile holds a block of outputs for up to FC_NB_MAX batch rows, so every
+   row of W is read from memory once per call (a general GEMM at M = batch streams it once per few
+   rows of X instead); larger batches are cut into blocks of equal size, and a block of outputs
+   stays in cache while the batch blocks read it. Workers take ranges of outputs.
+
+   Weights a filter owns, at any batch (no slower than OpenBLAS's SGEMM at large ones): packed at
+   creation into panels of the pointwise kernel's tile width of outputs (W^T, each panel's k rows
+   consecutive), the filter's only copy of them. The pointwise kernel's tiles broadcast the batch
+   rows' inputs against whole vectors of outputs, so no sum runs across a vector's lanes, and the
+   panels are read in one sequential stream. */
 #include <math.h>
 
 #include "direct_plan.h"
@@ -107,6 +109,11 @@ void bp_fc_pack(const float *w, size_t ldw, size_t n, size_t k, float *panels) {
             float *row = panels + o0 * k + i * PANEL;
             for (size_t o = 0; o < PANEL; o++) row[o] = o0 + o < n ? w[(o0 + o) * ldw + i] : 0.0f;
         }
+}
+
+void bp_fc_unpack(const float *panels, size_t n, size_t k, float *w) {
+    for (size_t o = 0; o < n; o++)
+        for (size_t i = 0; i < k; i++) w[o * k + i] = panels[(o - o % PANEL) * k + i * PANEL + o % PANEL];
 }
 
 void bp_fc_forward(const float *w, size_t ldw, const float *panels, size_t n, size_t k, size_t batch, const float *x,

@@ -11,7 +11,9 @@
 /* Tiles: up to FC_MR_MAX outputs x FC_NB_MAX batch rows, the accumulators filling most of the
    register file (bp_fc_tile_rows). With 32 registers, 6 batch rows at most: 3 x 8 tiles (11 loads
    per 24 FMAs, and 8 rows of X that leave the level-1 cache at 1280 inputs) run at 0.6-0.8 times
-   the speed of 6 x 4 and 4 x 6 ones (AMD EPYC, 2026-12). */
+   the speed of 6 x 4 and 4 x 6 ones. With 16, 12 accumulators (6 x 2, 4 x 3, 3 x 4 tiles: 7 or 8
+   loads per 12 FMAs) with the weights' and one input vector in the other registers: 8 (2 x 4)
+   ran at 0.55-0.6 times their speed at 8-16 batch rows (AMD EPYC, 2026-12). */
 #define FC_MR_MAX 8
 #if BP_VREGS >= 32
 #define FC_NB_MAX 6

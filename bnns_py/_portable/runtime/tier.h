@@ -85,6 +85,7 @@
 #define bp_fc_forward BP_TIER_SYMBOL(bp_fc_forward)
 #define bp_fc_packed_floats BP_TIER_SYMBOL(bp_fc_packed_floats)
 #define bp_fc_pack BP_TIER_SYMBOL(bp_fc_pack)
+#define bp_fc_unpack BP_TIER_SYMBOL(bp_fc_unpack)
 #define bp_fc_tile BP_TIER_SYMBOL(bp_fc_tile)
 #define bp_fc_tile_rows BP_TIER_SYMBOL(bp_fc_tile_rows)
 /* kernels/direct_store_*.c */

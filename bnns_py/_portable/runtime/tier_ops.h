@@ -22,6 +22,7 @@
     X(fc_forward, bp_fc_forward)                                            \
     X(fc_packed_floats, bp_fc_packed_floats)                                \
     X(fc_pack, bp_fc_pack)                                                  \
+    X(fc_unpack, bp_fc_unpack)                                              \
     X(simd, bnns_portable_simd)                                             \
     X(direct_scratch_floats, bp_direct_scratch_floats)                      \
     X(direct_view_scratch_floats, bp_direct_view_scratch_floats)            \
