@@ -262,8 +262,9 @@ AUTO = [
     ((32, 32, 3, 3, 1, 1, 1), "tiny"),               # 3x3 outputs: too small for Winograd (tiny path)
     ((256, 256, 28, 3, 1, 2, 2), "winograd"),        # dilated: 4 output phases of 14 x 14
     ((256, 256, 12, 3, 1, 4, 4), "direct pixels"),   # dilation 4: phases of 3 x 3, too small
-    ((16, 64, 16, 3, 1, 1, 1), "direct flat pixels"),  # rows of 16 (18 with padding) in tiles of 7
-    ((64, 64, 16, 3, 2, 1, 1), "direct flat pixels"),  # stride 2: no Winograd
+    ((16, 64, 16, 3, 1, 1, 1), "direct pixels"),     # rows of 16 in tiles of 4, not 18 (padding) flat
+    ((16, 64, 22, 3, 1, 1, 1), "direct flat pixels"),  # rows of 22 (24 with padding) in flat tiles of 7
+    ((64, 64, 16, 3, 2, 1, 1), "direct pixels"),     # stride 2 (no Winograd): rows of 8 in tiles of 4
     ((3, 64, 224, 7, 2, 1, 3), "direct pixels"),     # the stem: 112 columns in tiles of 7
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
     ((256, 64, 56, 1, 1, 1, 0), "direct pointwise"), # 1x1: the image already is the GEMM's matrix

@@ -100,9 +100,10 @@ def test_matches_torch(rng, no_filter_leaks):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4, err_msg=case_id(case))
 
 
+@pytest.mark.parametrize("cin", [24, 64], ids=["direct-engine-dw", "in-place-dw"])  # 64: transposed_weights.c
 @pytest.mark.parametrize("activation", [AF.identity, AF.tanh], ids=["identity", "tanh"])
-def test_gradients_set_and_accumulate(activation, rng, no_filter_leaks):
-    cin, cout, h, w, n = 24, 40, 5, 6, 2
+def test_gradients_set_and_accumulate(activation, cin, rng, no_filter_leaks):
+    cout, h, w, n = 40, 5, 6, 2
     weight = random_array(rng, (cin, cout, 4, 4), 0.5)  # PyTorch's layout
     bias = random_array(rng, (cout,))
     bnns_weight = np.ascontiguousarray(weight.transpose(1, 0, 2, 3))  # BNNS's OIHW: [out][in][kH][kW]
@@ -137,14 +138,18 @@ def test_each_forced_engine(engine, rng, monkeypatch, no_filter_leaks):
         run_module_case(rng, CASES[index], ACTIVATIONS[index % len(ACTIVATIONS)], n=2)
 
 
-CHILD = r"""
+def cases_child(module):
+    """Python source that runs every case of test module ``module`` (its CASES and ACTIVATIONS)
+    through run_module_case at batch 2, for run_child_on_tier."""
+    return f"""
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-import test_transposed_phases as t
+import {module} as t
+from test_transposed_phases import run_module_case
 rng = np.random.default_rng(21)
 for index, case in enumerate(t.CASES):
-    t.run_module_case(rng, case, t.ACTIVATIONS[index % len(t.ACTIVATIONS)], n=2)
+    run_module_case(rng, case, t.ACTIVATIONS[index % len(t.ACTIVATIONS)], n=2)
 print("ok")
 """
 
@@ -152,4 +157,4 @@ print("ok")
 @pytest.mark.requires_portable_internals
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
 def test_each_tier(isa):
-    run_child_on_tier(isa, CHILD)
+    run_child_on_tier(isa, cases_child("test_transposed_phases"))

@@ -238,6 +238,20 @@ static void weight_gradient(const bp_filter *f, const backward_plan *p, size_t b
                                  f->weight_gradient_plan);
 }
 
+/* dW of a transposed layer (S's canonical, set at beta 0 or added) from its output gradient dz
+   (S's input, packed) and its input x (S's output gradient, packed): read in place where the
+   direct engine would run it and the layer's kernel rows allow, else on S's forward plan. */
+static void transposed_weight_gradient(const bp_filter *f, const backward_plan *p, size_t batch, const float *dz,
+                                       size_t dz_bs, const float *x, size_t x_bs, float beta) {
+    const bp_work *w = &p->w;
+    if (f->weight_gradient_plan != NULL &&
+        bp_transposed_weight_gradient(&f->g, batch, &p->out_packed, dz, dz_bs, x, x_bs, p->dweights, beta != 0.0f,
+                                      &w->scratch, f->gemm.threads))
+        return;
+    bp_conv_backward_weights(&f->g, batch, &p->out_packed, dz, dz_bs, x, x_bs, p->dweights, beta, &w->scratch,
+                             &f->gemm, f->weight_gradient_plan);
+}
+
 /* dz_batch = dy * f'(y) for every image of the call. */
 static void batch_activation_gradient(const bp_filter *f, const backward_call *c, const backward_plan *p) {
     const bp_work *w = &p->w;
@@ -262,9 +276,7 @@ static void run_whole_batch(const bp_filter *f, const backward_call *c, backward
             for (size_t ch = 0; ch < f->out.c; ch++) w->dbias[ch] += bp_sum(dy + b * dy_bs + ch * hw, hw);
     }
     if (f->transposed) {
-        if (c->weights_delta)
-            bp_conv_backward_weights(g, batch, &p->out_packed, dy, dy_bs, c->in, c->in_stride, p->dweights, p->dw_beta,
-                                     &w->scratch, &f->gemm, f->weight_gradient_plan);
+        if (c->weights_delta) transposed_weight_gradient(f, p, batch, dy, dy_bs, c->in, c->in_stride, p->dw_beta);
         if (dx)
             bp_conv_forward(g, p->weights, batch, &p->out_packed, dy, dy_bs, dx, c->in_delta_stride, NULL, &w->scratch,
                             &f->gemm, p->direct);
@@ -313,8 +325,7 @@ static void run_per_image(const bp_filter *f, const backward_call *c, backward_p
                 bp_copy_image(&f->in, x, &p->in_packed, w->pack_out2, false);
                 xs = w->pack_out2;
             }
-            bp_conv_backward_weights(g, 1, &p->out_packed, dz, 0, xs, 0, p->dweights, beta, &w->scratch, &f->gemm,
-                                     f->weight_gradient_plan);
+            transposed_weight_gradient(f, p, 1, dz, 0, xs, 0, beta);
         }
         if (c->in_delta) {
             bp_conv_forward(g, p->weights, 1, &p->out_packed, dz, 0, w->pack_out, 0, NULL, &w->scratch, &f->gemm,

@@ -88,4 +88,15 @@ void bp_direct_weight_gradient(const bp_direct *d, size_t batch, const bp_image 
 /* Scratch floats one worker needs for it. */
 size_t bp_direct_weights_scratch_floats(const bp_direct *d);
 
+/* The weight gradient of a transposed layer (engines/transposed_weights.c) whose S has kernel rows
+   of 4 to 7 undilated taps and one group, read from the images in place: dW (S's canonical) = or,
+   with add, += the sum over a batch of x x patches of dz, dz S input images (dz_img strides, dz_bs
+   apart: T's output gradient) and x packed S output gradients (x_bs apart: T's input). False
+   (nothing done) for other layers or when a worker's scratch is short of
+   bp_transposed_weights_scratch_floats(g, workers) (0: not taken). */
+bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_image *dz_img, const float *dz,
+                                   size_t dz_bs, const float *x, size_t x_bs, float *dw, bool add, const bp_scratch *s,
+                                   int threads);
+size_t bp_transposed_weights_scratch_floats(const bp_geom *g, int workers);
+
 #endif

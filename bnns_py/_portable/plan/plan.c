@@ -72,6 +72,8 @@ static void plan_direct(bp_filter *f) {
             if (view > scratch) scratch = view;
             if (dw > scratch) scratch = dw;
         }
+        if (f->transposed && f->client && i == BP_DIRECT_FORWARD) /* its weight gradient may read the images in place */
+            scratch = bp_max(scratch, bp_transposed_weights_scratch_floats(g, f->workers));
         if (scratch > f->scratch_floats) f->scratch_floats = scratch;
         if (f->client && weights > f->direct_w_floats) f->direct_w_floats = weights;
     }

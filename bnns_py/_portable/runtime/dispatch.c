@@ -136,6 +136,14 @@ size_t bp_direct_scratch_floats(const bp_direct *d) { return tier()->direct_scra
 size_t bp_direct_view_scratch_floats(const bp_direct *d) { return tier()->direct_view_scratch_floats(d); }
 size_t bp_direct_weight_floats(const bp_direct *d) { return tier()->direct_weight_floats(d); }
 size_t bp_direct_weights_scratch_floats(const bp_direct *d) { return tier()->direct_weights_scratch_floats(d); }
+bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_image *dz_img, const float *dz,
+                                   size_t dz_bs, const float *x, size_t x_bs, float *dw, bool add, const bp_scratch *s,
+                                   int threads) {
+    return tier()->transposed_weight_gradient(g, batch, dz_img, dz, dz_bs, x, x_bs, dw, add, s, threads);
+}
+size_t bp_transposed_weights_scratch_floats(const bp_geom *g, int workers) {
+    return tier()->transposed_weights_scratch_floats(g, workers);
+}
 const char *bp_direct_kind(const bp_direct *d) { return tier()->direct_kind(d); }
 bool bp_direct_runs_weight_gradient(const bp_direct *d) { return tier()->direct_runs_weight_gradient(d); }
 bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a) {

@@ -75,6 +75,9 @@
 #define bp_direct_run BP_TIER_SYMBOL(bp_direct_run)
 #define bp_direct_weights_scratch_floats BP_TIER_SYMBOL(bp_direct_weights_scratch_floats)
 #define bp_direct_weight_gradient BP_TIER_SYMBOL(bp_direct_weight_gradient)
+/* engines/transposed_weights.c */
+#define bp_transposed_weight_gradient BP_TIER_SYMBOL(bp_transposed_weight_gradient)
+#define bp_transposed_weights_scratch_floats BP_TIER_SYMBOL(bp_transposed_weights_scratch_floats)
 /* engines/direct_pointwise.c, kernels/direct_pointwise.c */
 #define bp_direct_pointwise_run BP_TIER_SYMBOL(bp_direct_pointwise_run)
 #define bp_direct_pointwise_scratch_floats BP_TIER_SYMBOL(bp_direct_pointwise_scratch_floats)

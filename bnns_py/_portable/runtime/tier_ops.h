@@ -33,6 +33,8 @@
     X(direct_destroy, bp_direct_destroy)                                    \
     X(direct_pack, bp_direct_pack)                                          \
     X(direct_weights_scratch_floats, bp_direct_weights_scratch_floats)      \
+    X(transposed_weight_gradient, bp_transposed_weight_gradient)            \
+    X(transposed_weights_scratch_floats, bp_transposed_weights_scratch_floats) \
     X(winograd_weight_floats, bp_winograd_weight_floats)                    \
     X(winograd_plan, bp_winograd_plan)                                      \
     X(winograd_adjoint, bp_winograd_adjoint)                                \

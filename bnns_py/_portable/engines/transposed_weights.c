@@ -1,0 +1,171 @@
+/* The weight gradient of a transposed layer T whose kernel rows are 4 to 7 undilated taps (e.g.
+   4x4 / 2), in S's terms (S: input T's output gradient dz, output T's input x):
+
+       dW(m, c, ky, kx) = sum over images and S output pixels p = (y, x) of
+                          x(m, p) * dz(c, y*sy + ky*dy - pt, x*sx + kx - pl)
+
+   The kw taps of a kernel row read kw consecutive values of a zero-bordered copy of a dz
+   channel, so the direct engine's pixels kernel broadcasts them where they are (its NC "pixels"
+   are the row's taps) against vectors of m from x transposed to [p][m], summing over the pixels.
+   The direct engine's weight gradient instead copies kh*kw source values per dz value into
+   [pixel][step] blocks (a 4x4/2 layer: 8 times the copies of x made here).
+
+   Workers own ranges of dz channels c: each sums every image into dW transposed ([c, ky, kx][m])
+   in its scratch, then writes its columns of dW. */
+#include <string.h>
+
+#include "direct_plan.h"
+#include "parallel.h"
+
+enum {
+    CHANNEL_CHUNK = 8,      /* dz channels bordered at a time */
+    ACC_LIMIT = 1 << 21     /* floats of a worker's dW transposed (8 MiB): beyond, the direct engine */
+};
+
+#define TAP_ROW_MAX (BP_VREGS >= 32 ? 7 : 6) /* the pixels kernel's NC with PIX_MV_MAX vectors */
+#define TAP_ROW_MIN 4
+
+typedef struct {
+    size_t hp, wp;    /* zero-bordered dz plane */
+    size_t m_pad;     /* m rounded up to the kernel's vectors */
+    size_t npix;      /* S output pixels per image */
+    size_t c_share;   /* the most channels a worker owns */
+} layout;
+
+static size_t block_width(void) { return PIX_MV_MAX * BP_VL; }
+
+static void layout_for(const bp_geom *g, int workers, layout *l) {
+    l->hp = (g->out_h - 1) * g->sy + (g->kh - 1) * g->dy + 1;
+    l->wp = (g->out_w - 1) * g->sx + g->kw;
+    l->m_pad = bp_round_up(g->out_c, block_width());
+    l->npix = g->out_h * g->out_w;
+    l->c_share = bp_ceil_div(g->in_c, (size_t)(workers < 1 ? 1 : workers));
+}
+
+static size_t acc_floats(const bp_geom *g, const layout *l) { return l->c_share * g->kh * g->kw * l->m_pad; }
+
+/* Per worker: dW transposed, x transposed, the bordered planes, the pixels' offsets. */
+static size_t worker_floats(const bp_geom *g, const layout *l) {
+    return acc_floats(g, l) + l->npix * l->m_pad + CHANNEL_CHUNK * l->hp * l->wp + l->npix + 64;
+}
+
+static bool takes(const bp_geom *g, const layout *l) {
+    return g->groups == 1 && g->dx == 1 && g->kw >= TAP_ROW_MIN && g->kw <= TAP_ROW_MAX && g->out_c * 4 >= l->m_pad * 3 &&
+           acc_floats(g, l) <= ACC_LIMIT;
+}
+
+size_t bp_transposed_weights_scratch_floats(const bp_geom *g, int workers) {
+    layout l;
+    layout_for(g, workers, &l);
+    return takes(g, &l) ? worker_floats(g, &l) : 0;
+}
+
+typedef struct {
+    const bp_geom *g;
+    layout l;
+    size_t batch;
+    const bp_image *dz_img;
+    const float *dz, *x;
+    size_t dz_bs, x_bs;
+    float *dw;
+    bool add;
+    const bp_scratch *s;
+} job_t;
+
+/* xt[t][p][i] = x(t*bw + i, p) of one image (packed, npix apart), zero past the last channel. */
+static void transpose_x(const job_t *j, const float *x, float *xt) {
+    size_t bw = block_width(), npix = j->l.npix, m = j->g->out_c, p8 = npix / 8 * 8;
+    for (size_t m0 = 0; m0 < j->l.m_pad; m0 += 8) {
+        float *to = xt + (m0 / bw) * npix * bw + m0 % bw;
+        if (m0 + 8 <= m)
+            for (size_t p0 = 0; p0 < p8; p0 += 8) bp_transpose8x8(x + m0 * npix + p0, npix, to + p0 * bw, bw);
+        for (size_t p = m0 + 8 <= m ? p8 : 0; p < npix; p++)
+            for (size_t i = 0; i < 8; i++) to[p * bw + i] = m0 + i < m ? x[(m0 + i) * npix + p] : 0.0f;
+    }
+}
+
+/* The zero-bordered planes of dz channels [c0, c0 + n) of one image. */
+static void border_planes(const job_t *j, const float *dz, size_t c0, size_t n, float *planes) {
+    const bp_geom *g = j->g;
+    const bp_image *img = j->dz_img;
+    size_t hp = j->l.hp, wp = j->l.wp;
+    memset(planes, 0, n * hp * wp * sizeof(float));
+    /* plane column q holds dz column q - pl, row r dz row r - pt */
+    size_t q0 = g->pl, q1 = bp_min(wp, g->in_w + g->pl), r0 = g->pt, r1 = bp_min(hp, g->in_h + g->pt);
+    for (size_t c = 0; c < n; c++)
+        for (size_t r = r0; r < r1; r++) {
+            const float *from = dz + (c0 + c) * img->sc + (r - g->pt) * img->sy;
+            float *row = planes + (c * hp + r) * wp;
+            if (img->sx == 1) memcpy(row + q0, from, (q1 > q0 ? q1 - q0 : 0) * sizeof(float));
+            else
+                for (size_t q = q0; q < q1; q++) row[q] = from[(q - g->pl) * img->sx];
+        }
+}
+
+/* dW's columns of channels [c0, c1) (beta 0 or 1: add) from acc ([c - c0, ky, kx][m_pad]). */
+static void store_columns(const job_t *j, const float *acc, size_t c0, size_t c1) {
+    const bp_geom *g = j->g;
+    size_t taps = g->kh * g->kw, nk = (c1 - c0) * taps, m = g->out_c, ld = j->l.m_pad, k8 = nk / 8 * 8, m8 = m / 8 * 8;
+    float *dw = j->dw + c0 * taps;
+    float t[64];
+    for (size_t m0 = 0; m0 < m8; m0 += 8)
+        for (size_t k0 = 0; k0 < k8; k0 += 8) {
+            float *to = dw + m0 * g->k + k0;
+            if (!j->add) {
+                bp_transpose8x8(acc + k0 * ld + m0, ld, to, g->k);
+                continue;
+            }
+            bp_transpose8x8(acc + k0 * ld + m0, ld, t, 8);
+            for (size_t r = 0; r < 8; r++)
+                for (size_t i = 0; i < 8; i++) to[r * g->k + i] += t[r * 8 + i];
+        }
+    for (size_t r = 0; r < m; r++)
+        for (size_t k = r < m8 ? k8 : 0; k < nk; k++) {
+            float v = acc[k * ld + r];
+            dw[r * g->k + k] = j->add ? dw[r * g->k + k] + v : v;
+        }
+}
+
+static void worker(void *arg, int w, int workers) {
+    const job_t *j = arg;
+    const bp_geom *g = j->g;
+    const layout *l = &j->l;
+    size_t c0, c1;
+    bp_split(g->in_c, w, workers, &c0, &c1);
+    if (c0 >= c1) return;
+    size_t bw = block_width(), mv = PIX_MV_MAX, blocks = l->m_pad / bw, taps = g->kh * g->kw;
+    float *acc = j->s->base + (size_t)w * j->s->stride, *xt = acc + acc_floats(g, l);
+    float *planes = xt + l->npix * l->m_pad;
+    int32_t *off = (int32_t *)(planes + CHANNEL_CHUNK * l->hp * l->wp);
+    for (size_t y = 0, p = 0; y < g->out_h; y++)
+        for (size_t x = 0; x < g->out_w; x++, p++) off[p] = (int32_t)(y * g->sy * l->wp + x * g->sx);
+    for (size_t b = 0; b < j->batch; b++) {
+        transpose_x(j, j->x + b * j->x_bs, xt);
+        for (size_t cc = c0; cc < c1; cc += CHANNEL_CHUNK) {
+            size_t n = bp_min(CHANNEL_CHUNK, c1 - cc);
+            border_planes(j, j->dz + b * j->dz_bs, cc, n, planes);
+            for (size_t c = 0; c < n; c++)
+                for (size_t ky = 0; ky < g->kh; ky++) {
+                    const float *row = planes + (c * l->hp + ky * g->dy) * l->wp;
+                    float *at = acc + ((cc - c0 + c) * taps + ky * g->kw) * l->m_pad;
+                    for (size_t t = 0; t < blocks; t++)
+                        bp_direct_pixels_tile(mv, g->kw, row, off, l->npix, xt + t * l->npix * bw, at + t * bw,
+                                              l->m_pad, b > 0);
+                }
+        }
+    }
+    store_columns(j, acc, c0, c1);
+}
+
+bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_image *dz_img, const float *dz,
+                                   size_t dz_bs, const float *x, size_t x_bs, float *dw, bool add, const bp_scratch *s,
+                                   int threads) {
+    size_t flops = 2 * batch * g->out_c * g->out_h * g->out_w * g->k;
+    int workers = bp_workers_for(threads, flops);
+    if ((size_t)workers > g->in_c) workers = (int)g->in_c;
+    job_t j = {g, {0}, batch, dz_img, dz, x, dz_bs, x_bs, dw, add, s};
+    layout_for(g, workers, &j.l);
+    if (batch == 0 || !takes(g, &j.l) || worker_floats(g, &j.l) > s->stride) return false;
+    bp_parallel_run(workers, worker, &j);
+    return true;
+}

@@ -1,0 +1,55 @@
+"""The weight gradient of transposed layers whose kernel rows are 4 to 7 undilated taps and that
+have enough input channels for whole vectors (engines/transposed_weights.c reads the output
+gradient's rows in place, each row's taps broadcast as consecutive values) against the float64
+reference: kernel rows of 4, 5, 6 and 7 taps (7: AVX-512 and NEON; the 16-register tiers run it
+on the direct engine), strides 1 to 3, padding, output padding (odd sizes), dilation along y
+(along x: the direct engine), input channels that fill whole vectors and that leave some over,
+fused activations (the image-by-image path), batch 1 to 3, 1 and 2 threads, and each vector tier
+in a child process (set and accumulate: test_transposed_phases)."""
+import numpy as np
+import pytest
+
+import bnns_py
+from bnns_py import ActivationFunction as AF
+
+from conftest import random_array, run_child_on_tier
+from test_transposed_phases import case_id, cases_child, run_module_case
+
+# (cin, cout, h, w, k, stride, padding, output_padding, dilation, groups)
+CASES = [
+    (64, 32, 8, 8, (4, 4), (2, 2), 1, 0, 1, 1),           # the benchmark's 4x4 / 2, fewer channels
+    (50, 24, 5, 7, (3, 5), (2, 2), (1, 2), 1, 1, 1),      # rows of 5 taps; 50 = 3 vectors + 2 (AVX-512)
+    (56, 20, 4, 6, (2, 6), (3, 3), (0, 2), (2, 1), 1, 1),  # rows of 6, stride 3, output padding
+    (48, 16, 5, 5, (4, 7), (1, 2), (1, 3), 0, (2, 1), 1),  # rows of 7, dilation 2 along y
+    (64, 24, 6, 5, (4, 4), (1, 1), 1, 0, 1, 1),           # stride 1
+    (64, 24, 5, 5, (4, 4), (2, 2), 1, 0, (1, 2), 1),      # dilation along x: the direct engine
+]
+ACTIVATIONS = [None, AF.rectified_linear, AF.tanh]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_weight_gradient_matches_reference(case, n_threads, rng, no_filter_leaks):
+    index = CASES.index(case)
+    run_module_case(rng, case, ACTIVATIONS[index % len(ACTIVATIONS)], n=1 + index % 3, n_threads=n_threads)
+
+
+def test_weight_gradient_matches_torch(rng, no_filter_leaks):
+    torch = pytest.importorskip("torch")
+    cin, cout, h, w, n = 64, 32, 8, 8, 3
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cin, cout, 4, 4), 0.5)
+    with bnns_py.ConvTranspose2d(weight, None, stride=2, padding=1) as module:
+        y = module.forward(x)
+        dy = random_array(rng, y.shape)
+        grads = module.backward(x, y, dy)
+    tw = torch.from_numpy(weight).double().requires_grad_(True)
+    torch.nn.functional.conv_transpose2d(torch.from_numpy(x).double(), tw, stride=2, padding=1).backward(
+        torch.from_numpy(dy).double())
+    np.testing.assert_allclose(grads.weight, tw.grad.numpy(), rtol=1e-4, atol=1e-4 * np.abs(tw.grad.numpy()).max())
+
+
+@pytest.mark.requires_portable_internals
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_each_tier(isa):
+    run_child_on_tier(isa, cases_child("test_transposed_weights"))
