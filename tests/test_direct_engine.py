@@ -249,6 +249,49 @@ def test_weights_are_read_at_each_call_or_copied(engine, client, n_threads, n, c
     np.testing.assert_allclose(y, reference.conv2d(x, now, padding=1), rtol=1e-4, atol=2e-3)
 
 
+# (n, cin, cout, groups, activation, engine): the 512-channel 7x7 layer of ResNet's last stage at
+# batch 1 (one image: each block's chunks packed as its kernel needs them) and 2 (an image group),
+# the kernel the engine picks; odd channel counts whose blocks end in partial 16- and 8-row groups
+# of the packing's transposes; groups; fused activations.
+IN_PLACE = [
+    (1, 512, 512, 1, AF.identity, "auto"),
+    (2, 512, 512, 1, AF.rectified_linear, "auto"),
+    (1, 67, 101, 1, AF.relu6, "pixels"),
+    (3, 90, 46, 2, AF.clamp((-0.3, 0.4)), "flat-pixels"),
+]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("n,cin,cout,groups,activation,engine", IN_PLACE,
+                         ids=["c5-b1", "c5-b2", "odd-channels", "groups"])
+def test_client_weights_changed_in_place_give_the_new_results(n, cin, cout, groups, activation, engine, n_threads,
+                                                              backend, rng, monkeypatch, no_filter_leaks):
+    """Client-pointer weights are packed at every call, block by block from the caller's array:
+    changed in place between calls, each call gives the results of the weights it saw, which a
+    stale packed copy would not."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", engine)
+    x = random_array(rng, (n, cin, 7, 7))
+    weight = random_array(rng, (cout, cin // groups, 3, 3), 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, 7, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                   groups, weight, bias, activation, n_threads)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) in {"direct pixels", "direct flat pixels"}
+        outputs = []
+        for change in range(3):
+            if change == 1:
+                weight[: cout // 3] *= -2.0  # the first blocks' channels
+                weight[-1, -1] += 1.0        # the last channel's last input channel: the last step of the last chunk
+            elif change == 2:
+                weight[:] = random_array(rng, weight.shape, 0.3)
+            y = np.full((n, cout, oh, ow), np.nan, np.float32)
+            layer.apply(n, x, y)
+            outputs.append(y)
+            expected = reference.conv2d(x, weight, bias, padding=1, groups=groups, activation=activation)
+            np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(cin // groups * 9))
+    assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[1], outputs[2])
+
+
 # Which kernels run by themselves: the im2col engine keeps what is tiny; the direct engine takes
 # the rest (1x1 layers: its pointwise kernel, on every instruction set), and on AVX-512 its choice
 # for the benchmark's ResNet-50 shapes (batch 1) is pinned (other instruction sets have other
@@ -441,7 +484,8 @@ kinds = {}
 for name, n, cin, cout, size, k, stride, pad, act in [
         ("stem-like", 2, 3, 70, 29, 7, 2, 3, AF.rectified_linear),
         ("relu6", 1, 21, 37, 15, 3, 2, 1, AF.relu6),
-        ("chunks", 1, 131, 80, 7, 3, 1, 1, AF.clamp((-0.3, 0.4)))]:
+        ("chunks", 1, 131, 80, 7, 3, 1, 1, AF.clamp((-0.3, 0.4))),
+        ("odd-channels", 2, 67, 101, 7, 3, 1, 1, AF.rectified_linear)]:
     x = 3 * rng.standard_normal((n, cin, size, size)).astype(np.float32)
     w = 0.3 * rng.standard_normal((cout, cin, k, k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)

@@ -6,8 +6,9 @@
    overwrite and accumulate. Pointwise tiles and dots: y[r][p] = clamp(bias[r] + sum over i of
    W(r, i) x(i, p)), with no clamp, ReLU's and a Clamp's bounds; what they must not write (past
    `last` lanes, past the tile) is checked untouched. The stores of finished results and the
-   stride-2 split of phase-plane rows (bp_direct_store_transposed, bp_direct_split_pairs): exact,
-   the values around what they write untouched.
+   stride-2 split of phase-plane rows (bp_direct_store_transposed, bp_direct_split_pairs) and the
+   weight packing's transposes (bp_direct_transpose_rows, row and step counts around the 8 x 8 and
+   16 x 16 blocks): exact, the values around what they write untouched.
 
    Exit status: 0 all passed, 1 a mismatch (printed). Build: meson -Dkernel_tests=true. */
 #include <math.h>
@@ -27,6 +28,7 @@ typedef const char *simd_fn(void);
 typedef void store_fn(const float *res, size_t ld, size_t channels, size_t n, const float *bias, float lo, float hi,
                       float *dst, size_t dst_stride);
 typedef void split_fn(const float *src, size_t n, float *even, float *odd);
+typedef void transpose_fn(const float *src, size_t lds, size_t rows, size_t n, float *dst, size_t ldd);
 typedef void pointwise_tile_fn(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
                                size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last);
 typedef void pointwise_dots_fn(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
@@ -39,7 +41,7 @@ typedef void pointwise_dots_fn(size_t mr, size_t np, const float *xt, size_t ldx
 #define TIER(name)                                                                                    \
     {STR(name), CAT(bp_direct_pixels_tile, name), CAT(bp_direct_pointwise_tile, name),                \
      CAT(bp_direct_pointwise_dots, name), CAT(bnns_portable_simd, name), CAT(bp_direct_store_transposed, name),    \
-     CAT(bp_direct_split_pairs, name)}
+     CAT(bp_direct_split_pairs, name), CAT(bp_direct_transpose_rows, name)}
 
 typedef struct {
     const char *name;
@@ -49,6 +51,7 @@ typedef struct {
     simd_fn *simd;
     store_fn *store;
     split_fn *split;
+    transpose_fn *transpose;
 } tier_t;
 #if defined(BP_SINGLE_TIER)
 tile_fn CAT(bp_direct_pixels_tile, BP_SINGLE_TIER);
@@ -57,6 +60,7 @@ pointwise_dots_fn CAT(bp_direct_pointwise_dots, BP_SINGLE_TIER);
 simd_fn CAT(bnns_portable_simd, BP_SINGLE_TIER);
 store_fn CAT(bp_direct_store_transposed, BP_SINGLE_TIER);
 split_fn CAT(bp_direct_split_pairs, BP_SINGLE_TIER);
+transpose_fn CAT(bp_direct_transpose_rows, BP_SINGLE_TIER);
 static const tier_t tiers[] = {TIER(BP_SINGLE_TIER)};
 #else
 tile_fn bp_direct_pixels_tile_baseline, bp_direct_pixels_tile_avx2, bp_direct_pixels_tile_avx512;
@@ -65,6 +69,7 @@ pointwise_dots_fn bp_direct_pointwise_dots_baseline, bp_direct_pointwise_dots_av
 simd_fn bnns_portable_simd_baseline, bnns_portable_simd_avx2, bnns_portable_simd_avx512;
 store_fn bp_direct_store_transposed_baseline, bp_direct_store_transposed_avx2, bp_direct_store_transposed_avx512;
 split_fn bp_direct_split_pairs_baseline, bp_direct_split_pairs_avx2, bp_direct_split_pairs_avx512;
+transpose_fn bp_direct_transpose_rows_baseline, bp_direct_transpose_rows_avx2, bp_direct_transpose_rows_avx512;
 static const tier_t tiers[] = {TIER(baseline), TIER(avx2), TIER(avx512)};
 #endif
 
@@ -244,6 +249,32 @@ static int check_split(const tier_t *t) {
     return failures;
 }
 
+/* Weight packing: dst[k][r] (rows ldd apart) = src[r][k] (rows lds apart) for r < rows, k < n; the
+   columns of dst past rows and the row after the last step untouched. */
+static int check_transpose(const tier_t *t) {
+    static const size_t row_counts[] = {1, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 64};
+    int failures = 0;
+    for (size_t c = 0; c < sizeof row_counts / sizeof row_counts[0]; c++)
+        for (int trial = 0; trial < 4; trial++) {
+            size_t rows = row_counts[c], n = next() % 70, lds = n + next() % 20, ldd = rows + next() % 5;
+            float *src = malloc((rows * lds + 1) * sizeof(float)), *dst = malloc((n + 1) * ldd * sizeof(float));
+            for (size_t i = 0; i < rows * lds; i++) src[i] = uniform();
+            for (size_t i = 0; i < (n + 1) * ldd; i++) dst[i] = 7.0f;
+            t->transpose(src, lds, rows, n, dst, ldd);
+            size_t wrong = 0;
+            for (size_t k = 0; k <= n; k++)
+                for (size_t r = 0; r < ldd; r++)
+                    wrong += dst[k * ldd + r] != (k < n && r < rows ? src[r * lds + k] : 7.0f);
+            if (wrong) {
+                printf("FAIL %s transpose rows %zu n %zu lds %zu ldd %zu: %zu values wrong\n", t->name, rows, n, lds,
+                       ldd, wrong);
+                failures++;
+            }
+            free(src), free(dst);
+        }
+    return failures;
+}
+
 int main(void) {
     char available[64];
     snprintf(available, sizeof available, " %s ", bnns_portable_isa_available());
@@ -268,9 +299,9 @@ int main(void) {
             for (size_t nv = 1; nv <= 3; nv++, shapes++) failures += check_pointwise(&tiers[t], lanes, mr, nv);
         for (size_t mr = wide ? 4 : 2; mr >= 1; mr /= 2)
             for (size_t np = 1; np <= 4; np++, shapes++) failures += check_dots(&tiers[t], mr, np);
-        failures += check_store(&tiers[t]) + check_split(&tiers[t]);
+        failures += check_store(&tiers[t]) + check_split(&tiers[t]) + check_transpose(&tiers[t]);
         printf("%s (%s, %zu lanes): %zu pixels tile shapes x 20 trials, %zu pointwise shapes x 12, stores x 12, "
-               "splits x 20\n", tiers[t].name, simd, lanes, count, shapes);
+               "splits x 20, weight transposes x 48\n", tiers[t].name, simd, lanes, count, shapes);
         tested++;
     }
     printf("%d tiers tested, %d failures\n", tested, failures);

@@ -372,26 +372,14 @@ static void pack_block(const bp_direct *d, const bp_weights_view *v, size_t grp,
     const phase_t *ph = &d->ph[p];
     size_t bw = d->bw, rows = bp_min(bw, d->m - mb * bw), taps = d->s_taps;
     if (rows < bw) memset(dst, 0, n * bw * sizeof(float));
-    /* w(m, c, t) = S's W(m, c, t), step k = c*taps + t: the block's rows transposed, 8 x 8 at a
-       time along each run of steps that is contiguous (a row of the canonical matrix, or one
-       channel's taps), 16 rows at a time read front to back (streams the prefetcher follows),
-       each step's 16 values a whole cache line of the packed block */
+    /* w(m, c, t) = S's W(m, c, t), step k = c*taps + t: the block's rows transposed along each run
+       of steps that is contiguous (a row of the canonical matrix, or one channel's taps) */
     const float *block = v->base + grp * v->group + mb * bw * v->out;
-    size_t run = v->in == taps ? ph->k : taps, r8 = rows / 8 * 8;
+    size_t run = v->in == taps ? ph->k : taps;
     for (size_t c0 = k0 / run * run; c0 < k0 + n; c0 += run) {
-        size_t lo = c0 > k0 ? c0 : k0, hi = bp_min(c0 + run, k0 + n), hi8 = lo + (hi - lo) / 8 * 8;
+        size_t lo = c0 > k0 ? c0 : k0, hi = bp_min(c0 + run, k0 + n);
         const float *src = block + (c0 / taps) * v->in + (c0 % taps); /* step c0 of row 0 */
-        float *out = dst + (lo - k0) * bw;
-        for (size_t r0 = 0; r0 < r8; r0 += 16)
-            for (size_t k = lo; k < hi8; k += 8) {
-                if (((k - lo) & 15) == 0) /* 4 lines ahead: the hardware's prefetch lags 16 streams */
-                    for (size_t r = r0; r < r0 + 16 && r < r8; r++)
-                        __builtin_prefetch(src + r * v->out + (k - c0) + 64, 0, 3);
-                for (size_t r = r0; r < r0 + 16 && r < r8; r += 8)
-                    bp_transpose8x8(src + r * v->out + (k - c0), v->out, out + (k - lo) * bw + r, bw);
-            }
-        for (size_t k = lo; k < hi; k++)
-            for (size_t r = k < hi8 ? r8 : 0; r < rows; r++) out[(k - lo) * bw + r] = src[r * v->out + (k - c0)];
+        bp_direct_transpose_rows(src + (lo - c0), v->out, rows, hi - lo, dst + (lo - k0) * bw, bw);
     }
 }
 

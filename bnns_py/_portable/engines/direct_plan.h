@@ -102,6 +102,10 @@ void bp_direct_fill_planes(const bp_direct *d, const bp_image *img, const float 
 void bp_direct_pixels_tile(size_t mv, size_t nc, const float *src, const int32_t *off, size_t k, const float *w,
                            float *tb, size_t ldt, bool add);
 
+/* dst[k*ldd + r] = src[r*lds + k] for r < rows, k < n: weight rows (output channels, their steps
+   consecutive) transposed into packed steps (kernels/direct_pack.c). */
+void bp_direct_transpose_rows(const float *src, size_t lds, size_t rows, size_t n, float *dst, size_t ldd);
+
 /* The pointwise kernel: y (mr rows ys apart) = min(hi, max(lo, W x + bias)) for mr output
    channels (W(r, i) at w[r*wr + i*wi], bias[r]) and nv whole vectors of pixels of x (k rows xs
    apart), of which `last` <= BP_VL lanes of the last vector are stored. mr a power of two

@@ -72,6 +72,7 @@
 #define bp_direct_pack BP_TIER_SYMBOL(bp_direct_pack)
 #define bp_direct_fill_planes BP_TIER_SYMBOL(bp_direct_fill_planes)
 #define bp_direct_pixels_tile BP_TIER_SYMBOL(bp_direct_pixels_tile)
+#define bp_direct_transpose_rows BP_TIER_SYMBOL(bp_direct_transpose_rows)
 #define bp_direct_run BP_TIER_SYMBOL(bp_direct_run)
 #define bp_direct_weights_scratch_floats BP_TIER_SYMBOL(bp_direct_weights_scratch_floats)
 #define bp_direct_weight_gradient BP_TIER_SYMBOL(bp_direct_weight_gradient)
