@@ -20,7 +20,7 @@ out="${BNNS_PY_DOCS_OUT:-$(mktemp -d)/html}"
 "$python" -m sphinx -W --keep-going -q -b html docs "$out"
 echo "docs: built without warnings into $out"
 # Sphinx checks the pages' links and anchors; README.md is not one of its pages
-"$python" tools/check_links.py README.md
+"$python" .ci/check_links.py README.md
 
 # Modules whose docstrings carry runnable numpydoc examples.
 modules=(bnns_py.shape bnns_py.enums bnns_py.filter_parameters bnns_py.compare bnns_py.reference

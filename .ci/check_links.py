@@ -1,7 +1,7 @@
 """Check the relative links of Markdown files that the Sphinx build does not read (README.md):
 every target file exists, and every #anchor names a heading of its page (GitHub's slugs).
 
-Usage: python tools/check_links.py FILE.md...   (exit status 1 and one line per broken link)
+Usage: python .ci/check_links.py FILE.md...   (exit status 1 and one line per broken link)
 """
 import re
 import sys
