@@ -17,7 +17,11 @@
 #include "parallel.h"
 
 enum {
-    WINO_SCRATCH_TARGET = 1 << 19, /* floats of V and M a task holds (2 MiB): within the L3 */
+    /* floats of V and M a task holds: 512 KiB, within half an L2 of 1 MiB, so that the products
+       read V and the output transform reads M from the L2 (not the L3, which two workers share);
+       2 MiB when U passes 2 MiB (read from the L3 by every block: more tiles per reading) */
+    WINO_SCRATCH_TARGET = 1 << 17,
+    WINO_SCRATCH_TARGET_LARGE_U = 1 << 19,
     WINO_MIN_TILES = 32,           /* a task's tiles, at least and at most */
     WINO_MAX_TILES = 256,
     WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
@@ -77,7 +81,9 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
                     bp_ceil_div(g->out_h, d) < 4 ||
                     bp_winograd_weight_floats(g) > WINO_MAX_WEIGHTS))
         return false;
-    size_t tiles = WINO_SCRATCH_TARGET / (16 * (g->in_c + WINO_BW));
+    size_t target = bp_winograd_weight_floats(g) > WINO_SCRATCH_TARGET_LARGE_U ? WINO_SCRATCH_TARGET_LARGE_U
+                                                                              : WINO_SCRATCH_TARGET;
+    size_t tiles = target / (16 * (g->in_c + WINO_BW));
     if (tiles < WINO_MIN_TILES) tiles = WINO_MIN_TILES;
     if (tiles > WINO_MAX_TILES) tiles = WINO_MAX_TILES;
     plan->rows = tiles / plan->tw > 0 ? tiles / plan->tw : 1;
@@ -415,14 +421,14 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
     size_t nw = (size_t)workers;
     j.blocks = bp_ceil_div(total_rows, plan->rows);
     /* equal shares: blocks that do not split evenly over the workers are cut into a multiple of
-       them (sizes one row apart at most) when that leaves none or a small part of a block to
-       the odd ones out, else a few blocks are split by channel blocks */
+       them (sizes one row apart at most), but fewer blocks than workers whose rows do not split
+       evenly are split by channel blocks */
     if (j.blocks % nw != 0) {
         size_t more = bp_ceil_div(j.blocks, nw) * nw;
-        if (total_rows % more == 0 || total_rows >= 4 * more)
-            j.blocks = more;
-        else if (j.blocks < 4 * nw && mblocks(g) >= nw)
+        if (j.blocks < nw && total_rows % more != 0 && mblocks(g) >= nw)
             j.chunks = nw;
+        else if (total_rows >= more)
+            j.blocks = more;
     }
     size_t tasks = j.blocks * j.chunks;
     if ((size_t)workers > tasks) workers = (int)tasks;
