@@ -123,8 +123,8 @@ def test_activation_follows_the_bias(activation, winograd, backend, rng, no_filt
 
 
 # (batch, cin, cout, h, w): batches whose tile rows are cut into a multiple of 2 or 3 blocks of
-# sizes one row apart (75 and 105 rows of 15 tiles; 21 of 7 tiles, U over 2 MiB: blocks of 5 or 6
-# rows that span images), or blocks of small images; input channels that leave a part of U of
+# sizes one row apart that span images (75 and 105 rows of 15 tiles, 21 rows of 7 tiles), or
+# blocks of small images; input channels that leave a part of U of
 # fewer than 8 channels, output channels that leave a partial channel block, half tiles.
 BLOCK_CASES = [(5, 61, 40, 30, 30), (7, 64, 70, 30, 29), (3, 192, 160, 14, 14), (2, 40, 24, 6, 6)]
 

@@ -17,11 +17,7 @@
 #include "parallel.h"
 
 enum {
-    /* floats of V and M a task holds: 512 KiB, within half an L2 of 1 MiB, so that the products
-       read V and the output transform reads M from the L2 (not the L3, which two workers share);
-       2 MiB when U passes 2 MiB (read from the L3 by every block: more tiles per reading) */
-    WINO_SCRATCH_TARGET = 1 << 17,
-    WINO_SCRATCH_TARGET_LARGE_U = 1 << 19,
+    WINO_SCRATCH_TARGET = 1 << 19, /* floats of V and M a task holds (2 MiB): within the L3 */
     WINO_MIN_TILES = 32,           /* a task's tiles, at least and at most */
     WINO_MAX_TILES = 256,
     WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
@@ -81,9 +77,7 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
                     bp_ceil_div(g->out_h, d) < 4 ||
                     bp_winograd_weight_floats(g) > WINO_MAX_WEIGHTS))
         return false;
-    size_t target = bp_winograd_weight_floats(g) > WINO_SCRATCH_TARGET_LARGE_U ? WINO_SCRATCH_TARGET_LARGE_U
-                                                                              : WINO_SCRATCH_TARGET;
-    size_t tiles = target / (16 * (g->in_c + WINO_BW));
+    size_t tiles = WINO_SCRATCH_TARGET / (16 * (g->in_c + WINO_BW));
     if (tiles < WINO_MIN_TILES) tiles = WINO_MIN_TILES;
     if (tiles > WINO_MAX_TILES) tiles = WINO_MAX_TILES;
     plan->rows = tiles / plan->tw > 0 ? tiles / plan->tw : 1;
