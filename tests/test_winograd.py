@@ -122,6 +122,49 @@ def test_activation_follows_the_bias(activation, winograd, backend, rng, no_filt
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin))
 
 
+# (batch, cin, cout, h, w): batches whose tile rows are cut into a multiple of 2 or 3 blocks of
+# sizes one row apart that span images (75 and 105 rows of 15 tiles, 21 rows of 7 tiles), or
+# blocks of small images; input channels that leave a part of U of
+# fewer than 8 channels, output channels that leave a partial channel block, half tiles.
+BLOCK_CASES = [(5, 61, 40, 30, 30), (7, 64, 70, 30, 29), (3, 192, 160, 14, 14), (2, 40, 24, 6, 6)]
+
+
+def _relu_layer_and_references(rng, case, n_threads, flags=None):
+    """A 'same' ReLU layer of random weights, x and dy, and the reference y and dx (float64)."""
+    n, cin, cout, h, w = case
+    x, dy = random_array(rng, (n, cin, h, w)), random_array(rng, (n, cout, h, w))
+    weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
+    layer, _ = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                            weight, bias, AF.rectified_linear, n_threads, flags=flags)
+    y_ref = np.maximum(reference.conv2d(x, weight, bias, padding=(1, 1, 1, 1)), 0)
+    dx_ref = reference.conv2d_backward(x, weight, dy, output=y_ref, padding=(1, 1, 1, 1),
+                                       activation=AF.rectified_linear)[0]
+    return x, dy, layer, y_ref, dx_ref
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=["x".join(map(str, c)) for c in BLOCK_CASES])
+def test_batch_blocks_over_threads(case, client, n_threads, winograd, backend, rng, no_filter_leaks):
+    """Blocks of unequal sizes shared out over 1 to 3 workers, U made from client weights at each
+    call in parts that any worker takes (the products wait until it is whole), ReLU fused; then
+    the input gradient (of a client-pointer filter: the adjoint pass, which makes its U the same
+    way); repeated calls agree."""
+    n, cin, cout, h, w = case
+    x, dy, layer, y_ref, dx_ref = _relu_layer_and_references(rng, case, n_threads,
+                                                             None if client else Flags.none)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "winograd"
+        if client:  # a filter owning its weights computes dx on another engine
+            assert backend.filter_engine(layer.bnns_filter, "input_gradient") == "winograd"
+        for _ in range(3):
+            y, dx = np.full(y_ref.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+            layer.apply(n, x, y)
+            layer.apply_backward(n, x, y, dy, dx)
+            np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=_tolerance(cin))
+            np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout))
+
+
 def test_strided_input(winograd, backend, rng, no_filter_leaks):
     """x read from every other column of wider images (the masked vector loads need unit steps)."""
     n, cin, cout, h, w = 2, 20, 18, 9, 11
@@ -258,14 +301,19 @@ def _gradient_layer(rng, case, n_threads, activation=AF.identity, input_strides=
     return weight, bias, layer, out_hw
 
 
+def _forward_and_dy(backend, rng, layer, x, out_shape):
+    """Within `with layer`: y of a layer whose weight gradient runs on Winograd, and a random dy."""
+    assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
+    y = np.empty(out_shape, np.float32)
+    layer.apply(out_shape[0], x, y)
+    return y, random_array(rng, y.shape)
+
+
 def _weight_and_bias_gradients(backend, rng, layer, x, weight, bias, out_shape):
     """Forward, then dW and db of a random dy, on a layer whose weight gradient runs on Winograd."""
     n = out_shape[0]
     with layer:
-        assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
-        y = np.empty(out_shape, np.float32)
-        layer.apply(n, x, y)
-        dy = random_array(rng, y.shape)
+        y, dy = _forward_and_dy(backend, rng, layer, x, out_shape)
         dw, db = np.full(weight.shape, np.nan, np.float32), np.full(bias.shape, np.nan, np.float32)
         layer.apply_backward(n, x, y, dy, None, dw, db)
     return y, dy, dw, db
@@ -283,10 +331,7 @@ def test_weight_gradient_matches_the_reference(case, accumulate, n_threads, wino
     start_w, start_b = random_array(rng, weight.shape), random_array(rng, bias.shape)
     flag = NDArrayFlags.backprop_accumulate if accumulate else NDArrayFlags.backprop_set
     with layer:
-        assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
-        y = np.empty((n, cout, oh, ow), np.float32)
-        layer.apply(n, x, y)
-        dy = random_array(rng, y.shape)
+        y, dy = _forward_and_dy(backend, rng, layer, x, (n, cout, oh, ow))
         dw = NDArrayDescriptor(start_w.copy().reshape(-1), layer.weights.shape, flags=flag)
         db = NDArrayDescriptor(start_b.copy(), layer.bias.shape, flags=flag)
         layer.apply_backward(n, x, y, dy, None, dw, db)
@@ -338,10 +383,7 @@ def test_weight_gradient_matches_torch_autograd(case, accumulate, backend, rng, 
     start_w = random_array(rng, weight.shape)
     flag = NDArrayFlags.backprop_accumulate if accumulate else NDArrayFlags.backprop_set
     with layer:
-        assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
-        y = np.empty((n, cout, oh, ow), np.float32)
-        layer.apply(n, x, y)
-        dy = random_array(rng, y.shape)
+        y, dy = _forward_and_dy(backend, rng, layer, x, (n, cout, oh, ow))
         dx, db = np.full(x.shape, np.nan, np.float32), np.full(bias.shape, np.nan, np.float32)
         dw = NDArrayDescriptor(start_w.copy().reshape(-1), layer.weights.shape, flags=flag)
         layer.apply_backward(n, x, y, dy, dx, dw, db)
@@ -475,16 +517,57 @@ print(json.dumps(dict(isa=bnns_py.backend_info()["isa"], errors=errors)))
 """
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
-def test_weight_gradient_on_each_tier(isa):
+# The forward pass and input gradient of test_batch_blocks_over_threads's first case on 2 and 3
+# workers: the largest error relative to the test's tolerance (above 1: a failure).
+FORWARD_TIER_CHILD = r"""
+import json
+import numpy as np
+import bnns_py
+from test_winograd import BLOCK_CASES, _relu_layer_and_references, _tolerance
+
+rng = np.random.default_rng(7)
+case = BLOCK_CASES[0]
+n, cin, cout = case[:3]
+errors = {}
+for threads in (2, 3):
+    x, dy, layer, y_ref, dx_ref = _relu_layer_and_references(rng, case, threads)
+    with layer:
+        assert bnns_py.get_backend().filter_engine(layer.bnns_filter) == "winograd"
+        y, dx = np.full(y_ref.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+        layer.apply(n, x, y)
+        layer.apply_backward(n, x, y, dy, dx)
+    for name, got, ref, channels in (("y", y, y_ref, cin), ("dx", dx, dx_ref, cout)):
+        excess = np.abs(got - ref) / (1e-4 * np.abs(ref) + _tolerance(channels))
+        errors[f"{name} {threads} threads"] = float(np.nan_to_num(excess, nan=np.inf).max())
+print(json.dumps(dict(isa=bnns_py.backend_info()["isa"], errors=errors)))
+"""
+
+
+def _run_on_tier(isa, script):
+    """The JSON line a child process prints after running `script` on tier `isa` (skipped when this
+    CPU / build does not run it), with its "isa" checked."""
     available = bnns_py.backend_info().get("isa_available", "").split()
     if isa not in available:
         pytest.skip(f"this CPU / build does not run the {isa} tier (it runs: {' '.join(available)})")
     env = dict(os.environ, BNNS_PY_ISA=isa, BNNS_PY_PORTABLE_ENGINE="winograd")
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    child = subprocess.run([sys.executable, "-c", TIER_CHILD], env=env, capture_output=True, text=True, timeout=300,
+    child = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                            cwd=tests_dir)
     assert child.returncode == 0, child.stderr[-3000:]
     info = json.loads(child.stdout.strip().splitlines()[-1])
-    assert info["isa"] == isa and len(info["errors"]) == 4
+    assert info["isa"] == isa
+    return info
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_weight_gradient_on_each_tier(isa):
+    info = _run_on_tier(isa, TIER_CHILD)
+    assert len(info["errors"]) == 4
     assert max(info["errors"].values()) <= 1e-5, info["errors"]
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
+def test_batch_blocks_on_each_tier(isa):
+    info = _run_on_tier(isa, FORWARD_TIER_CHILD)
+    assert len(info["errors"]) == 4
+    assert max(info["errors"].values()) <= 1.0, info["errors"]

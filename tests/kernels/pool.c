@@ -1,7 +1,8 @@
 /* Tester of the worker pool (runtime/parallel.c): many runs of 2 to 8 threads (more threads than
    CPUs, so that workers are often descheduled) of a job split by worker index, each item of which
    must be done exactly once whoever runs a share, and of a job whose shares meet at a barrier, each
-   reading what the others wrote before it; then runs posted to sleeping workers with nothing for
+   reading what the others wrote before it, and of a job whose shares wait for items any of them
+   makes; then runs posted to sleeping workers with nothing for
    the caller to do, whose shares the caller often takes over (bnns_portable_pool_taken_over counts
    them: printed, not required, as it depends on how quickly a worker wakes).
 
@@ -14,7 +15,7 @@
 #include "internal.h" /* bnns.h, bnns_portable.h */
 #include "parallel.h"
 
-enum { ITEMS = 4099, RUNS = 3000, MAX_THREADS = 8, SLEEPY_RUNS = 50 };
+enum { ITEMS = 4099, RUNS = 3000, MAX_THREADS = 8, SLEEPY_RUNS = 50, PROGRESS_ITEMS = 37 };
 
 typedef struct {
     unsigned char done[ITEMS];
@@ -38,6 +39,28 @@ static void barrier_share(void *arg, int worker, int workers) {
     bp_barrier_wait(&j->met, workers);
     int sum = 0;
     for (int w = 0; w < workers; w++) sum += __atomic_load_n(&j->written[w], __ATOMIC_RELAXED);
+    j->seen[worker] = sum;
+}
+
+/* Items claimed by whichever share comes first, each counted made once written; every share then
+   waits for all of them and sums what was written: a share taken over (or started late) claims
+   none and still sees them all. */
+typedef struct {
+    _Atomic int claimed;
+    bp_progress made;
+    int value[PROGRESS_ITEMS], seen[MAX_THREADS];
+} progress_job;
+
+static void progress_share(void *arg, int worker, int workers) {
+    (void)workers;
+    progress_job *j = arg;
+    for (int i; (i = __atomic_fetch_add(&j->claimed, 1, __ATOMIC_RELAXED)) < PROGRESS_ITEMS;) {
+        j->value[i] = i + 1;
+        bp_progress_add(&j->made, 1);
+    }
+    bp_progress_wait(&j->made, PROGRESS_ITEMS);
+    int sum = 0;
+    for (int i = 0; i < PROGRESS_ITEMS; i++) sum += j->value[i];
     j->seen[worker] = sum;
 }
 
@@ -73,11 +96,25 @@ static int check_barrier(int run, int threads) {
     return workers == 0;
 }
 
+static int check_progress(int run, int threads) {
+    progress_job j;
+    memset(&j, 0, sizeof j);
+    bp_parallel_run(threads, progress_share, &j);
+    int workers = 0;
+    while (workers < MAX_THREADS && j.seen[workers] != 0) workers++;
+    for (int w = 0; w < workers; w++)
+        if (j.seen[w] != PROGRESS_ITEMS * (PROGRESS_ITEMS + 1) / 2) {
+            printf("progress run %d, %d threads: share %d saw %d\n", run, threads, w, j.seen[w]);
+            return 1;
+        }
+    return workers == 0;
+}
+
 int main(void) {
     int failures = 0;
     for (int run = 0; run < RUNS && failures == 0; run++) {
         int threads = 2 + run % (MAX_THREADS - 1);
-        failures += check_split(run, threads) + check_barrier(run, threads);
+        failures += check_split(run, threads) + check_barrier(run, threads) + check_progress(run, threads);
     }
     long taken = bnns_portable_pool_taken_over();
     int shares = 0;
@@ -91,8 +128,8 @@ int main(void) {
         printf("runs with an empty caller share: %d of %d worker shares ran\n", shares, SLEEPY_RUNS);
         failures++;
     }
-    printf("pool: %d runs split by worker and %d meeting at a barrier (2-%d threads), %ld of %d shares of "
-           "sleeping workers taken over, %ld in all; %d failures\n",
-           RUNS, RUNS, MAX_THREADS, taken, SLEEPY_RUNS, bnns_portable_pool_taken_over(), failures);
+    printf("pool: %d runs split by worker, %d meeting at a barrier and %d waiting for shared items (2-%d threads), "
+           "%ld of %d shares of sleeping workers taken over, %ld in all; %d failures\n",
+           RUNS, RUNS, RUNS, MAX_THREADS, taken, SLEEPY_RUNS, bnns_portable_pool_taken_over(), failures);
     return failures ? 1 : 0;
 }

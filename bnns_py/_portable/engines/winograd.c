@@ -282,12 +282,13 @@ typedef struct {
     size_t y_bs;
     const bp_epilogue *e;
     const bp_scratch *s;
-    size_t rows;   /* tile rows per task */
-    size_t blocks; /* tasks along the tile rows of the batch */
+    size_t blocks; /* tasks along the tile rows of the batch, their sizes one row apart at most */
     size_t chunks; /* chunks of channel blocks per tile-row block */
     size_t total_rows;
     weights_job weights; /* weights.w != NULL: U is made first, from these, by all the workers */
-    bp_barrier ready;
+    int weight_units;    /* parts of U, WEIGHT_CHANNELS input channels each: claimed, made */
+    _Atomic int weight_units_claimed;
+    bp_progress weight_units_made;
     _Atomic size_t next;
 } forward_job;
 
@@ -326,17 +327,33 @@ static void input_transform(const forward_job *j, size_t r0, size_t r1, float *v
     }
 }
 
-static void run_task(const forward_job *j, size_t block, size_t chunk, float *scratch) {
+/* Claims and makes parts of U until none is left (a worker that starts late finds none). */
+static void make_weight_units(forward_job *j, float *t) {
+    const bp_geom *g = j->g;
+    for (int unit; (unit = atomic_fetch_add_explicit(&j->weight_units_claimed, 1, memory_order_relaxed)) <
+                   j->weight_units;) {
+        size_t c0 = (size_t)unit * WEIGHT_CHANNELS;
+        weight_share(&j->weights, c0, bp_min(c0 + WEIGHT_CHANNELS, g->in_c), 0, mblocks(g) * WINO_BW, t);
+        bp_progress_add(&j->weight_units_made, 1);
+    }
+}
+
+/* A block of tile rows and a chunk of channel blocks. wait_for_weights: the workers make U
+   together; the products wait until it is whole, the input transform does not. */
+static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_weights, float *scratch) {
     const bp_winograd *p = j->plan;
     const bp_geom *g = j->g;
     size_t tw = p->tw, th = p->th, in_c = g->in_c, ow = g->out_w, ohw = g->out_h * ow, nb = mblocks(g);
-    size_t r0 = block * j->rows, r1 = bp_min(r0 + j->rows, j->total_rows), nt = (r1 - r0) * tw, mb0, mb1;
+    size_t r0, r1, mb0, mb1;
+    bp_split(j->total_rows, (int)block, (int)j->blocks, &r0, &r1);
+    size_t nt = (r1 - r0) * tw;
     bp_split(nb, (int)chunk, (int)j->chunks, &mb0, &mb1);
     scratch_parts sp = parts_of(g, p, scratch);
     float *m = sp.m, *rows = sp.rows;
     int32_t *off = sp.off;
     const float *v = sp.v;
     input_transform(j, r0, r1, sp.v, &sp);
+    if (wait_for_weights) bp_progress_wait(&j->weight_units_made, j->weight_units);
     size_t ldv = in_c * nt, mp = (p->rows * tw + WINO_NC) * WINO_BW;
     size_t d = p->d, per_image = d * d * th;
     for (size_t c = 0; c < in_c; c++) off[c] = (int32_t)(c * nt);
@@ -377,16 +394,14 @@ static void forward_tasks(void *arg, int worker, int workers) {
         size_t mb0, mb1;
         bp_split(mblocks(j->g), worker, workers, &mb0, &mb1);
         if (j->weights.w != NULL) weight_share(&j->weights, 0, j->g->in_c, mb0 * WINO_BW, mb1 * WINO_BW, sp.wt);
-        run_task(j, 0, (size_t)worker, scratch);
+        run_task(j, 0, (size_t)worker, false, scratch);
         return;
     }
-    if (j->weights.w != NULL) { /* the weights' transform first, together: one run, not two */
-        weight_share_of(&j->weights, worker, workers, sp.wt);
-        bp_barrier_wait(&j->ready, workers);
-    }
+    bool shared_weights = j->weights.w != NULL; /* made first, together: one run, not two */
+    if (shared_weights) make_weight_units(j, sp.wt);
     size_t tasks = j->blocks * j->chunks;
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < tasks;)
-        run_task(j, t / j->chunks, t % j->chunks, scratch);
+        run_task(j, t / j->chunks, t % j->chunks, shared_weights, scratch);
 }
 
 void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, const float *w, bool adjoint,
@@ -394,21 +409,21 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
                          const bp_epilogue *e, const bp_scratch *s, int threads) {
     size_t total_rows = batch * plan->d * plan->d * plan->th, tiles = total_rows * plan->tw;
     int workers = bp_workers_for(threads, 2 * 16 * tiles * g->in_c * g->out_c);
-    forward_job j = {plan, g, u, x_img, x, x_bs, y, y_bs, e, s, plan->rows, 0, 1, total_rows,
-                     {g, w, u, s, adjoint}, {0}, 0};
+    forward_job j = {.plan = plan, .g = g, .u = u, .x_img = x_img, .x = x, .x_bs = x_bs, .y = y, .y_bs = y_bs,
+                     .e = e, .s = s, .chunks = 1, .total_rows = total_rows, .weights = {g, w, u, s, adjoint},
+                     .weight_units = (int)bp_ceil_div(g->in_c, WEIGHT_CHANNELS)};
     size_t nw = (size_t)workers;
-    j.blocks = bp_ceil_div(total_rows, j.rows);
-    /* equal shares: a few blocks that do not split evenly over the workers are cut into a multiple
-       of them when the tile rows split evenly that way, else split by channel blocks */
-    if (j.blocks % nw != 0 && j.blocks < 4 * nw) {
+    j.blocks = bp_ceil_div(total_rows, plan->rows);
+    /* equal shares: blocks that do not split evenly over the workers are cut into a multiple of
+       them (sizes one row apart at most), but fewer blocks than workers whose rows do not split
+       evenly are split by channel blocks */
+    if (j.blocks % nw != 0) {
         size_t more = bp_ceil_div(j.blocks, nw) * nw;
-        if (total_rows % more == 0 || total_rows >= 4 * more)
-            j.blocks = more;
-        else if (mblocks(g) >= nw)
+        if (j.blocks < nw && total_rows % more != 0 && mblocks(g) >= nw)
             j.chunks = nw;
+        else if (total_rows >= more)
+            j.blocks = more;
     }
-    j.rows = bp_ceil_div(total_rows, j.blocks);
-    j.blocks = bp_ceil_div(total_rows, j.rows);
     size_t tasks = j.blocks * j.chunks;
     if ((size_t)workers > tasks) workers = (int)tasks;
     bp_parallel_run(workers, forward_tasks, &j);

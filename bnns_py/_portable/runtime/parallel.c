@@ -23,13 +23,21 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-void bp_barrier_wait(bp_barrier *b, int workers) {
-    atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel);
-    for (int spins = 0; atomic_load_explicit(&b->arrived, memory_order_acquire) < workers; spins++) {
+static void wait_until_at_least(_Atomic int *counter, int target) {
+    for (int spins = 0; atomic_load_explicit(counter, memory_order_acquire) < target; spins++) {
         if (spins < SPIN_ROUNDS) cpu_relax();
         else sched_yield(); /* a worker the system has descheduled: let it run */
     }
 }
+
+void bp_barrier_wait(bp_barrier *b, int workers) {
+    atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel);
+    wait_until_at_least(&b->arrived, workers);
+}
+
+void bp_progress_add(bp_progress *p, int items) { atomic_fetch_add_explicit(&p->done, items, memory_order_release); }
+
+void bp_progress_wait(bp_progress *p, int count) { wait_until_at_least(&p->done, count); }
 
 /* One mailbox per worker thread: the caller fills in the job, opens it (`open`: the run's
    number), then bumps `posted` to wake the worker. A job is run by whoever closes it first: its

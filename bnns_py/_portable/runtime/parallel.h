@@ -27,6 +27,17 @@ typedef struct {
 
 void bp_barrier_wait(bp_barrier *b, int workers);
 
+/* Items of shared work done so far, by any of the threads of one bp_parallel_run call: a thread
+   that needs the first `count` of them waits for those only, not for every thread to arrive (a
+   thread that starts late, or the system deschedules, holds up no one but those that need its
+   items). Zero-initialize. */
+typedef struct {
+    _Atomic int done;
+} bp_progress;
+
+void bp_progress_add(bp_progress *p, int items);
+void bp_progress_wait(bp_progress *p, int count);
+
 /* Work on items [begin, end). */
 typedef void (*bp_range_fn)(void *arg, size_t begin, size_t end);
 
