@@ -1,8 +1,7 @@
 /* Tester of the worker pool (runtime/parallel.c): many runs of 2 to 8 threads (more threads than
    CPUs, so that workers are often descheduled) of a job split by worker index, each item of which
-   must be done exactly once whoever runs a share, and of a job whose shares meet at a barrier, each
-   reading what the others wrote before it, and of a job whose shares wait for items any of them
-   makes; then runs posted to sleeping workers with nothing for
+   must be done exactly once whoever runs a share, and of a job whose shares wait for items any of
+   them makes; then runs posted to sleeping workers with nothing for
    the caller to do, whose shares the caller often takes over (bnns_portable_pool_taken_over counts
    them: printed, not required, as it depends on how quickly a worker wakes).
 
@@ -26,20 +25,6 @@ static void split_share(void *arg, int worker, int workers) {
     size_t begin, end;
     bp_split(ITEMS, worker, workers, &begin, &end);
     for (size_t i = begin; i < end; i++) j->done[i]++;
-}
-
-typedef struct {
-    bp_barrier met;
-    int written[MAX_THREADS], seen[MAX_THREADS];
-} barrier_job;
-
-static void barrier_share(void *arg, int worker, int workers) {
-    barrier_job *j = arg;
-    j->written[worker] = worker + 1;
-    bp_barrier_wait(&j->met, workers);
-    int sum = 0;
-    for (int w = 0; w < workers; w++) sum += __atomic_load_n(&j->written[w], __ATOMIC_RELAXED);
-    j->seen[worker] = sum;
 }
 
 /* Items claimed by whichever share comes first, each counted made once written; every share then
@@ -82,20 +67,6 @@ static int check_split(int run, int threads) {
     return 0;
 }
 
-static int check_barrier(int run, int threads) {
-    barrier_job j;
-    memset(&j, 0, sizeof j);
-    bp_parallel_run(threads, barrier_share, &j);
-    int workers = 0;
-    while (workers < MAX_THREADS && j.seen[workers] != 0) workers++; /* the threads the pool gave */
-    for (int w = 0; w < workers; w++)
-        if (j.seen[w] != workers * (workers + 1) / 2) {
-            printf("barrier run %d, %d threads: share %d saw %d\n", run, threads, w, j.seen[w]);
-            return 1;
-        }
-    return workers == 0;
-}
-
 static int check_progress(int run, int threads) {
     progress_job j;
     memset(&j, 0, sizeof j);
@@ -114,7 +85,7 @@ int main(void) {
     int failures = 0;
     for (int run = 0; run < RUNS && failures == 0; run++) {
         int threads = 2 + run % (MAX_THREADS - 1);
-        failures += check_split(run, threads) + check_barrier(run, threads) + check_progress(run, threads);
+        failures += check_split(run, threads) + check_progress(run, threads);
     }
     long taken = bnns_portable_pool_taken_over();
     int shares = 0;
@@ -128,8 +99,8 @@ int main(void) {
         printf("runs with an empty caller share: %d of %d worker shares ran\n", shares, SLEEPY_RUNS);
         failures++;
     }
-    printf("pool: %d runs split by worker, %d meeting at a barrier and %d waiting for shared items (2-%d threads), "
+    printf("pool: %d runs split by worker and %d waiting for shared items (2-%d threads), "
            "%ld of %d shares of sleeping workers taken over, %ld in all; %d failures\n",
-           RUNS, RUNS, RUNS, MAX_THREADS, taken, SLEEPY_RUNS, bnns_portable_pool_taken_over(), failures);
+           RUNS, RUNS, MAX_THREADS, taken, SLEEPY_RUNS, bnns_portable_pool_taken_over(), failures);
     return failures ? 1 : 0;
 }

@@ -30,11 +30,6 @@ static void wait_until_at_least(_Atomic int *counter, int target) {
     }
 }
 
-void bp_barrier_wait(bp_barrier *b, int workers) {
-    atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel);
-    wait_until_at_least(&b->arrived, workers);
-}
-
 void bp_progress_add(bp_progress *p, int items) { atomic_fetch_add_explicit(&p->done, items, memory_order_release); }
 
 void bp_progress_wait(bp_progress *p, int count) { wait_until_at_least(&p->done, count); }
@@ -42,9 +37,9 @@ void bp_progress_wait(bp_progress *p, int count) { wait_until_at_least(&p->done,
 /* One mailbox per worker thread: the caller fills in the job, opens it (`open`: the run's
    number), then bumps `posted` to wake the worker. A job is run by whoever closes it first: its
    worker, or the caller once done with its own share (a worker still asleep, or descheduled by
-   another process, would otherwise keep the caller waiting for a share it could run itself). A
-   job with a barrier is never taken over: the caller only finishes its share once every worker
-   has arrived. */
+   another process, would otherwise keep the caller waiting for a share it could run itself). So a
+   share must never wait for another share to start: it may wait only for shared items that a
+   running thread has claimed (bp_progress). */
 typedef struct {
     _Atomic unsigned long posted;
     _Atomic unsigned long open; /* the run whose job is waiting here, 0 when taken */

@@ -19,18 +19,11 @@ typedef void (*bp_worker_fn)(void *arg, int worker, int workers);
    work by (worker, workers) alone: it may be called as (0, 1) with all the work. */
 void bp_parallel_run(int workers, bp_worker_fn fn, void *arg);
 
-/* A one-use barrier for the threads of one bp_parallel_run call: every one of them calls
-   bp_barrier_wait with fn's `workers`, and none returns before all have arrived. Zero-initialize. */
-typedef struct {
-    _Atomic int arrived;
-} bp_barrier;
-
-void bp_barrier_wait(bp_barrier *b, int workers);
-
 /* Items of shared work done so far, by any of the threads of one bp_parallel_run call: a thread
    that needs the first `count` of them waits for those only, not for every thread to arrive (a
    thread that starts late, or the system deschedules, holds up no one but those that need its
-   items). Zero-initialize. */
+   items). Every item must be claimed by a thread that is running before anyone waits for it: a
+   share may never start (its worker's job taken over by the caller after its own). Zero-initialize. */
 typedef struct {
     _Atomic int done;
 } bp_progress;
