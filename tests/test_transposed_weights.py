@@ -6,11 +6,13 @@ on the direct engine), strides 1 to 3, padding, output padding (odd sizes), dila
 (along x: the direct engine), input channels that fill whole vectors and that leave some over,
 fused activations (the image-by-image path), batch 1 to 3, 1 and 2 threads, and each vector tier
 in a child process (set and accumulate: test_transposed_phases)."""
+import threading
+
 import numpy as np
 import pytest
 
 import bnns_py
-from bnns_py import ActivationFunction as AF
+from bnns_py import ActivationFunction as AF, reference
 
 from conftest import random_array, run_child_on_tier
 from test_transposed_phases import case_id, cases_child, run_module_case
@@ -34,19 +36,45 @@ def test_weight_gradient_matches_reference(case, n_threads, rng, no_filter_leaks
     run_module_case(rng, case, ACTIVATIONS[index % len(ACTIVATIONS)], n=1 + index % 3, n_threads=n_threads)
 
 
+def benchmark_like_operands(rng):
+    """x (3 images), a 4x4 / 2 layer's weight (64 -> 32 channels) and its output gradient dy."""
+    x = random_array(rng, (3, 64, 8, 8))
+    weight = random_array(rng, (64, 32, 4, 4), 0.5)
+    return x, weight, random_array(rng, (3, 32, 16, 16))
+
+
 def test_weight_gradient_matches_torch(rng, no_filter_leaks):
     torch = pytest.importorskip("torch")
-    cin, cout, h, w, n = 64, 32, 8, 8, 3
-    x = random_array(rng, (n, cin, h, w))
-    weight = random_array(rng, (cin, cout, 4, 4), 0.5)
+    x, weight, dy = benchmark_like_operands(rng)
     with bnns_py.ConvTranspose2d(weight, None, stride=2, padding=1) as module:
-        y = module.forward(x)
-        dy = random_array(rng, y.shape)
-        grads = module.backward(x, y, dy)
+        grads = module.backward(x, None, dy)
     tw = torch.from_numpy(weight).double().requires_grad_(True)
     torch.nn.functional.conv_transpose2d(torch.from_numpy(x).double(), tw, stride=2, padding=1).backward(
         torch.from_numpy(dy).double())
     np.testing.assert_allclose(grads.weight, tw.grad.numpy(), rtol=1e-4, atol=1e-4 * np.abs(tw.grad.numpy()).max())
+
+
+def test_concurrent_backward_calls_on_one_module(rng, no_filter_leaks):
+    """Two threads call backward on one module at once: one call holds the filter's workspace,
+    the other its own, and one of them finds the worker pool busy and runs its parts alone (the
+    one-worker run sums every part of the channels, each in its own slot)."""
+    x, weight, dy = benchmark_like_operands(rng)
+    with bnns_py.ConvTranspose2d(weight, None, stride=2, padding=1) as module:
+        expected = reference.conv_transpose2d_backward(x, weight, dy, stride=2, padding=1)[1]
+        errors = []
+
+        def train_steps():
+            for _ in range(60):
+                got = module.backward(x, None, dy).weight
+                errors.append(float(np.abs(got - expected).max()))
+
+        threads = [threading.Thread(target=train_steps) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(errors) == 120
+    assert max(errors) <= 1e-4 * np.abs(expected).max()
 
 
 @pytest.mark.requires_portable_internals

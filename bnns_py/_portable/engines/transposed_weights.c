@@ -10,8 +10,14 @@
    The direct engine's weight gradient instead copies kh*kw source values per dz value into
    [pixel][step] blocks (a 4x4/2 layer: 8 times the copies of x made here).
 
-   Workers own ranges of dz channels c: each sums every image into dW transposed ([c, ky, kx][m])
-   in its scratch, then writes its columns of dW. */
+   The dz channels c are cut into parts, one per planned worker: part q sums every image into dW
+   transposed ([c, ky, kx][m]) in scratch slot q, then writes its columns of dW. A worker takes its
+   range of the parts (all of them when it runs alone). x is transposed once per image for all the
+   workers: images go in windows of one per slot (image i of a window in slot i), one run each; the
+   run's threads claim the window's transposes 8 channels at a time, and before summing an image a
+   worker claims what is left of that image's (so each is claimed by a running thread) and waits
+   for those the others make (bp_progress). */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "direct_plan.h"
@@ -19,6 +25,7 @@
 
 enum {
     CHANNEL_CHUNK = 8,      /* dz channels bordered at a time */
+    TRANSPOSE_ROWS = 8,     /* channels of x per shared transpose */
     ACC_LIMIT = 1 << 21     /* floats of a worker's dW transposed (8 MiB): beyond, the direct engine */
 };
 
@@ -29,7 +36,9 @@ typedef struct {
     size_t hp, wp;    /* zero-bordered dz plane */
     size_t m_pad;     /* m rounded up to the kernel's vectors */
     size_t npix;      /* S output pixels per image */
-    size_t c_share;   /* the most channels a worker owns */
+    size_t c_share;   /* channels of a part (the last may have fewer) */
+    size_t parts;
+    size_t slots;     /* planned workers: scratch slots, images per window */
 } layout;
 
 static size_t block_width(void) { return PIX_MV_MAX * BP_VL; }
@@ -39,12 +48,15 @@ static void layout_for(const bp_geom *g, int workers, layout *l) {
     l->wp = (g->out_w - 1) * g->sx + g->kw;
     l->m_pad = bp_round_up(g->out_c, block_width());
     l->npix = g->out_h * g->out_w;
-    l->c_share = bp_ceil_div(g->in_c, (size_t)(workers < 1 ? 1 : workers));
+    l->slots = (size_t)(workers < 1 ? 1 : workers);
+    l->c_share = bp_ceil_div(g->in_c, l->slots);
+    l->parts = bp_ceil_div(g->in_c, l->c_share);
 }
 
 static size_t acc_floats(const bp_geom *g, const layout *l) { return l->c_share * g->kh * g->kw * l->m_pad; }
 
-/* Per worker: dW transposed, x transposed, the bordered planes, the pixels' offsets. */
+/* Per slot: a part's dW transposed, an image's x transposed, a worker's bordered planes and pixels'
+   offsets. */
 static size_t worker_floats(const bp_geom *g, const layout *l) {
     return acc_floats(g, l) + l->npix * l->m_pad + CHANNEL_CHUNK * l->hp * l->wp + l->npix + 64;
 }
@@ -70,17 +82,35 @@ typedef struct {
     float *dw;
     bool add;
     const bp_scratch *s;
+    size_t b0, nb;                  /* the window: images [b0, b0 + nb) */
+    size_t units;                   /* transposes per image (of m_pad channels) */
+    _Atomic size_t claimed;         /* the window's transposes claimed */
+    bp_progress made[BP_MAX_WORKERS]; /* per image of the window: its transposes made */
 } job_t;
 
-/* xt[t][p][i] = x(t*bw + i, p) of one image (packed, npix apart), zero past the last channel. */
-static void transpose_x(const job_t *j, const float *x, float *xt) {
+static float *slot(const job_t *j, size_t q) { return j->s->base + q * j->s->stride; }
+static float *slot_xt(const job_t *j, size_t q) { return slot(j, q) + acc_floats(j->g, &j->l); }
+
+/* Channels [m0, m0 + 8) of one image x into xt[t][p][i] = x(t*bw + i, p) (packed, npix apart),
+   zero past the last channel. */
+static void transpose_channels(const job_t *j, const float *x, size_t m0, float *xt) {
     size_t bw = block_width(), npix = j->l.npix, m = j->g->out_c, p8 = npix / 8 * 8;
-    for (size_t m0 = 0; m0 < j->l.m_pad; m0 += 8) {
-        float *to = xt + (m0 / bw) * npix * bw + m0 % bw;
-        if (m0 + 8 <= m)
-            for (size_t p0 = 0; p0 < p8; p0 += 8) bp_transpose8x8(x + m0 * npix + p0, npix, to + p0 * bw, bw);
-        for (size_t p = m0 + 8 <= m ? p8 : 0; p < npix; p++)
-            for (size_t i = 0; i < 8; i++) to[p * bw + i] = m0 + i < m ? x[(m0 + i) * npix + p] : 0.0f;
+    float *to = xt + (m0 / bw) * npix * bw + m0 % bw;
+    if (m0 + 8 <= m)
+        for (size_t p0 = 0; p0 < p8; p0 += 8) bp_transpose8x8(x + m0 * npix + p0, npix, to + p0 * bw, bw);
+    for (size_t p = m0 + 8 <= m ? p8 : 0; p < npix; p++)
+        for (size_t i = 0; i < 8; i++) to[p * bw + i] = m0 + i < m ? x[(m0 + i) * npix + p] : 0.0f;
+}
+
+/* Claims and makes the window's transposes until the first `end` are claimed. */
+static void make_transposes_through(job_t *j, size_t end) {
+    size_t total = j->nb * j->units;
+    while (atomic_load_explicit(&j->claimed, memory_order_relaxed) < end) {
+        size_t u = atomic_fetch_add_explicit(&j->claimed, 1, memory_order_relaxed);
+        if (u >= total) return;
+        size_t i = u / j->units;
+        transpose_channels(j, j->x + (j->b0 + i) * j->x_bs, u % j->units * TRANSPOSE_ROWS, slot_xt(j, i));
+        bp_progress_add(&j->made[i], 1);
     }
 }
 
@@ -126,35 +156,47 @@ static void store_columns(const job_t *j, const float *acc, size_t c0, size_t c1
         }
 }
 
-static void worker(void *arg, int w, int workers) {
-    const job_t *j = arg;
+/* Part q's sums over image i of the window (its transposes made), planes and off: the worker's. */
+static void sum_image(const job_t *j, size_t q, size_t i, float *planes, const int32_t *off) {
     const bp_geom *g = j->g;
     const layout *l = &j->l;
-    size_t c0, c1;
-    bp_split(g->in_c, w, workers, &c0, &c1);
-    if (c0 >= c1) return;
-    size_t bw = block_width(), mv = PIX_MV_MAX, blocks = l->m_pad / bw, taps = g->kh * g->kw;
-    float *acc = j->s->base + (size_t)w * j->s->stride, *xt = acc + acc_floats(g, l);
-    float *planes = xt + l->npix * l->m_pad;
+    size_t c0 = q * l->c_share, c1 = bp_min(g->in_c, c0 + l->c_share), b = j->b0 + i;
+    size_t bw = block_width(), blocks = l->m_pad / bw, taps = g->kh * g->kw;
+    const float *xt = slot_xt(j, i);
+    float *acc = slot(j, q);
+    for (size_t cc = c0; cc < c1; cc += CHANNEL_CHUNK) {
+        size_t n = bp_min(CHANNEL_CHUNK, c1 - cc);
+        border_planes(j, j->dz + b * j->dz_bs, cc, n, planes);
+        for (size_t c = 0; c < n; c++)
+            for (size_t ky = 0; ky < g->kh; ky++) {
+                const float *row = planes + (c * l->hp + ky * g->dy) * l->wp;
+                float *at = acc + ((cc - c0 + c) * taps + ky * g->kw) * l->m_pad;
+                for (size_t t = 0; t < blocks; t++)
+                    bp_direct_pixels_tile(PIX_MV_MAX, g->kw, row, off, l->npix, xt + t * l->npix * bw, at + t * bw,
+                                          l->m_pad, b > 0);
+            }
+    }
+}
+
+static void worker(void *arg, int w, int workers) {
+    job_t *j = arg;
+    const bp_geom *g = j->g;
+    const layout *l = &j->l;
+    size_t q0, q1;
+    bp_split(l->parts, w, workers, &q0, &q1);
+    if (q0 >= q1) return;
+    float *planes = slot_xt(j, (size_t)w) + l->npix * l->m_pad;
     int32_t *off = (int32_t *)(planes + CHANNEL_CHUNK * l->hp * l->wp);
     for (size_t y = 0, p = 0; y < g->out_h; y++)
         for (size_t x = 0; x < g->out_w; x++, p++) off[p] = (int32_t)(y * g->sy * l->wp + x * g->sx);
-    for (size_t b = 0; b < j->batch; b++) {
-        transpose_x(j, j->x + b * j->x_bs, xt);
-        for (size_t cc = c0; cc < c1; cc += CHANNEL_CHUNK) {
-            size_t n = bp_min(CHANNEL_CHUNK, c1 - cc);
-            border_planes(j, j->dz + b * j->dz_bs, cc, n, planes);
-            for (size_t c = 0; c < n; c++)
-                for (size_t ky = 0; ky < g->kh; ky++) {
-                    const float *row = planes + (c * l->hp + ky * g->dy) * l->wp;
-                    float *at = acc + ((cc - c0 + c) * taps + ky * g->kw) * l->m_pad;
-                    for (size_t t = 0; t < blocks; t++)
-                        bp_direct_pixels_tile(mv, g->kw, row, off, l->npix, xt + t * l->npix * bw, at + t * bw,
-                                              l->m_pad, b > 0);
-                }
+    for (size_t q = q0; q < q1; q++) {
+        for (size_t i = 0; i < j->nb; i++) {
+            make_transposes_through(j, (i + 1) * j->units);
+            bp_progress_wait(&j->made[i], (int)j->units);
+            sum_image(j, q, i, planes, off);
         }
+        if (j->b0 + j->nb == j->batch) store_columns(j, slot(j, q), q * l->c_share, bp_min(g->in_c, (q + 1) * l->c_share));
     }
-    store_columns(j, acc, c0, c1);
 }
 
 bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_image *dz_img, const float *dz,
@@ -165,7 +207,13 @@ bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_imag
     if ((size_t)workers > g->in_c) workers = (int)g->in_c;
     job_t j = {g, {0}, batch, dz_img, dz, x, dz_bs, x_bs, dw, add, s};
     layout_for(g, workers, &j.l);
+    j.units = j.l.m_pad / TRANSPOSE_ROWS;
     if (batch == 0 || !takes(g, &j.l) || worker_floats(g, &j.l) > s->stride) return false;
-    bp_parallel_run(workers, worker, &j);
+    for (j.b0 = 0; j.b0 < batch; j.b0 += j.nb) {
+        j.nb = bp_min(j.l.slots, batch - j.b0);
+        atomic_store_explicit(&j.claimed, 0, memory_order_relaxed);
+        memset(j.made, 0, sizeof j.made);
+        bp_parallel_run(workers, worker, &j);
+    }
     return true;
 }
