@@ -156,6 +156,14 @@ def _backward_key(x: Any, y: Any, grad_output: Any, need_input_gradient: bool) -
     return x.shape, x.strides, y.shape, y.strides, grad_output.shape, grad_output.strides, bool(need_input_gradient)
 
 
+def _keep(runners: Dict[Any, Any], lock: Any, key: Any, runner: Any) -> None:
+    """Keep a call's runner, forgetting all kept ones first when there are too many."""
+    with lock:
+        if len(runners) >= _RUNNERS_PER_MODULE:
+            runners.clear()
+        runners[key] = runner
+
+
 def _aligned(*arrays: Optional[Array]) -> bool:
     return all(a is None or a.flags.aligned for a in arrays)
 
@@ -208,10 +216,7 @@ class _ConvModule(_Lifecycle):
     def _keep_runner(self, key: Any, layer: ConvolutionLayer, prepared: Any, output: Any) -> None:
         bnns_weight = self._bnns_weight if self._bnns_weight is not self.weight else None
         runner = ConvFilter(self.spec, prepared, output, self.weight, self.bias, None, layer, bnns_weight)
-        with self._layers_lock:
-            if len(self._runners) >= _RUNNERS_PER_MODULE:
-                self._runners.clear()
-            self._runners[key] = runner
+        _keep(self._runners, self._layers_lock, key, runner)
 
     def _sync_weight(self) -> None:
         """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight, if it has one
@@ -343,10 +348,7 @@ class _ConvModule(_Lifecycle):
                               input_shape: Optional[Tuple[int, ...]]) -> None:
         bias_shape = None if self.bias is None else self.bias.shape
         runner = BackwardRunner(layer, batch, input_shape, self._bnns_weight.shape, bias_shape)
-        with self._layers_lock:
-            if len(self._backward_runners) >= _RUNNERS_PER_MODULE:
-                self._backward_runners.clear()
-            self._backward_runners[key] = runner
+        _keep(self._backward_runners, self._layers_lock, key, runner)
 
     def _gradients(self, grad_input: Optional[Array], grad_weight: Array, grad_bias: Optional[Array]) -> Gradients:
         if self._bnns_weight is not self.weight:
@@ -585,6 +587,8 @@ class Linear(_Lifecycle):
         self.backend = backend
         self._fc_layer: Optional[FullyConnectedLayer] = None
         self._layer_lock = threading.Lock()
+        # backward calls seen before (C-contiguous numpy operands) -> their gradient descriptors
+        self._backward_runners: Dict[Any, BackwardRunner] = {}
         self._init_lifecycle()
 
     @property
@@ -668,27 +672,45 @@ class Linear(_Lifecycle):
         LayerClosedError
             The module was closed.
         """
+        key = _backward_key(x, y, grad_output, need_input_gradient)
+        runner = self._backward_runners.get(key) if key is not None else None
+        if runner is not None and _aligned(x, y, grad_output):
+            self._enter()
+            try:
+                return Gradients(*runner.run(x, y, grad_output))
+            finally:
+                self._exit()
         self._enter()
         try:
             rows = vector_input("x", x, self.in_features)
             x2, single = np.ascontiguousarray(rows.array), rows.single
             batch = x2.shape[0]
             out_shape = (batch, self.out_features)
-            y = None if y is None else _gradient_operand("y", y, out_shape, single, (1, 2))
-            grad_output = _gradient_operand("grad_output", grad_output, out_shape, single, (1, 2))
+            y_array = None if y is None else _gradient_operand("y", y, out_shape, single, (1, 2))
+            dy = _gradient_operand("grad_output", grad_output, out_shape, single, (1, 2))
             grad_input = np.empty_like(x2) if need_input_gradient else None
             grad_weight = np.empty_like(self.weight)
             grad_bias = None if self.bias is None else np.empty_like(self.bias)
-            self._layer().apply_backward(batch, x2, y, grad_output, grad_input, grad_weight, grad_bias)
+            layer = self._layer()
+            layer.apply_backward(batch, x2, y_array, dy, grad_input, grad_weight, grad_bias)
+            if key is not None and x.flags.c_contiguous and (y is None or y.flags.c_contiguous) and \
+                    grad_output.flags.c_contiguous:  # all read in place, as the same shapes and strides will be
+                self._keep_backward_runner(key, layer, batch, x.shape if need_input_gradient else None)
         finally:
             self._exit()
         if grad_input is not None and single:
             grad_input = grad_input[0]
         return Gradients(grad_input, grad_weight, grad_bias)
 
+    def _keep_backward_runner(self, key: Any, layer: FullyConnectedLayer, batch: int,
+                              input_shape: Optional[Tuple[int, ...]]) -> None:
+        bias_shape = None if self.bias is None else self.bias.shape
+        runner = BackwardRunner(layer, batch, input_shape, self.weight.shape, bias_shape)
+        _keep(self._backward_runners, self._layer_lock, key, runner)
+
     def _release(self) -> None:
         with self._layer_lock:
-            layer, self._fc_layer = self._fc_layer, None
+            layer, self._fc_layer, self._backward_runners = self._fc_layer, None, {}
         if layer is not None:
             layer.close()
 

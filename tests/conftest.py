@@ -3,6 +3,7 @@ import gc
 import os
 import subprocess
 import sys
+import threading
 import zlib
 
 import numpy as np
@@ -179,3 +180,35 @@ def backward_into_nan(layer, n, x, y, dy, dw_shape, db_shape):
     db = np.full(db_shape, np.nan, np.float32)
     layer.apply_backward(n, x, y, dy, dx, dw, db)
     return dx, dw, db
+
+
+def backward_mismatches_in_two_threads(module, jobs, expected, calls, rtol):
+    """Threads 0 and 1 call ``module.backward(*jobs[i])`` ``calls`` times each, at once; the threads
+    whose gradients differ from ``expected[i]`` by more than ``rtol`` of the largest value (of 1
+    at least)."""
+    failures = []
+    start = threading.Barrier(2)
+
+    def work(i):
+        start.wait()
+        for _ in range(calls):
+            for got, want in zip(module.backward(*jobs[i]), expected[i]):
+                if np.abs(got - want).max() > rtol * max(1.0, np.abs(want).max()):
+                    failures.append(i)
+                    return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
+def misaligned_copy(a):
+    """A copy of float32 ``a`` one byte off float alignment, with ``a``'s strides."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    copy = raw[1:].view(np.float32).reshape(a.shape)
+    copy[...] = a
+    assert not copy.flags.aligned and copy.strides == a.strides
+    return copy

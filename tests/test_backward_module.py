@@ -3,15 +3,13 @@ of the same shapes and strides take the module's kept gradient descriptors (one 
 is compared with the float64 reference: fresh arrays each step, single images, no input gradient,
 no y, no bias, views and misaligned arrays (which take the checked path), weights changed in place
 between steps, and two threads differentiating one module at once."""
-import threading
-
 import numpy as np
 import pytest
 
 import bnns_py
 from bnns_py import ActivationFunction as AF, reference
 
-from conftest import assert_close_to_reference, random_array
+from conftest import assert_close_to_reference, backward_mismatches_in_two_threads, misaligned_copy, random_array
 
 
 def _module(rng, transposed, activation, bias=True, cin=3, cout=5):
@@ -106,10 +104,7 @@ def test_views_and_misaligned_operands_take_the_checked_path(rng, no_filter_leak
         for _ in range(2):  # a view is never read as packed memory, the second time either
             _check(module, x, y, dy, module.backward(x, view(y), dy))
             _check(module, x, y, dy, module.backward(x, y, view(dy)))
-        raw = np.zeros(x.nbytes + 1, np.uint8)
-        x_off = raw[1:].view(np.float32).reshape(x.shape)
-        x_off[...] = x
-        assert not x_off.flags.aligned and x_off.strides == x.strides
+        x_off = misaligned_copy(x)
         for _ in range(2):
             _check(module, x, y, dy, module.backward(x_off, y, dy))
         with pytest.raises(ValueError, match="grad_output"):
@@ -127,21 +122,4 @@ def test_two_threads_differentiate_one_module_at_once(rng, no_filter_leaks):
             jobs.append((x, y, random_array(rng, y.shape)))
         expected = [_expected(module, *job) for job in jobs]
         module.backward(*jobs[0])  # the kept path from here on
-        failures = []
-        start = threading.Barrier(2)
-
-        def work(i):
-            start.wait()
-            for _ in range(30):
-                grads = module.backward(*jobs[i])
-                for got, want in zip(grads, expected[i]):
-                    if np.abs(got - want).max() > 1e-3 * max(1.0, np.abs(want).max()):
-                        failures.append(i)
-                        return
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert failures == []
+        assert backward_mismatches_in_two_threads(module, jobs, expected, 30, 1e-3) == []
