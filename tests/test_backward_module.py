@@ -122,4 +122,33 @@ def test_two_threads_differentiate_one_module_at_once(rng, no_filter_leaks):
             jobs.append((x, y, random_array(rng, y.shape)))
         expected = [_expected(module, *job) for job in jobs]
         module.backward(*jobs[0])  # the kept path from here on
-        assert backward_mismatches_in_two_threads(module, jobs, expected, 30, 1e-3) == []
+        assert backward_mismatches_in_two_threads([module.backward] * 2, jobs, expected, 30, 1e-3) == []
+
+
+def test_two_threads_differentiate_their_own_2_thread_layers(rng, no_filter_leaks):
+    """Two threads differentiate their own 2-thread layers at once (a dense 3x3 on the direct engine's
+    passes, a 4x4 / 2 transposed one on its in-place weight gradient): a call that finds the worker
+    pool busy runs alone, and each still gets its own operands' gradients."""
+    modules, jobs, expected = [], [], []
+    for transposed in (False, True):
+        cin, cout = (64, 32) if transposed else (40, 48)
+        weight = random_array(rng, (cin, cout, 4, 4) if transposed else (cout, cin, 3, 3), 0.3)
+        cls = bnns_py.ConvTranspose2d if transposed else bnns_py.Conv2d
+        module = cls(weight, None, stride=2 if transposed else 1, padding=1)
+        x = random_array(rng, (3, cin, 10, 10))
+        module._layers[(10, 10)] = module.spec.make_layer(10, 10, module._bnns_weight, None, None, n_threads=2,
+                                                          weight_strides=module._weight_strides)
+        y = module.forward(x)
+        dy = random_array(rng, y.shape)
+        backward = reference.conv_transpose2d_backward if transposed else reference.conv2d_backward
+        dx, dw, _ = backward(x, weight, dy, stride=2 if transposed else 1, padding=1)
+        modules.append(module)
+        jobs.append((x, None, dy))
+        expected.append((dx, dw, None))
+
+    try:
+        failures = backward_mismatches_in_two_threads([m.backward for m in modules], jobs, expected, 20, 1e-4)
+    finally:
+        for module in modules:
+            module.close()
+    assert failures == []
