@@ -11,9 +11,11 @@ classifiers at each batch and thread count, times side by side in one process, i
 - ONNX Runtime: a one-node Gemm session (weights packed at session creation) on bound numpy
   buffers, with and without spinning threads, the faster kept.
 
-Each time is the fastest of several timed loops (benchmarks/_timing.py best_times) in each of
-``--runs`` repetitions; the ranges over the repetitions are printed, and the ratio ONNX Runtime /
-bnns-py (above 1: bnns-py is faster) for the module and the C call.
+Each time is the fastest of several timed loops (benchmarks/_timing.py best_times), each burst
+after the process's threads are idle (ONNX Runtime's spinning threads would otherwise slow the
+next burst down), the libraries taking turns in each of ``--runs`` repetitions; the ranges over
+the repetitions are printed, and the ratio ONNX Runtime / bnns-py (above 1: bnns-py is faster)
+for the module and the C call.
 
 Run:  python benchmarks/bench_fc.py [--batch 1 8 16] [--threads 2 1] [--runs 3]
 """
@@ -27,12 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bnns_py  # noqa: E402
 from bnns_py.functional import make_linear_layer, pointer  # noqa: E402
 
-from _timing import best_times  # noqa: E402
+from _timing import IdleWaits, best_times  # noqa: E402
 
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 SHAPES = [(512, 1000), (1280, 1000)]
+IDLE = IdleWaits(window=0.02, busy_fraction=0.05, max_wait=2.0)
 
 
 def gemm_session(x, w, b, out, threads, spinning):
@@ -54,8 +57,8 @@ def gemm_session(x, w, b, out, threads, spinning):
     return lambda: session.run_with_iobinding(binding)
 
 
-def span(values, scale=1.0):
-    return f"{min(values) * scale:.1f}-{max(values) * scale:.1f}"
+def span(values, scale=1.0, digits=2):
+    return f"{min(values) * scale:.{digits}f}-{max(values) * scale:.{digits}f}"
 
 
 def measure(cin, cout, batch, threads, runs, rng):
@@ -75,8 +78,9 @@ def measure(cin, cout, batch, threads, runs, rng):
     times = {name: [] for name in calls}
     try:
         for _ in range(runs):
-            for name, t in zip(calls, best_times(list(calls.values()), min_seconds=0.003, loops=9)):
-                times[name].append(t)
+            for name, call in calls.items():
+                IDLE()
+                times[name].append(best_times([call], min_seconds=0.003, loops=9)[0])
     finally:
         module.close()
     for out in outs[1:]:
@@ -84,8 +88,8 @@ def measure(cin, cout, batch, threads, runs, rng):
     onnx = [min(pair) for pair in zip(times.pop("ORT spinning"), times.pop("ORT"))]
     ratios = {name: [o / t for o, t in zip(onnx, times[name])] for name in ("module", "C")}
     print(f"{threads} thr {cin:5d}->{cout} batch {batch:2d} (us): " +
-          " ".join(f"{name} {span(t, 1e6)}" for name, t in times.items()) +
-          f" ONNX Runtime {span(onnx, 1e6)} | ORT / module {span(ratios['module'])}, ORT / C {span(ratios['C'])}",
+          " ".join(f"{name} {span(t, 1e6, 1)}" for name, t in times.items()) +
+          f" ONNX Runtime {span(onnx, 1e6, 1)} | ORT / module {span(ratios['module'])}, ORT / C {span(ratios['C'])}",
           flush=True)
 
 
@@ -101,6 +105,7 @@ def main():
         for cin, cout in SHAPES:
             for batch in args.batch:
                 measure(cin, cout, batch, threads, args.runs, rng)
+    print(IDLE.report())
 
 
 if __name__ == "__main__":
