@@ -539,6 +539,7 @@ class _LinearCall(NamedTuple):
     x: Array
     out: Optional[Array]
     layer: FullyConnectedLayer
+    function: Any  # the layer's BNNSFilterApplyBatch
     batch: int
     x_ptr: Any
     in_stride: int
@@ -659,7 +660,8 @@ class Linear(_Lifecycle):
             run_filter(layer, batch, rows.array, rows.stride, result, out_stride)
             key = _runner_key(x, out)
             if key is not None and not rows.copied:
-                self._last_call = _LinearCall(key, x, out, layer, batch, pointer(rows.array), rows.stride,
+                self._last_call = _LinearCall(key, x, out, layer, layer.backend.lib.BNNSFilterApplyBatch, batch,
+                                              pointer(rows.array), rows.stride,
                                               None if out is None else pointer(result), out_stride, rows.single)
         finally:
             self._exit()
@@ -670,22 +672,19 @@ class Linear(_Lifecycle):
     __call__ = forward
 
     def _forward_again(self, last: _LinearCall) -> Array:
-        """``forward`` on the operands of ``last`` (numpy arrays: ``written`` has nothing to do)."""
-        self._enter()
-        try:
-            if last.out is None:
-                result = np.empty((last.batch, self.out_features), FLOAT32)
-                out_ptr = pointer(result)
-            else:
-                if not last.out.flags.writeable:
-                    raise ValueError("out is read-only but BNNS writes into it")
-                result, out_ptr = last.out, last.out_ptr
-            layer = last.layer
-            if layer._call(layer.backend.lib.BNNSFilterApplyBatch, last.batch, last.x_ptr, last.in_stride, out_ptr,
-                           last.out_stride) != 0:
-                layer._fail("BNNSFilterApplyBatch")
-        finally:
-            self._exit()
+        """``forward`` on the operands of ``last`` (numpy arrays: ``written`` has nothing to do).
+        The call is counted in flight by the filter's layer alone (``_call``): a ``close()`` from
+        now on releases the layer, which destroys its filter once the call returns."""
+        if last.out is None:
+            result = np.empty((last.batch, self.out_features), FLOAT32)
+            out_ptr = pointer(result)
+        else:
+            if not last.out.flags.writeable:
+                raise ValueError("out is read-only but BNNS writes into it")
+            result, out_ptr = last.out, last.out_ptr
+        layer = last.layer
+        if layer._call(last.function, last.batch, last.x_ptr, last.in_stride, out_ptr, last.out_stride) != 0:
+            layer._fail("BNNSFilterApplyBatch")
         if last.out is not None or not last.single:
             return result
         return result[0]
