@@ -643,6 +643,12 @@ class Linear(_Lifecycle):
             As for :func:`bnns_py.linear`.
         LayerClosedError
             The module was closed.
+
+        Notes
+        -----
+        A call on numpy operands read in place is remembered, with references to ``x`` and
+        ``out``, until other operands are used or the module is closed: the same two arrays again
+        (same shapes and strides) skip the argument checks but ``out``'s writability.
         """
         last = self._last_call
         if last is not None and x is last.x and out is last.out and last.layer is self._fc_layer:
