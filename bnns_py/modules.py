@@ -648,13 +648,15 @@ class Linear(_Lifecycle):
         -----
         A call on numpy operands read in place is remembered, with references to ``x`` and
         ``out``, until other operands are used or the module is closed: the same two arrays again
-        (same shapes and strides) skip the argument checks but ``out``'s writability.
+        (same shapes and strides), or without ``out`` any aligned float32 ``x`` of the same shape
+        and strides, skip the argument checks but ``out``'s writability.
         """
         last = self._last_call
-        if last is not None and x is last.x and out is last.out and last.layer is self._fc_layer:
+        if last is not None and out is last.out and last.layer is self._fc_layer and (
+                x is last.x or (out is None and type(x) is np.ndarray and x.flags.aligned)):
             key = _runner_key(x, out)
             if key == last.key:
-                return self._forward_again(last)
+                return self._forward_again(last, x)
         self._enter()
         try:
             rows = vector_input("x", x, self.in_features)
@@ -677,10 +679,12 @@ class Linear(_Lifecycle):
 
     __call__ = forward
 
-    def _forward_again(self, last: _LinearCall) -> Array:
-        """``forward`` on the operands of ``last`` (numpy arrays: ``written`` has nothing to do).
-        The call is counted in flight by the filter's layer alone (``_call``): a ``close()`` from
-        now on releases the layer, which destroys its filter once the call returns."""
+    def _forward_again(self, last: _LinearCall, x: Array) -> Array:
+        """``forward`` on the operands of ``last``, or without ``out`` on an aligned ``x`` of the
+        same shape and strides (numpy arrays: ``written`` has nothing to do). The call is counted
+        in flight by the filter's layer alone (``_call``): a ``close()`` from now on releases the
+        layer, which destroys its filter once the call returns."""
+        x_ptr = last.x_ptr if x is last.x else pointer(x)
         if last.out is None:
             result = np.empty((last.batch, self.out_features), FLOAT32)
             out_ptr = pointer(result)
@@ -689,7 +693,7 @@ class Linear(_Lifecycle):
                 raise ValueError("out is read-only but BNNS writes into it")
             result, out_ptr = last.out, last.out_ptr
         layer = last.layer
-        if layer._call(last.function, last.batch, last.x_ptr, last.in_stride, out_ptr, last.out_stride) != 0:
+        if layer._call(last.function, last.batch, x_ptr, last.in_stride, out_ptr, last.out_stride) != 0:
             layer._fail("BNNSFilterApplyBatch")
         if last.out is not None or not last.single:
             return result

@@ -252,6 +252,11 @@ def test_linear_module_repeated_calls_see_every_change(rng, no_filter_leaks):
                 result = lin(operand, out=target)
                 assert result is target or target is None
                 assert_close_to_reference(result, reference.linear(operand, weight, bias, activation=AF.rectified_linear), 45)
+        for _ in range(3):  # a new input of the same shape at each call, without out
+            fresh = random_array(rng, (3, 45))
+            fresh.flags.writeable = False
+            assert_close_to_reference(lin(fresh), reference.linear(fresh, weight, bias,
+                                                                   activation=AF.rectified_linear), 45)
         view = rows[:, :45]
         for _ in range(2):  # the same view object twice
             view[...] = random_array(rng, view.shape)
