@@ -26,7 +26,7 @@ from .fully_connected import FullyConnectedLayer
 from .layer import BackwardRunner
 from .backend import get_backend
 from .errors import LayerClosedError
-from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, ConvFilter, linear_operands, make_linear_layer, run_filter, transposed_weight_from_bnns,
+from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, ConvFilter, linear_operands, make_linear_layer, pointer, run_filter, transposed_weight_from_bnns,
                          transposed_weight_to_bnns)
 
 
@@ -532,6 +532,24 @@ class ConvTranspose2d(_ConvModule):
 # ---- fully connected ------------------------------------------------------------------------------
 
 
+class _LinearCall(NamedTuple):
+    """A forward call on numpy operands read in place, remembered by ``Linear`` for the same
+    operands again: the checks and C pointers it needed hold while ``x`` and ``out`` are the same
+    objects with the same shapes and strides (``key``) and the module's filter is the same."""
+
+    key: Any
+    x: Array
+    out: Optional[Array]
+    layer: FullyConnectedLayer
+    function: Any  # the layer's BNNSFilterApplyBatch
+    batch: int
+    x_ptr: Any
+    in_stride: int
+    out_ptr: Any  # None without ``out``: a new result each call
+    out_stride: int
+    single: bool
+
+
 class Linear(_Lifecycle):
     """A fully-connected layer with trainable float32 numpy parameters, as ``torch.nn.Linear``.
 
@@ -589,6 +607,7 @@ class Linear(_Lifecycle):
         self._layer_lock = threading.Lock()
         # backward calls seen before (C-contiguous numpy operands) -> their gradient descriptors
         self._backward_runners: Dict[Any, BackwardRunner] = {}
+        self._last_call: Optional[_LinearCall] = None
         self._init_lifecycle()
 
     @property
@@ -628,15 +647,34 @@ class Linear(_Lifecycle):
             As for :func:`bnns_py.linear`.
         LayerClosedError
             The module was closed.
+
+        Notes
+        -----
+        A call on numpy operands read in place is remembered, with references to ``x`` and
+        ``out``, until other operands are used or the module is closed: the same two arrays again
+        (same shapes and strides), or without ``out`` any aligned float32 ``x`` of the same shape
+        and strides, skip the argument checks but ``out``'s writability.
         """
+        last = self._last_call
+        if last is not None and out is last.out and last.layer is self._fc_layer and (
+                x is last.x or (out is None and type(x) is np.ndarray and x.flags.aligned)):
+            key = _runner_key(x, out)
+            if key == last.key:
+                return self._forward_again(last, x)
         self._enter()
         try:
             rows = vector_input("x", x, self.in_features)
             batch = rows.array.shape[0]
             output = vector_output(out, (batch, self.out_features), rows.single, rows.array)
             result = np.empty((batch, self.out_features), np.float32) if output is None else output.array
-            run_filter(self._layer(), batch, rows.array, rows.stride, result,
-                       self.out_features if output is None else output.stride)
+            out_stride = self.out_features if output is None else output.stride
+            layer = self._layer()
+            run_filter(layer, batch, rows.array, rows.stride, result, out_stride)
+            key = _runner_key(x, out)
+            if key is not None and not rows.copied:
+                self._last_call = _LinearCall(key, x, out, layer, layer.backend.lib.BNNSFilterApplyBatch, batch,
+                                              pointer(rows.array), rows.stride,
+                                              None if out is None else pointer(result), out_stride, rows.single)
         finally:
             self._exit()
         if out is not None:
@@ -644,6 +682,26 @@ class Linear(_Lifecycle):
         return result[0] if rows.single else result
 
     __call__ = forward
+
+    def _forward_again(self, last: _LinearCall, x: Array) -> Array:
+        """``forward`` on the operands of ``last``, or without ``out`` on an aligned ``x`` of the
+        same shape and strides (numpy arrays: ``written`` has nothing to do). The call is counted
+        in flight by the filter's layer alone (``_call``): a ``close()`` from now on releases the
+        layer, which destroys its filter once the call returns."""
+        x_ptr = last.x_ptr if x is last.x else pointer(x)
+        if last.out is None:
+            result = np.empty((last.batch, self.out_features), FLOAT32)
+            out_ptr = pointer(result)
+        else:
+            if not last.out.flags.writeable:
+                raise ValueError("out is read-only but BNNS writes into it")
+            result, out_ptr = last.out, last.out_ptr
+        layer = last.layer
+        if layer._call(last.function, last.batch, x_ptr, last.in_stride, out_ptr, last.out_stride) != 0:
+            layer._fail("BNNSFilterApplyBatch")
+        if last.out is not None or not last.single:
+            return result
+        return result[0]
 
     def backward(self, x: Any, y: Any, grad_output: Any, need_input_gradient: bool = True) -> Gradients:
         """All gradients of the loss through BNNS's backward pass, given the forward pass.
@@ -711,6 +769,7 @@ class Linear(_Lifecycle):
     def _release(self) -> None:
         with self._layer_lock:
             layer, self._fc_layer, self._backward_runners = self._fc_layer, None, {}
+            self._last_call = None
         if layer is not None:
             layer.close()
 

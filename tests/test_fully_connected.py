@@ -236,6 +236,56 @@ def test_linear_module_trains_in_place(rng, no_filter_leaks):
             lin.backward(x, lin(x), target[:, :2])
 
 
+def test_linear_module_repeated_calls_see_every_change(rng, no_filter_leaks):
+    """The same operands again take the module's remembered call: what may change between calls
+    (input values, weights and bias in place, the operands' shapes and strides in place, out's
+    writability, other operands) still reaches the result or the checks."""
+    weight, bias = random_array(rng, (37, 45)), random_array(rng, (37,))
+    x, out = random_array(rng, (3, 45)), np.full((3, 37), np.nan, np.float32)
+    rows = random_array(rng, (3, 50))  # rows further apart than their length, read in place
+    with bnns_py.Linear(weight, bias, activation="relu") as lin:
+        for _ in range(2):
+            for operand, target in ((x, out), (x, None), (rows[:, :45], None)):
+                operand[...] = random_array(rng, operand.shape)
+                weight += random_array(rng, weight.shape, 0.1)
+                bias -= random_array(rng, bias.shape, 0.1)
+                result = lin(operand, out=target)
+                assert result is target or target is None
+                assert_close_to_reference(result, reference.linear(operand, weight, bias, activation=AF.rectified_linear), 45)
+        for _ in range(3):  # a new input of the same shape at each call, without out
+            fresh = random_array(rng, (3, 45))
+            fresh.flags.writeable = False
+            assert_close_to_reference(lin(fresh), reference.linear(fresh, weight, bias,
+                                                                   activation=AF.rectified_linear), 45)
+        view = rows[:, :45]
+        for _ in range(2):  # the same view object twice
+            view[...] = random_array(rng, view.shape)
+            assert_close_to_reference(lin(view), reference.linear(view, weight, bias, activation=AF.rectified_linear), 45)
+        single, single_out = x[0].copy(), np.empty(37, np.float32)
+        for _ in range(2):
+            single += 1.0
+            assert lin(single).shape == (37,) and lin(single, out=single_out) is single_out
+            assert_close_to_reference(single_out, reference.linear(single, weight, bias, activation=AF.rectified_linear), 45)
+        assert lin(single).shape == (37,)
+        single.shape = (1, 45)  # the same object, now a batch of one
+        batch_of_one = lin(single)
+        assert batch_of_one.shape == (1, 37)
+        assert_close_to_reference(batch_of_one, reference.linear(single, weight, bias, activation=AF.rectified_linear),
+                                  45)
+        lin(x, out=out)
+        out.flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            lin(x, out=out)
+        out.flags.writeable = True
+        lin(x, out=out)
+        out.shape = (37, 3)
+        with pytest.raises(ValueError):
+            lin(x, out=out)
+        lin.close()
+        with pytest.raises(bnns_py.LayerClosedError):
+            lin(x)
+
+
 def test_backward_matches_torch_autograd(rng, no_filter_leaks):
     torch = pytest.importorskip("torch")
     weight = random_array(rng, (5, 11))
