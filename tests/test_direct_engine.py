@@ -194,6 +194,22 @@ FUSED = [
 ]
 
 
+def _forward_on_engine(case, act, engine, n_threads, backend, rng):
+    """x, weight, bias and the output of a (batch, cin, cout, h, w, k, stride, pad) case's layer with
+    activation act, run on the engine asked for."""
+    n, cin, cout, h, w, k, stride, pad = case
+    x = random_array(rng, (n, cin, h, w), 3.0)
+    weight = random_array(rng, (cout, cin) + k, 0.3)
+    bias = random_array(rng, (cout,))
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, (1, 1), 1, weight,
+                                   bias, act, n_threads)
+    with layer:
+        _check_engine(backend, layer, engine)
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+    return x, weight, bias, y
+
+
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("case", FUSED, ids=["stem-like", "7x7-image", "3x3-stride-2"])
 @pytest.mark.parametrize("engine", ["rows", "pixels", "flat-pixels"], indirect=True)
@@ -202,20 +218,38 @@ def test_fused_activations(engine, case, activation, backend, rng, no_filter_lea
     bound is reached."""
     n, cin, cout, h, w, k, stride, pad = case
     act = ACTIVATIONS[activation]
-    x = random_array(rng, (n, cin, h, w), 3.0)
-    weight = random_array(rng, (cout, cin) + k, 0.3)
-    bias = random_array(rng, (cout,))
-    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, (1, 1), 1, weight,
-                                   bias, act, 2)
-    with layer:
-        _check_engine(backend, layer, engine)
-        y = np.full((n, cout, oh, ow), np.nan, np.float32)
-        layer.apply(n, x, y)
+    x, weight, bias, y = _forward_on_engine(case, act, engine, 2, backend, rng)
     expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, activation=act)
     raw = reference.conv2d(x, weight, bias, stride=stride, padding=pad)
     bounds = {"relu": (0.0, None), "relu6": (0.0, 6.0), "clamp": (-0.3, 0.4)}.get(activation, (None, None))
     assert bounds[0] is None or (raw < bounds[0]).any()
     assert bounds[1] is None or (raw > bounds[1]).any()
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(cin * k[0] * k[1]))
+
+
+# (batch, cin, cout, h, w, k, stride, pad): forward pixels plans whose steps fit one chunk emit each
+# output row as soon as its tiles are computed, so their bands are as tall as the planes allow:
+# the stem's shape with 60 and 56 output rows in one band (two on 2 threads; 70 channels: a block
+# of 64 and one of 6), a ResNet-18 stride-2 3x3 layer scaled down, and a layer of more steps than
+# a chunk (the band's results kept between chunks)
+TALL_BANDS = [
+    (1, 3, 70, 120, 29, (7, 7), (2, 2), (3, 3, 3, 3)),
+    (2, 3, 64, 113, 37, (7, 7), (2, 2), (3, 2, 3, 2)),
+    (3, 16, 72, 59, 31, (3, 3), (2, 2), (1, 1, 1, 1)),
+    (1, 130, 64, 41, 23, (3, 3), (2, 2), (1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "sigmoid"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("case", TALL_BANDS, ids=["stem-60-rows", "stem-56-rows-batch-2", "3x3-stride-2",
+                                                  "1170-steps"])
+@pytest.mark.parametrize("engine", ["pixels", "flat-pixels"], indirect=True)
+def test_tall_bands_emitted_row_by_row(engine, case, n_threads, activation, backend, rng, no_filter_leaks):
+    n, cin, cout, h, w, k, stride, pad = case
+    act = ACTIVATIONS[activation]
+    x, weight, bias, y = _forward_on_engine(case, act, engine, n_threads, backend, rng)
+    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, activation=act)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(cin * k[0] * k[1]))
 
 
@@ -544,6 +578,7 @@ GEOMETRIES = [
     (2, 3, 37, 21, 19, (7, 7), (2, 2), (3, 3, 3, 3)),
     (1, 4, 70, 11, 29, (3, 3), (2, 2), (0, 1, 1, 0)),
     (2, 3, 32, 25, 9, (3, 3), (2, 1), (1, 1, 1, 1)),
+    (1, 3, 70, 125, 23, (7, 7), (2, 2), (3, 2, 3, 3)),
 ]
 ENGINES = {None: ("direct pixels", "direct flat pixels", "direct rows", "im2col"), "pixels": ("direct pixels",),
            "flat-pixels": ("direct flat pixels",), "rows": ("direct rows",)}

@@ -102,6 +102,11 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool f
     return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * e;
 }
 
+/* Whether a pixels plan emits each output row as soon as its tiles are computed: forward plans
+   whose steps fit one chunk, so a tile's results are final after one pass over the steps. Its
+   results then wait in tb a row at a time (read back from L1), not a band's. */
+static bool emits_row_by_row(const bp_direct *d) { return !d->backward && !d->flat && d->kmax <= K_CHUNK; }
+
 /* Output rows per band: phase planes of about PLANE_TARGET floats with the plan's slack (at least
    MIN_BAND_ROWS rows), in bands of equal height. */
 static size_t band_rows(const bp_direct *d) {
@@ -281,12 +286,16 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         /* its tiles read less than a tile and a row past the band's last row (wq >= ow + qx_max) */
         d.slack = bp_round_up(nc + d.wq, 16);
         d.band_rows = band_rows(&d); /* e.g. ResNet's 256 -> 512 3x3 stride 2: one band of 7 rows, not 2 */
-        /* the band's tile results stay in cache between chunks of steps */
+        /* the band's tile results stay in cache between chunks of steps; emitted row by row, they
+           hold a row and the band is as tall as its planes allow (fewer plane rows filled twice) */
         d.tb_row = flat ? d.wq : bp_round_up(ow_max, nc);
-        size_t most = (TILE_RESULTS / d.bw - nc) / d.tb_row;
-        d.band_rows = bp_min(d.band_rows, most < 1 ? 1 : most);
+        bool by_row = emits_row_by_row(&d);
+        if (!by_row) {
+            size_t most = (TILE_RESULTS / d.bw - nc) / d.tb_row;
+            d.band_rows = bp_min(d.band_rows, most < 1 ? 1 : most);
+        }
         d.band_rows = bp_ceil_div(d.oh_max, bp_ceil_div(d.oh_max, d.band_rows));
-        tb = (d.band_rows * d.tb_row + bp_max(nc, 8)) * d.bw; /* slack: a tile, and 8 pixels for pixels_emit */
+        tb = ((by_row ? 1 : d.band_rows) * d.tb_row + bp_max(nc, 8)) * d.bw; /* slack: a tile, and 8 pixels for pixels_emit */
     } else {
         d.kind = KIND_ROWS;
         d.bw = mr;
@@ -921,11 +930,34 @@ static void pixels_results(const run_job *j, size_t p, size_t n_img, float *cons
     }
 }
 
+/* Channel block mb of phase p over the band's rows of n images (a task's blocks end at mb1), one
+   row at a time: its tiles, then its results emitted to the image's destination. */
+static void pixels_row_by_row(const run_job *j, size_t p, size_t n_img, float *const planes[], float *const tb[],
+                              const dest_t dst[], size_t grp, size_t r0, size_t nb, size_t mb, size_t mb1,
+                              float *scratch) {
+    const bp_direct *d = j->d;
+    const phase_t *ph = &d->ph[p];
+    size_t tiles = nb * bp_ceil_div(ph->ow, d->tile);
+    const float *w = chunk_weights(j, grp, p, mb, 0, ph->k, scratch + d->chunk_offset);
+    weight_prefetch fetch, *f = NULL;
+    if (j->packed == NULL && next_chunk_prefetch(j, grp, p, mb, K_CHUNK, mb1, n_img * tiles * ph->k, &fetch))
+        f = &fetch;
+    for (size_t i = 0; i < n_img; i++)
+        for (size_t y = 0; y < nb; y++) {
+            pixels_chunk(d, ph, planes[i] + y * d->wq, 1, w, 0, ph->k, tb[i], f);
+            pixels_emit(d, ph, tb[i], r0 + y, 1, mb, &dst[i], scratch + d->run_offset);
+        }
+}
+
 /* The same for channel blocks [mb0, mb1), each block's results emitted to each image's destination. */
 static void run_pixels(const run_job *j, size_t p, size_t n_img, float *const planes[], float *const tb[],
                        const dest_t dst[], size_t grp, size_t r0, size_t nb, size_t mb0, size_t mb1, float *scratch) {
     const bp_direct *d = j->d;
     for (size_t mb = mb0; mb < mb1; mb++) {
+        if (emits_row_by_row(d)) {
+            pixels_row_by_row(j, p, n_img, planes, tb, dst, grp, r0, nb, mb, mb1, scratch);
+            continue;
+        }
         pixels_results(j, p, n_img, planes, tb, grp, nb, mb, mb1, scratch);
         for (size_t i = 0; i < n_img; i++)
             pixels_emit(d, &d->ph[p], tb[i], r0, nb, mb, &dst[i], scratch + d->run_offset);
