@@ -23,7 +23,7 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void wait_until_at_least(_Atomic int *counter, int target) {
+void bp_wait_until_at_least(_Atomic int *counter, int target) {
     for (int spins = 0; atomic_load_explicit(counter, memory_order_acquire) < target; spins++) {
         if (spins < SPIN_ROUNDS) cpu_relax();
         else sched_yield(); /* a worker the system has descheduled: let it run */
@@ -32,7 +32,7 @@ static void wait_until_at_least(_Atomic int *counter, int target) {
 
 void bp_progress_add(bp_progress *p, int items) { atomic_fetch_add_explicit(&p->done, items, memory_order_release); }
 
-void bp_progress_wait(bp_progress *p, int count) { wait_until_at_least(&p->done, count); }
+void bp_progress_wait(bp_progress *p, int count) { bp_wait_until_at_least(&p->done, count); }
 
 /* One mailbox per worker thread: the caller fills in the job, opens it (`open`: the run's
    number), then bumps `posted` to wake the worker. A job is run by whoever closes it first: its
@@ -62,7 +62,7 @@ static int started; /* worker threads running (guarded by start_lock) */
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_flag in_use = ATOMIC_FLAG_INIT;
-static _Atomic int remaining; /* jobs of the current run not finished */
+static _Atomic int finished; /* jobs of the current run finished */
 static bool atfork_registered;
 
 /* Run the job waiting in m, if it is still open; true if this thread ran it. */
@@ -72,7 +72,7 @@ static bool run_if_open(mailbox *m) {
                                                              memory_order_relaxed))
         return false;
     m->fn(m->arg, m->index, m->count);
-    atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel);
+    atomic_fetch_add_explicit(&finished, 1, memory_order_release);
     return true;
 }
 
@@ -151,7 +151,7 @@ void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
     workers = helpers + 1;
     unsigned long run = (unsigned long)atomic_fetch_add_explicit(&runs_started, 1, memory_order_relaxed) + 1;
     atomic_fetch_add_explicit(&threads_used, workers, memory_order_relaxed);
-    atomic_store_explicit(&remaining, helpers, memory_order_relaxed);
+    atomic_store_explicit(&finished, 0, memory_order_relaxed);
     for (int i = 0; i < helpers; i++) {
         boxes[i].fn = fn;
         boxes[i].arg = arg;
@@ -168,10 +168,7 @@ void bp_parallel_run(int workers, bp_worker_fn fn, void *arg) {
     fn(arg, 0, workers);
     for (int i = 0; i < helpers; i++)
         if (run_if_open(&boxes[i])) atomic_fetch_add_explicit(&taken_over, 1, memory_order_relaxed);
-    for (unsigned long spins = 0; atomic_load_explicit(&remaining, memory_order_acquire) != 0; spins++) {
-        if (spins < SPIN_ROUNDS) cpu_relax();
-        else sched_yield();
-    }
+    bp_wait_until_at_least(&finished, helpers);
     atomic_flag_clear_explicit(&in_use, memory_order_release);
 }
 
