@@ -81,6 +81,34 @@ def test_every_layer_of_a_sequence_runs_on_two_threads(backend, rng, no_filter_l
             layer.close()
 
 
+# MobileNetV2's 1x1 expansion at 28x28 (about 100 us on one thread): small enough that the pool
+# times it alone and spread now and then (bp_parallel_run_measured: 4 calls each way of every 256)
+SMALL_POINTWISE = dict(cin=32, cout=192, size=28, k=1, stride=1, batch=1)
+PROBE_PERIOD, PROBES = 256, 4
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
+def test_small_layer_is_the_same_on_any_thread_count_and_either_way_of_running(n_threads, backend, rng,
+                                                                              no_filter_leaks):
+    one = make_layer(np.random.default_rng(5), **{**SMALL_POINTWISE, "n_threads": 1})
+    layer, x, out, expected, terms = make_layer(np.random.default_rng(5), **{**SMALL_POINTWISE, "n_threads": n_threads})
+    with one[0], layer:
+        measured = "pointwise" in backend.filter_engine(layer.bnns_filter)  # not with another engine forced
+        one[0].apply(1, one[1], one[2])
+        assert_close_to_reference(one[2], expected, terms)
+        before = backend.pool_counters()
+        for call in range(PROBE_PERIOD):  # every call of a period: probes of both ways, then the faster
+            out[:] = np.nan
+            layer.apply(1, x, out)
+            np.testing.assert_array_equal(out, one[2], f"{n_threads} threads, call {call}")
+        after = backend.pool_counters()
+    spread = after["parallel_runs"] - before["parallel_runs"]
+    if n_threads == 1:
+        assert spread == 0
+    elif measured:  # the probes of a period: PROBES calls on the caller alone, PROBES spread
+        assert PROBES <= spread <= PROBE_PERIOD - PROBES, spread
+
+
 def test_concurrent_callers_share_the_pool_and_stay_right(backend, rng, no_filter_leaks):
     # one caller holds the pool at a time; another runs its work alone, and both results are right
     made = [make_layer(rng, 64, 64, 28, 3, 1, 2, 2) for _ in range(2)]

@@ -3,7 +3,9 @@
    must be done exactly once whoever runs a share, and of a job whose shares wait for items any of
    them makes; then runs posted to sleeping workers with nothing for
    the caller to do, whose shares the caller often takes over (bnns_portable_pool_taken_over counts
-   them: printed, not required, as it depends on how quickly a worker wakes).
+   them: printed, not required, as it depends on how quickly a worker wakes); then a small job run
+   through bp_parallel_run_measured, which every 256 calls times it alone and spread a few times
+   each (so some of any 256 calls in a row run alone, some spread), and a large one, always spread.
 
    Exit status: 0 all passed, 1 a failure (printed). Build: meson -Dkernel_tests=true. */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
@@ -15,6 +17,8 @@
 #include "parallel.h"
 
 enum { ITEMS = 4099, RUNS = 3000, MAX_THREADS = 8, SLEEPY_RUNS = 50, PROGRESS_ITEMS = 37 };
+/* parallel.c's PROBE_PERIOD and PROBES: calls in a row, and the probes of each way among them */
+enum { MEASURED_CALLS = 256, MEASURED_PROBES = 4 };
 
 typedef struct {
     unsigned char done[ITEMS];
@@ -81,6 +85,29 @@ static int check_progress(int run, int threads) {
     return workers == 0;
 }
 
+/* `calls` runs of split_share through bp_parallel_run_measured at `cost`, each item done exactly
+   once; the pool's parallel runs among them must be within [min_spread, max_spread]. */
+static int check_measured(size_t cost, int calls, int min_spread, int max_spread) {
+    static split_job j;
+    long runs = bnns_portable_pool_parallel_runs();
+    for (int call = 0; call < calls; call++) {
+        memset(&j, 0, sizeof j);
+        bp_parallel_run_measured(2, cost, split_share, &j);
+        for (size_t i = 0; i < ITEMS; i++)
+            if (j.done[i] != 1) {
+                printf("measured run %d, cost %zu: item %zu done %d times\n", call, cost, i, j.done[i]);
+                return 1;
+            }
+    }
+    runs = bnns_portable_pool_parallel_runs() - runs;
+    if (runs < min_spread || runs > max_spread) {
+        printf("measured runs, cost %zu: %ld of %d spread, expected %d to %d\n", cost, runs, calls, min_spread,
+               max_spread);
+        return 1;
+    }
+    return 0;
+}
+
 int main(void) {
     int failures = 0;
     for (int run = 0; run < RUNS && failures == 0; run++) {
@@ -99,8 +126,11 @@ int main(void) {
         printf("runs with an empty caller share: %d of %d worker shares ran\n", shares, SLEEPY_RUNS);
         failures++;
     }
+    failures += check_measured(1 << 20, MEASURED_CALLS, MEASURED_PROBES, MEASURED_CALLS - MEASURED_PROBES);
+    failures += check_measured((size_t)1 << 30, MEASURED_CALLS, MEASURED_CALLS, MEASURED_CALLS);
     printf("pool: %d runs split by worker and %d waiting for shared items (2-%d threads), "
-           "%ld of %d shares of sleeping workers taken over, %ld in all; %d failures\n",
-           RUNS, RUNS, MAX_THREADS, taken, SLEEPY_RUNS, bnns_portable_pool_taken_over(), failures);
+           "%ld of %d shares of sleeping workers taken over, %ld in all; %d measured runs each of a small and a "
+           "large job; %d failures\n",
+           RUNS, RUNS, MAX_THREADS, taken, SLEEPY_RUNS, bnns_portable_pool_taken_over(), MEASURED_CALLS, failures);
     return failures ? 1 : 0;
 }

@@ -743,7 +743,7 @@ typedef struct {
     _Atomic size_t next; /* the next task to take */
     /* backward plans' weights packed as the run goes (NULL: packed before it): the state of each
        (group, channel block) of packed, see ready_weights */
-    _Atomic unsigned char *block_state;
+    _Atomic int *block_state;
 } run_job;
 
 enum { BLOCK_IDLE, BLOCK_PACKING, BLOCK_READY, RUN_PACKED_BLOCKS_MAX = 1024 };
@@ -753,16 +753,15 @@ enum { BLOCK_IDLE, BLOCK_PACKING, BLOCK_READY, RUN_PACKED_BLOCKS_MAX = 1024 };
    packing, none waits for a worker that wakes late); a thread needing a block another one is
    packing waits for it. */
 static const float *ready_weights(const run_job *j, size_t grp, size_t p, size_t mb) {
-    _Atomic unsigned char *state = j->block_state == NULL ? NULL : &j->block_state[grp * j->mblocks + mb];
+    _Atomic int *state = j->block_state == NULL ? NULL : &j->block_state[grp * j->mblocks + mb];
     if (state != NULL && atomic_load_explicit(state, memory_order_acquire) != BLOCK_READY) {
-        unsigned char idle = BLOCK_IDLE;
+        int idle = BLOCK_IDLE;
         if (atomic_compare_exchange_strong_explicit(state, &idle, BLOCK_PACKING, memory_order_acquire,
                                                     memory_order_acquire)) {
             pack_backward_block(j->d, j->weights, grp, mb, (float *)j->packed);
             atomic_store_explicit(state, BLOCK_READY, memory_order_release);
         } else {
-            while (atomic_load_explicit(state, memory_order_acquire) != BLOCK_READY) {
-            }
+            bp_wait_until_at_least(state, BLOCK_READY); /* the last state */
         }
     }
     return packed_at(j->d, (float *)j->packed, grp, p, mb);
@@ -1093,7 +1092,7 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
        group); otherwise they are packed once (backward plans: every phase of a block from one
        read of each kernel, which per-phase chunks would read once per phase), by the run's
        threads as they first need each block (backward plans with few enough blocks) or up front. */
-    _Atomic unsigned char block_state[RUN_PACKED_BLOCKS_MAX];
+    _Atomic int block_state[RUN_PACKED_BLOCKS_MAX];
     if (j.packed == NULL && d->backward && d->groups * j.mblocks <= RUN_PACKED_BLOCKS_MAX) {
         for (size_t b = 0; b < d->groups * j.mblocks; b++) atomic_init(&block_state[b], BLOCK_IDLE);
         j.block_state = block_state;

@@ -207,7 +207,8 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
         j.runs = 1;
         j.run_pixels = h * w;
     }
-    int workers = bp_workers_for(threads, 2 * batch * d->groups * h * w * d->c * d->m);
+    size_t cost = 2 * batch * d->groups * h * w * d->c * d->m;
+    int workers = bp_workers_for(threads, cost);
     /* a few tasks per worker: shares of the channel blocks, then of the pixels where those are few */
     size_t units = batch * d->groups * j.runs, want = 4 * (size_t)workers;
     if (units < want) j.chunks = bp_min(j.mblocks, bp_ceil_div(want, units));
@@ -216,5 +217,5 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
     if (j.copy) j.parts = bp_max(j.parts, bp_ceil_div(tiles, panel_tiles(d->c))); /* what the scratch holds */
     j.tasks = units * j.chunks * j.parts;
     if ((size_t)workers > j.tasks) workers = (int)j.tasks;
-    bp_parallel_run(workers, run_tasks, &j);
+    bp_parallel_run_measured(workers, cost, run_tasks, &j);
 }

@@ -19,6 +19,17 @@ typedef void (*bp_worker_fn)(void *arg, int worker, int workers);
    work by (worker, workers) alone: it may be called as (0, 1) with all the work. */
 void bp_parallel_run(int workers, bp_worker_fn fn, void *arg);
 
+/* bp_parallel_run for a job of `cost` elementary operations, run on the calling thread alone
+   instead when that has lately been faster for jobs of this fn and cost. On a virtual machine two
+   threads of a small job can take longer than one (the host may put both virtual CPUs on one
+   physical core, or share them with other guests, for seconds at a time), so the pool times such
+   jobs both ways now and then. */
+void bp_parallel_run_measured(int workers, size_t cost, bp_worker_fn fn, void *arg);
+
+/* Wait until *counter, which other running threads raise, reaches target: spinning briefly, then
+   yielding the core (a thread the system has descheduled then gets to run). */
+void bp_wait_until_at_least(_Atomic int *counter, int target);
+
 /* Items of shared work done so far, by any of the threads of one bp_parallel_run call: a thread
    that needs the first `count` of them waits for those only, not for every thread to arrive (a
    thread that starts late, or the system deschedules, holds up no one but those that need its
