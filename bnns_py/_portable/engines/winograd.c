@@ -89,8 +89,11 @@ typedef struct {
    gathered tiles), input rows (F(4x4): a tile vector's outputs), transposed kernels, F(4x4)'s
    tile table. */
 typedef struct {
-    size_t v, m, off, rows, in, wt, tiles;
+    size_t v, m, off, rows, in, wt, tiles, ublock;
 } scratch_layout;
+
+/* Floats between the planes of a block's own U (F(4x4), made by the task that reads it). */
+static size_t ublock_plane(const bp_geom *g) { return g->in_c * WINO_BW + 80; }
 
 static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
     size_t cap = p->rows * p->tw;
@@ -104,13 +107,14 @@ static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
         l.rows = 36 * WINO4_GT;
         l.in = 16 * BP_VL;
         l.tiles = groups * sizeof(tile_at) / sizeof(float);
+        l.ublock = 36 * ublock_plane(g);
         return l;
     }
     l.v = 16 * g->in_c * cap + WINO_NC + 16;    /* the last tile of a row reads on into the next */
     l.m = 16 * (cap + WINO_NC) * WINO_BW;
     l.rows = 2 * 2 * p->tw * WINO_BW;           /* two output rows, channels innermost */
     l.in = 8 * row_ld(p->tw);                   /* deinterleaved input rows */
-    l.tiles = 0;
+    l.tiles = l.ublock = 0;
     return l;
 }
 
@@ -154,7 +158,7 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *p
     if (plan->rows > plan->th && m == 2) plan->rows = plan->th; /* F(4x4): blocks of several images, U read once */
     if (plan->rows * plan->tw * g->in_c > INT32_MAX / np) return false; /* step offsets in int32 */
     scratch_layout l = layout_for(g, plan);
-    size_t parts[] = {l.v, l.m, l.off, l.rows, l.in, l.wt, l.tiles}, total = 0;
+    size_t parts[] = {l.v, l.m, l.off, l.rows, l.in, l.wt, l.tiles, l.ublock}, total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         if (!bp_add(total, bp_round_up(parts[i], 16), &total)) return false;
     plan->scratch_floats = bp_max(total, 8 * row_ld(gradient_plan(g, plan).tw)); /* its input rows */
@@ -182,6 +186,7 @@ typedef struct {
     float *u;
     const bp_scratch *s;
     bool adjoint;
+    size_t plane, o_base; /* u's planes, and the output channel at its start (a block's own U) */
 } weights_job;
 
 /* Kernel values w[o][c * 9 + t] for c in [c0, c0 + nc) and o in [o0, o1) as rows t' = (c - c0) * 9 + t
@@ -247,7 +252,7 @@ BP_INLINE void transform_kernels(const float *k, size_t ld, float *u, size_t pla
    transposed kernel rows. */
 static void weight_share(const weights_job *j, size_t c0, size_t c1, size_t o0, size_t o1, float *t) {
     const bp_geom *g = j->g;
-    size_t in_c = g->in_c, ld = mblocks(g) * WINO_BW, plane = u_plane(g);
+    size_t in_c = g->in_c, ld = mblocks(g) * WINO_BW;
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
         size_t nc = bp_min(WEIGHT_CHANNELS, c1 - cb);
         transpose_kernels(g, j->w, cb, nc, o0, o1, t, ld, j->adjoint);
@@ -255,9 +260,9 @@ static void weight_share(const weights_job *j, size_t c0, size_t c1, size_t o0, 
             for (size_t o = o0; o < o1; o += BP_VL) {
                 const float *k = t + (c - cb) * 9 * ld + o;
                 if (j->m == 4)
-                    transform_kernels(k, ld, j->u + u_offset(4, in_c, c, o), plane, 4);
+                    transform_kernels(k, ld, j->u + u_offset(4, in_c, c, o - j->o_base), j->plane, 4);
                 else
-                    transform_kernels(k, ld, j->u + u_offset(2, in_c, c, o), plane, 2);
+                    transform_kernels(k, ld, j->u + u_offset(2, in_c, c, o - j->o_base), j->plane, 2);
             }
     }
 }
@@ -276,7 +281,7 @@ static void weight_tasks(void *arg, int worker, int workers) {
 
 void bp_winograd_weights(const bp_winograd *plan, const bp_geom *g, const float *w, float *u, const bp_scratch *s,
                          int threads, bool adjoint) {
-    weights_job j = {plan->m, g, w, u, s, adjoint};
+    weights_job j = {plan->m, g, w, u, s, adjoint, u_plane(g), 0};
     bp_parallel_run(bp_workers_for(threads, 4 * positions(plan) * g->out_c * g->in_c), weight_tasks, &j);
 }
 
@@ -410,7 +415,7 @@ typedef struct {
 
 /* A task's scratch (see scratch_layout). */
 typedef struct {
-    float *v, *m, *rows, *e, *o, *wt;
+    float *v, *m, *rows, *e, *o, *wt, *ublock;
     int32_t *off;
     tile_at *tiles;
 } scratch_parts;
@@ -426,6 +431,7 @@ static scratch_parts parts_of(const bp_geom *g, const bp_winograd *p, float *scr
     s.o = s.e + 4 * row_ld(p->tw);
     s.wt = s.e + bp_round_up(l.in, 16);
     s.tiles = (tile_at *)(s.wt + bp_round_up(l.wt, 16));
+    s.ublock = (float *)s.tiles + bp_round_up(l.tiles, 16);
     return s;
 }
 
@@ -595,7 +601,7 @@ static void output_tiles(const forward_job *j, const tile_at *tiles, size_t t0, 
 }
 
 /* F(4x4)'s run_task. make_weights: the task makes each channel block's U just before its
-   products read it (from the cache; no other task reads it). */
+   products read it, into its own scratch (compact, still in the cache; no other task reads it). */
 static void run_task4(forward_job *j, size_t block, size_t chunk, bool wait_for_weights, bool make_weights,
                       float *scratch) {
     const bp_winograd *p = j->plan;
@@ -613,12 +619,17 @@ static void run_task4(forward_job *j, size_t block, size_t chunk, bool wait_for_
         }
     if (wait_for_weights) bp_progress_wait(&j->weight_units_made, j->weight_units);
     for (size_t c = 0; c < in_c; c++) sp.off[c] = (int32_t)(c * WINO4_SB);
-    size_t uplane = u_plane(g);
+    weights_job own = j->weights;
+    own.u = sp.ublock;
+    own.plane = ublock_plane(g);
     for (size_t mb = mb0; mb < mb1; mb++) {
         size_t n = bp_min(WINO_BW, g->out_c - mb * WINO_BW);
-        if (make_weights) weight_share(&j->weights, 0, in_c, mb * WINO_BW, (mb + 1) * WINO_BW, sp.wt);
+        if (make_weights) {
+            own.o_base = mb * WINO_BW;
+            weight_share(&own, 0, in_c, mb * WINO_BW, (mb + 1) * WINO_BW, sp.wt);
+        }
         for (size_t q = 0; q < 36; q++) {
-            const float *uq = j->u + q * uplane + mb * in_c * WINO_BW;
+            const float *uq = make_weights ? own.u + q * own.plane : j->u + q * u_plane(g) + mb * in_c * WINO_BW;
             for (size_t cs = 0; cs < n; cs += WINO4_NC)
                 for (size_t k0 = 0; k0 < in_c; k0 += K_CHUNK)
                     for (size_t t0 = 0; t0 < nt; t0 += WINO4_GT)
@@ -669,7 +680,7 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
     size_t total_rows = batch * plan->d * plan->d * plan->th, tiles = total_rows * plan->tw;
     int workers = bp_workers_for(threads, 2 * positions(plan) * tiles * g->in_c * g->out_c);
     forward_job j = {.plan = plan, .g = g, .u = u, .x_img = x_img, .x = x, .x_bs = x_bs, .y = y, .y_bs = y_bs,
-                     .e = e, .s = s, .chunks = 1, .total_rows = total_rows, .weights = {plan->m, g, w, u, s, adjoint},
+                     .e = e, .s = s, .chunks = 1, .total_rows = total_rows, .weights = {plan->m, g, w, u, s, adjoint, u_plane(g), 0},
                      .weight_units = (int)bp_ceil_div(g->in_c, WEIGHT_CHANNELS)};
     size_t nw = (size_t)workers;
     j.blocks = bp_ceil_div(total_rows, plan->rows);
