@@ -31,7 +31,9 @@ enum {
     /* F(4x4): for the layers whose F(2x2) weights exceed WINO_MAX_WEIGHTS; their U (up to 4x
        F(2x2)'s) comes from memory at every call, which calls of few tiles do not repay */
     WINO4_MAX_WEIGHTS = 1 << 24, /* floats of U (64 MiB) */
-    WINO4_MIN_TILES = 32         /* a call's tiles, at least (measured: c5 at batch 8) */
+    WINO4_MIN_TILES = 32,        /* a call's tiles, at least (measured: c5 at batch 8) */
+    WINO4_TASK_TILES = 128       /* a task's, at least: up to 32 images of 7x7 in one task per
+                                    worker, each making the U it reads (not all of U first, to memory) */
 };
 /* The products run on the direct engine's pixels kernel: NC tiles x MV vectors of output channels. */
 #define WINO_MV PIX_MV_MAX
@@ -154,6 +156,7 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *p
     size_t tiles = WINO_SCRATCH_TARGET / (np * (g->in_c + WINO_BW));
     if (tiles < WINO_MIN_TILES) tiles = WINO_MIN_TILES;
     if (tiles > WINO_MAX_TILES) tiles = WINO_MAX_TILES;
+    if (m == 4 && tiles < WINO4_TASK_TILES) tiles = WINO4_TASK_TILES;
     plan->rows = tiles / plan->tw > 0 ? tiles / plan->tw : 1;
     if (plan->rows > plan->th && m == 2) plan->rows = plan->th; /* F(4x4): blocks of several images, U read once */
     if (plan->rows * plan->tw * g->in_c > INT32_MAX / np) return false; /* step offsets in int32 */
