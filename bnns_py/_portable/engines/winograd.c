@@ -103,12 +103,12 @@ static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
     l.off = g->in_c + 16;
     l.wt = WEIGHT_CHANNELS * 9 * mblocks(g) * WINO_BW; /* the weight transform's transposed kernels */
     if (p->m == 4) {
-        size_t groups = bp_round_up(cap, WINO4_GT);
-        l.v = 36 * g->in_c * groups;
-        l.m = 36 * WINO_BW * groups;
+        size_t tiles = bp_round_up(cap, WINO4_GT); /* whole groups */
+        l.v = 36 * g->in_c * tiles;
+        l.m = 36 * WINO_BW * tiles;
         l.rows = 36 * WINO4_GT;
         l.in = 16 * BP_VL;
-        l.tiles = groups * sizeof(tile_at) / sizeof(float);
+        l.tiles = tiles * sizeof(tile_at) / sizeof(float);
         l.ublock = 36 * ublock_plane(g);
         return l;
     }
