@@ -9,7 +9,11 @@ filter's FilterParameters.n_threads) and the table reports:
 
   forward: GFLOP/s of bnns, PyTorch (F.conv2d / F.conv_transpose2d under no_grad) and ONNX Runtime
   (one Conv / ConvTranspose session per case, run_with_iobinding on bound numpy buffers), the
-  ratios bnns/torch and bnns/ORT (>1: bnns faster), bnns's share of the FMA peak;
+  ratios bnns/torch and bnns/ORT (>1: bnns faster), bnns's share of the FMA peak; bnns's layers
+  read their weights from the caller at each call (Flags.use_client_pointer); with --weights both
+  (or copied) also (or only) layers that copied them at creation (BNNS's default flags: bnns-py
+  packs and transforms them once, as ONNX Runtime does at session creation), their ratio to ONNX
+  Runtime in its own column "cp/ORT";
   forward + all gradients (input, weight, bias): bnns against torch autograd;
   for the dense cases at more than 1 thread, bnns forward at T threads over 1 thread (scaling),
   next to the machine's ceiling for it (T independent 1-thread calls made at the same time) and
@@ -30,7 +34,7 @@ one panel per thread count (benchmarks/results/bench_conv.png; also docs/bench_c
 --update-docs).
 
 Run:  python benchmarks/bench_conv.py [--threads 2 1] [--runs 3] [--quick] [--forward-only]
-                                      [--only dw_] [--no-onnx] [--update-docs]
+                                      [--only dw_] [--no-onnx] [--weights client|copied|both] [--update-docs]
 """
 import argparse
 import json
@@ -55,6 +59,9 @@ _ap.add_argument("--only", default="", help="run cases whose name contains this 
 _bw = _ap.add_mutually_exclusive_group()
 _bw.add_argument("--forward-only", action="store_true", help="skip forward + gradients")
 _bw.add_argument("--backward", action="store_true", help="(default, kept for compatibility) also time forward + all gradients")
+_ap.add_argument("--weights", choices=("client", "copied", "both"), default="client",
+                 help="bnns forward layers reading the caller's weights at each call (default), copying them at "
+                      "creation (BNNS's default flags), or both (the copied ones in the column cp/ORT)")
 _ap.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling runs (1 thread, concurrent) of the dense cases")
 _ap.add_argument("--no-torch", action="store_true", help="no PyTorch column (also when torch is not installed)")
 _ap.add_argument("--no-onnx", action="store_true", help="no ONNX Runtime column (also when onnxruntime is not installed)")
@@ -295,12 +302,27 @@ def timed(measure, *args, **kwargs):
     return measure(*args, **kwargs)
 
 
+def bench_bnns_forward_copied(c, threads, **timing):
+    """bench_bnns_forward with a layer that copied its weights at creation (Flags.none)."""
+    x, w, b = arrays(c)
+    with bnns_module(c, w, b, None, threads) as module:
+        layer = module.spec.make_layer(c["H"], c["W"], module._bnns_weight, module.bias, None, client_pointer=False,
+                                       n_threads=threads, weight_strides=module._weight_strides)
+        with layer:
+            out = np.empty((c["N"], c["Cout"]) + out_hw(c), np.float32)
+            return time_call(lambda: layer.apply(c["N"], x, out), **timing)
+
+
 def measure_case(c, threads):
     """One sweep's seconds for a case at ``threads`` threads: bnns, torch and ONNX Runtime forward,
     bnns and torch forward+backward; for dense cases at more than 1 thread bnns forward at 1
     thread, at ``threads`` and ``threads`` 1-thread calls at once, in alternating bursts."""
     before = cpu_snapshot()
-    row = {"bnns_fwd_s": timed(bench_bnns_forward, c, None, threads, **TIMING)}
+    row = {}
+    if ARGS.weights != "copied":
+        row["bnns_fwd_s"] = timed(bench_bnns_forward, c, None, threads, **TIMING)
+    if ARGS.weights != "client":
+        row["bnns_fwd_copied_s"] = timed(bench_bnns_forward_copied, c, threads, **TIMING)
     if torch is not None:
         row["torch_fwd_s"] = timed(bench_torch_forward, c, **TIMING)
     if ONNX is not None:
@@ -365,9 +387,9 @@ def summarize(c, samples, peak, threads):
                 e[f"{lib}_{key}_gflops"] = mult * e["gflop"] / e[f"{lib}_{key}_s"]
                 e[f"{lib}_{key}_pct_peak"] = 100 * e[f"{lib}_{key}_gflops"] / peak
     for peer in PEERS:
-        for key in ("fwd", "fwd_bwd"):
-            if e.get(f"{peer}_{key}_s") and e.get(f"bnns_{key}_s"):
-                e[f"{key}_ratio_{peer}"] = e[f"{peer}_{key}_s"] / e[f"bnns_{key}_s"]  # bnns speed / peer speed
+        for key, peer_key in (("fwd", "fwd"), ("fwd_copied", "fwd"), ("fwd_bwd", "fwd_bwd")):
+            if e.get(f"{peer}_{peer_key}_s") and e.get(f"bnns_{key}_s"):
+                e[f"{key}_ratio_{peer}"] = e[f"{peer}_{peer_key}_s"] / e[f"bnns_{key}_s"]  # bnns speed / peer speed
     if e.get("bnns_fwd_1t_s") and e.get("bnns_fwd_nt_s"):
         # ratios within a sweep (whose bursts alternate), then their median: a slow phase of the
         # machine moves both sides of a ratio together
@@ -389,8 +411,10 @@ def print_table(summary, threads):
     onnx = ONNX is not None
     head = f"{'case':28s} {'N':>2s} | {'bnns':>7s} {'torch':>7s} {'ratio':>6s}"
     head += f" {'ORT':>7s} {'ratio':>6s}" if onnx else ""
+    copied = onnx and ARGS.weights != "client"
+    head += f" {'cp/ORT':>6s}" if copied else ""
     head += f" {'%pk':>4s}"
-    width = 31 + 15 * onnx
+    width = 31 + 15 * onnx + 7 * copied
     if BACKWARD:
         head += f" | {'bnns':>7s} {'torch':>7s} {'ratio':>6s} {'%pk':>4s}"
     scaling = threads != 1 and not ARGS.no_scaling
@@ -406,6 +430,8 @@ def print_table(summary, threads):
                 f"{f(e.get('fwd_ratio_torch'), '6.2f')}")
         if onnx:
             line += f" {f(e.get('onnx_fwd_gflops'), '7.1f')} {f(e.get('fwd_ratio_onnx'), '6.2f')}"
+        if copied:
+            line += f" {f(e.get('fwd_copied_ratio_onnx'), '6.2f')}"
         line += f" {f(e.get('bnns_fwd_pct_peak'), '4.0f')}"
         if BACKWARD:
             line += (f" | {f(e.get('bnns_fwd_bwd_gflops'), '7.1f')} {f(e.get('torch_fwd_bwd_gflops'), '7.1f')} "
@@ -424,6 +450,8 @@ def comparisons():
     """(key, peer, label) of every ratio column: forward against each peer, forward + gradients
     against torch autograd."""
     out = [("fwd", peer, f"forward vs {PEERS[peer]}") for peer in ACTIVE_PEERS]
+    if ARGS.weights != "client" and ONNX is not None:
+        out.append(("fwd_copied", "onnx", "forward, weights copied at creation, vs ONNX Runtime"))
     if BACKWARD and torch is not None:
         out.append(("fwd_bwd", "torch", "forward + gradients vs PyTorch autograd"))
     return out
@@ -567,7 +595,9 @@ def run_thread_count(threads, chosen, probe):
             row = measure_case(c, threads)
             rows.append(row)
             g = flops(c) / 1e9
-            msg = f"  {threads}t run {run + 1}/{ARGS.runs} {c['name']:28s} N={c['N']} fwd bnns {g / row['bnns_fwd_s']:6.1f}"
+            msg = f"  {threads}t run {run + 1}/{ARGS.runs} {c['name']:28s} N={c['N']} fwd"
+            for key, label in (("bnns_fwd_s", "bnns"), ("bnns_fwd_copied_s", "bnns copied")):
+                msg += f" {label} {g / row[key]:6.1f}" if key in row else ""
             for peer in ACTIVE_PEERS:
                 msg += f" {peer} {g / row[f'{peer}_fwd_s']:6.1f}"
             if BACKWARD:

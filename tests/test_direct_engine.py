@@ -287,9 +287,9 @@ def test_weights_are_read_at_each_call_or_copied(engine, client, n_threads, n, c
 # batch 1 (one image: each block's chunks packed as its kernel needs them) and 2 (an image group),
 # the kernel the engine picks; odd channel counts whose blocks end in partial 16- and 8-row groups
 # of the packing's transposes; groups; fused activations.
-IN_PLACE = [
-    (1, 512, 512, 1, AF.identity, "auto"),
-    (2, 512, 512, 1, AF.rectified_linear, "auto"),
+IN_PLACE = [  # the 512-channel layer: the pixels kernel runs it below batch 8 (from 8, Winograd F(4x4))
+    (1, 512, 512, 1, AF.identity, "pixels"),
+    (2, 512, 512, 1, AF.rectified_linear, "pixels"),
     (1, 67, 101, 1, AF.relu6, "pixels"),
     (3, 90, 46, 2, AF.clamp((-0.3, 0.4)), "flat-pixels"),
 ]
@@ -335,7 +335,7 @@ AUTO = [
     ((64, 16, 56, 3, 1, 1, 1), "winograd"),
     ((16, 64, 56, 3, 1, 1, 1), "direct pixels"),     # 16 input channels: too few for Winograd
     ((64, 8, 56, 3, 1, 1, 1), "direct rows"),        # 8 output channels: too few
-    ((512, 512, 7, 3, 1, 1, 1), "direct pixels"),    # transformed weights of 16 MiB: read from memory
+    ((512, 512, 7, 3, 1, 1, 1), "winograd"),         # F(4x4) (from batch 8; fewer images: direct pixels)
     ((32, 32, 3, 3, 1, 1, 1), "tiny"),               # 3x3 outputs: too small for Winograd (tiny path)
     ((256, 256, 28, 3, 1, 2, 2), "winograd"),        # dilated: 4 output phases of 14 x 14
     ((256, 256, 12, 3, 1, 4, 4), "direct pixels"),   # dilation 4: phases of 3 x 3, too small

@@ -1,13 +1,15 @@
-"""The portable library's Winograd F(2x2, 3x3) forward pass (dense 3x3 layers, stride 1, dilated
-ones as d x d output phases), forced with BNNS_PY_PORTABLE_ENGINE=winograd on geometries that reach
-its edges and checked against the float64 reference: odd output sizes (tiles cut by the last row and
+"""The portable library's Winograd F(2x2, 3x3) and F(4x4, 3x3) forward passes (dense 3x3 layers,
+stride 1, dilated ones as d x d output phases), forced with BNNS_PY_PORTABLE_ENGINE=winograd (and
+BNNS_PY_WINOGRAD_TILE=2 or 4: every test that forces the pass runs on both tiles) on geometries that
+reach its edges and checked against the float64 reference: odd output sizes (tiles cut by the last row and
 column), output phases of different sizes,
 padding of 0 to 3 on each side, images narrower than a tile row's vector, strided inputs, batches
 whose tile-row blocks span images, channel counts that leave partial channel blocks and partial
 8-channel transposes, bias and activation, 1 and 2 threads, weights owned by the filter and read
 from the caller at each call. The weight gradient (F(3x3, 2x2) on the same tiles, dilated layers'
 output phases summed) on the same geometries, set and accumulated, through the activation, from
-strided inputs and against PyTorch's autograd. The filter reports which pass runs, so no test passes on the direct
+strided inputs and against PyTorch's autograd. F(4x4) picked by itself for a layer too wide for
+F(2x2), from batch 8. The filter reports which pass runs, so no test passes on the direct
 engine by mistake."""
 import json
 import os
@@ -49,9 +51,10 @@ def _ids(cases):
     return ["x".join(map(str, c[:5])) + "_p" + "".join(map(str, c[5])) + f"_d{c[6]}" for c in cases]
 
 
-@pytest.fixture
-def winograd(monkeypatch):
+@pytest.fixture(params=["2", "4"], ids=["F2", "F4"])
+def winograd(request, monkeypatch):
     monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "winograd")
+    monkeypatch.setenv("BNNS_PY_WINOGRAD_TILE", request.param)
 
 
 def _tolerance(cin):
@@ -130,15 +133,19 @@ BLOCK_CASES = [(5, 61, 40, 30, 30), (7, 64, 70, 30, 29), (3, 192, 160, 14, 14), 
 
 
 def _relu_layer_and_references(rng, case, n_threads, flags=None):
-    """A 'same' ReLU layer of random weights, x and dy, and the reference y and dx (float64)."""
+    """A 'same' ReLU layer of random weights, x and dy, the reference y (float64) and the reference
+    dx (float64) of an output y: through the ReLU as y has it (where y_ref is near 0, a rounding
+    of y may land on the other side)."""
     n, cin, cout, h, w = case
     x, dy = random_array(rng, (n, cin, h, w)), random_array(rng, (n, cout, h, w))
     weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
     layer, _ = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
                             weight, bias, AF.rectified_linear, n_threads, flags=flags)
     y_ref = np.maximum(reference.conv2d(x, weight, bias, padding=(1, 1, 1, 1)), 0)
-    dx_ref = reference.conv2d_backward(x, weight, dy, output=y_ref, padding=(1, 1, 1, 1),
-                                       activation=AF.rectified_linear)[0]
+
+    def dx_ref(y):
+        return reference.conv2d_backward(x, weight, dy, output=y, padding=(1, 1, 1, 1),
+                                         activation=AF.rectified_linear)[0]
     return x, dy, layer, y_ref, dx_ref
 
 
@@ -162,7 +169,7 @@ def test_batch_blocks_over_threads(case, client, n_threads, winograd, backend, r
             layer.apply(n, x, y)
             layer.apply_backward(n, x, y, dy, dx)
             np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=_tolerance(cin))
-            np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout))
+            np.testing.assert_allclose(dx, dx_ref(y), rtol=1e-4, atol=_tolerance(cout))
 
 
 def test_strided_input(winograd, backend, rng, no_filter_leaks):
@@ -198,6 +205,30 @@ def test_client_weights_are_read_at_each_call_and_copied_ones_are_not(winograd, 
         copied.apply(n, x, y)
         np.testing.assert_allclose(y, reference.conv2d(x, kept, padding=(1, 1, 1, 1)), rtol=1e-4,
                                    atol=_tolerance(cin))
+
+
+# 384 -> 384 channels: F(2x2)'s transformed weights (16 x 384 x 384 floats) exceed its limit;
+# F(4x4) takes the layer by itself for calls of 32 tiles or more (8 images of 7 x 7, 4 tiles each;
+# 9 leave a group of tiles mostly empty), fewer images run on the direct engine.
+@pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
+def test_a_wide_layer_takes_f4_by_itself(client, backend, rng, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    monkeypatch.delenv("BNNS_PY_WINOGRAD_TILE", raising=False)
+    channels, size = 384, 7
+    weight = random_array(rng, (channels, channels, 3, 3), 0.1)
+    bias = random_array(rng, (channels,))
+    layer, _ = client_layer(ConvolutionType.standard, channels, channels, size, size, (3, 3), (1, 1), (1, 1, 1, 1),
+                            (1, 1), 1, weight, bias, AF.rectified_linear, 2, flags=None if client else Flags.none)
+    kept = weight.copy()
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter) == "winograd"
+        for n, scale in ((8, 1.0), (1, 1.0), (9, 1.0), (8, -0.5)):
+            weight *= scale  # read at each call with client pointers, copied at creation otherwise
+            x = random_array(rng, (n, channels, size, size))
+            y = np.full((n, channels, size, size), np.nan, np.float32)
+            layer.apply(n, x, y)
+            expected = np.maximum(reference.conv2d(x, weight if client else kept, bias, padding=(1, 1, 1, 1)), 0)
+            np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(channels))
 
 
 def test_backward_of_a_winograd_filter(backend, rng, monkeypatch, no_filter_leaks):
@@ -536,20 +567,21 @@ for threads in (2, 3):
         y, dx = np.full(y_ref.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
         layer.apply(n, x, y)
         layer.apply_backward(n, x, y, dy, dx)
-    for name, got, ref, channels in (("y", y, y_ref, cin), ("dx", dx, dx_ref, cout)):
+    for name, got, ref, channels in (("y", y, y_ref, cin), ("dx", dx, dx_ref(y), cout)):
         excess = np.abs(got - ref) / (1e-4 * np.abs(ref) + _tolerance(channels))
         errors[f"{name} {threads} threads"] = float(np.nan_to_num(excess, nan=np.inf).max())
 print(json.dumps(dict(isa=bnns_py.backend_info()["isa"], errors=errors)))
 """
 
 
-def _run_on_tier(isa, script):
+def _run_on_tier(isa, script, tile="2"):
     """The JSON line a child process prints after running `script` on tier `isa` (skipped when this
-    CPU / build does not run it), with its "isa" checked."""
+    CPU / build does not run it) with the Winograd pass forced on tiles of `tile`, with its "isa"
+    checked."""
     available = bnns_py.backend_info().get("isa_available", "").split()
     if isa not in available:
         pytest.skip(f"this CPU / build does not run the {isa} tier (it runs: {' '.join(available)})")
-    env = dict(os.environ, BNNS_PY_ISA=isa, BNNS_PY_PORTABLE_ENGINE="winograd")
+    env = dict(os.environ, BNNS_PY_ISA=isa, BNNS_PY_PORTABLE_ENGINE="winograd", BNNS_PY_WINOGRAD_TILE=tile)
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     child = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                            cwd=tests_dir)
@@ -566,8 +598,9 @@ def test_weight_gradient_on_each_tier(isa):
     assert max(info["errors"].values()) <= 1e-5, info["errors"]
 
 
+@pytest.mark.parametrize("tile", ["2", "4"], ids=["F2", "F4"])
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
-def test_batch_blocks_on_each_tier(isa):
-    info = _run_on_tier(isa, FORWARD_TIER_CHILD)
+def test_batch_blocks_on_each_tier(isa, tile):
+    info = _run_on_tier(isa, FORWARD_TIER_CHILD, tile)
     assert len(info["errors"]) == 4
     assert max(info["errors"].values()) <= 1.0, info["errors"]

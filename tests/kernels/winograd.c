@@ -1,4 +1,5 @@
-/* Kernel tester of the Winograd F(2x2, 3x3) transforms (engines/winograd.c, kernels/winograd_rows.c):
+/* Kernel tester of the Winograd F(2x2, 3x3) transforms (engines/winograd.c, kernels/winograd_rows.c;
+   F(4x4, 3x3)'s are static there, checked through the library by tests/test_winograd.py):
    for every vector tier this CPU runs, each transform called directly on random sizes, 24 trials
    per shape class, against plain C loops with the transform matrices written out:
      input   the input rows of a tile row of output phase (a, b) split into even and odd columns
@@ -22,9 +23,10 @@ typedef void inputs_fn(const bp_geom *g, size_t tw, size_t ld, const bp_image *i
                        size_t a, size_t b, float *e, float *o);
 typedef void transform_fn(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp);
 typedef void outputs_fn(size_t tw, const float *m, size_t mp, size_t vectors, float *rows);
-typedef void weights_fn(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint);
-typedef bool plan_fn(const bp_geom *g, bool forced, bp_winograd *plan);
-typedef size_t weight_floats_fn(const bp_geom *g);
+typedef void weights_fn(const bp_winograd *plan, const bp_geom *g, const float *w, float *u, const bp_scratch *s,
+                        int threads, bool adjoint);
+typedef bool plan_fn(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan);
+typedef size_t weight_floats_fn(const bp_winograd *plan, const bp_geom *g);
 typedef const char *simd_fn(void);
 typedef void gradient_transform_fn(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp);
 typedef void gradient_outputs_fn(const float *m, size_t mp, size_t n, float *dw, float beta);
@@ -84,8 +86,10 @@ static size_t lanes_of(const tier *t) {
    input and one output channel). */
 static size_t block_width(const tier *t) {
     bp_geom g;
+    bp_winograd plan;
     kt_geom(&g, 1, 1, 1, 4, 4, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0);
-    return t->weight_floats(&g) / 16 - 80;
+    t->plan(&g, true, 2, &plan);
+    return t->weight_floats(&plan, &g) / 16 - 80;
 }
 
 static double worst_of(double worst, double got, double want, double size) {
@@ -178,17 +182,17 @@ static int check_weights(const tier *t, const char *name, int c) {
     bp_geom g;
     bp_winograd plan;
     kt_geom(&g, 1, in_c, out_c, kt_range(3, 8), kt_range(3, 8), 3, 3, 1, 1, 1, 1, 1, 1, 1, 1);
-    if (!t->plan(&g, true, &plan)) {
+    if (!t->plan(&g, true, 2, &plan)) {
         printf("FAIL %s winograd: no forced plan for %zu -> %zu channels\n", name, in_c, out_c);
         return 1;
     }
-    size_t floats = t->weight_floats(&g), plane = floats / 16, blocks = bp_ceil_div(out_c, bw);
+    size_t floats = t->weight_floats(&plan, &g), plane = floats / 16, blocks = bp_ceil_div(out_c, bw);
     float *w = malloc(out_c * in_c * 9 * sizeof(float)), *u = malloc(floats * sizeof(float));
     float *scratch = malloc(plan.scratch_floats * sizeof(float));
     kt_fill(w, out_c * in_c * 9);
     for (size_t i = 0; i < floats; i++) u[i] = UNTOUCHED;
     bp_scratch s = {scratch, plan.scratch_floats};
-    t->weights(&g, w, u, &s, 1, adjoint);
+    t->weights(&plan, &g, w, u, &s, 1, adjoint);
     double worst = 0.0;
     for (size_t o = 0; o < blocks * bw; o++)
         for (size_t ci = 0; ci < in_c; ci++) {

@@ -204,7 +204,7 @@ void bp_work_split(const bp_filter *f, float *base, bp_work *w) {
     w->rows = w->dbias + (f->client ? SLICE(g->out_c + g->in_c) : 0);
     w->direct_w = w->rows + (f->client ? SLICE(2 * (f->in.w + f->out.w)) : 0);
     w->wino_u = w->direct_w + SLICE(f->direct_w_floats);
-    w->wino_u_dx = w->wino_u + (f->winograd && f->client ? SLICE(bp_winograd_weight_floats(g)) : 0);
+    w->wino_u_dx = w->wino_u + (f->winograd && f->client ? SLICE(bp_winograd_weight_floats(&f->wino, g)) : 0);
 }
 
 static bool workspace_size(const bp_filter *f, size_t *floats) {
@@ -216,8 +216,8 @@ static bool workspace_size(const bp_filter *f, size_t *floats) {
     if (!bp_mul(g->out_c, g->k, &wc)) return false;
     size_t parts[] = {scratch, in, out, f->client ? out : 0, f->client ? wc : 0, f->client ? wc : 0,
                       f->client ? g->out_c + g->in_c : 0, f->client ? 2 * (f->in.w + f->out.w) : 0,
-                      f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(g) : 0,
-                      f->wino_dx ? bp_winograd_weight_floats(&f->dx_geom) : 0};
+                      f->direct_w_floats, f->winograd && f->client ? bp_winograd_weight_floats(&f->wino, g) : 0,
+                      f->wino_dx ? bp_winograd_weight_floats(&f->wino_dx_plan, &f->dx_geom) : 0};
     for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
         size_t padded;
         if (!bp_add(parts[p], 16, &padded) || !bp_add(total, padded, &total)) return false;
@@ -501,11 +501,11 @@ static bool pack_convolution(bp_filter *f, const conv_request *r) {
                 bp_direct_pack(f->direct[i], &canonical, f->direct_w[i], f->gemm.threads);
             }
         if (f->winograd) {
-            f->wino_u = bp_alloc(&allocator, bp_winograd_weight_floats(g) * sizeof(float));
+            f->wino_u = bp_alloc(&allocator, bp_winograd_weight_floats(&f->wino, g) * sizeof(float));
             if (f->wino_u == NULL) return false;
             bp_work w;
             bp_work_split(f, f->workspace, &w);
-            bp_winograd_weights(g, f->w_owned, f->wino_u, &w.scratch, f->gemm.threads, false);
+            bp_winograd_weights(&f->wino, g, f->w_owned, f->wino_u, &w.scratch, f->gemm.threads, false);
         }
     }
     f->has_bias = r->has_bias;
@@ -571,7 +571,7 @@ static size_t weight_copies_floats(const bp_filter *f) {
     size_t floats = f->twin_copy_floats + (f->bias_owned != NULL ? f->out.c : 0);
     if (f->w_owned != NULL) floats += weight_count(&f->g);
     if (f->fc_panels != NULL) floats += bp_fc_packed_floats(f->out.c, f->in.c);
-    if (f->wino_u != NULL) floats += bp_winograd_weight_floats(&f->g);
+    if (f->wino_u != NULL) floats += bp_winograd_weight_floats(&f->wino, &f->g);
     for (int i = 0; i < 2; i++)
         if (f->direct_w[i] != NULL) floats += bp_direct_weight_floats(f->direct[i]);
     return floats;
@@ -791,7 +791,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     if (f->fc_panels != NULL || one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
         const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
         forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
-    } else if (f->winograd) {
+    } else if (f->winograd && batch_size >= f->wino.min_batch) {
         /* client weights: transformed as they are now, in the same run */
         const float *now = f->wino_u == NULL ? bp_call_weights(f, -1, &w, &pass, &direct) : NULL;
         bp_epilogue e = forward_epilogue(f);

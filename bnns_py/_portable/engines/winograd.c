@@ -1,13 +1,17 @@
-/* bnns-py portable backend: Winograd F(2x2, 3x3) forward pass (see winograd.h).
+/* bnns-py portable backend: Winograd F(2x2, 3x3) and F(4x4, 3x3) forward pass (see winograd.h).
 
    With d a 4x4 input tile, g a 3x3 kernel and y the tile's 2x2 outputs:
      V = Bt d B,  U = G g Gt,  y = At (U .* V) A,  summed over input channels before At..A, with
      Bt = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
      At = [1 1 1 0; 0 1 -1 -1].
+   F(4x4, 3x3), on 6x6 tiles (interpolation points 0, -1, 1, -2, 2 and infinity):
+     Bt = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],
+     G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+     At = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
    A task takes whole tile rows (possibly of several images and output phases) and a chunk of
-   output channel blocks: the input transform of its tiles (V, 16 x in_c x tiles), then per block
-   the 16 products with U on the pixels kernel into M (16 x tiles x block channels) and the output
-   transform straight into the output rows. */
+   output channel blocks: the input transform of its tiles (V, P x in_c x tiles, P = (m + 2)^2
+   transform positions), then per block the P products with U on the pixels kernel into M
+   (P x tiles x block channels) and the output transform straight into the output rows. */
 #include "winograd.h"
 
 #include <stdatomic.h>
@@ -23,7 +27,13 @@ enum {
     WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
     WINO_MAX_WEIGHTS = 1 << 21, /* floats of U (8 MiB): more, and each block reads it from memory */
     WINO_MAX_DILATION = 64,
-    WINO_MAX_SCRATCH = 1 << 24  /* floats per worker (64 MiB): very wide rows stay on the direct engine */
+    WINO_MAX_SCRATCH = 1 << 24, /* floats per worker (64 MiB): very wide rows stay on the direct engine */
+    /* F(4x4): for the layers whose F(2x2) weights exceed WINO_MAX_WEIGHTS; their U (up to 4x
+       F(2x2)'s) comes from memory at every call, which calls of few tiles do not repay */
+    WINO4_MAX_WEIGHTS = 1 << 24, /* floats of U (64 MiB) */
+    WINO4_MIN_TILES = 32,        /* a call's tiles, at least (measured: c5 at batch 8) */
+    WINO4_TASK_TILES = 128       /* a task's, at least: up to 32 images of 7x7 in one task per
+                                    worker, each making the U it reads (not all of U first, to memory) */
 };
 /* The products run on the direct engine's pixels kernel: NC tiles x MV vectors of output channels. */
 #define WINO_MV PIX_MV_MAX
@@ -35,59 +45,126 @@ enum {
 #define WINO_BW (WINO_MV * BP_VL)
 
 static size_t mblocks(const bp_geom *g) { return bp_ceil_div(g->out_c, WINO_BW); }
+/* Transform positions of a tile: (m + 2)^2. */
+static size_t positions(const bp_winograd *p) { return (p->m + 2) * (p->m + 2); }
 enum { WEIGHT_CHANNELS = 8 }; /* input channels a worker transposes at a time (72 kernel rows) */
 
-/* Floats between U's 16 planes: 5 cache lines more than a plane, so that the 16 stores of a
-   kernel's transform, one per plane, fall in different cache sets (planes of a power-of-two
-   size would all map to the same ones). */
+/* Floats between U's planes: 5 cache lines more than a plane, so that the stores of a kernel's
+   transform, one per plane, fall in different cache sets (planes of a power-of-two size would all
+   map to the same ones). */
 static size_t u_plane(const bp_geom *g) { return mblocks(g) * g->in_c * WINO_BW + 80; }
 
-size_t bp_winograd_weight_floats(const bp_geom *g) { return 16 * u_plane(g); }
+static size_t weight_floats(size_t m, const bp_geom *g) { return (m + 2) * (m + 2) * u_plane(g); }
+size_t bp_winograd_weight_floats(const bp_winograd *plan, const bp_geom *g) { return weight_floats(plan->m, g); }
 
 /* Floats between the deinterleaved input rows: tw + 1 columns, whole vectors of 16 and one
    more vector that the transform may read. */
 static size_t row_ld(size_t tw) { return (tw + 1 + 15) / 16 * 16 + BP_VL; }
 
-/* Floats of a task's scratch, in order: V, M, step offsets, output rows, input rows. */
+/* F(4x4)'s tiles are taken in groups of WINO4_GT, a group's tiles in the lanes of two vectors,
+   against WINO4_NC output channels of a sub-block of U of WINO4_SB (see run_task4): pairs of the
+   pixels kernel's menu, whole vectors per sub-block. */
+#define WINO4_GT (2 * BP_VL)
+#if BP_VREGS >= 32
+#define WINO4_NC 8
+#define WINO4_SB (BP_VL < 8 ? 8 : BP_VL)
+#else
+#define WINO4_NC 4
+#define WINO4_SB BP_VL
+#endif
+
+/* Offset in U's plane of input channel c, output channel o (a whole vector's first, in F(4x4)'s
+   sub-blocks). */
+static size_t u_offset(size_t m, size_t in_c, size_t c, size_t o) {
+    size_t sb = m == 4 ? WINO4_SB : WINO_BW;
+    return o / sb * in_c * sb + c * sb + o % sb;
+}
+
+/* Where an F(4x4) tile reads and writes: its first input row and column (before the padding),
+   image offsets, its first output row and column. */
 typedef struct {
-    size_t v, m, off, rows, in, wt;
+    ptrdiff_t iy, ix;
+    size_t x_at, y_at, oy, ox;
+} tile_at;
+
+/* Floats of a task's scratch, in order: V, M, step offsets, output rows (F(4x4): a group's
+   gathered tiles), input rows (F(4x4): a tile vector's outputs), transposed kernels, F(4x4)'s
+   tile table. */
+typedef struct {
+    size_t v, m, off, rows, in, wt, tiles, ublock;
 } scratch_layout;
+
+/* Floats between the planes of a block's own U (F(4x4), made by the task that reads it). */
+static size_t ublock_plane(const bp_geom *g) { return g->in_c * WINO_BW + 80; }
 
 static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
     size_t cap = p->rows * p->tw;
     scratch_layout l;
+    l.off = g->in_c + 16;
+    l.wt = WEIGHT_CHANNELS * 9 * mblocks(g) * WINO_BW; /* the weight transform's transposed kernels */
+    if (p->m == 4) {
+        size_t tiles = bp_round_up(cap, WINO4_GT); /* whole groups */
+        l.v = 36 * g->in_c * tiles;
+        l.m = 36 * WINO_BW * tiles;
+        l.rows = 36 * WINO4_GT;
+        l.in = 16 * BP_VL;
+        l.tiles = tiles * sizeof(tile_at) / sizeof(float);
+        l.ublock = 36 * ublock_plane(g);
+        return l;
+    }
     l.v = 16 * g->in_c * cap + WINO_NC + 16;    /* the last tile of a row reads on into the next */
     l.m = 16 * (cap + WINO_NC) * WINO_BW;
-    l.off = g->in_c + 16;
     l.rows = 2 * 2 * p->tw * WINO_BW;           /* two output rows, channels innermost */
     l.in = 8 * row_ld(p->tw);                   /* deinterleaved input rows */
-    l.wt = WEIGHT_CHANNELS * 9 * mblocks(g) * WINO_BW; /* the weight transform's transposed kernels */
+    l.tiles = l.ublock = 0;
     return l;
 }
 
-bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
+/* Tile rows and columns of an image's largest output phase, tiles of m x m outputs. */
+static void set_tiles(const bp_geom *g, size_t m, bp_winograd *plan) {
+    plan->m = m;
+    plan->th = bp_ceil_div(bp_ceil_div(g->out_h, plan->d), m);
+    plan->tw = bp_ceil_div(bp_ceil_div(g->out_w, plan->d), m);
+}
+
+/* The weight gradient runs on F(2x2)'s tiles whichever the forward pass has. */
+static bp_winograd gradient_plan(const bp_geom *g, const bp_winograd *forward) {
+    bp_winograd p = *forward;
+    set_tiles(g, 2, &p);
+    return p;
+}
+
+/* m by the shape: F(2x2) where its U fits WINO_MAX_WEIGHTS, F(4x4) for wider layers; 0: neither. */
+static size_t tile_for(const bp_geom *g) {
+    if (weight_floats(2, g) <= WINO_MAX_WEIGHTS) return 2;
+    return weight_floats(4, g) <= WINO4_MAX_WEIGHTS ? 4 : 0;
+}
+
+bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan) {
     if (g->kh != 3 || g->kw != 3 || g->sx != 1 || g->sy != 1 || g->dx != g->dy || g->dx == 0 ||
-        g->dx > WINO_MAX_DILATION || g->groups != 1 || g->out_h == 0 || g->out_w == 0 || g->in_c > INT32_MAX / 16)
+        g->dx > WINO_MAX_DILATION || g->groups != 1 || g->out_h == 0 || g->out_w == 0 || g->in_c > INT32_MAX / 36)
         return false;
-    size_t d = g->dx;
+    size_t d = g->dx, m = tile == 2 || tile == 4 ? tile : forced ? 2 : tile_for(g);
+    if (m == 0) return false;
     plan->d = d;
-    plan->th = bp_ceil_div(bp_ceil_div(g->out_h, d), 2); /* of the largest output phase */
-    plan->tw = bp_ceil_div(bp_ceil_div(g->out_w, d), 2);
+    set_tiles(g, m, plan);
     if (!forced && (g->in_c < 2 * WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || bp_ceil_div(g->out_w, d) < 4 ||
-                    bp_ceil_div(g->out_h, d) < 4 ||
-                    bp_winograd_weight_floats(g) > WINO_MAX_WEIGHTS))
+                    bp_ceil_div(g->out_h, d) < 4 || weight_floats(m, g) > (m == 2 ? WINO_MAX_WEIGHTS : WINO4_MAX_WEIGHTS)))
         return false;
-    size_t tiles = WINO_SCRATCH_TARGET / (16 * (g->in_c + WINO_BW));
+    size_t np = positions(plan), image_tiles = d * d * plan->th * plan->tw;
+    plan->min_batch = m == 4 && !forced ? bp_max(1, bp_ceil_div(WINO4_MIN_TILES, image_tiles)) : 1;
+    size_t tiles = WINO_SCRATCH_TARGET / (np * (g->in_c + WINO_BW));
     if (tiles < WINO_MIN_TILES) tiles = WINO_MIN_TILES;
     if (tiles > WINO_MAX_TILES) tiles = WINO_MAX_TILES;
+    if (m == 4 && tiles < WINO4_TASK_TILES) tiles = WINO4_TASK_TILES;
     plan->rows = tiles / plan->tw > 0 ? tiles / plan->tw : 1;
-    if (plan->rows > plan->th) plan->rows = plan->th;
-    if (plan->rows * plan->tw * g->in_c > INT32_MAX / 16) return false; /* step offsets in int32 */
+    if (plan->rows > plan->th && m == 2) plan->rows = plan->th; /* F(4x4): blocks of several images, U read once */
+    if (plan->rows * plan->tw * g->in_c > INT32_MAX / np) return false; /* step offsets in int32 */
     scratch_layout l = layout_for(g, plan);
-    size_t parts[] = {l.v, l.m, l.off, l.rows, l.in, l.wt}, total = 0;
+    size_t parts[] = {l.v, l.m, l.off, l.rows, l.in, l.wt, l.tiles, l.ublock}, total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         if (!bp_add(total, bp_round_up(parts[i], 16), &total)) return false;
-    plan->scratch_floats = total;
+    plan->scratch_floats = bp_max(total, 8 * row_ld(gradient_plan(g, plan).tw)); /* its input rows */
     return total <= WINO_MAX_SCRATCH; /* a task takes at least one whole tile row */
 }
 
@@ -106,11 +183,13 @@ bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a) {
 /* ---- weights: U = G g Gt, packed for the pixels kernel: [p][block][c][channel of block] ---- */
 
 typedef struct {
+    size_t m;
     const bp_geom *g;
     const float *w;
     float *u;
     const bp_scratch *s;
     bool adjoint;
+    size_t plane, o_base; /* u's planes, and the output channel at its start (a block's own U) */
 } weights_job;
 
 /* Kernel values w[o][c * 9 + t] for c in [c0, c0 + nc) and o in [o0, o1) as rows t' = (c - c0) * 9 + t
@@ -136,34 +215,57 @@ static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_
         for (size_t o = r < r8 ? o8 : o0; o < o1; o++) t[r * ld + o] = o < g->out_c ? src[o * k + r] : 0.0f;
 }
 
+/* G (a, b, c) of F(m x m, 3x3): m + 2 values. */
+BP_INLINE void kernel_column(size_t m, bp_vec a, bp_vec b, bp_vec c, bp_vec *out) {
+    if (m == 2) { /* (a, (a + b + c) / 2, (a - b + c) / 2, c) */
+        const bp_vec half = bp_vset1(0.5f);
+        out[0] = a;
+        out[1] = half * (a + b + c);
+        out[2] = half * (a - b + c);
+        out[3] = c;
+        return;
+    }
+    const bp_vec sixth = bp_vset1(1.0f / 6.0f), quarter = bp_vset1(0.25f), half = bp_vset1(0.5f);
+    bp_vec ac = a + c, ac4 = quarter * a + c, bh = half * b; /* rows 3 and 4: (a / 4 +- b / 2 + c) / 6 */
+    out[0] = quarter * a;
+    out[1] = -sixth * (ac + b);
+    out[2] = -sixth * (ac - b);
+    out[3] = sixth * (ac4 + bh);
+    out[4] = sixth * (ac4 - bh);
+    out[5] = c;
+}
+
+/* G g Gt of BP_VL kernels (tap t of kernel i at k[t * ld + i]) into U's planes (u, `plane` floats
+   apart); m a constant, so that the loops unroll. */
+BP_INLINE void transform_kernels(const float *k, size_t ld, float *u, size_t plane, const size_t m) {
+    const size_t n = m + 2;
+    bp_vec r[6][3], across[6];
+    for (size_t x = 0; x < 3; x++) { /* G g, down each column */
+        bp_vec col[6];
+        kernel_column(m, bp_vload(k + x * ld), bp_vload(k + (3 + x) * ld), bp_vload(k + (6 + x) * ld), col);
+        for (size_t y = 0; y < n; y++) r[y][x] = col[y];
+    }
+    for (size_t y = 0; y < n; y++) { /* then the same across */
+        kernel_column(m, r[y][0], r[y][1], r[y][2], across);
+        for (size_t x = 0; x < n; x++) bp_vstore(u + (n * y + x) * plane, across[x]);
+    }
+}
+
 /* U for input channels [c0, c1) and output channels [o0, o1) (whole blocks); t: scratch for 72
    transposed kernel rows. */
 static void weight_share(const weights_job *j, size_t c0, size_t c1, size_t o0, size_t o1, float *t) {
     const bp_geom *g = j->g;
-    size_t in_c = g->in_c, ld = mblocks(g) * WINO_BW, plane = u_plane(g);
-    const bp_vec half = bp_vset1(0.5f);
+    size_t in_c = g->in_c, ld = mblocks(g) * WINO_BW;
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
         size_t nc = bp_min(WEIGHT_CHANNELS, c1 - cb);
         transpose_kernels(g, j->w, cb, nc, o0, o1, t, ld, j->adjoint);
         for (size_t c = cb; c < cb + nc; c++)
             for (size_t o = o0; o < o1; o += BP_VL) {
                 const float *k = t + (c - cb) * 9 * ld + o;
-                float *u = j->u + (o / WINO_BW) * in_c * WINO_BW + c * WINO_BW + o % WINO_BW;
-                bp_vec r[4][3];
-                for (int x = 0; x < 3; x++) { /* G g: rows (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2) */
-                    bp_vec a = bp_vload(k + x * ld), b = bp_vload(k + (3 + x) * ld), d = bp_vload(k + (6 + x) * ld);
-                    r[0][x] = a;
-                    r[1][x] = half * (a + b + d);
-                    r[2][x] = half * (a - b + d);
-                    r[3][x] = d;
-                }
-                for (int y = 0; y < 4; y++) { /* then the same across */
-                    bp_vec a = r[y][0], b = r[y][1], d = r[y][2];
-                    bp_vstore(u + (4 * y + 0) * plane, a);
-                    bp_vstore(u + (4 * y + 1) * plane, half * (a + b + d));
-                    bp_vstore(u + (4 * y + 2) * plane, half * (a - b + d));
-                    bp_vstore(u + (4 * y + 3) * plane, d);
-                }
+                if (j->m == 4)
+                    transform_kernels(k, ld, j->u + u_offset(4, in_c, c, o - j->o_base), j->plane, 4);
+                else
+                    transform_kernels(k, ld, j->u + u_offset(2, in_c, c, o - j->o_base), j->plane, 2);
             }
     }
 }
@@ -180,9 +282,10 @@ static void weight_tasks(void *arg, int worker, int workers) {
     weight_share_of(j, worker, workers, j->s->base + (size_t)worker * j->s->stride);
 }
 
-void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint) {
-    weights_job j = {g, w, u, s, adjoint};
-    bp_parallel_run(bp_workers_for(threads, 64 * g->out_c * g->in_c), weight_tasks, &j);
+void bp_winograd_weights(const bp_winograd *plan, const bp_geom *g, const float *w, float *u, const bp_scratch *s,
+                         int threads, bool adjoint) {
+    weights_job j = {plan->m, g, w, u, s, adjoint, u_plane(g), 0};
+    bp_parallel_run(bp_workers_for(threads, 4 * positions(plan) * g->out_c * g->in_c), weight_tasks, &j);
 }
 
 /* ---- input transform ---------------------------------------------------------------------- */
@@ -211,6 +314,18 @@ void bp_winograd_tile_row_transform(size_t tw, size_t ld, const float *e, const 
     }
 }
 
+/* F(4x4): Bt d of 6 values. */
+static void input_column(const bp_vec *d, bp_vec *t) {
+    const bp_vec two = bp_vset1(2.0f), four = bp_vset1(4.0f), five = bp_vset1(5.0f);
+    bp_vec d42 = d[4] - d[2], d31 = two * (d[3] - d[1]);
+    t[0] = four * d[0] - five * d[2] + d[4];
+    t[1] = (d[3] + d[4]) - four * (d[1] + d[2]);
+    t[2] = (d[4] - d[3]) + four * (d[1] - d[2]);
+    t[3] = d42 + d31;
+    t[4] = d42 - d31;
+    t[5] = four * d[1] - five * d[3] + d[5];
+}
+
 /* ---- output transform --------------------------------------------------------------------- */
 
 /* At m A of each tile of a tile row, channels in lanes: m holds the row's tiles' products
@@ -234,6 +349,15 @@ void bp_winograd_tile_row_outputs(size_t tw, const float *m, size_t mp, size_t v
             bp_vstore(p0 + WINO_BW, s0[1] - s0[2] - s0[3]);
             bp_vstore(p1 + WINO_BW, s1[1] - s1[2] - s1[3]);
         }
+}
+
+/* F(4x4): At m of 6 values. */
+static void output_column(const bp_vec *m, bp_vec *y) {
+    bp_vec a = m[1] + m[2], b = m[1] - m[2], c = m[3] + m[4], e = m[3] - m[4];
+    y[0] = m[0] + a + c;
+    y[1] = b + bp_vset1(2.0f) * e;
+    y[2] = a + bp_vset1(4.0f) * c;
+    y[3] = b + bp_vset1(8.0f) * e + m[5];
 }
 
 /* The first `count` pixels of output rows (2 tw pixels x WINO_BW channels each, row after row)
@@ -294,8 +418,9 @@ typedef struct {
 
 /* A task's scratch (see scratch_layout). */
 typedef struct {
-    float *v, *m, *rows, *e, *o, *wt;
+    float *v, *m, *rows, *e, *o, *wt, *ublock;
     int32_t *off;
+    tile_at *tiles;
 } scratch_parts;
 
 static scratch_parts parts_of(const bp_geom *g, const bp_winograd *p, float *scratch) {
@@ -308,6 +433,8 @@ static scratch_parts parts_of(const bp_geom *g, const bp_winograd *p, float *scr
     s.e = s.rows + bp_round_up(l.rows, 16);
     s.o = s.e + 4 * row_ld(p->tw);
     s.wt = s.e + bp_round_up(l.in, 16);
+    s.tiles = (tile_at *)(s.wt + bp_round_up(l.wt, 16));
+    s.ublock = (float *)s.tiles + bp_round_up(l.tiles, 16);
     return s;
 }
 
@@ -338,7 +465,7 @@ static void make_weight_units(forward_job *j, float *t) {
     }
 }
 
-/* A block of tile rows and a chunk of channel blocks. wait_for_weights: the workers make U
+/* A block of tile rows and a chunk of channel blocks (F(2x2)). wait_for_weights: the workers make U
    together; the products wait until it is whole, the input transform does not. */
 static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_weights, float *scratch) {
     const bp_winograd *p = j->plan;
@@ -384,10 +511,156 @@ static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_w
     }
 }
 
+/* ---- F(4x4): tiles in vector lanes --------------------------------------------------------
+   F(2x2)'s products broadcast each tile's values against vectors of U's output channels, so U
+   passes through the kernel once per WINO_NC tiles: fine while U stays in the cache, but
+   F(4x4)'s U (38 MB at 512 channels) comes from memory, and a call of few tiles (ResNet-50's
+   7x7 layers: 4 tiles an image) would wait on it. Here the roles swap: V holds groups of
+   WINO4_GT tiles in the lanes of two vectors (V[p][group][c][tile]), U's values are broadcast,
+   WINO4_NC channels at a time, each read once per group (once per call when the task's tiles fit
+   one group), and M is [p][channel][tile]. U's blocks are split into sub-blocks of WINO4_SB
+   channels ([p][block][sub-block][c][channel of sub-block]), so that the kernel reads it in order
+   (memory's prefetcher keeps up with a stream, not with a 64-channel stride). */
+
+/* The tile table of tile rows [r0, r1). */
+static void tile_table(const forward_job *j, size_t r0, size_t r1, tile_at *tiles) {
+    const bp_winograd *p = j->plan;
+    const bp_geom *g = j->g;
+    size_t d = p->d, per_image = d * d * p->th;
+    for (size_t r = r0; r < r1; r++) {
+        size_t b = r / per_image, ph = r % per_image / p->th, ty = r % p->th, a = ph / d, bx = ph % d;
+        for (size_t tx = 0; tx < p->tw; tx++) {
+            tile_at *t = tiles + (r - r0) * p->tw + tx;
+            t->oy = d * 4 * ty + a;
+            t->ox = d * 4 * tx + bx;
+            t->iy = (ptrdiff_t)t->oy - (ptrdiff_t)g->pt;
+            t->ix = (ptrdiff_t)t->ox - (ptrdiff_t)g->pl;
+            t->x_at = b * j->x_bs;
+            t->y_at = b * j->y_bs;
+        }
+    }
+}
+
+/* The 6x6 inputs of channel c of tiles [t0, t0 + WINO4_GT) (zeros past nt and outside the image)
+   into dt[(6 row + column) * WINO4_GT + tile]. */
+static void gather_tiles(const forward_job *j, const tile_at *tiles, size_t t0, size_t nt, size_t c, float *dt) {
+    const bp_geom *g = j->g;
+    const bp_image *img = j->x_img;
+    ptrdiff_t d = (ptrdiff_t)g->dx, h = (ptrdiff_t)g->in_h, w = (ptrdiff_t)g->in_w;
+    for (size_t l = 0; l < WINO4_GT; l++) {
+        const tile_at *t = tiles + t0 + l;
+        const float *plane = t0 + l < nt ? j->x + t->x_at + c * img->sc : NULL;
+        for (ptrdiff_t i = 0; i < 6; i++) {
+            ptrdiff_t y = plane != NULL ? t->iy + d * i : -1;
+            const float *row = y >= 0 && y < h ? plane + (size_t)y * img->sy : NULL;
+            for (ptrdiff_t k = 0; k < 6; k++) {
+                ptrdiff_t x = row != NULL ? t->ix + d * k : -1;
+                dt[(size_t)(6 * i + k) * WINO4_GT + l] = x >= 0 && x < w ? row[(size_t)x * img->sx] : 0.0f;
+            }
+        }
+    }
+}
+
+/* Bt d B of a group's gathered tiles into V (v at V[0][group][c], planes vp apart). */
+static void transform_tiles(const float *dt, float *v, size_t vp) {
+    for (size_t i = 0; i < WINO4_GT; i += BP_VL) {
+        bp_vec h[6][6], d[6], t[6]; /* h[row][column]: across */
+        for (size_t r = 0; r < 6; r++) {
+            for (size_t k = 0; k < 6; k++) d[k] = bp_vload(dt + (6 * r + k) * WINO4_GT + i);
+            input_column(d, h[r]);
+        }
+        for (size_t k = 0; k < 6; k++) { /* down */
+            for (size_t r = 0; r < 6; r++) d[r] = h[r][k];
+            input_column(d, t);
+            for (size_t r = 0; r < 6; r++) bp_vstore(v + (6 * r + k) * vp + i, t[r]);
+        }
+    }
+}
+
+/* At m A of channel ch's tiles [t0, t0 + BP_VL) (M's planes mp apart, a channel's tiles ld apart),
+   the bias added and the activation applied, into their 4x4 outputs of output channel oc. */
+static void output_tiles(const forward_job *j, const tile_at *tiles, size_t t0, size_t nt, const float *m, size_t mp,
+                         float bias, size_t oc, float *out) {
+    const bp_geom *g = j->g;
+    bp_vec s[4][6], c[6], y[4], b = bp_vset1(bias);
+    for (size_t k = 0; k < 6; k++) { /* down */
+        for (size_t r = 0; r < 6; r++) c[r] = bp_vload(m + (6 * r + k) * mp + t0);
+        output_column(c, y);
+        for (size_t r = 0; r < 4; r++) s[r][k] = y[r];
+    }
+    for (size_t r = 0; r < 4; r++) { /* across */
+        output_column(s[r], y);
+        for (size_t x = 0; x < 4; x++) bp_vstore(out + (4 * r + x) * BP_VL, y[x] + b);
+    }
+    if (j->e != NULL && j->e->act != NULL) bp_activation_apply(j->e->act, out, 16 * BP_VL);
+    size_t d = j->plan->d, ow = g->out_w, ohw = g->out_h * ow;
+    for (size_t l = 0; l < BP_VL && t0 + l < nt; l++) {
+        const tile_at *t = tiles + t0 + l;
+        float *plane = j->y + t->y_at + oc * ohw;
+        for (size_t r = 0; r < 4 && t->oy + d * r < g->out_h; r++)
+            for (size_t x = 0; x < 4 && t->ox + d * x < ow; x++)
+                plane[(t->oy + d * r) * ow + t->ox + d * x] = out[(4 * r + x) * BP_VL + l];
+    }
+}
+
+/* F(4x4)'s run_task. make_weights: the task makes each channel block's U just before its
+   products read it, into its own scratch (compact, still in the cache; no other task reads it). */
+static void run_task4(forward_job *j, size_t block, size_t chunk, bool wait_for_weights, bool make_weights,
+                      float *scratch) {
+    const bp_winograd *p = j->plan;
+    const bp_geom *g = j->g;
+    size_t in_c = g->in_c, r0, r1, mb0, mb1;
+    bp_split(j->total_rows, (int)block, (int)j->blocks, &r0, &r1);
+    bp_split(mblocks(g), (int)chunk, (int)j->chunks, &mb0, &mb1);
+    size_t nt = (r1 - r0) * p->tw, ntp = bp_round_up(nt, WINO4_GT), vp = in_c * ntp, mp = WINO_BW * ntp;
+    scratch_parts sp = parts_of(g, p, scratch);
+    tile_table(j, r0, r1, sp.tiles);
+    for (size_t c = 0; c < in_c; c++)
+        for (size_t t0 = 0; t0 < nt; t0 += WINO4_GT) {
+            gather_tiles(j, sp.tiles, t0, nt, c, sp.rows);
+            transform_tiles(sp.rows, sp.v + t0 * in_c + c * WINO4_GT, vp);
+        }
+    if (wait_for_weights) bp_progress_wait(&j->weight_units_made, j->weight_units);
+    for (size_t c = 0; c < in_c; c++) sp.off[c] = (int32_t)(c * WINO4_SB);
+    weights_job own = j->weights;
+    own.u = sp.ublock;
+    own.plane = ublock_plane(g);
+    for (size_t mb = mb0; mb < mb1; mb++) {
+        size_t n = bp_min(WINO_BW, g->out_c - mb * WINO_BW);
+        if (make_weights) {
+            own.o_base = mb * WINO_BW;
+            weight_share(&own, 0, in_c, mb * WINO_BW, (mb + 1) * WINO_BW, sp.wt);
+        }
+        for (size_t q = 0; q < 36; q++) {
+            const float *uq = make_weights ? own.u + q * own.plane : j->u + q * u_plane(g) + mb * in_c * WINO_BW;
+            for (size_t cs = 0; cs < n; cs += WINO4_NC)
+                for (size_t k0 = 0; k0 < in_c; k0 += K_CHUNK)
+                    for (size_t t0 = 0; t0 < nt; t0 += WINO4_GT)
+                        bp_direct_pixels_tile(2, WINO4_NC, uq + u_offset(4, in_c, 0, cs), sp.off + k0,
+                                              bp_min(K_CHUNK, in_c - k0), sp.v + q * vp + t0 * in_c + k0 * WINO4_GT,
+                                              sp.m + q * mp + cs * ntp + t0, ntp, k0 > 0);
+        }
+        for (size_t ch = 0; ch < n; ch++) {
+            size_t oc = mb * WINO_BW + ch;
+            float bias = j->e != NULL && j->e->bias != NULL ? j->e->bias[oc * j->e->bias_stride] : 0.0f;
+            for (size_t t0 = 0; t0 < nt; t0 += BP_VL)
+                output_tiles(j, sp.tiles, t0, nt, sp.m + ch * ntp, mp, bias, oc, sp.e);
+        }
+    }
+}
+
 static void forward_tasks(void *arg, int worker, int workers) {
     forward_job *j = arg;
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
     scratch_parts sp = parts_of(j->g, j->plan, scratch);
+    if (j->plan->m == 4) {
+        bool own_weights = j->weights.w != NULL && j->blocks == 1 && j->chunks == (size_t)workers;
+        bool shared_weights = j->weights.w != NULL && !own_weights;
+        if (shared_weights) make_weight_units(j, sp.wt);
+        for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->blocks * j->chunks;)
+            run_task4(j, t / j->chunks, t % j->chunks, shared_weights, own_weights, scratch);
+        return;
+    }
     if (j->blocks == 1 && j->chunks == (size_t)workers) {
         /* one tile block in a chunk of channel blocks per worker: each makes the part of U its
            chunk reads, then runs it; no worker waits for another, nor reads what another wrote */
@@ -408,16 +681,18 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
                          size_t batch, const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
                          const bp_epilogue *e, const bp_scratch *s, int threads) {
     size_t total_rows = batch * plan->d * plan->d * plan->th, tiles = total_rows * plan->tw;
-    int workers = bp_workers_for(threads, 2 * 16 * tiles * g->in_c * g->out_c);
+    int workers = bp_workers_for(threads, 2 * positions(plan) * tiles * g->in_c * g->out_c);
     forward_job j = {.plan = plan, .g = g, .u = u, .x_img = x_img, .x = x, .x_bs = x_bs, .y = y, .y_bs = y_bs,
-                     .e = e, .s = s, .chunks = 1, .total_rows = total_rows, .weights = {g, w, u, s, adjoint},
+                     .e = e, .s = s, .chunks = 1, .total_rows = total_rows, .weights = {plan->m, g, w, u, s, adjoint, u_plane(g), 0},
                      .weight_units = (int)bp_ceil_div(g->in_c, WEIGHT_CHANNELS)};
     size_t nw = (size_t)workers;
     j.blocks = bp_ceil_div(total_rows, plan->rows);
     /* equal shares: blocks that do not split evenly over the workers are cut into a multiple of
        them (sizes one row apart at most), but fewer blocks than workers whose rows do not split
        evenly are split by channel blocks */
-    if (j.blocks % nw != 0) {
+    if (plan->m == 4 && mblocks(g) >= nw) {
+        j.chunks = nw; /* U, too large for the cache, read once per block: a share of it per worker */
+    } else if (j.blocks % nw != 0) {
         size_t more = bp_ceil_div(j.blocks, nw) * nw;
         if (j.blocks < nw && total_rows % more != 0 && mblocks(g) >= nw)
             j.chunks = nw;
@@ -459,8 +734,9 @@ static size_t dw_worker_floats(const bp_geom *g, const bp_winograd *p) {
     return bp_round_up(16 * g->out_c * g->in_c, 16) + 16 * (g->in_c + g->out_c) * dw_chunk_rows(g, p) * p->tw;
 }
 
-size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *p, int workers) {
-    return (size_t)workers * bp_round_up(dw_worker_floats(g, p), 16);
+size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *forward, int workers) {
+    bp_winograd p = gradient_plan(g, forward);
+    return (size_t)workers * bp_round_up(dw_worker_floats(g, &p), 16);
 }
 
 /* W[p][o][col + tx] for one channel's tile row: A dy At of each tile tx from its two rows of
@@ -535,9 +811,10 @@ static int gradient_workers(const bp_geom *g, const bp_winograd *plan, size_t to
 /* Tile rows of a batch: per image, those of each of the d x d output phases. */
 static size_t gradient_rows(const bp_winograd *plan, size_t batch) { return batch * plan->d * plan->d * plan->th; }
 
-bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads) {
-    size_t total_rows = gradient_rows(plan, batch);
-    return total_rows * plan->tw >= DW_WORKER_TILES * (size_t)gradient_workers(g, plan, total_rows, threads);
+bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *forward, size_t batch, int threads) {
+    bp_winograd p = gradient_plan(g, forward);
+    size_t total_rows = gradient_rows(&p, batch);
+    return total_rows * p.tw >= DW_WORKER_TILES * (size_t)gradient_workers(g, &p, total_rows, threads);
 }
 
 /* V (input) or W of one channel's tile rows [r0, r1) into planes `planes` floats apart; tile row r:
@@ -594,9 +871,11 @@ static void gradient_kernels(void *arg, int worker, int workers) {
     bp_winograd_gradient_outputs(m + k0, mp, k1 - k0, j->dw + k0 * 9, j->beta);
 }
 
-void bp_winograd_weight_gradient(const bp_winograd *plan, const bp_geom *g, size_t batch, const bp_image *x_img,
+void bp_winograd_weight_gradient(const bp_winograd *forward, const bp_geom *g, size_t batch, const bp_image *x_img,
                                  const float *x, size_t x_bs, const float *dy, size_t dy_bs, float *dw, float beta,
                                  float *work, const bp_scratch *s, const bp_gemm_ctx *ctx) {
+    bp_winograd f2 = gradient_plan(g, forward);
+    const bp_winograd *plan = &f2; /* the job keeps it: both runs end here */
     size_t total_rows = gradient_rows(plan, batch), ohw = g->out_h * g->out_w, mp = g->out_c * g->in_c;
     int summing = 1;
     gradient_job j = {plan, g, *g, {0}, x_img, x, dy, x_bs, dy_bs, dw, beta, work,

@@ -1,5 +1,5 @@
-/* bnns-py portable backend: Winograd F(2x2, 3x3) for the forward pass of dense 3x3 layers (and
-   F(3x3, 2x2) on the same tiles for their weight gradient)
+/* bnns-py portable backend: Winograd F(2x2, 3x3) and F(4x4, 3x3) for the forward pass of dense 3x3
+   layers (and F(3x3, 2x2) on 4x4 tiles for their weight gradient)
    (stride 1, one group; a dilation d splits the output into d x d phases, every d-th row and
    column, each an undilated convolution of every d-th input row and column).
 
@@ -7,7 +7,8 @@
    input channels becomes 16 independent matrix products, one per position of the transformed
    4x4 tile: M[p] (out_c x tiles) = U[p] (out_c x in_c) * V[p] (in_c x tiles), 2.25 times fewer
    multiply-adds than the direct sum, on the direct engine's pixels kernel; the output transform
-   turns each tile's 16 values back into its 2x2 outputs. */
+   turns each tile's 16 values back into its 2x2 outputs. F(4x4, 3x3) does the same on 6x6 tiles
+   (4x4 outputs, 36 products: 4 times fewer), for wide layers with enough tiles per call. */
 #ifndef BNNS_PORTABLE_WINOGRAD_H
 #define BNNS_PORTABLE_WINOGRAD_H
 
@@ -15,22 +16,26 @@
 #include "internal.h"
 
 typedef struct {
+    size_t m;              /* outputs per tile side: F(m x m, 3x3), m 2 or 4 */
     size_t d;              /* dilation: d x d output phases, each an undilated convolution */
     size_t th, tw;         /* tile rows and columns of an image's (largest) output phase */
     size_t rows;           /* tile rows a task takes at most (rows * tw tiles) */
     size_t scratch_floats; /* per worker */
+    size_t min_batch;      /* calls of fewer images run on the direct engine instead */
 } bp_winograd;
 
-/* Whether the Winograd pass takes this geometry (forced: whenever it can) and its plan. */
-bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan);
+/* Whether the Winograd pass takes this geometry (forced: whenever it can) and its plan. tile: m
+   (2 or 4) as asked for (BNNS_PY_WINOGRAD_TILE), 0 to pick it by the shape. */
+bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan);
 
-/* Floats of the transformed weights U (16 x out_c x in_c, out_c rounded up to whole blocks). */
-size_t bp_winograd_weight_floats(const bp_geom *g);
+/* Floats of the transformed weights U ((m + 2)^2 x out_c x in_c, out_c rounded up to whole blocks). */
+size_t bp_winograd_weight_floats(const bp_winograd *plan, const bp_geom *g);
 
 /* U from the canonical weights w ([out_c][in_c * 9]), with the workers' scratch. adjoint: g is the
    adjoint of a layer S (the input gradient of S as a convolution of its output gradient) and w is
    S's canonical weights ([in_c][out_c * 9] of g), each kernel read transposed and flipped. */
-void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint);
+void bp_winograd_weights(const bp_winograd *plan, const bp_geom *g, const float *w, float *u, const bp_scratch *s,
+                         int threads, bool adjoint);
 
 /* The adjoint of a standard layer S of unit stride: dx = conv(dy) with S's kernels flipped and
    their channels swapped, padded (k - 1) * d - pad before. False when S's leading padding exceeds

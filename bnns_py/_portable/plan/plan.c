@@ -26,8 +26,16 @@ int bp_engine_override(void) {
     return BP_ENGINE_AUTO;
 }
 
+/* The Winograd tile BNNS_PY_WINOGRAD_TILE asks for (m of F(m x m, 3x3): 2 or 4), 0 when it asks
+   for none. */
+static size_t winograd_tile_override(void) {
+    const char *text = getenv("BNNS_PY_WINOGRAD_TILE");
+    return text == NULL ? 0 : strcmp(text, "2") == 0 ? 2 : strcmp(text, "4") == 0 ? 4 : 0;
+}
+
 /* The Winograd pass for the forward pass of a standard filter, where it takes the geometry and no
-   other engine is asked for; its calls are whole batches (packed outputs, elementwise activation). */
+   other engine is asked for; its calls are whole batches (packed outputs, elementwise activation).
+   The input gradient takes F(2x2) unless another tile is asked for. */
 static void plan_winograd(bp_filter *f) {
     int engine = bp_engine_override();
     if (f->transposed || !bp_filter_batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
@@ -35,14 +43,16 @@ static void plan_winograd(bp_filter *f) {
        (an input gradient has none) */
     bool dilated_activation = f->g.dx > 1 && f->activation.function != BNNSActivationFunctionIdentity;
     bool forced = engine == BP_ENGINE_WINOGRAD;
-    if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) && bp_winograd_plan(&f->dx_geom, forced, &f->wino_dx_plan)) {
+    size_t tile = winograd_tile_override();
+    if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) &&
+        bp_winograd_plan(&f->dx_geom, forced, tile != 0 ? tile : 2, &f->wino_dx_plan)) {
         f->wino_dx = true;
         if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
     }
-    if (dilated_activation || !bp_winograd_plan(&f->g, forced, &f->wino)) return;
+    if (dilated_activation || !bp_winograd_plan(&f->g, forced, tile, &f->wino)) return;
     f->winograd = true;
     if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
-    f->wino_dw = f->client;
+    f->wino_dw = f->client && (forced || f->wino.m == 2); /* F(4x4)'s wide layers: not measured there */
     f->wino_dw_forced = forced;
 }
 

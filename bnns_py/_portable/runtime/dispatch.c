@@ -154,13 +154,16 @@ void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed,
     tier()->direct_pack(d, w, packed, threads);
 }
 
-size_t bp_winograd_weight_floats(const bp_geom *g) { return tier()->winograd_weight_floats(g); }
-bool bp_winograd_plan(const bp_geom *g, bool forced, bp_winograd *plan) {
-    return tier()->winograd_plan(g, forced, plan);
+size_t bp_winograd_weight_floats(const bp_winograd *plan, const bp_geom *g) {
+    return tier()->winograd_weight_floats(plan, g);
+}
+bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan) {
+    return tier()->winograd_plan(g, forced, tile, plan);
 }
 bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a) { return tier()->winograd_adjoint(g, a); }
-void bp_winograd_weights(const bp_geom *g, const float *w, float *u, const bp_scratch *s, int threads, bool adjoint) {
-    tier()->winograd_weights(g, w, u, s, threads, adjoint);
+void bp_winograd_weights(const bp_winograd *plan, const bp_geom *g, const float *w, float *u, const bp_scratch *s,
+                         int threads, bool adjoint) {
+    tier()->winograd_weights(plan, g, w, u, s, threads, adjoint);
 }
 void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, const float *w, bool adjoint,
                          size_t batch, const bp_image *x_img, const float *x, size_t x_bs, float *y, size_t y_bs,
