@@ -231,6 +231,29 @@ def test_a_wide_layer_takes_f4_by_itself(client, backend, rng, monkeypatch, no_f
             np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(channels))
 
 
+def test_a_wide_layer_takes_f4_for_its_input_gradient(backend, rng, monkeypatch, no_filter_leaks):
+    """The adjoint of a wide 'same' layer has its shape: F(4x4) for calls of 8 images of 7 x 7 or
+    more, the direct engine for fewer; dx, dw and db right either way."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    monkeypatch.delenv("BNNS_PY_WINOGRAD_TILE", raising=False)
+    channels, size = 384, 7
+    weight = random_array(rng, (channels, channels, 3, 3), 0.1)
+    layer, _ = client_layer(ConvolutionType.standard, channels, channels, size, size, (3, 3), (1, 1), (1, 1, 1, 1),
+                            (1, 1), 1, weight, None, AF.identity, 2)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient") == "winograd"
+        for n in (8, 1):
+            x = random_array(rng, (n, channels, size, size))
+            y = np.empty((n, channels, size, size), np.float32)
+            layer.apply(n, x, y)
+            dy = random_array(rng, y.shape)
+            dx, dw = np.full(x.shape, np.nan, np.float32), np.full(weight.shape, np.nan, np.float32)
+            layer.apply_backward(n, x, y, dy, dx, dw)
+            dx_ref, dw_ref, _ = reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))
+            np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(channels))
+            np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4 * np.sqrt(n * size * size))
+
+
 def test_backward_of_a_winograd_filter(backend, rng, monkeypatch, no_filter_leaks):
     """The automatic choice takes Winograd for the forward pass and the input gradient."""
     monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)

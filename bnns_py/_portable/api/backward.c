@@ -219,7 +219,8 @@ static void plan_call(bp_filter *f, const backward_call *c, bool temporary, back
     if (!f->transposed && !dz_is_dy) /* dz for the whole batch first; per image if memory is short */
         p->dz_batch = dz_batch_buffer(f, temporary, c->batch, p->out_packed.item);
     p->whole_batch = dz_is_dy ? !f->transposed || (f->in.packed && dx_plain) : p->dz_batch != NULL;
-    p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain;
+    p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain &&
+                     c->batch >= f->wino_dx_plan.min_batch;
     size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
     p->dw_winograd = c->weights_delta != NULL && f->wino_dw &&
                      (f->wino_dw_forced || bp_winograd_gradient_pays(g, &f->wino, dw_batch, f->gemm.threads));

@@ -35,7 +35,8 @@ static size_t winograd_tile_override(void) {
 
 /* The Winograd pass for the forward pass of a standard filter, where it takes the geometry and no
    other engine is asked for; its calls are whole batches (packed outputs, elementwise activation).
-   The input gradient takes F(2x2) unless another tile is asked for. */
+   The input gradient (the adjoint convolution, of the same shape for 'same' layers) picks its
+   tile by its own shape too. */
 static void plan_winograd(bp_filter *f) {
     int engine = bp_engine_override();
     if (f->transposed || !bp_filter_batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
@@ -45,7 +46,7 @@ static void plan_winograd(bp_filter *f) {
     bool forced = engine == BP_ENGINE_WINOGRAD;
     size_t tile = winograd_tile_override();
     if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) &&
-        bp_winograd_plan(&f->dx_geom, forced, tile != 0 ? tile : 2, &f->wino_dx_plan)) {
+        bp_winograd_plan(&f->dx_geom, forced, tile, &f->wino_dx_plan)) {
         f->wino_dx = true;
         if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
     }
