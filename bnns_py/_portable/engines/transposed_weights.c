@@ -205,7 +205,8 @@ bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_imag
     size_t flops = 2 * batch * g->out_c * g->out_h * g->out_w * g->k;
     int workers = bp_workers_for(threads, flops);
     if ((size_t)workers > g->in_c) workers = (int)g->in_c;
-    job_t j = {g, {0}, batch, dz_img, dz, x, dz_bs, x_bs, dw, add, s};
+    job_t j = {.g = g, .batch = batch, .dz_img = dz_img, .dz = dz, .x = x, .dz_bs = dz_bs, .x_bs = x_bs, .dw = dw,
+               .add = add, .s = s};
     layout_for(g, workers, &j.l);
     j.units = j.l.m_pad / TRANSPOSE_ROWS;
     if (batch == 0 || !takes(g, &j.l) || worker_floats(g, &j.l) > s->stride) return false;
