@@ -96,4 +96,6 @@ void bp_plan_engines(bp_filter *f) {
     bp_direct *forward = f->direct[BP_DIRECT_FORWARD];
     f->weight_gradient_plan = forward != NULL && bp_direct_runs_weight_gradient(forward) ? forward : NULL;
     plan_winograd(f);
+    /* every worker's scratch starts on a cache line: engines keep vectors and structs there */
+    f->scratch_floats = bp_round_up(f->scratch_floats, 16);
 }
