@@ -701,7 +701,8 @@ class Linear(_Lifecycle):
             layer._fail("BNNSFilterApplyBatch")
         if last.out is not None or not last.single:
             return result
-        return result[0]
+        row: Array = result[0]
+        return row
 
     def backward(self, x: Any, y: Any, grad_output: Any, need_input_gradient: bool = True) -> Gradients:
         """All gradients of the loss through BNNS's backward pass, given the forward pass.
