@@ -12,7 +12,7 @@ filter is kept per input height and width (and per strided-view layout read in p
 running on them; later calls raise ``LayerClosedError``.
 """
 import threading
-from typing import Any, Dict, Literal, NamedTuple, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, Iterable, List, Literal, NamedTuple, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding
 
 
 _Self = TypeVar("_Self", bound="_Lifecycle")
-_Module = TypeVar("_Module", bound="_ConvModule")
+_ConvModuleType = TypeVar("_ConvModuleType", bound="_ConvModule")
 
 
 class Gradients(NamedTuple):
@@ -71,6 +71,7 @@ class _Lifecycle:
         self._state_lock = threading.Lock()
         self._in_flight = 0
         self._closed = False
+        self._retired: List[Any] = []  # layers of replaced parameters, closed once no call runs
 
     def _enter(self) -> None:
         with self._state_lock:
@@ -81,9 +82,23 @@ class _Lifecycle:
     def _exit(self) -> None:
         with self._state_lock:
             self._in_flight -= 1
-            release = self._closed and self._in_flight == 0
+            idle = self._in_flight == 0
+            release = self._closed and idle
+            retired = self._take_retired() if idle else []
+        _close_all(retired)
         if release:
             self._release()
+
+    def _retire(self, layers: Iterable[Any]) -> None:
+        """Close ``layers`` (read no more by new calls) once the calls running now return."""
+        with self._state_lock:
+            self._retired.extend(layers)
+            retired = self._take_retired() if self._in_flight == 0 else []
+        _close_all(retired)
+
+    def _take_retired(self) -> List[Any]:
+        retired, self._retired = self._retired, []
+        return retired
 
     def close(self) -> None:
         """Destroy the module's filters, once calls running on other threads return.
@@ -111,6 +126,20 @@ class _Lifecycle:
     def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
+
+
+def _replacement(name: str, value: Any, shape: Tuple[int, ...]) -> Array:
+    """A parameter assigned to a module, checked as the module's constructor checks it, with the
+    shape of the one it replaces."""
+    array = writable_parameter(name, value, (len(shape),))
+    if array.shape != shape:
+        raise ValueError(f"{name} must keep the shape {shape} the module was made with, got {array.shape}")
+    return array
+
+
+def _close_all(layers: Iterable[Any]) -> None:
+    for layer in layers:
+        layer.close()
 
 
 def _output_like(value: Array, expected: Tuple[int, ...], single: bool) -> Array:
@@ -168,7 +197,46 @@ def _aligned(*arrays: Optional[Array]) -> bool:
     return all(a is None or a.flags.aligned for a in arrays)
 
 
-class _ConvModule(_Lifecycle):
+class _Module(_Lifecycle):
+    """A module's parameters: arrays over the caller's memory that another array may replace."""
+
+    _weight: Array
+    _bias: Optional[Array]
+
+    @property
+    def weight(self) -> Array:
+        """The weight, over the caller's memory.
+
+        Assigning another writable C-contiguous float32 array of the same shape makes the module
+        read that one from the next call (its filters are made anew); augmented assignments such
+        as ``module.weight -= step`` update the array in place.
+        """
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        if value is not self._weight:
+            self._replace_parameters(_replacement("weight", value, self._weight.shape), self._bias)
+
+    @property
+    def bias(self) -> Optional[Array]:
+        """The bias, over the caller's memory, or None; assignable as ``weight`` is (None removes it)."""
+        return self._bias
+
+    @bias.setter
+    def bias(self, value: Any) -> None:
+        if value is not self._bias:
+            bias = None if value is None else _replacement("bias", value, (self._weight_outputs(),))
+            self._replace_parameters(self._weight, bias)
+
+    def _weight_outputs(self) -> int:
+        raise NotImplementedError
+
+    def _replace_parameters(self, weight: Array, bias: Optional[Array]) -> None:
+        raise NotImplementedError
+
+
+class _ConvModule(_Module):
     _transposed = False
 
     def _setup(self, weight: Any, bias: Any, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
@@ -178,8 +246,8 @@ class _ConvModule(_Lifecycle):
             bias = writable_parameter("bias", bias, (1,))
         self.spec = ConvSpec.from_arguments(self._transposed, weight, bias, stride, padding, dilation,
                                             groups, activation, output_padding)
-        self.weight = weight
-        self.bias = bias
+        self._weight: Array = weight
+        self._bias: Optional[Array] = bias
         self.backend = backend
         self._layers: Dict[Any, ConvolutionLayer] = {}       # (height, width) -> layer for packed images (forward and backward)
         self._view_layers: Dict[Any, ConvolutionLayer] = {}  # (height, width, input strides, output strides) -> layer for views
@@ -195,34 +263,49 @@ class _ConvModule(_Lifecycle):
         # A transposed layer reads its PyTorch-layout weight in place through descriptor strides
         # where the backend honours them, else a copy in BNNS's layout refreshed at each step.
         self._weight_strides = self.spec.torch_weight_strides(backend)
-        copy = self._transposed and self._weight_strides is None
-        self._bnns_weight = transposed_weight_to_bnns(weight, self.spec.groups) if copy else weight
+        self._copies_weight = self._transposed and self._weight_strides is None
+        self._bnns_weight = self._weight_for_bnns(weight)
+
+    def _weight_for_bnns(self, weight: Array) -> Array:
+        return transposed_weight_to_bnns(weight, self.spec.groups) if self._copies_weight else weight
+
+    def _weight_outputs(self) -> int:
+        return self.spec.out_channels
+
+    def _replace_parameters(self, weight: Array, bias: Optional[Array]) -> None:
+        """Read ``weight`` and ``bias`` from now on: the filters made for the old ones are dropped and
+        closed once the calls running on them return."""
+        with self._layers_lock:
+            self._weight, self._bias, self._bnns_weight = weight, bias, self._weight_for_bnns(weight)
+            layers = list(self._layers.values()) + list(self._view_layers.values())
+            self._layers, self._view_layers, self._runners, self._backward_runners = {}, {}, {}, {}
+        self._retire(layers)
 
     def _layer(self, height: int, width: int, input_strides: Tuple[int, int, int] = (0, 0, 0),
                output_strides: Tuple[int, int, int] = (0, 0, 0)) -> ConvolutionLayer:
         packed = input_strides == output_strides == (0, 0, 0)
-        table, key = (self._layers, (height, width)) if packed else \
-            (self._view_layers, (height, width, input_strides, output_strides))
-        layer = table.get(key)
+        key = (height, width) if packed else (height, width, input_strides, output_strides)
+        layer = (self._layers if packed else self._view_layers).get(key)
         if layer is None:
             with self._layers_lock:
+                table = self._layers if packed else self._view_layers  # (replaced by a parameter assignment)
                 layer = table.get(key)
                 if layer is None:
                     layer = table[key] = self.spec.make_layer(
-                        height, width, self._bnns_weight, self.bias, self.backend, input_strides=input_strides,
+                        height, width, self._bnns_weight, self._bias, self.backend, input_strides=input_strides,
                         output_strides=output_strides, weight_strides=self._weight_strides)
         return layer
 
     def _keep_runner(self, key: Any, layer: ConvolutionLayer, prepared: Any, output: Any) -> None:
-        bnns_weight = self._bnns_weight if self._bnns_weight is not self.weight else None
-        runner = ConvFilter(self.spec, prepared, output, self.weight, self.bias, None, layer, bnns_weight)
+        bnns_weight = self._bnns_weight if self._copies_weight else None
+        runner = ConvFilter(self.spec, prepared, output, self._weight, self._bias, None, layer, bnns_weight)
         _keep(self._runners, self._layers_lock, key, runner)
 
     def _sync_weight(self) -> None:
         """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight, if it has one
         (groups > 1, or a backend that reads weight descriptors without strides)."""
-        if self._bnns_weight is not self.weight:
-            transposed_weight_to_bnns(self.weight, self.spec.groups, out=self._bnns_weight)
+        if self._copies_weight:
+            transposed_weight_to_bnns(self._weight, self.spec.groups, out=self._bnns_weight)
 
     def forward(self, x: Any, out: Any = None) -> Any:
         """The forward pass ``y = act(conv(x, weight) + bias)``; also the module's ``__call__``.
@@ -247,15 +330,11 @@ class _ConvModule(_Lifecycle):
             The module was closed.
         """
         key = _runner_key(x, out)
-        runner = self._runners.get(key) if key is not None else None
-        if runner is not None and runner.weight is self.weight and runner.bias is self.bias:
-            self._enter()
-            try:
-                return runner.run(x, out)
-            finally:
-                self._exit()
         self._enter()
         try:
+            runner = self._runners.get(key) if key is not None else None
+            if runner is not None and runner.weight is self._weight and runner.bias is self._bias:
+                return runner.run(x, out)
             honour = self._honours_image_strides
             if honour is None:
                 honour = self._honours_image_strides = get_backend(self.backend).honours_image_strides
@@ -312,17 +391,12 @@ class _ConvModule(_Lifecycle):
             The module was closed.
         """
         key = _backward_key(x, y, grad_output, need_input_gradient)
-        runner = self._backward_runners.get(key) if key is not None else None
-        if runner is not None and _aligned(x, y, grad_output):
-            self._enter()
-            try:
-                self._sync_weight()
-                grad_input, grad_weight, grad_bias = runner.run(x, y, grad_output)
-            finally:
-                self._exit()
-            return self._gradients(grad_input, grad_weight, grad_bias)
         self._enter()
         try:
+            runner = self._backward_runners.get(key) if key is not None else None
+            if runner is not None and _aligned(x, y, grad_output):
+                self._sync_weight()
+                return self._gradients(*runner.run(x, y, grad_output))
             prepared = image_input("x", x, self.spec.in_channels, honour_strides=False)  # packed
             x4, single = prepared.array, prepared.single
             batch, _, height, width = x4.shape
@@ -332,7 +406,7 @@ class _ConvModule(_Lifecycle):
             dy = _gradient_operand("grad_output", grad_output, out_shape, single, (3, 4))
             grad_input = np.empty_like(x4) if need_input_gradient else None
             grad_weight = np.empty_like(self._bnns_weight)  # in the layout BNNS reads (and writes)
-            grad_bias = None if self.bias is None else np.empty_like(self.bias)
+            grad_bias = None if self._bias is None else np.empty_like(self._bias)
             self._sync_weight()
             layer.apply_backward(batch, x4, y_array, dy, grad_input, grad_weight, grad_bias)
             if key is not None and not prepared.copied and (y is None or y.flags.c_contiguous) and \
@@ -346,12 +420,12 @@ class _ConvModule(_Lifecycle):
 
     def _keep_backward_runner(self, key: Any, layer: ConvolutionLayer, batch: int,
                               input_shape: Optional[Tuple[int, ...]]) -> None:
-        bias_shape = None if self.bias is None else self.bias.shape
+        bias_shape = None if self._bias is None else self._bias.shape
         runner = BackwardRunner(layer, batch, input_shape, self._bnns_weight.shape, bias_shape)
         _keep(self._backward_runners, self._layers_lock, key, runner)
 
     def _gradients(self, grad_input: Optional[Array], grad_weight: Array, grad_bias: Optional[Array]) -> Gradients:
-        if self._bnns_weight is not self.weight:
+        if self._copies_weight:
             grad_weight = transposed_weight_from_bnns(grad_weight, self.spec.groups)
         return Gradients(grad_input, grad_weight, grad_bias)
 
@@ -375,8 +449,8 @@ class _ConvModule(_Lifecycle):
 
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
-    def from_torch(cls: Type[_Module], module: Any, backend: BackendLike = None, *,
-                   activation: ActivationLike = None) -> _Module:
+    def from_torch(cls: Type[_ConvModuleType], module: Any, backend: BackendLike = None, *,
+                   activation: ActivationLike = None) -> _ConvModuleType:
         """The module computing what a torch convolution module computes (needs PyTorch).
 
         Parameters
@@ -405,7 +479,7 @@ class _ConvModule(_Lifecycle):
             Settings BNNS cannot express (e.g. a padding mode other than zeros).
         """
         from . import interop
-        converted: _Module = interop.conv_module_from_torch(cls, module, backend, activation)
+        converted: _ConvModuleType = interop.conv_module_from_torch(cls, module, backend, activation)
         return converted
 
     def to_torch(self) -> Any:
@@ -446,9 +520,9 @@ class Conv2d(_ConvModule):
     Attributes
     ----------
     weight : numpy.ndarray
-        The weight, over the caller's memory.
+        The weight, over the caller's memory; another array of its shape may be assigned.
     bias : numpy.ndarray or None
-        The bias, over the caller's memory.
+        The bias, over the caller's memory; another array of its shape, or None, may be assigned.
     spec : ConvSpec
         The geometry: channels, kernel, stride, padding ``(left, right, top, bottom)``, ...
 
@@ -550,7 +624,7 @@ class _LinearCall(NamedTuple):
     single: bool
 
 
-class Linear(_Lifecycle):
+class Linear(_Module):
     """A fully-connected layer with trainable float32 numpy parameters, as ``torch.nn.Linear``.
 
     Computes ``act(x @ weight.T + bias)``. The arguments are :func:`bnns_py.linear`'s. ``weight``
@@ -571,9 +645,9 @@ class Linear(_Lifecycle):
     Attributes
     ----------
     weight : numpy.ndarray
-        The weight, over the caller's memory.
+        The weight, over the caller's memory; another array of its shape may be assigned.
     bias : numpy.ndarray or None
-        The bias, over the caller's memory.
+        The bias, over the caller's memory; another array of its shape, or None, may be assigned.
     activation : ActivationFunction
         The fused activation.
 
@@ -600,7 +674,7 @@ class Linear(_Lifecycle):
         weight = writable_parameter("weight", weight, (2,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
-        self.weight, self.bias, _ = linear_operands(weight, bias)
+        self._weight, self._bias, _ = linear_operands(weight, bias)
         self.activation = ActivationFunction.coerce(activation)
         self.backend = backend
         self._fc_layer: Optional[FullyConnectedLayer] = None
@@ -610,20 +684,32 @@ class Linear(_Lifecycle):
         self._last_call: Optional[_LinearCall] = None
         self._init_lifecycle()
 
+    def _replace_parameters(self, weight: Array, bias: Optional[Array]) -> None:
+        """Read ``weight`` and ``bias`` from now on: the filter made for the old ones is dropped and
+        closed once the calls running on it return."""
+        with self._layer_lock:
+            self._weight, self._bias = weight, bias
+            layer, self._fc_layer, self._backward_runners, self._last_call = self._fc_layer, None, {}, None
+        if layer is not None:
+            self._retire([layer])
+
+    def _weight_outputs(self) -> int:
+        return self.out_features
+
     @property
     def in_features(self) -> int:
         """The input size, ``weight.shape[1]``."""
-        return self.weight.shape[1]  # type: ignore[no-any-return]  # numpy types sizes as Any
+        return self._weight.shape[1]  # type: ignore[no-any-return]  # numpy types sizes as Any
 
     @property
     def out_features(self) -> int:
         """The output size, ``weight.shape[0]``."""
-        return self.weight.shape[0]  # type: ignore[no-any-return]
+        return self._weight.shape[0]  # type: ignore[no-any-return]
 
     def _layer(self) -> FullyConnectedLayer:
         with self._layer_lock:
             if self._fc_layer is None:
-                self._fc_layer = make_linear_layer(self.weight, self.bias, self.activation, self.backend)
+                self._fc_layer = make_linear_layer(self._weight, self._bias, self.activation, self.backend)
             return self._fc_layer
 
     def forward(self, x: Any, out: Any = None) -> Any:
@@ -660,7 +746,12 @@ class Linear(_Lifecycle):
                 x is last.x or (out is None and type(x) is np.ndarray and x.flags.aligned)):
             key = _runner_key(x, out)
             if key == last.key:
-                return self._forward_again(last, x)
+                try:
+                    return self._forward_again(last, x)
+                except LayerClosedError:
+                    if self._closed:
+                        raise
+                    # an assignment to weight or bias replaced the filter: the full call below
         self._enter()
         try:
             rows = vector_input("x", x, self.in_features)
@@ -732,15 +823,11 @@ class Linear(_Lifecycle):
             The module was closed.
         """
         key = _backward_key(x, y, grad_output, need_input_gradient)
-        runner = self._backward_runners.get(key) if key is not None else None
-        if runner is not None and _aligned(x, y, grad_output):
-            self._enter()
-            try:
-                return Gradients(*runner.run(x, y, grad_output))
-            finally:
-                self._exit()
         self._enter()
         try:
+            runner = self._backward_runners.get(key) if key is not None else None
+            if runner is not None and _aligned(x, y, grad_output):
+                return Gradients(*runner.run(x, y, grad_output))
             rows = vector_input("x", x, self.in_features)
             x2, single = np.ascontiguousarray(rows.array), rows.single
             batch = x2.shape[0]
@@ -748,8 +835,8 @@ class Linear(_Lifecycle):
             y_array = None if y is None else _gradient_operand("y", y, out_shape, single, (1, 2))
             dy = _gradient_operand("grad_output", grad_output, out_shape, single, (1, 2))
             grad_input = np.empty_like(x2) if need_input_gradient else None
-            grad_weight = np.empty_like(self.weight)
-            grad_bias = None if self.bias is None else np.empty_like(self.bias)
+            grad_weight = np.empty_like(self._weight)
+            grad_bias = None if self._bias is None else np.empty_like(self._bias)
             layer = self._layer()
             layer.apply_backward(batch, x2, y_array, dy, grad_input, grad_weight, grad_bias)
             if key is not None and x.flags.c_contiguous and (y is None or y.flags.c_contiguous) and \
@@ -763,8 +850,8 @@ class Linear(_Lifecycle):
 
     def _keep_backward_runner(self, key: Any, layer: FullyConnectedLayer, batch: int,
                               input_shape: Optional[Tuple[int, ...]]) -> None:
-        bias_shape = None if self.bias is None else self.bias.shape
-        runner = BackwardRunner(layer, batch, input_shape, self.weight.shape, bias_shape)
+        bias_shape = None if self._bias is None else self._bias.shape
+        runner = BackwardRunner(layer, batch, input_shape, self._weight.shape, bias_shape)
         _keep(self._backward_runners, self._layer_lock, key, runner)
 
     def _release(self) -> None:
