@@ -19,3 +19,17 @@ def int_pair(name: str, value: Any, minimum: int) -> Tuple[int, int]:
         if not is_int(v) or int(v) < minimum:
             raise ValueError(f"{name} values must be integers >= {minimum}, got {value!r}")
     return int(first), int(second)
+
+
+class FixedAttributes:
+    """Public attributes set once, when the object is made: a filter is made from them, so a later
+    assignment raises ``AttributeError`` rather than being ignored. (Properties with setters, such
+    as a module's ``weight``, stay assignable.)"""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_") and name in self.__dict__:
+            kind = type(self).__name__
+            raise AttributeError(f"{kind}.{name} is fixed when the {kind} is made: make a new one for another {name}")
+        object.__setattr__(self, name, value)

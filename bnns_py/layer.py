@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from . import _repr
 from ._ffi import ffi
+from ._checks import FixedAttributes
 from .activation import ActivationFunction, check_differentiable
 from .backend import get_backend
 from .descriptor import NDArrayDescriptor, batch_extent, check_array_memory
@@ -130,7 +131,7 @@ def create_filter(backend: Any, function_name: str, *args: Any, keepalive: Itera
 _NO_LAST_APPLY = (object(), object()) + (None,) * 5
 
 
-class Layer:
+class Layer(FixedAttributes):
     """Base class: owns a ``BNNSFilter`` and destroys it exactly once.
 
     The filter is destroyed by :meth:`close`, by leaving a ``with`` block, or when the object is

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _repr
+from ._checks import FixedAttributes
 from ._arrays import (FLOAT32, Array, float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
                       written)
 from .activation import ActivationFunction
@@ -63,7 +64,7 @@ class Gradients(NamedTuple):
     bias: Optional["npt.NDArray[np.float32]"]
 
 
-class _Lifecycle:
+class _Lifecycle(FixedAttributes):
     """Calls in flight are counted, so ``close()`` from one thread never destroys a filter another
     thread is running: the filters are closed when the last call returns."""
 

@@ -156,3 +156,18 @@ def test_assigning_while_another_thread_runs_the_module_gives_old_or_new_results
     assert not errors and not mismatches
     created_now, destroyed_now = bnns_py.filter_counts()
     assert created_now - created == destroyed_now - destroyed == 21
+
+
+def test_what_a_filter_is_made_from_cannot_be_assigned_afterwards():
+    lin = bnns_py.Linear(_random(3, 4))
+    conv = bnns_py.Conv2d(_random(2, 2, 1, 1))
+    layer = conv._layer(4, 4)
+    for target, name, value in [(lin, "activation", "relu"), (lin, "backend", "portable"), (conv, "spec", None),
+                                (conv, "backend", "portable"), (layer, "activation", "relu"), (layer, "stride", (2, 2)),
+                                (layer, "weights", None)]:
+        before = getattr(target, name)
+        with pytest.raises(AttributeError, match=f"{type(target).__name__}.{name} is fixed"):
+            setattr(target, name, value)
+        assert getattr(target, name) is before
+    lin.close()
+    conv.close()
