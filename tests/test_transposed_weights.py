@@ -37,10 +37,11 @@ def test_weight_gradient_matches_reference(case, n_threads, rng, no_filter_leaks
 
 
 @pytest.mark.parametrize("n_threads", [2, 3])
-@pytest.mark.parametrize("cout", [12, 40])
+@pytest.mark.parametrize("cout", [4, 12, 40])
 def test_channel_chunks_over_image_windows(cout, n_threads, rng, no_filter_leaks):
     """5 images: windows of one image per thread, the threads claiming the output channels 8 at a
-    time in each (12 and 40: a last chunk of 4 and shares that end inside a slot)."""
+    time in each (4: one chunk, the other threads idle; 12 and 40: a last chunk of 4 and shares
+    that end inside a slot)."""
     run_module_case(rng, (48, cout, 5, 6, (4, 4), (2, 2), 1, 0, 1, 1), None, n=5, n_threads=n_threads)
 
 
