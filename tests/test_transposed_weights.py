@@ -4,7 +4,7 @@ gradient's rows in place, each row's taps broadcast as consecutive values) again
 reference: kernel rows of 4, 5, 6 and 7 taps (7: AVX-512 and NEON; the 16-register tiers run it
 on the direct engine), strides 1 to 3, padding, output padding (odd sizes), dilation along y
 (along x: the direct engine), input channels that fill whole vectors and that leave some over,
-fused activations (the image-by-image path), batch 1 to 3, 1 and 2 threads, and each vector tier
+fused activations (the image-by-image path), batch 1 to 5, 1 to 3 threads, and each vector tier
 in a child process (set and accumulate: test_transposed_phases)."""
 import threading
 
@@ -34,6 +34,15 @@ ACTIVATIONS = [None, AF.rectified_linear, AF.tanh]
 def test_weight_gradient_matches_reference(case, n_threads, rng, no_filter_leaks):
     index = CASES.index(case)
     run_module_case(rng, case, ACTIVATIONS[index % len(ACTIVATIONS)], n=1 + index % 3, n_threads=n_threads)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+@pytest.mark.parametrize("cout", [4, 12, 40])
+def test_channel_chunks_over_image_windows(cout, n_threads, rng, no_filter_leaks):
+    """5 images: windows of one image per thread, the threads claiming the output channels 8 at a
+    time in each (4: one chunk, the other threads idle; 12 and 40: a last chunk of 4 and shares
+    that end inside a slot)."""
+    run_module_case(rng, (48, cout, 5, 6, (4, 4), (2, 2), 1, 0, 1, 1), None, n=5, n_threads=n_threads)
 
 
 def benchmark_like_operands(rng):

@@ -6,16 +6,18 @@
 
    The kw taps of a kernel row read kw consecutive values of a zero-bordered copy of a dz
    channel, so the direct engine's pixels kernel broadcasts them where they are (its NC "pixels"
-   are the row's taps) against vectors of m from x transposed to [p][m], summing over the pixels.
+   are the row's taps) against vectors of m from x transposed to [p][m], summing over the pixels
+   (but those whose kernel row lies in the border's rows of zeros).
    The direct engine's weight gradient instead copies kh*kw source values per dz value into
    [pixel][step] blocks (a 4x4/2 layer: 8 times the copies of x made here).
 
-   The dz channels c are cut into parts, one per planned worker: part q sums every image into dW
-   transposed ([c, ky, kx][m]) in scratch slot q, then writes its columns of dW. A worker takes its
-   range of the parts (all of them when it runs alone). x is transposed once per image for all the
-   workers: images go in windows of one per slot (image i of a window in slot i), one run each; the
-   run's threads claim the window's transposes 8 channels at a time, and before summing an image a
-   worker claims what is left of that image's (so each is claimed by a running thread) and waits
+   dW transposed ([c, ky, kx][m]) is kept in the scratch slots, a share of the dz channels c per
+   planned worker (slot q holds share q). The run's threads claim the channels 8 at a time (so that
+   a thread the system slows down takes fewer): a chunk sums every image of the window, and after
+   the last window writes its columns of dW. x is transposed once per image for all the workers:
+   images go in windows of one per slot (image i of a window in slot i), one run each; the run's
+   threads claim the window's transposes 8 channels at a time, and before summing an image a
+   thread claims what is left of that image's (so each is claimed by a running thread) and waits
    for those the others make (bp_progress). */
 #include <stdatomic.h>
 #include <string.h>
@@ -36,8 +38,8 @@ typedef struct {
     size_t hp, wp;    /* zero-bordered dz plane */
     size_t m_pad;     /* m rounded up to the kernel's vectors */
     size_t npix;      /* S output pixels per image */
-    size_t c_share;   /* channels of a part (the last may have fewer) */
-    size_t parts;
+    size_t c_share;   /* channels of a slot's share of dW (a multiple of CHANNEL_CHUNK) */
+    size_t chunks;    /* CHANNEL_CHUNK channels each (the last may have fewer) */
     size_t slots;     /* planned workers: scratch slots, images per window */
 } layout;
 
@@ -49,14 +51,14 @@ static void layout_for(const bp_geom *g, int workers, layout *l) {
     l->m_pad = bp_round_up(g->out_c, block_width());
     l->npix = g->out_h * g->out_w;
     l->slots = (size_t)(workers < 1 ? 1 : workers);
-    l->c_share = bp_ceil_div(g->in_c, l->slots);
-    l->parts = bp_ceil_div(g->in_c, l->c_share);
+    l->c_share = bp_round_up(bp_ceil_div(g->in_c, l->slots), CHANNEL_CHUNK);
+    l->chunks = bp_ceil_div(g->in_c, CHANNEL_CHUNK);
 }
 
 static size_t acc_floats(const bp_geom *g, const layout *l) { return l->c_share * g->kh * g->kw * l->m_pad; }
 
-/* Per slot: a part's dW transposed, an image's x transposed, a worker's bordered planes and pixels'
-   offsets. */
+/* Per slot: a share of dW transposed, an image's x transposed, a worker's bordered planes and
+   pixels' offsets. */
 static size_t worker_floats(const bp_geom *g, const layout *l) {
     return acc_floats(g, l) + l->npix * l->m_pad + CHANNEL_CHUNK * l->hp * l->wp + l->npix + 64;
 }
@@ -85,11 +87,17 @@ typedef struct {
     size_t b0, nb;                  /* the window: images [b0, b0 + nb) */
     size_t units;                   /* transposes per image (of m_pad channels) */
     _Atomic size_t claimed;         /* the window's transposes claimed */
+    _Atomic size_t next_chunk;      /* the window's channel chunks claimed */
     bp_progress made[BP_MAX_WORKERS]; /* per image of the window: its transposes made */
 } job_t;
 
 static float *slot(const job_t *j, size_t q) { return j->s->base + q * j->s->stride; }
 static float *slot_xt(const job_t *j, size_t q) { return slot(j, q) + acc_floats(j->g, &j->l); }
+
+/* Where dz channel c's rows of dW transposed are kept. */
+static float *acc_of(const job_t *j, size_t c) {
+    return slot(j, c / j->l.c_share) + c % j->l.c_share * j->g->kh * j->g->kw * j->l.m_pad;
+}
 
 /* Channels [m0, m0 + 8) of one image x into xt[t][p][i] = x(t*bw + i, p) (packed, npix apart),
    zero past the last channel. */
@@ -156,46 +164,54 @@ static void store_columns(const job_t *j, const float *acc, size_t c0, size_t c1
         }
 }
 
-/* Part q's sums over image i of the window (its transposes made), planes and off: the worker's. */
-static void sum_image(const job_t *j, size_t q, size_t i, float *planes, const int32_t *off) {
+/* The S output rows [y0, y1) whose kernel row ky reads dz rows (the others read the border's zeros). */
+static void rows_reading_dz(const bp_geom *g, size_t ky, size_t *y0, size_t *y1) {
+    size_t top = ky * g->dy, first = g->pt, end = g->pt + g->in_h; /* plane rows holding dz: [first, end) */
+    *y0 = top >= first ? 0 : bp_ceil_div(first - top, g->sy);
+    *y1 = top >= end ? 0 : bp_min(g->out_h, bp_ceil_div(end - top, g->sy));
+    if (*y1 < *y0) *y1 = *y0;
+}
+
+/* The sums of dz channels [c0, c0 + n) (a chunk) over image i of the window (its transposes made);
+   planes and off: the worker's. */
+static void sum_image(const job_t *j, size_t c0, size_t n, size_t i, float *planes, const int32_t *off) {
     const bp_geom *g = j->g;
     const layout *l = &j->l;
-    size_t c0 = q * l->c_share, c1 = bp_min(g->in_c, c0 + l->c_share), b = j->b0 + i;
-    size_t bw = block_width(), blocks = l->m_pad / bw, taps = g->kh * g->kw;
+    size_t b = j->b0 + i, bw = block_width(), blocks = l->m_pad / bw;
     const float *xt = slot_xt(j, i);
-    float *acc = slot(j, q);
-    for (size_t cc = c0; cc < c1; cc += CHANNEL_CHUNK) {
-        size_t n = bp_min(CHANNEL_CHUNK, c1 - cc);
-        border_planes(j, j->dz + b * j->dz_bs, cc, n, planes);
-        for (size_t c = 0; c < n; c++)
-            for (size_t ky = 0; ky < g->kh; ky++) {
-                const float *row = planes + (c * l->hp + ky * g->dy) * l->wp;
-                float *at = acc + ((cc - c0 + c) * taps + ky * g->kw) * l->m_pad;
-                for (size_t t = 0; t < blocks; t++)
-                    bp_direct_pixels_tile(PIX_MV_MAX, g->kw, row, off, l->npix, xt + t * l->npix * bw, at + t * bw,
-                                          l->m_pad, b > 0);
-            }
+    float *acc = acc_of(j, c0);
+    border_planes(j, j->dz + b * j->dz_bs, c0, n, planes);
+    for (size_t ky = 0; ky < g->kh; ky++) {
+        size_t y0, y1;
+        rows_reading_dz(g, ky, &y0, &y1);
+        size_t p0 = y0 * g->out_w, k = (y1 - y0) * g->out_w;
+        for (size_t c = 0; c < n; c++) {
+            const float *row = planes + (c * l->hp + ky * g->dy) * l->wp;
+            float *at = acc + (c * g->kh + ky) * g->kw * l->m_pad;
+            for (size_t t = 0; t < blocks; t++)
+                bp_direct_pixels_tile(PIX_MV_MAX, g->kw, row, off + p0, k, xt + (t * l->npix + p0) * bw, at + t * bw,
+                                      l->m_pad, b > 0);
+        }
     }
 }
 
 static void worker(void *arg, int w, int workers) {
+    (void)workers;
     job_t *j = arg;
     const bp_geom *g = j->g;
     const layout *l = &j->l;
-    size_t q0, q1;
-    bp_split(l->parts, w, workers, &q0, &q1);
-    if (q0 >= q1) return;
     float *planes = slot_xt(j, (size_t)w) + l->npix * l->m_pad;
     int32_t *off = (int32_t *)(planes + CHANNEL_CHUNK * l->hp * l->wp);
     for (size_t y = 0, p = 0; y < g->out_h; y++)
         for (size_t x = 0; x < g->out_w; x++, p++) off[p] = (int32_t)(y * g->sy * l->wp + x * g->sx);
-    for (size_t q = q0; q < q1; q++) {
+    for (size_t t; (t = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < l->chunks;) {
+        size_t c0 = t * CHANNEL_CHUNK, n = bp_min(CHANNEL_CHUNK, g->in_c - c0);
         for (size_t i = 0; i < j->nb; i++) {
             make_transposes_through(j, (i + 1) * j->units);
             bp_progress_wait(&j->made[i], (int)j->units);
-            sum_image(j, q, i, planes, off);
+            sum_image(j, c0, n, i, planes, off);
         }
-        if (j->b0 + j->nb == j->batch) store_columns(j, slot(j, q), q * l->c_share, bp_min(g->in_c, (q + 1) * l->c_share));
+        if (j->b0 + j->nb == j->batch) store_columns(j, acc_of(j, c0), c0, c0 + n);
     }
 }
 
@@ -213,6 +229,7 @@ bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_imag
     for (j.b0 = 0; j.b0 < batch; j.b0 += j.nb) {
         j.nb = bp_min(j.l.slots, batch - j.b0);
         atomic_store_explicit(&j.claimed, 0, memory_order_relaxed);
+        atomic_store_explicit(&j.next_chunk, 0, memory_order_relaxed);
         memset(j.made, 0, sizeof j.made);
         bp_parallel_run(workers, worker, &j);
     }
