@@ -227,10 +227,10 @@ class _Module(_Lifecycle):
     @bias.setter
     def bias(self, value: Any) -> None:
         if value is not self._bias:
-            bias = None if value is None else _replacement("bias", value, (self._weight_outputs(),))
+            bias = None if value is None else _replacement("bias", value, (self._bias_length(),))
             self._replace_parameters(self._weight, bias)
 
-    def _weight_outputs(self) -> int:
+    def _bias_length(self) -> int:
         raise NotImplementedError
 
     def _replace_parameters(self, weight: Array, bias: Optional[Array]) -> None:
@@ -270,7 +270,7 @@ class _ConvModule(_Module):
     def _weight_for_bnns(self, weight: Array) -> Array:
         return transposed_weight_to_bnns(weight, self.spec.groups) if self._copies_weight else weight
 
-    def _weight_outputs(self) -> int:
+    def _bias_length(self) -> int:
         return self.spec.out_channels
 
     def _replace_parameters(self, weight: Array, bias: Optional[Array]) -> None:
@@ -694,7 +694,7 @@ class Linear(_Module):
         if layer is not None:
             self._retire([layer])
 
-    def _weight_outputs(self) -> int:
+    def _bias_length(self) -> int:
         return self.out_features
 
     @property
