@@ -62,6 +62,11 @@ const char *bp_direct_kind(const bp_direct *d) {
 
 /* ---- planning -------------------------------------------------------------------------------- */
 
+/* Forward plans: the rows kernel's speed against the pixels kernel's, before what each wastes and
+   what its tiles cost besides their multiply-adds (VECTORS_TILE_STEPS, ROWS_TILE_STEPS): the same
+   on AVX-512 and AVX2, lower on 4 lanes without FMA; less with one or two channels per tile. */
+static double forward_rows_kernel(size_t mr) { return (BP_VL >= 8 ? 1.0 : 0.78) * (mr >= 4 ? 1.0 : 0.88); }
+
 /* Fraction of the computed values that are kept, for each kernel, over whole images. */
 static double rows_efficiency(const bp_direct *d, size_t mr) {
     size_t np = (size_t)rows_nv(mr) * BP_VL, computed = 0, useful = 0;
@@ -73,14 +78,23 @@ static double rows_efficiency(const bp_direct *d, size_t mr) {
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
     e *= (double)d->m / (double)bp_round_up(d->m, mr);
-    /* the kernel itself (measured on AVX-512, 2 threads): 80-90% of the FMA peak with 8
+    /* forward: each tile's results copied into the output a run at a time cost about
+       ROWS_TILE_STEPS steps of its reduction (AVX-512, 1 thread: ResNet-50's stem 0.88x the
+       pixels kernel, MobileNetV2's first layer 0.77x the row-vector tiles, 64 -> 8 and 64 -> 3
+       3x3 layers at 56x56 1.03-1.06x the row-vector tiles, which waste 8 columns of 64) */
+    if (!d->backward) return forward_rows_kernel(mr) * e * (double)d->kmax / (double)(d->kmax + ROWS_TILE_STEPS);
+    /* backward, the kernel itself (measured on AVX-512, 2 threads): 80-90% of the FMA peak with 8
        channels (a transposed 4x4/2 layer: 0.67 against the pixels kernel's 0.81), less with one
        or two channels per tile (more loads per multiply-add) */
     return (mr >= 4 ? 0.85 : 0.75) * e;
 }
 
 /* Vectors plans (forward): the rows kernel's tiles over whole vectors of the output rows, taken
-   across the rows of a band. */
+   across the rows of a band, each tile's setup and stores costing about VECTORS_TILE_STEPS steps
+   of its reduction. Against the kernel the model chose before them (1 thread): ResNet-50's stem
+   (147 steps, pixels) 1.07-1.10x on AVX-512 and AVX2, 0.82x on 4 lanes (not taken there);
+   3 -> 16/32/64 3x3 layers (27 steps) 1.07-1.62x on AVX-512; on AVX2 1.16x (stride 1, 224x224)
+   but 0.93x (MobileNetV2's first layer, stride 2) and 0.87x (64 -> 64 3x3/2 at 16x16). */
 static double vectors_efficiency(const bp_direct *d, size_t mr) {
     size_t nv = (size_t)rows_nv(mr), computed = 0, useful = 0;
     for (size_t p = 0; p < d->nphases; p++) {
@@ -91,9 +105,7 @@ static double vectors_efficiency(const bp_direct *d, size_t mr) {
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
     e *= (double)d->m / (double)bp_round_up(d->m, mr);
-    /* the kernel with its stores (AVX-512, 1 thread): 1.04-1.09x the pixels kernel on ResNet-50's
-       stem, whose model below then gives 0.875 */
-    return (mr >= 4 ? 0.93 : 0.82) * e;
+    return forward_rows_kernel(mr) * e * (double)d->kmax / (double)(d->kmax + VECTORS_TILE_STEPS);
 }
 
 /* Pixels kernel: the kept fraction with nc pixels per tile, the tiles splitting each row of ow

@@ -22,7 +22,9 @@ enum {
     IMAGE_GROUP_MAX = 8,
     GROUP_WEIGHTS_FACTOR = 4, /* image groups when the weights exceed this many times their planes */
     STREAM_FLOATS = 1 << 22,  /* outputs of a call from which they are streamed past the caches (16 MiB) */
-    PIXELS_STORE_STEPS = 16   /* the pixels kernel's transposed store of an output, in its reduction steps */
+    PIXELS_STORE_STEPS = 16,  /* the pixels kernel's transposed store of an output, in its reduction steps */
+    VECTORS_TILE_STEPS = BP_VREGS >= 32 ? 8 : 16, /* a row-vector tile's setup and stores, likewise */
+    ROWS_TILE_STEPS = 39      /* a forward rows tile's copy into the output, likewise */
 };
 
 /* Register tiles (direct.c, direct_pointwise.c). Rows and pointwise kernels: MR channels x NV
