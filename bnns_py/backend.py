@@ -105,8 +105,9 @@ class Backend:
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
         or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3): dense 3x3 stride-1
         layers' forward pass and, with client pointers, their input and undilated weight
-        gradients), ``"direct rows"`` / ``"direct pixels"`` / ``"direct flat pixels"``
-        (the direct convolution engine; ``"direct"`` for weight gradients), ``"direct pointwise"``
+        gradients), ``"direct rows"`` / ``"direct row vectors"`` / ``"direct pixels"`` /
+        ``"direct flat pixels"`` (the direct convolution engine; ``"direct"`` for weight
+        gradients), ``"direct pointwise"``
         (its kernel for forward passes of 1x1, stride-1, unpadded layers), ``"depthwise"`` (one
         input channel per group), ``"tiny"`` (the tiny-layer forward kernel) or ``"im2col"``
         (im2col + GEMM). ``bnns_filter`` is

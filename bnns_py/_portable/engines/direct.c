@@ -56,10 +56,16 @@ size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d-
 bool bp_direct_runs_weight_gradient(const bp_direct *d) { return !d->pointwise || d->sphases > 1; }
 const char *bp_direct_kind(const bp_direct *d) {
     if (d->pointwise) return "direct pointwise";
-    return d->kind == KIND_ROWS ? "direct rows" : d->flat ? "direct flat pixels" : "direct pixels";
+    if (d->kind == KIND_ROWS) return d->vectors ? "direct row vectors" : "direct rows";
+    return d->flat ? "direct flat pixels" : "direct pixels";
 }
 
 /* ---- planning -------------------------------------------------------------------------------- */
+
+/* Forward plans: the rows kernel's speed against the pixels kernel's, before what each wastes and
+   what its tiles cost besides their multiply-adds (VECTORS_TILE_STEPS, ROWS_TILE_STEPS): the same
+   on AVX-512 and AVX2, lower on 4 lanes without FMA; less with one or two channels per tile. */
+static double forward_rows_kernel(size_t mr) { return (BP_VL >= 8 ? 1.0 : 0.78) * (mr >= 4 ? 1.0 : 0.88); }
 
 /* Fraction of the computed values that are kept, for each kernel, over whole images. */
 static double rows_efficiency(const bp_direct *d, size_t mr) {
@@ -72,10 +78,34 @@ static double rows_efficiency(const bp_direct *d, size_t mr) {
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
     e *= (double)d->m / (double)bp_round_up(d->m, mr);
-    /* the kernel itself (measured on AVX-512, 2 threads): 80-90% of the FMA peak with 8
+    /* forward: each tile's results copied into the output a run at a time cost about
+       ROWS_TILE_STEPS steps of its reduction (AVX-512, 1 thread: ResNet-50's stem 0.88x the
+       pixels kernel, MobileNetV2's first layer 0.77x the row-vector tiles, 64 -> 8 and 64 -> 3
+       3x3 layers at 56x56 1.03-1.06x the row-vector tiles, which waste 8 columns of 64) */
+    if (!d->backward) return forward_rows_kernel(mr) * e * (double)d->kmax / (double)(d->kmax + ROWS_TILE_STEPS);
+    /* backward, the kernel itself (measured on AVX-512, 2 threads): 80-90% of the FMA peak with 8
        channels (a transposed 4x4/2 layer: 0.67 against the pixels kernel's 0.81), less with one
        or two channels per tile (more loads per multiply-add) */
     return (mr >= 4 ? 0.85 : 0.75) * e;
+}
+
+/* Vectors plans (forward): the rows kernel's tiles over whole vectors of the output rows, taken
+   across the rows of a band, each tile's setup and stores costing about VECTORS_TILE_STEPS steps
+   of its reduction. Against the kernel the model chose before them (1 thread): ResNet-50's stem
+   (147 steps, pixels) 1.07-1.10x on AVX-512 and AVX2, 0.82x on 4 lanes (not taken there);
+   3 -> 16/32/64 3x3 layers (27 steps) 1.07-1.62x on AVX-512; on AVX2 1.16x (stride 1, 224x224)
+   but 0.93x (MobileNetV2's first layer, stride 2) and 0.87x (64 -> 64 3x3/2 at 16x16). */
+static double vectors_efficiency(const bp_direct *d, size_t mr) {
+    size_t nv = (size_t)rows_nv(mr), computed = 0, useful = 0;
+    for (size_t p = 0; p < d->nphases; p++) {
+        const phase_t *ph = &d->ph[p];
+        for (size_t r0 = 0; r0 < ph->oh; r0 += d->band_rows)
+            computed += bp_round_up(bp_min(d->band_rows, ph->oh - r0) * bp_ceil_div(ph->ow, BP_VL), nv) * BP_VL;
+        useful += ph->oh * ph->ow;
+    }
+    double e = computed ? (double)useful / (double)computed : 0.0;
+    e *= (double)d->m / (double)bp_round_up(d->m, mr);
+    return forward_rows_kernel(mr) * e * (double)d->kmax / (double)(d->kmax + VECTORS_TILE_STEPS);
 }
 
 /* Pixels kernel: the kept fraction with nc pixels per tile, the tiles splitting each row of ow
@@ -99,7 +129,10 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool f
        than flat in tiles of 7, which compute 17 positions a row) */
     size_t full = PIX_MV_MAX * (BP_VREGS >= 32 && mv == PIX_MV_MAX ? 4 : pixel_menu(PIX_MV_MAX)[0]);
     double acc = (double)(mv * nc) / (double)full;
-    return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * e;
+    /* forward, each output's 8 x 8 transposes and stores into the output cost about as much as
+       PIXELS_STORE_STEPS steps of its reduction (ResNet-50's stem, 147 steps: 10 % of the time) */
+    double store = d->backward ? 1.0 : (double)d->kmax / (double)(d->kmax + PIXELS_STORE_STEPS);
+    return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * store * e;
 }
 
 /* Whether a pixels plan emits each output row as soon as its tiles are computed: forward plans
@@ -261,8 +294,9 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
                        (g->out_h - 1) * g->sy < g->in_h && (g->out_w - 1) * g->sx < g->in_w && !kernel_forced;
     d.pointwise = (plain_1x1 || strided_1x1) && force != BP_ENGINE_IM2COL && g->out_h * g->out_w >= BP_VL;
     if (plain_1x1 && !d.pointwise) goto done;
-    double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0;
-    bool flat = false;
+    double rows_e = rows_efficiency(&d, mr), pixels_e = 0.0, vectors_e = backward ? 0.0 : vectors_efficiency(&d, mr);
+    bool flat = false, vectors = vectors_e >= rows_e;
+    rows_e = vectors ? vectors_e : rows_e;
     for (int f = force == BP_ENGINE_FLAT_PIXELS; f < (force == BP_ENGINE_PIXELS ? 1 : 2); f++)
         for (const size_t *menu = pixel_menu(mv); *menu && menu < pixel_menu(mv) + 5; menu++) {
             double e = pixels_efficiency(&d, mv, *menu, f == 1);
@@ -298,6 +332,7 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
         tb = ((by_row ? 1 : d.band_rows) * d.tb_row + bp_max(nc, 8)) * d.bw; /* slack: a tile, and 8 pixels for pixels_emit */
     } else {
         d.kind = KIND_ROWS;
+        d.vectors = vectors;
         d.bw = mr;
         d.tile = (size_t)rows_nv(mr) * BP_VL;
         tb = d.bw * d.tile;
@@ -581,6 +616,48 @@ static void rows_tile(size_t mr, const float *src, const int32_t *off, size_t k,
     }
 }
 
+/* Vectors plans: MR output channels x NV vectors of output pixels, vector v reading src[v] + off[i]
+   at step i; the results plus bias[r], clamped to [lo, hi], stored at dst[v] + r*ldd for channels
+   r < rows, the first n[v] lanes of vector v (none for n[v] = 0). */
+BP_INLINE void vectors_kernel(const float *const src[], const int32_t *off, size_t k, const float *w, const float *bias,
+                              float lo, float hi, float *const dst[], const size_t n[], size_t ldd, size_t rows,
+                              const int MR, const int NV) {
+    bp_vec acc[ROWS_MR_MAX][12];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = bp_vzero();
+    for (size_t i = 0; i < k; i++) {
+        bp_vec x[12];
+        for (int v = 0; v < NV; v++) x[v] = bp_vload(src[v] + off[i]);
+        const float *wi = w + i * (size_t)MR;
+        for (int r = 0; r < MR; r++) {
+            bp_vec b = bp_vset1(wi[r]);
+            for (int v = 0; v < NV; v++) acc[r][v] = bp_vfma(b, x[v], acc[r][v]);
+        }
+    }
+    bp_vec l = bp_vset1(lo), h = bp_vset1(hi);
+    for (int r = 0; r < MR && (size_t)r < rows; r++) {
+        bp_vec b = bp_vset1(bias[r]);
+        for (int v = 0; v < NV; v++) bp_vstore_part(dst[v] + (size_t)r * ldd, bp_vclamp(bp_vadd(acc[r][v], b), l, h), n[v]);
+    }
+}
+
+static void vectors_tile(size_t mr, const float *const src[], const int32_t *off, size_t k, const float *w,
+                         const float *bias, float lo, float hi, float *const dst[], const size_t n[], size_t ldd,
+                         size_t rows) {
+    switch (mr) {
+#if BP_VREGS >= 32
+    case 8: vectors_kernel(src, off, k, w, bias, lo, hi, dst, n, ldd, rows, 8, 3); break;
+    case 4: vectors_kernel(src, off, k, w, bias, lo, hi, dst, n, ldd, rows, 4, 6); break;
+    case 2: vectors_kernel(src, off, k, w, bias, lo, hi, dst, n, ldd, rows, 2, 8); break;
+    default: vectors_kernel(src, off, k, w, bias, lo, hi, dst, n, ldd, rows, 1, 12); break;
+#else
+    case 4: vectors_kernel(src, off, k, w, bias, lo, hi, dst, n, ldd, rows, 4, 3); break;
+    case 2: vectors_kernel(src, off, k, w, bias, lo, hi, dst, n, ldd, rows, 2, 4); break;
+    default: vectors_kernel(src, off, k, w, bias, lo, hi, dst, n, ldd, rows, 1, 8); break;
+#endif
+    }
+}
+
 /* Rows of weights fetched into the caches, a line every few steps of the pixels kernel, while it
    computes: the view's weights of the chunk a task packs next (packed as they are needed, they
    would otherwise come from memory at the pack's pace, the FMA units idle: 22 % of ResNet-50's
@@ -792,6 +869,63 @@ static void run_rows(const run_job *j, size_t p, const float *planes, size_t grp
     }
 }
 
+/* Where vector q of a band (nb rows of per_row vectors each) starts: its output row and column. */
+static void band_vector(size_t q, size_t per_row, size_t *oy, size_t *ox) {
+    *oy = q / per_row;
+    *ox = q % per_row * BP_VL;
+}
+
+/* Vectors plans: the rows kernel over the band's output rows as whole vectors (a row's last one
+   part-filled), channel block after channel block (its weights stay in L1), NV vectors a tile
+   taken in order across the rows. Each tile's results go straight into the output (bias added,
+   clamped), the next tile's output lines fetched for writing meanwhile (batch 8 of ResNet-50's
+   stem: 1.09x against 1.03x without); through tb and emit_run when the output is strided or
+   accumulated or the activation is no clamp. Streamed outputs are stored as any other: whole
+   vectors of a row need not be aligned, and the lines fetched ahead hide the writes. */
+static void run_vectors(const run_job *j, size_t p, const float *planes, size_t grp, size_t r0, size_t nb, size_t mb0,
+                        size_t mb1, const dest_t *dst, float *tb) {
+    const bp_direct *d = j->d;
+    const phase_t *ph = &d->ph[p];
+    const bp_epilogue *e = dst->e;
+    size_t nv = d->tile / BP_VL, bw = d->bw, per_row = bp_ceil_div(ph->ow, BP_VL), total = nb * per_row;
+    bool in_place = dst->xstep * dst->sx == 1 && !dst->accumulate && (e == NULL || e->act == NULL || dst->clamp);
+    float lo = in_place && dst->clamp ? dst->lo : -INFINITY, hi = in_place && dst->clamp ? dst->hi : INFINITY;
+    const float *origin = planes + d->prefix;
+    for (size_t mb = mb0; mb < mb1; mb++) {
+        size_t rows = bp_min(bw, d->m - mb * bw);
+        const float *w = ready_weights(j, grp, p, mb);
+        float bias[BP_DIRECT_BW_MAX] = {0};
+        if (in_place && e != NULL && e->bias != NULL)
+            for (size_t r = 0; r < rows; r++) bias[r] = e->bias[(dst->channel0 + mb * bw + r) * e->bias_stride];
+        /* channel mb*bw's output row r0 (sx = 1 when in place) */
+        float *block = dst->base + mb * bw * dst->sc + (r0 * dst->ystep + dst->y0) * dst->sy + dst->x0;
+        for (size_t q0 = 0; q0 < total; q0 += nv) {
+            const float *src[12];
+            float *to[12];
+            size_t n[12], oy[12], ox[12];
+            for (size_t v = 0; v < nv; v++) { /* vectors past the band's last: computed, not stored */
+                band_vector(bp_min(q0 + v, total - 1), per_row, &oy[v], &ox[v]);
+                src[v] = origin + oy[v] * d->wq + ox[v];
+                n[v] = q0 + v < total ? bp_min(BP_VL, ph->ow - ox[v]) : 0;
+                to[v] = in_place ? block + oy[v] * dst->ystep * dst->sy + ox[v] : tb + v * BP_VL;
+            }
+            if (!in_place) {
+                vectors_tile(bw, src, ph->off, ph->k, w, bias, lo, hi, to, n, nv * BP_VL, rows);
+                for (size_t r = 0; r < rows; r++)
+                    for (size_t v = 0; v < nv && n[v] > 0; v++)
+                        emit_run(dst, mb * bw + r, r0 + oy[v], ox[v], tb + r * nv * BP_VL + v * BP_VL, n[v]);
+                continue;
+            }
+            for (size_t q = q0 + nv; q < bp_min(q0 + 2 * nv, total); q++) {
+                size_t y, x;
+                band_vector(q, per_row, &y, &x);
+                for (size_t r = 0; r < rows; r++) __builtin_prefetch(block + r * dst->sc + y * dst->ystep * dst->sy + x, 1, 3);
+            }
+            vectors_tile(bw, src, ph->off, ph->k, w, bias, lo, hi, to, n, dst->sc, rows);
+        }
+    }
+}
+
 /* Pixels kernel, one chunk of steps [k0, k0 + n) of channel block mb (packed weights w) against
    every tile of a band of nb rows: tb (=, or += after the first chunk) the tiles' results, pixel
    after pixel (a row's first tb_row pixels apart), bw channels each. Flat plans run the tiles over
@@ -998,7 +1132,9 @@ static void run_unit(const run_job *j, size_t b, size_t grp, size_t band, size_t
                 dst[i] = (dest_t){j->dst + (b + i) * j->dst_bs + grp * d->m * j->dst_img->sc, j->dst_img->sc,
                                   j->dst_img->sy, j->dst_img->sx, d->ystep, d->xstep, ph->y0, ph->x0, grp * d->m,
                                   j->accumulate, j->e, j->stream, j->clamp, j->lo, j->hi};
-            if (d->kind == KIND_ROWS) {
+            if (d->kind == KIND_ROWS && d->vectors) {
+                run_vectors(j, p, scratch, grp, r0, end - r0, m, m1, &dst[0], tb[0]);
+            } else if (d->kind == KIND_ROWS) {
                 run_rows(j, p, scratch, grp, r0, end - r0, m, m1, &dst[0], tb[0]);
             } else if (emits_pair(j, p, n_img)) { /* a channel block at a time (step 1) */
                 float *odd = scratch + d->pair_offset;

@@ -61,8 +61,8 @@ size_t bp_direct_scratch_floats(const bp_direct *d);
 /* Scratch floats one worker needs when the run packs the weights itself (a view). */
 size_t bp_direct_view_scratch_floats(const bp_direct *d);
 size_t bp_direct_weight_floats(const bp_direct *d);
-/* Which kernel the plan uses ("direct rows", "direct pixels", "direct flat pixels" or "direct
-   pointwise"), for tests and benchmarks. */
+/* Which kernel the plan uses ("direct rows", "direct row vectors", "direct pixels", "direct flat
+   pixels" or "direct pointwise"), for tests and benchmarks. */
 const char *bp_direct_kind(const bp_direct *d);
 /* Whether S's weight gradient runs on the plan's planes and kernel: not for a pointwise plan, whose
    1x1 images the im2col engine's GEMM reads in place (10-20 % faster for ResNet's and MobileNet's

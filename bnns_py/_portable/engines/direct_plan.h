@@ -21,7 +21,10 @@ enum {
     IMAGE_GROUP_TARGET = 1 << 19, /* floats of planes and results an image group holds (2 MiB) */
     IMAGE_GROUP_MAX = 8,
     GROUP_WEIGHTS_FACTOR = 4, /* image groups when the weights exceed this many times their planes */
-    STREAM_FLOATS = 1 << 22   /* outputs of a call from which they are streamed past the caches (16 MiB) */
+    STREAM_FLOATS = 1 << 22,  /* outputs of a call from which they are streamed past the caches (16 MiB) */
+    PIXELS_STORE_STEPS = 16,  /* the pixels kernel's transposed store of an output, in its reduction steps */
+    VECTORS_TILE_STEPS = BP_VREGS >= 32 ? 8 : 16, /* a row-vector tile's setup and stores, likewise */
+    ROWS_TILE_STEPS = 39      /* a forward rows tile's copy into the output, likewise */
 };
 
 /* Register tiles (direct.c, direct_pointwise.c). Rows and pointwise kernels: MR channels x NV
@@ -65,6 +68,8 @@ struct bp_direct {
     size_t bw;                    /* output channels per block: MR (rows) or MV*VL (pixels) */
     size_t tile;                  /* rows: NV*VL flat positions; pixels: NC pixels */
     bool flat;                    /* pixels: tiles over flat positions, not within rows */
+    bool vectors;                 /* rows, forward: tiles of whole vectors of output rows (none across
+                                     a row's end), stored straight into the output */
     bool pointwise;               /* forward 1x1 pass run by the pointwise kernel on the source itself
                                      (the planes and kernel serve the weight gradient) */
     size_t tb_row;                /* pixels: tile results between a band's rows (pixels) */

@@ -24,6 +24,8 @@ static inline bp_vec bp_vset1(float s) { return _mm512_set1_ps(s); }
 static inline bp_vec bp_vzero(void) { return _mm512_setzero_ps(); }
 static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return _mm512_fmadd_ps(a, b, c); }
 static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return _mm512_add_ps(a, b); }
+/* min(hi, max(lo, x)), x as the second operand: a NaN stays NaN */
+static inline bp_vec bp_vclamp(bp_vec x, bp_vec lo, bp_vec hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, x)); }
 static inline float bp_vsum(bp_vec v) { return _mm512_reduce_add_ps(v); }
 static inline void bp_vstream(float *p, bp_vec v) { _mm512_stream_ps(p, v); } /* p: 64-byte aligned */
 static inline void bp_stream_fence(void) { _mm_sfence(); }
@@ -39,6 +41,7 @@ static inline bp_vec bp_vset1(float s) { return _mm256_set1_ps(s); }
 static inline bp_vec bp_vzero(void) { return _mm256_setzero_ps(); }
 static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return _mm256_fmadd_ps(a, b, c); }
 static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return _mm256_add_ps(a, b); }
+static inline bp_vec bp_vclamp(bp_vec x, bp_vec lo, bp_vec hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, x)); }
 static inline void bp_vstream(float *p, bp_vec v) { _mm256_stream_ps(p, v); } /* p: 32-byte aligned */
 static inline void bp_stream_fence(void) { _mm_sfence(); }
 static inline float bp_vsum(bp_vec v) {
@@ -62,6 +65,13 @@ static inline bp_vec bp_vset1(float s) { return (bp_vec){s, s, s, s}; }
 static inline bp_vec bp_vzero(void) { return (bp_vec){0.0f, 0.0f, 0.0f, 0.0f}; }
 static inline bp_vec bp_vfma(bp_vec a, bp_vec b, bp_vec c) { return a * b + c; }
 static inline bp_vec bp_vadd(bp_vec a, bp_vec b) { return a + b; }
+static inline bp_vec bp_vclamp(bp_vec x, bp_vec lo, bp_vec hi) {
+    for (int i = 0; i < 4; i++) {
+        x[i] = x[i] < lo[i] ? lo[i] : x[i];
+        x[i] = x[i] > hi[i] ? hi[i] : x[i];
+    }
+    return x;
+}
 static inline float bp_vsum(bp_vec v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 static inline void bp_vstream(float *p, bp_vec v) { bp_vstore(p, v); }
 static inline void bp_stream_fence(void) {}
