@@ -627,4 +627,3 @@ print("ok")
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
 def test_stride2_few_input_channels_every_activation_on_each_tier(isa):
     run_child_on_tier(isa, STRIDE2_CHILD)
-
