@@ -539,7 +539,7 @@ static void fill_row_pair(const bp_direct *d, const float *src, const ptrdiff_t 
     if (s1 > (ptrdiff_t)d->src_w) s1 = (ptrdiff_t)d->src_w;
     if (s0 < s1) {
         size_t first = (size_t)(s0 - d->c0);
-        bp_deinterleave(src + s0, (size_t)(s1 - s0), row[first % 2] + first / 2, row[1 - first % 2] + (first + 1) / 2);
+        bp_direct_split_pairs(src + s0, (size_t)(s1 - s0), row[first % 2] + first / 2, row[1 - first % 2] + (first + 1) / 2);
     }
     zero_tail(d, even, (size_t)j1[0]);
     zero_tail(d, odd, (size_t)j1[1]);

@@ -1,5 +1,5 @@
-/* The direct engine's transposed stores (every tier), and its strided stores on tiers
-   without AVX-512 (which has direct_store_avx512.c). */
+/* The direct engine's transposed stores and stride-2 row splits (every tier), and its strided
+   stores on tiers without AVX-512 (which has direct_store_avx512.c). */
 #include "direct_plan.h"
 
 #if !defined(__AVX512F__)
@@ -7,6 +7,8 @@ void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias)
     for (size_t i = 0; i < n; i++) p[2 * i] = v[i] + bias;
 }
 #endif
+
+void bp_direct_split_pairs(const float *src, size_t n, float *even, float *odd) { bp_deinterleave(src, n, even, odd); }
 
 void bp_direct_store_transposed(const float *res, size_t ld, size_t channels, size_t n, const float *bias, float lo,
                                 float hi, float *dst, size_t dst_stride) {

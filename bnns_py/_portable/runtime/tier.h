@@ -94,6 +94,7 @@
 #define bp_fc_tile_rows BP_TIER_SYMBOL(bp_fc_tile_rows)
 /* kernels/direct_store_*.c */
 #define bp_direct_store_every_other BP_TIER_SYMBOL(bp_direct_store_every_other)
+#define bp_direct_split_pairs BP_TIER_SYMBOL(bp_direct_split_pairs)
 #define bp_direct_store_transposed BP_TIER_SYMBOL(bp_direct_store_transposed)
 /* engines/winograd.c */
 #define bp_winograd_weight_floats BP_TIER_SYMBOL(bp_winograd_weight_floats)
