@@ -228,18 +228,20 @@ static int check_store(const tier_t *t) {
     return failures;
 }
 
-/* Stride-2 split: even[j] = src[2j], odd[j] = src[2j + 1] for j < n, the values after them untouched. */
+/* Stride-2 split of n values (odd or even): even[j] = src[2j], odd[j] = src[2j + 1], the values after
+   them untouched. */
 static int check_split(const tier_t *t) {
     int failures = 0;
-    for (int trial = 0; trial < 20; trial++) {
-        size_t n = next() % 70;
-        float *src = malloc((2 * n + 1) * sizeof(float)), *even = malloc((n + 1) * sizeof(float));
-        float *odd = malloc((n + 1) * sizeof(float));
-        for (size_t i = 0; i < 2 * n + 1; i++) src[i] = uniform();
-        even[n] = odd[n] = 7.0f;
+    for (int trial = 0; trial < 40; trial++) {
+        size_t n = next() % 140, ne = (n + 1) / 2, no = n / 2;
+        float *src = malloc((n + 1) * sizeof(float)), *even = malloc((ne + 1) * sizeof(float));
+        float *odd = malloc((no + 1) * sizeof(float));
+        for (size_t i = 0; i < n + 1; i++) src[i] = uniform();
+        even[ne] = odd[no] = 7.0f;
         t->split(src, n, even, odd);
-        size_t wrong = (even[n] != 7.0f) + (odd[n] != 7.0f);
-        for (size_t j = 0; j < n; j++) wrong += (even[j] != src[2 * j]) + (odd[j] != src[2 * j + 1]);
+        size_t wrong = (even[ne] != 7.0f) + (odd[no] != 7.0f);
+        for (size_t j = 0; j < ne; j++) wrong += even[j] != src[2 * j];
+        for (size_t j = 0; j < no; j++) wrong += odd[j] != src[2 * j + 1];
         if (wrong) {
             printf("FAIL %s split pairs n %zu: %zu values wrong\n", t->name, n, wrong);
             failures++;
@@ -301,7 +303,7 @@ int main(void) {
             for (size_t np = 1; np <= 4; np++, shapes++) failures += check_dots(&tiers[t], mr, np);
         failures += check_store(&tiers[t]) + check_split(&tiers[t]) + check_transpose(&tiers[t]);
         printf("%s (%s, %zu lanes): %zu pixels tile shapes x 20 trials, %zu pointwise shapes x 12, stores x 12, "
-               "splits x 20, weight transposes x 48\n", tiers[t].name, simd, lanes, count, shapes);
+               "splits x 40, weight transposes x 48\n", tiers[t].name, simd, lanes, count, shapes);
         tested++;
     }
     printf("%d tiers tested, %d failures\n", tested, failures);

@@ -528,18 +528,19 @@ static void fill_row(const bp_direct *d, const bp_image *img, const float *src, 
 }
 
 /* Stride 2 along rows of consecutive values: the rows of both source phases (px 0 and 1, plane
-   columns [j0[px], j1[px]) inside the image) in one pass over source row src, its pairs split. */
+   columns [j0[px], j1[px]) inside the image) in one pass over source row src, its pairs split.
+   Source column s is column (s - c0) / 2 of phase (s - c0) % 2. */
 static void fill_row_pair(const bp_direct *d, const float *src, const ptrdiff_t j0[2], const ptrdiff_t j1[2],
                           float *even, float *odd) {
-    ptrdiff_t lo = j0[0] > j0[1] ? j0[0] : j0[1], hi = j1[0] < j1[1] ? j1[0] : j1[1];
     float *row[2] = {even, odd};
-    for (size_t px = 0; px < 2; px++) {
+    for (size_t px = 0; px < 2; px++)
         for (ptrdiff_t j = 0; j < j0[px]; j++) row[px][j] = 0.0f;
-        for (ptrdiff_t j = j0[px]; j < j1[px] && j < lo; j++) /* the columns the split below does not write */
-            row[px][j] = src[2 * j + (ptrdiff_t)px + d->c0];
-        for (ptrdiff_t j = hi > j0[px] ? hi : j0[px]; j < j1[px]; j++) row[px][j] = src[2 * j + (ptrdiff_t)px + d->c0];
+    ptrdiff_t s0 = d->c0 > 0 ? d->c0 : 0, s1 = d->c0 + 2 * (ptrdiff_t)d->wq;
+    if (s1 > (ptrdiff_t)d->src_w) s1 = (ptrdiff_t)d->src_w;
+    if (s0 < s1) {
+        size_t first = (size_t)(s0 - d->c0);
+        bp_direct_split_pairs(src + s0, (size_t)(s1 - s0), row[first % 2] + first / 2, row[1 - first % 2] + (first + 1) / 2);
     }
-    if (lo < hi) bp_direct_split_pairs(src + 2 * lo + d->c0, (size_t)(hi - lo), even + lo, odd + lo);
     zero_tail(d, even, (size_t)j1[0]);
     zero_tail(d, odd, (size_t)j1[1]);
 }

@@ -126,8 +126,8 @@ void bp_direct_pointwise_dots(size_t mr, size_t np, const float *xt, size_t ldx,
 
 /* p[2i] = v[i] + bias for i < n: a phase of an output with stride 2 (kernels/direct_store_*.c). */
 void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias);
-/* even[j] = src[2j], odd[j] = src[2j + 1] for j < n: a row's two column phases of stride 2
-   (kernels/direct_store_*.c). */
+/* even[i] = src[2i] and odd[i] = src[2i + 1] for the n values of src (n odd or even), nothing past
+   them read or written: a row's two column phases of stride 2 (kernels/direct_store_generic.c). */
 void bp_direct_split_pairs(const float *src, size_t n, float *even, float *odd);
 /* dst[c * dst_stride + i] = min(hi, max(lo, res[i * ld + c] + bias[c])) for c < channels (a multiple
    of 8), i < n: results of n pixels transposed into rows of the output, biased and clamped, 8 x 8 at

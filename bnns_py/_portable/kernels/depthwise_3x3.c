@@ -10,26 +10,21 @@
 #include "depthwise_kernels.h"
 #include "vmath.h"
 
-/* Lane c of the concatenation (a, b) for c in [first, first + BP_VL), and every other lane. */
+/* Lane c of the concatenation (a, b) for c in [first, first + BP_VL) (every other lane: simd.h). */
 #if BP_VL == 16
 #define LANES_FROM(first)                                                                                      \
     first, first + 1, first + 2, first + 3, first + 4, first + 5, first + 6, first + 7, first + 8, first + 9,  \
         first + 10, first + 11, first + 12, first + 13, first + 14, first + 15
-#define EVERY_OTHER(first)                                                                                     \
-    first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14, first + 16,         \
-        first + 18, first + 20, first + 22, first + 24, first + 26, first + 28, first + 30
 #define HALVES 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
 #define INTERLEAVE(first)                                                                                      \
     first, first + 16, first + 1, first + 17, first + 2, first + 18, first + 3, first + 19, first + 4,         \
         first + 20, first + 5, first + 21, first + 6, first + 22, first + 7, first + 23
 #elif BP_VL == 8
 #define LANES_FROM(first) first, first + 1, first + 2, first + 3, first + 4, first + 5, first + 6, first + 7
-#define EVERY_OTHER(first) first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14
 #define HALVES 0, 1, 2, 3, 8, 9, 10, 11
 #define INTERLEAVE(first) first, first + 8, first + 1, first + 9, first + 2, first + 10, first + 3, first + 11
 #else
 #define LANES_FROM(first) first, first + 1, first + 2, first + 3
-#define EVERY_OTHER(first) first, first + 2, first + 4, first + 6
 #define HALVES 0, 1, 4, 5
 #define INTERLEAVE(first) first, first + 4, first + 1, first + 5
 #endif
@@ -80,8 +75,8 @@ static inline __attribute__((always_inline)) taps3 tap_row(const plane_geom *p, 
         else v.left = __builtin_shufflevector(zero, v.mid, LANES_FROM(BP_VL - 1));
     } else {
         bp_vec a = load_upto(row + c, n), b = load_upto(row + c + BP_VL, n > BP_VL ? n - BP_VL : 0);
-        v.mid = __builtin_shufflevector(a, b, EVERY_OTHER(0));
-        v.right = __builtin_shufflevector(a, b, EVERY_OTHER(1));
+        v.mid = __builtin_shufflevector(a, b, BP_EVERY_OTHER(0));
+        v.right = __builtin_shufflevector(a, b, BP_EVERY_OTHER(1));
         v.left = __builtin_shufflevector(bp_vset1(value_at(row, c - 1, w)), v.right, LANES_FROM(BP_VL - 1));
     }
     return v;
@@ -237,8 +232,8 @@ static inline __attribute__((always_inline)) taps3 pair_row(const plane_geom *p,
         v.right = __builtin_shufflevector(v.mid, zero, LANES_FROM(1));
         v.left = __builtin_shufflevector(zero, v.mid, LANES_FROM(BP_VL - 1));
     } else {
-        v.mid = __builtin_shufflevector(a, b, EVERY_OTHER(0));
-        v.right = __builtin_shufflevector(a, b, EVERY_OTHER(1));
+        v.mid = __builtin_shufflevector(a, b, BP_EVERY_OTHER(0));
+        v.right = __builtin_shufflevector(a, b, BP_EVERY_OTHER(1));
         v.left = __builtin_shufflevector(zero, v.right, LANES_FROM(BP_VL - 1));
     }
     return v;

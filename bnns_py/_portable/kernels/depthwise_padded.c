@@ -29,28 +29,6 @@ void bp_dw_plane_offsets(const bp_geom *g, size_t off[BP_DW_MAX_TAPS]) {
         }
 }
 
-/* Lanes 0, 2, 4, ... (first 0) or 1, 3, 5, ... (first 1) of the concatenation (a, b). */
-#if BP_VL == 16
-#define EVERY_OTHER(first)                                                                                     \
-    first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14, first + 16,         \
-        first + 18, first + 20, first + 22, first + 24, first + 26, first + 28, first + 30
-#elif BP_VL == 8
-#define EVERY_OTHER(first) first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14
-#else
-#define EVERY_OTHER(first) first, first + 2, first + 4, first + 6
-#endif
-
-/* even[i] = src[2i] and odd[i] = src[2i + 1] for the n values of src; nothing past them touched. */
-static void deinterleave(const float *src, size_t n, float *even, float *odd) {
-    bp_vec zero = bp_vzero();
-    for (size_t i = 0; i < n; i += 2 * BP_VL) {
-        size_t left = n - i;
-        bp_vec a = bp_vload_part(src + i, left), b = left > BP_VL ? bp_vload_part(src + i + BP_VL, left - BP_VL) : zero;
-        bp_vstore_part(even + i / 2, __builtin_shufflevector(a, b, EVERY_OTHER(0)), (left + 1) / 2);
-        bp_vstore_part(odd + i / 2, __builtin_shufflevector(a, b, EVERY_OTHER(1)), left / 2);
-    }
-}
-
 void bp_dw_fill_plane(const bp_geom *g, const bp_image *img, const float *src, float *p) {
     size_t cols = plane_cols(g), rows = plane_rows(g), sub = rows * cols;
     size_t full = g->sx == 2 ? 2 * cols : cols; /* padded-input columns held */
@@ -68,8 +46,8 @@ void bp_dw_fill_plane(const bp_geom *g, const bp_image *img, const float *src, f
                 for (size_t i = 0; i < n; i++) dst[i] = srow[i * img->sx];
         } else if (img->sx == 1) {
             /* input column i is padded column pl + i: with an odd pl, the even inputs are odd columns */
-            if (g->pl % 2 == 0) deinterleave(srow, n, even + g->pl / 2, odd + g->pl / 2);
-            else deinterleave(srow, n, odd + g->pl / 2, even + g->pl / 2 + 1);
+            if (g->pl % 2 == 0) bp_deinterleave(srow, n, even + g->pl / 2, odd + g->pl / 2);
+            else bp_deinterleave(srow, n, odd + g->pl / 2, even + g->pl / 2 + 1);
         } else {
             for (size_t i = 0; i < n; i++) {
                 size_t px = g->pl + i;

@@ -1,29 +1,14 @@
-/* The direct engine's transposed stores (every tier), and its strided stores and loads on tiers
-   without AVX-512 (which has direct_store_avx512.c). */
+/* The direct engine's transposed stores and stride-2 row splits (every tier), and its strided
+   stores on tiers without AVX-512 (which has direct_store_avx512.c). */
 #include "direct_plan.h"
 
 #if !defined(__AVX512F__)
 void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias) {
     for (size_t i = 0; i < n; i++) p[2 * i] = v[i] + bias;
 }
+#endif
 
-void bp_direct_split_pairs(const float *src, size_t n, float *even, float *odd) {
-    size_t j = 0;
-#if defined(__AVX2__)
-    for (; j + 8 <= n; j += 8) { /* [a0 a2 b0 b2 | a4 a6 b4 b6] with the middle quarters swapped */
-        __m256 a = _mm256_loadu_ps(src + 2 * j), b = _mm256_loadu_ps(src + 2 * j + 8);
-        __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
-        __m256d o = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD));
-        _mm256_storeu_ps(even + j, _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xD8)));
-        _mm256_storeu_ps(odd + j, _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xD8)));
-    }
-#endif
-    for (; j < n; j++) {
-        even[j] = src[2 * j];
-        odd[j] = src[2 * j + 1];
-    }
-}
-#endif
+void bp_direct_split_pairs(const float *src, size_t n, float *even, float *odd) { bp_deinterleave(src, n, even, odd); }
 
 void bp_direct_store_transposed(const float *res, size_t ld, size_t channels, size_t n, const float *bias, float lo,
                                 float hi, float *dst, size_t dst_stride) {

@@ -268,4 +268,27 @@ static inline void bp_transpose8x8(const float *src, size_t src_stride, float *d
     bp_transpose8x8_rows(rows, 0, dst, dst_stride);
 }
 
+/* Lanes 0, 2, 4, ... (first 0) or 1, 3, 5, ... (first 1) of the concatenation (a, b). */
+#if BP_VL == 16
+#define BP_EVERY_OTHER(first)                                                                                  \
+    first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14, first + 16,         \
+        first + 18, first + 20, first + 22, first + 24, first + 26, first + 28, first + 30
+#elif BP_VL == 8
+#define BP_EVERY_OTHER(first) first, first + 2, first + 4, first + 6, first + 8, first + 10, first + 12, first + 14
+#else
+#define BP_EVERY_OTHER(first) first, first + 2, first + 4, first + 6
+#endif
+
+/* even[i] = src[2i] and odd[i] = src[2i + 1] for the n values of src (a row's two column phases
+   of stride 2), a vector pair at a time split in registers; nothing past them read or written. */
+static inline void bp_deinterleave(const float *src, size_t n, float *even, float *odd) {
+    bp_vec zero = bp_vzero();
+    for (size_t i = 0; i < n; i += 2 * BP_VL) {
+        size_t left = n - i;
+        bp_vec a = bp_vload_part(src + i, left), b = left > BP_VL ? bp_vload_part(src + i + BP_VL, left - BP_VL) : zero;
+        bp_vstore_part(even + i / 2, __builtin_shufflevector(a, b, BP_EVERY_OTHER(0)), (left + 1) / 2);
+        bp_vstore_part(odd + i / 2, __builtin_shufflevector(a, b, BP_EVERY_OTHER(1)), left / 2);
+    }
+}
+
 #endif
