@@ -408,8 +408,20 @@ print("; ".join(wrong) or "ok")
 """
 
 
-def test_avx2_tier_kernel_choice():
-    run_child_on_tier("avx2", TIER_CHOICE_CHILD.replace("CHOICES", repr(AVX2_AUTO)))
+# The 4-lane x86 tier's (SSE: a broadcast is a load and a shuffle): layers of 3 output channels,
+# whose pixels tiles broadcast a source value per vector multiply-add, in row vectors (1.16-1.19x
+# flat pixels, batch 1); the stem and MobileNetV2's first layer keep the pixels kernel.
+BASELINE_AUTO = [
+    ((64, 3, 56, 3, 1, 1), "direct row vectors"),
+    ((32, 3, 112, 3, 1, 1), "direct row vectors"),
+    ((3, 64, 224, 7, 2, 3), "direct pixels"),
+    ((3, 32, 224, 3, 2, 1), "direct flat pixels"),
+]
+
+
+@pytest.mark.parametrize("isa,choices", [("avx2", AVX2_AUTO), ("baseline", BASELINE_AUTO)])
+def test_kernel_choice_on_16_register_tiers(isa, choices):
+    run_child_on_tier(isa, TIER_CHOICE_CHILD.replace("CHOICES", repr(choices)))
 
 
 def test_depthwise_keeps_its_own_kernels(backend, monkeypatch, no_filter_leaks):
