@@ -121,7 +121,8 @@ static double vectors_efficiency(const bp_direct *d, size_t mr) {
 /* The pixels kernel's tiles of one vector of channels (at most 4 on 4 lanes) broadcast a source
    value for each vector multiply-add; SSE has no broadcast from memory (a load and a shuffle
    each): forward, 1 thread, a 64 -> 3 3x3 layer at 56x56 ran 1.10-1.17x faster in row vectors
-   (and 1.04-1.20x in flat rows) than in flat pixels, which the model rated 1.22x faster. */
+   (and 1.04-1.20x in flat rows) than in flat pixels, which the model rated 1.22x faster. The
+   backward pass is not measured: rated as before. */
 #if BP_VL == 4 && !defined(__aarch64__)
 #define PIXELS_ONE_VECTOR 0.8
 #else
@@ -152,7 +153,7 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool f
     /* forward, each output's 8 x 8 transposes and stores into the output cost about as much as
        PIXELS_STORE_STEPS steps of its reduction (ResNet-50's stem, 147 steps: 10 % of the time) */
     double store = d->backward ? 1.0 : (double)d->kmax / (double)(d->kmax + PIXELS_STORE_STEPS);
-    double broadcasts = mv == 1 ? PIXELS_ONE_VECTOR : 1.0;
+    double broadcasts = mv == 1 && !d->backward ? PIXELS_ONE_VECTOR : 1.0;
     return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * store * broadcasts * e;
 }
 
