@@ -369,6 +369,61 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
         assert chosen.startswith("direct")
 
 
+# The AVX2 tier's choice (16 registers: row-vector tiles of 4 channels x 3 vectors of 8) for the
+# layers whose kernel the row-vector tiles moved there, each the faster one measured (1 thread,
+# batch 1, kernels alternating in one process: row vectors 1.05-1.18x flat pixels on stride-1
+# layers and the stem; flat pixels 1.05x and 1.15x the row vectors on MobileNetV2's first layer
+# and the 64 -> 64 3x3/2 layer at 16x16, strided layers whose tiles read the source's phases).
+AVX2_AUTO = [
+    ((3, 64, 224, 7, 2, 3), "direct row vectors"),   # the stem
+    ((3, 32, 224, 3, 2, 1), "direct flat pixels"),   # MobileNetV2's first layer
+    ((64, 64, 16, 3, 2, 1), "direct flat pixels"),   # rows of one vector, stride 2
+    ((3, 64, 224, 3, 1, 1), "direct row vectors"),
+    ((3, 16, 64, 3, 1, 1), "direct row vectors"),
+    ((4, 16, 224, 3, 1, 1), "direct row vectors"),
+    ((8, 8, 112, 3, 1, 1), "direct row vectors"),
+    ((64, 8, 56, 3, 1, 1), "direct row vectors"),
+    ((16, 8, 64, 5, 1, 2), "direct row vectors"),
+]
+
+# Runs in a child process on a tier: each (shape, kernel) of CHOICES created and its choice checked.
+TIER_CHOICE_CHILD = r"""
+import sys
+import numpy as np
+import bnns_py
+from bnns_py import ActivationFunction as AF, ConvolutionType
+sys.path.insert(0, sys.argv[1])
+from conftest import client_layer
+
+wrong = []
+for (cin, cout, size, k, stride, pad), expected in CHOICES:
+    weight = np.zeros((cout, cin, k, k), np.float32)
+    layer, _ = client_layer(ConvolutionType.standard, cin, cout, size, size, (k, k), (stride, stride),
+                            (pad,) * 4, (1, 1), 1, weight, None, AF.identity, 1)
+    with layer:
+        chosen = bnns_py.get_backend().filter_engine(layer.bnns_filter)
+    if chosen != expected:
+        wrong.append(f"{(cin, cout, size, k, stride, pad)}: {chosen}, not {expected}")
+print("; ".join(wrong) or "ok")
+"""
+
+
+# The 4-lane x86 tier's (SSE: a broadcast is a load and a shuffle): layers of 3 output channels,
+# whose pixels tiles broadcast a source value per vector multiply-add, in row vectors (1.16-1.19x
+# flat pixels, batch 1); the stem and MobileNetV2's first layer keep the pixels kernel.
+BASELINE_AUTO = [
+    ((64, 3, 56, 3, 1, 1), "direct row vectors"),
+    ((32, 3, 112, 3, 1, 1), "direct row vectors"),
+    ((3, 64, 224, 7, 2, 3), "direct pixels"),
+    ((3, 32, 224, 3, 2, 1), "direct flat pixels"),
+]
+
+
+@pytest.mark.parametrize("isa,choices", [("avx2", AVX2_AUTO), ("baseline", BASELINE_AUTO)])
+def test_kernel_choice_on_16_register_tiers(isa, choices):
+    run_child_on_tier(isa, TIER_CHOICE_CHILD.replace("CHOICES", repr(choices)))
+
+
 def test_depthwise_keeps_its_own_kernels(backend, monkeypatch, no_filter_leaks):
     monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "rows")
     weight = np.zeros((16, 1, 3, 3), np.float32)

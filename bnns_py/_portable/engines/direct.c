@@ -67,6 +67,14 @@ const char *bp_direct_kind(const bp_direct *d) {
    on AVX-512 and AVX2, lower on 4 lanes without FMA; less with one or two channels per tile. */
 static double forward_rows_kernel(size_t mr) { return (BP_VL >= 8 ? 1.0 : 0.78) * (mr >= 4 ? 1.0 : 0.88); }
 
+/* Row-vector tiles of strided layers (source phases) against the rest of the model: with 32
+   registers as fast (AVX-512, 1 thread: the stem 1.07-1.10x and MobileNetV2's first layer
+   1.07-1.14x the pixels kernel); with 16, AVX2 against the model's forecast (vectors / the best
+   other kernel), 1 thread: the stem (7x7/2, 147 steps) 1.00-1.03x of 1.05 forecast, MobileNetV2's
+   first layer (3x3/2, 27 steps) 0.94x (batch 1) / 0.99-1.02x (batch 8) of 1.04, 64 -> 64 3x3/2 at
+   16x16 (576 steps) 0.86x / 0.95x of 1.03; stride-1 layers 0.95-1.11x of their forecast. */
+#define VECTORS_PHASES (BP_VREGS >= 32 ? 1.0 : 0.957)
+
 /* Fraction of the computed values that are kept, for each kernel, over whole images. */
 static double rows_efficiency(const bp_direct *d, size_t mr) {
     size_t np = (size_t)rows_nv(mr) * BP_VL, computed = 0, useful = 0;
@@ -93,8 +101,9 @@ static double rows_efficiency(const bp_direct *d, size_t mr) {
    across the rows of a band, each tile's setup and stores costing about VECTORS_TILE_STEPS steps
    of its reduction. Against the kernel the model chose before them (1 thread): ResNet-50's stem
    (147 steps, pixels) 1.07-1.10x on AVX-512 and AVX2, 0.82x on 4 lanes (not taken there);
-   3 -> 16/32/64 3x3 layers (27 steps) 1.07-1.62x on AVX-512; on AVX2 1.16x (stride 1, 224x224)
-   but 0.93x (MobileNetV2's first layer, stride 2) and 0.87x (64 -> 64 3x3/2 at 16x16). */
+   3 -> 16/32/64 3x3 layers (27 steps) 1.07-1.62x on AVX-512. With 16 registers (4 x 3 tiles) the
+   tiles of strided layers, whose steps read from the source's phase planes, run at VECTORS_PHASES
+   of the rate (below). */
 static double vectors_efficiency(const bp_direct *d, size_t mr) {
     size_t nv = (size_t)rows_nv(mr), computed = 0, useful = 0;
     for (size_t p = 0; p < d->nphases; p++) {
@@ -105,8 +114,20 @@ static double vectors_efficiency(const bp_direct *d, size_t mr) {
     }
     double e = computed ? (double)useful / (double)computed : 0.0;
     e *= (double)d->m / (double)bp_round_up(d->m, mr);
-    return forward_rows_kernel(mr) * e * (double)d->kmax / (double)(d->kmax + VECTORS_TILE_STEPS);
+    double phases = d->sphases > 1 ? VECTORS_PHASES : 1.0;
+    return forward_rows_kernel(mr) * phases * e * (double)d->kmax / (double)(d->kmax + VECTORS_TILE_STEPS);
 }
+
+/* The pixels kernel's tiles of one vector of channels (at most 4 on 4 lanes) broadcast a source
+   value for each vector multiply-add; SSE has no broadcast from memory (a load and a shuffle
+   each): forward, 1 thread, a 64 -> 3 3x3 layer at 56x56 ran 1.10-1.17x faster in row vectors
+   (and 1.04-1.20x in flat rows) than in flat pixels, which the model rated 1.22x faster. The
+   backward pass is not measured: rated as before. */
+#if BP_VL == 4 && !defined(__aarch64__)
+#define PIXELS_ONE_VECTOR 0.8
+#else
+#define PIXELS_ONE_VECTOR 1.0
+#endif
 
 /* Pixels kernel: the kept fraction with nc pixels per tile, the tiles splitting each row of ow
    pixels or (flat) running over the band's flat positions, wq per row. */
@@ -132,7 +153,8 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool f
     /* forward, each output's 8 x 8 transposes and stores into the output cost about as much as
        PIXELS_STORE_STEPS steps of its reduction (ResNet-50's stem, 147 steps: 10 % of the time) */
     double store = d->backward ? 1.0 : (double)d->kmax / (double)(d->kmax + PIXELS_STORE_STEPS);
-    return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * store * e;
+    double broadcasts = mv == 1 && !d->backward ? PIXELS_ONE_VECTOR : 1.0;
+    return 0.97 * sqrt(acc < 1.0 ? acc : 1.0) * store * broadcasts * e;
 }
 
 /* Whether a pixels plan emits each output row as soon as its tiles are computed: forward plans
