@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _repr
-from ._checks import FixedAttributes
+from ._checks import fixed_attribute
 from ._arrays import (FLOAT32, Array, float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
                       written)
 from .activation import ActivationFunction
@@ -64,7 +64,7 @@ class Gradients(NamedTuple):
     bias: Optional["npt.NDArray[np.float32]"]
 
 
-class _Lifecycle(FixedAttributes):
+class _Lifecycle:
     """Calls in flight are counted, so ``close()`` from one thread never destroys a filter another
     thread is running: the filters are closed when the last call returns."""
 
@@ -85,7 +85,7 @@ class _Lifecycle(FixedAttributes):
             self._in_flight -= 1
             idle = self._in_flight == 0
             release = self._closed and idle
-            retired = self._take_retired() if idle else []
+            retired = self._take_retired() if idle and self._retired else []
         _close_all(retired)
         if release:
             self._release()
@@ -239,17 +239,19 @@ class _Module(_Lifecycle):
 
 class _ConvModule(_Module):
     _transposed = False
+    spec: ConvSpec = fixed_attribute("spec", "The convolution's arguments, fixed when the module is made.")
+    backend: BackendLike = fixed_attribute("backend", "The backend asked for (None: resolved at the first call).")
 
     def _setup(self, weight: Any, bias: Any, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
                activation: ActivationLike, backend: BackendLike, output_padding: IntPair) -> None:
         weight = writable_parameter("weight", weight, (4,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
-        self.spec = ConvSpec.from_arguments(self._transposed, weight, bias, stride, padding, dilation,
+        self._spec = ConvSpec.from_arguments(self._transposed, weight, bias, stride, padding, dilation,
                                             groups, activation, output_padding)
         self._weight: Array = weight
         self._bias: Optional[Array] = bias
-        self.backend = backend
+        self._backend: BackendLike = backend
         self._layers: Dict[Any, ConvolutionLayer] = {}       # (height, width) -> layer for packed images (forward and backward)
         self._view_layers: Dict[Any, ConvolutionLayer] = {}  # (height, width, input strides, output strides) -> layer for views
         self._layers_lock = threading.Lock()
@@ -670,14 +672,17 @@ class Linear(_Module):
     [[2.0, 6.0], [0.0, 2.0]]
     """
 
+    activation: ActivationFunction = fixed_attribute("activation", "The fused activation.")
+    backend: BackendLike = fixed_attribute("backend", "The backend asked for (None: resolved at the first call).")
+
     def __init__(self, weight: Any, bias: Any = None, *, activation: ActivationLike = None,
                  backend: BackendLike = None) -> None:
         weight = writable_parameter("weight", weight, (2,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
         self._weight, self._bias, _ = linear_operands(weight, bias)
-        self.activation = ActivationFunction.coerce(activation)
-        self.backend = backend
+        self._activation = ActivationFunction.coerce(activation)
+        self._backend: BackendLike = backend
         self._fc_layer: Optional[FullyConnectedLayer] = None
         self._layer_lock = threading.Lock()
         # backward calls seen before (C-contiguous numpy operands) -> their gradient descriptors
