@@ -122,7 +122,6 @@ class Backend:
         engine = self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_))
         name: str = ffi.string(engine).decode()
         return name
-        return engine
 
     def __repr__(self) -> str:
         return f"<bnns_py Backend {self.name} from {self.library_path}>"
