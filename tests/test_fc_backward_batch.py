@@ -102,6 +102,8 @@ class Operands:
             assert (self.dw[:, i:] == self.start[1][:, i:]).all(), "dw padding changed"
         if not dx:
             assert (self.dx == self.start[0]).all()
+        if not dw:
+            assert (self.dw == self.start[1]).all()
 
 
 def _cases():
@@ -138,8 +140,8 @@ def test_accumulating_strided_operands_and_padded_weight_gradient(activation, ba
         ops.check(weight, bias, activation, accumulate=True)
 
 
-@pytest.mark.parametrize("wanted", [dict(dx=False), dict(dw=False), dict(db=False), dict(dx=False, db=False)],
-                         ids=["no_dx", "no_dw", "no_db", "dw_only"])
+@pytest.mark.parametrize("wanted", [dict(dx=False), dict(dw=False), dict(db=False), dict(dx=False, db=False),
+                                    dict(dx=False, dw=False)], ids=["no_dx", "no_dw", "no_db", "dw_only", "db_only"])
 def test_optional_gradients(wanted, backend, rng, no_filter_leaks):
     weight, bias = random_array(rng, (40, 70), 0.5), random_array(rng, (40,))
     ops = Operands(rng, weight, bias, AF.rectified_linear, 33)

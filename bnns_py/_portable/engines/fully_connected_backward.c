@@ -116,9 +116,9 @@ void bp_fc_backward(const bp_fc_gradients *g, const bp_gemm_ctx *ctx) {
                                    g->out * PANEL * sizeof(float) <= KERNEL_DX_PANEL_BYTES);
     if (g->dw != NULL) j.dw_blocks = bp_ceil_div(g->out, j.dw_width);
     if (g->dx != NULL) j.dx_blocks = bp_ceil_div(g->in, j.dx_width);
-    size_t products = (g->dw != NULL) + (g->dx != NULL);
+    size_t products = (g->dw != NULL) + (g->dx != NULL), blocks = j.dw_blocks + j.dx_blocks;
+    if (blocks == 0) return;
     int workers = bp_workers_for(ctx->threads, 2 * products * g->batch * g->in * g->out);
-    size_t blocks = j.dw_blocks + j.dx_blocks;
     if ((size_t)workers > blocks) workers = (int)blocks;
     bp_parallel_run(workers, run_blocks, &j);
 }
