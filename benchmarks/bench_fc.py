@@ -17,9 +17,23 @@ next burst down), the libraries taking turns in each of ``--runs`` repetitions; 
 the repetitions are printed, and the ratio ONNX Runtime / bnns-py (above 1: bnns-py is faster)
 for the module and the C call.
 
+With ``--backward``, training instead, for those classifiers and a 4096 -> 4096 layer at each
+``--backward-batch``: the forward and every gradient (input, weight, bias) of
+
+- module: ``bnns_py.Linear(w, b)`` forward then ``backward(x, y, dy)``;
+- C: ``BNNSFilterApplyBackwardBatch`` alone through cffi with the pointers bound (the C library's
+  backward, without the forward);
+- PyTorch: ``torch.nn.Linear`` forward then autograd's backward (``torch.set_num_threads`` the
+  same thread count),
+
+and the ratio PyTorch / module (above 1: bnns-py is faster). Single-thread loops are timed in the
+calling thread's CPU time.
+
 Run:  python benchmarks/bench_fc.py [--batch 1 8 16] [--threads 2 1] [--runs 3]
+      python benchmarks/bench_fc.py --backward [--backward-batch 8 32 64 256] [--threads 2 1] [--runs 3]
 """
 import argparse
+import itertools
 import os
 import sys
 
@@ -27,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bnns_py  # noqa: E402
+from bnns_py import NDArrayDescriptor  # noqa: E402
 from bnns_py.functional import make_linear_layer, pointer  # noqa: E402
 
 from _timing import IdleWaits, best_times  # noqa: E402
@@ -35,6 +50,7 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 SHAPES = [(512, 1000), (1280, 1000)]
+BACKWARD_SHAPES = SHAPES + [(4096, 4096)]
 IDLE = IdleWaits(window=0.02, busy_fraction=0.05, max_wait=2.0)
 
 
@@ -93,13 +109,81 @@ def measure(cin, cout, batch, threads, runs, rng):
           flush=True)
 
 
+def measure_backward(cin, cout, batch, threads, runs, rng):
+    import time
+
+    import torch
+    torch.set_num_threads(threads)
+    x = rng.standard_normal((batch, cin)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
+    b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+    dy = rng.standard_normal((batch, cout)).astype(np.float32)
+    y = np.empty((batch, cout), np.float32)
+    module = bnns_py.Linear(w, b)
+    module._fc_layer = layer = make_linear_layer(w, b, None, None, n_threads=threads)
+    ffi, lib = bnns_py.ffi, layer.backend.lib
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+
+    def vector(array, n):
+        d = ffi.new("BNNSNDArrayDescriptor *")
+        d.layout, d.data_type, d.data, d.size[0] = 0x10000, 0x10020, ffi.from_buffer(array), n
+        return d
+
+    dw_desc = NDArrayDescriptor(dw.reshape(-1), layer.weights.shape)  # the weights' creation layout
+    descriptors = (vector(dx, cin), vector(dy, cout), dw_desc.c_descriptor, vector(db, cout))
+    handle, x_ptr, y_ptr = layer.bnns_filter, pointer(x), pointer(y)
+    tx = torch.from_numpy(x).requires_grad_()
+    tl = torch.nn.Linear(cin, cout)
+    with torch.no_grad():
+        tl.weight.copy_(torch.from_numpy(w))
+        tl.bias.copy_(torch.from_numpy(b))
+    tdy = torch.from_numpy(dy)
+
+    def bnns_step():
+        module.backward(x, module(x, out=y), dy)
+
+    def c_backward():
+        return lib.BNNSFilterApplyBackwardBatch(handle, batch, x_ptr, cin, descriptors[0], cin, y_ptr, cout, descriptors[1],
+                                         cout, descriptors[2], descriptors[3])
+
+    def torch_step():
+        tx.grad = tl.weight.grad = tl.bias.grad = None
+        tl(tx).backward(tdy)
+
+    calls = {"module": bnns_step, "C backward": c_backward, "PyTorch": torch_step}
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    times = {name: [] for name in calls}
+    try:
+        bnns_step()
+        assert c_backward() == 0, layer.backend.last_error()
+        for _ in range(runs):
+            for name, call in calls.items():
+                IDLE()
+                times[name].append(best_times([call], min_seconds=0.003, loops=9, clock=clock)[0])
+    finally:
+        module.close()
+    np.testing.assert_allclose(dw, tl.weight.grad.numpy(), rtol=1e-3, atol=1e-3 * np.sqrt(batch))
+    ratios = [t / m for t, m in zip(times["PyTorch"], times["module"])]
+    print(f"{threads} thr {cin:5d}->{cout} batch {batch:3d} forward + backward (us): " +
+          " ".join(f"{name} {span(t, 1e6, 1)}" for name, t in times.items()) +
+          f" | PyTorch / module {span(ratios)}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--backward", action="store_true", help="time training (forward + gradients) against PyTorch")
+    parser.add_argument("--backward-batch", type=int, nargs="+", default=[8, 32, 64, 256])
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.backward:
+        print(f"bnns-py {bnns_py.__version__} ({bnns_py.backend_info()['isa']}), training against PyTorch")
+        for threads, (cin, cout), batch in itertools.product(args.threads, BACKWARD_SHAPES, args.backward_batch):
+            measure_backward(cin, cout, batch, threads, args.runs, rng)
+        print(IDLE.report())
+        return
     print(f"bnns-py {bnns_py.__version__} ({bnns_py.backend_info()['isa']}), onnxruntime {ort.__version__}")
     for threads in args.threads:
         for cin, cout in SHAPES:

@@ -3,6 +3,7 @@
 
 #include "direct.h"
 #include "filter.h"
+#include "fully_connected_backward.h"
 #include "simd.h"
 
 /* A gradient descriptor must have data, Float32 and the given sizes; returns its resolved image. */
@@ -158,6 +159,7 @@ static bool validate_call(const bp_filter *f, backward_call *c) {
 typedef struct {
     bp_work w;
     bool whole_batch;      /* each engine call takes the whole batch: dz is out_delta itself or dz_batch */
+    bool fc_gemm;          /* dW and dx as two GEMMs over the batch (bp_fc_backward) */
     float *dz_batch;       /* the whole batch's dz (packed images, out_packed.item apart), or NULL */
     bool dz_batch_temporary; /* dz_batch is the call's own, not the filter's */
     bool dx_winograd;      /* dx as the adjoint convolution of dy on the Winograd pass */
@@ -191,13 +193,19 @@ static float *dz_batch_buffer(bp_filter *f, bool temporary, size_t batch, size_t
     return f->dz_batch;
 }
 
+/* A standard 1x1 filter over 1x1 images (every fully-connected filter) whose batch operands are
+   matrices, rows batch-stride apart: its gradients are two GEMMs over the whole batch. */
+static bool one_gemm_for_batch(const bp_filter *f, const backward_call *c) {
+    const bp_geom *g = &f->g;
+    bool x_rows = c->weights_delta == NULL || (f->in.sc == 1 && c->in_stride <= INT32_MAX);
+    bool dx_rows = c->in_delta == NULL || (c->dx_img.sc == 1 && c->in_delta_stride <= INT32_MAX);
+    return !f->transposed && g->groups == 1 && g->kh == 1 && g->kw == 1 && f->in.w == 1 && f->in.h == 1 &&
+           f->out.w == 1 && f->out.h == 1 && x_rows && dx_rows && c->batch <= INT32_MAX &&
+           c->out_delta_stride <= INT32_MAX;
+}
+
 static void plan_call(bp_filter *f, const backward_call *c, bool temporary, backward_plan *p) {
     const bp_geom *g = &f->g;
-    p->direct = NULL;
-    p->weights = NULL;
-    if (c->in_delta)
-        p->weights = bp_call_weights(f, f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA, &p->w, &p->pass,
-                                     &p->direct);
     /* dW straight into the caller's array when it is S's canonical matrix (plain OIHW of a
        standard layer; of a one-group transposed layer, OIHW strides that read PyTorch's
        (in, out, kH, kW) order), else into the workspace and then into the caller's layout */
@@ -221,8 +229,14 @@ static void plan_call(bp_filter *f, const backward_call *c, bool temporary, back
     p->whole_batch = dz_is_dy ? !f->transposed || (f->in.packed && dx_plain) : p->dz_batch != NULL;
     p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain &&
                      c->batch >= f->wino_dx_plan.min_batch;
+    p->fc_gemm = p->whole_batch && one_gemm_for_batch(f, c);
+    p->direct = NULL;
+    p->weights = NULL;
+    if (c->in_delta) /* the engines' form of the weights; canonical for the GEMMs */
+        p->weights = bp_call_weights(f, p->fc_gemm ? -1 : f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA,
+                                     &p->w, &p->pass, &p->direct);
     size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
-    p->dw_winograd = c->weights_delta != NULL && f->wino_dw &&
+    p->dw_winograd = !p->fc_gemm && c->weights_delta != NULL && f->wino_dw &&
                      (f->wino_dw_forced || bp_winograd_gradient_pays(g, &f->wino, dw_batch, f->gemm.threads));
 }
 
@@ -262,6 +276,36 @@ static void batch_activation_gradient(const bp_filter *f, const backward_call *c
                             w->rows + f->out.w);
 }
 
+/* dbias += the sums of dz over the batch and each channel's pixels. */
+static void bias_gradient(const bp_filter *f, size_t batch, const float *dz, size_t dz_bs, float *dbias) {
+    size_t hw = f->out.w * f->out.h;
+    if (hw == 1) {
+        for (size_t b = 0; b < batch; b++)
+            for (size_t ch = 0; ch < f->out.c; ch++) dbias[ch] += dz[b * dz_bs + ch];
+        return;
+    }
+    for (size_t b = 0; b < batch; b++)
+        for (size_t ch = 0; ch < f->out.c; ch++) dbias[ch] += bp_sum(dz + b * dz_bs + ch * hw, hw);
+}
+
+/* Step 3 for a filter whose batch is one GEMM (one_gemm_for_batch): dz as run_whole_batch has
+   it, then dW = dz^T x and dx = dz W over the whole batch. */
+static void run_fc_gemm(const bp_filter *f, const backward_call *c, backward_plan *p) {
+    const float *dz = p->dz_batch ? p->dz_batch : c->out_delta->data;
+    size_t dz_bs = p->dz_batch ? p->out_packed.item : c->out_delta_stride;
+    if (p->dz_batch) batch_activation_gradient(f, c, p);
+    if (c->bias_delta) bias_gradient(f, c->batch, dz, dz_bs, p->w.dbias);
+    bp_fc_gradients g = {.batch = c->batch, .in = f->in.c, .out = f->out.c, .dz = dz, .ldz = dz_bs, .w = p->weights,
+                         .x = c->in, .ldx = c->in_stride, .ldw = f->in.c, .lddw = f->in.c, .lddx = c->in_delta_stride,
+                         .dw_beta = p->dw_beta};
+    if (c->weights_delta) g.dw = p->dweights;
+    if (c->in_delta) {
+        g.dx = c->in_delta->data;
+        g.dx_beta = accumulates(c->in_delta) ? 1.0f : 0.0f;
+    }
+    bp_fc_backward(&g, &f->gemm);
+}
+
 /* Step 3 when each engine call takes the whole batch: dz is out_delta (no activation, packed)
    or dz_batch. */
 static void run_whole_batch(const bp_filter *f, const backward_call *c, backward_plan *p) {
@@ -271,11 +315,7 @@ static void run_whole_batch(const bp_filter *f, const backward_call *c, backward
     const float *dy = p->dz_batch ? p->dz_batch : c->out_delta->data;
     float *dx = c->in_delta ? c->in_delta->data : NULL;
     if (p->dz_batch) batch_activation_gradient(f, c, p);
-    if (c->bias_delta) {
-        size_t hw = f->out.w * f->out.h;
-        for (size_t b = 0; b < batch; b++)
-            for (size_t ch = 0; ch < f->out.c; ch++) w->dbias[ch] += bp_sum(dy + b * dy_bs + ch * hw, hw);
-    }
+    if (c->bias_delta) bias_gradient(f, batch, dy, dy_bs, w->dbias);
     if (f->transposed) {
         if (c->weights_delta) transposed_weight_gradient(f, p, batch, dy, dy_bs, c->in, c->in_stride, p->dw_beta);
         if (dx)
@@ -420,7 +460,8 @@ int bp_apply_backward(bp_filter *f, size_t batch, const float *in, size_t in_str
     plan_call(f, &c, temporary, &p);
     bool ok = acquire_dw_sums(f, temporary, &p);
     if (ok) {
-        if (p.whole_batch) run_whole_batch(f, &c, &p);
+        if (p.fc_gemm) run_fc_gemm(f, &c, &p);
+        else if (p.whole_batch) run_whole_batch(f, &c, &p);
         else run_per_image(f, &c, &p);
         store_gradients(f, &c, &p);
         release_dw_sums(f, &p);

@@ -131,6 +131,7 @@ void bp_fc_pack(const float *w, size_t ldw, size_t n, size_t k, float *panels) {
     tier()->fc_pack(w, ldw, n, k, panels);
 }
 void bp_fc_unpack(const float *panels, size_t n, size_t k, float *w) { tier()->fc_unpack(panels, n, k, w); }
+void bp_fc_backward(const bp_fc_gradients *g, const bp_gemm_ctx *ctx) { tier()->fc_backward(g, ctx); }
 
 size_t bp_direct_scratch_floats(const bp_direct *d) { return tier()->direct_scratch_floats(d); }
 size_t bp_direct_view_scratch_floats(const bp_direct *d) { return tier()->direct_view_scratch_floats(d); }

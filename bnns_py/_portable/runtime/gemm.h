@@ -10,6 +10,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#if !defined(BNNS_PORTABLE_BLAS_SCIPY_OPENBLAS) && !defined(BNNS_PORTABLE_BLAS_CBLAS)
+#define BP_GEMM_BUILTIN 1 /* bp_sgemm is the built-in kernel: the engines' own kernels outrun it */
+#endif
+
 /* How a filter runs its GEMMs: the thread count it asked for and, when the BLAS has one, the
    per-calling-thread thread-count setter (looked up once per filter, never cached globally). */
 typedef struct {

@@ -92,6 +92,8 @@
 #define bp_fc_unpack BP_TIER_SYMBOL(bp_fc_unpack)
 #define bp_fc_tile BP_TIER_SYMBOL(bp_fc_tile)
 #define bp_fc_tile_rows BP_TIER_SYMBOL(bp_fc_tile_rows)
+/* engines/fully_connected_backward.c */
+#define bp_fc_backward BP_TIER_SYMBOL(bp_fc_backward)
 /* kernels/direct_store_*.c */
 #define bp_direct_store_every_other BP_TIER_SYMBOL(bp_direct_store_every_other)
 #define bp_direct_split_pairs BP_TIER_SYMBOL(bp_direct_split_pairs)

@@ -2,12 +2,13 @@
 
    Each tier's copy of tier_table.c fills one bp_tier_ops with its own functions; dispatch.c picks
    one table at load and forwards the once-compiled code's calls to it. The members' types are
-   those of the declarations in internal.h, direct.h and winograd.h, so a signature change there
+   those of the declarations in internal.h, direct.h, fully_connected_backward.h and winograd.h, so a signature change there
    cannot go unnoticed here. */
 #ifndef BNNS_PORTABLE_TIER_OPS_H
 #define BNNS_PORTABLE_TIER_OPS_H
 
 #include "direct.h"
+#include "fully_connected_backward.h"
 #include "internal.h"
 #include "winograd.h"
 
@@ -23,6 +24,7 @@
     X(fc_packed_floats, bp_fc_packed_floats)                                \
     X(fc_pack, bp_fc_pack)                                                  \
     X(fc_unpack, bp_fc_unpack)                                              \
+    X(fc_backward, bp_fc_backward)                                          \
     X(simd, bnns_portable_simd)                                             \
     X(direct_scratch_floats, bp_direct_scratch_floats)                      \
     X(direct_view_scratch_floats, bp_direct_view_scratch_floats)            \
