@@ -17,7 +17,7 @@ next burst down), the libraries taking turns in each of ``--runs`` repetitions; 
 the repetitions are printed, and the ratio ONNX Runtime / bnns-py (above 1: bnns-py is faster)
 for the module and the C call.
 
-Run:  python benchmarks/bench_fc.py [--batch 1 8 16] [--threads 2 1] [--runs 3]
+Run:  python benchmarks/bench_fc.py [--batch 1 8 16 32 64 256] [--threads 2 1] [--runs 3]
 """
 import argparse
 import os
@@ -95,7 +95,7 @@ def measure(cin, cout, batch, threads, runs, rng):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16, 32, 64, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()

@@ -732,7 +732,7 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
 static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
                                size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
-    if (f->fc_panels != NULL || batch <= BP_FC_KERNEL_BATCH_MAX) {
+    if (f->fc_panels != NULL || batch <= bp_fc_client_batch_max()) {
         bp_epilogue e = forward_epilogue(f);
         e.act = &f->activation;
         bp_fc_forward(weights, n_in, f->fc_panels, n_out, n_in, batch, in, in_stride, out, out_stride, &e,
