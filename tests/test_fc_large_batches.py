@@ -11,10 +11,11 @@ CPU runs (BNNS_PY_ISA, in a fresh process)."""
 import numpy as np
 import pytest
 
+import bnns_py
 from bnns_py import ActivationFunction as AF
-from bnns_py import reference
+from bnns_py import ffi, reference
 from bnns_py.functional import make_linear_layer, pointer
-from conftest import run_child_on_tier
+from conftest import CountingAllocator, run_child_on_tier
 
 BATCHES = [16, 17, 31, 32, 33, 48, 64, 100, 256]
 SIZES = [(1, 15), (15, 17), (17, 100), (100, 1), (100, 100), (17, 15)]  # (in, out)
@@ -89,3 +90,38 @@ print("ok")
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512", "neon"])
 def test_large_batches_on_each_tier(isa):
     run_child_on_tier(isa, CHILD)
+
+
+@pytest.mark.requires_portable_internals
+def test_packed_inputs_come_from_the_filters_allocator(backend, rng, no_filter_leaks):
+    """The inputs packed per call are the filter's allocator's (BNNSFilterParameters), released
+    before the call returns; when it has no memory the call fails with a reason and writes nothing.
+    The AVX-512 tier's path (the other tiers run OpenBLAS at this batch)."""
+    if bnns_py.backend_info()["isa"] != "avx512":
+        pytest.skip("client weights run as Y^T = W X^T on the AVX-512 tier only")
+    from test_fully_connected import fc_params
+    allocator = CountingAllocator()
+    k, n, batch = 40, 24, 48
+    weight = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    handle = backend.lib.BNNSFilterCreateLayerFullyConnected(
+        fc_params(k, n, weight),
+        ffi.new("BNNSFilterParameters *", {"flags": 1, "alloc_memory": allocator.alloc,  # client pointer
+                                           "free_memory": allocator.free}))
+    assert handle != ffi.NULL
+    try:
+        out = np.full((batch, n), np.nan, np.float32)
+        before = dict(allocator.calls)
+        assert backend.lib.BNNSFilterApplyBatch(handle, batch, ffi.from_buffer(x), k, ffi.from_buffer(out), n) == 0
+        np.testing.assert_allclose(out, reference.linear(x, weight), rtol=1e-5, atol=1e-5)
+        calls = allocator.calls
+        assert calls["alloc"] > before["alloc"] and calls["alloc"] - before["alloc"] == calls["free"] - before["free"]
+        allocator.fail = True
+        out[:] = np.nan
+        assert backend.lib.BNNSFilterApplyBatch(handle, batch, ffi.from_buffer(x), k, ffi.from_buffer(out), n) == -1
+        assert "allocating" in backend.last_error()
+        assert np.isnan(out).all()
+        allocator.fail = False
+    finally:
+        backend.lib.BNNSFilterDestroy(handle)
+    assert allocator.balanced()

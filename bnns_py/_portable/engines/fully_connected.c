@@ -23,7 +23,6 @@
    panels are read in one sequential stream. */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 #include "direct_plan.h"
 #include "fc_kernels.h"
@@ -228,6 +227,8 @@ static size_t transposed_rows(size_t batch) {
 
 size_t bp_fc_client_batch_max(void) { return TRANSPOSED ? SIZE_MAX : 16; }
 
+size_t bp_fc_inputs_floats(size_t batch, size_t k) { return bp_round_up(transposed_rows(batch), BP_VL) * k; }
+
 /* A job of the tiles over batch rows [0, batch) of x. */
 static fc_job tiles_job(const float *w, size_t ldw, size_t n, size_t k, size_t batch, const float *x, size_t ldx,
                         float *y, size_t ldy, const bp_epilogue *e, float lo, float hi) {
@@ -238,21 +239,19 @@ static fc_job tiles_job(const float *w, size_t ldw, size_t n, size_t k, size_t b
     return j;
 }
 
-void bp_fc_forward(const float *w, size_t ldw, const float *panels, size_t n, size_t k, size_t batch, const float *x,
-                   size_t ldx, float *y, size_t ldy, const bp_epilogue *e, int threads) {
+void bp_fc_forward(const float *w, size_t ldw, const float *panels, float *inputs, size_t n, size_t k, size_t batch,
+                   const float *x, size_t ldx, float *y, size_t ldy, const bp_epilogue *e, int threads) {
     if (batch == 0 || n == 0) return;
     float lo, hi;
     bool clamp = bp_clamp_bounds(e->act, &lo, &hi);
     int workers = bp_workers_for(threads, 2 * batch * n * k);
-    size_t packed = panels != NULL ? 0 : transposed_rows(batch);
-    float *xt = packed > 0 ? aligned_alloc(64, bp_round_up(packed, BP_VL) * k * sizeof(float)) : NULL;
-    if (xt == NULL) packed = 0; /* without the memory, the tiles take every row (slower, as exact) */
+    size_t packed = panels != NULL || inputs == NULL ? 0 : transposed_rows(batch);
     fc_job j = tiles_job(w, ldw, n, k, batch, x, ldx, y, ldy, e, lo, hi), rest;
     j.panels = panels;
     if (packed > 0) {
-        pack_job p = {x, ldx, k, packed, xt};
+        pack_job p = {x, ldx, k, packed, inputs};
         bp_parallel_run((int)bp_min((size_t)workers, panel_count(packed)), pack_panels, &p);
-        j.xt = xt;
+        j.xt = inputs;
         j.packed = packed;
         if (packed < batch) {
             rest = tiles_job(w, ldw, n, k, batch - packed, x + packed * ldx, ldx, y + packed * ldy, ldy, e, lo, hi);
@@ -262,7 +261,6 @@ void bp_fc_forward(const float *w, size_t ldw, const float *panels, size_t n, si
     j.tasks = bp_min(bp_ceil_div(n, task_unit(&j)), TASKS_PER_WORKER * (size_t)workers);
     if ((size_t)workers > j.tasks) workers = (int)j.tasks;
     bp_parallel_run(workers, run_tasks, &j);
-    free(xt);
     if (!clamp)
         for (size_t b = 0; b < batch; b++) bp_activation_apply_image(e->act, y + b * ldy, n, 1, 1);
 }
