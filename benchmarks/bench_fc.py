@@ -29,7 +29,7 @@ With ``--backward``, training instead, for those classifiers and a 4096 -> 4096 
 and the ratio PyTorch / module (above 1: bnns-py is faster). Single-thread loops are timed in the
 calling thread's CPU time.
 
-Run:  python benchmarks/bench_fc.py [--batch 1 8 16] [--threads 2 1] [--runs 3]
+Run:  python benchmarks/bench_fc.py [--batch 1 8 16 32 64 256] [--threads 2 1] [--runs 3]
       python benchmarks/bench_fc.py --backward [--backward-batch 8 32 64 256] [--threads 2 1] [--runs 3]
 """
 import argparse
@@ -171,7 +171,7 @@ def measure_backward(cin, cout, batch, threads, runs, rng):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16, 32, 64, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--backward", action="store_true", help="time training (forward + gradients) against PyTorch")

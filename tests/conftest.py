@@ -80,6 +80,38 @@ def random_array(rng, shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+class CountingAllocator:
+    """BNNSFilterParameters' alloc_memory / free_memory as cffi callbacks over Python-owned blocks:
+    calls counted in ``calls``, live blocks in ``blocks``, the alignment checked; allocations fail
+    (ENOMEM) while ``fail`` is set."""
+
+    def __init__(self):
+        from bnns_py import ffi
+        self.calls, self.blocks, self.fail = {"alloc": 0, "free": 0}, {}, False
+
+        @ffi.callback("int(void **, size_t, size_t)")
+        def alloc(memptr, alignment, size):
+            if self.fail:
+                return 12
+            self.calls["alloc"] += 1
+            assert alignment & (alignment - 1) == 0 and alignment >= ffi.sizeof("void *")
+            block = ffi.new("char[]", size + alignment)
+            address = (int(ffi.cast("uintptr_t", block)) + alignment - 1) // alignment * alignment
+            memptr[0] = ffi.cast("void *", address)
+            self.blocks[address] = block
+            return 0
+
+        @ffi.callback("void(void *)")
+        def free(ptr):
+            self.calls["free"] += 1
+            del self.blocks[int(ffi.cast("uintptr_t", ptr))]
+
+        self.alloc, self.free = alloc, free
+
+    def balanced(self):
+        return self.calls["alloc"] == self.calls["free"] and not self.blocks
+
+
 def run_child_on_tier(isa, child):
     """Run the Python source ``child`` in a fresh process on vector tier ``isa`` (BNNS_PY_ISA; the tier
     is chosen once per process, when the library loads), no engine forced, the tests directory its

@@ -5,7 +5,7 @@ import pytest
 
 from bnns_py import ffi, reference
 
-from conftest import assert_close_to_reference, random_array
+from conftest import CountingAllocator, assert_close_to_reference, random_array
 
 FLOAT32 = 0x10020
 IMAGE_CHW = 0x30000
@@ -169,41 +169,22 @@ def test_null_arguments(lib, rng, live_check):
 def test_filter_parameters_threads_and_allocator(lib, backend, rng, live_check):
     if not backend.is_portable:
         pytest.skip("custom allocator accounting is checked on the portable backend")
-    calls = {"alloc": 0, "free": 0}
-    blocks = {}
-
-    @ffi.callback("int(void **, size_t, size_t)")
-    def alloc(memptr, alignment, size):
-        calls["alloc"] += 1
-        assert alignment & (alignment - 1) == 0 and alignment >= ffi.sizeof("void *")
-        block = ffi.new("char[]", size + alignment)
-        address = (int(ffi.cast("uintptr_t", block)) + alignment - 1) // alignment * alignment
-        memptr[0] = ffi.cast("void *", address)
-        blocks[address] = block
-        return 0
-
-    @ffi.callback("void(void *)")
-    def free(ptr):
-        calls["free"] += 1
-        del blocks[int(ffi.cast("uintptr_t", ptr))]
-
-    filter_params = ffi.new("BNNSFilterParameters *", {"n_threads": 2, "alloc_memory": alloc, "free_memory": free})
+    allocator = CountingAllocator()
+    filter_params = ffi.new("BNNSFilterParameters *", {"n_threads": 2, "alloc_memory": allocator.alloc,
+                                                       "free_memory": allocator.free})
     weights = random_array(rng, (2, 2, 3, 3))
     x = random_array(rng, (1, 2, 6, 6))
     handle = create(lib, conv_params((6, 6, 2), (4, 4, 2), weights), filter_params)
     assert handle != ffi.NULL
-    assert calls["alloc"] >= 1
+    assert allocator.calls["alloc"] >= 1
     out = np.empty((1, 2, 4, 4), np.float32)
     assert lib.BNNSFilterApply(handle, ffi.from_buffer(x), ffi.from_buffer(out)) == 0
     lib.BNNSFilterDestroy(handle)
-    assert calls["alloc"] == calls["free"] and not blocks
+    assert allocator.balanced()
     assert_close_to_reference(out, reference.conv2d(x, weights), 18)
 
-    @ffi.callback("int(void **, size_t, size_t)")
-    def refuse(memptr, alignment, size):
-        return 12  # ENOMEM
-
-    refusing = ffi.new("BNNSFilterParameters *", {"alloc_memory": refuse, "free_memory": free})
+    allocator.fail = True
+    refusing = ffi.new("BNNSFilterParameters *", {"alloc_memory": allocator.alloc, "free_memory": allocator.free})
     assert create(lib, conv_params((6, 6, 2), (4, 4, 2), weights), refusing) == ffi.NULL
 
 

@@ -11,7 +11,7 @@ from bnns_py import (ActivationFunction as AF, BNNSError, ConvolutionLayer, Data
 
 from bnns_py.layer import WeightedLayer
 
-from conftest import assert_close_to_reference, random_array
+from conftest import CountingAllocator, assert_close_to_reference, random_array
 
 FLOAT32 = 0x10020
 VECTOR = 0x10000
@@ -551,29 +551,14 @@ def test_c_api_backward_translation_and_refusals(backend, rng, live_check):
 def test_c_api_custom_allocator_is_used(backend, rng, live_check):
     if not backend.is_portable:
         pytest.skip("allocator accounting is checked on the portable backend")
-    calls = {"alloc": 0, "free": 0}
-    blocks = {}
-
-    @ffi.callback("int(void **, size_t, size_t)")
-    def alloc(memptr, alignment, size):
-        calls["alloc"] += 1
-        block = ffi.new("char[]", size + alignment)
-        address = (int(ffi.cast("uintptr_t", block)) + alignment - 1) // alignment * alignment
-        memptr[0] = ffi.cast("void *", address)
-        blocks[address] = block
-        return 0
-
-    @ffi.callback("void(void *)")
-    def free(ptr):
-        calls["free"] += 1
-        del blocks[int(ffi.cast("uintptr_t", ptr))]
-
+    allocator = CountingAllocator()
     weight = random_array(rng, (2, 3))
     handle = backend.lib.BNNSFilterCreateLayerFullyConnected(
-        fc_params(3, 2, weight), ffi.new("BNNSFilterParameters *", {"alloc_memory": alloc, "free_memory": free}))
-    assert handle != ffi.NULL and calls["alloc"] >= 1
+        fc_params(3, 2, weight),
+        ffi.new("BNNSFilterParameters *", {"alloc_memory": allocator.alloc, "free_memory": allocator.free}))
+    assert handle != ffi.NULL and allocator.calls["alloc"] >= 1
     backend.lib.BNNSFilterDestroy(handle)
-    assert calls["alloc"] == calls["free"] and not blocks
+    assert allocator.balanced()
 
 
 def test_weights_layout_helpers():

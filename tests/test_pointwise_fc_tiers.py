@@ -8,8 +8,8 @@ vector tier this CPU runs (BNNS_PY_ISA, in a fresh process), against the float64
   creation, the filter's only copy: its gradients too) and client pointers (read in place: weights
   changed between two calls are seen), input rows further apart than their length, 1 and 2
   threads, and each class of fused activation: clamps in the kernel (ReLU, Clamp), elementwise
-  after it (sigmoid), channelwise over each row (softmax); and batches past the in-place kernel's
-  (client weights: OpenBLAS) the same;
+  after it (sigmoid), channelwise over each row (softmax); and batches past the tiles' (client
+  weights: Y^T = W X^T on the AVX-512 tier, OpenBLAS on the others) the same;
 - strided 1x1 layers (stride 2 and 3, unequal strides, odd sizes, source images with row and
   pixel strides) and stride-1 layers on 7x7 and 14x14 images, ReLU / Clamp fused or GELU after,
   reported as run by the pointwise kernel, with client-pointer and copied (packed) weights (the
@@ -45,8 +45,8 @@ def check(name, actual, expected, reduction):
     assert error <= 1e-5 * np.sqrt(reduction), (name, error)
 
 ACTIVATIONS = [None, AF.rectified_linear, AF.clamp((-0.3, 0.4)), AF.sigmoid, AF.softmax]
-# (batch, in, out): batches 1-17, outputs 1-3 (narrower than a tile), 37, 130; past the in-place
-# kernel's batches (client weights: OpenBLAS) 40 and 258, copied weights on their panels at any batch
+# (batch, in, out): batches 1-17, outputs 1-3 (narrower than a tile), 37, 130; past the tiles'
+# batches (client weights: Y^T = W X^T or OpenBLAS) 40 and 258, copied weights on their panels at any batch
 FC = [(1, 45, 37), (2, 16, 130), (3, 1, 7), (4, 33, 1), (5, 70, 37), (6, 17, 3), (7, 8, 130), (8, 45, 37),
       (9, 64, 2), (10, 31, 37), (11, 5, 130), (12, 45, 37), (13, 100, 9), (14, 16, 37), (15, 45, 130),
       (16, 47, 37), (17, 45, 37), (40, 45, 37), (41, 45, 37), (257, 20, 50), (258, 20, 50)]

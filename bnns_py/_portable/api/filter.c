@@ -729,15 +729,22 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
            in_stride <= INT32_MAX && out_stride <= INT32_MAX;
 }
 
-static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
-                               size_t in_stride, float *out, size_t out_stride) {
+/* -1 (the error set) when the memory for the packed inputs cannot be had. */
+static int forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
+                              size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
-    if (f->fc_panels != NULL || batch <= BP_FC_KERNEL_BATCH_MAX) {
+    if (f->fc_panels != NULL || batch <= bp_fc_client_batch_max()) {
         bp_epilogue e = forward_epilogue(f);
         e.act = &f->activation;
-        bp_fc_forward(weights, n_in, f->fc_panels, n_out, n_in, batch, in, in_stride, out, out_stride, &e,
+        size_t floats = f->fc_panels != NULL ? 0 : bp_fc_inputs_floats(batch, n_in);
+        float *inputs = NULL; /* with too many floats to count in bytes, the tiles take every row */
+        if (floats > 0 && floats <= SIZE_MAX / sizeof(float) &&
+            (inputs = bp_alloc(&f->allocator, floats * sizeof(float))) == NULL)
+            return -1;
+        bp_fc_forward(weights, n_in, f->fc_panels, inputs, n_out, n_in, batch, in, in_stride, out, out_stride, &e,
                       f->gemm.threads);
-        return;
+        bp_free(&f->allocator, inputs);
+        return 0;
     }
     bp_sgemm_parallel(&f->gemm, false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out,
                       out_stride);
@@ -747,6 +754,7 @@ static void forward_batch_gemm(const bp_filter *f, const float *weights, size_t 
             for (size_t c = 0; c < n_out; c++) row[c] += bp_bias_at(f, c);
         bp_activation_apply_image(&f->activation, row, n_out, 1, 1);
     }
+    return 0;
 }
 
 static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, size_t in_stride, float *out,
@@ -788,9 +796,10 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     bp_work_split(f, base, &w);
     bp_direct_pass pass;
     const bp_direct_pass *direct;
+    int status = 0;
     if (f->fc_panels != NULL || one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
         const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
-        forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
+        status = forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
     } else if (f->winograd && batch_size >= f->wino.min_batch) {
         /* client weights: transformed as they are now, in the same run */
         const float *now = f->wino_u == NULL ? bp_call_weights(f, -1, &w, &pass, &direct) : NULL;
@@ -807,7 +816,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
                 forward_one(f, &w, weights, direct, (const float *)in + b * in_stride, (float *)out + b * out_stride);
     }
     bp_work_release(f, base, temporary);
-    return 0;
+    return status;
 }
 
 int BNNSFilterApply(BNNSFilter filter, const void *in, void *out) {

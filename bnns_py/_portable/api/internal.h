@@ -162,10 +162,13 @@ bool bp_clamp_bounds(const BNNSActivation *act, float *lo, float *hi);
    k values, ldx apart) W^T plus e's bias, then e's activation (any, channelwise too) on each row;
    W is `panels`, its packed form, when not NULL (filters that own their weights, any batch), else
    n rows of k values, ldw apart, read in place (client weights, batches up to
-   BP_FC_KERNEL_BATCH_MAX: a BLAS GEMM is quicker beyond). */
-#define BP_FC_KERNEL_BATCH_MAX 16
-void bp_fc_forward(const float *w, size_t ldw, const float *panels, size_t n, size_t k, size_t batch, const float *x,
-                   size_t ldx, float *y, size_t ldy, const bp_epilogue *e, int threads);
+   bp_fc_client_batch_max(): every batch with 16-lane vectors and 32 registers, 16 on the other
+   tiers, where a BLAS GEMM is quicker beyond), with `inputs`, bp_fc_inputs_floats(batch, k)
+   floats, for the inputs packed (NULL: the in-place tiles take every row). */
+void bp_fc_forward(const float *w, size_t ldw, const float *panels, float *inputs, size_t n, size_t k, size_t batch,
+                   const float *x, size_t ldx, float *y, size_t ldy, const bp_epilogue *e, int threads);
+size_t bp_fc_client_batch_max(void);
+size_t bp_fc_inputs_floats(size_t batch, size_t k);
 /* The packed form of W for bp_fc_forward (filters that own their weights): its floats, W (n rows
    of k values, ldw apart) packed into `panels`, and `panels` unpacked into W (n x k, packed). */
 size_t bp_fc_packed_floats(size_t n, size_t k);

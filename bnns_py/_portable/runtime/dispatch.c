@@ -122,10 +122,12 @@ void bp_conv_backward_weights(const bp_geom *g, size_t batch, const bp_image *x_
     tier()->conv_backward_weights(g, batch, x_img, x, x_bs, dy, dy_bs, dw, beta, s, ctx, direct);
 }
 
-void bp_fc_forward(const float *w, size_t ldw, const float *panels, size_t n, size_t k, size_t batch, const float *x,
-                   size_t ldx, float *y, size_t ldy, const bp_epilogue *e, int threads) {
-    tier()->fc_forward(w, ldw, panels, n, k, batch, x, ldx, y, ldy, e, threads);
+void bp_fc_forward(const float *w, size_t ldw, const float *panels, float *inputs, size_t n, size_t k, size_t batch,
+                   const float *x, size_t ldx, float *y, size_t ldy, const bp_epilogue *e, int threads) {
+    tier()->fc_forward(w, ldw, panels, inputs, n, k, batch, x, ldx, y, ldy, e, threads);
 }
+size_t bp_fc_client_batch_max(void) { return tier()->fc_client_batch_max(); }
+size_t bp_fc_inputs_floats(size_t batch, size_t k) { return tier()->fc_inputs_floats(batch, k); }
 size_t bp_fc_packed_floats(size_t n, size_t k) { return tier()->fc_packed_floats(n, k); }
 void bp_fc_pack(const float *w, size_t ldw, size_t n, size_t k, float *panels) {
     tier()->fc_pack(w, ldw, n, k, panels);

@@ -87,6 +87,8 @@
 #define bp_clamp_bounds BP_TIER_SYMBOL(bp_clamp_bounds)
 /* engines/fully_connected.c, kernels/fc_tiles.c */
 #define bp_fc_forward BP_TIER_SYMBOL(bp_fc_forward)
+#define bp_fc_client_batch_max BP_TIER_SYMBOL(bp_fc_client_batch_max)
+#define bp_fc_inputs_floats BP_TIER_SYMBOL(bp_fc_inputs_floats)
 #define bp_fc_packed_floats BP_TIER_SYMBOL(bp_fc_packed_floats)
 #define bp_fc_pack BP_TIER_SYMBOL(bp_fc_pack)
 #define bp_fc_unpack BP_TIER_SYMBOL(bp_fc_unpack)

@@ -21,6 +21,8 @@
     X(conv_backward_data, bp_conv_backward_data)                            \
     X(conv_backward_weights, bp_conv_backward_weights)                      \
     X(fc_forward, bp_fc_forward)                                            \
+    X(fc_client_batch_max, bp_fc_client_batch_max)                          \
+    X(fc_inputs_floats, bp_fc_inputs_floats)                                \
     X(fc_packed_floats, bp_fc_packed_floats)                                \
     X(fc_pack, bp_fc_pack)                                                  \
     X(fc_unpack, bp_fc_unpack)                                              \
