@@ -108,11 +108,14 @@ class Backend:
         gradients), ``"direct rows"`` / ``"direct row vectors"`` / ``"direct pixels"`` /
         ``"direct flat pixels"`` (the direct convolution engine; ``"direct"`` for weight
         gradients), ``"direct pointwise"``
-        (its kernel for forward passes of 1x1, stride-1, unpadded layers), ``"depthwise"`` (one
+        (its kernel for forward passes of 1x1, stride-1, unpadded layers), ``"direct panel"`` (that
+        kernel on each image's im2col panel, the weights in place: the forward pass at batch 1 of
+        stride-1 layers of 16 - 64 output pixels and at least 1024 reduction steps, the direct
+        engine's pixels kernel otherwise), ``"depthwise"`` (one
         input channel per group), ``"tiny"`` (the tiny-layer forward kernel) or ``"im2col"``
         (im2col + GEMM). ``bnns_filter`` is
         ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE`` (``winograd``, ``rows``, ``pixels``,
-        ``flat-pixels``, ``im2col``, ``pointwise``), set before a layer is created, forces a choice."""
+        ``flat-pixels``, ``im2col``, ``pointwise``, ``panel``), set before a layer is created, forces a choice."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend reports its kernels")
         if bnns_filter is None or bnns_filter == ffi.NULL:

@@ -199,6 +199,13 @@ bool bp_conv_small(const bp_geom *g);
    data a stride the depthwise kernels take), "tiny" (forward of a tiny layer) or "im2col". */
 const char *bp_conv_engine(const bp_geom *g, bool backward_data);
 
+/* Small stride-1 images go through zero-padded copies of their planes (ph x pw each, ph = out_h +
+   (kh - 1)*dy, pw likewise; channels c0 .. of x), so that nothing downstream has bounds to work
+   out; im2col of the whole image from them: plain copies of out_w values, the column of each
+   reduction step (channel, tap) a row of out_h*out_w values, rows ld apart. */
+void bp_fill_padded_planes(const bp_geom *g, const bp_image *img, const float *x, size_t c0, float *pad);
+void bp_columns_from_padded(const bp_geom *g, const float *pad, float *col, size_t ld);
+
 struct bp_direct;      /* direct.h: a plan of the direct engine */
 struct bp_direct_pass; /* direct.h: a planned pass of the direct engine with its packed weights */
 

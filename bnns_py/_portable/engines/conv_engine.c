@@ -74,9 +74,7 @@ bool bp_geom_plan(bp_geom *g, size_t *scratch_floats) {
     return true;
 }
 
-/* Small stride-1 images go through zero-padded copies of their planes (ph x pw each), so that
-   nothing downstream has bounds to work out. */
-static BP_NO_LIBCALLS void fill_padded_planes(const bp_geom *g, const bp_image *img, const float *x, size_t c0,
+BP_NO_LIBCALLS void bp_fill_padded_planes(const bp_geom *g, const bp_image *img, const float *x, size_t c0,
                                               float *pad) {
     if (bp_fill_short_padded_rows(g, img, x, c0, pad)) return;
     size_t ph = g->out_h + (g->kh - 1) * g->dy, pw = g->out_w + (g->kw - 1) * g->dx;
@@ -111,17 +109,20 @@ static BP_NO_LIBCALLS void fill_padded_planes(const bp_geom *g, const bp_image *
     }
 }
 
-/* im2col of the whole image from its padded planes: plain copies of out_w values. */
-static BP_NO_LIBCALLS void columns_from_padded(const bp_geom *g, const float *pad, float *col) {
-    size_t ow = g->out_w, oh = g->out_h, nb = oh * ow;
+BP_NO_LIBCALLS void bp_columns_from_padded(const bp_geom *g, const float *pad, float *col, size_t ld) {
+    size_t ow = g->out_w, oh = g->out_h;
     size_t ph = oh + (g->kh - 1) * g->dy, pw = ow + (g->kw - 1) * g->dx;
     float *dst = col;
     for (size_t ci = 0; ci < g->in_cg; ci++)
         for (size_t ky = 0; ky < g->kh; ky++)
             for (size_t kx = 0; kx < g->kw; kx++) {
                 const float *src = pad + ci * ph * pw + ky * g->dy * pw + kx * g->dx;
-                for (size_t oy = 0; oy < oh; oy++) copy_run(dst + oy * ow, src + oy * pw, ow);
-                dst += nb;
+                if (ow <= BP_VL && BP_VL >= 8) /* one masked vector a row */
+                    for (size_t oy = 0; oy < oh; oy++)
+                        bp_vstore_part(dst + oy * ow, bp_vload_part(src + oy * pw, ow), ow);
+                else
+                    for (size_t oy = 0; oy < oh; oy++) copy_run(dst + oy * ow, src + oy * pw, ow);
+                dst += ld;
             }
 }
 
@@ -327,7 +328,7 @@ static void forward_tasks(void *arg, int worker, int workers) {
         if (j->small) {
             float *pad = col + g->padded_offset;
             if (have != u) {
-                fill_padded_planes(g, j->x_img, x, grp * g->in_cg, pad);
+                bp_fill_padded_planes(g, j->x_img, x, grp * g->in_cg, pad);
                 have = u;
             }
             for (size_t m = m0; m < m1;) {
@@ -352,8 +353,8 @@ static void forward_tasks(void *arg, int worker, int workers) {
         } else {
             if (have != u) {
                 if (g->padded_floats != 0 && j->p.blocks == 1) {
-                    fill_padded_planes(g, j->x_img, x, grp * g->in_cg, col + g->padded_offset);
-                    columns_from_padded(g, col + g->padded_offset, col);
+                    bp_fill_padded_planes(g, j->x_img, x, grp * g->in_cg, col + g->padded_offset);
+                    bp_columns_from_padded(g, col + g->padded_offset, col, g->out_h * g->out_w);
                 } else
                     bp_im2col_block(g, j->x_img, x, grp * g->in_cg, 0, g->k, oy0, oy1, col);
                 have = u;
@@ -373,7 +374,7 @@ static void forward_tasks(void *arg, int worker, int workers) {
    weights wo (k each) and their biases (the kernel tester's entry). */
 void bp_tiny_planes(const bp_geom *g, const bp_image *img, const float *x, float *pad, const float *wo,
                     const float *bias, float *out, bool pairs) {
-    fill_padded_planes(g, img, x, 0, pad);
+    bp_fill_padded_planes(g, img, x, 0, pad);
     if (pairs) bp_tiny_plane_pair(g, pad, wo, bias, out);
     else bp_tiny_plane(g, pad, wo, bias, out);
 }

@@ -56,6 +56,7 @@ size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d-
 bool bp_direct_runs_weight_gradient(const bp_direct *d) { return !d->pointwise || d->sphases > 1; }
 const char *bp_direct_kind(const bp_direct *d) {
     if (d->pointwise) return "direct pointwise";
+    if (d->panel) return "direct panel";
     if (d->kind == KIND_ROWS) return d->vectors ? "direct row vectors" : "direct rows";
     return d->flat ? "direct flat pixels" : "direct pixels";
 }
@@ -328,10 +329,13 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
                 flat = f == 1;
             }
         }
+    /* small images, long reductions: the panel path for calls whose weights are a dense view */
+    d.panel = !backward && !d.pointwise && (force == BP_ENGINE_AUTO || force == BP_ENGINE_PANEL) &&
+              bp_direct_panel_takes(g, force == BP_ENGINE_PANEL);
     if (force == BP_ENGINE_IM2COL) goto done;
     if (force == BP_ENGINE_ROWS) rows_e = 2.0;
     else if (force == BP_ENGINE_PIXELS || force == BP_ENGINE_FLAT_PIXELS) pixels_e = 2.0;
-    else if (rows_e < 0.5 && pixels_e < 0.5 && !d.pointwise)
+    else if (rows_e < 0.5 && pixels_e < 0.5 && !d.pointwise && !d.panel)
         goto done; /* e.g. 1x1 images: a GEMM over the batch is better */
     size_t tb;
     if (pixels_e > rows_e) {
@@ -393,6 +397,13 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     d.group_scratch = d.scratch + (d.image_group - 1) * d.group_stride;
     if (d.pointwise) { /* pixels gathered when they are not consecutive, then the tail vectors */
         d.scratch = bp_max(d.scratch, bp_direct_pointwise_scratch_floats(d.c, ow_max));
+        d.group_scratch = bp_max(d.group_scratch, d.scratch);
+    }
+    if (d.panel) {
+        d.geom = *g;
+        /* more images: the pixels kernel packs each chunk of weights once for a group of them */
+        d.panel_batch = force == BP_ENGINE_PANEL ? SIZE_MAX : 1;
+        d.scratch = bp_max(d.scratch, bp_direct_panel_scratch_floats(g));
         d.group_scratch = bp_max(d.group_scratch, d.scratch);
     }
 
@@ -1202,6 +1213,10 @@ void bp_direct_run(const bp_direct_pass *pass, size_t batch, const bp_image *src
     const bp_direct *d = pass->plan;
     if (d->pointwise && !accumulate && dst_img->sx == 1) {
         bp_direct_pointwise_run(pass, batch, src_img, src, src_bs, dst_img, dst, dst_bs, e, s, threads);
+        return;
+    }
+    if (!accumulate && bp_direct_panel_runs(pass, batch, dst_img)) {
+        bp_direct_panel_run(pass, batch, src_img, src, src_bs, dst_img, dst, dst_bs, e, s, threads);
         return;
     }
     size_t flops = 0;

@@ -38,8 +38,10 @@ typedef struct bp_direct_pass {
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
    direct engine) or "winograd" (the Winograd forward pass wherever it can run, the other passes
    as in "auto") or "pointwise" (as "auto"; its own kernel runs the forward pass of 1x1, stride-1,
-   unpadded layers also under "auto"); any other than "auto", "winograd" and "pointwise" turns
-   the Winograd pass off, and "rows" / "pixels" / "flat-pixels" / "im2col" the pointwise kernel. */
+   unpadded layers also under "auto") or "panel" (the panel path for the forward pass of every
+   stride-1 layer but 1x1 whose panel fits, any batch; else as "auto"); any other than "auto",
+   "winograd" and "pointwise" turns the Winograd pass off, "rows" / "pixels" / "flat-pixels" /
+   "im2col" the pointwise kernel, and any but "auto" and "panel" the panel path. */
 enum {
     BP_ENGINE_AUTO,
     BP_ENGINE_ROWS,
@@ -47,7 +49,8 @@ enum {
     BP_ENGINE_FLAT_PIXELS,
     BP_ENGINE_IM2COL,
     BP_ENGINE_WINOGRAD,
-    BP_ENGINE_POINTWISE
+    BP_ENGINE_POINTWISE,
+    BP_ENGINE_PANEL
 };
 int bp_engine_override(void);
 
@@ -62,7 +65,7 @@ size_t bp_direct_scratch_floats(const bp_direct *d);
 size_t bp_direct_view_scratch_floats(const bp_direct *d);
 size_t bp_direct_weight_floats(const bp_direct *d);
 /* Which kernel the plan uses ("direct rows", "direct row vectors", "direct pixels", "direct flat
-   pixels" or "direct pointwise"), for tests and benchmarks. */
+   pixels", "direct pointwise" or "direct panel"), for tests and benchmarks. */
 const char *bp_direct_kind(const bp_direct *d);
 /* Whether S's weight gradient runs on the plan's planes and kernel: not for a pointwise plan, whose
    1x1 images the im2col engine's GEMM reads in place (10-20 % faster for ResNet's and MobileNet's

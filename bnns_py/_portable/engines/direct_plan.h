@@ -91,6 +91,10 @@ struct bp_direct {
                                      results, emitted with the even one's (0: none) */
     size_t image_group;           /* pixels, weights from a view: images a task takes (1: one) */
     size_t group_offset, group_stride, group_scratch; /* their planes and results, images 1 .. */
+    bool panel;                   /* forward: the panel path runs calls of up to panel_batch images
+                                     whose weights are a dense view */
+    size_t panel_batch;
+    bp_geom geom;                 /* the layer (the panel path's im2col) */
 };
 
 #define BP_INLINE static inline __attribute__((always_inline))
@@ -142,5 +146,17 @@ size_t bp_direct_pointwise_scratch_floats(size_t c, size_t ow);
 void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
                              size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, const bp_epilogue *e,
                              const bp_scratch *s, int threads);
+
+/* The panel path (direct_panel.c): the forward pass of small images as the pointwise kernel on
+   each image's im2col panel, W read in place. Whether a forward plan of S takes it (forced: any
+   layer but 1x1 whose scratch is not too large; else few pixels and a long reduction), the
+   scratch floats a worker needs for it, whether a call can run on it (weights a dense view,
+   output rows packed, few enough images), and the run (bp_direct_run's arguments, no accumulation). */
+bool bp_direct_panel_takes(const bp_geom *g, bool forced);
+size_t bp_direct_panel_scratch_floats(const bp_geom *g);
+bool bp_direct_panel_runs(const bp_direct_pass *pass, size_t batch, const bp_image *dst_img);
+void bp_direct_panel_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
+                         size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, const bp_epilogue *e,
+                         const bp_scratch *s, int threads);
 
 #endif

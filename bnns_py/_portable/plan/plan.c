@@ -23,6 +23,7 @@ int bp_engine_override(void) {
     if (strcmp(text, "im2col") == 0) return BP_ENGINE_IM2COL;
     if (strcmp(text, "winograd") == 0) return BP_ENGINE_WINOGRAD;
     if (strcmp(text, "pointwise") == 0) return BP_ENGINE_POINTWISE;
+    if (strcmp(text, "panel") == 0) return BP_ENGINE_PANEL;
     return BP_ENGINE_AUTO;
 }
 
@@ -64,7 +65,7 @@ static void plan_direct(bp_filter *f) {
     bool need[2] = {!f->transposed || f->client, f->transposed || f->client};
     int kernel = bp_engine_override(); /* a forced kernel runs wherever it can */
     bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS || kernel == BP_ENGINE_FLAT_PIXELS;
-    if (bp_conv_small(g) && !forced && kernel != BP_ENGINE_POINTWISE)
+    if (bp_conv_small(g) && !forced && kernel != BP_ENGINE_POINTWISE && kernel != BP_ENGINE_PANEL)
         need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
     /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed; the
        direct engine's pointwise kernel runs the forward pass (bp_direct_plan), the im2col engine's

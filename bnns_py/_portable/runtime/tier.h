@@ -26,6 +26,8 @@
 #define bp_conv_small BP_TIER_SYMBOL(bp_conv_small)
 #define bp_conv_engine BP_TIER_SYMBOL(bp_conv_engine)
 #define bp_conv_forward BP_TIER_SYMBOL(bp_conv_forward)
+#define bp_fill_padded_planes BP_TIER_SYMBOL(bp_fill_padded_planes)
+#define bp_columns_from_padded BP_TIER_SYMBOL(bp_columns_from_padded)
 #define bp_conv_backward_data BP_TIER_SYMBOL(bp_conv_backward_data)
 #define bp_conv_backward_weights BP_TIER_SYMBOL(bp_conv_backward_weights)
 #define bp_im2col_block BP_TIER_SYMBOL(bp_im2col_block)
@@ -84,6 +86,11 @@
 #define bp_direct_pointwise_scratch_floats BP_TIER_SYMBOL(bp_direct_pointwise_scratch_floats)
 #define bp_direct_pointwise_tile BP_TIER_SYMBOL(bp_direct_pointwise_tile)
 #define bp_direct_pointwise_dots BP_TIER_SYMBOL(bp_direct_pointwise_dots)
+/* engines/direct_panel.c */
+#define bp_direct_panel_takes BP_TIER_SYMBOL(bp_direct_panel_takes)
+#define bp_direct_panel_scratch_floats BP_TIER_SYMBOL(bp_direct_panel_scratch_floats)
+#define bp_direct_panel_runs BP_TIER_SYMBOL(bp_direct_panel_runs)
+#define bp_direct_panel_run BP_TIER_SYMBOL(bp_direct_panel_run)
 #define bp_clamp_bounds BP_TIER_SYMBOL(bp_clamp_bounds)
 /* engines/fully_connected.c, kernels/fc_tiles.c */
 #define bp_fc_forward BP_TIER_SYMBOL(bp_fc_forward)

@@ -1,0 +1,157 @@
+/* The direct engine's forward pass of layers whose images have few pixels and whose weights are
+   a dense view (the caller's OIHW array, or the filter's canonical copy): per image and group,
+   the im2col panel of the image (a row of its pixels per reduction step c*taps + t, the steps in
+   W's own order) and Y = W panel on the pointwise kernel, with W read in place, its values
+   broadcast. The pixels kernel would pack W into channel-vector blocks at every call instead,
+   which for ResNet's 512-channel 7x7 layer (9.4 MB of weights, 49 pixels) costs as much as a
+   third of the call. Pixels past the last whole vector are dot products of the same rows of W
+   (still in cache after their tile) with their columns of the panel when they are few, else a
+   partial vector. The bias and a clamping activation are applied in registers, any other
+   activation to each finished row. Workers share out the output channels' tiles (each builds
+   the panel of the images it works on), so the results do not depend on the thread count. */
+#include <string.h>
+
+#include "direct_plan.h"
+#include "parallel.h"
+
+enum {
+    PANEL_PIXELS_MAX = 64, /* pixels per image the automatic choice takes */
+    PANEL_MIN_K = 1024,    /* reduction steps it takes at least */
+    PANEL_LIMIT = 1 << 22  /* scratch floats a forced panel may use */
+};
+
+typedef struct {
+    size_t pixels, ld;  /* output pixels per image; floats between rows of the panel */
+    size_t whole, tail; /* pixels in whole vectors; pixels after them */
+    bool dots;          /* the tail as dot products (else a partial vector) */
+    size_t ph, pw;      /* zero-bordered planes of the source: rows, columns */
+} panel_shape;
+
+static panel_shape shape_of(const bp_geom *g) {
+    panel_shape s;
+    s.pixels = g->out_h * g->out_w;
+    s.whole = s.pixels / BP_VL * BP_VL;
+    s.tail = s.pixels - s.whole;
+    s.dots = s.tail > 0 && s.tail <= POINTWISE_DOTS_MAX && s.whole > 0;
+    s.ld = bp_round_up(s.pixels, BP_VL);
+    s.ph = g->out_h + (g->kh - 1) * g->dy;
+    s.pw = g->out_w + (g->kw - 1) * g->dx;
+    return s;
+}
+
+size_t bp_direct_panel_scratch_floats(const bp_geom *g) {
+    panel_shape s = shape_of(g);
+    return bp_round_up(g->in_cg * s.ph * s.pw, 16) + g->k * s.ld + g->k * POINTWISE_DOTS_MAX;
+}
+
+bool bp_direct_panel_takes(const bp_geom *g, bool forced) {
+    if (g->kh * g->kw == 1 || g->sx != 1 || g->sy != 1) return false; /* 1x1: the pointwise plans */
+    if (bp_direct_panel_scratch_floats(g) > PANEL_LIMIT) return false;
+    if (forced) return true;
+    size_t pixels = g->out_h * g->out_w;
+    return pixels >= BP_VL && pixels <= PANEL_PIXELS_MAX && g->k >= PANEL_MIN_K;
+}
+
+bool bp_direct_panel_runs(const bp_direct_pass *pass, size_t batch, const bp_image *dst_img) {
+    const bp_direct *d = pass->plan;
+    return d->panel && batch <= d->panel_batch && pass->weights.base != NULL && pass->weights.in == d->s_taps &&
+           dst_img->sx == 1 && dst_img->sy == d->geom.out_w;
+}
+
+typedef struct {
+    const bp_direct_pass *pass;
+    const bp_geom *g;
+    panel_shape s;
+    struct { const bp_image *img; const float *at; size_t bs; } x; /* source images, bs apart */
+    struct { const bp_image *img; float *at; size_t bs; } y;       /* packed outputs, likewise */
+    const bp_epilogue *e;
+    float lo, hi;  /* the clamp applied in the kernel */
+    bool activate; /* another activation, applied to each finished row */
+    const bp_scratch *scratch;
+    size_t batch, tiles; /* tiles: of POINTWISE_MR_MAX output channels, per image and group */
+} panel_job;
+
+/* The panel of the group whose channel 0 is x's channel c0, and the tail's columns (pixel after
+   pixel, their steps each) for dot products, else zeros past the pixels for a partial vector. */
+static void fill_panel(const panel_job *j, const float *x, size_t c0, float *pad, float *panel, float *tail) {
+    const bp_geom *g = j->g;
+    const panel_shape *s = &j->s;
+    bp_fill_padded_planes(g, j->x.img, x, c0, pad);
+    bp_columns_from_padded(g, pad, panel, s->ld);
+    if (s->dots)
+        for (size_t k = 0; k < g->k; k++)
+            for (size_t p = 0; p < s->tail; p++) tail[p * g->k + k] = panel[k * s->ld + s->whole + p];
+    else if (s->ld > s->pixels)
+        for (size_t k = 0; k < g->k; k++) memset(panel + k * s->ld + s->pixels, 0, (s->ld - s->pixels) * sizeof(float));
+}
+
+/* bias[r] = the bias of output channel m + r of group grp, r < n. */
+static void gather_bias(const panel_job *j, size_t grp, size_t m, size_t n, float *bias) {
+    const bp_epilogue *e = j->e;
+    for (size_t r = 0; r < n; r++)
+        bias[r] = e != NULL && e->bias != NULL ? e->bias[(grp * j->g->out_cg + m + r) * e->bias_stride] : 0.0f;
+}
+
+/* Output channels [m, m + mr) of group grp (w: W's row of channel m, y: its output row). */
+static void run_tile(const panel_job *j, size_t grp, size_t m, size_t mr, const float *w, const float *panel,
+                     const float *tail, float *y) {
+    const panel_shape *s = &j->s;
+    size_t k = j->g->k, wr = j->pass->weights.out, ys = j->y.img->sc;
+    float bias[POINTWISE_MR_MAX];
+    gather_bias(j, grp, m, mr, bias);
+    size_t vectors = s->dots ? s->whole / BP_VL : s->ld / BP_VL;
+    for (size_t v = 0, nv; v < vectors; v += nv) {
+        nv = bp_min(POINTWISE_NV_MAX, vectors - v);
+        size_t last = v + nv == vectors && !s->dots && s->tail > 0 ? s->tail : BP_VL;
+        bp_direct_pointwise_tile(mr, nv, panel + v * BP_VL, s->ld, k, w, wr, 1, bias, j->lo, j->hi, y + v * BP_VL, ys,
+                                 last);
+    }
+    for (size_t r0 = 0, dr; s->dots && r0 < mr; r0 += dr) {
+        dr = POINTWISE_DOTS_MR_MAX;
+        while (dr > mr - r0) dr /= 2;
+        bp_direct_pointwise_dots(dr, s->tail, tail, k, k, w + r0 * wr, wr, bias + r0, j->lo, j->hi,
+                                 y + r0 * ys + s->whole, ys);
+    }
+    if (j->activate)
+        for (size_t r = 0; r < mr; r++) bp_activation_apply(j->e->act, y + r * ys, s->pixels);
+}
+
+static void run_tasks(void *arg, int worker, int workers) {
+    const panel_job *j = arg;
+    const bp_geom *g = j->g;
+    const bp_weights_view *v = &j->pass->weights;
+    float *pad = j->scratch->base + (size_t)worker * j->scratch->stride;
+    float *panel = pad + bp_round_up(g->in_cg * j->s.ph * j->s.pw, 16), *tail = panel + g->k * j->s.ld;
+    size_t units = g->groups * j->tiles, u0, u1;
+    bp_split(units, worker, workers, &u0, &u1);
+    for (size_t b = 0; b < j->batch && u0 < u1; b++) {
+        size_t filled = SIZE_MAX; /* the group whose panel the scratch holds */
+        for (size_t u = u0; u < u1; u++) {
+            size_t grp = u / j->tiles, m = u % j->tiles * POINTWISE_MR_MAX;
+            if (grp != filled)
+                fill_panel(j, j->x.at + b * j->x.bs, grp * g->in_cg, pad, panel, tail);
+            filled = grp;
+            float *y = j->y.at + b * j->y.bs + (grp * g->out_cg + m) * j->y.img->sc;
+            const float *w = v->base + grp * v->group + m * v->out;
+            size_t rows = bp_min(POINTWISE_MR_MAX, g->out_cg - m);
+            for (size_t r0 = 0, mr; r0 < rows; r0 += mr) {
+                mr = POINTWISE_MR_MAX;
+                while (mr > rows - r0) mr /= 2;
+                run_tile(j, grp, m + r0, mr, w + r0 * v->out, panel, tail, y + r0 * j->y.img->sc);
+            }
+        }
+    }
+}
+
+void bp_direct_panel_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
+                         size_t src_bs, const bp_image *dst_img, float *dst, size_t dst_bs, const bp_epilogue *e,
+                         const bp_scratch *s, int threads) {
+    const bp_geom *g = &pass->plan->geom;
+    panel_job j = {pass, g, shape_of(g), {src_img, src, src_bs}, {dst_img, dst, dst_bs}, e, 0.0f, 0.0f, false, s,
+                   batch, bp_ceil_div(g->out_cg, POINTWISE_MR_MAX)};
+    j.activate = !bp_clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
+    size_t cost = 2 * batch * g->out_c * j.s.pixels * g->k;
+    int workers = bp_workers_for(threads, cost);
+    if ((size_t)workers > g->groups * j.tiles) workers = (int)(g->groups * j.tiles);
+    bp_parallel_run_measured(workers, cost, run_tasks, &j);
+}

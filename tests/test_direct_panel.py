@@ -1,0 +1,170 @@
+"""The direct engine's panel path: the forward pass of small stride-1 images as the pointwise kernel
+on each image's im2col panel, the weights read in place (client pointers) or from the filter's
+canonical copy. Forced with BNNS_PY_PORTABLE_ENGINE=panel on edge sizes (pixels per image around
+vector multiples, the tail as dot products or a partial vector, partial channel tiles, groups), and
+chosen by itself for small images with long reductions, against the float64 reference; 1 and 2
+threads give the same bits."""
+import numpy as np
+import pytest
+
+import bnns_py
+from bnns_py import ActivationFunction as AF, ConvolutionType, Flags, reference
+
+from conftest import client_layer, random_array, run_child_on_tier
+
+pytestmark = pytest.mark.requires_portable_internals
+
+# (batch, cin, cout, h, w, k, pad, dilation, groups): pixels per image 1, 15, 16, 17, 47, 48, 49,
+# 63, 64, 65 (and 7 x 7); channels 1, 7, 9, 17
+CASES = [
+    (1, 3, 9, 1, 1, 3, 1, 1, 1),     # 1 pixel
+    (2, 7, 17, 3, 5, 3, 1, 1, 1),    # 15
+    (1, 9, 7, 4, 4, 3, 1, 1, 1),     # 16
+    (1, 17, 9, 1, 17, 3, 1, 1, 1),   # 17: a vector and one dot product (AVX-512)
+    (1, 5, 1, 1, 47, 3, 1, 1, 1),    # 47
+    (1, 6, 9, 6, 8, 3, 1, 1, 1),     # 48
+    (2, 16, 17, 7, 7, 3, 1, 1, 1),   # 49: the ResNet c5 shape, small
+    (1, 4, 12, 7, 9, 3, 1, 1, 2),    # 63, two groups
+    (1, 7, 9, 8, 8, 3, 1, 1, 1),     # 64
+    (1, 9, 7, 5, 13, 3, 1, 1, 1),    # 65
+    (1, 3, 8, 6, 7, 5, 2, 1, 1),     # 5 x 5 taps
+    (1, 2, 9, 9, 9, 3, 2, 2, 1),     # dilation 2
+    (1, 1, 9, 7, 7, 3, 0, 1, 1),     # 1 channel, no padding (25 pixels)
+]
+
+ACTIVATIONS = {
+    "identity": AF.identity,
+    "relu": AF.rectified_linear,
+    "clamp": AF.clamp((-0.5, 0.7)),
+    "sigmoid": AF.sigmoid,
+}
+
+
+def _ids(cases):
+    return ["x".join(map(str, c[:5])) + f"_k{c[5]}_d{c[7]}_g{c[8]}" for c in cases]
+
+
+def _run(case, rng, activation, n_threads, with_bias=True, flags=None, scale=1.0):
+    n, cin, cout, h, w, k, pad, dil, groups = case
+    x = random_array(rng, (n, cin, h, w), scale)
+    weight = random_array(rng, (cout, cin // groups, k, k))
+    bias = random_array(rng, (cout,)) if with_bias else None
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (k, k), (1, 1), (pad,) * 4,
+                                   (dil, dil), groups, weight, bias, activation, n_threads, flags=flags)
+    with layer:
+        engine = bnns_py.get_backend().filter_engine(layer.bnns_filter)
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv2d(x, weight, bias, padding=pad, dilation=dil, groups=groups, activation=activation)
+    return engine, y, expected
+
+
+def _tolerance(reduction):
+    return 1e-4 * np.sqrt(reduction)
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_forced_panel(case, with_bias, backend, rng, monkeypatch, no_filter_leaks):
+    """Every edge size, 1 and 2 threads giving the same bits."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "panel")
+    results = []
+    for n_threads in (1, 2):
+        engine, y, expected = _run(case, np.random.default_rng(7), AF.rectified_linear, n_threads, with_bias)
+        assert engine == "direct panel"
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(case[1] * case[5] ** 2))
+        results.append(y)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[9]], ids=_ids([CASES[3], CASES[6], CASES[9]]))
+def test_forced_panel_activations(case, activation, backend, rng, monkeypatch, no_filter_leaks):
+    """Clamping activations in the kernel's registers (on the tiles and the dot products), others
+    on each finished row."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "panel")
+    engine, y, expected = _run(case, rng, ACTIVATIONS[activation], 2, scale=3.0)
+    assert engine == "direct panel"
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(case[1] * case[5] ** 2))
+
+
+# Chosen by itself: few pixels, a long reduction (5 x 5 taps: no Winograd pass to report instead)
+AUTO_CASES = [
+    (1, 48, 40, 7, 7, 5, 2, 1, 1),   # 49 pixels, 1200 steps
+    (2, 64, 48, 4, 4, 5, 2, 1, 1),   # 16 pixels, 1600 steps; batch 2: the pixels kernel runs it
+    (1, 48, 24, 8, 8, 5, 2, 1, 1),   # 64 pixels
+]
+
+
+@pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
+@pytest.mark.parametrize("case", AUTO_CASES, ids=_ids(AUTO_CASES))
+def test_chosen_panel(case, client, backend, rng, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    results = []
+    for n_threads in (1, 2):
+        engine, y, expected = _run(case, np.random.default_rng(3), AF.clamp((-1.0, 1.5)), n_threads,
+                                   flags=None if client else Flags.none)
+        assert engine == "direct panel"
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(case[1] * case[5] ** 2))
+        results.append(y)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("shape,expected", [
+    ((48, 40, 10, 5, 2), "direct pixels"),   # 100 pixels: more than the panel path takes
+    ((16, 512, 7, 5, 2), "direct pixels"),   # 400 steps: too short a reduction
+    ((256, 512, 14, 3, 1), "direct pixels"),  # stride 2 (7 x 7 outputs): not taken
+])
+def test_panel_not_chosen(shape, expected, backend, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    cin, cout, size, k, pad = shape
+    stride = 2 if size == 14 else 1
+    weight = np.zeros((cout, cin, k, k), np.float32)
+    layer, _ = client_layer(ConvolutionType.standard, cin, cout, size, size, (k, k), (stride, stride), (pad,) * 4,
+                            (1, 1), 1, weight, None, AF.identity, 1)
+    with layer:
+        assert backend.filter_engine(layer.bnns_filter).startswith("direct")
+        assert backend.filter_engine(layer.bnns_filter) != "direct panel"
+
+
+def test_c5_batch1_panel_against_reference(backend, rng, monkeypatch, no_filter_leaks):
+    """ResNet's 512-channel 7x7 layer at batch 1 (reported as Winograd, which takes its batches of
+    8): the panel path's 48 + 1 pixels against the reference, and the same bits as the forced path."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    case = (1, 512, 512, 7, 7, 3, 1, 1, 1)
+    engine, y, expected = _run(case, np.random.default_rng(5), AF.rectified_linear, 2)
+    assert engine == "winograd"
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(512 * 9))
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "panel")
+    engine, forced, _ = _run(case, np.random.default_rng(5), AF.rectified_linear, 1)
+    assert engine == "direct panel"
+    np.testing.assert_array_equal(y, forced)
+
+
+CHILD = """
+import os, sys
+import numpy as np, bnns_py
+sys.path.insert(0, '.')
+import test_direct_panel as t
+for forced, cases in ((True, t.CASES), (False, t.AUTO_CASES)):
+    if forced:
+        os.environ["BNNS_PY_PORTABLE_ENGINE"] = "panel"
+    else:
+        os.environ.pop("BNNS_PY_PORTABLE_ENGINE", None)
+    for case in cases:
+        results = []
+        for n_threads in (1, 2):
+            engine, y, expected = t._run(case, np.random.default_rng(1), bnns_py.ActivationFunction.clamp((-1.0, 1.5)),
+                                         n_threads)
+            assert engine == "direct panel", (case, engine)
+            np.testing.assert_allclose(y, expected, rtol=1e-4, atol=t._tolerance(case[1] * case[5] ** 2))
+            results.append(y)
+        np.testing.assert_array_equal(results[0], results[1])
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_panel_on_other_tiers(isa):
+    """The same source on the 16-register tiers (tiles of 4 channels; 8-lane vectors on AVX2)."""
+    run_child_on_tier(isa, CHILD)
