@@ -334,7 +334,9 @@ def test_client_weights_changed_in_place_give_the_new_results(n, cin, cout, grou
 # tiles, hence other choices).
 AUTO = [
     ((64, 64, 56, 3, 1, 1, 1), "winograd"),          # dense 3x3, stride 1: Winograd F(2x2, 3x3)
-    ((64, 16, 56, 3, 1, 1, 1), "winograd"),
+    ((32, 64, 56, 3, 1, 1, 1), "winograd"),          # the fewest channels its products take
+    ((64, 32, 16, 3, 1, 1, 1), "direct row vectors"),  # 32 output channels: Winograd's products too narrow
+    ((64, 16, 56, 3, 1, 1, 1), "direct rows"),
     ((16, 64, 56, 3, 1, 1, 1), "direct pixels"),     # 16 input channels: too few for Winograd
     ((64, 8, 56, 3, 1, 1, 1), "direct rows"),        # 8 output channels: too few
     ((512, 512, 7, 3, 1, 1, 1), "winograd"),         # F(4x4) (from batch 8; fewer images: direct pixels)
