@@ -371,6 +371,45 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
         assert chosen.startswith("direct")
 
 
+# The input gradient onto 16 channels (one vector of them on AVX-512): tiles of whole row
+# vectors of pixels (rows of 32 and 16: tiles of 16), not flat tiles of 24, which ran 1.2-1.7x
+# slower there (1 thread, batch 8 and 32); rows of 28 still split with less waste flat; 3 channels
+# (the stem's input gradient) on the rows kernel. Odd sizes and a 5x5, a stride-2 and a 1-image
+# case check the results against the float64 reference.
+AUTO_INPUT_GRADIENT = [
+    ((2, 16, 16, 32, 32, (3, 3), (1, 1), (1, 1, 1, 1)), "direct pixels"),
+    ((2, 16, 32, 16, 16, (3, 3), (1, 1), (1, 1, 1, 1)), "direct pixels"),
+    ((1, 16, 16, 32, 32, (5, 5), (1, 1), (2, 2, 2, 2)), "direct pixels"),
+    ((2, 16, 32, 32, 32, (3, 3), (2, 2), (1, 1, 1, 1)), "direct pixels"),
+    ((2, 16, 16, 28, 28, (3, 3), (1, 1), (1, 1, 1, 1)), "direct flat pixels"),
+    ((2, 15, 17, 31, 33, (3, 3), (1, 1), (1, 1, 1, 1)), None),
+    ((2, 3, 16, 32, 32, (3, 3), (1, 1), (1, 1, 1, 1)), "direct rows"),
+]
+
+
+@pytest.mark.parametrize("case,expected", AUTO_INPUT_GRADIENT, ids=lambda v: str(v))
+def test_input_gradient_onto_few_channels(case, expected, backend, rng, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    n, cin, cout, h, w, k, stride, pad = case
+    weight = random_array(rng, (cout, cin) + k, 0.3)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, (1, 1), 1, weight,
+                                   None, AF.identity, 2)
+    x = random_array(rng, (n, cin, h, w))
+    with layer:
+        chosen = backend.filter_engine(layer.bnns_filter, "input_gradient")
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx = np.full(x.shape, np.nan, np.float32)
+        layer.apply_backward(n, x, y, dy, dx)
+    if expected is not None and bnns_py.backend_info()["simd"] == "AVX-512":
+        assert chosen == expected
+    else:
+        assert chosen.startswith("direct")
+    dx_ref = reference.conv2d_backward(x, weight, dy, stride=stride, padding=pad)[0]
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout * k[0] * k[1]))
+
+
 # The AVX2 tier's choice (16 registers: row-vector tiles of 4 channels x 3 vectors of 8) for the
 # layers whose kernel the row-vector tiles moved there, each the faster one measured (1 thread,
 # batch 1, kernels alternating in one process: row vectors 1.05-1.18x flat pixels on stride-1
