@@ -630,10 +630,11 @@ def test_batch_blocks_on_each_tier(isa, tile):
 
 
 # Which passes of small-channel layers (CIFAR-style, batch 32) the automatic choice gives to
-# Winograd: its products take at least 64 output and 32 input channels (forward, and the input
-# gradient as the adjoint convolution with in and out swapped); the weight gradient also takes
-# layers of 16 or more channels over output planes of at least 32x32. The rest runs on the direct
-# engine, which was measured faster there (plan/plan.c).
+# Winograd on AVX-512: its products take at least 64 output and 32 input channels (forward, and the
+# input gradient as the adjoint convolution with in and out swapped); the weight gradient also
+# takes layers of 16 or more channels over output planes of at least 32x32. The rest runs on the
+# direct engine, which was measured faster there (plan/plan.c). Other tiers (product blocks of 16
+# channels) keep 16 output channels: their choices are not pinned here, their results are checked.
 SMALL_CHANNEL_CHOICES = [
     # cin, cout, size: forward, input gradient, weight gradient on Winograd
     ((3, 16, 32), (False, False, False)),
@@ -662,7 +663,8 @@ def test_small_channel_passes_choice_and_gradients(shape, on_winograd, backend, 
         dy = random_array(rng, y.shape)
         dx, dw, db = np.empty_like(x), np.empty_like(weight), np.empty_like(bias)
         layer.apply_backward(n, x, y, dy, dx, dw, db)
-    assert chosen == list(on_winograd)
+    if bnns_py.backend_info()["simd"] == "AVX-512":
+        assert chosen == list(on_winograd)
     np.testing.assert_allclose(y, reference.conv2d(x, weight, bias, padding=(1, 1, 1, 1)), rtol=1e-4,
                                atol=_tolerance(cin))
     dx_ref, dw_ref, db_ref = reference.conv2d_backward(x, weight, dy, padding=(1, 1, 1, 1))

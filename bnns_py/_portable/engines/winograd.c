@@ -168,6 +168,8 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *p
     return total <= WINO_MAX_SCRATCH; /* a task takes at least one whole tile row */
 }
 
+size_t bp_winograd_product_channels(void) { return WINO_MV * BP_VL; }
+
 bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a) {
     if (g->sx != 1 || g->sy != 1 || g->groups != 1 || g->pl > (g->kw - 1) * g->dx || g->pt > (g->kh - 1) * g->dy)
         return false;

@@ -34,28 +34,30 @@ static size_t winograd_tile_override(void) {
 }
 
 enum {
-    /* a pass on F(2x2) products takes at least this many output channels (a whole block of the
-       products' tiles on AVX-512) and half as many input channels: with fewer, the products run in
-       narrow channel blocks slower than the direct engine's kernels (AVX-512, 1 thread, against
-       the direct engine: forward 64 -> 16 at 56x56 0.46x, 32 -> 32 at 32x32 0.61x, 64 -> 32 at
-       16x16 0.74x; input gradients of 16 -> 32 at 32x32 0.67x, 32 -> 64 at 16x16 0.66x; where it
-       takes them, 32 -> 64 forward 1.25x, 64 -> 32 input gradient 1.20x) */
-    WINO_PRODUCT_CHANNELS = 64,
-    /* a weight gradient's output planes, at least this square, for layers of fewer channels (down
-       to the 16 the Winograd plan takes): there 16 -> 16 at 32x32 ran 1.6x and 32 -> 32 1.2x the
-       direct engine's; 32 -> 32 and 32 -> 64 at 16x16 0.9x */
+    /* on AVX-512, a weight gradient's output planes, at least this square, for layers whose other
+       passes stay on the direct engine (down to the 16 channels the Winograd plan takes): there
+       16 -> 16 at 32x32 ran 1.6x and 32 -> 32 1.2x the direct engine's; 32 -> 32 and 32 -> 64 at
+       16x16 0.9x. On AVX2 16 -> 16 and 16 -> 32 at 32x32 ran 0.93x: the other tiers keep the
+       forward pass's rule. */
     WINO_DW_MIN_SIDE = 32
 };
 
 /* Whether a planned forward (or adjoint) pass of g is quicker on the Winograd pass than on the
-   direct engine. */
+   direct engine: at least a whole block of the products' output channels (64 on AVX-512, 16 on
+   the other tiers) and 32 input channels. With fewer, the products run in narrow channel blocks
+   slower than the direct engine's kernels (AVX-512, 1 thread, against the direct engine: forward
+   64 -> 16 at 56x56 0.46x, 32 -> 32 at 32x32 0.61x, 64 -> 32 at 16x16 0.74x; input gradients of
+   16 -> 32 at 32x32 0.67x, 32 -> 64 at 16x16 0.66x; where it takes them, 32 -> 64 forward 1.25x,
+   64 -> 32 input gradient 1.20x). On AVX2, whose blocks are 16 channels, 32 -> 32's input
+   gradient ran 1.23x faster there. */
 static bool winograd_products_pay(const bp_geom *g) {
-    return g->in_c >= WINO_PRODUCT_CHANNELS / 2 && g->out_c >= WINO_PRODUCT_CHANNELS;
+    return g->in_c >= 32 && g->out_c >= bp_max(16, bp_winograd_product_channels());
 }
 
 /* The same for g's weight gradient (before the per-call tile count, bp_winograd_gradient_pays). */
 static bool winograd_gradient_pays(const bp_geom *g) {
-    return winograd_products_pay(g) || (g->out_w >= WINO_DW_MIN_SIDE && g->out_h >= WINO_DW_MIN_SIDE);
+    bool wide_blocks = bp_winograd_product_channels() >= 64;
+    return winograd_products_pay(g) || (wide_blocks && g->out_w >= WINO_DW_MIN_SIDE && g->out_h >= WINO_DW_MIN_SIDE);
 }
 
 /* The Winograd pass for the forward pass of a standard filter, where it takes the geometry, its
