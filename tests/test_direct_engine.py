@@ -334,7 +334,9 @@ def test_client_weights_changed_in_place_give_the_new_results(n, cin, cout, grou
 # tiles, hence other choices).
 AUTO = [
     ((64, 64, 56, 3, 1, 1, 1), "winograd"),          # dense 3x3, stride 1: Winograd F(2x2, 3x3)
-    ((64, 16, 56, 3, 1, 1, 1), "winograd"),
+    ((32, 64, 56, 3, 1, 1, 1), "winograd"),          # the fewest channels its products take
+    ((64, 32, 16, 3, 1, 1, 1), "direct row vectors"),  # 32 output channels: Winograd's products too
+    ((64, 16, 56, 3, 1, 1, 1), "direct rows"),         # narrow on AVX-512 (other tiers: Winograd)
     ((16, 64, 56, 3, 1, 1, 1), "direct pixels"),     # 16 input channels: too few for Winograd
     ((64, 8, 56, 3, 1, 1, 1), "direct rows"),        # 8 output channels: too few
     ((512, 512, 7, 3, 1, 1, 1), "winograd"),         # F(4x4) (from batch 8; fewer images: direct pixels)
@@ -363,10 +365,52 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
                             (pad,) * 4, (dil, dil), 1, weight, None, AF.identity, 1)
     with layer:
         chosen = backend.filter_engine(layer.bnns_filter)
-    if expected in ("direct pointwise", "im2col", "tiny", "winograd") or bnns_py.backend_info()["simd"] == "AVX-512":
+    avx512 = bnns_py.backend_info()["simd"] == "AVX-512"
+    if expected in ("direct pointwise", "im2col", "tiny", "winograd") or avx512:
+        assert chosen == expected
+    elif k == 3 and stride == 1 and dil == 1 and cin >= 32 and cout >= 16:
+        assert chosen == "winograd"  # the other tiers' product blocks are 16 channels wide
+    else:
+        assert chosen.startswith("direct")
+
+
+# The input gradient onto 16 channels (one vector of them on AVX-512): tiles of whole row
+# vectors of pixels (rows of 32 and 16: tiles of 16), not flat tiles of 24, which ran 1.2-1.7x
+# slower there (1 thread, batch 8 and 32); rows of 28 still split with less waste flat; 3 channels
+# (the stem's input gradient) on the rows kernel. Odd sizes and a 5x5, a stride-2 and a 1-image
+# case check the results against the float64 reference.
+AUTO_INPUT_GRADIENT = [
+    ((2, 16, 16, 32, 32, (3, 3), (1, 1), (1, 1, 1, 1)), "direct pixels"),
+    ((2, 16, 24, 16, 16, (3, 3), (1, 1), (1, 1, 1, 1)), "direct pixels"),
+    ((1, 16, 16, 32, 32, (5, 5), (1, 1), (2, 2, 2, 2)), "direct pixels"),
+    ((2, 16, 32, 32, 32, (3, 3), (2, 2), (1, 1, 1, 1)), "direct pixels"),
+    ((2, 16, 16, 28, 28, (3, 3), (1, 1), (1, 1, 1, 1)), "direct flat pixels"),
+    ((2, 15, 17, 31, 33, (3, 3), (1, 1), (1, 1, 1, 1)), None),
+    ((2, 3, 16, 32, 32, (3, 3), (1, 1), (1, 1, 1, 1)), "direct rows"),
+]
+
+
+@pytest.mark.parametrize("case,expected", AUTO_INPUT_GRADIENT, ids=lambda v: str(v))
+def test_input_gradient_onto_few_channels(case, expected, backend, rng, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    n, cin, cout, h, w, k, stride, pad = case
+    weight = random_array(rng, (cout, cin) + k, 0.3)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, k, stride, pad, (1, 1), 1, weight,
+                                   None, AF.identity, 2)
+    x = random_array(rng, (n, cin, h, w))
+    with layer:
+        chosen = backend.filter_engine(layer.bnns_filter, "input_gradient")
+        y = np.full((n, cout, oh, ow), np.nan, np.float32)
+        layer.apply(n, x, y)
+        dy = random_array(rng, y.shape)
+        dx = np.full(x.shape, np.nan, np.float32)
+        layer.apply_backward(n, x, y, dy, dx)
+    if expected is not None and bnns_py.backend_info()["simd"] == "AVX-512":
         assert chosen == expected
     else:
         assert chosen.startswith("direct")
+    dx_ref = reference.conv2d_backward(x, weight, dy, stride=stride, padding=pad)[0]
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=_tolerance(cout * k[0] * k[1]))
 
 
 # The AVX2 tier's choice (16 registers: row-vector tiles of 4 channels x 3 vectors of 8) for the

@@ -30,7 +30,7 @@ def rand(*shape):
 # automatic choice gives to each engine (winograd, direct, depthwise, direct pointwise for 1x1,
 # tiny), with odd sizes so that vector remainders run
 CASES = [
-    ("winograd", 1, 64, 16, 56, 3, 1, 1, 1, 1),
+    ("winograd", 1, 32, 64, 56, 3, 1, 1, 1, 1),
     ("direct", 1, 16, 37, 30, 3, 2, 1, 1, 1),
     ("direct_dilated", 1, 9, 40, 17, 5, 1, 3, 2, 1),
     ("depthwise", 2, 18, 18, 19, 3, 1, 1, 1, 18),

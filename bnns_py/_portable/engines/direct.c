@@ -150,6 +150,10 @@ static double pixels_efficiency(const bp_direct *d, size_t mv, size_t nc, bool f
        (AVX-512: a transposed 4x4/2 layer's 16-pixel phase rows took 6-8 % less time in tiles of 4
        than flat in tiles of 7, which compute 17 positions a row) */
     size_t full = PIX_MV_MAX * (BP_VREGS >= 32 && mv == PIX_MV_MAX ? 4 : pixel_menu(PIX_MV_MAX)[0]);
+    /* backward with 32 registers, tiles of one vector of channels run as fast from a vector of
+       pixels on (AVX-512, 1 thread, input gradients onto 16 channels, against flat tiles of 24:
+       rows of 32 and 16 split in tiles of 16 1.2-1.4x, 5x5 1.3x, stride-2 phase rows 1.1x) */
+    if (d->backward && BP_VREGS >= 32 && mv == 1) full = BP_VL;
     double acc = (double)(mv * nc) / (double)full;
     /* forward, each output's 8 x 8 transposes and stores into the output cost about as much as
        PIXELS_STORE_STEPS steps of its reduction (ResNet-50's stem, 147 steps: 10 % of the time) */

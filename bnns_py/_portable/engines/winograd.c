@@ -24,7 +24,7 @@ enum {
     WINO_SCRATCH_TARGET = 1 << 19, /* floats of V and M a task holds (2 MiB): within the L3 */
     WINO_MIN_TILES = 32,           /* a task's tiles, at least and at most */
     WINO_MAX_TILES = 256,
-    WINO_MIN_CHANNELS = 16, /* out (and twice as many in): fewer, and the transforms outweigh the saving */
+    WINO_MIN_CHANNELS = 16, /* in and out: fewer, and the transforms outweigh the saving */
     WINO_MAX_WEIGHTS = 1 << 21, /* floats of U (8 MiB): more, and each block reads it from memory */
     WINO_MAX_DILATION = 64,
     WINO_MAX_SCRATCH = 1 << 24, /* floats per worker (64 MiB): very wide rows stay on the direct engine */
@@ -148,7 +148,7 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *p
     if (m == 0) return false;
     plan->d = d;
     set_tiles(g, m, plan);
-    if (!forced && (g->in_c < 2 * WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || bp_ceil_div(g->out_w, d) < 4 ||
+    if (!forced && (g->in_c < WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || bp_ceil_div(g->out_w, d) < 4 ||
                     bp_ceil_div(g->out_h, d) < 4 || weight_floats(m, g) > (m == 2 ? WINO_MAX_WEIGHTS : WINO4_MAX_WEIGHTS)))
         return false;
     size_t np = positions(plan), image_tiles = d * d * plan->th * plan->tw;
@@ -167,6 +167,8 @@ bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *p
     plan->scratch_floats = bp_max(total, 8 * row_ld(gradient_plan(g, plan).tw)); /* its input rows */
     return total <= WINO_MAX_SCRATCH; /* a task takes at least one whole tile row */
 }
+
+size_t bp_winograd_product_channels(void) { return WINO_MV * BP_VL; }
 
 bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a) {
     if (g->sx != 1 || g->sy != 1 || g->groups != 1 || g->pl > (g->kw - 1) * g->dx || g->pt > (g->kh - 1) * g->dy)

@@ -25,8 +25,12 @@ typedef struct {
 } bp_winograd;
 
 /* Whether the Winograd pass takes this geometry (forced: whenever it can) and its plan. tile: m
-   (2 or 4) as asked for (BNNS_PY_WINOGRAD_TILE), 0 to pick it by the shape. */
+   (2 or 4) as asked for (BNNS_PY_WINOGRAD_TILE), 0 to pick it by the shape. Unforced, it takes
+   layers of at least 16 channels in and out; the planning (plan.c) decides which passes run there. */
 bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan);
+
+/* Output channels of one block of the products' tiles (WINO_MV vectors: 64 on AVX-512). */
+size_t bp_winograd_product_channels(void);
 
 /* Floats of the transformed weights U ((m + 2)^2 x out_c x in_c, out_c rounded up to whole blocks). */
 size_t bp_winograd_weight_floats(const bp_winograd *plan, const bp_geom *g);

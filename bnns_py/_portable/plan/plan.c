@@ -34,10 +34,39 @@ static size_t winograd_tile_override(void) {
     return text == NULL ? 0 : strcmp(text, "2") == 0 ? 2 : strcmp(text, "4") == 0 ? 4 : 0;
 }
 
-/* The Winograd pass for the forward pass of a standard filter, where it takes the geometry and no
-   other engine is asked for; its calls are whole batches (packed outputs, elementwise activation).
-   The input gradient (the adjoint convolution, of the same shape for 'same' layers) picks its
-   tile by its own shape too. */
+enum {
+    /* on AVX-512, a weight gradient's output planes, at least this square, for layers whose other
+       passes stay on the direct engine (down to the 16 channels the Winograd plan takes): there
+       16 -> 16 at 32x32 ran 1.6x and 32 -> 32 1.2x the direct engine's; 32 -> 32 and 32 -> 64 at
+       16x16 0.9x. On AVX2 16 -> 16 and 16 -> 32 at 32x32 ran 0.93x: the other tiers keep the
+       forward pass's rule. */
+    WINO_DW_MIN_SIDE = 32
+};
+
+/* Whether a planned forward (or adjoint) pass of g is quicker on the Winograd pass than on the
+   direct engine: at least a whole block of the products' output channels (64 on AVX-512, 16 on
+   the other tiers) and 32 input channels. With fewer, the products run in narrow channel blocks
+   slower than the direct engine's kernels (AVX-512, 1 thread, against the direct engine: forward
+   64 -> 16 at 56x56 0.46x, 32 -> 32 at 32x32 0.61x, 64 -> 32 at 16x16 0.74x; input gradients of
+   16 -> 32 at 32x32 0.67x, 32 -> 64 at 16x16 0.66x; where it takes them, 32 -> 64 forward 1.25x,
+   64 -> 32 input gradient 1.20x). On AVX2, whose blocks are 16 channels, 32 -> 32's input
+   gradient ran 1.23x faster there. */
+static bool winograd_products_pay(const bp_geom *g) {
+    return g->in_c >= 32 && g->out_c >= bp_max(16, bp_winograd_product_channels());
+}
+
+/* The same for g's weight gradient (before the per-call tile count, bp_winograd_gradient_pays). */
+static bool winograd_gradient_pays(const bp_geom *g) {
+    bool wide_blocks = bp_winograd_product_channels() >= 64;
+    return winograd_products_pay(g) || (wide_blocks && g->out_w >= WINO_DW_MIN_SIDE && g->out_h >= WINO_DW_MIN_SIDE);
+}
+
+/* The Winograd pass for the forward pass of a standard filter, where it takes the geometry, its
+   channels pay and no other engine is asked for; its calls are whole batches (packed outputs,
+   elementwise activation). The input gradient (the adjoint convolution, of the same shape for
+   'same' layers) picks its tile by its own shape and channels too; the weight gradient runs on
+   the forward pass's tiles, planned for it alone where its rule takes a layer the forward pass's
+   does not (fewer channels over larger planes). */
 static void plan_winograd(bp_filter *f) {
     int engine = bp_engine_override();
     if (f->transposed || !bp_filter_batch_at_once(f) || (engine != BP_ENGINE_AUTO && engine != BP_ENGINE_WINOGRAD)) return;
@@ -47,15 +76,18 @@ static void plan_winograd(bp_filter *f) {
     bool forced = engine == BP_ENGINE_WINOGRAD;
     size_t tile = winograd_tile_override();
     if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) &&
-        bp_winograd_plan(&f->dx_geom, forced, tile, &f->wino_dx_plan)) {
+        bp_winograd_plan(&f->dx_geom, forced, tile, &f->wino_dx_plan) &&
+        (forced || winograd_products_pay(&f->dx_geom))) {
         f->wino_dx = true;
         if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
     }
     if (dilated_activation || !bp_winograd_plan(&f->g, forced, tile, &f->wino)) return;
-    f->winograd = true;
-    if (f->wino.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino.scratch_floats;
-    f->wino_dw = f->client && (forced || f->wino.m == 2); /* F(4x4)'s wide layers: not measured there */
+    f->winograd = forced || winograd_products_pay(&f->g);
+    /* F(4x4)'s wide layers: not measured there */
+    f->wino_dw = f->client && (forced || (f->wino.m == 2 && winograd_gradient_pays(&f->g)));
     f->wino_dw_forced = forced;
+    if ((f->winograd || f->wino_dw) && f->wino.scratch_floats > f->scratch_floats)
+        f->scratch_floats = f->wino.scratch_floats;
 }
 
 /* Direct-engine plans for the passes the filter can run: its own forward pass, and with client

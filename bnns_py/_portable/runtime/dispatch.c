@@ -176,6 +176,7 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
 size_t bp_winograd_gradient_floats(const bp_geom *g, const bp_winograd *plan, int workers) {
     return tier()->winograd_gradient_floats(g, plan, workers);
 }
+size_t bp_winograd_product_channels(void) { return tier()->winograd_product_channels(); }
 bool bp_winograd_gradient_pays(const bp_geom *g, const bp_winograd *plan, size_t batch, int threads) {
     return tier()->winograd_gradient_pays(g, plan, batch, threads);
 }

@@ -115,6 +115,7 @@
 #define bp_winograd_forward BP_TIER_SYMBOL(bp_winograd_forward)
 #define bp_winograd_gradient_floats BP_TIER_SYMBOL(bp_winograd_gradient_floats)
 #define bp_winograd_gradient_pays BP_TIER_SYMBOL(bp_winograd_gradient_pays)
+#define bp_winograd_product_channels BP_TIER_SYMBOL(bp_winograd_product_channels)
 #define bp_winograd_weight_gradient BP_TIER_SYMBOL(bp_winograd_weight_gradient)
 #define bp_winograd_tile_row_gradient_transform BP_TIER_SYMBOL(bp_winograd_tile_row_gradient_transform)
 #define bp_winograd_gradient_outputs BP_TIER_SYMBOL(bp_winograd_gradient_outputs)

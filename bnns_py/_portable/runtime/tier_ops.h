@@ -46,6 +46,7 @@
     X(winograd_forward, bp_winograd_forward)                                \
     X(winograd_gradient_floats, bp_winograd_gradient_floats)                \
     X(winograd_gradient_pays, bp_winograd_gradient_pays)                    \
+    X(winograd_product_channels, bp_winograd_product_channels)              \
     X(winograd_weight_gradient, bp_winograd_weight_gradient)                \
     X(activation_unsupported_reason, bp_activation_unsupported_reason)      \
     X(activation_backward_unsupported_reason, bp_activation_backward_unsupported_reason) \
