@@ -215,7 +215,7 @@ void bp_fc_unpack(const float *panels, size_t n, size_t k, float *w) {
    0.75-0.9 times as long at 1-8 rows, the padded vector 0.75-0.95 times at 15 and 12).
    With 16-lane vectors and 32 registers only: on the AVX2 tier, the kernel's 4 x 3 tiles ran at
    0.86-0.90 times the speed of OpenBLAS's SGEMM at batch 32 and 0.6-0.8 times the tiles' at
-   batches 8-15 (AMD EPYC, 2026-12). */
+   batches 8-15 (Intel Xeon, Emerald Rapids, 2026-12). */
 #define TRANSPOSED (BP_VREGS >= 32 && BP_VL >= 16)
 #define REST_PADDED_MIN 12
 

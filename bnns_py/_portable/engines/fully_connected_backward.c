@@ -6,7 +6,7 @@
    the block bounds follow from the sizes alone, so the results do not depend on the thread count.
    Workers take blocks in turn from one list holding both products' blocks, each on its own thread:
    a single-threaded GEMM (runtime/gemm.h), or the direct engine's pointwise kernel with operands
-   read in place where that is quicker (measured on Zen 4): dX = dZ W with W's rows as the
+   read in place where that is quicker (measured on an Intel Xeon, Emerald Rapids): dX = dZ W with W's rows as the
    vectors and dZ's values broadcast, at batches up to 16 whose W columns of a tile stay in L2; and,
    when bp_sgemm is the built-in C kernel, dW = dZ^T X too, X's rows the vectors and dZ^T's values
    broadcast. The kernel computes whole vectors and overwrites; the columns past the last whole
