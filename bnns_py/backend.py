@@ -101,9 +101,11 @@ class Backend:
 
     FILTER_PASSES = ("forward", "input_gradient", "weights_gradient")
 
-    def filter_engine(self, bnns_filter: Any, pass_: str = "forward") -> str:
+    def filter_engine(self, bnns_filter: Any, pass_: str = "forward", batch: int = 1) -> str:
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
-        or ``"weights_gradient"``): ``"winograd"`` (Winograd F(2x2, 3x3): dense 3x3 stride-1
+        or ``"weights_gradient"``) in a call of ``batch`` images (in the layer's own layouts; some
+        choices depend on the batch: Winograd F(4x4)'s smallest batch, the panel path's batch of
+        1, the weight gradient's Winograd rule): ``"winograd"`` (Winograd: dense 3x3 stride-1
         layers' forward pass and, with client pointers, their input and undilated weight
         gradients), ``"direct rows"`` / ``"direct row vectors"`` / ``"direct pixels"`` /
         ``"direct flat pixels"`` (the direct convolution engine; ``"direct"`` for weight
@@ -122,7 +124,9 @@ class Backend:
             raise ValueError("filter_engine needs an open layer's bnns_filter")
         if pass_ not in self.FILTER_PASSES:
             raise ValueError(f"pass_ must be one of {self.FILTER_PASSES}, not {pass_!r}")
-        engine = self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_))
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, not {batch!r}")
+        engine = self.lib.bnns_portable_filter_engine(bnns_filter, self.FILTER_PASSES.index(pass_), batch)
         name: str = ffi.string(engine).decode()
         return name
 

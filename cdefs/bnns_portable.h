@@ -54,18 +54,18 @@ uint16_t bnns_portable_f32_to_f16(float f);
 float bnns_portable_bf16_to_f32(uint16_t h);
 uint16_t bnns_portable_f32_to_bf16(float f);
 
-/* Which kernels compute a portable filter's pass: pass 0 is the layer's forward pass
-   (BNNSFilterApply*), 1 its input gradient and 2 its weight gradient (BNNSFilterApplyBackward*).
-   "direct rows" / "direct pixels" are the direct convolution engine's two kernels for passes 0
-   and 1 ("direct flat pixels": the pixels kernel with tiles over flat positions, not within
-   rows), "direct" its weight gradient; "winograd" the Winograd F(2x2, 3x3) pass (forward, and the
-   input and weight gradients of client-pointer filters, the latter in calls with
-   enough tiles per thread, else on the direct engine); "depthwise" the depthwise kernels (one
-   input channel per group), "tiny" the tiny-layer forward kernel, "im2col" the im2col + GEMM
-   path; "" for a NULL filter or another pass. The environment variable BNNS_PY_PORTABLE_ENGINE
-   (auto, rows, pixels, flat-pixels, im2col, winograd), read when a filter is created, overrides
-   the choice. */
-const char *bnns_portable_filter_engine(BNNSFilter filter, int pass);
+/* Which kernels compute a portable filter's pass in a call of `batch` images (in the filter's own
+   layouts): pass 0 is the layer's forward pass (BNNSFilterApply*), 1 its input gradient and 2 its
+   weight gradient (BNNSFilterApplyBackward*). "direct rows" / "direct row vectors" /
+   "direct pixels" / "direct flat pixels" are the direct convolution engine's kernels for passes
+   0 and 1, "direct pointwise" its 1x1 kernel, "direct panel" that kernel on each image's im2col
+   panel, "direct" its weight gradient; "winograd" the Winograd pass (forward, and the input and
+   weight gradients of client-pointer filters, each from a batch that pays); "depthwise" the
+   depthwise kernels (one input channel per group), "tiny" the tiny-layer forward kernel,
+   "im2col" the im2col + GEMM path; "" for a NULL filter, another pass or a batch of 0. The
+   environment variable BNNS_PY_PORTABLE_ENGINE (auto, rows, pixels, flat-pixels, im2col,
+   winograd, pointwise, panel), read when a filter is created, overrides the choice. */
+const char *bnns_portable_filter_engine(BNNSFilter filter, int pass, size_t batch);
 
 /* Bytes a portable filter holds for its calls: its workspace, the weight-gradient sums the first
    backward call on the Winograd pass reserves, and the same of the client-pointer twin that

@@ -8,6 +8,8 @@ output phases backward, phases without taps), dilation, asymmetric and over-size
 channel counts that leave partial blocks, row widths that leave partial tiles, several bands of
 rows, strided gradients. The filter reports which kernels ran, so a test cannot pass on the wrong
 path."""
+import fnmatch
+
 import numpy as np
 import pytest
 
@@ -339,7 +341,7 @@ AUTO = [
     ((64, 16, 56, 3, 1, 1, 1), "direct rows"),         # narrow on AVX-512 (other tiers: Winograd)
     ((16, 64, 56, 3, 1, 1, 1), "direct pixels"),     # 16 input channels: too few for Winograd
     ((64, 8, 56, 3, 1, 1, 1), "direct rows"),        # 8 output channels: too few
-    ((512, 512, 7, 3, 1, 1, 1), "winograd"),         # F(4x4) (from batch 8; fewer images: direct pixels)
+    ((512, 512, 7, 3, 1, 1, 1), "direct panel"),     # batch 1: the panel path (F(4x4) Winograd from batch 8)
     ((32, 32, 3, 3, 1, 1, 1), "tiny"),               # 3x3 outputs: too small for Winograd (tiny path)
     ((256, 256, 28, 3, 1, 2, 2), "winograd"),        # dilated: 4 output phases of 14 x 14
     ((256, 256, 12, 3, 1, 4, 4), "direct pixels"),   # dilation 4: phases of 3 x 3, too small
@@ -366,7 +368,7 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
     with layer:
         chosen = backend.filter_engine(layer.bnns_filter)
     avx512 = bnns_py.backend_info()["simd"] == "AVX-512"
-    if expected in ("direct pointwise", "im2col", "tiny", "winograd") or avx512:
+    if expected in ("direct pointwise", "direct panel", "im2col", "tiny", "winograd") or avx512:
         assert chosen == expected
     elif k == 3 and stride == 1 and dil == 1 and cin >= 32 and cout >= 16:
         assert chosen == "winograd"  # the other tiers' product blocks are 16 channels wide
@@ -479,6 +481,25 @@ def test_depthwise_keeps_its_own_kernels(backend, monkeypatch, no_filter_leaks):
             assert backend.filter_engine(layer.bnns_filter, pass_) == expected
 
 
+# Engines chosen per call by the batch: ResNet's 512-channel 7x7 layer (the panel path for one
+# image, the direct engine's pixels kernel for a few, F(4x4) Winograd from 8 images, forward and
+# input gradient alike), on every tier: each call's engine, not the plan's largest.
+@pytest.mark.parametrize("pass_,by_batch", [
+    ("forward", {1: "direct panel", 2: "direct *pixels", 7: "direct *pixels", 8: "winograd", 64: "winograd"}),
+    ("input_gradient", {1: "direct *pixels", 7: "direct *pixels", 8: "winograd"}),
+])
+def test_filter_engine_follows_the_batch(pass_, by_batch, backend, monkeypatch, no_filter_leaks):
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    monkeypatch.delenv("BNNS_PY_WINOGRAD_TILE", raising=False)
+    weight = np.zeros((512, 512, 3, 3), np.float32)
+    layer, _ = client_layer(ConvolutionType.standard, 512, 512, 7, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                            weight, None, AF.identity, 1)
+    with layer:
+        reported = {n: backend.filter_engine(layer.bnns_filter, pass_, batch=n) for n in by_batch}
+    for n, pattern in by_batch.items():
+        assert fnmatch.fnmatch(reported[n], pattern), (n, reported[n])
+
+
 def test_filter_engine_refuses_a_closed_layer_and_unknown_passes(backend, no_filter_leaks):
     weight = np.zeros((4, 4, 3, 3), np.float32)
     layer, _ = client_layer(ConvolutionType.standard, 4, 4, 9, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, weight,
@@ -486,6 +507,9 @@ def test_filter_engine_refuses_a_closed_layer_and_unknown_passes(backend, no_fil
     with layer:
         with pytest.raises(ValueError, match="pass_"):
             backend.filter_engine(layer.bnns_filter, "backward")
+        for batch in (0, -1, 1.0, True, None):
+            with pytest.raises(ValueError, match="batch"):
+                backend.filter_engine(layer.bnns_filter, batch=batch)
     with pytest.raises(ValueError, match="closed"):
         backend.filter_engine(layer.bnns_filter)
     with pytest.raises(ValueError, match="open layer"):

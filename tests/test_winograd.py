@@ -221,7 +221,8 @@ def test_a_wide_layer_takes_f4_by_itself(client, backend, rng, monkeypatch, no_f
                             (1, 1), 1, weight, bias, AF.rectified_linear, 2, flags=None if client else Flags.none)
     kept = weight.copy()
     with layer:
-        assert backend.filter_engine(layer.bnns_filter) == "winograd"
+        assert backend.filter_engine(layer.bnns_filter, batch=8) == "winograd"
+        assert backend.filter_engine(layer.bnns_filter, batch=1).startswith("direct")
         for n, scale in ((8, 1.0), (1, 1.0), (9, 1.0), (8, -0.5)):
             weight *= scale  # read at each call with client pointers, copied at creation otherwise
             x = random_array(rng, (n, channels, size, size))
@@ -241,7 +242,8 @@ def test_a_wide_layer_takes_f4_for_its_input_gradient(backend, rng, monkeypatch,
     layer, _ = client_layer(ConvolutionType.standard, channels, channels, size, size, (3, 3), (1, 1), (1, 1, 1, 1),
                             (1, 1), 1, weight, None, AF.identity, 2)
     with layer:
-        assert backend.filter_engine(layer.bnns_filter, "input_gradient") == "winograd"
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient", batch=8) == "winograd"
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient", batch=1).startswith("direct")
         for n in (8, 1):
             x = random_array(rng, (n, channels, size, size))
             y = np.empty((n, channels, size, size), np.float32)
@@ -357,7 +359,7 @@ def _gradient_layer(rng, case, n_threads, activation=AF.identity, input_strides=
 
 def _forward_and_dy(backend, rng, layer, x, out_shape):
     """Within `with layer`: y of a layer whose weight gradient runs on Winograd, and a random dy."""
-    assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == "winograd"
+    assert backend.filter_engine(layer.bnns_filter, "weights_gradient", batch=out_shape[0]) == "winograd"
     y = np.empty(out_shape, np.float32)
     layer.apply(out_shape[0], x, y)
     return y, random_array(rng, y.shape)
@@ -656,7 +658,7 @@ def test_small_channel_passes_choice_and_gradients(shape, on_winograd, backend, 
     n = 2
     x, weight, bias, layer, (oh, ow) = _same_layer(rng, n, cin, cout, size, size)
     with layer:
-        chosen = [backend.filter_engine(layer.bnns_filter, p) == "winograd"
+        chosen = [backend.filter_engine(layer.bnns_filter, p, batch=n) == "winograd"
                   for p in ("forward", "input_gradient", "weights_gradient")]
         y = np.empty((n, cout, oh, ow), np.float32)
         layer.apply(n, x, y)

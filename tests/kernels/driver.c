@@ -140,7 +140,7 @@ static int run_case(const conv_case *c, const char *engine, size_t *engines_seen
         printf("FAIL create (engine %s): %s\n", engine, bnns_portable_last_error());
         failures = 1;
     } else {
-        const char *chosen = bnns_portable_filter_engine(f, 0);
+        const char *chosen = bnns_portable_filter_engine(f, 0, c->batch);
         size_t k;
         for (k = 0; k < *engines_seen && strcmp(seen[k], chosen) != 0; k++) {}
         if (k == *engines_seen && k < 16) snprintf(seen[(*engines_seen)++], 32, "%s", chosen);
@@ -160,9 +160,9 @@ static int run_case(const conv_case *c, const char *engine, size_t *engines_seen
             printf("FAIL apply_backward (engine %s): %s\n", engine, bnns_portable_last_error());
             failures++;
         } else {
-            failures += compare("input gradient", bnns_portable_filter_engine(f, 1), c, dx, rdx, nx,
+            failures += compare("input gradient", bnns_portable_filter_engine(f, 1, c->batch), c, dx, rdx, nx,
                                 (c->out_c / c->groups) * c->k_h * c->k_w);
-            failures += compare("weight gradient", bnns_portable_filter_engine(f, 2), c, dw, rdw, nw,
+            failures += compare("weight gradient", bnns_portable_filter_engine(f, 2, c->batch), c, dw, rdw, nw,
                                 c->batch * oh * ow);
             failures += compare("bias gradient", chosen, c, db, rdb, c->out_c, c->batch * oh * ow);
         }

@@ -553,16 +553,23 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     return f;
 }
 
-const char *bnns_portable_filter_engine(BNNSFilter filter, int pass) {
+/* The engine of a call of `batch` images in the filter's own layouts: the choices of
+   BNNSFilterApplyBatch and bp_apply_backward that depend on the batch (Winograd's smallest batch,
+   the panel path's largest, the weight gradient's Winograd rule). */
+const char *bnns_portable_filter_engine(BNNSFilter filter, int pass, size_t batch) {
     const bp_filter *f = filter;
-    if (f == NULL || pass < 0 || pass > 2) return "";
-    if (pass == 2) /* weight gradient: on Winograd or S's forward plan, when the filter can run backward */
-        return f->wino_dw ? "winograd" : f->client && f->weight_gradient_plan != NULL ? "direct" : "im2col";
+    if (f == NULL || pass < 0 || pass > 2 || batch == 0) return "";
+    if (pass == 2) { /* weight gradient: on Winograd or S's forward plan, when the filter can run backward */
+        if (f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(&f->g, &f->wino, batch, f->gemm.threads)))
+            return "winograd";
+        return f->client && f->weight_gradient_plan != NULL ? "direct" : "im2col";
+    }
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
-    if (!f->transposed && ((pass == 0 && f->winograd) || (pass == 1 && f->wino_dx))) return "winograd";
+    if (!f->transposed && pass == 0 && f->winograd && batch >= f->wino.min_batch) return "winograd";
+    if (!f->transposed && pass == 1 && f->wino_dx && batch >= f->wino_dx_plan.min_batch) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
     if (f->direct[which] == NULL) return bp_conv_engine(&f->g, which == BP_DIRECT_BACKWARD_DATA);
-    return bp_direct_kind(f->direct[which]);
+    return bp_direct_kind(f->direct[which], batch);
 }
 
 /* The copies of the weights and bias a filter holds (those it owns, packed for its engines, and a

@@ -64,9 +64,10 @@ size_t bp_direct_scratch_floats(const bp_direct *d);
 /* Scratch floats one worker needs when the run packs the weights itself (a view). */
 size_t bp_direct_view_scratch_floats(const bp_direct *d);
 size_t bp_direct_weight_floats(const bp_direct *d);
-/* Which kernel the plan uses ("direct rows", "direct row vectors", "direct pixels", "direct flat
-   pixels", "direct pointwise" or "direct panel"), for tests and benchmarks. */
-const char *bp_direct_kind(const bp_direct *d);
+/* Which kernel the plan runs for calls of `batch` images ("direct rows", "direct row vectors",
+   "direct pixels", "direct flat pixels", "direct pointwise" or "direct panel"), for tests and
+   benchmarks. */
+const char *bp_direct_kind(const bp_direct *d, size_t batch);
 /* Whether S's weight gradient runs on the plan's planes and kernel: not for a pointwise plan, whose
    1x1 images the im2col engine's GEMM reads in place (10-20 % faster for ResNet's and MobileNet's
    1x1 layers, forward + gradients, 1 thread). */

@@ -147,7 +147,7 @@ bool bp_transposed_weight_gradient(const bp_geom *g, size_t batch, const bp_imag
 size_t bp_transposed_weights_scratch_floats(const bp_geom *g, int workers) {
     return tier()->transposed_weights_scratch_floats(g, workers);
 }
-const char *bp_direct_kind(const bp_direct *d) { return tier()->direct_kind(d); }
+const char *bp_direct_kind(const bp_direct *d, size_t batch) { return tier()->direct_kind(d, batch); }
 bool bp_direct_runs_weight_gradient(const bp_direct *d) { return tier()->direct_runs_weight_gradient(d); }
 bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a) {
     return tier()->direct_plan(g, backward, a);
