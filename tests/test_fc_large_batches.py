@@ -8,6 +8,8 @@ and a remainder, a padded last vector, panels of 1 to 3 vectors), input and outp
 GELU (after it), batch rows further apart than their length in the input and the output (the
 gaps left alone), and 1 and 2 threads with identical results; the same on every vector tier this
 CPU runs (BNNS_PY_ISA, in a fresh process)."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -92,36 +94,91 @@ def test_large_batches_on_each_tier(isa):
     run_child_on_tier(isa, CHILD)
 
 
-@pytest.mark.requires_portable_internals
-def test_packed_inputs_come_from_the_filters_allocator(backend, rng, no_filter_leaks):
-    """The inputs packed per call are the filter's allocator's (BNNSFilterParameters), released
-    before the call returns; when it has no memory the call fails with a reason and writes nothing.
-    The AVX-512 tier's path (the other tiers run OpenBLAS at this batch)."""
-    if bnns_py.backend_info()["isa"] != "avx512":
-        pytest.skip("client weights run as Y^T = W X^T on the AVX-512 tier only")
+def _client_filter(backend, weight, allocator):
     from test_fully_connected import fc_params
-    allocator = CountingAllocator()
-    k, n, batch = 40, 24, 48
-    weight = rng.standard_normal((n, k)).astype(np.float32)
-    x = rng.standard_normal((batch, k)).astype(np.float32)
+    n, k = weight.shape
     handle = backend.lib.BNNSFilterCreateLayerFullyConnected(
         fc_params(k, n, weight),
         ffi.new("BNNSFilterParameters *", {"flags": 1, "alloc_memory": allocator.alloc,  # client pointer
                                            "free_memory": allocator.free}))
     assert handle != ffi.NULL
+    return handle
+
+
+@pytest.mark.requires_portable_internals
+def test_packed_inputs_buffer_is_kept_by_the_filter(backend, rng, no_filter_leaks):
+    """The inputs are packed into a buffer from the filter's allocator (BNNSFilterParameters) that
+    the filter keeps: the first call allocates it (counted in the filter's reserved bytes), calls
+    of as many rows or fewer allocate nothing, a larger batch grows it (the old one freed), and the
+    filter frees it. The AVX-512 tier's path (the other tiers run OpenBLAS at these batches)."""
+    if bnns_py.backend_info()["isa"] != "avx512":
+        pytest.skip("client weights run as Y^T = W X^T on the AVX-512 tier only")
+    allocator = CountingAllocator()
+    k, n = 40, 24
+    weight = rng.standard_normal((n, k)).astype(np.float32)
+    handle = _client_filter(backend, weight, allocator)
+    try:
+        made = backend.lib.bnns_portable_filter_reserved_bytes(handle)
+        for batch, allocations, packed_rows in ((48, 1, 48), (48, 0, 48), (32, 0, 48), (17, 0, 48), (64, 1, 64),
+                                                (48, 0, 64)):
+            x = rng.standard_normal((batch, k)).astype(np.float32)
+            out = np.full((batch, n), np.nan, np.float32)
+            before = dict(allocator.calls)
+            assert backend.lib.BNNSFilterApplyBatch(handle, batch, ffi.from_buffer(x), k, ffi.from_buffer(out),
+                                                    n) == 0
+            np.testing.assert_allclose(out, reference.linear(x, weight), rtol=1e-5, atol=1e-5)
+            assert allocator.calls["alloc"] - before["alloc"] == allocations, batch
+            assert allocator.calls["free"] - before["free"] == (allocations if packed_rows > 48 else 0), batch
+            assert backend.lib.bnns_portable_filter_reserved_bytes(handle) == made + packed_rows * k * 4, batch
+    finally:
+        backend.lib.BNNSFilterDestroy(handle)
+    assert allocator.balanced()
+
+
+@pytest.mark.requires_portable_internals
+def test_packed_inputs_without_memory(backend, rng, no_filter_leaks):
+    """When the allocator has no memory for the packed inputs the call fails with a reason and
+    writes nothing; the next call with memory computes."""
+    if bnns_py.backend_info()["isa"] != "avx512":
+        pytest.skip("client weights run as Y^T = W X^T on the AVX-512 tier only")
+    allocator = CountingAllocator()
+    k, n, batch = 40, 24, 48
+    weight = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    handle = _client_filter(backend, weight, allocator)
     try:
         out = np.full((batch, n), np.nan, np.float32)
-        before = dict(allocator.calls)
-        assert backend.lib.BNNSFilterApplyBatch(handle, batch, ffi.from_buffer(x), k, ffi.from_buffer(out), n) == 0
-        np.testing.assert_allclose(out, reference.linear(x, weight), rtol=1e-5, atol=1e-5)
-        calls = allocator.calls
-        assert calls["alloc"] > before["alloc"] and calls["alloc"] - before["alloc"] == calls["free"] - before["free"]
         allocator.fail = True
-        out[:] = np.nan
         assert backend.lib.BNNSFilterApplyBatch(handle, batch, ffi.from_buffer(x), k, ffi.from_buffer(out), n) == -1
         assert "allocating" in backend.last_error()
         assert np.isnan(out).all()
         allocator.fail = False
+        assert backend.lib.BNNSFilterApplyBatch(handle, batch, ffi.from_buffer(x), k, ffi.from_buffer(out), n) == 0
+        np.testing.assert_allclose(out, reference.linear(x, weight), rtol=1e-5, atol=1e-5)
     finally:
         backend.lib.BNNSFilterDestroy(handle)
     assert allocator.balanced()
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_concurrent_calls_on_one_layer(n_threads, rng, no_filter_leaks):
+    """Threads applying one layer at once at different batches: the call holding the filter's
+    workspace packs its inputs into the filter's buffer, the others into their own; every result
+    right."""
+    k, n = 300, 200
+    weight = rng.standard_normal((n, k)).astype(np.float32) / 20
+    bias = rng.standard_normal(n).astype(np.float32)
+    inputs = [rng.standard_normal((batch, k)).astype(np.float32) for batch in (16, 33, 64, 100, 256, 48)]
+    expected = [reference.linear(x, weight, bias) for x in inputs]
+    layer = make_linear_layer(weight, bias, None, None, n_threads=n_threads)
+
+    def work(index):
+        for round_ in range(12):
+            i = (index + round_) % len(inputs)
+            out = np.full((inputs[i].shape[0], n), np.nan, np.float32)
+            layer.apply(inputs[i].shape[0], inputs[i], out)
+            np.testing.assert_allclose(out, expected[i], rtol=1e-4, atol=1e-4)
+
+    with layer, ThreadPoolExecutor(3) as pool:
+        for done in [pool.submit(work, index) for index in range(3)]:
+            done.result()  # a failed assertion is raised here

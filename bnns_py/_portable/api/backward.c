@@ -180,17 +180,8 @@ typedef struct {
    holding the filter's workspace uses it, so no two calls share it), or for a call working in
    private memory its own; NULL when memory is short (the call then runs image by image). */
 static float *dz_batch_buffer(bp_filter *f, bool temporary, size_t batch, size_t item) {
-    size_t floats, bytes;
-    if (!bp_mul(batch, item, &floats) || !bp_mul(floats, sizeof(float), &bytes)) return NULL;
-    if (temporary) return bp_alloc(&f->allocator, bytes);
-    if (atomic_load_explicit(&f->dz_batch_floats, memory_order_relaxed) < floats) {
-        float *grown = bp_alloc(&f->allocator, bytes);
-        if (grown == NULL) return NULL;
-        bp_free(&f->allocator, f->dz_batch);
-        f->dz_batch = grown;
-        atomic_store_explicit(&f->dz_batch_floats, floats, memory_order_relaxed);
-    }
-    return f->dz_batch;
+    size_t floats;
+    return bp_mul(batch, item, &floats) ? bp_kept_buffer_get(f, &f->dz_batch, temporary, floats) : NULL;
 }
 
 /* A standard 1x1 filter over 1x1 images (every fully-connected filter) whose batch operands are

@@ -236,6 +236,20 @@ float *bp_work_acquire(bp_filter *f, bool *temporary) {
     return bp_alloc(&f->allocator, f->workspace_floats * sizeof(float));
 }
 
+float *bp_kept_buffer_get(bp_filter *f, bp_kept_buffer *kept, bool temporary, size_t floats) {
+    size_t bytes;
+    if (!bp_mul(floats, sizeof(float), &bytes)) return NULL;
+    if (temporary) return bp_alloc(&f->allocator, bytes);
+    if (atomic_load_explicit(&kept->floats, memory_order_relaxed) < floats) {
+        float *grown = bp_alloc(&f->allocator, bytes);
+        if (grown == NULL) return NULL;
+        bp_free(&f->allocator, kept->data);
+        kept->data = grown;
+        atomic_store_explicit(&kept->floats, floats, memory_order_relaxed);
+    }
+    return kept->data;
+}
+
 void bp_work_release(bp_filter *f, float *work, bool temporary) {
     if (temporary) bp_free(&f->allocator, work);
     else atomic_flag_clear(&f->busy);
@@ -250,7 +264,8 @@ static void destroy_filter(bp_filter *f) {
     if (twin != NULL) bp_twin_destroy(twin);
     bp_free(&a, f->workspace);
     bp_free(&a, atomic_load(&f->wino_dw_sums));
-    bp_free(&a, f->dz_batch);
+    bp_free(&a, f->dz_batch.data);
+    bp_free(&a, f->fc_inputs.data);
     for (int i = 0; i < 2; i++) {
         if (f->direct[i] != NULL) bp_direct_destroy(f->direct[i], &a);
         bp_free(&a, f->direct_w[i]);
@@ -590,7 +605,7 @@ size_t bnns_portable_filter_reserved_bytes(BNNSFilter filter) {
     size_t bytes = (f->workspace_floats + weight_copies_floats(f)) * sizeof(float);
     if (atomic_load(&f->wino_dw_sums) != NULL)
         bytes += bp_winograd_gradient_floats(&f->g, &f->wino, f->workers) * sizeof(float);
-    bytes += atomic_load(&f->dz_batch_floats) * sizeof(float);
+    bytes += (atomic_load(&f->dz_batch.floats) + atomic_load(&f->fc_inputs.floats)) * sizeof(float);
     return bytes + bnns_portable_filter_reserved_bytes(atomic_load(&f->twin));
 }
 
@@ -736,8 +751,9 @@ static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_strid
            in_stride <= INT32_MAX && out_stride <= INT32_MAX;
 }
 
-/* -1 (the error set) when the memory for the packed inputs cannot be had. */
-static int forward_batch_gemm(const bp_filter *f, const float *weights, size_t batch, const float *in,
+/* -1 (the error set) when the memory for the packed inputs cannot be had. `temporary`: the call
+   works in private memory (another holds the workspace), and so allocates its packed inputs. */
+static int forward_batch_gemm(bp_filter *f, bool temporary, const float *weights, size_t batch, const float *in,
                               size_t in_stride, float *out, size_t out_stride) {
     size_t n_in = f->in.c, n_out = f->out.c;
     if (f->fc_panels != NULL || batch <= bp_fc_client_batch_max()) {
@@ -746,11 +762,11 @@ static int forward_batch_gemm(const bp_filter *f, const float *weights, size_t b
         size_t floats = f->fc_panels != NULL ? 0 : bp_fc_inputs_floats(batch, n_in);
         float *inputs = NULL; /* with too many floats to count in bytes, the tiles take every row */
         if (floats > 0 && floats <= SIZE_MAX / sizeof(float) &&
-            (inputs = bp_alloc(&f->allocator, floats * sizeof(float))) == NULL)
+            (inputs = bp_kept_buffer_get(f, &f->fc_inputs, temporary, floats)) == NULL)
             return -1;
         bp_fc_forward(weights, n_in, f->fc_panels, inputs, n_out, n_in, batch, in, in_stride, out, out_stride, &e,
                       f->gemm.threads);
-        bp_free(&f->allocator, inputs);
+        if (temporary) bp_free(&f->allocator, inputs);
         return 0;
     }
     bp_sgemm_parallel(&f->gemm, false, true, batch, n_out, n_in, 1.0f, in, in_stride, weights, n_in, 0.0f, out,
@@ -806,7 +822,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     int status = 0;
     if (f->fc_panels != NULL || one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
         const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
-        status = forward_batch_gemm(f, weights, batch_size, in, in_stride, out, out_stride);
+        status = forward_batch_gemm(f, temporary, weights, batch_size, in, in_stride, out, out_stride);
     } else if (f->winograd && batch_size >= f->wino.min_batch) {
         /* client weights: transformed as they are now, in the same run */
         const float *now = f->wino_u == NULL ? bp_call_weights(f, -1, &w, &pass, &direct) : NULL;

@@ -5,6 +5,13 @@
 #include "internal.h"
 #include "winograd.h"
 
+/* A buffer a filter keeps between calls (bp_kept_buffer_get); its size is read by other threads
+   (bnns_portable_filter_reserved_bytes). */
+typedef struct {
+    float *data;
+    _Atomic size_t floats;
+} bp_kept_buffer;
+
 typedef struct bp_filter {
     bool transposed;
     /* a fully-connected filter (fully_connected.c), built as a 1x1 convolution over a 1x1 image:
@@ -58,8 +65,10 @@ typedef struct bp_filter {
     float *_Atomic wino_dw_sums;
     /* a backward call's dz = dy * f'(y) for its whole batch (backward.c): grown to the largest
        batch seen by the calls that hold the workspace (only they use it), freed with the filter */
-    float *dz_batch;
-    _Atomic size_t dz_batch_floats;
+    bp_kept_buffer dz_batch;
+    /* a fully-connected call's packed inputs (client weights, batches the pointwise kernel takes):
+       kept the same way, for the calls that hold the workspace */
+    bp_kept_buffer fc_inputs;
     /* one workspace per filter; a concurrent call allocates its own */
     float *workspace;
     size_t workspace_floats;
@@ -104,6 +113,10 @@ bool bp_filter_batch_at_once(const bp_filter *f);
 
 void bp_work_split(const bp_filter *f, float *base, bp_work *w);
 float *bp_work_acquire(bp_filter *f, bool *temporary);
+/* At least `floats` floats for a call: the filter's kept buffer, grown to the largest size asked,
+   for the call that holds the workspace (temporary false); private memory, which the caller frees,
+   for a concurrent one. NULL when the memory cannot be had. */
+float *bp_kept_buffer_get(bp_filter *f, bp_kept_buffer *kept, bool temporary, size_t floats);
 void bp_work_release(bp_filter *f, float *work, bool temporary);
 const float *bp_current_weights(const bp_filter *f, float *scratch);
 float bp_bias_at(const bp_filter *f, size_t channel);
