@@ -42,7 +42,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bnns_py  # noqa: E402
 from bnns_py import NDArrayDescriptor  # noqa: E402
-from bnns_py.functional import make_linear_layer, pointer  # noqa: E402
+from bnns_py.bench import bnns_linear_module  # noqa: E402
+from bnns_py.functional import pointer  # noqa: E402
 
 from _timing import IdleWaits, best_times  # noqa: E402
 
@@ -82,8 +83,7 @@ def measure(cin, cout, batch, threads, runs, rng):
     w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
     b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
     outs = [np.empty((batch, cout), np.float32) for _ in range(5)]
-    module = bnns_py.Linear(w, b)
-    module._fc_layer = layer = make_linear_layer(w, b, None, None, n_threads=threads)
+    module, layer = bnns_linear_module(w, b, n_threads=threads)
     apply_batch, handle = layer.backend.lib.BNNSFilterApplyBatch, layer.bnns_filter
     x_ptr, y_ptr = pointer(x), pointer(outs[2])
     calls = {"module": lambda: module(x, out=outs[0]),
@@ -119,8 +119,7 @@ def measure_backward(cin, cout, batch, threads, runs, rng):
     b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
     dy = rng.standard_normal((batch, cout)).astype(np.float32)
     y = np.empty((batch, cout), np.float32)
-    module = bnns_py.Linear(w, b)
-    module._fc_layer = layer = make_linear_layer(w, b, None, None, n_threads=threads)
+    module, layer = bnns_linear_module(w, b, n_threads=threads)
     ffi, lib = bnns_py.ffi, layer.backend.lib
     dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
 

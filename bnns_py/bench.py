@@ -297,6 +297,25 @@ def bnns_module(c: Case, w: Array, b: Array, backend: Optional[str] = None, n_th
     return module
 
 
+def bnns_linear_module(w: Array, b: Optional[Array], n_threads: Optional[int] = None) -> Tuple[Any, Any]:
+    """A bnns_py ``Linear`` over ``w`` (PyTorch's ``(out, in)`` layout) and ``b``, and its filter,
+    made with ``n_threads`` threads (without it: the modules' default, 0 = all CPUs).
+
+    Returns
+    -------
+    (Linear, FullyConnectedLayer)
+        The module and the layer its calls run on (for timing ``layer.apply`` and the bare C call
+        beside the module's); close the module (or use it as a context manager), which closes the
+        layer.
+    """
+    from .functional import make_linear_layer
+    from .modules import Linear
+    module = Linear(w, b)
+    if n_threads is not None:
+        module._fc_layer = make_linear_layer(w, b, None, None, n_threads=int(n_threads))
+    return module, module._layer()
+
+
 def bench_bnns_forward(c: Case, backend: Optional[str] = None, n_threads: Optional[int] = None,
                        **timing: Any) -> float:
     """Seconds per forward call of a kept layer on preallocated arrays (what a model would do).

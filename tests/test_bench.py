@@ -125,3 +125,24 @@ def test_without_onnx_runtime_the_peer_is_left_out(monkeypatch):
     monkeypatch.setattr(bench, "_onnx_modules", lambda: None)
     assert bench.onnx_forward(SMALL_DENSE, 1) is None
     assert bench.bench_onnx_forward(SMALL_DENSE, 1, **TIMING) is None
+
+
+@pytest.mark.parametrize("n_threads", [None, 1])
+def test_linear_module_runs_on_the_layer_it_returns(n_threads, no_filter_leaks):
+    """bench_fc's module and layer: the module's calls run on the returned layer, made with the
+    asked thread count (the default otherwise), and both compute the reference."""
+    from bnns_py import reference
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((24, 40)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    x = rng.standard_normal((20, 40)).astype(np.float32)
+    module, layer = bench.bnns_linear_module(w, b, n_threads=n_threads)
+    with module:
+        assert layer.filter_parameters.n_threads == (n_threads or 0)
+        y = module(x)
+        direct = np.empty_like(y)
+        layer.apply(20, x, direct)
+        assert module._layer() is layer
+    assert layer.closed
+    np.testing.assert_allclose(y, reference.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(direct, y)
