@@ -133,6 +133,8 @@ TRANSPOSED = [
     (2, 7, 9, 6, 5, (2, 2), (3, 3), (0, 0, 0, 0), (1, 1), 1),        # stride 3 > kernel: phases without taps
     (1, 8, 12, 6, 6, (3, 3), (2, 1), (2, 0, 1, 2), (2, 1), 2),       # dilation, groups (forward only)
     (3, 16, 16, 10, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # stride 1: one phase
+    (1, 37, 70, 6, 5, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1),      # blocks of 64 + 6 channels; the input
+    (2, 37, 70, 6, 5, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1),      # gradient's 1120 steps in two chunks
 ]
 
 
