@@ -207,6 +207,41 @@ def test_client_weights_are_read_at_each_call_and_copied_ones_are_not(winograd, 
                                    atol=_tolerance(cin))
 
 
+# Calls of one tile block (one image whose tile rows fit one task): each worker makes the U of its
+# chunk of output-channel blocks block by block, just before that block's products. 130 output
+# channels: blocks of 64, 64 and 2 (split 2 + 1 over two workers); 61 input channels: a last part
+# of 5 of the 8 the transform takes at a time; odd sizes: half tiles.
+ONE_BLOCK_CASES = [(61, 130, 13, 13), (256, 256, 14, 14), (16, 17, 7, 9)]
+
+
+@pytest.mark.parametrize("case", ONE_BLOCK_CASES, ids=["x".join(map(str, c)) for c in ONE_BLOCK_CASES])
+def test_client_weights_made_block_by_block(case, backend, rng, monkeypatch, no_filter_leaks):
+    """F(2x2) at batch 1 with client weights, bias and ReLU: right, the same bits on 1 and 2 threads
+    and as a filter that transformed copied weights at creation, and weights changed between two
+    calls change the result."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "winograd")
+    monkeypatch.setenv("BNNS_PY_WINOGRAD_TILE", "2")
+    cin, cout, h, w = case
+    x = random_array(rng, (1, cin, h, w))
+    weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
+    layers = [client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                           weight, bias, AF.rectified_linear, threads, flags=flags)[0]
+              for threads, flags in ((1, None), (2, None), (2, Flags.none))]
+    with layers[0], layers[1], layers[2]:
+        for scale in (1.0, -0.5):
+            weight *= scale
+            ys = []
+            for layer in layers:
+                assert backend.filter_engine(layer.bnns_filter) == "winograd"
+                ys.append(np.full((1, cout, h, w), np.nan, np.float32))
+                layer.apply(1, x, ys[-1])
+            expected = np.maximum(reference.conv2d(x, weight, bias, padding=(1, 1, 1, 1)), 0)
+            np.testing.assert_allclose(ys[0], expected, rtol=1e-4, atol=_tolerance(cin))
+            np.testing.assert_array_equal(ys[0], ys[1])
+            if scale == 1.0:  # the copied filter keeps the weights it was made with
+                np.testing.assert_array_equal(ys[0], ys[2])
+
+
 # 384 -> 384 channels: F(2x2)'s transformed weights (16 x 384 x 384 floats) exceed its limit;
 # F(4x4) takes the layer by itself for calls of 32 tiles or more (8 images of 7 x 7, 4 tiles each;
 # 9 leave a group of tiles mostly empty), fewer images run on the direct engine.

@@ -89,12 +89,12 @@ typedef struct {
 
 /* Floats of a task's scratch, in order: V, M, step offsets, output rows (F(4x4): a group's
    gathered tiles), input rows (F(4x4): a tile vector's outputs), transposed kernels, F(4x4)'s
-   tile table. */
+   tile table, a channel block's own U. */
 typedef struct {
     size_t v, m, off, rows, in, wt, tiles, ublock;
 } scratch_layout;
 
-/* Floats between the planes of a block's own U (F(4x4), made by the task that reads it). */
+/* Floats between the planes of a block's own U (made from client weights by the task that reads it). */
 static size_t ublock_plane(const bp_geom *g) { return g->in_c * WINO_BW + 80; }
 
 static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
@@ -116,7 +116,8 @@ static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
     l.m = 16 * (cap + WINO_NC) * WINO_BW;
     l.rows = 2 * 2 * p->tw * WINO_BW;           /* two output rows, channels innermost */
     l.in = 8 * row_ld(p->tw);                   /* deinterleaved input rows */
-    l.tiles = l.ublock = 0;
+    l.tiles = 0;
+    l.ublock = 16 * ublock_plane(g);
     return l;
 }
 
@@ -195,7 +196,7 @@ typedef struct {
 } weights_job;
 
 /* Kernel values w[o][c * 9 + t] for c in [c0, c0 + nc) and o in [o0, o1) as rows t' = (c - c0) * 9 + t
-   of values ld apart, o at column o (channels past out_c zero). */
+   of values ld apart, o at column o - o0 (channels past out_c zero). */
 static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_t nc, size_t o0, size_t o1, float *t,
                               size_t ld, bool adjoint) {
     if (adjoint) { /* w is [in_c][out_c * 9]: row c holds, for each output channel, its kernel flipped */
@@ -203,7 +204,7 @@ static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_
             const float *row = w + (c0 + c) * g->out_c * 9;
             for (size_t tap = 0; tap < 9; tap++) {
                 float *dst = t + (c * 9 + tap) * ld;
-                for (size_t o = o0; o < o1; o++) dst[o] = o < g->out_c ? row[o * 9 + 8 - tap] : 0.0f;
+                for (size_t o = o0; o < o1; o++) dst[o - o0] = o < g->out_c ? row[o * 9 + 8 - tap] : 0.0f;
             }
         }
         return;
@@ -212,9 +213,9 @@ static void transpose_kernels(const bp_geom *g, const float *w, size_t c0, size_
     size_t o8 = real > o0 ? o0 + (real - o0) / 8 * 8 : o0;
     const float *src = w + c0 * 9;
     for (size_t o = o0; o < o8; o += 8)
-        for (size_t r = 0; r < r8; r += 8) bp_transpose8x8(src + o * k + r, k, t + r * ld + o, ld);
+        for (size_t r = 0; r < r8; r += 8) bp_transpose8x8(src + o * k + r, k, t + r * ld + o - o0, ld);
     for (size_t r = 0; r < rows; r++)
-        for (size_t o = r < r8 ? o8 : o0; o < o1; o++) t[r * ld + o] = o < g->out_c ? src[o * k + r] : 0.0f;
+        for (size_t o = r < r8 ? o8 : o0; o < o1; o++) t[r * ld + o - o0] = o < g->out_c ? src[o * k + r] : 0.0f;
 }
 
 /* G (a, b, c) of F(m x m, 3x3): m + 2 values. */
@@ -254,16 +255,16 @@ BP_INLINE void transform_kernels(const float *k, size_t ld, float *u, size_t pla
 }
 
 /* U for input channels [c0, c1) and output channels [o0, o1) (whole blocks); t: scratch for 72
-   transposed kernel rows. */
+   transposed kernel rows of o1 - o0 values. */
 static void weight_share(const weights_job *j, size_t c0, size_t c1, size_t o0, size_t o1, float *t) {
     const bp_geom *g = j->g;
-    size_t in_c = g->in_c, ld = mblocks(g) * WINO_BW;
+    size_t in_c = g->in_c, ld = o1 - o0;
     for (size_t cb = c0; cb < c1; cb += WEIGHT_CHANNELS) {
         size_t nc = bp_min(WEIGHT_CHANNELS, c1 - cb);
         transpose_kernels(g, j->w, cb, nc, o0, o1, t, ld, j->adjoint);
         for (size_t c = cb; c < cb + nc; c++)
             for (size_t o = o0; o < o1; o += BP_VL) {
-                const float *k = t + (c - cb) * 9 * ld + o;
+                const float *k = t + (c - cb) * 9 * ld + o - o0;
                 if (j->m == 4)
                     transform_kernels(k, ld, j->u + u_offset(4, in_c, c, o - j->o_base), j->plane, 4);
                 else
@@ -467,9 +468,21 @@ static void make_weight_units(forward_job *j, float *t) {
     }
 }
 
+/* The U of channel block mb alone, from the client weights, into the task's scratch. */
+static void make_block_weights(const forward_job *j, size_t mb, const scratch_parts *sp) {
+    weights_job own = j->weights;
+    own.u = sp->ublock;
+    own.plane = ublock_plane(j->g);
+    own.o_base = mb * WINO_BW;
+    weight_share(&own, 0, j->g->in_c, mb * WINO_BW, (mb + 1) * WINO_BW, sp->wt);
+}
+
 /* A block of tile rows and a chunk of channel blocks (F(2x2)). wait_for_weights: the workers make U
-   together; the products wait until it is whole, the input transform does not. */
-static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_weights, float *scratch) {
+   together; the products wait until it is whole, the input transform does not. make_weights: the
+   task makes each channel block's U just before its products read it, into its own scratch (1 MiB
+   at 256 input channels: it stays in the L2 cache, where all of U, written first, would not). */
+static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_weights, bool make_weights,
+                     float *scratch) {
     const bp_winograd *p = j->plan;
     const bp_geom *g = j->g;
     size_t tw = p->tw, th = p->th, in_c = g->in_c, ow = g->out_w, ohw = g->out_h * ow, nb = mblocks(g);
@@ -486,10 +499,11 @@ static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_w
     size_t ldv = in_c * nt, mp = (p->rows * tw + WINO_NC) * WINO_BW;
     size_t d = p->d, per_image = d * d * th;
     for (size_t c = 0; c < in_c; c++) off[c] = (int32_t)(c * nt);
-    size_t uplane = u_plane(g);
     for (size_t mb = mb0; mb < mb1; mb++) {
+        if (make_weights) make_block_weights(j, mb, &sp);
         for (size_t q = 0; q < 16; q++) {
-            const float *uq = j->u + q * uplane + mb * in_c * WINO_BW;
+            const float *uq = make_weights ? sp.ublock + q * ublock_plane(g)
+                                           : j->u + q * u_plane(g) + mb * in_c * WINO_BW;
             for (size_t k0 = 0; k0 < in_c; k0 += K_CHUNK) {
                 size_t kn = bp_min(K_CHUNK, in_c - k0);
                 for (size_t t = 0; t < nt; t += WINO_NC)
@@ -624,17 +638,12 @@ static void run_task4(forward_job *j, size_t block, size_t chunk, bool wait_for_
         }
     if (wait_for_weights) bp_progress_wait(&j->weight_units_made, j->weight_units);
     for (size_t c = 0; c < in_c; c++) sp.off[c] = (int32_t)(c * WINO4_SB);
-    weights_job own = j->weights;
-    own.u = sp.ublock;
-    own.plane = ublock_plane(g);
     for (size_t mb = mb0; mb < mb1; mb++) {
         size_t n = bp_min(WINO_BW, g->out_c - mb * WINO_BW);
-        if (make_weights) {
-            own.o_base = mb * WINO_BW;
-            weight_share(&own, 0, in_c, mb * WINO_BW, (mb + 1) * WINO_BW, sp.wt);
-        }
+        if (make_weights) make_block_weights(j, mb, &sp);
         for (size_t q = 0; q < 36; q++) {
-            const float *uq = make_weights ? own.u + q * own.plane : j->u + q * u_plane(g) + mb * in_c * WINO_BW;
+            const float *uq = make_weights ? sp.ublock + q * ublock_plane(g)
+                                           : j->u + q * u_plane(g) + mb * in_c * WINO_BW;
             for (size_t cs = 0; cs < n; cs += WINO4_NC)
                 for (size_t k0 = 0; k0 < in_c; k0 += K_CHUNK)
                     for (size_t t0 = 0; t0 < nt; t0 += WINO4_GT)
@@ -664,19 +673,16 @@ static void forward_tasks(void *arg, int worker, int workers) {
         return;
     }
     if (j->blocks == 1 && j->chunks == (size_t)workers) {
-        /* one tile block in a chunk of channel blocks per worker: each makes the part of U its
-           chunk reads, then runs it; no worker waits for another, nor reads what another wrote */
-        size_t mb0, mb1;
-        bp_split(mblocks(j->g), worker, workers, &mb0, &mb1);
-        if (j->weights.w != NULL) weight_share(&j->weights, 0, j->g->in_c, mb0 * WINO_BW, mb1 * WINO_BW, sp.wt);
-        run_task(j, 0, (size_t)worker, false, scratch);
+        /* one tile block in a chunk of channel blocks per worker: each makes the U of its chunk's
+           blocks, block by block; no worker waits for another, nor reads what another wrote */
+        run_task(j, 0, (size_t)worker, false, j->weights.w != NULL, scratch);
         return;
     }
     bool shared_weights = j->weights.w != NULL; /* made first, together: one run, not two */
     if (shared_weights) make_weight_units(j, sp.wt);
     size_t tasks = j->blocks * j->chunks;
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < tasks;)
-        run_task(j, t / j->chunks, t % j->chunks, shared_weights, scratch);
+        run_task(j, t / j->chunks, t % j->chunks, shared_weights, false, scratch);
 }
 
 void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, const float *w, bool adjoint,
