@@ -1,5 +1,6 @@
 /* The persistent worker pool (see parallel.h). */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -125,10 +126,20 @@ static void reset_in_child(void) {
     pthread_mutex_init(&sleep_lock, NULL); /* the mailboxes' conditions: when workers start again */
 }
 
+/* The workers run this library's code for as long as the process lives (polling or asleep), so
+   the library stays loaded: unloaded under a polling worker (Python's exit closes it), the
+   worker would crash the process. */
+static void keep_library_loaded(void) {
+    Dl_info info;
+    if (dladdr((void *)&worker_main, &info) != 0 && info.dli_fname != NULL)
+        (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE);
+}
+
 /* Start workers up to `want` (the calling thread excluded); returns how many are running. */
 static int ensure_workers(int want) {
     pthread_mutex_lock(&start_lock);
     if (!atfork_registered) atfork_registered = pthread_atfork(NULL, NULL, reset_in_child) == 0;
+    if (started == 0 && want > 0) keep_library_loaded();
     while (started < want) {
         pthread_attr_t attr;
         pthread_t id;
