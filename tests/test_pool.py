@@ -2,6 +2,10 @@
 made for 2 threads hands each call of a large layer to 2 threads, on every engine that can run it
 and inside a sequence of layers of other shapes, as in a network; a 1-thread filter never wakes
 the pool. Every result is checked against the float64 reference."""
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -137,3 +141,48 @@ def test_concurrent_callers_share_the_pool_and_stay_right(backend, rng, no_filte
     assert not errors, errors
     runs = after["parallel_runs"] - before["parallel_runs"] + after["busy_runs"] - before["busy_runs"]
     assert runs >= 40  # every call ran: on the pool or, while the other caller held it, alone
+
+
+UNLOAD_CHILD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from bnns_py import ActivationFunction as AF, ConvolutionType, reference
+    from bnns_py._ffi import ffi
+    from bnns_py.backend import get_backend
+    from conftest import assert_close_to_reference, client_layer
+
+    # a stem-like layer (7x7, stride 2, 3 -> 16 channels on an odd-sized image) on 2 threads
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((16, 3, 7, 7)) / 12).astype(np.float32)
+    bias = rng.standard_normal(16).astype(np.float32)
+    x = rng.standard_normal((1, 3, 61, 61)).astype(np.float32)
+    outs, layers = [], []
+    for n_threads in (2, 1):
+        layer, (oh, ow) = client_layer(ConvolutionType.standard, 3, 16, 61, 61, (7, 7), (2, 2), (3,) * 4, (1, 1), 1,
+                                       weight, bias, AF.identity, n_threads)
+        out = np.full((1, 16, oh, ow), np.nan, np.float32)
+        for _ in range(20):
+            layer.apply(1, x, out)
+        outs.append(out)
+        layers.append(layer)
+    layers[1].close()
+    assert_close_to_reference(outs[0], reference.conv2d(x, weight, bias, stride=2, padding=3), 147)
+    assert np.array_equal(outs[0], outs[1])
+    backend = get_backend("portable")
+    counters = backend.pool_counters()
+    assert counters["parallel_runs"] >= 1, counters
+    layers[0].apply(1, x, outs[0])  # on 2 threads: the worker polls for the next run
+    ffi.dlclose(backend.lib)
+    time.sleep(0.05)  # the worker would now poll in unmapped code
+    print("ok")
+""")
+
+
+def test_library_stays_loaded_under_polling_workers(backend):
+    # Python's exit closes the library while a worker that has just run a share still polls for the
+    # next run: closed right after a 2-thread call, the library must stay mapped under it
+    done = subprocess.run([sys.executable, "-c", UNLOAD_CHILD, os.path.dirname(os.path.abspath(__file__))],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
