@@ -16,7 +16,8 @@
 
 enum { PANEL_FLOATS = 1 << 14 }; /* source floats of a block of pixels (64 KiB): it stays in cache
                                     while every block of output channels reads it */
-enum { PREFETCH_ROWS_MIN = 64, PREFETCH_FLOATS_MIN = 1 << 18 }; /* see prefetches */
+enum { PREFETCH_ROWS_MIN = 128, PREFETCH_RUN_FLOATS_MIN = 1 << 17, /* see prefetches */
+       PREFETCH_CALL_FLOATS_MIN = 1 << 19 };
 
 typedef struct {
     const bp_direct *d;
@@ -235,12 +236,15 @@ static void run_tasks(void *arg, int worker, int workers) {
 
 /* Whether the tiles prefetch the next block of pixels: where the source is read in place, has
    PREFETCH_ROWS_MIN rows (input channels) or more, each row's next lines in another page (more
-   streams than the hardware prefetchers follow: a demand miss to L3 or memory per line), and a
-   run's source is at least half of a 2 MiB L2. Measured on the Emerald Rapids Xeon, 1 thread:
-   256 -> 64 channels of 56x56 1.05-1.2x; smaller sources or fewer channels gain nothing and
-   those of 24 channels lose up to 5 %. */
-static bool prefetches(const bp_direct *d, const pointwise_job *j) {
-    return !j->copy && d->c >= PREFETCH_ROWS_MIN && d->c * j->run_pixels >= PREFETCH_FLOATS_MIN;
+   streams than the hardware prefetchers follow: a demand miss to L3 or memory per line), a run
+   of at least 512 KiB (enough blocks to prefetch), and the call's source exceeds a 2 MiB L2.
+   Measured on the Emerald Rapids Xeon, 1 thread: 256 -> 64 channels of 56x56 1.05 - 1.2x;
+   sources within L2 (96 -> 24 at 56x56, batch 1: 0.92 - 0.94x) and 64 - 96 channels (ties and
+   losses within the noise) run without it. */
+static bool prefetches(const bp_direct *d, const pointwise_job *j, size_t batch) {
+    size_t run = d->c * j->run_pixels;
+    return !j->copy && d->c >= PREFETCH_ROWS_MIN && run >= PREFETCH_RUN_FLOATS_MIN &&
+           batch * d->groups * j->runs * run >= PREFETCH_CALL_FLOATS_MIN;
 }
 
 void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_image *src_img, const float *src,
@@ -258,7 +262,7 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
         j.runs = 1;
         j.run_pixels = h * w;
     }
-    j.prefetch = prefetches(d, &j);
+    j.prefetch = prefetches(d, &j, batch);
     size_t cost = 2 * batch * d->groups * h * w * d->c * d->m;
     int workers = bp_workers_for(threads, cost);
     /* a few tasks per worker: shares of the channel blocks, then of the pixels where those are few */
