@@ -528,6 +528,10 @@ POINTWISE = [
     (1, 5, 70, 14, 14, 1),     # 70 channels: blocks of 64 + 6
     (2, 300, 24, 9, 9, 1),     # a reduction longer than a panel of pixels holds
     (1, 24, 16, 40, 37, 1),    # one block of channels, 1480 pixels: 2 threads split the pixels
+    # 128+ channels, 512 KiB+ per image and group, 2 MiB+ per call: the tiles prefetch the next block of pixels
+    (2, 128, 24, 48, 48, 1),   # rows on line boundaries, 2304 pixels: whole vectors only
+    (1, 260, 18, 45, 47, 2),   # groups of 130 channels, rows of 2115 pixels (off line boundaries), a tail of 3
+    (1, 260, 18, 45, 46, 2),   # the same, a tail of 6 (a vector)
 ]
 POINTWISE_ACTIVATIONS = {"identity": AF.identity, "relu": AF.rectified_linear, "relu6": AF.relu6,
                          "clamp": AF.clamp((-0.3, 0.4)), "sigmoid": AF.sigmoid}

@@ -121,6 +121,12 @@ void bp_direct_transpose_rows(const float *src, size_t lds, size_t rows, size_t 
    <= POINTWISE_MR_MAX, nv <= POINTWISE_NV_MAX. */
 void bp_direct_pointwise_tile(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
                               size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last);
+/* The same, each step i of the reduction also prefetching (into L2) `lines` cache lines from
+   ahead + i*xs: the rows of pixels the caller reads next, whose far-apart rows the hardware's
+   prefetchers do not follow. */
+void bp_direct_pointwise_tile_ahead(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w,
+                                    size_t wr, size_t wi, const float *bias, float lo, float hi, float *y, size_t ys,
+                                    size_t last, const float *ahead, size_t lines);
 
 /* Its dot products: y(r, p) (rows ys apart) = min(hi, max(lo, bias[r] + sum_i W(r, i) xt(p, i)))
    for mr channels (W's rows wr apart, steps consecutive) and np pixels (xt: k values each, ldx

@@ -9,15 +9,17 @@
 
 /* acc(r, v) over MR rows of W and NV whole vectors of pixels of X (x, rows xs apart); y (rows ys
    apart) = min(hi, max(lo, acc + bias)) (NaN kept, as the activations' own clamps do), `last`
-   lanes of the last vector. */
+   lanes of the last vector. Each step i also prefetches `lines` cache lines (into L2) from
+   ahead + i*xs: that row's pixels that come next. */
 BP_INLINE void pointwise_kernel(const float *x, size_t xs, size_t k, const float *w, size_t wr, size_t wi,
-                                const float *bias, float lo, float hi, float *y, size_t ys, size_t last, const int MR,
-                                const int NV) {
+                                const float *bias, float lo, float hi, float *y, size_t ys, size_t last,
+                                const float *ahead, size_t lines, const int MR, const int NV) {
     bp_vec acc[POINTWISE_MR_MAX][POINTWISE_NV_MAX];
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = bp_vzero();
     for (size_t i = 0; i < k; i++) {
         const float *row = x + i * xs;
+        for (size_t l = 0; l < lines; l++) __builtin_prefetch((const char *)(ahead + i * xs) + 64 * l, 0, 2);
         bp_vec xv[POINTWISE_NV_MAX];
         for (int v = 0; v < NV; v++) xv[v] = bp_vload(row + v * BP_VL);
         for (int r = 0; r < MR; r++) {
@@ -35,10 +37,13 @@ BP_INLINE void pointwise_kernel(const float *x, size_t xs, size_t k, const float
 }
 
 #define POINTWISE_CASE(MR, NV)                                                                          \
-    case (MR)*8 + (NV): pointwise_kernel(x, xs, k, w, wr, wi, bias, lo, hi, y, ys, last, MR, NV); break;
+    case (MR)*8 + (NV): pointwise_kernel(x, xs, k, w, wr, wi, bias, lo, hi, y, ys, last, ahead, lines, MR, NV); break;
 
-void bp_direct_pointwise_tile(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
-                              size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last) {
+/* The tile for (mr, nv); the exported entry without prefetching passes lines 0, which the
+   compiler folds away, so its loops are those of a kernel without the prefetch. */
+BP_INLINE void pointwise_tiles(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
+                               size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last,
+                               const float *ahead, size_t lines) {
     switch (mr * 8 + nv) {
 #if BP_VREGS >= 32
         POINTWISE_CASE(8, 3) POINTWISE_CASE(8, 2) POINTWISE_CASE(8, 1)
@@ -48,6 +53,17 @@ void bp_direct_pointwise_tile(size_t mr, size_t nv, const float *x, size_t xs, s
         POINTWISE_CASE(1, 3) POINTWISE_CASE(1, 2) POINTWISE_CASE(1, 1)
     default: break; /* not reached: mr <= POINTWISE_MR_MAX, a power of two; nv <= POINTWISE_NV_MAX */
     }
+}
+
+void bp_direct_pointwise_tile(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w, size_t wr,
+                              size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last) {
+    pointwise_tiles(mr, nv, x, xs, k, w, wr, wi, bias, lo, hi, y, ys, last, NULL, 0);
+}
+
+void bp_direct_pointwise_tile_ahead(size_t mr, size_t nv, const float *x, size_t xs, size_t k, const float *w,
+                                    size_t wr, size_t wi, const float *bias, float lo, float hi, float *y, size_t ys,
+                                    size_t last, const float *ahead, size_t lines) {
+    pointwise_tiles(mr, nv, x, xs, k, w, wr, wi, bias, lo, hi, y, ys, last, ahead, lines);
 }
 
 /* y(r, p) = min(hi, max(lo, bias[r] + sum_i W(r, i) xt(p, i))) for MR rows of W (w, rows wr
