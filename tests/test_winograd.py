@@ -267,6 +267,31 @@ def test_a_wide_layer_takes_f4_by_itself(client, backend, rng, monkeypatch, no_f
             np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(channels))
 
 
+@pytest.mark.requires_portable_internals
+def test_only_client_filters_reserve_a_block_of_weights_per_worker(backend, monkeypatch, no_filter_leaks):
+    """Each worker's scratch has room for one channel block's transformed weights only where calls
+    make them from the caller's weights: a filter that copied (and transformed) its weights at
+    creation reserves less per worker than a client-pointer one; on AVX-512 (blocks of 64 output
+    channels) exactly F(4x4)'s 36 planes of 64 x 512 values (+ 80 floats each) less."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    monkeypatch.delenv("BNNS_PY_WINOGRAD_TILE", raising=False)
+    channels, size = 512, 7
+    weight = np.zeros((channels, channels, 3, 3), np.float32)
+    reserved = {}
+    for client in (True, False):
+        for n_threads in (1, 2):
+            layer, _ = client_layer(ConvolutionType.standard, channels, channels, size, size, (3, 3), (1, 1),
+                                    (1, 1, 1, 1), (1, 1), 1, weight, None, AF.identity, n_threads,
+                                    flags=None if client else Flags.none)
+            with layer:
+                assert backend.filter_engine(layer.bnns_filter, batch=8) == "winograd"
+                reserved[client, n_threads] = backend.lib.bnns_portable_filter_reserved_bytes(layer.bnns_filter)
+    per_worker = {client: reserved[client, 2] - reserved[client, 1] for client in (True, False)}
+    assert per_worker[False] < per_worker[True]
+    if bnns_py.backend_info()["simd"] == "AVX-512":
+        assert per_worker[True] - per_worker[False] == 36 * (channels * 64 + 80) * 4
+
+
 def test_a_wide_layer_takes_f4_for_its_input_gradient(backend, rng, monkeypatch, no_filter_leaks):
     """The adjoint of a wide 'same' layer has its shape: F(4x4) for calls of 8 images of 7 x 7 or
     more, the direct engine for fewer; dx, dw and db right either way."""

@@ -25,7 +25,7 @@ typedef void transform_fn(size_t tw, size_t ld, const float *e, const float *o, 
 typedef void outputs_fn(size_t tw, const float *m, size_t mp, size_t vectors, float *rows);
 typedef void weights_fn(const bp_winograd *plan, const bp_geom *g, const float *w, float *u, const bp_scratch *s,
                         int threads, bool adjoint);
-typedef bool plan_fn(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan);
+typedef bool plan_fn(const bp_geom *g, bool forced, size_t tile, bool client, bp_winograd *plan);
 typedef size_t weight_floats_fn(const bp_winograd *plan, const bp_geom *g);
 typedef const char *simd_fn(void);
 typedef void gradient_transform_fn(size_t tw, size_t ld, const float *e, const float *o, float *v, size_t vp);
@@ -88,7 +88,7 @@ static size_t block_width(const tier *t) {
     bp_geom g;
     bp_winograd plan;
     kt_geom(&g, 1, 1, 1, 4, 4, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0);
-    t->plan(&g, true, 2, &plan);
+    t->plan(&g, true, 2, true, &plan);
     return t->weight_floats(&plan, &g) / 16 - 80;
 }
 
@@ -182,7 +182,7 @@ static int check_weights(const tier *t, const char *name, int c) {
     bp_geom g;
     bp_winograd plan;
     kt_geom(&g, 1, in_c, out_c, kt_range(3, 8), kt_range(3, 8), 3, 3, 1, 1, 1, 1, 1, 1, 1, 1);
-    if (!t->plan(&g, true, 2, &plan)) {
+    if (!t->plan(&g, true, 2, true, &plan)) {
         printf("FAIL %s winograd: no forced plan for %zu -> %zu channels\n", name, in_c, out_c);
         return 1;
     }

@@ -109,7 +109,7 @@ static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
         l.rows = 36 * WINO4_GT;
         l.in = 16 * BP_VL;
         l.tiles = tiles * sizeof(tile_at) / sizeof(float);
-        l.ublock = 36 * ublock_plane(g);
+        l.ublock = p->client ? 36 * ublock_plane(g) : 0;
         return l;
     }
     l.v = 16 * g->in_c * cap + WINO_NC + 16;    /* the last tile of a row reads on into the next */
@@ -117,7 +117,7 @@ static scratch_layout layout_for(const bp_geom *g, const bp_winograd *p) {
     l.rows = 2 * 2 * p->tw * WINO_BW;           /* two output rows, channels innermost */
     l.in = 8 * row_ld(p->tw);                   /* deinterleaved input rows */
     l.tiles = 0;
-    l.ublock = 16 * ublock_plane(g);
+    l.ublock = p->client ? 16 * ublock_plane(g) : 0;
     return l;
 }
 
@@ -141,13 +141,14 @@ static size_t tile_for(const bp_geom *g) {
     return weight_floats(4, g) <= WINO4_MAX_WEIGHTS ? 4 : 0;
 }
 
-bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan) {
+bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bool client, bp_winograd *plan) {
     if (g->kh != 3 || g->kw != 3 || g->sx != 1 || g->sy != 1 || g->dx != g->dy || g->dx == 0 ||
         g->dx > WINO_MAX_DILATION || g->groups != 1 || g->out_h == 0 || g->out_w == 0 || g->in_c > INT32_MAX / 36)
         return false;
     size_t d = g->dx, m = tile == 2 || tile == 4 ? tile : forced ? 2 : tile_for(g);
     if (m == 0) return false;
     plan->d = d;
+    plan->client = client;
     set_tiles(g, m, plan);
     if (!forced && (g->in_c < WINO_MIN_CHANNELS || g->out_c < WINO_MIN_CHANNELS || bp_ceil_div(g->out_w, d) < 4 ||
                     bp_ceil_div(g->out_h, d) < 4 || weight_floats(m, g) > (m == 2 ? WINO_MAX_WEIGHTS : WINO4_MAX_WEIGHTS)))
@@ -665,7 +666,7 @@ static void forward_tasks(void *arg, int worker, int workers) {
     float *scratch = j->s->base + (size_t)worker * j->s->stride;
     scratch_parts sp = parts_of(j->g, j->plan, scratch);
     if (j->plan->m == 4) {
-        bool own_weights = j->weights.w != NULL && j->blocks == 1 && j->chunks == (size_t)workers;
+        bool own_weights = j->weights.w != NULL && j->plan->client && j->blocks == 1 && j->chunks == (size_t)workers;
         bool shared_weights = j->weights.w != NULL && !own_weights;
         if (shared_weights) make_weight_units(j, sp.wt);
         for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->blocks * j->chunks;)
@@ -675,7 +676,7 @@ static void forward_tasks(void *arg, int worker, int workers) {
     if (j->blocks == 1 && j->chunks == (size_t)workers) {
         /* one tile block in a chunk of channel blocks per worker: each makes the U of its chunk's
            blocks, block by block; no worker waits for another, nor reads what another wrote */
-        run_task(j, 0, (size_t)worker, false, j->weights.w != NULL, scratch);
+        run_task(j, 0, (size_t)worker, false, j->weights.w != NULL && j->plan->client, scratch);
         return;
     }
     bool shared_weights = j->weights.w != NULL; /* made first, together: one run, not two */

@@ -22,12 +22,16 @@ typedef struct {
     size_t rows;           /* tile rows a task takes at most (rows * tw tiles) */
     size_t scratch_floats; /* per worker */
     size_t min_batch;      /* calls of fewer images run on the direct engine instead */
+    bool client;           /* the weights are the caller's: tasks may make their channel blocks' U,
+                              for which each worker's scratch has room */
 } bp_winograd;
 
 /* Whether the Winograd pass takes this geometry (forced: whenever it can) and its plan. tile: m
-   (2 or 4) as asked for (BNNS_PY_WINOGRAD_TILE), 0 to pick it by the shape. Unforced, it takes
-   layers of at least 16 channels in and out; the planning (plan.c) decides which passes run there. */
-bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan);
+   (2 or 4) as asked for (BNNS_PY_WINOGRAD_TILE), 0 to pick it by the shape. client: the weights are
+   read from the caller at every call (else transformed once, into a U the filter keeps). Unforced,
+   it takes layers of at least 16 channels in and out; the planning (plan.c) decides which passes
+   run there. */
+bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bool client, bp_winograd *plan);
 
 /* Output channels of one block of the products' tiles (WINO_MV vectors: 64 on AVX-512). */
 size_t bp_winograd_product_channels(void);

@@ -76,12 +76,12 @@ static void plan_winograd(bp_filter *f) {
     bool forced = engine == BP_ENGINE_WINOGRAD;
     size_t tile = winograd_tile_override();
     if (f->client && bp_winograd_adjoint(&f->g, &f->dx_geom) &&
-        bp_winograd_plan(&f->dx_geom, forced, tile, &f->wino_dx_plan) &&
+        bp_winograd_plan(&f->dx_geom, forced, tile, true, &f->wino_dx_plan) &&
         (forced || winograd_products_pay(&f->dx_geom))) {
         f->wino_dx = true;
         if (f->wino_dx_plan.scratch_floats > f->scratch_floats) f->scratch_floats = f->wino_dx_plan.scratch_floats;
     }
-    if (dilated_activation || !bp_winograd_plan(&f->g, forced, tile, &f->wino)) return;
+    if (dilated_activation || !bp_winograd_plan(&f->g, forced, tile, f->client, &f->wino)) return;
     f->winograd = forced || winograd_products_pay(&f->g);
     /* F(4x4)'s wide layers: not measured there */
     f->wino_dw = f->client && (forced || (f->wino.m == 2 && winograd_gradient_pays(&f->g)));

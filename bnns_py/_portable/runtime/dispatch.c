@@ -160,8 +160,8 @@ void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed,
 size_t bp_winograd_weight_floats(const bp_winograd *plan, const bp_geom *g) {
     return tier()->winograd_weight_floats(plan, g);
 }
-bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bp_winograd *plan) {
-    return tier()->winograd_plan(g, forced, tile, plan);
+bool bp_winograd_plan(const bp_geom *g, bool forced, size_t tile, bool client, bp_winograd *plan) {
+    return tier()->winograd_plan(g, forced, tile, client, plan);
 }
 bool bp_winograd_adjoint(const bp_geom *g, bp_geom *a) { return tier()->winograd_adjoint(g, a); }
 void bp_winograd_weights(const bp_winograd *plan, const bp_geom *g, const float *w, float *u, const bp_scratch *s,
