@@ -182,7 +182,10 @@ UNLOAD_CHILD = textwrap.dedent("""
 def test_library_stays_loaded_under_polling_workers(backend):
     # Python's exit closes the library while a worker that has just run a share still polls for the
     # next run: closed right after a 2-thread call, the library must stay mapped under it
-    done = subprocess.run([sys.executable, "-c", UNLOAD_CHILD, os.path.dirname(os.path.abspath(__file__))],
-                          capture_output=True, text=True, timeout=300)
+    # (from the tests directory: `python -c` imports from its working directory first, and the
+    # repository root holds the unbuilt source tree, not the installed package)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, "-c", UNLOAD_CHILD, tests_dir], capture_output=True, text=True,
+                          timeout=300, cwd=tests_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
