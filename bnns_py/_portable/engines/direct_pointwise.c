@@ -256,7 +256,7 @@ void bp_direct_pointwise_run(const bp_direct_pass *pass, size_t batch, const bp_
     view.sx *= d->ss_x;
     view.sy *= d->ss_y;
     pointwise_job j = {d, pass, view, src, src_bs, dst_img, dst, dst_bs, e, 0.0f, 0.0f, false, s,
-                       h, w, w, view.sx != 1, 1, 1, 0, bp_ceil_div(d->m, d->bw), 0};
+                       h, w, w, view.sx != 1, 1, 1, 0, bp_ceil_div(d->m, d->bw), 0, false};
     j.activate = !bp_clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
     if ((j.copy || view.sy == w) && dst_img->sy == w) { /* whole images are runs (gathered: any source) */
         j.runs = 1;
