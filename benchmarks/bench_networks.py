@@ -83,7 +83,6 @@ import numpy as np  # noqa: E402
 
 import bnns_py  # noqa: E402
 from bnns_py import ActivationFunction as AF  # noqa: E402
-from bnns_py.functional import make_linear_layer  # noqa: E402
 
 from _timing import Contention, IdleWaits, best_times  # noqa: E402
 
@@ -223,15 +222,10 @@ def layer_arrays(layer, batch, rng):
 def bnns_layer(layer, x, w, b, out, threads):
     name, kind, cin, cout, size, k, stride, groups, act = layer
     if kind == "fc":
-        module = bnns_py.Linear(w, b, activation=BNNS_ACTIVATIONS[act])
-        if threads is not None:  # the module's filter, with the thread count
-            module._fc_layer = make_linear_layer(w, b, BNNS_ACTIVATIONS[act], None, n_threads=threads)
+        module = bnns_py.Linear(w, b, activation=BNNS_ACTIVATIONS[act], n_threads=threads or 0)
     else:
-        module = bnns_py.Conv2d(w, b, stride=stride, padding=k // 2, groups=groups, activation=BNNS_ACTIVATIONS[act])
-        if threads is not None:  # the module's filter for this input size, with the thread count
-            module._layers[(size, size)] = module.spec.make_layer(size, size, module._bnns_weight, module.bias, None,
-                                                                  n_threads=threads,
-                                                                  weight_strides=module._weight_strides)
+        module = bnns_py.Conv2d(w, b, stride=stride, padding=k // 2, groups=groups, activation=BNNS_ACTIVATIONS[act],
+                                n_threads=threads or 0)
     return module, lambda: module(x, out=out)
 
 

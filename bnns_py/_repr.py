@@ -232,6 +232,10 @@ def backend_text(backend: object) -> str:
     return str(getattr(backend, "name", backend))
 
 
+def threads_text(n_threads: int) -> str:
+    return str(n_threads) if n_threads else "0 (the backend chooses)"
+
+
 def conv_module_rows(module: Any) -> List[Tuple[str, str]]:
     spec = module.spec
     left, right, top, bottom = spec.padding
@@ -248,6 +252,7 @@ def conv_module_rows(module: Any) -> List[Tuple[str, str]]:
     rows += [("activation", repr(spec.activation)),
              ("bias", "yes" if module.bias is not None else "no"),
              ("backend", backend_text(module.backend)),
+             ("threads per call", threads_text(module.n_threads)),
              ("cached filters (input H, W)", ", ".join(f"{h}x{w}" for h, w in module._layers) or "none")]
     return rows
 
@@ -258,4 +263,5 @@ def linear_module_rows(module: Any) -> List[Tuple[str, str]]:
             ("activation", repr(module.activation)),
             ("bias", "yes" if module.bias is not None else "no"),
             ("backend", backend_text(module.backend)),
+            ("threads per call", threads_text(module.n_threads)),
             ("filter", "none yet" if module._fc_layer is None else state(module._fc_layer))]

@@ -278,9 +278,7 @@ def bnns_module(c: Case, w: Array, b: Array, backend: Optional[str] = None, n_th
     backend : str, optional
         Backend name (default: the default backend).
     n_threads : int, optional
-        The ``FilterParameters.n_threads`` of the module's filter for the case's input size, so
-        that ``forward``/``backward`` and ``module._layer(H, W)`` run with that many threads
-        (without it: the modules' default, 0 = all CPUs).
+        The module's ``n_threads`` (without it: the modules' default, 0 = all CPUs).
 
     Returns
     -------
@@ -289,12 +287,8 @@ def bnns_module(c: Case, w: Array, b: Array, backend: Optional[str] = None, n_th
     """
     from .modules import Conv2d, ConvTranspose2d
     cls = ConvTranspose2d if c["transposed"] else Conv2d
-    module = cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"], backend=backend)
-    if n_threads is not None:
-        module._layers[(c["H"], c["W"])] = module.spec.make_layer(c["H"], c["W"], module._bnns_weight, module.bias,
-                                                                  backend, n_threads=int(n_threads),
-                                                                  weight_strides=module._weight_strides)
-    return module
+    return cls(w, b, stride=c["stride"], padding=c["pad"], dilation=c["dil"], groups=c["groups"], backend=backend,
+               n_threads=n_threads or 0)
 
 
 def bnns_linear_module(w: Array, b: Optional[Array], n_threads: Optional[int] = None) -> Tuple[Any, Any]:
@@ -308,11 +302,8 @@ def bnns_linear_module(w: Array, b: Optional[Array], n_threads: Optional[int] = 
         beside the module's); close the module (or use it as a context manager), which closes the
         layer.
     """
-    from .functional import make_linear_layer
     from .modules import Linear
-    module = Linear(w, b)
-    if n_threads is not None:
-        module._fc_layer = make_linear_layer(w, b, None, None, n_threads=int(n_threads))
+    module = Linear(w, b, n_threads=n_threads or 0)
     return module, module._layer()
 
 

@@ -8,6 +8,20 @@ from .enums import Flags
 Callback = Union[Callable[..., Any], Any]
 
 
+def checked_thread_count(n_threads: Any) -> int:
+    """``n_threads`` as an int, checked: an integer >= 0, 0 meaning as many threads as the backend
+    chooses.
+
+    Raises
+    ------
+    ValueError
+        A negative number, a bool, or not an integer.
+    """
+    if isinstance(n_threads, bool) or not hasattr(n_threads, "__index__") or int(n_threads) < 0:
+        raise ValueError(f"n_threads must be an integer >= 0 (0 = automatic), got {n_threads!r}")
+    return int(n_threads)
+
+
 class FilterParameters:
     """Runtime options of a filter: flags, thread count and memory callbacks.
 
@@ -70,15 +84,14 @@ class FilterParameters:
         n_threads = n_threads if thread_count is None else thread_count
         alloc_memory = alloc_memory if allocator is None else allocator
         free_memory = free_memory if deallocator is None else deallocator
-        if isinstance(n_threads, bool) or not hasattr(n_threads, "__index__") or int(n_threads) < 0:
-            raise ValueError(f"n_threads must be an integer >= 0 (0 = automatic), got {n_threads!r}")
+        n_threads = checked_thread_count(n_threads)
         if isinstance(flags, bool) or not hasattr(flags, "__index__") or int(flags) & ~int(Flags.use_client_pointer):
             raise ValueError(f"flags {flags!r} has bits BNNS does not define; valid: {list(Flags)}")
         flags = Flags(int(flags))
         if (alloc_memory is None) != (free_memory is None):
             raise ValueError("alloc_memory and free_memory must be given together")
         self.flags = flags
-        self.n_threads = int(n_threads)
+        self.n_threads = n_threads
         self._alloc = _callback("BNNSAlloc", alloc_memory)
         self._free = _callback("BNNSFree", free_memory)
         self._c = ffi.new("BNNSFilterParameters *")

@@ -506,7 +506,7 @@ def fully_connected_from_torch(module: TorchObject, input_shape: Union[int, Sequ
 
 
 def conv_module_from_torch(cls: Type[_ConvModuleT], module: TorchObject, backend: BackendLike = None,
-                           activation: ActivationLike = None) -> _ConvModuleT:
+                           activation: ActivationLike = None, n_threads: int = 0) -> _ConvModuleT:
     """The numpy module computing what a torch convolution module computes:
     ``Conv2d.from_torch`` and ``ConvTranspose2d.from_torch``.
 
@@ -519,6 +519,8 @@ def conv_module_from_torch(cls: Type[_ConvModuleT], module: TorchObject, backend
         ``nn.Sequential`` of an optional ``nn.ZeroPad2d``, that module and an activation module.
     backend, activation : optional
         As for :func:`convolution_layer_from_torch`.
+    n_threads : int, optional
+        The module's ``n_threads`` (default 0: as many as the backend chooses).
 
     Returns
     -------
@@ -547,16 +549,17 @@ def conv_module_from_torch(cls: Type[_ConvModuleT], module: TorchObject, backend
     weight, bias, spec = _conv_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
     if issubclass(cls, ConvTranspose2d) and spec.transposed:
         return cls(weight, bias, stride=spec.stride, padding=spec.padding, output_padding=spec.output_padding,
-                   groups=spec.groups, dilation=spec.dilation, activation=spec.activation, backend=backend)
+                   groups=spec.groups, dilation=spec.dilation, activation=spec.activation, backend=backend,
+                   n_threads=n_threads)
     if issubclass(cls, Conv2d) and not spec.transposed:
         return cls(weight, bias, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
-                   groups=spec.groups, activation=spec.activation, backend=backend)
+                   groups=spec.groups, activation=spec.activation, backend=backend, n_threads=n_threads)
     wanted = "nn.ConvTranspose2d" if issubclass(cls, ConvTranspose2d) else "nn.Conv2d"
     raise TypeError(f"{cls.__name__}.from_torch needs {wanted}, got {type(module).__name__}")
 
 
 def linear_module_from_torch(cls: Type[_LinearT], module: TorchObject, backend: BackendLike = None,
-                             activation: ActivationLike = None) -> _LinearT:
+                             activation: ActivationLike = None, n_threads: int = 0) -> _LinearT:
     """The numpy module computing what a torch linear module computes: ``Linear.from_torch``.
 
     Parameters
@@ -567,6 +570,8 @@ def linear_module_from_torch(cls: Type[_LinearT], module: TorchObject, backend: 
         ``nn.Linear``, or ``nn.Sequential(Linear, activation module)`` (the activation is fused).
     backend, activation : optional
         As for :func:`convolution_layer_from_torch`.
+    n_threads : int, optional
+        The module's ``n_threads`` (default 0: as many as the backend chooses).
 
     Returns
     -------
@@ -591,7 +596,7 @@ def linear_module_from_torch(cls: Type[_LinearT], module: TorchObject, backend: 
     """
     torch = require_torch()
     weight, bias, activation = _linear_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
-    return cls(weight, bias, activation=activation, backend=backend)
+    return cls(weight, bias, activation=activation, backend=backend, n_threads=n_threads)
 
 
 # ---- to torch -----------------------------------------------------------------------------------

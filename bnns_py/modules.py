@@ -27,6 +27,7 @@ from .fully_connected import FullyConnectedLayer
 from .layer import BackwardRunner
 from .backend import get_backend
 from .errors import LayerClosedError
+from .filter_parameters import checked_thread_count
 from .functional import (ActivationLike, BackendLike, ConvSpec, IntPair, Padding, ConvFilter, linear_operands, make_linear_layer, pointer, run_filter, transposed_weight_from_bnns,
                          transposed_weight_to_bnns)
 
@@ -203,6 +204,8 @@ class _Module(_Lifecycle):
 
     _weight: Array
     _bias: Optional[Array]
+    n_threads: int = fixed_attribute("n_threads", "The threads each call may use (``FilterParameters.n_threads``; "
+                                                  "0: as many as the backend chooses).")
 
     @property
     def weight(self) -> Array:
@@ -243,7 +246,8 @@ class _ConvModule(_Module):
     backend: BackendLike = fixed_attribute("backend", "The backend asked for (None: resolved at the first call).")
 
     def _setup(self, weight: Any, bias: Any, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
-               activation: ActivationLike, backend: BackendLike, output_padding: IntPair) -> None:
+               activation: ActivationLike, backend: BackendLike, output_padding: IntPair, n_threads: int) -> None:
+        self._n_threads = checked_thread_count(n_threads)
         weight = writable_parameter("weight", weight, (4,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
@@ -296,7 +300,8 @@ class _ConvModule(_Module):
                 if layer is None:
                     layer = table[key] = self.spec.make_layer(
                         height, width, self._bnns_weight, self._bias, self.backend, input_strides=input_strides,
-                        output_strides=output_strides, weight_strides=self._weight_strides)
+                        output_strides=output_strides, n_threads=self.n_threads,
+                        weight_strides=self._weight_strides)
         return layer
 
     def _keep_runner(self, key: Any, layer: ConvolutionLayer, prepared: Any, output: Any) -> None:
@@ -443,9 +448,10 @@ class _ConvModule(_Module):
         s = self.spec
         output_padding = f", output_padding={s.output_padding}" if s.transposed else ""
         backend = f", backend={_repr.backend_text(self.backend)!r}" if self.backend is not None else ""
+        threads = f", n_threads={self.n_threads}" if self.n_threads else ""
         return (f"{type(self).__name__}({s.in_channels}, {s.out_channels}, kernel={s.kernel}, "
                 f"stride={s.stride}, padding={s.padding}, dilation={s.dilation}, groups={s.groups}"
-                f"{output_padding}, activation={s.activation!r}, bias={self.bias is not None}{backend})")
+                f"{output_padding}, activation={s.activation!r}, bias={self.bias is not None}{backend}{threads})")
 
     def _repr_html_(self) -> str:
         return _repr.key_value_html(type(self).__name__, _repr.conv_module_rows(self))
@@ -453,7 +459,7 @@ class _ConvModule(_Module):
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
     def from_torch(cls: Type[_ConvModuleType], module: Any, backend: BackendLike = None, *,
-                   activation: ActivationLike = None) -> _ConvModuleType:
+                   activation: ActivationLike = None, n_threads: int = 0) -> _ConvModuleType:
         """The module computing what a torch convolution module computes (needs PyTorch).
 
         Parameters
@@ -466,6 +472,8 @@ class _ConvModule(_Module):
             As for :func:`bnns_py.conv2d`.
         activation : ActivationFunction, str or None, keyword-only
             An activation to fuse, when ``module`` has none.
+        n_threads : int, keyword-only
+            As for :class:`Conv2d`.
 
         Returns
         -------
@@ -482,7 +490,7 @@ class _ConvModule(_Module):
             Settings BNNS cannot express (e.g. a padding mode other than zeros).
         """
         from . import interop
-        converted: _ConvModuleType = interop.conv_module_from_torch(cls, module, backend, activation)
+        converted: _ConvModuleType = interop.conv_module_from_torch(cls, module, backend, activation, n_threads)
         return converted
 
     def to_torch(self) -> Any:
@@ -519,6 +527,9 @@ class Conv2d(_ConvModule):
         Fused after the bias.
     backend : str, Backend or None, keyword-only
         ``"accelerate"``, ``"portable"`` or None (resolved at the first call).
+    n_threads : int, keyword-only
+        The threads each call may use, ``FilterParameters.n_threads`` of the module's filters
+        (default 0: as many as the backend chooses).
 
     Attributes
     ----------
@@ -534,7 +545,8 @@ class Conv2d(_ConvModule):
     TypeError
         A weight or bias that is not a float32 array object.
     ValueError
-        A read-only or non-contiguous weight or bias, shapes that do not fit, or bad geometry.
+        A read-only or non-contiguous weight or bias, shapes that do not fit, bad geometry, or an
+        ``n_threads`` that is not an integer >= 0.
 
     Examples
     --------
@@ -555,8 +567,8 @@ class Conv2d(_ConvModule):
 
     def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
                  dilation: IntPair = 1, groups: int = 1, *, activation: ActivationLike = None,
-                 backend: BackendLike = None) -> None:
-        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, 0)
+                 backend: BackendLike = None, n_threads: int = 0) -> None:
+        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, 0, n_threads)
 
 
 class ConvTranspose2d(_ConvModule):
@@ -578,6 +590,8 @@ class ConvTranspose2d(_ConvModule):
         Fused after the bias.
     backend : str, Backend or None, keyword-only
         ``"accelerate"``, ``"portable"`` or None (resolved at the first call).
+    n_threads : int, keyword-only
+        As for :class:`Conv2d`.
 
     Raises
     ------
@@ -602,8 +616,8 @@ class ConvTranspose2d(_ConvModule):
 
     def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
                  output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
-                 activation: ActivationLike = None, backend: BackendLike = None) -> None:
-        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, output_padding)
+                 activation: ActivationLike = None, backend: BackendLike = None, n_threads: int = 0) -> None:
+        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, output_padding, n_threads)
 
 
 # ---- fully connected ------------------------------------------------------------------------------
@@ -644,6 +658,9 @@ class Linear(_Module):
         Fused after the bias.
     backend : str, Backend or None, keyword-only
         ``"accelerate"``, ``"portable"`` or None (resolved at the first call).
+    n_threads : int, keyword-only
+        The threads each call may use, ``FilterParameters.n_threads`` of the module's filter
+        (default 0: as many as the backend chooses).
 
     Attributes
     ----------
@@ -659,7 +676,8 @@ class Linear(_Module):
     TypeError
         A weight or bias that is not a float32 array object.
     ValueError
-        A read-only or non-contiguous weight or bias, or a bias of the wrong shape.
+        A read-only or non-contiguous weight or bias, a bias of the wrong shape, or an ``n_threads``
+        that is not an integer >= 0.
 
     Examples
     --------
@@ -676,7 +694,8 @@ class Linear(_Module):
     backend: BackendLike = fixed_attribute("backend", "The backend asked for (None: resolved at the first call).")
 
     def __init__(self, weight: Any, bias: Any = None, *, activation: ActivationLike = None,
-                 backend: BackendLike = None) -> None:
+                 backend: BackendLike = None, n_threads: int = 0) -> None:
+        self._n_threads = checked_thread_count(n_threads)
         weight = writable_parameter("weight", weight, (2,))
         if bias is not None:
             bias = writable_parameter("bias", bias, (1,))
@@ -715,7 +734,8 @@ class Linear(_Module):
     def _layer(self) -> FullyConnectedLayer:
         with self._layer_lock:
             if self._fc_layer is None:
-                self._fc_layer = make_linear_layer(self._weight, self._bias, self.activation, self.backend)
+                self._fc_layer = make_linear_layer(self._weight, self._bias, self.activation, self.backend,
+                                                   n_threads=self.n_threads)
             return self._fc_layer
 
     def forward(self, x: Any, out: Any = None) -> Any:
@@ -868,15 +888,17 @@ class Linear(_Module):
             layer.close()
 
     def __repr__(self) -> str:
+        threads = f", n_threads={self.n_threads}" if self.n_threads else ""
         return (f"Linear({self.in_features}, {self.out_features}, activation={self.activation!r}, "
-                f"bias={self.bias is not None})")
+                f"bias={self.bias is not None}{threads})")
 
     def _repr_html_(self) -> str:
         return _repr.key_value_html("Linear", _repr.linear_module_rows(self))
 
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
-    def from_torch(cls, module: Any, backend: BackendLike = None, *, activation: ActivationLike = None) -> "Linear":
+    def from_torch(cls, module: Any, backend: BackendLike = None, *, activation: ActivationLike = None,
+                   n_threads: int = 0) -> "Linear":
         """The module computing what a torch linear module computes (needs PyTorch).
 
         Parameters
@@ -887,6 +909,8 @@ class Linear(_Module):
             As for :func:`bnns_py.linear`.
         activation : ActivationFunction, str or None, keyword-only
             An activation to fuse, when ``module`` has none.
+        n_threads : int, keyword-only
+            As for :class:`Linear`.
 
         Returns
         -------
@@ -901,7 +925,7 @@ class Linear(_Module):
             A module of another kind.
         """
         from . import interop
-        converted: Linear = interop.linear_module_from_torch(cls, module, backend, activation)
+        converted: Linear = interop.linear_module_from_torch(cls, module, backend, activation, n_threads)
         return converted
 
     def to_torch(self) -> Any:

@@ -134,10 +134,8 @@ def test_two_threads_differentiate_their_own_2_thread_layers(rng, no_filter_leak
         cin, cout = (64, 32) if transposed else (40, 48)
         weight = random_array(rng, (cin, cout, 4, 4) if transposed else (cout, cin, 3, 3), 0.3)
         cls = bnns_py.ConvTranspose2d if transposed else bnns_py.Conv2d
-        module = cls(weight, None, stride=2 if transposed else 1, padding=1)
+        module = cls(weight, None, stride=2 if transposed else 1, padding=1, n_threads=2)
         x = random_array(rng, (3, cin, 10, 10))
-        module._layers[(10, 10)] = module.spec.make_layer(10, 10, module._bnns_weight, None, None, n_threads=2,
-                                                          weight_strides=module._weight_strides)
         y = module.forward(x)
         dy = random_array(rng, y.shape)
         backward = reference.conv_transpose2d_backward if transposed else reference.conv2d_backward

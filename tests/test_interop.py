@@ -497,3 +497,17 @@ def test_to_torch_sees_trained_weights(torch, rng, no_filter_leaks):
         conv.weight -= 0.5  # in place, as an optimizer step does
         back = conv.to_torch()
         np.testing.assert_array_equal(back.weight.detach().numpy(), conv.weight)
+
+
+def test_from_torch_passes_the_thread_count_on(torch, no_filter_leaks):
+    nn = torch.nn
+    modules = [Conv2d.from_torch(nn.Conv2d(2, 3, 3), n_threads=2),
+               ConvTranspose2d.from_torch(nn.ConvTranspose2d(2, 3, 3), n_threads=1),
+               Linear.from_torch(nn.Linear(4, 2)), Linear.from_torch(nn.Linear(4, 2), n_threads=3)]
+    try:
+        assert [m.n_threads for m in modules] == [2, 1, 0, 3]
+    finally:
+        for m in modules:
+            m.close()
+    with pytest.raises(ValueError, match="n_threads"):
+        Conv2d.from_torch(nn.Conv2d(2, 3, 3), n_threads=-2)

@@ -2,6 +2,7 @@
 backward, remembered calls included), the old array is left as it was, the old filters are
 destroyed, and bad arrays are refused before anything changes."""
 import gc
+import re
 import threading
 import time
 
@@ -162,12 +163,32 @@ def test_what_a_filter_is_made_from_cannot_be_assigned_afterwards():
     lin = bnns_py.Linear(_random(3, 4))
     conv = bnns_py.Conv2d(_random(2, 2, 1, 1))
     layer = conv._layer(4, 4)
-    for target, name, value in [(lin, "activation", "relu"), (lin, "backend", "portable"), (conv, "spec", None),
-                                (conv, "backend", "portable"), (layer, "activation", "relu"), (layer, "stride", (2, 2)),
-                                (layer, "weights", None)]:
+    for target, name, value in [(lin, "activation", "relu"), (lin, "backend", "portable"), (lin, "n_threads", 2),
+                                (conv, "spec", None), (conv, "backend", "portable"), (conv, "n_threads", 2),
+                                (layer, "activation", "relu"), (layer, "stride", (2, 2)), (layer, "weights", None)]:
         before = getattr(target, name)
         with pytest.raises(AttributeError, match=f"{type(target).__name__}.{name} is fixed"):
             setattr(target, name, value)
         assert getattr(target, name) is before
     lin.close()
     conv.close()
+
+
+@pytest.mark.parametrize("n_threads", [-1, True, 1.5, "2", None])
+@pytest.mark.parametrize("make", [lambda n: bnns_py.Conv2d(_random(2, 2, 3, 3), n_threads=n),
+                                  lambda n: bnns_py.ConvTranspose2d(_random(2, 2, 3, 3), n_threads=n),
+                                  lambda n: bnns_py.Linear(_random(3, 4), n_threads=n)],
+                         ids=["Conv2d", "ConvTranspose2d", "Linear"])
+def test_a_bad_thread_count_is_refused_before_any_filter_exists(make, n_threads):
+    created, _ = bnns_py.filter_counts()
+    with pytest.raises(ValueError, match=r"n_threads must be an integer >= 0"):
+        make(n_threads)
+    assert bnns_py.filter_counts()[0] == created
+
+
+def test_the_thread_count_is_shown_and_kept():
+    with bnns_py.Conv2d(_random(2, 2, 3, 3), n_threads=3) as conv, bnns_py.Linear(_random(3, 4)) as lin:
+        assert (conv.n_threads, lin.n_threads) == (3, 0)
+        assert repr(conv).endswith(", n_threads=3)") and "n_threads" not in repr(lin)
+        assert re.search(r"threads per call</th><td[^>]*>3</td>", conv._repr_html_())
+        assert re.search(r"threads per call</th><td[^>]*>0 \(the backend chooses\)</td>", lin._repr_html_())

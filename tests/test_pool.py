@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+import bnns_py
 from bnns_py import ActivationFunction as AF, ConvolutionType, reference
 
 from conftest import assert_close_to_reference, client_layer, random_array
@@ -85,6 +86,35 @@ def test_every_layer_of_a_sequence_runs_on_two_threads(backend, rng, no_filter_l
             layer.close()
 
 
+def module_and_operands(rng, kind, n_threads):
+    """A module of ``kind`` made for ``n_threads`` threads, large enough to be spread, and its
+    forward operand with the reference output."""
+    if kind == "Linear":
+        weight, x = random_array(rng, (1000, 512), 0.05), random_array(rng, (64, 512))
+        return bnns_py.Linear(weight, n_threads=n_threads), x, x @ weight.T, 512
+    cls = bnns_py.ConvTranspose2d if kind == "ConvTranspose2d" else bnns_py.Conv2d
+    weight, x = random_array(rng, (256, 256, 3, 3), 0.02), random_array(rng, (2, 256, 14, 14))
+    conv = reference.conv_transpose2d if cls is bnns_py.ConvTranspose2d else reference.conv2d
+    return cls(weight, padding=1, n_threads=n_threads), x, conv(x, weight, padding=1), 256 * 9
+
+
+@pytest.mark.parametrize("kind", ["Conv2d", "ConvTranspose2d", "Linear"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_a_module_runs_its_calls_on_its_thread_count(kind, n_threads, backend, rng, no_filter_leaks):
+    module, x, expected, terms = module_and_operands(rng, kind, n_threads)
+    with module:
+        y = module(x)  # the first call also makes the filter
+        change = counted(backend, lambda: module(x, out=y))
+        assert_close_to_reference(y, expected, terms, kind)
+        backward = counted(backend, lambda: module.backward(x, y, np.ones_like(y)))
+    for name, counts in (("forward", change), ("backward", backward)):
+        if n_threads == 1:
+            assert counts["parallel_runs"] == 0, f"{kind} {name}: a 1-thread module woke the pool"
+        else:
+            assert counts["parallel_runs"] >= 1, f"{kind} {name} ran on one thread"
+            assert counts["threads_used"] == 2 * counts["parallel_runs"], counts
+
+
 # MobileNetV2's 1x1 expansion at 28x28 (about 100 us on one thread): small enough that the pool
 # times it alone and spread now and then (bp_parallel_run_measured: 4 calls each way of every 256)
 SMALL_POINTWISE = dict(cin=32, cout=192, size=28, k=1, stride=1, batch=1)
@@ -147,6 +177,7 @@ UNLOAD_CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
     sys.path.insert(0, sys.argv[1])
+    import bnns_py
     from bnns_py import ActivationFunction as AF, ConvolutionType, reference
     from bnns_py._ffi import ffi
     from bnns_py.backend import get_backend

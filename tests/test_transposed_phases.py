@@ -44,11 +44,7 @@ def run_module_case(rng, case, activation, n, n_threads=None):
     weight = random_array(rng, (cin, cout // groups) + k, 0.5)
     bias = random_array(rng, (cout,))
     kw = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
-    with bnns_py.ConvTranspose2d(weight, bias, activation=activation, **kw) as module:
-        if n_threads is not None:
-            module._layers[(h, w)] = module.spec.make_layer(h, w, module._bnns_weight, module.bias, None,
-                                                           n_threads=n_threads,
-                                                           weight_strides=module._weight_strides)
+    with bnns_py.ConvTranspose2d(weight, bias, activation=activation, n_threads=n_threads or 0, **kw) as module:
         y = module.forward(x)
         expected = reference.conv_transpose2d(x, weight, bias, activation=activation, **kw)
         taps = cin // groups * k[0] * k[1]
