@@ -114,8 +114,9 @@ class Backend:
         kernel on each image's im2col panel, the weights in place: the forward pass at batch 1 of
         stride-1 layers of 16 - 64 output pixels and at least 1024 reduction steps, the direct
         engine's pixels kernel otherwise), ``"depthwise"`` (one
-        input channel per group), ``"tiny"`` (the tiny-layer forward kernel) or ``"im2col"``
-        (im2col + GEMM). ``bnns_filter`` is
+        input channel per group), ``"tiny"`` (the tiny-layer forward kernel), ``"fully connected"``
+        (fully-connected filters, and convolutions whose 1x1 kernel reads a one-pixel image with no
+        padding before it: a batch is one matrix product) or ``"im2col"`` (im2col + GEMM). ``bnns_filter`` is
         ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE`` (``winograd``, ``rows``, ``pixels``,
         ``flat-pixels``, ``im2col``, ``pointwise``, ``panel``), set before a layer is created, forces a choice."""
         if not self.is_portable:

@@ -64,6 +64,34 @@ def test_gradients_match_reference(transposed, index, rng, no_filter_leaks):
         assert grads.bias is None
 
 
+# one-pixel images under a 1x1 kernel: with no padding before the pixel a batch is one matrix
+# product; with a left or top padding of 1 and stride 2 the one output pixel reads the padding
+ONE_PIXEL_PADDINGS = [(0, 0, 0, 0), (0, 1, 0, 1), (1, 0, 0, 0), (0, 0, 1, 0), (1, 0, 1, 0)]
+
+
+@pytest.mark.parametrize("padding", ONE_PIXEL_PADDINGS, ids=lambda p: "pad" + "".join(map(str, p)))
+@pytest.mark.parametrize("activation", [None, AF.tanh], ids=["identity", "tanh"])
+def test_gradients_of_one_pixel_images(padding, activation, backend, rng, no_filter_leaks):
+    weight, bias = random_array(rng, (5, 7, 1, 1), 0.5), random_array(rng, (5,))
+    x = random_array(rng, (3, 7, 1, 1))
+    with bnns_py.Conv2d(weight, bias, stride=2, padding=padding, activation=activation) as module:
+        y = module.forward(x)
+        dy = random_array(rng, y.shape)
+        grads = module.backward(x, y, dy)
+        if backend.is_portable:
+            product = padding[0] == padding[2] == 0
+            engine = backend.filter_engine(module._layer(1, 1).bnns_filter, "weights_gradient", 3)
+            assert (engine == "fully connected") == product, engine
+    assert y.shape == (3, 5, 1, 1)
+    np.testing.assert_allclose(y, reference.conv2d(x, weight, bias, stride=2, padding=padding, activation=activation),
+                               rtol=1e-5, atol=1e-5)
+    dx, dw, db = reference.conv2d_backward(x, weight, dy, output=y, bias=True, stride=2, padding=padding,
+                                           activation=activation)
+    assert_close_to_reference(grads.input, dx, 5, "input gradient")
+    assert_close_to_reference(grads.weight, dw, 3, "weight gradient")
+    assert_close_to_reference(grads.bias, db, 3, "bias gradient")
+
+
 @pytest.mark.parametrize("in_place", [True, False], ids=["strided-weight", "copied-weight"])
 def test_transposed_module_reads_its_current_weight(in_place, backend, rng, monkeypatch, no_filter_leaks):
     """ConvTranspose2d's PyTorch-layout weight is read in place through descriptor strides where

@@ -355,7 +355,7 @@ AUTO = [
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead
     ((256, 64, 56, 1, 1, 1, 0), "direct pointwise"), # 1x1: the image already is the GEMM's matrix
     ((64, 128, 56, 1, 2, 1, 0), "direct pointwise"), # strided 1x1: the kernel on gathered pixels
-    ((256, 64, 1, 1, 1, 1, 0), "im2col"),            # 1x1 on 1x1 images (fully connected): one GEMM
+    ((256, 64, 1, 1, 1, 1, 0), "fully connected"),   # 1x1 on 1x1 images: one matrix product
     ((8, 8, 8, 3, 1, 1, 1), "tiny"),                 # tiny: straight from padded planes
 ]
 
@@ -370,7 +370,7 @@ def test_automatic_kernel_choice(shape, expected, backend, monkeypatch, no_filte
     with layer:
         chosen = backend.filter_engine(layer.bnns_filter)
     avx512 = bnns_py.backend_info()["simd"] == "AVX-512"
-    if expected in ("direct pointwise", "direct panel", "im2col", "tiny", "winograd") or avx512:
+    if expected in ("direct pointwise", "direct panel", "im2col", "tiny", "winograd", "fully connected") or avx512:
         assert chosen == expected
     elif k == 3 and stride == 1 and dil == 1 and cin >= 32 and cout >= 16:
         assert chosen == "winograd"  # the other tiers' product blocks are 16 channels wide

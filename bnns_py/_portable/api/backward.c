@@ -187,11 +187,9 @@ static float *dz_batch_buffer(bp_filter *f, bool temporary, size_t batch, size_t
 /* A standard 1x1 filter over 1x1 images (every fully-connected filter) whose batch operands are
    matrices, rows batch-stride apart: its gradients are two GEMMs over the whole batch. */
 static bool one_gemm_for_batch(const bp_filter *f, const backward_call *c) {
-    const bp_geom *g = &f->g;
     bool x_rows = c->weights_delta == NULL || (f->in.sc == 1 && c->in_stride <= INT32_MAX);
     bool dx_rows = c->in_delta == NULL || (c->dx_img.sc == 1 && c->in_delta_stride <= INT32_MAX);
-    return !f->transposed && g->groups == 1 && g->kh == 1 && g->kw == 1 && f->in.w == 1 && f->in.h == 1 &&
-           f->out.w == 1 && f->out.h == 1 && x_rows && dx_rows && c->batch <= INT32_MAX &&
+    return bp_filter_is_matrix_product(f) && x_rows && dx_rows && c->batch <= INT32_MAX &&
            c->out_delta_stride <= INT32_MAX;
 }
 
@@ -218,8 +216,7 @@ static void plan_call(bp_filter *f, const backward_call *c, bool temporary, back
     if (!f->transposed && !dz_is_dy) /* dz for the whole batch first; per image if memory is short */
         p->dz_batch = dz_batch_buffer(f, temporary, c->batch, p->out_packed.item);
     p->whole_batch = dz_is_dy ? !f->transposed || (f->in.packed && dx_plain) : p->dz_batch != NULL;
-    p->dx_winograd = !f->transposed && f->wino_dx && c->in_delta != NULL && dx_plain &&
-                     c->batch >= f->wino_dx_plan.min_batch;
+    p->dx_winograd = c->in_delta != NULL && dx_plain && bp_input_gradient_runs_winograd(f, c->batch);
     p->fc_gemm = p->whole_batch && one_gemm_for_batch(f, c);
     p->direct = NULL;
     p->weights = NULL;
@@ -227,8 +224,7 @@ static void plan_call(bp_filter *f, const backward_call *c, bool temporary, back
         p->weights = bp_call_weights(f, p->fc_gemm ? -1 : f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA,
                                      &p->w, &p->pass, &p->direct);
     size_t dw_batch = p->whole_batch ? c->batch : 1; /* images per weight-gradient call */
-    p->dw_winograd = !p->fc_gemm && c->weights_delta != NULL && f->wino_dw &&
-                     (f->wino_dw_forced || bp_winograd_gradient_pays(g, &f->wino, dw_batch, f->gemm.threads));
+    p->dw_winograd = !p->fc_gemm && c->weights_delta != NULL && bp_weight_gradient_runs_winograd(f, dw_batch);
 }
 
 /* dW of a standard layer (canonical, set at beta 0 or added) from x and the packed dz. */

@@ -568,20 +568,37 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
     return f;
 }
 
-/* The engine of a call of `batch` images in the filter's own layouts: the choices of
-   BNNSFilterApplyBatch and bp_apply_backward that depend on the batch (Winograd's smallest batch,
-   the panel path's largest, the weight gradient's Winograd rule). */
+bool bp_filter_is_matrix_product(const bp_filter *f) {
+    const bp_geom *g = &f->g;
+    return !f->transposed && g->groups == 1 && g->kh == 1 && g->kw == 1 && g->pl == 0 && g->pt == 0 &&
+           f->in.w == 1 && f->in.h == 1 && f->out.w == 1 && f->out.h == 1;
+}
+
+bool bp_forward_runs_winograd(const bp_filter *f, size_t batch) {
+    return f->winograd && batch >= f->wino.min_batch;
+}
+
+bool bp_input_gradient_runs_winograd(const bp_filter *f, size_t batch) {
+    return !f->transposed && f->wino_dx && batch >= f->wino_dx_plan.min_batch;
+}
+
+bool bp_weight_gradient_runs_winograd(const bp_filter *f, size_t batch) {
+    return f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(&f->g, &f->wino, batch, f->gemm.threads));
+}
+
+/* The engine of a call of `batch` images in the filter's own layouts (packed images, an identity
+   or elementwise activation), by the choices BNNSFilterApplyBatch and bp_apply_backward make. */
 const char *bnns_portable_filter_engine(BNNSFilter filter, int pass, size_t batch) {
     const bp_filter *f = filter;
     if (f == NULL || pass < 0 || pass > 2 || batch == 0) return "";
+    if (f->fc_panels != NULL || bp_filter_is_matrix_product(f)) return "fully connected";
     if (pass == 2) { /* weight gradient: on Winograd or S's forward plan, when the filter can run backward */
-        if (f->wino_dw && (f->wino_dw_forced || bp_winograd_gradient_pays(&f->g, &f->wino, batch, f->gemm.threads)))
-            return "winograd";
+        if (bp_weight_gradient_runs_winograd(f, batch)) return "winograd";
         return f->client && f->weight_gradient_plan != NULL ? "direct" : "im2col";
     }
     /* the layer's forward pass is S's forward (standard) or S's backward data (transposed) */
-    if (!f->transposed && pass == 0 && f->winograd && batch >= f->wino.min_batch) return "winograd";
-    if (!f->transposed && pass == 1 && f->wino_dx && batch >= f->wino_dx_plan.min_batch) return "winograd";
+    if (pass == 0 && bp_forward_runs_winograd(f, batch)) return "winograd";
+    if (pass == 1 && bp_input_gradient_runs_winograd(f, batch)) return "winograd";
     int which = (pass == 0) != f->transposed ? BP_DIRECT_FORWARD : BP_DIRECT_BACKWARD_DATA;
     if (f->direct[which] == NULL) return bp_conv_engine(&f->g, which == BP_DIRECT_BACKWARD_DATA);
     return bp_direct_kind(f->direct[which], batch);
@@ -744,10 +761,7 @@ static void forward_one(bp_filter *f, const bp_work *w, const float *weights, co
 /* A standard filter over 1x1 images with a 1x1 kernel (every fully-connected filter) maps a batch
    with one GEMM: Y (batch x out) = X (batch x in) * W^T, rows batch-stride apart. */
 static bool one_gemm_for_batch(const bp_filter *f, size_t batch, size_t in_stride, size_t out_stride) {
-    const bp_geom *g = &f->g;
-    return !f->transposed && g->groups == 1 && g->kh == 1 && g->kw == 1 && g->pl == 0 && g->pt == 0 &&
-           f->in.w == 1 && f->in.h == 1 &&
-           f->out.w == 1 && f->out.h == 1 && f->in.sc == 1 && f->out.sc == 1 && batch <= INT32_MAX &&
+    return bp_filter_is_matrix_product(f) && f->in.sc == 1 && f->out.sc == 1 && batch <= INT32_MAX &&
            in_stride <= INT32_MAX && out_stride <= INT32_MAX;
 }
 
@@ -823,7 +837,7 @@ static int apply_batch_f32(bp_filter *f, size_t batch_size, const float *in, siz
     if (f->fc_panels != NULL || one_gemm_for_batch(f, batch_size, in_stride, out_stride)) {
         const float *weights = bp_call_weights(f, -1, &w, &pass, &direct);
         status = forward_batch_gemm(f, temporary, weights, batch_size, in, in_stride, out, out_stride);
-    } else if (f->winograd && batch_size >= f->wino.min_batch) {
+    } else if (bp_forward_runs_winograd(f, batch_size)) {
         /* client weights: transformed as they are now, in the same run */
         const float *now = f->wino_u == NULL ? bp_call_weights(f, -1, &w, &pass, &direct) : NULL;
         bp_epilogue e = forward_epilogue(f);

@@ -107,6 +107,15 @@ bp_filter *bp_create_convolution(const BNNSLayerParametersConvolution *p, const 
 bp_filter *bp_client_twin(const bp_filter *f);
 void bp_twin_destroy(bp_filter *twin);
 
+/* The choices of a call that depend on its batch, shared by BNNSFilterApplyBatch,
+   bp_apply_backward and bnns_portable_filter_engine. A matrix product: a standard one-group layer
+   whose 1x1 kernel reads its one input pixel (no padding before it) into its one output pixel, so
+   that a batch is one GEMM (fully-connected filters are built so). */
+bool bp_filter_is_matrix_product(const bp_filter *f);
+bool bp_forward_runs_winograd(const bp_filter *f, size_t batch);
+bool bp_input_gradient_runs_winograd(const bp_filter *f, size_t batch);
+bool bp_weight_gradient_runs_winograd(const bp_filter *f, size_t batch);
+
 /* Whether the filter's forward calls run a whole batch at once (packed outputs, no channelwise
    activation), as the Winograd pass needs. */
 bool bp_filter_batch_at_once(const bp_filter *f);
