@@ -89,15 +89,17 @@ class Backend:
         handed to more than one thread), ``threads_used`` (their threads in all, callers
         included), ``busy_runs`` (runs that wanted several threads but ran on the caller alone:
         another caller held the pool) and ``taken_over`` (workers' shares the caller ran itself:
-        their worker had not started them when the caller finished its own). Portable backend
-        only."""
+        their worker had not started them when the caller finished its own) and
+        ``polling_yields`` (times a worker polling for its next run gave its core to another
+        thread). Portable backend only."""
         if not self.is_portable:
             raise NotImplementedError("only the portable backend has a worker pool")
         lib = self.lib
         return {"parallel_runs": int(lib.bnns_portable_pool_parallel_runs()),
                 "threads_used": int(lib.bnns_portable_pool_threads_used()),
                 "busy_runs": int(lib.bnns_portable_pool_busy_runs()),
-                "taken_over": int(lib.bnns_portable_pool_taken_over())}
+                "taken_over": int(lib.bnns_portable_pool_taken_over()),
+                "polling_yields": int(lib.bnns_portable_pool_polling_yields())}
 
     FILTER_PASSES = ("forward", "input_gradient", "weights_gradient")
 

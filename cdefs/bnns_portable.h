@@ -21,11 +21,13 @@ long bnns_portable_created_twin_count(void);
    threads those runs used in all (the caller included), runs that wanted several threads but ran
    on the caller alone because another caller held the pool, and workers' shares the caller ran
    itself because the worker had not started them when the caller finished its own (a worker
-   still waking up, or descheduled by another process). */
+   still waking up, or descheduled by another process); and the times a worker polling for its
+   next run gave its core to another thread. */
 long bnns_portable_pool_parallel_runs(void);
 long bnns_portable_pool_threads_used(void);
 long bnns_portable_pool_busy_runs(void);
 long bnns_portable_pool_taken_over(void);
+long bnns_portable_pool_polling_yields(void);
 
 /* Why the last create or apply call on this thread failed ("" if it did not). BNNS itself only
    logs the reason; the portable library keeps it for callers that want it. */

@@ -73,12 +73,13 @@ typedef struct {
 } mailbox;
 
 /* The pool's counters (bnns_portable_pool_*). */
-static _Atomic long runs_started, threads_used, runs_alone_busy, taken_over;
+static _Atomic long runs_started, threads_used, runs_alone_busy, taken_over, polling_yields;
 
 long bnns_portable_pool_parallel_runs(void) { return atomic_load(&runs_started); }
 long bnns_portable_pool_threads_used(void) { return atomic_load(&threads_used); }
 long bnns_portable_pool_busy_runs(void) { return atomic_load(&runs_alone_busy); }
 long bnns_portable_pool_taken_over(void) { return atomic_load(&taken_over); }
+long bnns_portable_pool_polling_yields(void) { return atomic_load(&polling_yields); }
 
 static mailbox boxes[BP_MAX_WORKERS - 1];
 static int started; /* worker threads running (guarded by start_lock) */
@@ -107,8 +108,12 @@ static void *worker_main(void *p) {
         int spins = 0;
         while ((posted = atomic_load_explicit(&m->posted, memory_order_acquire)) == taken) {
             if (++spins < SPIN_ROUNDS) {
-                if (spins % YIELD_ROUNDS == 0) sched_yield();
-                else cpu_relax();
+                if (spins % YIELD_ROUNDS == 0) {
+                    atomic_fetch_add_explicit(&polling_yields, 1, memory_order_relaxed);
+                    sched_yield();
+                } else {
+                    cpu_relax();
+                }
                 continue;
             }
             pthread_mutex_lock(&sleep_lock);
