@@ -14,8 +14,8 @@ from conftest import client_layer, random_array, run_child_on_tier
 
 pytestmark = pytest.mark.requires_portable_internals
 
-# (batch, cin, cout, h, w, k, pad, dilation, groups): pixels per image 1, 15, 16, 17, 47, 48, 49,
-# 63, 64, 65 (and 7 x 7); channels 1, 7, 9, 17
+# (batch, cin, cout, h, w, k, pad, dilation, groups): pixels per image 1, 15, 16, 17, 18, 47, 48,
+# 49, 51, 63, 64, 65 (and 7 x 7); channels 1, 7, 9, 10, 17
 CASES = [
     (1, 3, 9, 1, 1, 3, 1, 1, 1),     # 1 pixel
     (2, 7, 17, 3, 5, 3, 1, 1, 1),    # 15
@@ -27,6 +27,8 @@ CASES = [
     (1, 4, 12, 7, 9, 3, 1, 1, 2),    # 63, two groups
     (1, 7, 9, 8, 8, 3, 1, 1, 1),     # 64
     (1, 9, 7, 5, 13, 3, 1, 1, 1),    # 65
+    (1, 5, 9, 2, 9, 3, 1, 1, 1),     # 18: two dot products, a reduction of 45 steps
+    (1, 10, 10, 3, 17, 3, 1, 1, 1),  # 51: three dot products beside 8 + 2 channels' tiles
     (1, 3, 8, 6, 7, 5, 2, 1, 1),     # 5 x 5 taps
     (1, 2, 9, 9, 9, 3, 2, 2, 1),     # dilation 2
     (1, 1, 9, 7, 7, 3, 0, 1, 1),     # 1 channel, no padding (25 pixels)

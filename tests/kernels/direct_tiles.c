@@ -2,7 +2,8 @@
    and dot products (bp_direct_pointwise_tile, bp_direct_pointwise_dots): for every vector tier
    this CPU runs, called directly (no filter, no plan), every tile shape of the tier with random
    reduction lengths, source offsets, row pitches and weight layouts, against a loop in double
-   precision. Pixels tiles: tb[p][j] (+)= sum over i of src[off[i] + p] * w[i][j], j < mv * lanes,
+   precision (the pointwise tiles with dot products beside them, bp_direct_pointwise_tile_dots:
+   against the tile and the dot products called apart, bit for bit). Pixels tiles: tb[p][j] (+)= sum over i of src[off[i] + p] * w[i][j], j < mv * lanes,
    overwrite and accumulate. Pointwise tiles and dots: y[r][p] = clamp(bias[r] + sum over i of
    W(r, i) x(i, p)), with no clamp, ReLU's and a Clamp's bounds; what they must not write (past
    `last` lanes, past the tile) is checked untouched. The stores of finished results and the
@@ -33,6 +34,9 @@ typedef void pointwise_tile_fn(size_t mr, size_t nv, const float *x, size_t xs, 
                                size_t wi, const float *bias, float lo, float hi, float *y, size_t ys, size_t last);
 typedef void pointwise_dots_fn(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
                                const float *bias, float lo, float hi, float *y, size_t ys);
+typedef void pointwise_tile_dots_fn(size_t mr, size_t nv, size_t np, const float *x, size_t xs, size_t k,
+                                    const float *w, size_t wr, const float *xt, size_t ldx, const float *bias,
+                                    float lo, float hi, float *y, size_t ys);
 
 #define CAT2(a, b) a##_##b
 #define CAT(a, b) CAT2(a, b)
@@ -41,7 +45,7 @@ typedef void pointwise_dots_fn(size_t mr, size_t np, const float *xt, size_t ldx
 #define TIER(name)                                                                                    \
     {STR(name), CAT(bp_direct_pixels_tile, name), CAT(bp_direct_pointwise_tile, name),                \
      CAT(bp_direct_pointwise_dots, name), CAT(bnns_portable_simd, name), CAT(bp_direct_store_transposed, name),    \
-     CAT(bp_direct_split_pairs, name), CAT(bp_direct_transpose_rows, name)}
+     CAT(bp_direct_split_pairs, name), CAT(bp_direct_transpose_rows, name), CAT(bp_direct_pointwise_tile_dots, name)}
 
 typedef struct {
     const char *name;
@@ -52,6 +56,7 @@ typedef struct {
     store_fn *store;
     split_fn *split;
     transpose_fn *transpose;
+    pointwise_tile_dots_fn *tile_dots;
 } tier_t;
 #if defined(BP_SINGLE_TIER)
 tile_fn CAT(bp_direct_pixels_tile, BP_SINGLE_TIER);
@@ -61,6 +66,7 @@ simd_fn CAT(bnns_portable_simd, BP_SINGLE_TIER);
 store_fn CAT(bp_direct_store_transposed, BP_SINGLE_TIER);
 split_fn CAT(bp_direct_split_pairs, BP_SINGLE_TIER);
 transpose_fn CAT(bp_direct_transpose_rows, BP_SINGLE_TIER);
+pointwise_tile_dots_fn CAT(bp_direct_pointwise_tile_dots, BP_SINGLE_TIER);
 static const tier_t tiers[] = {TIER(BP_SINGLE_TIER)};
 #else
 tile_fn bp_direct_pixels_tile_baseline, bp_direct_pixels_tile_avx2, bp_direct_pixels_tile_avx512;
@@ -70,6 +76,8 @@ simd_fn bnns_portable_simd_baseline, bnns_portable_simd_avx2, bnns_portable_simd
 store_fn bp_direct_store_transposed_baseline, bp_direct_store_transposed_avx2, bp_direct_store_transposed_avx512;
 split_fn bp_direct_split_pairs_baseline, bp_direct_split_pairs_avx2, bp_direct_split_pairs_avx512;
 transpose_fn bp_direct_transpose_rows_baseline, bp_direct_transpose_rows_avx2, bp_direct_transpose_rows_avx512;
+pointwise_tile_dots_fn bp_direct_pointwise_tile_dots_baseline, bp_direct_pointwise_tile_dots_avx2,
+    bp_direct_pointwise_tile_dots_avx512;
 static const tier_t tiers[] = {TIER(baseline), TIER(avx2), TIER(avx512)};
 #endif
 
@@ -193,6 +201,36 @@ static int check_dots(const tier_t *t, size_t mr, size_t np) {
     return failures;
 }
 
+/* A pointwise tile of mr channels x nv whole vectors with np dot products beside it: the bits of
+   the tile and the dot products (in rows of dots_mr) called apart, nothing past them written. */
+static int check_tile_dots(const tier_t *t, size_t lanes, size_t mr, size_t nv, size_t np, size_t dots_mr) {
+    int failures = 0;
+    for (int trial = 0; trial < 12; trial++) {
+        size_t k = 1 + next() % 90, xs = nv * lanes + next() % 9, ldx = k + next() % 5, wr = k + next() % 5;
+        size_t ys = nv * lanes + np + 3;
+        float *x = malloc(k * xs * sizeof(float)), *xt = malloc(np * ldx * sizeof(float)), bias[8];
+        float *w = malloc(mr * wr * sizeof(float)), *y = malloc(mr * ys * sizeof(float));
+        float *apart = malloc(mr * ys * sizeof(float));
+        for (size_t i = 0; i < k * xs; i++) x[i] = uniform();
+        for (size_t i = 0; i < np * ldx; i++) xt[i] = uniform();
+        for (size_t i = 0; i < mr * wr; i++) w[i] = uniform();
+        for (size_t r = 0; r < mr; r++) bias[r] = uniform();
+        for (size_t i = 0; i < mr * ys; i++) y[i] = apart[i] = uniform();
+        const float *b = bounds[trial % 3];
+        t->tile_dots(mr, nv, np, x, xs, k, w, wr, xt, ldx, bias, b[0], b[1], y, ys);
+        t->pointwise(mr, nv, x, xs, k, w, wr, 1, bias, b[0], b[1], apart, ys, lanes);
+        for (size_t r0 = 0; r0 < mr; r0 += dots_mr)
+            t->dots(dots_mr, np, xt, ldx, k, w + r0 * wr, wr, bias + r0, b[0], b[1], apart + r0 * ys + nv * lanes, ys);
+        if (memcmp(y, apart, mr * ys * sizeof(float)) != 0) {
+            printf("FAIL %s pointwise tile + dots mr %zu nv %zu np %zu k %zu trial %d: not the bits of the calls "
+                   "apart\n", t->name, mr, nv, np, k, trial);
+            failures++;
+        }
+        free(x), free(xt), free(w), free(y), free(apart);
+    }
+    return failures;
+}
+
 /* Transposed stores: dst[c][i] = clamp(res[i][c] + bias[c]) for c < channels (a multiple of 8),
    i < n, with each trial's bounds; the rest of dst (past n, the row after the last channel) keeps
    its starting values. */
@@ -301,6 +339,10 @@ int main(void) {
             for (size_t nv = 1; nv <= 3; nv++, shapes++) failures += check_pointwise(&tiers[t], lanes, mr, nv);
         for (size_t mr = wide ? 4 : 2; mr >= 1; mr /= 2)
             for (size_t np = 1; np <= 4; np++, shapes++) failures += check_dots(&tiers[t], mr, np);
+        for (size_t mr = wide ? 8 : 4; mr >= 1; mr /= 2)
+            for (size_t nv = 1; nv <= 3; nv++)
+                for (size_t np = 1; np <= 4; np++, shapes++)
+                    failures += check_tile_dots(&tiers[t], lanes, mr, nv, np, mr < (wide ? 4u : 2u) ? mr : (wide ? 4u : 2u));
         failures += check_store(&tiers[t]) + check_split(&tiers[t]) + check_transpose(&tiers[t]);
         printf("%s (%s, %zu lanes): %zu pixels tile shapes x 20 trials, %zu pointwise shapes x 12, stores x 12, "
                "splits x 40, weight transposes x 48\n", tiers[t].name, simd, lanes, count, shapes);

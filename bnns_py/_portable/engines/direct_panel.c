@@ -4,9 +4,10 @@
    W's own order) and Y = W panel on the pointwise kernel, with W read in place, its values
    broadcast. The pixels kernel would pack W into channel-vector blocks at every call instead,
    which for ResNet's 512-channel 7x7 layer (9.4 MB of weights, 49 pixels) costs as much as a
-   third of the call. Pixels past the last whole vector are dot products of the same rows of W
-   (still in cache after their tile) with their columns of the panel when they are few, else a
-   partial vector. The bias and a clamping activation are applied in registers, any other
+   third of the call. Pixels past the last whole vector are dot products of the rows of W with their
+   columns of the panel when they are few, computed in the pass of the last tile of vectors over
+   W (a pass of their own would read W's rows again from L2: a tenth of the 7x7 layer's call),
+   else a partial vector. The bias and a clamping activation are applied in registers, any other
    activation to each finished row. Workers share out the output channels' tiles (each builds
    the panel of the images it works on), so the results do not depend on the thread count. */
 #include <string.h>
@@ -102,15 +103,14 @@ static void run_tile(const panel_job *j, size_t grp, size_t m, size_t mr, const 
     size_t vectors = s->dots ? s->whole / BP_VL : s->ld / BP_VL;
     for (size_t v = 0, nv; v < vectors; v += nv) {
         nv = bp_min(POINTWISE_NV_MAX, vectors - v);
+        if (s->dots && v + nv == vectors) {
+            bp_direct_pointwise_tile_dots(mr, nv, s->tail, panel + v * BP_VL, s->ld, k, w, wr, tail, k, bias, j->lo,
+                                          j->hi, y + v * BP_VL, ys);
+            continue;
+        }
         size_t last = v + nv == vectors && !s->dots && s->tail > 0 ? s->tail : BP_VL;
         bp_direct_pointwise_tile(mr, nv, panel + v * BP_VL, s->ld, k, w, wr, 1, bias, j->lo, j->hi, y + v * BP_VL, ys,
                                  last);
-    }
-    for (size_t r0 = 0, dr; s->dots && r0 < mr; r0 += dr) {
-        dr = POINTWISE_DOTS_MR_MAX;
-        while (dr > mr - r0) dr /= 2;
-        bp_direct_pointwise_dots(dr, s->tail, tail, k, k, w + r0 * wr, wr, bias + r0, j->lo, j->hi,
-                                 y + r0 * ys + s->whole, ys);
     }
     if (j->activate)
         for (size_t r = 0; r < mr; r++) bp_activation_apply(j->e->act, y + r * ys, s->pixels);

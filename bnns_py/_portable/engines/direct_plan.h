@@ -134,6 +134,13 @@ void bp_direct_pointwise_tile_ahead(size_t mr, size_t nv, const float *x, size_t
 void bp_direct_pointwise_dots(size_t mr, size_t np, const float *xt, size_t ldx, size_t k, const float *w, size_t wr,
                               const float *bias, float lo, float hi, float *y, size_t ys);
 
+/* bp_direct_pointwise_tile over nv whole vectors (W's steps consecutive) and, in the same pass over
+   W, bp_direct_pointwise_dots for the np <= POINTWISE_DOTS_MAX pixels after them (xt, ldx),
+   written at y + nv*BP_VL: the same sums as the two calls. */
+void bp_direct_pointwise_tile_dots(size_t mr, size_t nv, size_t np, const float *x, size_t xs, size_t k,
+                                   const float *w, size_t wr, const float *xt, size_t ldx, const float *bias, float lo,
+                                   float hi, float *y, size_t ys);
+
 /* p[2i] = v[i] + bias for i < n: a phase of an output with stride 2 (kernels/direct_store_*.c). */
 void bp_direct_store_every_other(float *p, const float *v, size_t n, float bias);
 /* even[i] = src[2i] and odd[i] = src[2i + 1] for the n values of src (n odd or even), nothing past

@@ -87,6 +87,7 @@
 #define bp_direct_pointwise_tile BP_TIER_SYMBOL(bp_direct_pointwise_tile)
 #define bp_direct_pointwise_tile_ahead BP_TIER_SYMBOL(bp_direct_pointwise_tile_ahead)
 #define bp_direct_pointwise_dots BP_TIER_SYMBOL(bp_direct_pointwise_dots)
+#define bp_direct_pointwise_tile_dots BP_TIER_SYMBOL(bp_direct_pointwise_tile_dots)
 /* engines/direct_panel.c */
 #define bp_direct_panel_takes BP_TIER_SYMBOL(bp_direct_panel_takes)
 #define bp_direct_panel_scratch_floats BP_TIER_SYMBOL(bp_direct_panel_scratch_floats)
