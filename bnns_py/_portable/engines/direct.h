@@ -37,8 +37,9 @@ typedef struct bp_direct_pass {
    backward-data passes, "pixels" with tiles within rows, "flat-pixels" over flat positions; it
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
    direct engine) or "winograd" (the Winograd forward pass wherever it can run, the other passes
-   as in "auto") or "pointwise" (as "auto"; its own kernel runs the forward pass of 1x1, stride-1,
-   unpadded layers also under "auto") or "panel" (the panel path for the forward pass of every
+   as in "auto") or "pointwise" (as "auto", but its own kernel also runs the backward-data pass of
+   every 1x1, stride-1, unpadded layer, not only of those where it pays; the forward pass of those
+   layers it runs also under "auto") or "panel" (the panel path for the forward pass of every
    stride-1 layer but 1x1 whose panel fits, any batch; else as "auto"); any other than "auto",
    "winograd" and "pointwise" turns the Winograd pass off, "rows" / "pixels" / "flat-pixels" /
    "im2col" the pointwise kernel, and any but "auto" and "panel" the panel path. */
