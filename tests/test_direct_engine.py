@@ -18,7 +18,7 @@ from bnns_py import (ActivationFunction as AF, ConvolutionType, Flags, NDArrayDe
                      reference)
 from bnns_py.functional import transposed_weight_to_bnns
 
-from conftest import (backward_into_nan, client_layer, input_batch, random_array, row_gap_strides, run_child_on_tier,
+from conftest import (backward_into_nan, client_layer, input_batch, random_array, run_child_on_tier,
                       standard_case_layer, transposed_case_layer)
 
 pytestmark = pytest.mark.requires_portable_internals
@@ -604,25 +604,28 @@ def test_pointwise_strided_input(case, layout, backend, rng, monkeypatch, no_fil
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups))
 
 
-def _pointwise_input_gradient(case, rng, n_threads, flag=None, row_gap=0):
-    """dx of a 1x1 layer over `case` (dy random; dx starting random with `flag`, rows row_gap
-    floats apart beyond their width), its reference, and the engine that ran it."""
+def _pointwise_input_gradient(case, rng, n_threads, flag=None, layout="packed"):
+    """dx of a 1x1 layer over `case` (dy random; dx starting random with `flag`, laid out as the
+    input: packed, rows 5 floats apart beyond their width, or every other column), its reference,
+    and the engine the filter reports for it."""
     n, cin, cout, h, w, groups = case
     weight = random_array(rng, (cout, cin // groups, 1, 1), 0.3)
+    wide = {"packed": w, "row-gaps": w + 5, "every-other-column": 2 * w}[layout]
+    strides = (0, 0, 0) if layout == "packed" else (2 if wide == 2 * w else 1, wide, wide * h)
     layer, _ = client_layer(ConvolutionType.standard, cin, cout, h, w, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), groups,
-                            weight, None, AF.identity, n_threads, input_strides=row_gap_strides(h, w, row_gap))
-    x = random_array(rng, (n, cin, h, w))
+                            weight, None, AF.identity, n_threads, input_strides=strides)
     dy = random_array(rng, (n, cout, h, w))
-    start = random_array(rng, (n, cin, h, w + row_gap))
-    expected = reference.conv2d_backward(x, weight, dy, groups=groups)[0]
+    start = random_array(rng, (n, cin, h, wide))
+    view = (lambda a: a[..., ::2]) if strides[0] == 2 else (lambda a: a[..., :w])
+    expected = reference.conv2d_backward(view(start), weight, dy, groups=groups)[0]  # x does not matter
     if flag == NDArrayFlags.backprop_accumulate:
-        expected = expected + start[..., :w]
+        expected = expected + view(start)
     with layer:
         engine = bnns_py.get_backend().filter_engine(layer.bnns_filter, "input_gradient", batch=n)
         dx = NDArrayDescriptor(start.copy().reshape(-1), layer.input_descriptor.shape, batch_size=n,
                                **({} if flag is None else {"flags": flag}))
-        layer.apply_backward(n, input_batch(layer, np.pad(x, ((0, 0),) * 3 + ((0, row_gap),)), n), None, dy, dx)
-    return dx.data.reshape(start.shape)[..., :w], expected, engine
+        layer.apply_backward(n, None, None, dy, dx)
+    return view(dx.data.reshape(start.shape)), expected, engine
 
 
 @pytest.mark.parametrize("case", POINTWISE, ids=_pointwise_ids(POINTWISE))
@@ -641,14 +644,14 @@ def test_pointwise_input_gradient(case, backend, rng, monkeypatch, no_filter_lea
 
 
 @pytest.mark.parametrize("flag", [None, NDArrayFlags.backprop_accumulate], ids=["set", "accumulate"])
-@pytest.mark.parametrize("row_gap", [0, 5], ids=["packed", "row-gaps"])
+@pytest.mark.parametrize("layout", ["packed", "row-gaps", "every-other-column"])
 @pytest.mark.parametrize("case", [POINTWISE[0], POINTWISE[2]], ids=_pointwise_ids([POINTWISE[0], POINTWISE[2]]))
-def test_pointwise_input_gradient_strided_and_accumulating(case, row_gap, flag, backend, rng, monkeypatch,
+def test_pointwise_input_gradient_strided_and_accumulating(case, layout, flag, backend, rng, monkeypatch,
                                                            no_filter_leaks):
-    """dx rows a gap apart (a run per row) and accumulating calls (the plan's other kernel, which
-    adds to dx)."""
+    """dx rows a gap apart (the kernel a row at a time); accumulating calls and dx columns apart
+    (the im2col engine's GEMM, which adds and steps)."""
     monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "pointwise")
-    dx, expected, engine = _pointwise_input_gradient(case, rng, 2, flag, row_gap)
+    dx, expected, engine = _pointwise_input_gradient(case, rng, 2, flag, layout)
     assert engine == "direct pointwise"
     np.testing.assert_allclose(dx, expected, rtol=1e-4, atol=_tolerance(case[2] // case[5]))
 

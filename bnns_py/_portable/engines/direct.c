@@ -54,6 +54,7 @@ size_t bp_direct_scratch_floats(const bp_direct *d) { return d->scratch; }
 size_t bp_direct_view_scratch_floats(const bp_direct *d) { return d->group_scratch; }
 size_t bp_direct_weight_floats(const bp_direct *d) { return d->packed_group * d->groups; }
 bool bp_direct_runs_weight_gradient(const bp_direct *d) { return !d->pointwise || d->sphases > 1; }
+bool bp_direct_pointwise(const bp_direct *d) { return d->pointwise; }
 const char *bp_direct_kind(const bp_direct *d, size_t batch) {
     if (d->pointwise) return "direct pointwise";
     if (d->panel && batch <= d->panel_batch) return "direct panel";

@@ -73,6 +73,10 @@ const char *bp_direct_kind(const bp_direct *d, size_t batch);
    1x1 images the im2col engine's GEMM reads in place (10-20 % faster for ResNet's and MobileNet's
    1x1 layers, forward + gradients, 1 thread). */
 bool bp_direct_runs_weight_gradient(const bp_direct *d);
+/* Whether the plan runs its pass on the pointwise kernel, which only stores rows of consecutive
+   values: calls that add to their output, or write it with gaps between a row's values, run on
+   the plan's planes and kernel instead. */
+bool bp_direct_pointwise(const bp_direct *d);
 
 /* Pack S's weights for the plan's kernels. */
 void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed, int threads);
