@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import bnns_py
-from bnns_py import (ActivationFunction as AF, ConvolutionType, Flags, NDArrayFlags, Shape,
+from bnns_py import (ActivationFunction as AF, ConvolutionType, Flags, NDArrayDescriptor, NDArrayFlags, Shape,
                      reference)
 from bnns_py.functional import transposed_weight_to_bnns
 
@@ -604,11 +604,115 @@ def test_pointwise_strided_input(case, layout, backend, rng, monkeypatch, no_fil
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin // groups))
 
 
+def _pointwise_input_gradient(case, rng, n_threads, flag=None, layout="packed"):
+    """dx of a 1x1 layer over `case` (dy random; dx starting random with `flag`, laid out as the
+    input: packed, rows 5 floats apart beyond their width, or every other column), its reference,
+    and the engine the filter reports for it."""
+    n, cin, cout, h, w, groups = case
+    weight = random_array(rng, (cout, cin // groups, 1, 1), 0.3)
+    wide = {"packed": w, "row-gaps": w + 5, "every-other-column": 2 * w}[layout]
+    strides = (0, 0, 0) if layout == "packed" else (2 if wide == 2 * w else 1, wide, wide * h)
+    layer, _ = client_layer(ConvolutionType.standard, cin, cout, h, w, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), groups,
+                            weight, None, AF.identity, n_threads, input_strides=strides)
+    dy = random_array(rng, (n, cout, h, w))
+    start = random_array(rng, (n, cin, h, wide))
+    view = (lambda a: a[..., ::2]) if strides[0] == 2 else (lambda a: a[..., :w])
+    expected = reference.conv2d_backward(view(start), weight, dy, groups=groups)[0]  # x does not matter
+    if flag == NDArrayFlags.backprop_accumulate:
+        expected = expected + view(start)
+    with layer:
+        engine = bnns_py.get_backend().filter_engine(layer.bnns_filter, "input_gradient", batch=n)
+        dx = NDArrayDescriptor(start.copy().reshape(-1), layer.input_descriptor.shape, batch_size=n,
+                               **({} if flag is None else {"flags": flag}))
+        layer.apply_backward(n, None, None, dy, dx)
+    return view(dx.data.reshape(start.shape)), expected, engine
+
+
+@pytest.mark.parametrize("case", POINTWISE, ids=_pointwise_ids(POINTWISE))
+def test_pointwise_input_gradient(case, backend, rng, monkeypatch, no_filter_leaks):
+    """The input gradient on the pointwise kernel (asked for: every size; W read transposed, the
+    pixels past the last whole vector as a zero-padded vector): the reference's values, the same
+    bits on 1 and 2 threads."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "pointwise")
+    dxs = []
+    for n_threads in (1, 2):
+        dx, expected, engine = _pointwise_input_gradient(case, np.random.default_rng(7), n_threads)
+        assert engine == "direct pointwise"
+        np.testing.assert_allclose(dx, expected, rtol=1e-4, atol=_tolerance(case[2] // case[5]))
+        dxs.append(dx)
+    np.testing.assert_array_equal(dxs[0], dxs[1])
+
+
+@pytest.mark.parametrize("flag", [None, NDArrayFlags.backprop_accumulate], ids=["set", "accumulate"])
+@pytest.mark.parametrize("layout", ["packed", "row-gaps", "every-other-column"])
+@pytest.mark.parametrize("case", [POINTWISE[0], POINTWISE[2]], ids=_pointwise_ids([POINTWISE[0], POINTWISE[2]]))
+def test_pointwise_input_gradient_strided_and_accumulating(case, layout, flag, backend, rng, monkeypatch,
+                                                           no_filter_leaks):
+    """dx rows a gap apart (the kernel a row at a time); accumulating calls and dx columns apart
+    (the im2col engine's GEMM, which adds and steps)."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "pointwise")
+    dx, expected, engine = _pointwise_input_gradient(case, rng, 2, flag, layout)
+    assert engine == "direct pointwise"
+    np.testing.assert_allclose(dx, expected, rtol=1e-4, atol=_tolerance(case[2] // case[5]))
+
+
+# (case, whether the pointwise kernel runs the input gradient without being asked, on AVX-512): a
+# reduction of up to 256 steps (the layer's output channels) over images of 768 pixels or more
+POINTWISE_INPUT_GRADIENT_AUTO = [
+    ((2, 200, 64, 28, 28, 1), True),     # 784 pixels, a tail of 4 (a vector)
+    ((1, 48, 256, 25, 31, 1), True),     # 256 steps; 775 pixels, a tail of 7
+    ((1, 64, 64, 27, 28, 1), False),     # 756 pixels
+    ((1, 64, 260, 28, 28, 1), False),    # 260 steps
+    ((2, 64, 512, 28, 28, 2), True),     # groups of 256 output channels
+]
+
+
+@pytest.mark.parametrize("case,chosen", POINTWISE_INPUT_GRADIENT_AUTO,
+                         ids=_pointwise_ids([c for c, _ in POINTWISE_INPUT_GRADIENT_AUTO]))
+def test_pointwise_input_gradient_automatic(case, chosen, backend, rng, monkeypatch, no_filter_leaks):
+    """Where the pointwise kernel pays for the input gradient (AVX-512; the other tiers, whose tiles
+    are 4 x 3 vectors, keep the im2col engine's GEMM), and its results there."""
+    monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    dx, expected, engine = _pointwise_input_gradient(case, rng, 2)
+    avx512 = bnns_py.backend_info()["simd"] == "AVX-512"
+    assert engine == ("direct pointwise" if chosen and avx512 else "im2col")
+    np.testing.assert_allclose(dx, expected, rtol=1e-4, atol=_tolerance(case[2] // case[5]))
+
+
+@pytest.mark.parametrize("activation", ["relu6", "sigmoid"])
+@pytest.mark.parametrize("client", [True, False], ids=["client", "packed"])
+@pytest.mark.parametrize("case,forced", [(POINTWISE[0], True), (POINTWISE[2], True), ((2, 64, 40, 28, 28, 1), False)],
+                         ids=["1x33x29x11x11_g1", "2x12x10x4x5_g2", "2x64x40x28x28_g1-auto"])
+def test_pointwise_transposed_forward(case, forced, client, activation, backend, rng, monkeypatch, no_filter_leaks):
+    """A transposed 1x1 layer's forward pass is S's backward-data pass: on the pointwise kernel, W
+    read transposed (the caller's array) or the blocks packed at creation, bias and ReLU6 in the
+    kernel, sigmoid after it."""
+    if forced:
+        monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "pointwise")
+    else:
+        monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
+    n, cin, cout, h, w, groups = case
+    act = POINTWISE_ACTIVATIONS[activation]
+    x = random_array(rng, (n, cin, h, w), 3.0)
+    torch_weight = random_array(rng, (cin, cout // groups, 1, 1), 0.3)
+    bias = random_array(rng, (cout,))
+    layer, _ = client_layer(ConvolutionType.transposed, cin, cout, h, w, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), groups,
+                            transposed_weight_to_bnns(torch_weight, groups), bias, act, 2,
+                            flags=None if client else Flags.none)
+    with layer:
+        avx512 = bnns_py.backend_info()["simd"] == "AVX-512"
+        assert backend.filter_engine(layer.bnns_filter) == ("direct pointwise" if forced or avx512 else "im2col")
+        y = np.full((n, cout, h, w), np.nan, np.float32)
+        layer.apply(n, x, y)
+    expected = reference.conv_transpose2d(x, torch_weight, bias, groups=groups, activation=act)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=3 * _tolerance(cin // groups))
+
+
 @pytest.mark.parametrize("engine", ["pointwise", "im2col", "rows"])
 def test_pointwise_layer_backward_and_forced_engines(engine, backend, rng, monkeypatch, no_filter_leaks):
-    """The pointwise kernel runs the forward pass only: the input and weight gradients stay on the
-    im2col engine's GEMM; "im2col" and the direct engine's other kernels, when asked for, take the
-    forward pass back (rows: every pass)."""
+    """Asked for, the pointwise kernel runs the forward pass and the input gradient (here too small
+    for it under "auto"), the weight gradient stays on the im2col engine's GEMM; "im2col" and the
+    direct engine's other kernels, when asked for, take the forward pass back (rows: every pass)."""
     monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", engine)
     case = POINTWISE[0]
     n, cin, cout, h, w, groups = case
@@ -618,8 +722,8 @@ def test_pointwise_layer_backward_and_forced_engines(engine, backend, rng, monke
                "rows": ("direct rows", "direct row vectors")}[engine]
     with layer:
         assert backend.filter_engine(layer.bnns_filter) in forward
-        assert backend.filter_engine(layer.bnns_filter, "input_gradient") == ("direct rows" if engine == "rows"
-                                                                              else "im2col")
+        assert backend.filter_engine(layer.bnns_filter, "input_gradient") == {
+            "pointwise": "direct pointwise", "im2col": "im2col", "rows": "direct rows"}[engine]
         assert backend.filter_engine(layer.bnns_filter, "weights_gradient") == ("direct" if engine == "rows"
                                                                                 else "im2col")
         y = np.full((n, cout, h, w), np.nan, np.float32)

@@ -37,8 +37,9 @@ typedef struct bp_direct_pass {
    backward-data passes, "pixels" with tiles within rows, "flat-pixels" over flat positions; it
    then also takes the layers it leaves to im2col by default: tiny ones and 1x1) or "im2col" (no
    direct engine) or "winograd" (the Winograd forward pass wherever it can run, the other passes
-   as in "auto") or "pointwise" (as "auto"; its own kernel runs the forward pass of 1x1, stride-1,
-   unpadded layers also under "auto") or "panel" (the panel path for the forward pass of every
+   as in "auto") or "pointwise" (as "auto", but its own kernel also runs the backward-data pass of
+   every 1x1, stride-1, unpadded layer, not only of those where it pays; the forward pass of those
+   layers it runs also under "auto") or "panel" (the panel path for the forward pass of every
    stride-1 layer but 1x1 whose panel fits, any batch; else as "auto"); any other than "auto",
    "winograd" and "pointwise" turns the Winograd pass off, "rows" / "pixels" / "flat-pixels" /
    "im2col" the pointwise kernel, and any but "auto" and "panel" the panel path. */
@@ -72,6 +73,10 @@ const char *bp_direct_kind(const bp_direct *d, size_t batch);
    1x1 images the im2col engine's GEMM reads in place (10-20 % faster for ResNet's and MobileNet's
    1x1 layers, forward + gradients, 1 thread). */
 bool bp_direct_runs_weight_gradient(const bp_direct *d);
+/* Whether the plan runs its pass on the pointwise kernel, which only stores rows of consecutive
+   values: calls that add to their output, or write it with gaps between a row's values, run on
+   the plan's planes and kernel instead. */
+bool bp_direct_pointwise(const bp_direct *d);
 
 /* Pack S's weights for the plan's kernels. */
 void bp_direct_pack(const bp_direct *d, const bp_weights_view *w, float *packed, int threads);

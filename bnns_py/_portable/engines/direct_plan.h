@@ -70,8 +70,9 @@ struct bp_direct {
     bool flat;                    /* pixels: tiles over flat positions, not within rows */
     bool vectors;                 /* rows, forward: tiles of whole vectors of output rows (none across
                                      a row's end), stored straight into the output */
-    bool pointwise;               /* forward 1x1 pass run by the pointwise kernel on the source itself
-                                     (the planes and kernel serve the weight gradient) */
+    bool pointwise;               /* 1x1 pass run by the pointwise kernel on the source itself (a
+                                     backward plan's reading W transposed; the planes and kernel
+                                     serve the weight gradient and accumulating calls) */
     size_t tb_row;                /* pixels: tile results between a band's rows (pixels) */
     size_t ystep, xstep;          /* destination step between output pixels */
     size_t ss_y, ss_x, sphases;   /* source step per output pixel, source phases */

@@ -1,12 +1,13 @@
-/* The direct engine's forward pass of 1x1, unpadded layers (pointwise plans, see direct_plan.h):
-   per image and group Y = W X, a GEMM whose matrices are the images themselves (rows: channels,
-   columns: pixels); a strided layer's X is every s-th pixel of every s-th row, which a task
-   gathers, a block of pixels at a time, into its scratch. The pointwise kernel reads X and
-   writes Y in place and takes the weights where they are (the caller's array, or the blocks
-   packed at filter creation), so a call packs nothing; the bias and a clamping activation (ReLU,
-   ReLU6, Clamp) are applied to the tile in registers, any other activation to each finished
-   block of rows. On large sources of many channels the first tiles of each block of pixels
-   prefetch the next block, each channel's lines (see prefetches). */
+/* The direct engine's passes of 1x1, unpadded layers (pointwise plans, see direct_plan.h): per
+   image and group Y = W X, a GEMM whose matrices are the images themselves (rows: channels,
+   columns: pixels); in a backward-data pass (an input gradient, a transposed layer's forward
+   pass) X is the output gradient and W is S's weights read transposed. A strided layer's X is
+   every s-th pixel of every s-th row, which a task gathers, a block of pixels at a time, into its
+   scratch. The pointwise kernel reads X and writes Y in place and takes the weights where they
+   are (the caller's array, or the blocks packed at filter creation), so a call packs nothing; the
+   bias and a clamping activation (ReLU, ReLU6, Clamp) are applied to the tile in registers, any
+   other activation to each finished block of rows. On large sources of many channels the first
+   tiles of each block of pixels prefetch the next block, each channel's lines (see prefetches). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -63,6 +64,11 @@ static const float *weights_at(const pointwise_job *j, size_t grp, size_t m, siz
         return j->pass->packed + grp * d->packed_group + (m / d->bw) * d->bw * d->c + m % d->bw;
     }
     const bp_weights_view *v = &j->pass->weights;
+    if (d->backward) { /* the adjoint's W(r, i) is S's W(i, r) */
+        *wr = v->in;
+        *wi = v->out;
+        return v->base + grp * v->group + m * v->in;
+    }
     *wr = v->out;
     *wi = v->in;
     return v->base + grp * v->group + m * v->out;
@@ -153,7 +159,7 @@ static void run_blocks(const pointwise_job *j, size_t grp, const float *x, size_
     const bp_direct *d = j->d;
     size_t tile = POINTWISE_NV_MAX * BP_VL, whole = n / BP_VL * BP_VL, np = n - whole;
     size_t block = panel_tiles(d->c) * tile;
-    bool dots = np <= POINTWISE_DOTS_MAX && j->pass->weights.base != NULL && j->pass->weights.in == 1;
+    bool dots = np <= POINTWISE_DOTS_MAX && !d->backward && j->pass->weights.base != NULL && j->pass->weights.in == 1;
     for (size_t c = 0; np > 0 && c < d->c; c++) {
         if (dots) { /* pixel after pixel, their k values each */
             for (size_t p = 0; p < np; p++) tail[p * d->c + c] = x[c * xs + whole + p];

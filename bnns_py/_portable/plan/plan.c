@@ -99,12 +99,6 @@ static void plan_direct(bp_filter *f) {
     bool forced = kernel == BP_ENGINE_ROWS || kernel == BP_ENGINE_PIXELS || kernel == BP_ENGINE_FLAT_PIXELS;
     if (bp_conv_small(g) && !forced && kernel != BP_ENGINE_POINTWISE && kernel != BP_ENGINE_PANEL)
         need[BP_DIRECT_FORWARD] = false; /* the tiny-layer kernel is quicker */
-    /* 1x1, stride 1, no padding: the image already is the GEMM's matrix, no copy needed; the
-       direct engine's pointwise kernel runs the forward pass (bp_direct_plan), the im2col engine's
-       GEMM the backward-data pass */
-    if (g->kh == 1 && g->kw == 1 && g->sx == 1 && g->sy == 1 && g->pl == 0 && g->pt == 0 && g->in_h == g->out_h &&
-        g->in_w == g->out_w && !forced)
-        need[BP_DIRECT_BACKWARD_DATA] = false;
     for (int i = 0; i < 2; i++) {
         if (!need[i]) continue;
         f->direct[i] = bp_direct_plan(g, i == BP_DIRECT_BACKWARD_DATA, &f->allocator);

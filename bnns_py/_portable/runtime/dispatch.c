@@ -149,6 +149,7 @@ size_t bp_transposed_weights_scratch_floats(const bp_geom *g, int workers) {
 }
 const char *bp_direct_kind(const bp_direct *d, size_t batch) { return tier()->direct_kind(d, batch); }
 bool bp_direct_runs_weight_gradient(const bp_direct *d) { return tier()->direct_runs_weight_gradient(d); }
+bool bp_direct_pointwise(const bp_direct *d) { return tier()->direct_pointwise(d); }
 bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a) {
     return tier()->direct_plan(g, backward, a);
 }

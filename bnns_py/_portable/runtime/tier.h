@@ -69,6 +69,7 @@
 #define bp_direct_weight_floats BP_TIER_SYMBOL(bp_direct_weight_floats)
 #define bp_direct_kind BP_TIER_SYMBOL(bp_direct_kind)
 #define bp_direct_runs_weight_gradient BP_TIER_SYMBOL(bp_direct_runs_weight_gradient)
+#define bp_direct_pointwise BP_TIER_SYMBOL(bp_direct_pointwise)
 #define bp_direct_plan BP_TIER_SYMBOL(bp_direct_plan)
 #define bp_direct_destroy BP_TIER_SYMBOL(bp_direct_destroy)
 #define bp_direct_pack BP_TIER_SYMBOL(bp_direct_pack)

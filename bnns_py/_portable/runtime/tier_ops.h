@@ -33,6 +33,7 @@
     X(direct_weight_floats, bp_direct_weight_floats)                        \
     X(direct_kind, bp_direct_kind)                                          \
     X(direct_runs_weight_gradient, bp_direct_runs_weight_gradient)          \
+    X(direct_pointwise, bp_direct_pointwise)                                \
     X(direct_plan, bp_direct_plan)                                          \
     X(direct_destroy, bp_direct_destroy)                                    \
     X(direct_pack, bp_direct_pack)                                          \
