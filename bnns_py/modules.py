@@ -539,6 +539,8 @@ class Conv2d(_ConvModule):
         The bias, over the caller's memory; another array of its shape, or None, may be assigned.
     spec : ConvSpec
         The geometry: channels, kernel, stride, padding ``(left, right, top, bottom)``, ...
+    n_threads : int
+        The thread count given (fixed).
 
     Raises
     ------
@@ -670,6 +672,8 @@ class Linear(_Module):
         The bias, over the caller's memory; another array of its shape, or None, may be assigned.
     activation : ActivationFunction
         The fused activation.
+    n_threads : int
+        The thread count given (fixed).
 
     Raises
     ------
