@@ -39,7 +39,7 @@ typedef struct bp_direct_pass {
    direct engine) or "winograd" (the Winograd forward pass wherever it can run, the other passes
    as in "auto") or "pointwise" (as "auto"; its own kernel runs the forward pass of 1x1, stride-1,
    unpadded layers also under "auto") or "panel" (the panel path for the forward pass of every
-   stride-1 layer but 1x1 whose panel fits, any batch; else as "auto"); any other than "auto",
+   layer but 1x1 whose panel fits, any batch; else as "auto"); any other than "auto",
    "winograd" and "pointwise" turns the Winograd pass off, "rows" / "pixels" / "flat-pixels" /
    "im2col" the pointwise kernel, and any but "auto" and "panel" the panel path. */
 enum {
