@@ -7,8 +7,10 @@
    third of the call. Pixels past the last whole vector are dot products of the same rows of W
    (still in cache after their tile) with their columns of the panel when they are few, else a
    partial vector. The bias and a clamping activation are applied in registers, any other
-   activation to each finished row. Workers share out the output channels' tiles (each builds
-   the panel of the images it works on), so the results do not depend on the thread count.
+   activation to each finished row. Workers share out the (image, output channel tile) pairs in
+   equal runs, each building the panels of the images it works on (calls of several images: a
+   worker takes whole images where it can, each panel built once), so the results do not depend
+   on the thread count.
    Strided layers build the panel from zero-bordered planes whose rows are split into their column
    phases, so that each panel row's values for an output row are consecutive there. */
 #include <string.h>
@@ -174,23 +176,21 @@ static void run_tasks(void *arg, int worker, int workers) {
     const bp_weights_view *v = &j->pass->weights;
     float *pad = j->scratch->base + (size_t)worker * j->scratch->stride;
     float *panel = pad + padded_floats(g, &j->s), *tail = panel + g->k * j->s.ld;
-    size_t units = g->groups * j->tiles, u0, u1;
-    bp_split(units, worker, workers, &u0, &u1);
-    for (size_t b = 0; b < j->batch && u0 < u1; b++) {
-        size_t filled = SIZE_MAX; /* the group whose panel the scratch holds */
-        for (size_t u = u0; u < u1; u++) {
-            size_t grp = u / j->tiles, m = u % j->tiles * POINTWISE_MR_MAX;
-            if (grp != filled)
-                fill_panel(j, j->x.at + b * j->x.bs, grp * g->in_cg, pad, panel, tail);
-            filled = grp;
-            float *y = j->y.at + b * j->y.bs + (grp * g->out_cg + m) * j->y.img->sc;
-            const float *w = v->base + grp * v->group + m * v->out;
-            size_t rows = bp_min(POINTWISE_MR_MAX, g->out_cg - m);
-            for (size_t r0 = 0, mr; r0 < rows; r0 += mr) {
-                mr = POINTWISE_MR_MAX;
-                while (mr > rows - r0) mr /= 2;
-                run_tile(j, grp, m + r0, mr, w + r0 * v->out, panel, tail, y + r0 * j->y.img->sc);
-            }
+    size_t per_image = g->groups * j->tiles, u0, u1;
+    bp_split(j->batch * per_image, worker, workers, &u0, &u1);
+    size_t filled = SIZE_MAX; /* the (image, group) whose panel the scratch holds */
+    for (size_t u = u0; u < u1; u++) {
+        size_t b = u / per_image, grp = u % per_image / j->tiles, m = u % j->tiles * POINTWISE_MR_MAX;
+        if (u / j->tiles != filled)
+            fill_panel(j, j->x.at + b * j->x.bs, grp * g->in_cg, pad, panel, tail);
+        filled = u / j->tiles;
+        float *y = j->y.at + b * j->y.bs + (grp * g->out_cg + m) * j->y.img->sc;
+        const float *w = v->base + grp * v->group + m * v->out;
+        size_t rows = bp_min(POINTWISE_MR_MAX, g->out_cg - m);
+        for (size_t r0 = 0, mr; r0 < rows; r0 += mr) {
+            mr = POINTWISE_MR_MAX;
+            while (mr > rows - r0) mr /= 2;
+            run_tile(j, grp, m + r0, mr, w + r0 * v->out, panel, tail, y + r0 * j->y.img->sc);
         }
     }
 }
@@ -204,6 +204,6 @@ void bp_direct_panel_run(const bp_direct_pass *pass, size_t batch, const bp_imag
     j.activate = !bp_clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
     size_t cost = 2 * batch * g->out_c * j.s.pixels * g->k;
     int workers = bp_workers_for(threads, cost);
-    if ((size_t)workers > g->groups * j.tiles) workers = (int)(g->groups * j.tiles);
+    if ((size_t)workers > batch * g->groups * j.tiles) workers = (int)(batch * g->groups * j.tiles);
     bp_parallel_run_measured(workers, cost, run_tasks, &j);
 }
