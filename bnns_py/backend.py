@@ -107,18 +107,19 @@ class Backend:
         """Which kernels compute a portable filter's ``pass_`` (``"forward"``, ``"input_gradient"``
         or ``"weights_gradient"``) in a call of ``batch`` images (in the layer's own layouts; some
         choices depend on the batch: Winograd F(4x4)'s smallest batch, the panel path's batch of
-        1, the weight gradient's Winograd rule): ``"winograd"`` (Winograd: dense 3x3 stride-1
+        1 for stride 1, the weight gradient's Winograd rule): ``"winograd"`` (Winograd: dense 3x3 stride-1
         layers' forward pass and, with client pointers, their input and undilated weight
         gradients), ``"direct rows"`` / ``"direct row vectors"`` / ``"direct pixels"`` /
         ``"direct flat pixels"`` (the direct convolution engine; ``"direct"`` for weight
         gradients), ``"direct pointwise"``
         (its kernel for forward passes of 1x1, stride-1, unpadded layers), ``"direct panel"`` (that
-        kernel on each image's im2col panel, the weights in place: the forward pass at batch 1 of
-        stride-1 layers of 16 - 64 output pixels and at least 1024 reduction steps, the direct
-        engine's pixels kernel otherwise), ``"depthwise"`` (one
-        input channel per group), ``"tiny"`` (the tiny-layer forward kernel), ``"fully connected"``
-        (fully-connected filters, and convolutions whose 1x1 kernel reads a one-pixel image with no
-        padding before it: a batch is one matrix product) or ``"im2col"`` (im2col + GEMM). ``bnns_filter`` is
+        kernel on each image's im2col panel, the weights in place: the forward pass of layers
+        of 16 - 64 output pixels and at least 1024 reduction steps, at batch 1 for stride 1 (the
+        direct engine's pixels kernel for more images) and at any batch for strided layers),
+        ``"depthwise"`` (one input channel per group), ``"tiny"`` (the tiny-layer forward kernel),
+        ``"fully connected"`` (fully-connected filters, and convolutions whose 1x1 kernel reads a
+        one-pixel image with no padding before it: a batch is one matrix product) or ``"im2col"``
+        (im2col + GEMM). ``bnns_filter`` is
         ``layer.bnns_filter``. ``BNNS_PY_PORTABLE_ENGINE`` (``winograd``, ``rows``, ``pixels``,
         ``flat-pixels``, ``im2col``, ``pointwise``, ``panel``), set before a layer is created, forces a choice."""
         if not self.is_portable:

@@ -350,6 +350,7 @@ AUTO = [
     ((16, 64, 16, 3, 1, 1, 1), "direct pixels"),     # rows of 16 in tiles of 4, not 18 (padding) flat
     ((16, 64, 22, 3, 1, 1, 1), "direct flat pixels"),  # rows of 22 (24 with padding) in flat tiles of 7
     ((64, 64, 16, 3, 2, 1, 1), "direct pixels"),     # stride 2 (no Winograd): rows of 8 in tiles of 4
+    ((256, 512, 14, 3, 2, 1, 1), "direct panel"),    # stride 2 to 7 x 7, 2304 steps: the panel path
     ((3, 64, 224, 7, 2, 1, 3), "direct row vectors"),  # the stem: rows of 7 vectors, stored in place
     ((3, 32, 224, 3, 2, 1, 1), "direct row vectors"),  # MobileNetV2's first: 27 steps, no copy or transposes
     ((64, 3, 56, 3, 1, 1, 1), "direct rows"),        # 3 output channels: lanes over pixels instead

@@ -1,16 +1,16 @@
-"""The direct engine's panel path: the forward pass of small stride-1 images as the pointwise kernel
-on each image's im2col panel, the weights read in place (client pointers) or from the filter's
-canonical copy. Forced with BNNS_PY_PORTABLE_ENGINE=panel on edge sizes (pixels per image around
-vector multiples, the tail as dot products or a partial vector, partial channel tiles, groups), and
-chosen by itself for small images with long reductions, against the float64 reference; 1 and 2
-threads give the same bits."""
+"""The direct engine's panel path: the forward pass of small images as the pointwise kernel on each
+image's im2col panel, the weights read in place (client pointers) or from the filter's canonical
+copy. Forced with BNNS_PY_PORTABLE_ENGINE=panel on edge sizes (pixels per image around vector
+multiples, the tail as dot products or a partial vector, partial channel tiles, groups, strides 2
+and 3 with odd inputs), and chosen by itself for small images with long reductions, against the
+float64 reference; 1 and 2 threads give the same bits."""
 import numpy as np
 import pytest
 
 import bnns_py
 from bnns_py import ActivationFunction as AF, ConvolutionType, Flags, reference
 
-from conftest import client_layer, random_array, run_child_on_tier
+from conftest import client_layer, input_batch, random_array, run_child_on_tier
 
 pytestmark = pytest.mark.requires_portable_internals
 
@@ -34,6 +34,22 @@ CASES = [
     (1, 1, 9, 7, 7, 3, 0, 1, 1),     # 1 channel, no padding (25 pixels)
 ]
 
+# Strided: (batch, cin, cout, h, w, k, pad, dilation, groups, (stride_y, stride_x)); the planes' rows
+# split into column phases
+STRIDED_CASES = [
+    (1, 16, 9, 14, 14, 3, 1, 1, 1, (2, 2)),   # 7 x 7 = 49: ResNet's layer4.0.conv1, small
+    (2, 7, 17, 15, 15, 3, 1, 1, 1, (2, 2)),   # odd input: 8 x 8 = 64
+    (1, 9, 7, 13, 9, 3, 1, 1, 1, (2, 2)),     # odd input: 7 x 5 = 35 (a partial vector)
+    (2, 8, 12, 9, 9, 3, 1, 1, 2, (2, 2)),     # two groups, 5 x 5 = 25, batch 2
+    (1, 5, 9, 11, 11, 5, 2, 1, 1, (3, 3)),    # stride 3, 5 x 5 taps: 16
+    (1, 4, 9, 11, 11, 3, 0, 1, 1, (2, 2)),    # no padding: 5 x 5
+    (1, 3, 9, 12, 12, 3, 2, 2, 1, (2, 2)),    # dilation 2: 6 x 6
+    (1, 6, 9, 4, 34, 3, 1, 1, 1, (2, 2)),     # rows of 17 outputs (more than a vector): 34
+    (3, 6, 5, 3, 3, 3, 1, 1, 1, (2, 2)),      # 2 x 2 outputs, batch 3
+    (1, 5, 9, 9, 16, 3, 1, 1, 1, (2, 1)),     # stride 2 down, 1 across: 5 x 16
+    (1, 5, 9, 16, 9, 3, 1, 1, 1, (1, 2)),     # 1 down, 2 across: 16 x 5
+]
+
 ACTIVATIONS = {
     "identity": AF.identity,
     "relu": AF.rectified_linear,
@@ -43,21 +59,28 @@ ACTIVATIONS = {
 
 
 def _ids(cases):
-    return ["x".join(map(str, c[:5])) + f"_k{c[5]}_d{c[7]}_g{c[8]}" for c in cases]
+    return ["x".join(map(str, c[:5])) + f"_k{c[5]}_d{c[7]}_g{c[8]}" + ("_s{}{}".format(*c[9]) if len(c) > 9 else "")
+            for c in cases]
 
 
-def _run(case, rng, activation, n_threads, with_bias=True, flags=None, scale=1.0):
-    n, cin, cout, h, w, k, pad, dil, groups = case
-    x = random_array(rng, (n, cin, h, w), scale)
+def _run(case, rng, activation, n_threads, with_bias=True, flags=None, scale=1.0, column_step=1):
+    """column_step 2: x read from every other column of wider images."""
+    n, cin, cout, h, w, k, pad, dil, groups = case[:9]
+    stride = case[9] if len(case) > 9 else (1, 1)
+    wide = random_array(rng, (n, cin, h, w * column_step), scale)
+    x = wide[..., ::column_step]
     weight = random_array(rng, (cout, cin // groups, k, k))
     bias = random_array(rng, (cout,)) if with_bias else None
-    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (k, k), (1, 1), (pad,) * 4,
-                                   (dil, dil), groups, weight, bias, activation, n_threads, flags=flags)
+    strides = (0, 0, 0) if column_step == 1 else (column_step, column_step * w, column_step * w * h)
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (k, k), stride, (pad,) * 4,
+                                   (dil, dil), groups, weight, bias, activation, n_threads, flags=flags,
+                                   input_strides=strides)
     with layer:
         engine = bnns_py.get_backend().filter_engine(layer.bnns_filter, batch=n)
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
-        layer.apply(n, x, y)
-    expected = reference.conv2d(x, weight, bias, padding=pad, dilation=dil, groups=groups, activation=activation)
+        layer.apply(n, x if column_step == 1 else input_batch(layer, wide, n), y)
+    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dil, groups=groups,
+                                activation=activation)
     return engine, y, expected
 
 
@@ -73,6 +96,22 @@ def test_forced_panel(case, with_bias, backend, rng, monkeypatch, no_filter_leak
     results = []
     for n_threads in (1, 2):
         engine, y, expected = _run(case, np.random.default_rng(7), AF.rectified_linear, n_threads, with_bias)
+        assert engine == "direct panel"
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(case[1] * case[5] ** 2))
+        results.append(y)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("column_step", [1, 2], ids=["packed", "every-other-column"])
+@pytest.mark.parametrize("case", STRIDED_CASES, ids=_ids(STRIDED_CASES))
+def test_forced_panel_strided(case, column_step, backend, rng, monkeypatch, no_filter_leaks):
+    """Strided layers, from packed images and from every other column of wider ones (the planes'
+    other fill); 1 and 2 threads giving the same bits."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "panel")
+    results = []
+    for n_threads in (1, 2):
+        engine, y, expected = _run(case, np.random.default_rng(9), AF.rectified_linear, n_threads,
+                                   column_step=column_step)
         assert engine == "direct panel"
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(case[1] * case[5] ** 2))
         results.append(y)
@@ -95,7 +134,13 @@ AUTO_CASES = [
     (1, 48, 40, 7, 7, 5, 2, 1, 1),   # 49 pixels, 1200 steps
     (2, 64, 48, 4, 4, 5, 2, 1, 1),   # 16 pixels, 1600 steps; batch 2: the pixels kernel runs it instead
     (1, 48, 24, 8, 8, 5, 2, 1, 1),   # 64 pixels
+    (2, 128, 40, 14, 14, 3, 1, 1, 1, (2, 2)),  # stride 2: 49 pixels, 1152 steps; at any batch
 ]
+
+
+def _chosen(case):
+    """Whether the automatic choice runs the case on the panel path: one image, or strided."""
+    return case[0] == 1 or len(case) > 9
 
 
 @pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
@@ -106,21 +151,20 @@ def test_chosen_panel(case, client, backend, rng, monkeypatch, no_filter_leaks):
     for n_threads in (1, 2):
         engine, y, expected = _run(case, np.random.default_rng(3), AF.clamp((-1.0, 1.5)), n_threads,
                                    flags=None if client else Flags.none)
-        assert engine == ("direct panel" if case[0] == 1 else "direct pixels")
+        assert engine == ("direct panel" if _chosen(case) else "direct pixels")
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(case[1] * case[5] ** 2))
         results.append(y)
     np.testing.assert_array_equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("shape,expected", [
-    ((48, 40, 10, 5, 2), "direct rows"),     # 100 pixels: more than the panel path takes
-    ((16, 512, 7, 5, 2), "direct pixels"),   # 400 steps: too short a reduction
-    ((256, 512, 14, 3, 1), "direct pixels"),  # stride 2 (7 x 7 outputs): not taken
+    ((48, 40, 10, 5, 2, 1), "direct rows"),     # 100 pixels: more than the panel path takes
+    ((16, 512, 7, 5, 2, 1), "direct pixels"),   # 400 steps: too short a reduction
+    ((128, 256, 28, 3, 1, 2), "direct pixels"),  # stride 2, 14 x 14 outputs: too many pixels
 ])
 def test_panel_not_chosen(shape, expected, backend, monkeypatch, no_filter_leaks):
     monkeypatch.delenv("BNNS_PY_PORTABLE_ENGINE", raising=False)
-    cin, cout, size, k, pad = shape
-    stride = 2 if size == 14 else 1
+    cin, cout, size, k, pad, stride = shape
     weight = np.zeros((cout, cin, k, k), np.float32)
     layer, _ = client_layer(ConvolutionType.standard, cin, cout, size, size, (k, k), (stride, stride), (pad,) * 4,
                             (1, 1), 1, weight, None, AF.identity, 1)
@@ -151,7 +195,7 @@ import os, sys
 import numpy as np, bnns_py
 sys.path.insert(0, '.')
 import test_direct_panel as t
-for forced, cases in ((True, t.CASES), (False, t.AUTO_CASES)):
+for forced, cases in ((True, t.CASES + t.STRIDED_CASES), (False, t.AUTO_CASES)):
     if forced:
         os.environ["BNNS_PY_PORTABLE_ENGINE"] = "panel"
     else:
@@ -161,7 +205,7 @@ for forced, cases in ((True, t.CASES), (False, t.AUTO_CASES)):
         for n_threads in (1, 2):
             engine, y, expected = t._run(case, np.random.default_rng(1), bnns_py.ActivationFunction.clamp((-1.0, 1.5)),
                                          n_threads)
-            assert (engine == "direct panel") == (forced or case[0] == 1), (case, engine)
+            assert (engine == "direct panel") == (forced or t._chosen(case)), (case, engine)
             np.testing.assert_allclose(y, expected, rtol=1e-4, atol=t._tolerance(case[1] * case[5] ** 2))
             results.append(y)
         np.testing.assert_array_equal(results[0], results[1])
@@ -171,5 +215,6 @@ print("ok")
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2"])
 def test_panel_on_other_tiers(isa):
-    """The same source on the 16-register tiers (tiles of 4 channels; 8-lane vectors on AVX2)."""
+    """The same source on the 16-register tiers (tiles of 4 channels; 8-lane vectors on AVX2), strided
+    layers included."""
     run_child_on_tier(isa, CHILD)

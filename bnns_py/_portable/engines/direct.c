@@ -427,8 +427,10 @@ bp_direct *bp_direct_plan(const bp_geom *g, bool backward, const bp_allocator *a
     }
     if (d.panel) {
         d.geom = *g;
-        /* more images: the pixels kernel packs each chunk of weights once for a group of them */
-        d.panel_batch = force == BP_ENGINE_PANEL ? SIZE_MAX : 1;
+        /* more images: for stride 1 the pixels kernel packs each chunk of weights once for a group of
+           them and keeps them; strided layers' pixels tiles (a row of 7 outputs of ResNet's 256 -> 512
+           3x3/2 layer) run slower than the panel's, which keeps them at any batch */
+        d.panel_batch = force == BP_ENGINE_PANEL || g->sx > 1 || g->sy > 1 ? SIZE_MAX : 1;
         d.scratch = bp_max(d.scratch, bp_direct_panel_scratch_floats(g));
         d.group_scratch = bp_max(d.group_scratch, d.scratch);
     }

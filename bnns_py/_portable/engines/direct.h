@@ -40,7 +40,7 @@ typedef struct bp_direct_pass {
    as in "auto") or "pointwise" (as "auto", but its own kernel also runs the backward-data pass of
    every 1x1, stride-1, unpadded layer, not only of those where it pays; the forward pass of those
    layers it runs also under "auto") or "panel" (the panel path for the forward pass of every
-   stride-1 layer but 1x1 whose panel fits, any batch; else as "auto"); any other than "auto",
+   layer but 1x1 whose panel fits, any batch; else as "auto"); any other than "auto",
    "winograd" and "pointwise" turns the Winograd pass off, "rows" / "pixels" / "flat-pixels" /
    "im2col" the pointwise kernel, and any but "auto" and "panel" the panel path. */
 enum {

@@ -8,8 +8,12 @@
    columns of the panel when they are few, computed in the pass of the last tile of vectors over
    W (a pass of their own would read W's rows again from L2: a tenth of the 7x7 layer's call),
    else a partial vector. The bias and a clamping activation are applied in registers, any other
-   activation to each finished row. Workers share out the output channels' tiles (each builds
-   the panel of the images it works on), so the results do not depend on the thread count. */
+   activation to each finished row. Workers share out the (image, output channel tile) pairs in
+   equal runs, each building the panels of the images it works on (calls of several images: a
+   worker takes whole images where it can, each panel built once), so the results do not depend
+   on the thread count.
+   Strided layers build the panel from zero-bordered planes whose rows are split into their column
+   phases, so that each panel row's values for an output row are consecutive there. */
 #include <string.h>
 
 #include "direct_plan.h"
@@ -26,6 +30,7 @@ typedef struct {
     size_t whole, tail; /* pixels in whole vectors; pixels after them */
     bool dots;          /* the tail as dot products (else a partial vector) */
     size_t ph, pw;      /* zero-bordered planes of the source: rows, columns */
+    size_t pq;          /* strided layers: columns of each of a plane row's sx column phases */
 } panel_shape;
 
 static panel_shape shape_of(const bp_geom *g) {
@@ -35,18 +40,23 @@ static panel_shape shape_of(const bp_geom *g) {
     s.tail = s.pixels - s.whole;
     s.dots = s.tail > 0 && s.tail <= POINTWISE_DOTS_MAX && s.whole > 0;
     s.ld = bp_round_up(s.pixels, BP_VL);
-    s.ph = g->out_h + (g->kh - 1) * g->dy;
-    s.pw = g->out_w + (g->kw - 1) * g->dx;
+    s.ph = (g->out_h - 1) * g->sy + (g->kh - 1) * g->dy + 1;
+    s.pw = (g->out_w - 1) * g->sx + (g->kw - 1) * g->dx + 1;
+    s.pq = bp_ceil_div(s.pw, g->sx);
     return s;
+}
+
+static size_t padded_floats(const bp_geom *g, const panel_shape *s) {
+    return bp_round_up(g->in_cg * s->ph * g->sx * s->pq, 16);
 }
 
 size_t bp_direct_panel_scratch_floats(const bp_geom *g) {
     panel_shape s = shape_of(g);
-    return bp_round_up(g->in_cg * s.ph * s.pw, 16) + g->k * s.ld + g->k * POINTWISE_DOTS_MAX;
+    return padded_floats(g, &s) + g->k * s.ld + g->k * POINTWISE_DOTS_MAX;
 }
 
 bool bp_direct_panel_takes(const bp_geom *g, bool forced) {
-    if (g->kh * g->kw == 1 || g->sx != 1 || g->sy != 1) return false; /* 1x1: the pointwise plans */
+    if (g->kh * g->kw == 1) return false; /* 1x1: the pointwise plans */
     if (bp_direct_panel_scratch_floats(g) > PANEL_LIMIT) return false;
     if (forced) return true;
     size_t pixels = g->out_h * g->out_w;
@@ -72,13 +82,57 @@ typedef struct {
     size_t batch, tiles; /* tiles: of POINTWISE_MR_MAX output channels, per image and group */
 } panel_job;
 
+/* Strided layers: the zero-bordered planes of the group's channels, each plane row split into its
+   sx column phases (pq columns each): padded column q*sx + px at pad[((ci*ph + py)*sx + px)*pq + q],
+   so that the reads of a tap for an output row are consecutive. */
+static void fill_phase_planes(const bp_geom *g, const panel_shape *s, const bp_image *img, const float *x, size_t c0,
+                              float *pad) {
+    size_t all = padded_floats(g, s), row = g->sx * s->pq;
+    for (size_t i = 0; i < all; i += BP_VL) bp_vstore(pad + i, bp_vzero());
+    size_t n = s->pw > g->pl ? bp_min(g->in_w, s->pw - g->pl) : 0, y1 = bp_min(g->pt + g->in_h, s->ph);
+    for (size_t ci = 0; ci < g->in_cg && n > 0; ci++)
+        for (size_t py = g->pt; py < y1; py++) {
+            const float *src = x + (c0 + ci) * img->sc + (py - g->pt) * img->sy;
+            float *dst = pad + (ci * s->ph + py) * row;
+            if (g->sx == 2 && img->sx == 1) { /* source column i at padded column pl + i */
+                size_t p0 = g->pl % 2, p1 = 1 - p0;
+                bp_direct_split_pairs(src, n, dst + p0 * s->pq + g->pl / 2, dst + p1 * s->pq + (g->pl + 1) / 2);
+                continue;
+            }
+            for (size_t i = 0; i < n; i++) {
+                size_t col = g->pl + i;
+                dst[col % g->sx * s->pq + col / g->sx] = src[i * img->sx];
+            }
+        }
+}
+
+/* The panel's rows (ci, ky, kx), out_w values per output row, from the phase planes. */
+static void columns_from_phases(const bp_geom *g, const panel_shape *s, const float *pad, float *panel) {
+    size_t ow = g->out_w, row = g->sx * s->pq;
+    float *dst = panel;
+    for (size_t ci = 0; ci < g->in_cg; ci++)
+        for (size_t ky = 0; ky < g->kh; ky++)
+            for (size_t kx = 0; kx < g->kw; kx++, dst += s->ld) {
+                size_t cx = kx * g->dx;
+                const float *src = pad + (ci * s->ph + ky * g->dy) * row + cx % g->sx * s->pq + cx / g->sx;
+                for (size_t oy = 0; oy < g->out_h; oy++)
+                    for (size_t i = 0; i < ow; i += BP_VL)
+                        bp_vstore_part(dst + oy * ow + i, bp_vload_part(src + oy * g->sy * row + i, ow - i), ow - i);
+            }
+}
+
 /* The panel of the group whose channel 0 is x's channel c0, and the tail's columns (pixel after
    pixel, their steps each) for dot products, else zeros past the pixels for a partial vector. */
 static void fill_panel(const panel_job *j, const float *x, size_t c0, float *pad, float *panel, float *tail) {
     const bp_geom *g = j->g;
     const panel_shape *s = &j->s;
-    bp_fill_padded_planes(g, j->x.img, x, c0, pad);
-    bp_columns_from_padded(g, pad, panel, s->ld);
+    if (g->sx == 1 && g->sy == 1) {
+        bp_fill_padded_planes(g, j->x.img, x, c0, pad);
+        bp_columns_from_padded(g, pad, panel, s->ld);
+    } else {
+        fill_phase_planes(g, s, j->x.img, x, c0, pad);
+        columns_from_phases(g, s, pad, panel);
+    }
     if (s->dots)
         for (size_t k = 0; k < g->k; k++)
             for (size_t p = 0; p < s->tail; p++) tail[p * g->k + k] = panel[k * s->ld + s->whole + p];
@@ -121,24 +175,22 @@ static void run_tasks(void *arg, int worker, int workers) {
     const bp_geom *g = j->g;
     const bp_weights_view *v = &j->pass->weights;
     float *pad = j->scratch->base + (size_t)worker * j->scratch->stride;
-    float *panel = pad + bp_round_up(g->in_cg * j->s.ph * j->s.pw, 16), *tail = panel + g->k * j->s.ld;
-    size_t units = g->groups * j->tiles, u0, u1;
-    bp_split(units, worker, workers, &u0, &u1);
-    for (size_t b = 0; b < j->batch && u0 < u1; b++) {
-        size_t filled = SIZE_MAX; /* the group whose panel the scratch holds */
-        for (size_t u = u0; u < u1; u++) {
-            size_t grp = u / j->tiles, m = u % j->tiles * POINTWISE_MR_MAX;
-            if (grp != filled)
-                fill_panel(j, j->x.at + b * j->x.bs, grp * g->in_cg, pad, panel, tail);
-            filled = grp;
-            float *y = j->y.at + b * j->y.bs + (grp * g->out_cg + m) * j->y.img->sc;
-            const float *w = v->base + grp * v->group + m * v->out;
-            size_t rows = bp_min(POINTWISE_MR_MAX, g->out_cg - m);
-            for (size_t r0 = 0, mr; r0 < rows; r0 += mr) {
-                mr = POINTWISE_MR_MAX;
-                while (mr > rows - r0) mr /= 2;
-                run_tile(j, grp, m + r0, mr, w + r0 * v->out, panel, tail, y + r0 * j->y.img->sc);
-            }
+    float *panel = pad + padded_floats(g, &j->s), *tail = panel + g->k * j->s.ld;
+    size_t per_image = g->groups * j->tiles, u0, u1;
+    bp_split(j->batch * per_image, worker, workers, &u0, &u1);
+    size_t filled = SIZE_MAX; /* the (image, group) whose panel the scratch holds */
+    for (size_t u = u0; u < u1; u++) {
+        size_t b = u / per_image, grp = u % per_image / j->tiles, m = u % j->tiles * POINTWISE_MR_MAX;
+        if (u / j->tiles != filled)
+            fill_panel(j, j->x.at + b * j->x.bs, grp * g->in_cg, pad, panel, tail);
+        filled = u / j->tiles;
+        float *y = j->y.at + b * j->y.bs + (grp * g->out_cg + m) * j->y.img->sc;
+        const float *w = v->base + grp * v->group + m * v->out;
+        size_t rows = bp_min(POINTWISE_MR_MAX, g->out_cg - m);
+        for (size_t r0 = 0, mr; r0 < rows; r0 += mr) {
+            mr = POINTWISE_MR_MAX;
+            while (mr > rows - r0) mr /= 2;
+            run_tile(j, grp, m + r0, mr, w + r0 * v->out, panel, tail, y + r0 * j->y.img->sc);
         }
     }
 }
@@ -152,6 +204,6 @@ void bp_direct_panel_run(const bp_direct_pass *pass, size_t batch, const bp_imag
     j.activate = !bp_clamp_bounds(e != NULL ? e->act : NULL, &j.lo, &j.hi);
     size_t cost = 2 * batch * g->out_c * j.s.pixels * g->k;
     int workers = bp_workers_for(threads, cost);
-    if ((size_t)workers > g->groups * j.tiles) workers = (int)(g->groups * j.tiles);
+    if ((size_t)workers > batch * g->groups * j.tiles) workers = (int)(batch * g->groups * j.tiles);
     bp_parallel_run_measured(workers, cost, run_tasks, &j);
 }
