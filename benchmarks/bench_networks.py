@@ -12,7 +12,10 @@ last convolutions, none after its projections and the classifiers.
 
 - bnns-py: one ``bnns_py.Conv2d`` / ``bnns_py.Linear`` module per layer, called with a preallocated
   output (``module(x, out=out)``): the fastest way through the package (filters kept by the module,
-  no per-call filter creation or cache lookup).
+  no per-call filter creation or cache lookup). ``--weights client`` (default): the modules read
+  their weights in place at every call, as in training; ``--weights copied``: ``copy_weights=True``,
+  each filter copies (packs, transforms) them once at creation, as ONNX Runtime does when it makes a
+  session.
 - PyTorch eager (optional): ``F.conv2d`` / ``F.linear`` then the in-place activation, as torchvision's
   modules run them, under ``torch.no_grad()``.
 - ONNX Runtime (optional): one session per layer (Conv or Gemm, then Relu or Clip(0, 6), which ORT
@@ -38,7 +41,7 @@ Writes JSON (benchmarks/results/bench_networks.json) and, with matplotlib, a cha
 whole-network ratios (benchmarks/results/bench_networks.png).
 
 Run:  python benchmarks/bench_networks.py [--threads 2 1] [--runs 3] [--batch 1 8] [--network mobilenet]
-                                          [--layers] [--list]
+                                          [--weights client|copied] [--layers] [--list]
 """
 import argparse
 import json
@@ -54,6 +57,9 @@ _ap.add_argument("--runs", type=int, default=3, help="sweeps; each layer's time 
 _ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
 _ap.add_argument("--network", default="", help="networks whose name contains this text")
 _ap.add_argument("--layers", action="store_true", help="print the time of every layer")
+_ap.add_argument("--weights", choices=("client", "copied"), default="client",
+                 help="bnns-py modules reading their weights at every call (default) or copying them at creation "
+                      "(copy_weights=True)")
 _ap.add_argument("--list", action="store_true", help="print the layers and exit")
 _ap.add_argument("--loops", type=int, default=7, help="timed loops per layer and sweep (default 7)")
 _ap.add_argument("--min-seconds", type=float, default=0.005, help="length of a timed loop (default 0.005)")
@@ -222,10 +228,11 @@ def layer_arrays(layer, batch, rng):
 def bnns_layer(layer, x, w, b, out, threads):
     name, kind, cin, cout, size, k, stride, groups, act = layer
     if kind == "fc":
-        module = bnns_py.Linear(w, b, activation=BNNS_ACTIVATIONS[act], n_threads=threads or 0)
+        module = bnns_py.Linear(w, b, activation=BNNS_ACTIVATIONS[act], n_threads=threads or 0,
+                                copy_weights=ARGS.weights == "copied")
     else:
         module = bnns_py.Conv2d(w, b, stride=stride, padding=k // 2, groups=groups, activation=BNNS_ACTIVATIONS[act],
-                                n_threads=threads or 0)
+                                n_threads=threads or 0, copy_weights=ARGS.weights == "copied")
     return module, lambda: module(x, out=out)
 
 
@@ -418,7 +425,7 @@ def main():
     rng = np.random.default_rng(0)
     info = bnns_py.backend_info()
     print(f"bnns-py {info['backend']} ({info.get('simd')}, {info.get('blas')}), "
-          f"{' then '.join(map(str, THREADS))} threads, {args.runs} sweeps"
+          f"{' then '.join(map(str, THREADS))} threads, {args.runs} sweeps, weights {args.weights}"
           + (f", torch {torch.__version__}" if torch is not None else "")
           + (f", onnxruntime {ort.__version__} (spinning: {args.onnx_spinning})" if ort is not None else ""), flush=True)
     summary = []
@@ -451,6 +458,7 @@ def main():
     print(CONTENTION.report())
     meta = {"bnns_py": bnns_py.__version__, "backend": info, "torch": torch.__version__ if torch is not None else None,
             "onnxruntime": ort.__version__ if ort is not None else None, "onnx_spinning": args.onnx_spinning,
+            "weights": args.weights,
             "threads": THREADS, "runs": args.runs, "loops": args.loops, "min_seconds": args.min_seconds,
             "idle_wait": dict(IDLE.options, waits=IDLE.calls, unsettled=IDLE.unsettled, seconds=IDLE.seconds),
             "contention": {"threshold_cores": CONTENTION.threshold, "retries": args.retries,

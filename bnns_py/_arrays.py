@@ -120,6 +120,15 @@ def writable_parameter(name: str, value: Any, ndims: Sequence[int]) -> Array:
     return array
 
 
+def frozen_parameter(name: str, value: Any, ndims: Sequence[int]) -> Array:
+    """A module's parameter copied at creation: a read-only C-contiguous float32 copy of ``value``
+    (any float32 array object, any layout), so that no later write can differ from what the
+    module's filters copied."""
+    array = np.array(float32_array(name, value, ndims), order="C", copy=True)
+    array.setflags(write=False)
+    return array
+
+
 class ImageLayout(NamedTuple):
     """How BNNS reads or writes an ``(N, C, H, W)`` array in place."""
 

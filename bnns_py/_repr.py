@@ -236,6 +236,10 @@ def threads_text(n_threads: int) -> str:
     return str(n_threads) if n_threads else "0 (the backend chooses)"
 
 
+def weights_text(copy_weights: bool) -> str:
+    return "copied by each filter at creation (copy_weights)" if copy_weights else "read in place at every call"
+
+
 def conv_module_rows(module: Any) -> List[Tuple[str, str]]:
     spec = module.spec
     left, right, top, bottom = spec.padding
@@ -253,6 +257,7 @@ def conv_module_rows(module: Any) -> List[Tuple[str, str]]:
              ("bias", "yes" if module.bias is not None else "no"),
              ("backend", backend_text(module.backend)),
              ("threads per call", threads_text(module.n_threads)),
+             ("weights", weights_text(module.copy_weights)),
              ("cached filters (input H, W)", ", ".join(f"{h}x{w}" for h, w in module._layers) or "none")]
     return rows
 
@@ -264,4 +269,5 @@ def linear_module_rows(module: Any) -> List[Tuple[str, str]]:
             ("bias", "yes" if module.bias is not None else "no"),
             ("backend", backend_text(module.backend)),
             ("threads per call", threads_text(module.n_threads)),
+            ("weights", weights_text(module.copy_weights)),
             ("filter", "none yet" if module._fc_layer is None else state(module._fc_layer))]

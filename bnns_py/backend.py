@@ -114,7 +114,9 @@ class Backend:
         gradients), ``"direct pointwise"``
         (its kernel for forward passes of 1x1, stride-1, unpadded layers, and on AVX-512 for the
         input gradient of such layers with at most 256 output channels per group over images of
-        768 pixels or more), ``"direct panel"`` (that
+        768 pixels or more; a call whose input gradient accumulates into its array or has gaps
+        between its values runs im2col + GEMM there instead: the report does not see a call's
+        arrays), ``"direct panel"`` (that
         kernel on each image's im2col panel, the weights in place: the forward pass of layers
         of 16 - 64 output pixels and at least 1024 reduction steps, at batch 1 for stride 1 (the
         direct engine's pixels kernel for more images) and at any batch for strided layers),

@@ -506,7 +506,8 @@ def fully_connected_from_torch(module: TorchObject, input_shape: Union[int, Sequ
 
 
 def conv_module_from_torch(cls: Type[_ConvModuleT], module: TorchObject, backend: BackendLike = None,
-                           activation: ActivationLike = None, n_threads: int = 0) -> _ConvModuleT:
+                           activation: ActivationLike = None, n_threads: int = 0,
+                           copy_weights: bool = False) -> _ConvModuleT:
     """The numpy module computing what a torch convolution module computes:
     ``Conv2d.from_torch`` and ``ConvTranspose2d.from_torch``.
 
@@ -521,6 +522,8 @@ def conv_module_from_torch(cls: Type[_ConvModuleT], module: TorchObject, backend
         As for :func:`convolution_layer_from_torch`.
     n_threads : int, optional
         The module's ``n_threads`` (default 0: as many as the backend chooses).
+    copy_weights : bool, optional
+        The module's ``copy_weights`` (default False: its filters read the weights in place).
 
     Returns
     -------
@@ -550,16 +553,18 @@ def conv_module_from_torch(cls: Type[_ConvModuleT], module: TorchObject, backend
     if issubclass(cls, ConvTranspose2d) and spec.transposed:
         return cls(weight, bias, stride=spec.stride, padding=spec.padding, output_padding=spec.output_padding,
                    groups=spec.groups, dilation=spec.dilation, activation=spec.activation, backend=backend,
-                   n_threads=n_threads)
+                   n_threads=n_threads, copy_weights=copy_weights)
     if issubclass(cls, Conv2d) and not spec.transposed:
         return cls(weight, bias, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
-                   groups=spec.groups, activation=spec.activation, backend=backend, n_threads=n_threads)
+                   groups=spec.groups, activation=spec.activation, backend=backend, n_threads=n_threads,
+                   copy_weights=copy_weights)
     wanted = "nn.ConvTranspose2d" if issubclass(cls, ConvTranspose2d) else "nn.Conv2d"
     raise TypeError(f"{cls.__name__}.from_torch needs {wanted}, got {type(module).__name__}")
 
 
 def linear_module_from_torch(cls: Type[_LinearT], module: TorchObject, backend: BackendLike = None,
-                             activation: ActivationLike = None, n_threads: int = 0) -> _LinearT:
+                             activation: ActivationLike = None, n_threads: int = 0,
+                             copy_weights: bool = False) -> _LinearT:
     """The numpy module computing what a torch linear module computes: ``Linear.from_torch``.
 
     Parameters
@@ -572,6 +577,8 @@ def linear_module_from_torch(cls: Type[_LinearT], module: TorchObject, backend: 
         As for :func:`convolution_layer_from_torch`.
     n_threads : int, optional
         The module's ``n_threads`` (default 0: as many as the backend chooses).
+    copy_weights : bool, optional
+        The module's ``copy_weights`` (default False: its filter reads the weights in place).
 
     Returns
     -------
@@ -596,7 +603,7 @@ def linear_module_from_torch(cls: Type[_LinearT], module: TorchObject, backend: 
     """
     torch = require_torch()
     weight, bias, activation = _linear_arguments(module, activation, torch, f"{cls.__name__}.from_torch")
-    return cls(weight, bias, activation=activation, backend=backend, n_threads=n_threads)
+    return cls(weight, bias, activation=activation, backend=backend, n_threads=n_threads, copy_weights=copy_weights)
 
 
 # ---- to torch -----------------------------------------------------------------------------------

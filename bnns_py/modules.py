@@ -4,7 +4,9 @@ and return all three gradients, with the arguments of the functions of the same 
 
 The weight and bias arrays are used in place (BNNS's client-pointer mode), so an optimizer step
 such as ``conv.weight -= lr * grads.weight`` changes the next forward pass, as in training with
-Swift's ``ConvolutionLayer.applyBackward``. Operands may be numpy arrays, CPU torch tensors or
+Swift's ``ConvolutionLayer.applyBackward``. With ``copy_weights=True`` the filters copy them at
+creation instead (BNNS's default), for inference: a filter then packs or transforms its weights
+once rather than at every call, and the module's parameters are read-only copies. Operands may be numpy arrays, CPU torch tensors or
 other array objects (read in place when float32); results and gradients are numpy arrays. One
 filter is kept per input height and width (and per strided-view layout read in place).
 
@@ -19,8 +21,8 @@ import numpy.typing as npt
 
 from . import _repr
 from ._checks import fixed_attribute
-from ._arrays import (FLOAT32, Array, float32_array, image_input, image_output, vector_input, vector_output, writable_parameter,
-                      written)
+from ._arrays import (FLOAT32, Array, float32_array, frozen_parameter, image_input, image_output, vector_input, vector_output,
+                      writable_parameter, written)
 from .activation import ActivationFunction
 from .convolution import ConvolutionLayer
 from .fully_connected import FullyConnectedLayer
@@ -130,15 +132,6 @@ class _Lifecycle:
         return False
 
 
-def _replacement(name: str, value: Any, shape: Tuple[int, ...]) -> Array:
-    """A parameter assigned to a module, checked as the module's constructor checks it, with the
-    shape of the one it replaces."""
-    array = writable_parameter(name, value, (len(shape),))
-    if array.shape != shape:
-        raise ValueError(f"{name} must keep the shape {shape} the module was made with, got {array.shape}")
-    return array
-
-
 def _close_all(layers: Iterable[Any]) -> None:
     for layer in layers:
         layer.close()
@@ -200,37 +193,62 @@ def _aligned(*arrays: Optional[Array]) -> bool:
 
 
 class _Module(_Lifecycle):
-    """A module's parameters: arrays over the caller's memory that another array may replace."""
+    """A module's parameters: arrays over the caller's memory that another array may replace, or
+    read-only copies (``copy_weights``)."""
 
     _weight: Array
     _bias: Optional[Array]
     n_threads: int = fixed_attribute("n_threads", "The threads each call may use (``FilterParameters.n_threads``; "
                                                   "0: as many as the backend chooses).")
+    copy_weights: bool = fixed_attribute("copy_weights", "Whether the filters copy the weight and bias at creation "
+                                                         "(read-only parameters) rather than read them at every call.")
+
+    def _set_copy_weights(self, copy_weights: Any) -> None:
+        if not isinstance(copy_weights, bool):
+            raise TypeError(f"copy_weights must be True or False, got {copy_weights!r}")
+        self._copy_weights = copy_weights
+
+    def _parameter(self, name: str, value: Any, ndims: Tuple[int, ...]) -> Array:
+        """A weight or bias as this module keeps it: the caller's writable C-contiguous array, used
+        in place, or with ``copy_weights`` a read-only copy."""
+        if self._copy_weights:
+            return frozen_parameter(name, value, ndims)
+        return writable_parameter(name, value, ndims)
+
+    def _replacement(self, name: str, value: Any, shape: Tuple[int, ...]) -> Array:
+        """A parameter assigned to the module, checked as the constructor checks it, with the shape
+        of the one it replaces."""
+        array = self._parameter(name, value, (len(shape),))
+        if array.shape != shape:
+            raise ValueError(f"{name} must keep the shape {shape} the module was made with, got {array.shape}")
+        return array
 
     @property
     def weight(self) -> Array:
-        """The weight, over the caller's memory.
+        """The weight, over the caller's memory (with ``copy_weights``: a read-only copy).
 
-        Assigning another writable C-contiguous float32 array of the same shape makes the module
-        read that one from the next call (its filters are made anew); augmented assignments such
-        as ``module.weight -= step`` update the array in place.
+        Assigning another float32 array of the same shape makes the module read that one from the
+        next call (its filters are made anew; writable and C-contiguous unless ``copy_weights``,
+        which copies it); augmented assignments such as ``module.weight -= step`` update the array
+        in place (with ``copy_weights`` they raise, the copy being read-only).
         """
         return self._weight
 
     @weight.setter
     def weight(self, value: Any) -> None:
         if value is not self._weight:
-            self._replace_parameters(_replacement("weight", value, self._weight.shape), self._bias)
+            self._replace_parameters(self._replacement("weight", value, self._weight.shape), self._bias)
 
     @property
     def bias(self) -> Optional[Array]:
-        """The bias, over the caller's memory, or None; assignable as ``weight`` is (None removes it)."""
+        """The bias, over the caller's memory (or a read-only copy), or None; assignable as
+        ``weight`` is (None removes it)."""
         return self._bias
 
     @bias.setter
     def bias(self, value: Any) -> None:
         if value is not self._bias:
-            bias = None if value is None else _replacement("bias", value, (self._bias_length(),))
+            bias = None if value is None else self._replacement("bias", value, (self._bias_length(),))
             self._replace_parameters(self._weight, bias)
 
     def _bias_length(self) -> int:
@@ -246,11 +264,13 @@ class _ConvModule(_Module):
     backend: BackendLike = fixed_attribute("backend", "The backend asked for (None: resolved at the first call).")
 
     def _setup(self, weight: Any, bias: Any, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
-               activation: ActivationLike, backend: BackendLike, output_padding: IntPair, n_threads: int) -> None:
+               activation: ActivationLike, backend: BackendLike, output_padding: IntPair, n_threads: int,
+               copy_weights: bool) -> None:
         self._n_threads = checked_thread_count(n_threads)
-        weight = writable_parameter("weight", weight, (4,))
+        self._set_copy_weights(copy_weights)
+        weight = self._parameter("weight", weight, (4,))
         if bias is not None:
-            bias = writable_parameter("bias", bias, (1,))
+            bias = self._parameter("bias", bias, (1,))
         self._spec = ConvSpec.from_arguments(self._transposed, weight, bias, stride, padding, dilation,
                                             groups, activation, output_padding)
         self._weight: Array = weight
@@ -299,7 +319,8 @@ class _ConvModule(_Module):
                 layer = table.get(key)
                 if layer is None:
                     layer = table[key] = self.spec.make_layer(
-                        height, width, self._bnns_weight, self._bias, self.backend, input_strides=input_strides,
+                        height, width, self._bnns_weight, self._bias, self.backend,
+                        client_pointer=not self._copy_weights, input_strides=input_strides,
                         output_strides=output_strides, n_threads=self.n_threads,
                         weight_strides=self._weight_strides)
         return layer
@@ -311,8 +332,9 @@ class _ConvModule(_Module):
 
     def _sync_weight(self) -> None:
         """Refresh the BNNS-layout copy of a transposed module's PyTorch-layout weight, if it has one
-        (groups > 1, or a backend that reads weight descriptors without strides)."""
-        if self._copies_weight:
+        (groups > 1, or a backend that reads weight descriptors without strides) and the weight may
+        have changed since (not with ``copy_weights``)."""
+        if self._copies_weight and not self._copy_weights:
             transposed_weight_to_bnns(self._weight, self.spec.groups, out=self._bnns_weight)
 
     def forward(self, x: Any, out: Any = None) -> Any:
@@ -371,7 +393,7 @@ class _ConvModule(_Module):
         """All gradients of the loss through BNNS's backward pass, given the forward pass.
 
         The current ``self.weight`` is differentiated, as BNNS reads client-pointer weights at
-        every call.
+        every call (with ``copy_weights``, the copy the filters hold, which ``self.weight`` equals).
 
         Parameters
         ----------
@@ -449,6 +471,7 @@ class _ConvModule(_Module):
         output_padding = f", output_padding={s.output_padding}" if s.transposed else ""
         backend = f", backend={_repr.backend_text(self.backend)!r}" if self.backend is not None else ""
         threads = f", n_threads={self.n_threads}" if self.n_threads else ""
+        threads += ", copy_weights=True" if self.copy_weights else ""
         return (f"{type(self).__name__}({s.in_channels}, {s.out_channels}, kernel={s.kernel}, "
                 f"stride={s.stride}, padding={s.padding}, dilation={s.dilation}, groups={s.groups}"
                 f"{output_padding}, activation={s.activation!r}, bias={self.bias is not None}{backend}{threads})")
@@ -459,7 +482,8 @@ class _ConvModule(_Module):
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
     def from_torch(cls: Type[_ConvModuleType], module: Any, backend: BackendLike = None, *,
-                   activation: ActivationLike = None, n_threads: int = 0) -> _ConvModuleType:
+                   activation: ActivationLike = None, n_threads: int = 0,
+                   copy_weights: bool = False) -> _ConvModuleType:
         """The module computing what a torch convolution module computes (needs PyTorch).
 
         Parameters
@@ -472,7 +496,7 @@ class _ConvModule(_Module):
             As for :func:`bnns_py.conv2d`.
         activation : ActivationFunction, str or None, keyword-only
             An activation to fuse, when ``module`` has none.
-        n_threads : int, keyword-only
+        n_threads, copy_weights : keyword-only
             As for :class:`Conv2d`.
 
         Returns
@@ -490,7 +514,8 @@ class _ConvModule(_Module):
             Settings BNNS cannot express (e.g. a padding mode other than zeros).
         """
         from . import interop
-        converted: _ConvModuleType = interop.conv_module_from_torch(cls, module, backend, activation, n_threads)
+        converted: _ConvModuleType = interop.conv_module_from_torch(cls, module, backend, activation, n_threads,
+                                                                    copy_weights)
         return converted
 
     def to_torch(self) -> Any:
@@ -511,8 +536,9 @@ class Conv2d(_ConvModule):
 
     The arguments are :func:`bnns_py.conv2d`'s, in the same order. ``weight`` and ``bias`` are
     used in place (BNNS's client-pointer mode): an optimizer step such as
-    ``conv.weight -= lr * grads.weight`` changes the next forward pass. One BNNS filter is kept
-    per input height and width.
+    ``conv.weight -= lr * grads.weight`` changes the next forward pass; with ``copy_weights=True``
+    the filters copy them instead (for inference). One BNNS filter is kept per input height and
+    width.
 
     Parameters
     ----------
@@ -530,25 +556,32 @@ class Conv2d(_ConvModule):
     n_threads : int, keyword-only
         The threads each call may use, ``FilterParameters.n_threads`` of the module's filters
         (default 0: as many as the backend chooses).
+    copy_weights : bool, keyword-only
+        False (default): the filters read ``weight`` and ``bias`` in place at every call
+        (``Flags.use_client_pointer``). True: the module keeps read-only copies (any layout is
+        accepted) and each filter copies them at creation, as BNNS does by default, so that it packs
+        or transforms them once rather than at every call: quicker inference, e.g. Winograd layers
+        at batch 1. ``backward`` still returns gradients.
 
     Attributes
     ----------
     weight : numpy.ndarray
-        The weight, over the caller's memory; another array of its shape may be assigned.
+        The weight, over the caller's memory (a read-only copy with ``copy_weights``); another
+        array of its shape may be assigned.
     bias : numpy.ndarray or None
-        The bias, over the caller's memory; another array of its shape, or None, may be assigned.
+        The bias, as ``weight``; another array of its shape, or None, may be assigned.
     spec : ConvSpec
         The geometry: channels, kernel, stride, padding ``(left, right, top, bottom)``, ...
-    n_threads : int
-        The thread count given (fixed).
+    n_threads, copy_weights
+        As given (fixed).
 
     Raises
     ------
     TypeError
-        A weight or bias that is not a float32 array object.
+        A weight or bias that is not a float32 array object, a ``copy_weights`` that is not a bool.
     ValueError
-        A read-only or non-contiguous weight or bias, shapes that do not fit, bad geometry, or an
-        ``n_threads`` that is not an integer >= 0.
+        A read-only or non-contiguous weight or bias (without ``copy_weights``), shapes that do not
+        fit, bad geometry, or an ``n_threads`` that is not an integer >= 0.
 
     Examples
     --------
@@ -569,8 +602,8 @@ class Conv2d(_ConvModule):
 
     def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
                  dilation: IntPair = 1, groups: int = 1, *, activation: ActivationLike = None,
-                 backend: BackendLike = None, n_threads: int = 0) -> None:
-        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, 0, n_threads)
+                 backend: BackendLike = None, n_threads: int = 0, copy_weights: bool = False) -> None:
+        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, 0, n_threads, copy_weights)
 
 
 class ConvTranspose2d(_ConvModule):
@@ -592,7 +625,7 @@ class ConvTranspose2d(_ConvModule):
         Fused after the bias.
     backend : str, Backend or None, keyword-only
         ``"accelerate"``, ``"portable"`` or None (resolved at the first call).
-    n_threads : int, keyword-only
+    n_threads, copy_weights : keyword-only
         As for :class:`Conv2d`.
 
     Raises
@@ -618,8 +651,10 @@ class ConvTranspose2d(_ConvModule):
 
     def __init__(self, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
                  output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
-                 activation: ActivationLike = None, backend: BackendLike = None, n_threads: int = 0) -> None:
-        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, output_padding, n_threads)
+                 activation: ActivationLike = None, backend: BackendLike = None, n_threads: int = 0,
+                 copy_weights: bool = False) -> None:
+        self._setup(weight, bias, stride, padding, dilation, groups, activation, backend, output_padding, n_threads,
+                    copy_weights)
 
 
 # ---- fully connected ------------------------------------------------------------------------------
@@ -648,7 +683,8 @@ class Linear(_Module):
 
     Computes ``act(x @ weight.T + bias)``. The arguments are :func:`bnns_py.linear`'s. ``weight``
     and ``bias`` are used in place (client-pointer mode), so ``lin.weight -= lr * grads.weight``
-    changes the next forward pass. Its filter is its own (not the functional cache's).
+    changes the next forward pass; with ``copy_weights=True`` the filter copies them instead (for
+    inference). Its filter is its own (not the functional cache's).
 
     Parameters
     ----------
@@ -663,25 +699,29 @@ class Linear(_Module):
     n_threads : int, keyword-only
         The threads each call may use, ``FilterParameters.n_threads`` of the module's filter
         (default 0: as many as the backend chooses).
+    copy_weights : bool, keyword-only
+        As for :class:`Conv2d`: True keeps read-only copies that the filter copies at creation
+        (BNNS's default) instead of reading ``weight`` and ``bias`` in place at every call.
 
     Attributes
     ----------
     weight : numpy.ndarray
-        The weight, over the caller's memory; another array of its shape may be assigned.
+        The weight, over the caller's memory (a read-only copy with ``copy_weights``); another
+        array of its shape may be assigned.
     bias : numpy.ndarray or None
-        The bias, over the caller's memory; another array of its shape, or None, may be assigned.
+        The bias, as ``weight``; another array of its shape, or None, may be assigned.
     activation : ActivationFunction
         The fused activation.
-    n_threads : int
-        The thread count given (fixed).
+    n_threads, copy_weights
+        As given (fixed).
 
     Raises
     ------
     TypeError
-        A weight or bias that is not a float32 array object.
+        A weight or bias that is not a float32 array object, a ``copy_weights`` that is not a bool.
     ValueError
-        A read-only or non-contiguous weight or bias, a bias of the wrong shape, or an ``n_threads``
-        that is not an integer >= 0.
+        A read-only or non-contiguous weight or bias (without ``copy_weights``), a bias of the wrong
+        shape, or an ``n_threads`` that is not an integer >= 0.
 
     Examples
     --------
@@ -698,11 +738,12 @@ class Linear(_Module):
     backend: BackendLike = fixed_attribute("backend", "The backend asked for (None: resolved at the first call).")
 
     def __init__(self, weight: Any, bias: Any = None, *, activation: ActivationLike = None,
-                 backend: BackendLike = None, n_threads: int = 0) -> None:
+                 backend: BackendLike = None, n_threads: int = 0, copy_weights: bool = False) -> None:
         self._n_threads = checked_thread_count(n_threads)
-        weight = writable_parameter("weight", weight, (2,))
+        self._set_copy_weights(copy_weights)
+        weight = self._parameter("weight", weight, (2,))
         if bias is not None:
-            bias = writable_parameter("bias", bias, (1,))
+            bias = self._parameter("bias", bias, (1,))
         self._weight, self._bias, _ = linear_operands(weight, bias)
         self._activation = ActivationFunction.coerce(activation)
         self._backend: BackendLike = backend
@@ -739,7 +780,7 @@ class Linear(_Module):
         with self._layer_lock:
             if self._fc_layer is None:
                 self._fc_layer = make_linear_layer(self._weight, self._bias, self.activation, self.backend,
-                                                   n_threads=self.n_threads)
+                                                   client_pointer=not self._copy_weights, n_threads=self.n_threads)
             return self._fc_layer
 
     def forward(self, x: Any, out: Any = None) -> Any:
@@ -893,6 +934,7 @@ class Linear(_Module):
 
     def __repr__(self) -> str:
         threads = f", n_threads={self.n_threads}" if self.n_threads else ""
+        threads += ", copy_weights=True" if self.copy_weights else ""
         return (f"Linear({self.in_features}, {self.out_features}, activation={self.activation!r}, "
                 f"bias={self.bias is not None}{threads})")
 
@@ -902,7 +944,7 @@ class Linear(_Module):
     # ---- PyTorch interop (bnns_py.interop) ------------------------------------------------------
     @classmethod
     def from_torch(cls, module: Any, backend: BackendLike = None, *, activation: ActivationLike = None,
-                   n_threads: int = 0) -> "Linear":
+                   n_threads: int = 0, copy_weights: bool = False) -> "Linear":
         """The module computing what a torch linear module computes (needs PyTorch).
 
         Parameters
@@ -913,7 +955,7 @@ class Linear(_Module):
             As for :func:`bnns_py.linear`.
         activation : ActivationFunction, str or None, keyword-only
             An activation to fuse, when ``module`` has none.
-        n_threads : int, keyword-only
+        n_threads, copy_weights : keyword-only
             As for :class:`Linear`.
 
         Returns
@@ -929,7 +971,8 @@ class Linear(_Module):
             A module of another kind.
         """
         from . import interop
-        converted: Linear = interop.linear_module_from_torch(cls, module, backend, activation, n_threads)
+        converted: Linear = interop.linear_module_from_torch(cls, module, backend, activation, n_threads,
+                                                             copy_weights)
         return converted
 
     def to_torch(self) -> Any:

@@ -66,3 +66,20 @@ def test_layers_run_with_the_measured_thread_count(bench, backend, network, name
         assert runs == 0, f"{name}: a 1-thread layer woke the pool"
     else:
         assert runs >= 1 and used == 2 * runs, f"{name}: {runs} runs on {used} threads"
+
+
+@pytest.mark.parametrize("weights", ["client", "copied"])
+@pytest.mark.parametrize("network, name", [("resnet18", "fc"), ("resnet18", "layer4.1.conv2"),
+                                           ("mobilenet_v2", "features.2.dw")])
+def test_weights_option_chooses_how_the_modules_hold_their_weights(bench, monkeypatch, network, name, weights,
+                                                                   no_filter_leaks):
+    monkeypatch.setattr(bench.ARGS, "weights", weights)
+    layer = layer_named(bench, network, name)
+    x, w, b, out = bench.layer_arrays(layer, 1, np.random.default_rng(1))
+    module, call = bench.bnns_layer(layer, x, w, b, out, 1)
+    with module:
+        call()
+        assert module.copy_weights == (weights == "copied")
+        assert (module.weight is w) == (weights == "client")
+    fan_in = layer[2] // layer[7] * layer[5] ** 2
+    assert_close_to_reference(out, expected_output(layer, x, w, b), fan_in, name)
