@@ -31,13 +31,13 @@ def test_signatures_are_pytorchs_with_keyword_only_extras():
         ("input", P, E), ("weight", P, E), ("bias", P, None), ("stride", P, 1), ("padding", P, 0),
         ("output_padding", P, 0), ("groups", P, 1), ("dilation", P, 1)] + extras
     assert _parameters(bnns_py.linear) == [("input", P, E), ("weight", P, E), ("bias", P, None)] + extras
-    module_extras = [("activation", K, None), ("backend", K, None), ("n_threads", K, 0)]
+    module_extras = [("activation", K, None), ("backend", K, None), ("n_threads", K, 0), ("copy_weights", K, False)]
     assert _parameters(bnns_py.Conv2d)[6:] == _parameters(bnns_py.ConvTranspose2d)[7:] == module_extras
     assert [p[0] for p in _parameters(bnns_py.Conv2d)] == [
-        "weight", "bias", "stride", "padding", "dilation", "groups", "activation", "backend", "n_threads"]
+        "weight", "bias", "stride", "padding", "dilation", "groups", "activation", "backend", "n_threads", "copy_weights"]
     assert [p[0] for p in _parameters(bnns_py.ConvTranspose2d)] == [
         "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation", "activation", "backend",
-        "n_threads"]
+        "n_threads", "copy_weights"]
     assert _parameters(bnns_py.Linear)[2:] == module_extras
 
 
