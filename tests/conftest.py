@@ -83,9 +83,10 @@ def random_array(rng, shape, scale=1.0):
 class CountingAllocator:
     """BNNSFilterParameters' alloc_memory / free_memory as cffi callbacks over Python-owned blocks:
     calls counted in ``calls``, live blocks in ``blocks``, the alignment checked; allocations fail
-    (ENOMEM) while ``fail`` is set."""
+    (ENOMEM) while ``fail`` is set. Blocks start zeroed, or with every byte ``fill`` (0xFF: float
+    NaNs, so that a read of memory the library did not write shows in its results)."""
 
-    def __init__(self):
+    def __init__(self, fill=None):
         from bnns_py import ffi
         self.calls, self.blocks, self.fail = {"alloc": 0, "free": 0}, {}, False
 
@@ -96,6 +97,8 @@ class CountingAllocator:
             self.calls["alloc"] += 1
             assert alignment & (alignment - 1) == 0 and alignment >= ffi.sizeof("void *")
             block = ffi.new("char[]", size + alignment)
+            if fill is not None:
+                ffi.memmove(block, bytes([fill]) * (size + alignment), size + alignment)
             address = (int(ffi.cast("uintptr_t", block)) + alignment - 1) // alignment * alignment
             memptr[0] = ffi.cast("void *", address)
             self.blocks[address] = block
@@ -137,10 +140,11 @@ def assert_close_to_reference(actual, expected, reduction_size, what=""):
 
 
 def client_layer(kind, cin, cout, h, w, k, stride, pad, dil, groups, weight, bias, activation, n_threads,
-                 flags=None, input_strides=(0, 0, 0)):
+                 flags=None, input_strides=(0, 0, 0), allocator=None):
     """A client-pointer (or ``flags``) layer and its output (height, width); weight in BNNS OIHW
     memory order, k / stride / dil as (h, w), pad as (left, right, top, bottom), input_strides
-    the input image's BNNS strides (x, row, channel; zeros: packed)."""
+    the input image's BNNS strides (x, row, channel; zeros: packed), allocator a CountingAllocator
+    for the filter's memory (None: the library's own)."""
     from bnns_py import (ConvolutionLayer, ConvolutionPadding, ConvolutionType, DataType, FilterParameters, Flags,
                          NDArrayDescriptor, Shape)
     kh, kw = k
@@ -151,7 +155,9 @@ def client_layer(kind, cin, cout, h, w, k, stride, pad, dil, groups, weight, bia
     else:
         oh = (h - 1) * stride[0] - pt - pb + dil[0] * (kh - 1) + 1
         ow = (w - 1) * stride[1] - pl - pr + dil[1] * (kw - 1) + 1
-    parameters = FilterParameters(flags=Flags.use_client_pointer if flags is None else flags, n_threads=n_threads)
+    memory = {} if allocator is None else dict(alloc_memory=allocator.alloc, free_memory=allocator.free)
+    parameters = FilterParameters(flags=Flags.use_client_pointer if flags is None else flags, n_threads=n_threads,
+                                  **memory)
     layer = ConvolutionLayer(
         kind,
         NDArrayDescriptor(data_type=DataType.float32, shape=Shape.image_chw(w, h, cin, input_strides)),

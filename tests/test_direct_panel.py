@@ -10,7 +10,7 @@ import pytest
 import bnns_py
 from bnns_py import ActivationFunction as AF, ConvolutionType, Flags, reference
 
-from conftest import client_layer, input_batch, random_array, run_child_on_tier
+from conftest import CountingAllocator, client_layer, input_batch, random_array, run_child_on_tier
 
 pytestmark = pytest.mark.requires_portable_internals
 
@@ -58,28 +58,47 @@ ACTIVATIONS = {
 }
 
 
+# Strided, padded unevenly (left, right, top, bottom), the filter's memory starting as NaNs: every
+# padded column and row of each phase that a tap reads must be written as zero
+UNEVEN_CASES = [
+    (1, 6, 9, 14, 14, 3, (0, 1, 0, 1), 1, 1, (2, 2)),  # TensorFlow's "same" padding of stride 2: 7 x 7
+    (2, 5, 9, 13, 11, 3, (2, 0, 1, 2), 1, 1, (2, 2)),  # odd input, 2 columns on the left only, batch 2: 7 x 6
+    (1, 4, 9, 14, 14, 3, 0, 1, 1, (2, 2)),             # the last column and row read by no tap: 6 x 6
+    (1, 3, 9, 4, 4, 3, (3, 3, 3, 3), 1, 1, (2, 2)),    # padding wider than the image: 4 x 4
+    (1, 3, 9, 5, 1, 3, (5, 0, 1, 1), 1, 1, (2, 2)),    # the image's one column read by no tap: 3 x 2
+    (1, 3, 8, 12, 13, 3, (1, 2, 3, 0), 2, 1, (2, 2)),  # dilation 2: 6 x 6
+    (1, 3, 7, 10, 12, 3, (2, 1, 0, 2), 1, 1, (3, 3)),  # stride 3: 4 x 5
+    (2, 4, 10, 9, 13, 3, (1, 0, 0, 1), 1, 2, (2, 3)),  # strides 2 down, 3 across, two groups: 4 x 4
+    (1, 5, 9, 9, 16, 3, (0, 2, 1, 0), 1, 1, (2, 1)),   # 2 down, 1 across: 4 x 16
+]
+
+
 def _ids(cases):
-    return ["x".join(map(str, c[:5])) + f"_k{c[5]}_d{c[7]}_g{c[8]}" + ("_s{}{}".format(*c[9]) if len(c) > 9 else "")
-            for c in cases]
+    def pad(p):
+        return "_p" + "".join(map(str, p)) if isinstance(p, tuple) else ""
+    return ["x".join(map(str, c[:5])) + f"_k{c[5]}{pad(c[6])}_d{c[7]}_g{c[8]}" +
+            ("_s{}{}".format(*c[9]) if len(c) > 9 else "") for c in cases]
 
 
-def _run(case, rng, activation, n_threads, with_bias=True, flags=None, scale=1.0, column_step=1):
-    """column_step 2: x read from every other column of wider images."""
+def _run(case, rng, activation, n_threads, with_bias=True, flags=None, scale=1.0, column_step=1, allocator=None):
+    """column_step 2: x read from every other column of wider images; the case's pad one number or
+    (left, right, top, bottom)."""
     n, cin, cout, h, w, k, pad, dil, groups = case[:9]
     stride = case[9] if len(case) > 9 else (1, 1)
+    pads = pad if isinstance(pad, tuple) else (pad,) * 4
     wide = random_array(rng, (n, cin, h, w * column_step), scale)
     x = wide[..., ::column_step]
     weight = random_array(rng, (cout, cin // groups, k, k))
     bias = random_array(rng, (cout,)) if with_bias else None
     strides = (0, 0, 0) if column_step == 1 else (column_step, column_step * w, column_step * w * h)
-    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (k, k), stride, (pad,) * 4,
+    layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (k, k), stride, pads,
                                    (dil, dil), groups, weight, bias, activation, n_threads, flags=flags,
-                                   input_strides=strides)
+                                   input_strides=strides, allocator=allocator)
     with layer:
         engine = bnns_py.get_backend().filter_engine(layer.bnns_filter, batch=n)
         y = np.full((n, cout, oh, ow), np.nan, np.float32)
         layer.apply(n, x if column_step == 1 else input_batch(layer, wide, n), y)
-    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dil, groups=groups,
+    expected = reference.conv2d(x, weight, bias, stride=stride, padding=pads, dilation=dil, groups=groups,
                                 activation=activation)
     return engine, y, expected
 
@@ -113,6 +132,24 @@ def test_forced_panel_strided(case, column_step, backend, rng, monkeypatch, no_f
         engine, y, expected = _run(case, np.random.default_rng(9), AF.rectified_linear, n_threads,
                                    column_step=column_step)
         assert engine == "direct panel"
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(case[1] * case[5] ** 2))
+        results.append(y)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("column_step", [1, 2], ids=["packed", "every-other-column"])
+@pytest.mark.parametrize("case", UNEVEN_CASES, ids=_ids(UNEVEN_CASES))
+def test_forced_panel_uneven_padding(case, column_step, backend, rng, monkeypatch, no_filter_leaks):
+    """The planes' borders of each column phase, whatever the filter's memory held before: results
+    against the reference (no NaN), 1 and 2 threads giving the same bits."""
+    monkeypatch.setenv("BNNS_PY_PORTABLE_ENGINE", "panel")
+    results = []
+    for n_threads in (1, 2):
+        allocator = CountingAllocator(fill=0xFF)
+        engine, y, expected = _run(case, np.random.default_rng(11), AF.identity, n_threads,
+                                   column_step=column_step, allocator=allocator)
+        assert engine == "direct panel"
+        assert allocator.balanced()
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(case[1] * case[5] ** 2))
         results.append(y)
     np.testing.assert_array_equal(results[0], results[1])
@@ -195,7 +232,7 @@ import os, sys
 import numpy as np, bnns_py
 sys.path.insert(0, '.')
 import test_direct_panel as t
-for forced, cases in ((True, t.CASES + t.STRIDED_CASES), (False, t.AUTO_CASES)):
+for forced, cases in ((True, t.CASES + t.STRIDED_CASES + t.UNEVEN_CASES), (False, t.AUTO_CASES)):
     if forced:
         os.environ["BNNS_PY_PORTABLE_ENGINE"] = "panel"
     else:

@@ -199,10 +199,26 @@ bool bp_conv_small(const bp_geom *g);
    data a stride the depthwise kernels take), "tiny" (forward of a tiny layer) or "im2col". */
 const char *bp_conv_engine(const bp_geom *g, bool backward_data);
 
-/* Small stride-1 images go through zero-padded copies of their planes (ph x pw each, ph = out_h +
-   (kh - 1)*dy, pw likewise; channels c0 .. of x), so that nothing downstream has bounds to work
-   out; im2col of the whole image from them: plain copies of out_w values, the column of each
-   reduction step (channel, tap) a row of out_h*out_w values, rows ld apart. */
+/* Small images go through zero-padded copies of their planes (channels c0 .. of x), so that nothing
+   downstream has bounds to work out: ph rows of pw columns (the rows and columns the taps reach),
+   each row split into its sx column phases of pq columns, padded column q*sx + px of row py of
+   channel ci at ((ci*ph + py)*sx + px)*pq + q, so that the values a tap reads for an output row are
+   consecutive. Stride 1 has one phase: plain rows of pw values. */
+typedef struct {
+    size_t ph, pw, pq;
+} bp_padded_shape;
+
+static inline bp_padded_shape bp_padded_shape_of(const bp_geom *g) {
+    bp_padded_shape p;
+    p.ph = (g->out_h - 1) * g->sy + (g->kh - 1) * g->dy + 1;
+    p.pw = (g->out_w - 1) * g->sx + (g->kw - 1) * g->dx + 1;
+    p.pq = bp_ceil_div(p.pw, g->sx);
+    return p;
+}
+
+/* The padded planes of a stride-1 layer; im2col of the whole image from padded planes of any
+   stride: plain copies of out_w values, the column of each reduction step (channel, tap) a row of
+   out_h*out_w values, rows ld apart. */
 void bp_fill_padded_planes(const bp_geom *g, const bp_image *img, const float *x, size_t c0, float *pad);
 void bp_columns_from_padded(const bp_geom *g, const float *pad, float *col, size_t ld);
 

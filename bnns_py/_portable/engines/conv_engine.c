@@ -110,19 +110,21 @@ BP_NO_LIBCALLS void bp_fill_padded_planes(const bp_geom *g, const bp_image *img,
 }
 
 BP_NO_LIBCALLS void bp_columns_from_padded(const bp_geom *g, const float *pad, float *col, size_t ld) {
-    size_t ow = g->out_w, oh = g->out_h;
-    size_t ph = oh + (g->kh - 1) * g->dy, pw = ow + (g->kw - 1) * g->dx;
+    bp_padded_shape p = bp_padded_shape_of(g);
+    size_t ow = g->out_w, oh = g->out_h, row = g->sx * p.pq, down = g->sy * row; /* down: an output row on */
+    size_t dq = g->dx / g->sx, dp = g->dx % g->sx; /* the next tap: dq columns and dp phases on */
     float *dst = col;
     for (size_t ci = 0; ci < g->in_cg; ci++)
         for (size_t ky = 0; ky < g->kh; ky++)
-            for (size_t kx = 0; kx < g->kw; kx++) {
-                const float *src = pad + ci * ph * pw + ky * g->dy * pw + kx * g->dx;
+            for (size_t kx = 0, px = 0, q = 0; kx < g->kw; kx++, dst += ld) {
+                const float *src = pad + (ci * p.ph + ky * g->dy) * row + px * p.pq + q;
                 if (ow <= BP_VL && BP_VL >= 8) /* one masked vector a row */
                     for (size_t oy = 0; oy < oh; oy++)
-                        bp_vstore_part(dst + oy * ow, bp_vload_part(src + oy * pw, ow), ow);
+                        bp_vstore_part(dst + oy * ow, bp_vload_part(src + oy * down, ow), ow);
                 else
-                    for (size_t oy = 0; oy < oh; oy++) copy_run(dst + oy * ow, src + oy * pw, ow);
-                dst += ld;
+                    for (size_t oy = 0; oy < oh; oy++) copy_run(dst + oy * ow, src + oy * down, ow);
+                px += dp, q += dq;
+                if (px >= g->sx) px -= g->sx, q++;
             }
 }
 

@@ -12,8 +12,8 @@
    equal runs, each building the panels of the images it works on (calls of several images: a
    worker takes whole images where it can, each panel built once), so the results do not depend
    on the thread count.
-   Strided layers build the panel from zero-bordered planes whose rows are split into their column
-   phases, so that each panel row's values for an output row are consecutive there. */
+   Strided layers build the panel from padded planes whose rows are split into their column phases
+   (bp_padded_shape), so that each panel row's values for an output row are consecutive there. */
 #include <string.h>
 
 #include "direct_plan.h"
@@ -29,8 +29,7 @@ typedef struct {
     size_t pixels, ld;  /* output pixels per image; floats between rows of the panel */
     size_t whole, tail; /* pixels in whole vectors; pixels after them */
     bool dots;          /* the tail as dot products (else a partial vector) */
-    size_t ph, pw;      /* zero-bordered planes of the source: rows, columns */
-    size_t pq;          /* strided layers: columns of each of a plane row's sx column phases */
+    bp_padded_shape p;  /* the padded planes of the source */
 } panel_shape;
 
 static panel_shape shape_of(const bp_geom *g) {
@@ -40,14 +39,12 @@ static panel_shape shape_of(const bp_geom *g) {
     s.tail = s.pixels - s.whole;
     s.dots = s.tail > 0 && s.tail <= POINTWISE_DOTS_MAX && s.whole > 0;
     s.ld = bp_round_up(s.pixels, BP_VL);
-    s.ph = (g->out_h - 1) * g->sy + (g->kh - 1) * g->dy + 1;
-    s.pw = (g->out_w - 1) * g->sx + (g->kw - 1) * g->dx + 1;
-    s.pq = bp_ceil_div(s.pw, g->sx);
+    s.p = bp_padded_shape_of(g);
     return s;
 }
 
 static size_t padded_floats(const bp_geom *g, const panel_shape *s) {
-    return bp_round_up(g->in_cg * s->ph * g->sx * s->pq, 16);
+    return bp_round_up(g->in_cg * s->p.ph * g->sx * s->p.pq, 16);
 }
 
 size_t bp_direct_panel_scratch_floats(const bp_geom *g) {
@@ -82,43 +79,59 @@ typedef struct {
     size_t batch, tiles; /* tiles: of POINTWISE_MR_MAX output channels, per image and group */
 } panel_job;
 
-/* Strided layers: the zero-bordered planes of the group's channels, each plane row split into its
-   sx column phases (pq columns each): padded column q*sx + px at pad[((ci*ph + py)*sx + px)*pq + q],
-   so that the reads of a tap for an output row are consecutive. */
+static void zero_floats(float *dst, size_t n) {
+    for (size_t i = 0; i < n; i += BP_VL) bp_vstore_part(dst + i, bp_vzero(), n - i);
+}
+
+typedef struct {
+    size_t runs, at[MAX_PHASES + 1], n[MAX_PHASES + 1]; /* runs of zeros (the plans take sx <= MAX_PHASES) */
+    size_t first[MAX_PHASES];                           /* where each phase's image values start */
+} row_border;
+
+/* Where a padded row holding n image values (padded columns pl ..) has them and its zeros: phase
+   px's values at columns [px*pq + ceil((pl - px) / sx), px*pq + ceil((pl + n - px) / sx)), the
+   zeros in the runs between them and at the row's ends. */
+static row_border border_of(const bp_geom *g, const bp_padded_shape *p, size_t n) {
+    row_border b = {.runs = 0};
+    size_t from = 0; /* where the run of zeros before phase px's values starts */
+    for (size_t px = 0; px <= g->sx; px++) {
+        size_t to = px < g->sx ? px * p->pq + (g->pl + g->sx - 1 - px) / g->sx : g->sx * p->pq;
+        if (to > from) b.at[b.runs] = from, b.n[b.runs++] = to - from;
+        if (px == g->sx) break;
+        b.first[px] = to;
+        from = px * p->pq + (g->pl + n + g->sx - 1 - px) / g->sx;
+    }
+    return b;
+}
+
+/* Strided layers: the padded planes of the group's channels (x's channels c0 ..), each value
+   written once: the image's values (source column i at padded column pl + i), zeros around them. */
 static void fill_phase_planes(const bp_geom *g, const panel_shape *s, const bp_image *img, const float *x, size_t c0,
                               float *pad) {
-    size_t all = padded_floats(g, s), row = g->sx * s->pq;
-    for (size_t i = 0; i < all; i += BP_VL) bp_vstore(pad + i, bp_vzero());
-    size_t n = s->pw > g->pl ? bp_min(g->in_w, s->pw - g->pl) : 0, y1 = bp_min(g->pt + g->in_h, s->ph);
-    for (size_t ci = 0; ci < g->in_cg && n > 0; ci++)
-        for (size_t py = g->pt; py < y1; py++) {
+    const bp_padded_shape *p = &s->p;
+    size_t row = g->sx * p->pq, plane = p->ph * row;
+    size_t n = p->pw > g->pl ? bp_min(g->in_w, p->pw - g->pl) : 0;
+    size_t y0 = n > 0 ? bp_min(g->pt, p->ph) : p->ph, y1 = bp_max(y0, bp_min(g->pt + g->in_h, p->ph));
+    row_border b = border_of(g, p, n); /* of the rows [y0, y1) */
+    for (size_t ci = 0; ci < g->in_cg; ci++) {
+        float *at = pad + ci * plane;
+        zero_floats(at, y0 * row);
+        for (size_t py = y0; py < y1; py++) {
             const float *src = x + (c0 + ci) * img->sc + (py - g->pt) * img->sy;
-            float *dst = pad + (ci * s->ph + py) * row;
-            if (g->sx == 2 && img->sx == 1) { /* source column i at padded column pl + i */
-                size_t p0 = g->pl % 2, p1 = 1 - p0;
-                bp_direct_split_pairs(src, n, dst + p0 * s->pq + g->pl / 2, dst + p1 * s->pq + (g->pl + 1) / 2);
+            float *dst = at + py * row;
+            for (size_t r = 0; r < b.runs; r++) zero_floats(dst + b.at[r], b.n[r]);
+            if (g->sx == 2 && img->sx == 1) { /* source column 0 in phase pl % 2 */
+                size_t p0 = g->pl % 2;
+                bp_direct_split_pairs(src, n, dst + b.first[p0], dst + b.first[1 - p0]);
                 continue;
             }
             for (size_t i = 0; i < n; i++) {
                 size_t col = g->pl + i;
-                dst[col % g->sx * s->pq + col / g->sx] = src[i * img->sx];
+                dst[col % g->sx * p->pq + col / g->sx] = src[i * img->sx];
             }
         }
-}
-
-/* The panel's rows (ci, ky, kx), out_w values per output row, from the phase planes. */
-static void columns_from_phases(const bp_geom *g, const panel_shape *s, const float *pad, float *panel) {
-    size_t ow = g->out_w, row = g->sx * s->pq;
-    float *dst = panel;
-    for (size_t ci = 0; ci < g->in_cg; ci++)
-        for (size_t ky = 0; ky < g->kh; ky++)
-            for (size_t kx = 0; kx < g->kw; kx++, dst += s->ld) {
-                size_t cx = kx * g->dx;
-                const float *src = pad + (ci * s->ph + ky * g->dy) * row + cx % g->sx * s->pq + cx / g->sx;
-                for (size_t oy = 0; oy < g->out_h; oy++)
-                    for (size_t i = 0; i < ow; i += BP_VL)
-                        bp_vstore_part(dst + oy * ow + i, bp_vload_part(src + oy * g->sy * row + i, ow - i), ow - i);
-            }
+        zero_floats(at + y1 * row, (p->ph - y1) * row);
+    }
 }
 
 /* The panel of the group whose channel 0 is x's channel c0, and the tail's columns (pixel after
@@ -126,13 +139,9 @@ static void columns_from_phases(const bp_geom *g, const panel_shape *s, const fl
 static void fill_panel(const panel_job *j, const float *x, size_t c0, float *pad, float *panel, float *tail) {
     const bp_geom *g = j->g;
     const panel_shape *s = &j->s;
-    if (g->sx == 1 && g->sy == 1) {
-        bp_fill_padded_planes(g, j->x.img, x, c0, pad);
-        bp_columns_from_padded(g, pad, panel, s->ld);
-    } else {
-        fill_phase_planes(g, s, j->x.img, x, c0, pad);
-        columns_from_phases(g, s, pad, panel);
-    }
+    if (g->sx == 1 && g->sy == 1) bp_fill_padded_planes(g, j->x.img, x, c0, pad);
+    else fill_phase_planes(g, s, j->x.img, x, c0, pad);
+    bp_columns_from_padded(g, pad, panel, s->ld);
     if (s->dots)
         for (size_t k = 0; k < g->k; k++)
             for (size_t p = 0; p < s->tail; p++) tail[p * g->k + k] = panel[k * s->ld + s->whole + p];
