@@ -6,7 +6,8 @@ column), output phases of different sizes,
 padding of 0 to 3 on each side, images narrower than a tile row's vector, strided inputs, batches
 whose tile-row blocks span images, channel counts that leave partial channel blocks and partial
 8-channel transposes, bias and activation, 1 and 2 threads, weights owned by the filter and read
-from the caller at each call. The weight gradient (F(3x3, 2x2) on the same tiles, dilated layers'
+from the caller at each call; one image's input transformed by the workers together (the same
+bits on 1 to 3 threads). The weight gradient (F(3x3, 2x2) on the same tiles, dilated layers'
 output phases summed) on the same geometries, set and accumulated, through the activation, from
 strided inputs and against PyTorch's autograd. F(4x4) picked by itself for a layer too wide for
 F(2x2), from batch 8. The filter reports which pass runs, so no test passes on the direct
@@ -170,6 +171,45 @@ def test_batch_blocks_over_threads(case, client, n_threads, winograd, backend, r
             layer.apply_backward(n, x, y, dy, dx)
             np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=_tolerance(cin))
             np.testing.assert_allclose(dx, dx_ref(y), rtol=1e-4, atol=_tolerance(cout))
+
+
+# one image whose tile rows do not split evenly over the workers: each worker takes a share of the
+# output channel blocks over all the tiles, and the workers transform the input together, each a
+# share of the input channels (the last share a partial one of 8), into one V.
+SHARED_INPUT_CASES = [
+    (40, 130, 14, 14, False),  # 7 tile rows, 3 channel blocks (AVX-512: 64 channels each)
+    (13, 70, 9, 11, False),    # odd sizes: 5 tile rows of 6 tiles, half tiles on the last row and column
+    (9, 200, 5, 5, True),      # 3 tile rows, 9 input channels; x read from every other column
+    (1, 96, 1, 3, False),      # one tile row of one input channel
+]
+
+
+@pytest.mark.parametrize("client", [True, False], ids=["client", "copied"])
+@pytest.mark.parametrize("case", SHARED_INPUT_CASES, ids=["x".join(map(str, c[:4])) + ("_strided" if c[4] else "")
+                                                          for c in SHARED_INPUT_CASES])
+def test_input_transformed_together_matches_one_thread(case, client, winograd, backend, rng, no_filter_leaks):
+    """Batch 1 on 1, 2 and 3 threads: the same bits on each (V is the same whoever transforms which
+    channels), ReLU fused, against the reference; repeated calls agree."""
+    cin, cout, h, w, strided = case
+    weight, bias = random_array(rng, (cout, cin, 3, 3), 0.3), random_array(rng, (cout,))
+    x = random_array(rng, (1, cin, h, 2 * w if strided else w))
+    strides = (2, 2 * w, 2 * w * h) if strided else (0, 0, 0)
+    expected = np.maximum(reference.conv2d(x[..., ::2] if strided else x, weight, bias, padding=(1, 1, 1, 1)), 0)
+    outputs = []
+    for n_threads in (1, 2, 3):
+        layer, (oh, ow) = client_layer(ConvolutionType.standard, cin, cout, h, w, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                       1, weight, bias, AF.rectified_linear, n_threads,
+                                       flags=None if client else Flags.none, input_strides=strides)
+        with layer:
+            assert backend.filter_engine(layer.bnns_filter) == "winograd"
+            source = NDArrayDescriptor(x.reshape(-1), layer.input_descriptor.shape, batch_size=1) if strided else x
+            for _ in range(2):
+                y = np.full((1, cout, oh, ow), np.nan, np.float32)
+                layer.apply(1, source, y)
+                outputs.append(y)
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=_tolerance(cin))
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
 
 
 def test_strided_input(winograd, backend, rng, no_filter_leaks):

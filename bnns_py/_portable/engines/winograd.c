@@ -11,7 +11,9 @@
    A task takes whole tile rows (possibly of several images and output phases) and a chunk of
    output channel blocks: the input transform of its tiles (V, P x in_c x tiles, P = (m + 2)^2
    transform positions), then per block the P products with U on the pixels kernel into M
-   (P x tiles x block channels) and the output transform straight into the output rows. */
+   (P x tiles x block channels) and the output transform straight into the output rows. When one
+   block of tile rows is shared out by chunks of channel blocks, the workers make its V together
+   instead, a part of the input channels at a time, and each chunk's products read all of it. */
 #include "winograd.h"
 
 #include <stdatomic.h>
@@ -48,6 +50,7 @@ static size_t mblocks(const bp_geom *g) { return bp_ceil_div(g->out_c, WINO_BW);
 /* Transform positions of a tile: (m + 2)^2. */
 static size_t positions(const bp_winograd *p) { return (p->m + 2) * (p->m + 2); }
 enum { WEIGHT_CHANNELS = 8 }; /* input channels a worker transposes at a time (72 kernel rows) */
+enum { INPUT_CHANNELS = 8 };  /* input channels of a part of a V that the workers make together */
 
 /* Floats between U's planes: 5 cache lines more than a plane, so that the stores of a kernel's
    transform, one per plane, fall in different cache sets (planes of a power-of-two size would all
@@ -417,6 +420,9 @@ typedef struct {
     int weight_units;    /* parts of U, WEIGHT_CHANNELS input channels each: claimed, made */
     _Atomic int weight_units_claimed;
     bp_progress weight_units_made;
+    int input_units;     /* parts of the V all the workers read, INPUT_CHANNELS each (0: none): claimed, made */
+    _Atomic int input_units_claimed;
+    bp_progress input_units_made;
     _Atomic size_t next;
 } forward_job;
 
@@ -442,8 +448,9 @@ static scratch_parts parts_of(const bp_geom *g, const bp_winograd *p, float *scr
     return s;
 }
 
-/* V of the tile rows [r0, r1) into v. */
-static void input_transform(const forward_job *j, size_t r0, size_t r1, float *v, const scratch_parts *s) {
+/* V of input channels [c0, c1) of the tile rows [r0, r1) into v. */
+static void input_transform(const forward_job *j, size_t r0, size_t r1, size_t c0, size_t c1, float *v,
+                            const scratch_parts *s) {
     const bp_winograd *p = j->plan;
     const bp_geom *g = j->g;
     size_t tw = p->tw, th = p->th, d = p->d, per_image = d * d * th, ld = row_ld(tw), nt = (r1 - r0) * tw;
@@ -451,7 +458,7 @@ static void input_transform(const forward_job *j, size_t r0, size_t r1, float *v
     for (size_t r = r0; r < r1; r++) { /* tile row r: image, output phase (a, b), row within */
         size_t b = r / per_image, ph = r % per_image / th, ty = r % th, col = (r - r0) * tw;
         const float *img = j->x + b * j->x_bs;
-        for (size_t c = 0; c < g->in_c; c++) {
+        for (size_t c = c0; c < c1; c++) {
             bp_winograd_tile_row_inputs(g, tw, ld, j->x_img, img + c * j->x_img->sc, ty, ph / d, ph % d, s->e, s->o);
             bp_winograd_tile_row_transform(tw, ld, s->e, s->o, v + c * nt + col, g->in_c * nt);
         }
@@ -469,6 +476,25 @@ static void make_weight_units(forward_job *j, float *t) {
     }
 }
 
+/* The V that all the workers read when they share out one block of tile rows by channel blocks:
+   in the first worker's scratch. */
+static float *shared_v(const forward_job *j) { return parts_of(j->g, j->plan, j->s->base).v; }
+
+/* Claims and makes parts of the shared V (the one block's tile rows, INPUT_CHANNELS input channels
+   each) until none is left, then waits until all are made: only for parts that running threads
+   have claimed, so a worker that starts late holds up no one. */
+static void make_input_units(forward_job *j, const scratch_parts *sp) {
+    float *v = shared_v(j);
+    size_t in_c = j->g->in_c;
+    for (int unit; (unit = atomic_fetch_add_explicit(&j->input_units_claimed, 1, memory_order_relaxed)) <
+                   j->input_units;) {
+        size_t c0 = (size_t)unit * INPUT_CHANNELS;
+        input_transform(j, 0, j->total_rows, c0, bp_min(c0 + INPUT_CHANNELS, in_c), v, sp);
+        bp_progress_add(&j->input_units_made, 1);
+    }
+    bp_progress_wait(&j->input_units_made, j->input_units);
+}
+
 /* The U of channel block mb alone, from the client weights, into the task's scratch. */
 static void make_block_weights(const forward_job *j, size_t mb, const scratch_parts *sp) {
     weights_job own = j->weights;
@@ -481,9 +507,10 @@ static void make_block_weights(const forward_job *j, size_t mb, const scratch_pa
 /* A block of tile rows and a chunk of channel blocks (F(2x2)). wait_for_weights: the workers make U
    together; the products wait until it is whole, the input transform does not. make_weights: the
    task makes each channel block's U just before its products read it, into its own scratch (1 MiB
-   at 256 input channels: it stays in the L2 cache, where all of U, written first, would not). */
+   at 256 input channels: it stays in the L2 cache, where all of U, written first, would not).
+   shared_input: the workers make V together (make_input_units), each task's products read it all. */
 static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_weights, bool make_weights,
-                     float *scratch) {
+                     bool shared_input, float *scratch) {
     const bp_winograd *p = j->plan;
     const bp_geom *g = j->g;
     size_t tw = p->tw, th = p->th, in_c = g->in_c, ow = g->out_w, ohw = g->out_h * ow, nb = mblocks(g);
@@ -495,7 +522,12 @@ static void run_task(forward_job *j, size_t block, size_t chunk, bool wait_for_w
     float *m = sp.m, *rows = sp.rows;
     int32_t *off = sp.off;
     const float *v = sp.v;
-    input_transform(j, r0, r1, sp.v, &sp);
+    if (shared_input) {
+        make_input_units(j, &sp);
+        v = shared_v(j);
+    } else {
+        input_transform(j, r0, r1, 0, in_c, sp.v, &sp);
+    }
     if (wait_for_weights) bp_progress_wait(&j->weight_units_made, j->weight_units);
     size_t ldv = in_c * nt, mp = (p->rows * tw + WINO_NC) * WINO_BW;
     size_t d = p->d, per_image = d * d * th;
@@ -675,15 +707,16 @@ static void forward_tasks(void *arg, int worker, int workers) {
     }
     if (j->blocks == 1 && j->chunks == (size_t)workers) {
         /* one tile block in a chunk of channel blocks per worker: each makes the U of its chunk's
-           blocks, block by block; no worker waits for another, nor reads what another wrote */
-        run_task(j, 0, (size_t)worker, false, j->weights.w != NULL && j->plan->client, scratch);
+           blocks, block by block, reading no other worker's U; V, which every chunk needs whole,
+           the workers make together (F(2x2): each transform done once, not once per worker) */
+        run_task(j, 0, (size_t)worker, false, j->weights.w != NULL && j->plan->client, j->input_units > 0, scratch);
         return;
     }
     bool shared_weights = j->weights.w != NULL; /* made first, together: one run, not two */
     if (shared_weights) make_weight_units(j, sp.wt);
     size_t tasks = j->blocks * j->chunks;
     for (size_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < tasks;)
-        run_task(j, t / j->chunks, t % j->chunks, shared_weights, false, scratch);
+        run_task(j, t / j->chunks, t % j->chunks, shared_weights, false, false, scratch);
 }
 
 void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, const float *w, bool adjoint,
@@ -710,6 +743,7 @@ void bp_winograd_forward(const bp_winograd *plan, const bp_geom *g, float *u, co
     }
     size_t tasks = j.blocks * j.chunks;
     if ((size_t)workers > tasks) workers = (int)tasks;
+    if (plan->m == 2 && j.blocks == 1 && j.chunks > 1) j.input_units = (int)bp_ceil_div(g->in_c, INPUT_CHANNELS);
     bp_parallel_run(workers, forward_tasks, &j);
 }
 
