@@ -134,6 +134,53 @@ def test_each_forced_engine(engine, rng, monkeypatch, no_filter_leaks):
         run_module_case(rng, CASES[index], ACTIVATIONS[index % len(ACTIVATIONS)], n=2)
 
 
+# Forward passes on the phase plans' tiles of 8 pixels x 2 vectors, their weights in chunks of 128
+# steps (AVX-512): phase rows that split in 8s, more than 32 output channels per group
+# (cin, cout, h, w, k, stride, padding, output_padding, dilation, groups)
+NARROW_CASES = [
+    (256, 128, 3, 16, (4, 4), (2, 2), 1, 0, 1, 1),  # the benchmark's layer, 3 rows: phases of 8 chunks
+    (40, 120, 5, 8, (4, 4), (2, 2), 1, 0, 1, 1),    # 3 x 32 + 24 channels; 160 steps: a chunk and 32
+    (33, 104, 3, 16, (4, 4), (2, 2), 1, 0, 1, 1),   # 3 x 32 + 8 channels; 132 = 128 + 4 steps
+    (36, 33, 3, 8, (3, 4), (1, 2), 1, 0, 1, 1),     # stride 2 along x only: 2 phases; 32 + 1 channels
+    (48, 80, 4, 8, (4, 4), (2, 2), 1, 0, 1, 2),     # 2 groups of 40 channels (forward only)
+]
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("case", NARROW_CASES, ids=case_id)
+def test_narrow_tiles_match_reference(case, n, rng, no_filter_leaks):
+    run_module_case(rng, case, ACTIVATIONS[(NARROW_CASES.index(case) + n) % len(ACTIVATIONS)], n)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("case", NARROW_CASES, ids=case_id)
+def test_narrow_tiles_identical_over_threads(case, n, rng, no_filter_leaks):
+    cin, cout, h, w, k, stride, padding, output_padding, dilation, groups = case
+    x = random_array(rng, (n, cin, h, w))
+    weight = random_array(rng, (cin, cout // groups) + k, 0.5)
+    bias = random_array(rng, (cout,))
+    kw = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
+    results = []
+    for n_threads in (1, 2):
+        with bnns_py.ConvTranspose2d(weight, bias, n_threads=n_threads, **kw) as module:
+            results.append(module.forward(x))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_narrow_tiles_in_a_strided_layers_input_gradient(n_threads, rng, no_filter_leaks):
+    """A standard stride-2 layer's input gradient (a phase plan onto its 40 input channels, rows
+    of 8), set and against the reference."""
+    x = random_array(rng, (3, 40, 16, 16))
+    weight = random_array(rng, (24, 40, 3, 3), 0.5)
+    with bnns_py.Conv2d(weight, stride=2, padding=1, n_threads=n_threads) as module:
+        y = module.forward(x)
+        dy = random_array(rng, y.shape)
+        grads = module.backward(x, y, dy)
+    dx, _, _ = reference.conv2d_backward(x, weight, dy, output=y, bias=False, stride=2, padding=1)
+    assert_close_to_reference(grads.input, dx, 24 * 9, "input gradient")
+
+
 def cases_child(module):
     """Python source that runs every case of test module ``module`` (its CASES and ACTIVATIONS)
     through run_module_case at batch 2, for run_child_on_tier."""

@@ -17,6 +17,7 @@ enum {
     PLANE_LIMIT = 1 << 24,    /* beyond this the im2col engine's smaller blocks are better */
     MIN_BAND_ROWS = 4,
     K_CHUNK = 1024,           /* reduction steps of packed weights the pixels kernel takes at a time */
+    NARROW_TILE_CHUNK = 128,  /* the same for backward plans' tiles of 8 pixels x 2 vectors (see direct.c) */
     TILE_RESULTS = 1 << 15,   /* floats of a band's pixels-kernel results (128 KiB) */
     IMAGE_GROUP_TARGET = 1 << 19, /* floats of planes and results an image group holds (2 MiB) */
     IMAGE_GROUP_MAX = 8,
@@ -67,6 +68,7 @@ struct bp_direct {
     size_t s_k, s_taps;           /* S's GEMM depth and taps (weight packing) */
     size_t bw;                    /* output channels per block: MR (rows) or MV*VL (pixels) */
     size_t tile;                  /* rows: NV*VL flat positions; pixels: NC pixels */
+    size_t chunk;                 /* pixels: reduction steps of packed weights taken at a time */
     bool flat;                    /* pixels: tiles over flat positions, not within rows */
     bool vectors;                 /* rows, forward: tiles of whole vectors of output rows (none across
                                      a row's end), stored straight into the output */
