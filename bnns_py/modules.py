@@ -6,9 +6,10 @@ The weight and bias arrays are used in place (BNNS's client-pointer mode), so an
 such as ``conv.weight -= lr * grads.weight`` changes the next forward pass, as in training with
 Swift's ``ConvolutionLayer.applyBackward``. With ``copy_weights=True`` the filters copy them at
 creation instead (BNNS's default), for inference: a filter then packs or transforms its weights
-once rather than at every call, and the module's parameters are read-only copies. Operands may be numpy arrays, CPU torch tensors or
-other array objects (read in place when float32); results and gradients are numpy arrays. One
-filter is kept per input height and width (and per strided-view layout read in place).
+once rather than at every call, and the module's parameters are read-only copies. Operands may be
+numpy arrays, CPU torch tensors or other array objects (read in place when float32); results and
+gradients are numpy arrays. One filter is kept per input height and width (and per strided-view
+layout read in place).
 
 ``close()`` (or leaving a ``with`` block) destroys the filters once no call of another thread is
 running on them; later calls raise ``LayerClosedError``.
