@@ -74,12 +74,14 @@ def padding_text(padding):
     return f"{padding!r}: left={left}, right={right}, up={up}, down={down}"
 
 
+def weights_text(client_pointer: bool) -> str:
+    """How BNNS holds a filter's weights."""
+    return "read in place at every call (use_client_pointer)" if client_pointer else "copied by BNNS at creation"
+
+
 def weights_storage(filter_parameters):
     """How BNNS holds the weights, and the thread count if one was set."""
-    if filter_parameters is not None and filter_parameters.use_client_pointer:
-        text = "read in place at every call (use_client_pointer)"
-    else:
-        text = "copied by BNNS at creation"
+    text = weights_text(filter_parameters is not None and filter_parameters.use_client_pointer)
     threads = getattr(filter_parameters, "n_threads", 0) if filter_parameters is not None else 0
     if threads:
         text += f", n_threads={threads}"
@@ -236,10 +238,6 @@ def threads_text(n_threads: int) -> str:
     return str(n_threads) if n_threads else "0 (the backend chooses)"
 
 
-def weights_text(copy_weights: bool) -> str:
-    return "copied by each filter at creation (copy_weights)" if copy_weights else "read in place at every call"
-
-
 def conv_module_rows(module: Any) -> List[Tuple[str, str]]:
     spec = module.spec
     left, right, top, bottom = spec.padding
@@ -257,7 +255,7 @@ def conv_module_rows(module: Any) -> List[Tuple[str, str]]:
              ("bias", "yes" if module.bias is not None else "no"),
              ("backend", backend_text(module.backend)),
              ("threads per call", threads_text(module.n_threads)),
-             ("weights", weights_text(module.copy_weights)),
+             ("weights storage", weights_text(not module.copy_weights)),
              ("cached filters (input H, W)", ", ".join(f"{h}x{w}" for h, w in module._layers) or "none")]
     return rows
 
@@ -269,5 +267,5 @@ def linear_module_rows(module: Any) -> List[Tuple[str, str]]:
             ("bias", "yes" if module.bias is not None else "no"),
             ("backend", backend_text(module.backend)),
             ("threads per call", threads_text(module.n_threads)),
-            ("weights", weights_text(module.copy_weights)),
+            ("weights storage", weights_text(not module.copy_weights)),
             ("filter", "none yet" if module._fc_layer is None else state(module._fc_layer))]

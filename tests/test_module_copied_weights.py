@@ -133,8 +133,9 @@ def test_copy_weights_is_shown_and_fixed(rng):
     with bnns_py.Conv2d(_random(rng, 2, 2, 3, 3), copy_weights=True) as conv, \
             bnns_py.Linear(_random(rng, 3, 4)) as lin:
         assert repr(conv).endswith(", copy_weights=True)") and "copy_weights" not in repr(lin)
-        assert re.search(r"weights</th><td[^>]*>copied by each filter at creation", conv._repr_html_())
-        assert re.search(r"weights</th><td[^>]*>read in place at every call", lin._repr_html_())
+        assert re.search(r"weights storage</th><td[^>]*>copied by BNNS at creation", conv._repr_html_())
+        assert re.search(r"weights storage</th><td[^>]*>read in place at every call \(use_client_pointer\)",
+                         lin._repr_html_())
         with pytest.raises(AttributeError, match="Conv2d.copy_weights is fixed"):
             conv.copy_weights = False
 
